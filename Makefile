@@ -1,0 +1,61 @@
+# nasblade: one Makefile for set-up, lint, tests, benchmarks and the local cluster.
+#
+#   make run     -- the standalone array on this machine (installs what it needs)
+#   make test    -- installs what it needs, lints, runs the whole test suite
+#   make lint    -- ruff + mypy
+#
+# Everything heavy that is not the project's own lives outside the checkout, in
+# $(NASBLADE_CACHE) (Go builds, Kubernetes binaries, base images, pip cache).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+export NASBLADE_CACHE ?= $(HOME)/.cache/nasblade
+APT_LISTS := $(wildcard .ci/apt-packages.txt tests/cluster/apt-packages.txt)
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help deps apt venv lint test unit run bench clean
+
+help:
+	@echo "make run | test | lint | unit | bench | clean"
+
+# Debian packages: installed only when one is missing, so a warm machine pays nothing.
+apt:
+	@missing=$$(grep -hv '^\s*#' $(APT_LISTS) | grep -v '^\s*$$' | sort -u | \
+	  while read p; do dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -q 'ok installed' || echo "$$p"; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	PIP_CACHE_DIR=$(NASBLADE_CACHE)/pip $(VENV)/bin/pip install -q -e '.[operator,test]'
+	touch $@
+
+venv: $(VENV)/.stamp
+
+deps: apt venv
+
+lint: venv
+	$(VENV)/bin/ruff check blade operator tests bench
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test: deps lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+run: deps
+	$(VENV)/bin/nasblade up $(RUN_ARGS)
+
+bench: deps
+	@for b in bench/*; do [ -x "$$b" ] && [ -f "$$b" ] && { echo "== $$b"; PATH=$(abspath $(VENV))/bin:$$PATH "$$b"; }; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

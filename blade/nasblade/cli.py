@@ -1,0 +1,53 @@
+"""The ``nasblade`` command: one image, several roles.
+
+Each subcommand lives in its own module that exposes two functions::
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None: ...
+    def run(args: argparse.Namespace) -> int: ...
+
+``COMMANDS`` maps a subcommand name to that module and a one-line help text. Modules are
+imported only when their subcommand runs, so ``nasblade --help`` stays fast and a role does
+not pay for the imports of the others (the operator's kopf, for instance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    module: str
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "controller": Command("nasblade.controller.main", "run the storage controller (NBD + control API)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nasblade",
+        description="NAS blades on a disk array: controller, blades, standalone array and tools.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        module = importlib.import_module(command.module)
+        p = sub.add_parser(name, help=command.help, description=(module.__doc__ or command.help).strip().splitlines()[0])
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args._module.run(args)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
