@@ -1,0 +1,958 @@
+"""``FileSystem``: inodes, directories and extent-mapped file data on one block device.
+
+Metadata (inodes, directory entries, extents, the free-space map, counters and the handle
+secret) lives in an SQLite database stored on the LU through ``nasblade.fs.vfs``; file data
+lives in 4 KiB blocks of the data region, mapped by extents ``(ino, lblk, nblk, pblk)`` and
+written with one ``pwrite`` per physically contiguous run.
+
+Transactions and durability (docs/file-system.md has the full argument):
+
+- Every operation runs inside a SAVEPOINT of one long *group transaction*, so a failing
+  operation leaves no partial change and many operations share one commit.
+- ``commit()`` is the group commit: if file data was written since the last barrier it first
+  flushes the device (data before the metadata that points at it, like ext4 data=ordered),
+  then returns the blocks freed in this transaction to the free map and commits; the WAL
+  ``xSync`` is the second flush. Callers (the NFS layer) reply to a stable request only after
+  the ``commit()`` that covers it returned.
+- Blocks freed by an uncommitted transaction are not reused before it commits, so a crash can
+  never leave a surviving file pointing at blocks another file overwrote.
+- Bytes past EOF inside the last block are always zero (new blocks are zero-padded, a
+  truncation zeroes the tail), so extending a file never exposes old data.
+
+Directories are indexed by ``(dir, name)`` and by ``(dir, cookie)``: lookups are B-tree
+searches and READDIR resumes at a cookie, a per-directory counter assigned at link time that
+never changes while the entry exists, so cookies stay valid across directory changes.
+Permission checks use ``Cred`` (the AUTH_SYS identity after squashing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import errno
+import logging
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import apsw
+
+from nasblade.blockdev import BlockDevice
+from nasblade.fs import layout, vfs
+
+log = logging.getLogger(__name__)
+
+ROOT_INO = 1
+NAME_MAX = 255
+PATH_MAX = 4096
+BLOCK = layout.BLOCK
+MAX_SIZE = (1 << 63) - 1
+
+SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE inode(
+    ino INTEGER PRIMARY KEY AUTOINCREMENT,
+    gen INTEGER NOT NULL,
+    type INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    nlink INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    atime INTEGER NOT NULL,
+    mtime INTEGER NOT NULL,
+    ctime INTEGER NOT NULL,
+    rdev INTEGER NOT NULL DEFAULT 0,
+    parent INTEGER NOT NULL DEFAULT 0,
+    next_cookie INTEGER NOT NULL DEFAULT 3,
+    target BLOB,
+    verf BLOB
+);
+CREATE TABLE dirent(
+    dir INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL, cookie INTEGER NOT NULL,
+    PRIMARY KEY (dir, name)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX dirent_cookie ON dirent(dir, cookie);
+CREATE TABLE extent(
+    ino INTEGER NOT NULL, lblk INTEGER NOT NULL, nblk INTEGER NOT NULL, pblk INTEGER NOT NULL,
+    PRIMARY KEY (ino, lblk)
+) WITHOUT ROWID;
+CREATE TABLE free(start INTEGER PRIMARY KEY, len INTEGER NOT NULL);
+CREATE INDEX free_len ON free(len, start);
+"""
+
+
+class FType(enum.IntEnum):
+    """File types, numbered like NFSv3's ``ftype3``."""
+
+    REG = 1
+    DIR = 2
+    BLK = 3
+    CHR = 4
+    LNK = 5
+    SOCK = 6
+    FIFO = 7
+
+
+class FsError(Exception):
+    """An operation failed with ``errno`` (mapped to an nfsstat3 by the NFS layer)."""
+
+    def __init__(self, err: int, msg: str = "") -> None:
+        super().__init__(err, msg or os.strerror(err))
+        self.errno = err
+
+
+@dataclasses.dataclass(frozen=True)
+class Cred:
+    """The caller's identity after export squashing."""
+
+    uid: int
+    gid: int
+    gids: tuple[int, ...] = ()
+
+    @property
+    def is_root(self) -> bool:
+        return self.uid == 0
+
+    def in_group(self, gid: int) -> bool:
+        return gid == self.gid or gid in self.gids
+
+
+ROOT = Cred(0, 0)
+
+
+@dataclasses.dataclass
+class Attr:
+    ino: int
+    gen: int
+    type: FType
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    atime: int
+    mtime: int
+    ctime: int
+    rdev: int
+    parent: int
+    used: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SetAttr:
+    """Attributes to change; ``None`` leaves one alone. Times are ns; -1 means server time."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime: int | None = None
+    mtime: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DirEntry:
+    name: bytes
+    ino: int
+    cookie: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FsStat:
+    total_bytes: int
+    free_bytes: int
+    total_files: int
+    free_files: int
+
+
+R_OK, W_OK, X_OK = 4, 2, 1
+_ATTR_COLS = "ino, gen, type, mode, nlink, uid, gid, size, atime, mtime, ctime, rdev, parent"
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def mkfs(dev: BlockDevice, *, fs_uuid: bytes | None = None, root_mode: int = 0o755) -> layout.Superblock:
+    """Create an empty file system on ``dev``; the superblock is written last."""
+    dev.pwrite(0, bytes(layout.SB_SIZE), fua=True)
+    sb = layout.plan(dev.size, fs_uuid=fs_uuid)
+    dev.pwrite(sb.meta_off, layout.region_header(0).ljust(layout.REGION_HDR, b"\0"))
+    dev.pwrite(sb.wal_off, layout.region_header(0).ljust(layout.REGION_HDR, b"\0"))
+    dev.flush()
+    v = vfs.RegionVFS(dev, sb)
+    conn = apsw.Connection(v.db_uri, vfs=v.name)
+    try:
+        _pragmas(conn)
+        with conn:
+            conn.execute(SCHEMA)
+            t = now_ns()
+            conn.execute(
+                "INSERT INTO inode(ino, gen, type, mode, nlink, uid, gid, size, atime, mtime, ctime, parent)"
+                " VALUES (?, 1, ?, ?, 2, 0, 0, 0, ?, ?, ?, ?)",
+                (ROOT_INO, FType.DIR, root_mode, t, t, t, ROOT_INO),
+            )
+            conn.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?)",
+                [
+                    ("secret", secrets.token_bytes(32)),
+                    ("next_gen", 2),
+                    ("free_blocks", sb.data_blocks),
+                    ("inodes", 1),
+                    ("uuid", sb.uuid),
+                ],
+            )
+            conn.execute("INSERT INTO free(start, len) VALUES (0, ?)", (sb.data_blocks,))
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    dev.flush()
+    dev.pwrite(0, sb.pack(), fua=True)
+    return sb
+
+
+def _pragmas(conn: apsw.Connection) -> None:
+    for pragma, expect in (
+        ("PRAGMA page_size=4096", None),
+        ("PRAGMA locking_mode=EXCLUSIVE", "exclusive"),
+        ("PRAGMA journal_mode=WAL", "wal"),
+        ("PRAGMA synchronous=FULL", None),
+        ("PRAGMA temp_store=MEMORY", None),
+        ("PRAGMA cache_size=-65536", None),
+        ("PRAGMA wal_autocheckpoint=2000", None),
+    ):
+        rows = conn.execute(pragma).fetchall()
+        if expect is not None and (not rows or str(rows[0][0]).lower() != expect):
+            raise layout.LayoutError(f"{pragma} gave {rows}")
+
+
+class FileSystem:
+    """A mounted file system. Not thread-safe: one owner (the server's event loop) calls it."""
+
+    def __init__(self, dev: BlockDevice, *, readonly: bool = False) -> None:
+        self.dev = dev
+        self.sb = layout.read_superblock(dev)
+        self.vfs = vfs.RegionVFS(dev, self.sb)
+        # Typed as Any: apsw's row values are a union of every SQLite type.
+        self.db: Any = apsw.Connection(self.vfs.db_uri, vfs=self.vfs.name)
+        _pragmas(self.db)
+        self.readonly = readonly
+        self.secret: bytes = self._meta("secret")
+        self._in_txn = False
+        self._data_dirty = False
+        self._pending_free: list[tuple[int, int]] = []
+        self._sp = 0
+        self.commits = 0
+        self.ops_since_commit = 0
+        self.db.execute("PRAGMA quick_check(1)")
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def fsid(self) -> int:
+        return self.sb.fsid
+
+    def _meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        if row is None:
+            raise layout.LayoutError(f"metadata key {key!r} missing")
+        return row[0]
+
+    def _meta_add(self, key: str, delta: int) -> None:
+        self.db.execute("UPDATE meta SET value = value + ? WHERE key=?", (delta, key))
+
+    def _begin(self) -> None:
+        if not self._in_txn:
+            self.db.execute("BEGIN IMMEDIATE")
+            self._in_txn = True
+
+    class _Op:
+        def __init__(self, fs: FileSystem) -> None:
+            self.fs = fs
+
+        def __enter__(self) -> None:
+            fs = self.fs
+            if fs.readonly:
+                raise FsError(errno.EROFS)
+            fs._begin()
+            fs._sp = len(fs._pending_free)
+            fs.db.execute("SAVEPOINT op")
+
+        def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
+            fs = self.fs
+            if et is None:
+                fs.db.execute("RELEASE op")
+                fs.ops_since_commit += 1
+            else:
+                fs.db.execute("ROLLBACK TO op")
+                fs.db.execute("RELEASE op")
+                del fs._pending_free[fs._sp :]
+
+    def _op(self) -> FileSystem._Op:
+        return FileSystem._Op(self)
+
+    @property
+    def dirty(self) -> bool:
+        """True when there are changes not yet committed."""
+        return self._in_txn or self._data_dirty
+
+    def commit(self) -> None:
+        """Group commit: data barrier, then make every change so far durable."""
+        if self._data_dirty:
+            self.dev.flush()
+            self._data_dirty = False
+        if not self._in_txn:
+            return
+        for start, n in self._pending_free:
+            self._free_insert(start, n)
+        self._pending_free.clear()
+        self.db.execute("COMMIT")
+        self._in_txn = False
+        self.commits += 1
+        self.ops_since_commit = 0
+
+    def close(self) -> None:
+        """Commit, checkpoint and close the database (the device stays open)."""
+        try:
+            if not self.readonly:
+                self.commit()
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self.db.close()
+
+    # -- inodes -----------------------------------------------------------------------------
+
+    def getattr(self, ino: int) -> Attr:
+        row = self.db.execute(f"SELECT {_ATTR_COLS} FROM inode WHERE ino=?", (ino,)).fetchone()
+        if row is None:
+            raise FsError(errno.ESTALE)
+        a = Attr(*row)
+        a.type = FType(a.type)
+        if a.type == FType.REG:
+            used = self.db.execute("SELECT COALESCE(SUM(nblk), 0) FROM extent WHERE ino=?", (ino,)).fetchone()
+            a.used = int(used[0]) * BLOCK
+        elif a.type == FType.DIR:
+            a.used = BLOCK
+        return a
+
+    def generation(self, ino: int) -> int | None:
+        row = self.db.execute("SELECT gen FROM inode WHERE ino=?", (ino,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def access(self, a: Attr, cred: Cred, want: int) -> int:
+        """Return the subset of ``want`` (R_OK|W_OK|X_OK bits) that ``cred`` has on ``a``."""
+        if cred.is_root:
+            granted = R_OK | W_OK
+            if a.type == FType.DIR or a.mode & 0o111:
+                granted |= X_OK
+            return want & granted
+        if cred.uid == a.uid:
+            bits = (a.mode >> 6) & 7
+        elif cred.in_group(a.gid):
+            bits = (a.mode >> 3) & 7
+        else:
+            bits = a.mode & 7
+        return want & bits
+
+    def _require(self, a: Attr, cred: Cred, want: int) -> None:
+        if self.access(a, cred, want) != want:
+            raise FsError(errno.EACCES)
+
+    def _dir(self, ino: int) -> Attr:
+        a = self.getattr(ino)
+        if a.type != FType.DIR:
+            raise FsError(errno.ENOTDIR)
+        return a
+
+    # -- directories ------------------------------------------------------------------------
+
+    def lookup(self, dir_ino: int, name: bytes, cred: Cred) -> int:
+        d = self._dir(dir_ino)
+        self._require(d, cred, X_OK)
+        if name == b"." or name == b"":
+            return dir_ino
+        if name == b"..":
+            return d.parent
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        row = self.db.execute("SELECT ino FROM dirent WHERE dir=? AND name=?", (dir_ino, name)).fetchone()
+        if row is None:
+            raise FsError(errno.ENOENT)
+        return int(row[0])
+
+    def _check_name(self, name: bytes) -> None:
+        if name in (b"", b".", b"..") or b"/" in name or b"\0" in name:
+            raise FsError(errno.EINVAL if name not in (b".", b"..") else errno.EEXIST)
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+
+    def _entry(self, dir_ino: int, name: bytes) -> int | None:
+        row = self.db.execute("SELECT ino FROM dirent WHERE dir=? AND name=?", (dir_ino, name)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _link_entry(self, dir_ino: int, name: bytes, ino: int, t: int) -> None:
+        cookie = self.db.execute(
+            "UPDATE inode SET next_cookie = next_cookie + 1, mtime=?, ctime=? WHERE ino=? RETURNING next_cookie - 1",
+            (t, t, dir_ino),
+        ).fetchone()[0]
+        self.db.execute("INSERT INTO dirent(dir, name, ino, cookie) VALUES (?, ?, ?, ?)", (dir_ino, name, ino, cookie))
+
+    def _unlink_entry(self, dir_ino: int, name: bytes, t: int) -> None:
+        self.db.execute("DELETE FROM dirent WHERE dir=? AND name=?", (dir_ino, name))
+        self.db.execute("UPDATE inode SET mtime=?, ctime=? WHERE ino=?", (t, t, dir_ino))
+
+    def _new_inode(
+        self, *, ftype: FType, mode: int, cred: Cred, parent: int, gid: int, t: int, target: bytes | None = None,
+        rdev: int = 0, verf: bytes | None = None,
+    ) -> int:
+        gen = self.db.execute(
+            "UPDATE meta SET value = value + 1 WHERE key='next_gen' RETURNING value - 1"
+        ).fetchone()[0]
+        nlink = 2 if ftype == FType.DIR else 1
+        size = len(target) if target is not None else 0
+        row = self.db.execute(
+            "INSERT INTO inode(gen, type, mode, nlink, uid, gid, size, atime, mtime, ctime, rdev, parent, target, verf)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING ino",
+            (gen, ftype, mode & 0o7777, nlink, cred.uid, gid, size, t, t, t, rdev, parent, target, verf),
+        ).fetchone()
+        self._meta_add("inodes", 1)
+        return int(row[0])
+
+    def _prepare_create(self, dir_ino: int, name: bytes, cred: Cred) -> Attr:
+        self._check_name(name)
+        d = self._dir(dir_ino)
+        self._require(d, cred, W_OK | X_OK)
+        return d
+
+    def _new_gid(self, d: Attr, cred: Cred) -> int:
+        return d.gid if d.mode & stat.S_ISGID else cred.gid
+
+    def create(
+        self, dir_ino: int, name: bytes, cred: Cred, *, mode: int = 0o644, exclusive: bytes | None = None,
+        guarded: bool = False,
+    ) -> tuple[int, bool]:
+        """Create a regular file. Returns ``(ino, created)``.
+
+        ``exclusive`` is the EXCLUSIVE createverf3: it is stored with the inode and a retry
+        with the same verifier finds the file and succeeds. ``guarded`` fails on an existing
+        name; otherwise (UNCHECKED) an existing regular file is returned.
+        """
+        with self._op():
+            d = self._prepare_create(dir_ino, name, cred)
+            existing = self._entry(dir_ino, name)
+            if existing is not None:
+                if exclusive is not None:
+                    row = self.db.execute("SELECT verf FROM inode WHERE ino=?", (existing,)).fetchone()
+                    if row is not None and row[0] == exclusive:
+                        return existing, False
+                    raise FsError(errno.EEXIST)
+                if guarded:
+                    raise FsError(errno.EEXIST)
+                if self.getattr(existing).type != FType.REG:
+                    raise FsError(errno.EEXIST)
+                return existing, False
+            t = now_ns()
+            ino = self._new_inode(
+                ftype=FType.REG, mode=mode, cred=cred, parent=dir_ino, gid=self._new_gid(d, cred), t=t, verf=exclusive
+            )
+            self._link_entry(dir_ino, name, ino, t)
+            return ino, True
+
+    def mkdir(self, dir_ino: int, name: bytes, cred: Cred, *, mode: int = 0o755) -> int:
+        with self._op():
+            d = self._prepare_create(dir_ino, name, cred)
+            if self._entry(dir_ino, name) is not None:
+                raise FsError(errno.EEXIST)
+            t = now_ns()
+            if d.mode & stat.S_ISGID:
+                mode |= stat.S_ISGID
+            ino = self._new_inode(ftype=FType.DIR, mode=mode, cred=cred, parent=dir_ino, gid=self._new_gid(d, cred), t=t)
+            self._link_entry(dir_ino, name, ino, t)
+            self.db.execute("UPDATE inode SET nlink = nlink + 1 WHERE ino=?", (dir_ino,))
+            return ino
+
+    def symlink(self, dir_ino: int, name: bytes, target: bytes, cred: Cred, *, mode: int = 0o777) -> int:
+        with self._op():
+            d = self._prepare_create(dir_ino, name, cred)
+            if len(target) > PATH_MAX:
+                raise FsError(errno.ENAMETOOLONG)
+            if self._entry(dir_ino, name) is not None:
+                raise FsError(errno.EEXIST)
+            t = now_ns()
+            ino = self._new_inode(
+                ftype=FType.LNK, mode=mode, cred=cred, parent=dir_ino, gid=self._new_gid(d, cred), t=t, target=target
+            )
+            self._link_entry(dir_ino, name, ino, t)
+            return ino
+
+    def mknod(self, dir_ino: int, name: bytes, ftype: FType, cred: Cred, *, mode: int, rdev: int = 0) -> int:
+        with self._op():
+            d = self._prepare_create(dir_ino, name, cred)
+            if ftype in (FType.CHR, FType.BLK) and not cred.is_root:
+                raise FsError(errno.EPERM)
+            if self._entry(dir_ino, name) is not None:
+                raise FsError(errno.EEXIST)
+            t = now_ns()
+            ino = self._new_inode(ftype=ftype, mode=mode, cred=cred, parent=dir_ino, gid=self._new_gid(d, cred), t=t, rdev=rdev)
+            self._link_entry(dir_ino, name, ino, t)
+            return ino
+
+    def readlink(self, ino: int) -> bytes:
+        row = self.db.execute("SELECT type, target FROM inode WHERE ino=?", (ino,)).fetchone()
+        if row is None:
+            raise FsError(errno.ESTALE)
+        if row[0] != FType.LNK:
+            raise FsError(errno.EINVAL)
+        return bytes(row[1])
+
+    def _sticky_ok(self, d: Attr, victim: int, cred: Cred) -> None:
+        if d.mode & stat.S_ISVTX and not cred.is_root and cred.uid != d.uid:
+            owner = self.db.execute("SELECT uid FROM inode WHERE ino=?", (victim,)).fetchone()[0]
+            if owner != cred.uid:
+                raise FsError(errno.EACCES)
+
+    def _drop_link(self, ino: int, t: int) -> None:
+        row = self.db.execute(
+            "UPDATE inode SET nlink = nlink - 1, ctime=? WHERE ino=? RETURNING nlink, type", (t, ino)
+        ).fetchone()
+        if row[0] <= 0 or (row[1] == FType.DIR and row[0] <= 1):
+            self._destroy(ino)
+
+    def _destroy(self, ino: int) -> None:
+        for start, n in self.db.execute("SELECT pblk, nblk FROM extent WHERE ino=?", (ino,)).fetchall():
+            self._pending_free.append((start, n))
+        self.db.execute("DELETE FROM extent WHERE ino=?", (ino,))
+        self.db.execute("DELETE FROM inode WHERE ino=?", (ino,))
+        self._meta_add("inodes", -1)
+
+    def remove(self, dir_ino: int, name: bytes, cred: Cred) -> int:
+        with self._op():
+            d = self._dir(dir_ino)
+            self._require(d, cred, W_OK | X_OK)
+            ino = self._entry(dir_ino, name)
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            if self.getattr(ino).type == FType.DIR:
+                raise FsError(errno.EISDIR)
+            self._sticky_ok(d, ino, cred)
+            t = now_ns()
+            self._unlink_entry(dir_ino, name, t)
+            self._drop_link(ino, t)
+            return ino
+
+    def rmdir(self, dir_ino: int, name: bytes, cred: Cred) -> int:
+        with self._op():
+            if name == b".":
+                raise FsError(errno.EINVAL)
+            if name == b"..":
+                raise FsError(errno.ENOTEMPTY)
+            d = self._dir(dir_ino)
+            self._require(d, cred, W_OK | X_OK)
+            ino = self._entry(dir_ino, name)
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            if self.getattr(ino).type != FType.DIR:
+                raise FsError(errno.ENOTDIR)
+            if self.db.execute("SELECT 1 FROM dirent WHERE dir=? LIMIT 1", (ino,)).fetchone():
+                raise FsError(errno.ENOTEMPTY)
+            self._sticky_ok(d, ino, cred)
+            t = now_ns()
+            self._unlink_entry(dir_ino, name, t)
+            self.db.execute("UPDATE inode SET nlink = nlink - 1 WHERE ino=?", (dir_ino,))
+            self._destroy(ino)
+            return ino
+
+    def link(self, ino: int, dir_ino: int, name: bytes, cred: Cred) -> None:
+        with self._op():
+            d = self._prepare_create(dir_ino, name, cred)
+            a = self.getattr(ino)
+            if a.type == FType.DIR:
+                raise FsError(errno.EISDIR)
+            if self._entry(dir_ino, name) is not None:
+                raise FsError(errno.EEXIST)
+            del d
+            t = now_ns()
+            self._link_entry(dir_ino, name, ino, t)
+            self.db.execute("UPDATE inode SET nlink = nlink + 1, ctime=? WHERE ino=?", (t, ino))
+
+    def _is_ancestor(self, anc: int, ino: int) -> bool:
+        """True if ``anc`` is ``ino`` or one of its ancestors (walks ``parent`` links)."""
+        seen = 0
+        while True:
+            if ino == anc:
+                return True
+            if ino == ROOT_INO:
+                return False
+            row = self.db.execute("SELECT parent FROM inode WHERE ino=?", (ino,)).fetchone()
+            if row is None:
+                return False
+            ino = int(row[0])
+            seen += 1
+            if seen > 1 << 20:
+                raise FsError(errno.ELOOP)
+
+    def rename(self, from_dir: int, from_name: bytes, to_dir: int, to_name: bytes, cred: Cred) -> None:
+        with self._op():
+            if from_name in (b".", b"..") or to_name in (b".", b".."):
+                raise FsError(errno.EINVAL)
+            self._check_name(to_name)
+            fd = self._dir(from_dir)
+            td = self._dir(to_dir)
+            self._require(fd, cred, W_OK | X_OK)
+            self._require(td, cred, W_OK | X_OK)
+            src = self._entry(from_dir, from_name)
+            if src is None:
+                raise FsError(errno.ENOENT)
+            sa = self.getattr(src)
+            self._sticky_ok(fd, src, cred)
+            dst = self._entry(to_dir, to_name)
+            if dst == src:
+                return
+            if sa.type == FType.DIR and from_dir != to_dir and self._is_ancestor(src, to_dir):
+                raise FsError(errno.EINVAL)
+            t = now_ns()
+            if dst is not None:
+                da = self.getattr(dst)
+                self._sticky_ok(td, dst, cred)
+                if sa.type == FType.DIR:
+                    if da.type != FType.DIR:
+                        raise FsError(errno.ENOTDIR)
+                    if self.db.execute("SELECT 1 FROM dirent WHERE dir=? LIMIT 1", (dst,)).fetchone():
+                        raise FsError(errno.ENOTEMPTY)
+                elif da.type == FType.DIR:
+                    raise FsError(errno.EISDIR)
+                self._unlink_entry(to_dir, to_name, t)
+                if da.type == FType.DIR:
+                    self.db.execute("UPDATE inode SET nlink = nlink - 1 WHERE ino=?", (to_dir,))
+                    self._destroy(dst)
+                else:
+                    self._drop_link(dst, t)
+            self._unlink_entry(from_dir, from_name, t)
+            self._link_entry(to_dir, to_name, src, t)
+            self.db.execute("UPDATE inode SET ctime=? WHERE ino=?", (t, src))
+            if sa.type == FType.DIR and from_dir != to_dir:
+                self.db.execute("UPDATE inode SET parent=? WHERE ino=?", (to_dir, src))
+                self.db.execute("UPDATE inode SET nlink = nlink - 1 WHERE ino=?", (from_dir,))
+                self.db.execute("UPDATE inode SET nlink = nlink + 1 WHERE ino=?", (to_dir,))
+
+    def readdir(self, dir_ino: int, cookie: int, cred: Cred, *, limit: int) -> tuple[list[DirEntry], bool]:
+        """Entries after ``cookie`` (0 = start; 1 and 2 are "." and ".."). Returns (entries, eof)."""
+        d = self._dir(dir_ino)
+        self._require(d, cred, R_OK)
+        out: list[DirEntry] = []
+        if cookie < 1:
+            out.append(DirEntry(b".", dir_ino, 1))
+        if cookie < 2:
+            out.append(DirEntry(b"..", d.parent, 2))
+        rows = self.db.execute(
+            "SELECT name, ino, cookie FROM dirent WHERE dir=? AND cookie>? ORDER BY cookie LIMIT ?",
+            (dir_ino, max(cookie, 2), limit + 1),
+        ).fetchall()
+        out.extend(DirEntry(bytes(n), i, c) for n, i, c in rows)
+        eof = len(out) <= limit
+        return out[:limit], eof
+
+    def iter_dir(self, dir_ino: int) -> Iterator[DirEntry]:
+        for n, i, c in self.db.execute("SELECT name, ino, cookie FROM dirent WHERE dir=? ORDER BY cookie", (dir_ino,)):
+            yield DirEntry(bytes(n), i, c)
+
+    # -- attributes -------------------------------------------------------------------------
+
+    def setattr(self, ino: int, sa: SetAttr, cred: Cred) -> None:
+        with self._op():
+            a = self.getattr(ino)
+            owner = cred.is_root or cred.uid == a.uid
+            t = now_ns()
+            sets: list[str] = []
+            vals: list[Any] = []
+            if sa.mode is not None:
+                if not owner:
+                    raise FsError(errno.EPERM)
+                mode = sa.mode & 0o7777
+                if not cred.is_root and not cred.in_group(a.gid):
+                    mode &= ~stat.S_ISGID
+                sets.append("mode=?")
+                vals.append(mode)
+            if sa.uid is not None and sa.uid != a.uid:
+                if not cred.is_root:
+                    raise FsError(errno.EPERM)
+                sets.append("uid=?")
+                vals.append(sa.uid)
+            if sa.gid is not None and sa.gid != a.gid:
+                if not (cred.is_root or (cred.uid == a.uid and cred.in_group(sa.gid))):
+                    raise FsError(errno.EPERM)
+                sets.append("gid=?")
+                vals.append(sa.gid)
+            for col, v in (("atime", sa.atime), ("mtime", sa.mtime)):
+                if v is None:
+                    continue
+                if v == -1:
+                    if not owner and self.access(a, cred, W_OK) != W_OK:
+                        raise FsError(errno.EACCES)
+                    v = t
+                elif not owner:
+                    raise FsError(errno.EPERM)
+                sets.append(f"{col}=?")
+                vals.append(v)
+            if sa.size is not None:
+                if a.type == FType.DIR:
+                    raise FsError(errno.EISDIR)
+                if a.type != FType.REG:
+                    raise FsError(errno.EINVAL)
+                if cred.uid != a.uid and self.access(a, cred, W_OK) != W_OK:
+                    raise FsError(errno.EACCES)
+                if sa.size > MAX_SIZE:
+                    raise FsError(errno.EFBIG)
+                if sa.size != a.size:
+                    self._truncate(a, sa.size)
+                    sets.append("size=?")
+                    vals.append(sa.size)
+                    if sa.mtime is None:
+                        sets.append("mtime=?")
+                        vals.append(t)
+            sets.append("ctime=?")
+            vals.append(t)
+            self.db.execute(f"UPDATE inode SET {', '.join(sets)} WHERE ino=?", (*vals, ino))
+
+    # -- data -------------------------------------------------------------------------------
+
+    def _extents(self, ino: int, b0: int, b1: int) -> list[tuple[int, int, int]]:
+        """Extents ``(lblk, nblk, pblk)`` overlapping logical blocks [b0, b1)."""
+        out: list[tuple[int, int, int]] = []
+        first = self.db.execute(
+            "SELECT lblk, nblk, pblk FROM extent WHERE ino=? AND lblk<=? ORDER BY lblk DESC LIMIT 1", (ino, b0)
+        ).fetchone()
+        if first is not None and first[0] + first[1] > b0:
+            out.append(first)
+        out.extend(
+            self.db.execute(
+                "SELECT lblk, nblk, pblk FROM extent WHERE ino=? AND lblk>? AND lblk<? ORDER BY lblk", (ino, b0, b1)
+            ).fetchall()
+        )
+        return out
+
+    def _truncate(self, a: Attr, size: int) -> None:
+        if size >= a.size:
+            return
+        keep = (size + BLOCK - 1) // BLOCK
+        for lblk, nblk, pblk in self.db.execute(
+            "SELECT lblk, nblk, pblk FROM extent WHERE ino=? AND lblk + nblk > ?", (a.ino, keep)
+        ).fetchall():
+            if lblk >= keep:
+                self.db.execute("DELETE FROM extent WHERE ino=? AND lblk=?", (a.ino, lblk))
+                self._pending_free.append((pblk, nblk))
+            else:
+                cut = keep - lblk
+                self.db.execute("UPDATE extent SET nblk=? WHERE ino=? AND lblk=?", (cut, a.ino, lblk))
+                self._pending_free.append((pblk + cut, nblk - cut))
+        tail = size % BLOCK
+        if tail:
+            lb = size // BLOCK
+            ext = self._extents(a.ino, lb, lb + 1)
+            if ext:
+                lblk, _, pblk = ext[0]
+                self.dev.pwrite(self._phys(pblk + lb - lblk) + tail, bytes(BLOCK - tail))
+                self._data_dirty = True
+
+    def _phys(self, pblk: int) -> int:
+        return self.sb.data_off + pblk * BLOCK
+
+    def read(self, ino: int, offset: int, count: int, cred: Cred | None = None) -> tuple[bytes, bool, Attr]:
+        """Read up to ``count`` bytes; returns ``(data, eof, attr)``."""
+        a = self.getattr(ino)
+        if a.type != FType.REG:
+            raise FsError(errno.EISDIR if a.type == FType.DIR else errno.EINVAL)
+        if cred is not None and not (cred.uid == a.uid) and self.access(a, cred, R_OK) != R_OK:
+            raise FsError(errno.EACCES)
+        if offset >= a.size or count == 0:
+            return b"", offset >= a.size, a
+        end = min(a.size, offset + count)
+        b0, b1 = offset // BLOCK, (end + BLOCK - 1) // BLOCK
+        exts = self._extents(ino, b0, b1)
+        if len(exts) == 1 and exts[0][0] <= b0 and exts[0][0] + exts[0][1] >= b1:
+            lblk, _, pblk = exts[0]
+            data = self.dev.pread(self._phys(pblk) + offset - lblk * BLOCK, end - offset)
+        else:
+            buf = bytearray(end - offset)
+            for lblk, nblk, pblk in exts:
+                s = max(offset, lblk * BLOCK)
+                e = min(end, (lblk + nblk) * BLOCK)
+                if s < e:
+                    buf[s - offset : e - offset] = self.dev.pread(self._phys(pblk) + s - lblk * BLOCK, e - s)
+            data = bytes(buf)
+        return data, end >= a.size, a
+
+    def write(self, ino: int, offset: int, data: bytes | memoryview, cred: Cred | None = None) -> Attr:
+        """Write ``data`` at ``offset`` (allocating blocks as needed); returns the new attributes.
+
+        The data is on the device (not yet flushed) when this returns; ``commit()`` makes it
+        and the metadata durable.
+        """
+        with self._op():
+            a = self.getattr(ino)
+            if a.type != FType.REG:
+                raise FsError(errno.EISDIR if a.type == FType.DIR else errno.EINVAL)
+            if cred is not None and not (cred.uid == a.uid) and self.access(a, cred, W_OK) != W_OK:
+                raise FsError(errno.EACCES)
+            n = len(data)
+            end = offset + n
+            if end > MAX_SIZE:
+                raise FsError(errno.EFBIG)
+            t = now_ns()
+            if n:
+                self._write_data(a, offset, memoryview(data))
+            newsize = max(a.size, end)
+            self.db.execute("UPDATE inode SET size=?, mtime=?, ctime=? WHERE ino=?", (newsize, t, t, ino))
+            a.size = newsize
+            a.mtime = a.ctime = t
+            return a
+
+    def _write_data(self, a: Attr, offset: int, data: memoryview) -> None:
+        end = offset + len(data)
+        b0, b1 = offset // BLOCK, (end + BLOCK - 1) // BLOCK
+        exts = self._extents(a.ino, b0, b1)
+        # Segments of [b0, b1): (lblk, nblk, pblk, new)
+        segs: list[tuple[int, int, int, bool]] = []
+        cur = b0
+        holes: list[tuple[int, int]] = []
+        for lblk, nblk, pblk in exts:
+            if lblk > cur:
+                holes.append((cur, lblk - cur))
+                segs.append((cur, lblk - cur, -1, True))
+            s = max(lblk, cur)
+            e = min(lblk + nblk, b1)
+            segs.append((s, e - s, pblk + s - lblk, False))
+            cur = e
+        if cur < b1:
+            holes.append((cur, b1 - cur))
+            segs.append((cur, b1 - cur, -1, True))
+        need = sum(h[1] for h in holes)
+        if need:
+            free = int(self._meta("free_blocks"))
+            if need > free:
+                raise FsError(errno.ENOSPC)
+        resolved: list[tuple[int, int, int, bool]] = []
+        for lblk, nblk, pblk, new in segs:
+            if not new:
+                resolved.append((lblk, nblk, pblk, False))
+                continue
+            for l2, n2, p2 in self._allocate(a.ino, lblk, nblk):
+                resolved.append((l2, n2, p2, True))
+        # Coalesce physically contiguous runs into single writes.
+        runs: list[list[Any]] = []
+        for lblk, nblk, pblk, new in resolved:
+            if runs and runs[-1][2] + runs[-1][1] == pblk and runs[-1][0] + runs[-1][1] == lblk:
+                runs[-1][1] += nblk
+                runs[-1][3] = runs[-1][3] or new
+                runs[-1][4].append((lblk, nblk, new))
+            else:
+                runs.append([lblk, nblk, pblk, new, [(lblk, nblk, new)]])
+        for lblk, nblk, pblk, _any_new, parts in runs:
+            rs = lblk * BLOCK
+            re_ = (lblk + nblk) * BLOCK
+            s = max(rs, offset)
+            e = min(re_, end)
+            payload = data[s - offset : e - offset]
+            head_new = parts[0][2] and s > rs
+            tail_new = parts[-1][2] and e < re_ and e % BLOCK
+            if head_new or tail_new:
+                ws = rs if head_new else s
+                we = ((e + BLOCK - 1) // BLOCK) * BLOCK if tail_new else e
+                buf = bytearray(we - ws)
+                buf[s - ws : e - ws] = payload
+                self.dev.pwrite(self._phys(pblk) + ws - rs, buf)
+            else:
+                self.dev.pwrite(self._phys(pblk) + s - rs, payload)
+        self._data_dirty = True
+
+    def _allocate(self, ino: int, lblk: int, nblk: int) -> list[tuple[int, int, int]]:
+        """Allocate ``nblk`` blocks for logical ``lblk``; insert (and merge) extents."""
+        out: list[tuple[int, int, int]] = []
+        prev = self.db.execute(
+            "SELECT lblk, nblk, pblk FROM extent WHERE ino=? AND lblk<? ORDER BY lblk DESC LIMIT 1", (ino, lblk)
+        ).fetchone()
+        goal: int | None = None
+        if prev is not None:
+            goal = prev[2] + (lblk - prev[0])
+        remaining = nblk
+        while remaining:
+            start, got = self._take_free(remaining, goal)
+            out.append((lblk, got, start))
+            merged = False
+            if prev is not None and prev[0] + prev[1] == lblk and prev[2] + prev[1] == start:
+                self.db.execute("UPDATE extent SET nblk = nblk + ? WHERE ino=? AND lblk=?", (got, ino, prev[0]))
+                prev = (prev[0], prev[1] + got, prev[2])
+                merged = True
+            if not merged:
+                self.db.execute("INSERT INTO extent(ino, lblk, nblk, pblk) VALUES (?, ?, ?, ?)", (ino, lblk, got, start))
+                prev = (lblk, got, start)
+            lblk += got
+            remaining -= got
+            goal = start + got
+        # Merge with a following extent that is now contiguous.
+        nxt = self.db.execute("SELECT lblk, nblk, pblk FROM extent WHERE ino=? AND lblk=?", (ino, lblk)).fetchone()
+        if nxt is not None and prev is not None and prev[2] + prev[1] == nxt[2]:
+            self.db.execute("DELETE FROM extent WHERE ino=? AND lblk=?", (ino, lblk))
+            self.db.execute("UPDATE extent SET nblk = nblk + ? WHERE ino=? AND lblk=?", (nxt[1], ino, prev[0]))
+        self._meta_add("free_blocks", -nblk)
+        return out
+
+    def _take_free(self, want: int, goal: int | None) -> tuple[int, int]:
+        row = None
+        if goal is not None:
+            row = self.db.execute(
+                "SELECT start, len FROM free WHERE start<=? ORDER BY start DESC LIMIT 1", (goal,)
+            ).fetchone()
+            if row is not None and row[0] + row[1] > goal:
+                start, length = row
+                got = min(want, start + length - goal)
+                self.db.execute("DELETE FROM free WHERE start=?", (start,))
+                if goal > start:
+                    self.db.execute("INSERT INTO free(start, len) VALUES (?, ?)", (start, goal - start))
+                if goal + got < start + length:
+                    self.db.execute("INSERT INTO free(start, len) VALUES (?, ?)", (goal + got, start + length - goal - got))
+                return goal, got
+        row = self.db.execute("SELECT start, len FROM free WHERE len>=? ORDER BY len, start LIMIT 1", (want,)).fetchone()
+        if row is None:
+            row = self.db.execute("SELECT start, len FROM free ORDER BY len DESC LIMIT 1").fetchone()
+        if row is None:
+            raise FsError(errno.ENOSPC)
+        start, length = row
+        got = min(want, length)
+        self.db.execute("DELETE FROM free WHERE start=?", (start,))
+        if got < length:
+            self.db.execute("INSERT INTO free(start, len) VALUES (?, ?)", (start + got, length - got))
+        return start, got
+
+    def _free_insert(self, start: int, n: int) -> None:
+        if n <= 0:
+            return
+        self._meta_add("free_blocks", n)
+        before = self.db.execute(
+            "SELECT start, len FROM free WHERE start<? ORDER BY start DESC LIMIT 1", (start,)
+        ).fetchone()
+        after = self.db.execute("SELECT start, len FROM free WHERE start=?", (start + n,)).fetchone()
+        if after is not None:
+            self.db.execute("DELETE FROM free WHERE start=?", (after[0],))
+            n += after[1]
+        if before is not None and before[0] + before[1] == start:
+            self.db.execute("UPDATE free SET len = len + ? WHERE start=?", (n, before[0]))
+        else:
+            self.db.execute("INSERT INTO free(start, len) VALUES (?, ?)", (start, n))
+
+    # -- whole file system ------------------------------------------------------------------
+
+    def fsstat(self) -> FsStat:
+        free_blocks = int(self._meta("free_blocks"))
+        inodes = int(self._meta("inodes"))
+        max_files = 1 << 32
+        return FsStat(
+            total_bytes=self.sb.data_blocks * BLOCK,
+            free_bytes=free_blocks * BLOCK,
+            total_files=max_files,
+            free_files=max_files - inodes,
+        )

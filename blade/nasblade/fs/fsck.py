@@ -1,0 +1,137 @@
+"""``check``: a read-only consistency check of a nasblade file system.
+
+Opened like a mount (so the WAL is recovered first), then it verifies, in order: SQLite's own
+``integrity_check``; the counters in ``meta``; that every directory entry points at an inode
+and every inode's link count equals the entries that name it (directories: 2 + sub-directories,
+and exactly one parent entry); that ``..`` links agree with the tree; that cookies are below the
+directory's next cookie; that file extents and free extents lie inside the data region, never
+overlap and cover it exactly; and that no extent lies past its file's end. Used by
+``nasblade fsck`` and by the crash tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from nasblade.blockdev import BlockDevice
+from nasblade.fs import fs as fsmod
+
+
+@dataclasses.dataclass
+class Report:
+    problems: list[str] = dataclasses.field(default_factory=list)
+    inodes: int = 0
+    directories: int = 0
+    files: int = 0
+    used_blocks: int = 0
+    free_blocks: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+
+def check(dev: BlockDevice, *, max_problems: int = 100) -> Report:
+    fs = fsmod.FileSystem(dev)
+    try:
+        return check_mounted(fs, max_problems=max_problems)
+    finally:
+        fs.close()
+
+
+def check_mounted(fs: fsmod.FileSystem, *, max_problems: int = 100) -> Report:
+    rep = Report()
+    db: Any = fs.db
+
+    def bad(msg: str) -> None:
+        if len(rep.problems) < max_problems:
+            rep.problems.append(msg)
+
+    rows = db.execute("PRAGMA integrity_check").fetchall()
+    if rows != [("ok",)]:
+        for (r,) in rows:
+            bad(f"sqlite: {r}")
+        return rep
+    inodes = {
+        r[0]: r
+        for r in db.execute("SELECT ino, type, nlink, size, parent, next_cookie, target FROM inode").fetchall()
+    }
+    rep.inodes = len(inodes)
+    if fsmod.ROOT_INO not in inodes:
+        bad("root inode missing")
+        return rep
+    refs: dict[int, int] = {}
+    subdirs: dict[int, int] = {}
+    dir_entries: dict[int, int] = {}
+    for d, name, ino, cookie in db.execute("SELECT dir, name, ino, cookie FROM dirent"):
+        if d not in inodes:
+            bad(f"entry {bytes(name)!r} in missing directory {d}")
+            continue
+        if inodes[d][1] != fsmod.FType.DIR:
+            bad(f"entry {bytes(name)!r} in non-directory {d}")
+        if cookie >= inodes[d][5] or cookie < 3:
+            bad(f"entry {bytes(name)!r} in {d} has cookie {cookie} outside [3, {inodes[d][5]})")
+        if ino not in inodes:
+            bad(f"entry {bytes(name)!r} in {d} points at missing inode {ino}")
+            continue
+        refs[ino] = refs.get(ino, 0) + 1
+        if inodes[ino][1] == fsmod.FType.DIR:
+            subdirs[d] = subdirs.get(d, 0) + 1
+            dir_entries[ino] = d
+    for ino, (_, ftype, nlink, _size, parent, _nc, target) in inodes.items():
+        if ftype == fsmod.FType.DIR:
+            rep.directories += 1
+            want = 2 + subdirs.get(ino, 0)
+            if nlink != want:
+                bad(f"directory {ino} has nlink {nlink}, expected {want}")
+            if ino == fsmod.ROOT_INO:
+                if parent != ino:
+                    bad("root's parent is not itself")
+                if refs.get(ino):
+                    bad("root has a directory entry")
+            else:
+                if refs.get(ino, 0) != 1:
+                    bad(f"directory {ino} has {refs.get(ino, 0)} entries (expected 1)")
+                elif dir_entries.get(ino) != parent:
+                    bad(f"directory {ino} has '..' {parent} but lives in {dir_entries.get(ino)}")
+        else:
+            rep.files += 1
+            if nlink != refs.get(ino, 0):
+                bad(f"inode {ino} has nlink {nlink}, but {refs.get(ino, 0)} entries")
+            if nlink == 0:
+                bad(f"orphan inode {ino}")
+            if ftype == fsmod.FType.LNK and target is None:
+                bad(f"symlink {ino} without a target")
+    # Space map: extents and free ranges must tile [0, data_blocks) exactly.
+    total = fs.sb.data_blocks
+    ranges: list[tuple[int, int, str]] = []
+    for ino, lblk, nblk, pblk in db.execute("SELECT ino, lblk, nblk, pblk FROM extent"):
+        if ino not in inodes:
+            bad(f"extent of missing inode {ino}")
+            continue
+        if nblk <= 0:
+            bad(f"empty extent in inode {ino}")
+        if lblk * fsmod.BLOCK >= inodes[ino][3] and nblk > 0:
+            bad(f"inode {ino} has an extent at block {lblk} past its size {inodes[ino][3]}")
+        ranges.append((pblk, nblk, f"inode {ino}"))
+        rep.used_blocks += nblk
+    for start, length in db.execute("SELECT start, len FROM free"):
+        ranges.append((start, length, "free"))
+        rep.free_blocks += length
+    ranges.sort()
+    pos = 0
+    for start, length, owner in ranges:
+        if start < pos:
+            bad(f"blocks {start}..{start + length} of {owner} overlap another range")
+        elif start > pos:
+            bad(f"blocks {pos}..{start} are neither used nor free")
+        pos = max(pos, start + length)
+    if pos != total:
+        bad(f"space map ends at {pos}, data region has {total} blocks")
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    if meta.get("free_blocks") != rep.free_blocks:
+        bad(f"free_blocks counter {meta.get('free_blocks')} != free map {rep.free_blocks}")
+    if meta.get("inodes") != rep.inodes:
+        bad(f"inode counter {meta.get('inodes')} != {rep.inodes}")
+    return rep
