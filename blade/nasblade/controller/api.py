@@ -1,0 +1,414 @@
+"""The control API: HTTP + JSON over the control store (``engine.Engine``) and the copy engine.
+
+The contract (paths, JSON shapes, status codes) is docs/control-api.md; ``OPENAPI`` below is
+the machine-readable form served at ``GET /v1/openapi.json``. The routes table ``ROUTES``
+maps (method, path) to a handler; two middlewares apply to every route: bearer-token
+authentication (``401``; fault injection additionally needs the admin token, ``403``) and
+error mapping (``KeyError`` → ``404``, ``BadRequest`` → ``400`` ...), so every error is a JSON
+object with an ``"error"`` key. ``apiclient.ControlClient`` is the Python client.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from nasblade.controller import layout
+from nasblade.controller.copyengine import CopyEngine, CopyError
+from nasblade.controller.engine import Engine, StaleEpoch
+
+ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+COPIES: web.AppKey[CopyEngine] = web.AppKey("copies", CopyEngine)
+TOKENS: web.AppKey[tuple[str | None, str | None]] = web.AppKey("tokens", tuple)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, default: Any = ...) -> Any:
+    if name not in body or body[name] is None:
+        if default is ...:
+            raise BadRequest(f"missing field {name!r}", field=name)
+        return default
+    value = body[name]
+    if isinstance(value, bool) and kind is int:
+        raise BadRequest(f"field {name!r} must be an integer", field=name)
+    if not isinstance(value, kind):
+        raise BadRequest(f"field {name!r} has the wrong type", field=name)
+    if kind is int and value < 0:
+        raise BadRequest(f"field {name!r} must not be negative", field=name)
+    return value
+
+
+# --- middlewares ----------------------------------------------------------------------------
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == "/healthz":
+        return await handler(request)
+    token, admin = request.app[TOKENS]
+    header = request.headers.get("Authorization", "")
+    given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    is_admin = bool(admin) and hmac.compare_digest(given.encode(), admin.encode())  # type: ignore[union-attr]
+    is_user = is_admin or (bool(token) and hmac.compare_digest(given.encode(), token.encode()))  # type: ignore[union-attr]
+    if not given or not is_user:
+        return _error(401, "unauthorized", hint="send 'Authorization: Bearer <token>'")
+    if request.path.startswith("/v1/faults") and not is_admin:
+        return _error(403, "admin token required")
+    return await handler(request)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        extra = {"field": exc.field} if exc.field else {}
+        return _error(400, str(exc), **extra)
+    except KeyError as exc:
+        return _error(404, f"not found: {exc.args[0] if exc.args else ''}")
+    except StaleEpoch as exc:
+        return _error(409, "stale epoch", lastEpoch=exc.last_epoch)
+    except FileExistsError as exc:
+        return _error(409, f"already exists: {exc}")
+    except layout.NoSpace as exc:
+        return _error(507, f"no space: {exc}")
+    except CopyError as exc:
+        return _error(400, str(exc))
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return _error(exc.status, exc.reason)
+        raise
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+def _engine(request: web.Request) -> Engine:
+    return request.app[ENGINE]
+
+
+async def get_array(request: web.Request) -> web.Response:
+    e = _engine(request)
+    free = e.array.free_bytes()
+    devices = [{"index": d.index, "path": d.path, "size": d.size,
+                "usable": d.size - d.size % layout.STRIPE_UNIT - layout.META_SIZE, "free": free[d.index]}
+               for d in e.array.devices]
+    st = e.array.state
+    return web.json_response({"uuid": st.uuid, "version": layout.FORMAT_VERSION, "seq": st.seq,
+                              "stripeUnit": st.unit, "size": sum(d["usable"] for d in devices),  # type: ignore[misc]
+                              "free": sum(free), "luCount": len(st.lus), "devices": devices})
+
+
+async def list_lus(request: web.Request) -> web.Response:
+    e = _engine(request)
+    return web.json_response({"lus": [e.lu_json(lu) for lu in e.array.state.lus.values()]})
+
+
+async def create_lu(request: web.Request) -> web.Response:
+    body = await _body(request)
+    name = _field(body, "name", str)
+    size = _field(body, "size", int)
+    read_only = _field(body, "readOnly", bool, default=False)
+    e = _engine(request)
+    try:
+        lu = e.array.create_lu(name, size, read_only=read_only)
+    except ValueError as exc:
+        raise BadRequest(str(exc), field="name" if "name" in str(exc) else "size") from exc
+    return web.json_response(e.lu_json(lu), status=201)
+
+
+async def get_lu(request: web.Request) -> web.Response:
+    e = _engine(request)
+    return web.json_response(e.lu_json(e.lu(request.match_info["name"])))
+
+
+async def patch_lu(request: web.Request) -> web.Response:
+    e = _engine(request)
+    lu = e.lu(request.match_info["name"])
+    body = await _body(request)
+    size = _field(body, "size", int, default=None)
+    read_only = _field(body, "readOnly", bool, default=None)
+    if size is not None and size < lu.size:
+        return _error(409, "LUs can only grow", size=lu.size)
+    if size is not None and size != lu.size:
+        e.array.grow_lu(lu.name, size)
+    if read_only is not None and read_only != lu.read_only:
+        lu.read_only = read_only
+        e.array.persist()
+    return web.json_response(e.lu_json(lu))
+
+
+async def delete_lu(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    _engine(request).lu(name)
+    if request.app[COPIES].busy(name):
+        return _error(409, "a running copy job uses this LU")
+    _engine(request).delete_lu(name)
+    return web.Response(status=204)
+
+
+async def post_reservation(request: web.Request) -> web.Response:
+    e = _engine(request)
+    name = request.match_info["name"]
+    e.lu(name)
+    body = await _body(request)
+    holder = _field(body, "holder", str)
+    if not holder or ";" in holder or "=" in holder:
+        raise BadRequest("holder must be non-empty without ';' or '='", field="holder")
+    epoch = _field(body, "epoch", int, default=None)
+    if epoch is not None and epoch < 1:
+        raise BadRequest("epoch must be >= 1", field="epoch")
+    lu = e.reserve(name, holder, epoch)
+    return web.json_response({"holder": lu.holder, "epoch": lu.epoch})
+
+
+async def get_reservation(request: web.Request) -> web.Response:
+    lu = _engine(request).lu(request.match_info["name"])
+    return web.json_response({"holder": lu.holder, "epoch": lu.epoch, "lastEpoch": lu.last_epoch})
+
+
+async def delete_reservation(request: web.Request) -> web.Response:
+    _engine(request).release(request.match_info["name"])
+    return web.Response(status=204)
+
+
+async def list_clients(request: web.Request) -> web.Response:
+    return web.json_response({"clients": list(_engine(request).clients.values())})
+
+
+async def get_client(request: web.Request) -> web.Response:
+    return web.json_response(_engine(request).clients[request.match_info["name"]])
+
+
+async def post_client(request: web.Request) -> web.Response:
+    from nasblade.controller.array import now
+
+    body = await _body(request)
+    name = _field(body, "name", str)
+    if not name:
+        raise BadRequest("name must not be empty", field="name")
+    record = {"name": name, "group": _field(body, "group", str, default=None),
+              "role": _field(body, "role", str, default=None),
+              "address": _field(body, "address", str, default=None),
+              "attrs": _field(body, "attrs", dict, default={})}
+    clients = _engine(request).clients
+    stamp = now()
+    record["registered"] = clients.get(name, {}).get("registered", stamp)
+    record["lastSeen"] = stamp
+    clients[name] = record
+    return web.json_response(record, status=201)
+
+
+async def delete_client(request: web.Request) -> web.Response:
+    del _engine(request).clients[request.match_info["name"]]
+    return web.Response(status=204)
+
+
+async def get_cache(request: web.Request) -> web.Response:
+    c = _engine(request).cache
+    total = c.stats.hits + c.stats.misses
+    return web.json_response({"size": c.capacity, "used": c.used, "dirtyBytes": c.dirty_bytes,
+                              "hits": c.stats.hits, "misses": c.stats.misses,
+                              "dirtyRatio": c.dirty_ratio, "lineSize": 65536,
+                              "hitRatio": c.stats.hits / total if total else 0.0})
+
+
+async def get_cache_directory(request: web.Request) -> web.Response:
+    e = _engine(request)
+    name = request.query.get("lu")
+    if not name:
+        raise BadRequest("query parameter 'lu' is required", field="lu")
+    e.lu(name)
+    records = [r.to_json() for r in e.records.values() if r.lu == name]
+    return web.json_response({"lu": name, "ranges": e.cache.directory(name), "records": records})
+
+
+async def post_cache_records(request: web.Request) -> web.Response:
+    e = _engine(request)
+    body = await _body(request)
+    client = _field(body, "client", str)
+    lu = e.lu(_field(body, "lu", str))
+    raw = _field(body, "ranges", list)
+    state = _field(body, "state", str, default="dirty")
+    if state not in ("dirty", "clean"):
+        raise BadRequest("state must be 'dirty' or 'clean'", field="state")
+    ranges: list[tuple[int, int]] = []
+    for r in raw:
+        if (not isinstance(r, list) or len(r) != 2 or not all(type(x) is int and x >= 0 for x in r)
+                or r[0] + r[1] > lu.size):
+            raise BadRequest("ranges must be [[offset, length], ...] inside the LU", field="ranges")
+        ranges.append((r[0], r[1]))
+    rec = e.add_record(client, lu.name, ranges, state)
+    return web.json_response(rec.to_json(), status=201)
+
+
+async def delete_cache_records(request: web.Request) -> web.Response:
+    e = _engine(request)
+    client = request.query.get("client")
+    if not client:
+        raise BadRequest("query parameter 'client' is required", field="client")
+    lu = request.query.get("lu")
+    for rid in [r.id for r in e.records.values() if r.client == client and (lu is None or r.lu == lu)]:
+        del e.records[rid]
+    return web.Response(status=204)
+
+
+async def get_load(request: web.Request) -> web.Response:
+    e = _engine(request)
+    return web.json_response({**e.load.figures(), "dirtyRatio": e.cache.dirty_ratio})
+
+
+async def post_copy_job(request: web.Request) -> web.Response:
+    body = await _body(request)
+    job = request.app[COPIES].create(
+        source=_field(body, "source", str), source_offset=_field(body, "sourceOffset", int, default=0),
+        target=_field(body, "target", str), target_offset=_field(body, "targetOffset", int, default=0),
+        length=_field(body, "length", int), rate_limit=_field(body, "rateLimit", int, default=0))
+    return web.json_response(job.to_json(), status=201)
+
+
+async def list_copy_jobs(request: web.Request) -> web.Response:
+    return web.json_response({"jobs": [j.to_json() for j in request.app[COPIES].jobs.values()]})
+
+
+async def get_copy_job(request: web.Request) -> web.Response:
+    return web.json_response(request.app[COPIES].jobs[request.match_info["id"]].to_json())
+
+
+async def delete_copy_job(request: web.Request) -> web.Response:
+    return web.json_response(request.app[COPIES].cancel(request.match_info["id"]).to_json())
+
+
+async def post_fault(request: web.Request) -> web.Response:
+    e = _engine(request)
+    body = await _body(request)
+    lu = e.lu(_field(body, "lu", str))
+    ops = _field(body, "ops", list, default=["read", "write"])
+    if not ops or any(op not in ("read", "write") for op in ops):
+        raise BadRequest("ops must be a non-empty subset of ['read', 'write']", field="ops")
+    fault = e.add_fault(lu.name, _field(body, "offset", int, default=0),
+                        _field(body, "length", int, default=lu.size), frozenset(ops))
+    return web.json_response(fault.to_json(), status=201)
+
+
+async def list_faults(request: web.Request) -> web.Response:
+    return web.json_response({"faults": [f.to_json() for f in _engine(request).faults.values()]})
+
+
+async def clear_faults(request: web.Request) -> web.Response:
+    _engine(request).faults.clear()
+    return web.Response(status=204)
+
+
+async def delete_fault(request: web.Request) -> web.Response:
+    del _engine(request).faults[request.match_info["id"]]
+    return web.Response(status=204)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+ROUTES: list[tuple[str, str, Handler, str]] = [
+    ("GET", "/v1/array", get_array, "Array superblock, devices, sizes and free space"),
+    ("GET", "/v1/lus", list_lus, "List LUs"),
+    ("POST", "/v1/lus", create_lu, "Create an LU {name, size, readOnly?}"),
+    ("GET", "/v1/lus/{name}", get_lu, "Describe an LU"),
+    ("PATCH", "/v1/lus/{name}", patch_lu, "Grow an LU {size} and/or set {readOnly}"),
+    ("DELETE", "/v1/lus/{name}", delete_lu, "Delete an LU"),
+    ("POST", "/v1/lus/{name}/reservation", post_reservation, "Take the reservation {holder, epoch?}; fences older epochs"),
+    ("GET", "/v1/lus/{name}/reservation", get_reservation, "Current reservation"),
+    ("DELETE", "/v1/lus/{name}/reservation", delete_reservation, "Release the reservation"),
+    ("GET", "/v1/clients", list_clients, "Registered clients (blades)"),
+    ("POST", "/v1/clients", post_client, "Register or refresh a client {name, group?, role?, address?, attrs?}"),
+    ("GET", "/v1/clients/{name}", get_client, "Describe a client"),
+    ("DELETE", "/v1/clients/{name}", delete_client, "Unregister a client"),
+    ("GET", "/v1/cache", get_cache, "Cache size, used, dirty bytes, hits, misses, dirty ratio"),
+    ("GET", "/v1/cache/directory", get_cache_directory, "Cached ranges of an LU (?lu=NAME) and registered records"),
+    ("POST", "/v1/cache/records", post_cache_records, "Register cache records {client, lu, ranges, state}"),
+    ("DELETE", "/v1/cache/records", delete_cache_records, "Clear a client's records (?client=NAME[&lu=LU])"),
+    ("GET", "/v1/load", get_load, "Load figures over a short window"),
+    ("POST", "/v1/copy-jobs", post_copy_job, "Start a copy job"),
+    ("GET", "/v1/copy-jobs", list_copy_jobs, "List copy jobs"),
+    ("GET", "/v1/copy-jobs/{id}", get_copy_job, "Describe a copy job"),
+    ("DELETE", "/v1/copy-jobs/{id}", delete_copy_job, "Cancel a copy job"),
+    ("POST", "/v1/faults", post_fault, "Inject a fault {lu, offset, length, ops} (admin)"),
+    ("GET", "/v1/faults", list_faults, "List injected faults (admin)"),
+    ("DELETE", "/v1/faults", clear_faults, "Clear all faults (admin)"),
+    ("DELETE", "/v1/faults/{id}", delete_fault, "Clear one fault (admin)"),
+    ("GET", "/v1/openapi.json", openapi, "This document"),
+]
+
+
+def _openapi() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, handler, summary in ROUTES:
+        params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for p in ("name", "id") if "{" + p + "}" in path]
+        op: dict[str, Any] = {
+            "operationId": handler.__name__, "summary": summary, "parameters": params,
+            "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+                          "4XX": {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+        }
+        if method in ("POST", "PATCH"):
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+        paths.setdefault(path, {})[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "nasblade controller control API", "version": "1",
+                 "description": "See docs/control-api.md for the JSON shapes."},
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {"type": "object", "required": ["error"],
+                                  "properties": {"error": {"type": "string"}}}},
+        },
+        "paths": paths,
+    }
+
+
+OPENAPI = _openapi()
+
+
+def build_app(engine: Engine, copies: CopyEngine, *, token: str | None, admin_token: str | None) -> web.Application:
+    app = web.Application(middlewares=[auth_middleware, error_middleware], client_max_size=1 << 20)
+    app[ENGINE] = engine
+    app[COPIES] = copies
+    app[TOKENS] = (token, admin_token)
+    app.router.add_get("/healthz", healthz)
+    for method, path, handler, _ in ROUTES:
+        app.router.add_route(method, path, handler)
+    return app
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)

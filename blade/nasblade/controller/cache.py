@@ -1,0 +1,315 @@
+"""The controller's cache memory: write-back 64 KiB lines with per-4 KiB-sector state.
+
+Sits between ``engine.Engine`` (which decides *whether* an I/O may happen) and
+``array.Array`` (raw device I/O). Bookkeeping per line: a ``valid`` and a ``dirty`` bit mask
+over its 16 sectors, so a 4 KiB random write costs one 4 KiB copy and a 4 KiB read miss
+reads 4 KiB (no read amplification). Policy:
+
+- small writes (< ``BYPASS``) land in the cache, dirty, and are acknowledged from memory;
+- large writes and FUA writes go through to the devices (the caller fsyncs for FUA) and
+  refresh cached copies of the range, which then are clean;
+- large reads go straight to the devices and overlay the dirty sectors the cache holds;
+- ``destage`` writes dirty sectors back (background task, FLUSH, eviction, shutdown);
+- lines are evicted in LRU order when ``capacity`` is reached (a dirty victim is destaged
+  first).
+
+The byte ranges a line covers always lie inside one stripe unit of one device (lines are
+aligned and stripe units are multiples of the line size), so a line maps to one device range.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from nasblade.controller import layout
+from nasblade.controller.array import Array
+
+LINE = 64 * 1024
+SECTOR = 4096
+SECTORS = LINE // SECTOR
+ALL = (1 << SECTORS) - 1
+BYPASS = 256 * 1024
+
+Key = tuple[str, int]
+
+
+class Line:
+    __slots__ = ("buf", "dirty", "index", "lu", "valid")
+
+    def __init__(self, lu: layout.LURecord, index: int) -> None:
+        self.lu = lu
+        self.index = index
+        self.buf = bytearray(LINE)
+        self.valid = 0
+        self.dirty = 0
+
+
+def sector_mask(start: int, end: int) -> int:
+    """Mask of the sectors touched by line-relative byte range ``[start, end)``."""
+    first = start // SECTOR
+    last = (end - 1) // SECTOR
+    return ((1 << (last + 1)) - 1) & ~((1 << first) - 1)
+
+
+def full_mask(start: int, end: int) -> int:
+    """Mask of the sectors completely covered by ``[start, end)``."""
+    first = -(-start // SECTOR)
+    last = end // SECTOR  # exclusive
+    if last <= first:
+        return 0
+    return ((1 << last) - 1) & ~((1 << first) - 1)
+
+
+def runs(mask: int) -> Iterator[tuple[int, int]]:
+    """Contiguous ``(first sector, count)`` runs of set bits."""
+    i = 0
+    while mask:
+        if mask & 1:
+            n = 0
+            while mask & 1:
+                mask >>= 1
+                n += 1
+            yield i, n
+            i += n
+        else:
+            mask >>= 1
+            i += 1
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
+class Cache:
+    def __init__(self, array: Array, capacity: int) -> None:
+        self.array = array
+        self.capacity = max(capacity, 4 * LINE)
+        self.lines: OrderedDict[Key, Line] = OrderedDict()
+        self.dirty: dict[Key, Line] = {}
+        self.stats = CacheStats()
+        self.dirty_sectors = 0
+
+    # --- figures ------------------------------------------------------------------------------
+
+    @property
+    def used(self) -> int:
+        return len(self.lines) * LINE
+
+    @property
+    def dirty_bytes(self) -> int:
+        return self.dirty_sectors * SECTOR
+
+    @property
+    def dirty_ratio(self) -> float:
+        return self.dirty_bytes / self.capacity
+
+    def directory(self, lu: str) -> list[dict[str, object]]:
+        """Coalesced ``{offset, length, state}`` ranges held for ``lu``."""
+        out: list[dict[str, object]] = []
+        for (name, index), line in sorted(self.lines.items(), key=lambda kv: kv[0][1]):
+            if name != lu:
+                continue
+            for state, mask in (("dirty", line.dirty), ("clean", line.valid & ~line.dirty)):
+                for first, n in runs(mask):
+                    off = index * LINE + first * SECTOR
+                    last = out[-1] if out else None
+                    if last and last["state"] == state and last["offset"] + last["length"] == off:  # type: ignore[operator]
+                        last["length"] += n * SECTOR  # type: ignore[operator]
+                    else:
+                        out.append({"offset": off, "length": n * SECTOR, "state": state})
+        out.sort(key=lambda r: r["offset"])  # type: ignore[arg-type, return-value]
+        return out
+
+    def is_dirty(self, lu: str, offset: int, length: int) -> bool:
+        for index in range(offset // LINE, (offset + length - 1) // LINE + 1):
+            line = self.dirty.get((lu, index))
+            if line is None:
+                continue
+            start = max(offset - index * LINE, 0)
+            end = min(offset + length - index * LINE, LINE)
+            if line.dirty & sector_mask(start, end):
+                return True
+        return False
+
+    # --- line management ----------------------------------------------------------------------
+
+    def _line(self, lu: layout.LURecord, index: int) -> Line:
+        key = (lu.name, index)
+        line = self.lines.get(key)
+        if line is not None:
+            self.lines.move_to_end(key)
+            return line
+        while len(self.lines) * LINE >= self.capacity:
+            vkey, victim = self.lines.popitem(last=False)
+            if victim.dirty:
+                self._destage_line(victim)
+                self.dirty.pop(vkey, None)
+        line = Line(lu, index)
+        self.lines[key] = line
+        return line
+
+    def _fill(self, line: Line, mask: int) -> None:
+        """Read the sectors in ``mask`` that are not yet valid from the device."""
+        need = mask & ~line.valid
+        for first, n in runs(need):
+            start = first * SECTOR
+            self.array.read_into(line.lu, line.index * LINE + start,
+                                 memoryview(line.buf)[start : start + n * SECTOR])
+        line.valid |= need
+
+    def _mark_dirty(self, line: Line, mask: int) -> None:
+        new = mask & ~line.dirty
+        if new:
+            self.dirty_sectors += new.bit_count()
+            line.dirty |= new
+            self.dirty[(line.lu.name, line.index)] = line
+
+    def _destage_line(self, line: Line) -> set[int]:
+        touched: set[int] = set()
+        for first, n in runs(line.dirty):
+            start = first * SECTOR
+            touched |= self.array.write_from(line.lu, line.index * LINE + start,
+                                             memoryview(line.buf)[start : start + n * SECTOR])
+        self.dirty_sectors -= line.dirty.bit_count()
+        line.dirty = 0
+        return touched
+
+    def destage(self, *, max_lines: int | None = None, lu: str | None = None) -> set[int]:
+        """Write dirty lines back (all, or up to ``max_lines``); return devices touched."""
+        touched: set[int] = set()
+        for key in list(self.dirty):
+            if max_lines is not None and max_lines <= 0:
+                break
+            if lu is not None and key[0] != lu:
+                continue
+            line = self.dirty.pop(key)
+            touched |= self._destage_line(line)
+            if max_lines is not None:
+                max_lines -= 1
+        return touched
+
+    def drop_lu(self, name: str) -> None:
+        """Forget every line of ``name`` (the LU is being deleted: no destage)."""
+        for key in [k for k in self.lines if k[0] == name]:
+            line = self.lines.pop(key)
+            if self.dirty.pop(key, None) is not None:
+                self.dirty_sectors -= line.dirty.bit_count()
+
+    # --- I/O ------------------------------------------------------------------------------------
+
+    def read(self, lu: layout.LURecord, offset: int, length: int) -> bytearray:
+        out = bytearray(length)
+        view = memoryview(out)
+        if length >= BYPASS:
+            self.stats.misses += 1
+            self.array.read_into(lu, offset, view)
+            self._overlay_dirty(lu, offset, view)
+            return out
+        hit = True
+        pos = offset
+        end = offset + length
+        while pos < end:
+            index = pos // LINE
+            base = index * LINE
+            stop = min(end, base + LINE)
+            mask = sector_mask(pos - base, stop - base)
+            line = self.lines.get((lu.name, index))
+            if line is None or line.valid & mask != mask:
+                hit = False
+                line = self._line(lu, index)
+                self._fill(line, mask)
+            else:
+                self.lines.move_to_end((lu.name, index))
+            view[pos - offset : stop - offset] = line.buf[pos - base : stop - base]
+            pos = stop
+        if hit:
+            self.stats.hits += 1
+        else:
+            self.stats.misses += 1
+        return out
+
+    def _overlay_dirty(self, lu: layout.LURecord, offset: int, view: memoryview) -> None:
+        end = offset + len(view)
+        if not self.dirty:
+            return
+        for index in range(offset // LINE, (end - 1) // LINE + 1):
+            line = self.dirty.get((lu.name, index))
+            if line is None:
+                continue
+            base = index * LINE
+            for first, n in runs(line.dirty):
+                s = max(base + first * SECTOR, offset)
+                e = min(base + (first + n) * SECTOR, end)
+                if s < e:
+                    view[s - offset : e - offset] = line.buf[s - base : e - base]
+
+    def write(self, lu: layout.LURecord, offset: int, data: memoryview, *, through: bool) -> set[int]:
+        """Write ``data``; with ``through`` (or when large) it goes to the devices now.
+
+        Returns the devices written (empty when the data only reached the cache).
+        """
+        length = len(data)
+        end = offset + length
+        if through or length >= BYPASS:
+            touched = self.array.write_from(lu, offset, data)
+            self._refresh(lu, offset, data)
+            return touched
+        pos = offset
+        while pos < end:
+            index = pos // LINE
+            base = index * LINE
+            stop = min(end, base + LINE)
+            s, e = pos - base, stop - base
+            line = self._line(lu, index)
+            touched_mask = sector_mask(s, e)
+            partial = touched_mask & ~full_mask(s, e)
+            if partial & ~line.valid:
+                self._fill(line, partial)
+            line.buf[s:e] = data[pos - offset : stop - offset]
+            line.valid |= touched_mask
+            self._mark_dirty(line, touched_mask)
+            pos = stop
+        return set()
+
+    def _refresh(self, lu: layout.LURecord, offset: int, data: memoryview) -> None:
+        """After a write-through: bring cached copies of the range up to date."""
+        end = offset + len(data)
+        for index in range(offset // LINE, (end - 1) // LINE + 1):
+            key = (lu.name, index)
+            line = self.lines.get(key)
+            if line is None:
+                continue
+            base = index * LINE
+            s, e = max(offset, base) - base, min(end, base + LINE) - base
+            full = full_mask(s, e)
+            partial = sector_mask(s, e) & ~full
+            if partial & ~line.valid:
+                # keep only what is consistent: drop the partially written invalid sectors
+                line.buf[s:e] = data[base + s - offset : base + e - offset]
+                line.valid |= full
+            else:
+                line.buf[s:e] = data[base + s - offset : base + e - offset]
+                line.valid |= full
+            cleaned = line.dirty & full
+            if cleaned:
+                line.dirty &= ~cleaned
+                self.dirty_sectors -= cleaned.bit_count()
+                if not line.dirty:
+                    self.dirty.pop(key, None)
+
+    def zero(self, lu: layout.LURecord, offset: int, length: int) -> set[int]:
+        """Zero a range on the devices and drop or zero its cached copies."""
+        touched = self.array.zero(lu, offset, length)
+        end = offset + length
+        for index in range(offset // LINE, (end - 1) // LINE + 1):
+            line = self.lines.get((lu.name, index))
+            if line is None:
+                continue
+            base = index * LINE
+            s, e = max(offset, base) - base, min(end, base + LINE) - base
+            line.buf[s:e] = bytes(e - s)
+        return touched

@@ -1,0 +1,278 @@
+"""The control store and the I/O gate: what the NBD front end and the control API share.
+
+``Engine`` holds the ``array.Array`` (LU table and reservations, persisted), the
+``cache.Cache``, and the in-memory parts of the control store: the blade registry, cache
+records registered by block processors, fault injections, load figures and open NBD
+connections. Every LU I/O from ``nasblade.nbd.server`` and from the copy engine goes
+through ``Engine.read`` / ``write`` / ``zero`` / ``flush``, which apply, in order:
+export checks (read-only, reservation epoch = fencing), range checks, injected faults,
+copy-on-write for running copy jobs, then the cache. Errors are ``OSError`` carrying the
+errno the NBD reply uses.
+
+Device fsyncs run in a worker thread; everything else runs on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import itertools
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nasblade.controller import layout
+from nasblade.controller.array import Array, now
+from nasblade.controller.cache import Cache
+
+
+class Fenceable(Protocol):
+    """An open NBD connection as the engine sees it."""
+
+    lu: str
+    holder: str | None
+    epoch: int | None
+
+    def fence(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Fault:
+    id: str
+    lu: str
+    offset: int
+    length: int
+    ops: frozenset[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "lu": self.lu, "offset": self.offset, "length": self.length,
+                "ops": sorted(self.ops)}
+
+
+@dataclass
+class CacheRecord:
+    id: str
+    client: str
+    lu: str
+    ranges: list[tuple[int, int]]
+    state: str
+    created: str = field(default_factory=now)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "client": self.client, "lu": self.lu,
+                "ranges": [list(r) for r in self.ranges], "state": self.state,
+                "created": self.created}
+
+
+class Load:
+    """Per-second buckets of completed I/O, averaged over ``window`` seconds."""
+
+    def __init__(self, window: int = 5) -> None:
+        self.window = window
+        self.buckets: collections.deque[list[float]] = collections.deque(maxlen=window + 1)
+        self._second = -1
+        self.inflight = 0
+
+    def _bucket(self) -> list[float]:
+        sec = int(time.monotonic())
+        if sec != self._second:
+            gap = min(sec - self._second, self.window + 1) if self._second >= 0 else 1
+            for _ in range(gap):
+                # reads, writes, read bytes, written bytes, queue-depth sum, samples
+                self.buckets.append([0, 0, 0, 0, 0, 0])
+            self._second = sec
+        return self.buckets[-1]
+
+    def add(self, *, read: int = 0, written: int = 0) -> None:
+        b = self._bucket()
+        if read:
+            b[0] += 1
+            b[2] += read
+        if written:
+            b[1] += 1
+            b[3] += written
+        b[4] += self.inflight
+        b[5] += 1
+
+    def figures(self) -> dict[str, Any]:
+        self._bucket()
+        full = list(self.buckets)[:-1][-self.window :] or [[0, 0, 0, 0, 0, 0]]
+        n = float(len(full))
+        sums = [sum(b[i] for b in full) for i in range(6)]
+        return {"windowSeconds": n, "iops": (sums[0] + sums[1]) / n, "readIops": sums[0] / n,
+                "writeIops": sums[1] / n,
+                "mbps": {"read": sums[2] / n / 1e6, "write": sums[3] / n / 1e6},
+                "queueDepth": sums[4] / sums[5] if sums[5] else 0.0}
+
+
+class CopyHook(Protocol):
+    def before_write(self, lu: str, offset: int, length: int) -> None: ...
+
+
+class Engine:
+    def __init__(self, array: Array, *, cache_size: int) -> None:
+        self.array = array
+        self.cache = Cache(array, cache_size)
+        self.clients: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, CacheRecord] = {}
+        self.faults: dict[str, Fault] = {}
+        self.load = Load()
+        self.connections: set[Fenceable] = set()
+        self.copy_hooks: list[CopyHook] = []
+        self.on_lu_deleted: list[Callable[[str], None]] = []
+        self._ids = itertools.count(1)
+
+    # --- LU table ----------------------------------------------------------------------------
+
+    def lu(self, name: str) -> layout.LURecord:
+        lu = self.array.state.lus.get(name)
+        if lu is None:
+            raise KeyError(name)
+        return lu
+
+    def lu_json(self, lu: layout.LURecord) -> dict[str, Any]:
+        reservation = {"holder": lu.holder, "epoch": lu.epoch} if lu.holder is not None else None
+        return {"name": lu.name, "size": lu.size, "readOnly": lu.read_only, "created": lu.created,
+                "allocated": lu.allocated,
+                "devices": sorted({d for s in lu.segments for d, _ in s.members}),
+                "reservation": reservation, "lastEpoch": lu.last_epoch,
+                "connections": sum(1 for c in self.connections if c.lu == lu.name)}
+
+    def delete_lu(self, name: str) -> None:
+        self.lu(name)
+        for hook in self.on_lu_deleted:
+            hook(name)
+        for conn in [c for c in self.connections if c.lu == name]:
+            conn.fence()
+        self.cache.drop_lu(name)
+        for rid in [r.id for r in self.records.values() if r.lu == name]:
+            del self.records[rid]
+        self.faults = {k: f for k, f in self.faults.items() if f.lu != name}
+        self.array.delete_lu(name)
+
+    def reserve(self, name: str, holder: str, epoch: int | None) -> layout.LURecord:
+        """Give ``holder`` the reservation with ``epoch``; older holders are fenced at once."""
+        lu = self.lu(name)
+        if epoch is not None and lu.holder == holder and lu.epoch == epoch:
+            return lu
+        new_epoch = lu.last_epoch + 1 if epoch is None else epoch
+        if new_epoch <= lu.last_epoch:
+            raise StaleEpoch(lu.last_epoch)
+        lu.holder, lu.epoch, lu.last_epoch = holder, new_epoch, new_epoch
+        self.array.persist()
+        self._fence_stale(lu)
+        return lu
+
+    def release(self, name: str) -> None:
+        lu = self.lu(name)
+        lu.holder, lu.epoch = None, None
+        self.array.persist()
+        self._fence_stale(lu)
+
+    def _fence_stale(self, lu: layout.LURecord) -> None:
+        for conn in list(self.connections):
+            if conn.lu == lu.name and conn.epoch is not None and conn.epoch != lu.epoch:
+                conn.fence()
+
+    # --- the I/O gate ----------------------------------------------------------------------
+
+    def may_write(self, conn: Fenceable, lu: layout.LURecord) -> int:
+        """0, or the NBD errno refusing a write from ``conn`` (read-only, fenced)."""
+        if lu.read_only:
+            return errno.EPERM
+        if conn.epoch is None:
+            return errno.EPERM if lu.holder is not None else 0
+        if conn.epoch != lu.epoch or conn.holder != lu.holder:
+            return errno.EPERM
+        return 0
+
+    def _check_fault(self, lu: str, offset: int, length: int, op: str) -> None:
+        if not self.faults:
+            return
+        for f in self.faults.values():
+            if f.lu == lu and op in f.ops and offset < f.offset + f.length and f.offset < offset + length:
+                raise OSError(errno.EIO, f"injected {op} fault on {lu}")
+
+    def read(self, lu: layout.LURecord, offset: int, length: int) -> bytearray:
+        if offset < 0 or length < 0 or offset + length > lu.size:
+            raise OSError(errno.EINVAL, "read past the end")
+        self._check_fault(lu.name, offset, length, "read")
+        data = self.cache.read(lu, offset, length)
+        self.load.add(read=length)
+        return data
+
+    def _before_write(self, lu: layout.LURecord, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > lu.size:
+            raise OSError(errno.ENOSPC, "write past the end")
+        self._check_fault(lu.name, offset, length, "write")
+        for hook in self.copy_hooks:
+            hook.before_write(lu.name, offset, length)
+
+    async def write(self, lu: layout.LURecord, offset: int, data: memoryview, *, fua: bool) -> None:
+        self._before_write(lu, offset, len(data))
+        touched = self.cache.write(lu, offset, data, through=fua)
+        self.load.add(written=len(data))
+        if fua:
+            await self.sync(touched)
+
+    async def zero(self, lu: layout.LURecord, offset: int, length: int, *, fua: bool) -> None:
+        self._before_write(lu, offset, length)
+        touched = self.cache.zero(lu, offset, length)
+        self.load.add(written=length)
+        if fua:
+            await self.sync(touched)
+
+    def check_trim(self, lu: layout.LURecord, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > lu.size:
+            raise OSError(errno.EINVAL, "trim past the end")
+
+    async def flush(self) -> None:
+        """Destage the whole cache and fsync every device (NBD FLUSH, CAN_MULTI_CONN)."""
+        self.cache.destage()
+        self.clear_destaged_records()
+        await self.sync(None)
+
+    async def sync(self, devices: set[int] | None) -> None:
+        if devices is not None and not devices:
+            return
+        await asyncio.get_running_loop().run_in_executor(None, self.array.sync, devices)
+
+    # --- cache records (claim 3) ---------------------------------------------------------------
+
+    def add_record(self, client: str, lu: str, ranges: list[tuple[int, int]], state: str) -> CacheRecord:
+        rec = CacheRecord(uuid.uuid4().hex[:16], client, lu, ranges, state)
+        self.records[rec.id] = rec
+        return rec
+
+    def clear_destaged_records(self) -> None:
+        """Remove dirty records none of whose ranges is dirty in the cache any more."""
+        for rec in list(self.records.values()):
+            if rec.state == "dirty" and not any(
+                self.cache.is_dirty(rec.lu, off, ln) for off, ln in rec.ranges if ln > 0
+            ):
+                del self.records[rec.id]
+
+    async def destager(self, *, interval: float = 0.2, batch: int = 256) -> None:
+        """Background destaging: write dirty lines back in batches, keep the loop responsive."""
+        while True:
+            await asyncio.sleep(interval)
+            while self.cache.dirty:
+                self.cache.destage(max_lines=batch)
+                await asyncio.sleep(0)
+            self.clear_destaged_records()
+
+    # --- faults -------------------------------------------------------------------------------
+
+    def add_fault(self, lu: str, offset: int, length: int, ops: frozenset[str]) -> Fault:
+        f = Fault(uuid.uuid4().hex[:16], lu, offset, length, ops)
+        self.faults[f.id] = f
+        return f
+
+
+class StaleEpoch(Exception):
+    def __init__(self, last_epoch: int) -> None:
+        super().__init__(f"epoch must be greater than {last_epoch}")
+        self.last_epoch = last_epoch

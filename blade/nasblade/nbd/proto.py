@@ -1,0 +1,567 @@
+"""Sans-I/O core of the NBD protocol, both directions (server and client).
+
+Nothing here touches a socket. The server shell (``nasblade.nbd.server``), the synchronous
+client (``nasblade.nbd.client``) and the block processor's proxy feed received bytes in and
+take bytes to send out; tests and fuzzers drive the same objects directly.
+
+Wire rules follow the NBD protocol document (``doc/proto.md`` of the NetworkBlockDevice
+project), fixed newstyle negotiation only:
+
+- Handshake: the server sends ``NBDMAGIC``, ``IHAVEOPT`` and 16 bits of handshake flags; the
+  client answers 32 bits of client flags. Unknown client flags close the connection.
+- Option haggling: ``IHAVEOPT, u32 option, u32 length, data``; each option gets one or more
+  replies ``REPLY_MAGIC, u32 option, u32 reply type, u32 length, data``. ``EXPORT_NAME`` is
+  answered with ``u64 size, u16 flags`` (+124 zero bytes unless ``NO_ZEROES``) and no reply
+  header. A bad option magic cannot be resynchronised: the connection is closed.
+- Transmission: requests ``u32 REQUEST_MAGIC, u16 flags, u16 type, u64 cookie, u64 offset,
+  u32 length`` (+ payload for WRITE); simple replies ``u32 SIMPLE_REPLY_MAGIC, u32 error,
+  u64 cookie`` (+ payload for a successful READ). A bad request magic closes the connection;
+  a WRITE whose payload is over the limit is answered ``EOVERFLOW`` and its payload skipped,
+  so the stream stays in sync with bounded memory.
+
+Parsing is incremental: ``ServerConnection.receive_data`` buffers bytes and
+``next_event`` returns one event or ``None`` when more input is needed (h11 style).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+# --- constants -------------------------------------------------------------------------------
+
+NBDMAGIC = 0x4E42444D41474943
+IHAVEOPT = 0x49484156454F5054
+REPLY_MAGIC = 0x3E889045565A9
+REQUEST_MAGIC = 0x25609513
+SIMPLE_REPLY_MAGIC = 0x67446698
+STRUCTURED_REPLY_MAGIC = 0x668E33EF
+
+# handshake flags (server) / client flags
+FLAG_FIXED_NEWSTYLE = 1 << 0
+FLAG_NO_ZEROES = 1 << 1
+FLAG_C_FIXED_NEWSTYLE = 1 << 0
+FLAG_C_NO_ZEROES = 1 << 1
+KNOWN_CLIENT_FLAGS = FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES
+
+# transmission flags
+TF_HAS_FLAGS = 1 << 0
+TF_READ_ONLY = 1 << 1
+TF_SEND_FLUSH = 1 << 2
+TF_SEND_FUA = 1 << 3
+TF_ROTATIONAL = 1 << 4
+TF_SEND_TRIM = 1 << 5
+TF_SEND_WRITE_ZEROES = 1 << 6
+TF_SEND_DF = 1 << 7
+TF_CAN_MULTI_CONN = 1 << 8
+
+
+class Opt(enum.IntEnum):
+    EXPORT_NAME = 1
+    ABORT = 2
+    LIST = 3
+    PEEK_EXPORT = 4
+    STARTTLS = 5
+    INFO = 6
+    GO = 7
+    STRUCTURED_REPLY = 8
+    LIST_META_CONTEXT = 9
+    SET_META_CONTEXT = 10
+    EXTENDED_HEADERS = 11
+
+
+REP_ACK = 1
+REP_SERVER = 2
+REP_INFO = 3
+REP_ERR_UNSUP = 0x80000001
+REP_ERR_POLICY = 0x80000002
+REP_ERR_INVALID = 0x80000003
+REP_ERR_PLATFORM = 0x80000004
+REP_ERR_TLS_REQD = 0x80000005
+REP_ERR_UNKNOWN = 0x80000006
+REP_ERR_SHUTDOWN = 0x80000007
+REP_ERR_BLOCK_SIZE_REQD = 0x80000008
+REP_ERR_TOO_BIG = 0x80000009
+
+INFO_EXPORT = 0
+INFO_NAME = 1
+INFO_DESCRIPTION = 2
+INFO_BLOCK_SIZE = 3
+
+
+class Cmd(enum.IntEnum):
+    READ = 0
+    WRITE = 1
+    DISC = 2
+    FLUSH = 3
+    TRIM = 4
+    CACHE = 5
+    WRITE_ZEROES = 6
+    BLOCK_STATUS = 7
+    RESIZE = 8
+
+
+CMD_FLAG_FUA = 1 << 0
+CMD_FLAG_NO_HOLE = 1 << 1
+CMD_FLAG_DF = 1 << 2
+CMD_FLAG_REQ_ONE = 1 << 3
+CMD_FLAG_FAST_ZERO = 1 << 4
+
+# NBD error values (the protocol's own numbering, equal to Linux errno values)
+EPERM = 1
+EIO = 5
+ENOMEM = 12
+EINVAL = 22
+ENOSPC = 28
+EOVERFLOW = 75
+ENOTSUP = 95
+ESHUTDOWN = 108
+
+#: Flags each command accepts from us (we advertise FLUSH, FUA, TRIM, WRITE_ZEROES only).
+ALLOWED_CMD_FLAGS: dict[int, int] = {
+    Cmd.READ: CMD_FLAG_FUA,  # FUA on READ is meaningless but harmless; some clients set it
+    Cmd.WRITE: CMD_FLAG_FUA,
+    Cmd.DISC: 0,
+    Cmd.FLUSH: 0,
+    Cmd.TRIM: CMD_FLAG_FUA,
+    Cmd.WRITE_ZEROES: CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+}
+
+MAX_OPTION_LENGTH = 65536
+MAX_PAYLOAD = 32 * 1024 * 1024
+MAX_NAME = 4096
+
+_HANDSHAKE = struct.Struct(">QQH")
+_OPT_HDR = struct.Struct(">QII")
+_OPT_REPLY_HDR = struct.Struct(">QIII")
+_REQUEST = struct.Struct(">IHHQQI")
+_SIMPLE_REPLY = struct.Struct(">IIQ")
+REQUEST_SIZE = _REQUEST.size
+REPLY_SIZE = _SIMPLE_REPLY.size
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol in a way that cannot be answered; close the connection."""
+
+
+# --- export names with a reservation identity --------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportName:
+    """An export name ``LU`` or ``LU;holder=NAME;epoch=N`` (see docs/control-api.md)."""
+
+    lu: str
+    holder: str | None = None
+    epoch: int | None = None
+
+    def encode(self) -> str:
+        if self.holder is None and self.epoch is None:
+            return self.lu
+        if self.holder is None or self.epoch is None:
+            raise ValueError("holder and epoch go together")
+        for part in (self.lu, self.holder):
+            if ";" in part or "=" in part:
+                raise ValueError(f"{part!r} may not contain ';' or '='")
+        return f"{self.lu};holder={self.holder};epoch={self.epoch}"
+
+
+def parse_export_name(name: str) -> ExportName:
+    """Parse an export name; raises ``ValueError`` for a malformed one."""
+    parts = name.split(";")
+    lu = parts[0]
+    if not lu:
+        raise ValueError("empty LU name")
+    if len(parts) == 1:
+        return ExportName(lu)
+    attrs: dict[str, str] = {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if not sep or key in attrs or key not in ("holder", "epoch") or not value:
+            raise ValueError(f"bad export name attribute {part!r}")
+        attrs[key] = value
+    if set(attrs) != {"holder", "epoch"}:
+        raise ValueError("export name needs both holder= and epoch=")
+    if not attrs["epoch"].isdigit() or int(attrs["epoch"]) < 1:
+        raise ValueError("epoch must be a positive integer")
+    return ExportName(lu, attrs["holder"], int(attrs["epoch"]))
+
+
+# --- server side ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What the server shell tells the core about an export."""
+
+    name: str
+    size: int
+    flags: int
+    description: str = ""
+
+
+class ExportLookup:
+    """The server shell's catalogue, as seen by the handshake (subclass or duck-type)."""
+
+    def lookup(self, name: str) -> ExportInfo | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def names(self) -> list[ExportInfo]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Request:
+    """One transmission-phase request. ``payload`` is set for WRITE only (a view, no copy)."""
+
+    flags: int
+    cmd: int
+    cookie: int
+    offset: int
+    length: int
+    payload: memoryview | None = None
+
+    @property
+    def fua(self) -> bool:
+        return bool(self.flags & CMD_FLAG_FUA)
+
+
+@dataclass(frozen=True)
+class BadRequest:
+    """A request the shell must answer with ``error`` (no device I/O)."""
+
+    cookie: int
+    error: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    """The handshake finished: ``export`` was chosen, transmission starts."""
+
+    export: ExportInfo
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The connection must be closed (after sending ``data_to_send()``)."""
+
+    reason: str
+
+
+Event = Request | BadRequest | Negotiated | Closed
+
+
+class _Phase(enum.Enum):
+    CLIENT_FLAGS = 1
+    OPTIONS = 2
+    TRANSMISSION = 3
+    CLOSED = 4
+
+
+@dataclass
+class ServerConnection:
+    """Server side of one NBD connection, sans I/O.
+
+    Usage: send ``initial_bytes()``; then for each chunk received call ``receive_data`` and
+    drain ``next_event()`` until it returns ``None``; send ``data_to_send()`` after each event.
+    During the handshake the core answers options by itself using ``exports``; it returns
+    ``Negotiated`` once, then ``Request``/``BadRequest`` events, and ``Closed`` at the end.
+    Replies to requests are built by the shell with ``simple_reply``.
+    """
+
+    exports: ExportLookup
+    max_payload: int = MAX_PAYLOAD
+    _buf: bytearray = field(default_factory=bytearray)
+    _pos: int = 0
+    _out: bytearray = field(default_factory=bytearray)
+    _phase: _Phase = _Phase.CLIENT_FLAGS
+    _no_zeroes: bool = False
+    _skip: int = 0
+    export: ExportInfo | None = None
+
+    def initial_bytes(self) -> bytes:
+        return _HANDSHAKE.pack(NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        if self._pos and self._pos == len(self._buf):
+            del self._buf[:]
+            self._pos = 0
+        self._buf += data
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def _compact(self) -> None:
+        if self._pos > 1 << 20 or self._pos == len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
+
+    def _take(self, n: int) -> memoryview | None:
+        if len(self._buf) - self._pos < n:
+            return None
+        view = memoryview(self._buf)[self._pos : self._pos + n]
+        self._pos += n
+        return view
+
+    def next_event(self) -> Event | None:
+        while True:
+            if self._phase is _Phase.CLOSED:
+                return None
+            if self._skip:
+                n = min(self._skip, len(self._buf) - self._pos)
+                self._pos += n
+                self._skip -= n
+                if self._skip:
+                    self._compact()
+                    return None
+            if self._phase is _Phase.TRANSMISSION:
+                return self._next_request()
+            ev = self._next_handshake_step()
+            if ev is not _AGAIN:
+                return ev  # type: ignore[return-value]
+
+    # handshake ----------------------------------------------------------------------------
+
+    def _close(self, reason: str) -> Closed:
+        self._phase = _Phase.CLOSED
+        return Closed(reason)
+
+    def _next_handshake_step(self) -> Event | None | object:
+        if self._phase is _Phase.CLIENT_FLAGS:
+            raw = self._take(4)
+            if raw is None:
+                return None
+            (cflags,) = struct.unpack(">I", raw)
+            if cflags & ~KNOWN_CLIENT_FLAGS:
+                return self._close(f"unknown client flags {cflags:#x}")
+            if not cflags & FLAG_C_FIXED_NEWSTYLE:
+                return self._close("client does not speak fixed newstyle")
+            self._no_zeroes = bool(cflags & FLAG_C_NO_ZEROES)
+            self._phase = _Phase.OPTIONS
+            return _AGAIN
+        if len(self._buf) - self._pos < _OPT_HDR.size:
+            return None
+        magic, opt, length = _OPT_HDR.unpack_from(self._buf, self._pos)
+        if magic != IHAVEOPT:
+            return self._close("bad option magic")
+        if length > MAX_OPTION_LENGTH:
+            self._pos += _OPT_HDR.size
+            self._skip = length
+            self._opt_reply(opt, REP_ERR_TOO_BIG, b"option too long")
+            return _AGAIN
+        if len(self._buf) - self._pos < _OPT_HDR.size + length:
+            return None
+        self._pos += _OPT_HDR.size
+        data = bytes(self._take(length) or b"")
+        self._compact()
+        handler = _OPTION_HANDLERS.get(opt, ServerConnection._opt_unsupported)
+        return handler(self, opt, data)
+
+    def _opt_reply(self, opt: int, rtype: int, data: bytes = b"") -> None:
+        self._out += _OPT_REPLY_HDR.pack(REPLY_MAGIC, opt, rtype, len(data)) + data
+
+    def _opt_unsupported(self, opt: int, data: bytes) -> object:
+        self._opt_reply(opt, REP_ERR_UNSUP, b"option not supported")
+        return _AGAIN
+
+    def _opt_abort(self, opt: int, data: bytes) -> Event:
+        self._opt_reply(opt, REP_ACK)
+        return self._close("client aborted")
+
+    def _opt_list(self, opt: int, data: bytes) -> object:
+        if data:
+            self._opt_reply(opt, REP_ERR_INVALID, b"LIST takes no data")
+            return _AGAIN
+        for info in self.exports.names():
+            name = info.name.encode()
+            self._opt_reply(opt, REP_SERVER, struct.pack(">I", len(name)) + name)
+        self._opt_reply(opt, REP_ACK)
+        return _AGAIN
+
+    def _opt_export_name(self, opt: int, data: bytes) -> Event:
+        try:
+            info = self.exports.lookup(data.decode())
+        except UnicodeDecodeError:
+            info = None
+        if info is None:
+            return self._close("unknown export (EXPORT_NAME)")
+        self._out += struct.pack(">QH", info.size, info.flags)
+        if not self._no_zeroes:
+            self._out += bytes(124)
+        return self._start(info)
+
+    def _start(self, info: ExportInfo) -> Negotiated:
+        self.export = info
+        self._phase = _Phase.TRANSMISSION
+        return Negotiated(info)
+
+    def _opt_info_go(self, opt: int, data: bytes) -> object:
+        if len(data) < 6:
+            self._opt_reply(opt, REP_ERR_INVALID, b"short INFO/GO request")
+            return _AGAIN
+        (namelen,) = struct.unpack_from(">I", data)
+        if namelen > len(data) - 6:
+            self._opt_reply(opt, REP_ERR_INVALID, b"bad name length")
+            return _AGAIN
+        (nreq,) = struct.unpack_from(">H", data, 4 + namelen)
+        if len(data) != 6 + namelen + 2 * nreq:
+            self._opt_reply(opt, REP_ERR_INVALID, b"bad information request count")
+            return _AGAIN
+        requests = set(struct.unpack_from(f">{nreq}H", data, 6 + namelen))
+        try:
+            name = data[4 : 4 + namelen].decode()
+        except UnicodeDecodeError:
+            self._opt_reply(opt, REP_ERR_INVALID, b"export name is not UTF-8")
+            return _AGAIN
+        info = self.exports.lookup(name)
+        if info is None:
+            self._opt_reply(opt, REP_ERR_UNKNOWN, f"unknown export {name!r}".encode())
+            return _AGAIN
+        if INFO_NAME in requests:
+            self._opt_reply(opt, REP_INFO, struct.pack(">H", INFO_NAME) + name.encode())
+        if INFO_DESCRIPTION in requests and info.description:
+            desc = info.description.encode()
+            self._opt_reply(opt, REP_INFO, struct.pack(">H", INFO_DESCRIPTION) + desc)
+        self._opt_reply(
+            opt, REP_INFO, struct.pack(">HIII", INFO_BLOCK_SIZE, 1, 4096, self.max_payload)
+        )
+        self._opt_reply(opt, REP_INFO, struct.pack(">HQH", INFO_EXPORT, info.size, info.flags))
+        self._opt_reply(opt, REP_ACK)
+        if opt == Opt.GO:
+            return self._start(info)
+        return _AGAIN
+
+    # transmission -------------------------------------------------------------------------
+
+    def _next_request(self) -> Event | None:
+        if len(self._buf) - self._pos < REQUEST_SIZE:
+            self._compact()
+            return None
+        magic, flags, cmd, cookie, offset, length = _REQUEST.unpack_from(self._buf, self._pos)
+        if magic != REQUEST_MAGIC:
+            return self._close("bad request magic")
+        has_payload = cmd == Cmd.WRITE
+        if has_payload and length > self.max_payload:
+            self._pos += REQUEST_SIZE
+            self._skip = length
+            return BadRequest(cookie, EOVERFLOW, f"payload {length} over {self.max_payload}")
+        if has_payload and len(self._buf) - self._pos < REQUEST_SIZE + length:
+            self._compact()
+            return None
+        self._pos += REQUEST_SIZE
+        payload = None
+        if has_payload:
+            # Copy the payload out so the receive buffer can grow/compact while the shell
+            # still holds this request (a memcpy is ~20x faster than the socket).
+            view = self._take(length)
+            assert view is not None
+            payload = memoryview(bytes(view))
+            view.release()
+        allowed = ALLOWED_CMD_FLAGS.get(cmd)
+        if allowed is None:
+            return BadRequest(cookie, EINVAL, f"unknown command {cmd}")
+        if flags & ~allowed:
+            return BadRequest(cookie, EINVAL, f"flags {flags:#x} not valid for command {cmd}")
+        if cmd == Cmd.DISC:
+            return self._close("client disconnected")
+        if cmd == Cmd.READ and length > self.max_payload:
+            return BadRequest(cookie, EOVERFLOW, f"read of {length} over {self.max_payload}")
+        return Request(flags, cmd, cookie, offset, length, payload)
+
+
+_AGAIN = object()
+
+_OPTION_HANDLERS = {
+    Opt.EXPORT_NAME: ServerConnection._opt_export_name,
+    Opt.ABORT: ServerConnection._opt_abort,
+    Opt.LIST: ServerConnection._opt_list,
+    Opt.INFO: ServerConnection._opt_info_go,
+    Opt.GO: ServerConnection._opt_info_go,
+}
+
+
+def simple_reply(cookie: int, error: int = 0) -> bytes:
+    """The 16-byte simple reply header (a READ's data follows it on success)."""
+    return _SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, error, cookie)
+
+
+# --- client side ----------------------------------------------------------------------------
+
+
+def client_flags() -> bytes:
+    return struct.pack(">I", FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)
+
+
+def parse_server_greeting(data: bytes) -> int:
+    """Check the 18-byte server greeting; return the handshake flags."""
+    magic, opt_magic, hflags = _HANDSHAKE.unpack(data)
+    if magic != NBDMAGIC or opt_magic != IHAVEOPT:
+        raise ProtocolError("not a newstyle NBD server")
+    if not hflags & FLAG_FIXED_NEWSTYLE:
+        raise ProtocolError("server does not speak fixed newstyle")
+    return int(hflags)
+
+
+def build_option(opt: int, data: bytes = b"") -> bytes:
+    return _OPT_HDR.pack(IHAVEOPT, opt, len(data)) + data
+
+
+def build_go(name: str, *, info_requests: Iterable[int] = (INFO_BLOCK_SIZE,), opt: int = Opt.GO) -> bytes:
+    raw = name.encode()
+    reqs = list(info_requests)
+    body = struct.pack(">I", len(raw)) + raw + struct.pack(f">H{len(reqs)}H", len(reqs), *reqs)
+    return build_option(opt, body)
+
+
+OPTION_REPLY_HEADER_SIZE = _OPT_REPLY_HDR.size
+
+
+@dataclass(frozen=True)
+class OptionReply:
+    option: int
+    type: int
+    data: bytes
+
+    @property
+    def is_error(self) -> bool:
+        return bool(self.type & 0x80000000)
+
+
+def parse_option_reply_header(data: bytes) -> tuple[int, int, int]:
+    """Return (option, reply type, length) from a 20-byte option reply header."""
+    magic, opt, rtype, length = _OPT_REPLY_HDR.unpack(data)
+    if magic != REPLY_MAGIC:
+        raise ProtocolError("bad option reply magic")
+    return int(opt), int(rtype), int(length)
+
+
+def parse_info_export(data: bytes) -> tuple[int, int]:
+    """Decode an ``NBD_INFO_EXPORT`` reply payload into (size, transmission flags)."""
+    kind, size, flags = struct.unpack(">HQH", data)
+    if kind != INFO_EXPORT:
+        raise ProtocolError("not an NBD_INFO_EXPORT payload")
+    return int(size), int(flags)
+
+
+def build_request(
+    cmd: int, cookie: int, offset: int = 0, length: int = 0, *, flags: int = 0
+) -> bytes:
+    """A request header (the caller sends a WRITE's payload after it)."""
+    return _REQUEST.pack(REQUEST_MAGIC, flags, cmd, cookie, offset, length)
+
+
+def parse_simple_reply(data: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """Return (error, cookie) from a 16-byte reply header."""
+    magic, error, cookie = _SIMPLE_REPLY.unpack(data)
+    if magic != SIMPLE_REPLY_MAGIC:
+        raise ProtocolError(f"bad reply magic {magic:#x}")
+    return int(error), int(cookie)

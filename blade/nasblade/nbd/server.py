@@ -1,0 +1,260 @@
+"""The controller's NBD front end: a thin asyncio shell around ``proto.ServerConnection``.
+
+One ``NBDConnection`` per client socket (TCP or Unix). Received bytes go into the sans-I/O
+core; events come out and are dispatched from ``_HANDLERS`` (command → coroutine) to the
+``nasblade.controller.engine.Engine``, which applies fencing, faults, copy-on-write and the
+cache. Requests of one connection are executed in order; replies of a batch of pipelined
+requests are coalesced into one ``transport.write``. Backpressure both ways: reading pauses
+while a lot of unparsed input is buffered, request processing waits while the transport's
+write buffer is full.
+
+A connection whose LU is deleted is closed; a connection whose reservation epoch was
+superseded stays open and gets ``EPERM`` for every write (reads keep working).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+from nasblade.controller import layout
+from nasblade.controller.engine import Engine
+from nasblade.nbd import proto
+
+log = logging.getLogger(__name__)
+
+_PAUSE_INPUT = 80 * 1024 * 1024
+_WRITE_HIGH = 16 * 1024 * 1024
+
+
+class Catalog(proto.ExportLookup):
+    """The engine's LU table as the handshake sees it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _info(self, name: str, lu: layout.LURecord) -> proto.ExportInfo:
+        flags = (proto.TF_HAS_FLAGS | proto.TF_SEND_FLUSH | proto.TF_SEND_FUA | proto.TF_SEND_TRIM
+                 | proto.TF_SEND_WRITE_ZEROES | proto.TF_CAN_MULTI_CONN)
+        if lu.read_only:
+            flags |= proto.TF_READ_ONLY
+        return proto.ExportInfo(name, lu.size, flags, f"nasblade LU {lu.name}")
+
+    def lookup(self, name: str) -> proto.ExportInfo | None:
+        try:
+            parsed = proto.parse_export_name(name)
+        except ValueError:
+            return None
+        lu = self.engine.array.state.lus.get(parsed.lu)
+        return None if lu is None else self._info(name, lu)
+
+    def names(self) -> list[proto.ExportInfo]:
+        return [self._info(n, lu) for n, lu in self.engine.array.state.lus.items()]
+
+
+class NBDConnection(asyncio.Protocol):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.core = proto.ServerConnection(Catalog(engine))
+        self.lu = ""
+        self.holder: str | None = None
+        self.epoch: int | None = None
+        self.transport: asyncio.Transport | None = None
+        self._wake = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._eof = False
+        self._paused = False
+        self._task: asyncio.Task[None] | None = None
+        self._out: list[bytes | bytearray] = []
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is not None:
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+        transport.set_write_buffer_limits(high=_WRITE_HIGH)
+        transport.write(self.core.initial_bytes())
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        self.core.receive_data(data)
+        if self.core.buffered > _PAUSE_INPUT and self.transport and not self._paused:
+            self.transport.pause_reading()
+            self._paused = True
+        self._wake.set()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._wake.set()
+        self._writable.set()
+        self.engine.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # --- engine.Fenceable ----------------------------------------------------------------------
+
+    def fence(self) -> None:
+        """Called when the LU is deleted: drop the connection."""
+        if self.transport is not None and self.engine.array.state.lus.get(self.lu) is None:
+            self.transport.close()
+
+    # --- the request loop ----------------------------------------------------------------------
+
+    def _send(self, data: bytes | bytearray) -> None:
+        self._out.append(data)
+
+    def _flush_out(self) -> None:
+        if self._out and self.transport is not None and not self.transport.is_closing():
+            if len(self._out) == 1:
+                self.transport.write(self._out[0])
+            else:
+                self.transport.write(b"".join(self._out))
+        self._out.clear()
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        except Exception:
+            log.exception("NBD connection failed")
+        finally:
+            self._flush_out()
+            self.engine.connections.discard(self)
+            if self.transport is not None:
+                self.transport.close()
+
+    async def _loop(self) -> None:
+        while True:
+            event = self.core.next_event()
+            hs = self.core.data_to_send()
+            if hs:
+                self._send(hs)
+            if event is None:
+                self._flush_out()
+                if self._paused and self.transport is not None:
+                    self._paused = False
+                    self.transport.resume_reading()
+                if self._eof:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if isinstance(event, proto.Closed):
+                log.debug("closing NBD connection: %s", event.reason)
+                return
+            if isinstance(event, proto.Negotiated):
+                parsed = proto.parse_export_name(event.export.name)
+                self.lu, self.holder, self.epoch = parsed.lu, parsed.holder, parsed.epoch
+                self.engine.connections.add(self)
+                continue
+            if isinstance(event, proto.BadRequest):
+                self._send(proto.simple_reply(event.cookie, event.error))
+                continue
+            if not self._writable.is_set():
+                self._flush_out()
+                await self._writable.wait()
+            await self._request(event)
+
+    async def _request(self, req: proto.Request) -> None:
+        lu = self.engine.array.state.lus.get(self.lu)
+        if lu is None:
+            self._send(proto.simple_reply(req.cookie, proto.ESHUTDOWN))
+            return
+        handler = _HANDLERS.get(req.cmd)
+        if handler is None:
+            self._send(proto.simple_reply(req.cookie, proto.EINVAL))
+            return
+        self.engine.load.inflight += 1
+        try:
+            await handler(self, lu, req)
+        except OSError as exc:
+            self._send(proto.simple_reply(req.cookie, _nbd_errno(exc.errno)))
+        finally:
+            self.engine.load.inflight -= 1
+
+    async def _read(self, lu: layout.LURecord, req: proto.Request) -> None:
+        data = self.engine.read(lu, req.offset, req.length)
+        hdr = proto.simple_reply(req.cookie)
+        if len(data) <= 65536:
+            self._send(hdr + data)
+        else:
+            self._send(hdr)
+            self._send(data)
+
+    async def _write(self, lu: layout.LURecord, req: proto.Request) -> None:
+        self._writable_check(lu)
+        assert req.payload is not None
+        if req.fua:
+            self._flush_out()
+        await self.engine.write(lu, req.offset, req.payload, fua=req.fua)
+        self._send(proto.simple_reply(req.cookie))
+
+    def _writable_check(self, lu: layout.LURecord) -> None:
+        err = self.engine.may_write(self, lu)
+        if err:
+            raise OSError(err, "write refused (read-only LU or fenced reservation)")
+
+    async def _flush(self, lu: layout.LURecord, req: proto.Request) -> None:
+        self._flush_out()
+        await self.engine.flush()
+        self._send(proto.simple_reply(req.cookie))
+
+    async def _trim(self, lu: layout.LURecord, req: proto.Request) -> None:
+        self._writable_check(lu)
+        self.engine.check_trim(lu, req.offset, req.length)
+        self._send(proto.simple_reply(req.cookie))
+
+    async def _zeroes(self, lu: layout.LURecord, req: proto.Request) -> None:
+        self._writable_check(lu)
+        if req.fua:
+            self._flush_out()
+        await self.engine.zero(lu, req.offset, req.length, fua=req.fua)
+        self._send(proto.simple_reply(req.cookie))
+
+
+def _nbd_errno(err: int | None) -> int:
+    if err in (errno.EPERM, errno.EIO, errno.ENOMEM, errno.EINVAL, errno.ENOSPC,
+               errno.EOVERFLOW, errno.ENOTSUP, errno.ESHUTDOWN):
+        return int(err)  # type: ignore[arg-type]
+    if err == errno.EROFS or err == errno.EACCES:
+        return proto.EPERM
+    return proto.EIO
+
+
+Handler = Callable[[NBDConnection, layout.LURecord, proto.Request], Awaitable[None]]
+
+_HANDLERS: dict[int, Handler] = {
+    proto.Cmd.READ: NBDConnection._read,
+    proto.Cmd.WRITE: NBDConnection._write,
+    proto.Cmd.FLUSH: NBDConnection._flush,
+    proto.Cmd.TRIM: NBDConnection._trim,
+    proto.Cmd.WRITE_ZEROES: NBDConnection._zeroes,
+}
+
+
+async def serve_tcp(engine: Engine, host: str, port: int) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: NBDConnection(engine), host, port, reuse_address=True)
+
+
+async def serve_unix(engine: Engine, path: str) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_unix_server(lambda: NBDConnection(engine), path)
