@@ -1,0 +1,179 @@
+"""aiohttp applications of the blade: the management API and the file processor's local API.
+
+Both are thin: every handler calls one method of ``nasblade.blockproc.core.BlockProcessor``.
+Routes are declared in tables (``BLADE_ROUTES``, ``LOCAL_ROUTES``). Errors are JSON objects
+``{"error": message}`` with a 4xx/5xx status, as in the controller's control API.
+
+Blade management API (base ``/v1``, bearer token on every route except ``/healthz``):
+
+    GET  /healthz                       {"ok": true}
+    GET  /v1/status                     software version, owned file systems, heartbeat age,
+                                        client counts, active processor-info area, load …
+    GET  /v1/slots                      every slot of the group's portion (decoded)
+    POST /v1/lus/{lu}/takeover          reserve the LU with a new epoch and serve it
+    POST /v1/lus/{lu}/release           flush, stop serving, drop the reservation
+    POST /v1/filesystems/{fs}/takeover  501 (cluster takeover: issue 5)
+    POST /v1/filesystems/{fs}/release   501
+    POST /v1/backups                    501 (processor-information backups: issue 5)
+
+Local API (Unix socket, mode 0600, no token — only the pod's own containers can reach it):
+
+    PUT  /v1/status     body: the file processor's status (BladeStatus JSON fields)
+    GET  /v1/status     this blade's slot as stored
+    GET  /v1/load       {"load": {...controller load...}, "error": null}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from nasblade.blockproc.core import BlockProcessor
+from nasblade.procinfo.portion import PortionError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+BP_KEY: web.AppKey[BlockProcessor] = web.AppKey("bp", BlockProcessor)
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def _bp(request: web.Request) -> BlockProcessor:
+    return request.app[BP_KEY]
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(_bp(request).status())
+
+
+async def _slots(request: web.Request) -> web.Response:
+    bp = _bp(request)
+    if bp.portion is None:
+        return _error(404, "no processor-information portion")
+    slots = await asyncio.to_thread(bp.portion.slots)
+    return web.json_response(
+        {"group": bp.settings.group, "slots": [None if s is None else s.to_json() for s in slots]}
+    )
+
+
+async def _lu_takeover(request: web.Request) -> web.Response:
+    lu = request.match_info["lu"]
+    try:
+        epoch = await _bp(request).take_over(lu)
+    except OSError as exc:
+        return _error(409, f"cannot take over {lu}: {exc}")
+    return web.json_response({"lu": lu, "epoch": epoch})
+
+
+async def _lu_release(request: web.Request) -> web.Response:
+    lu = request.match_info["lu"]
+    if lu not in _bp(request).exports.pools:
+        return _error(404, f"this blade does not serve {lu}")
+    await _bp(request).release(lu)
+    return web.json_response({"lu": lu, "released": True})
+
+
+async def _not_yet(request: web.Request) -> web.Response:
+    return _error(501, f"{request.method} {request.path} is not implemented in this release")
+
+
+async def _put_status(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "body is not JSON")
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object")
+    try:
+        written = await _bp(request).store_status(body)
+    except (KeyError, TypeError, ValueError) as exc:
+        return _error(400, f"bad status: {exc}")
+    except (PortionError, OSError) as exc:
+        return _error(503, f"processor information cannot be written: {exc}")
+    return web.json_response(written)
+
+
+async def _get_status(request: web.Request) -> web.Response:
+    try:
+        slot = await _bp(request).read_slot()
+    except (PortionError, OSError) as exc:
+        return _error(503, f"processor information cannot be read: {exc}")
+    if slot is None:
+        return _error(404, "nothing stored in this blade's slot yet")
+    return web.json_response(slot)
+
+
+async def _load(request: web.Request) -> web.Response:
+    bp = _bp(request)
+    return web.json_response({"load": bp.load, "error": bp.load_error})
+
+
+BLADE_ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/v1/status", _status),
+    ("GET", "/v1/slots", _slots),
+    ("POST", "/v1/lus/{lu}/takeover", _lu_takeover),
+    ("POST", "/v1/lus/{lu}/release", _lu_release),
+    ("POST", "/v1/filesystems/{fs}/takeover", _not_yet),
+    ("POST", "/v1/filesystems/{fs}/release", _not_yet),
+    ("POST", "/v1/backups", _not_yet),
+]
+
+LOCAL_ROUTES: list[tuple[str, str, Handler]] = [
+    ("PUT", "/v1/status", _put_status),
+    ("GET", "/v1/status", _get_status),
+    ("GET", "/v1/load", _load),
+    ("GET", "/v1/blade", _status),
+]
+
+
+def _auth_middleware(token: str) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/healthz":
+            return await handler(request)
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return _error(401, "unauthorized")
+        return await handler(request)
+
+    return auth
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response({"error": exc.reason}, status=exc.status)
+
+
+def blade_app(bp: BlockProcessor, *, token: str) -> web.Application:
+    if not token:
+        raise ValueError("the blade API needs a non-empty token")
+    app = web.Application(middlewares=[_json_errors, _auth_middleware(token)])
+    app[BP_KEY] = bp
+    app.router.add_get("/healthz", _healthz)
+    for method, path, handler in BLADE_ROUTES:
+        app.router.add_route(method, path, handler)
+    return app
+
+
+def local_app(bp: BlockProcessor) -> web.Application:
+    app = web.Application(middlewares=[_json_errors])
+    app[BP_KEY] = bp
+    for method, path, handler in LOCAL_ROUTES:
+        app.router.add_route(method, path, handler)
+    return app

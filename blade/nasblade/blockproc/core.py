@@ -1,0 +1,325 @@
+"""The block processor (second processor of a blade), as one asyncio object.
+
+Wiring::
+
+    file processor ──NBD/Unix──► ProxyServer ──► UpstreamPool(LU) ──NBD/TCP──► controller
+    file processor ──HTTP/Unix─► local API (nasblade.bladeapi.server) ──► BlockProcessor
+    operator / CLI ──HTTP+token► blade API  (nasblade.bladeapi.server) ──► BlockProcessor
+
+What it does besides carrying blocks:
+
+- boot (claim 12): fetches the selected bundle from the program LU, verifies its sha256 and
+  installs it for the boot shim (``nasblade.program.install``); a bad bundle leaves the
+  installed one in place and is reported in ``status()['software']['error']``.
+- processor information (claim 2): ``store_status`` writes the file processor's status into
+  this blade's slot of its cluster group's portion (``nasblade.procinfo.PortionStore`` over the
+  processor-info LU).
+- cache information (claim 3): every write the controller acknowledged into its cache (no FUA)
+  is recorded, coalesced every ``record_interval`` seconds, as a dirty record in the control
+  store (``POST /v1/cache/records``); the controller drops a record when it destages it.
+- load (claim 19): polls the controller's load figures and hands them to the file processor.
+- fencing: LUs the blade owns are opened with ``LU;holder=BLADE;epoch=N`` after taking the
+  reservation through the control API, so writes from a fenced blade are refused (EPERM).
+
+The control API is optional (``control=None``) so the NBD path can be tested against any NBD
+server (nbdkit) on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nasblade.blockproc.proxy import Exports, ProxyServer
+from nasblade.blockproc.syncdev import PoolDevice
+from nasblade.blockproc.upstream import UpstreamPool
+from nasblade.nbd import proto
+from nasblade.procinfo.portion import BladeStatus, PortionError, PortionStore, portion_offset
+from nasblade.program import install
+from nasblade.program.catalog import ProgramError, ProgramStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Settings:
+    blade: str
+    group: str
+    group_index: int = 0
+    slot: int = 0
+    controller_host: str | None = "127.0.0.1"
+    controller_port: int | None = 10809
+    controller_unix: str | None = None
+    connections: int = 2
+    procinfo_lu: str | None = "procinfo"
+    portion_size: int = 1 << 20
+    program_lu: str | None = "program"
+    software_dir: Path | None = None
+    software_version: str | None = None
+    lus: list[str] = field(default_factory=list)
+    owned: list[str] = field(default_factory=list)
+    record_interval: float = 0.2
+    load_interval: float = 1.0
+    retry_for: float = 60.0
+
+
+def coalesce(ranges: list[tuple[int, int]]) -> list[list[int]]:
+    """Merge overlapping or touching (offset, length) ranges; sorted output."""
+    out: list[list[int]] = []
+    for off, length in sorted(ranges):
+        if out and off <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], off + length - out[-1][0])
+        else:
+            out.append([off, length])
+    return out
+
+
+class BlockProcessor:
+    def __init__(self, settings: Settings, *, control: Any | None = None) -> None:
+        self.settings = settings
+        self.control = control  # nasblade.controller.apiclient.ControlClient or None
+        self.exports = Exports()
+        self.proxy = ProxyServer(self.exports)
+        self.epochs: dict[str, int] = {}
+        self.portion: PortionStore | None = None
+        self._procinfo_pool: UpstreamPool | None = None
+        self.software: install.Installed | None = None
+        self.software_error: str | None = None
+        self.last_status: BladeStatus | None = None
+        self.last_status_seq = 0
+        self.last_status_time = 0.0
+        self.load: dict[str, Any] = {}
+        self.load_error: str | None = None
+        self.started = time.time()
+        self._pending_records: dict[str, list[tuple[int, int]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._slot_lock = asyncio.Lock()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _pool(self, export: str, *, lu: str) -> UpstreamPool:
+        s = self.settings
+
+        def record(offset: int, length: int) -> None:
+            self._pending_records.setdefault(lu, []).append((offset, length))
+
+        return UpstreamPool(
+            export=export,
+            host=s.controller_host,
+            port=s.controller_port,
+            unix=s.controller_unix,
+            connections=s.connections,
+            retry_for=s.retry_for,
+            on_cached=record if self.control is not None else None,
+        )
+
+    async def _control(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        assert self.control is not None
+        return await asyncio.to_thread(getattr(self.control, method), *args, **kwargs)
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    async def start(self, *, nbd_unix: str) -> None:
+        s = self.settings
+        if self.control is not None:
+            await self._control("register_client", s.blade, group=s.group, role="blade")
+        await self._boot_software()
+        await self._open_procinfo()
+        for lu in s.lus:
+            await self.add_lu(lu)
+        for lu in s.owned:
+            await self.take_over(lu)
+        await self.proxy.start_unix(nbd_unix)
+        if self.control is not None:
+            self._tasks.append(asyncio.create_task(self._post_records_forever()))
+            self._tasks.append(asyncio.create_task(self._poll_load_forever()))
+
+    async def _boot_software(self) -> None:
+        s = self.settings
+        if s.software_dir is None:
+            return
+        with contextlib.suppress(ProgramError):
+            self.software = install.current(s.software_dir)
+        if s.program_lu is None:
+            return
+        pool = self._pool(s.program_lu, lu=s.program_lu)
+        pool.on_cached = None
+        try:
+            await pool.start()
+            store = ProgramStore(PoolDevice(pool, asyncio.get_running_loop()))
+            self.software = await asyncio.to_thread(
+                install.install, store, version=s.software_version, software_dir=s.software_dir
+            )
+            self.software_error = None
+            log.info("installed blade software %s", self.software.version)
+        except (ProgramError, OSError) as exc:
+            kept = self.software.version if self.software else "none"
+            self.software_error = f"{exc} (keeping version {kept})"
+            log.error("software boot: %s", self.software_error)
+        finally:
+            await pool.close()
+
+    async def _open_procinfo(self) -> None:
+        s = self.settings
+        if s.procinfo_lu is None:
+            return
+        pool = self._pool(s.procinfo_lu, lu=s.procinfo_lu)
+        pool.on_cached = None
+        await pool.start()
+        self._procinfo_pool = pool
+        store = PortionStore(
+            PoolDevice(pool, asyncio.get_running_loop()),
+            offset=portion_offset(s.group_index, s.portion_size),
+            size=s.portion_size,
+        )
+        await asyncio.to_thread(store.open, group=s.group, index=s.group_index)
+        if not 0 <= s.slot < store.slot_count:
+            raise PortionError(f"slot {s.slot} is outside the portion's {store.slot_count} slots")
+        self.portion = store
+
+    async def add_lu(self, lu: str, *, epoch: int | None = None) -> None:
+        """Make ``lu`` reachable by the file processor (reserved when ``epoch`` is given)."""
+        export = lu if epoch is None else proto.ExportName(lu, self.settings.blade, epoch).encode()
+        pool = self._pool(export, lu=lu)
+        await pool.start()
+        old = self.exports.pools.get(lu)
+        self.exports.pools[lu] = pool
+        if old is not None:
+            await old.close()
+
+    async def take_over(self, lu: str) -> int:
+        """Reserve ``lu`` for this blade with a new epoch (fencing the previous holder)."""
+        if self.control is None:
+            await self.add_lu(lu)
+            return 0
+        res = await self._control("reserve", lu, self.settings.blade)
+        epoch = int(res["epoch"])
+        self.epochs[lu] = epoch
+        await self.add_lu(lu, epoch=epoch)
+        return epoch
+
+    async def release(self, lu: str) -> None:
+        pool = self.exports.pools.pop(lu, None)
+        if pool is not None:
+            await pool.request(proto.Cmd.FLUSH, 0, 0)
+            await pool.close()
+        if self.control is not None and lu in self.epochs:
+            await self._control("release", lu)
+        self.epochs.pop(lu, None)
+
+    # -- claim 2: processor information -------------------------------------------------------
+
+    async def store_status(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Write the file processor's status into this blade's slot; return what was written."""
+        if self.portion is None:
+            raise PortionError("this block processor has no processor-information portion")
+        s = self.settings
+        d = dict(fields)
+        d["blade"] = s.blade
+        d.setdefault("heartbeat", {"time": time.time(), "counter": 0})
+        if self.software is not None:
+            d.setdefault("softwareVersion", self.software.version)
+        d["activeArea"] = "primary"
+        d["load"] = {k: float(v) for k, v in self.load.items() if isinstance(v, int | float)}
+        status = BladeStatus.from_json(d)
+        async with self._slot_lock:
+            seq = await asyncio.to_thread(self.portion.write_slot, s.slot, status)
+        self.last_status, self.last_status_seq, self.last_status_time = status, seq, time.time()
+        return {"slot": s.slot, "seq": seq, "status": status.to_json()}
+
+    async def read_slot(self, slot: int | None = None) -> dict[str, Any] | None:
+        if self.portion is None:
+            return None
+        st = await asyncio.to_thread(self.portion.read_slot, self.settings.slot if slot is None else slot)
+        return None if st is None else st.to_json()
+
+    # -- claim 3: cache information -----------------------------------------------------------
+
+    async def post_records(self) -> None:
+        pending, self._pending_records = self._pending_records, {}
+        for lu, ranges in pending.items():
+            merged = coalesce(ranges)
+            try:
+                await self._control("add_cache_records", self.settings.blade, lu, merged, state="dirty")
+            except Exception as exc:  # the control API is best effort for records; keep them
+                log.warning("recording cache ranges of %s failed: %s", lu, exc)
+                self._pending_records.setdefault(lu, []).extend((o, n) for o, n in merged)
+                raise
+
+    async def _post_records_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.record_interval)
+            with contextlib.suppress(Exception):
+                await self.post_records()
+
+    # -- claim 19: controller load ------------------------------------------------------------
+
+    async def _poll_load_forever(self) -> None:
+        while True:
+            try:
+                self.load = dict(await self._control("load"))
+                self.load_error = None
+            except Exception as exc:  # report, keep the last figures
+                self.load_error = str(exc)
+            await asyncio.sleep(self.settings.load_interval)
+
+    # -- status -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        s = self.settings
+        st = self.last_status
+        now = time.time()
+        return {
+            "blade": s.blade,
+            "group": s.group,
+            "slot": s.slot,
+            "software": {
+                "version": self.software.version if self.software else None,
+                "sha256": self.software.sha256 if self.software else None,
+                "error": self.software_error,
+            },
+            "fileSystems": st.file_systems if st else [],
+            "exports": st.exports if st else [],
+            "reservations": {lu: {"holder": s.blade, "epoch": e} for lu, e in sorted(self.epochs.items())},
+            "lus": sorted(self.exports.pools),
+            "heartbeatAge": (now - st.heartbeat_time) if st else None,
+            "heartbeatCounter": st.heartbeat_counter if st else None,
+            "slotSeq": self.last_status_seq,
+            "clients": st.clients if st else 0,
+            "activeArea": "primary",
+            "load": self.load,
+            "nbdConnections": self.proxy.connections,
+            "upstream": {
+                lu: {
+                    "reconnects": p.stats.reconnects,
+                    "retried": p.stats.retried,
+                    "replayedWrites": p.stats.replayed_writes,
+                    "journalBytes": p.journal_bytes,
+                }
+                for lu, p in sorted(self.exports.pools.items())
+            },
+            "uptime": now - self.started,
+        }
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.proxy.close()
+        for pool in list(self.exports.pools.values()):
+            # a clean stop leaves nothing only in the controller's cache that we still track
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.request(proto.Cmd.FLUSH, 0, 0), 10.0)
+            await pool.close()
+        if self.control is not None:
+            with contextlib.suppress(Exception):
+                await self.post_records()
+        if self._procinfo_pool is not None:
+            await self._procinfo_pool.close()

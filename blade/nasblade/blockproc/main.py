@@ -1,0 +1,160 @@
+"""``nasblade block-processor``: run one blade's block processor.
+
+Example (standalone array, blade b0 of group g1)::
+
+    nasblade block-processor --blade b0 --group g1 --group-index 0 --slot 0 \\
+        --controller-nbd 127.0.0.1:10809 --controller-api http://127.0.0.1:8080 \\
+        --token-file tok --api-token-file blade-tok --api-listen 127.0.0.1:0 \\
+        --nbd-unix run/b0/nbd.sock --local-unix run/b0/local.sock \\
+        --software-dir run/b0/software --own fs1
+
+Ready line endpoints: ``nbdUnix`` (the file processor's NBD socket; URL
+``nbd+unix:///LU?socket=PATH``), ``local`` (the local API socket) and ``api`` (the blade
+management API URL, when ``--api-listen`` is given). SIGTERM/SIGINT: flush every LU at the
+controller, post the last cache records, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from nasblade import ready
+from nasblade.bladeapi import server
+from nasblade.blockproc.core import BlockProcessor, Settings
+from nasblade.procinfo.portion import PortionError
+from nasblade.program.catalog import ProgramError
+
+
+def _hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def _size(value: str) -> int:
+    from nasblade.standalone.config import parse_size
+
+    return parse_size(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--blade", required=True, help="this blade's name (reservation holder, registry name)")
+    a("--group", required=True, help="cluster group name")
+    a("--group-index", type=int, default=0, help="the group's portion index in the processor-info LU")
+    a("--slot", type=int, default=0, help="this blade's slot in the group's portion")
+    a("--controller-nbd", type=_hostport, help="controller NBD HOST:PORT")
+    a("--controller-nbd-unix", help="controller NBD Unix socket (instead of TCP)")
+    a("--controller-api", help="controller control API URL (http://HOST:PORT)")
+    a("--token-file", help="controller API token file (default $NASBLADE_TOKEN)")
+    a("--connections", type=int, default=2, help="NBD connections per LU to the controller")
+    a("--procinfo-lu", default="procinfo", help="processor-information LU ('' for none)")
+    a("--portion-size", type=_size, default=1 << 20, help="size of one group portion (default 1M)")
+    a("--program-lu", default="program", help="program LU ('' to skip the software fetch)")
+    a("--software-dir", type=Path, help="where to install the blade software for the boot shim")
+    a("--software-version", help="version to boot (default: the catalog's selected version)")
+    a("--lu", action="append", default=[], help="LU the file processor may use, unreserved (repeatable)")
+    a("--own", action="append", default=[], help="LU this blade owns: reserve it and serve it (repeatable)")
+    a("--nbd-unix", required=True, help="Unix socket to serve NBD to the file processor on")
+    a("--local-unix", required=True, help="Unix socket for the file processor's local API")
+    a("--api-listen", type=_hostport, help="blade management API HOST:PORT")
+    a("--api-token-file", help="blade management API token file (default $NASBLADE_BLADE_TOKEN)")
+
+
+def _read_token(path: str | None, env: str) -> str | None:
+    if path:
+        return Path(path).read_text().strip()
+    return os.environ.get(env)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    host, port = args.controller_nbd if args.controller_nbd else (None, None)
+    if host is None and not args.controller_nbd_unix:
+        raise ValueError("give --controller-nbd HOST:PORT or --controller-nbd-unix PATH")
+    return Settings(
+        blade=args.blade,
+        group=args.group,
+        group_index=args.group_index,
+        slot=args.slot,
+        controller_host=host,
+        controller_port=port,
+        controller_unix=args.controller_nbd_unix,
+        connections=args.connections,
+        procinfo_lu=args.procinfo_lu or None,
+        portion_size=args.portion_size,
+        program_lu=args.program_lu or None,
+        software_dir=args.software_dir,
+        software_version=args.software_version,
+        lus=list(args.lu),
+        owned=list(args.own),
+    )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    control: Any = None
+    if args.controller_api:
+        from nasblade.controller.apiclient import ControlClient
+
+        token = _read_token(args.token_file, "NASBLADE_TOKEN")
+        if not token:
+            raise ValueError("the controller API needs --token-file or $NASBLADE_TOKEN")
+        control = ControlClient(args.controller_api, token)
+    bp = BlockProcessor(_settings(args), control=control)
+    runners: list[web.AppRunner] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for path in (args.nbd_unix, args.local_unix):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        await bp.start(nbd_unix=args.nbd_unix)
+        os.chmod(args.nbd_unix, 0o600)
+        local = web.AppRunner(server.local_app(bp), access_log=None)
+        await local.setup()
+        runners.append(local)
+        await web.UnixSite(local, args.local_unix).start()
+        os.chmod(args.local_unix, 0o600)
+        endpoints: dict[str, Any] = {"nbdUnix": args.nbd_unix, "local": args.local_unix}
+        if args.api_listen:
+            api_token = _read_token(args.api_token_file, "NASBLADE_BLADE_TOKEN")
+            if not api_token:
+                raise ValueError("the blade API needs --api-token-file or $NASBLADE_BLADE_TOKEN")
+            api = web.AppRunner(server.blade_app(bp, token=api_token), access_log=None)
+            await api.setup()
+            runners.append(api)
+            site = web.TCPSite(api, args.api_listen[0], args.api_listen[1])
+            await site.start()
+            port = int(api.addresses[-1][1])
+            endpoints["api"] = f"http://{args.api_listen[0]}:{port}"
+        software = bp.software.version if bp.software else None
+        ready.announce("block-processor", endpoints, blade=args.blade, software=software,
+                       softwareError=bp.software_error)
+        await stop.wait()
+    finally:
+        for r in runners:
+            await r.cleanup()
+        await bp.close()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s block-processor %(levelname)s %(message)s")
+    try:
+        return asyncio.run(_serve(args))
+    except (ValueError, PortionError, ProgramError, OSError) as exc:
+        sys.stderr.write(f"nasblade block-processor: {exc}\n")
+        return 1

@@ -1,0 +1,323 @@
+"""The block processor's NBD client side: a reconnecting pool of connections to one LU.
+
+``UpstreamPool`` keeps ``connections`` NBD/TCP (or Unix) connections to the controller for one
+export and pipelines requests over them (cookie → future). Wire encoding and decoding come
+from the sans-I/O core ``nasblade.nbd.proto``; this module only moves bytes.
+
+Failure rules (NBD semantics; nothing is silently dropped):
+
+- A request whose connection is lost before its reply is re-sent on a new connection once the
+  pool has reconnected (back-off from 50 ms to 2 s, for at most ``retry_for`` seconds; then the
+  request is answered ``EIO``). Re-sending READ, WRITE, TRIM, WRITE_ZEROES and FLUSH is safe:
+  NBD gives no ordering between requests in flight, so a client cannot have depended on the
+  lost one.
+- An error reply from the controller (``EPERM`` when fenced, ``ENOSPC``, ``EIO``…) is passed
+  back unchanged and not retried.
+- Writes acknowledged without FUA live in the controller's write-back cache until a FLUSH; if
+  the controller restarts in between they could be gone. The pool therefore keeps a *replay
+  journal* of acknowledged, not-yet-flushed writes and replays it, in order, on every new
+  connection before any other request is sent. A successful FLUSH trims the journal up to
+  what was acknowledged before the FLUSH was sent; when the journal passes ``journal_limit``
+  bytes the pool sends a FLUSH of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nasblade.nbd import proto
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_START = 0.05
+_BACKOFF_MAX = 2.0
+
+
+class ConnectionLost(ConnectionError):
+    """The connection died with the request in flight; the pool will re-send it."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    error: int
+    data: bytes = b""
+
+
+@dataclass
+class _JournalEntry:
+    seq: int
+    cmd: int
+    offset: int
+    length: int
+    flags: int
+    payload: bytes | None
+
+
+class Connection:
+    """One negotiated NBD connection with pipelined requests."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.size = 0
+        self.flags = 0
+        self._cookies = itertools.count(1)
+        self._pending: dict[int, tuple[int, int, asyncio.Future[Reply]]] = {}
+        self._reader_task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    @classmethod
+    async def open(
+        cls, *, host: str | None, port: int | None, unix: str | None, export: str
+    ) -> Connection:
+        if unix:
+            reader, writer = await asyncio.open_unix_connection(unix, limit=1 << 26)
+        else:
+            reader, writer = await asyncio.open_connection(host, port, limit=1 << 26)
+        conn = cls(reader, writer)
+        try:
+            await conn._handshake(export)
+        except BaseException:
+            writer.close()
+            raise
+        conn._reader_task = asyncio.create_task(conn._read_replies())
+        return conn
+
+    async def _handshake(self, export: str) -> None:
+        proto.parse_server_greeting(await self.reader.readexactly(18))
+        self.writer.write(proto.client_flags())
+        self.writer.write(proto.build_go(export, info_requests=(proto.INFO_BLOCK_SIZE,)))
+        await self.writer.drain()
+        while True:
+            _opt, rtype, length = proto.parse_option_reply_header(
+                await self.reader.readexactly(proto.OPTION_REPLY_HEADER_SIZE)
+            )
+            data = await self.reader.readexactly(length) if length else b""
+            if rtype == proto.REP_ACK:
+                return
+            if rtype & 0x80000000:
+                raise OSError(2, f"controller refused export {export!r}: {data.decode(errors='replace')}")
+            if rtype == proto.REP_INFO and len(data) >= 2:
+                (kind,) = struct.unpack_from(">H", data)
+                if kind == proto.INFO_EXPORT:
+                    self.size, self.flags = proto.parse_info_export(data)
+
+    async def _read_replies(self) -> None:
+        try:
+            while True:
+                header = await self.reader.readexactly(proto.REPLY_SIZE)
+                error, cookie = proto.parse_simple_reply(header)
+                cmd, length, fut = self._pending.pop(cookie)
+                data = b""
+                if cmd == proto.Cmd.READ and error == 0:
+                    data = await self.reader.readexactly(length)
+                if not fut.done():
+                    fut.set_result(Reply(error, data))
+        except (OSError, asyncio.IncompleteReadError, proto.ProtocolError, KeyError) as exc:
+            self._fail_all(f"connection lost: {exc!r}")
+        except asyncio.CancelledError:
+            self._fail_all("connection closed")
+            raise
+
+    def _fail_all(self, reason: str) -> None:
+        self.closed = True
+        pending, self._pending = self._pending, {}
+        for _cmd, _len, fut in pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionLost(reason))
+        self.writer.close()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def request(
+        self, cmd: int, offset: int, length: int, *, flags: int = 0, payload: bytes | memoryview | None = None
+    ) -> Reply:
+        if self.closed:
+            raise ConnectionLost("connection is closed")
+        cookie = next(self._cookies)
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[cookie] = (cmd, length, fut)
+        self.writer.write(proto.build_request(cmd, cookie, offset, length, flags=flags))
+        if payload is not None:
+            self.writer.write(payload)
+        try:
+            await self.writer.drain()
+        except OSError as exc:
+            self._fail_all(f"send failed: {exc!r}")
+        return await fut
+
+    async def close(self) -> None:
+        if not self.closed:
+            # polite disconnect; the controller closes its side
+            with contextlib.suppress(OSError):
+                self.writer.write(proto.build_request(proto.Cmd.DISC, 0))
+                await self.writer.drain()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionLost):
+                await self._reader_task
+        self.writer.close()
+
+
+@dataclass
+class PoolStats:
+    reconnects: int = 0
+    retried: int = 0
+    replayed_writes: int = 0
+    requests: int = 0
+
+
+@dataclass
+class UpstreamPool:
+    """A reconnecting set of connections to one export of the controller."""
+
+    export: str
+    host: str | None = None
+    port: int | None = None
+    unix: str | None = None
+    connections: int = 2
+    retry_for: float = 60.0
+    journal_limit: int = 64 << 20
+    on_cached: Callable[[int, int], None] | None = None
+    """Called with (offset, length) for each write the controller acknowledged into its cache."""
+
+    size: int = 0
+    flags: int = 0
+    stats: PoolStats = field(default_factory=PoolStats)
+    _conns: list[Connection] = field(default_factory=list)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _reconnecting: asyncio.Task[None] | None = None
+    _journal: list[_JournalEntry] = field(default_factory=list)
+    _journal_bytes: int = 0
+    _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _rr: int = 0
+    _closing: bool = False
+    _auto_flush: asyncio.Task[Reply] | None = None
+
+    async def start(self) -> None:
+        """Connect (raising if the first connection cannot be made at all)."""
+        await self._connect_all()
+
+    async def _connect_all(self) -> None:
+        conns = []
+        try:
+            for _ in range(self.connections):
+                conns.append(
+                    await Connection.open(host=self.host, port=self.port, unix=self.unix, export=self.export)
+                )
+        except BaseException:
+            for c in conns:
+                await c.close()
+            raise
+        if self.size and conns[0].size != self.size:
+            log.warning("export %s changed size from %d to %d", self.export, self.size, conns[0].size)
+        self.size, self.flags = conns[0].size, conns[0].flags
+        await self._replay(conns[0])
+        self._conns = conns
+        self._ready.set()
+
+    async def _replay(self, conn: Connection) -> None:
+        for entry in list(self._journal):
+            reply = await conn.request(entry.cmd, entry.offset, entry.length, flags=entry.flags, payload=entry.payload)
+            if reply.error:
+                raise OSError(reply.error, f"replaying a write at {entry.offset} failed")
+            self.stats.replayed_writes += 1
+
+    def _lost(self) -> None:
+        if self._closing or not self._ready.is_set():
+            return
+        self._ready.clear()
+        self.stats.reconnects += 1
+        self._reconnecting = asyncio.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        old, self._conns = self._conns, []
+        for c in old:
+            await c.close()
+        delay = _BACKOFF_START
+        while not self._closing:
+            try:
+                await self._connect_all()
+                log.info("reconnected to %s (replayed %d writes)", self.export, len(self._journal))
+                return
+            except (OSError, asyncio.IncompleteReadError, proto.ProtocolError, ConnectionLost) as exc:
+                log.info("reconnect to %s failed (%s); retrying in %.2fs", self.export, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+
+    def _pick(self) -> Connection:
+        live = [c for c in self._conns if not c.closed]
+        if not live:
+            raise ConnectionLost("no live connection")
+        self._rr = (self._rr + 1) % len(live)
+        return min(live[self._rr :] + live[: self._rr], key=lambda c: c.in_flight)
+
+    async def request(
+        self, cmd: int, offset: int, length: int, *, flags: int = 0, payload: bytes | memoryview | None = None
+    ) -> Reply:
+        """Send one request, re-sending it across reconnects; ``Reply(EIO)`` after ``retry_for``."""
+        self.stats.requests += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_for
+        flush_mark = next(self._seq) if cmd == proto.Cmd.FLUSH else 0
+        first = True
+        while True:
+            if not first:
+                self.stats.retried += 1
+            first = False
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return Reply(proto.EIO)
+            try:
+                await asyncio.wait_for(self._ready.wait(), remaining)
+            except TimeoutError:
+                return Reply(proto.EIO)
+            try:
+                reply = await self._pick().request(cmd, offset, length, flags=flags, payload=payload)
+            except ConnectionLost:
+                self._lost()
+                continue
+            break
+        if reply.error == 0:
+            self._after_success(cmd, offset, length, flags, payload, flush_mark)
+        return reply
+
+    def _after_success(
+        self, cmd: int, offset: int, length: int, flags: int, payload: bytes | memoryview | None, flush_mark: int
+    ) -> None:
+        if cmd == proto.Cmd.FLUSH:
+            self._journal = [e for e in self._journal if e.seq > flush_mark]
+            self._journal_bytes = sum(e.length for e in self._journal if e.payload is not None)
+            return
+        if cmd not in (proto.Cmd.WRITE, proto.Cmd.WRITE_ZEROES, proto.Cmd.TRIM) or flags & proto.CMD_FLAG_FUA:
+            return
+        data = bytes(payload) if payload is not None else None
+        self._journal.append(_JournalEntry(next(self._seq), cmd, offset, length, flags, data))
+        if data is not None:
+            self._journal_bytes += len(data)
+        if self.on_cached is not None and cmd != proto.Cmd.TRIM:
+            self.on_cached(offset, length)
+        if self._journal_bytes > self.journal_limit and (self._auto_flush is None or self._auto_flush.done()):
+            self._auto_flush = asyncio.create_task(self.request(proto.Cmd.FLUSH, 0, 0))
+
+    @property
+    def journal_bytes(self) -> int:
+        return self._journal_bytes
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnecting
+        for c in self._conns:
+            await c.close()
+        self._conns = []
