@@ -58,7 +58,7 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, de
         raise BadRequest(f"field {name!r} must be an integer", field=name)
     if not isinstance(value, kind):
         raise BadRequest(f"field {name!r} has the wrong type", field=name)
-    if kind is int and value < 0:
+    if kind is int and isinstance(value, int) and value < 0:
         raise BadRequest(f"field {name!r} must not be negative", field=name)
     return value
 
@@ -115,12 +115,12 @@ def _engine(request: web.Request) -> Engine:
 async def get_array(request: web.Request) -> web.Response:
     e = _engine(request)
     free = e.array.free_bytes()
-    devices = [{"index": d.index, "path": d.path, "size": d.size,
-                "usable": d.size - d.size % layout.STRIPE_UNIT - layout.META_SIZE, "free": free[d.index]}
-               for d in e.array.devices]
+    usable = [d.size - d.size % layout.STRIPE_UNIT - layout.META_SIZE for d in e.array.devices]
+    devices = [{"index": d.index, "path": d.path, "size": d.size, "usable": usable[d.index],
+                "free": free[d.index]} for d in e.array.devices]
     st = e.array.state
     return web.json_response({"uuid": st.uuid, "version": layout.FORMAT_VERSION, "seq": st.seq,
-                              "stripeUnit": st.unit, "size": sum(d["usable"] for d in devices),  # type: ignore[misc]
+                              "stripeUnit": st.unit, "size": sum(usable),
                               "free": sum(free), "luCount": len(st.lus), "devices": devices})
 
 

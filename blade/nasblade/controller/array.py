@@ -86,7 +86,7 @@ class Array:
         state = layout.ArrayState.from_payload(seq, payload)
         # Put devices in their recorded order: each carries its own index in its records.
         by_index: dict[int, Device] = {}
-        for s, p, dev in found:
+        for _s, p, dev in found:
             if p.get("uuid") != state.uuid:
                 raise layout.LayoutError(f"device {dev.path} belongs to another array")
             by_index.setdefault(int(p["device"]), dev)  # type: ignore[call-overload]

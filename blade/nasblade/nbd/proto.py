@@ -335,7 +335,7 @@ class ServerConnection:
         self._phase = _Phase.CLOSED
         return Closed(reason)
 
-    def _next_handshake_step(self) -> Event | None | object:
+    def _next_handshake_step(self) -> Event | object | None:
         if self._phase is _Phase.CLIENT_FLAGS:
             raw = self._take(4)
             if raw is None:

@@ -233,7 +233,7 @@ class NBDConnection(asyncio.Protocol):
 def _nbd_errno(err: int | None) -> int:
     if err in (errno.EPERM, errno.EIO, errno.ENOMEM, errno.EINVAL, errno.ENOSPC,
                errno.EOVERFLOW, errno.ENOTSUP, errno.ESHUTDOWN):
-        return int(err)  # type: ignore[arg-type]
+        return int(err)
     if err == errno.EROFS or err == errno.EACCES:
         return proto.EPERM
     return proto.EIO
