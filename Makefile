@@ -59,3 +59,52 @@ bench: deps
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# --- cluster ---
+# Local Kubernetes for the tests (tests/cluster, docs/testing.md). Heavy things are cached in
+# $(NASBLADE_CACHE) keyed by version; every target is idempotent and quick when warm.
+CLUSTER := python3 tests/cluster/nbcluster.py
+.PHONY: cluster-deps cluster-build cluster-images cluster-up cluster-down cluster-reset \
+        cluster-status tier1-up tier1-down tier2-up tier2-down test-k8s
+
+cluster-deps:
+	tests/cluster/install-deps.sh
+
+cluster-build: cluster-deps
+	tests/cluster/build.sh all
+
+cluster-images: cluster-build
+	tests/cluster/images.sh build all
+
+tier1-up: cluster-deps
+	tests/cluster/build.sh tier1
+	$(CLUSTER) tier1-up
+
+tier1-down:
+	$(CLUSTER) tier1-down
+
+tier2-up: cluster-images
+	$(CLUSTER) tier2-up
+
+tier2-down:
+	$(CLUSTER) tier2-down
+
+# end-to-end cluster: kind when `kind` and a kindest/node image are present, else local tier 2
+cluster-up: cluster-images
+	$(CLUSTER) up
+
+cluster-down:
+	$(CLUSTER) down
+
+cluster-reset:
+	$(CLUSTER) tier2-reset
+
+cluster-status:
+	@$(CLUSTER) status
+
+test-k8s: venv cluster-up
+	$(PY) -m pytest tests/k8s $(PYTEST_ARGS)
+
+# `make test` needs the binaries, images and the tier-2 cluster before pytest starts
+# (pytest-timeout would otherwise count a cold build against the first test).
+test: cluster-up

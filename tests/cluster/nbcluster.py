@@ -29,7 +29,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -296,7 +295,7 @@ def wait_for(what: str, pred, timeout: float, interval: float = 0.5, check=None)
             r = pred()
             if r:
                 return r
-        except Exception as e:  # noqa: BLE001 - we retry on anything
+        except Exception as e:
             last_exc = e
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}: {last_exc!r}")
@@ -347,7 +346,7 @@ class ControlPlane:
         try:
             code, _ = self._https_get("/readyz")
             return code == 200
-        except Exception:  # noqa: BLE001
+        except Exception:
             return False
 
     def make_pki(self) -> None:
@@ -454,7 +453,7 @@ class ControlPlane:
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--node-lease-duration-seconds=40", "--cidr=10.250.0.1/16",
-            f"--node-ip=10.250.0.1", "--server-address=127.0.0.1:0"])
+            "--node-ip=10.250.0.1", "--server-address=127.0.0.1:0"])
         time.sleep(1)
         self.procs.check("kwok")
         return pid
@@ -761,10 +760,7 @@ def tier1_persistent() -> ControlPlane:
 def cluster_up() -> Path:
     """Bring up the end-to-end cluster (kind if available, else local tier 2); its kubeconfig."""
     image = kind_available()
-    if image:
-        kc = kind_up(image)
-    else:
-        kc = Tier2().up().kubeconfig
+    kc = kind_up(image) if image else Tier2().up().kubeconfig
     link = STATE_ROOT / "kubeconfig"
     with contextlib.suppress(FileNotFoundError):
         link.unlink()

@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import nbcluster  # noqa: E402
+import nbcluster
 
 
 def pytest_configure(config: pytest.Config) -> None:
