@@ -28,6 +28,7 @@ COMMANDS: dict[str, Command] = {
     "controller": Command("nasblade.controller.main", "run the storage controller (NBD + control API)"),
     "software": Command("nasblade.program.software", "build, push, list and select blade software on the program LU"),
     "boot": Command("nasblade.program.boot", "boot shim: run the blade software the block processor installed"),
+    "block-processor": Command("nasblade.blockproc.main", "run a blade's block processor (NBD to the controller, processor info, software fetch)"),
 }
 
 

@@ -97,6 +97,8 @@ class BlockProcessor:
         self.load_error: str | None = None
         self.started = time.time()
         self._pending_records: dict[str, list[tuple[int, int]]] = {}
+        self.records_posted = 0
+        self.ranges_posted = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._slot_lock = asyncio.Lock()
 
@@ -116,6 +118,7 @@ class BlockProcessor:
             connections=s.connections,
             retry_for=s.retry_for,
             on_cached=record if self.control is not None else None,
+            before_flush=self._post_records_quietly if self.control is not None else None,
         )
 
     async def _control(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -148,7 +151,7 @@ class BlockProcessor:
         if s.program_lu is None:
             return
         pool = self._pool(s.program_lu, lu=s.program_lu)
-        pool.on_cached = None
+        pool.on_cached = pool.before_flush = None
         try:
             await pool.start()
             store = ProgramStore(PoolDevice(pool, asyncio.get_running_loop()))
@@ -169,7 +172,7 @@ class BlockProcessor:
         if s.procinfo_lu is None:
             return
         pool = self._pool(s.procinfo_lu, lu=s.procinfo_lu)
-        pool.on_cached = None
+        pool.on_cached = pool.before_flush = None
         await pool.start()
         self._procinfo_pool = pool
         store = PortionStore(
@@ -246,10 +249,16 @@ class BlockProcessor:
             merged = coalesce(ranges)
             try:
                 await self._control("add_cache_records", self.settings.blade, lu, merged, state="dirty")
+                self.records_posted += 1
+                self.ranges_posted += len(merged)
             except Exception as exc:  # the control API is best effort for records; keep them
                 log.warning("recording cache ranges of %s failed: %s", lu, exc)
                 self._pending_records.setdefault(lu, []).extend((o, n) for o, n in merged)
                 raise
+
+    async def _post_records_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.post_records()
 
     async def _post_records_forever(self) -> None:
         while True:
@@ -303,6 +312,7 @@ class BlockProcessor:
                 }
                 for lu, p in sorted(self.exports.pools.items())
             },
+            "cacheRecords": {"posted": self.records_posted, "rangesPosted": self.ranges_posted},
             "uptime": now - self.started,
         }
 

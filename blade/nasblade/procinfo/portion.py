@@ -121,20 +121,33 @@ class BladeStatus:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> BladeStatus:
-        hb = d.get("heartbeat") or {}
+        """Decode and type-check a slot payload; ``ValueError`` names the bad field."""
+        hb = _typed(d, "heartbeat", dict, {})
+        load = _typed(d, "load", dict, {})
         return cls(
-            blade=str(d["blade"]),
-            heartbeat_time=float(hb.get("time", 0.0)),
-            heartbeat_counter=int(hb.get("counter", 0)),
-            state=str(d.get("state", "running")),
-            file_systems=[str(x) for x in d.get("fileSystems", [])],
-            exports=list(d.get("exports", [])),
-            write_verifier=str(d.get("writeVerifier", "")),
-            software_version=str(d.get("softwareVersion", "")),
-            active_area=str(d.get("activeArea", "primary")),
-            load={str(k): float(v) for k, v in (d.get("load") or {}).items()},
-            clients=int(d.get("clients", 0)),
+            blade=_typed(d, "blade", str, None),
+            heartbeat_time=float(_typed(hb, "time", (int, float), 0.0)),
+            heartbeat_counter=_typed(hb, "counter", int, 0),
+            state=_typed(d, "state", str, "running"),
+            file_systems=[str(x) for x in _typed(d, "fileSystems", list, [])],
+            exports=list(_typed(d, "exports", list, [])),
+            write_verifier=_typed(d, "writeVerifier", str, ""),
+            software_version=_typed(d, "softwareVersion", str, ""),
+            active_area=_typed(d, "activeArea", str, "primary"),
+            load={str(k): float(v) for k, v in load.items() if isinstance(v, int | float)},
+            clients=_typed(d, "clients", int, 0),
         )
+
+
+def _typed(d: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    if key not in d:
+        if default is None:
+            raise ValueError(f"{key} is required")
+        return default
+    value = d[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ValueError(f"{key}: {value!r} has the wrong type")
+    return value
 
 
 @dataclass
