@@ -1,0 +1,57 @@
+"""Fixtures for the storage controller tests.
+
+- ``controller_factory``: starts real ``nasblade controller`` processes on temporary device
+  files (``python -m nasblade controller``), waits for their ready line and stops them
+  (SIGTERM, or SIGKILL for crash tests through ``Controller.kill``). Each ``Controller`` has
+  ``nbd`` ("HOST:PORT"), ``api`` (URL), ``client`` (user-token ``ControlClient``) and
+  ``admin`` (admin-token ``ControlClient``), and ``restart()`` re-opens the same devices.
+- ``controller``: one running controller with two 256 MiB devices.
+- ``lu``: a fresh 64 MiB LU on ``controller``; returns its name.
+
+Unit tests (``test_proto.py``, ``test_layout.py``, ``test_cache.py``) use none of these.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from ctlharness import Controller
+
+
+@pytest.fixture
+def controller_factory(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
+    started: list[Controller] = []
+    counter = itertools.count()
+
+    def make(*, devices: int = 2, size: str = "256M", cache_size: str = "64M",
+             extra: list[str] | None = None) -> Controller:
+        work = tmp_path / f"ctl{next(counter)}"
+        work.mkdir()
+        devs = [f"{work / f'dev{i}'}:{size}" for i in range(devices)]
+        c = Controller(work, devs, cache_size, extra=extra or [])
+        c.start()
+        started.append(c)
+        return c
+
+    yield make
+    for c in started:
+        if c.proc is not None and c.proc.poll() is None:
+            c.stop()
+        log = c.log()
+        assert "Traceback" not in log, log
+
+
+@pytest.fixture
+def controller(controller_factory: Callable[..., Controller]) -> Controller:
+    return controller_factory()
+
+
+@pytest.fixture
+def lu(controller: Controller) -> str:
+    name = f"lu{os.getpid()}"
+    controller.client.create_lu(name, 64 << 20)
+    return name
