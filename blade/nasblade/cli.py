@@ -25,6 +25,9 @@ class Command(NamedTuple):
 
 
 COMMANDS: dict[str, Command] = {
+    "file-processor": Command("nasblade.fileproc.main", "serve file systems on LUs over NFSv3 (+ MOUNT, portmapper)"),
+    "mkfs": Command("nasblade.fileproc.mkfs", "create a nasblade file system on a device"),
+    "fsck": Command("nasblade.fileproc.fsck", "check a nasblade file system on a device"),
     "controller": Command("nasblade.controller.main", "run the storage controller (NBD + control API)"),
     "software": Command("nasblade.program.software", "build, push, list and select blade software on the program LU"),
     "boot": Command("nasblade.program.boot", "boot shim: run the blade software the block processor installed"),

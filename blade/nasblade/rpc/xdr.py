@@ -364,7 +364,7 @@ class Struct(Type[T], Generic[T]):
         return self.cls(*[typ.unpack(dec) for _, typ in self.fields])
 
 
-class Union(Type[tuple[int, Any]], Generic[T]):
+class Union(Type[tuple[int, Any]]):
     """A discriminated union; values are ``(discriminant, arm_value)`` tuples.
 
     ``arms`` maps discriminant values to arm types; ``default`` is used for any other value

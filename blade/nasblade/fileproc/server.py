@@ -1,0 +1,283 @@
+"""``FileProcessor``: the asyncio shell around the RPC core and the file systems it serves.
+
+Each served file system gets an ``Endpoint``: its own ``Volume`` (mounted ``FileSystem`` plus
+exports), its own ``Dispatcher`` with the NFS v3, MOUNT v3 and portmapper v2 programs, and its
+own TCP listeners (NFS, MOUNT, portmapper: any of them answers any of the three programs), so a
+file system can move between blades together with its address. The embedding code (the
+``file-processor`` role in ``nasblade.fileproc.main``, the blade, the standalone array) calls
+``add_filesystem`` / ``remove_filesystem`` at run time and ``regenerate_verifier`` on takeover.
+
+Per connection, ``RecordReader`` reassembles records and the dispatcher answers them
+synchronously (file-system calls run on the event-loop thread; the block device is a
+synchronous ``BlockDevice``). Replies that must be stable (``Outcome.needs_commit``) are held
+back; a commit is scheduled with ``call_soon`` so every request already read from any
+connection joins the same group commit, and the held replies go out after it returns. A timer
+commits leftover unstable changes every ``commit_interval`` seconds. If a commit fails
+(device error, fenced writer), the held replies are never sent: their connections are
+aborted and the endpoint stops serving, so nothing is acknowledged that is not durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from nasblade import blockdev
+from nasblade.fileproc.config import FsSpec
+from nasblade.fs import fs as fsmod
+from nasblade.nfs import mount, nfs3, portmap
+from nasblade.nfs.volume import Volume
+from nasblade.rpc import record
+from nasblade.rpc.dispatch import Buffers, Dispatcher
+
+log = logging.getLogger(__name__)
+_HDR = struct.Struct(">I")
+MAX_TXN_OPS = 4096
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self, ep: Endpoint) -> None:
+        self.ep = ep
+        self.reader = record.RecordReader(max_record=(1 << 20) + 64 * 1024)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else ""
+        self.ep.conns.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            records = self.reader.feed(data)
+        except record.RecordError as exc:
+            log.warning("closing connection from %s: %s", self.peer, exc)
+            self.abort()
+            return
+        for rec in records:
+            if self.transport is None or self.transport.is_closing():
+                return
+            self.ep.handle(self, rec)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ep.conns.discard(self)
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def send(self, buffers: Buffers) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        n = sum(len(b) for b in buffers)
+        self.transport.writelines([_HDR.pack(record.LAST_FRAGMENT | n), *buffers])
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+@dataclasses.dataclass
+class Endpoint:
+    """One served file system: volume, dispatcher, listeners and the group-commit queue."""
+
+    spec: FsSpec
+    volume: Volume
+    device: blockdev.BlockDevice
+    dispatcher: Dispatcher
+    portmap: portmap.Portmap
+    commit_interval: float
+    servers: list[asyncio.Server] = dataclasses.field(default_factory=list)
+    conns: set[_Conn] = dataclasses.field(default_factory=set)
+    pending: list[tuple[_Conn, Buffers]] = dataclasses.field(default_factory=list)
+    addresses: dict[str, str] = dataclasses.field(default_factory=dict)
+    failed: bool = False
+    _scheduled: bool = False
+    _timer: asyncio.TimerHandle | None = None
+
+    @property
+    def fs(self) -> fsmod.FileSystem:
+        return self.volume.fs
+
+    def handle(self, conn: _Conn, rec: bytes | memoryview) -> None:
+        if self.failed:
+            conn.abort()
+            return
+        outcome = self.dispatcher.handle(rec, conn.peer)
+        if outcome is None:
+            return
+        if outcome.needs_commit and self.fs.dirty:
+            self.pending.append((conn, outcome.buffers))
+            self._schedule()
+        else:
+            conn.send(outcome.buffers)
+            if self.fs.ops_since_commit >= MAX_TXN_OPS:
+                self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.commit_now)
+
+    def commit_now(self) -> None:
+        """Run the group commit and release the replies that waited for it."""
+        self._scheduled = False
+        pending, self.pending = self.pending, []
+        try:
+            self.fs.commit()
+        except Exception:
+            log.exception("commit failed on %s: stopping service of this file system", self.spec.name)
+            self.failed = True
+            for conn, _ in pending:
+                conn.abort()
+            return
+        for conn, buffers in pending:
+            conn.send(buffers)
+
+    def start_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            if not self.failed and self.fs.dirty and not self._scheduled:
+                self.commit_now()
+            self._timer = loop.call_later(self.commit_interval, tick)
+
+        self._timer = loop.call_later(self.commit_interval, tick)
+
+    def stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class FileProcessor:
+    """Serves file systems over NFSv3; embeddable (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        commit_interval: float = 1.0,
+        open_device: Callable[[str], blockdev.BlockDevice] = blockdev.open_device,
+    ) -> None:
+        self.commit_interval = commit_interval
+        self.open_device = open_device
+        self.endpoints: dict[str, Endpoint] = {}
+
+    async def add_filesystem(self, spec: FsSpec) -> dict[str, str]:
+        """Open the device, mount (recovering the file system) and start the listeners.
+
+        Returns the endpoint addresses ``{"nfs", "mount", "portmap"}`` as ``host:port``.
+        """
+        if spec.name in self.endpoints:
+            raise ValueError(f"file system {spec.name!r} is already served")
+
+        def mount_it() -> tuple[blockdev.BlockDevice, Volume]:
+            dev = self.open_device(spec.device)
+            try:
+                fsys = fsmod.FileSystem(dev)
+                return dev, Volume.open(spec.name, fsys, list(spec.exports))
+            except BaseException:
+                dev.close()
+                raise
+
+        dev, vol = await asyncio.to_thread(mount_it)
+        volumes = {vol.fs.fsid: vol}
+        disp = Dispatcher()
+        pmap = portmap.Portmap()
+        disp.register(nfs3.Nfs3(volumes).program())
+        disp.register(mount.Mount(volumes).program())
+        disp.register(pmap.program())
+        ep = Endpoint(spec, vol, dev, disp, pmap, self.commit_interval)
+        try:
+            await self._listen(ep)
+        except BaseException:
+            await asyncio.to_thread(self._unmount, ep)
+            raise
+        ep.start_timer()
+        self.endpoints[spec.name] = ep
+        log.info("serving %s from %s at %s", spec.name, spec.device, ep.addresses)
+        return dict(ep.addresses)
+
+    async def _listen(self, ep: Endpoint) -> None:
+        loop = asyncio.get_running_loop()
+        lst = ep.spec.listen
+
+        async def serve(port: int) -> tuple[asyncio.Server, int]:
+            srv = await loop.create_server(lambda: _Conn(ep), lst.host, port, reuse_address=True)
+            ep.servers.append(srv)
+            return srv, int(srv.sockets[0].getsockname()[1])
+
+        _, nfs_port = await serve(lst.nfs_port)
+        if lst.mount_port and lst.mount_port == lst.nfs_port:
+            mount_port = nfs_port
+        else:
+            _, mount_port = await serve(lst.mount_port)
+        pm_port = 0
+        if lst.portmap_port is not None:
+            _, pm_port = await serve(lst.portmap_port)
+        ep.portmap.set_ports(nfs=nfs_port, mount=mount_port, portmap=pm_port)
+        ep.addresses = {"nfs": f"{lst.host}:{nfs_port}", "mount": f"{lst.host}:{mount_port}"}
+        if lst.portmap_port is not None:
+            ep.addresses["portmap"] = f"{lst.host}:{pm_port}"
+
+    @staticmethod
+    def _unmount(ep: Endpoint) -> None:
+        try:
+            if not ep.failed:
+                ep.fs.close()
+        finally:
+            ep.device.close()
+
+    async def remove_filesystem(self, name: str) -> None:
+        """Stop exporting ``name``: close listeners and connections, commit, unmount."""
+        ep = self.endpoints.pop(name)
+        ep.stop_timer()
+        for srv in ep.servers:
+            srv.close()
+        for conn in list(ep.conns):
+            conn.abort()
+        for srv in ep.servers:
+            with contextlib.suppress(Exception):
+                await srv.wait_closed()
+        if ep.pending and not ep.failed:
+            ep.commit_now()
+        await asyncio.to_thread(self._unmount, ep)
+
+    def regenerate_verifier(self, name: str) -> bytes:
+        """Give ``name`` a new write verifier (clients resend uncommitted writes)."""
+        ep = self.endpoints[name]
+        ep.commit_now()
+        return ep.volume.regenerate_verifier()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            name: {
+                "endpoints": dict(ep.addresses),
+                "device": ep.spec.device,
+                "writeVerifier": ep.volume.write_verifier.hex(),
+                "exports": [e.path for e in ep.spec.exports],
+                "failed": ep.failed,
+                "commits": ep.fs.commits,
+            }
+            for name, ep in self.endpoints.items()
+        }
+
+    async def close(self) -> None:
+        for name in list(self.endpoints):
+            await self.remove_filesystem(name)

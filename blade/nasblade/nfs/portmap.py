@@ -1,0 +1,46 @@
+"""The portmapper version 2 program (RFC 1833 §3): NULL, GETPORT and DUMP.
+
+It answers only for the programs of its own listener (NFS v3 and MOUNT v3 over TCP); it is
+not a general rpcbind and accepts no SET/UNSET. Run on a configurable port (111 by default)
+so clients that do not pass explicit ports can find NFS and MOUNT.
+"""
+
+from __future__ import annotations
+
+from nasblade.nfs import types as t
+from nasblade.rpc import xdr
+from nasblade.rpc.dispatch import Call, Procedure, Program
+
+
+class Portmap:
+    def __init__(self) -> None:
+        self.mappings: list[t.Mapping] = []
+
+    def set_ports(self, *, nfs: int, mount: int, portmap: int) -> None:
+        tcp = t.IPPROTO_TCP
+        self.mappings = [
+            t.Mapping(t.PMAP_PROGRAM, t.PMAP_V2, tcp, portmap),
+            t.Mapping(t.NFS_PROGRAM, t.NFS_V3, tcp, nfs),
+            t.Mapping(t.MOUNT_PROGRAM, t.MOUNT_V3, tcp, mount),
+        ]
+
+    def null(self, call: Call, args: None) -> None:
+        return None
+
+    def getport(self, call: Call, m: t.Mapping) -> int:
+        for known in self.mappings:
+            if (known.prog, known.vers, known.prot) == (m.prog, m.vers, m.prot):
+                return known.port
+        return 0
+
+    def dump(self, call: Call, args: None) -> list[t.Mapping]:
+        return list(self.mappings)
+
+    def program(self) -> Program:
+        P = Procedure
+        procs = {
+            0: P("NULL", xdr.Void, xdr.Void, self.null),
+            3: P("GETPORT", t.MAPPING, xdr.UInt, self.getport),
+            4: P("DUMP", xdr.Void, t.PMAPLIST, self.dump),
+        }
+        return Program(t.PMAP_PROGRAM, {t.PMAP_V2: procs})

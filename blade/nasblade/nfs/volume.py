@@ -1,0 +1,59 @@
+"""A ``Volume``: one mounted file system plus its exports, as the RPC programs see it.
+
+``nasblade.fileproc.server.FileProcessor`` creates a Volume when it adds a file system
+(mounting it recovers it) and hands it to the NFS and MOUNT programs. The Volume resolves
+export paths to root inodes once, and mints file handles (``nasblade.nfs.handles``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+
+from nasblade.fs import fs as fsmod
+from nasblade.nfs import handles
+from nasblade.nfs.exports import Export
+
+
+@dataclasses.dataclass
+class Volume:
+    name: str
+    fs: fsmod.FileSystem
+    exports: dict[int, Export] = dataclasses.field(default_factory=dict)
+    roots: dict[int, int] = dataclasses.field(default_factory=dict)
+    write_verifier: bytes = dataclasses.field(default_factory=lambda: os.urandom(8))
+
+    @classmethod
+    def open(cls, name: str, fs: fsmod.FileSystem, exports: list[Export]) -> Volume:
+        vol = cls(name, fs)
+        for exp in exports:
+            vol.add_export(exp)
+        return vol
+
+    def add_export(self, exp: Export) -> None:
+        ino = fsmod.ROOT_INO
+        for part in (p for p in exp.subdir.split("/") if p):
+            ino = self.fs.lookup(ino, part.encode(), fsmod.ROOT)
+        if self.fs.getattr(ino).type != fsmod.FType.DIR:
+            raise fsmod.FsError(errno.ENOTDIR, f"export {exp.path}: {exp.subdir} is not a directory")
+        self.exports[exp.export_id] = exp
+        self.roots[exp.export_id] = ino
+
+    def export_by_path(self, path: str) -> Export | None:
+        path = path.rstrip("/") or "/"
+        for exp in self.exports.values():
+            if exp.path == path:
+                return exp
+        return None
+
+    def handle(self, export_id: int, ino: int, gen: int | None = None) -> bytes:
+        if gen is None:
+            gen = self.fs.generation(ino)
+            if gen is None:
+                raise fsmod.FsError(errno.ESTALE)
+        return handles.encode(handles.Handle(export_id, self.fs.fsid, ino, gen), self.fs.secret)
+
+    def regenerate_verifier(self) -> bytes:
+        self.write_verifier = os.urandom(8)
+        return self.write_verifier
