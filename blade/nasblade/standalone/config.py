@@ -20,9 +20,11 @@ one exported file system)::
         preferredBlade: g1-0
         address: 127.0.0.2              # the file system's own loopback address
         exports: [{path: /, clients: [127.0.0.0/8], access: rw, rootSquash: true}]
+        rootMode: "1777"                # mode of a new file system's root directory: with root
+                                        # squash on, squashed clients can still create files
     software: {version: null}           # null: the version pushed at first start
     network: {controllerAddress: 127.0.0.1, nbdPort: 10809, apiPort: 10880,
-              bladeApiPort: 10900, nfsPort: 2049, mountPort: 20048}
+              bladeApiPort: 10900, nfsPort: 2049, mountPort: 20048, portmapPort: 111}
 
 Validation is strict: unknown keys, wrong types, impossible sizes, duplicate names, unknown
 references and addresses outside 127.0.0.0/8 are refused with the field path, e.g.
@@ -109,6 +111,7 @@ class FileSystem:
     preferred_blade: str
     address: str
     exports: tuple[Export, ...]
+    root_mode: int = 0o1777
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ class Network:
     blade_api_port: int = 10900
     nfs_port: int = 2049
     mount_port: int = 20048
+    portmap_port: int | None = 111
 
 
 @dataclass(frozen=True)
@@ -330,6 +334,7 @@ def parse(data: Any) -> Config:
         blade_api_port=_int(net.get("bladeApiPort", 10900), "network.bladeApiPort", lo=0, hi=65535),
         nfs_port=_int(net.get("nfsPort", 2049), "network.nfsPort", lo=1, hi=65535),
         mount_port=_int(net.get("mountPort", 20048), "network.mountPort", lo=1, hi=65535),
+        portmap_port=None if (pm := net.get("portmapPort", 111)) is None else _int(pm, "network.portmapPort", lo=1, hi=65535),
     )
     net.done()
 
@@ -367,8 +372,16 @@ def parse(data: Any) -> Config:
         if not isinstance(exports_raw, list) or not exports_raw:
             raise ConfigError(r.sub("exports"), "must be a non-empty list")
         exports = tuple(_export(e, f"{r.sub('exports')}[{j}]") for j, e in enumerate(exports_raw))
+        mode_raw = r.get("rootMode", "1777")
+        try:
+            root_mode = int(str(mode_raw), 8)
+        except ValueError:
+            root_mode = -1
+        if not 0 <= root_mode <= 0o7777:
+            raise ConfigError(r.sub("rootMode"), f"{mode_raw!r} is not an octal mode such as 1777 or 755")
         r.done()
-        fss.append(FileSystem(name=name, size=size, cluster_group=group_name, preferred_blade=preferred, address=address, exports=exports))
+        fss.append(FileSystem(name=name, size=size, cluster_group=group_name, preferred_blade=preferred,
+                              address=address, exports=exports, root_mode=root_mode))
 
     sw = _Reader(top.get("software"), "software")
     version = sw.get("version")

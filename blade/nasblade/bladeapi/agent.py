@@ -1,0 +1,142 @@
+"""``nasblade blade-file-processor``: the blade's file processor, as the boot shim runs it.
+
+This is the program inside the blade software bundle: it embeds the file processor
+(``nasblade.fileproc.server.FileProcessor``) for the file systems the blade owns, and every
+``--heartbeat-interval`` asks its block processor, through the local API
+(``nasblade.bladeapi.client.LocalClient``), to store its processing status in the blade's
+slot of the cluster group's portion (claim 2): heartbeat time and counter, owned file systems,
+exports with their addresses and NFS write verifiers, NFS client count and software version
+(``NASBLADE_SOFTWARE_VERSION``, set by the boot shim). It also reads the controller load the
+block processor hands it, and reports it with its status.
+
+    nasblade blade-file-processor --blade B --local-unix PATH --heartbeat-interval 0.2 \\
+        --fs '{"name": "fs1", "device": "nbd+unix:///fs-fs1?socket=…", "address": "127.0.0.2",
+               "nfsPort": 2049, "mountPort": 20048, "portmapPort": 111,
+               "exports": [{"path": "/fs1", "clients": ["127.0.0.0/8"], "access": "rw"}]}'
+
+Ready line endpoints: ``{"<fs>": {"nfs": "H:P", "mount": "H:P", "portmap": "H:P"}}``.
+SIGTERM: a last status with ``state: stopped``, then the file systems are committed and
+unmounted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from nasblade import ready
+from nasblade.bladeapi.client import BladeAPIError, LocalClient
+from nasblade.program import bundle
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--blade", required=True)
+    parser.add_argument("--local-unix", required=True, help="the block processor's local API socket")
+    parser.add_argument("--heartbeat-interval", type=float, default=0.2)
+    parser.add_argument("--commit-interval", type=float, default=1.0)
+    parser.add_argument("--fs", action="append", default=[], help="file system to serve (JSON, repeatable)")
+
+
+def fs_spec(raw: dict[str, Any]) -> Any:
+    """Translate the blade's file-system JSON into the file processor's ``FsSpec``."""
+    from nasblade.fileproc import config as fpconfig
+
+    pm = raw.get("portmapPort", 111)
+    return fpconfig.parse_fs(
+        {
+            "fsName": raw["name"],
+            "device": raw["device"],
+            "exports": raw["exports"],
+            "listen": {"host": raw["address"], "nfsPort": raw.get("nfsPort", 2049),
+                       "mountPort": raw.get("mountPort", 20048), "portmapPort": pm},
+        },
+        f"--fs {raw.get('name')}",
+    )
+
+
+class Agent:
+    def __init__(self, *, blade: str, local: LocalClient, fp: Any, interval: float) -> None:
+        self.blade = blade
+        self.local = local
+        self.fp = fp
+        self.interval = interval
+        self.counter = 0
+        self.version = os.environ.get("NASBLADE_SOFTWARE_VERSION") or bundle.running_version()
+
+    def status(self, state: str = "running") -> dict[str, Any]:
+        self.counter += 1
+        fs_status = self.fp.status()
+        exports = []
+        for name, st in sorted(fs_status.items()):
+            for path in st["exports"]:
+                exports.append({"fileSystem": name, "path": path, **st["endpoints"],
+                                "writeVerifier": st["writeVerifier"], "failed": st["failed"]})
+        clients = sum(len(ep.conns) for ep in self.fp.endpoints.values())
+        first = next(iter(sorted(fs_status.items())), None)
+        return {
+            "heartbeat": {"time": time.time(), "counter": self.counter},
+            "state": state,
+            "fileSystems": sorted(fs_status),
+            "exports": exports,
+            "writeVerifier": first[1]["writeVerifier"] if first else "",
+            "softwareVersion": self.version,
+            "clients": clients,
+        }
+
+    async def beat(self, state: str = "running") -> None:
+        try:
+            await asyncio.to_thread(self.local.store_status, self.status(state))
+        except (OSError, BladeAPIError) as exc:
+            log.warning("heartbeat %d not stored: %s", self.counter, exc)
+
+    async def run_heartbeats(self) -> None:
+        while True:
+            await self.beat()
+            await asyncio.sleep(self.interval)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from nasblade.fileproc.server import FileProcessor
+
+    fp = FileProcessor(commit_interval=args.commit_interval)
+    agent = Agent(blade=args.blade, local=LocalClient(args.local_unix), fp=fp, interval=args.heartbeat_interval)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    endpoints: dict[str, Any] = {}
+    try:
+        for raw in args.fs:
+            spec = fs_spec(json.loads(raw))
+            endpoints[spec.name] = await fp.add_filesystem(spec)
+        await agent.beat()
+        heartbeats = asyncio.create_task(agent.run_heartbeats())
+        ready.announce("blade-file-processor", endpoints, blade=args.blade, software=agent.version)
+        await stop.wait()
+        heartbeats.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeats
+        await agent.beat("stopped")
+    finally:
+        await fp.close()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s blade-file-processor %(levelname)s %(message)s")
+    try:
+        return asyncio.run(_main(args))
+    except (ValueError, KeyError, OSError) as exc:
+        sys.stderr.write(f"nasblade blade-file-processor: {exc}\n")
+        return 1

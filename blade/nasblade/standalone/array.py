@@ -1,0 +1,312 @@
+"""Running a whole array on one machine: controller + blades as supervised local processes.
+
+``Array.start()`` does, in order (each step idempotent, so a restart on the same data directory
+brings the same data back):
+
+1. tokens under ``DATA/secrets`` (random on first start, mode 0600);
+2. the controller (``nasblade controller``) with ``DATA/devices/dev<i>`` as its devices;
+3. the LUs: ``program``, ``procinfo`` (one portion per cluster group), ``backup`` and one LU per
+   file system (``fs-<name>``); a new file-system LU gets ``nasblade.fs.fs.mkfs``;
+4. the blade software: on a blank program LU, a bundle of this installation's code is built
+   (``nasblade.program.bundle``) and pushed as the configured (or package) version;
+5. per blade: the block processor (``nasblade block-processor``, owning the LUs of the file
+   systems whose ``preferredBlade`` it is) and then its file processor, started through the
+   boot shim from the bundle the block processor installed
+   (``nasblade boot -- blade-file-processor ...``);
+6. one ready line listing every NFS endpoint and the controller endpoints.
+
+``Array.stop()`` stops file processors, then block processors (they flush), then the controller
+(it destages and fsyncs). Each child's stderr goes to ``DATA/logs/<name>.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nasblade import ready
+from nasblade.standalone.config import Config, FileSystem
+
+log = logging.getLogger(__name__)
+
+NASBLADE = [sys.executable, "-m", "nasblade"]
+PROGRAM_LU = "program"
+PROCINFO_LU = "procinfo"
+BACKUP_LU = "backup"
+
+
+def fs_lu(fs: FileSystem) -> str:
+    return f"fs-{fs.name}"
+
+
+def _drain(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdout is not None
+    while proc.stdout.read(65536):
+        pass
+
+
+class ArrayError(RuntimeError):
+    """The array could not be started; the message says which step failed."""
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    ready: dict[str, Any]
+
+
+@dataclass
+class Array:
+    config: Config
+    data_dir: Path
+    ready_timeout: float = 120.0
+    children: list[Child] = field(default_factory=list)
+    controller: Child | None = None
+    software_version: str | None = None
+
+    # -- paths and secrets ------------------------------------------------------------------
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+    def _secret(self, name: str) -> Path:
+        path = self.secrets_dir / name
+        if not path.exists():
+            self.secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(24))
+        return path
+
+    def _spawn(self, name: str, argv: list[str]) -> Child:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{name}.log", "ab") as err:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+        try:
+            line = ready.wait_ready(proc, timeout=self.ready_timeout)
+        except ready.NotReady as exc:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            tail = (logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-5:]
+            raise ArrayError(f"{name} did not start: {exc}\n  " + "\n  ".join(tail)) from exc
+        # keep reading stdout so a chatty child never blocks on a full pipe
+        threading.Thread(target=_drain, args=(proc,), daemon=True, name=f"drain-{name}").start()
+        child = Child(name=name, proc=proc, ready=line)
+        self.children.append(child)
+        return child
+
+    # -- start ------------------------------------------------------------------------------
+
+    def start(self) -> dict[str, Any]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_controller()
+            client = self._client()
+            self._create_lus(client)
+            self._software()
+            blades = self._start_blades()
+        except BaseException:
+            self.stop()
+            raise
+        return self._summary(blades)
+
+    def _start_controller(self) -> None:
+        c, net = self.config, self.config.network
+        devdir = self.data_dir / "devices"
+        devdir.mkdir(parents=True, exist_ok=True)
+        argv = [*NASBLADE, "controller",
+                "--nbd-listen", f"{net.controller_address}:{net.nbd_port}",
+                "--api-listen", f"{net.controller_address}:{net.api_port}",
+                "--token-file", str(self._secret("controller-token")),
+                "--admin-token-file", str(self._secret("admin-token")),
+                "--cache-size", str(c.cache_size)]
+        for i in range(c.device_count):
+            argv += ["--device", f"{devdir / f'dev{i}'}:{c.device_size}"]
+        self.controller = self._spawn("controller", argv)
+
+    @property
+    def nbd(self) -> str:
+        assert self.controller is not None
+        return str(self.controller.ready["endpoints"]["nbd"])
+
+    @property
+    def api(self) -> str:
+        assert self.controller is not None
+        return str(self.controller.ready["endpoints"]["api"])
+
+    def _client(self) -> Any:
+        from nasblade.controller.apiclient import ControlClient
+
+        return ControlClient(self.api, self._secret("controller-token").read_text().strip())
+
+    def _create_lus(self, client: Any) -> None:
+        from nasblade.controller.apiclient import ControlAPIError
+
+        c = self.config
+        have = {lu["name"]: lu for lu in client.list_lus()}
+        wanted = [(PROGRAM_LU, c.program_size), (PROCINFO_LU, c.procinfo_size), (BACKUP_LU, c.backup_size)]
+        wanted += [(fs_lu(fs), fs.size) for fs in c.file_systems]
+        for name, size in wanted:
+            if name in have:
+                if have[name]["size"] < size:
+                    client.update_lu(name, size=size)
+                continue
+            try:
+                client.create_lu(name, size)
+            except ControlAPIError as exc:
+                raise ArrayError(f"creating LU {name} ({size} bytes) failed: {exc.message}") from exc
+            for fs in c.file_systems:
+                if fs_lu(fs) == name:
+                    self._mkfs(name, root_mode=fs.root_mode)
+
+    def _mkfs(self, lu: str, *, root_mode: int) -> None:
+        from nasblade.fs import fs as fsmod
+        from nasblade.nbd.client import NBDBlockDevice
+
+        with NBDBlockDevice.connect(f"nbd://{self.nbd}/{lu}") as dev:
+            fsmod.mkfs(dev, root_mode=root_mode)
+            dev.flush()
+
+    def _software(self) -> None:
+        import nasblade
+        from nasblade.nbd.client import NBDBlockDevice
+        from nasblade.program import bundle
+        from nasblade.program.catalog import ProgramError, ProgramStore
+
+        wanted = self.config.software_version
+        with NBDBlockDevice.connect(f"nbd://{self.nbd}/{PROGRAM_LU}") as dev:
+            store = ProgramStore(dev)
+            catalog = store.catalog()
+            if not catalog.bundles:
+                version = wanted or nasblade.__version__
+                store.push(bundle.build(version=version), version=version, select=True)
+                log.info("pushed blade software %s to the program LU", version)
+            elif wanted is not None and catalog.get(wanted) is None:
+                raise ProgramError(
+                    f"software.version: {wanted} is not in the program catalog"
+                    f" (available: {', '.join(catalog.versions())})"
+                )
+        self.software_version = wanted
+
+    def _start_blades(self) -> list[dict[str, Any]]:
+        c, net = self.config, self.config.network
+        blade_token = self._secret("blade-token")
+        out = []
+        port = net.blade_api_port
+        for gi, group in enumerate(c.groups):
+            for slot, blade in enumerate(group.blades):
+                rundir = self.data_dir / "run" / blade
+                rundir.mkdir(parents=True, exist_ok=True)
+                owned = [fs for fs in c.file_systems if fs.preferred_blade == blade]
+                argv = [*NASBLADE, "block-processor", "--blade", blade, "--group", group.name,
+                        "--group-index", str(gi), "--slot", str(slot),
+                        "--controller-nbd", self.nbd, "--controller-api", self.api,
+                        "--token-file", str(self._secret("controller-token")),
+                        "--portion-size", str(c.portion_size),
+                        "--procinfo-lu", PROCINFO_LU, "--program-lu", PROGRAM_LU,
+                        "--software-dir", str(rundir / "software"),
+                        "--nbd-unix", str(rundir / "nbd.sock"), "--local-unix", str(rundir / "local.sock"),
+                        "--api-listen", f"{net.controller_address}:{port if port else 0}",
+                        "--api-token-file", str(blade_token)]
+                if self.software_version:
+                    argv += ["--software-version", self.software_version]
+                for fs in owned:
+                    argv += ["--own", fs_lu(fs)]
+                if port:
+                    port += 1
+                bp = self._spawn(f"{blade}-bp", argv)
+                if bp.ready.get("softwareError") and not bp.ready.get("software"):
+                    raise ArrayError(f"{blade}: no blade software: {bp.ready['softwareError']}")
+                fp = self._spawn(f"{blade}-fp", self._fp_argv(blade, rundir, owned, group.heartbeat_interval))
+                out.append({"name": blade, "group": group.name, "bp": bp, "fp": fp, "owned": owned})
+        return out
+
+    def _fp_argv(self, blade: str, rundir: Path, owned: list[FileSystem], heartbeat: float) -> list[str]:
+        net = self.config.network
+        argv = [*NASBLADE, "boot", "--software-dir", str(rundir / "software"), "--",
+                "blade-file-processor", "--blade", blade,
+                "--local-unix", str(rundir / "local.sock"),
+                "--heartbeat-interval", str(heartbeat)]
+        for fs in owned:
+            spec = {
+                "name": fs.name,
+                "device": f"nbd+unix:///{fs_lu(fs)}?socket={rundir / 'nbd.sock'}",
+                "address": fs.address,
+                "nfsPort": net.nfs_port,
+                "mountPort": net.mount_port,
+                "portmapPort": net.portmap_port,
+                "exports": [
+                    {"path": e.path if e.path != "/" else f"/{fs.name}", "subdir": "/",
+                     "clients": list(e.clients), "access": e.access, "rootSquash": e.root_squash}
+                    for e in fs.exports
+                ],
+            }
+            argv += ["--fs", json.dumps(spec, sort_keys=True)]
+        return argv
+
+    def _summary(self, blades: list[dict[str, Any]]) -> dict[str, Any]:
+        net = self.config.network
+        nfs = []
+        for b in blades:
+            for fs in b["owned"]:
+                for e in fs.exports:
+                    path = e.path if e.path != "/" else f"/{fs.name}"
+                    nfs.append({
+                        "fileSystem": fs.name,
+                        "host": fs.address,
+                        "nfsPort": net.nfs_port,
+                        "mountPort": net.mount_port,
+                        "export": path,
+                        "url": f"nfs://{fs.address}{path}?nfsport={net.nfs_port}&mountport={net.mount_port}&version=3",
+                        "blade": b["name"],
+                        "pid": b["fp"].proc.pid,
+                    })
+        return {
+            "controller": {"nbd": self.nbd, "api": self.api, "pid": self.controller.proc.pid if self.controller else None},
+            "nfs": nfs,
+            "blades": [
+                {"name": b["name"], "group": b["group"], "api": b["bp"].ready["endpoints"].get("api"),
+                 "software": b["bp"].ready.get("software"),
+                 "blockProcessorPid": b["bp"].proc.pid, "fileProcessorPid": b["fp"].proc.pid}
+                for b in blades
+            ],
+            "secrets": str(self.secrets_dir),
+        }
+
+    # -- supervision and stop ---------------------------------------------------------------
+
+    def exited(self) -> list[tuple[str, int]]:
+        """Children that have exited on their own, with their status."""
+        return [(c.name, rc) for c in self.children if (rc := c.proc.poll()) is not None]
+
+    def stop(self, *, timeout: float = 30.0) -> None:
+        order = sorted(
+            self.children,
+            key=lambda c: 0 if c.name.endswith("-fp") else 1 if c.name.endswith("-bp") else 2,
+        )
+        for rank in (0, 1, 2):
+            group = [c for c in order if (0 if c.name.endswith("-fp") else 1 if c.name.endswith("-bp") else 2) == rank]
+            for c in group:
+                if c.proc.poll() is None:
+                    os.killpg(c.proc.pid, signal.SIGTERM)
+            for c in group:
+                try:
+                    c.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop in %ss; killing it", c.name, timeout)
+                    os.killpg(c.proc.pid, signal.SIGKILL)
+                    c.proc.wait()
+        self.children.clear()
