@@ -1,0 +1,180 @@
+"""Everything the operator asks of an array's controller, in one module.
+
+Talks to the control API (HTTP + JSON, bearer token; contract in docs/control-api.md) with
+aiohttp so the kopf event loop never waits on a thread, and seeds the program LU over NBD
+with the data plane's own ``nasblade.program`` code (in a worker thread). Handlers call the
+functions here and see ``ArrayUnavailable`` (transient: retry later) or ``ArrayRefused``
+(the controller said no, e.g. no space: the user must act).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import aiohttp
+
+
+class ArrayUnavailable(RuntimeError):
+    """The controller cannot be reached or answered 5xx (other than 507)."""
+
+
+class ArrayRefused(RuntimeError):
+    """The controller refused a request (4xx, 507); ``status`` and the message say why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class LU:
+    name: str
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    """Load and cache figures for the DiskArray status."""
+
+    iops: float
+    read_mbps: float
+    write_mbps: float
+    queue_depth: float
+    dirty_ratio: float
+    cache_size: int
+    cache_used: int
+    dirty_bytes: int
+    hit_ratio: float
+
+
+_TIMEOUT = aiohttp.ClientTimeout(total=10)
+_session: aiohttp.ClientSession | None = None
+
+
+def _http() -> aiohttp.ClientSession:
+    global _session
+    if _session is None or _session.closed:
+        _session = aiohttp.ClientSession(timeout=_TIMEOUT)
+    return _session
+
+
+async def close() -> None:
+    """Close the shared HTTP session (operator shutdown)."""
+    if _session is not None:
+        await _session.close()
+
+
+class ArrayAPI:
+    """The control API of one array."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.base = base_url.rstrip("/") + "/v1"
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    async def _request(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            async with _http().request(method, self.base + path, json=body, headers=self._headers) as r:
+                data: Any = await r.json(content_type=None) if r.content_length != 0 else None
+                if r.status >= 500 and r.status != 507:
+                    raise ArrayUnavailable(f"{method} {path}: HTTP {r.status}")
+                if r.status >= 400:
+                    message = data.get("error", "") if isinstance(data, dict) else ""
+                    raise ArrayRefused(r.status, f"{method} {path}: HTTP {r.status} {message}".strip())
+                return data
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise ArrayUnavailable(f"{method} {path}: {exc or type(exc).__name__}") from exc
+
+    async def list_lus(self) -> dict[str, LU]:
+        data = await self._request("GET", "/lus")
+        return {d["name"]: LU(d["name"], int(d["size"])) for d in data.get("lus", [])}
+
+    async def ensure_lus(self, wanted: dict[str, int]) -> list[str]:
+        """Create missing LUs, grow smaller ones; return the names created or grown.
+
+        Idempotent: one GET when everything exists (a restarted operator creates nothing).
+        """
+        have = await self.list_lus()
+        changed: list[str] = []
+        for name, size in wanted.items():
+            lu = have.get(name)
+            if lu is None:
+                try:
+                    await self._request("POST", "/lus", {"name": name, "size": size})
+                except ArrayRefused as exc:
+                    if exc.status != 409:  # 409: created meanwhile
+                        raise
+                changed.append(name)
+            elif lu.size < size:
+                await self._request("PATCH", f"/lus/{name}", {"size": size})
+                changed.append(name)
+        return changed
+
+    async def figures(self) -> Figures:
+        load, cache = await asyncio.gather(self._request("GET", "/load"), self._request("GET", "/cache"))
+        mbps = load.get("mbps") or {}
+        return Figures(
+            iops=float(load.get("iops", 0.0)),
+            read_mbps=float(mbps.get("read", 0.0)),
+            write_mbps=float(mbps.get("write", 0.0)),
+            queue_depth=float(load.get("queueDepth", 0.0)),
+            dirty_ratio=float(cache.get("dirtyRatio", load.get("dirtyRatio", 0.0))),
+            cache_size=int(cache.get("size", 0)),
+            cache_used=int(cache.get("used", 0)),
+            dirty_bytes=int(cache.get("dirtyBytes", 0)),
+            hit_ratio=float(cache.get("hitRatio", 0.0)),
+        )
+
+
+def load_percent(f: Figures, *, queue_budget: float = 32.0) -> int:
+    """The controller's load as the percentage ``spec.backup.loadThreshold`` is compared to.
+
+    The larger of the queue depth against a budget of ``queue_budget`` outstanding requests
+    and the dirty share of the cache: both say a backup copy now would slow the blades.
+    """
+    return min(100, round(100 * max(f.queue_depth / queue_budget, f.dirty_ratio)))
+
+
+def _seed_sync(nbd: str, version: str) -> bool:
+    from nasblade.blockdev import open_device
+    from nasblade.program import bundle
+    from nasblade.program.catalog import ProgramStore
+
+    dev = open_device(f"nbd://{nbd}/program")
+    try:
+        store = ProgramStore(dev)
+        if not store.is_blank() and store.catalog().get(version) is not None:
+            return False
+        store.push(bundle.build(version=version), version=version, select=True)
+        return True
+    finally:
+        dev.close()
+
+
+async def seed_program(nbd: str, *, version: str) -> bool:
+    """Put the software bundled in this image into the program LU as ``version``.
+
+    Returns False when that version is already there. Runs the data plane's NBD client and
+    program-LU code in a worker thread.
+    """
+    try:
+        return await asyncio.to_thread(_seed_sync, nbd, version)
+    except (OSError, ConnectionError) as exc:
+        raise ArrayUnavailable(f"seeding the program LU over nbd://{nbd}: {exc}") from exc
+
+
+_tokens: dict[tuple[str, str], str] = {}
+
+
+def remember_token(namespace: str, array: str, token: str) -> None:
+    """Cache an array's control token (read from or written to its Secret)."""
+    _tokens[(namespace, array)] = token
+
+
+def forget_token(namespace: str, array: str) -> None:
+    _tokens.pop((namespace, array), None)
+
+
+def cached_token(namespace: str, array: str) -> str | None:
+    return _tokens.get((namespace, array))

@@ -1,0 +1,588 @@
+"""kopf handlers of ClusterGroup: portion claim, then one daemon per group that keeps the
+blades, the NFS Services, failover, give-back, rollout and backups going.
+
+Reads: the group's body (live in the daemon), blade pods through the ``blade_pods`` index,
+the DiskArray through the ``diskarrays`` index (``diskarray/handlers.py``). Decides with
+``plan.plan`` (no I/O there). Acts through ``kube`` (pods, Services, status), ``bladeapi``
+(take over, release, backup), ``arrayapi`` (controller load) and ``events``.
+
+The daemon wakes on every blade pod event and DiskArray change (``_triggers``), and at least
+every heartbeat-derived interval, so a failed blade is noticed within ``failureTimeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import datetime
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from nasblade_operator import (
+    arrayapi,
+    bladeapi,
+    conditions,
+    endpoints,
+    events,
+    kube,
+    metrics,
+    naming,
+    settings,
+)
+from nasblade_operator.clustergroup import builders
+from nasblade_operator.clustergroup import plan as planner
+from nasblade_operator.clustergroup import spec as cg_spec
+from nasblade_operator.diskarray import spec as da_spec
+from nasblade_operator.validation import InvalidSpec
+
+RESOURCE = (naming.GROUP, naming.VERSION, "clustergroups")
+ARRAYS = (naming.GROUP, naming.VERSION, "diskarrays")
+HISTORY = 10
+
+_triggers: dict[tuple[str, str], asyncio.Event] = {}
+
+
+def _trigger(namespace: str, group: str | None) -> None:
+    ev = _triggers.get((namespace, group or ""))
+    if ev is not None:
+        ev.set()
+
+
+@kopf.index("pods", labels={naming.L_COMPONENT: "blade", naming.L_GROUP: kopf.PRESENT})
+def blade_pods(namespace: str | None, name: str, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, group) -> summaries of its blade pods (what ``plan.PodObs`` needs)."""
+    namespace = namespace or ""
+    st = body.get("status", {})
+    ready: dict[str, Any] = next((c for c in st.get("conditions", []) if c.get("type") == "Ready"), {})
+    return {
+        (namespace, labels[naming.L_GROUP]): {
+            "name": name,
+            "index": int(labels.get(naming.L_BLADE_INDEX, "-1")),
+            "version": labels.get(naming.L_VERSION, ""),
+            "ready": ready.get("status") == "True",
+            "readyTransition": ready.get("lastTransitionTime"),
+            "phase": st.get("phase", "Pending"),
+            "deleting": bool(body.metadata.get("deletionTimestamp")),
+            "ip": st.get("podIP"),
+        }
+    }
+
+
+@kopf.on.event("pods", labels={naming.L_COMPONENT: "blade", naming.L_GROUP: kopf.PRESENT})
+def blade_pod_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    """Wake the group's daemon on any change of one of its pods."""
+    namespace = namespace or ""
+    _trigger(namespace, labels.get(naming.L_GROUP))
+
+
+@kopf.on.event(*ARRAYS)
+def array_changed(namespace: str | None, **_: Any) -> None:
+    """Wake the daemons of the namespace when a DiskArray changes (version, file systems)."""
+    namespace = namespace or ""
+    for (ns, _group), ev in _triggers.items():
+        if ns == namespace:
+            ev.set()
+
+
+def _one(index: kopf.Index[Any, Any], key: tuple[str, str]) -> dict[str, Any] | None:
+    store = index.get(key)
+    return next(iter(store), None) if store is not None else None
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec")
+async def reconcile(
+    body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None, status: kopf.Status, patch: kopf.Patch,
+    **kwargs: Any,
+) -> None:
+    """Validate the spec, check the DiskArray, claim a portion; the daemon does the rest."""
+    namespace = namespace or ""
+    diskarrays: kopf.Index[Any, Any] = kwargs["diskarrays"]
+    metrics.RECONCILES.labels("ClusterGroup").inc()
+    generation = int(body.metadata.get("generation", 0))
+    try:
+        parsed = cg_spec.parse(spec, name=name)
+    except InvalidSpec as exc:
+        _refuse(body, status, patch, generation=generation, reason="InvalidSpec", message=str(exc))
+        events.warning(body, "InvalidSpec", f"fix the spec: {exc}")
+        raise kopf.PermanentError(f"invalid spec: {exc}") from None
+    array = _one(diskarrays, (namespace, parsed.disk_array))
+    if array is None or array["deleting"]:
+        message = f"DiskArray {parsed.disk_array!r} does not exist in namespace {namespace}; create it or fix spec.diskArrayRef.name"
+        _refuse(body, status, patch, generation=generation, reason="DiskArrayMissing", message=message)
+        events.warning(body, "DiskArrayMissing", message)
+        raise kopf.TemporaryError(message, delay=settings.current().retry_delay)
+    portion = status.get("portion")
+    if portion is None:
+        portion = await _claim_portion(body, name=name, namespace=namespace, array=parsed.disk_array)
+        patch.status["portion"] = portion
+    patch.status["activeArea"] = status.get("activeArea", "portion")
+    _trigger(namespace, name)
+
+
+def _refuse(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, generation: int, reason: str, message: str) -> None:
+    metrics.RECONCILE_ERRORS.labels("ClusterGroup", reason).inc()
+    patch.status["conditions"] = conditions.set_condition(
+        status.get("conditions", []), type=conditions.READY, status="False", reason=reason, message=message,
+        generation=generation,
+    )
+    patch.status["observedGeneration"] = generation
+
+
+async def _claim_portion(body: kopf.Body, *, name: str, namespace: str, array: str) -> int:
+    """Record (group -> lowest free portion index) in the DiskArray status, optimistically locked."""
+    k = kube.client()
+    da = await k.get("DiskArray", array, namespace=namespace)
+    if da is None:
+        raise kopf.TemporaryError(f"DiskArray {array} vanished", delay=settings.current().retry_delay)
+    portions = list(da.get("status", {}).get("portions", []))
+    for p in portions:
+        if p.get("group") == name:
+            return int(p["index"])
+    limit = int(da.get("spec", {}).get("areas", {}).get("portions", 8))
+    used = {int(p["index"]) for p in portions}
+    free = [i for i in range(limit) if i not in used]
+    if not free:
+        message = f"all {limit} portions of DiskArray {array} are taken; raise spec.areas.portions on a new array or delete a group"
+        events.warning(body, "NoFreePortion", message)
+        raise kopf.TemporaryError(message, delay=30)
+    portions.append({"index": free[0], "group": name})
+    try:
+        await k.patch(
+            "DiskArray", array, {"metadata": {"resourceVersion": da["metadata"]["resourceVersion"]},
+                                 "status": {"portions": portions}},
+            namespace=namespace, subresource="status",
+        )
+    except kube.KubeError as exc:
+        if exc.status == 409:
+            raise kopf.TemporaryError("portion claim raced with another group; retrying", delay=0.2) from None
+        raise
+    return free[0]
+
+
+async def _release_portion(*, name: str, namespace: str, array: str) -> None:
+    k = kube.client()
+    for _attempt in range(5):
+        da = await k.get("DiskArray", array, namespace=namespace)
+        if da is None or da["metadata"].get("deletionTimestamp"):
+            return
+        portions = [p for p in da.get("status", {}).get("portions", []) if p.get("group") != name]
+        try:
+            await k.patch(
+                "DiskArray", array, {"metadata": {"resourceVersion": da["metadata"]["resourceVersion"]},
+                                     "status": {"portions": portions}},
+                namespace=namespace, subresource="status",
+            )
+            return
+        except kube.KubeError as exc:
+            if exc.status != 409:
+                raise
+    raise kopf.TemporaryError("could not release the portion (conflicts)", delay=1)
+
+
+@kopf.on.delete(*RESOURCE)
+async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None, **kwargs: Any) -> None:
+    """Refuse while the group serves file systems of a live DiskArray; else remove its objects."""
+    namespace = namespace or ""
+    diskarrays: kopf.Index[Any, Any] = kwargs["diskarrays"]
+    array_name = str(spec.get("diskArrayRef", {}).get("name", ""))
+    array = _one(diskarrays, (namespace, array_name))
+    if array is not None and not array["deleting"]:
+        serving = [f.get("name") for f in array["spec"].get("fileSystems", []) if f.get("clusterGroup") == name]
+        if serving:
+            message = (f"still serves file systems {', '.join(serving)} of DiskArray {array_name}: move them to another "
+                       "ClusterGroup (spec.fileSystems[].clusterGroup) or delete the DiskArray")
+            events.warning(body, "DeletionBlocked", message)
+            raise kopf.TemporaryError(message, delay=settings.current().retry_delay)
+    k = kube.client()
+    events.normal(body, "Deleting", "removing the blades and NFS Services")
+    for kind, selector in (("Pod", builders.group_selector(name)), ("Service", {naming.L_GROUP: name, naming.L_COMPONENT: "nfs"})):
+        for obj in await k.list(kind, namespace=namespace, selector=selector):
+            await k.delete(kind, obj["metadata"]["name"], namespace=namespace)
+    await _release_portion(name=name, namespace=namespace, array=array_name)
+
+
+# ---------------------------------------------------------------------------- the daemon
+
+
+@dataclasses.dataclass
+class Runtime:
+    """What one group's daemon remembers between passes (nothing here is the source of truth)."""
+
+    services: dict[str, str] | None = None  # fs -> blade the Service selects; None = not listed yet
+    first_bad: dict[str, float] = dataclasses.field(default_factory=dict)  # blade -> monotonic time
+    seen_ready: set[str] = dataclasses.field(default_factory=set)
+    next_backup_check: float = 0.0
+    deferred: bool = False
+    rolling: bool = False
+
+
+@kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
+async def run_group(
+    body: kopf.Body, name: str, namespace: str | None, stopped: kopf.DaemonStopped, logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
+    """Observe -> plan -> act, on every relevant event and at least every second."""
+    namespace = namespace or ""
+    blade_pods: kopf.Index[Any, Any] = kwargs["blade_pods"]
+    diskarrays: kopf.Index[Any, Any] = kwargs["diskarrays"]
+    key = (namespace, name)
+    wake = _triggers.setdefault(key, asyncio.Event())
+    rt = Runtime(seen_ready={b["name"] for b in body.get("status", {}).get("blades", []) if b.get("state") == "Running"})
+    try:
+        while not stopped:
+            wake.clear()
+            if not body.metadata.get("deletionTimestamp"):
+                try:
+                    await _pass(body, name=name, namespace=namespace, rt=rt, pods=blade_pods, arrays=diskarrays)
+                except (kube.KubeError, bladeapi.BladeUnavailable, arrayapi.ArrayUnavailable, OSError) as exc:
+                    metrics.RECONCILE_ERRORS.labels("ClusterGroup", type(exc).__name__).inc()
+                    logger.warning("group pass failed, will retry: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=1.0)
+    finally:
+        _triggers.pop(key, None)
+
+
+def _pod_obs(summary: Mapping[str, Any], *, now: datetime.datetime, seen_ready: set[str]) -> planner.PodObs:
+    ready = bool(summary["ready"])
+    if ready:
+        seen_ready.add(summary["name"])
+    since = conditions.parse_time(summary.get("readyTransition"))
+    return planner.PodObs(
+        name=summary["name"],
+        index=int(summary["index"]),
+        version=str(summary["version"]),
+        ready=ready,
+        ever_ready=ready or summary["name"] in seen_ready,
+        terminated=summary["phase"] in ("Failed", "Succeeded"),
+        deleting=bool(summary["deleting"]),
+        not_ready_for=0.0 if ready or since is None else (now - since).total_seconds(),
+    )
+
+
+async def _pass(
+    body: kopf.Body, *, name: str, namespace: str, rt: Runtime, pods: kopf.Index[Any, Any], arrays: kopf.Index[Any, Any]
+) -> None:
+    status = body.get("status", {})
+    if status.get("portion") is None:
+        return
+    try:
+        spec = cg_spec.parse(body.get("spec", {}), name=name)
+    except InvalidSpec:
+        return  # reconcile() reported it
+    array = _one(arrays, (namespace, spec.disk_array))
+    if array is None or array["deleting"]:
+        return
+    try:
+        da = da_spec.parse(array["spec"])
+    except InvalidSpec:
+        return  # the DiskArray's own handler reported it
+    file_systems = da.file_systems_of(name)
+    fs_names = [f.name for f in file_systems]
+    now = datetime.datetime.now(datetime.UTC)
+    summaries = {int(s["index"]): s for s in pods.get((namespace, name), [])}
+    observed = planner.Observed(
+        group=name,
+        count=spec.blades.count,
+        version=da.software_version,
+        file_systems=fs_names,
+        pods={i: _pod_obs(s, now=now, seen_ready=rt.seen_ready) for i, s in summaries.items()},
+        owners={f["name"]: f["blade"] for f in status.get("fileSystems", []) if f.get("blade") and f["name"] in fs_names},
+        failure_timeout=spec.heartbeat.failure_timeout,
+        automatic_failover=spec.failover.policy == "Automatic",
+        automatic_give_back=spec.failover.give_back == "Automatic",
+        known=frozenset(rt.seen_ready),
+    )
+    p = planner.plan(observed)
+    for blade, state in p.states.items():
+        if state != "Running":
+            rt.first_bad.setdefault(blade, time.monotonic())
+        else:
+            rt.first_bad.pop(blade, None)
+    owners = dict(observed.owners)
+    for fs in fs_names:
+        owners.setdefault(fs, planner.home_of(name, fs_names, fs, spec.blades.count))
+    failovers: list[dict[str, Any]] = []
+    act = _Actor(body, name=name, namespace=namespace, spec=spec, da=da, summaries=summaries, rt=rt)
+    try:
+        for action in p.actions:
+            record = await act.do(action, file_systems=file_systems)
+            if isinstance(action, planner.MoveFileSystem):
+                owners[action.fs] = action.target
+                if record:
+                    failovers.append(record)
+    finally:
+        await _sync_services(body, name=name, namespace=namespace, array=spec.disk_array, owners=owners, rt=rt)
+        backups = await _backups(body, name=name, namespace=namespace, spec=spec, array=array, states=p.states,
+                                 summaries=summaries, rt=rt)
+        await _write_status(body, name=name, namespace=namespace, spec=spec, plan=p, owners=owners,
+                            fs_names=fs_names, summaries=summaries, failovers=failovers, backups=backups,
+                            version=da.software_version, rt=rt)
+
+
+class _Actor:
+    """Carries out ``plan`` actions; each is one or two API calls and an Event."""
+
+    def __init__(
+        self, body: kopf.Body, *, name: str, namespace: str, spec: cg_spec.ClusterGroupSpec, da: da_spec.DiskArraySpec,
+        summaries: Mapping[int, Mapping[str, Any]], rt: Runtime,
+    ) -> None:
+        self.body, self.name, self.namespace, self.spec, self.da = body, name, namespace, spec, da
+        self.by_name = {s["name"]: s for s in summaries.values()}
+        self.rt = rt
+
+    async def do(self, action: planner.Action, *, file_systems: tuple[da_spec.FileSystem, ...]) -> dict[str, Any] | None:
+        if isinstance(action, planner.CreatePod):
+            await self._create_pod(action.index, file_systems=file_systems)
+            return None
+        if isinstance(action, planner.DeletePod):
+            await self._delete_pod(action)
+            return None
+        return await self._move(action)
+
+    async def _create_pod(self, index: int, *, file_systems: tuple[da_spec.FileSystem, ...]) -> None:
+        pod = builders.blade_pod(
+            group=self.name, namespace=self.namespace, index=index, spec=self.spec,
+            portion=int(self.body["status"]["portion"]), portion_size=self.da.areas.portion_size,
+            version=self.da.software_version, image=settings.current().image, file_systems=file_systems,
+        )
+        kopf.adopt(pod, owner=self.body)
+        _, created = await kube.client().create(pod)
+        if created:
+            replaced = pod["metadata"]["name"] in self.rt.seen_ready
+            events.normal(self.body, "BladeReplaced" if replaced else "BladeCreated",
+                          f"blade pod {pod['metadata']['name']} (software {self.da.software_version})")
+
+    async def _delete_pod(self, action: planner.DeletePod) -> None:
+        await kube.client().delete("Pod", action.name, namespace=self.namespace)
+        self.rt.seen_ready.discard(action.name)
+        if action.reason == "Failed":
+            events.warning(self.body, "BladeFailed", f"blade {action.name} failed; replacing its pod")
+        elif action.reason == "Upgrade":
+            events.normal(self.body, "Upgrading", f"blade {action.name} restarts on software {self.da.software_version}")
+        else:
+            events.normal(self.body, "ScaledDown", f"removed blade {action.name}")
+
+    async def _move(self, m: planner.MoveFileSystem) -> dict[str, Any]:
+        t0 = self.rt.first_bad.get(m.source, time.monotonic()) if m.reason == "Failover" else time.monotonic()
+        token = await _array_token(self.namespace, self.spec.disk_array)
+        if m.reason != "Failover":
+            source = self._endpoint(m.source)
+            if source is not None:
+                await bladeapi.release(source, m.fs, token=token)
+        target = self._endpoint(m.target)
+        if target is None:
+            raise bladeapi.BladeUnavailable(f"blade {m.target} has no address yet")
+        await bladeapi.takeover(target, m.fs, token=token)
+        await kube.client().patch(
+            "Service", naming.nfs_service_name(self.spec.disk_array, m.fs),
+            {"spec": {"selector": builders.nfs_selector(group=self.name, blade=m.target)}}, namespace=self.namespace,
+        )
+        if self.rt.services is not None:
+            self.rt.services[m.fs] = m.target
+        seconds = time.monotonic() - t0
+        metrics.FAILOVERS.labels(m.reason).inc()
+        if m.reason == "Failover":
+            metrics.FAILOVER_SECONDS.observe(seconds)
+        reason = {"Failover": "FailedOver", "GiveBack": "GaveBack"}.get(m.reason, "HandedOver")
+        events.normal(self.body, reason, f"file system {m.fs}: {m.source} -> {m.target} ({m.reason}, {seconds:.2f}s)")
+        return {"fileSystem": m.fs, "from": m.source, "to": m.target, "reason": m.reason,
+                "time": conditions.now_rfc3339(), "durationSeconds": round(seconds, 3)}
+
+    def _endpoint(self, blade: str) -> str | None:
+        s = self.by_name.get(blade)
+        return endpoints.blade_api(self.namespace, blade, s.get("ip") if s else None)
+
+
+async def _array_token(namespace: str, array: str) -> str:
+    token = arrayapi.cached_token(namespace, array)
+    if token is None:
+        secret = await kube.client().get("Secret", naming.token_secret_name(array), namespace=namespace)
+        if secret is None:
+            raise arrayapi.ArrayUnavailable(f"the token Secret of DiskArray {array} does not exist yet")
+        token = base64.b64decode(secret["data"]["token"]).decode()
+        arrayapi.remember_token(namespace, array, token)
+    return token
+
+
+async def _sync_services(
+    body: kopf.Body, *, name: str, namespace: str, array: str, owners: Mapping[str, str], rt: Runtime
+) -> None:
+    """One NFS Service per file system, selecting its owner; none for file systems gone."""
+    k = kube.client()
+    if rt.services is None:
+        existing = await k.list("Service", namespace=namespace, selector={naming.L_GROUP: name, naming.L_COMPONENT: "nfs"})
+        rt.services = {
+            s["metadata"]["labels"].get(naming.L_FILESYSTEM, ""): s["spec"].get("selector", {}).get(naming.L_BLADE, "")
+            for s in existing
+        }
+    for fs, blade in owners.items():
+        have = rt.services.get(fs)
+        if have is None:
+            svc = builders.nfs_service(array=array, group=name, fs=fs, blade=blade)
+            kopf.adopt(svc, owner=body)
+            await k.create(svc)
+        elif have != blade:
+            await k.patch("Service", naming.nfs_service_name(array, fs),
+                          {"spec": {"selector": builders.nfs_selector(group=name, blade=blade)}}, namespace=namespace)
+        rt.services[fs] = blade
+    for fs in [f for f in rt.services if f not in owners]:
+        await k.delete("Service", naming.nfs_service_name(array, fs), namespace=namespace)
+        del rt.services[fs]
+
+
+async def _backups(
+    body: kopf.Body, *, name: str, namespace: str, spec: cg_spec.ClusterGroupSpec, array: Mapping[str, Any],
+    states: Mapping[str, planner.BladeState], summaries: Mapping[int, Mapping[str, Any]], rt: Runtime,
+) -> dict[str, Any] | None:
+    """Run a backup through a Running blade if one is asked for or due; return the new status.backups."""
+    annotations = body.metadata.get("annotations", {}) or {}
+    on_demand = naming.A_BACKUP_NOW in annotations
+    backups = dict(body.get("status", {}).get("backups", {}))
+    now = datetime.datetime.now(datetime.UTC)
+    last_ok = conditions.parse_time(backups.get("lastSuccessful"))
+    last_try = conditions.parse_time(backups.get("lastAttempt")) or conditions.parse_time(body.metadata.get("creationTimestamp"))
+    trigger = "OnDemand" if on_demand else ""
+    if not on_demand:
+        if time.monotonic() < rt.next_backup_check or last_try is None:
+            return None
+        if (now - last_try).total_seconds() < spec.backup.interval:
+            return None
+        age = (now - last_ok).total_seconds() if last_ok else float("inf")
+        trigger = "MaxAge" if age >= spec.backup.max_age else "Interval"
+    blade = next((s for _, s in sorted(summaries.items()) if states.get(s["name"]) == "Running"), None)
+    if blade is None:
+        rt.next_backup_check = time.monotonic() + 5
+        return None
+    token = await _array_token(namespace, spec.disk_array)
+    if trigger == "Interval":
+        load = await _load_percent(namespace, spec.disk_array, token)
+        if load is not None and load >= spec.backup.load_threshold:
+            rt.next_backup_check = time.monotonic() + 10
+            if not rt.deferred:
+                rt.deferred = True
+                events.normal(body, "BackupDeferred",
+                              f"controller load {load}% >= loadThreshold {spec.backup.load_threshold}%; retrying")
+                metrics.BACKUPS.labels(trigger, "Deferred").inc()
+            return None
+    rt.deferred = False
+    portion_of = {p["group"]: int(p["index"]) for p in array["status"].get("portions", [])}
+    portions = [int(body["status"]["portion"])] + [portion_of[t] for t in spec.backup.targets if t in portion_of]
+    base = endpoints.blade_api(namespace, blade["name"], blade.get("ip"))
+    t0 = time.monotonic()
+    try:
+        if base is None:
+            raise bladeapi.BladeUnavailable(f"blade {blade['name']} has no address yet")
+        result = await bladeapi.backup(base, token=token, portions=portions, trigger=trigger)
+        ok, message = result.succeeded, result.message
+    except bladeapi.BladeUnavailable as exc:
+        ok, message = False, str(exc)
+    seconds = round(time.monotonic() - t0, 3)
+    entry = {"trigger": trigger, "blade": blade["name"], "portions": portions,
+             "result": "Succeeded" if ok else "Failed", "message": message[:500],
+             "started": conditions.now_rfc3339(now), "durationSeconds": seconds}
+    backups["history"] = [*backups.get("history", []), entry][-HISTORY:]
+    backups["lastAttempt"] = conditions.now_rfc3339(now)
+    if ok:
+        backups["lastSuccessful"] = conditions.now_rfc3339(now)
+    metrics.BACKUPS.labels(trigger, entry["result"]).inc()
+    metrics.BACKUP_SECONDS.observe(seconds)
+    text = f"{trigger} backup of portions {portions} through {blade['name']}: {entry['result']}" + (f" ({message})" if message else "")
+    (events.normal if ok else events.warning)(body, "BackupSucceeded" if ok else "BackupFailed", text)
+    if on_demand:
+        await kube.client().patch("ClusterGroup", name, {"metadata": {"annotations": {naming.A_BACKUP_NOW: None}}},
+                                  namespace=namespace)
+    return backups
+
+
+async def _load_percent(namespace: str, array: str, token: str) -> int | None:
+    try:
+        figures = await arrayapi.ArrayAPI(endpoints.controller_api(namespace, array), token).figures()
+    except (arrayapi.ArrayUnavailable, arrayapi.ArrayRefused):
+        return None
+    return arrayapi.load_percent(figures)
+
+
+async def _write_status(
+    body: kopf.Body, *, name: str, namespace: str, spec: cg_spec.ClusterGroupSpec, plan: planner.Plan,
+    owners: Mapping[str, str], fs_names: list[str], summaries: Mapping[int, Mapping[str, Any]],
+    failovers: list[dict[str, Any]], backups: dict[str, Any] | None, version: str, rt: Runtime,
+) -> None:
+    """Patch status only when something changed (no API request on an idle pass)."""
+    old = body.get("status", {})
+    generation = int(body.metadata.get("generation", 0))
+    by_index = {int(s["index"]): s for s in summaries.values()}
+    blades: list[dict[str, Any]] = []
+    indexes = sorted(set(range(spec.blades.count)) | set(by_index))
+    for i in indexes:
+        blade = planner.blade_name(name, i)
+        s = by_index.get(i)
+        blades.append({
+            "name": blade, "index": i, "state": plan.states.get(blade, "Pending"),
+            "fileSystems": sorted(fs for fs, o in owners.items() if o == blade),
+            "softwareVersion": s["version"] if s else "",
+        })
+    running = sum(1 for b in blades if b["state"] == "Running" and b["index"] < spec.blades.count)
+    unserved = [fs for fs, o in owners.items() if plan.states.get(o) != "Running"]
+    bad = [b["name"] for b in blades if b["state"] in ("Failed", "Suspect")]
+    cond = list(old.get("conditions", []))
+    if running == spec.blades.count and not unserved:
+        cond = conditions.set_condition(cond, type=conditions.READY, status="True", reason="AllBladesRunning",
+                                        message=f"{running} blades running, {len(fs_names)} file systems served",
+                                        generation=generation)
+    else:
+        message = f"{running}/{spec.blades.count} blades running" + (f"; not served: {', '.join(unserved)}" if unserved else "")
+        cond = conditions.set_condition(cond, type=conditions.READY, status="False",
+                                        reason="FileSystemsUnserved" if unserved else "BladesNotReady",
+                                        message=message, generation=generation)
+    if plan.stranded:
+        cond = conditions.set_condition(cond, type=conditions.DEGRADED, status="True", reason="NoSurvivor",
+                                        message=f"no running blade can take {', '.join(plan.stranded)}", generation=generation)
+    elif bad:
+        cond = conditions.set_condition(cond, type=conditions.DEGRADED, status="True", reason="BladeFailed",
+                                        message=f"blades not running: {', '.join(bad)}", generation=generation)
+    else:
+        cond = conditions.set_condition(cond, type=conditions.DEGRADED, status="False", reason="AllBladesRunning",
+                                        message="", generation=generation)
+    progressing = plan.rolling or any(b["state"] in ("Pending", "Upgrading") for b in blades)
+    cond = conditions.set_condition(cond, type=conditions.PROGRESSING, status="True" if progressing else "False",
+                                    reason="RollingOut" if plan.rolling else ("BladesStarting" if progressing else "Stable"),
+                                    message=f"rolling out software {version}" if plan.rolling else "", generation=generation)
+    b = backups if backups is not None else old.get("backups", {})
+    last = (b.get("history") or [{}])[-1]
+    last_ok = conditions.parse_time(b.get("lastSuccessful"))
+    fresh = last_ok is not None and (datetime.datetime.now(datetime.UTC) - last_ok).total_seconds() < spec.backup.max_age
+    cond = conditions.set_condition(
+        cond, type=conditions.BACKED_UP, status="True" if fresh and last.get("result") == "Succeeded" else "False",
+        reason="Succeeded" if fresh and last.get("result") == "Succeeded" else (last.get("result") or "NeverBackedUp"),
+        message=str(last.get("message", "")), generation=generation,
+    )
+    new: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": cond,
+        "bladesReady": f"{running}/{spec.blades.count}",
+        "blades": blades,
+        "fileSystems": [
+            {"name": fs, "blade": owners[fs], "homeBlade": planner.home_of(name, fs_names, fs, spec.blades.count),
+             "service": naming.nfs_service_name(spec.disk_array, fs)}
+            for fs in fs_names
+        ],
+        "rollout": {"targetVersion": version, "step": "upgrading one blade at a time"} if plan.rolling else None,
+    }
+    if failovers:
+        new["failovers"] = [*old.get("failovers", []), *failovers][-20:]
+    if backups is not None:
+        new["backups"] = backups
+    if rt.rolling and not plan.rolling:
+        events.normal(body, "Upgraded", f"every blade runs software {version}")
+    rt.rolling = plan.rolling
+    changed = {k: v for k, v in new.items() if old.get(k) != v and not (v is None and k not in old)}
+    if changed:
+        await kube.client().patch("ClusterGroup", name, {"status": changed}, namespace=namespace, subresource="status")

@@ -1,0 +1,144 @@
+"""The child objects of a DiskArray, built as plain dicts from a parsed ``DiskArraySpec``.
+
+Consumed by ``diskarray/handlers.py``, which adopts them (``kopf.adopt``: owner reference,
+namespace) and creates them through ``kube.Kube``. Pure functions: unit tests compare their
+output, and the same input always gives the same object (so a restarted operator finds
+exactly what it created before).
+
+The controller pod runs ``nasblade controller`` (flags: docs/control-api.md) with one device
+file per PVC, mounted at ``/devices/dev-<i>``.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from nasblade_operator import naming
+from nasblade_operator.diskarray.spec import DiskArraySpec
+
+TOKEN_DIR = "/etc/nasblade/token"
+DEVICE_DIR = "/devices"
+
+
+def labels(array: str) -> dict[str, str]:
+    """Labels of the controller's objects (the Service selects on them)."""
+    return {**naming.common_labels(component="controller", instance=array), naming.L_ARRAY: array}
+
+
+def selector(array: str) -> dict[str, str]:
+    return {naming.L_ARRAY: array, naming.L_COMPONENT: "controller"}
+
+
+def device_file_size(pvc_size: int) -> int:
+    """Size of the device file on a PVC: 97 % of it (file-system slack), in whole MiB."""
+    return (pvc_size * 97 // 100) // 2**20 * 2**20
+
+
+def token_secret(array: str, *, token: str) -> dict[str, Any]:
+    """The Secret with the control-API token; blades and the operator read it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": naming.token_secret_name(array), "labels": labels(array)},
+        "type": "Opaque",
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+    }
+
+
+def controller_service(array: str) -> dict[str, Any]:
+    """ClusterIP Service in front of the controller: control API and NBD."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": naming.controller_name(array), "labels": labels(array)},
+        "spec": {
+            "selector": selector(array),
+            "ports": [
+                {"name": "api", "port": naming.CONTROL_PORT, "targetPort": "api", "protocol": "TCP"},
+                {"name": "nbd", "port": naming.NBD_PORT, "targetPort": "nbd", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def controller_statefulset(array: str, spec: DiskArraySpec, *, image: str) -> dict[str, Any]:
+    """One-replica StatefulSet; one volumeClaimTemplate per device."""
+    dev_size = device_file_size(spec.devices.size)
+    args = ["controller"]
+    for i in range(spec.devices.count):
+        args += ["--device", f"{DEVICE_DIR}/dev-{i}/device.img:{dev_size}"]
+    args += [
+        "--nbd-listen", f"0.0.0.0:{naming.NBD_PORT}",
+        "--api-listen", f"0.0.0.0:{naming.CONTROL_PORT}",
+        "--token-file", f"{TOKEN_DIR}/token",
+        "--admin-token-file", f"{TOKEN_DIR}/token",
+        "--cache-size", str(spec.controller.cache_size),
+    ]
+    claims = []
+    for i in range(spec.devices.count):
+        pvc_spec: dict[str, Any] = {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": spec.devices.size_text}},
+        }
+        if spec.devices.storage_class:
+            pvc_spec["storageClassName"] = spec.devices.storage_class
+        claims.append({"metadata": {"name": f"dev-{i}", "labels": labels(array)}, "spec": pvc_spec})
+    container: dict[str, Any] = {
+        "name": "controller",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": args,
+        "ports": [
+            {"name": "api", "containerPort": naming.CONTROL_PORT},
+            {"name": "nbd", "containerPort": naming.NBD_PORT},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "api"}, "periodSeconds": 2},
+        "volumeMounts": [{"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}]
+        + [{"name": f"dev-{i}", "mountPath": f"{DEVICE_DIR}/dev-{i}"} for i in range(spec.devices.count)],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    if spec.controller.resources:
+        container["resources"] = dict(spec.controller.resources)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": naming.controller_name(array), "labels": labels(array)},
+        "spec": {
+            "replicas": 1,
+            "serviceName": naming.controller_name(array),
+            "selector": {"matchLabels": selector(array)},
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": spec.deletion_policy,
+                "whenScaled": "Retain",
+            },
+            "template": {
+                "metadata": {"labels": labels(array)},
+                "spec": {
+                    "terminationGracePeriodSeconds": 60,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+                    "containers": [container],
+                    "volumes": [{"name": "token", "secret": {"secretName": naming.token_secret_name(array)}}],
+                },
+            },
+            "volumeClaimTemplates": claims,
+        },
+    }
+
+
+def pvc_names(array: str, spec: DiskArraySpec) -> list[str]:
+    """Names the StatefulSet controller gives the device PVCs (template-statefulset-ordinal)."""
+    sts = naming.controller_name(array)
+    return [f"dev-{i}-{sts}-0" for i in range(spec.devices.count)]
+
+
+def desired_lus(spec: DiskArraySpec) -> dict[str, int]:
+    """Every LU the array needs, name -> size in bytes, in creation order."""
+    lus = {
+        naming.LU_PROGRAM: spec.areas.program_size,
+        naming.LU_PROCESSOR_INFO: spec.areas.processor_info_size,
+        naming.LU_BACKUP: spec.areas.backup_size,
+    }
+    for fs in spec.file_systems:
+        lus[naming.filesystem_lu(fs.name)] = fs.size
+    return lus

@@ -1,0 +1,244 @@
+"""kopf handlers of DiskArray: controller objects, LUs, program seeding, status, deletion.
+
+Reads: the DiskArray body (kopf), its children (``kube``), the controller (``arrayapi``).
+Writes: Secret, Service, StatefulSet (from ``builders``), the LUs, the status (through kopf's
+``patch``) and Events (``events``). ``clustergroup/handlers.py`` reads the DiskArray through
+the ``diskarrays`` index declared here.
+
+Reconcile order: parse (invalid -> Ready=False, Warning, PermanentError) -> token Secret ->
+Service -> StatefulSet -> wait for the controller to be Ready -> LUs -> program seed -> Ready.
+Each step is idempotent, so create, update and resume all run the same function.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from nasblade_operator import (
+    arrayapi,
+    conditions,
+    endpoints,
+    events,
+    kube,
+    metrics,
+    naming,
+    settings,
+)
+from nasblade_operator.diskarray import builders
+from nasblade_operator.diskarray import spec as da_spec
+from nasblade_operator.validation import InvalidSpec
+
+RESOURCE = (naming.GROUP, naming.VERSION, "diskarrays")
+
+
+@kopf.index(*RESOURCE)
+def diskarrays(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, name) -> the DiskArray's spec, status and deletion mark, for the group handlers."""
+    namespace = namespace or ""
+    return {
+        (namespace, name): {
+            "spec": dict(body.get("spec", {})),
+            "status": dict(body.get("status", {})),
+            "deleting": bool(body.metadata.get("deletionTimestamp")),
+            "uid": body.metadata.get("uid"),
+        }
+    }
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec")
+async def reconcile(
+    body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None, status: kopf.Status, patch: kopf.Patch, **_: Any
+) -> None:
+    namespace = namespace or ""
+    metrics.RECONCILES.labels("DiskArray").inc()
+    generation = int(body.metadata.get("generation", 0))
+    parsed = _parse_or_refuse(body, spec, status=status, patch=patch, generation=generation)
+    token = await _ensure_children(body, parsed, name=name, namespace=namespace)
+    patch.status["controller"] = {
+        "endpoint": endpoints.controller_api(namespace, name),
+        "service": naming.controller_name(name),
+        "tokenSecret": naming.token_secret_name(name),
+    }
+    patch.status["areas"] = {
+        "program": naming.LU_PROGRAM,
+        "processorInfo": naming.LU_PROCESSOR_INFO,
+        "backup": naming.LU_BACKUP,
+        "portionSize": parsed.areas.portion_size,
+        "activeProcessorInfoArea": status.get("areas", {}).get("activeProcessorInfoArea", "portion"),
+    }
+    await _wait_for_controller(body, name=name, namespace=namespace, status=status, patch=patch, generation=generation)
+    await _provision(body, parsed, name=name, namespace=namespace, token=token, status=status, patch=patch, generation=generation)
+    cond = conditions.set_condition(status.get("conditions", []), type=conditions.PROGRESSING, status="False",
+                                    reason="Reconciled", message="", generation=generation)
+    cond = conditions.set_condition(cond, type=conditions.READY, status="True", reason="Ready",
+                                    message=f"controller up, {len(parsed.file_systems)} file systems provisioned",
+                                    generation=generation)
+    patch.status["conditions"] = cond
+    patch.status["observedGeneration"] = generation
+    if not conditions.is_true(status.get("conditions", []), conditions.READY):
+        events.normal(body, "Ready", "controller up and all LUs provisioned")
+
+
+def _parse_or_refuse(
+    body: kopf.Body, spec: Mapping[str, Any], *, status: Mapping[str, Any], patch: kopf.Patch, generation: int
+) -> da_spec.DiskArraySpec:
+    """Parse the spec; on error set Ready=False, post a Warning and stop (PermanentError)."""
+    try:
+        return da_spec.parse(spec)
+    except InvalidSpec as exc:
+        metrics.RECONCILE_ERRORS.labels("DiskArray", "InvalidSpec").inc()
+        cond = conditions.set_condition(status.get("conditions", []), type=conditions.READY, status="False",
+                                        reason="InvalidSpec", message=str(exc), generation=generation)
+        patch.status["conditions"] = cond
+        patch.status["observedGeneration"] = generation
+        events.warning(body, "InvalidSpec", f"fix the spec: {exc}")
+        raise kopf.PermanentError(f"invalid spec: {exc}") from None
+
+
+async def _ensure_children(body: kopf.Body, parsed: da_spec.DiskArraySpec, *, name: str, namespace: str) -> str:
+    """Create the token Secret, Service and StatefulSet if missing; return the token."""
+    k = kube.client()
+    token = arrayapi.cached_token(namespace, name)
+    secret = await k.get("Secret", naming.token_secret_name(name), namespace=namespace) if token is None else None
+    if token is None:
+        if secret is None:
+            secret = builders.token_secret(name, token=secrets.token_urlsafe(32))
+            kopf.adopt(secret, owner=body)
+            secret, _ = await k.create(secret)
+        token = base64.b64decode(secret["data"]["token"]).decode()
+        arrayapi.remember_token(namespace, name, token)
+    image = settings.current().image
+    created: list[str] = []
+    for obj in (builders.controller_service(name), builders.controller_statefulset(name, parsed, image=image)):
+        kopf.adopt(obj, owner=body)
+        _, was_created = await k.create(obj)
+        if was_created:
+            created.append(f"{obj['kind']} {obj['metadata']['name']}")
+    if created:
+        events.normal(body, "Created", ", ".join(created))
+    return token
+
+
+async def _wait_for_controller(
+    body: kopf.Body, *, name: str, namespace: str, status: Mapping[str, Any], patch: kopf.Patch, generation: int
+) -> None:
+    """Retry later (TemporaryError) until the controller StatefulSet has a Ready replica."""
+    sts = await kube.client().get("StatefulSet", naming.controller_name(name), namespace=namespace)
+    if sts and int(sts.get("status", {}).get("readyReplicas", 0) or 0) >= 1:
+        return
+    cond = conditions.set_condition(status.get("conditions", []), type=conditions.READY, status="False",
+                                    reason="WaitingForController", message="the controller pod is not Ready yet",
+                                    generation=generation)
+    cond = conditions.set_condition(cond, type=conditions.PROGRESSING, status="True",
+                                    reason="WaitingForController", message="waiting for the controller pod",
+                                    generation=generation)
+    patch.status["conditions"] = cond
+    patch.status["observedGeneration"] = generation
+    raise kopf.TemporaryError("waiting for the controller pod to be Ready", delay=settings.current().retry_delay)
+
+
+async def _provision(
+    body: kopf.Body,
+    parsed: da_spec.DiskArraySpec,
+    *,
+    name: str,
+    namespace: str,
+    token: str,
+    status: Mapping[str, Any],
+    patch: kopf.Patch,
+    generation: int,
+) -> None:
+    """LUs and the program seed through the control API; transient failures retry."""
+    api = arrayapi.ArrayAPI(endpoints.controller_api(namespace, name), token)
+    wanted = builders.desired_lus(parsed)
+    try:
+        created = await api.ensure_lus(wanted)
+        seeded = await arrayapi.seed_program(endpoints.controller_nbd(namespace, name), version=parsed.software_version)
+    except arrayapi.ArrayRefused as exc:
+        reason = "NoSpace" if exc.status == 507 else "ControllerRefused"
+        _not_ready(status, patch, generation=generation, reason=reason, message=str(exc))
+        events.warning(body, "NoSpace" if exc.status == 507 else "ControllerUnavailable", f"the controller refused: {exc}")
+        metrics.RECONCILE_ERRORS.labels("DiskArray", reason).inc()
+        raise kopf.TemporaryError(str(exc), delay=max(30.0, settings.current().retry_delay)) from None
+    except arrayapi.ArrayUnavailable as exc:
+        _not_ready(status, patch, generation=generation, reason="ControllerUnavailable", message=str(exc))
+        metrics.RECONCILE_ERRORS.labels("DiskArray", "ControllerUnavailable").inc()
+        raise kopf.TemporaryError(str(exc), delay=settings.current().retry_delay) from None
+    if created:
+        events.normal(body, "LUsCreated", f"created or grew LUs: {', '.join(created)}")
+    if seeded:
+        events.normal(body, "ProgramSeeded", f"software {parsed.software_version} stored in the program LU")
+    versions = list(status.get("software", {}).get("seeded", []))
+    if parsed.software_version not in versions:
+        versions.append(parsed.software_version)
+    patch.status["software"] = {"version": parsed.software_version, "seeded": versions}
+    patch.status["fileSystems"] = [
+        {"name": f.name, "lu": naming.filesystem_lu(f.name), "size": f.size, "clusterGroup": f.cluster_group, "ready": True}
+        for f in parsed.file_systems
+    ]
+    patch.status["fileSystemsReady"] = f"{len(parsed.file_systems)}/{len(parsed.file_systems)}"
+
+
+def _not_ready(status: Mapping[str, Any], patch: kopf.Patch, *, generation: int, reason: str, message: str) -> None:
+    cond = conditions.set_condition(status.get("conditions", []), type=conditions.READY, status="False",
+                                    reason=reason, message=message, generation=generation)
+    patch.status["conditions"] = cond
+    patch.status["observedGeneration"] = generation
+
+
+@kopf.timer(*RESOURCE, interval=settings.current().status_interval, initial_delay=settings.current().status_interval)
+async def refresh_figures(name: str, namespace: str | None, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    """Copy the controller's load and cache figures into the status (only while Ready)."""
+    namespace = namespace or ""
+    if not conditions.is_true(status.get("conditions", []), conditions.READY):
+        return
+    token = arrayapi.cached_token(namespace, name)
+    if token is None:
+        return
+    try:
+        f = await arrayapi.ArrayAPI(endpoints.controller_api(namespace, name), token).figures()
+    except (arrayapi.ArrayUnavailable, arrayapi.ArrayRefused) as exc:
+        logger.debug("figures of %s/%s unavailable: %s", namespace, name, exc)
+        return
+    patch.status["controller"] = {
+        "load": {"iops": f.iops, "readMBps": f.read_mbps, "writeMBps": f.write_mbps,
+                 "queueDepth": f.queue_depth, "dirtyRatio": f.dirty_ratio},
+        "cache": {"size": f.cache_size, "used": f.cache_used, "dirtyBytes": f.dirty_bytes,
+                  "dirtyRatio": f.dirty_ratio, "hitRatio": f.hit_ratio},
+        "updated": conditions.now_rfc3339(),
+    }
+
+
+@kopf.on.delete(*RESOURCE)
+async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None, **_: Any) -> None:
+    """Tear down in order: ClusterGroups, controller, Service, Secret; PVCs per deletionPolicy."""
+    namespace = namespace or ""
+    k = kube.client()
+    groups = [g for g in await k.list("ClusterGroup", namespace=namespace)
+              if g.get("spec", {}).get("diskArrayRef", {}).get("name") == name]
+    if groups:
+        for g in groups:
+            if not g["metadata"].get("deletionTimestamp"):
+                await k.delete("ClusterGroup", g["metadata"]["name"], namespace=namespace)
+        events.normal(body, "Deleting", f"waiting for ClusterGroups {', '.join(g['metadata']['name'] for g in groups)} to go")
+        raise kopf.TemporaryError("waiting for the ClusterGroups to be deleted", delay=2)
+    await k.delete("StatefulSet", naming.controller_name(name), namespace=namespace)
+    await k.delete("Service", naming.controller_name(name), namespace=namespace)
+    await k.delete("Secret", naming.token_secret_name(name), namespace=namespace)
+    arrayapi.forget_token(namespace, name)
+    policy = spec.get("deletionPolicy", "Retain")
+    count = int(spec.get("devices", {}).get("count", 0))
+    pvcs = [f"dev-{i}-{naming.controller_name(name)}-0" for i in range(count)]
+    if policy == "Delete":
+        for pvc in pvcs:
+            await k.delete("PersistentVolumeClaim", pvc, namespace=namespace)
+        events.normal(body, "DataDeleted", f"deleted the device PVCs {', '.join(pvcs)}")
+    else:
+        events.normal(body, "DataRetained", f"kept the device PVCs {', '.join(pvcs)} (deletionPolicy Retain)")

@@ -1,0 +1,208 @@
+"""Parse and validate a DiskArray ``spec`` into a frozen ``DiskArraySpec``.
+
+Input: the ``spec`` mapping kopf hands the handlers (defaults already applied by the API
+server from crds/diskarray.yaml). Output: typed records the builders and handlers use, or
+``validation.InvalidSpec`` listing every wrong field by path. The CRD refuses most bad input
+with CEL; this module repeats those checks (the operator must not trust its input) and adds
+the ones CEL cannot express, such as whether everything fits on the devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from nasblade_operator import validation
+
+MIB = 2**20
+#: Space the controller keeps per device for its own metadata (superblock, LU table, journal).
+#: Conservative; the controller's own answer (507 no space) is the final word.
+DEVICE_OVERHEAD = 16 * MIB
+MIN_PORTION = 1 * MIB
+
+DeletionPolicy = Literal["Retain", "Delete"]
+Access = Literal["rw", "ro"]
+Squash = Literal["root", "all", "none"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Devices:
+    count: int
+    size: int
+    size_text: str
+    storage_class: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Controller:
+    cache_size: int
+    resources: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Areas:
+    program_size: int
+    processor_info_size: int
+    backup_size: int
+    portions: int
+
+    @property
+    def portion_size(self) -> int:
+        """Bytes of one portion (and of one backup area), a multiple of 4 KiB."""
+        return (self.processor_info_size // self.portions) // 4096 * 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    clients: tuple[str, ...]
+    access: Access
+    squash: Squash
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSystem:
+    name: str
+    size: int
+    cluster_group: str
+    exports: tuple[Export, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskArraySpec:
+    devices: Devices
+    controller: Controller
+    areas: Areas
+    file_systems: tuple[FileSystem, ...]
+    software_version: str
+    deletion_policy: DeletionPolicy
+
+    @property
+    def capacity(self) -> int:
+        """Bytes the LUs may use: device files are 97 % of a PVC, less the controller's overhead."""
+        return self.devices.count * max(0, self.devices.size * 97 // 100 - DEVICE_OVERHEAD)
+
+    @property
+    def requested(self) -> int:
+        """Bytes of every LU the spec asks for."""
+        a = self.areas
+        return a.program_size + a.processor_info_size + a.backup_size + sum(f.size for f in self.file_systems)
+
+    def file_systems_of(self, group: str) -> tuple[FileSystem, ...]:
+        """The file systems a ClusterGroup serves, in spec order."""
+        return tuple(f for f in self.file_systems if f.cluster_group == group)
+
+
+def parse(spec: Mapping[str, Any]) -> DiskArraySpec:
+    """Parse ``spec``; raise ``validation.InvalidSpec`` naming every wrong field."""
+    c = validation.Collector()
+    devices = _devices(c, validation.section(spec, "devices"))
+    controller = _controller(c, validation.section(spec, "controller"))
+    areas = _areas(c, validation.section(spec, "areas"))
+    file_systems = _file_systems(c, spec.get("fileSystems") or [])
+    version = str(validation.section(spec, "software").get("version") or "0.1.0")
+    policy = c.choice("spec.deletionPolicy", spec.get("deletionPolicy", "Retain"), ("Retain", "Delete"))
+    c.check()
+    parsed = DiskArraySpec(
+        devices=devices,
+        controller=controller,
+        areas=areas,
+        file_systems=file_systems,
+        software_version=version,
+        deletion_policy="Delete" if policy == "Delete" else "Retain",
+    )
+    if parsed.requested > parsed.capacity:
+        c.add(
+            "spec.fileSystems",
+            f"the areas and file systems need {parsed.requested // MIB} MiB but "
+            f"{devices.count} devices of {devices.size_text} hold {parsed.capacity // MIB} MiB "
+            "after the controller's overhead: add devices (a new DiskArray) or shrink the file systems",
+        )
+    c.check()
+    return parsed
+
+
+def _devices(c: validation.Collector, d: Mapping[str, Any]) -> Devices:
+    count = c.integer("spec.devices.count", d.get("count", 2), low=1, high=16)
+    size_text = str(d.get("size", ""))
+    size = c.quantity("spec.devices.size", size_text)
+    if size and size <= DEVICE_OVERHEAD:
+        c.add("spec.devices.size", f"must be larger than {DEVICE_OVERHEAD // MIB}Mi (the controller's per-device overhead)")
+    sc = d.get("storageClassName")
+    return Devices(count=count, size=size, size_text=size_text, storage_class=str(sc) if sc else None)
+
+
+def _controller(c: validation.Collector, d: Mapping[str, Any]) -> Controller:
+    cache = c.quantity("spec.controller.cacheSize", d.get("cacheSize", "256Mi"))
+    if cache and cache < MIB:
+        c.add("spec.controller.cacheSize", "must be at least 1Mi")
+    resources = d.get("resources") or {}
+    return Controller(cache_size=cache, resources=dict(resources) if isinstance(resources, Mapping) else {})
+
+
+def _areas(c: validation.Collector, d: Mapping[str, Any]) -> Areas:
+    areas = Areas(
+        program_size=c.quantity("spec.areas.programSize", d.get("programSize", "256Mi")),
+        processor_info_size=c.quantity("spec.areas.processorInfoSize", d.get("processorInfoSize", "64Mi")),
+        backup_size=c.quantity("spec.areas.backupSize", d.get("backupSize", "64Mi")),
+        portions=c.integer("spec.areas.portions", d.get("portions", 8), low=1, high=64),
+    )
+    if areas.processor_info_size and areas.portions and areas.portion_size < MIN_PORTION:
+        c.add(
+            "spec.areas.processorInfoSize",
+            f"gives portions of {areas.portion_size} bytes; each of the {areas.portions} portions needs at least 1Mi",
+        )
+    if areas.backup_size < areas.processor_info_size:
+        c.add("spec.areas.backupSize", "must be at least processorInfoSize (one backup area per portion)")
+    return areas
+
+
+def _file_systems(c: validation.Collector, items: Any) -> tuple[FileSystem, ...]:
+    if not isinstance(items, list):
+        c.add("spec.fileSystems", "must be a list")
+        return ()
+    out: list[FileSystem] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        path = f"spec.fileSystems[{i}]"
+        if not isinstance(item, Mapping):
+            c.add(path, "must be an object")
+            continue
+        name = str(item.get("name", ""))
+        if not name or not all(ch.isdigit() or ("a" <= ch <= "z") or ch == "-" for ch in name) or name[0] == "-" or name[-1] == "-":
+            c.add(f"{path}.name", f"{name!r} must be lower-case letters, digits and '-' (a DNS label)")
+        elif len(name) > 40:
+            c.add(f"{path}.name", "must be at most 40 characters")
+        if name in seen:
+            c.add(f"{path}.name", f"{name!r} is declared twice")
+        seen.add(name)
+        size = c.quantity(f"{path}.size", item.get("size", ""))
+        group = str(item.get("clusterGroup") or "")
+        if not group:
+            c.add(f"{path}.clusterGroup", "names the ClusterGroup that serves this file system; it is required")
+        exports = _exports(c, path, item.get("exports") or [])
+        out.append(FileSystem(name=name, size=size, cluster_group=group, exports=exports))
+    return tuple(out)
+
+
+def _exports(c: validation.Collector, path: str, items: Any) -> tuple[Export, ...]:
+    out: list[Export] = []
+    for j, e in enumerate(items if isinstance(items, list) else []):
+        epath = f"{path}.exports[{j}]"
+        if not isinstance(e, Mapping):
+            c.add(epath, "must be an object")
+            continue
+        clients_in = e.get("clients") or []
+        if not clients_in:
+            c.add(f"{epath}.clients", "needs at least one CIDR (there is no export to everyone by default)")
+        clients = tuple(c.cidr(f"{epath}.clients[{k}]", v) for k, v in enumerate(clients_in))
+        access = c.choice(f"{epath}.access", e.get("access", "rw"), ("rw", "ro"))
+        squash = c.choice(f"{epath}.squash", e.get("squash", "root"), ("root", "all", "none"))
+        out.append(
+            Export(
+                clients=clients,
+                access="ro" if access == "ro" else "rw",
+                squash="all" if squash == "all" else "none" if squash == "none" else "root",
+            )
+        )
+    return tuple(out)

@@ -1,0 +1,43 @@
+"""Where the operator reaches an array's controller and a group's blades.
+
+Default: cluster DNS of the controller Service (``http://<array>-controller.<ns>.svc:8080``)
+and the blade pod's IP (``http://<podIP>:8090``). ``NASBLADE_ENDPOINT_OVERRIDES`` (see
+``settings``) replaces them per object, which is how tier-1 tests point the operator at real
+processes started on localhost while kwok only pretends to run the pods. Used by
+``arrayapi`` and ``bladeapi``; pure functions of the settings.
+"""
+
+from __future__ import annotations
+
+from nasblade_operator import naming, settings
+
+
+def _override(namespace: str, name: str, key: str) -> str | None:
+    o = settings.current().endpoint_overrides
+    for k in (f"{namespace}/{name}", "*"):
+        value = o.get(k, {}).get(key)
+        if value:
+            return str(value)
+    return None
+
+
+def controller_api(namespace: str, array: str) -> str:
+    """Base URL (without ``/v1``) of an array's control API."""
+    return _override(namespace, array, "api") or (
+        f"http://{naming.controller_name(array)}.{namespace}.{settings.current().cluster_domain}:{naming.CONTROL_PORT}"
+    )
+
+
+def controller_nbd(namespace: str, array: str) -> str:
+    """``host:port`` of an array's NBD server."""
+    return _override(namespace, array, "nbd") or (
+        f"{naming.controller_name(array)}.{namespace}.{settings.current().cluster_domain}:{naming.NBD_PORT}"
+    )
+
+
+def blade_api(namespace: str, pod: str, pod_ip: str | None) -> str | None:
+    """Base URL of a blade's management API; None while the pod has no IP."""
+    override = _override(namespace, pod, "blade")
+    if override:
+        return override
+    return f"http://{pod_ip}:{naming.BLADE_API_PORT}" if pod_ip else None

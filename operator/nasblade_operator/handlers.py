@@ -1,0 +1,49 @@
+"""The module kopf loads: it registers every handler and configures the operator.
+
+Importing this module registers the DiskArray handlers (``diskarray/handlers.py``) and the
+ClusterGroup handlers (``clustergroup/handlers.py``) with kopf's default registry; ``main``
+(the ``nasblade operator`` command) and the tests (``kopf.testing.KopfRunner(["run", "-m",
+"nasblade_operator.handlers", ...])``) both load it this way.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from nasblade_operator import arrayapi, bladeapi, metrics, settings
+from nasblade_operator.clustergroup import handlers as clustergroup_handlers
+from nasblade_operator.diskarray import handlers as diskarray_handlers
+
+__all__ = ["clustergroup_handlers", "configure", "diskarray_handlers", "shutdown"]
+
+FINALIZER = "nasblade.io/finalizer"
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    """kopf settings: our finalizer name, progress in annotations, Warnings posted as Events."""
+    from nasblade_operator import settings as nb_settings
+
+    config = nb_settings.current()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="nasblade.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="nasblade.io", key="last-handled-configuration")
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.batching.worker_limit = 64
+    metrics.start(config.metrics_port)
+    logger.info("nasblade operator: image %s, metrics on :%s", config.image, config.metrics_port or "off")
+
+
+@kopf.on.cleanup()
+async def shutdown(**_: Any) -> None:
+    """Close the HTTP sessions to controllers and blades."""
+    await arrayapi.close()
+    await bladeapi.close()
+
+
+_ = settings

@@ -1,0 +1,74 @@
+"""Names and labels of every object the operator owns, in one place.
+
+Builders (``diskarray/builders.py``, ``clustergroup/builders.py``) use these to name child
+objects; handlers use the same functions to find them again; tests and the CLI use them to
+look objects up. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+GROUP = "nasblade.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Labels (selectors must keep working across operator versions: never rename these).
+L_NAME = "app.kubernetes.io/name"
+L_COMPONENT = "app.kubernetes.io/component"
+L_INSTANCE = "app.kubernetes.io/instance"
+L_MANAGED_BY = "app.kubernetes.io/managed-by"
+L_ARRAY = "nasblade.io/disk-array"
+L_GROUP = "nasblade.io/cluster-group"
+L_BLADE = "nasblade.io/blade"
+L_BLADE_INDEX = "nasblade.io/blade-index"
+L_VERSION = "nasblade.io/software-version"
+L_FILESYSTEM = "nasblade.io/file-system"
+
+# Annotations users set on a ClusterGroup.
+A_BACKUP_NOW = "nasblade.io/backup-now"
+
+CONTROL_PORT = 8080
+NBD_PORT = 10809
+BLADE_API_PORT = 8090
+#: (name, Service port, container port): the blade runs as non-root, so the portmapper listens
+#: on an unprivileged port and the Service maps 111 to it.
+NFS_PORTS = (("nfs", 2049, 2049), ("mountd", 20048, 20048), ("portmapper", 111, 10111))
+
+# LU names of the array-wide areas (claims: program storage, processor information, backup).
+LU_PROGRAM = "program"
+LU_PROCESSOR_INFO = "procinfo"
+LU_BACKUP = "backup"
+
+
+def controller_name(array: str) -> str:
+    """StatefulSet and Service name of an array's controller."""
+    return f"{array}-controller"
+
+
+def token_secret_name(array: str) -> str:
+    """Secret holding the array's control-API token (key ``token``)."""
+    return f"{array}-control-token"
+
+
+def filesystem_lu(fs: str) -> str:
+    """LU name of a declared file system."""
+    return f"fs-{fs}"
+
+
+def blade_pod_name(group: str, index: int) -> str:
+    """Pod name of blade ``index`` of a ClusterGroup (stable across replacements)."""
+    return f"{group}-blade-{index}"
+
+
+def nfs_service_name(array: str, fs: str) -> str:
+    """The NFS Service of a file system; it selects the owning blade."""
+    return f"{array}-{fs}-nfs"
+
+
+def common_labels(*, component: str, instance: str) -> dict[str, str]:
+    """The ``app.kubernetes.io/*`` labels every child object carries."""
+    return {
+        L_NAME: "nasblade",
+        L_COMPONENT: component,
+        L_INSTANCE: instance,
+        L_MANAGED_BY: "nasblade-operator",
+    }

@@ -1,0 +1,72 @@
+"""Child objects built from parsed specs (no API server)."""
+
+from __future__ import annotations
+
+import base64
+
+from nasblade_operator import naming
+from nasblade_operator.clustergroup import builders as cg_builders
+from nasblade_operator.clustergroup import spec as cg_spec
+from nasblade_operator.diskarray import builders as da_builders
+from nasblade_operator.diskarray import spec as da_spec
+
+ARRAY = da_spec.parse({
+    "devices": {"count": 3, "size": "2Gi", "storageClassName": "fast"},
+    "deletionPolicy": "Delete",
+    "fileSystems": [
+        {"name": "home", "size": "512Mi", "clusterGroup": "g1",
+         "exports": [{"clients": ["10.1.0.0/16"], "access": "ro", "squash": "all"}]},
+        {"name": "scratch", "size": "256Mi", "clusterGroup": "g1"},
+    ],
+})
+GROUP = cg_spec.parse({"diskArrayRef": {"name": "a1"}, "blades": {"count": 2, "resources": {"requests": {"cpu": "100m"}}}})
+
+
+def test_statefulset_has_one_claim_per_device_and_the_policy() -> None:
+    sts = da_builders.controller_statefulset("a1", ARRAY, image="nasblade/nasblade:t")
+    assert sts["metadata"]["name"] == "a1-controller" and sts["spec"]["replicas"] == 1
+    claims = sts["spec"]["volumeClaimTemplates"]
+    assert [c["metadata"]["name"] for c in claims] == ["dev-0", "dev-1", "dev-2"]
+    assert all(c["spec"]["storageClassName"] == "fast" for c in claims)
+    assert claims[0]["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    c = sts["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "nasblade/nasblade:t" and c["imagePullPolicy"] == "IfNotPresent"
+    assert c["args"][0] == "controller" and c["args"].count("--device") == 3
+    assert f"/devices/dev-2/device.img:{da_builders.device_file_size(2 * 2**30)}" in c["args"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    assert da_builders.pvc_names("a1", ARRAY) == ["dev-0-a1-controller-0", "dev-1-a1-controller-0", "dev-2-a1-controller-0"]
+
+
+def test_service_secret_and_lus() -> None:
+    svc = da_builders.controller_service("a1")
+    assert {p["port"] for p in svc["spec"]["ports"]} == {naming.CONTROL_PORT, naming.NBD_PORT}
+    sec = da_builders.token_secret("a1", token="s3cret")
+    assert base64.b64decode(sec["data"]["token"]) == b"s3cret"
+    lus = da_builders.desired_lus(ARRAY)
+    assert list(lus) == ["program", "procinfo", "backup", "fs-home", "fs-scratch"]
+    assert lus["fs-home"] == 512 * 2**20
+
+
+def test_blade_pod_and_nfs_service() -> None:
+    pod = cg_builders.blade_pod(group="g1", namespace="ns", index=1, spec=GROUP, portion=3, portion_size=2**20,
+                                version="1.2.3", image="img:1", file_systems=ARRAY.file_systems_of("g1"))
+    assert pod["metadata"]["name"] == "g1-blade-1"
+    labels = pod["metadata"]["labels"]
+    assert labels[naming.L_VERSION] == "1.2.3" and labels[naming.L_BLADE] == "g1-blade-1"
+    bp, fp = pod["spec"]["containers"]
+    assert (bp["name"], fp["name"]) == ("block-processor", "file-processor")
+    args = bp["args"]
+    assert args[args.index("--group-index") + 1] == "3" and args[args.index("--slot") + 1] == "1"
+    assert args[args.index("--controller-nbd") + 1] == "a1-controller.ns.svc:10809"
+    assert args[args.index("--lu"):args.index("--lu") + 2] == ["--lu", "fs-home"]
+    assert fp["args"][0] == "boot"
+    assert bp["resources"] == {"requests": {"cpu": "100m"}}
+    env = {e["name"]: e for e in bp["env"]}
+    assert env["NASBLADE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "a1-control-token"
+    assert '"squash": "all"' in env["NASBLADE_FILESYSTEMS"]["value"]
+    svc = cg_builders.nfs_service(array="a1", group="g1", fs="home", blade="g1-blade-1")
+    assert svc["metadata"]["name"] == "a1-home-nfs"
+    assert svc["spec"]["selector"] == {naming.L_GROUP: "g1", naming.L_BLADE: "g1-blade-1"}
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert {p["port"] for p in svc["spec"]["ports"]} == {2049, 20048, 111}
