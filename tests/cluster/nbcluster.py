@@ -470,6 +470,9 @@ state = "/run/containerd"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "docker.io/$pause"
   enable_unprivileged_ports = false
+  # this VM's root lacks CAP_SYS_RESOURCE: runc cannot set negative oom_score_adj (the kubelet
+  # asks -998 for sandboxes), so clamp to containerd's own score (0)
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -536,7 +539,7 @@ def cni_conflist() -> str:
         "cniVersion": "0.4.0", "name": CNI_NET_NAME,
         "plugins": [
             {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": True,
-             "hairpinMode": True, "promiscMode": True,
+             "hairpinMode": True,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": NODE_POD_SUBNET}]],
                       "routes": [{"dst": "0.0.0.0/0"}]}},
             {"type": "portmap", "capabilities": {"portMappings": True}},
@@ -588,8 +591,13 @@ class Tier2:
 
     @staticmethod
     def _containerd_up() -> bool:
-        return subprocess.run(["ctr", "-a", CONTAINERD_SOCK, "version"], capture_output=True,
-                              timeout=10).returncode == 0
+        if not Path(CONTAINERD_SOCK).exists():
+            return False
+        try:
+            return subprocess.run(["ctr", "-a", CONTAINERD_SOCK, "--connect-timeout", "2s",
+                                   "version"], capture_output=True, timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
 
     def host_setup(self) -> None:
         with contextlib.suppress(Exception):
