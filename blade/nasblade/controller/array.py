@@ -90,6 +90,14 @@ class Array:
             if p.get("uuid") != state.uuid:
                 raise layout.LayoutError(f"device {dev.path} belongs to another array")
             by_index.setdefault(int(p["device"]), dev)  # type: ignore[call-overload]
+        # A device whose superblock slots are both unreadable gets the one index left over,
+        # if the sizes agree; its records are rewritten below.
+        unknown = [d for d in opened if d not in by_index.values()]
+        missing = [i for i in range(len(state.device_sizes)) if i not in by_index]
+        if len(unknown) == len(missing) == 1 and unknown[0].size == state.device_sizes[missing[0]]:
+            log.warning("device %s has no valid superblock; taking it as device %d",
+                        unknown[0].path, missing[0])
+            by_index[missing[0]] = unknown[0]
         if len(opened) != len(state.device_sizes) or sorted(by_index) != list(range(len(opened))):
             raise layout.LayoutError(
                 f"array {state.uuid} has {len(state.device_sizes)} devices; "
@@ -100,6 +108,7 @@ class Array:
             if dev.size != state.device_sizes[i]:
                 raise layout.LayoutError(f"device {dev.path} changed size")
         array = cls(devices, state)
+        array.persist()  # refresh every device's records (repairs a damaged slot)
         log.info("opened array %s at superblock sequence %d", state.uuid, seq)
         return array
 

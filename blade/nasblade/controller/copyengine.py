@@ -188,6 +188,8 @@ class CopyEngine:
                         if job.cancel_requested:
                             job.state = "cancelled"
                             break
+                        if job.done[index]:  # copied on write while we slept
+                            continue
                 copied += self._copy_chunk(job, index)
                 if index % 8 == 7:
                     await asyncio.sleep(0)

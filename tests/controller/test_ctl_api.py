@@ -1,0 +1,175 @@
+"""The control API: authentication, JSON errors, LUs, clients, cache records, load, faults."""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import json
+import time
+from urllib.parse import urlparse
+
+import pytest
+from ctlharness import ADMIN, TOKEN, Controller
+from nasblade.controller.apiclient import ControlAPIError, ControlClient
+from nasblade.nbd.client import NBDBlockDevice
+
+pytestmark = pytest.mark.component
+
+
+def raw(controller: Controller, method: str, path: str, body: bytes | None = None,
+        token: str | None = TOKEN) -> tuple[int, object]:
+    u = urlparse(controller.api)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    conn.request(method, path, body=body, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, json.loads(data) if data else None
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/lus"), ("GET", "/v1/array"), ("POST", "/v1/lus"),
+                                              ("GET", "/v1/openapi.json"), ("DELETE", "/v1/faults")])
+def test_no_or_wrong_token_is_401(controller: Controller, method: str, path: str) -> None:
+    for token in (None, "wrong"):
+        status, body = raw(controller, method, path, b"{}", token=token)
+        assert status == 401 and isinstance(body, dict) and body["error"] == "unauthorized"
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), [
+    ("POST", "/v1/lus", b"{not json", 400),
+    ("POST", "/v1/lus", b"[1, 2]", 400),
+    ("POST", "/v1/lus", b'{"name": "x"}', 400),
+    ("POST", "/v1/lus", b'{"name": "x", "size": "big"}', 400),
+    ("POST", "/v1/lus", b'{"name": "x", "size": -5}', 400),
+    ("POST", "/v1/lus", b'{"name": "bad/name", "size": 4096}', 400),
+    ("POST", "/v1/lus", b'{"name": "huge", "size": 1099511627776}', 507),
+    ("GET", "/v1/lus/nope", None, 404),
+    ("PATCH", "/v1/lus/nope", b'{"size": 1}', 404),
+    ("DELETE", "/v1/lus/nope", None, 404),
+    ("POST", "/v1/lus/nope/reservation", b'{"holder": "a"}', 404),
+    ("GET", "/v1/cache/directory?lu=nope", None, 404),
+    ("GET", "/v1/cache/directory", None, 400),
+    ("POST", "/v1/cache/records", b'{"client": "c", "lu": "nope", "ranges": []}', 404),
+    ("GET", "/v1/copy-jobs/nope", None, 404),
+    ("POST", "/v1/copy-jobs", b'{"source": "nope", "target": "nope", "length": 1}', 404),
+    ("GET", "/v1/clients/nope", None, 404),
+    ("GET", "/v1/no-such-thing", None, 404),
+])
+def test_errors_are_json_4xx(controller: Controller, method: str, path: str, body: bytes | None, status: int) -> None:
+    got, reply = raw(controller, method, path, body)
+    assert got == status
+    assert isinstance(reply, dict) and isinstance(reply["error"], str)
+
+
+def test_faults_need_the_admin_token(controller: Controller, lu: str) -> None:
+    status, body = raw(controller, "POST", "/v1/faults", json.dumps({"lu": lu}).encode())
+    assert status == 403 and body == {"error": "admin token required"}
+    status, _ = raw(controller, "GET", "/v1/faults", token=ADMIN)
+    assert status == 200
+
+
+def test_lu_lifecycle_and_array(controller: Controller) -> None:
+    cl = controller.client
+    before = cl.array()
+    lu = cl.create_lu("life", 10 << 20)
+    assert lu["size"] == 10 << 20 and lu["reservation"] is None and lu["devices"] == [0, 1]
+    with pytest.raises(ControlAPIError) as exc:
+        cl.create_lu("life", 1 << 20)
+    assert exc.value.status == 409
+    assert cl.update_lu("life", size=30 << 20)["size"] == 30 << 20
+    with pytest.raises(ControlAPIError) as exc:
+        cl.update_lu("life", size=1 << 20)
+    assert exc.value.status == 409
+    assert cl.update_lu("life", read_only=True)["readOnly"] is True
+    assert cl.array()["free"] < before["free"]
+    cl.delete_lu("life")
+    assert cl.array()["free"] == before["free"]
+    assert cl.list_lus() == []
+
+
+def test_grown_lu_keeps_data_and_new_space_reads_zero(controller: Controller) -> None:
+    cl = controller.client
+    cl.create_lu("g", 4 << 20)
+    with NBDBlockDevice.connect(controller.url("g")) as d:
+        d.pwrite(0, b"keep" * 1024, fua=True)
+    cl.update_lu("g", size=12 << 20)
+    with NBDBlockDevice.connect(controller.url("g")) as d:
+        assert d.size == 12 << 20
+        assert d.pread(0, 4096) == b"keep" * 1024
+        assert d.pread(8 << 20, 4096) == bytes(4096)
+
+
+def test_clients_registry(controller: Controller) -> None:
+    cl = controller.client
+    rec = cl.register_client("blade-a", group="g1", role="blade", address="127.0.0.2", attrs={"k": 1})
+    assert rec["name"] == "blade-a" and rec["group"] == "g1" and rec["registered"]
+    cl.register_client("blade-b", group="g2")
+    assert sorted(c["name"] for c in cl.list_clients()) == ["blade-a", "blade-b"]
+    assert cl.get_client("blade-a")["attrs"] == {"k": 1}
+    cl.unregister_client("blade-a")
+    assert [c["name"] for c in cl.list_clients()] == ["blade-b"]
+
+
+def test_cache_directory_records_and_destage(controller: Controller, lu: str) -> None:
+    cl = controller.client
+    with NBDBlockDevice.connect(controller.url(lu)) as d:
+        d.pwrite(65536, b"c" * 8192)
+        rec = cl.add_cache_records("blade-a", lu, [[65536, 8192]])
+        assert rec["state"] == "dirty" and rec["ranges"] == [[65536, 8192]]
+        directory = cl.cache_directory(lu)
+        assert {"offset": 65536, "length": 8192, "state": "dirty"} in directory["ranges"] or \
+            directory["records"] == []  # the destager may already have run
+        d.flush()
+    after = cl.cache_directory(lu)
+    assert after["records"] == []  # cleared once destaged
+    assert all(r["state"] == "clean" for r in after["ranges"])
+    cl.add_cache_records("blade-a", lu, [[0, 4096]], state="clean")
+    assert len(cl.cache_directory(lu)["records"]) == 1
+    cl.clear_cache_records("blade-a")
+    assert cl.cache_directory(lu)["records"] == []
+    cache = cl.cache()
+    assert cache["size"] == 64 << 20 and cache["dirtyBytes"] == 0 and cache["hits"] + cache["misses"] > 0
+
+
+def test_load_figures(controller: Controller, lu: str) -> None:
+    with NBDBlockDevice.connect(controller.url(lu)) as d:
+        for i in range(200):
+            d.pwrite(i * 4096, b"l" * 4096)
+            d.pread(i * 4096, 4096)
+    time.sleep(1.1)
+    load = controller.client.load()
+    assert set(load) >= {"iops", "readIops", "writeIops", "mbps", "queueDepth", "dirtyRatio", "windowSeconds"}
+    assert load["readIops"] > 0 and load["writeIops"] > 0 and load["mbps"]["write"] > 0
+
+
+def test_fault_injection(controller: Controller, lu: str) -> None:
+    admin = controller.admin
+    with NBDBlockDevice.connect(controller.url(lu)) as d:
+        d.pwrite(0, b"f" * 65536)
+        fault = admin.add_fault(lu, 8192, 4096, ops=["read"])
+        assert admin.list_faults() == [fault]
+        with pytest.raises(OSError) as exc:
+            d.pread(0, 65536)
+        assert exc.value.errno == errno.EIO
+        assert d.pread(0, 8192) == b"f" * 8192  # outside the range
+        d.pwrite(8192, b"w" * 4096)  # writes are not affected by a read fault
+        admin.add_fault(lu, 1 << 20, 4096, ops=["write"])
+        with pytest.raises(OSError) as exc:
+            d.pwrite(1 << 20, b"x" * 512)
+        assert exc.value.errno == errno.EIO
+        admin.delete_fault(fault["id"])
+        assert d.pread(8192, 4096) == b"w" * 4096
+        admin.clear_faults()
+        d.pwrite(1 << 20, b"x" * 512)
+        assert admin.list_faults() == []
+
+
+def test_openapi_document(controller: Controller) -> None:
+    doc = controller.client.openapi()
+    assert doc["openapi"].startswith("3.")
+    for path in ("/v1/lus", "/v1/lus/{name}/reservation", "/v1/cache/directory", "/v1/copy-jobs/{id}", "/v1/faults"):
+        assert path in doc["paths"]
+    assert ControlClient(controller.api, "bad").request  # constructible without contact
