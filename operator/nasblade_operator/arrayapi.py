@@ -60,6 +60,12 @@ def _http() -> aiohttp.ClientSession:
     return _session
 
 
+def reset() -> None:
+    """Forget the session without closing it (a new event loop is starting: operator restart in tests)."""
+    global _session
+    _session = None
+
+
 async def close() -> None:
     """Close the shared HTTP session (operator shutdown)."""
     if _session is not None:

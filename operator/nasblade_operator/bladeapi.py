@@ -41,6 +41,12 @@ def _http() -> aiohttp.ClientSession:
     return _session
 
 
+def reset() -> None:
+    """Forget the session without closing it (a new event loop is starting: operator restart in tests)."""
+    global _session
+    _session = None
+
+
 async def close() -> None:
     if _session is not None:
         await _session.close()

@@ -2,7 +2,7 @@
 
 Default: cluster DNS of the controller Service (``http://<array>-controller.<ns>.svc:8080``)
 and the blade pod's IP (``http://<podIP>:8090``). ``NASBLADE_ENDPOINT_OVERRIDES`` (see
-``settings``) replaces them per object, which is how tier-1 tests point the operator at real
+``settings``) replaces them per object (``{name}`` in a blade URL becomes the pod name), which is how tier-1 tests point the operator at real
 processes started on localhost while kwok only pretends to run the pods. Used by
 ``arrayapi`` and ``bladeapi``; pure functions of the settings.
 """
@@ -39,5 +39,5 @@ def blade_api(namespace: str, pod: str, pod_ip: str | None) -> str | None:
     """Base URL of a blade's management API; None while the pod has no IP."""
     override = _override(namespace, pod, "blade")
     if override:
-        return override
+        return override.replace("{name}", pod)
     return f"http://{pod_ip}:{naming.BLADE_API_PORT}" if pod_ip else None

@@ -35,6 +35,8 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.worker_limit = 64
+    arrayapi.reset()
+    bladeapi.reset()
     metrics.start(config.metrics_port)
     logger.info("nasblade operator: image %s, metrics on :%s", config.image, config.metrics_port or "off")
 

@@ -53,7 +53,11 @@ class _ApiRequests(Collector):
 REGISTRY.register(_ApiRequests())
 
 
+_serving: set[int] = set()
+
+
 def start(port: int, *, addr: str = "0.0.0.0") -> None:
-    """Serve ``/metrics`` on ``addr:port`` in a background thread (0 disables)."""
-    if port:
+    """Serve ``/metrics`` on ``addr:port`` in a background thread (0 disables; idempotent)."""
+    if port and port not in _serving:
         prom.start_http_server(port, addr=addr, registry=REGISTRY)
+        _serving.add(port)

@@ -29,3 +29,156 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "cluster"))
 
 pytest_plugins = ["pytest_cluster"]
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import secrets  # noqa: E402
+import subprocess  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+from fakeblade import FakeBlades  # noqa: E402
+from nasblade import ready  # noqa: E402
+from podlife import FakeKubelet  # noqa: E402
+
+REPO = HERE.parents[1]
+CRDS = REPO / "crds"
+
+
+@dataclass
+class Kubectl:
+    """kubectl against the tier-1 cluster, in one namespace."""
+
+    cluster: Any
+    namespace: str
+
+    def __call__(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        r: subprocess.CompletedProcess[str] = self.cluster.kubectl("-n", self.namespace, *args, check=False, input=input)
+        if check and r.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {r.stderr}")
+        return r
+
+    def apply(self, obj: dict[str, Any], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self("apply", "-f", "-", input=json.dumps(obj), check=check)
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        r = self("get", kind, name, "-o", "json", check=False)
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+    def list(self, kind: str, selector: str = "") -> list[dict[str, Any]]:
+        args = ["get", kind, "-o", "json"] + (["-l", selector] if selector else [])
+        items: list[dict[str, Any]] = json.loads(self(*args).stdout)["items"]
+        return items
+
+    def wait(self, what: str, condition: str, timeout: float = 60) -> None:
+        self("wait", f"--for={condition}", what, f"--timeout={int(timeout)}s")
+
+
+@pytest.fixture(scope="session")
+def crds(tier1_cluster: Any) -> Any:
+    """The CRDs of crds/ applied to the tier-1 API server and Established."""
+    tier1_cluster.kubectl("apply", "-f", str(CRDS))
+    tier1_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                          "crd/diskarrays.nasblade.io", "crd/clustergroups.nasblade.io")
+    return tier1_cluster
+
+
+@pytest.fixture()
+def namespace(crds: Any, use_tier1: str) -> Iterator[str]:
+    """A fresh namespace per test (deleted afterwards, without waiting)."""
+    ns = f"op-{uuid.uuid4().hex[:8]}"
+    crds.kubectl("create", "namespace", ns)
+    yield ns
+    crds.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.fixture()
+def kubectl(crds: Any, namespace: str) -> Kubectl:
+    return Kubectl(crds, namespace)
+
+
+@pytest.fixture()
+def kubelet(use_tier1: str, namespace: str) -> Iterator[FakeKubelet]:
+    k = FakeKubelet(use_tier1, namespace).start()
+    yield k
+    k.stop()
+
+
+@dataclass
+class Controller:
+    api: str
+    nbd: str
+    token: str
+    proc: subprocess.Popen[bytes]
+
+
+@pytest.fixture()
+def controller(tmp_path: Path) -> Iterator[Controller]:
+    """A real ``nasblade controller`` on loopback with one 1 GiB sparse device."""
+    token = secrets.token_hex(16)
+    tf = tmp_path / "token"
+    tf.write_text(token)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nasblade", "controller", "--device", f"{tmp_path}/dev0.img:1G",
+         "--nbd-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--token-file", str(tf),
+         "--admin-token-file", str(tf), "--cache-size", "32M"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        line = ready.wait_ready(proc, timeout=60)
+        yield Controller(api=line["endpoints"]["api"], nbd=line["endpoints"]["nbd"], token=token, proc=proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture()
+def blades(controller: Controller) -> Iterator[FakeBlades]:
+    b = FakeBlades(controller.token).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture()
+def operator(namespace: str, controller: Controller, blades: FakeBlades, kubelet: FakeKubelet) -> Callable[[], Any]:
+    """Factory of the real operator (KopfRunner) wired to ``controller`` and ``blades``.
+
+    Use as ``with operator() as runner: ...``; afterwards call ``assert_clean(runner)``.
+    """
+    from kopf.testing import KopfRunner
+    from nasblade_operator import settings
+
+    def factory() -> Any:
+        settings.configure(settings.OperatorConfig(
+            image="nasblade/nasblade:test",
+            endpoint_overrides={"*": {"api": controller.api, "nbd": controller.nbd, "blade": blades.url}},
+            metrics_port=0, status_interval=2.0, retry_delay=1.0,
+        ))
+        return KopfRunner(["run", "-m", "nasblade_operator.handlers", "-n", namespace, "--standalone"], timeout=120)
+
+    return factory
+
+
+def assert_clean(runner: Any) -> None:
+    """The operator exited cleanly and logged no traceback."""
+    assert runner.exit_code == 0, runner.output
+    assert runner.exception is None, runner.exception
+    assert "Traceback" not in runner.output, runner.output
+
+
+@pytest.fixture()
+def token_secret(kubectl: Kubectl, controller: Controller) -> Callable[[str], None]:
+    """Pre-create ``<array>-control-token`` with the test controller's token (the operator reuses it)."""
+    def make(array: str) -> None:
+        kubectl("create", "secret", "generic", f"{array}-control-token", f"--from-literal=token={controller.token}")
+    return make
+
+
+_ = contextlib

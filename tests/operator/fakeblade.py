@@ -1,0 +1,78 @@
+"""A stand-in for the blades' management API, for tier 1 where blade pods do not run.
+
+One aiohttp server on loopback answers for every blade under ``/b/<pod>/v1/...`` (the
+operator is pointed at it with NASBLADE_ENDPOINT_OVERRIDES ``{"*": {"blade":
+"http://127.0.0.1:PORT/b/{name}"}}``) and records each call as ``(blade, action, argument)``.
+It implements the calls ``nasblade_operator.bladeapi`` makes: take over / release a file
+system and run a backup; ``backup_result`` sets what backups answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from aiohttp import web
+
+
+class FakeBlades:
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.calls: list[tuple[str, str, Any]] = []
+        self.backup_result = "Succeeded"
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._serve, name="fake-blades", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/b/{{name}}"
+
+    def start(self) -> FakeBlades:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        async def _down() -> None:
+            if self._runner is not None:
+                await self._runner.cleanup()
+        asyncio.run_coroutine_threadsafe(_down(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def of(self, action: str) -> list[tuple[str, str, Any]]:
+        return [c for c in self.calls if c[1] == action]
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/b/{blade}/v1/filesystems/{fs}/{action}", self._fs)
+        app.router.add_post("/b/{blade}/v1/backups", self._backup)
+        self._runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = self._runner.addresses[0][1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    def _authorised(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.token}"
+
+    async def _fs(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        m = request.match_info
+        self.calls.append((m["blade"], m["action"], m["fs"]))
+        return web.json_response({"fs": m["fs"], m["action"]: True})
+
+    async def _backup(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        body = await request.json()
+        self.calls.append((request.match_info["blade"], "backup", body))
+        return web.json_response({"result": self.backup_result, "message": "copied"})
