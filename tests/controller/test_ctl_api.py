@@ -117,6 +117,7 @@ def test_cache_directory_records_and_destage(controller: Controller, lu: str) ->
     cl = controller.client
     with NBDBlockDevice.connect(controller.url(lu)) as d:
         d.pwrite(65536, b"c" * 8192)
+        assert d.pread(65536, 8192) == b"c" * 8192
         rec = cl.add_cache_records("blade-a", lu, [[65536, 8192]])
         assert rec["state"] == "dirty" and rec["ranges"] == [[65536, 8192]]
         directory = cl.cache_directory(lu)
