@@ -399,6 +399,7 @@ class ControlPlane:
             f"--service-account-signing-key-file={pk / 'sa.key'}",
             f"--kubelet-client-certificate={pk / 'apiserver-kubelet-client.crt'}",
             f"--kubelet-client-key={pk / 'apiserver-kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
             "--allow-privileged=true", "--profiling=false",
             f"--cert-dir={self.dir / 'apiserver-certs'}",
             "--v=1",
