@@ -309,6 +309,7 @@ class BlockProcessor:
                     "retried": p.stats.retried,
                     "replayedWrites": p.stats.replayed_writes,
                     "journalBytes": p.journal_bytes,
+                    "requests": dict(p.stats.by_command),
                 }
                 for lu, p in sorted(self.exports.pools.items())
             },

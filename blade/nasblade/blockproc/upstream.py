@@ -39,6 +39,19 @@ _BACKOFF_START = 0.05
 _BACKOFF_MAX = 2.0
 
 
+_CMD_NAMES = {int(c): c.name.lower() for c in proto.Cmd}
+
+
+def _as_bytes(payload: bytes | memoryview) -> bytes:
+    """The payload as ``bytes``, without a copy when it already is a whole bytes object."""
+    if isinstance(payload, bytes):
+        return payload
+    obj = payload.obj
+    if isinstance(obj, bytes) and len(obj) == payload.nbytes:
+        return obj
+    return bytes(payload)
+
+
 class ConnectionLost(ConnectionError):
     """The connection died with the request in flight; the pool will re-send it."""
 
@@ -173,6 +186,7 @@ class PoolStats:
     retried: int = 0
     replayed_writes: int = 0
     requests: int = 0
+    by_command: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -267,6 +281,8 @@ class UpstreamPool:
     ) -> Reply:
         """Send one request, re-sending it across reconnects; ``Reply(EIO)`` after ``retry_for``."""
         self.stats.requests += 1
+        name = _CMD_NAMES.get(cmd, str(cmd))
+        self.stats.by_command[name] = self.stats.by_command.get(name, 0) + 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_for
         flush_mark = next(self._seq) if cmd == proto.Cmd.FLUSH else 0
@@ -303,7 +319,7 @@ class UpstreamPool:
             return
         if cmd not in (proto.Cmd.WRITE, proto.Cmd.WRITE_ZEROES, proto.Cmd.TRIM) or flags & proto.CMD_FLAG_FUA:
             return
-        data = bytes(payload) if payload is not None else None
+        data = _as_bytes(payload) if payload is not None else None
         self._journal.append(_JournalEntry(next(self._seq), cmd, offset, length, flags, data))
         if data is not None:
             self._journal_bytes += len(data)
