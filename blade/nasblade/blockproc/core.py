@@ -287,6 +287,7 @@ class BlockProcessor:
             "blade": s.blade,
             "group": s.group,
             "slot": s.slot,
+            "version": self.software.version if self.software else None,
             "software": {
                 "version": self.software.version if self.software else None,
                 "sha256": self.software.sha256 if self.software else None,
