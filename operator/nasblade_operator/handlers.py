@@ -34,7 +34,7 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.batching.worker_limit = 64
+    settings.queueing.worker_limit = 64
     arrayapi.reset()
     bladeapi.reset()
     metrics.start(config.metrics_port)

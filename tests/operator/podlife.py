@@ -64,7 +64,7 @@ class FakeKubelet:
                     rv = obj.get("metadata", {}).get("resourceVersion", rv)
                     if ev.get("type") in ("ADDED", "MODIFIED"):
                         self._maybe_ready(obj)
-            except (requests.RequestException, ValueError, OSError):  # watch broke: re-list and go on
+            except (requests.RequestException, ValueError, OSError, AttributeError):  # watch broke: re-list and go on
                 if self._stop.is_set():
                     return
                 rv = ""

@@ -1,0 +1,233 @@
+"""The real operator (kopf.testing.KopfRunner) against the tier-1 API server.
+
+Pod life is played by ``FakeKubelet``; the controller is a real ``nasblade controller``
+process; the blades' management API is ``FakeBlades`` (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import Controller, Kubectl, assert_clean
+from fakeblade import FakeBlades
+from podlife import FakeKubelet
+
+pytestmark = pytest.mark.tier1
+
+FS = [
+    {"name": "home", "size": "64Mi", "clusterGroup": "g1", "exports": [{"clients": ["10.0.0.0/8"]}]},
+    {"name": "scratch", "size": "32Mi", "clusterGroup": "g1"},
+]
+
+
+def array(name: str = "a1", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "devices": {"count": 2, "size": "1Gi"},
+        "areas": {"programSize": "16Mi", "processorInfoSize": "8Mi", "backupSize": "8Mi", "portions": 4},
+        "fileSystems": FS,
+    }
+    body.update(spec)
+    return {"apiVersion": "nasblade.io/v1alpha1", "kind": "DiskArray", "metadata": {"name": name}, "spec": body}
+
+
+def group(name: str = "g1", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"diskArrayRef": {"name": "a1"}, "blades": {"count": 2},
+                            "heartbeat": {"interval": "200ms", "failureTimeout": "1s"}}
+    body.update(spec)
+    return {"apiVersion": "nasblade.io/v1alpha1", "kind": "ClusterGroup", "metadata": {"name": name}, "spec": body}
+
+
+def wait_until(what: str, fn: Callable[[], Any], timeout: float = 60) -> Any:
+    """Poll ``fn`` (a cheap kubectl read) until it returns something truthy; bounded."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for c in (obj or {}).get("status", {}).get("conditions", []):
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+def events(kubectl: Kubectl, name: str) -> list[tuple[str, str]]:
+    items = kubectl.list("events")
+    return [(e["type"], e["reason"]) for e in items if e["involvedObject"]["name"] == name]
+
+
+def service_blade(kubectl: Kubectl, fs: str) -> str:
+    svc = kubectl.get("service", f"a1-{fs}-nfs")
+    return str((svc or {}).get("spec", {}).get("selector", {}).get("nasblade.io/blade", ""))
+
+
+def test_array_and_group_come_up(
+    kubectl: Kubectl, operator: Callable[[], Any], controller: Controller, token_secret: Callable[[str], None],
+) -> None:
+    token_secret("a1")
+    with operator() as runner:
+        kubectl.apply(array())
+        kubectl.apply(group())
+        kubectl.wait("diskarray/a1", "condition=Ready", timeout=90)
+        kubectl.wait("clustergroup/g1", "condition=Ready", timeout=60)
+        a = kubectl.get("diskarray", "a1")
+        g = kubectl.get("clustergroup", "g1")
+    assert_clean(runner)
+    assert a is not None and g is not None
+    # DiskArray children and status.
+    sts = kubectl.get("statefulset", "a1-controller")
+    assert sts is not None and sts["spec"]["replicas"] == 1
+    assert [c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]] == ["dev-0", "dev-1"]
+    assert sts["metadata"]["ownerReferences"][0]["name"] == "a1"
+    assert kubectl.get("service", "a1-controller") is not None
+    assert a["status"]["fileSystemsReady"] == "2/2"
+    assert a["status"]["software"] == {"version": "0.1.0", "seeded": ["0.1.0"]}
+    assert condition(a, "Ready")["observedGeneration"] == a["metadata"]["generation"]
+    assert a["status"]["portions"] == [{"index": 0, "group": "g1"}]
+    # The LUs exist on the real controller, and the program LU holds the bundled software.
+    from nasblade.controller.apiclient import ControlClient
+
+    listed = ControlClient(controller.api, controller.token).list_lus()
+    lus = {lu["name"]: lu["size"] for lu in (listed["lus"] if isinstance(listed, dict) else listed)}
+    assert lus == {"program": 16 << 20, "procinfo": 8 << 20, "backup": 8 << 20, "fs-home": 64 << 20, "fs-scratch": 32 << 20}
+    from nasblade.blockdev import open_device
+    from nasblade.program.catalog import ProgramStore
+
+    dev = open_device(f"nbd://{controller.nbd}/program")
+    try:
+        assert ProgramStore(dev).catalog().versions() == ["0.1.0"]
+    finally:
+        dev.close()
+    # ClusterGroup children and status.
+    pods = kubectl.list("pods", "nasblade.io/cluster-group=g1")
+    assert sorted(p["metadata"]["name"] for p in pods) == ["g1-blade-0", "g1-blade-1"]
+    assert {p["metadata"]["labels"]["nasblade.io/software-version"] for p in pods} == {"0.1.0"}
+    assert service_blade(kubectl, "home") == "g1-blade-0" and service_blade(kubectl, "scratch") == "g1-blade-1"
+    assert g["status"]["portion"] == 0 and g["status"]["bladesReady"] == "2/2"
+    assert {b["name"]: b["fileSystems"] for b in g["status"]["blades"]} == {"g1-blade-0": ["home"], "g1-blade-1": ["scratch"]}
+    assert condition(g, "Degraded")["status"] == "False"
+    got = events(kubectl, "a1")
+    assert ("Normal", "Created") in got and ("Normal", "LUsCreated") in got and ("Normal", "Ready") in got
+    assert ("Normal", "BladeCreated") in events(kubectl, "g1")
+
+    # Restart: nothing is created twice, status stays Ready.
+    before = {(p["metadata"]["name"], p["metadata"]["uid"]) for p in kubectl.list("pods")}
+    n_events = len(kubectl.list("events"))
+    with operator() as runner:
+        time.sleep(4)  # give the resumed handlers and the daemon time to (not) act
+    assert_clean(runner)
+    assert {(p["metadata"]["name"], p["metadata"]["uid"]) for p in kubectl.list("pods")} == before
+    again = [e for e in kubectl.list("events")[n_events:] if e["reason"] in ("Created", "BladeCreated", "LUsCreated")]
+    assert again == []
+    assert condition(kubectl.get("diskarray", "a1"), "Ready")["status"] == "True"
+
+
+def test_invalid_spec_gives_condition_and_warning(kubectl: Kubectl, operator: Callable[[], Any]) -> None:
+    too_big = array(fileSystems=[{"name": "huge", "size": "5Gi", "clusterGroup": "g1"}])
+    with operator() as runner:
+        kubectl.apply(too_big)
+        kubectl.apply(group("g2", diskArrayRef={"name": "nope"}))
+        a = wait_until("Ready=False", lambda: condition(kubectl.get("diskarray", "a1"), "Ready").get("reason") == "InvalidSpec"
+                       and kubectl.get("diskarray", "a1"))
+        g = wait_until("g2 refused", lambda: condition(kubectl.get("clustergroup", "g2"), "Ready").get("reason") == "DiskArrayMissing"
+                       and kubectl.get("clustergroup", "g2"))
+    assert_clean(runner)
+    assert "spec.fileSystems" in condition(a, "Ready")["message"] and "add devices" in condition(a, "Ready")["message"]
+    assert ("Warning", "InvalidSpec") in events(kubectl, "a1")
+    assert ("Warning", "DiskArrayMissing") in events(kubectl, "g2")
+    assert "fix spec.diskArrayRef.name" in condition(g, "Ready")["message"]
+    assert kubectl.get("statefulset", "a1-controller") is None
+
+
+def test_failover_backup_rollout_and_deletion(
+    kubectl: Kubectl, operator: Callable[[], Any], kubelet: FakeKubelet, blades: FakeBlades,
+    token_secret: Callable[[str], None], namespace: str,
+) -> None:
+    token_secret("a1")
+    with operator() as runner:
+        kubectl.apply(array(deletionPolicy="Delete"))
+        kubectl.apply(group(backup={"interval": "10s", "maxAge": "1h", "loadThreshold": 100}))
+        kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
+
+        # Failover: blade 0 stops being Ready; after failureTimeout its file system moves.
+        kubelet.fail(namespace, "g1-blade-0")
+        wait_until("home served by blade 1", lambda: service_blade(kubectl, "home") == "g1-blade-1", timeout=30)
+        assert ("g1-blade-1", "takeover", "home") in blades.calls
+        # The failed pod is replaced, comes back, and gets its file system back.
+        kubelet.heal("g1-blade-0")
+        wait_until("give-back", lambda: service_blade(kubectl, "home") == "g1-blade-0", timeout=30)
+        assert ("g1-blade-1", "release", "home") in blades.calls
+        assert ("g1-blade-0", "takeover", "home") in blades.calls
+        got = events(kubectl, "g1")
+        assert ("Normal", "FailedOver") in got and ("Normal", "GaveBack") in got
+        assert ("Warning", "BladeFailed") in got and ("Normal", "BladeReplaced") in got
+
+        # On-demand backup through a blade; the annotation goes away, the result is in status.
+        kubectl("annotate", "clustergroup", "g1", "nasblade.io/backup-now=1")
+        wait_until("on-demand backup", lambda: any(c[1] == "backup" and c[2]["trigger"] == "OnDemand" for c in blades.calls))
+        wait_until("annotation removed", lambda: "nasblade.io/backup-now" not in
+                   ((kubectl.get("clustergroup", "g1") or {})["metadata"].get("annotations") or {}))
+        g = wait_until("BackedUp", lambda: condition(kubectl.get("clustergroup", "g1"), "BackedUp").get("status") == "True"
+                       and kubectl.get("clustergroup", "g1"))
+        assert g["status"]["backups"]["history"][-1]["portions"] == [0]
+        assert ("Normal", "BackupSucceeded") in events(kubectl, "g1")
+        # Interval backup (interval 10s).
+        wait_until("interval backup", lambda: any(c[1] == "backup" and c[2]["trigger"] == "Interval" for c in blades.calls),
+                   timeout=30)
+
+        # Rollout: one blade at a time, each first handing its file systems to the peer.
+        blades.calls.clear()
+        kubectl("patch", "diskarray", "a1", "--type=merge", "-p", json.dumps({"spec": {"software": {"version": "0.2.0"}}}))
+        seen: list[tuple[int, ...]] = []
+
+        def upgraded() -> bool:
+            pods = kubectl.list("pods", "nasblade.io/cluster-group=g1")
+            versions = tuple(sorted(int(p["metadata"]["labels"]["nasblade.io/software-version"] == "0.2.0") for p in pods))
+            seen.append((len(pods), *versions))
+            return len(pods) == 2 and all(versions)
+        wait_until("rollout", upgraded, timeout=90)
+        # Never both blades away at once (at most one missing at a time).
+        assert min(s[0] for s in seen) >= 1
+        releases = [c for c in blades.calls if c[1] == "release"]
+        assert ("g1-blade-0", "release", "home") in releases and ("g1-blade-1", "release", "scratch") in releases
+        kubectl.wait("clustergroup/g1", "condition=Ready", timeout=60)
+        assert ("Normal", "Upgraded") in events(kubectl, "g1")
+
+        # Deleting the group is refused while it serves file systems ...
+        kubectl("delete", "clustergroup", "g1", "--wait=false")
+        wait_until("deletion blocked", lambda: ("Warning", "DeletionBlocked") in events(kubectl, "g1"))
+        assert kubectl.get("clustergroup", "g1") is not None
+        # ... and deleting the array takes everything down, PVCs included (policy Delete).
+        pvcs = wait_until("PVCs", lambda: kubectl.list("pvc"))
+        assert sorted(p["metadata"]["name"] for p in pvcs) == ["dev-0-a1-controller-0", "dev-1-a1-controller-0"]
+        kubectl("delete", "diskarray", "a1", "--wait=false")
+        wait_until("array gone", lambda: kubectl.get("diskarray", "a1") is None, timeout=60)
+        assert kubectl.get("clustergroup", "g1") is None
+        wait_until("PVCs deleted", lambda: all(p["metadata"].get("deletionTimestamp") for p in kubectl.list("pvc")) or not kubectl.list("pvc"))
+    assert_clean(runner)
+
+
+def test_deletion_retains_data(
+    kubectl: Kubectl, operator: Callable[[], Any], token_secret: Callable[[str], None],
+) -> None:
+    token_secret("a1")
+    with operator() as runner:
+        kubectl.apply(array(fileSystems=[]))
+        kubectl.wait("diskarray/a1", "condition=Ready", timeout=90)
+        wait_until("PVCs", lambda: len(kubectl.list("pvc")) == 2)
+        kubectl("delete", "diskarray", "a1", "--wait=false")
+        wait_until("array gone", lambda: kubectl.get("diskarray", "a1") is None, timeout=60)
+        wait_until("statefulset gone", lambda: kubectl.get("statefulset", "a1-controller") is None)
+    assert_clean(runner)
+    pvcs = kubectl.list("pvc")
+    assert len(pvcs) == 2 and not any(p["metadata"].get("deletionTimestamp") for p in pvcs)
+    assert ("Normal", "DataRetained") in events(kubectl, "a1")
