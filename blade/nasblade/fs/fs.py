@@ -187,7 +187,7 @@ def mkfs(dev: BlockDevice, *, fs_uuid: bytes | None = None, root_mode: int = 0o7
     v = vfs.RegionVFS(dev, sb)
     conn = apsw.Connection(v.db_uri, vfs=v.name)
     try:
-        _pragmas(conn)
+        _pragmas(conn, sb)
         with conn:
             conn.execute(SCHEMA)
             t = now_ns()
@@ -215,7 +215,10 @@ def mkfs(dev: BlockDevice, *, fs_uuid: bytes | None = None, root_mode: int = 0o7
     return sb
 
 
-def _pragmas(conn: apsw.Connection) -> None:
+def _pragmas(conn: apsw.Connection, sb: layout.Superblock) -> None:
+    # Checkpoint once a quarter of the WAL region holds committed frames; together with the
+    # transaction budget (half the region, see FileSystem._Op) the WAL never overflows.
+    conn.execute(f"PRAGMA wal_autocheckpoint={max(64, sb.wal_len // 4 // 4096)}")
     for pragma, expect in (
         ("PRAGMA page_size=4096", None),
         ("PRAGMA locking_mode=EXCLUSIVE", "exclusive"),
@@ -223,7 +226,6 @@ def _pragmas(conn: apsw.Connection) -> None:
         ("PRAGMA synchronous=FULL", None),
         ("PRAGMA temp_store=MEMORY", None),
         ("PRAGMA cache_size=-65536", None),
-        ("PRAGMA wal_autocheckpoint=2000", None),
     ):
         rows = conn.execute(pragma).fetchall()
         if expect is not None and (not rows or str(rows[0][0]).lower() != expect):
@@ -239,7 +241,9 @@ class FileSystem:
         self.vfs = vfs.RegionVFS(dev, self.sb)
         # Typed as Any: apsw's row values are a union of every SQLite type.
         self.db: Any = apsw.Connection(self.vfs.db_uri, vfs=self.vfs.name)
-        _pragmas(self.db)
+        _pragmas(self.db, self.sb)
+        self.txn_budget = self.vfs.wal.capacity // 2
+        self.lost_transactions = 0
         self.readonly = readonly
         self.secret: bytes = self._meta("secret")
         self._in_txn = False
@@ -284,13 +288,23 @@ class FileSystem:
 
         def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
             fs = self.fs
+            if not fs.db.in_transaction:
+                # SQLite rolled the whole transaction back (SQLITE_FULL, I/O error).
+                fs._transaction_lost()
+                if et is None or isinstance(ev, apsw.FullError):
+                    raise FsError(errno.ENOSPC, "metadata region full")
+                return
             if et is None:
                 fs.db.execute("RELEASE op")
                 fs.ops_since_commit += 1
+                if fs.vfs.wal.unsynced_bytes > fs.txn_budget:
+                    fs.commit()
             else:
                 fs.db.execute("ROLLBACK TO op")
                 fs.db.execute("RELEASE op")
                 del fs._pending_free[fs._sp :]
+                if isinstance(ev, apsw.FullError):
+                    raise FsError(errno.ENOSPC, "metadata region full") from ev
 
     def _op(self) -> FileSystem._Op:
         return FileSystem._Op(self)
@@ -310,10 +324,26 @@ class FileSystem:
         for start, n in self._pending_free:
             self._free_insert(start, n)
         self._pending_free.clear()
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("COMMIT")
+        except apsw.Error:
+            if not self.db.in_transaction:
+                self._transaction_lost()
+            raise
         self._in_txn = False
         self.commits += 1
         self.ops_since_commit = 0
+
+    def _transaction_lost(self) -> None:
+        """The open group transaction was rolled back: its unstable changes are gone.
+
+        Callers that acknowledged UNSTABLE writes must change their write verifier
+        (``lost_transactions`` counts these events).
+        """
+        log.error("metadata transaction rolled back; uncommitted changes are lost")
+        self._in_txn = False
+        self._pending_free.clear()
+        self.lost_transactions += 1
 
     def close(self) -> None:
         """Commit, checkpoint and close the database (the device stays open)."""

@@ -88,7 +88,7 @@ def plan(size: int, *, fs_uuid: bytes | None = None) -> Superblock:
     if size < MIN_SIZE:
         raise LayoutError(f"device of {size} bytes is too small (minimum {MIN_SIZE})")
     meta_len = _align(min(max(16 << 20, size // 10), 8 << 30))
-    wal_len = _align(min(max(8 << 20, size // 40), 1 << 30))
+    wal_len = _align(min(max(16 << 20, size // 16), 1 << 30))
     meta_off = SB_SIZE
     wal_off = meta_off + meta_len
     data_off = _align(wal_off + wal_len)

@@ -40,6 +40,8 @@ class RegionFile:
         self.size = layout.read_region_size(dev, offset)
         self.durable_size = self.size
         self.syncs = 0
+        # Bytes written since the last sync: for the WAL, the frames of the open transaction.
+        self.unsynced_bytes = 0
 
     def _write_header(self) -> None:
         self.dev.pwrite(self.hdr_off, layout.region_header(self.size))
@@ -56,6 +58,7 @@ class RegionFile:
         if offset + n > self.capacity:
             raise apsw.FullError(f"metadata region full ({offset + n} > {self.capacity})")
         self.dev.pwrite(self.base + offset, data)
+        self.unsynced_bytes += n
         if offset + n > self.size:
             self.size = offset + n
 
@@ -69,6 +72,7 @@ class RegionFile:
             self._write_header()
         self.dev.flush()
         self.syncs += 1
+        self.unsynced_bytes = 0
 
     def xFileSize(self) -> int:
         return self.size
