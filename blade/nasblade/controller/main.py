@@ -21,6 +21,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import uvloop
 import yaml
 from aiohttp import web
 
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"nasblade controller: {exc}") from exc
     cache_size = parse_size(str(conf.get("cache-size", "256M")))
     engine = Engine(array, cache_size=cache_size)
+    uvloop.install()  # faster transports: fewer copies per reply, cheaper callbacks
     return asyncio.run(_serve(engine, conf, token=token, admin=admin))
 
 

@@ -19,6 +19,7 @@ import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from nasblade.controller import layout
 from nasblade.controller.engine import Engine
@@ -74,16 +75,15 @@ class NBDConnection(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if sock is not None:
             for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
                 sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
-        transport.set_write_buffer_limits(high=_WRITE_HIGH)
-        transport.write(self.core.initial_bytes())
+        self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
+        self.transport.write(self.core.initial_bytes())
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
