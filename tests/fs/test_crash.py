@@ -48,7 +48,7 @@ def step(f: fsmod.FileSystem, model: Model, rng: random.Random, touched: set[str
     path = f"{parent}/{name}"
     try:
         if op == "create" and path not in model:
-            ino, _ = f.create(resolve(f, parent) if parent else ROOT_INO, name.encode(), ROOT)
+            f.create(resolve(f, parent) if parent else ROOT_INO, name.encode(), ROOT)
             model[path] = b""
         elif op == "mkdir" and path not in model:
             f.mkdir(resolve(f, parent) if parent else ROOT_INO, name.encode(), ROOT)
