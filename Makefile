@@ -108,3 +108,54 @@ test-k8s: venv cluster-up
 # `make test` needs the binaries, images and the tier-2 cluster before pytest starts
 # (pytest-timeout would otherwise count a cold build against the first test).
 test: cluster-up
+
+# --- image / chart / e2e ---
+# One image for every role (Dockerfile), the NFS client image of the end-to-end tests, the Helm
+# chart and the end-to-end suite (docs/install.md). The base is the locally built one
+# (tests/cluster/versions.env); nothing is pulled. Images are saved as tars in
+# $(NASBLADE_CACHE)/images and imported into the cluster (kind, else local containerd).
+NASBLADE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= nasblade/nasblade:$(NASBLADE_VERSION)
+CLIENT_IMAGE ?= nasblade/nfs-client:$(NASBLADE_VERSION)
+LOCAL_BASE_IMAGE := $(shell sed -n 's/^BASE_IMAGE=//p' tests/cluster/versions.env)
+HELM := $(NASBLADE_CACHE)/bin/helm-$(shell sed -n 's/^HELM_VERSION=//p' tests/cluster/versions.env)/helm
+IMAGE_TOOL := $(PY) tests/e2e/imagetool.py
+.PHONY: wheels image client-image images image-load chart-lint test-chart test-e2e demo
+
+build/wheels/.stamp: pyproject.toml
+	mkdir -p build/wheels
+	PIP_CACHE_DIR=$(NASBLADE_CACHE)/pip $(VENV)/bin/pip wheel -q -w build/wheels '.[operator]' 'setuptools>=68' wheel
+	rm -f build/wheels/nasblade-*.whl
+	touch $@
+
+wheels: venv build/wheels/.stamp
+
+image: wheels
+	tests/cluster/images.sh build base
+	$(IMAGE_TOOL) build --image $(IMAGE) --base $(LOCAL_BASE_IMAGE) --version $(NASBLADE_VERSION)
+
+client-image: venv
+	tests/cluster/images.sh build base
+	$(IMAGE_TOOL) build-client --image $(CLIENT_IMAGE) --base $(LOCAL_BASE_IMAGE)
+
+images: image client-image
+
+# import both images into the end-to-end cluster (kind when it runs, else local containerd)
+image-load: images
+	$(IMAGE_TOOL) load $(IMAGE) $(CLIENT_IMAGE)
+
+chart-lint:
+	$(HELM) lint --strict charts/nasblade
+
+test-chart: venv
+	$(PY) -m pytest tests/chart $(PYTEST_ARGS)
+
+test-e2e: venv cluster-up image-load
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+# bring up the cluster, build + load the images, install the chart and the examples
+demo: deps cluster-up image-load
+	$(PY) tests/e2e/demo.py --image $(IMAGE)
+
+# the end-to-end suite needs the images in the cluster before pytest starts
+test: image-load

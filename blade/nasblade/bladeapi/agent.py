@@ -15,6 +15,12 @@ block processor hands it, and reports it with its status.
                "exports": [{"path": "/fs1", "clients": ["127.0.0.0/8"], "access": "rw"}]}'
 
 Ready line endpoints: ``{"<fs>": {"nfs": "H:P", "mount": "H:P", "portmap": "H:P"}}``.
+With ``--control-unix PATH`` it also serves its block processor (takeover / release)::
+
+    GET    /v1/filesystems          what is served (FileProcessor.status())
+    POST   /v1/filesystems          body: the --fs JSON; mount (recover) and listen; idempotent
+    DELETE /v1/filesystems/{name}   stop listening, commit, unmount
+
 SIGTERM: a last status with ``state: stopped``, then the file systems are committed and
 unmounted.
 """
@@ -32,6 +38,8 @@ import sys
 import time
 from typing import Any
 
+from aiohttp import web
+
 from nasblade import ready
 from nasblade.bladeapi.client import BladeAPIError, LocalClient
 from nasblade.program import bundle
@@ -45,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat-interval", type=float, default=0.2)
     parser.add_argument("--commit-interval", type=float, default=1.0)
     parser.add_argument("--fs", action="append", default=[], help="file system to serve (JSON, repeatable)")
+    parser.add_argument("--control-unix", help="Unix socket for the block processor to add/remove file systems")
 
 
 def fs_spec(raw: dict[str, Any]) -> Any:
@@ -105,6 +114,48 @@ class Agent:
             await asyncio.sleep(self.interval)
 
 
+FP_KEY: web.AppKey[Any] = web.AppKey("fp", object)
+
+
+async def _list_fs(request: web.Request) -> web.Response:
+    return web.json_response(request.app[FP_KEY].status())
+
+
+async def _add_fs(request: web.Request) -> web.Response:
+    fp = request.app[FP_KEY]
+    try:
+        raw = await request.json()
+        spec = fs_spec(raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        return web.json_response({"error": f"bad file system: {exc}"}, status=400)
+    if spec.name in fp.endpoints:
+        return web.json_response({"name": spec.name, "endpoints": fp.status()[spec.name]["endpoints"]})
+    try:
+        endpoints = await fp.add_filesystem(spec)
+    except OSError as exc:
+        return web.json_response({"error": f"cannot serve {spec.name}: {exc}"}, status=409)
+    return web.json_response({"name": spec.name, "endpoints": endpoints}, status=201)
+
+
+async def _remove_fs(request: web.Request) -> web.Response:
+    fp = request.app[FP_KEY]
+    name = request.match_info["name"]
+    if name not in fp.endpoints:
+        return web.json_response({"error": f"{name} is not served here"}, status=404)
+    await fp.remove_filesystem(name)
+    return web.json_response({"name": name, "removed": True})
+
+
+def control_app(fp: Any) -> web.Application:
+    """The file processor's control API, used by its block processor (takeover/release)."""
+    app = web.Application()
+    app[FP_KEY] = fp
+    app.router.add_get("/v1/filesystems", _list_fs)
+    app.router.add_post("/v1/filesystems", _add_fs)
+    app.router.add_delete("/v1/filesystems/{name}", _remove_fs)
+    return app
+
+
 async def _main(args: argparse.Namespace) -> int:
     from nasblade.fileproc.server import FileProcessor
 
@@ -115,7 +166,15 @@ async def _main(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     endpoints: dict[str, Any] = {}
+    runner: web.AppRunner | None = None
     try:
+        if args.control_unix:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(args.control_unix)
+            runner = web.AppRunner(control_app(fp), access_log=None)
+            await runner.setup()
+            await web.UnixSite(runner, args.control_unix).start()
+            os.chmod(args.control_unix, 0o600)
         for raw in args.fs:
             spec = fs_spec(json.loads(raw))
             endpoints[spec.name] = await fp.add_filesystem(spec)
@@ -128,6 +187,8 @@ async def _main(args: argparse.Namespace) -> int:
             await heartbeats
         await agent.beat("stopped")
     finally:
+        if runner is not None:
+            await runner.cleanup()
         await fp.close()
     return 0
 

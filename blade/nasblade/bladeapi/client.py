@@ -106,3 +106,27 @@ class LocalClient:
     def load(self) -> dict[str, Any]:
         result: dict[str, Any] = self._req("GET", "/v1/load")
         return result
+
+
+class FPControlClient:
+    """Client of the file processor's control socket (``nasblade.bladeapi.agent``)."""
+
+    def __init__(self, socket_path: str, *, timeout: float = 120.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def _req(self, method: str, path: str, body: Any = None) -> Any:
+        conn = _UnixHTTPConnection(self.socket_path, timeout=self.timeout)
+        return _call(conn, method, path, body=body, headers={})
+
+    def file_systems(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("GET", "/v1/filesystems")
+        return result
+
+    def add(self, spec: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("POST", "/v1/filesystems", spec)
+        return result
+
+    def remove(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("DELETE", f"/v1/filesystems/{name}")
+        return result

@@ -12,8 +12,9 @@ Blade management API (base ``/v1``, bearer token on every route except ``/health
     GET  /v1/slots                      every slot of the group's portion (decoded)
     POST /v1/lus/{lu}/takeover          reserve the LU with a new epoch and serve it
     POST /v1/lus/{lu}/release           flush, stop serving, drop the reservation
-    POST /v1/filesystems/{fs}/takeover  501 (cluster takeover: issue 5)
-    POST /v1/filesystems/{fs}/release   501
+    POST /v1/filesystems/{fs}/takeover  reserve the LU (new epoch), file processor mounts and
+                                        listens on the file system's address, ownership recorded
+    POST /v1/filesystems/{fs}/release   file processor unmounts, flush, reservation dropped
     POST /v1/backups                    501 (processor-information backups: issue 5)
 
 Local API (Unix socket, mode 0600, no token — only the pod's own containers can reach it):
@@ -82,6 +83,25 @@ async def _lu_release(request: web.Request) -> web.Response:
     return web.json_response({"lu": lu, "released": True})
 
 
+async def _fs_action(request: web.Request) -> web.Response:
+    from nasblade.bladeapi.client import BladeAPIError
+    from nasblade.controller.apiclient import ControlAPIError
+
+    bp = _bp(request)
+    name = request.match_info["fs"]
+    if name not in bp.settings.fs_specs:
+        return _error(404, f"file system {name} is not known to this blade")
+    action = bp.take_over_fs if request.path.endswith("/takeover") else bp.release_fs
+    try:
+        return web.json_response(await action(name))
+    except BladeAPIError as exc:
+        return _error(409, f"the file processor refused: {exc.message}")
+    except ControlAPIError as exc:
+        return _error(409, f"the controller refused: {exc.message}")
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        return _error(409, f"{name}: {exc}")
+
+
 async def _not_yet(request: web.Request) -> web.Response:
     return _error(501, f"{request.method} {request.path} is not implemented in this release")
 
@@ -122,8 +142,8 @@ BLADE_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/slots", _slots),
     ("POST", "/v1/lus/{lu}/takeover", _lu_takeover),
     ("POST", "/v1/lus/{lu}/release", _lu_release),
-    ("POST", "/v1/filesystems/{fs}/takeover", _not_yet),
-    ("POST", "/v1/filesystems/{fs}/release", _not_yet),
+    ("POST", "/v1/filesystems/{fs}/takeover", _fs_action),
+    ("POST", "/v1/filesystems/{fs}/release", _fs_action),
     ("POST", "/v1/backups", _not_yet),
 ]
 

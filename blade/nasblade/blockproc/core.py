@@ -63,6 +63,10 @@ class Settings:
     software_version: str | None = None
     lus: list[str] = field(default_factory=list)
     owned: list[str] = field(default_factory=list)
+    fs_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """File systems this blade may serve: name → {lu, address, nfsPort, mountPort, portmapPort, exports}."""
+    fp_unix: str | None = None
+    """The file processor's control socket (``nasblade.bladeapi.agent``), for takeover/release."""
     record_interval: float = 0.2
     load_interval: float = 1.0
     retry_for: float = 60.0
@@ -101,6 +105,8 @@ class BlockProcessor:
         self.ranges_posted = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._slot_lock = asyncio.Lock()
+        self._fs_lock = asyncio.Lock()
+        self.nbd_unix = ""
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -129,6 +135,7 @@ class BlockProcessor:
 
     async def start(self, *, nbd_unix: str) -> None:
         s = self.settings
+        self.nbd_unix = nbd_unix
         if self.control is not None:
             await self._control("register_client", s.blade, group=s.group, role="blade")
         await self._boot_software()
@@ -215,6 +222,78 @@ class BlockProcessor:
             await self._control("release", lu)
         self.epochs.pop(lu, None)
 
+    # -- file-system takeover / release (blade API) -----------------------------------------
+
+    def fp_spec(self, name: str) -> dict[str, Any]:
+        """The file processor's JSON for ``name``: the spec with the device through this blade."""
+        spec = dict(self.settings.fs_specs[name])
+        lu = spec.pop("lu")
+        spec["name"] = name
+        spec["device"] = f"nbd+unix:///{lu}?socket={self.nbd_unix}"
+        return spec
+
+    async def _holds(self, lu: str) -> bool:
+        """True when the controller's reservation of ``lu`` is still this blade's."""
+        if lu not in self.epochs or lu not in self.exports.pools:
+            return False
+        if self.control is None:
+            return True
+        res = await self._control("get_reservation", lu)
+        return bool(res.get("holder") == self.settings.blade and res.get("epoch") == self.epochs[lu])
+
+    async def take_over_fs(self, name: str) -> dict[str, Any]:
+        """Serve file system ``name``: reserve its LU (new epoch unless already held), have the
+        file processor mount (recover) it and listen on its address, record the ownership."""
+        from nasblade.bladeapi.client import FPControlClient
+
+        if self.settings.fp_unix is None:
+            raise RuntimeError("this blade has no file-processor control socket")
+        lu = str(self.settings.fs_specs[name]["lu"])
+        async with self._fs_lock:
+            epoch = self.epochs[lu] if await self._holds(lu) else await self.take_over(lu)
+            served = await asyncio.to_thread(FPControlClient(self.settings.fp_unix).add, self.fp_spec(name))
+            await self._set_owner(name, epoch)
+        return {"fileSystem": name, "lu": lu, "epoch": epoch, "endpoints": served.get("endpoints", {})}
+
+    async def release_fs(self, name: str) -> dict[str, Any]:
+        """Stop serving ``name``: unmount in the file processor, flush, drop the reservation."""
+        from nasblade.bladeapi.client import BladeAPIError, FPControlClient
+
+        lu = str(self.settings.fs_specs[name]["lu"])
+        async with self._fs_lock:
+            if self.settings.fp_unix is not None:
+                try:
+                    await asyncio.to_thread(FPControlClient(self.settings.fp_unix).remove, name)
+                except BladeAPIError as exc:
+                    if exc.status != 404:
+                        raise
+            held = await self._holds(lu)
+            pool = self.exports.pools.pop(lu, None)
+            if pool is not None:
+                await asyncio.wait_for(pool.request(proto.Cmd.FLUSH, 0, 0), 30.0)
+                await pool.close()
+            if held and self.control is not None:
+                await self._control("release", lu)
+            self.epochs.pop(lu, None)
+            await self._set_owner(name, None)
+        return {"fileSystem": name, "lu": lu, "released": True}
+
+    async def _set_owner(self, name: str, epoch: int | None) -> None:
+        if self.portion is None:
+            return
+        from nasblade.procinfo.portion import Ownership
+
+        async with self._slot_lock:
+            group = await asyncio.to_thread(self.portion.read_group)
+            current = group.ownership.get(name)
+            if epoch is not None:
+                group.ownership[name] = Ownership(blade=self.settings.blade, epoch=epoch)
+            elif current is not None and current.blade == self.settings.blade:
+                del group.ownership[name]
+            else:
+                return
+            await asyncio.to_thread(self.portion.write_group, group)
+
     # -- claim 2: processor information -------------------------------------------------------
 
     async def store_status(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -297,6 +376,7 @@ class BlockProcessor:
             "exports": st.exports if st else [],
             "reservations": {lu: {"holder": s.blade, "epoch": e} for lu, e in sorted(self.epochs.items())},
             "lus": sorted(self.exports.pools),
+            "knownFileSystems": sorted(s.fs_specs),
             "heartbeatAge": (now - st.heartbeat_time) if st else None,
             "heartbeatCounter": st.heartbeat_counter if st else None,
             "slotSeq": self.last_status_seq,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -66,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--software-version", help="version to boot (default: the catalog's selected version)")
     a("--lu", action="append", default=[], help="LU the file processor may use, unreserved (repeatable)")
     a("--own", action="append", default=[], help="LU this blade owns: reserve it and serve it (repeatable)")
+    a("--fs-spec", action="append", default=[],
+      help='file system this blade may serve, JSON {"name", "lu", "address", "nfsPort", "mountPort",'
+      ' "portmapPort", "exports"} (repeatable)')
+    a("--fp-unix", help="the file processor's control socket (for file-system takeover/release)")
     a("--nbd-unix", required=True, help="Unix socket to serve NBD to the file processor on")
     a("--local-unix", required=True, help="Unix socket for the file processor's local API")
     a("--api-listen", type=_hostport, help="blade management API HOST:PORT")
@@ -98,7 +103,19 @@ def _settings(args: argparse.Namespace) -> Settings:
         software_version=args.software_version,
         lus=list(args.lu),
         owned=list(args.own),
+        fs_specs=_fs_specs(args.fs_spec),
+        fp_unix=args.fp_unix,
     )
+
+
+def _fs_specs(raw: list[str]) -> dict[str, dict[str, Any]]:
+    specs: dict[str, dict[str, Any]] = {}
+    for item in raw:
+        spec = json.loads(item)
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("lu"), str):
+            raise ValueError(f"--fs-spec needs a JSON object with name and lu: {item}")
+        specs[spec.pop("name")] = spec
+    return specs
 
 
 async def _serve(args: argparse.Namespace) -> int:

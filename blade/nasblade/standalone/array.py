@@ -225,6 +225,11 @@ class Array:
                     argv += ["--software-version", self.software_version]
                 for fs in owned:
                     argv += ["--own", fs_lu(fs)]
+                argv += ["--fp-unix", str(rundir / "fp.sock")]
+                for fs in c.file_systems:
+                    if fs.cluster_group == group.name:
+                        spec = {"name": fs.name, "lu": fs_lu(fs), **self._listen_spec(fs)}
+                        argv += ["--fs-spec", json.dumps(spec, sort_keys=True)]
                 if port:
                     port += 1
                 bp = self._spawn(f"{blade}-bp", argv)
@@ -235,27 +240,34 @@ class Array:
         return out
 
     def _fp_argv(self, blade: str, rundir: Path, owned: list[FileSystem], heartbeat: float) -> list[str]:
-        net = self.config.network
         argv = [*NASBLADE, "boot", "--software-dir", str(rundir / "software"), "--",
                 "blade-file-processor", "--blade", blade,
                 "--local-unix", str(rundir / "local.sock"),
-                "--heartbeat-interval", str(heartbeat)]
+                "--heartbeat-interval", str(heartbeat),
+                "--control-unix", str(rundir / "fp.sock")]
         for fs in owned:
             spec = {
                 "name": fs.name,
                 "device": f"nbd+unix:///{fs_lu(fs)}?socket={rundir / 'nbd.sock'}",
-                "address": fs.address,
-                "nfsPort": net.nfs_port,
-                "mountPort": net.mount_port,
-                "portmapPort": net.portmap_port,
-                "exports": [
-                    {"path": e.path if e.path != "/" else f"/{fs.name}", "subdir": "/",
-                     "clients": list(e.clients), "access": e.access, "rootSquash": e.root_squash}
-                    for e in fs.exports
-                ],
+                **self._listen_spec(fs),
             }
             argv += ["--fs", json.dumps(spec, sort_keys=True)]
         return argv
+
+    def _listen_spec(self, fs: FileSystem) -> dict[str, Any]:
+        """Address, ports and exports of ``fs`` as the file processor takes them."""
+        net = self.config.network
+        return {
+            "address": fs.address,
+            "nfsPort": net.nfs_port,
+            "mountPort": net.mount_port,
+            "portmapPort": net.portmap_port,
+            "exports": [
+                {"path": e.path if e.path != "/" else f"/{fs.name}", "subdir": "/",
+                 "clients": list(e.clients), "access": e.access, "rootSquash": e.root_squash}
+                for e in fs.exports
+            ],
+        }
 
     def _summary(self, blades: list[dict[str, Any]]) -> dict[str, Any]:
         net = self.config.network
