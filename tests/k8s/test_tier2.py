@@ -156,7 +156,8 @@ def test_pvc_from_default_storageclass_binds_and_keeps_data(
     assert logs.strip() == "nasblade-42"
 
 
-def test_killed_container_process_is_restarted(e2e_api: client.ApiClient, e2e_ns: str) -> None:
+def test_killed_container_process_is_restarted(e2e_api: client.ApiClient, e2e_ns: str,
+                                               e2e_kubeconfig: str) -> None:
     core = client.CoreV1Api(e2e_api)
     # shareProcessNamespace: the pause process is PID 1, so our process can be SIGKILLed
     core.create_namespaced_pod(e2e_ns, client.V1Pod(
@@ -172,10 +173,10 @@ def test_killed_container_process_is_restarted(e2e_api: client.ApiClient, e2e_ns
     wait_until("victim running", lambda: all(
         c.ready for c in statuses().values()) and len(statuses()) == 2)
     assert statuses()["app"].restart_count == 0
-    out = _exec(e2e_api, e2e_ns, "victim", "killer",
+    out = _exec(e2e_kubeconfig, e2e_ns, "victim", "killer",
           ["sh", "-c", "for p in $(pgrep -x sleep); do "
                        "[ \"$(cat /proc/$p/cgroup)\" != \"$(cat /proc/self/cgroup)\" ] "
-                       "&& kill -9 $p && echo killed $p; done"])
+                       "&& kill -9 $p && echo killed $p; done; true"])
     assert out.startswith("killed "), out
     st = wait_until("app restarted by the kubelet", lambda: (
         (s := statuses()["app"]).restart_count >= 1 and s.ready and s))
@@ -184,12 +185,21 @@ def test_killed_container_process_is_restarted(e2e_api: client.ApiClient, e2e_ns
     assert statuses()["killer"].restart_count == 0
 
 
-def _exec(api: client.ApiClient, ns: str, pod: str, cont: str, cmd: list[str]) -> str:
-    from kubernetes.stream import stream
+def _kubectl() -> str:
+    p = nbcluster.k8s_bin("kubectl")
+    return str(p) if p.exists() else (shutil.which("kubectl") or "kubectl")
 
-    return str(stream(client.CoreV1Api(api).connect_get_namespaced_pod_exec, pod, ns,
-                      container=cont, command=cmd, stderr=True, stdin=False, stdout=True,
-                      tty=False))
+
+def _exec(kubeconfig: str, ns: str, pod: str, cont: str, cmd: list[str]) -> str:
+    argv = [_kubectl(), "--kubeconfig", kubeconfig, "exec", "-n", ns, pod, "-c", cont, "--", *cmd]
+    for _ in range(30):
+        r = subprocess.run(argv, capture_output=True, text=True, check=False)
+        # just after start the kubelet may not know the container yet: retry that only
+        if "container not found" not in r.stderr:
+            break
+        time.sleep(1)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
 
 
 def _helm() -> str:
