@@ -4,7 +4,8 @@ blade API and the standalone array).
 - ``device``: a 4 MiB ``FileBlockDevice`` in a temporary directory, for the pure-library tests
   of ``nasblade.procinfo`` and ``nasblade.program`` (no processes, no network).
 - ``controller``: a real ``nasblade controller`` process on fixed free loopback ports with one
-  512 MiB device file and the LUs ``program`` (16M), ``procinfo`` (1M) and ``fs1`` (64M).
+  512 MiB device file and the LUs ``program`` (16M), ``procinfo`` (1M), ``backup`` (1M) and
+  ``fs1`` (64M).
   It is a ``Controller`` object: ``.nbd`` (``HOST:PORT``), ``.api`` (URL), ``.client``
   (``ControlClient``), ``.kill()`` (SIGKILL) and ``.start()`` (again, same ports and device).
 - ``start_bp``: a factory that starts ``nasblade block-processor`` against ``controller``
@@ -102,7 +103,7 @@ def controller(tmp_path: Path) -> Iterator[Controller]:
     ctl = Controller(tmp_path / "ctl")
     ctl.workdir.mkdir()
     ctl.start()
-    for name, size in (("program", 16 << 20), ("procinfo", 1 << 20), ("fs1", 64 << 20)):
+    for name, size in (("program", 16 << 20), ("procinfo", 1 << 20), ("backup", 1 << 20), ("fs1", 64 << 20)):
         ctl.client.create_lu(name, size)
     yield ctl
     if ctl.proc is not None:

@@ -114,8 +114,30 @@ def test_blade_api_requires_the_token(start_bp: Callable[..., BladeProc]) -> Non
         BladeClient(bp.api, "wrong").status()
     assert err.value.status == 401
     with pytest.raises(BladeAPIError) as err:
-        BladeClient(bp.api, BLADE_TOKEN)._req("POST", "/v1/backups")
-    assert err.value.status == 501
+        BladeClient(bp.api, BLADE_TOKEN)._req("POST", "/v1/filesystems/fs1/takeover")
+    assert err.value.status == 404  # not a file system this blade knows
+
+
+def test_backup_copies_the_portion_into_its_backup_area(
+    controller: Controller, start_bp: Callable[..., BladeProc]
+) -> None:
+    """Claims 4/8: the blade asks, the controller's copy engine copies the portion."""
+    bp = start_bp()
+    LocalClient(bp.local).store_status({"heartbeat": {"time": 5.0, "counter": 42}, "fileSystems": ["fs1"]})
+    api = BladeClient(bp.api, BLADE_TOKEN)
+    result = api._req("POST", "/v1/backups", {"portions": [0], "trigger": "onDemand"})
+    assert result["result"] == "Succeeded" and result["jobs"][0]["state"] == "succeeded"
+    with NBDBlockDevice.connect(f"nbd://{controller.nbd}/backup") as dev:
+        backup = PortionStore(dev, offset=0, size=1 << 20)
+        assert backup.header().group == "g1"
+        slot = backup.read_slot(0)
+    assert slot is not None and slot.heartbeat_counter == 42
+    with NBDBlockDevice.connect(f"nbd://{controller.nbd}/procinfo") as dev:
+        history = PortionStore(dev, offset=0, size=1 << 20).read_group().backups
+    assert history[-1]["result"] == "Succeeded" and history[-1]["portions"] == [0]
+    with pytest.raises(BladeAPIError) as err:
+        api._req("POST", "/v1/backups", {"portions": [5]})
+    assert err.value.status == 400 and "portions" in err.value.message
 
 
 def test_load_is_handed_to_the_file_processor(start_bp: Callable[..., BladeProc]) -> None:

@@ -1,8 +1,7 @@
 """The blade's HTTP surfaces, served by its block processor.
 
 - ``server.blade_app``: the blade management API (TCP, ``Authorization: Bearer <token>``) for
-  the operator and the CLI: status, LU and file-system takeover/release; backups are a
-  reserved endpoint answered ``501`` until that feature lands.
+  the operator and the CLI: status, LU and file-system takeover/release, backups.
 - ``server.local_app``: the file processor's private API on a Unix socket inside the pod:
   store my status in my slot (claim 2), read the controller's load (claim 19).
 - ``client``: synchronous clients for both (``BladeClient``, ``LocalClient``).

@@ -15,7 +15,9 @@ Blade management API (base ``/v1``, bearer token on every route except ``/health
     POST /v1/filesystems/{fs}/takeover  reserve the LU (new epoch), file processor mounts and
                                         listens on the file system's address, ownership recorded
     POST /v1/filesystems/{fs}/release   file processor unmounts, flush, reservation dropped
-    POST /v1/backups                    501 (processor-information backups: issue 5)
+    POST /v1/backups                    {"portions": [i, …], "trigger": t} → copy each portion into
+                                        its backup area (controller copy engine), record it in
+                                        the group record; {"result": Succeeded|Failed, "message", "jobs"}
 
 Local API (Unix socket, mode 0600, no token — only the pod's own containers can reach it):
 
@@ -102,8 +104,24 @@ async def _fs_action(request: web.Request) -> web.Response:
         return _error(409, f"{name}: {exc}")
 
 
-async def _not_yet(request: web.Request) -> web.Response:
-    return _error(501, f"{request.method} {request.path} is not implemented in this release")
+async def _backups(request: web.Request) -> web.Response:
+    from nasblade.controller.apiclient import ControlAPIError
+
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "body is not JSON")
+    if not isinstance(body, dict) or not isinstance(body.get("portions"), list) or not body["portions"]:
+        return _error(400, "portions: a non-empty list of portion indexes is required", field="portions")
+    try:
+        result = await _bp(request).backup(body["portions"], trigger=str(body.get("trigger", "onDemand")))
+    except ValueError as exc:
+        return _error(400, str(exc), field="portions")
+    except ControlAPIError as exc:
+        return web.json_response({"result": "Failed", "message": f"the controller refused: {exc.message}"})
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        return web.json_response({"result": "Failed", "message": str(exc)})
+    return web.json_response(result)
 
 
 async def _put_status(request: web.Request) -> web.Response:
@@ -144,7 +162,7 @@ BLADE_ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/lus/{lu}/release", _lu_release),
     ("POST", "/v1/filesystems/{fs}/takeover", _fs_action),
     ("POST", "/v1/filesystems/{fs}/release", _fs_action),
-    ("POST", "/v1/backups", _not_yet),
+    ("POST", "/v1/backups", _backups),
 ]
 
 LOCAL_ROUTES: list[tuple[str, str, Handler]] = [

@@ -63,6 +63,8 @@ class Settings:
     software_version: str | None = None
     lus: list[str] = field(default_factory=list)
     owned: list[str] = field(default_factory=list)
+    backup_lu: str = "backup"
+    backup_history: int = 20
     fs_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """File systems this blade may serve: name → {lu, address, nfsPort, mountPort, portmapPort, exports}."""
     fp_unix: str | None = None
@@ -293,6 +295,38 @@ class BlockProcessor:
             else:
                 return
             await asyncio.to_thread(self.portion.write_group, group)
+
+    # -- claims 4, 8, 9: processor-information backups ------------------------------------------
+
+    async def backup(self, portions: list[int], *, trigger: str) -> dict[str, Any]:
+        """Have the controller's copy engine copy each portion into its backup area (block by
+        block, point in time) and record the outcome in this group's record."""
+        s = self.settings
+        if self.control is None or self._procinfo_pool is None:
+            raise RuntimeError("backups need the control API and the processor-information LU")
+        count = self._procinfo_pool.size // s.portion_size
+        for idx in portions:
+            if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < count:
+                raise ValueError(f"portions: {idx!r} is not a portion index in 0..{count - 1}")
+        jobs, failed = [], []
+        for idx in portions:
+            offset = portion_offset(idx, s.portion_size)
+            job = await self._control("create_copy_job", s.procinfo_lu, s.backup_lu, s.portion_size,
+                                      source_offset=offset, target_offset=offset)
+            done = await self._control("wait_copy_job", job["id"], timeout=120.0)
+            jobs.append({"portion": idx, "job": done["id"], "state": done["state"], "error": done.get("error")})
+            if done["state"] != "succeeded":
+                failed.append(f"portion {idx}: {done['state']} {done.get('error') or ''}".strip())
+        result = "Failed" if failed else "Succeeded"
+        entry = {"time": time.time(), "blade": s.blade, "trigger": trigger, "result": result,
+                 "portions": list(portions), "jobs": [j["job"] for j in jobs]}
+        if self.portion is not None:
+            async with self._slot_lock:
+                group = await asyncio.to_thread(self.portion.read_group)
+                group.backups = [*group.backups, entry][-s.backup_history :]
+                await asyncio.to_thread(self.portion.write_group, group)
+        message = "; ".join(failed) if failed else f"copied portions {list(portions)} to their backup areas"
+        return {"result": result, "message": message, "jobs": jobs}
 
     # -- claim 2: processor information -------------------------------------------------------
 
