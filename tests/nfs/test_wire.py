@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from nasblade.nfs import handles
 from nasblade.nfs import types as t
-from nasblade.rpc import message, xdr
+from nasblade.rpc import message, record, xdr
 from nfs_harness import FileProcessor
 from nfs_rpcclient import RawClient, auth_sys
 
@@ -73,7 +73,7 @@ def test_multi_fragment_records_and_pipelining(served: FileProcessor, rc: RawCli
     assert stat == t.Stat.OK and ok.count == len(data)
     # Several calls in one send; all answered.
     batch = b"".join(
-        b"".join(bytes(b) for b in __import__("nasblade.rpc.record", fromlist=["frame"]).frame(
+        b"".join(bytes(b) for b in record.frame(
             message.encode_call(xid=5000 + i, prog=t.NFS_PROGRAM, vers=3, proc=6, cred=auth_sys(),
                                 args=t.READ_ARGS.encode(t.ReadArgs(f, i * 1000, 1000)))))
         for i in range(10)
@@ -83,6 +83,7 @@ def test_multi_fragment_records_and_pipelining(served: FileProcessor, rc: RawCli
     for _ in range(10):
         rep = message.decode_reply(rc.recv_record())
         st, rok = t.READ_RES.unpack(rep.body)
+        assert st == t.Stat.OK
         got[rep.xid] = bytes(rok.data)
     assert all(got[5000 + i] == data[i * 1000 : (i + 1) * 1000] for i in range(10))
 
