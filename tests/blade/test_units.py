@@ -1,0 +1,38 @@
+"""Small pure functions of the blade: range coalescing, slot decoding, size parsing."""
+
+from __future__ import annotations
+
+import pytest
+from nasblade.blockproc.core import coalesce
+from nasblade.procinfo.portion import BladeStatus
+from nasblade.standalone.config import ConfigError, format_size, parse_duration, parse_size
+
+
+def test_coalesce_merges_overlapping_and_touching_ranges() -> None:
+    assert coalesce([(8192, 4096), (0, 4096), (4096, 4096), (20000, 10), (20005, 100)]) == [
+        [0, 12288],
+        [20000, 105],
+    ]
+    assert coalesce([]) == []
+
+
+def test_blade_status_decoding_is_strict() -> None:
+    st = BladeStatus.from_json({"blade": "b0", "heartbeat": {"time": 1, "counter": 2}, "load": {"iops": 3, "mbps": {}}})
+    assert st.heartbeat_time == 1.0 and st.heartbeat_counter == 2 and st.load == {"iops": 3.0}
+    assert BladeStatus.from_json(st.to_json()) == st
+    for bad, field in (({"heartbeat": "x"}, "heartbeat"), ({"clients": "3"}, "clients"),
+                       ({"fileSystems": "fs1"}, "fileSystems"), ({"clients": True}, "clients")):
+        with pytest.raises(ValueError, match=field):
+            BladeStatus.from_json({"blade": "b0", **bad})
+    with pytest.raises(ValueError, match="blade is required"):
+        BladeStatus.from_json({})
+
+
+def test_sizes_and_durations() -> None:
+    assert parse_size("512M") == 512 << 20 and parse_size("1GiB") == 1 << 30 and parse_size(4096) == 4096
+    assert format_size(3 << 30) == "3G" and format_size(1536 << 20) == "1536M"
+    assert parse_duration("200ms", "x") == pytest.approx(0.2) and parse_duration("10m", "x") == 600.0
+    with pytest.raises(ConfigError, match=r"a\.b: '12 parsecs' is not a size"):
+        parse_size("12 parsecs", "a.b")
+    with pytest.raises(ConfigError, match="-1 is negative"):
+        parse_size(-1, "x")
