@@ -37,7 +37,7 @@ _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text.upper())
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
     if not m:
         raise argparse.ArgumentTypeError(f"bad size {text!r} (examples: 4096, 512M, 1G)")
     return int(m.group(1)) * _UNITS[m.group(2)]
