@@ -285,6 +285,17 @@ class Procs:
         self._save(data)
 
 
+def proc_start_time(pid: int) -> float:
+    """Wall-clock start time of a process (now if unknown)."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        btime = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines()
+                     if ln.startswith("btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, StopIteration, IndexError):
+        return time.time()
+
+
 def wait_for(what: str, pred, timeout: float, interval: float = 0.5, check=None):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -661,6 +672,7 @@ class Tier2:
         self.cp.start()
         log("starting kubelet and kube-proxy")
         self.start_node()
+        kubelet_started = proc_start_time(self.procs.running("kubelet") or 0) - 2
         wait_for(f"node {NODE_NAME} Ready", self.node_ready, 180,
                  check=lambda: (self.procs.check("kubelet"), self.procs.check("kube-proxy")))
         log("applying addons: CoreDNS, local-path-provisioner (default StorageClass)")
@@ -669,8 +681,36 @@ class Tier2:
                                                      "local-path-provisioner")):
             self.cp.kubectl("-n", ns, "rollout", "status", f"deployment/{dep}",
                             "--timeout=180s")
+            # after a restart the old status still says ready: wait for fresh containers
+            wait_for(f"{dep} running since the kubelet started",
+                     lambda ns=ns, dep=dep: self.pods_fresh(ns, dep, kubelet_started), 180,
+                     interval=1)
+        wait_for("cluster DNS answering", lambda: dns_query(
+            DNS_SVC_IP, "kubernetes.default.svc.cluster.local") == KUBERNETES_SVC_IP, 60)
         log(f"tier 2 ready in {time.monotonic() - t0:.0f}s: export KUBECONFIG={self.kubeconfig}")
         return self
+
+    def pods_fresh(self, ns: str, app: str, since: float) -> bool:
+        r = self.cp.kubectl("-n", ns, "get", "pods", "-o", "json", check=False)
+        if r.returncode:
+            return False
+        import datetime as dt
+
+        pods = [p for p in json.loads(r.stdout)["items"]
+                if p["metadata"]["name"].startswith(app + "-")
+                and not p["metadata"].get("deletionTimestamp")]
+        if not pods:
+            return False
+        for p in pods:
+            for c in p["status"].get("containerStatuses") or []:
+                started = (c.get("state", {}).get("running") or {}).get("startedAt")
+                if not (c.get("ready") and started):
+                    return False
+                t = dt.datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(
+                    tzinfo=dt.UTC).timestamp()
+                if t < since:
+                    return False
+        return True
 
     def healthy(self) -> bool:
         names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
@@ -715,6 +755,37 @@ class Tier2:
         shutil.rmtree(self.dir, ignore_errors=True)
         shutil.rmtree("/var/lib/kubelet/pods", ignore_errors=True)
         shutil.rmtree("/var/lib/nasblade/local-path", ignore_errors=True)
+
+
+def dns_query(server: str, name: str, timeout: float = 2) -> str | None:
+    """One A query over UDP (stdlib only); the first address of the answer, or None."""
+    import random
+    import struct
+
+    qid = random.randrange(65536)
+    q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    q += struct.pack("!HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(q, (server, 53))
+        data, _ = s.recvfrom(4096)
+    rid, _flags, qd, an = struct.unpack("!HHHH", data[:8])
+    if rid != qid or an == 0:
+        return None
+    off = 12
+    for _ in range(qd):  # skip the question
+        while data[off]:
+            off += data[off] + 1
+        off += 5
+    for _ in range(an):
+        off += 2 if data[off] & 0xC0 == 0xC0 else len(data[off:].split(b"\0", 1)[0]) + 1
+        rtype, _cls, _ttl, rdlen = struct.unpack("!HHIH", data[off:off + 10])
+        off += 10
+        if rtype == 1 and rdlen == 4:
+            return socket.inet_ntoa(data[off:off + 4])
+        off += rdlen
+    return None
 
 
 # --------------------------------------------------------------------------- kind provider
