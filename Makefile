@@ -65,7 +65,8 @@ clean:
 # $(NASBLADE_CACHE) keyed by version; every target is idempotent and quick when warm.
 CLUSTER := python3 tests/cluster/nbcluster.py
 .PHONY: cluster-deps cluster-build cluster-images cluster-up cluster-down cluster-reset \
-        cluster-status tier1-up tier1-down tier2-up tier2-down test-k8s
+        cluster-status cluster-env cluster-load-image tier1-up tier1-down tier2-up \
+        tier2-down test-k8s
 
 cluster-deps:
 	tests/cluster/install-deps.sh
@@ -101,6 +102,14 @@ cluster-reset:
 
 cluster-status:
 	@$(CLUSTER) status
+
+# print the environment for a shell: eval "$$(make -s cluster-env)"
+cluster-env:
+	@$(CLUSTER) env
+
+# copy locally built docker images into the cluster: make cluster-load-image IMAGE="a:1 b:2"
+cluster-load-image:
+	tests/cluster/images.sh load-docker $(IMAGE)
 
 test-k8s: venv cluster-up
 	$(PY) -m pytest tests/k8s $(PYTEST_ARGS)

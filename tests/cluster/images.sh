@@ -4,6 +4,8 @@
 #        images.sh load  [all]                           -> import cached tars into containerd
 #        images.sh dockerd                               -> make sure a docker daemon runs
 #        images.sh import-tar <file.tar>                  -> import any docker-save tar into containerd
+#        images.sh load-docker <tag>...                   -> copy docker images into the cluster
+#                                                            (containerd k8s.io, or kind load)
 . "$(dirname "$0")/lib.sh"
 IMG_CACHE="$NASBLADE_CACHE/images"
 STATE="$NASBLADE_CACHE/state"
@@ -113,6 +115,17 @@ case "$cmd" in
   build) ensure_dockerd; for i in "${@:-all}"; do build_one "$i"; done ;;
   load) for t in $(all_tags); do load_one "$t"; done ;;
   import-tar) ctr -a "$CONTAINERD_SOCK" -n k8s.io images import "$1" ;;
+  load-docker)
+    [ $# -gt 0 ] || die "usage: images.sh load-docker <tag>..."
+    for t in "$@"; do
+      have_image "$t" || die "no docker image $t"
+      if [ -f "$STATE/kind.kubeconfig" ] && command -v kind >/dev/null; then
+        log "kind: loading $t"; kind load docker-image --name "${NASBLADE_KIND_NAME:-nasblade}" "$t"
+      else
+        log "containerd: importing $t (namespace k8s.io)"
+        "$DOCKER" save "$t" | ctr -a "$CONTAINERD_SOCK" -n k8s.io images import - >/dev/null
+      fi
+    done ;;
   tags) all_tags ;;
-  *) die "usage: images.sh build|load|dockerd|import-tar|tags" ;;
+  *) die "usage: images.sh build|load|dockerd|import-tar|load-docker|tags" ;;
 esac
