@@ -17,6 +17,7 @@ What it does besides carrying blocks:
 - cache information (claim 3): every write the controller acknowledged into its cache (no FUA)
   is recorded, coalesced every ``record_interval`` seconds, as a dirty record in the control
   store (``POST /v1/cache/records``); the controller drops a record when it destages it.
+  Posting is off the I/O path: a FLUSH never waits for an HTTP round trip.
 - load (claim 19): polls the controller's load figures and hands them to the file processor.
 - fencing: LUs the blade owns are opened with ``LU;holder=BLADE;epoch=N`` after taking the
   reservation through the control API, so writes from a fenced blade are refused (EPERM).
@@ -126,7 +127,6 @@ class BlockProcessor:
             connections=s.connections,
             retry_for=s.retry_for,
             on_cached=record if self.control is not None else None,
-            before_flush=self._post_records_quietly if self.control is not None else None,
         )
 
     async def _control(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -160,7 +160,7 @@ class BlockProcessor:
         if s.program_lu is None:
             return
         pool = self._pool(s.program_lu, lu=s.program_lu)
-        pool.on_cached = pool.before_flush = None
+        pool.on_cached = None
         try:
             await pool.start()
             store = ProgramStore(PoolDevice(pool, asyncio.get_running_loop()))
@@ -181,7 +181,7 @@ class BlockProcessor:
         if s.procinfo_lu is None:
             return
         pool = self._pool(s.procinfo_lu, lu=s.procinfo_lu)
-        pool.on_cached = pool.before_flush = None
+        pool.on_cached = None
         await pool.start()
         self._procinfo_pool = pool
         store = PortionStore(
@@ -368,10 +368,6 @@ class BlockProcessor:
                 log.warning("recording cache ranges of %s failed: %s", lu, exc)
                 self._pending_records.setdefault(lu, []).extend((o, n) for o, n in merged)
                 raise
-
-    async def _post_records_quietly(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.post_records()
 
     async def _post_records_forever(self) -> None:
         while True:

@@ -71,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help='file system this blade may serve, JSON {"name", "lu", "address", "nfsPort", "mountPort",'
       ' "portmapPort", "exports"} (repeatable)')
     a("--fp-unix", help="the file processor's control socket (for file-system takeover/release)")
+    a("--cluster-config", help="cluster-group JSON (nasblade.cluster.config): heartbeat watch, takeover, backups")
     a("--nbd-unix", required=True, help="Unix socket to serve NBD to the file processor on")
     a("--local-unix", required=True, help="Unix socket for the file processor's local API")
     a("--api-listen", type=_hostport, help="blade management API HOST:PORT")
@@ -128,6 +129,7 @@ async def _serve(args: argparse.Namespace) -> int:
             raise ValueError("the controller API needs --token-file or $NASBLADE_TOKEN")
         control = ControlClient(args.controller_api, token)
     bp = BlockProcessor(_settings(args), control=control)
+    member: Any = None
     runners: list[web.AppRunner] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -149,18 +151,29 @@ async def _serve(args: argparse.Namespace) -> int:
             api_token = _read_token(args.api_token_file, "NASBLADE_BLADE_TOKEN")
             if not api_token:
                 raise ValueError("the blade API needs --api-token-file or $NASBLADE_BLADE_TOKEN")
-            api = web.AppRunner(server.blade_app(bp, token=api_token), access_log=None)
+            app = server.blade_app(bp, token=api_token)
+            if args.cluster_config:
+                from nasblade.cluster import api as cluster_api
+                from nasblade.cluster.member import ClusterMember, load_config
+
+                member = ClusterMember(bp, load_config(args.cluster_config), api_token=api_token)
+                cluster_api.install(app, member)
+            api = web.AppRunner(app, access_log=None)
             await api.setup()
             runners.append(api)
             site = web.TCPSite(api, args.api_listen[0], args.api_listen[1])
             await site.start()
             port = int(api.addresses[-1][1])
             endpoints["api"] = f"http://{args.api_listen[0]}:{port}"
+            if member is not None:
+                await member.start(api_url=endpoints["api"])
         software = bp.software.version if bp.software else None
         ready.announce("block-processor", endpoints, blade=args.blade, software=software,
                        softwareError=bp.software_error)
         await stop.wait()
     finally:
+        if member is not None:
+            await member.close()
         for r in runners:
             await r.cleanup()
         await bp.close()

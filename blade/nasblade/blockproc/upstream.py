@@ -28,7 +28,7 @@ import contextlib
 import itertools
 import logging
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nasblade.nbd import proto
@@ -202,8 +202,6 @@ class UpstreamPool:
     journal_limit: int = 64 << 20
     on_cached: Callable[[int, int], None] | None = None
     """Called with (offset, length) for each write the controller acknowledged into its cache."""
-    before_flush: Callable[[], Awaitable[None]] | None = None
-    """Awaited before a FLUSH is sent (the block processor posts its pending cache records)."""
 
     size: int = 0
     flags: int = 0
@@ -286,8 +284,6 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_for
         flush_mark = next(self._seq) if cmd == proto.Cmd.FLUSH else 0
-        if flush_mark and self.before_flush is not None:
-            await self.before_flush()
         first = True
         while True:
             if not first:
