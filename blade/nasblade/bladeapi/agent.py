@@ -42,6 +42,7 @@ from aiohttp import web
 
 from nasblade import ready
 from nasblade.bladeapi.client import BladeAPIError, LocalClient
+from nasblade.cluster.fpside import SelfFence
 from nasblade.program import bundle
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--commit-interval", type=float, default=1.0)
     parser.add_argument("--fs", action="append", default=[], help="file system to serve (JSON, repeatable)")
     parser.add_argument("--control-unix", help="Unix socket for the block processor to add/remove file systems")
+    parser.add_argument("--fence-after", type=float, default=None,
+                        help="stop serving when the block processor is unreachable this long (default 5 heartbeats)")
 
 
 def fs_spec(raw: dict[str, Any]) -> Any:
@@ -81,6 +84,7 @@ class Agent:
         self.interval = interval
         self.counter = 0
         self.version = os.environ.get("NASBLADE_SOFTWARE_VERSION") or bundle.running_version()
+        self.fence = SelfFence(fp, fence_after=5 * interval)
 
     def status(self, state: str = "running") -> dict[str, Any]:
         self.counter += 1
@@ -105,7 +109,11 @@ class Agent:
     async def beat(self, state: str = "running") -> None:
         try:
             await asyncio.to_thread(self.local.store_status, self.status(state))
-        except (OSError, BladeAPIError) as exc:
+            self.fence.ok()
+        except OSError as exc:  # the block processor is not there at all (cluster groups: self-fence)
+            log.warning("heartbeat %d not stored: %s", self.counter, exc)
+            await self.fence.unreachable(exc)
+        except BladeAPIError as exc:
             log.warning("heartbeat %d not stored: %s", self.counter, exc)
 
     async def run_heartbeats(self) -> None:
@@ -161,6 +169,8 @@ async def _main(args: argparse.Namespace) -> int:
 
     fp = FileProcessor(commit_interval=args.commit_interval)
     agent = Agent(blade=args.blade, local=LocalClient(args.local_unix), fp=fp, interval=args.heartbeat_interval)
+    if args.fence_after is not None:
+        agent.fence.fence_after = args.fence_after
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

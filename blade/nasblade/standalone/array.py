@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from nasblade import ready
+from nasblade.cluster import config as cluster_config
 from nasblade.standalone.config import Config, FileSystem
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,8 @@ class Array:
                 for fs in owned:
                     argv += ["--own", fs_lu(fs)]
                 argv += ["--fp-unix", str(rundir / "fp.sock")]
+                argv += ["--cluster-config", str(cluster_config.write_standalone(
+                    c, group.name, self.data_dir / "run" / f"cluster-{group.name}.json"))]
                 for fs in c.file_systems:
                     if fs.cluster_group == group.name:
                         spec = {"name": fs.name, "lu": fs_lu(fs), **self._listen_spec(fs)}
@@ -235,7 +238,8 @@ class Array:
                 bp = self._spawn(f"{blade}-bp", argv)
                 if bp.ready.get("softwareError") and not bp.ready.get("software"):
                     raise ArrayError(f"{blade}: no blade software: {bp.ready['softwareError']}")
-                fp = self._spawn(f"{blade}-fp", self._fp_argv(blade, rundir, owned, group.heartbeat_interval))
+                fp = self._spawn(f"{blade}-fp", [*self._fp_argv(blade, rundir, owned, group.heartbeat_interval),
+                                                  "--fence-after", str(group.failure_timeout / 2)])
                 out.append({"name": blade, "group": group.name, "bp": bp, "fp": fp, "owned": owned})
         return out
 
