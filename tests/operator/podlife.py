@@ -2,8 +2,9 @@
 
 It watches the pods of one namespace and marks each new pod Running and Ready (phase,
 conditions, a 127.0.0.x pod IP), the way a kubelet reports a started pod. A test makes a
-blade fail with ``fail(name)`` (Ready=False, as a failing readiness probe would) or
-``crash(name)`` (phase Failed), and removes one with ``kill(name)`` (delete, grace 0).
+pod fail with ``fail(ns, name)`` (Ready=False, as a failing readiness probe would) or
+``crash(ns, name)`` (phase Failed), and removes one with ``kill(ns, name)`` (delete, grace 0);
+a pod that replaces a failed one (new uid) starts normally.
 Also used by bench/operator. Status patches go through the pod ``status`` subresource.
 """
 
@@ -26,7 +27,7 @@ class FakeKubelet:
     def __init__(self, kubeconfig: str, namespace: str | None) -> None:
         self.api = pykube.HTTPClient(pykube.KubeConfig.from_file(kubeconfig), timeout=60)
         self.namespace = namespace
-        self.held: set[str] = set()  # pods the test failed: not made Ready again
+        self.held: set[str] = set()  # uids of pods the test failed: not made Ready again
         self.readied = 0
         self._stop = threading.Event()
         self._ips: dict[str, str] = {}
@@ -74,7 +75,7 @@ class FakeKubelet:
 
     def _maybe_ready(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
-        if meta.get("deletionTimestamp") or meta["name"] in self.held:
+        if meta.get("deletionTimestamp") or meta["uid"] in self.held:
             return
         conds = {c["type"]: c.get("status") for c in pod.get("status", {}).get("conditions", [])}
         if conds.get("Ready") == "True":
@@ -100,14 +101,19 @@ class FakeKubelet:
         if r.status_code not in (200, 404):
             r.raise_for_status()
 
+    def _hold(self, namespace: str, name: str) -> None:
+        r = self.api.get(url=f"pods/{name}", namespace=namespace)
+        r.raise_for_status()
+        self.held.add(r.json()["metadata"]["uid"])
+
     def fail(self, namespace: str, name: str) -> None:
-        """The blade stops answering its readiness probe."""
-        self.held.add(name)
+        """This pod stops answering its readiness probe (a replacement pod starts normally)."""
+        self._hold(namespace, name)
         self._set(namespace, name, ready=False, phase="Running")
 
     def crash(self, namespace: str, name: str) -> None:
-        """The pod's containers exited for good."""
-        self.held.add(name)
+        """This pod's containers exited for good."""
+        self._hold(namespace, name)
         self._set(namespace, name, ready=False, phase="Failed")
 
     def kill(self, namespace: str, name: str) -> None:
@@ -115,6 +121,3 @@ class FakeKubelet:
         r = self.api.delete(url=f"pods/{name}", namespace=namespace, data=json.dumps({"gracePeriodSeconds": 0}))
         if r.status_code not in (200, 202, 404):
             r.raise_for_status()
-
-    def heal(self, name: str) -> None:
-        self.held.discard(name)

@@ -155,15 +155,23 @@ def test_failover_backup_rollout_and_deletion(
     token_secret("a1")
     with operator() as runner:
         kubectl.apply(array(deletionPolicy="Delete"))
-        kubectl.apply(group(backup={"interval": "10s", "maxAge": "1h", "loadThreshold": 100}))
+        kubectl.apply(group(backup={"interval": "10s", "maxAge": "1h", "loadThreshold": 100},
+                            failover={"giveBack": "Manual"}))
         kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
 
         # Failover: blade 0 stops being Ready; after failureTimeout its file system moves.
         kubelet.fail(namespace, "g1-blade-0")
         wait_until("home served by blade 1", lambda: service_blade(kubectl, "home") == "g1-blade-1", timeout=30)
         assert ("g1-blade-1", "takeover", "home") in blades.calls
-        # The failed pod is replaced, comes back, and gets its file system back.
-        kubelet.heal("g1-blade-0")
+        g = wait_until("failover recorded", lambda: (kubectl.get("clustergroup", "g1") or {}).get("status", {}).get("failovers")
+                       and kubectl.get("clustergroup", "g1"))
+        assert g["status"]["failovers"][-1]["reason"] == "Failover"
+        assert g["status"]["failovers"][-1]["durationSeconds"] >= 1.0  # failureTimeout
+        # The failed pod is replaced; with giveBack Manual the file system stays on blade 1 ...
+        wait_until("replacement Ready", lambda: (kubectl.get("clustergroup", "g1") or {}).get("status", {}).get("bladesReady") == "2/2")
+        assert service_blade(kubectl, "home") == "g1-blade-1"
+        # ... and goes home as soon as giveBack is Automatic.
+        kubectl("patch", "clustergroup", "g1", "--type=merge", "-p", json.dumps({"spec": {"failover": {"giveBack": "Automatic"}}}))
         wait_until("give-back", lambda: service_blade(kubectl, "home") == "g1-blade-0", timeout=30)
         assert ("g1-blade-1", "release", "home") in blades.calls
         assert ("g1-blade-0", "takeover", "home") in blades.calls

@@ -219,6 +219,8 @@ class Runtime:
     first_bad: dict[str, float] = dataclasses.field(default_factory=dict)  # blade -> monotonic time
     seen_ready: set[str] = dataclasses.field(default_factory=set)
     next_backup_check: float = 0.0
+    replacing: set[str] = dataclasses.field(default_factory=set)  # blades whose failed pod was deleted
+    status: dict[str, Any] | None = None  # the status this daemon last wrote (the body may lag behind)
     deferred: bool = False
     rolling: bool = False
 
@@ -267,10 +269,15 @@ def _pod_obs(summary: Mapping[str, Any], *, now: datetime.datetime, seen_ready: 
     )
 
 
+def _status(body: kopf.Body, rt: Runtime) -> dict[str, Any]:
+    """The group's status as this daemon last wrote it, over what the (possibly stale) body says."""
+    return {**body.get("status", {}), **(rt.status or {})}
+
+
 async def _pass(
     body: kopf.Body, *, name: str, namespace: str, rt: Runtime, pods: kopf.Index[Any, Any], arrays: kopf.Index[Any, Any]
 ) -> None:
-    status = body.get("status", {})
+    status = _status(body, rt)
     if status.get("portion") is None:
         return
     try:
@@ -322,7 +329,8 @@ async def _pass(
         await _sync_services(body, name=name, namespace=namespace, array=spec.disk_array, owners=owners, rt=rt)
         backups = await _backups(body, name=name, namespace=namespace, spec=spec, array=array, states=p.states,
                                  summaries=summaries, rt=rt)
-        await _write_status(body, name=name, namespace=namespace, spec=spec, plan=p, owners=owners,
+        array_ready = conditions.is_true(array["status"].get("conditions", []), conditions.READY)
+        await _write_status(body, name=name, namespace=namespace, spec=spec, plan=p, owners=owners, array_ready=array_ready,
                             fs_names=fs_names, summaries=summaries, failovers=failovers, backups=backups,
                             version=da.software_version, rt=rt)
 
@@ -356,7 +364,8 @@ class _Actor:
         kopf.adopt(pod, owner=self.body)
         _, created = await kube.client().create(pod)
         if created:
-            replaced = pod["metadata"]["name"] in self.rt.seen_ready
+            replaced = pod["metadata"]["name"] in self.rt.replacing
+            self.rt.replacing.discard(pod["metadata"]["name"])
             events.normal(self.body, "BladeReplaced" if replaced else "BladeCreated",
                           f"blade pod {pod['metadata']['name']} (software {self.da.software_version})")
 
@@ -364,6 +373,7 @@ class _Actor:
         await kube.client().delete("Pod", action.name, namespace=self.namespace)
         self.rt.seen_ready.discard(action.name)
         if action.reason == "Failed":
+            self.rt.replacing.add(action.name)
             events.warning(self.body, "BladeFailed", f"blade {action.name} failed; replacing its pod")
         elif action.reason == "Upgrade":
             events.normal(self.body, "Upgrading", f"blade {action.name} restarts on software {self.da.software_version}")
@@ -445,7 +455,7 @@ async def _backups(
     """Run a backup through a Running blade if one is asked for or due; return the new status.backups."""
     annotations = body.metadata.get("annotations", {}) or {}
     on_demand = naming.A_BACKUP_NOW in annotations
-    backups = dict(body.get("status", {}).get("backups", {}))
+    backups = dict(_status(body, rt).get("backups", {}))
     now = datetime.datetime.now(datetime.UTC)
     last_ok = conditions.parse_time(backups.get("lastSuccessful"))
     last_try = conditions.parse_time(backups.get("lastAttempt")) or conditions.parse_time(body.metadata.get("creationTimestamp"))
@@ -455,8 +465,7 @@ async def _backups(
             return None
         if (now - last_try).total_seconds() < spec.backup.interval:
             return None
-        age = (now - last_ok).total_seconds() if last_ok else float("inf")
-        trigger = "MaxAge" if age >= spec.backup.max_age else "Interval"
+        trigger = "Interval"
     blade = next((s for _, s in sorted(summaries.items()) if states.get(s["name"]) == "Running"), None)
     if blade is None:
         rt.next_backup_check = time.monotonic() + 5
@@ -464,7 +473,10 @@ async def _backups(
     token = await _array_token(namespace, spec.disk_array)
     if trigger == "Interval":
         load = await _load_percent(namespace, spec.disk_array, token)
-        if load is not None and load >= spec.backup.load_threshold:
+        age = (now - last_ok).total_seconds() if last_ok else float("inf")
+        if load is not None and load >= spec.backup.load_threshold and age >= spec.backup.max_age:
+            trigger = "MaxAge"  # too old to wait any longer, whatever the load
+        elif load is not None and load >= spec.backup.load_threshold:
             rt.next_backup_check = time.monotonic() + 10
             if not rt.deferred:
                 rt.deferred = True
@@ -513,10 +525,10 @@ async def _load_percent(namespace: str, array: str, token: str) -> int | None:
 async def _write_status(
     body: kopf.Body, *, name: str, namespace: str, spec: cg_spec.ClusterGroupSpec, plan: planner.Plan,
     owners: Mapping[str, str], fs_names: list[str], summaries: Mapping[int, Mapping[str, Any]],
-    failovers: list[dict[str, Any]], backups: dict[str, Any] | None, version: str, rt: Runtime,
+    failovers: list[dict[str, Any]], backups: dict[str, Any] | None, version: str, rt: Runtime, array_ready: bool,
 ) -> None:
     """Patch status only when something changed (no API request on an idle pass)."""
-    old = body.get("status", {})
+    old = _status(body, rt)
     generation = int(body.metadata.get("generation", 0))
     by_index = {int(s["index"]): s for s in summaries.values()}
     blades: list[dict[str, Any]] = []
@@ -533,7 +545,10 @@ async def _write_status(
     unserved = [fs for fs, o in owners.items() if plan.states.get(o) != "Running"]
     bad = [b["name"] for b in blades if b["state"] in ("Failed", "Suspect")]
     cond = list(old.get("conditions", []))
-    if running == spec.blades.count and not unserved:
+    if not array_ready:
+        cond = conditions.set_condition(cond, type=conditions.READY, status="False", reason="DiskArrayNotReady",
+                                        message=f"DiskArray {spec.disk_array} is not Ready yet", generation=generation)
+    elif running == spec.blades.count and not unserved:
         cond = conditions.set_condition(cond, type=conditions.READY, status="True", reason="AllBladesRunning",
                                         message=f"{running} blades running, {len(fs_names)} file systems served",
                                         generation=generation)
@@ -586,3 +601,4 @@ async def _write_status(
     changed = {k: v for k, v in new.items() if old.get(k) != v and not (v is None and k not in old)}
     if changed:
         await kube.client().patch("ClusterGroup", name, {"status": changed}, namespace=namespace, subresource="status")
+        rt.status = {**(rt.status or {}), **changed}
