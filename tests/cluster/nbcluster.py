@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from string import Template
 
@@ -103,12 +104,38 @@ def ensure_built(components: str = "tier1") -> None:
         "tier1": [etcd_bin(), k8s_bin("kube-apiserver"), k8s_bin("kube-controller-manager"),
                   k8s_bin("kubectl"), kwok_bin()],
     }
-    needed["tier2"] = needed["tier1"] + [k8s_bin("kube-scheduler"), k8s_bin("kubelet"),
-                                         k8s_bin("kube-proxy"), helm_bin()]
+    needed["tier2"] = needed["tier1"] + [
+        k8s_bin("kube-scheduler"), k8s_bin("kubelet"), k8s_bin("kube-proxy"), helm_bin(),
+        BIN_ROOT / "pause-1" / "pause",
+        BIN_ROOT / f"coredns-{VERSIONS['COREDNS_VERSION']}" / "coredns",
+        BIN_ROOT / f"local-path-provisioner-{VERSIONS['LPP_VERSION']}" / "local-path-provisioner"]
     if all(p.exists() for p in needed.get(components, [])):
         return
     log(f"building missing {components} binaries (see {CACHE}/logs); this can take a while")
     subprocess.run([str(CLUSTER_DIR / "build.sh"), components], check=True)
+
+
+def ensure_images() -> None:
+    """Build the local images unless every one of them is in the tar cache."""
+    tags = subprocess.run([str(CLUSTER_DIR / "images.sh"), "tags"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    tars = [CACHE / "images" / (t.replace("/", "_").replace(":", "_") + ".tar") for t in tags]
+    if not all(t.exists() for t in tars):
+        subprocess.run([str(CLUSTER_DIR / "images.sh"), "build", "all"], check=True)
+
+
+@contextlib.contextmanager
+def locked(name: str) -> Iterator[None]:
+    """Serialize cluster operations between processes (pytest workers, make, users)."""
+    import fcntl
+
+    STATE_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(STATE_ROOT / f"{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def free_port() -> int:
@@ -656,8 +683,13 @@ class Tier2:
                             input=text)
 
     def up(self) -> Tier2:
+        with locked("tier2"):
+            return self._up()
+
+    def _up(self) -> Tier2:
         t0 = time.monotonic()
         ensure_built("tier2")
+        ensure_images()
         if self.healthy():
             log(f"tier 2 already up (KUBECONFIG={self.kubeconfig})")
             return self
@@ -724,6 +756,10 @@ class Tier2:
         return r.stdout.strip() not in ("", "0")
 
     def down(self) -> None:
+        with locked("tier2"):
+            self._down()
+
+    def _down(self) -> None:
         log("stopping tier 2")
         self.procs.stop("kube-proxy")
         self.procs.stop("kubelet")
@@ -752,6 +788,7 @@ class Tier2:
     def reset(self) -> None:
         """down + forget all cluster state (etcd data, certificates, pod volumes)."""
         self.down()
+        log("removing tier-2 state")
         shutil.rmtree(self.dir, ignore_errors=True)
         shutil.rmtree("/var/lib/kubelet/pods", ignore_errors=True)
         shutil.rmtree("/var/lib/nasblade/local-path", ignore_errors=True)
@@ -857,10 +894,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "tier1-up":
         ensure_built("tier1")
         cp = tier1_persistent()
-        if cp.healthy():
-            log("tier 1 already up")
-        else:
-            cp.start()
+        with locked("tier1"):
+            if cp.healthy():
+                log("tier 1 already up")
+            else:
+                cp.start()
         print(f"export KUBECONFIG={cp.kubeconfig}")
     elif a.cmd == "tier1-down":
         tier1_persistent().stop()
