@@ -35,6 +35,14 @@ COMMANDS: dict[str, Command] = {
     "up": Command("nasblade.standalone.main", "run a whole array on this machine (controller + blades)"),
     "blade-file-processor": Command("nasblade.bladeapi.agent", "a blade's file processor with heartbeats to its block processor (run by the boot shim)"),
     "operator": Command("nasblade_operator.main", "run the kopf operator for DiskArray and ClusterGroup resources"),
+    "status": Command("nasblade.terminal.commands.status", "management terminal: arrays, LUs, cache/load, groups, blades, backups"),
+    "backup": Command("nasblade.terminal.commands.backup", "management terminal: request a cluster group's backup and follow it"),
+    "takeover": Command("nasblade.terminal.commands.takeover", "management terminal: move a file system to a blade (or --dry-run)"),
+    "giveback": Command("nasblade.terminal.commands.giveback", "management terminal: give a file system back to its home blade"),
+    "map": Command("nasblade.terminal.commands.map", "management terminal: draw the array as SVG (and PNG)"),
+    "events": Command("nasblade.terminal.commands.events", "management terminal: what the array did and does (-f to follow)"),
+    "watch": Command("nasblade.terminal.commands.watch", "management terminal: live status view"),
+    "completion": Command("nasblade.terminal.commands.completion", "print a shell completion script (bash, zsh)"),
 }
 
 

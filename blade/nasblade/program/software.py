@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = sub.add_parser("remove", help="drop a version from the catalog")
     r.add_argument("version")
     sub.add_parser("running", help="print the version and location of the code running this command")
+    from nasblade.terminal.commands import rollout  # `software rollout V` (management terminal)
+
+    rollout.add_parser(sub)
 
 
 def _store(args: argparse.Namespace) -> ProgramStore:
@@ -56,6 +59,10 @@ def _store(args: argparse.Namespace) -> ProgramStore:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "rollout":
+        from nasblade.terminal.commands import rollout
+
+        return rollout.run(args)
     try:
         if args.action == "running":
             info = {"version": bundle.running_version(), "code": str(Path(nasblade.__file__).parent)}

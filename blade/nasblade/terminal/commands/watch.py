@@ -1,0 +1,51 @@
+"""A live view of the array: the status tables, refreshed, with the latest events under them
+(``events --follow`` for a plain stream). Ctrl-C to leave.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from rich.console import Group
+from rich.live import Live
+
+from nasblade.terminal import plan, render
+from nasblade.terminal.commands import examples, name
+from nasblade.terminal.commands.events import add_follow_arguments
+from nasblade.terminal.model import Event
+from nasblade.terminal.target import add_target_arguments, guarded, open_source
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_follow_arguments(parser)
+    parser.add_argument("--events", type=int, default=10, metavar="N", help="how many recent events to show (default 10)")
+    add_target_arguments(parser, output=False)
+    examples(parser, """\
+  nasblade watch --data-dir ./nasblade-data
+  kubectl nas watch -n storage --interval 2
+""")
+
+
+def run(args: argparse.Namespace) -> int:
+    def body() -> int:
+        source = open_source(args)
+        prev = source.snapshot()
+        recent: list[Event] = []
+        console = render.console(sys.stdout)
+
+        def view() -> Group:
+            return Group(render.status_tables(prev), render.events_table(recent[-args.events:]))
+
+        end = None if args.duration is None else time.monotonic() + args.duration
+        with Live(view(), console=console, refresh_per_second=4, screen=False) as live:
+            while end is None or time.monotonic() < end:
+                time.sleep(args.interval)
+                cur = source.snapshot()
+                recent.extend(plan.diff_events(prev, cur))
+                prev = cur
+                live.update(view())
+        return 0
+
+    return guarded(name(args), body)

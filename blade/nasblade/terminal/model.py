@@ -1,0 +1,123 @@
+"""The snapshot of an array that every command reads and ``-o json`` prints.
+
+Both sources (``standalone``, ``kube``) fill these records from what the system reports;
+``render``, ``svgmap`` and ``plan`` only read them. Field names follow the control API and the
+CRD status (camelCase), so the JSON an administrator scripts against looks like the rest of
+the system. Sizes are bytes; ages are seconds; times are RFC 3339 UTC strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+LUKind = Literal["program", "processorInfo", "backup", "fileSystem", "other"]
+BladeState = Literal["ok", "suspect", "dead", "stopped", "unknown"]
+
+
+class Device(TypedDict):
+    index: int
+    size: int
+    free: int
+    path: str | None
+
+
+class LU(TypedDict):
+    name: str
+    kind: LUKind
+    size: int
+    devices: list[int]
+    fileSystem: str | None
+    reservation: dict[str, Any] | None
+
+
+class Area(TypedDict):
+    """One portion of the processor-info LU or one backup area of the backup LU."""
+
+    lu: str
+    group: str
+    index: int
+    offset: int
+    size: int
+    role: Literal["portion", "backup"]
+
+
+class Blade(TypedDict):
+    name: str
+    group: str
+    state: BladeState
+    reason: str
+    fileSystems: list[str]
+    heartbeatAge: float | None
+    softwareVersion: str | None
+    activeArea: str | None
+    slot: int | None
+    api: str | None
+
+
+class FileSystem(TypedDict):
+    name: str
+    group: str
+    lu: str
+    size: int
+    blade: str | None
+    homeBlade: str | None
+    epoch: int | None
+    endpoint: str | None
+
+
+class Backup(TypedDict):
+    """One processor-information copy (a controller copy job or a status history entry)."""
+
+    id: str | None
+    group: str
+    source: str
+    target: str
+    state: str
+    bytesDone: int
+    bytesTotal: int
+    started: str | None
+    finished: str | None
+    trigger: str | None
+    error: str | None
+
+
+class Group(TypedDict):
+    name: str
+    array: str
+    portion: int | None
+    activeArea: str | None
+    failureTimeout: float
+    blades: list[Blade]
+    fileSystems: list[str]
+    lastBackup: Backup | None
+    rollout: dict[str, Any] | None
+
+
+class ArrayView(TypedDict):
+    name: str
+    ready: bool | None
+    size: int | None
+    free: int | None
+    devices: list[Device]
+    lus: list[LU]
+    areas: list[Area]
+    cache: dict[str, Any]
+    load: dict[str, Any]
+    software: dict[str, Any]
+    controller: str | None
+
+
+class Snapshot(TypedDict):
+    target: dict[str, Any]
+    time: str
+    arrays: list[ArrayView]
+    groups: list[Group]
+    fileSystems: list[FileSystem]
+    backups: list[Backup]
+
+
+class Event(TypedDict):
+    time: str
+    kind: str
+    object: str
+    message: str
