@@ -12,10 +12,9 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from nasblade.nfs import types as t
 from nfs_harness import Controller, FileProcessor, export, nasblade
 from nfs_rpcclient import RawClient
-
-from nasblade.nfs import types as t
 
 pytestmark = [pytest.mark.component, pytest.mark.slow]
 

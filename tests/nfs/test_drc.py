@@ -7,11 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from nfs_harness import FileProcessor
-from nfs_rpcclient import RawClient, auth_sys
-
 from nasblade.nfs import types as t
 from nasblade.rpc import message, xdr
+from nfs_harness import FileProcessor
+from nfs_rpcclient import RawClient, auth_sys
 
 pytestmark = pytest.mark.component
 GETATTR_RES = t.result(t.FATTR, xdr.Void)

@@ -600,10 +600,10 @@ class FileSystem:
         with self._op():
             d = self._prepare_create(dir_ino, name, cred)
             a = self.getattr(ino)
-            if a.type == FType.DIR:
-                raise FsError(errno.EISDIR)
             if self._entry(dir_ino, name) is not None:
                 raise FsError(errno.EEXIST)
+            if a.type == FType.DIR:
+                raise FsError(errno.EPERM)  # like link(2); NFS3ERR_ISDIR is not a LINK error
             del d
             t = now_ns()
             self._link_entry(dir_ino, name, ino, t)
@@ -644,6 +644,8 @@ class FileSystem:
                 return
             if sa.type == FType.DIR and from_dir != to_dir and self._is_ancestor(src, to_dir):
                 raise FsError(errno.EINVAL)
+            if dst is not None and self._is_ancestor(dst, from_dir):
+                raise FsError(errno.ENOTEMPTY)  # the target contains the source (as Linux)
             t = now_ns()
             if dst is not None:
                 da = self.getattr(dst)
