@@ -110,9 +110,9 @@ class Local:
     def _p(self, p: str) -> str:
         return str(self.root) + p
 
-    def _run(self, fn: Callable[[], Any]) -> Any:
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            r = fn()
+            r = fn(*args)
             return "ok" if r is None else r
         except OSError as e:
             return e.errno
@@ -197,23 +197,23 @@ def test_random_operations_match_a_local_file_system(
         elif op == "read":
             a, b = nfs.read(p), loc.read(p)
         elif op == "mkdir":
-            a, b = nfs.call(libnfs.nfs_mkdir, p), loc._run(lambda: os.mkdir(loc._p(p)))
+            a, b = nfs.call(libnfs.nfs_mkdir, p), loc._run(os.mkdir, loc._p(p))
         elif op == "rmdir":
-            a, b = nfs.call(libnfs.nfs_rmdir, p), loc._run(lambda: os.rmdir(loc._p(p)))
+            a, b = nfs.call(libnfs.nfs_rmdir, p), loc._run(os.rmdir, loc._p(p))
         elif op == "unlink":
-            a, b = nfs.call(libnfs.nfs_unlink, p), loc._run(lambda: os.unlink(loc._p(p)))
+            a, b = nfs.call(libnfs.nfs_unlink, p), loc._run(os.unlink, loc._p(p))
         elif op == "rename":
-            a, b = nfs.call(libnfs.nfs_rename, p, q), loc._run(lambda: os.rename(loc._p(p), loc._p(q)))
+            a, b = nfs.call(libnfs.nfs_rename, p, q), loc._run(os.rename, loc._p(p), loc._p(q))
         elif op == "link":
-            a, b = nfs.call(libnfs.nfs_link, p, q), loc._run(lambda: os.link(loc._p(p), loc._p(q)))
+            a, b = nfs.call(libnfs.nfs_link, p, q), loc._run(os.link, loc._p(p), loc._p(q))
         elif op == "symlink":
             # Dangling targets only: following links is the client's business, not the server's.
             target = rng.choice(["nowhere", "../nowhere", "/x/nowhere", "no/where"])
-            a, b = nfs.call(libnfs.nfs_symlink, target, p), loc._run(lambda: os.symlink(target, loc._p(p)))
+            a, b = nfs.call(libnfs.nfs_symlink, target, p), loc._run(os.symlink, target, loc._p(p))
         elif op == "readlink":
             a, b = nfs.readlink(p), loc.readlink(p)
         elif op == "truncate":
-            a, b = nfs.call(libnfs.nfs_truncate, p, size), loc._run(lambda: os.truncate(loc._p(p), size))
+            a, b = nfs.call(libnfs.nfs_truncate, p, size), loc._run(os.truncate, loc._p(p), size)
         elif op == "stat":
             a, b = nfs.stat(p), loc.stat(p)
         else:
