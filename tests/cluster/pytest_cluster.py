@@ -69,21 +69,33 @@ def _kubectl() -> str:
     return str(p) if p.exists() else "kubectl"
 
 
+# One private tier-1 cluster per pytest process, even when several conftest.py files import
+# these fixtures (each import makes a separate fixture, they share this cluster).
+_TIER1: dict[str, object] = {"users": 0}
+
+
 @pytest.fixture(scope="session")
 def tier1_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     ext = os.environ.get("NASBLADE_TIER1_KUBECONFIG")
     if ext:
         yield ExternalCluster(ext)
         return
-    nbcluster.ensure_built("tier1")
-    cp = nbcluster.ControlPlane(tmp_path_factory.mktemp("tier1"), controller_manager=True)
+    if "cp" not in _TIER1:
+        nbcluster.ensure_built("tier1")
+        cp = nbcluster.ControlPlane(tmp_path_factory.mktemp("tier1"), controller_manager=True)
+        try:
+            cp.start()
+        except Exception:
+            cp.stop()
+            raise
+        _TIER1["cp"] = cp
+    _TIER1["users"] = int(_TIER1["users"]) + 1  # type: ignore[call-overload]
     try:
-        cp.start()
-    except Exception:
-        cp.stop()
-        raise
-    yield cp
-    cp.stop()
+        yield _TIER1["cp"]
+    finally:
+        _TIER1["users"] = int(_TIER1["users"]) - 1  # type: ignore[call-overload]
+        if _TIER1["users"] == 0:
+            _TIER1.pop("cp").stop()  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
