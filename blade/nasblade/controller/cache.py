@@ -38,10 +38,10 @@ Key = tuple[str, int]
 class Line:
     __slots__ = ("buf", "dirty", "index", "lu", "valid")
 
-    def __init__(self, lu: layout.LURecord, index: int) -> None:
+    def __init__(self, lu: layout.LURecord, index: int, buf: bytearray | None = None) -> None:
         self.lu = lu
         self.index = index
-        self.buf = bytearray(LINE)
+        self.buf = bytearray(LINE) if buf is None else buf
         self.valid = 0
         self.dirty = 0
 
@@ -143,12 +143,14 @@ class Cache:
         if line is not None:
             self.lines.move_to_end(key)
             return line
+        reuse = None
         while len(self.lines) * LINE >= self.capacity:
             vkey, victim = self.lines.popitem(last=False)
             if victim.dirty:
                 self._destage_line(victim)
                 self.dirty.pop(vkey, None)
-        line = Line(lu, index)
+            reuse = victim.buf  # a fresh 64 KiB bytearray costs page faults; recycle
+        line = Line(lu, index, reuse)
         self.lines[key] = line
         return line
 
