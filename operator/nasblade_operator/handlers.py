@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import kopf
+from nasblade import ready
 
 from nasblade_operator import arrayapi, bladeapi, metrics, settings
 from nasblade_operator.clustergroup import handlers as clustergroup_handlers
@@ -39,6 +40,7 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     bladeapi.reset()
     metrics.start(config.metrics_port)
     logger.info("nasblade operator: image %s, metrics on :%s", config.image, config.metrics_port or "off")
+    ready.announce("operator", {"metrics": f"http://0.0.0.0:{config.metrics_port}/metrics" if config.metrics_port else None})
 
 
 @kopf.on.cleanup()

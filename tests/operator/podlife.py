@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pykube
@@ -32,6 +33,9 @@ class FakeKubelet:
         self._stop = threading.Event()
         self._ips: dict[str, str] = {}
         self._thread = threading.Thread(target=self._run, name="fake-kubelet", daemon=True)
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fake-kubelet")
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
         self._resp: Any = None
 
     def start(self) -> FakeKubelet:
@@ -43,6 +47,7 @@ class FakeKubelet:
         if self._resp is not None:
             self._resp.close()
         self._thread.join(timeout=5)
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _run(self) -> None:
         rv = ""
@@ -80,8 +85,22 @@ class FakeKubelet:
         conds = {c["type"]: c.get("status") for c in pod.get("status", {}).get("conditions", [])}
         if conds.get("Ready") == "True":
             return
-        self._set(meta["namespace"], meta["name"], ready=True, phase="Running")
-        self.readied += 1
+        with self._lock:
+            if meta["uid"] in self._pending:
+                return
+            self._pending.add(meta["uid"])
+        self._pool.submit(self._ready, meta["namespace"], meta["name"], meta["uid"])
+
+    def _ready(self, namespace: str, name: str, uid: str) -> None:
+        try:
+            if uid not in self.held:
+                self._set(namespace, name, ready=True, phase="Running")
+                self.readied += 1
+        except (requests.RequestException, OSError):
+            pass  # the pod went away meanwhile, or the API server is stopping
+        finally:
+            with self._lock:
+                self._pending.discard(uid)
 
     def _set(self, namespace: str, name: str, *, ready: bool, phase: str) -> None:
         t = _now()
