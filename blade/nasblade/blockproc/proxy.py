@@ -107,6 +107,7 @@ class ProxyServer:
             reply = await pool.request(req.cmd, req.offset, length, flags=req.flags, payload=req.payload)
         if writer.is_closing():
             return
-        writer.write(proto.simple_reply(req.cookie, reply.error))
         if req.cmd == proto.Cmd.READ and reply.error == 0:
-            writer.write(reply.data)
+            writer.writelines((proto.simple_reply(req.cookie, 0), reply.data))
+        else:
+            writer.write(proto.simple_reply(req.cookie, reply.error))

@@ -35,6 +35,8 @@ from nasblade.nbd import proto
 
 log = logging.getLogger(__name__)
 
+_SMALL = 64 * 1024  # payloads up to this size are sent in one buffer with their header
+_HIGH_WATER = 8 << 20  # wait for the socket to drain past this much queued data
 _BACKOFF_START = 0.05
 _BACKOFF_MAX = 2.0
 
@@ -158,13 +160,19 @@ class Connection:
         cookie = next(self._cookies)
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[cookie] = (cmd, length, fut)
-        self.writer.write(proto.build_request(cmd, cookie, offset, length, flags=flags))
-        if payload is not None:
-            self.writer.write(payload)
-        try:
-            await self.writer.drain()
-        except OSError as exc:
-            self._fail_all(f"send failed: {exc!r}")
+        header = proto.build_request(cmd, cookie, offset, length, flags=flags)
+        if payload is None:
+            self.writer.write(header)
+        elif len(payload) <= _SMALL:
+            self.writer.write(header + bytes(payload))
+        else:
+            self.writer.writelines((header, payload))
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() > _HIGH_WATER:
+            try:
+                await self.writer.drain()
+            except OSError as exc:
+                self._fail_all(f"send failed: {exc!r}")
         return await fut
 
     async def close(self) -> None:
@@ -289,13 +297,14 @@ class UpstreamPool:
             if not first:
                 self.stats.retried += 1
             first = False
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return Reply(proto.EIO)
-            try:
-                await asyncio.wait_for(self._ready.wait(), remaining)
-            except TimeoutError:
-                return Reply(proto.EIO)
+            if not self._ready.is_set():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return Reply(proto.EIO)
+                try:
+                    await asyncio.wait_for(self._ready.wait(), remaining)
+                except TimeoutError:
+                    return Reply(proto.EIO)
             try:
                 reply = await self._pick().request(cmd, offset, length, flags=flags, payload=payload)
             except ConnectionLost:
