@@ -1,0 +1,160 @@
+"""Fixtures for the management-terminal tests (``nasblade.terminal``).
+
+- ``array`` (module scope): a real standalone array, ``nasblade up`` on a temporary data
+  directory with free loopback ports: two cluster groups (``g1`` with blades ``g1-0``,
+  ``g1-1``; ``g2`` with ``g2-0``) and one file system per group (``fs1`` on ``g1-0``, ``fs2``
+  on ``g2-0``). It is an ``Array``: ``.data_dir``, ``.config`` (the YAML file), ``.endpoints``
+  (the ready line's endpoints), ``.control`` (a ``ControlClient`` with the array's token),
+  ``.blade(name)`` (a ``BladeClient``), ``.kill_blade(name)`` (SIGKILL both processes of a
+  blade). Stopped with SIGTERM at the end of the module.
+- ``cli``: runs ``python -m nasblade ARGS`` against ``array`` (``NASBLADE_DATA_DIR`` and
+  ``NASBLADE_CONFIG`` set) and returns the ``CompletedProcess`` (text, stdout/stderr captured).
+- ``snapshot``: a small hand-made ``model.Snapshot`` for the pure tests (no processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from nasblade import ready
+from nasblade.bladeapi.client import BladeClient
+from nasblade.controller.apiclient import ControlClient
+from nasblade.terminal.model import Snapshot
+
+NASBLADE = [sys.executable, "-m", "nasblade"]
+Cli = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Array:
+    data_dir: Path
+    config: Path
+    proc: subprocess.Popen[bytes]
+    endpoints: dict[str, Any]
+
+    @property
+    def control(self) -> ControlClient:
+        token = (self.data_dir / "secrets" / "controller-token").read_text().strip()
+        return ControlClient(self.endpoints["controller"]["api"], token)
+
+    def blade(self, name: str) -> BladeClient:
+        token = (self.data_dir / "secrets" / "blade-token").read_text().strip()
+        [b] = [b for b in self.endpoints["blades"] if b["name"] == name]
+        return BladeClient(b["api"], token)
+
+    def kill_blade(self, name: str) -> None:
+        [b] = [b for b in self.endpoints["blades"] if b["name"] == name]
+        for pid in (b["fileProcessorPid"], b["blockProcessorPid"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
+    """A running two-group standalone array (see the module docstring)."""
+    tmp = tmp_path_factory.mktemp("cli-array")
+    net = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}"
+    bp = free_port()
+    cfg = {
+        "array": {"devices": {"count": 2, "size": "192M"}, "cacheSize": "16M",
+                  "areas": {"programSize": "32M"}},
+        "clusterGroups": [{"name": "g1", "blades": 2, "failureTimeout": "1s"},
+                          {"name": "g2", "blades": 1, "failureTimeout": "1s"}],
+        "fileSystems": [{"name": "fs1", "size": "48M", "clusterGroup": "g1", "address": f"{net}.2"},
+                        {"name": "fs2", "size": "48M", "clusterGroup": "g2", "address": f"{net}.3"}],
+        "network": {"nbdPort": free_port(), "apiPort": free_port(), "bladeApiPort": bp,
+                    "nfsPort": free_port(), "mountPort": free_port(), "portmapPort": None},
+    }
+    # blade API ports are bladeApiPort + i: make sure the next two are free as well
+    for p in (bp + 1, bp + 2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
+    config = tmp / "array.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    data_dir = tmp / "data"
+    proc = subprocess.Popen([*NASBLADE, "up", "--config", str(config), "--data-dir", str(data_dir)],
+                            stdout=subprocess.PIPE)
+    try:
+        line = ready.wait_ready(proc, timeout=240)
+    except ready.NotReady:
+        proc.kill()
+        proc.wait()
+        raise
+    yield Array(data_dir=data_dir, config=config, proc=proc, endpoints=line["endpoints"])
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def cli(array: Array) -> Cli:
+    """``cli("status", "-o", "json")`` → CompletedProcess of ``nasblade`` against ``array``."""
+    env = {**os.environ, "NASBLADE_DATA_DIR": str(array.data_dir), "NASBLADE_CONFIG": str(array.config),
+           "COLUMNS": "160"}
+    env.pop("KUBECONFIG", None)
+
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*NASBLADE, *args], env=env, text=True, capture_output=True, timeout=timeout,
+                              check=False)
+
+    return run
+
+
+def _blade(name: str, group: str, state: str = "ok", fss: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"name": name, "group": group, "state": state, "reason": "" if state == "ok" else "heartbeat 9.0s old",
+            "fileSystems": list(fss), "heartbeatAge": 0.1, "softwareVersion": "1.0", "activeArea": "primary",
+            "slot": 0, "api": None}
+
+
+@pytest.fixture
+def snapshot() -> Snapshot:
+    """Array ``a`` with groups g1 (b1 serves fs1, b2 idle, b3 dead) and g2 (c1 serves fs2)."""
+    snap: dict[str, Any] = {
+        "target": {"kind": "standalone", "dataDir": "/x"}, "time": "2026-01-01T00:00:00Z",
+        "arrays": [{"name": "a", "ready": True, "size": 2 << 30, "free": 1 << 30,
+                    "devices": [{"index": 0, "size": 1 << 30, "free": 1 << 29, "path": "/d0"},
+                                {"index": 1, "size": 1 << 30, "free": 1 << 29, "path": "/d1"}],
+                    "lus": [{"name": n, "kind": k, "size": 64 << 20, "devices": [0, 1], "fileSystem": f, "reservation": None}
+                            for n, k, f in (("program", "program", None), ("procinfo", "processorInfo", None),
+                                            ("backup", "backup", None), ("fs-fs1", "fileSystem", "fs1"),
+                                            ("fs-fs2", "fileSystem", "fs2"))],
+                    "areas": [{"lu": "procinfo", "group": "g1", "index": 0, "offset": 0, "size": 1 << 20, "role": "portion"},
+                              {"lu": "backup", "group": "g1", "index": 0, "offset": 0, "size": 1 << 20, "role": "backup"}],
+                    "cache": {}, "load": {}, "software": {"current": "1.0", "versions": ["1.0"]}, "controller": None}],
+        "groups": [
+            {"name": "g1", "array": "a", "portion": 0, "activeArea": "primary", "failureTimeout": 2.0,
+             "blades": [_blade("b1", "g1", fss=("fs1",)), _blade("b2", "g1"), _blade("b3", "g1", "dead")],
+             "fileSystems": ["fs1"], "lastBackup": None, "rollout": None},
+            {"name": "g2", "array": "a", "portion": 1, "activeArea": "primary", "failureTimeout": 2.0,
+             "blades": [_blade("c1", "g2", fss=("fs2",))], "fileSystems": ["fs2"], "lastBackup": None, "rollout": None},
+        ],
+        "fileSystems": [
+            {"name": "fs1", "group": "g1", "lu": "fs-fs1", "size": 64 << 20, "blade": "b1", "homeBlade": "b1", "epoch": 1, "endpoint": None},
+            {"name": "fs2", "group": "g2", "lu": "fs-fs2", "size": 64 << 20, "blade": "c1", "homeBlade": "c1", "epoch": 1, "endpoint": None},
+        ],
+        "backups": [],
+    }
+    result: Snapshot = snap
+    return result

@@ -1,0 +1,211 @@
+"""The management terminal against a real standalone array (``nasblade up``), driven as an
+administrator would: the ``nasblade`` command line, compared with what the controller and the
+blades report through their own APIs. Tests that change the array (killing a blade) run last."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from nasblade.terminal.model import Snapshot
+
+NASBLADE = [sys.executable, "-m", "nasblade"]
+# fixtures from conftest.py: ``array`` (an Array) and ``cli`` (run nasblade against it)
+Array = Any
+Cli = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+pytestmark = pytest.mark.component
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def status(cli: Cli) -> Snapshot:
+    out = cli("status", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    snap: Snapshot = json.loads(out.stdout)
+    return snap
+
+
+def test_status_json_is_the_real_state(array: Array, cli: Cli) -> None:
+    snap = status(cli)
+    ctl = array.control
+    [view] = snap["arrays"]
+    real_lus = {lu["name"]: lu for lu in ctl.list_lus()}
+    assert {lu["name"]: lu["size"] for lu in view["lus"]} == {n: lu["size"] for n, lu in real_lus.items()}
+    assert {lu["name"]: lu["reservation"] for lu in view["lus"]} == {n: lu["reservation"] for n, lu in real_lus.items()}
+    real = ctl.array()
+    assert view["size"] == real["size"] and [d["size"] for d in view["devices"]] == [d["size"] for d in real["devices"]]
+    assert view["cache"]["size"] == ctl.cache()["size"]
+    assert view["software"]["current"] == array.endpoints["blades"][0]["software"]
+    groups = {g["name"]: g for g in snap["groups"]}
+    assert {g: [b["name"] for b in groups[g]["blades"]] for g in groups} == {"g1": ["g1-0", "g1-1"], "g2": ["g2-0"]}
+    for g in snap["groups"]:
+        for b in g["blades"]:
+            real_b = array.blade(b["name"]).status()
+            assert b["state"] == "ok", b
+            assert b["fileSystems"] == real_b["fileSystems"]
+            assert b["softwareVersion"] == real_b["software"]["version"]
+            assert b["slot"] == real_b["slot"]
+            assert 0 <= b["heartbeatAge"] < 1.0
+    owners = {f["name"]: f for f in snap["fileSystems"]}
+    assert owners["fs1"]["blade"] == "g1-0" and owners["fs2"]["blade"] == "g2-0"
+    assert owners["fs1"]["epoch"] == real_lus["fs-fs1"]["reservation"]["epoch"]
+    assert [a["group"] for a in view["areas"] if a["role"] == "portion"] == ["g1", "g2"]
+
+
+def test_status_yaml_and_table(cli: Cli) -> None:
+    as_yaml = cli("status", "-o", "yaml")
+    assert as_yaml.returncode == 0, as_yaml.stderr
+    doc = yaml.safe_load(as_yaml.stdout)
+    assert [g["name"] for g in doc["groups"]] == ["g1", "g2"]
+    table = cli("status")
+    assert table.returncode == 0, table.stderr
+    for word in ("g1-0", "g1-1", "g2-0", "fs-fs1", "fs-fs2", "procinfo", "backup", "program", "Cluster group g2"):
+        assert word in table.stdout
+    assert "Traceback" not in table.stderr
+
+
+def test_map_svg_parses_and_names_every_blade_and_lu(array: Array, cli: Cli, tmp_path: Path) -> None:
+    svg, png = tmp_path / "array.svg", tmp_path / "array.png"
+    out = cli("map", "--svg", str(svg), "--png", str(png))
+    assert out.returncode == 0, out.stderr
+    root = ET.parse(svg).getroot()
+    assert root.tag == f"{SVG}svg"
+    named: dict[str, set[str]] = {}
+    for g in root.iter(f"{SVG}g"):
+        named.setdefault(g.get("data-kind", ""), set()).add(g.get("data-name", ""))
+    assert named["blade"] == {"g1-0", "g1-1", "g2-0"}
+    assert named["lu"] == {lu["name"] for lu in array.control.list_lus()}
+    assert {"procinfo[0]", "procinfo[1]", "backup[0]", "backup[1]"} <= named["area"]
+    text = "".join(t.text or "" for t in root.iter(f"{SVG}text"))
+    assert "fs1" in text and "fs2" in text
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    # the PNG is the SVG's size (IHDR width/height)
+    assert int.from_bytes(data[16:20], "big") == int(root.get("width", "0"))
+
+
+def test_takeover_dry_run(cli: Cli) -> None:
+    ok = cli("takeover", "fs1", "--to", "g1-1", "--dry-run", "-o", "json")
+    assert ok.returncode == 0, ok.stderr
+    verdict = json.loads(ok.stdout)
+    assert verdict["possible"] is True and verdict["from"] == "g1-0" and verdict["reasons"] == []
+    other = cli("takeover", "fs1", "--to", "g2-0", "--dry-run")
+    assert other.returncode == 1
+    assert "g2-0 is in cluster group g2, fs1 belongs to g1" in other.stdout
+    same = cli("giveback", "fs1", "--dry-run")
+    assert same.returncode == 1 and "g1-0 already serves fs1" in same.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("takeover", "nofs", "--to", "g1-1", "--dry-run"), "no file system 'nofs' (known: fs1, fs2)"),
+    (("takeover", "fs1", "--to", "noblade", "--dry-run"), "no blade 'noblade'"),
+    (("backup", "nogroup"), "no cluster group 'nogroup'"),
+    (("backup", "g1", "--cross-group", "nogroup"), "no cluster group 'nogroup'"),
+])
+def test_unknown_names_exit_2(cli: Cli, args: tuple[str, ...], message: str) -> None:
+    out = cli(*args)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unreachable_controller_exits_3(cli: Cli) -> None:
+    port = free_port()
+    out = cli("status", "--controller", f"http://127.0.0.1:{port}")
+    assert out.returncode == 3
+    assert f"controller http://127.0.0.1:{port} does not answer" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_not_an_array_directory_exits_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("NASBLADE_DATA_DIR", "KUBECONFIG")}
+    out = subprocess.run([*NASBLADE, "status", "--data-dir", str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 2
+    assert "is not the data directory of an array" in out.stderr
+
+
+def test_backup_follows_or_says_it_is_not_available(array: Array, cli: Cli) -> None:
+    from nasblade.bladeapi.client import BladeClient
+
+    out = cli("backup", "g1", "--cross-group", "g2", "-o", "json", "--timeout", "120")
+    if not hasattr(BladeClient, "backup"):
+        assert out.returncode == 2
+        assert "on-demand backups are not in the blade management API" in out.stderr
+        return
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["succeeded"] is True and set(result["groups"]) == {"g1", "g2"}
+    jobs = {j["id"]: j for j in array.control.list_copy_jobs()}
+    for copy in result["copies"]:
+        assert jobs[copy["id"]]["state"] == "succeeded"
+
+
+def test_software_rollout_on_standalone_says_what_to_do(cli: Cli, array: Array) -> None:
+    out = cli("software", "rollout", "0.1.0")
+    assert out.returncode == 2
+    assert "no rolling restart" in out.stderr and "select 0.1.0" in out.stderr
+    listed = cli("software", "--program", f"nbd://{array.endpoints['controller']['nbd']}/program", "list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout)["current"]
+
+
+def test_events_and_follow(cli: Cli) -> None:
+    out = cli("events", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    owners = {e["object"]: e["message"] for e in json.loads(out.stdout) if e["kind"] == "Owner"}
+    assert "served by g1-0" in owners["fs1"] and "served by g2-0" in owners["fs2"]
+    follow = cli("events", "--follow", "--for", "2", "--interval", "0.5", "-o", "json")
+    assert follow.returncode == 0, follow.stderr
+    lines = [json.loads(line) for line in follow.stdout.splitlines()]
+    assert {e["object"] for e in lines if e["kind"] == "Owner"} == {"fs1", "fs2"}
+
+
+def test_watch_renders_and_stops(cli: Cli) -> None:
+    out = cli("watch", "--for", "1.5", "--interval", "0.5")
+    assert out.returncode == 0, out.stderr
+    assert "g1-0" in out.stdout and "Events" in out.stdout
+
+
+def test_help_has_examples_everywhere() -> None:
+    for cmd in ("status", "backup", "takeover", "giveback", "map", "events", "watch", "completion"):
+        out = subprocess.run([*NASBLADE, cmd, "--help"], capture_output=True, text=True, timeout=60, check=True)
+        assert "examples:" in out.stdout, cmd
+    kubectl = subprocess.run([sys.executable, "-m", "nasblade.terminal.kubectl", "--help"], capture_output=True,
+                             text=True, timeout=60, check=True)
+    assert "kubectl nas" in kubectl.stdout
+
+
+def test_a_killed_blade_turns_dead_and_cannot_take_over(array: Array, cli: Cli) -> None:
+    """Last: SIGKILL g1-1's block and file processors; the terminal reports it dead from its
+    stale heartbeat in the portion, and the dry run says why it cannot take fs1."""
+    array.kill_blade("g1-1")
+    deadline = time.monotonic() + 60
+    while True:
+        snap = status(cli)
+        [b] = [b for g in snap["groups"] for b in g["blades"] if b["name"] == "g1-1"]
+        if b["state"] == "dead":
+            break
+        assert time.monotonic() < deadline, b
+        time.sleep(0.5)
+    assert "heartbeat" in b["reason"]
+    others = {b["name"]: b["state"] for g in snap["groups"] for b in g["blades"] if b["name"] != "g1-1"}
+    assert others == {"g1-0": "ok", "g2-0": "ok"}
+    out = cli("takeover", "fs1", "--to", "g1-1", "--dry-run")
+    assert out.returncode == 1 and "g1-1 is dead" in out.stdout
+    with socket.socket() as s:  # its management API is really gone
+        assert s.connect_ex(("127.0.0.1", int(array.endpoints["blades"][1]["api"].rsplit(":", 1)[1]))) != 0

@@ -1,0 +1,110 @@
+"""Pure parts of the management terminal: health classification, takeover dry run, events from
+snapshot differences, the SVG map of a hand-made snapshot, Kubernetes quantity parsing and the
+completion script. No processes, no network."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import pytest
+from nasblade.terminal import health, kube, plan, svgmap
+from nasblade.terminal.commands import completion
+from nasblade.terminal.errors import UsageError
+from nasblade.terminal.model import Snapshot
+
+
+@pytest.mark.parametrize(("slot_state", "age", "reachable", "expected"), [
+    ("running", 0.1, True, "ok"),
+    ("running", 0.1, None, "ok"),
+    ("running", 0.1, False, "suspect"),
+    ("running", 5.0, True, "suspect"),
+    ("running", 5.0, False, "dead"),
+    ("stopped", 0.1, True, "stopped"),
+    (None, None, False, "dead"),
+    (None, None, True, "unknown"),
+])
+def test_blade_state(slot_state: str | None, age: float | None, reachable: bool | None, expected: str) -> None:
+    state, reason = health.blade_state(slot_state=slot_state, heartbeat_age=age, reachable=reachable, failure_timeout=2.0)
+    assert state == expected
+    assert (reason == "") == (expected == "ok")
+
+
+def test_takeover_possible_to_an_idle_peer(snapshot: Snapshot) -> None:
+    check = plan.check_takeover(snapshot, "fs1", "b2")
+    assert check.possible and check.reasons == []
+    assert check.current == "b1"
+    assert check.steps[0].startswith("b1 releases fs1")
+
+
+def test_takeover_refused_with_every_reason(snapshot: Snapshot) -> None:
+    dead = plan.check_takeover(snapshot, "fs1", "b3")
+    assert not dead.possible and dead.reasons == ["b3 is dead (heartbeat 9.0s old)"]
+    other = plan.check_takeover(snapshot, "fs1", "c1")
+    assert not other.possible and "c1 is in cluster group g2, fs1 belongs to g1" in other.reasons
+    same = plan.check_takeover(snapshot, "fs1", "b1")
+    assert same.reasons == ["b1 already serves fs1"]
+    snapshot["groups"][0]["activeArea"] = "backup"
+    assert any("backup area" in r for r in plan.check_takeover(snapshot, "fs1", "b2").reasons)
+
+
+def test_unknown_names_are_usage_errors(snapshot: Snapshot) -> None:
+    with pytest.raises(UsageError, match="no file system 'nope' \\(known: fs1, fs2\\)"):
+        plan.check_takeover(snapshot, "nope", "b2")
+    with pytest.raises(UsageError, match="no blade 'zz'"):
+        plan.check_takeover(snapshot, "fs1", "zz")
+    with pytest.raises(UsageError, match="no cluster group"):
+        plan.find_group(snapshot, "g9")
+
+
+def test_events_from_two_snapshots(snapshot: Snapshot) -> None:
+    cur: Any = copy.deepcopy(snapshot)
+    cur["groups"][0]["blades"][0]["state"] = "dead"
+    cur["groups"][0]["blades"][1]["fileSystems"] = ["fs1"]
+    cur["fileSystems"][0].update(blade="b2", epoch=2)
+    cur["groups"][0]["blades"][1]["softwareVersion"] = "1.1"
+    cur["backups"] = [{"id": "j1", "group": "g1", "source": "procinfo[0]", "target": "backup[0]", "state": "running",
+                       "bytesDone": 0, "bytesTotal": 1, "started": None, "finished": None, "trigger": None, "error": None}]
+    events = plan.diff_events(snapshot, cur)
+    kinds = [(e["kind"], e["object"]) for e in events]
+    assert ("BladeState", "b1") in kinds
+    assert ("Takeover", "fs1") in kinds
+    assert ("Software", "b2") in kinds
+    assert ("Backup", "g1") in kinds
+    back: Any = copy.deepcopy(cur)
+    back["fileSystems"][0].update(blade="b1", epoch=3)
+    assert [e["kind"] for e in plan.diff_events(cur, back)] == ["GiveBack"]
+    assert plan.diff_events(cur, cur) == []
+
+
+def test_svg_map_names_every_blade_and_lu(snapshot: Snapshot) -> None:
+    root = svgmap.build(snapshot).getroot()
+    xml = ET.fromstring(ET.tostring(root))  # it serialises and parses back
+    found: dict[str, set[str]] = {}
+    for g in xml.iter("{http://www.w3.org/2000/svg}g"):
+        found.setdefault(g.get("data-kind", ""), set()).add(g.get("data-name", ""))
+    assert found["blade"] == {"b1", "b2", "b3", "c1"}
+    assert found["lu"] == {"program", "procinfo", "backup", "fs-fs1", "fs-fs2"}
+    fills = {g.get("data-name"): g.find("{http://www.w3.org/2000/svg}rect").get("fill")  # type: ignore[union-attr]
+             for g in xml.iter("{http://www.w3.org/2000/svg}g") if g.get("data-kind") == "blade"}
+    assert fills["b3"] == health.COLOURS["dead"] and fills["b1"] == health.COLOURS["ok"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1Gi", 1 << 30), ("512M", 512 << 20), ("1073741824", 1 << 30),
+                                                 (None, None), ("lots", None)])
+def test_kube_quantity(text: str | None, expected: int | None) -> None:
+    assert kube.quantity(text) == expected
+
+
+def test_bash_completion_script_is_valid_and_completes() -> None:
+    from nasblade.cli import build_parser
+
+    script = completion.bash_script(build_parser(), prog="nasblade")
+    for word in ("status", "backup", "takeover", "giveback", "map", "events", "watch", "--cross-group", "--dry-run"):
+        assert word in script
+    probe = script + '\nCOMP_WORDS=(nasblade take); COMP_CWORD=1; _nasblade_complete; echo "${COMPREPLY[@]}"\n' \
+                     'COMP_WORDS=(nasblade takeover --dr); COMP_CWORD=2; _nasblade_complete; echo "${COMPREPLY[@]}"\n'
+    out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True, timeout=30)
+    assert out.stdout.splitlines() == ["takeover", "--dry-run"]
