@@ -1,0 +1,67 @@
+"""Fixtures of the end-to-end suite (tests/e2e): the real images on a real cluster.
+
+The cluster comes from tests/cluster/pytest_cluster.py (``e2e_cluster``): KUBECONFIG or
+NASBLADE_E2E_KUBECONFIG when set (kind, any cluster), else ``nbcluster.py up`` -- kind when
+it is installed with a node image, otherwise the local tier-2 cluster. The images
+(``make images``) are imported into it by ``imagetool.load`` before the first test.
+
+Fixtures defined here (all module-scoped: the steps of test_e2e_*.py build on each other in
+file order, as a user would run them):
+
+  kube      -- ``Kube``: kubectl/helm runner bound to the e2e kubeconfig (``kube.kubectl``,
+               ``kube.json``, ``kube.helm``, ``kube.wait``).
+  images    -- the image tags after they are imported into the cluster.
+  release   -- the chart installed as release ``nasblade-e2e`` in namespace
+               ``nasblade-e2e-system`` (helm install --wait); uninstalled at the end.
+  workload_ns -- a namespace (Pod Security "restricted" warn/audit labels) for the examples
+               and the client pod; deleted at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1] / "tests" / "cluster"))
+sys.path.insert(0, str(HERE))
+import imagetool  # noqa: E402
+from e2elib import CLIENT_IMAGE, IMAGE, RELEASE, RELEASE_NS, Kube  # noqa: E402
+from pytest_cluster import *  # noqa: E402, F403 - fixtures: e2e_cluster, e2e_kubeconfig
+
+
+@pytest.fixture(scope="module")
+def kube(e2e_kubeconfig: str) -> Kube:
+    return Kube(e2e_kubeconfig)
+
+
+@pytest.fixture(scope="module")
+def images(kube: Kube) -> list[str]:
+    tags = [IMAGE, CLIENT_IMAGE]
+    imagetool.load(tags)
+    return tags
+
+
+@pytest.fixture(scope="module")
+def release(kube: Kube, images: list[str]) -> Iterator[str]:
+    kube.helm("uninstall", RELEASE, "-n", RELEASE_NS, "--wait", check=False)
+    yield RELEASE
+    kube.helm("uninstall", RELEASE, "-n", RELEASE_NS, "--wait", check=False)
+    kube.kubectl("delete", "namespace", RELEASE_NS, "--ignore-not-found", "--wait=false",
+                 check=False)
+
+
+@pytest.fixture(scope="module")
+def workload_ns(kube: Kube) -> Iterator[str]:
+    ns = f"e2e-{uuid.uuid4().hex[:6]}"
+    manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {
+        "pod-security.kubernetes.io/warn": "restricted",
+        "pod-security.kubernetes.io/audit": "restricted"}}}
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+    yield ns
+    kube.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)

@@ -1,0 +1,83 @@
+"""Shared helpers of the end-to-end suite: constants, the kubectl/helm runner ``Kube`` and
+condition lookup. Imported by tests/e2e/conftest.py (fixtures) and the test modules; kept
+out of conftest.py so that test modules never import a ``conftest``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "tests" / "cluster"))
+import nbcluster  # noqa: E402
+
+VERSION = next(line.split('"')[1] for line in (REPO / "pyproject.toml").read_text().splitlines()
+               if line.startswith("version = "))
+IMAGE = f"nasblade/nasblade:{VERSION}"
+CLIENT_IMAGE = f"nasblade/nfs-client:{VERSION}"
+RELEASE = "nasblade-e2e"
+RELEASE_NS = "nasblade-e2e-system"
+CHART = REPO / "charts" / "nasblade"
+
+
+class Kube:
+    """kubectl and helm against one kubeconfig; every call bounded by a timeout."""
+
+    def __init__(self, kubeconfig: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.env = {"KUBECONFIG": kubeconfig, "PATH": nbcluster.tool_path(),
+                    "HOME": str(nbcluster.STATE_ROOT / "e2e-home")}
+        Path(self.env["HOME"]).mkdir(parents=True, exist_ok=True)
+
+    def _run(self, argv: list[str], *, check: bool, stdin: str | None,
+             timeout: float) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=self.env,
+                           timeout=timeout, check=False)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{' '.join(argv[:6])}... failed ({r.returncode}): {r.stderr.strip()}")
+        return r
+
+    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self._run([str(nbcluster.k8s_bin("kubectl")), *args], check=check, stdin=stdin,
+                         timeout=timeout)
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return self._run([str(nbcluster.helm_bin()), *args], check=check, stdin=None,
+                         timeout=timeout)
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def get(self, kind: str, name: str, *, namespace: str) -> dict[str, Any] | None:
+        r = self.kubectl("-n", namespace, "get", kind, name, "-o", "json", check=False)
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+    @staticmethod
+    def wait(what: str, pred: Callable[[], Any], *, timeout: float, interval: float = 1.0,
+             describe: Callable[[], Any] | None = None) -> Any:
+        """Poll ``pred`` until it returns something true; on timeout fail with ``describe()``
+        (what was seen instead)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = pred()
+            if value:
+                return value
+            time.sleep(interval)
+        seen = describe() if describe else None
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; seen: {seen!r}")
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    """The condition ``type_`` of an object's status ({} when absent)."""
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return dict(c)
+    return {}

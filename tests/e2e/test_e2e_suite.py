@@ -1,0 +1,120 @@
+"""End to end on a real cluster with the real images: the user's path from ``helm install`` to
+``helm uninstall`` (issue 8). The steps run in file order and build on each other, as a user
+would go: install the chart, apply examples/, ..., delete everything.
+
+Which steps of the issue run here is listed in docs/install.md ("End-to-end suite").
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from e2elib import CHART, IMAGE, RELEASE_NS, REPO, Kube, condition
+
+pytestmark = [pytest.mark.e2e, pytest.mark.tier2]
+
+ARRAY = "demo"        # examples/diskarray.yaml
+GROUP = "nas"         # examples/clustergroup.yaml
+EXAMPLES = REPO / "examples"
+
+
+def printer_row(kube: Kube, kind: str, name: str, *, namespace: str) -> dict[str, str]:
+    """``kubectl get KIND NAME`` as the user sees it: header -> cell."""
+    out = kube.kubectl("-n", namespace, "get", kind, name).stdout.splitlines()
+    assert len(out) == 2, out
+    header, row = out
+    # columns are separated by at least two spaces; cells never contain two spaces
+    starts = [i for i in range(len(header)) if header[i] != " " and (i == 0 or header[i - 1] == " ")]
+    cells = {}
+    for n, s in enumerate(starts):
+        e = starts[n + 1] if n + 1 < len(starts) else None
+        cells[header[s:e].strip()] = row[s:e].strip()
+    return cells
+
+
+def test_step1_helm_install_operator_ready(kube: Kube, release: str) -> None:
+    """1. helm install the chart; the operator becomes Ready."""
+    t0 = time.monotonic()
+    kube.helm("install", release, str(CHART), "--namespace", RELEASE_NS, "--create-namespace",
+              "--set", f"image.tag={IMAGE.split(':')[1]}", "--set", "statusInterval=3",
+              "--wait", "--timeout", "5m")
+    status = kube.helm("status", release, "-n", RELEASE_NS).stdout
+    assert "STATUS: deployed" in status
+    assert "rollout status deployment/" in status  # NOTES.txt prints the next command
+    dep = kube.json("-n", RELEASE_NS, "get", "deployment", "nasblade-e2e")
+    assert dep["status"].get("readyReplicas") == 1
+    pods = kube.json("-n", RELEASE_NS, "get", "pods", "-l", "app.kubernetes.io/component=operator")
+    assert len(pods["items"]) == 1
+    pod = pods["items"][0]
+    assert condition(pod, "Ready").get("status") == "True"
+    assert pod["spec"]["containers"][0]["image"] == IMAGE
+    logs = kube.kubectl("-n", RELEASE_NS, "logs", pod["metadata"]["name"]).stdout
+    assert "Traceback" not in logs
+    print(f"operator Ready {time.monotonic() - t0:.1f}s after helm install")
+
+
+def test_step2_diskarray_ready(kube: Kube, release: str, workload_ns: str) -> None:
+    """2. Apply the examples; the DiskArray reaches Ready=True and ``kubectl get`` shows its
+    printer columns filled in."""
+    kube.kubectl("-n", workload_ns, "apply", "-f", str(EXAMPLES))
+
+    def ready() -> Any:
+        obj = kube.get("diskarray", ARRAY, namespace=workload_ns)
+        return obj if condition(obj, "Ready").get("status") == "True" else None
+
+    obj = kube.wait("DiskArray Ready=True", ready, timeout=300, interval=2,
+                    describe=lambda: condition(kube.get("diskarray", ARRAY, namespace=workload_ns), "Ready"))
+    row = printer_row(kube, "diskarray", ARRAY, namespace=workload_ns)
+    assert row["READY"] == "True"
+    assert row["REASON"]
+    assert row["DEVICES"] == "2" and row["DEVICE-SIZE"] == "1Gi"
+    assert row["FILESYSTEMS"] == "1/1"
+    assert row["VERSION"] == "0.1.0"
+    # the controller really runs from the image, with its devices on bound PVCs
+    sts = kube.json("-n", workload_ns, "get", "statefulset", f"{ARRAY}-controller")
+    assert sts["status"].get("readyReplicas") == 1
+    assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE
+    pvcs = kube.json("-n", workload_ns, "get", "pvc")["items"]
+    assert sorted(p["metadata"]["name"] for p in pvcs) == [f"dev-0-{ARRAY}-controller-0",
+                                                          f"dev-1-{ARRAY}-controller-0"]
+    assert all(p["status"]["phase"] == "Bound" for p in pvcs)
+    lus = {fs["name"] for fs in obj["status"].get("fileSystems", [])}
+    assert lus == {"shared"}
+    assert "0.1.0" in obj["status"]["software"]["seeded"]
+    reasons = {e["reason"] for e in kube.json("-n", workload_ns, "get", "events", "--field-selector",
+                                              f"involvedObject.name={ARRAY}")["items"]}
+    assert {"LUsCreated", "ProgramSeeded"} <= reasons
+
+
+def test_step8_delete_everything(kube: Kube, release: str, workload_ns: str) -> None:
+    """8. Delete everything; helm uninstall; nothing is left behind except the device PVCs
+    the DiskArray's deletionPolicy (Retain) keeps, and the CRDs Helm never deletes."""
+    kube.kubectl("-n", workload_ns, "delete", "-f", str(EXAMPLES), "--wait=true", timeout=300)
+
+    def workload_left() -> list[str]:
+        return kube.kubectl("-n", workload_ns, "get", "all,secrets,diskarrays,clustergroups",
+                            "-o", "name").stdout.split()
+
+    kube.wait("the examples' objects to go", lambda: not workload_left(), timeout=180, interval=2)
+    pvcs = kube.json("-n", workload_ns, "get", "pvc")["items"]
+    assert sorted(p["metadata"]["name"] for p in pvcs) == [f"dev-0-{ARRAY}-controller-0",
+                                                          f"dev-1-{ARRAY}-controller-0"]
+    kube.helm("uninstall", release, "-n", RELEASE_NS, "--wait", "--timeout", "3m")
+    assert kube.helm("status", release, "-n", RELEASE_NS, check=False).returncode != 0
+    sel = f"app.kubernetes.io/instance={release}"
+    for kind in ("clusterroles", "clusterrolebindings", "clusterkopfpeerings"):
+        assert kube.kubectl("get", kind, "-l", sel, "-o", "name").stdout.split() == [], kind
+    def release_ns_left() -> list[str]:
+        out = kube.kubectl("-n", RELEASE_NS, "get",
+                           "all,serviceaccounts,roles,rolebindings,secrets,configmaps",
+                           "-o", "name").stdout.split()
+        # what Kubernetes itself puts into every namespace
+        return [o for o in out if o not in ("serviceaccount/default", "configmap/kube-root-ca.crt")]
+
+    # the operator pod gets its grace period to stop (kopf finishes its handlers)
+    kube.wait(f"namespace {RELEASE_NS} to be empty", lambda: not release_ns_left(),
+              timeout=90, interval=2, describe=release_ns_left)
+    crds = kube.kubectl("get", "crd", "-o", "name").stdout.split()
+    assert "customresourcedefinition.apiextensions.k8s.io/diskarrays.nasblade.io" in crds
