@@ -4,7 +4,10 @@ The file processor connects to a Unix socket (``nbd+unix:///LU?socket=PATH``) an
 every request is carried to the controller by the ``UpstreamPool`` of that LU
 (``nasblade.blockproc.upstream``). The handshake and request parsing are the sans-I/O
 ``nasblade.nbd.proto.ServerConnection``; this module is the thin asyncio shell around it.
-Requests run concurrently and replies go back as they complete (NBD allows any order).
+Requests run concurrently and replies go back as they complete (NBD allows any order); the
+shell is an ``asyncio.Protocol`` and hands each request to ``UpstreamPool.submit``, so a request
+costs a future and a callback, not a task. Past 64 MiB of data in flight it stops reading from
+the file processor until half of it is answered.
 Transmission flags are the controller's, so FLUSH/FUA/TRIM/WRITE_ZEROES mean exactly what
 they mean at the controller: a FLUSH is acknowledged only after the controller's FLUSH was.
 """
@@ -12,7 +15,7 @@ they mean at the controller: a FLUSH is acknowledged only after the controller's
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 
 from nasblade.blockproc.upstream import Reply, UpstreamPool
@@ -37,6 +40,92 @@ class Exports(proto.ExportLookup):
         return [info for name in sorted(self.pools) if (info := self.lookup(name)) is not None]
 
 
+_PAUSE_BYTES = 64 << 20  # stop reading from the file processor past this much data in flight
+_RESUME_BYTES = 32 << 20
+
+
+class _Downstream(asyncio.Protocol):
+    """One file-processor connection: sans-I/O ``ServerConnection`` in, pool futures out."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.conn = proto.ServerConnection(exports=server.exports)
+        self.pool: UpstreamPool | None = None
+        self.transport: asyncio.Transport | None = None
+        self.in_flight_bytes = 0
+        self.reading_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections += 1
+        transport.write(self.conn.initial_bytes())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # requests already handed to the pool still complete at the controller
+        self.server.connections -= 1
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        conn, transport = self.conn, self.transport
+        assert transport is not None
+        conn.receive_data(data)
+        while (ev := conn.next_event()) is not None:
+            out = conn.data_to_send()
+            if out:
+                transport.write(out)
+            if isinstance(ev, proto.Request):
+                self._carry(ev)
+            elif isinstance(ev, proto.Negotiated):
+                self.pool = self.server.exports.pools[ev.export.name]
+            elif isinstance(ev, proto.BadRequest):
+                transport.write(proto.simple_reply(ev.cookie, ev.error))
+            elif isinstance(ev, proto.Closed):
+                log.debug("file-processor connection closed: %s", ev.reason)
+                transport.close()
+                return
+        out = conn.data_to_send()
+        if out:
+            transport.write(out)
+
+    def _carry(self, req: proto.Request) -> None:
+        pool = self.pool
+        assert pool is not None
+        if req.cmd == proto.Cmd.READ and req.offset + req.length > pool.size:
+            self._reply(req, Reply(proto.EINVAL))
+            return
+        size = req.length if req.cmd in (proto.Cmd.READ, proto.Cmd.WRITE) else 0
+        self.in_flight_bytes += size
+        if self.in_flight_bytes > _PAUSE_BYTES and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        fut = pool.submit(req.cmd, req.offset, req.length, flags=req.flags, payload=req.payload)
+        fut.add_done_callback(functools.partial(self._done, req, size))
+
+    def _done(self, req: proto.Request, size: int, fut: asyncio.Future[Reply]) -> None:
+        self.in_flight_bytes -= size
+        if self.reading_paused and self.in_flight_bytes < _RESUME_BYTES and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        if fut.cancelled():
+            reply = Reply(proto.ESHUTDOWN)
+        elif (exc := fut.exception()) is not None:
+            log.error("request %s failed: %s", req.cmd, exc)
+            reply = Reply(proto.EIO)
+        else:
+            reply = fut.result()
+        self._reply(req, reply)
+
+    def _reply(self, req: proto.Request, reply: Reply) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if req.cmd == proto.Cmd.READ and reply.error == 0:
+            transport.writelines((proto.simple_reply(req.cookie, 0), reply.data))
+        else:
+            transport.write(proto.simple_reply(req.cookie, reply.error))
+
+
 class ProxyServer:
     """Serves ``Exports`` over NBD on a Unix socket."""
 
@@ -46,68 +135,10 @@ class ProxyServer:
         self.connections = 0
 
     async def start_unix(self, path: str) -> None:
-        self.server = await asyncio.start_unix_server(self._serve, path, limit=1 << 26)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_unix_server(lambda: _Downstream(self), path)
 
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        conn = proto.ServerConnection(exports=self.exports)
-        tasks: set[asyncio.Task[None]] = set()
-        pool: UpstreamPool | None = None
-        writer.write(conn.initial_bytes())
-        try:
-            while True:
-                data = await reader.read(1 << 20)
-                if not data:
-                    break
-                conn.receive_data(data)
-                closed = False
-                while (ev := conn.next_event()) is not None:
-                    out = conn.data_to_send()
-                    if out:
-                        writer.write(out)
-                    if isinstance(ev, proto.Negotiated):
-                        pool = self.exports.pools[ev.export.name]
-                    elif isinstance(ev, proto.BadRequest):
-                        writer.write(proto.simple_reply(ev.cookie, ev.error))
-                    elif isinstance(ev, proto.Request):
-                        assert pool is not None
-                        task = asyncio.create_task(self._carry(pool, ev, writer))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
-                    elif isinstance(ev, proto.Closed):
-                        closed = True
-                        break
-                out = conn.data_to_send()
-                if out:
-                    writer.write(out)
-                await writer.drain()
-                if closed:
-                    break
-        except (ConnectionError, OSError) as exc:
-            log.debug("file-processor connection ended: %s", exc)
-        finally:
-            if tasks:
-                # finish what was asked before the client hung up (writes must reach the controller)
-                await asyncio.gather(*tasks, return_exceptions=True)
-            self.connections -= 1
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    async def _carry(self, pool: UpstreamPool, req: proto.Request, writer: asyncio.StreamWriter) -> None:
-        length = req.length
-        if req.cmd == proto.Cmd.READ and req.offset + length > pool.size:
-            reply = Reply(proto.EINVAL)
-        else:
-            reply = await pool.request(req.cmd, req.offset, length, flags=req.flags, payload=req.payload)
-        if writer.is_closing():
-            return
-        if req.cmd == proto.Cmd.READ and reply.error == 0:
-            writer.writelines((proto.simple_reply(req.cookie, 0), reply.data))
-        else:
-            writer.write(proto.simple_reply(req.cookie, reply.error))

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,17 @@ def _as_bytes(payload: bytes | memoryview) -> bytes:
     return bytes(payload)
 
 
+def _chain(src: asyncio.Future[Reply], dst: asyncio.Future[Reply]) -> None:
+    if dst.done():
+        return
+    if src.cancelled():
+        dst.cancel()
+    elif (exc := src.exception()) is not None:
+        dst.set_exception(exc)
+    else:
+        dst.set_result(src.result())
+
+
 class ConnectionLost(ConnectionError):
     """The connection died with the request in flight; the pool will re-send it."""
 
@@ -74,118 +86,189 @@ class _JournalEntry:
     payload: bytes | None
 
 
-class Connection:
-    """One negotiated NBD connection with pipelined requests."""
+async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await loop.sock_recv(sock, n - len(buf))
+        if not chunk:
+            raise ConnectionLost("server closed the connection during the handshake")
+        buf += chunk
+    return bytes(buf)
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.size = 0
-        self.flags = 0
+
+async def _handshake(loop: asyncio.AbstractEventLoop, sock: socket.socket, export: str) -> tuple[int, int]:
+    """Fixed-newstyle handshake with ``NBD_OPT_GO`` (wire rules in ``nasblade.nbd.proto``)."""
+    proto.parse_server_greeting(await _recv_exact(loop, sock, 18))
+    await loop.sock_sendall(sock, proto.client_flags() + proto.build_go(export))
+    size = flags = -1
+    while True:
+        _opt, rtype, length = proto.parse_option_reply_header(
+            await _recv_exact(loop, sock, proto.OPTION_REPLY_HEADER_SIZE)
+        )
+        data = await _recv_exact(loop, sock, length) if length else b""
+        if rtype == proto.REP_ACK:
+            break
+        if rtype & 0x80000000:
+            raise OSError(2, f"controller refused export {export!r}: {data.decode(errors='replace')}")
+        if rtype == proto.REP_INFO and len(data) >= 2:
+            (kind,) = struct.unpack_from(">H", data)
+            if kind == proto.INFO_EXPORT:
+                size, flags = proto.parse_info_export(data)
+    if size < 0:
+        raise proto.ProtocolError("server sent no NBD_INFO_EXPORT")
+    return size, flags
+
+
+class Connection(asyncio.Protocol):
+    """One negotiated NBD connection with pipelined requests.
+
+    Replies are parsed in ``data_received`` from one receive buffer (no stream-reader copies);
+    a READ's payload is sliced out once. ``send`` queues a request and returns the future of
+    its reply, so the proxy's fast path needs no task per request.
+    """
+
+    def __init__(self, *, size: int, flags: int) -> None:
+        self.size = size
+        self.flags = flags
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._want: tuple[int, asyncio.Future[Reply]] | None = None
         self._cookies = itertools.count(1)
         self._pending: dict[int, tuple[int, int, asyncio.Future[Reply]]] = {}
-        self._reader_task: asyncio.Task[None] | None = None
+        self._can_write = asyncio.Event()
+        self._can_write.set()
         self.closed = False
 
     @classmethod
     async def open(
         cls, *, host: str | None, port: int | None, unix: str | None, export: str
     ) -> Connection:
+        loop = asyncio.get_running_loop()
         if unix:
-            reader, writer = await asyncio.open_unix_connection(unix, limit=1 << 26)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         else:
-            reader, writer = await asyncio.open_connection(host, port, limit=1 << 26)
-        conn = cls(reader, writer)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
         try:
-            await conn._handshake(export)
+            await loop.sock_connect(sock, unix if unix else (host, port))
+            size, flags = await _handshake(loop, sock, export)
+            if unix:
+                _, conn = await loop.create_unix_connection(lambda: cls(size=size, flags=flags), sock=sock)
+            else:
+                _, conn = await loop.create_connection(lambda: cls(size=size, flags=flags), sock=sock)
         except BaseException:
-            writer.close()
+            sock.close()
             raise
-        conn._reader_task = asyncio.create_task(conn._read_replies())
         return conn
 
-    async def _handshake(self, export: str) -> None:
-        proto.parse_server_greeting(await self.reader.readexactly(18))
-        self.writer.write(proto.client_flags())
-        self.writer.write(proto.build_go(export, info_requests=(proto.INFO_BLOCK_SIZE,)))
-        await self.writer.drain()
-        while True:
-            _opt, rtype, length = proto.parse_option_reply_header(
-                await self.reader.readexactly(proto.OPTION_REPLY_HEADER_SIZE)
-            )
-            data = await self.reader.readexactly(length) if length else b""
-            if rtype == proto.REP_ACK:
-                return
-            if rtype & 0x80000000:
-                raise OSError(2, f"controller refused export {export!r}: {data.decode(errors='replace')}")
-            if rtype == proto.REP_INFO and len(data) >= 2:
-                (kind,) = struct.unpack_from(">H", data)
-                if kind == proto.INFO_EXPORT:
-                    self.size, self.flags = proto.parse_info_export(data)
+    # -- asyncio.Protocol ---------------------------------------------------------------------
 
-    async def _read_replies(self) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=_HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        pos, end = 0, len(buf)
         try:
             while True:
-                header = await self.reader.readexactly(proto.REPLY_SIZE)
-                error, cookie = proto.parse_simple_reply(header)
-                cmd, length, fut = self._pending.pop(cookie)
-                data = b""
-                if cmd == proto.Cmd.READ and error == 0:
-                    data = await self.reader.readexactly(length)
-                if not fut.done():
-                    fut.set_result(Reply(error, data))
-        except (OSError, asyncio.IncompleteReadError, proto.ProtocolError, KeyError) as exc:
-            self._fail_all(f"connection lost: {exc!r}")
-        except asyncio.CancelledError:
-            self._fail_all("connection closed")
-            raise
+                if self._want is not None:
+                    length, fut = self._want
+                    if end - pos < length:
+                        break
+                    with memoryview(buf) as view:
+                        payload = bytes(view[pos : pos + length])
+                    pos += length
+                    self._want = None
+                    if not fut.done():
+                        fut.set_result(Reply(0, payload))
+                    continue
+                if end - pos < proto.REPLY_SIZE:
+                    break
+                error, cookie = proto.parse_simple_reply(buf[pos : pos + proto.REPLY_SIZE])
+                pos += proto.REPLY_SIZE
+                entry = self._pending.pop(cookie, None)
+                if entry is None:
+                    raise proto.ProtocolError(f"reply for unknown cookie {cookie}")
+                cmd, length, fut = entry
+                if cmd == proto.Cmd.READ and error == 0 and length:
+                    self._want = (length, fut)
+                elif not fut.done():
+                    fut.set_result(Reply(error))
+        except proto.ProtocolError as exc:
+            log.warning("upstream protocol error: %s", exc)
+            self._fail_all(str(exc))
+            return
+        finally:
+            del buf[:pos]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail_all(f"connection lost: {exc!r}")
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    # -- requests -----------------------------------------------------------------------------
 
     def _fail_all(self, reason: str) -> None:
         self.closed = True
         pending, self._pending = self._pending, {}
-        for _cmd, _len, fut in pending.values():
+        want, self._want = self._want, None
+        futs = [fut for _c, _l, fut in pending.values()] + ([want[1]] if want else [])
+        for fut in futs:
             if not fut.done():
                 fut.set_exception(ConnectionLost(reason))
-        self.writer.close()
+        self._can_write.set()
+        if self.transport is not None:
+            self.transport.abort()
 
     @property
     def in_flight(self) -> int:
         return len(self._pending)
 
-    async def request(
+    def send(
         self, cmd: int, offset: int, length: int, *, flags: int = 0, payload: bytes | memoryview | None = None
-    ) -> Reply:
-        if self.closed:
+    ) -> asyncio.Future[Reply]:
+        """Queue one request; the future resolves to its reply or raises ``ConnectionLost``."""
+        if self.closed or self.transport is None:
             raise ConnectionLost("connection is closed")
         cookie = next(self._cookies)
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[cookie] = (cmd, length, fut)
         header = proto.build_request(cmd, cookie, offset, length, flags=flags)
         if payload is None:
-            self.writer.write(header)
+            self.transport.write(header)
         elif len(payload) <= _SMALL:
-            self.writer.write(header + bytes(payload))
+            self.transport.write(header + bytes(payload))
         else:
-            self.writer.writelines((header, payload))
-        transport = self.writer.transport
-        if transport.get_write_buffer_size() > _HIGH_WATER:
-            try:
-                await self.writer.drain()
-            except OSError as exc:
-                self._fail_all(f"send failed: {exc!r}")
+            self.transport.writelines((header, payload))
+        return fut
+
+    @property
+    def writable(self) -> bool:
+        return self._can_write.is_set()
+
+    async def wait_writable(self) -> None:
+        await self._can_write.wait()
+
+    async def request(
+        self, cmd: int, offset: int, length: int, *, flags: int = 0, payload: bytes | memoryview | None = None
+    ) -> Reply:
+        fut = self.send(cmd, offset, length, flags=flags, payload=payload)
         return await fut
 
     async def close(self) -> None:
-        if not self.closed:
-            # polite disconnect; the controller closes its side
-            with contextlib.suppress(OSError):
-                self.writer.write(proto.build_request(proto.Cmd.DISC, 0))
-                await self.writer.drain()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionLost):
-                await self._reader_task
-        self.writer.close()
+        if self.transport is not None and not self.closed:
+            with contextlib.suppress(OSError, RuntimeError):
+                self.transport.write(proto.build_request(proto.Cmd.DISC, 0))
+            self.transport.close()
+        self.closed = True
 
 
 @dataclass
@@ -282,21 +365,30 @@ class UpstreamPool:
         self._rr = (self._rr + 1) % len(live)
         return min(live[self._rr :] + live[: self._rr], key=lambda c: c.in_flight)
 
+    def _count(self, cmd: int) -> int:
+        """Account for a new request; return its flush mark (journal position) for a FLUSH."""
+        self.stats.requests += 1
+        name = _CMD_NAMES.get(cmd, str(cmd))
+        self.stats.by_command[name] = self.stats.by_command.get(name, 0) + 1
+        return next(self._seq) if cmd == proto.Cmd.FLUSH else 0
+
     async def request(
         self, cmd: int, offset: int, length: int, *, flags: int = 0, payload: bytes | memoryview | None = None
     ) -> Reply:
         """Send one request, re-sending it across reconnects; ``Reply(EIO)`` after ``retry_for``."""
-        self.stats.requests += 1
-        name = _CMD_NAMES.get(cmd, str(cmd))
-        self.stats.by_command[name] = self.stats.by_command.get(name, 0) + 1
+        flush_mark = self._count(cmd)
+        return await self._with_retry(cmd, offset, length, flags, payload, flush_mark, retried=False)
+
+    async def _with_retry(
+        self, cmd: int, offset: int, length: int, flags: int, payload: bytes | memoryview | None,
+        flush_mark: int, *, retried: bool,
+    ) -> Reply:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_for
-        flush_mark = next(self._seq) if cmd == proto.Cmd.FLUSH else 0
-        first = True
         while True:
-            if not first:
+            if retried:
                 self.stats.retried += 1
-            first = False
+            retried = True
             if not self._ready.is_set():
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -314,6 +406,51 @@ class UpstreamPool:
         if reply.error == 0:
             self._after_success(cmd, offset, length, flags, payload, flush_mark)
         return reply
+
+    def submit(
+        self, cmd: int, offset: int, length: int, *, flags: int = 0, payload: bytes | memoryview | None = None
+    ) -> asyncio.Future[Reply]:
+        """``request`` as a future. While connected it costs no task: the request goes straight
+        onto a connection and a callback finishes it; a lost connection falls back to the
+        retrying coroutine."""
+        loop = asyncio.get_running_loop()
+        flush_mark = self._count(cmd)
+        if self._ready.is_set():
+            try:
+                inner = self._pick().send(cmd, offset, length, flags=flags, payload=payload)
+            except ConnectionLost:
+                self._lost()
+            else:
+                outer: asyncio.Future[Reply] = loop.create_future()
+
+                def finish(f: asyncio.Future[Reply]) -> None:
+                    exc = None if f.cancelled() else f.exception()
+                    if f.cancelled() or isinstance(exc, ConnectionLost):
+                        self._lost()
+                        retry = loop.create_task(
+                            self._with_retry(cmd, offset, length, flags, payload, flush_mark, retried=True)
+                        )
+                        retry.add_done_callback(lambda t: _chain(t, outer))
+                        return
+                    if exc is not None:
+                        if not outer.done():
+                            outer.set_exception(exc)
+                        return
+                    reply = f.result()
+                    if reply.error == 0:
+                        self._after_success(cmd, offset, length, flags, payload, flush_mark)
+                    if not outer.done():
+                        outer.set_result(reply)
+
+                inner.add_done_callback(finish)
+                return outer
+        return asyncio.ensure_future(
+            self._with_retry(cmd, offset, length, flags, payload, flush_mark, retried=False)
+        )
+
+    def writable(self) -> bool:
+        """False while every connection's send buffer is over its high-water mark."""
+        return any(c.writable for c in self._conns if not c.closed)
 
     def _after_success(
         self, cmd: int, offset: int, length: int, flags: int, payload: bytes | memoryview | None, flush_mark: int
