@@ -3,7 +3,7 @@
 - ``array`` (module scope): a real standalone array, ``nasblade up`` on a temporary data
   directory with free loopback ports: two cluster groups (``g1`` with blades ``g1-0``,
   ``g1-1``; ``g2`` with ``g2-0``) and one file system per group (``fs1`` on ``g1-0``, ``fs2``
-  on ``g2-0``). It is an ``Array``: ``.data_dir``, ``.config`` (the YAML file), ``.endpoints``
+  on ``g2-0``); g1's backups also copy g2's portion (``crossGroup: [g2]``). It is an ``Array``: ``.data_dir``, ``.config`` (the YAML file), ``.endpoints``
   (the ready line's endpoints), ``.control`` (a ``ControlClient`` with the array's token),
   ``.blade(name)`` (a ``BladeClient``), ``.kill_blade(name)`` (SIGKILL both processes of a
   blade). Stopped with SIGTERM at the end of the module.
@@ -77,7 +77,7 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
     cfg = {
         "array": {"devices": {"count": 2, "size": "192M"}, "cacheSize": "16M",
                   "areas": {"programSize": "32M"}},
-        "clusterGroups": [{"name": "g1", "blades": 2, "failureTimeout": "1s"},
+        "clusterGroups": [{"name": "g1", "blades": 2, "failureTimeout": "1s", "backup": {"crossGroup": ["g2"]}},
                           {"name": "g2", "blades": 1, "failureTimeout": "1s"}],
         "fileSystems": [{"name": "fs1", "size": "48M", "clusterGroup": "g1", "address": f"{net}.2"},
                         {"name": "fs2", "size": "48M", "clusterGroup": "g2", "address": f"{net}.3"}],

@@ -140,20 +140,31 @@ def test_not_an_array_directory_exits_2(tmp_path: Path) -> None:
     assert "is not the data directory of an array" in out.stderr
 
 
-def test_backup_follows_or_says_it_is_not_available(array: Array, cli: Cli) -> None:
-    from nasblade.bladeapi.client import BladeClient
-
+def test_backup_with_cross_group_is_followed_to_the_end(array: Array, cli: Cli) -> None:
     out = cli("backup", "g1", "--cross-group", "g2", "-o", "json", "--timeout", "120")
-    if not hasattr(BladeClient, "backup"):
-        assert out.returncode == 2
-        assert "on-demand backups are not in the blade management API" in out.stderr
-        return
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["succeeded"] is True and set(result["groups"]) == {"g1", "g2"}
+    assert result["succeeded"] is True and result["groups"] == ["g1", "g2"]
+    assert {c["group"] for c in result["copies"]} == {"g1", "g2"}
+    assert result["bytesDone"] == result["bytesTotal"] > 0
     jobs = {j["id"]: j for j in array.control.list_copy_jobs()}
+    for copy in result["copies"]:  # the controller's copy engine did them, block by block
+        job = jobs[copy["id"]]
+        assert job["state"] == "succeeded" and job["source"] == "procinfo" and job["target"] == "backup"
+    # the history lives in g1's group record: status shows it, with who asked
+    snap = status(cli)
+    recorded = {b["id"]: b for b in snap["backups"]}
     for copy in result["copies"]:
-        assert jobs[copy["id"]]["state"] == "succeeded"
+        assert recorded[copy["id"]]["state"] == "succeeded"
+        assert (recorded[copy["id"]]["trigger"] or "").startswith("on-demand")
+    groups = {g["name"]: g for g in snap["groups"]}
+    assert groups["g2"]["lastBackup"] is not None and groups["g2"]["lastBackup"]["state"] == "succeeded"
+
+
+def test_backup_of_a_group_without_that_cross_group_exits_2(cli: Cli) -> None:
+    out = cli("backup", "g2", "--cross-group", "g1")
+    assert out.returncode == 2
+    assert "g1 is not a cross-group backup target of g2" in out.stderr
 
 
 def test_software_rollout_on_standalone_says_what_to_do(cli: Cli, array: Array) -> None:
@@ -188,6 +199,30 @@ def test_help_has_examples_everywhere() -> None:
     kubectl = subprocess.run([sys.executable, "-m", "nasblade.terminal.kubectl", "--help"], capture_output=True,
                              text=True, timeout=60, check=True)
     assert "kubectl nas" in kubectl.stdout
+
+
+def test_takeover_and_giveback_move_the_file_system(array: Array, cli: Cli) -> None:
+    before = {f["name"]: f for f in status(cli)["fileSystems"]}["fs1"]
+    assert before["blade"] == "g1-0"
+    out = cli("takeover", "fs1", "--to", "g1-1", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    moved = json.loads(out.stdout)
+    assert moved["blade"] == "g1-1" and moved["epoch"] > before["epoch"]
+    assert array.control.get_lu("fs-fs1")["reservation"] == {"holder": "g1-1", "epoch": moved["epoch"]}
+    assert "fs1" in array.blade("g1-1").status()["fileSystems"]
+    assert "fs1" not in array.blade("g1-0").status()["fileSystems"]
+    [ep] = [e for e in array.endpoints["nfs"] if e["fileSystem"] == "fs1"]
+    listing = subprocess.run(["nfs-ls", ep["url"]], capture_output=True, text=True, timeout=60, check=False)
+    assert listing.returncode == 0, listing.stderr  # same address, now served by g1-1
+    away = cli("status", "-o", "json")
+    assert {f["name"]: f["homeBlade"] for f in json.loads(away.stdout)["fileSystems"]}["fs1"] == "g1-0"
+    back = cli("giveback", "fs1", "-o", "json")
+    assert back.returncode == 0, back.stderr
+    returned = json.loads(back.stdout)
+    assert returned["blade"] == "g1-0" and returned["epoch"] > moved["epoch"]
+    events = json.loads(cli("events", "-o", "json").stdout)
+    moves = [(e["kind"], e["message"]) for e in events if e["object"] == "fs1" and e["kind"] == "Takeover"]
+    assert any("by g1-1 from g1-0" in m for _, m in moves) and any("by g1-0 from g1-1" in m for _, m in moves)
 
 
 def test_a_killed_blade_turns_dead_and_cannot_take_over(array: Array, cli: Cli) -> None:

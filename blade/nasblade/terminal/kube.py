@@ -325,6 +325,9 @@ class KubeSource:
                                       + (f": {h.get('message')}" if h.get("message") else ""),
                               copies=copies[-1:])
 
+    def remote_check(self, fs: str, *, to: str) -> dict[str, Any] | None:
+        return None  # blades are inside the cluster; the operator's status is the whole answer
+
     def move(self, fs: str, *, to: str, snapshot: Snapshot) -> dict[str, Any]:
         raise NotAvailable("the operator takes no planned-move request yet: it moves file systems on failure, "
                            "give-back and rollout only (use --dry-run to check a takeover)")

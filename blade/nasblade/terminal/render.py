@@ -7,6 +7,7 @@ here; nothing in this module does I/O other than writing to that console or stre
 from __future__ import annotations
 
 import json
+import os
 from typing import IO, Any
 
 import yaml
@@ -151,4 +152,9 @@ def event_line(e: Event) -> str:
 
 
 def console(stream: IO[str] | None = None, *, width: int | None = None) -> Console:
-    return Console(file=stream, width=width, highlight=False, soft_wrap=False)
+    """A console on ``stream``; when that is not a terminal (a pipe, a file, a test) and
+    ``COLUMNS`` is not set, 160 columns rather than rich's 80, so tables stay readable."""
+    c = Console(file=stream, width=width, highlight=False, soft_wrap=False)
+    if width is None and not c.is_terminal and "COLUMNS" not in os.environ:
+        c.width = 160
+    return c

@@ -12,9 +12,13 @@ Where things come from (see docs/blade.md, "Standalone array"):
   portion read over NBD (``PortionStore``: slots with heartbeats, the ownership record), so a
   blade that is down still shows its last heartbeat and who owns its file systems.
 
-Operations go where the system does them: backups and file-system moves through a blade's
-management API, progress from the controller's copy jobs. What the blades do not offer yet
-raises ``NotAvailable`` (exit 2) with the reason.
+Operations go where the system does them, the cluster-group routes of a blade's management
+API (``nasblade.cluster.api``): ``POST /v1/cluster/backups`` on a live blade of the group
+(progress meanwhile from the controller's copy jobs), ``POST /v1/cluster/filesystems/{fs}/
+takeover`` on the target blade (graceful: a live owner releases first), and
+``GET /v1/cluster/check-takeover`` for the target blade's own verdict in dry runs. The backup
+history is the group record's (read from the portion), so it survives every blade. What the
+blades do not offer raises ``NotAvailable`` (exit 2) with the reason.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,10 +88,36 @@ class BladeEndpoint:
 
 
 @dataclass
+class PortionView:
+    """What a group's processor-information area says (``area``: the LU it was read from)."""
+
+    slots: dict[str, tuple[int, dict[str, Any]]]
+    ownership: dict[str, dict[str, Any]]
+    backups: list[dict[str, Any]]
+    area: str | None
+    error: str | None
+
+
+@dataclass
 class Endpoints:
     api: str
     nbd: str
     blades: list[BladeEndpoint]
+
+
+def cluster_call(client: Any, method: str, path: str, body: Any = None) -> Any:
+    """A ``/v1/cluster/...`` route of the blade management API (``nasblade.cluster.api``).
+
+    ``BladeClient`` has no methods for these routes yet; its request helper keeps the bearer
+    token and the error mapping (``BladeAPIError`` with status and message) in one place.
+    """
+    return client._req(method, path, body)
+
+
+def iso(t: Any) -> str | None:
+    if not isinstance(t, int | float):
+        return None
+    return dt.datetime.fromtimestamp(float(t), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class StandaloneSource:
@@ -186,18 +217,28 @@ class StandaloneSource:
         portions = self._read_portions()
         blade_status = {b.name: self._blade_status(b) for b in self.endpoints.blades}
 
-        backups = [self._backup(j, group_names) for j in jobs if j.get("source") == PROCINFO_LU]
-        backups.sort(key=lambda b: b["started"] or "")
+        recorded = [self._recorded_backup(r) for _, pv in sorted(portions.items()) for r in pv.backups]
+        seen_jobs = {b["id"] for b in recorded}
+        running = [self._backup(j, group_names) for j in jobs
+                   if j.get("source") == PROCINFO_LU and j.get("state") == "running" and j.get("id") not in seen_jobs]
+        backups = sorted(recorded + running, key=lambda b: b["started"] or "")
+        cluster = {b.name: self._cluster_status(b) for b in self.endpoints.blades
+                   if blade_status.get(b.name, (None, None))[1]}
         groups: list[Group] = []
         file_systems: list[FileSystem] = []
         lu_by_name = {lu["name"]: lu for lu in lus}
         for gi, g in enumerate(self.config.groups):
-            slots, ownership, _ = portions.get(g.name, ({}, {}, None))
+            pv = portions.get(g.name) or PortionView(slots={}, ownership={}, backups=[], area=None, error="not read")
+            slots, ownership = pv.slots, pv.ownership
             members: list[Blade] = []
             for i, name in enumerate(g.blades):
                 st, reachable = blade_status.get(name, (None, None))
                 slot = slots.get(name)
-                members.append(self._blade(name, g.name, st, reachable, slot, g.failure_timeout, default_slot=i))
+                member = self._blade(name, g.name, st, reachable, slot, g.failure_timeout, default_slot=i)
+                area = (cluster.get(name) or {}).get("activeArea")
+                if area:
+                    member["activeArea"] = area
+                members.append(member)
             fss = [fs for fs in self.config.file_systems if fs.cluster_group == g.name]
             for fs in fss:
                 owner = ownership.get(fs.name)
@@ -274,28 +315,51 @@ class StandaloneSource:
         except OSError:
             return None, False
 
-    def _read_portions(self) -> dict[str, tuple[dict[str, tuple[int, dict[str, Any]]], dict[str, dict[str, Any]], str | None]]:
-        """Per group: slots by blade name, the ownership record, and an error (if unreadable)."""
+    def _read_portions(self) -> dict[str, PortionView]:
+        """Per group: its portion (or, when that is unreadable, its backup area), read over NBD."""
         from nasblade.nbd.client import NBDBlockDevice
         from nasblade.procinfo.portion import PortionError, PortionStore
 
-        out: dict[str, tuple[dict[str, tuple[int, dict[str, Any]]], dict[str, dict[str, Any]], str | None]] = {}
-        try:
-            dev = NBDBlockDevice.connect(f"nbd://{self.endpoints.nbd}/{PROCINFO_LU}")
-        except OSError as exc:
-            return {g.name: ({}, {}, str(exc)) for g in self.config.groups}
-        try:
-            for gi, g in enumerate(self.config.groups):
-                store = PortionStore(dev, offset=gi * self.config.portion_size, size=self.config.portion_size)
+        out: dict[str, PortionView] = {}
+        size = self.config.portion_size
+        for gi, g in enumerate(self.config.groups):
+            errors: list[str] = []
+            for lu in (PROCINFO_LU, BACKUP_LU):
                 try:
-                    slots = {s.blade: (i, s.to_json()) for i, s in enumerate(store.slots()) if s is not None}
-                    group = store.read_group().to_json()
-                    out[g.name] = (slots, group.get("ownership", {}), None)
+                    with NBDBlockDevice.connect(f"nbd://{self.endpoints.nbd}/{lu}") as dev:
+                        store = PortionStore(dev, offset=gi * size, size=size)
+                        slots = {st.blade: (i, st.to_json()) for i, st in enumerate(store.slots()) if st is not None}
+                        record = store.read_group().to_json()
                 except (PortionError, OSError) as exc:
-                    out[g.name] = ({}, {}, str(exc))
-        finally:
-            dev.close()
+                    errors.append(f"{lu}: {exc}")
+                    continue
+                out[g.name] = PortionView(slots=slots, ownership=record.get("ownership", {}),
+                                          backups=list(record.get("backups", [])), area=lu, error="; ".join(errors) or None)
+                break
+            else:
+                out[g.name] = PortionView(slots={}, ownership={}, backups=[], area=None, error="; ".join(errors))
         return out
+
+    def _cluster_status(self, ep: BladeEndpoint) -> dict[str, Any] | None:
+        from nasblade.bladeapi.client import BladeAPIError, BladeClient
+
+        if ep.api is None:
+            return None
+        try:
+            result: dict[str, Any] = cluster_call(BladeClient(ep.api, self.blade_token, timeout=self.timeout), "GET", "/v1/cluster")
+            return result
+        except (BladeAPIError, OSError):
+            return None
+
+    def _recorded_backup(self, rec: dict[str, Any]) -> Backup:
+        """A copy recorded in a group record by ``nasblade.cluster.member`` (claim 13)."""
+        result = rec.get("result")
+        return {"id": rec.get("jobId") or rec.get("id"), "group": str(rec.get("portion", "?")),
+                "source": str(rec.get("source", "")), "target": str(rec.get("target", "")),
+                "state": str(result or "running"), "bytesDone": int(rec.get("bytes") or 0),
+                "bytesTotal": self.config.portion_size, "started": iso(rec.get("start")), "finished": iso(rec.get("end")),
+                "trigger": f"{rec.get('trigger')} by {rec.get('requestedBy')}" if rec.get("requestedBy") else rec.get("trigger"),
+                "error": rec.get("error")}
 
     def _blade(self, name: str, group: str, status: dict[str, Any] | None, reachable: bool | None,
                slot: tuple[int, dict[str, Any]] | None, failure_timeout: float, *, default_slot: int) -> Blade:
@@ -340,8 +404,8 @@ class StandaloneSource:
         raise UsageError(f"no cluster group {group!r}")
 
     def request_backup(self, group: str, *, cross_groups: list[str]) -> BackupRequest:
-        from nasblade.bladeapi.client import BladeAPIError
-
+        """``POST /v1/cluster/backups`` on a live blade of ``group``; the call returns when the
+        copies are done, so it runs in a thread while ``backup_progress`` reads the copy jobs."""
         snap = self.snapshot()
         names = [g["name"] for g in snap["groups"]]
         for name in (group, *cross_groups):
@@ -349,75 +413,88 @@ class StandaloneSource:
                 raise UsageError(f"no cluster group {name!r} (known: {', '.join(names)})")
         blade = self._live_blade(snap, group)
         client = self.blade_client(blade)
-        ask = getattr(client, "backup", None)
-        if ask is None:
-            raise NotAvailable("on-demand backups are not in the blade management API of this release "
-                               "(nasblade.bladeapi.client.BladeClient has no backup(); POST /v1/backups answers 501)")
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup")
         since = time.time()
+        future = pool.submit(cluster_call, client, "POST", "/v1/cluster/backups", {"crossGroup": list(cross_groups)})
+        pool.shutdown(wait=False)
+        return BackupRequest(group=group, groups=[group, *cross_groups], since=since,
+                             detail={"blade": blade, "future": future})
+
+    def _backup_result(self, request: BackupRequest) -> list[dict[str, Any]] | None:
+        """The blade's answer once it came (None while the copies run); errors as TerminalError."""
+        from nasblade.bladeapi.client import BladeAPIError
+
+        future: Future[Any] = request.detail["future"]
+        if not future.done():
+            return None
+        blade = request.detail["blade"]
         try:
-            detail = ask(groups=[group, *cross_groups])
+            answer = future.result()
         except BladeAPIError as exc:
-            if exc.status == 501:
-                raise NotAvailable(f"blade {blade}: on-demand backups are not implemented in this release ({exc.message})") from exc
+            if exc.status in (404, 501):
+                raise NotAvailable(f"blade {blade} does not offer on-demand backups ({exc.message})") from exc
+            if exc.status == 400:
+                raise UsageError(f"blade {blade} refused the backup: {exc.message}") from exc
             raise TerminalError(f"blade {blade} refused the backup: {exc.message}") from exc
         except OSError as exc:
             raise Unreachable(f"blade {blade} does not answer: {exc}") from exc
-        return BackupRequest(group=group, groups=[group, *cross_groups], since=since,
-                             detail=detail if isinstance(detail, dict) else {})
+        records: list[dict[str, Any]] = list((answer or {}).get("backups", []))
+        return records
 
     def backup_progress(self, request: BackupRequest) -> BackupProgress:
+        records = self._backup_result(request)
         ctl = self.control()
-        jobs = self._call("copy jobs", ctl.list_copy_jobs)
         load = self._call("load", ctl.load)
+        if records is not None:
+            copies = [self._recorded_backup(r) for r in records]
+            failed = [c for c in copies if c["state"] != "succeeded"]
+            total = sum(c["bytesTotal"] for c in copies)
+            done_bytes = sum(c["bytesDone"] for c in copies)
+            if not copies:
+                return BackupProgress(done=True, succeeded=False, bytes_done=0, bytes_total=0, load=load,
+                                      message="the blade made no copy", copies=[])
+            message = ("; ".join(f"{c['group']}: {c['state']} {c['error'] or ''}".strip() for c in failed)
+                       if failed else f"{len(copies)} copies succeeded through {request.detail['blade']}")
+            return BackupProgress(done=True, succeeded=not failed, bytes_done=done_bytes, bytes_total=total,
+                                  load=load, message=message, copies=copies)
+        jobs = self._call("copy jobs", ctl.list_copy_jobs)
         names = [g.name for g in self.config.groups]
         mine = [self._backup(j, names) for j in jobs
                 if j.get("source") == PROCINFO_LU and (parse_iso(j.get("created")) or 0) >= request.since - 1.0]
-        mine = [b for b in mine if b["group"] in request.groups]
-        done_groups = {b["group"] for b in mine}
-        running = [b for b in mine if b["state"] == "running"]
-        failed = [b for b in mine if b["state"] in ("failed", "cancelled")]
-        total = sum(b["bytesTotal"] for b in mine)
-        done_bytes = sum(b["bytesDone"] for b in mine)
-        if not mine or (set(request.groups) - done_groups and not failed):
-            waiting = ", ".join(sorted(set(request.groups) - done_groups))
-            return BackupProgress(done=False, succeeded=None, bytes_done=done_bytes, bytes_total=total,
-                                  load=load, message=f"waiting for the copy of {waiting} to start", copies=mine)
-        if running:
-            return BackupProgress(done=False, succeeded=None, bytes_done=done_bytes, bytes_total=total,
-                                  load=load, message=f"{len(running)} copy job(s) running", copies=mine)
-        if failed:
-            errs = "; ".join(f"{b['group']}: {b['state']} {b['error'] or ''}".strip() for b in failed)
-            return BackupProgress(done=True, succeeded=False, bytes_done=done_bytes, bytes_total=total,
-                                  load=load, message=errs, copies=mine)
-        return BackupProgress(done=True, succeeded=True, bytes_done=done_bytes, bytes_total=total,
-                              load=load, message="all copies succeeded", copies=mine)
+        total = self.config.portion_size * len(request.groups)
+        done_bytes = sum(b["bytesDone"] for b in mine if b["group"] in request.groups)
+        return BackupProgress(done=False, succeeded=None, bytes_done=min(done_bytes, total), bytes_total=total,
+                              load=load, message=f"{len(mine)} copy job(s) started", copies=mine)
 
-    def move(self, fs: str, *, to: str, snapshot: Snapshot) -> dict[str, Any]:
-        """A planned move of ``fs`` to blade ``to``: the owner releases it (when it is up), then
-        ``to`` takes it over with a new reservation epoch (which fences the owner if it is not)."""
+    def remote_check(self, fs: str, *, to: str) -> dict[str, Any] | None:
+        """The target blade's own check-takeover verdict for ``fs`` (None when it cannot be asked)."""
         from nasblade.bladeapi.client import BladeAPIError
 
-        record = next(f for f in snapshot["fileSystems"] if f["name"] == fs)
-        owner = record["blade"]
-        steps: list[dict[str, Any]] = []
-        owner_up = any(b["name"] == owner and b["state"] == "ok" for g in snapshot["groups"] for b in g["blades"])
-        target = self.blade_client(to)
-        take = getattr(target, "take_over_fs", None)
-        if take is None:
-            raise NotAvailable("file-system takeover is not in the blade management API client of this release "
-                               "(nasblade.bladeapi.client.BladeClient has no take_over_fs())")
         try:
-            if owner and owner != to and owner_up:
-                release = self.blade_client(owner).release_fs
-                steps.append({"blade": owner, "release": release(fs)})
-            steps.append({"blade": to, "takeover": take(fs)})
+            report = cluster_call(self.blade_client(to), "GET", "/v1/cluster/check-takeover")
+        except (BladeAPIError, OSError, NotAvailable):
+            return None
+        for entry in (report or {}).get("fileSystems", []):
+            if entry.get("fileSystem") == fs:
+                result: dict[str, Any] = entry
+                return result
+        return None
+
+    def move(self, fs: str, *, to: str, snapshot: Snapshot) -> dict[str, Any]:
+        """``POST /v1/cluster/filesystems/{fs}/takeover`` on ``to``: graceful (a live owner
+        releases first), then ``to`` reserves the LU with a new epoch and serves it."""
+        from nasblade.bladeapi.client import BladeAPIError
+
+        try:
+            answer = cluster_call(self.blade_client(to), "POST", f"/v1/cluster/filesystems/{fs}/takeover", {"force": False})
         except BladeAPIError as exc:
-            if exc.status == 501:
-                raise NotAvailable(f"file-system takeover is not implemented by the blades yet ({exc.message})") from exc
-            raise TerminalError(f"{fs}: {exc.message} (steps done: {json.dumps(steps)})") from exc
+            if exc.status == 501 or (exc.status == 404 and exc.message == "Not Found"):
+                raise NotAvailable(f"blade {to} does not offer file-system takeover ({exc.message})") from exc
+            raise TerminalError(f"blade {to} refused to take over {fs}: {exc.message}") from exc
         except OSError as exc:
-            raise Unreachable(f"{fs}: a blade does not answer: {exc} (steps done: {json.dumps(steps)})") from exc
-        return {"fileSystem": fs, "from": owner, "to": to, "steps": steps}
+            raise Unreachable(f"blade {to} does not answer: {exc}") from exc
+        result: dict[str, Any] = {"fileSystem": fs, "to": to, "answer": answer}
+        return result
 
     def rollout(self, version: str, *, array: str | None) -> dict[str, Any]:
         raise NotAvailable(
@@ -426,13 +503,37 @@ class StandaloneSource:
             "and restart `nasblade up` (rollouts are done by the operator on Kubernetes)")
 
     def events(self, snapshot: Snapshot) -> list[Event]:
-        """What the array has recorded: processor-information copies and file-system owners."""
+        """What the array has recorded: processor-information copies (group records), the
+        takeovers, releases and fencings each blade did, processor-information area switches,
+        and who serves each file system now."""
         out: list[Event] = []
         for b in snapshot["backups"]:
             err = f": {b['error']}" if b["error"] else ""
             out.append({"time": b["started"] or snapshot["time"], "kind": "Backup", "object": b["group"],
                         "message": f"backup {b['source']} -> {b['target']} {b['state']} "
-                                   f"({b['bytesDone']}/{b['bytesTotal']} bytes){err}"})
+                                   f"({b['bytesDone']}/{b['bytesTotal']} bytes, {b['trigger'] or 'job'}){err}"})
+        seen: set[tuple[Any, ...]] = set()
+        for ep in self.endpoints.blades:
+            status = self._cluster_status(ep)
+            for t in (status or {}).get("takeovers", []):
+                key: tuple[Any, ...] = ("t", t.get("time"), t.get("fileSystem"), t.get("event"), t.get("blade"))
+                if key in seen:
+                    continue
+                seen.add(key)
+                prev = t.get("previous") or {}
+                was = f" from {prev.get('blade')}" if prev.get("blade") else ""
+                out.append({"time": iso(t.get("time")) or snapshot["time"], "kind": str(t.get("event", "takeover")).capitalize(),
+                            "object": str(t.get("fileSystem")),
+                            "message": f"{t.get('fileSystem')} {t.get('event')} by {t.get('blade')}{was}"
+                                       f" (epoch {t.get('epoch')}): {t.get('reason', '')}".rstrip(": ")})
+            for a in (status or {}).get("areaEvents", []):
+                key = ("a", a.get("time"), ep.group, a.get("to"))
+                if key in seen:
+                    continue
+                seen.add(key)
+                out.append({"time": iso(a.get("time")) or snapshot["time"], "kind": "ActiveArea", "object": ep.group,
+                            "message": f"processor information of {ep.group} now on the {a.get('to')} area: {a.get('reason')}"})
+        out.sort(key=lambda e: e["time"])
         for f in snapshot["fileSystems"]:
             out.append({"time": snapshot["time"], "kind": "Owner", "object": f["name"],
                         "message": f"{f['name']} served by {f['blade'] or '-'} (epoch {f['epoch']}, home {f['homeBlade']})"})

@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def move(args: argparse.Namespace, source: Source, fs: str, to: str) -> int:
     snap = source.snapshot()
     check = plan.check_takeover(snap, fs, to)
+    remote = source.remote_check(fs, to=to) if not check.reasons else None
+    if remote is not None:  # the target blade's own verdict (its view of liveness and the LU)
+        check.reasons += [r for r in remote.get("reasons", []) if r not in check.reasons]
+        check.possible = not check.reasons
+        if remote.get("mode"):
+            check.steps.append(f"mode: {remote['mode']} (checked by {to})")
     verdict: dict[str, Any] = check.to_json()
     out = render.console(sys.stdout)
     if args.dry_run or not check.possible:
