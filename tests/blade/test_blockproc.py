@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import BLADE_TOKEN, BladeProc, Controller
 from nasblade.bladeapi.client import BladeAPIError, BladeClient, LocalClient
+from nasblade.nbd import proto
 from nasblade.nbd.client import NBDBlockDevice
 from nasblade.procinfo.portion import PortionStore
 
@@ -176,3 +178,60 @@ def test_cache_records_are_posted_for_cached_writes(
     with NBDBlockDevice.connect(bp.url("fs1")) as again:
         again.flush()
     assert controller.client.cache_directory("fs1")["records"] == []
+
+
+def _raw_connect(path: str, export: str) -> socket.socket:
+    """Fixed-newstyle handshake by hand (so the test can then send malformed requests)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(30)
+    s.connect(path)
+    assert len(_recv(s, 18)) == 18
+    s.sendall(proto.client_flags() + proto.build_go(export))
+    while True:
+        _opt, rtype, length = proto.parse_option_reply_header(_recv(s, proto.OPTION_REPLY_HEADER_SIZE))
+        _recv(s, length)
+        if rtype == proto.REP_ACK:
+            return s
+        assert not rtype & 0x80000000, rtype
+
+
+def _recv(s: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            return buf
+        buf += chunk
+    return buf
+
+
+def test_bad_nbd_input_gets_error_replies_and_the_proxy_keeps_serving(
+    start_bp: Callable[..., BladeProc]
+) -> None:
+    bp = start_bp()
+    s = _raw_connect(bp.nbd_socket, "fs1")
+    # unknown command, bad flags, read past the end, oversized write: error replies, in sync
+    s.sendall(proto.build_request(77, 1, 0, 0))
+    s.sendall(proto.build_request(proto.Cmd.FLUSH, 2, 0, 0, flags=proto.CMD_FLAG_FUA))
+    s.sendall(proto.build_request(proto.Cmd.READ, 3, 64 << 20, 4096))
+    s.sendall(proto.build_request(proto.Cmd.WRITE, 4, 0, proto.MAX_PAYLOAD + 1) + bytes(proto.MAX_PAYLOAD + 1))
+    s.sendall(proto.build_request(proto.Cmd.WRITE, 5, 64 << 20, 4096) + bytes(4096))
+    replies = {}
+    for _ in range(5):
+        error, cookie = proto.parse_simple_reply(_recv(s, proto.REPLY_SIZE))
+        replies[cookie] = error
+    assert replies == {1: proto.EINVAL, 2: proto.EINVAL, 3: proto.EINVAL, 4: proto.EOVERFLOW, 5: proto.ENOSPC}
+    # the same connection still works
+    s.sendall(proto.build_request(proto.Cmd.WRITE, 6, 0, 5) + b"hello")
+    assert proto.parse_simple_reply(_recv(s, proto.REPLY_SIZE)) == (0, 6)
+    s.sendall(proto.build_request(proto.Cmd.READ, 7, 0, 5))
+    assert proto.parse_simple_reply(_recv(s, proto.REPLY_SIZE)) == (0, 7) and _recv(s, 5) == b"hello"
+    # garbage where a request magic should be closes that connection only
+    s.sendall(b"\xde\xad\xbe\xef" * 7)
+    assert _recv(s, 1) == b""
+    s.close()
+    # an unknown export is refused in the handshake; others keep working
+    with pytest.raises(OSError):
+        NBDBlockDevice.connect(bp.url("no-such-lu"))
+    with NBDBlockDevice.connect(bp.url("fs1")) as dev:
+        assert dev.pread(0, 5) == b"hello"
