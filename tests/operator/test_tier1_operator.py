@@ -81,6 +81,12 @@ def test_array_and_group_come_up(
         kubectl.wait("clustergroup/g1", "condition=Ready", timeout=60)
         a = kubectl.get("diskarray", "a1")
         g = kubectl.get("clustergroup", "g1")
+        # A changed cache size reaches the controller's pod template.
+        kubectl("patch", "diskarray", "a1", "--type=merge", "-p", json.dumps({"spec": {"controller": {"cacheSize": "64Mi"}}}))
+        wait_until("new template", lambda: str(64 << 20) in
+                   (kubectl.get("statefulset", "a1-controller") or {})["spec"]["template"]["spec"]["containers"][0]["args"])
+        kubectl.wait("diskarray/a1", "condition=Ready", timeout=60)
+        a = kubectl.get("diskarray", "a1")
     assert_clean(runner)
     assert a is not None and g is not None
     # DiskArray children and status.
@@ -118,6 +124,7 @@ def test_array_and_group_come_up(
     got = events(kubectl, "a1")
     assert ("Normal", "Created") in got and ("Normal", "LUsCreated") in got and ("Normal", "Ready") in got
     assert ("Normal", "BladeCreated") in events(kubectl, "g1")
+    assert ("Normal", "Updated") in events(kubectl, "a1")
 
     # Restart: nothing is created twice, status stays Ready.
     before = {(p["metadata"]["name"], p["metadata"]["uid"]) for p in kubectl.list("pods")}
@@ -126,7 +133,7 @@ def test_array_and_group_come_up(
         time.sleep(4)  # give the resumed handlers and the daemon time to (not) act
     assert_clean(runner)
     assert {(p["metadata"]["name"], p["metadata"]["uid"]) for p in kubectl.list("pods")} == before
-    again = [e for e in kubectl.list("events")[n_events:] if e["reason"] in ("Created", "BladeCreated", "LUsCreated")]
+    again = [e for e in kubectl.list("events")[n_events:] if e["reason"] in ("Created", "Updated", "BladeCreated", "LUsCreated")]
     assert again == []
     assert condition(kubectl.get("diskarray", "a1"), "Ready")["status"] == "True"
 

@@ -317,7 +317,8 @@ async def _pass(
     for fs in fs_names:
         owners.setdefault(fs, planner.home_of(name, fs_names, fs, spec.blades.count))
     failovers: list[dict[str, Any]] = []
-    act = _Actor(body, name=name, namespace=namespace, spec=spec, da=da, summaries=summaries, rt=rt)
+    down_for = {pod.name: pod.not_ready_for for pod in observed.pods.values()}
+    act = _Actor(body, name=name, namespace=namespace, spec=spec, da=da, summaries=summaries, rt=rt, down_for=down_for)
     try:
         for action in p.actions:
             record = await act.do(action, file_systems=file_systems)
@@ -340,9 +341,10 @@ class _Actor:
 
     def __init__(
         self, body: kopf.Body, *, name: str, namespace: str, spec: cg_spec.ClusterGroupSpec, da: da_spec.DiskArraySpec,
-        summaries: Mapping[int, Mapping[str, Any]], rt: Runtime,
+        summaries: Mapping[int, Mapping[str, Any]], rt: Runtime, down_for: Mapping[str, float],
     ) -> None:
         self.body, self.name, self.namespace, self.spec, self.da = body, name, namespace, spec, da
+        self.down_for = down_for  # blade -> seconds since its pod's Ready condition went False
         self.by_name = {s["name"]: s for s in summaries.values()}
         self.rt = rt
 
@@ -381,7 +383,9 @@ class _Actor:
             events.normal(self.body, "ScaledDown", f"removed blade {action.name}")
 
     async def _move(self, m: planner.MoveFileSystem) -> dict[str, Any]:
-        t0 = self.rt.first_bad.get(m.source, time.monotonic()) if m.reason == "Failover" else time.monotonic()
+        t0 = time.monotonic()
+        if m.reason == "Failover":  # measured from the failure: the pod's Ready transition, or when we saw it go
+            t0 = min(self.rt.first_bad.get(m.source, t0), t0 - self.down_for.get(m.source, 0.0))
         token = await _array_token(self.namespace, self.spec.disk_array)
         if m.reason != "Failover":
             source = self._endpoint(m.source)

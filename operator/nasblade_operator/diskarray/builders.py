@@ -12,12 +12,17 @@ file per PVC, mounted at ``/devices/dev-<i>``.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from typing import Any
 
 from nasblade_operator import naming
 from nasblade_operator.diskarray.spec import DiskArraySpec
 
 TOKEN_DIR = "/etc/nasblade/token"
+#: Annotation on the StatefulSet: digest of the pod template the operator built, so a changed
+#: spec (cache size, resources, image) is noticed without comparing server-defaulted fields.
+TEMPLATE_HASH = "nasblade.io/template-hash"
 DEVICE_DIR = "/devices"
 
 
@@ -100,10 +105,24 @@ def controller_statefulset(array: str, spec: DiskArraySpec, *, image: str) -> di
     }
     if spec.controller.resources:
         container["resources"] = dict(spec.controller.resources)
+    template = {
+        "metadata": {"labels": labels(array)},
+        "spec": {
+            "terminationGracePeriodSeconds": 60,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+            "containers": [container],
+            "volumes": [{"name": "token", "secret": {"secretName": naming.token_secret_name(array)}}],
+        },
+    }
+    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": {"name": naming.controller_name(array), "labels": labels(array)},
+        "metadata": {
+            "name": naming.controller_name(array),
+            "labels": labels(array),
+            "annotations": {TEMPLATE_HASH: digest},
+        },
         "spec": {
             "replicas": 1,
             "serviceName": naming.controller_name(array),
@@ -112,15 +131,7 @@ def controller_statefulset(array: str, spec: DiskArraySpec, *, image: str) -> di
                 "whenDeleted": spec.deletion_policy,
                 "whenScaled": "Retain",
             },
-            "template": {
-                "metadata": {"labels": labels(array)},
-                "spec": {
-                    "terminationGracePeriodSeconds": 60,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
-                    "containers": [container],
-                    "volumes": [{"name": "token", "secret": {"secretName": naming.token_secret_name(array)}}],
-                },
-            },
+            "template": template,
             "volumeClaimTemplates": claims,
         },
     }

@@ -35,6 +35,9 @@ from nasblade_operator.validation import InvalidSpec
 
 RESOURCE = (naming.GROUP, naming.VERSION, "diskarrays")
 
+#: uid -> generation whose child objects this process has already ensured (saves requests on retries).
+_ensured: dict[str, int] = {}
+
 
 @kopf.index(*RESOURCE)
 def diskarrays(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
@@ -115,14 +118,26 @@ async def _ensure_children(body: kopf.Body, parsed: da_spec.DiskArraySpec, *, na
         token = base64.b64decode(secret["data"]["token"]).decode()
         arrayapi.remember_token(namespace, name, token)
     image = settings.current().image
+    generation = int(body.metadata.get("generation", 0))
+    if _ensured.get(str(body.metadata.get("uid"))) == generation:
+        return token  # a retry of the same generation: the children were made already
     created: list[str] = []
-    for obj in (builders.controller_service(name), builders.controller_statefulset(name, parsed, image=image)):
+    sts = builders.controller_statefulset(name, parsed, image=image)
+    for obj in (builders.controller_service(name), sts):
         kopf.adopt(obj, owner=body)
-        _, was_created = await k.create(obj)
+        existing, was_created = await k.create(obj)
         if was_created:
             created.append(f"{obj['kind']} {obj['metadata']['name']}")
+        elif obj is sts and existing.get("metadata", {}).get("annotations", {}).get(builders.TEMPLATE_HASH) != \
+                sts["metadata"]["annotations"][builders.TEMPLATE_HASH]:
+            # Cache size, resources or image changed: roll the controller pod (devices cannot change).
+            await k.patch("StatefulSet", naming.controller_name(name),
+                          {"metadata": {"annotations": sts["metadata"]["annotations"]},
+                           "spec": {"template": sts["spec"]["template"]}}, namespace=namespace)
+            events.normal(body, "Updated", f"StatefulSet {naming.controller_name(name)}: new pod template")
     if created:
         events.normal(body, "Created", ", ".join(created))
+    _ensured[str(body.metadata.get("uid"))] = generation
     return token
 
 
@@ -233,6 +248,7 @@ async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | N
     await k.delete("Service", naming.controller_name(name), namespace=namespace)
     await k.delete("Secret", naming.token_secret_name(name), namespace=namespace)
     arrayapi.forget_token(namespace, name)
+    _ensured.pop(str(body.metadata.get("uid")), None)
     policy = spec.get("deletionPolicy", "Retain")
     count = int(spec.get("devices", {}).get("count", 0))
     pvcs = [f"dev-{i}-{naming.controller_name(name)}-0" for i in range(count)]
