@@ -55,3 +55,17 @@ def lu(controller: Controller) -> str:
     name = f"lu{os.getpid()}"
     controller.client.create_lu(name, 64 << 20)
     return name
+
+
+@pytest.fixture(scope="module")
+def shared_controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]:
+    """One controller for a whole module of table-driven tests that do not change its state
+    in ways other rows could see (malformed input, error replies). Saves start-ups."""
+    work = tmp_path_factory.mktemp("shared")
+    c = Controller(work, [f"{work / f'dev{i}'}:256M" for i in range(2)], "64M")
+    c.start()
+    c.client.create_lu("shared", 64 << 20)
+    yield c
+    c.stop()
+    log = c.log()
+    assert "Traceback" not in log, log

@@ -32,7 +32,8 @@ def raw(controller: Controller, method: str, path: str, body: bytes | None = Non
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/v1/lus"), ("GET", "/v1/array"), ("POST", "/v1/lus"),
                                               ("GET", "/v1/openapi.json"), ("DELETE", "/v1/faults")])
-def test_no_or_wrong_token_is_401(controller: Controller, method: str, path: str) -> None:
+def test_no_or_wrong_token_is_401(shared_controller: Controller, method: str, path: str) -> None:
+    controller = shared_controller
     for token in (None, "wrong"):
         status, body = raw(controller, method, path, b"{}", token=token)
         assert status == 401 and isinstance(body, dict) and body["error"] == "unauthorized"
@@ -58,7 +59,9 @@ def test_no_or_wrong_token_is_401(controller: Controller, method: str, path: str
     ("GET", "/v1/clients/nope", None, 404),
     ("GET", "/v1/no-such-thing", None, 404),
 ])
-def test_errors_are_json_4xx(controller: Controller, method: str, path: str, body: bytes | None, status: int) -> None:
+def test_errors_are_json_4xx(shared_controller: Controller, method: str, path: str, body: bytes | None,
+                             status: int) -> None:
+    controller = shared_controller
     got, reply = raw(controller, method, path, body)
     assert got == status
     assert isinstance(reply, dict) and isinstance(reply["error"], str)

@@ -72,7 +72,8 @@ HANDSHAKES = [
 
 
 @pytest.mark.parametrize(("name", "data", "expect"), HANDSHAKES, ids=[h[0] for h in HANDSHAKES])
-def test_malformed_handshakes(controller: Controller, lu: str, name: str, data: bytes, expect: object) -> None:
+def test_malformed_handshakes(shared_controller: Controller, name: str, data: bytes, expect: object) -> None:
+    controller, lu = shared_controller, "shared"
     with NBDBlockDevice.connect(controller.url(lu)) as good:
         good.pwrite(0, b"ok" * 256)
         s = connect(controller)
@@ -111,8 +112,9 @@ REQUESTS = [
 
 
 @pytest.mark.parametrize(("name", "data", "error", "usable"), REQUESTS, ids=[r[0] for r in REQUESTS])
-def test_malformed_requests(controller: Controller, lu: str, name: str, data: bytes,
+def test_malformed_requests(shared_controller: Controller, name: str, data: bytes,
                             error: int | None, usable: bool) -> None:
+    controller, lu = shared_controller, "shared"
     good = NBDBlockDevice.connect(controller.url(lu))
     s = in_transmission(controller, lu)
     s.sendall(data)
