@@ -129,7 +129,7 @@ CLIENT_IMAGE ?= nasblade/nfs-client:$(NASBLADE_VERSION)
 LOCAL_BASE_IMAGE := $(shell sed -n 's/^BASE_IMAGE=//p' tests/cluster/versions.env)
 HELM := $(NASBLADE_CACHE)/bin/helm-$(shell sed -n 's/^HELM_VERSION=//p' tests/cluster/versions.env)/helm
 IMAGE_TOOL := $(PY) tests/e2e/imagetool.py
-.PHONY: wheels image client-image images image-load chart-lint test-chart test-e2e demo
+.PHONY: wheels image client-image images image-load chart-lint test-chart test-e2e demo demo-clean
 
 build/wheels/.stamp: pyproject.toml
 	mkdir -p build/wheels
@@ -165,6 +165,9 @@ test-e2e: venv cluster-up image-load
 # bring up the cluster, build + load the images, install the chart and the examples
 demo: deps cluster-up image-load
 	$(PY) tests/e2e/demo.py --image $(IMAGE)
+
+demo-clean: venv
+	$(PY) tests/e2e/demo.py --image $(IMAGE) --delete
 
 # the end-to-end suite needs the images in the cluster before pytest starts
 test: image-load

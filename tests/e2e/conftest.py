@@ -50,6 +50,13 @@ def images(kube: Kube) -> list[str]:
 @pytest.fixture(scope="module")
 def release(kube: Kube, images: list[str]) -> Iterator[str]:
     kube.helm("uninstall", RELEASE, "-n", RELEASE_NS, "--wait", check=False)
+    others = [d for d in kube.json("get", "deployments", "-A", "-l",
+                                   "app.kubernetes.io/part-of=nasblade,app.kubernetes.io/component=operator")["items"]
+              if d["metadata"]["namespace"] != RELEASE_NS]
+    if others:
+        names = [f"{d['metadata']['namespace']}/{d['metadata']['name']}" for d in others]
+        pytest.fail(f"another nasblade operator runs in this cluster ({names}); two would act on the "
+                    "same resources: remove it first (e.g. `make demo-clean`)")
     yield RELEASE
     kube.helm("uninstall", RELEASE, "-n", RELEASE_NS, "--wait", check=False)
     kube.kubectl("delete", "namespace", RELEASE_NS, "--ignore-not-found", "--wait=false",
