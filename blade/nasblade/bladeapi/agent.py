@@ -42,7 +42,7 @@ from aiohttp import web
 
 from nasblade import ready
 from nasblade.bladeapi.client import BladeAPIError, LocalClient
-from nasblade.cluster.fpside import SelfFence
+from nasblade.cluster.fpside import SelfFence, fail_stop_open
 from nasblade.program import bundle
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def control_app(fp: Any) -> web.Application:
 async def _main(args: argparse.Namespace) -> int:
     from nasblade.fileproc.server import FileProcessor
 
-    fp = FileProcessor(commit_interval=args.commit_interval)
+    fp = FileProcessor(commit_interval=args.commit_interval, open_device=fail_stop_open)
     agent = Agent(blade=args.blade, local=LocalClient(args.local_unix), fp=fp, interval=args.heartbeat_interval)
     if args.fence_after is not None:
         agent.fence.fence_after = args.fence_after

@@ -10,8 +10,8 @@ the unit tests in ``tests/groups/test_core.py`` drive it directly.
 Rules (see docs/cluster-groups.md):
 
 - **Liveness** is judged on the heartbeat *counter* as seen by the observer's own monotonic
-  clock, never on the writer's wall clock: a blade is alive while its counter changed less
-  than ``failure_timeout`` ago. A blade first seen is given the full timeout. A slot whose
+  clock, never on the writer's wall clock: a blade is alive while its counter changed (went up,
+  or started again after a restart) less than ``failure_timeout`` ago. A blade first seen is given the full timeout. A slot whose
   state is ``stopped`` (clean shutdown) is dead at once.
 - **Takeover planning**: a file system whose recorded owner is dead goes to the surviving
   member chosen deterministically: fewest file systems (counting the ones planned in this same
@@ -59,7 +59,7 @@ class Liveness:
 
     def observe(self, blade: str, *, counter: int, state: str, now: float) -> None:
         seen = self._seen.get(blade)
-        if seen is None or counter > seen.counter:
+        if seen is None or counter != seen.counter:  # a restarted file processor counts from 1 again
             self._seen[blade] = _Seen(counter, now, state)
         else:
             seen.state = state
