@@ -235,3 +235,26 @@ def test_bad_nbd_input_gets_error_replies_and_the_proxy_keeps_serving(
         NBDBlockDevice.connect(bp.url("no-such-lu"))
     with NBDBlockDevice.connect(bp.url("fs1")) as dev:
         assert dev.pread(0, 5) == b"hello"
+
+
+def test_read_ahead_serves_sequential_reads_and_never_stale_data(
+    start_bp: Callable[..., BladeProc]
+) -> None:
+    bp = start_bp()
+    dev = NBDBlockDevice.connect(bp.url("fs1"))
+    blocks = [os.urandom(1 << 20) for _ in range(16)]
+    for i, b in enumerate(blocks):
+        dev.pwrite(i << 20, b)
+    for i, b in enumerate(blocks):
+        assert dev.pread(i << 20, 1 << 20) == b
+    upstream = BladeClient(bp.api, BLADE_TOKEN).status()["upstream"]["fs1"]
+    assert upstream["readahead"]["hits"] >= 10
+    # read block 0..2 sequentially (prefetching 3 and 4), then overwrite 3: the next read of 3
+    # must return the new bytes, not the prefetched ones
+    for i in range(3):
+        dev.pread(i << 20, 1 << 20)
+    new = os.urandom(1 << 20)
+    dev.pwrite(3 << 20, new)
+    assert dev.pread(3 << 20, 1 << 20) == new
+    assert dev.pread(4 << 20, 1 << 20) == blocks[4]
+    dev.close()

@@ -421,6 +421,7 @@ class BlockProcessor:
                     "replayedWrites": p.stats.replayed_writes,
                     "journalBytes": p.journal_bytes,
                     "requests": dict(p.stats.by_command),
+                    "readahead": {"issued": p.stats.readahead_issued, "hits": p.stats.readahead_hits},
                 }
                 for lu, p in sorted(self.exports.pools.items())
             },

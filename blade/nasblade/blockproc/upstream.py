@@ -278,6 +278,8 @@ class PoolStats:
     replayed_writes: int = 0
     requests: int = 0
     by_command: dict[str, int] = field(default_factory=dict)
+    readahead_issued: int = 0
+    readahead_hits: int = 0
 
 
 @dataclass
@@ -306,6 +308,11 @@ class UpstreamPool:
     _rr: int = 0
     _closing: bool = False
     _auto_flush: asyncio.Task[Reply] | None = None
+    readahead: int = 2
+    """How many requests ahead to prefetch once reads are sequential (0: never)."""
+    _ahead: dict[tuple[int, int], asyncio.Future[Reply]] = field(default_factory=dict)
+    _last_read_end: int = -1
+    _writes_in_flight: int = 0
 
     async def start(self) -> None:
         """Connect (raising if the first connection cannot be made at all)."""
@@ -410,11 +417,61 @@ class UpstreamPool:
     def submit(
         self, cmd: int, offset: int, length: int, *, flags: int = 0, payload: bytes | memoryview | None = None
     ) -> asyncio.Future[Reply]:
+        """``request`` as a future, with read-ahead for sequential reads (see ``_read``)."""
+        if cmd == proto.Cmd.READ:
+            return self._read(offset, length, flags)
+        if cmd != proto.Cmd.FLUSH:
+            # anything that may change data: forget read-ahead, and issue none until it is done
+            self._ahead.clear()
+            self._last_read_end = -1
+            self._writes_in_flight += 1
+            fut = self._submit(cmd, offset, length, flags=flags, payload=payload)
+            fut.add_done_callback(self._write_done)
+            return fut
+        return self._submit(cmd, offset, length, flags=flags, payload=payload)
+
+    def _write_done(self, _fut: asyncio.Future[Reply]) -> None:
+        self._writes_in_flight -= 1
+
+    def _read(self, offset: int, length: int, flags: int) -> asyncio.Future[Reply]:
+        """Serve a READ, from a prefetched reply when one matches exactly.
+
+        Read-ahead rule (coherent because this blade is the LU's only writer while it holds the
+        reservation): when a READ starts where the previous one ended, the next ``readahead``
+        requests of the same length are prefetched. Prefetching happens only while no write,
+        trim or zeroing is in flight, and every such request drops all prefetched data on
+        arrival, so a READ never sees data older than a write it was ordered after.
+        """
+        hit = self._ahead.pop((offset, length), None)
+        sequential = offset == self._last_read_end
+        self._last_read_end = offset + length
+        if hit is not None:
+            self.stats.readahead_hits += 1
+            self._count(proto.Cmd.READ)
+            fut = hit
+        else:
+            fut = self._submit(proto.Cmd.READ, offset, length, flags=flags)
+        if sequential and self.readahead and not self._writes_in_flight:
+            for k in range(1, self.readahead + 1):
+                start = offset + k * length
+                key = (start, length)
+                if start + length > self.size or key in self._ahead:
+                    continue
+                if len(self._ahead) >= 4 * self.readahead:
+                    break
+                self.stats.readahead_issued += 1
+                self._ahead[key] = self._submit(proto.Cmd.READ, start, length, counted=False)
+        return fut
+
+    def _submit(
+        self, cmd: int, offset: int, length: int, *, flags: int = 0,
+        payload: bytes | memoryview | None = None, counted: bool = True,
+    ) -> asyncio.Future[Reply]:
         """``request`` as a future. While connected it costs no task: the request goes straight
         onto a connection and a callback finishes it; a lost connection falls back to the
         retrying coroutine."""
         loop = asyncio.get_running_loop()
-        flush_mark = self._count(cmd)
+        flush_mark = self._count(cmd) if counted else 0
         if self._ready.is_set():
             try:
                 inner = self._pick().send(cmd, offset, length, flags=flags, payload=payload)
