@@ -216,6 +216,16 @@ def test_failover_backup_rollout_and_deletion(
         assert ("g1-blade-0", "release", "home") in releases and ("g1-blade-1", "release", "scratch") in releases
         kubectl.wait("clustergroup/g1", "condition=Ready", timeout=60)
         assert ("Normal", "Upgraded") in events(kubectl, "g1")
+        # The Prometheus metrics saw it all.
+        from nasblade_operator import metrics
+        from prometheus_client import generate_latest
+
+        text = generate_latest(metrics.REGISTRY).decode()
+        for line in ('nasblade_operator_failovers_total{reason="Failover"}', 'nasblade_operator_failovers_total{reason="Rollout"}',
+                     'nasblade_operator_backups_total{result="Succeeded",trigger="OnDemand"}',
+                     f'nasblade_operator_blades{{group="g1",namespace="{namespace}",state="Running"}} 2.0'):
+            assert line in text, line
+        assert "nasblade_operator_failover_seconds_count" in text and 'nasblade_operator_api_requests_total{verb="create"}' in text
 
         # Deleting the group is refused while it serves file systems ...
         kubectl("delete", "clustergroup", "g1", "--wait=false")

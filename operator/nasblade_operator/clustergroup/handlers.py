@@ -116,8 +116,10 @@ async def reconcile(
     if array is None or array["deleting"]:
         message = f"DiskArray {parsed.disk_array!r} does not exist in namespace {namespace}; create it or fix spec.diskArrayRef.name"
         _refuse(body, status, patch, generation=generation, reason="DiskArrayMissing", message=message)
-        events.warning(body, "DiskArrayMissing", message)
-        raise kopf.TemporaryError(message, delay=settings.current().retry_delay)
+        retry = int(kwargs.get("retry", 0))
+        if retry % 10 == 0:  # not an Event on every retry
+            events.warning(body, "DiskArrayMissing", message)
+        raise kopf.TemporaryError(message, delay=min(60.0, settings.current().retry_delay * 2 ** min(retry, 2)))
     portion = status.get("portion")
     if portion is None:
         portion = await _claim_portion(body, name=name, namespace=namespace, array=parsed.disk_array)
@@ -546,6 +548,8 @@ async def _write_status(
             "softwareVersion": s["version"] if s else "",
         })
     running = sum(1 for b in blades if b["state"] == "Running" and b["index"] < spec.blades.count)
+    for state in ("Pending", "Running", "Suspect", "Failed", "Upgrading"):
+        metrics.BLADES.labels(namespace, name, state).set(sum(1 for b in blades if b["state"] == state))
     unserved = [fs for fs, o in owners.items() if plan.states.get(o) != "Running"]
     bad = [b["name"] for b in blades if b["state"] in ("Failed", "Suspect")]
     cond = list(old.get("conditions", []))
