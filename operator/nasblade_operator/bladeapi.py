@@ -3,7 +3,7 @@
 The file processor of each blade serves a small HTTP + JSON API on port 8090 (bearer token:
 the array's control token). The calls the operator makes, and nothing else:
 
-  GET  /v1/status                          -> {"blade", "version", "fileSystems": [..], "activeArea"}
+  GET  /v1/status                          -> {"version", "fileSystems", "heartbeatAge", "activeArea", ..}
   POST /v1/filesystems/{fs}/takeover       -> 200 once the blade serves fs (idempotent)
   POST /v1/filesystems/{fs}/release        -> 200 once the blade no longer serves fs (idempotent)
   POST /v1/backups {"portions": [..], "trigger": ..} -> 200 {"result": "Succeeded"|"Failed", "message"}
@@ -63,6 +63,32 @@ async def _post(base: str, path: str, *, token: str, body: Any = None) -> Any:
             return data
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise BladeUnavailable(f"POST {url}: {exc or type(exc).__name__}") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class BladeStatus:
+    heartbeat_age: float | None  # seconds since the blade last wrote its heartbeat into the portion
+    active_area: str  # "portion" or "backup"
+    version: str | None
+
+
+async def status(base: str, *, token: str) -> BladeStatus:
+    """The blade's own view: heartbeat age, active processor-info area, software version."""
+    url = base.rstrip("/") + "/v1/status"
+    try:
+        async with _http().get(url, headers={"Authorization": f"Bearer {token}"},
+                               timeout=aiohttp.ClientTimeout(total=2)) as r:
+            if r.status >= 400:
+                raise BladeUnavailable(f"GET {url}: HTTP {r.status}")
+            data: Any = await r.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise BladeUnavailable(f"GET {url}: {exc or type(exc).__name__}") from exc
+    age = data.get("heartbeatAge")
+    return BladeStatus(
+        heartbeat_age=float(age) if isinstance(age, int | float) else None,
+        active_area="backup" if data.get("activeArea") == "backup" else "portion",
+        version=data.get("version"),
+    )
 
 
 async def takeover(base: str, fs: str, *, token: str) -> None:

@@ -3,8 +3,9 @@
 One aiohttp server on loopback answers for every blade under ``/b/<pod>/v1/...`` (the
 operator is pointed at it with NASBLADE_ENDPOINT_OVERRIDES ``{"*": {"blade":
 "http://127.0.0.1:PORT/b/{name}"}}``) and records each call as ``(blade, action, argument)``.
-It implements the calls ``nasblade_operator.bladeapi`` makes: take over / release a file
-system and run a backup; ``backup_result`` sets what backups answer.
+It implements the calls ``nasblade_operator.bladeapi`` makes: status, take over / release a
+file system and run a backup; ``backup_result`` sets what backups answer and
+``heartbeat_age[blade]`` the heartbeat age a blade reports.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class FakeBlades:
         self.token = token
         self.calls: list[tuple[str, str, Any]] = []
         self.backup_result = "Succeeded"
+        self.heartbeat_age: dict[str, float] = {}  # blade -> what GET /v1/status reports (default 0.1 s)
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -52,6 +54,7 @@ class FakeBlades:
         app = web.Application()
         app.router.add_post("/b/{blade}/v1/filesystems/{fs}/{action}", self._fs)
         app.router.add_post("/b/{blade}/v1/backups", self._backup)
+        app.router.add_get("/b/{blade}/v1/status", self._status)
         self._runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -69,6 +72,13 @@ class FakeBlades:
         m = request.match_info
         self.calls.append((m["blade"], m["action"], m["fs"]))
         return web.json_response({"fs": m["fs"], m["action"]: True})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        blade = request.match_info["blade"]
+        return web.json_response({"blade": blade, "heartbeatAge": self.heartbeat_age.get(blade, 0.1),
+                                  "activeArea": "primary", "version": "0.1.0"})
 
     async def _backup(self, request: web.Request) -> web.Response:
         if not self._authorised(request):

@@ -103,3 +103,9 @@ def test_scale_down_hands_over_then_removes() -> None:
     plan = p.plan(observed({0: pod(0), 1: pod(1), 2: pod(2)}, owners=owners))
     assert moves(plan) == [("logs", "g-blade-2", "g-blade-0", "ScaleDown")]
     assert p.DeletePod("g-blade-2", "ScaleDown") in plan.actions
+
+
+def test_stale_heartbeat_fails_a_ready_blade() -> None:
+    plan = p.plan(observed({0: pod(0, heartbeat_age=5.0), 1: pod(1, heartbeat_age=0.2)}))
+    assert plan.states == {"g-blade-0": "Failed", "g-blade-1": "Running"}
+    assert [m[2] for m in moves(plan)] == ["g-blade-1", "g-blade-1"]

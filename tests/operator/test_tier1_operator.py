@@ -256,3 +256,23 @@ def test_deletion_retains_data(
     pvcs = kubectl.list("pvc")
     assert len(pvcs) == 2 and not any(p["metadata"].get("deletionTimestamp") for p in pvcs)
     assert ("Normal", "DataRetained") in events(kubectl, "a1")
+
+
+def test_heartbeat_loss_fails_over(
+    kubectl: Kubectl, operator: Callable[[], Any], blades: FakeBlades, token_secret: Callable[[str], None],
+) -> None:
+    """A blade whose pod stays Ready but whose heartbeat stops is failed over and replaced."""
+    token_secret("a1")
+    with operator() as runner:
+        kubectl.apply(array())
+        kubectl.apply(group(failover={"giveBack": "Manual"}))
+        kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
+        uid = (kubectl.get("pod", "g1-blade-1") or {})["metadata"]["uid"]
+        blades.heartbeat_age["g1-blade-1"] = 30.0
+        wait_until("scratch on blade 0", lambda: service_blade(kubectl, "scratch") == "g1-blade-0", timeout=30)
+        blades.heartbeat_age.clear()
+        wait_until("blade 1 replaced", lambda: (kubectl.get("pod", "g1-blade-1") or {}).get("metadata", {}).get("uid") not in (None, uid))
+        g = kubectl.get("clustergroup", "g1")
+    assert_clean(runner)
+    assert g is not None and g["status"]["activeArea"] == "portion"
+    assert ("g1-blade-0", "takeover", "scratch") in blades.calls

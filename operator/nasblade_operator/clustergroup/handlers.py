@@ -223,6 +223,9 @@ class Runtime:
     next_backup_check: float = 0.0
     replacing: set[str] = dataclasses.field(default_factory=set)  # blades whose failed pod was deleted
     status: dict[str, Any] | None = None  # the status this daemon last wrote (the body may lag behind)
+    heartbeats: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)  # blade -> (age, when)
+    active_area: str = "portion"
+    next_probe: float = 0.0
     deferred: bool = False
     rolling: bool = False
 
@@ -254,7 +257,8 @@ async def run_group(
         _triggers.pop(key, None)
 
 
-def _pod_obs(summary: Mapping[str, Any], *, now: datetime.datetime, seen_ready: set[str]) -> planner.PodObs:
+def _pod_obs(summary: Mapping[str, Any], *, now: datetime.datetime, rt: Runtime) -> planner.PodObs:
+    seen_ready = rt.seen_ready
     ready = bool(summary["ready"])
     if ready:
         seen_ready.add(summary["name"])
@@ -268,7 +272,36 @@ def _pod_obs(summary: Mapping[str, Any], *, now: datetime.datetime, seen_ready: 
         terminated=summary["phase"] in ("Failed", "Succeeded"),
         deleting=bool(summary["deleting"]),
         not_ready_for=0.0 if ready or since is None else (now - since).total_seconds(),
+        heartbeat_age=_heartbeat_age(rt, summary["name"]),
     )
+
+
+def _heartbeat_age(rt: Runtime, blade: str) -> float | None:
+    hb = rt.heartbeats.get(blade)
+    return None if hb is None else hb[0] + (time.monotonic() - hb[1])
+
+
+async def _probe(namespace: str, *, array: str, summaries: Mapping[int, Mapping[str, Any]], rt: Runtime) -> None:
+    """Read each Ready blade's heartbeat age and active area (every NASBLADE_STATUS_INTERVAL).
+
+    The fast failure signal is the pod's readiness; this catches a blade whose pod looks
+    fine but whose file processor stopped writing heartbeats into the portion.
+    """
+    if time.monotonic() < rt.next_probe:
+        return
+    rt.next_probe = time.monotonic() + settings.current().status_interval
+    token = await _array_token(namespace, array)
+    targets = [(s["name"], endpoints.blade_api(namespace, s["name"], s.get("ip")))
+               for s in summaries.values() if s["ready"]]
+    results = await asyncio.gather(*(bladeapi.status(base, token=token) for _, base in targets if base),
+                                   return_exceptions=True)
+    for (blade, _), result in zip([t for t in targets if t[1]], results, strict=True):
+        if isinstance(result, bladeapi.BladeStatus):
+            if result.heartbeat_age is not None:
+                rt.heartbeats[blade] = (result.heartbeat_age, time.monotonic())
+            rt.active_area = result.active_area
+        else:
+            rt.heartbeats.pop(blade, None)  # unknown: the pod's readiness decides
 
 
 def _status(body: kopf.Body, rt: Runtime) -> dict[str, Any]:
@@ -297,12 +330,13 @@ async def _pass(
     fs_names = [f.name for f in file_systems]
     now = datetime.datetime.now(datetime.UTC)
     summaries = {int(s["index"]): s for s in pods.get((namespace, name), [])}
+    await _probe(namespace, array=spec.disk_array, summaries=summaries, rt=rt)
     observed = planner.Observed(
         group=name,
         count=spec.blades.count,
         version=da.software_version,
         file_systems=fs_names,
-        pods={i: _pod_obs(s, now=now, seen_ready=rt.seen_ready) for i, s in summaries.items()},
+        pods={i: _pod_obs(s, now=now, rt=rt) for i, s in summaries.items()},
         owners={f["name"]: f["blade"] for f in status.get("fileSystems", []) if f.get("blade") and f["name"] in fs_names},
         failure_timeout=spec.heartbeat.failure_timeout,
         automatic_failover=spec.failover.policy == "Automatic",
@@ -375,6 +409,7 @@ class _Actor:
 
     async def _delete_pod(self, action: planner.DeletePod) -> None:
         await kube.client().delete("Pod", action.name, namespace=self.namespace)
+        self.rt.heartbeats.pop(action.name, None)
         self.rt.seen_ready.discard(action.name)
         if action.reason == "Failed":
             self.rt.replacing.add(action.name)
@@ -597,6 +632,7 @@ async def _write_status(
              "service": naming.nfs_service_name(spec.disk_array, fs)}
             for fs in fs_names
         ],
+        "activeArea": rt.active_area,
         "rollout": {"targetVersion": version, "step": "upgrading one blade at a time"} if plan.rolling else None,
     }
     if failovers:

@@ -10,7 +10,8 @@ give-back and the rolling upgrade without an API server.
 Rules, in the order they are applied:
 
 1. A blade is ``Failed`` when its pod is gone (after it ran once), has terminated, is being deleted, or has not
-   been Ready for ``failure_timeout``; ``Suspect`` while not Ready for less than that;
+   been Ready for ``failure_timeout``, or its heartbeat in the portion is older than that;
+   ``Suspect`` while not Ready for less than that;
    ``Pending`` if it has never been Ready; else ``Running``.
 2. Failover (policy Automatic): every file system whose owner is Failed moves to the Running
    blade that serves the fewest file systems (lowest index on ties). No survivor: it waits.
@@ -46,6 +47,7 @@ class PodObs:
     terminated: bool
     deleting: bool
     not_ready_for: float  # seconds since the Ready condition last became False (0 if Ready)
+    heartbeat_age: float | None = None  # from the blade's status; None when unknown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +107,8 @@ def home_of(group: str, file_systems: Sequence[str], fs: str, count: int) -> str
 def state_of(pod: PodObs | None, *, failure_timeout: float) -> BladeState:
     if pod is None or pod.terminated or pod.deleting:
         return "Failed"
+    if pod.ready and pod.heartbeat_age is not None and pod.heartbeat_age >= failure_timeout:
+        return "Failed"  # the pod looks fine but the blade stopped writing its heartbeat
     if pod.ready:
         return "Running"
     if not pod.ever_ready:
