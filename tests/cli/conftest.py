@@ -10,11 +10,16 @@
 - ``cli``: runs ``python -m nasblade ARGS`` against ``array`` (``NASBLADE_DATA_DIR`` and
   ``NASBLADE_CONFIG`` set) and returns the ``CompletedProcess`` (text, stdout/stderr captured).
 - ``snapshot``: a small hand-made ``model.Snapshot`` for the pure tests (no processes).
+- Kubernetes (tier 1): ``tier1_cluster``, ``tier1_kubeconfig`` (tests/cluster) and the operator
+  tests' fixtures ``crds``, ``namespace``, ``kubectl``, ``kubelet`` (fake kubelet), ``controller``
+  (a real controller), ``blades`` (fake blade API), ``operator`` (the real operator in
+  ``KopfRunner``), ``token_secret`` -- see tests/operator/conftest.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import random
 import signal
@@ -158,3 +163,27 @@ def snapshot() -> Snapshot:
     }
     result: Snapshot = snap
     return result
+
+
+# -- Kubernetes (tier 1) ------------------------------------------------------------------------
+# The tier-1 API server (tests/cluster/pytest_cluster.py) and the operator engineer's fixtures
+# (tests/operator/conftest.py: crds, namespace, kubectl, kubelet, controller, blades, operator,
+# token_secret), loaded under a module name of their own so the two conftests do not collide.
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "cluster"))
+sys.path.insert(0, str(REPO / "tests" / "operator"))
+from pytest_cluster import *  # noqa: E402, F403  tier1_cluster, tier1_kubeconfig, use_tier1
+
+_spec = importlib.util.spec_from_file_location("nasblade_operator_test_fixtures", REPO / "tests" / "operator" / "conftest.py")
+assert _spec is not None and _spec.loader is not None
+operator_fixtures = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = operator_fixtures
+_spec.loader.exec_module(operator_fixtures)
+crds = operator_fixtures.crds
+namespace = operator_fixtures.namespace
+kubectl = operator_fixtures.kubectl
+kubelet = operator_fixtures.kubelet
+controller = operator_fixtures.controller
+blades = operator_fixtures.blades
+operator = operator_fixtures.operator
+token_secret = operator_fixtures.token_secret

@@ -332,7 +332,7 @@ class KubeSource:
         raise NotAvailable("the operator takes no planned-move request yet: it moves file systems on failure, "
                            "give-back and rollout only (use --dry-run to check a takeover)")
 
-    def rollout(self, version: str, *, array: str | None) -> dict[str, Any]:
+    def rollout(self, version: str, *, array: str | None, force: bool = False) -> dict[str, Any]:
         arrays = self._list("diskarrays")
         if array is None:
             if len(arrays) != 1:
@@ -343,8 +343,9 @@ class KubeSource:
         if obj is None:
             raise UsageError(f"no DiskArray {array!r} in namespace {self.namespace}")
         seeded = list((obj.get("status", {}).get("software") or {}).get("seeded", []) or [])
-        if seeded and version not in seeded:
-            raise UsageError(f"version {version} is not in the program LU of {array} (seeded: {', '.join(seeded)})")
+        if seeded and version not in seeded and not force:
+            raise UsageError(f"version {version} was not seeded into the program LU of {array} (seeded: "
+                             f"{', '.join(seeded)}); push it first, or pass --force if it was pushed since")
         before = (obj.get("spec", {}).get("software") or {}).get("version")
         self._patch("diskarrays", array, {"spec": {"software": {"version": version}}}, what="DiskArray")
         return {"array": array, "from": before, "to": version}

@@ -496,7 +496,7 @@ class StandaloneSource:
         result: dict[str, Any] = {"fileSystem": fs, "to": to, "answer": answer}
         return result
 
-    def rollout(self, version: str, *, array: str | None) -> dict[str, Any]:
+    def rollout(self, version: str, *, array: str | None, force: bool = False) -> dict[str, Any]:
         raise NotAvailable(
             "a standalone array has no rolling restart of its blades: select the version with "
             f"`nasblade software --program nbd://{self.endpoints.nbd}/{PROGRAM_LU} select {version}` "

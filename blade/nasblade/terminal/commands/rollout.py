@@ -25,6 +25,8 @@ from nasblade.terminal.target import add_target_arguments, guarded, open_source
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("version", metavar="VERSION", help="software version (must be in the program catalog)")
     parser.add_argument("--array", metavar="NAME", help="DiskArray to roll (default: the only one in the namespace)")
+    parser.add_argument("--force", action="store_true",
+                        help="roll out even when the version is not among the ones seeded into the program LU")
     parser.add_argument("--no-follow", action="store_true", help="only request it; do not wait")
     parser.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS", help="give up following after this long (exit 4)")
     parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="progress refresh interval")
@@ -44,7 +46,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     def body() -> int:
         source = open_source(args)
-        requested = source.rollout(args.version, array=args.array)
+        requested = source.rollout(args.version, array=args.array, force=args.force)
         if args.no_follow:
             render.write_data(requested, fmt="json" if args.output == "table" else args.output, stream=sys.stdout)
             return 0

@@ -1,0 +1,148 @@
+"""``kubectl nas`` against the tier-1 API server with the real operator running.
+
+The operator (``KopfRunner``) reconciles a DiskArray and a ClusterGroup; pod life is the fake
+kubelet, the blades' management API the fake blade server, the controller a real process
+(all from tests/operator/conftest.py). The plugin is run as an administrator runs it: the
+``kubectl-nas`` entry point, and through ``kubectl nas`` itself (kubectl finds plugins on PATH).
+Its ``-o json`` is compared with the resources as ``kubectl get`` returns them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.tier1
+SVG = "{http://www.w3.org/2000/svg}"
+FS = [{"name": "home", "size": "64Mi", "clusterGroup": "g1", "exports": [{"clients": ["10.0.0.0/8"]}]},
+      {"name": "scratch", "size": "32Mi", "clusterGroup": "g1"}]
+ARRAY = {"apiVersion": "nasblade.io/v1alpha1", "kind": "DiskArray", "metadata": {"name": "a1"},
+         "spec": {"devices": {"count": 2, "size": "1Gi"}, "fileSystems": FS,
+                  "areas": {"programSize": "16Mi", "processorInfoSize": "8Mi", "backupSize": "8Mi", "portions": 4}}}
+GROUP = {"apiVersion": "nasblade.io/v1alpha1", "kind": "ClusterGroup", "metadata": {"name": "g1"},
+         "spec": {"diskArrayRef": {"name": "a1"}, "blades": {"count": 2},
+                  "heartbeat": {"interval": "200ms", "failureTimeout": "1s"}}}
+
+
+def wait_until(what: str, fn: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def plugin(kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": kubeconfig}
+    env.pop("NASBLADE_DATA_DIR", None)
+    return subprocess.run([sys.executable, "-m", "nasblade.terminal.kubectl", *args], env=env, text=True,
+                          capture_output=True, timeout=120, check=False)
+
+
+def test_kubectl_nas_against_the_operator(
+    kubectl: Any, operator: Callable[[], Any], blades: Any, token_secret: Callable[[str], None], namespace: str,
+    tier1_kubeconfig: str, tmp_path: Path,
+) -> None:
+    token_secret("a1")
+    with operator() as runner:
+        kubectl.apply(ARRAY)
+        kubectl.apply(GROUP)
+        kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
+        kubectl.wait("diskarray/a1", "condition=Ready", timeout=90)
+        wait_until("owners in status", lambda: len((kubectl.get("clustergroup", "g1") or {})
+                                                  .get("status", {}).get("fileSystems", [])) == 2)
+
+        # status -o json is what the API server holds
+        out = plugin(tier1_kubeconfig, "status", "-n", namespace, "-o", "json")
+        assert out.returncode == 0, out.stderr
+        snap = json.loads(out.stdout)
+        cg, da = kubectl.get("clustergroup", "g1"), kubectl.get("diskarray", "a1")
+        assert snap["target"]["namespace"] == namespace
+        [arr] = snap["arrays"]
+        assert arr["name"] == "a1" and arr["ready"] is True and len(arr["devices"]) == 2
+        assert arr["size"] == 2 << 30
+        lus = {lu["name"]: lu for lu in arr["lus"]}
+        for f in da["status"]["fileSystems"]:
+            assert lus[f["lu"]]["size"] == f["size"] and lus[f["lu"]]["fileSystem"] == f["name"]
+        [g] = snap["groups"]
+        assert [(b["name"], b["state"]) for b in g["blades"]] == [(b["name"], "ok") for b in cg["status"]["blades"]]
+        assert {f["name"]: (f["blade"], f["epoch"]) for f in snap["fileSystems"]} == \
+               {f["name"]: (f["blade"], f.get("epoch")) for f in cg["status"]["fileSystems"]}
+
+        # the same through kubectl itself, which finds kubectl-nas on PATH
+        kubectl_bin = shutil.which("kubectl") or "kubectl"
+        env = {**os.environ, "KUBECONFIG": tier1_kubeconfig,
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        via = subprocess.run([kubectl_bin, "nas", "status", "-n", namespace], env=env, text=True,
+                             capture_output=True, timeout=120, check=False)
+        assert via.returncode == 0, via.stderr
+        assert "g1-blade-0" in via.stdout and "Cluster group g1" in via.stdout
+
+        # the map names every blade and LU
+        svg = tmp_path / "k.svg"
+        assert plugin(tier1_kubeconfig, "map", "-n", namespace, "--svg", str(svg), "--no-png").returncode == 0
+        named: dict[str, set[str]] = {}
+        for el in ET.parse(svg).getroot().iter(f"{SVG}g"):
+            named.setdefault(el.get("data-kind", ""), set()).add(el.get("data-name", ""))
+        assert named["blade"] == {b["name"] for b in cg["status"]["blades"]}
+        assert named["lu"] == set(lus)
+
+        # on-demand backup: the annotation, the operator runs it through a blade, exit 0
+        backup = plugin(tier1_kubeconfig, "backup", "g1", "-n", namespace, "-o", "json", "--timeout", "60")
+        assert backup.returncode == 0, backup.stderr
+        assert json.loads(backup.stdout)["succeeded"] is True
+        assert any(c[1] == "backup" and c[2]["trigger"] == "OnDemand" for c in blades.calls)
+        assert "nasblade.io/backup-now" not in (kubectl.get("clustergroup", "g1")["metadata"].get("annotations") or {})
+        events = json.loads(plugin(tier1_kubeconfig, "events", "-n", namespace, "-o", "json").stdout)
+        assert any(e["kind"] == "BackupSucceeded" and e["object"] == "ClusterGroup/g1" for e in events)
+
+        # takeover: the dry run answers from the status; the move itself is not offered by the operator
+        owner = {f["name"]: f["blade"] for f in snap["fileSystems"]}["home"]
+        peer = next(b["name"] for b in g["blades"] if b["name"] != owner)
+        dry = plugin(tier1_kubeconfig, "takeover", "home", "--to", peer, "--dry-run", "-n", namespace)
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        move = plugin(tier1_kubeconfig, "takeover", "home", "--to", peer, "-n", namespace)
+        assert move.returncode == 2 and "takes no planned-move request" in move.stderr
+
+        # rollout: spec.software.version, then every blade on the new version
+        roll = plugin(tier1_kubeconfig, "software", "rollout", "0.2.0", "--force", "-n", namespace, "-o", "json",
+                      "--timeout", "120")
+        assert roll.returncode == 0, roll.stderr
+        assert kubectl.get("diskarray", "a1")["spec"]["software"]["version"] == "0.2.0"
+        assert set(json.loads(roll.stdout)["blades"].values()) == {"0.2.0"}
+
+        # errors: unknown names and namespaces exit 2, an API server that does not answer exits 3
+        bad = plugin(tier1_kubeconfig, "backup", "nope", "-n", namespace)
+        assert bad.returncode == 2 and "no ClusterGroup 'nope'" in bad.stderr
+        gone = plugin(tier1_kubeconfig, "status", "-n", "no-such-namespace")
+        assert gone.returncode == 2 and "no namespace 'no-such-namespace'" in gone.stderr
+    operator_fixtures_clean(runner)
+    broken = tmp_path / "kubeconfig"
+    cfg = Path(tier1_kubeconfig).read_text()
+    import yaml
+
+    doc = yaml.safe_load(cfg)
+    doc["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:1"
+    broken.write_text(yaml.safe_dump(doc))
+    down = plugin(str(broken), "status", "-n", namespace)
+    assert down.returncode == 3 and "does not answer" in down.stderr
+
+
+def operator_fixtures_clean(runner: Any) -> None:
+    """The operator exited cleanly and logged no traceback (tests/operator's assert_clean)."""
+    assert runner.exit_code == 0, runner.output
+    assert runner.exception is None, runner.exception
+    assert "Traceback" not in runner.output, runner.output
