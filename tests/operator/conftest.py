@@ -27,9 +27,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "cluster"))
-
-pytest_plugins = ["pytest_cluster"]
-
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import secrets  # noqa: E402
@@ -43,6 +40,7 @@ import pytest  # noqa: E402
 from fakeblade import FakeBlades  # noqa: E402
 from nasblade import ready  # noqa: E402
 from podlife import FakeKubelet  # noqa: E402
+from pytest_cluster import *  # noqa: E402, F403 - tier1_cluster, tier1_kubeconfig, use_tier1
 
 REPO = HERE.parents[1]
 CRDS = REPO / "crds"
