@@ -6,8 +6,9 @@ the DiskArray through the ``diskarrays`` index (``diskarray/handlers.py``). Deci
 ``plan.plan`` (no I/O there). Acts through ``kube`` (pods, Services, status), ``bladeapi``
 (take over, release, backup), ``arrayapi`` (controller load) and ``events``.
 
-The daemon wakes on every blade pod event and DiskArray change (``_triggers``), and at least
-every heartbeat-derived interval, so a failed blade is noticed within ``failureTimeout``.
+The daemon wakes on every event of its blade pods and of its DiskArray (``wakeups``, set by
+the index functions) and at least every second, so a failed blade is noticed within
+``failureTimeout``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from nasblade_operator import (
     metrics,
     naming,
     settings,
+    wakeups,
 )
 from nasblade_operator.clustergroup import builders
 from nasblade_operator.clustergroup import plan as planner
@@ -44,19 +46,11 @@ RESOURCE = (naming.GROUP, naming.VERSION, "clustergroups")
 ARRAYS = (naming.GROUP, naming.VERSION, "diskarrays")
 HISTORY = 10
 
-_triggers: dict[tuple[str, str], asyncio.Event] = {}
-
-
-def _trigger(namespace: str, group: str | None) -> None:
-    ev = _triggers.get((namespace, group or ""))
-    if ev is not None:
-        ev.set()
-
-
 @kopf.index("pods", labels={naming.L_COMPONENT: "blade", naming.L_GROUP: kopf.PRESENT})
 def blade_pods(namespace: str | None, name: str, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """(namespace, group) -> summaries of its blade pods (what ``plan.PodObs`` needs)."""
+    """(namespace, group) -> summaries of its blade pods (what ``plan.PodObs`` needs); wakes the group."""
     namespace = namespace or ""
+    wakeups.wake_group(namespace, labels[naming.L_GROUP])  # runs once this event is indexed
     st = body.get("status", {})
     ready: dict[str, Any] = next((c for c in st.get("conditions", []) if c.get("type") == "Ready"), {})
     return {
@@ -71,22 +65,6 @@ def blade_pods(namespace: str | None, name: str, body: kopf.Body, labels: kopf.L
             "ip": st.get("podIP"),
         }
     }
-
-
-@kopf.on.event("pods", labels={naming.L_COMPONENT: "blade", naming.L_GROUP: kopf.PRESENT})
-def blade_pod_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
-    """Wake the group's daemon on any change of one of its pods."""
-    namespace = namespace or ""
-    _trigger(namespace, labels.get(naming.L_GROUP))
-
-
-@kopf.on.event(*ARRAYS)
-def array_changed(namespace: str | None, **_: Any) -> None:
-    """Wake the daemons of the namespace when a DiskArray changes (version, file systems)."""
-    namespace = namespace or ""
-    for (ns, _group), ev in _triggers.items():
-        if ns == namespace:
-            ev.set()
 
 
 def _one(index: kopf.Index[Any, Any], key: tuple[str, str]) -> dict[str, Any] | None:
@@ -125,7 +103,7 @@ async def reconcile(
         portion = await _claim_portion(body, name=name, namespace=namespace, array=parsed.disk_array)
         patch.status["portion"] = portion
     patch.status["activeArea"] = status.get("activeArea", "portion")
-    _trigger(namespace, name)
+    wakeups.wake_group(namespace, name)
 
 
 def _refuse(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, generation: int, reason: str, message: str) -> None:
@@ -239,8 +217,7 @@ async def run_group(
     namespace = namespace or ""
     blade_pods: kopf.Index[Any, Any] = kwargs["blade_pods"]
     diskarrays: kopf.Index[Any, Any] = kwargs["diskarrays"]
-    key = (namespace, name)
-    wake = _triggers.setdefault(key, asyncio.Event())
+    wake = wakeups.register(namespace, name, array=str(body.get("spec", {}).get("diskArrayRef", {}).get("name", "")))
     rt = Runtime(seen_ready={b["name"] for b in body.get("status", {}).get("blades", []) if b.get("state") == "Running"})
     try:
         while not stopped:
@@ -254,7 +231,7 @@ async def run_group(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=1.0)
     finally:
-        _triggers.pop(key, None)
+        wakeups.unregister(namespace, name)
 
 
 def _pod_obs(summary: Mapping[str, Any], *, now: datetime.datetime, rt: Runtime) -> planner.PodObs:

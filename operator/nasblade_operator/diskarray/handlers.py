@@ -28,6 +28,7 @@ from nasblade_operator import (
     metrics,
     naming,
     settings,
+    wakeups,
 )
 from nasblade_operator.diskarray import builders
 from nasblade_operator.diskarray import spec as da_spec
@@ -41,8 +42,12 @@ _ensured: dict[str, int] = {}
 
 @kopf.index(*RESOURCE)
 def diskarrays(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """(namespace, name) -> the DiskArray's spec, status and deletion mark, for the group handlers."""
+    """(namespace, name) -> the DiskArray's spec, status and deletion mark, for the group handlers.
+
+    Also wakes the daemons of the array's ClusterGroups (they run once this event is indexed).
+    """
     namespace = namespace or ""
+    wakeups.wake_groups_of(namespace, name)
     return {
         (namespace, name): {
             "spec": dict(body.get("spec", {})),
