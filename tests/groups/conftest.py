@@ -224,6 +224,20 @@ def make_array(tmp_path: Path) -> Iterator[Callable[..., ArrayUp]]:
                 sys.stderr.write(f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}\n")
 
 
+def expect(arr: ArrayUp, predicate: Callable[[], T], *, timeout: float = 30.0, what: str = "") -> T:
+    """``wait_for`` that fails the test with every blade's cluster view and the logs."""
+    try:
+        return wait_for(predicate, timeout=timeout)
+    except TimeoutError as exc:
+        views = []
+        for name in arr.blades:
+            try:
+                views.append(as_json(arr.cluster(name)))
+            except (OSError, RuntimeError) as err:
+                views.append(f"{name}: {err}")
+        pytest.fail(f"{what}: {exc}\n" + "\n".join(views) + "\n" + dump_logs(arr))
+
+
 def dump_logs(arr: ArrayUp) -> str:
     return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-2500:]}"
                      for f in sorted((arr.data_dir / "logs").glob("*.log")))

@@ -22,7 +22,7 @@ from typing import Any
 
 import libnfs
 import pytest
-from conftest import NASBLADE, ArrayUp, as_json, dump_logs, wait_for
+from conftest import NASBLADE, ArrayUp, as_json, dump_logs, expect, wait_for
 from nasblade.nfs import types as t
 from nasblade.rpc import message, record
 from nfsclient import AUTH, Client
@@ -154,16 +154,16 @@ def test_takeover_with_libnfs_client(make_array: Any, tmp_path: Path) -> None:
     url = f"nfs://{ep['host']}{ep['export']}?version=3&nfsport={ep['nfsPort']}&mountport={ep['mountPort']}"
     content = os.urandom(2 << 20)
     nfs = libnfs.NFS(url)
-    f = nfs.open("/libnfs.bin", "w")
+    f = nfs.open("/libnfs.bin", "wb")
     f.write(bytearray(content))
     f.flush()  # COMMIT
     f.close()
     owner, _epoch = wait_for(arr.owner)
     arr.kill(owner, "fp")
     wait_for(lambda: (o := arr.owner()) is not None and o[0] == other(owner), timeout=20)
-    back = wait_for(lambda: libnfs.NFS(url).open("/libnfs.bin", "r").read(), timeout=20)
-    assert back == content
-    # the command-line client of libnfs sees the same data on the same address
+    wait_for(lambda: arr.served_by(other(owner)), timeout=20)
+    assert libnfs.NFS(url).stat("/libnfs.bin")["size"] == len(content)
+    # the command-line client of libnfs reads the same data on the same address
     out = subprocess.run(["nfs-cat", url.replace("?", "/libnfs.bin?")], capture_output=True, check=True, timeout=60)
     assert out.stdout == content
 
@@ -200,7 +200,7 @@ def test_split_brain_zombie_is_fenced_then_giveback(make_array: Any, tmp_path: P
         arr.kill(owner, part, signal.SIGSTOP)
     try:
         _send_write(zombie, fh, 0, b"Z" * len(good))  # queued on the stopped owner's socket
-        new = wait_for(lambda: (o := arr.owner()) is not None and o[0] == peer and o, timeout=20)
+        new = expect(arr, lambda: (o := arr.owner()) is not None and o[0] == peer and o, what="peer takes over")
         assert new[1] > epoch
     finally:
         for part in ("bp", "fp"):
@@ -214,7 +214,7 @@ def test_split_brain_zombie_is_fenced_then_giveback(make_array: Any, tmp_path: P
     zombie.close()
     assert reply == b"", "the fenced owner acknowledged a write"
     # the zombie let go of the address; the new owner serves it; the good data is intact
-    wait_for(lambda: arr.served_by(peer), timeout=30)
+    expect(arr, lambda: arr.served_by(peer), what="the new owner serves the address")
     assert c.read(fh, 0, len(good)) == good
     fenced = arr.cluster(owner)
     assert "fs1" not in fenced["serving"]
@@ -229,9 +229,11 @@ def test_split_brain_zombie_is_fenced_then_giveback(make_array: Any, tmp_path: P
     c.write(fh, len(good), more, stable=t.StableHow.FILE_SYNC)
     assert c.read_all(fh, len(good) + len(more)) == good + more
 
-    # the file system is consistent: release it and run the checker on the LU
+    # the file system is consistent: release it, fence everyone off and run the checker
     arr.api(owner, "POST", "/v1/cluster/filesystems/fs1/release")
-    fsck = subprocess.run([*NASBLADE, "fsck", f"nbd://{arr.nbd}/fs-fs1"], capture_output=True, text=True,
+    res = arr.control.reserve("fs-fs1", "fsck")
+    url = f"nbd://{arr.nbd}/fs-fs1;holder=fsck;epoch={res['epoch']}"
+    fsck = subprocess.run([*NASBLADE, "fsck", url], capture_output=True, text=True,
                           timeout=120, check=False)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     c.close()
