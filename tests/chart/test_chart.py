@@ -142,12 +142,14 @@ def test_rbac_is_least_privilege(render: Render) -> None:
     assert ("", "pods", "delete") in cluster  # replaces failed blades
     assert ("nasblade.io", "diskarrays/status", "patch") in cluster
     assert ("apiextensions.k8s.io", "customresourcedefinitions", "create") not in cluster
+    # the token Secret is read by name only: no listing or watching every Secret
+    assert {v for g, r, v in cluster if r == "secrets"} == {"get", "create", "delete"}
     assert not any(r == "nodes" or r.startswith("clusterrole") for _, r, _ in cluster)
     # watched namespaces: the namespaced rights move to Roles in exactly those namespaces
     objs = render("watchNamespaces={team-a,team-b}")
     narrow = _rules(one(objs, "ClusterRole"))
-    assert {r for _, r, _ in narrow} == {"customresourcedefinitions", "namespaces"}
-    assert {v for _, _, v in narrow} == {"list", "watch"}
+    assert {r for _, r, _ in narrow} == {"customresourcedefinitions"}
+    assert {v for _, _, v in narrow} == {"get", "list", "watch"}
     roles = by_kind(objs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in by_kind(objs, "RoleBinding")) == ["team-a", "team-b"]

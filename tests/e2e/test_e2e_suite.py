@@ -86,6 +86,10 @@ def test_step2_diskarray_ready(kube: Kube, release: str, workload_ns: str) -> No
     reasons = {e["reason"] for e in kube.json("-n", workload_ns, "get", "events", "--field-selector",
                                               f"involvedObject.name={ARRAY}")["items"]}
     assert {"LUsCreated", "ProgramSeeded"} <= reasons
+    # the chart's least-privilege RBAC is enough for all of it
+    logs = kube.kubectl("-n", RELEASE_NS, "logs", "deployment/nasblade-e2e").stdout
+    assert "Forbidden" not in logs and "forbidden" not in logs
+    assert "Traceback" not in logs
 
 
 def test_step8_delete_everything(kube: Kube, release: str, workload_ns: str) -> None:

@@ -1,33 +1,44 @@
 {{/*
-The operator's namespaced permissions (least privilege; docs/operator.md):
-- its own resources and their status (kopf patches status and finalizers),
-- the children it builds: the controller StatefulSet, Services, the token Secret, blade Pods
-  (it deletes pods to replace failed blades), device PVCs (deleted when the DiskArray's
-  deletionPolicy says so),
-- Events for the resources' history, kopf peering in the namespace.
+The operator's namespaced permissions, least privilege (the table in docs/operator.md):
+- its own resources (it deletes a DiskArray's ClusterGroups with it), their status, and
+  their finalizers subresource (owner references with blockOwnerDeletion on clusters that
+  enforce OwnerReferencesPermissionEnforcement);
+- the children it builds: the controller StatefulSet, Services, the token Secret (no list
+  or watch of Secrets), blade Pods (watched; deleted to replace failed blades), device PVCs
+  (deleted when the DiskArray's deletionPolicy is Delete);
+- Events for the resources' history, and kopf peering in the namespace.
 */}}
 {{- define "nasblade.namespacedRules" -}}
 - apiGroups: [nasblade.io]
-  resources: [diskarrays, clustergroups]
-  verbs: [get, list, watch, patch, update]
+  resources: [diskarrays]
+  verbs: [get, list, watch, patch]
 - apiGroups: [nasblade.io]
-  resources: [diskarrays/status, clustergroups/status, diskarrays/finalizers, clustergroups/finalizers]
-  verbs: [get, patch, update]
+  resources: [clustergroups]
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [nasblade.io]
+  resources: [diskarrays/status, clustergroups/status]
+  verbs: [get, patch]
+- apiGroups: [nasblade.io]
+  resources: [diskarrays/finalizers, clustergroups/finalizers]
+  verbs: [update]
 - apiGroups: [apps]
   resources: [statefulsets]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
-  resources: [pods, services, secrets]
-  verbs: [get, list, watch, create, patch, delete]
+  resources: [pods]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, create, patch, delete]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, delete]
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [get, list, watch, delete]
+  verbs: [get, list, delete]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- if .Values.leaderElection.enabled }}
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
