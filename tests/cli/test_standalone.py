@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from nasblade.controller.apiclient import ControlClient
 from nasblade.terminal.model import Snapshot
 
 NASBLADE = [sys.executable, "-m", "nasblade"]
@@ -223,6 +224,38 @@ def test_takeover_and_giveback_move_the_file_system(array: Array, cli: Cli) -> N
     events = json.loads(cli("events", "-o", "json").stdout)
     moves = [(e["kind"], e["message"]) for e in events if e["object"] == "fs1" and e["kind"] == "Takeover"]
     assert any("by g1-1 from g1-0" in m for _, m in moves) and any("by g1-0 from g1-1" in m for _, m in moves)
+
+
+def test_area_failover_is_shown_in_status_map_and_events(array: Array, cli: Cli, tmp_path: Path) -> None:
+    """A fault on g1's portion: its blades run from backup area 0; status, map and events say so,
+    g2 stays on its portion; without the fault g1 goes back to its portion."""
+    admin = ControlClient(array.endpoints["controller"]["api"],
+                          (array.data_dir / "secrets" / "admin-token").read_text().strip())
+    admin.add_fault("procinfo", 0, 1 << 20)
+    try:
+        def areas() -> dict[str, str | None]:
+            return {g["name"]: g["activeArea"] for g in status(cli)["groups"]}
+
+        deadline = time.monotonic() + 60
+        while (now := areas()) != {"g1": "backup", "g2": "primary"}:
+            assert time.monotonic() < deadline, now
+            time.sleep(0.5)
+        snap = status(cli)
+        assert all(b["state"] == "ok" for g in snap["groups"] for b in g["blades"])  # heartbeats read from the backup area
+        svg = tmp_path / "area.svg"
+        assert cli("map", "--svg", str(svg), "--no-png").returncode == 0
+        titles = {g.get("data-name"): "".join(t.text or "" for t in g.iter(f"{SVG}title"))
+                  for g in ET.parse(svg).getroot().iter(f"{SVG}g") if g.get("data-kind") == "area"}
+        assert "(in use)" in titles["backup[0]"] and "(in use)" not in titles["procinfo[0]"]
+        assert "(in use)" in titles["procinfo[1]"]
+        events = json.loads(cli("events", "-o", "json").stdout)
+        assert any(e["kind"] == "ActiveArea" and e["object"] == "g1" and "backup area" in e["message"] for e in events)
+    finally:
+        admin.clear_faults()
+    deadline = time.monotonic() + 60
+    while status(cli)["groups"][0]["activeArea"] != "primary":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
 
 
 def test_a_killed_blade_turns_dead_and_cannot_take_over(array: Array, cli: Cli) -> None:

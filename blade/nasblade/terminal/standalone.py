@@ -527,12 +527,12 @@ class StandaloneSource:
                             "message": f"{t.get('fileSystem')} {t.get('event')} by {t.get('blade')}{was}"
                                        f" (epoch {t.get('epoch')}): {t.get('reason', '')}".rstrip(": ")})
             for a in (status or {}).get("areaEvents", []):
-                key = ("a", a.get("time"), ep.group, a.get("to"))
+                key = ("a", a.get("time"), ep.name, a.get("to"))
                 if key in seen:
                     continue
                 seen.add(key)
                 out.append({"time": iso(a.get("time")) or snapshot["time"], "kind": "ActiveArea", "object": ep.group,
-                            "message": f"processor information of {ep.group} now on the {a.get('to')} area: {a.get('reason')}"})
+                            "message": f"{ep.name} runs from the {a.get('to')} area of {ep.group}: {a.get('reason')}"})
         out.sort(key=lambda e: e["time"])
         for f in snapshot["fileSystems"]:
             out.append({"time": snapshot["time"], "kind": "Owner", "object": f["name"],
