@@ -1,0 +1,162 @@
+"""Processor-information backups (claims 4, 8, 9, 13, 15-19) and area failover (claims 5, 11,
+20), in standalone mode with the controller's copy engine and fault injection.
+
+- on demand through the blade management API, with a cross-group copy (group g1's blade
+  backs up portions g1 and g2), and the backup area equal to the portion as of the copy;
+- at the interval, deferred while fio (a real NBD client) loads the controller, started at
+  the maximum age anyway, and started as soon as the load drops;
+- area failover: faults on the portion switch the group to its backup area, heartbeats and a
+  takeover keep working there, clearing the fault re-forms the portion from the backup area
+  and the blades switch back, with no ownership or heartbeat record lost.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from typing import Any
+
+import pytest
+from conftest import ArrayUp, expect
+from nasblade.nbd.client import NBDBlockDevice
+from nasblade.procinfo.portion import GROUP_OFFSET, SLOTS_OFFSET, PortionStore
+
+pytestmark = pytest.mark.component
+
+PORTION = 1 << 20
+TWO_GROUPS = {
+    "clusterGroups": [
+        {"name": "g1", "blades": 2, "heartbeatInterval": "100ms", "failureTimeout": "1s",
+         "backup": {"interval": "2s", "loadThreshold": 0.05, "maxAge": "6s", "crossGroup": ["g2"]}},
+        {"name": "g2", "blades": 1, "heartbeatInterval": "100ms", "failureTimeout": "1s",
+         "backup": {"interval": "1h", "maxAge": "2h"}},
+    ],
+}
+
+
+def store(arr: ArrayUp, lu: str, index: int) -> tuple[NBDBlockDevice, PortionStore]:
+    dev = NBDBlockDevice.connect(f"nbd://{arr.nbd}/{lu}")
+    return dev, PortionStore(dev, offset=index * PORTION, size=PORTION)
+
+
+def records(arr: ArrayUp, blade: str = "g1-0") -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = arr.api(blade, "GET", "/v1/cluster/backups")["backups"]
+    return result
+
+
+def test_on_demand_cross_group_point_in_time(make_array: Any) -> None:
+    arr: ArrayUp = make_array(**TWO_GROUPS)
+    frozen = [(b, "fp") for b in ("g1-0", "g1-1", "g2-0")]
+    for b, part in frozen:  # no slot writes while the portions are compared
+        arr.kill(b, part, signal.SIGSTOP)
+    try:
+        time.sleep(0.3)
+        out = arr.api("g1-1", "POST", "/v1/cluster/backups", {"crossGroup": ["g2"]})["backups"]
+        compared = {}
+        for index in (0, 1):
+            pdev, _ = store(arr, "procinfo", index)
+            bdev, _ = store(arr, "backup", index)
+            with pdev, bdev:
+                base = index * PORTION
+                # header and every slot, byte for byte
+                compared[index] = (pdev.pread(base, GROUP_OFFSET) == bdev.pread(base, GROUP_OFFSET)
+                                   and pdev.pread(base + SLOTS_OFFSET, PORTION - SLOTS_OFFSET)
+                                   == bdev.pread(base + SLOTS_OFFSET, PORTION - SLOTS_OFFSET))
+    finally:
+        for b, part in frozen:
+            arr.kill(b, part, signal.SIGCONT)
+    assert [(r["portion"], r["trigger"], r["result"], r["bytes"]) for r in out] == [
+        ("g1", "on-demand", "succeeded", PORTION), ("g2", "on-demand", "succeeded", PORTION)]
+    assert compared == {0: True, 1: True}
+    # the group record of the copy is the portion's as of the copy: same ownership, and the
+    # history the portion has now is that of the copy plus the records of this backup
+    pdev, primary = store(arr, "procinfo", 0)
+    bdev, backup = store(arr, "backup", 0)
+    with pdev, bdev:
+        now, copy = primary.read_group(), backup.read_group()
+        assert copy.ownership == now.ownership and now.ownership["fs1"].blade == "g1-0"
+        ids_now = [r.get("id") for r in now.backups]
+        assert [r.get("id") for r in copy.backups] == [i for i in ids_now if i not in {o["id"] for o in out}]
+        assert {o["id"] for o in out} <= set(ids_now)
+        # a blade of g1 never wrote g2's portion: its group record has no g1 entries
+        _g2dev, g2 = store(arr, "procinfo", 1)
+        with _g2dev:
+            assert g2.read_group().backups == [] and g2.header().group == "g2"
+    # the history is visible through the management API of every blade of the group
+    assert {r["id"] for r in records(arr, "g1-0")} >= {o["id"] for o in out}
+    with pytest.raises(RuntimeError) as err:
+        arr.api("g1-0", "POST", "/v1/cluster/backups", {"crossGroup": ["nope"]})
+    assert "not a cross-group backup target" in str(err.value)
+
+
+def test_interval_and_load_aware_backups(make_array: Any) -> None:
+    arr: ArrayUp = make_array(**TWO_GROUPS)
+    expect(arr, lambda: any(r["trigger"] == "interval" and r["result"] == "succeeded" for r in records(arr)),
+           timeout=20, what="an interval backup")
+    arr.control.create_lu("loadlu", 256 << 20)
+    fio = subprocess.Popen(
+        ["fio", "--name=load", "--ioengine=nbd", f"--uri=nbd://{arr.nbd}/loadlu", "--rw=randwrite",
+         "--bs=64k", "--iodepth=32", "--size=256M", "--time_based", "--runtime=14"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        expect(arr, lambda: arr.cluster("g1-0")["backup"]["scheduler"]["action"] == "defer",
+               timeout=15, what="the scheduler defers under load")
+        forced = expect(arr, lambda: [r for r in records(arr) if r["trigger"] == "max-age"],
+                        timeout=20, what="a backup at the maximum age despite the load")[0]
+        assert forced["deferrals"] > 0 and forced["loadAtStart"] >= 0.05 and forced["rateLimit"] > 0
+        assert forced["result"] == "succeeded"
+    finally:
+        _out, err = fio.communicate(timeout=60)
+    assert fio.returncode == 0, err
+    after = expect(arr, lambda: [r for r in records(arr) if r["trigger"] == "load"], timeout=30,
+                   what="a deferred backup starts once the load drops")[0]
+    assert after["deferrals"] > 0 and after["loadAtStart"] < 0.05 and after["result"] == "succeeded"
+    assert all(r["portion"] in ("g1", "g2") for r in records(arr))
+
+
+def test_area_failover_and_reform(make_array: Any) -> None:
+    arr: ArrayUp = make_array()
+    owner, epoch = expect(arr, arr.owner, what="fs1 owned")
+    peer = "g1-1" if owner == "g1-0" else "g1-0"
+    fault = arr.admin.add_fault("procinfo", 0, PORTION, ops=["read", "write"])
+    for b in arr.blades:
+        expect(arr, lambda b=b: arr.api(b, "GET", "/v1/cluster/area")["activeArea"] == "backup",
+               timeout=10, what=f"{b} switches to the backup area")
+    # heartbeats go on in the backup area
+    bdev, backup = store(arr, "backup", 0)
+    with bdev:
+        first = [s.heartbeat_counter if s else 0 for s in (backup.read_slot(0), backup.read_slot(1))]
+        time.sleep(0.5)
+        later = [s.heartbeat_counter if s else 0 for s in (backup.read_slot(0), backup.read_slot(1))]
+    assert all(b > a for a, b in zip(first, later, strict=True)), (first, later)
+    # a takeover works on the backup area: ownership is recorded there
+    arr.kill(owner, "fp")
+    new = expect(arr, lambda: (o := arr.owner()) is not None and o[0] == peer and o, what="takeover in backup mode")
+    assert new[1] > epoch
+
+    def recorded() -> bool:
+        with NBDBlockDevice.connect(f"nbd://{arr.nbd}/backup") as dev:
+            own = PortionStore(dev, offset=0, size=PORTION).read_group().ownership["fs1"]
+        return (own.blade, own.epoch) == new
+
+    expect(arr, recorded, timeout=10, what="the new ownership is recorded in the backup area")
+    arr.revive(owner, "fp")
+    # the portion comes back: it is re-formed from the backup area and the blades switch back
+    arr.admin.delete_fault(fault["id"])
+    for b in arr.blades:
+        expect(arr, lambda b=b: arr.api(b, "GET", "/v1/cluster/area")["activeArea"] == "primary",
+               timeout=20, what=f"{b} switches back to the portion")
+    pdev, primary = store(arr, "procinfo", 0)
+    with pdev:
+        group = primary.read_group()
+        assert (group.ownership["fs1"].blade, group.ownership["fs1"].epoch) == new
+        restores = [r for r in group.backups if r.get("kind") == "restore"]
+        assert restores and restores[-1]["result"] == "succeeded"
+        c0 = [s.heartbeat_counter for s in (primary.read_slot(0), primary.read_slot(1)) if s]
+        time.sleep(0.5)
+        c1 = [s.heartbeat_counter for s in (primary.read_slot(0), primary.read_slot(1)) if s]
+    assert len(c0) == 2 and all(b != a for a, b in zip(c0, c1, strict=True))
+    events = arr.api(peer, "GET", "/v1/cluster/area")["events"]
+    assert [e["to"] for e in events] == ["backup", "primary"]
+    assert arr.served_by(peer)
