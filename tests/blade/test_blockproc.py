@@ -258,3 +258,20 @@ def test_read_ahead_serves_sequential_reads_and_never_stale_data(
     assert dev.pread(3 << 20, 1 << 20) == new
     assert dev.pread(4 << 20, 1 << 20) == blocks[4]
     dev.close()
+
+
+def test_unflushed_writes_fenced_during_a_controller_outage_fail_the_next_flush(
+    controller: Controller, start_bp: Callable[..., BladeProc]
+) -> None:
+    """If another blade takes the LU while the controller restarts, the replay is refused:
+    the file processor learns it at its next FLUSH (EPERM) instead of a silent loss."""
+    bp = start_bp()
+    dev = NBDBlockDevice.connect(bp.url("fs1"))
+    dev.pwrite(0, b"u" * 4096)  # acknowledged, not flushed
+    controller.kill()
+    controller.start()
+    controller.client.reserve("fs1", "other-blade")
+    with pytest.raises(OSError) as err:
+        dev.flush()
+    assert err.value.errno == 1  # EPERM, owed from the refused replay
+    dev.close()

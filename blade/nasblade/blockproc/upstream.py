@@ -18,7 +18,10 @@ Failure rules (NBD semantics; nothing is silently dropped):
   journal* of acknowledged, not-yet-flushed writes and replays it, in order, on every new
   connection before any other request is sent. A successful FLUSH trims the journal up to
   what was acknowledged before the FLUSH was sent; when the journal passes ``journal_limit``
-  bytes the pool sends a FLUSH of its own.
+  bytes the pool sends a FLUSH of its own. If the replay itself is refused (``EPERM``: the LU
+  was taken over meanwhile), the unflushed writes are gone and the next FLUSH returns that
+  error, so the file system never commits on top of them.
+- Sequential READs are prefetched (``_read``); see its docstring for the coherence rule.
 """
 
 from __future__ import annotations
@@ -313,6 +316,8 @@ class UpstreamPool:
     _ahead: dict[tuple[int, int], asyncio.Future[Reply]] = field(default_factory=dict)
     _last_read_end: int = -1
     _writes_in_flight: int = 0
+    _sticky_error: int = 0
+    """An error of writes already acknowledged (lost in a failed replay), owed to the next FLUSH."""
 
     async def start(self) -> None:
         """Connect (raising if the first connection cannot be made at all)."""
@@ -337,10 +342,18 @@ class UpstreamPool:
         self._ready.set()
 
     async def _replay(self, conn: Connection) -> None:
-        for entry in list(self._journal):
+        for i, entry in enumerate(list(self._journal)):
             reply = await conn.request(entry.cmd, entry.offset, entry.length, flags=entry.flags, payload=entry.payload)
             if reply.error:
-                raise OSError(reply.error, f"replaying a write at {entry.offset} failed")
+                # e.g. EPERM: another blade took the LU over meanwhile. These writes cannot be
+                # made durable any more; the next FLUSH reports it instead of succeeding.
+                lost = len(self._journal) - i
+                log.error("replaying %d unflushed writes of %s failed at offset %d (error %d);"
+                          " the next FLUSH fails", lost, self.export, entry.offset, reply.error)
+                self._journal.clear()
+                self._journal_bytes = 0
+                self._sticky_error = reply.error
+                return
             self.stats.replayed_writes += 1
 
     def _lost(self) -> None:
@@ -410,9 +423,7 @@ class UpstreamPool:
                 self._lost()
                 continue
             break
-        if reply.error == 0:
-            self._after_success(cmd, offset, length, flags, payload, flush_mark)
-        return reply
+        return self._finish(cmd, offset, length, flags, payload, flush_mark, reply)
 
     def submit(
         self, cmd: int, offset: int, length: int, *, flags: int = 0, payload: bytes | memoryview | None = None
@@ -493,9 +504,7 @@ class UpstreamPool:
                         if not outer.done():
                             outer.set_exception(exc)
                         return
-                    reply = f.result()
-                    if reply.error == 0:
-                        self._after_success(cmd, offset, length, flags, payload, flush_mark)
+                    reply = self._finish(cmd, offset, length, flags, payload, flush_mark, f.result())
                     if not outer.done():
                         outer.set_result(reply)
 
@@ -508,6 +517,18 @@ class UpstreamPool:
     def writable(self) -> bool:
         """False while every connection's send buffer is over its high-water mark."""
         return any(c.writable for c in self._conns if not c.closed)
+
+    def _finish(
+        self, cmd: int, offset: int, length: int, flags: int, payload: bytes | memoryview | None,
+        flush_mark: int, reply: Reply,
+    ) -> Reply:
+        if reply.error:
+            return reply
+        if cmd == proto.Cmd.FLUSH and self._sticky_error:
+            error, self._sticky_error = self._sticky_error, 0
+            return Reply(error)
+        self._after_success(cmd, offset, length, flags, payload, flush_mark)
+        return reply
 
     def _after_success(
         self, cmd: int, offset: int, length: int, flags: int, payload: bytes | memoryview | None, flush_mark: int
