@@ -8,7 +8,7 @@
   ``/admin`` (no root squash), ``/x`` (root squash, the default), ``/ro`` (read-only) and
   ``/only2`` (only 127.0.0.2/32 may use it). All four export the same file system root.
 
-``test_xdr_rpc.py`` is pure unit tests and uses none of these.
+``test_nfs_xdr_rpc.py`` is pure unit tests and uses none of these.
 """
 
 from __future__ import annotations

@@ -694,7 +694,22 @@ class FileSystem:
 
     # -- attributes -------------------------------------------------------------------------
 
-    def setattr(self, ino: int, sa: SetAttr, cred: Cred) -> None:
+    def setattr(self, ino: int, sa: SetAttr, cred: Cred) -> bool:
+        """Change attributes; returns False when nothing changed (nothing to commit).
+
+        A request that only sets the size a regular file already has (the SETATTR an
+        ``open(O_TRUNC)`` of a new file sends) changes nothing and is not a modification.
+        """
+        a = self.getattr(ino)
+        if (
+            sa.size is not None
+            and sa.size == a.size
+            and a.type == FType.REG
+            and dataclasses.replace(sa, size=None) == SetAttr()
+            and (cred.uid == a.uid or self.access(a, cred, W_OK) == W_OK)
+            and not self.readonly
+        ):
+            return False
         with self._op():
             a = self.getattr(ino)
             owner = cred.is_root or cred.uid == a.uid
@@ -749,6 +764,7 @@ class FileSystem:
             sets.append("ctime=?")
             vals.append(t)
             self.db.execute(f"UPDATE inode SET {', '.join(sets)} WHERE ino=?", (*vals, ino))
+            return True
 
     # -- data -------------------------------------------------------------------------------
 

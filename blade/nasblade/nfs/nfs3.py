@@ -186,7 +186,8 @@ class Nfs3:
                 cur = ctx.fs.getattr(ctx.ino)
                 if t.NfsTime.from_ns(cur.ctime) != args.guard:
                     return t.Stat.NOT_SYNC, self._wcc(ctx, pre)
-            ctx.fs.setattr(ctx.ino, _setattr(args.new_attributes), ctx.cred)
+            changed = ctx.fs.setattr(ctx.ino, _setattr(args.new_attributes), ctx.cred)
+            call.needs_commit = changed
             return t.Stat.OK, self._wcc(ctx, pre)
         except FsError as e:
             return _stat(e), self._wcc(ctx, pre)
