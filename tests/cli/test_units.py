@@ -92,6 +92,16 @@ def test_svg_map_names_every_blade_and_lu(snapshot: Snapshot) -> None:
     assert fills["b3"] == health.COLOURS["dead"] and fills["b1"] == health.COLOURS["ok"]
 
 
+def test_svg_map_marks_a_file_system_whose_owner_died(snapshot: Snapshot) -> None:
+    snapshot["groups"][0]["blades"][0]["state"] = "dead"  # b1, owner of fs1
+    root = svgmap.build(snapshot).getroot()
+    titles = {(g.get("data-kind"), g.get("data-name")): "".join(t.text or "" for t in g.iter("{http://www.w3.org/2000/svg}title"))
+              for g in root.iter("{http://www.w3.org/2000/svg}g")}
+    assert "NOT SERVED" in titles[("lu-extent", "fs-fs1")] and "NOT SERVED" not in titles[("lu-extent", "fs-fs2")]
+    text = "".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
+    assert "not served: fs1" in text
+
+
 @pytest.mark.parametrize(("text", "expected"), [("1Gi", 1 << 30), ("512M", 512 << 20), ("1073741824", 1 << 30),
                                                  (None, None), ("lots", None)])
 def test_kube_quantity(text: str | None, expected: int | None) -> None:

@@ -70,7 +70,6 @@ def _array(c: _Canvas, a: ArrayView, groups: list[Group], fs_blade: dict[str, st
     gap = 8
     avail = inner - gap * max(len(a["devices"]) - 1, 0)
     x = float(MARGIN)
-    lu_x: dict[str, float] = {}
     fs_lu = {lu["fileSystem"]: lu["name"] for lu in a["lus"] if lu["fileSystem"]}
     h = 60
     for d in a["devices"]:
@@ -84,12 +83,13 @@ def _array(c: _Canvas, a: ArrayView, groups: list[Group], fs_blade: dict[str, st
                 continue
             share = lu["size"] / max(len(lu["devices"]), 1)
             sw = w * share / max(d["size"], 1)
+            unserved = lu["fileSystem"] is not None and not fs_blade.get(lu["fileSystem"])
             node = c.box(x=sx, y=c.y, w=sw, h=h, fill=KIND_COLOURS.get(lu["kind"], "#b0b0b0"), kind="lu-extent",
-                      name=lu["name"], title=f"LU {lu['name']} ({lu['kind']}): {size(int(share))} on device {d['index']}",
-                      stroke="#fff")
+                         name=lu["name"], title=f"LU {lu['name']} ({lu['kind']}): {size(int(share))} on device {d['index']}"
+                                                + (" - NOT SERVED" if unserved else ""),
+                         stroke=COLOURS["dead"] if unserved else "#fff", stroke_width=3 if unserved else 1)
             if sw > 40:
                 c.text(sx + 3, c.y + h / 2 + 4, lu["name"], parent=node, font_size="10", fill="#fff")
-            lu_x.setdefault(lu["name"], sx + sw / 2)
             sx += sw
         x += w + gap
     c.y += h + 16
@@ -106,7 +106,6 @@ def _array(c: _Canvas, a: ArrayView, groups: list[Group], fs_blade: dict[str, st
                   title=f"LU {lu['name']} ({lu['kind']}), {size(lu['size'])}, devices {lu['devices']}"
                         + (f", reserved by {res['holder']} epoch {res['epoch']}" if res else ""))
         c.text(x + 16, c.y + 10, label, parent=node, font_size="11")
-        lu_x[lu["name"]] = x + 6
         x += w + 10
     c.y += 30
     # processor-info portions and backup areas
@@ -166,7 +165,10 @@ def build(snap: Snapshot) -> ET.ElementTree[ET.Element]:
     where = target.get("dataDir") or f"namespace {target.get('namespace')}"
     c.text(MARGIN, c.y + 6, f"nasblade map · {where} · {snap['time']}", fill="#555", font_size="11")
     c.y += 20
-    fs_blade = {f["name"]: f["blade"] for f in snap["fileSystems"]}
+    states = {b["name"]: b["state"] for g in snap["groups"] for b in g["blades"]}
+    # a file system counts as served when its owner is up (ok or merely suspect)
+    fs_blade = {f["name"]: f["blade"] if states.get(f["blade"] or "") in ("ok", "suspect") else None
+                for f in snap["fileSystems"]}
     for a in snap["arrays"]:
         _array(c, a, snap["groups"], fs_blade)
     orphans = [g for g in snap["groups"] if g["array"] not in {a["name"] for a in snap["arrays"]}]
