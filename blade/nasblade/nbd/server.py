@@ -22,13 +22,14 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from nasblade.controller import layout
-from nasblade.controller.engine import Engine
+from nasblade.controller.engine import LARGE, Engine
 from nasblade.nbd import proto
 
 log = logging.getLogger(__name__)
 
 _PAUSE_INPUT = 80 * 1024 * 1024
 _WRITE_HIGH = 16 * 1024 * 1024
+_TASK_BYTES = 64 * 1024 * 1024
 
 
 class Catalog(proto.ExportLookup):
@@ -71,6 +72,9 @@ class NBDConnection(asyncio.Protocol):
         self._paused = False
         self._task: asyncio.Task[None] | None = None
         self._out: list[bytes | bytearray] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._task_bytes = 0
+        self._task_done = asyncio.Event()
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -136,6 +140,8 @@ class NBDConnection(asyncio.Protocol):
         except Exception:
             log.exception("NBD connection failed")
         finally:
+            if self._tasks:  # let large requests in flight finish and answer
+                await asyncio.gather(*self._tasks, return_exceptions=True)
             self._flush_out()
             self.engine.connections.discard(self)
             if self.transport is not None:
@@ -190,7 +196,40 @@ class NBDConnection(asyncio.Protocol):
         finally:
             self.engine.load.inflight -= 1
 
+    # Large reads and writes run as tasks so their device I/O (in the engine's thread pool)
+    # overlaps with parsing and answering the next requests; NBD allows replies in any order.
+    # A connection has at most _TASK_BYTES of such requests in flight.
+
+    async def _spawn(self, req: proto.Request, work: Awaitable[bytearray | None]) -> None:
+        while self._task_bytes > _TASK_BYTES:
+            self._flush_out()
+            self._task_done.clear()
+            await self._task_done.wait()
+        self._task_bytes += req.length
+        self.engine.load.inflight += 1
+        task = asyncio.get_running_loop().create_task(self._offloaded(req, work))
+        self._tasks.add(task)
+
+    async def _offloaded(self, req: proto.Request, work: Awaitable[bytearray | None]) -> None:
+        try:
+            data = await work
+            hdr = proto.simple_reply(req.cookie)
+            self._send(hdr)
+            if data is not None:
+                self._send(data)
+        except OSError as exc:
+            self._send(proto.simple_reply(req.cookie, _nbd_errno(exc.errno)))
+        finally:
+            self.engine.load.inflight -= 1
+            self._task_bytes -= req.length
+            self._tasks.discard(asyncio.current_task())
+            self._task_done.set()
+            self._flush_out()
+
     async def _read(self, lu: layout.LURecord, req: proto.Request) -> None:
+        if req.length >= LARGE:
+            await self._spawn(req, self.engine.read_large(lu, req.offset, req.length))
+            return
         data = self.engine.read(lu, req.offset, req.length)
         hdr = proto.simple_reply(req.cookie)
         if len(data) <= 65536:
@@ -202,10 +241,18 @@ class NBDConnection(asyncio.Protocol):
     async def _write(self, lu: layout.LURecord, req: proto.Request) -> None:
         self._writable_check(lu)
         assert req.payload is not None
+        if req.length >= LARGE:
+            await self._spawn(req, self._write_large(lu, req))
+            return
         if req.fua:
             self._flush_out()
         await self.engine.write(lu, req.offset, req.payload, fua=req.fua)
         self._send(proto.simple_reply(req.cookie))
+
+    async def _write_large(self, lu: layout.LURecord, req: proto.Request) -> None:
+        assert req.payload is not None
+        await self.engine.write_large(lu, req.offset, req.payload, fua=req.fua)
+        return None
 
     def _writable_check(self, lu: layout.LURecord) -> None:
         err = self.engine.may_write(self, lu)
