@@ -177,6 +177,10 @@ def test_service_monitor(helm: Helm) -> None:
     (["metrics.port=8082"], "metrics.port and healthPort must differ"),
     (["healthPort=70000"], "healthPort must be a port number"),
     (["serviceAccount.create=false"], "serviceAccount.name is required"),
+    # values.schema.json: misspelled keys and wrong types
+    (["imageTag=1.0"], "additional properties 'imageTag' not allowed"),
+    (["metrics.servicemonitor.enabled=true"], "additional properties 'servicemonitor' not allowed"),
+    (["replicaCount=two"], "at '/replicaCount': got string, want integer"),
 ])
 def test_invalid_values_fail(helm: Helm, values: list[str], message: str) -> None:
     argv = ["template", "nb", str(CHART), "--kube-version", KUBE_VERSION]
