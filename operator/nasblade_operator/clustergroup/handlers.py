@@ -254,8 +254,10 @@ def _pod_obs(summary: Mapping[str, Any], *, now: datetime.datetime, rt: Runtime)
 
 
 def _heartbeat_age(rt: Runtime, blade: str) -> float | None:
+    """The heartbeat age the blade reported at the last probe (not extrapolated: the blade
+    keeps writing heartbeats between probes; we only know what it said then)."""
     hb = rt.heartbeats.get(blade)
-    return None if hb is None else hb[0] + (time.monotonic() - hb[1])
+    return None if hb is None else hb[0]
 
 
 async def _probe(namespace: str, *, array: str, summaries: Mapping[int, Mapping[str, Any]], rt: Runtime) -> None:
