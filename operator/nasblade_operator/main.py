@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import random
 
 from nasblade_operator import settings
@@ -32,9 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from nasblade_operator import handlers
 
     settings.configure(settings.OperatorConfig.from_env())
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kopf.configure(verbose=args.verbose)
+    kopf.configure(verbose=args.verbose)  # kopf's log format for our loggers too (one handler)
     del handlers  # imported for its registrations
     asyncio.run(
         kopf.operator(
