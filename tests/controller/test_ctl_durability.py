@@ -97,3 +97,23 @@ def test_devices_may_be_listed_in_any_order(controller: Controller) -> None:
     controller.restart()
     with NBDBlockDevice.connect(controller.url("o")) as dev:
         assert dev.pread(0, 5000) == b"order" * 1000
+
+
+def test_flush_on_another_connection_covers_all_writes(controller: Controller) -> None:
+    """CAN_MULTI_CONN: a FLUSH on connection B makes connection A's completed writes durable."""
+    controller.client.create_lu("m", 16 << 20)
+    a = NBDBlockDevice.connect(controller.url("m"))
+    b = NBDBlockDevice.connect(controller.url("m"))
+    blocks = {i * 12288: os.urandom(4096) for i in range(100)}
+    for off, data in blocks.items():
+        a.pwrite(off, data)
+    a.pwrite(4 << 20, b"s" * (63 * 4096))  # < BYPASS: 63 adjacent cached lines
+    b.flush()
+    controller.kill()
+    a.close()
+    b.close()
+    controller.restart()
+    with NBDBlockDevice.connect(controller.url("m")) as dev:
+        for off, data in blocks.items():
+            assert dev.pread(off, 4096) == data
+        assert dev.pread(4 << 20, 63 * 4096) == b"s" * (63 * 4096)

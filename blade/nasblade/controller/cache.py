@@ -188,17 +188,40 @@ class Cache:
         return touched
 
     def destage(self, *, max_lines: int | None = None, lu: str | None = None) -> set[int]:
-        """Write dirty lines back (all, or up to ``max_lines``); return devices touched."""
+        """Write dirty lines back (all, or up to ``max_lines``); return devices touched.
+
+        Lines are taken in (LU, offset) order and runs of adjacent fully dirty lines are
+        written with one ``pwritev`` each.
+        """
+        keys = [k for k in self.dirty if lu is None or k[0] == lu]
+        if max_lines is not None:
+            keys = keys[:max_lines]
+        keys.sort()
         touched: set[int] = set()
-        for key in list(self.dirty):
-            if max_lines is not None and max_lines <= 0:
-                break
-            if lu is not None and key[0] != lu:
-                continue
+        run: list[Line] = []
+
+        def write_run() -> None:
+            if not run:
+                return
+            self.destage_generation += 1
+            first = run[0]
+            data = run[0].buf if len(run) == 1 else b"".join(line.buf for line in run)
+            touched.update(self.array.write_from(first.lu, first.index * LINE, memoryview(data)))
+            for line in run:
+                self.dirty_sectors -= line.dirty.bit_count()
+                line.dirty = 0
+            run.clear()
+
+        for key in keys:
             line = self.dirty.pop(key)
-            touched |= self._destage_line(line)
-            if max_lines is not None:
-                max_lines -= 1
+            if line.dirty != ALL:
+                write_run()
+                touched |= self._destage_line(line)
+                continue
+            if run and (run[-1].lu is not line.lu or run[-1].index + 1 != line.index or len(run) >= 256):
+                write_run()
+            run.append(line)
+        write_run()
         return touched
 
     def drop_lu(self, name: str) -> None:
