@@ -50,6 +50,9 @@ NAME_MAX = 255
 PATH_MAX = 4096
 BLOCK = layout.BLOCK
 MAX_SIZE = (1 << 63) - 1
+# Regular files up to this size keep their data in the inode row ("inline"), so their data
+# and metadata commit together with one flush; a file that grows past it moves to extents.
+INLINE_MAX = 8192
 
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -69,7 +72,8 @@ CREATE TABLE inode(
     parent INTEGER NOT NULL DEFAULT 0,
     next_cookie INTEGER NOT NULL DEFAULT 3,
     target BLOB,
-    verf BLOB
+    verf BLOB,
+    inline BLOB
 );
 CREATE TABLE dirent(
     dir INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL, cookie INTEGER NOT NULL,
@@ -357,12 +361,14 @@ class FileSystem:
     # -- inodes -----------------------------------------------------------------------------
 
     def getattr(self, ino: int) -> Attr:
-        row = self.db.execute(f"SELECT {_ATTR_COLS} FROM inode WHERE ino=?", (ino,)).fetchone()
+        row = self.db.execute(f"SELECT {_ATTR_COLS}, length(inline) FROM inode WHERE ino=?", (ino,)).fetchone()
         if row is None:
             raise FsError(errno.ESTALE)
-        a = Attr(*row)
+        a = Attr(*row[:-1])
         a.type = FType(a.type)
-        if a.type == FType.REG:
+        if row[-1] is not None:
+            a.used = int(row[-1])
+        elif a.type == FType.REG:
             used = self.db.execute("SELECT COALESCE(SUM(nblk), 0) FROM extent WHERE ino=?", (ino,)).fetchone()
             a.used = int(used[0]) * BLOCK
         elif a.type == FType.DIR:
@@ -445,9 +451,10 @@ class FileSystem:
         nlink = 2 if ftype == FType.DIR else 1
         size = len(target) if target is not None else 0
         row = self.db.execute(
-            "INSERT INTO inode(gen, type, mode, nlink, uid, gid, size, atime, mtime, ctime, rdev, parent, target, verf)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING ino",
-            (gen, ftype, mode & 0o7777, nlink, cred.uid, gid, size, t, t, t, rdev, parent, target, verf),
+            "INSERT INTO inode(gen, type, mode, nlink, uid, gid, size, atime, mtime, ctime, rdev, parent, target, verf,"
+            " inline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING ino",
+            (gen, ftype, mode & 0o7777, nlink, cred.uid, gid, size, t, t, t, rdev, parent, target, verf,
+             b"" if ftype == FType.REG else None),
         ).fetchone()
         self._meta_add("inodes", 1)
         return int(row[0])
@@ -783,7 +790,24 @@ class FileSystem:
         )
         return out
 
+    def _inline(self, ino: int) -> bytes | None:
+        row = self.db.execute("SELECT inline FROM inode WHERE ino=?", (ino,)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def _uninline(self, a: Attr, data: bytes) -> None:
+        """Move an inline file's data to extents (before it grows past ``INLINE_MAX``)."""
+        self.db.execute("UPDATE inode SET inline=NULL WHERE ino=?", (a.ino,))
+        if data:
+            self._write_data(a, 0, memoryview(data))
+
     def _truncate(self, a: Attr, size: int) -> None:
+        inl = self._inline(a.ino)
+        if inl is not None:
+            if size <= INLINE_MAX:
+                self.db.execute("UPDATE inode SET inline=? WHERE ino=?", (inl[:size].ljust(size, b"\0"), a.ino))
+            else:
+                self._uninline(a, inl)
+            return
         if size >= a.size:
             return
         keep = (size + BLOCK - 1) // BLOCK
@@ -819,6 +843,9 @@ class FileSystem:
         if offset >= a.size or count == 0:
             return b"", offset >= a.size, a
         end = min(a.size, offset + count)
+        inl = self._inline(ino)
+        if inl is not None:
+            return inl[offset:end], end >= a.size, a
         b0, b1 = offset // BLOCK, (end + BLOCK - 1) // BLOCK
         exts = self._extents(ino, b0, b1)
         if len(exts) == 1 and exts[0][0] <= b0 and exts[0][0] + exts[0][1] >= b1:
@@ -851,9 +878,21 @@ class FileSystem:
             if end > MAX_SIZE:
                 raise FsError(errno.EFBIG)
             t = now_ns()
+            newsize = max(a.size, end)
+            inl = self._inline(ino) if n else None
+            if inl is not None and newsize <= INLINE_MAX:
+                buf = bytearray(inl.ljust(newsize, b"\0"))
+                buf[offset:end] = data
+                self.db.execute(
+                    "UPDATE inode SET inline=?, size=?, mtime=?, ctime=? WHERE ino=?", (bytes(buf), newsize, t, t, ino)
+                )
+                a.size = newsize
+                a.mtime = a.ctime = t
+                return a
+            if inl is not None:
+                self._uninline(a, inl)
             if n:
                 self._write_data(a, offset, memoryview(data))
-            newsize = max(a.size, end)
             self.db.execute("UPDATE inode SET size=?, mtime=?, ctime=? WHERE ino=?", (newsize, t, t, ino))
             a.size = newsize
             a.mtime = a.ctime = t

@@ -55,7 +55,9 @@ def check_mounted(fs: fsmod.FileSystem, *, max_problems: int = 100) -> Report:
         return rep
     inodes = {
         r[0]: r
-        for r in db.execute("SELECT ino, type, nlink, size, parent, next_cookie, target FROM inode").fetchall()
+        for r in db.execute(
+            "SELECT ino, type, nlink, size, parent, next_cookie, target, length(inline) FROM inode"
+        ).fetchall()
     }
     rep.inodes = len(inodes)
     if fsmod.ROOT_INO not in inodes:
@@ -79,7 +81,7 @@ def check_mounted(fs: fsmod.FileSystem, *, max_problems: int = 100) -> Report:
         if inodes[ino][1] == fsmod.FType.DIR:
             subdirs[d] = subdirs.get(d, 0) + 1
             dir_entries[ino] = d
-    for ino, (_, ftype, nlink, _size, parent, _nc, target) in inodes.items():
+    for ino, (_, ftype, nlink, size, parent, _nc, target, inline_len) in inodes.items():
         if ftype == fsmod.FType.DIR:
             rep.directories += 1
             want = 2 + subdirs.get(ino, 0)
@@ -103,6 +105,8 @@ def check_mounted(fs: fsmod.FileSystem, *, max_problems: int = 100) -> Report:
                 bad(f"orphan inode {ino}")
             if ftype == fsmod.FType.LNK and target is None:
                 bad(f"symlink {ino} without a target")
+            if inline_len is not None and (ftype != fsmod.FType.REG or inline_len != size):
+                bad(f"inode {ino} has {inline_len} inline bytes but size {size}")
     # Space map: extents and free ranges must tile [0, data_blocks) exactly.
     total = fs.sb.data_blocks
     ranges: list[tuple[int, int, str]] = []
@@ -114,6 +118,8 @@ def check_mounted(fs: fsmod.FileSystem, *, max_problems: int = 100) -> Report:
             bad(f"empty extent in inode {ino}")
         if lblk * fsmod.BLOCK >= inodes[ino][3] and nblk > 0:
             bad(f"inode {ino} has an extent at block {lblk} past its size {inodes[ino][3]}")
+        if inodes[ino][7] is not None:
+            bad(f"inline inode {ino} also has extents")
         ranges.append((pblk, nblk, f"inode {ino}"))
         rep.used_blocks += nblk
     for start, length in db.execute("SELECT start, len FROM free"):
