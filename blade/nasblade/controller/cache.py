@@ -22,6 +22,7 @@ aligned and stripe units are multiples of the line size), so a line maps to one 
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -193,9 +194,8 @@ class Cache:
         Lines are taken in (LU, offset) order and runs of adjacent fully dirty lines are
         written with one ``pwritev`` each.
         """
-        keys = [k for k in self.dirty if lu is None or k[0] == lu]
-        if max_lines is not None:
-            keys = keys[:max_lines]
+        # the oldest dirty lines first (the dict keeps insertion order); O(batch) per call
+        keys = list(itertools.islice((k for k in self.dirty if lu is None or k[0] == lu), max_lines))
         keys.sort()
         touched: set[int] = set()
         run: list[Line] = []
