@@ -284,3 +284,28 @@ def test_mount_refuses_a_device_without_a_file_system(tmp_path: object) -> None:
     with pytest.raises(layout.LayoutError):
         fsmod.FileSystem(dev)
     dev.close()
+
+
+def test_small_files_are_inline_until_they_grow(fsys: fsmod.FileSystem) -> None:
+    ino, _ = fsys.create(ROOT_INO, b"small", ROOT)
+    fsys.write(ino, 0, b"hello")
+    fsys.write(ino, 10, b"world")
+    assert fsys.read(ino, 0, 100)[0] == b"hello\0\0\0\0\0world"
+    assert fsys.db.execute("SELECT COUNT(*) FROM extent WHERE ino=?", (ino,)).fetchone()[0] == 0
+    fsys.commit()
+    assert not fsys.dirty
+    # Growing past INLINE_MAX moves the data to extents, keeping every byte.
+    tail = os.urandom(5000)
+    fsys.write(ino, fsmod.INLINE_MAX - 100, tail)
+    want = b"hello\0\0\0\0\0world".ljust(fsmod.INLINE_MAX - 100, b"\0") + tail
+    assert fsys.read(ino, 0, len(want) + 10)[0] == want
+    assert fsys.db.execute("SELECT inline FROM inode WHERE ino=?", (ino,)).fetchone()[0] is None
+    # Truncating an inline file up past the limit makes it sparse on extents.
+    other, _ = fsys.create(ROOT_INO, b"other", ROOT)
+    fsys.write(other, 0, b"abc")
+    fsys.setattr(other, SetAttr(size=1 << 20), ROOT)
+    assert fsys.read(other, 0, 5)[0] == b"abc\0\0" and fsys.getattr(other).size == 1 << 20
+    fsys.setattr(other, SetAttr(size=2), ROOT)
+    assert fsys.read(other, 0, 10)[0] == b"ab"
+    fsys.commit()
+    assert fsck.check_mounted(fsys).clean
