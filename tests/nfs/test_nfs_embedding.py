@@ -1,0 +1,114 @@
+"""The embeddable ``FileProcessor`` (used by the blade and the standalone array): file
+systems added and removed at run time, each with its own listeners, and the write verifier
+regenerated on demand; plus the configuration parser's error messages."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from nasblade.blockdev import FileBlockDevice
+from nasblade.fileproc import config
+from nasblade.fileproc.server import FileProcessor
+from nasblade.fs import fs as fsmod
+from nasblade.nfs import types as t
+from nasblade.nfs.exports import Export
+from nfs_rpcclient import RawClient
+
+pytestmark = pytest.mark.component
+
+
+def make_fs(path: Path) -> str:
+    dev = FileBlockDevice(path, size=64 << 20)
+    fsmod.mkfs(dev)
+    dev.close()
+    return str(path)
+
+
+def spec(name: str, device: str) -> config.FsSpec:
+    exp = Export.build(f"/{name}", ["127.0.0.0/8"], root_squash=False)
+    return config.FsSpec(name, device, (exp,), config.Listen("127.0.0.1", 0, 0, None))
+
+
+def write_unstable(port: int, export: bytes, name: bytes) -> bytes:
+    c = RawClient("127.0.0.1", port)
+    try:
+        stat, ok = c.mnt(export)
+        assert stat == 0
+        root = bytes(ok.fhandle)  # type: ignore[attr-defined]
+        args = t.CreateArgs(t.DirOpArgs(root, name), (t.CreateMode.UNCHECKED, t.Sattr()))
+        stat, cr = c.nfs(8, t.CREATE_ARGS, args, t.CREATE_RES)  # type: ignore[misc]
+        assert stat == 0
+        w = t.WriteArgs(bytes(cr.obj), 0, 3, t.StableHow.UNSTABLE, memoryview(b"abc"))
+        stat, wr = c.nfs(7, t.WRITE_ARGS, w, t.WRITE_RES)  # type: ignore[misc]
+        assert stat == 0
+        return bytes(wr.verf)
+    finally:
+        c.close()
+
+
+def test_add_remove_and_verifier(tmp_path: Path) -> None:
+    a, b = make_fs(tmp_path / "a.img"), make_fs(tmp_path / "b.img")
+
+    async def scenario() -> None:
+        fp = FileProcessor(commit_interval=0.2)
+        ea = await fp.add_filesystem(spec("a", a))
+        eb = await fp.add_filesystem(spec("b", b))
+        pa, pb = int(ea["nfs"].rsplit(":", 1)[1]), int(eb["nfs"].rsplit(":", 1)[1])
+        assert pa != pb and "portmap" not in ea
+        with pytest.raises(ValueError):
+            await fp.add_filesystem(spec("a", a))
+        va = await asyncio.to_thread(write_unstable, pa, b"/a", b"f")
+        # Each listener serves only its own file system.
+        c = RawClient("127.0.0.1", pa)
+        assert (await asyncio.to_thread(c.mnt, b"/b"))[0] == t.MountStat.NOENT
+        c.close()
+        assert fp.status()["a"]["writeVerifier"] == va.hex()
+        new = fp.regenerate_verifier("a")
+        assert new != va
+        assert await asyncio.to_thread(write_unstable, pa, b"/a", b"g") == new
+        await fp.remove_filesystem("a")
+        with pytest.raises(OSError):
+            await asyncio.to_thread(RawClient, "127.0.0.1", pa)
+        assert (await asyncio.to_thread(write_unstable, pb, b"/b", b"f")).hex() == fp.status()["b"]["writeVerifier"]
+        # Re-adding mounts it again (recovery) with a fresh verifier; the data is there.
+        ea2 = await fp.add_filesystem(spec("a", a))
+        assert fp.status()["a"]["writeVerifier"] not in (va.hex(), new.hex())
+        pa2 = int(ea2["nfs"].rsplit(":", 1)[1])
+        await asyncio.to_thread(write_unstable, pa2, b"/a", b"h")
+        await fp.close()
+
+    asyncio.run(scenario())
+    dev = FileBlockDevice(a)
+    f = fsmod.FileSystem(dev)
+    for name in (b"f", b"g", b"h"):
+        ino = f.lookup(fsmod.ROOT_INO, name, fsmod.ROOT)
+        assert f.read(ino, 0, 10)[0] == b"abc"
+    f.close()
+    dev.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"fileSystems": [{"device": "x", "exports": []}]}, "fileSystems[0].fsName"),
+        ({"fileSystems": [{"fsName": "a", "exports": [{"path": "/a", "clients": ["10.0.0.0/8"]}]}]}, "fileSystems[0].device"),
+        ({"fileSystems": [{"fsName": "a", "device": "d", "exports": [{"path": "/a"}]}]}, "fileSystems[0].exports[0].clients"),
+        ({"fileSystems": [{"fsName": "a", "device": "d", "exports": [{"path": "/a", "clients": ["nope"]}]}]}, "fileSystems[0].exports[0]"),
+        ({"fileSystems": [{"fsName": "a", "device": "d", "exports": [{"path": "/a", "clients": ["1.2.3.4"], "access": "rx"}]}]}, "fileSystems[0].exports[0]"),
+        ({"fileSystems": [{"fsName": "a", "device": "d", "exports": [{"path": "/a", "clients": ["1.2.3.4"], "rootSquash": "yes"}]}]}, "fileSystems[0].exports[0].rootSquash"),
+        ({"fileSystems": [{"fsName": "a", "device": "d", "exports": [{"path": "/a", "clients": ["1.2.3.4"]}], "listen": {"nfsPort": 70000}}]}, "fileSystems[0].listen.nfsPort"),
+    ],
+)
+def test_config_errors_name_the_field(raw: object, field: str) -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(raw)
+    assert str(e.value).startswith(field), str(e.value)
+
+
+def test_config_defaults_are_secure() -> None:
+    (s,) = config.parse({"fsName": "a", "device": "nbd://h:1/a", "exports": [{"path": "/a", "clients": ["10.0.0.0/8"]}]})
+    (exp,) = s.exports
+    assert exp.root_squash and not exp.all_squash and not exp.readonly and (exp.anonuid, exp.anongid) == (65534, 65534)
+    assert exp.allows("10.1.2.3") and not exp.allows("11.0.0.1") and exp.allows("::ffff:10.0.0.1")
