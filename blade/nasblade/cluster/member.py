@@ -617,7 +617,7 @@ class ClusterMember:
             return
         load = core.load_ratio(self.bp.load)
         now = time.monotonic()
-        action, why = core.decide_backup(policy=policy, now=now, last_success=self.last_backup_ok,
+        action, why = core.decide_backup(policy=policy, now=now, last_success=self._last_success(now),
                                          first_due=first_due, load=load)
         self.scheduler = {"action": action.value, "reason": why, "load": load, "deferrals": self.deferrals}
         if action is core.BackupAction.DEFER:
@@ -639,6 +639,18 @@ class ClusterMember:
         if not any(r["result"] == "succeeded" for r in records):
             # try again at the next interval, not in a tight loop
             self.last_backup_ok = now
+
+    def _last_success(self, now: float) -> float | None:
+        """Monotonic time of the group's last successful backup of its own portion: this blade's,
+        or any blade's recorded in the group record (the backup leader may have changed)."""
+        best = self.last_backup_ok
+        wall = time.time()
+        for r in self.group.backups:
+            if r.get("kind", "backup") == "backup" and r.get("portion") == self.cfg.group \
+                    and r.get("result") == "succeeded" and r.get("end"):
+                t = now - (wall - float(r["end"]))
+                best = t if best is None else max(best, t)
+        return best
 
     def history(self) -> list[dict[str, Any]]:
         return list(self.group.backups)
