@@ -6,7 +6,8 @@ need no fixture and no network. The tier-1 tests (``test_tier1_*.py``) use:
 - ``tier1_cluster`` / ``use_tier1`` from tests/cluster/pytest_cluster.py: a private etcd +
   kube-apiserver + kube-controller-manager (no kubelet, no scheduler);
 - ``crds`` (session): the CRDs of crds/ applied and Established;
-- ``namespace``: a fresh namespace per test, deleted afterwards;
+- ``namespace``: a fresh namespace per test, deleted afterwards (finalizers left by a stopped
+  operator are removed first);
 - ``kubelet``: ``podlife.FakeKubelet`` -- plays the kubelet for pods of that namespace (marks
   them Running/Ready with a 127.0.0.x IP) and lets a test fail or remove a pod;
 - ``controller``: a real ``nasblade controller`` process on loopback with a 1 GiB sparse
@@ -90,6 +91,11 @@ def namespace(crds: Any, use_tier1: str) -> Iterator[str]:
     ns = f"op-{uuid.uuid4().hex[:8]}"
     crds.kubectl("create", "namespace", ns)
     yield ns
+    # The operator is gone by now: drop its finalizers so the namespace can really go.
+    for kind in ("diskarrays", "clustergroups"):
+        names = crds.kubectl("-n", ns, "get", kind, "-o", "name", check=False).stdout.split()
+        for obj in names:
+            crds.kubectl("-n", ns, "patch", obj, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
     crds.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 

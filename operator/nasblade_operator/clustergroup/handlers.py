@@ -213,7 +213,7 @@ async def run_group(
     body: kopf.Body, name: str, namespace: str | None, stopped: kopf.DaemonStopped, logger: kopf.Logger,
     **kwargs: Any,
 ) -> None:
-    """Observe -> plan -> act, on every relevant event and at least every second."""
+    """Observe -> plan -> act, on every relevant event and whenever a deadline comes up."""
     namespace = namespace or ""
     blade_pods: kopf.Index[Any, Any] = kwargs["blade_pods"]
     diskarrays: kopf.Index[Any, Any] = kwargs["diskarrays"]
@@ -222,14 +222,15 @@ async def run_group(
     try:
         while not stopped:
             wake.clear()
+            sleep = 1.0
             if not body.metadata.get("deletionTimestamp"):
                 try:
-                    await _pass(body, name=name, namespace=namespace, rt=rt, pods=blade_pods, arrays=diskarrays)
+                    sleep = await _pass(body, name=name, namespace=namespace, rt=rt, pods=blade_pods, arrays=diskarrays)
                 except (kube.KubeError, bladeapi.BladeUnavailable, arrayapi.ArrayUnavailable, OSError) as exc:
                     metrics.RECONCILE_ERRORS.labels("ClusterGroup", type(exc).__name__).inc()
                     logger.warning("group pass failed, will retry: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=1.0)
+                await asyncio.wait_for(wake.wait(), timeout=max(0.1, sleep))
     finally:
         wakeups.unregister(namespace, name)
 
@@ -290,21 +291,26 @@ def _status(body: kopf.Body, rt: Runtime) -> dict[str, Any]:
 
 async def _pass(
     body: kopf.Body, *, name: str, namespace: str, rt: Runtime, pods: kopf.Index[Any, Any], arrays: kopf.Index[Any, Any]
-) -> None:
+) -> float:
+    """One observe -> plan -> act round; returns the seconds until the next deadline.
+
+    Between deadlines the daemon sleeps until a pod or DiskArray event wakes it, so an idle
+    group costs nothing.
+    """
     status = _status(body, rt)
     if status.get("portion") is None:
-        return
+        return 1.0  # reconcile() has not claimed the portion yet
     try:
         spec = cg_spec.parse(body.get("spec", {}), name=name)
     except InvalidSpec:
-        return  # reconcile() reported it
+        return settings.current().status_interval  # reconcile() reported it
     array = _one(arrays, (namespace, spec.disk_array))
     if array is None or array["deleting"]:
-        return
+        return 1.0
     try:
         da = da_spec.parse(array["spec"])
     except InvalidSpec:
-        return  # the DiskArray's own handler reported it
+        return settings.current().status_interval  # the DiskArray's own handler reported it
     file_systems = da.file_systems_of(name)
     fs_names = [f.name for f in file_systems]
     now = datetime.datetime.now(datetime.UTC)
@@ -349,6 +355,28 @@ async def _pass(
         await _write_status(body, name=name, namespace=namespace, spec=spec, plan=p, owners=owners, array_ready=array_ready,
                             fs_names=fs_names, summaries=summaries, failovers=failovers, backups=backups,
                             version=da.software_version, rt=rt)
+    return _next_deadline(spec, observed, plan=p, status=_status(body, rt), rt=rt)
+
+
+def _next_deadline(
+    spec: cg_spec.ClusterGroupSpec, observed: planner.Observed, *, plan: planner.Plan, status: Mapping[str, Any], rt: Runtime
+) -> float:
+    """Seconds until something needs this group without an event: a suspect blade reaching
+    ``failureTimeout``, the next heartbeat probe, the next backup, or a follow-up after acting."""
+    waits = [settings.current().status_interval, rt.next_probe - time.monotonic()]
+    if plan.actions or plan.rolling:
+        waits.append(0.5)
+    for pod in observed.pods.values():
+        if pod.ever_ready and not pod.ready and not pod.deleting:
+            waits.append(spec.heartbeat.failure_timeout - pod.not_ready_for + 0.05)
+    backups = status.get("backups", {})
+    last = conditions.parse_time(backups.get("lastAttempt"))
+    if last is not None:
+        age = (datetime.datetime.now(datetime.UTC) - last).total_seconds()
+        waits.append(spec.backup.interval - age)
+    if rt.next_backup_check:
+        waits.append(rt.next_backup_check - time.monotonic())
+    return max(0.1, min(waits))
 
 
 class _Actor:
