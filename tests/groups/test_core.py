@@ -1,0 +1,114 @@
+"""Unit tests of the sans-I/O cluster rules (``nasblade.cluster.core``) and the cluster
+configuration (``nasblade.cluster.config``): no processes, no sockets, explicit clocks."""
+
+from __future__ import annotations
+
+import pytest
+from nasblade.cluster import config, core
+from nasblade.cluster.core import BackupAction, BackupPolicy, FsPolicy, Liveness
+from nasblade.procinfo.portion import BladeStatus, GroupRecord, Ownership
+from nasblade.standalone.config import parse as parse_standalone
+
+MEMBERS = ("a", "b", "c")
+FS = [FsPolicy("fs1", "fs-fs1", "a"), FsPolicy("fs2", "fs-fs2", "b"), FsPolicy("fs3", "fs-fs3", "a")]
+
+
+def test_liveness_uses_counter_changes_on_the_observer_clock() -> None:
+    lv = Liveness(timeout=1.0)
+    assert not lv.alive("a", now=0.0)  # never seen
+    lv.observe("a", counter=5, state="running", now=0.0)
+    assert lv.alive("a", now=0.9)
+    lv.observe("a", counter=5, state="running", now=0.9)  # same counter: no new heartbeat
+    assert not lv.alive("a", now=1.0)
+    lv.observe("a", counter=1, state="running", now=1.5)  # restarted: counts from 1 again
+    assert lv.alive("a", now=2.0) and lv.age("a", now=2.0) == pytest.approx(0.5)
+    lv.observe_slot(BladeStatus(blade="a", heartbeat_counter=2, state="stopped"), now=2.1)
+    assert not lv.alive("a", now=2.1)  # a clean stop is dead at once
+
+
+def test_plan_takeovers_least_loaded_then_lowest_index() -> None:
+    own = {"fs1": Ownership("a", 3), "fs2": Ownership("b", 1), "fs3": Ownership("a", 4)}
+    # a dies: b has one, c none → c gets fs1 (least loaded), then b and c tie at one → b (index)
+    plan = core.plan_takeovers(members=MEMBERS, file_systems=FS, ownership=own, alive={"b", "c"})
+    assert [(t.fs, t.blade, t.previous) for t in plan] == [("fs1", "c", "a"), ("fs3", "b", "a")]
+    assert all(t.reason == "owner a is silent" for t in plan)
+    # nobody alive: nothing to do; everybody alive: nothing to do
+    assert core.plan_takeovers(members=MEMBERS, file_systems=FS, ownership=own, alive=set()) == []
+    assert core.plan_takeovers(members=MEMBERS, file_systems=FS, ownership=own, alive=set(MEMBERS)) == []
+
+
+def test_plan_unowned_goes_home_else_to_a_survivor() -> None:
+    plan = core.plan_takeovers(members=MEMBERS, file_systems=FS, ownership={}, alive={"a", "b", "c"})
+    assert [(t.fs, t.blade) for t in plan] == [("fs1", "a"), ("fs2", "b"), ("fs3", "a")]
+    plan = core.plan_takeovers(members=MEMBERS, file_systems=FS, ownership={}, alive={"b", "c"})
+    assert [(t.fs, t.blade) for t in plan] == [("fs1", "b"), ("fs2", "b"), ("fs3", "c")]
+
+
+def test_check_takeover_reasons() -> None:
+    own = {"fs1": Ownership("a", 3)}
+    ok = core.check_takeover(me="b", fs=FS[0], ownership=own, alive={"a", "b"})
+    assert ok.possible and ok.mode == "graceful" and ok.owner == "a" and ok.epoch == 3
+    dead = core.check_takeover(me="b", fs=FS[0], ownership=own, alive={"b"})
+    assert dead.possible and dead.mode == "takeover"
+    mine = core.check_takeover(me="a", fs=FS[0], ownership=own, alive={"a"})
+    assert not mine.possible and "already owns" in mine.reasons[0]
+    sick = core.check_takeover(me="b", fs=FS[0], ownership=own, alive={"a"}, blockers=["controller down"])
+    assert not sick.possible and sick.reasons[0] == "controller down" and "not alive" in sick.reasons[1]
+    assert sick.to_json()["possible"] is False
+
+
+def test_merge_groups_keeps_highest_epoch_and_every_backup() -> None:
+    a = GroupRecord(ownership={"fs1": Ownership("a", 3), "fs2": Ownership("b", 7)},
+                    backups=[{"id": "x", "start": 1.0}, {"time": 0.5, "result": "Succeeded"}])
+    b = GroupRecord(ownership={"fs1": Ownership("b", 4), "fs3": Ownership("c", 1)},
+                    backups=[{"id": "x", "start": 1.0}, {"id": "y", "start": 2.0}])
+    m = core.merge_groups(a, b)
+    assert m.ownership == {"fs1": Ownership("b", 4), "fs2": Ownership("b", 7), "fs3": Ownership("c", 1)}
+    assert [r.get("id") for r in m.backups] == [None, "x", "y"]
+    assert core.same_group(core.merge_groups(m, m), m)
+
+
+@pytest.mark.parametrize(
+    ("now", "last", "load", "action"),
+    [
+        (5.0, 0.0, 0.1, BackupAction.WAIT),              # not due yet
+        (11.0, 0.0, 0.1, BackupAction.START),            # due, light load
+        (11.0, 0.0, 0.9, BackupAction.DEFER),            # due, heavy load
+        (61.0, 0.0, 0.9, BackupAction.START_THROTTLED),  # heavy load but at the maximum age
+        (11.0, 0.0, None, BackupAction.START_THROTTLED), # load unknown: run, gently
+        (61.0, 0.0, 0.1, BackupAction.START),
+    ],
+)
+def test_backup_decision_table(now: float, last: float, load: float | None, action: BackupAction) -> None:
+    policy = BackupPolicy(interval=10.0, load_threshold=0.5, max_age=60.0)
+    got, why = core.decide_backup(policy=policy, now=now, last_success=last, first_due=0.0, load=load)
+    assert got is action and why
+
+
+def test_load_ratio() -> None:
+    assert core.load_ratio({}) is None
+    assert core.load_ratio({"queueDepth": 4.0, "dirtyRatio": 0.1}) == pytest.approx(0.5)
+    assert core.load_ratio({"queueDepth": 0.0, "dirtyRatio": 0.7}) == pytest.approx(0.7)
+    assert core.load_ratio({"queueDepth": 100.0}) == 1.0
+
+
+def test_cluster_config_from_standalone_and_validation() -> None:
+    std = parse_standalone({
+        "clusterGroups": [{"name": "g1", "blades": 2, "backup": {"crossGroup": ["g2"], "interval": "5m"}},
+                          {"name": "g2", "blades": ["x"]}],
+        "fileSystems": [{"name": "fs1", "size": "64M"}, {"name": "fs2", "size": "64M", "clusterGroup": "g2"}],
+    })
+    cc = config.from_standalone(std, "g1")
+    assert cc.members == ("g1-0", "g1-1") and cc.group_index == 0 and cc.backup.interval == 300.0
+    assert [c.group for c in cc.cross_group] == ["g2"] and cc.cross_group[0].index == 1
+    assert [f.policy for f in cc.file_systems] == [FsPolicy("fs1", "fs-fs1", "g1-0")]
+    assert config.parse(cc.to_json()) == cc
+    for bad, message in [
+        ({**cc.to_json(), "members": []}, "cluster.members"),
+        ({**cc.to_json(), "failureTimeout": 0.1}, "cluster.failureTimeout"),
+        ({**cc.to_json(), "fileSystems": [{"name": "f", "lu": "l", "home": "zz"}]}, "cluster.fileSystems[0].home"),
+        ({**cc.to_json(), "group": 3}, "cluster.group"),
+    ]:
+        with pytest.raises(config.ClusterConfigError) as err:
+            config.parse(bad)
+        assert message in str(err.value)
