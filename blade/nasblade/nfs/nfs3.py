@@ -26,6 +26,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import apsw
+
 from nasblade.fs import fs as fsmod
 from nasblade.fs.fs import Attr, Cred, FsError, FType
 from nasblade.nfs import handles
@@ -527,7 +529,11 @@ class Nfs3:
     # -- the program table ------------------------------------------------------------------
 
     def program(self) -> Program:
-        P = Procedure
+        def P(
+            name: str, args: xdr.Type[Any], res: xdr.Type[Any], fn: Callable[[Call, Any], Any], cached: bool = False
+        ) -> Procedure:
+            return Procedure(name, args, res, _device_errors(name, fn, _FAIL.get(name)), cached)
+
         procs = {
             0: P("NULL", xdr.Void, xdr.Void, self.null),
             1: P("GETATTR", t.FH, t.result(t.FATTR, xdr.Void), self.getattr),
@@ -553,6 +559,36 @@ class Nfs3:
             21: P("COMMIT", t.COMMIT_ARGS, t.COMMIT_RES, self.commit),
         }
         return Program(t.NFS_PROGRAM, {t.NFS_V3: procs})
+
+
+_FAIL: dict[str, Any] = {
+    "SETATTR": t.NO_WCC,
+    "WRITE": t.NO_WCC,
+    "CREATE": t.NO_WCC,
+    "MKDIR": t.NO_WCC,
+    "SYMLINK": t.NO_WCC,
+    "MKNOD": t.NO_WCC,
+    "REMOVE": t.NO_WCC,
+    "RMDIR": t.NO_WCC,
+    "COMMIT": t.NO_WCC,
+    "RENAME": t.RenameRes(t.NO_WCC, t.NO_WCC),
+    "LINK": t.LinkRes(None, t.NO_WCC),
+}
+
+
+def _device_errors(name: str, fn: Callable[[Call, Any], Any], fail: Any) -> Callable[[Call, Any], Any]:
+    """Answer NFS3ERR_IO when the block device or the metadata store fails mid-call."""
+    if name == "NULL":
+        return fn
+
+    def handler(call: Call, args: Any) -> Any:
+        try:
+            return fn(call, args)
+        except (OSError, apsw.Error) as exc:
+            log.error("%s failed on the device: %s", name, exc)
+            return t.Stat.IO, fail
+
+    return handler
 
 
 def _stat(e: FsError) -> t.Stat:
