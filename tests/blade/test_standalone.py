@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import NASBLADE, free_port
 from nasblade import ready
-from nasblade.bladeapi.client import BladeAPIError, BladeClient
+from nasblade.bladeapi.client import BladeClient
 from nasblade.controller.apiclient import ControlClient
 from nasblade.nbd.client import NBDBlockDevice
 from nasblade.procinfo.portion import PortionStore
@@ -63,8 +63,9 @@ class Up:
         self.endpoints: dict[str, Any] = self.ready["endpoints"]
 
     def stop(self) -> int:
+        """SIGTERM and wait; generous because fsync on a busy CI disk can take long."""
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
+        return self.proc.wait(300)
 
 
 @pytest.fixture
@@ -143,43 +144,3 @@ def test_full_stack_write_read_restart(tmp_path: Path, array_config: Path) -> No
     finally:
         assert up.stop() == 0
 
-
-def test_file_system_moves_between_blades(tmp_path: Path, array_config: Path) -> None:
-    """Release on one blade and take over on the other (same address); then SIGKILL the new
-    owner's processes and take it back: the data and the ownership record follow."""
-    data_dir = tmp_path / "data"
-    content = os.urandom(3 << 20)
-    (tmp_path / "f.bin").write_bytes(content)
-    up = Up(array_config, data_dir)
-    try:
-        [ep] = up.endpoints["nfs"]
-        b0, b1 = up.endpoints["blades"]
-        token = (data_dir / "secrets" / "blade-token").read_text().strip()
-        nfs_cp(str(tmp_path / "f.bin"), nfs_url(ep, "f.bin"))
-
-        assert BladeClient(b0["api"], token)._req("POST", "/v1/filesystems/fs1/release")["released"]
-        moved = BladeClient(b1["api"], token)._req("POST", "/v1/filesystems/fs1/takeover")
-        assert moved["epoch"] == 2 and moved["endpoints"]["nfs"].startswith(ep["host"])
-        nfs_cp(nfs_url(ep, "f.bin"), str(tmp_path / "back1"))
-        assert (tmp_path / "back1").read_bytes() == content
-        nfs_cp(str(tmp_path / "f.bin"), nfs_url(ep, "g.bin"))  # written under blade g1-1
-
-        ctl = up.endpoints["controller"]
-        with NBDBlockDevice.connect(f"nbd://{ctl['nbd']}/procinfo") as dev:
-            owner = PortionStore(dev, offset=0, size=1 << 20).read_group().ownership["fs1"]
-        assert (owner.blade, owner.epoch) == ("g1-1", 2)
-
-        # g1-1 dies hard; g1-0 takes fs1 back with a newer epoch and recovers the file system
-        for pid in (b1["fileProcessorPid"], b1["blockProcessorPid"]):
-            os.kill(pid, signal.SIGKILL)
-        back = BladeClient(b0["api"], token)._req("POST", "/v1/filesystems/fs1/takeover")
-        assert back["epoch"] == 3
-        nfs_cp(nfs_url(ep, "f.bin"), str(tmp_path / "back2"))
-        assert (tmp_path / "back2").read_bytes() == content
-        nfs_cp(nfs_url(ep, "g.bin"), str(tmp_path / "back3"))
-        assert (tmp_path / "back3").read_bytes() == content
-        with pytest.raises(BladeAPIError) as err:
-            BladeClient(b0["api"], token)._req("POST", "/v1/filesystems/nope/takeover")
-        assert err.value.status == 404
-    finally:
-        assert up.stop() == 0

@@ -1,0 +1,118 @@
+"""The blade API's file-system takeover and release, without the cluster-group layer.
+
+Two blades (block processor + ``blade-file-processor``) on a real controller; fs1 is served by
+b0 on its own loopback address. Release on b0 and take over on b1 (same address, new epoch),
+then SIGKILL b1's processes and take fs1 back on b0: libnfs clients see the same data, and the
+group record names the owner and its epoch. (Automatic takeover on heartbeat loss is the
+cluster-group layer's, tested in tests/groups.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BLADE_TOKEN, NASBLADE, BladeProc, Controller, free_port, stop
+from nasblade import ready
+from nasblade.bladeapi.client import BladeAPIError, BladeClient
+from nasblade.fs import fs as fsmod
+from nasblade.nbd.client import NBDBlockDevice
+from nasblade.procinfo.portion import PortionStore
+
+pytestmark = pytest.mark.component
+
+
+@pytest.fixture
+def fs_spec(controller: Controller) -> dict[str, Any]:
+    """fs1 formatted (root mode 1777) and the spec every blade gets: its address and ports."""
+    with NBDBlockDevice.connect(f"nbd://{controller.nbd}/fs1") as dev:
+        fsmod.mkfs(dev, root_mode=0o1777)
+        dev.flush()
+    return {
+        "name": "fs1", "lu": "fs1",
+        "address": f"127.0.{random.randint(1, 250)}.{random.randint(2, 250)}",
+        "nfsPort": free_port(), "mountPort": free_port(), "portmapPort": None,
+        "exports": [{"path": "/fs1", "subdir": "/", "clients": ["127.0.0.0/8"], "access": "rw",
+                     "rootSquash": True}],
+    }
+
+
+@pytest.fixture
+def start_fp() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Factory: ``start_fp(bp, fs=None)`` runs ``nasblade blade-file-processor`` for ``bp``."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(bp: BladeProc, blade: str, fs: dict[str, Any] | None = None) -> subprocess.Popen[bytes]:
+        argv = [*NASBLADE, "blade-file-processor", "--blade", blade, "--local-unix", bp.local,
+                "--control-unix", str(bp.rundir / "fp.sock")]
+        if fs is not None:
+            spec = {k: v for k, v in fs.items() if k != "lu"}
+            spec["device"] = bp.url(fs["lu"])
+            argv += ["--fs", json.dumps(spec)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
+        procs.append(proc)
+        ready.wait_ready(proc, timeout=120)
+        return proc
+
+    yield start
+    for p in procs:
+        stop(p)
+
+
+def url(spec: dict[str, Any], name: str) -> str:
+    return f"nfs://{spec['address']}/fs1/{name}?version=3&nfsport={spec['nfsPort']}&mountport={spec['mountPort']}"
+
+
+def nfs_cp(src: str, dst: str) -> None:
+    subprocess.run(["nfs-cp", src, dst], check=True, capture_output=True, timeout=120)
+
+
+def test_file_system_moves_between_blades(
+    tmp_path: Path, controller: Controller, fs_spec: dict[str, Any],
+    start_bp: Callable[..., BladeProc], start_fp: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    spec_args = ("--fs-spec", json.dumps(fs_spec))
+    bp0 = start_bp(blade="b0", slot=0, own=("fs1",),
+                   extra=(*spec_args, "--fp-unix", str(tmp_path / "b0" / "fp.sock")))
+    bp1 = start_bp(blade="b1", slot=1, own=(),
+                   extra=(*spec_args, "--fp-unix", str(tmp_path / "b1" / "fp.sock")))
+    start_fp(bp0, "b0", fs_spec)
+    fp1 = start_fp(bp1, "b1")
+    api0 = BladeClient(bp0.api, BLADE_TOKEN, timeout=180)
+    api1 = BladeClient(bp1.api, BLADE_TOKEN, timeout=180)
+
+    content = os.urandom(3 << 20)
+    (tmp_path / "f.bin").write_bytes(content)
+    nfs_cp(str(tmp_path / "f.bin"), url(fs_spec, "f.bin"))
+
+    assert api0._req("POST", "/v1/filesystems/fs1/release")["released"]
+    moved = api1._req("POST", "/v1/filesystems/fs1/takeover")
+    assert moved["epoch"] == 2 and moved["endpoints"]["nfs"] == f"{fs_spec['address']}:{fs_spec['nfsPort']}"
+    assert api1._req("POST", "/v1/filesystems/fs1/takeover")["epoch"] == 2  # idempotent
+    nfs_cp(url(fs_spec, "f.bin"), str(tmp_path / "back1"))
+    assert (tmp_path / "back1").read_bytes() == content
+    nfs_cp(str(tmp_path / "f.bin"), url(fs_spec, "g.bin"))  # written while b1 serves
+
+    with NBDBlockDevice.connect(f"nbd://{controller.nbd}/procinfo") as dev:
+        owner = PortionStore(dev, offset=0, size=1 << 20).read_group().ownership["fs1"]
+    assert (owner.blade, owner.epoch) == ("b1", 2)
+
+    # b1 dies hard; b0 takes fs1 back with a newer epoch and recovers the file system
+    for proc in (fp1, bp1.proc):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    back = api0._req("POST", "/v1/filesystems/fs1/takeover")
+    assert back["epoch"] == 3
+    for name in ("f.bin", "g.bin"):
+        nfs_cp(url(fs_spec, name), str(tmp_path / f"again-{name}"))
+        assert (tmp_path / f"again-{name}").read_bytes() == content
+    with pytest.raises(BladeAPIError) as err:
+        api0._req("POST", "/v1/filesystems/nope/takeover")
+    assert err.value.status == 404
