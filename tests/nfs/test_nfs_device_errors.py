@@ -53,7 +53,7 @@ def test_device_errors_become_nfs3err_io(tmp_path: Path) -> None:
     stat, _ = call(d, 6, t.READ_ARGS.encode(t.ReadArgs(fh, 0, 4096)), t.READ_RES)
     assert stat == t.Stat.IO
     data = memoryview(b"y" * 8192)
-    stat, wcc = call(d, 7, t.WRITE_ARGS.encode(t.WriteArgs(fh, 200_000, 8192, t.StableHow.UNSTABLE, data)), t.WRITE_RES)
+    stat, _ = call(d, 7, t.WRITE_ARGS.encode(t.WriteArgs(fh, 200_000, 8192, t.StableHow.UNSTABLE, data)), t.WRITE_RES)
     assert stat == t.Stat.IO
     dev.fail = False
     stat, ok = call(d, 6, t.READ_ARGS.encode(t.ReadArgs(fh, 0, 10)), t.READ_RES)
