@@ -33,6 +33,7 @@ COMMANDS: dict[str, Command] = {
     "boot": Command("nasblade.program.boot", "boot shim: run the blade software the block processor installed"),
     "block-processor": Command("nasblade.blockproc.main", "run a blade's block processor (NBD to the controller, processor info, software fetch)"),
     "up": Command("nasblade.standalone.main", "run a whole array on this machine (controller + blades)"),
+    "cluster": Command("nasblade.cluster.cli", "cluster groups: status, check-takeover, takeover, release, giveback, backups, area"),
     "blade-file-processor": Command("nasblade.bladeapi.agent", "a blade's file processor with heartbeats to its block processor (run by the boot shim)"),
     "operator": Command("nasblade_operator.main", "run the kopf operator for DiskArray and ClusterGroup resources"),
     "status": Command("nasblade.terminal.commands.status", "management terminal: arrays, LUs, cache/load, groups, blades, backups"),

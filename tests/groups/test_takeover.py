@@ -10,6 +10,7 @@ handle, with every acknowledged stable or committed byte there and a new write v
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -190,7 +191,10 @@ def test_split_brain_zombie_is_fenced_then_giveback(make_array: Any, tmp_path: P
     peer = other(owner)
 
     # check-takeover dry run on both blades while everything is healthy
-    report = arr.api(peer, "GET", "/v1/cluster/check-takeover")["fileSystems"][0]
+    cli = subprocess.run([*NASBLADE, "cluster", "--api", arr.blades[peer].api, "--token-file",
+                          str(arr.data_dir / "secrets" / "blade-token"), "check-takeover"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    report = json.loads(cli.stdout)["fileSystems"][0]
     assert report["possible"] and report["mode"] == "graceful" and report["owner"] == owner
     mine = arr.api(owner, "GET", "/v1/cluster/check-takeover")["fileSystems"][0]
     assert not mine["possible"] and any("already owns" in r for r in mine["reasons"])
