@@ -45,12 +45,21 @@ class Controller:
             "controller", "--nbd-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0",
             "--token-file", str(self.workdir / "token"), "--admin-token-file", str(self.workdir / "admin"),
             "--cache-size", "128M", "--device", f"{self.workdir / 'dev0'}:{self.size}",
+            "--nbd-unix", str(self.unix_socket),
         )
         with open(self.workdir / "controller.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
         line = ready.wait_ready(self.proc, timeout=60)
         self.nbd = line["endpoints"]["nbd"]
         self.api = line["endpoints"]["api"]
+
+    @property
+    def unix_socket(self) -> Path:
+        return self.workdir / "nbd.sock"
+
+    def unix_url(self, nbd_url: str) -> str:
+        """The ``nbd+unix://`` URL of the LU behind ``nbd_url``."""
+        return f"nbd+unix:///{nbd_url.rsplit('/', 1)[1]}?socket={self.unix_socket}"
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
