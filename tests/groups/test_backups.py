@@ -139,6 +139,7 @@ def test_area_failover_and_reform(make_array: Any) -> None:
     for b in arr.blades:
         expect(arr, lambda b=b: arr.api(b, "GET", "/v1/cluster/area")["activeArea"] == "backup",
                timeout=10, what=f"{b} switches to the backup area")
+        assert arr.api(b, "GET", "/v1/status")["activeArea"] == "backup"  # reported by the blade too
     # heartbeats go on in the backup area
     bdev, backup = store(arr, "backup", 0)
     with bdev:

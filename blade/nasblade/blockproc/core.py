@@ -94,6 +94,8 @@ class BlockProcessor:
         self.proxy = ProxyServer(self.exports)
         self.epochs: dict[str, int] = {}
         self.portion: PortionStore | None = None
+        self.active_area = "primary"
+        """Which area ``portion`` is: ``primary`` or ``backup`` (set by nasblade.cluster.member)."""
         self._procinfo_pool: UpstreamPool | None = None
         self.software: install.Installed | None = None
         self.software_error: str | None = None
@@ -340,7 +342,7 @@ class BlockProcessor:
         d.setdefault("heartbeat", {"time": time.time(), "counter": 0})
         if self.software is not None:
             d.setdefault("softwareVersion", self.software.version)
-        d["activeArea"] = "primary"
+        d["activeArea"] = self.active_area
         d["load"] = {k: float(v) for k, v in self.load.items() if isinstance(v, int | float)}
         status = BladeStatus.from_json(d)
         async with self._slot_lock:
@@ -411,7 +413,7 @@ class BlockProcessor:
             "heartbeatCounter": st.heartbeat_counter if st else None,
             "slotSeq": self.last_status_seq,
             "clients": st.clients if st else 0,
-            "activeArea": "primary",
+            "activeArea": self.active_area,
             "load": self.load,
             "nbdConnections": self.proxy.connections,
             "upstream": {

@@ -477,6 +477,7 @@ class ClusterMember:
         await asyncio.to_thread(switch)
         self.active_area = "backup"
         self.bp.portion = backup
+        self.bp.active_area = "backup"
         self.switched_at = time.time()
         self.area_events.append({"event": "switch", "to": "backup", "reason": why, "time": self.switched_at})
         log.warning("%s: processor information now on the backup area: %s", self.me, why)
@@ -539,6 +540,7 @@ class ClusterMember:
             return
         self.active_area = "primary"
         self.bp.portion = primary
+        self.bp.active_area = "primary"
         self.area_events.append({"event": "switch", "to": "primary", "reason": why, "time": time.time()})
         log.info("%s: processor information back on the portion: %s", self.me, why)
 
