@@ -54,9 +54,12 @@ def test_unflushed_writes_survive_a_controller_sigkill(
     blocks = {i * (1 << 20): os.urandom(1 << 20) for i in range(16)}
     for off, data in blocks.items():
         dev.pwrite(off, data)  # no FUA, no flush: held in the controller's cache
+    newer = os.urandom(4096)
+    dev.pwrite(0, newer, fua=True)  # durable, and newer than the journaled write at 0
     controller.kill()
     controller.start()
     dev.flush()  # retried across the reconnect, after the replay
+    blocks[0] = newer + blocks[0][4096:]
     for off, data in blocks.items():
         assert dev.pread(off, len(data)) == data
     dev.close()

@@ -16,7 +16,8 @@ Failure rules (NBD semantics; nothing is silently dropped):
 - Writes acknowledged without FUA live in the controller's write-back cache until a FLUSH; if
   the controller restarts in between they could be gone. The pool therefore keeps a *replay
   journal* of acknowledged, not-yet-flushed writes and replays it, in order, on every new
-  connection before any other request is sent. A successful FLUSH trims the journal up to
+  connection before any other request is sent. FUA writes join the journal while it is not
+  empty, so a replay never puts an older write back over a newer durable one. A successful FLUSH trims the journal up to
   what was acknowledged before the FLUSH was sent; when the journal passes ``journal_limit``
   bytes the pool sends a FLUSH of its own. If the replay itself is refused (``EPERM``: the LU
   was taken over meanwhile), the unflushed writes are gone and the next FLUSH returns that
@@ -537,13 +538,17 @@ class UpstreamPool:
             self._journal = [e for e in self._journal if e.seq > flush_mark]
             self._journal_bytes = sum(e.length for e in self._journal if e.payload is not None)
             return
-        if cmd not in (proto.Cmd.WRITE, proto.Cmd.WRITE_ZEROES, proto.Cmd.TRIM) or flags & proto.CMD_FLAG_FUA:
+        if cmd not in (proto.Cmd.WRITE, proto.Cmd.WRITE_ZEROES, proto.Cmd.TRIM):
             return
+        if not self._journal and flags & proto.CMD_FLAG_FUA:
+            return  # durable already, and no older unflushed write it must stay ordered after
+        # FUA writes are journaled too while older unflushed writes are: a replay must not
+        # put an older write back over a newer durable one
         data = _as_bytes(payload) if payload is not None else None
         self._journal.append(_JournalEntry(next(self._seq), cmd, offset, length, flags, data))
         if data is not None:
             self._journal_bytes += len(data)
-        if self.on_cached is not None and cmd != proto.Cmd.TRIM:
+        if self.on_cached is not None and cmd != proto.Cmd.TRIM and not flags & proto.CMD_FLAG_FUA:
             self.on_cached(offset, length)
         if self._journal_bytes > self.journal_limit and (self._auto_flush is None or self._auto_flush.done()):
             self._auto_flush = asyncio.create_task(self.request(proto.Cmd.FLUSH, 0, 0))
