@@ -136,12 +136,12 @@ def takeover_once(arr: ArrayUp, c: Client, root: bytes, *, part: str, i: int, pa
 
 @pytest.mark.parametrize("part", ["fp", "bp"])
 def test_takeover_under_load_kill_9(make_array: Any, part: str) -> None:
-    """Four rounds with random kill points; the file system moves back and forth."""
+    """Three rounds with random kill points; the file system moves back and forth."""
     arr: ArrayUp = make_array()
     rng = random.Random()
     c = nfs_client(arr)
     root = c.mount(arr.nfs["export"])
-    for i in range(4):
+    for i in range(3):
         takeover_once(arr, c, root, part=part, i=i, pause=rng.uniform(0.2, 0.8))
     assert c.reconnects > 0
     c.close()
