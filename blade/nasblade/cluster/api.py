@@ -13,7 +13,8 @@ Blade management API (bearer token, for the operator and ``nasblade cluster``); 
     POST /v1/cluster/filesystems/{fs}/release     commit, unmount, flush, keep the record: it
                                                   stays unserved until a blade takes it over
     POST /v1/cluster/giveback                     take back every file system homed here
-    POST /v1/cluster/backups                      {"crossGroup": ["g2"] | true}: back up now
+    POST /v1/cluster/backups                      {"crossGroup": ["g2"] | true, "rateLimit": 0}:
+                                                  back up now (rateLimit bytes/s, 0 = unlimited)
     GET  /v1/cluster/backups                      backup history (group record) + scheduler
     GET  /v1/cluster/area                         {"activeArea": "primary"|"backup", "events"}
     POST /v1/cluster/area/reform                  copy the backup area into the portion and
@@ -102,7 +103,10 @@ async def _backup_now(request: web.Request) -> Any:
         cross = []
     if not isinstance(cross, list) or not all(isinstance(c, str) for c in cross):
         raise ClusterError("crossGroup: must be true, false or a list of cluster group names", status=400)
-    records = await m.backup(trigger="on-demand", cross_group=cross)
+    rate = body.get("rateLimit", 0)
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
+        raise ClusterError("rateLimit: bytes per second, an integer >= 0 (0: unlimited)", status=400)
+    records = await m.backup(trigger="on-demand", cross_group=cross, rate=rate)
     return {"backups": records}
 
 
