@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from nasblade.cluster.member import ClusterError, ClusterMember
+from nasblade.controller.apiclient import ControlAPIError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MEMBER_KEY: web.AppKey[ClusterMember] = web.AppKey("cluster_member", ClusterMember)
@@ -62,6 +63,8 @@ def _guarded(fn: Callable[[web.Request], Awaitable[Any]]) -> Handler:
             return web.json_response(await fn(request))
         except ClusterError as exc:
             return _error(exc.status, str(exc))
+        except ControlAPIError as exc:
+            return _error(409 if exc.status < 500 else 503, f"the controller refused: {exc.message}")
         except OSError as exc:
             return _error(503, f"{type(exc).__name__}: {exc}")
 

@@ -207,6 +207,9 @@ class ClusterMember:
             self.liveness.observe_slot(st, now=now)
         await self._check_other_area(now)
         self.group, self.slots = group, slots
+        # a released file system that another blade has taken since is no longer held back
+        self.released = {fs for fs in self.released
+                         if (rec := group.ownership.get(fs)) is not None and rec.blade == self.me}
         self._adopt_startup_ownership()
         await self._enforce_fencing()
         if self.active_area == "backup":
@@ -246,7 +249,7 @@ class ClusterMember:
         async def run() -> None:
             try:
                 await self.take_over(fs, reason=reason)
-            except (ClusterError, OSError, RuntimeError) as exc:
+            except Exception as exc:  # controller refusals included: logged, retried next tick
                 log.warning("%s: takeover of %s failed: %s", self.me, fs, exc)
             finally:
                 self._pending.pop(fs, None)
