@@ -207,3 +207,46 @@ def test_export_names(name: str, parsed: proto.ExportName) -> None:
 def test_bad_export_names(name: str) -> None:
     with pytest.raises(ValueError):
         proto.parse_export_name(name)
+
+
+def feed_buffered(conn: proto.ServerConnection, data: bytes, chunk: int) -> list[proto.Event]:
+    """Feed like asyncio.BufferedProtocol: recv into recv_buffer(), then recv_done()."""
+    out: list[proto.Event] = []
+    pos = 0
+    while pos < len(data):
+        buf = conn.recv_buffer()
+        n = min(len(buf), chunk, len(data) - pos)
+        buf[:n] = data[pos : pos + n]
+        conn.recv_done(n)
+        pos += n
+        while (ev := conn.next_event()) is not None:
+            out.append(ev)
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1000, 65536, 1 << 20])
+def test_large_write_payloads_arrive_in_their_own_buffer(chunk: int) -> None:
+    conn = negotiated()
+    big = bytes(range(256)) * 4096 * 3  # 3 MiB
+    raw = (proto.build_request(proto.Cmd.READ, 1, 0, 512)
+           + proto.build_request(proto.Cmd.WRITE, 2, 4096, len(big), flags=proto.CMD_FLAG_FUA) + big
+           + proto.build_request(proto.Cmd.WRITE, 3, 0, 5) + b"small"
+           + proto.build_request(proto.Cmd.WRITE, 4, 0, 70000, flags=proto.CMD_FLAG_DF) + bytes(70000)
+           + proto.build_request(proto.Cmd.FLUSH, 5))
+    evs = feed_buffered(conn, raw, chunk)
+    assert [getattr(e, "cookie", None) for e in evs] == [1, 2, 3, 4, 5]
+    w = evs[1]
+    assert isinstance(w, proto.Request) and w.fua and w.payload is not None and bytes(w.payload) == big
+    assert isinstance(evs[2], proto.Request) and bytes(evs[2].payload or b"") == b"small"
+    assert isinstance(evs[3], proto.BadRequest) and evs[3].error == proto.EINVAL  # flags checked after payload
+
+
+def test_receive_data_and_recv_buffer_mix() -> None:
+    conn = negotiated()
+    big = b"\x5a" * 200000
+    raw = proto.build_request(proto.Cmd.WRITE, 9, 0, len(big)) + big + proto.build_request(proto.Cmd.FLUSH, 10)
+    evs = events(conn, raw[:1000])  # header + start of payload via receive_data
+    evs += feed_buffered(conn, raw[1000:150000], 4096)
+    evs += events(conn, raw[150000:])
+    assert [getattr(e, "cookie", None) for e in evs] == [9, 10]
+    assert isinstance(evs[0], proto.Request) and bytes(evs[0].payload or b"") == big

@@ -20,7 +20,9 @@ project), fixed newstyle negotiation only:
   so the stream stays in sync with bounded memory.
 
 Parsing is incremental: ``ServerConnection.receive_data`` buffers bytes and
-``next_event`` returns one event or ``None`` when more input is needed (h11 style).
+``next_event`` returns one event or ``None`` when more input is needed (h11 style). Shells
+built on ``asyncio.BufferedProtocol`` may use ``recv_buffer`` / ``recv_done`` instead, which
+receive large WRITE payloads directly into the buffer handed to the device write.
 """
 
 from __future__ import annotations
@@ -132,6 +134,8 @@ ALLOWED_CMD_FLAGS: dict[int, int] = {
 MAX_OPTION_LENGTH = 65536
 MAX_PAYLOAD = 32 * 1024 * 1024
 MAX_NAME = 4096
+#: WRITE payloads at least this large are received straight into their own buffer
+DIRECT_PAYLOAD = 64 * 1024
 
 _HANDSHAKE = struct.Struct(">QQH")
 _OPT_HDR = struct.Struct(">QII")
@@ -281,11 +285,46 @@ class ServerConnection:
     _no_zeroes: bool = False
     _skip: int = 0
     export: ExportInfo | None = None
+    # zero-copy receive of large WRITE payloads (see recv_buffer / recv_done)
+    _scratch: bytearray = field(default_factory=lambda: bytearray(256 * 1024))
+    _payload: bytearray | None = None
+    _payload_got: int = 0
+    _payload_hdr: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
 
     def initial_bytes(self) -> bytes:
         return _HANDSHAKE.pack(NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)
 
+    def _payload_pending(self) -> int:
+        return 0 if self._payload is None else len(self._payload) - self._payload_got
+
+    def recv_buffer(self) -> memoryview:
+        """Where the shell should receive the next bytes (``asyncio.BufferedProtocol.get_buffer``).
+
+        While a large WRITE payload is outstanding this is the rest of that payload's own
+        buffer, so payload bytes go from the socket to the device write with no copy.
+        """
+        if self._payload_pending():
+            assert self._payload is not None
+            return memoryview(self._payload)[self._payload_got :]
+        return memoryview(self._scratch)
+
+    def recv_done(self, n: int) -> None:
+        """``n`` bytes were received into the last ``recv_buffer()``."""
+        if self._payload_pending():
+            self._payload_got += n
+        else:
+            self.receive_data(memoryview(self._scratch)[:n])
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        pending = self._payload_pending()
+        if pending:
+            assert self._payload is not None
+            n = min(pending, len(data))
+            self._payload[self._payload_got : self._payload_got + n] = data[:n]
+            self._payload_got += n
+            data = data[n:]
+            if not data:
+                return
         if self._pos and self._pos == len(self._buf):
             del self._buf[:]
             self._pos = 0
@@ -443,6 +482,12 @@ class ServerConnection:
     # transmission -------------------------------------------------------------------------
 
     def _next_request(self) -> Event | None:
+        if self._payload is not None:
+            if self._payload_pending():
+                return None
+            done = memoryview(self._payload)
+            self._payload = None
+            return self._request(*self._payload_hdr, done)
         if len(self._buf) - self._pos < REQUEST_SIZE:
             self._compact()
             return None
@@ -455,6 +500,17 @@ class ServerConnection:
             self._skip = length
             return BadRequest(cookie, EOVERFLOW, f"payload {length} over {self.max_payload}")
         if has_payload and len(self._buf) - self._pos < REQUEST_SIZE + length:
+            if length < DIRECT_PAYLOAD:
+                self._compact()
+                return None
+            # Large payload: give it its own buffer and let the shell receive into it.
+            self._pos += REQUEST_SIZE
+            have = len(self._buf) - self._pos
+            self._payload = bytearray(length)
+            self._payload[:have] = memoryview(self._buf)[self._pos :]
+            self._payload_got = have
+            self._payload_hdr = (flags, cmd, cookie, offset, length)
+            self._pos += have
             self._compact()
             return None
         self._pos += REQUEST_SIZE
@@ -466,6 +522,10 @@ class ServerConnection:
             assert view is not None
             payload = memoryview(bytes(view))
             view.release()
+        return self._request(flags, cmd, cookie, offset, length, payload)
+
+    def _request(self, flags: int, cmd: int, cookie: int, offset: int, length: int,
+                 payload: memoryview | None) -> Event:
         allowed = ALLOWED_CMD_FLAGS.get(cmd)
         if allowed is None:
             return BadRequest(cookie, EINVAL, f"unknown command {cmd}")

@@ -57,7 +57,7 @@ class Catalog(proto.ExportLookup):
         return [self._info(n, lu) for n, lu in self.engine.array.state.lus.items()]
 
 
-class NBDConnection(asyncio.Protocol):
+class NBDConnection(asyncio.BufferedProtocol):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.core = proto.ServerConnection(Catalog(engine))
@@ -90,8 +90,18 @@ class NBDConnection(asyncio.Protocol):
         self.transport.write(self.core.initial_bytes())
         self._task = asyncio.get_running_loop().create_task(self._run())
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.core.recv_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.core.recv_done(nbytes)
+        self._received()
+
     def data_received(self, data: bytes) -> None:
         self.core.receive_data(data)
+        self._received()
+
+    def _received(self) -> None:
         if self.core.buffered > _PAUSE_INPUT and self.transport and not self._paused:
             self.transport.pause_reading()
             self._paused = True
