@@ -233,6 +233,12 @@ def test_bad_nbd_input_gets_error_replies_and_the_proxy_keeps_serving(
     s.sendall(b"\xde\xad\xbe\xef" * 7)
     assert _recv(s, 1) == b""
     s.close()
+    # requests sent just before DISC are still answered, then the socket closes
+    s = _raw_connect(bp.nbd_socket, "fs1")
+    s.sendall(proto.build_request(proto.Cmd.WRITE, 9, 4096, 3) + b"abc" + proto.build_request(proto.Cmd.DISC, 10))
+    assert proto.parse_simple_reply(_recv(s, proto.REPLY_SIZE)) == (0, 9)
+    assert _recv(s, 1) == b""
+    s.close()
     # an unknown export is refused in the handshake; others keep working
     with pytest.raises(OSError):
         NBDBlockDevice.connect(bp.url("no-such-lu"))

@@ -53,7 +53,9 @@ class _Downstream(asyncio.Protocol):
         self.pool: UpstreamPool | None = None
         self.transport: asyncio.Transport | None = None
         self.in_flight_bytes = 0
+        self.in_flight = 0
         self.reading_paused = False
+        self.closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -81,8 +83,12 @@ class _Downstream(asyncio.Protocol):
             elif isinstance(ev, proto.BadRequest):
                 transport.write(proto.simple_reply(ev.cookie, ev.error))
             elif isinstance(ev, proto.Closed):
+                # NBD: requests sent before DISC are still answered, then the socket closes
                 log.debug("file-processor connection closed: %s", ev.reason)
-                transport.close()
+                self.closing = True
+                transport.pause_reading()
+                if not self.in_flight:
+                    transport.close()
                 return
         out = conn.data_to_send()
         if out:
@@ -95,6 +101,7 @@ class _Downstream(asyncio.Protocol):
             self._reply(req, Reply(proto.EINVAL))
             return
         size = req.length if req.cmd in (proto.Cmd.READ, proto.Cmd.WRITE) else 0
+        self.in_flight += 1
         self.in_flight_bytes += size
         if self.in_flight_bytes > _PAUSE_BYTES and not self.reading_paused and self.transport is not None:
             self.reading_paused = True
@@ -103,8 +110,9 @@ class _Downstream(asyncio.Protocol):
         fut.add_done_callback(functools.partial(self._done, req, size))
 
     def _done(self, req: proto.Request, size: int, fut: asyncio.Future[Reply]) -> None:
+        self.in_flight -= 1
         self.in_flight_bytes -= size
-        if self.reading_paused and self.in_flight_bytes < _RESUME_BYTES and self.transport is not None:
+        if self.reading_paused and not self.closing and self.in_flight_bytes < _RESUME_BYTES and self.transport is not None:
             self.reading_paused = False
             self.transport.resume_reading()
         if fut.cancelled():
@@ -115,6 +123,8 @@ class _Downstream(asyncio.Protocol):
         else:
             reply = fut.result()
         self._reply(req, reply)
+        if self.closing and not self.in_flight and self.transport is not None:
+            self.transport.close()
 
     def _reply(self, req: proto.Request, reply: Reply) -> None:
         transport = self.transport
