@@ -21,6 +21,9 @@ What it does besides carrying blocks:
 - load (claim 19): polls the controller's load figures and hands them to the file processor.
 - fencing: LUs the blade owns are opened with ``LU;holder=BLADE;epoch=N`` after taking the
   reservation through the control API, so writes from a fenced blade are refused (EPERM).
+- file-system takeover / release (``take_over_fs``, ``release_fs``) and processor-information
+  backups (``backup``) for the blade API; the cluster-group layer (``nasblade.cluster``)
+  decides when to call them.
 
 The control API is optional (``control=None``) so the NBD path can be tested against any NBD
 server (nbdkit) on its own.
