@@ -49,6 +49,27 @@ def free_port() -> int:
         return port
 
 
+def free_port_run(n: int) -> int:
+    """The first of ``n`` consecutive free loopback ports (bounded search)."""
+    for _ in range(200):
+        first = free_port()
+        if first + n > 65535:
+            continue
+        socks = []
+        try:
+            for p in range(first, first + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no run of {n} free ports")
+
+
 @dataclass
 class Array:
     data_dir: Path
@@ -78,7 +99,7 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
     """A running two-group standalone array (see the module docstring)."""
     tmp = tmp_path_factory.mktemp("cli-array")
     net = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}"
-    bp = free_port()
+    bp = free_port_run(3)  # blade API ports are bladeApiPort + i
     cfg = {
         "array": {"devices": {"count": 2, "size": "192M"}, "cacheSize": "16M",
                   "areas": {"programSize": "32M"}},
@@ -89,10 +110,6 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
         "network": {"nbdPort": free_port(), "apiPort": free_port(), "bladeApiPort": bp,
                     "nfsPort": free_port(), "mountPort": free_port(), "portmapPort": None},
     }
-    # blade API ports are bladeApiPort + i: make sure the next two are free as well
-    for p in (bp + 1, bp + 2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", p))
     config = tmp / "array.yaml"
     config.write_text(yaml.safe_dump(cfg))
     data_dir = tmp / "data"

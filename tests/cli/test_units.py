@@ -33,28 +33,28 @@ def test_blade_state(slot_state: str | None, age: float | None, reachable: bool 
 
 
 def test_takeover_possible_to_an_idle_peer(snapshot: Snapshot) -> None:
-    check = plan.check_takeover(snapshot, "fs1", "b2")
+    check = plan.check_takeover(snapshot, "fs1", to="b2")
     assert check.possible and check.reasons == []
     assert check.current == "b1"
     assert check.steps[0].startswith("b1 releases fs1")
 
 
 def test_takeover_refused_with_every_reason(snapshot: Snapshot) -> None:
-    dead = plan.check_takeover(snapshot, "fs1", "b3")
+    dead = plan.check_takeover(snapshot, "fs1", to="b3")
     assert not dead.possible and dead.reasons == ["b3 is dead (heartbeat 9.0s old)"]
-    other = plan.check_takeover(snapshot, "fs1", "c1")
+    other = plan.check_takeover(snapshot, "fs1", to="c1")
     assert not other.possible and "c1 is in cluster group g2, fs1 belongs to g1" in other.reasons
-    same = plan.check_takeover(snapshot, "fs1", "b1")
+    same = plan.check_takeover(snapshot, "fs1", to="b1")
     assert same.reasons == ["b1 already serves fs1"]
     snapshot["groups"][0]["activeArea"] = "backup"
-    assert any("backup area" in r for r in plan.check_takeover(snapshot, "fs1", "b2").reasons)
+    assert any("backup area" in r for r in plan.check_takeover(snapshot, "fs1", to="b2").reasons)
 
 
 def test_unknown_names_are_usage_errors(snapshot: Snapshot) -> None:
     with pytest.raises(UsageError, match="no file system 'nope' \\(known: fs1, fs2\\)"):
-        plan.check_takeover(snapshot, "nope", "b2")
+        plan.check_takeover(snapshot, "nope", to="b2")
     with pytest.raises(UsageError, match="no blade 'zz'"):
-        plan.check_takeover(snapshot, "fs1", "zz")
+        plan.check_takeover(snapshot, "fs1", to="zz")
     with pytest.raises(UsageError, match="no cluster group"):
         plan.find_group(snapshot, "g9")
 

@@ -169,7 +169,7 @@ class KubeSource:
             raise UsageError(f"no {what} {name!r} in namespace {self.namespace}")
         return self._json(r, f"get {what} {name}")
 
-    def _patch(self, plural: str, name: str, patch: dict[str, Any], *, what: str) -> dict[str, Any]:
+    def _patch(self, plural: str, name: str, *, patch: dict[str, Any], what: str) -> dict[str, Any]:
         r = self._request("patch", f"{plural}/{name}", version=API, data=json.dumps(patch),
                           headers={"Content-Type": "application/merge-patch+json"})
         if r.status_code == 404:
@@ -300,7 +300,7 @@ class KubeSource:
                              f"(now {targets or 'empty'}); add {', '.join(missing)} there first")
         history = (cg.get("status", {}).get("backups") or {}).get("history", []) or []
         since = time.time()
-        self._patch("clustergroups", group, {"metadata": {"annotations": {BACKUP_NOW: now_iso()}}}, what="ClusterGroup")
+        self._patch("clustergroups", group, patch={"metadata": {"annotations": {BACKUP_NOW: now_iso()}}}, what="ClusterGroup")
         return BackupRequest(group=group, groups=[group, *targets], since=since,
                              detail={"annotation": BACKUP_NOW, "historyLength": len(history)})
 
@@ -347,7 +347,7 @@ class KubeSource:
             raise UsageError(f"version {version} was not seeded into the program LU of {array} (seeded: "
                              f"{', '.join(seeded)}); push it first, or pass --force if it was pushed since")
         before = (obj.get("spec", {}).get("software") or {}).get("version")
-        self._patch("diskarrays", array, {"spec": {"software": {"version": version}}}, what="DiskArray")
+        self._patch("diskarrays", array, patch={"spec": {"software": {"version": version}}}, what="DiskArray")
         return {"array": array, "from": before, "to": version}
 
     def events(self, snapshot: Snapshot) -> list[Event]:

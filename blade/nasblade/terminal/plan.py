@@ -59,7 +59,7 @@ class TakeoverCheck:
                 "possible": self.possible, "reasons": list(self.reasons), "steps": list(self.steps)}
 
 
-def check_takeover(snap: Snapshot, fs_name: str, to: str) -> TakeoverCheck:
+def check_takeover(snap: Snapshot, fs_name: str, *, to: str) -> TakeoverCheck:
     """Can ``to`` take over ``fs_name`` now? Unknown names raise ``UsageError``."""
     fs = find_fs(snap, fs_name)
     target = find_blade(snap, to)
@@ -93,7 +93,7 @@ def home_blade(snap: Snapshot, fs_name: str) -> str:
     return fs["homeBlade"]
 
 
-def _event(snap: Snapshot, kind: str, obj: str, message: str) -> Event:
+def _event(snap: Snapshot, *, kind: str, obj: str, message: str) -> Event:
     return {"time": snap["time"], "kind": kind, "object": obj, "message": message}
 
 
@@ -104,17 +104,17 @@ def diff_events(prev: Snapshot, cur: Snapshot) -> list[Event]:
     for b in all_blades(cur):
         old = before.get(b["name"])
         if old is None:
-            out.append(_event(cur, "BladeAdded", b["name"], f"blade {b['name']} joined {b['group']} ({b['state']})"))
+            out.append(_event(cur, kind="BladeAdded", obj=b["name"], message=f"blade {b['name']} joined {b['group']} ({b['state']})"))
             continue
         if old["state"] != b["state"]:
             why = f": {b['reason']}" if b["reason"] else ""
-            out.append(_event(cur, "BladeState", b["name"], f"{old['state']} -> {b['state']}{why}"))
+            out.append(_event(cur, kind="BladeState", obj=b["name"], message=f"{old['state']} -> {b['state']}{why}"))
         if old["softwareVersion"] != b["softwareVersion"]:
-            out.append(_event(cur, "Software", b["name"], f"software {old['softwareVersion']} -> {b['softwareVersion']}"))
+            out.append(_event(cur, kind="Software", obj=b["name"], message=f"software {old['softwareVersion']} -> {b['softwareVersion']}"))
         if old["activeArea"] != b["activeArea"]:
-            out.append(_event(cur, "ActiveArea", b["name"], f"processor information from {old['activeArea']} -> {b['activeArea']}"))
+            out.append(_event(cur, kind="ActiveArea", obj=b["name"], message=f"processor information from {old['activeArea']} -> {b['activeArea']}"))
     for name in before.keys() - {b["name"] for b in all_blades(cur)}:
-        out.append(_event(cur, "BladeRemoved", name, f"blade {name} is gone"))
+        out.append(_event(cur, kind="BladeRemoved", obj=name, message=f"blade {name} is gone"))
     owners = {f["name"]: f for f in prev["fileSystems"]}
     for fs in cur["fileSystems"]:
         old_fs = owners.get(fs["name"])
@@ -123,21 +123,21 @@ def diff_events(prev: Snapshot, cur: Snapshot) -> list[Event]:
         kind = "GiveBack" if fs["blade"] is not None and fs["blade"] == fs["homeBlade"] else "Takeover"
         if fs["blade"] is None:
             kind = "Released"
-        out.append(_event(cur, kind, fs["name"],
-                          f"{fs['name']}: {old_fs['blade'] or '-'} -> {fs['blade'] or '-'} (epoch {fs['epoch']})"))
+        out.append(_event(cur, kind=kind, obj=fs["name"],
+                          message=f"{fs['name']}: {old_fs['blade'] or '-'} -> {fs['blade'] or '-'} (epoch {fs['epoch']})"))
     seen = {(b["id"], b["group"]): b for b in prev["backups"]}
     for bk in cur["backups"]:
         old_bk = seen.get((bk["id"], bk["group"]))
         if old_bk is None:
-            out.append(_event(cur, "Backup", bk["group"], f"backup {bk['source']} -> {bk['target']} {bk['state']}"))
+            out.append(_event(cur, kind="Backup", obj=bk["group"], message=f"backup {bk['source']} -> {bk['target']} {bk['state']}"))
         elif old_bk["state"] != bk["state"]:
             err = f": {bk['error']}" if bk["error"] else ""
-            out.append(_event(cur, "Backup", bk["group"], f"backup {bk['source']} -> {bk['target']} {bk['state']}{err}"))
+            out.append(_event(cur, kind="Backup", obj=bk["group"], message=f"backup {bk['source']} -> {bk['target']} {bk['state']}{err}"))
     groups = {g["name"]: g for g in prev["groups"]}
     for g in cur["groups"]:
         og = groups.get(g["name"])
         if og is not None and og["rollout"] != g["rollout"] and g["rollout"]:
             r = g["rollout"]
-            out.append(_event(cur, "Rollout", g["name"],
-                              f"rollout to {r.get('targetVersion')}: {r.get('blade') or ''} {r.get('step') or ''}".strip()))
+            out.append(_event(cur, kind="Rollout", obj=g["name"],
+                              message=f"rollout to {r.get('targetVersion')}: {r.get('blade') or ''} {r.get('step') or ''}".strip()))
     return out

@@ -105,7 +105,7 @@ class Endpoints:
     blades: list[BladeEndpoint]
 
 
-def cluster_call(client: Any, method: str, path: str, body: Any = None) -> Any:
+def cluster_call(client: Any, method: str, *, path: str, body: Any = None) -> Any:
     """A ``/v1/cluster/...`` route of the blade management API (``nasblade.cluster.api``).
 
     ``BladeClient`` has no methods for these routes yet; its request helper keeps the bearer
@@ -234,7 +234,8 @@ class StandaloneSource:
             for i, name in enumerate(g.blades):
                 st, reachable = blade_status.get(name, (None, None))
                 slot = slots.get(name)
-                member = self._blade(name, g.name, st, reachable, slot, g.failure_timeout, default_slot=i)
+                member = self._blade(name, g.name, status=st, reachable=reachable, slot=slot,
+                                     failure_timeout=g.failure_timeout, default_slot=i)
                 area = (cluster.get(name) or {}).get("activeArea")
                 if area:
                     member["activeArea"] = area
@@ -346,7 +347,7 @@ class StandaloneSource:
         if ep.api is None:
             return None
         try:
-            result: dict[str, Any] = cluster_call(BladeClient(ep.api, self.blade_token, timeout=self.timeout), "GET", "/v1/cluster")
+            result: dict[str, Any] = cluster_call(BladeClient(ep.api, self.blade_token, timeout=self.timeout), "GET", path="/v1/cluster")
             return result
         except (BladeAPIError, OSError):
             return None
@@ -361,8 +362,8 @@ class StandaloneSource:
                 "trigger": f"{rec.get('trigger')} by {rec.get('requestedBy')}" if rec.get("requestedBy") else rec.get("trigger"),
                 "error": rec.get("error")}
 
-    def _blade(self, name: str, group: str, status: dict[str, Any] | None, reachable: bool | None,
-               slot: tuple[int, dict[str, Any]] | None, failure_timeout: float, *, default_slot: int) -> Blade:
+    def _blade(self, name: str, group: str, *, status: dict[str, Any] | None, reachable: bool | None,
+               slot: tuple[int, dict[str, Any]] | None, failure_timeout: float, default_slot: int) -> Blade:
         rec = slot[1] if slot else {}
         hb = (rec.get("heartbeat") or {}).get("time")
         age: float | None = None
@@ -415,7 +416,7 @@ class StandaloneSource:
         client = self.blade_client(blade)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup")
         since = time.time()
-        future = pool.submit(cluster_call, client, "POST", "/v1/cluster/backups", {"crossGroup": list(cross_groups)})
+        future = pool.submit(cluster_call, client, "POST", path="/v1/cluster/backups", body={"crossGroup": list(cross_groups)})
         pool.shutdown(wait=False)
         return BackupRequest(group=group, groups=[group, *cross_groups], since=since,
                              detail={"blade": blade, "future": future})
@@ -471,7 +472,7 @@ class StandaloneSource:
         from nasblade.bladeapi.client import BladeAPIError
 
         try:
-            report = cluster_call(self.blade_client(to), "GET", "/v1/cluster/check-takeover")
+            report = cluster_call(self.blade_client(to), "GET", path="/v1/cluster/check-takeover")
         except (BladeAPIError, OSError, NotAvailable):
             return None
         for entry in (report or {}).get("fileSystems", []):
@@ -486,7 +487,7 @@ class StandaloneSource:
         from nasblade.bladeapi.client import BladeAPIError
 
         try:
-            answer = cluster_call(self.blade_client(to), "POST", f"/v1/cluster/filesystems/{fs}/takeover", {"force": False})
+            answer = cluster_call(self.blade_client(to), "POST", path=f"/v1/cluster/filesystems/{fs}/takeover", body={"force": False})
         except BladeAPIError as exc:
             if exc.status == 501 or (exc.status == 404 and exc.message == "Not Found"):
                 raise NotAvailable(f"blade {to} does not offer file-system takeover ({exc.message})") from exc

@@ -60,7 +60,7 @@ class _Canvas:
         return g
 
 
-def _array(c: _Canvas, a: ArrayView, groups: list[Group], fs_blade: dict[str, str | None]) -> None:
+def _array(c: _Canvas, a: ArrayView, *, groups: list[Group], fs_blade: dict[str, str | None]) -> None:
     inner = WIDTH - 2 * MARGIN
     c.text(MARGIN, c.y + 14, f"Array {a['name']}: {size(a['size'])}, free {size(a['free'])}, "
            f"{len(a['devices'])} devices, {len(a['lus'])} LUs", font_weight="bold", font_size="15")
@@ -170,11 +170,11 @@ def build(snap: Snapshot) -> ET.ElementTree[ET.Element]:
     fs_blade = {f["name"]: f["blade"] if states.get(f["blade"] or "") in ("ok", "suspect") else None
                 for f in snap["fileSystems"]}
     for a in snap["arrays"]:
-        _array(c, a, snap["groups"], fs_blade)
+        _array(c, a, groups=snap["groups"], fs_blade=fs_blade)
     orphans = [g for g in snap["groups"] if g["array"] not in {a["name"] for a in snap["arrays"]}]
     if orphans:
         _array(c, {"name": "(unknown array)", "ready": None, "size": None, "free": None, "devices": [], "lus": [],
-                   "areas": [], "cache": {}, "load": {}, "software": {}, "controller": None}, orphans, fs_blade)
+                   "areas": [], "cache": {}, "load": {}, "software": {}, "controller": None}, groups=orphans, fs_blade=fs_blade)
     # legend
     x = float(MARGIN)
     for label, colour in [*COLOURS.items(), *KIND_COLOURS.items()]:

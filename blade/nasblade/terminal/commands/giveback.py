@@ -25,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
     def body() -> int:
         source = open_source(args)
         home = plan.home_blade(source.snapshot(), args.fs)
-        return takeover.move(args, source, args.fs, home)
+        return takeover.move(args, source, fs=args.fs, to=home)
 
     return guarded(name(args), body)

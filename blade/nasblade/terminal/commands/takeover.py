@@ -39,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 """)
 
 
-def move(args: argparse.Namespace, source: Source, fs: str, to: str) -> int:
+def move(args: argparse.Namespace, source: Source, *, fs: str, to: str) -> int:
     snap = source.snapshot()
-    check = plan.check_takeover(snap, fs, to)
+    check = plan.check_takeover(snap, fs, to=to)
     remote = source.remote_check(fs, to=to) if not check.reasons else None
     if remote is not None:  # the target blade's own verdict (its view of liveness and the LU)
         check.reasons += [r for r in remote.get("reasons", []) if r not in check.reasons]
@@ -79,4 +79,4 @@ def move(args: argparse.Namespace, source: Source, fs: str, to: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return guarded(name(args), lambda: move(args, open_source(args), args.fs, args.to))
+    return guarded(name(args), lambda: move(args, open_source(args), fs=args.fs, to=args.to))
