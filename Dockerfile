@@ -1,14 +1,15 @@
-# syntax=docker/dockerfile:1
 # nasblade: one image for every role, chosen by the command (the `nasblade` CLI):
 #
 #   operator | controller | block-processor | boot -- file-processor | file-processor | up | ...
 #
-# Built by `make image` (see docs/install.md). Two stages:
-#   build   -- a virtual environment in /opt/nasblade with nasblade and its dependencies,
+# Built by `make image` (see docs/install.md). Stages:
+#   deps    -- a virtual environment in /opt/nasblade with the third-party dependencies,
 #              installed from the wheels in build/wheels (made on the host by `make wheels`,
-#              so this build needs no network), plus the blade software bundle that the
-#              operator seeds into the program LU (/opt/nasblade/software/blade-<version>.pyz).
-#   runtime -- the base image, the venv copied over, a non-root user (uid 10001).
+#              so this build needs no network);
+#   app     -- nasblade itself in that venv, plus the blade software bundle the operator
+#              seeds into the program LU (/opt/nasblade/software/blade-<version>.pyz);
+#   runtime -- the base image, the deps venv (a layer that stays cached while only our code
+#              changes), nasblade on top, a non-root user (uid 10001).
 #
 # BASE_IMAGE defaults to the public python:3.11-slim; `make image` passes the locally
 # built Debian bookworm base (tests/cluster/versions.env) so nothing is pulled here.
@@ -16,27 +17,44 @@
 
 ARG BASE_IMAGE=python:3.11-slim
 
-FROM ${BASE_IMAGE} AS build
+# -- deps: the third-party dependencies in a venv; rebuilt only when build/wheels changes
+FROM ${BASE_IMAGE} AS deps
 # PIP_NO_INDEX=1: install only from build/wheels (make image sets it; leave it empty to let
 # pip fetch what the wheel directory lacks from PyPI).
 ARG PIP_NO_INDEX=""
-ARG NASBLADE_SOFTWARE_VERSION=0.1.0
 ENV PIP_NO_INDEX=${PIP_NO_INDEX} \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PIP_NO_CACHE_DIR=1
 COPY build/wheels/ /wheels/
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml /src/
+# the dependencies listed in pyproject.toml (runtime + operator extra) and the build backend
+RUN python3 -m venv /opt/nasblade \
+ && python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; \
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["operator"] + ["setuptools>=68", "wheel"]))' \
+        > /tmp/requirements.txt
+# kubernetes/aio: the official client's asyncio twin (68 MB) that nothing here imports (kopf
+# logs in through kubernetes.config, the operator talks through pykube-ng).
+RUN /opt/nasblade/bin/pip install -q --find-links /wheels -r /tmp/requirements.txt \
+ && find /opt/nasblade -name 'tests' -path '*site-packages/*/tests' -prune -exec rm -rf {} + \
+ && rm -rf /opt/nasblade/lib/python3*/site-packages/kubernetes/aio
+
+# -- app: nasblade itself and the blade software bundle, staged under /stage for one COPY
+FROM deps AS app
+ARG NASBLADE_SOFTWARE_VERSION=0.1.0
+COPY README.md /src/
 COPY blade/ /src/blade/
 COPY operator/ /src/operator/
-RUN python3 -m venv /opt/nasblade \
- && /opt/nasblade/bin/pip install --find-links /wheels "/src[operator]" \
+RUN /opt/nasblade/bin/pip install -q --no-deps --no-build-isolation /src \
  && mkdir -p /opt/nasblade/software \
  && /opt/nasblade/bin/nasblade software build --version "${NASBLADE_SOFTWARE_VERSION}" \
         --output "/opt/nasblade/software/blade-${NASBLADE_SOFTWARE_VERSION}.pyz" \
- && /opt/nasblade/bin/python -m pip uninstall -q -y pip setuptools wheel \
- && find /opt/nasblade -name 'tests' -path '*site-packages/*/tests' -prune -exec rm -rf {} +
+ && sp=$(/opt/nasblade/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+ && mkdir -p "/stage$sp" /stage/opt/nasblade/bin \
+ && cp -a "$sp"/nasblade "$sp"/nasblade_operator "$sp"/nasblade-*.dist-info "/stage$sp/" \
+ && cp -a /opt/nasblade/bin/nasblade /stage/opt/nasblade/bin/ \
+ && cp -a /opt/nasblade/software /stage/opt/nasblade/
 
+# -- runtime: base + deps venv (a cached layer) + nasblade (a small layer) + user 10001
 FROM ${BASE_IMAGE} AS runtime
 ARG NASBLADE_SOFTWARE_VERSION=0.1.0
 LABEL org.opencontainers.image.title="nasblade" \
@@ -48,7 +66,8 @@ RUN (getent group nasblade || groupadd --system --gid 10001 nasblade) \
  && (getent passwd nasblade || useradd --system --uid 10001 --gid 10001 \
         --home-dir /var/lib/nasblade --create-home --shell /usr/sbin/nologin nasblade) \
  && mkdir -p /run/nasblade /devices && chown 10001:10001 /run/nasblade /devices
-COPY --from=build /opt/nasblade /opt/nasblade
+COPY --from=deps /opt/nasblade /opt/nasblade
+COPY --from=app /stage/ /
 ENV PATH=/opt/nasblade/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
