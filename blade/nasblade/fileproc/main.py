@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import logging
 import signal
 
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--portmap-port", type=int, default=111, help="-1 disables the portmapper")
     parser.add_argument("--commit-interval", type=float, default=1.0, help="seconds between background commits")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--profile", help="write a cProfile of the serving phase (after ready) to this file")
 
 
 def specs_from_args(args: argparse.Namespace) -> list[config.FsSpec]:
@@ -68,7 +70,7 @@ def specs_from_args(args: argparse.Namespace) -> list[config.FsSpec]:
     return [config.FsSpec(args.fs_name, args.device, (export,), listen)]
 
 
-async def serve(specs: list[config.FsSpec], *, commit_interval: float) -> int:
+async def serve(specs: list[config.FsSpec], *, commit_interval: float, profile: str | None = None) -> int:
     fp = FileProcessor(commit_interval=commit_interval)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -80,7 +82,15 @@ async def serve(specs: list[config.FsSpec], *, commit_interval: float) -> int:
             eps = await fp.add_filesystem(spec)
             first = first or eps
         ready.announce("file-processor", first, fileSystems=fp.status())
-        await stop.wait()
+        prof = cProfile.Profile() if profile else None
+        if prof is not None:
+            prof.enable()
+        try:
+            await stop.wait()
+        finally:
+            if prof is not None:
+                prof.disable()
+                prof.dump_stats(str(profile))
     finally:
         await fp.close()
     return 0
@@ -93,4 +103,4 @@ def run(args: argparse.Namespace) -> int:
     except (config.ConfigError, ValueError) as exc:
         log.error("invalid configuration: %s", exc)
         return 2
-    return asyncio.run(serve(specs, commit_interval=args.commit_interval))
+    return asyncio.run(serve(specs, commit_interval=args.commit_interval, profile=args.profile))

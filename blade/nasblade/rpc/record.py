@@ -24,31 +24,69 @@ class RecordError(ValueError):
 
 
 class RecordReader:
-    """Reassembles RPC records from a TCP byte stream."""
+    """Reassembles RPC records from a TCP byte stream.
+
+    Received chunks are kept as they are (no growing buffer): a fragment that lies inside one
+    chunk is returned as a ``memoryview`` slice of it (no copy), a fragment spread over several
+    chunks is joined once, and a multi-fragment record is joined once more.
+    """
 
     def __init__(self, *, max_record: int = 4 << 20) -> None:
         self.max_record = max_record
-        self._buf = bytearray()
-        self._pos = 0
-        self._frags: list[memoryview | bytes] = []
+        self._chunks: list[bytes] = []
+        self._off = 0  # consumed bytes of _chunks[0]
+        self._have = 0  # unconsumed bytes in _chunks
+        self._need: int | None = None  # length of the fragment being received
+        self._last = False
+        self._frags: list[bytes | memoryview] = []
         self._frag_total = 0
+
+    def _take(self, n: int) -> bytes | memoryview:
+        first = self._chunks[0]
+        off = self._off
+        if len(first) - off >= n:
+            piece: bytes | memoryview = memoryview(first)[off : off + n]
+            self._off = off + n
+            if self._off == len(first):
+                self._chunks.pop(0)
+                self._off = 0
+        else:
+            parts: list[memoryview] = []
+            need = n
+            while need:
+                first = self._chunks[0]
+                k = min(len(first) - self._off, need)
+                parts.append(memoryview(first)[self._off : self._off + k])
+                need -= k
+                self._off += k
+                if self._off == len(first):
+                    self._chunks.pop(0)
+                    self._off = 0
+            piece = b"".join(parts)
+        self._have -= n
+        return piece
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
         """Add received bytes; return the records completed by them (possibly none)."""
-        self._buf += data
+        if data:
+            self._chunks.append(bytes(data) if not isinstance(data, bytes) else data)
+            self._have += len(data)
         records: list[bytes | memoryview] = []
-        buf = self._buf
-        pos = self._pos
-        while len(buf) - pos >= 4:
-            (hdr,) = _HDR.unpack_from(buf, pos)
-            length = hdr & MAX_FRAGMENT
-            if self._frag_total + length > self.max_record:
-                raise RecordError(f"record of more than {self.max_record} bytes")
-            if len(buf) - pos - 4 < length:
+        while True:
+            if self._need is None:
+                if self._have < 4:
+                    break
+                (hdr,) = _HDR.unpack(bytes(self._take(4)))
+                length = hdr & MAX_FRAGMENT
+                if self._frag_total + length > self.max_record:
+                    raise RecordError(f"record of more than {self.max_record} bytes")
+                self._need = length
+                self._last = bool(hdr & LAST_FRAGMENT)
+            if self._have < self._need:
                 break
-            frag = bytes(buf[pos + 4 : pos + 4 + length])
-            pos += 4 + length
-            if hdr & LAST_FRAGMENT:
+            frag = self._take(self._need) if self._need else b""
+            self._need = None
+            if self._last:
                 if self._frags:
                     self._frags.append(frag)
                     records.append(b"".join(self._frags))
@@ -58,16 +96,12 @@ class RecordReader:
                 self._frag_total = 0
             else:
                 self._frags.append(frag)
-                self._frag_total += length
-        if pos:
-            del buf[:pos]
-            pos = 0
-        self._pos = pos
+                self._frag_total += len(frag)
         return records
 
     def pending(self) -> int:
         """Bytes buffered but not yet part of a returned record."""
-        return len(self._buf) + self._frag_total
+        return self._have + self._frag_total
 
 
 def frame(record: bytes | memoryview, *, max_fragment: int = MAX_FRAGMENT) -> list[bytes | memoryview]:
