@@ -105,13 +105,18 @@ class Endpoints:
     blades: list[BladeEndpoint]
 
 
-def cluster_call(client: Any, method: str, *, path: str, body: Any = None) -> Any:
-    """A ``/v1/cluster/...`` route of the blade management API (``nasblade.cluster.api``).
+def cluster_call(client: Any, action: str, *, fs: str | None = None, body: Any = None) -> Any:
+    """One cluster-group route of the blade management API (``nasblade.cluster.api``), named by
+    its action in ``nasblade.cluster.cli.ACTIONS`` (the one table of those routes).
 
-    ``BladeClient`` has no methods for these routes yet; its request helper keeps the bearer
-    token and the error mapping (``BladeAPIError`` with status and message) in one place.
+    ``BladeClient`` has no methods for these routes; its request helper keeps the bearer token
+    and the error mapping (``BladeAPIError`` with status and message) in one place, as
+    ``nasblade cluster`` does.
     """
-    return client._req(method, path, body)
+    from nasblade.cluster.cli import ACTIONS
+
+    method, path, _ = ACTIONS[action]
+    return client._req(method, path.format(fs=fs), body)
 
 
 def iso(t: Any) -> str | None:
@@ -347,7 +352,7 @@ class StandaloneSource:
         if ep.api is None:
             return None
         try:
-            result: dict[str, Any] = cluster_call(BladeClient(ep.api, self.blade_token, timeout=self.timeout), "GET", path="/v1/cluster")
+            result: dict[str, Any] = cluster_call(BladeClient(ep.api, self.blade_token, timeout=self.timeout), "status")
             return result
         except (BladeAPIError, OSError):
             return None
@@ -416,7 +421,7 @@ class StandaloneSource:
         client = self.blade_client(blade)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup")
         since = time.time()
-        future = pool.submit(cluster_call, client, "POST", path="/v1/cluster/backups", body={"crossGroup": list(cross_groups)})
+        future = pool.submit(cluster_call, client, "backup", body={"crossGroup": list(cross_groups)})
         pool.shutdown(wait=False)
         return BackupRequest(group=group, groups=[group, *cross_groups], since=since,
                              detail={"blade": blade, "future": future})
@@ -472,7 +477,7 @@ class StandaloneSource:
         from nasblade.bladeapi.client import BladeAPIError
 
         try:
-            report = cluster_call(self.blade_client(to), "GET", path="/v1/cluster/check-takeover")
+            report = cluster_call(self.blade_client(to), "check-takeover")
         except (BladeAPIError, OSError, NotAvailable):
             return None
         for entry in (report or {}).get("fileSystems", []):
@@ -487,7 +492,7 @@ class StandaloneSource:
         from nasblade.bladeapi.client import BladeAPIError
 
         try:
-            answer = cluster_call(self.blade_client(to), "POST", path=f"/v1/cluster/filesystems/{fs}/takeover", body={"force": False})
+            answer = cluster_call(self.blade_client(to), "takeover", fs=fs, body={"force": False})
         except BladeAPIError as exc:
             if exc.status == 501 or (exc.status == 404 and exc.message == "Not Found"):
                 raise NotAvailable(f"blade {to} does not offer file-system takeover ({exc.message})") from exc
