@@ -118,3 +118,37 @@ def test_bash_completion_script_is_valid_and_completes() -> None:
                      'COMP_WORDS=(nasblade takeover --dr); COMP_CWORD=2; _nasblade_complete; echo "${COMPREPLY[@]}"\n'
     out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True, timeout=30)
     assert out.stdout.splitlines() == ["takeover", "--dry-run"]
+
+
+def _args(**kw: Any) -> Any:
+    import argparse
+
+    base = {"data_dir": None, "config": None, "controller": None, "kube": False, "namespace": None,
+            "context": None, "kubeconfig": None, "request_timeout": 1.0}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_target_selection_errors(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from nasblade.terminal import target
+
+    monkeypatch.delenv("NASBLADE_DATA_DIR", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config
+    with pytest.raises(UsageError, match="no target"):
+        target.open_source(_args())
+    with pytest.raises(UsageError, match="not the data directory of an array"):
+        target.open_source(_args(data_dir=tmp_path))
+    cfg = Path(tmp_path) / "kubeconfig"
+    cfg.write_text("apiVersion: v1\nkind: Config\ncurrent-context: c1\n"
+                   "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+                   "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c1, context: {cluster: k, user: u}}]\n")
+    with pytest.raises(UsageError, match="no context 'c9'"):
+        target.open_source(_args(kube=True, kubeconfig=cfg, context="c9"))
+    with pytest.raises(UsageError, match="either --data-dir"):
+        target.open_source(_args(kube=True, kubeconfig=cfg, data_dir=tmp_path))
+    from nasblade.terminal.errors import Unreachable
+
+    with pytest.raises(Unreachable, match="does not answer"):
+        target.open_source(_args(kube=True, kubeconfig=cfg))
