@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 from nasblade import ready
 
-from nasblade_operator import arrayapi, bladeapi, metrics, settings
+from nasblade_operator import arrayapi, bladeapi, metrics
 from nasblade_operator.clustergroup import handlers as clustergroup_handlers
 from nasblade_operator.diskarray import handlers as diskarray_handlers
 
@@ -25,14 +25,18 @@ FINALIZER = "nasblade.io/finalizer"
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
-    """kopf settings: our finalizer name, progress in annotations, Warnings posted as Events."""
+    """kopf settings: our finalizer name, progress in annotations, only our own Events.
+
+    kopf would also turn handler log records into Events (its "failed temporarily" retries
+    as type Error); ``events.py`` posts the Events a user needs, so log records stay logs.
+    """
     from nasblade_operator import settings as nb_settings
 
     config = nb_settings.current()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="nasblade.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="nasblade.io", key="last-handled-configuration")
-    settings.posting.level = logging.WARNING
+    settings.posting.level = logging.CRITICAL
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.queueing.worker_limit = 64
@@ -49,5 +53,3 @@ async def shutdown(**_: Any) -> None:
     await arrayapi.close()
     await bladeapi.close()
 
-
-_ = settings

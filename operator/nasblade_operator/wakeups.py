@@ -4,6 +4,8 @@ Each ClusterGroup daemon (``clustergroup/handlers.py``) registers an ``asyncio.E
 and sleeps on it; the pod index (a blade pod changed) and the DiskArray index (its array
 changed: version, file systems, Ready) set it. Waking from the index functions, which kopf
 calls on every watch event anyway, costs no extra handler invocation or log line per event.
+The index functions are ``async`` on purpose: kopf runs sync handlers in worker threads, and
+``asyncio.Event.set`` must be called from the loop the daemons wait on.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "cluster"))
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import secrets  # noqa: E402
 import subprocess  # noqa: E402
@@ -184,5 +183,3 @@ def token_secret(kubectl: Kubectl, controller: Controller) -> Callable[[str], No
         kubectl("create", "secret", "generic", f"{array}-control-token", f"--from-literal=token={controller.token}")
     return make
 
-
-_ = contextlib

@@ -45,9 +45,12 @@ from nasblade_operator.validation import InvalidSpec
 RESOURCE = (naming.GROUP, naming.VERSION, "clustergroups")
 ARRAYS = (naming.GROUP, naming.VERSION, "diskarrays")
 HISTORY = 10
+#: Serialises portion claims on one DiskArray within this process (the API's optimistic lock
+#: still guards against other writers); saves a conflict and a retry per group.
+_claim_locks: dict[tuple[int, str, str], asyncio.Lock] = {}
 
 @kopf.index("pods", labels={naming.L_COMPONENT: "blade", naming.L_GROUP: kopf.PRESENT})
-def blade_pods(namespace: str | None, name: str, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def blade_pods(namespace: str | None, name: str, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """(namespace, group) -> summaries of its blade pods (what ``plan.PodObs`` needs); wakes the group."""
     namespace = namespace or ""
     wakeups.wake_group(namespace, labels[naming.L_GROUP])  # runs once this event is indexed
@@ -100,7 +103,9 @@ async def reconcile(
         raise kopf.TemporaryError(message, delay=min(60.0, settings.current().retry_delay * 2 ** min(retry, 2)))
     portion = status.get("portion")
     if portion is None:
-        portion = await _claim_portion(body, name=name, namespace=namespace, array=parsed.disk_array)
+        lock_key = (id(asyncio.get_running_loop()), namespace, parsed.disk_array)
+        async with _claim_locks.setdefault(lock_key, asyncio.Lock()):
+            portion = await _claim_portion(body, name=name, namespace=namespace, array=parsed.disk_array)
         patch.status["portion"] = portion
     patch.status["activeArea"] = status.get("activeArea", "portion")
     wakeups.wake_group(namespace, name)

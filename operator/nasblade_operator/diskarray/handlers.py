@@ -41,7 +41,7 @@ _ensured: dict[str, int] = {}
 
 
 @kopf.index(*RESOURCE)
-def diskarrays(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def diskarrays(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """(namespace, name) -> the DiskArray's spec, status and deletion mark, for the group handlers.
 
     Also wakes the daemons of the array's ClusterGroups (they run once this event is indexed).
