@@ -64,11 +64,21 @@ def release(kube: Kube, images: list[str]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def workload_ns(kube: Kube) -> Iterator[str]:
+def workload_ns(kube: Kube, release: str) -> Iterator[str]:
     ns = f"e2e-{uuid.uuid4().hex[:6]}"
     manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {
         "pod-security.kubernetes.io/warn": "restricted",
         "pod-security.kubernetes.io/audit": "restricted"}}}
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
     yield ns
-    kube.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
+    # Whatever a failed step left: delete the resources while the operator still runs (it
+    # removes its finalizers), then the namespace; strip finalizers only as a last resort so
+    # a broken run does not leave a namespace stuck in Terminating.
+    for kind in ("clustergroups", "diskarrays"):
+        r = kube.kubectl("-n", ns, "delete", kind, "--all", "--timeout=120s", check=False, timeout=150)
+        if r.returncode != 0:
+            for name in kube.kubectl("-n", ns, "get", kind, "-o", "name", check=False).stdout.split():
+                kube.kubectl("-n", ns, "patch", name, "--type=merge", "-p",
+                             '{"metadata":{"finalizers":null}}', check=False)
+    kube.kubectl("delete", "namespace", ns, "--ignore-not-found", "--timeout=180s", check=False,
+                 timeout=200)

@@ -92,6 +92,33 @@ def test_step2_diskarray_ready(kube: Kube, release: str, workload_ns: str) -> No
     assert "Traceback" not in logs
 
 
+def test_step2_clustergroup_children(kube: Kube, release: str, workload_ns: str) -> None:
+    """2 (the part that runs today). The ClusterGroup's blade pods come up from the image with
+    their two containers, and the file system's NFS Service exists with its three ports.
+    (Ready=True of the group needs the blades' file processors to serve: docs/install.md.)"""
+
+    def pods() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = kube.json("-n", workload_ns, "get", "pods", "-l",
+                                                f"nasblade.io/cluster-group={GROUP}")["items"]
+        return items
+
+    kube.wait("two blade pods", lambda: len(pods()) == 2, timeout=120, interval=2,
+              describe=lambda: [p["metadata"]["name"] for p in pods()])
+    for pod in pods():
+        containers = pod["spec"]["containers"]
+        assert [c["name"] for c in containers] == ["block-processor", "file-processor"]
+        assert {c["image"] for c in containers} == {IMAGE}
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    svc = kube.get("service", f"{ARRAY}-shared-nfs", namespace=workload_ns)
+    assert svc is not None
+    assert sorted((p["name"], p["port"]) for p in svc["spec"]["ports"]) == [
+        ("mountd", 20048), ("nfs", 2049), ("portmapper", 111)]
+    # the block processors reach the controller through its Service and fetch the software
+    kube.wait("block processors Ready", lambda: all(
+        cs.get("ready") for p in pods() for cs in p["status"].get("containerStatuses", [])
+        if cs["name"] == "block-processor") and len(pods()) == 2, timeout=180, interval=2)
+
+
 def test_step8_delete_everything(kube: Kube, release: str, workload_ns: str) -> None:
     """8. Delete everything; helm uninstall; nothing is left behind except the device PVCs
     the DiskArray's deletionPolicy (Retain) keeps, and the CRDs Helm never deletes."""
