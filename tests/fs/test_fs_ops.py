@@ -309,3 +309,32 @@ def test_small_files_are_inline_until_they_grow(fsys: fsmod.FileSystem) -> None:
     assert fsys.read(other, 0, 10)[0] == b"ab"
     fsys.commit()
     assert fsck.check_mounted(fsys).clean
+
+
+def test_read_ahead_serves_sequential_reads_and_never_stale_data(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "ra.img"
+    dev = FileBlockDevice(path, size=128 << 20)
+    fsmod.mkfs(dev)
+    f = fsmod.FileSystem(dev, readahead=FileBlockDevice(path))
+    ino, _ = f.create(ROOT_INO, b"seq", ROOT)
+    blob = bytearray(os.urandom(8 << 20))
+    f.write(ino, 0, blob)
+    chunk = 1 << 20
+    for off in range(0, 4 * chunk, chunk):
+        assert f.read(ino, off, chunk)[0] == blob[off : off + chunk]
+    assert f.readahead is not None and f.readahead.hits >= 2
+    # The next chunk is being prefetched; a write to it must win over the prefetched bytes.
+    new = os.urandom(1000)
+    f.write(ino, 4 * chunk + 10, new)
+    blob[4 * chunk + 10 : 4 * chunk + 1010] = new
+    for off in range(4 * chunk, 8 * chunk, chunk):
+        assert f.read(ino, off, chunk)[0] == blob[off : off + chunk]
+    # Truncation below a prefetched range: reads stop at the new end.
+    f.read(ino, 0, chunk)
+    f.setattr(ino, SetAttr(size=chunk + 5), ROOT)
+    assert f.read(ino, chunk, chunk)[0] == bytes(blob[chunk : chunk + 5])
+    f.close()
+    assert fsck.check(dev).clean
+    dev.close()

@@ -174,8 +174,10 @@ class FileProcessor:
         *,
         commit_interval: float = 1.0,
         open_device: Callable[[str], blockdev.BlockDevice] = blockdev.open_device,
+        readahead: bool = True,
     ) -> None:
         self.commit_interval = commit_interval
+        self.readahead = readahead
         self.open_device = open_device
         self.endpoints: dict[str, Endpoint] = {}
 
@@ -189,11 +191,15 @@ class FileProcessor:
 
         def mount_it() -> tuple[blockdev.BlockDevice, Volume]:
             dev = self.open_device(spec.device)
+            ra = None
             try:
-                fsys = fsmod.FileSystem(dev)
+                ra = self.open_device(spec.device) if self.readahead else None
+                fsys = fsmod.FileSystem(dev, readahead=ra)
                 return dev, Volume.open(spec.name, fsys, list(spec.exports))
             except BaseException:
                 dev.close()
+                if ra is not None:
+                    ra.close()
                 raise
 
         dev, vol = await asyncio.to_thread(mount_it)

@@ -42,6 +42,7 @@ import apsw
 
 from nasblade.blockdev import BlockDevice
 from nasblade.fs import layout, vfs
+from nasblade.fs.readahead import ReadAhead
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +240,9 @@ def _pragmas(conn: apsw.Connection, sb: layout.Superblock) -> None:
 class FileSystem:
     """A mounted file system. Not thread-safe: one owner (the server's event loop) calls it."""
 
-    def __init__(self, dev: BlockDevice, *, readonly: bool = False) -> None:
+    def __init__(self, dev: BlockDevice, *, readonly: bool = False, readahead: BlockDevice | None = None) -> None:
         self.dev = dev
+        self.readahead = ReadAhead(readahead) if readahead is not None else None
         self.sb = layout.read_superblock(dev)
         self.vfs = vfs.RegionVFS(dev, self.sb)
         # Typed as Any: apsw's row values are a union of every SQLite type.
@@ -351,6 +353,9 @@ class FileSystem:
 
     def close(self) -> None:
         """Commit, checkpoint and close the database (the device stays open)."""
+        if self.readahead is not None:
+            self.readahead.close()
+            self.readahead = None
         try:
             if not self.readonly:
                 self.commit()
@@ -827,6 +832,8 @@ class FileSystem:
             ext = self._extents(a.ino, lb, lb + 1)
             if ext:
                 lblk, _, pblk = ext[0]
+                if self.readahead is not None:
+                    self.readahead.invalidate()
                 self.dev.pwrite(self._phys(pblk + lb - lblk) + tail, bytes(BLOCK - tail))
                 self._data_dirty = True
 
@@ -849,8 +856,18 @@ class FileSystem:
         b0, b1 = offset // BLOCK, (end + BLOCK - 1) // BLOCK
         exts = self._extents(ino, b0, b1)
         if len(exts) == 1 and exts[0][0] <= b0 and exts[0][0] + exts[0][1] >= b1:
-            lblk, _, pblk = exts[0]
-            data = self.dev.pread(self._phys(pblk) + offset - lblk * BLOCK, end - offset)
+            lblk, nblk, pblk = exts[0]
+            phys = self._phys(pblk) + offset - lblk * BLOCK
+            n = end - offset
+            data = None
+            if self.readahead is not None:
+                data = self.readahead.take(phys, n)
+                # Prefetch what a sequential reader asks for next, inside this extent and file.
+                limit = min(self._phys(pblk + nblk), phys + (a.size - offset))
+                nxt = [(p, min(n, limit - p)) for p in (phys + n, phys + 2 * n) if p < limit]
+                self.readahead.schedule(nxt)
+            if data is None:
+                data = self.dev.pread(phys, n)
         else:
             buf = bytearray(end - offset)
             for lblk, nblk, pblk in exts:
@@ -899,6 +916,8 @@ class FileSystem:
             return a
 
     def _write_data(self, a: Attr, offset: int, data: memoryview) -> None:
+        if self.readahead is not None:
+            self.readahead.invalidate()
         end = offset + len(data)
         b0, b1 = offset // BLOCK, (end + BLOCK - 1) // BLOCK
         exts = self._extents(a.ino, b0, b1)
