@@ -109,3 +109,24 @@ def test_stale_heartbeat_fails_a_ready_blade() -> None:
     plan = p.plan(observed({0: pod(0, heartbeat_age=5.0), 1: pod(1, heartbeat_age=0.2)}))
     assert plan.states == {"g-blade-0": "Failed", "g-blade-1": "Running"}
     assert [m[2] for m in moves(plan)] == ["g-blade-1", "g-blade-1"]
+
+
+def test_backup_waits_for_low_load_unless_too_old() -> None:
+    assert p.backup_decision(load=10, threshold=70, age=100, max_age=3600) == "Interval"
+    assert p.backup_decision(load=None, threshold=70, age=100, max_age=3600) == "Interval"
+    assert p.backup_decision(load=70, threshold=70, age=100, max_age=3600) == "Defer"
+    assert p.backup_decision(load=95, threshold=70, age=4000, max_age=3600) == "MaxAge"
+    assert p.backup_decision(load=95, threshold=70, age=float("inf"), max_age=3600) == "MaxAge"
+
+
+def test_controller_load_percent() -> None:
+    from nasblade_operator import arrayapi
+
+    def fig(queue_depth: float, dirty: float) -> arrayapi.Figures:
+        return arrayapi.Figures(iops=0, read_mbps=0, write_mbps=0, queue_depth=queue_depth, dirty_ratio=dirty,
+                                cache_size=0, cache_used=0, dirty_bytes=0, hit_ratio=0)
+
+    assert arrayapi.load_percent(fig(0, 0)) == 0
+    assert arrayapi.load_percent(fig(16, 0.1)) == 50
+    assert arrayapi.load_percent(fig(1, 0.8)) == 80
+    assert arrayapi.load_percent(fig(100, 0)) == 100

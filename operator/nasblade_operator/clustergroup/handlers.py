@@ -527,9 +527,11 @@ async def _backups(
     if trigger == "Interval":
         load = await _load_percent(namespace, spec.disk_array, token)
         age = (now - last_ok).total_seconds() if last_ok else float("inf")
-        if load is not None and load >= spec.backup.load_threshold and age >= spec.backup.max_age:
-            trigger = "MaxAge"  # too old to wait any longer, whatever the load
-        elif load is not None and load >= spec.backup.load_threshold:
+        decision = planner.backup_decision(load=load, threshold=spec.backup.load_threshold, age=age,
+                                           max_age=spec.backup.max_age)
+        if decision != "Defer":
+            trigger = decision
+        else:
             rt.next_backup_check = time.monotonic() + 10
             if not rt.deferred:
                 rt.deferred = True

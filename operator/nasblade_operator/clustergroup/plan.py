@@ -210,3 +210,18 @@ def _index(blade: str) -> int:
         return int(blade.rsplit("-", 1)[1])
     except (IndexError, ValueError):
         return 1 << 30
+
+
+BackupDecision = Literal["Interval", "MaxAge", "Defer"]
+
+
+def backup_decision(*, load: int | None, threshold: int, age: float, max_age: float) -> BackupDecision:
+    """Whether a due interval backup runs now (claim 19: load-aware).
+
+    ``load`` is the controller's load in percent (None when it could not be read: run, the
+    blade throttles the copy itself); ``age`` the seconds since the last successful backup.
+    At or above ``threshold`` the backup waits, unless the last one is older than ``max_age``.
+    """
+    if load is None or load < threshold:
+        return "Interval"
+    return "MaxAge" if age >= max_age else "Defer"
