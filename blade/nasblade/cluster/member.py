@@ -136,9 +136,10 @@ class ClusterMember:
         self._tasks.append(asyncio.create_task(self._run_scheduler()))
 
     async def close(self) -> None:
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._pending.values()]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         if self._backup_pool is not None:
