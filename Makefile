@@ -164,7 +164,7 @@ test-e2e: venv cluster-up image-load
 
 # bring up the cluster, build + load the images, install the chart and the examples
 demo: deps cluster-up image-load
-	$(PY) tests/e2e/demo.py --image $(IMAGE)
+	$(PY) tests/e2e/demo.py --image $(IMAGE) $(DEMO_ARGS)
 
 demo-clean: venv
 	$(PY) tests/e2e/demo.py --image $(IMAGE) --delete
