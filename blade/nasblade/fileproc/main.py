@@ -22,6 +22,8 @@ import signal
 from nasblade import ready
 from nasblade.fileproc import config
 from nasblade.fileproc.server import FileProcessor
+from nasblade.fs.fs import FsError
+from nasblade.fs.layout import LayoutError
 from nasblade.nfs.exports import Export
 
 log = logging.getLogger(__name__)
@@ -103,4 +105,8 @@ def run(args: argparse.Namespace) -> int:
     except (config.ConfigError, ValueError) as exc:
         log.error("invalid configuration: %s", exc)
         return 2
-    return asyncio.run(serve(specs, commit_interval=args.commit_interval, profile=args.profile))
+    try:
+        return asyncio.run(serve(specs, commit_interval=args.commit_interval, profile=args.profile))
+    except (OSError, FsError, LayoutError) as exc:
+        log.error("cannot serve: %s", exc)
+        return 1

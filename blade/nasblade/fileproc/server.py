@@ -245,7 +245,9 @@ class FileProcessor:
     @staticmethod
     def _unmount(ep: Endpoint) -> None:
         try:
-            if not ep.failed:
+            if ep.failed:
+                ep.fs.abort()
+            else:
                 ep.fs.close()
         finally:
             ep.device.close()

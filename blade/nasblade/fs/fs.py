@@ -351,6 +351,13 @@ class FileSystem:
         self._pending_free.clear()
         self.lost_transactions += 1
 
+    def abort(self) -> None:
+        """Close without committing (after a device failure): uncommitted changes are dropped."""
+        if self.readahead is not None:
+            self.readahead.close()
+            self.readahead = None
+        self.db.close()
+
     def close(self) -> None:
         """Commit, checkpoint and close the database (the device stays open)."""
         if self.readahead is not None:
