@@ -129,7 +129,7 @@ CLIENT_IMAGE ?= nasblade/nfs-client:$(NASBLADE_VERSION)
 LOCAL_BASE_IMAGE := $(shell sed -n 's/^BASE_IMAGE=//p' tests/cluster/versions.env)
 HELM := $(NASBLADE_CACHE)/bin/helm-$(shell sed -n 's/^HELM_VERSION=//p' tests/cluster/versions.env)/helm
 IMAGE_TOOL := $(PY) tests/e2e/imagetool.py
-.PHONY: wheels image client-image images image-load chart-lint test-chart test-e2e demo demo-clean
+.PHONY: wheels image image-build client-image images image-load chart-lint test-chart test-e2e demo demo-clean
 
 build/wheels/.stamp: pyproject.toml
 	mkdir -p build/wheels
@@ -139,7 +139,11 @@ build/wheels/.stamp: pyproject.toml
 
 wheels: venv build/wheels/.stamp
 
-image: wheels
+# build the image and, when a cluster runs (kind or the local one), load it into it
+image: image-build
+	$(IMAGE_TOOL) load --if-running $(IMAGE)
+
+image-build: wheels
 	tests/cluster/images.sh build base
 	$(IMAGE_TOOL) build --image $(IMAGE) --base $(LOCAL_BASE_IMAGE) --version $(NASBLADE_VERSION)
 
@@ -147,7 +151,7 @@ client-image: venv
 	tests/cluster/images.sh build base
 	$(IMAGE_TOOL) build-client --image $(CLIENT_IMAGE) --base $(LOCAL_BASE_IMAGE)
 
-images: image client-image
+images: image-build client-image
 
 # import both images into the end-to-end cluster (kind when it runs, else local containerd)
 image-load: images

@@ -13,7 +13,8 @@ only, plus the cluster driver in tests/cluster/nbcluster.py for where the cluste
   else ``docker save | ctr -n k8s.io images import`` into the local containerd. An import is
   skipped when containerd already holds the same image id (recorded next to the tar).
 
-Images are saved as tars in ``$NASBLADE_CACHE/images`` (as tests/cluster/images.sh does).
+For containerd the images go through tars in ``$NASBLADE_CACHE/images`` (as
+tests/cluster/images.sh does), rewritten only when the image id changed.
 """
 
 from __future__ import annotations
@@ -90,7 +91,6 @@ def build(*, tag: str, base: str, version: str) -> None:
     docker_build(tag=tag, context=REPO, dockerfile=REPO / "Dockerfile",
                  build_args={"BASE_IMAGE": base, "PIP_NO_INDEX": "1",
                              "NASBLADE_SOFTWARE_VERSION": version})
-    save(tag)
     log(f"image {tag}: {image_id(tag)[:19]}")
 
 
@@ -108,7 +108,6 @@ def build_client(*, tag: str, base: str) -> None:
         # apt in the build needs the Debian mirror: host network (dockerd runs without a bridge)
         docker_build(tag=tag, context=ctx, dockerfile=ctx / "Dockerfile",
                      build_args={"BASE_IMAGE": base}, network="host")
-    save(tag)
 
 
 def _kind_cluster() -> str | None:
@@ -116,6 +115,15 @@ def _kind_cluster() -> str | None:
     if (nbcluster.STATE_ROOT / "kind.kubeconfig").exists() and nbcluster.kind_available():
         return os.environ.get("NASBLADE_KIND_NAME", "nasblade")
     return None
+
+
+def cluster_running() -> bool:
+    """True when images can be imported: a kind cluster, or the local containerd answers."""
+    if _kind_cluster():
+        return True
+    r = subprocess.run(["ctr", "-a", nbcluster.CONTAINERD_SOCK, "--connect-timeout", "2s",
+                        "version"], capture_output=True, check=False)
+    return r.returncode == 0
 
 
 def load(tags: list[str]) -> None:
@@ -155,11 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--base", required=True)
     ld = sub.add_parser("load", help="import images into the e2e cluster")
     ld.add_argument("images", nargs="+")
+    ld.add_argument("--if-running", action="store_true",
+                    help="only when a cluster runs (else say so and succeed)")
     a = ap.parse_args(argv)
     if a.cmd == "build":
         build(tag=a.image, base=a.base, version=a.version)
     elif a.cmd == "build-client":
         build_client(tag=a.image, base=a.base)
+    elif a.if_running and not cluster_running():
+        log("no cluster running: images built, not loaded (`make image-load` after `make cluster-up`)")
     else:
         load(a.images)
     return 0
