@@ -419,6 +419,7 @@ class BlockProcessor:
             "activeArea": self.active_area,
             "load": self.load,
             "nbdConnections": self.proxy.connections,
+            "nbdBusySeconds": round(self.proxy.busy.seconds(), 6),
             "upstream": {
                 lu: {
                     "reconnects": p.stats.reconnects,
@@ -427,6 +428,7 @@ class BlockProcessor:
                     "journalBytes": p.journal_bytes,
                     "requests": dict(p.stats.by_command),
                     "readahead": {"issued": p.stats.readahead_issued, "hits": p.stats.readahead_hits},
+                    "controllerBusySeconds": round(p.busy.seconds(), 6),
                 }
                 for lu, p in sorted(self.exports.pools.items())
             },

@@ -18,7 +18,7 @@ import asyncio
 import functools
 import logging
 
-from nasblade.blockproc.upstream import Reply, UpstreamPool
+from nasblade.blockproc.upstream import BusyClock, Reply, UpstreamPool
 from nasblade.nbd import proto
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class _Downstream(asyncio.Protocol):
             self._reply(req, Reply(proto.EINVAL))
             return
         size = req.length if req.cmd in (proto.Cmd.READ, proto.Cmd.WRITE) else 0
+        self.server.busy.start()
         self.in_flight += 1
         self.in_flight_bytes += size
         if self.in_flight_bytes > _PAUSE_BYTES and not self.reading_paused and self.transport is not None:
@@ -110,6 +111,7 @@ class _Downstream(asyncio.Protocol):
         fut.add_done_callback(functools.partial(self._done, req, size))
 
     def _done(self, req: proto.Request, size: int, fut: asyncio.Future[Reply]) -> None:
+        self.server.busy.stop()
         self.in_flight -= 1
         self.in_flight_bytes -= size
         if self.reading_paused and not self.closing and self.in_flight_bytes < _RESUME_BYTES and self.transport is not None:
@@ -143,6 +145,8 @@ class ProxyServer:
         self.exports = exports
         self.server: asyncio.AbstractServer | None = None
         self.connections = 0
+        self.busy = BusyClock()
+        """Time with at least one file-processor request outstanding here."""
 
     async def start_unix(self, path: str) -> None:
         loop = asyncio.get_running_loop()

@@ -33,6 +33,7 @@ import itertools
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -68,6 +69,33 @@ def _chain(src: asyncio.Future[Reply], dst: asyncio.Future[Reply]) -> None:
         dst.set_exception(exc)
     else:
         dst.set_result(src.result())
+
+
+class BusyClock:
+    """Wall time during which at least one request was outstanding: a hop's busy time.
+
+    The block processor keeps one for what it waits on at the controller (per pool) and one
+    for what the file processor waits on at the block processor (the proxy); the difference is
+    the block processor's own share (``bench/stack`` reports all three hops this way).
+    """
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.since = 0.0
+        self.total = 0.0
+
+    def start(self) -> None:
+        if self.active == 0:
+            self.since = time.monotonic()
+        self.active += 1
+
+    def stop(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self.total += time.monotonic() - self.since
+
+    def seconds(self) -> float:
+        return self.total + (time.monotonic() - self.since if self.active else 0.0)
 
 
 class ConnectionLost(ConnectionError):
@@ -142,6 +170,7 @@ class Connection(asyncio.Protocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self.closed = False
+        self.clock: BusyClock | None = None
 
     @classmethod
     async def open(
@@ -187,6 +216,7 @@ class Connection(asyncio.Protocol):
                         payload = bytes(view[pos : pos + length])
                     pos += length
                     self._want = None
+                    self._stop_clock()
                     if not fut.done():
                         fut.set_result(Reply(0, payload))
                     continue
@@ -200,7 +230,9 @@ class Connection(asyncio.Protocol):
                 cmd, length, fut = entry
                 if cmd == proto.Cmd.READ and error == 0 and length:
                     self._want = (length, fut)
-                elif not fut.done():
+                    continue
+                self._stop_clock()
+                if not fut.done():
                     fut.set_result(Reply(error))
         except proto.ProtocolError as exc:
             log.warning("upstream protocol error: %s", exc)
@@ -226,11 +258,16 @@ class Connection(asyncio.Protocol):
         want, self._want = self._want, None
         futs = [fut for _c, _l, fut in pending.values()] + ([want[1]] if want else [])
         for fut in futs:
+            self._stop_clock()
             if not fut.done():
                 fut.set_exception(ConnectionLost(reason))
         self._can_write.set()
         if self.transport is not None:
             self.transport.abort()
+
+    def _stop_clock(self) -> None:
+        if self.clock is not None:
+            self.clock.stop()
 
     @property
     def in_flight(self) -> int:
@@ -245,6 +282,8 @@ class Connection(asyncio.Protocol):
         cookie = next(self._cookies)
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[cookie] = (cmd, length, fut)
+        if self.clock is not None:
+            self.clock.start()
         header = proto.build_request(cmd, cookie, offset, length, flags=flags)
         if payload is None:
             self.transport.write(header)
@@ -318,6 +357,8 @@ class UpstreamPool:
     _last_read_end: int = -1
     _writes_in_flight: int = 0
     _sticky_error: int = 0
+    busy: BusyClock = field(default_factory=BusyClock)
+    """Time with at least one request of this pool outstanding at the controller."""
     """An error of writes already acknowledged (lost in a failed replay), owed to the next FLUSH."""
 
     async def start(self) -> None:
@@ -339,6 +380,8 @@ class UpstreamPool:
             log.warning("export %s changed size from %d to %d", self.export, self.size, conns[0].size)
         self.size, self.flags = conns[0].size, conns[0].flags
         await self._replay(conns[0])
+        for c in conns:
+            c.clock = self.busy
         self._conns = conns
         self._ready.set()
 
