@@ -8,6 +8,8 @@ ClusterGroup handlers (``clustergroup/handlers.py``) with kopf's default registr
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 from typing import Any
 
@@ -24,7 +26,7 @@ FINALIZER = "nasblade.io/finalizer"
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     """kopf settings: our finalizer name, progress in annotations, only our own Events.
 
     kopf would also turn handler log records into Events (its "failed temporarily" retries
@@ -42,6 +44,10 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.queueing.worker_limit = 64
     arrayapi.reset()
     bladeapi.reset()
+    # kube.py and the program seeding run blocking calls in threads: enough of them that a slow
+    # API server does not queue every handler behind a few in-flight requests.
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="nasblade-io"))
     metrics.start(config.metrics_port)
     logger.info("nasblade operator: image %s, metrics on :%s", config.image, config.metrics_port or "off")
     ready.announce("operator", {"metrics": f"http://0.0.0.0:{config.metrics_port}/metrics" if config.metrics_port else None})

@@ -170,10 +170,11 @@ def operator(namespace: str, controller: Controller, blades: FakeBlades, kubelet
 
 
 def assert_clean(runner: Any) -> None:
-    """The operator exited cleanly and logged no traceback."""
+    """The operator exited cleanly, logged no traceback, and its daemons stopped when asked."""
     assert runner.exit_code == 0, runner.output
     assert runner.exception is None, runner.exception
     assert "Traceback" not in runner.output, runner.output
+    assert "is cancelled. Will escalate" not in runner.output, "a daemon did not stop when asked"
 
 
 @pytest.fixture()

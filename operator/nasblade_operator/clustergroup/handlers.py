@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import datetime
 import time
@@ -234,10 +233,19 @@ async def run_group(
                 except (kube.KubeError, bladeapi.BladeUnavailable, arrayapi.ArrayUnavailable, OSError) as exc:
                     metrics.RECONCILE_ERRORS.labels("ClusterGroup", type(exc).__name__).inc()
                     logger.warning("group pass failed, will retry: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=max(0.1, sleep))
+            await _sleep(wake, stopped, timeout=max(0.1, sleep))
     finally:
         wakeups.unregister(namespace, name)
+
+
+async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, *, timeout: float) -> None:
+    """Until ``wake`` is set, the daemon is asked to stop, or ``timeout`` passes."""
+    waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def _pod_obs(summary: Mapping[str, Any], *, now: datetime.datetime, rt: Runtime) -> planner.PodObs:
