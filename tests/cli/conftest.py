@@ -3,7 +3,8 @@
 - ``array`` (module scope): a real standalone array, ``nasblade up`` on a temporary data
   directory with free loopback ports: two cluster groups (``g1`` with blades ``g1-0``,
   ``g1-1``; ``g2`` with ``g2-0``) and one file system per group (``fs1`` on ``g1-0``, ``fs2``
-  on ``g2-0``); g1's backups also copy g2's portion (``crossGroup: [g2]``). It is an ``Array``: ``.data_dir``, ``.config`` (the YAML file), ``.endpoints``
+  on ``g2-0``; blade APIs on ports of their choosing, which the terminal finds in the
+  controller's client registry); g1's backups also copy g2's portion (``crossGroup: [g2]``). It is an ``Array``: ``.data_dir``, ``.config`` (the YAML file), ``.endpoints``
   (the ready line's endpoints), ``.control`` (a ``ControlClient`` with the array's token),
   ``.blade(name)`` (a ``BladeClient``), ``.kill_blade(name)`` (SIGKILL both processes of a
   blade). Stopped with SIGTERM at the end of the module.
@@ -49,27 +50,6 @@ def free_port() -> int:
         return port
 
 
-def free_port_run(n: int) -> int:
-    """The first of ``n`` consecutive free loopback ports (bounded search)."""
-    for _ in range(200):
-        first = free_port()
-        if first + n > 65535:
-            continue
-        socks = []
-        try:
-            for p in range(first, first + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return first
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no run of {n} free ports")
-
-
 @dataclass
 class Array:
     data_dir: Path
@@ -99,7 +79,6 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
     """A running two-group standalone array (see the module docstring)."""
     tmp = tmp_path_factory.mktemp("cli-array")
     net = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}"
-    bp = free_port_run(3)  # blade API ports are bladeApiPort + i
     cfg = {
         "array": {"devices": {"count": 2, "size": "192M"}, "cacheSize": "16M",
                   "areas": {"programSize": "32M"}},
@@ -107,7 +86,7 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
                           {"name": "g2", "blades": 1, "failureTimeout": "1s"}],
         "fileSystems": [{"name": "fs1", "size": "48M", "clusterGroup": "g1", "address": f"{net}.2"},
                         {"name": "fs2", "size": "48M", "clusterGroup": "g2", "address": f"{net}.3"}],
-        "network": {"nbdPort": free_port(), "apiPort": free_port(), "bladeApiPort": bp,
+        "network": {"nbdPort": free_port(), "apiPort": free_port(), "bladeApiPort": 0,
                     "nfsPort": free_port(), "mountPort": free_port(), "portmapPort": None},
     }
     config = tmp / "array.yaml"

@@ -6,7 +6,9 @@ Where things come from (see docs/blade.md, "Standalone array"):
 - endpoints: ``DATA/endpoints.json`` when present (the ``endpoints`` object of ``nasblade up``'s
   ready line), else the array's configuration (``--config``, the same file given to
   ``nasblade up``; its defaults otherwise): controller API and NBD addresses, blade API ports
-  ``bladeApiPort + i`` in configuration order; ``--controller URL`` overrides the API address;
+  ``bladeApiPort + i`` in configuration order; ``--controller URL`` overrides the API address.
+  Each blade's management API address is then taken from the controller's client registry
+  (``attrs.api``, registered by the block processor), which is right even with port 0;
 - state: the controller's control API (``ControlClient``: array, LUs, cache, load, copy jobs),
   each blade's management API (``BladeClient.status``) and each group's processor-information
   portion read over NBD (``PortionStore``: slots with heartbeats, the ownership record), so a
@@ -144,6 +146,7 @@ class StandaloneSource:
         self.token = self._secret("controller-token")
         self.blade_token = self._secret("blade-token", required=False)
         self.endpoints = self._endpoints(controller)
+        self._apis_fresh = False
         self.description = f"standalone array in {data_dir} (controller {self.endpoints.api})"
 
     # -- wiring ------------------------------------------------------------------------------
@@ -182,6 +185,23 @@ class StandaloneSource:
                     port += 1
         return Endpoints(api=api, nbd=f"{host}:{net.nbd_port}", blades=blades)
 
+    def _refresh_blade_apis(self) -> None:
+        """Blade API addresses from the controller's client registry (``attrs.api``)."""
+        from nasblade.controller.apiclient import ControlAPIError
+
+        try:
+            clients = self.control().list_clients()
+        except (ControlAPIError, OSError):
+            return  # the snapshot reports the controller; keep what the configuration says
+        known = {b.name: b for b in self.endpoints.blades}
+        for c in clients:
+            api = (c.get("attrs") or {}).get("api")
+            if c.get("role") != "blade" or not api:
+                continue
+            if c["name"] in known:
+                known[c["name"]].api = str(api)
+        self._apis_fresh = True
+
     def control(self) -> Any:
         from nasblade.controller.apiclient import ControlClient
 
@@ -190,11 +210,14 @@ class StandaloneSource:
     def blade_client(self, name: str) -> Any:
         from nasblade.bladeapi.client import BladeClient
 
+        if not self._apis_fresh:
+            self._refresh_blade_apis()
         ep = next((b for b in self.endpoints.blades if b.name == name), None)
         if ep is None:
             raise UsageError(f"no blade {name!r} in this array")
         if ep.api is None:
-            raise NotAvailable(f"blade {name} has no fixed management API port in the configuration (bladeApiPort: 0)")
+            raise NotAvailable(f"blade {name} has not registered its management API with the controller "
+                               "and the configuration does not fix it (bladeApiPort: 0)")
         return BladeClient(ep.api, self.blade_token, timeout=max(self.timeout, 120.0))
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -213,6 +236,7 @@ class StandaloneSource:
     def snapshot(self) -> Snapshot:
         ctl = self.control()
         array = self._call("array", ctl.array)
+        self._refresh_blade_apis()
         lus = self._call("LUs", ctl.list_lus)
         cache = self._call("cache", ctl.cache)
         load = self._call("load", ctl.load)
