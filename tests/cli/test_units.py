@@ -152,3 +152,26 @@ def test_target_selection_errors(tmp_path: Any, monkeypatch: pytest.MonkeyPatch)
 
     with pytest.raises(Unreachable, match="does not answer"):
         target.open_source(_args(kube=True, kubeconfig=cfg))
+
+
+def test_help_has_examples_everywhere() -> None:
+    """Every terminal command of ``nasblade`` and of ``kubectl nas`` shows examples in --help."""
+    import argparse
+
+    from nasblade.cli import build_parser
+    from nasblade.terminal import kubectl
+
+    def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+    nasblade = subparsers(build_parser())
+    for cmd in ("status", "backup", "takeover", "giveback", "map", "events", "watch", "completion"):
+        assert "examples:" in nasblade[cmd].format_help(), cmd
+    assert "examples:" in subparsers(nasblade["software"])["rollout"].format_help()
+    plugin = kubectl.build_parser()
+    assert plugin.prog == "kubectl nas"
+    for cmd, sub in subparsers(plugin).items():
+        assert "examples:" in sub.format_help(), cmd
