@@ -220,3 +220,36 @@ def test_read_only_export_write_gets_rofs(rc: RawClient) -> None:
     assert stat == t.Stat.ROFS
     stat, acc = rc.nfs(4, t.ACCESS_ARGS, t.AccessArgs(ro, 0x3F), t.ACCESS_RES)  # type: ignore[misc]
     assert stat == 0 and not acc.access & (t.ACCESS_MODIFY | t.ACCESS_EXTEND | t.ACCESS_DELETE)
+
+
+def test_exclusive_create_retry_and_readdir_cookies_over_the_wire(rc: RawClient) -> None:
+    root = mount_fh(rc, b"/admin")
+    stat, d = rc.nfs(9, t.MKDIR_ARGS, t.MkdirArgs(t.DirOpArgs(root, b"excl"), t.Sattr()), t.CREATE_RES)  # type: ignore[misc]
+    assert stat == 0
+    dfh = bytes(d.obj)
+    args = t.CreateArgs(t.DirOpArgs(dfh, b"x"), (t.CreateMode.EXCLUSIVE, b"verf0001"))
+    first = rc.nfs(8, t.CREATE_ARGS, args, t.CREATE_RES)
+    again = rc.nfs(8, t.CREATE_ARGS, args, t.CREATE_RES)  # a retry with a new XID: same file
+    assert first[0] == again[0] == 0 and first[1].obj == again[1].obj  # type: ignore[index]
+    other = t.CreateArgs(t.DirOpArgs(dfh, b"x"), (t.CreateMode.EXCLUSIVE, b"verf0002"))
+    assert rc.nfs(8, t.CREATE_ARGS, other, t.CREATE_RES)[0] == t.Stat.EXIST  # type: ignore[index]
+    for i in range(60):
+        create(rc, dfh, b"e%02d" % i)
+    stat, page = rc.nfs(16, t.READDIR_ARGS, t.ReaddirArgs(dfh, 0, bytes(8), 600), t.READDIR_RES)  # type: ignore[misc]
+    assert stat == 0 and not page.eof
+    seen = [bytes(e.name) for e in page.entries]
+    cookie, verf = page.entries[-1].cookie, page.cookieverf
+    # Directory changes between pages do not invalidate the cookie.
+    rc.nfs(12, t.DIROPARGS, t.DirOpArgs(dfh, seen[-1]), t.WCC_RES)
+    create(rc, dfh, b"zz-late")
+    while True:
+        stat, page = rc.nfs(16, t.READDIR_ARGS, t.ReaddirArgs(dfh, cookie, verf, 600), t.READDIR_RES)  # type: ignore[misc]
+        assert stat == 0
+        seen += [bytes(e.name) for e in page.entries]
+        if page.eof:
+            break
+        cookie = page.entries[-1].cookie
+    assert len(seen) == len(set(seen))
+    assert set(seen) == {b".", b"..", b"x", b"zz-late"} | {b"e%02d" % i for i in range(60)}
+    bad = rc.nfs(16, t.READDIR_ARGS, t.ReaddirArgs(dfh, cookie, b"badverf!", 600), t.READDIR_RES)
+    assert bad[0] == t.Stat.BAD_COOKIE  # type: ignore[index]
