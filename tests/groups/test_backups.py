@@ -76,9 +76,11 @@ def test_on_demand_cross_group_point_in_time(make_array: Any) -> None:
     with pdev, bdev:
         now, copy = primary.read_group(), backup.read_group()
         assert copy.ownership == now.ownership and now.ownership["fs1"].blade == "g1-0"
-        ids_now = [r.get("id") for r in now.backups]
-        assert [r.get("id") for r in copy.backups] == [i for i in ids_now if i not in {o["id"] for o in out}]
-        assert {o["id"] for o in out} <= set(ids_now)
+        ids_now = {r.get("id") for r in now.backups}
+        ids_copy = {r.get("id") for r in copy.backups}
+        ours = {o["id"] for o in out}
+        # (the interval scheduler may have added records since; none of ours is in the copy)
+        assert ids_copy <= ids_now and ours <= ids_now and not ours & ids_copy
         # a blade of g1 never wrote g2's portion: its group record has no g1 entries
         _g2dev, g2 = store(arr, "procinfo", 1)
         with _g2dev:

@@ -218,9 +218,12 @@ class ClusterMember:
         alive = self.alive(now)
         if self.me not in alive:
             return
-        # what the group record says is ours: serve it again (restart), unless released
+        # what the group record says is ours: serve it again (restart), unless released, or
+        # unless another blade holds the reservation now (it fenced us and is still taking over)
         for fs, own_rec in sorted(self.group.ownership.items()):
-            if own_rec.blade == self.me and fs not in self.serving and fs not in self.released and self.cfg.fs(fs):
+            fsc = self.cfg.fs(fs)
+            if own_rec.blade == self.me and fs not in self.serving and fs not in self.released and fsc \
+                    and fs not in self._pending and await self._reservation_free(fsc.policy.lu):
                 self._start_takeover(fs, reason="recorded owner (restart)")
         in_grace = now - self.started < self.cfg.failure_timeout
         for t in core.plan_takeovers(members=self.cfg.members, file_systems=self.cfg.policies,
@@ -232,6 +235,14 @@ class ClusterMember:
                 continue
             self._start_takeover(t.fs, reason=t.reason)
         await self._reassert()
+
+    async def _reservation_free(self, lu: str) -> bool:
+        """Nobody but this blade holds ``lu``'s reservation at the controller."""
+        try:
+            res = await self._control("get_reservation", lu)
+        except Exception:  # controller unreachable or refusing: do not act on a guess
+            return False
+        return res.get("holder") in (None, self.me)
 
     def _adopt_startup_ownership(self) -> None:
         """LUs the block processor reserved at start (``--own``) count as served."""
