@@ -338,3 +338,32 @@ def test_read_ahead_serves_sequential_reads_and_never_stale_data(tmp_path: objec
     f.close()
     assert fsck.check(dev).clean
     dev.close()
+
+
+def test_write_behind_is_ordered_visible_and_flushed(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "wb.img"
+    dev = FileBlockDevice(path, size=128 << 20)
+    fsmod.mkfs(dev)
+    f = fsmod.FileSystem(dev, readahead=FileBlockDevice(path), writebehind=FileBlockDevice(path))
+    ino, _ = f.create(ROOT_INO, b"wb", ROOT)
+    want = bytearray()
+    for i in range(24):
+        chunk = os.urandom(700_000)
+        f.write(ino, len(want), chunk)
+        want += chunk
+        # Overwrite something just written: the later write must win.
+        f.write(ino, len(want) - 1000, b"Z" * 500)
+        want[len(want) - 1000 : len(want) - 500] = b"Z" * 500
+        assert f.read(ino, len(want) - 2000, 2000)[0] == want[-2000:]
+    f.setattr(ino, SetAttr(size=len(want) - 3), ROOT)
+    del want[-3:]
+    f.commit()
+    assert f.writebehind is not None and f.writebehind.idle
+    f.close()
+    g = fsmod.FileSystem(dev)
+    assert g.read(ino, 0, len(want) + 10)[0] == want
+    g.close()
+    assert fsck.check(dev).clean
+    dev.close()

@@ -175,9 +175,11 @@ class FileProcessor:
         commit_interval: float = 1.0,
         open_device: Callable[[str], blockdev.BlockDevice] = blockdev.open_device,
         readahead: bool = True,
+        writebehind: bool = True,
     ) -> None:
         self.commit_interval = commit_interval
         self.readahead = readahead
+        self.writebehind = writebehind
         self.open_device = open_device
         self.endpoints: dict[str, Endpoint] = {}
 
@@ -191,15 +193,17 @@ class FileProcessor:
 
         def mount_it() -> tuple[blockdev.BlockDevice, Volume]:
             dev = self.open_device(spec.device)
-            ra = None
+            ra = wb = None
             try:
+                # Extra connections: read-ahead and write-behind run in their own threads.
                 ra = self.open_device(spec.device) if self.readahead else None
-                fsys = fsmod.FileSystem(dev, readahead=ra)
+                wb = self.open_device(spec.device) if self.writebehind else None
+                fsys = fsmod.FileSystem(dev, readahead=ra, writebehind=wb)
                 return dev, Volume.open(spec.name, fsys, list(spec.exports))
             except BaseException:
-                dev.close()
-                if ra is not None:
-                    ra.close()
+                for d in (dev, ra, wb):
+                    if d is not None:
+                        d.close()
                 raise
 
         dev, vol = await asyncio.to_thread(mount_it)

@@ -43,6 +43,7 @@ import apsw
 from nasblade.blockdev import BlockDevice
 from nasblade.fs import layout, vfs
 from nasblade.fs.readahead import ReadAhead
+from nasblade.fs.writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +241,17 @@ def _pragmas(conn: apsw.Connection, sb: layout.Superblock) -> None:
 class FileSystem:
     """A mounted file system. Not thread-safe: one owner (the server's event loop) calls it."""
 
-    def __init__(self, dev: BlockDevice, *, readonly: bool = False, readahead: BlockDevice | None = None) -> None:
+    def __init__(
+        self,
+        dev: BlockDevice,
+        *,
+        readonly: bool = False,
+        readahead: BlockDevice | None = None,
+        writebehind: BlockDevice | None = None,
+    ) -> None:
         self.dev = dev
         self.readahead = ReadAhead(readahead) if readahead is not None else None
+        self.writebehind = WriteBehind(writebehind) if writebehind is not None else None
         self.sb = layout.read_superblock(dev)
         self.vfs = vfs.RegionVFS(dev, self.sb)
         # Typed as Any: apsw's row values are a union of every SQLite type.
@@ -323,6 +332,7 @@ class FileSystem:
     def commit(self) -> None:
         """Group commit: data barrier, then make every change so far durable."""
         if self._data_dirty:
+            self._drain()
             self.dev.flush()
             self._data_dirty = False
         if not self._in_txn:
@@ -351,23 +361,29 @@ class FileSystem:
         self._pending_free.clear()
         self.lost_transactions += 1
 
+    def _close_helpers(self) -> None:
+        for helper in (self.readahead, self.writebehind):
+            if helper is not None:
+                try:
+                    helper.close()
+                except OSError as exc:
+                    log.error("closing a device helper: %s", exc)
+        self.readahead = None
+        self.writebehind = None
+
     def abort(self) -> None:
         """Close without committing (after a device failure): uncommitted changes are dropped."""
-        if self.readahead is not None:
-            self.readahead.close()
-            self.readahead = None
+        self._close_helpers()
         self.db.close()
 
     def close(self) -> None:
         """Commit, checkpoint and close the database (the device stays open)."""
-        if self.readahead is not None:
-            self.readahead.close()
-            self.readahead = None
         try:
             if not self.readonly:
                 self.commit()
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
+            self._close_helpers()
             self.db.close()
 
     # -- inodes -----------------------------------------------------------------------------
@@ -841,8 +857,20 @@ class FileSystem:
                 lblk, _, pblk = ext[0]
                 if self.readahead is not None:
                     self.readahead.invalidate()
-                self.dev.pwrite(self._phys(pblk + lb - lblk) + tail, bytes(BLOCK - tail))
-                self._data_dirty = True
+                self._data_write(self._phys(pblk + lb - lblk) + tail, bytes(BLOCK - tail))
+
+    def _data_write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Every write to the data region goes through here (write-behind when enabled)."""
+        self._data_dirty = True
+        if self.writebehind is not None:
+            self.writebehind.submit(offset, data)
+        else:
+            self.dev.pwrite(offset, data)
+
+    def _drain(self) -> None:
+        """Make pending write-behind data visible to reads and to the next flush."""
+        if self.writebehind is not None and not self.writebehind.idle:
+            self.writebehind.drain()
 
     def _phys(self, pblk: int) -> int:
         return self.sb.data_off + pblk * BLOCK
@@ -860,6 +888,7 @@ class FileSystem:
         inl = self._inline(ino)
         if inl is not None:
             return inl[offset:end], end >= a.size, a
+        self._drain()
         b0, b1 = offset // BLOCK, (end + BLOCK - 1) // BLOCK
         exts = self._extents(ino, b0, b1)
         if len(exts) == 1 and exts[0][0] <= b0 and exts[0][0] + exts[0][1] >= b1:
@@ -977,10 +1006,9 @@ class FileSystem:
                 we = ((e + BLOCK - 1) // BLOCK) * BLOCK if tail_new else e
                 buf = bytearray(we - ws)
                 buf[s - ws : e - ws] = payload
-                self.dev.pwrite(self._phys(pblk) + ws - rs, buf)
+                self._data_write(self._phys(pblk) + ws - rs, buf)
             else:
-                self.dev.pwrite(self._phys(pblk) + s - rs, payload)
-        self._data_dirty = True
+                self._data_write(self._phys(pblk) + s - rs, payload)
 
     def _allocate(self, ino: int, lblk: int, nblk: int) -> list[tuple[int, int, int]]:
         """Allocate ``nblk`` blocks for logical ``lblk``; insert (and merge) extents."""
