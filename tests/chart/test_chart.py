@@ -148,7 +148,7 @@ def test_rbac_is_least_privilege(render: Render) -> None:
     # watched namespaces: the namespaced rights move to Roles in exactly those namespaces
     objs = render("watchNamespaces={team-a,team-b}")
     narrow = _rules(one(objs, "ClusterRole"))
-    assert {r for _, r, _ in narrow} == {"customresourcedefinitions"}
+    assert {r for _, r, _ in narrow} == {"customresourcedefinitions", "namespaces"}
     assert {v for _, _, v in narrow} == {"get", "list", "watch"}
     roles = by_kind(objs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
