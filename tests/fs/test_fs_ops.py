@@ -349,7 +349,7 @@ def test_write_behind_is_ordered_visible_and_flushed(tmp_path: object) -> None:
     f = fsmod.FileSystem(dev, readahead=FileBlockDevice(path), writebehind=FileBlockDevice(path))
     ino, _ = f.create(ROOT_INO, b"wb", ROOT)
     want = bytearray()
-    for i in range(24):
+    for _ in range(24):
         chunk = os.urandom(700_000)
         f.write(ino, len(want), chunk)
         want += chunk
