@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -267,3 +268,32 @@ def test_examples_pass_the_crd_schemas(crds_applied: str) -> None:
     r = _kubectl(crds_applied, "-n", ns, "create", "--dry-run=server", "-f", str(REPO / "examples"))
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("(server dry run)") == len(docs)
+
+
+def _documented_rbac() -> set[tuple[str, str, str]]:
+    """(group, resource, verb) rows of the table in docs/operator.md ("RBAC the operator needs")."""
+    text = (REPO / "docs" / "operator.md").read_text()
+    section = text.split("## RBAC the operator needs", 1)[1].split("\n## ", 1)[0]
+    rows: set[tuple[str, str, str]] = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        group = cells[0].strip("`").strip('"')
+        resources = re.findall(r"`([^`]+)`", cells[1])
+        verbs = re.sub(r"\(.*?\)", "", cells[2]).replace(" ", "").split(",")
+        rows |= {(group, r, v) for r in resources for v in verbs if v}
+    return rows
+
+
+def test_rbac_grants_what_the_operator_documents(render: Render) -> None:
+    """Every permission docs/operator.md says the operator needs is granted by the chart, in
+    both modes (all namespaces: ClusterRole; watchNamespaces: ClusterRole + Roles)."""
+    documented = _documented_rbac()
+    assert len(documented) > 20, "the RBAC table in docs/operator.md was not found"
+    cluster_wide = set(_rules(one(render(), "ClusterRole")))
+    assert documented - cluster_wide == set()
+    objs = render("watchNamespaces={team-a}")
+    narrow = set(_rules(one(objs, "ClusterRole"))) | set(_rules(one(objs, "Role")))
+    missing = {(g, r, v) for g, r, v in documented - narrow if r != "clusterkopfpeerings"}
+    assert missing == set()
