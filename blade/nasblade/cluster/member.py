@@ -111,6 +111,7 @@ class ClusterMember:
         self.ticks = 0
         self.tick_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
 
     # -- start / stop ---------------------------------------------------------------------------
 
@@ -136,6 +137,12 @@ class ClusterMember:
         self._tasks.append(asyncio.create_task(self._run_scheduler()))
 
     async def close(self) -> None:
+        # let a tick that is reading the portion finish: its I/O runs in a thread through the
+        # block processor's pools, and a thread left waiting on a closed pool would hold up exit
+        self._stopping.set()
+        if self._tasks:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._tasks[0]), 2 * self.cfg.heartbeat_interval + 5.0)
         tasks = [*self._tasks, *self._pending.values()]
         for t in tasks:
             t.cancel()
@@ -170,7 +177,7 @@ class ClusterMember:
     # -- the tick ------------------------------------------------------------------------------
 
     async def _run_ticks(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.tick()
                 self.tick_error = None
