@@ -20,7 +20,7 @@ pytestmark = pytest.mark.tier1
 
 FS = [
     {"name": "home", "size": "64Mi", "clusterGroup": "g1", "exports": [{"clients": ["10.0.0.0/8"]}]},
-    {"name": "scratch", "size": "32Mi", "clusterGroup": "g1"},
+    {"name": "scratch", "size": "48Mi", "clusterGroup": "g1"},  # mkfs needs at least 48 MiB
 ]
 
 
@@ -104,7 +104,7 @@ def test_array_and_group_come_up(
 
     listed = ControlClient(controller.api, controller.token).list_lus()
     lus = {lu["name"]: lu["size"] for lu in (listed["lus"] if isinstance(listed, dict) else listed)}
-    assert lus == {"program": 16 << 20, "procinfo": 8 << 20, "backup": 8 << 20, "fs-home": 64 << 20, "fs-scratch": 32 << 20}
+    assert lus == {"program": 16 << 20, "procinfo": 8 << 20, "backup": 8 << 20, "fs-home": 64 << 20, "fs-scratch": 48 << 20}
     from nasblade.blockdev import open_device
     from nasblade.program.catalog import ProgramStore
 
@@ -276,3 +276,28 @@ def test_heartbeat_loss_fails_over(
     assert_clean(runner)
     assert g is not None and g["status"]["activeArea"] == "portion"
     assert ("g1-blade-0", "takeover", "scratch") in blades.calls
+
+
+def test_group_deletion_waits_until_its_file_systems_move(
+    kubectl: Kubectl, operator: Callable[[], Any], token_secret: Callable[[str], None],
+) -> None:
+    token_secret("a1")
+    with operator() as runner:
+        kubectl.apply(array())
+        kubectl.apply(group("g1"))
+        kubectl.apply(group("g2"))
+        kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
+        kubectl("delete", "clustergroup", "g1", "--wait=false")
+        wait_until("deletion blocked", lambda: ("Warning", "DeletionBlocked") in events(kubectl, "g1"))
+        # Move both file systems to g2: g1 goes, its pods and Services with it, and its portion is free.
+        moved = [dict(fs, clusterGroup="g2") for fs in FS]
+        kubectl("patch", "diskarray", "a1", "--type=merge", "-p", json.dumps({"spec": {"fileSystems": moved}}))
+        wait_until("g1 gone", lambda: kubectl.get("clustergroup", "g1") is None, timeout=60)
+        wait_until("services on g2", lambda: service_blade(kubectl, "home") == "g2-blade-0"
+                   and service_blade(kubectl, "scratch") == "g2-blade-1", timeout=60)
+        wait_until("g1 pods gone", lambda: not kubectl.list("pods", "nasblade.io/cluster-group=g1"))
+        portions = wait_until("portion released", lambda: [p for p in (kubectl.get("diskarray", "a1") or {})
+                                                           .get("status", {}).get("portions", []) if p["group"] == "g1"] == []
+                              and kubectl.get("diskarray", "a1"))
+    assert_clean(runner)
+    assert {p["group"] for p in portions["status"]["portions"]} == {"g2"}

@@ -69,6 +69,14 @@ async def blade_pods(namespace: str | None, name: str, body: kopf.Body, labels: 
     }
 
 
+@kopf.index("services", labels={naming.L_COMPONENT: "nfs", naming.L_GROUP: kopf.PRESENT})
+async def nfs_services(namespace: str | None, name: str, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, Service name) -> which group, file system and blade an NFS Service has; wakes the group."""
+    namespace = namespace or ""
+    wakeups.wake_group(namespace, labels[naming.L_GROUP])
+    return {(namespace, name): _service_summary(body)}
+
+
 def _one(index: kopf.Index[Any, Any], key: tuple[str, str]) -> dict[str, Any] | None:
     store = index.get(key)
     return next(iter(store), None) if store is not None else None
@@ -199,7 +207,6 @@ async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | N
 class Runtime:
     """What one group's daemon remembers between passes (nothing here is the source of truth)."""
 
-    services: dict[str, str] | None = None  # fs -> blade the Service selects; None = not listed yet
     first_bad: dict[str, float] = dataclasses.field(default_factory=dict)  # blade -> monotonic time
     seen_ready: set[str] = dataclasses.field(default_factory=set)
     next_backup_check: float = 0.0
@@ -229,7 +236,8 @@ async def run_group(
             sleep = 1.0
             if not body.metadata.get("deletionTimestamp"):
                 try:
-                    sleep = await _pass(body, name=name, namespace=namespace, rt=rt, pods=blade_pods, arrays=diskarrays)
+                    sleep = await _pass(body, name=name, namespace=namespace, rt=rt, pods=blade_pods, arrays=diskarrays,
+                                        services=kwargs["nfs_services"])
                 except (kube.KubeError, bladeapi.BladeUnavailable, arrayapi.ArrayUnavailable, OSError) as exc:
                     metrics.RECONCILE_ERRORS.labels("ClusterGroup", type(exc).__name__).inc()
                     logger.warning("group pass failed, will retry: %s", exc)
@@ -303,7 +311,8 @@ def _status(body: kopf.Body, rt: Runtime) -> dict[str, Any]:
 
 
 async def _pass(
-    body: kopf.Body, *, name: str, namespace: str, rt: Runtime, pods: kopf.Index[Any, Any], arrays: kopf.Index[Any, Any]
+    body: kopf.Body, *, name: str, namespace: str, rt: Runtime, pods: kopf.Index[Any, Any], arrays: kopf.Index[Any, Any],
+    services: kopf.Index[Any, Any],
 ) -> float:
     """One observe -> plan -> act round; returns the seconds until the next deadline.
 
@@ -361,7 +370,8 @@ async def _pass(
                 if record:
                     failovers.append(record)
     finally:
-        await _sync_services(body, name=name, namespace=namespace, array=spec.disk_array, owners=owners, rt=rt)
+        await _sync_services(body, name=name, namespace=namespace, array=spec.disk_array, owners=owners,
+                             services=services)
         backups = await _backups(body, name=name, namespace=namespace, spec=spec, array=array, states=p.states,
                                  summaries=summaries, rt=rt)
         array_ready = conditions.is_true(array["status"].get("conditions", []), conditions.READY)
@@ -456,8 +466,6 @@ class _Actor:
             "Service", naming.nfs_service_name(self.spec.disk_array, m.fs),
             {"spec": {"selector": builders.nfs_selector(group=self.name, blade=m.target)}}, namespace=self.namespace,
         )
-        if self.rt.services is not None:
-            self.rt.services[m.fs] = m.target
         seconds = time.monotonic() - t0
         metrics.FAILOVERS.labels(m.reason).inc()
         if m.reason == "Failover":
@@ -484,29 +492,46 @@ async def _array_token(namespace: str, array: str) -> str:
 
 
 async def _sync_services(
-    body: kopf.Body, *, name: str, namespace: str, array: str, owners: Mapping[str, str], rt: Runtime
+    body: kopf.Body, *, name: str, namespace: str, array: str, owners: Mapping[str, str], services: kopf.Index[Any, Any],
 ) -> None:
-    """One NFS Service per file system, selecting its owner; none for file systems gone."""
+    """One NFS Service per file system, selecting its owner; none for this group's file systems gone.
+
+    ``services`` (the ``nfs_services`` index) is what exists. A Service another group left
+    behind (its file system moved here) is taken over: relabelled, re-owned, re-selected.
+    """
     k = kube.client()
-    if rt.services is None:
-        existing = await k.list("Service", namespace=namespace, selector={naming.L_GROUP: name, naming.L_COMPONENT: "nfs"})
-        rt.services = {
-            s["metadata"]["labels"].get(naming.L_FILESYSTEM, ""): s["spec"].get("selector", {}).get(naming.L_BLADE, "")
-            for s in existing
-        }
     for fs, blade in owners.items():
-        have = rt.services.get(fs)
+        svc_name = naming.nfs_service_name(array, fs)
+        have = _one(services, (namespace, svc_name))
         if have is None:
             svc = builders.nfs_service(array=array, group=name, fs=fs, blade=blade)
             kopf.adopt(svc, owner=body)
-            await k.create(svc)
-        elif have != blade:
-            await k.patch("Service", naming.nfs_service_name(array, fs),
-                          {"spec": {"selector": builders.nfs_selector(group=name, blade=blade)}}, namespace=namespace)
-        rt.services[fs] = blade
-    for fs in [f for f in rt.services if f not in owners]:
-        await k.delete("Service", naming.nfs_service_name(array, fs), namespace=namespace)
-        del rt.services[fs]
+            existing, created = await k.create(svc)
+            if created:
+                continue
+            have = _service_summary(existing)
+        if have["group"] != name or have["blade"] != blade or have["owner"] != body.metadata.get("uid"):
+            svc = builders.nfs_service(array=array, group=name, fs=fs, blade=blade)
+            kopf.adopt(svc, owner=body)
+            await k.patch("Service", svc_name, {"metadata": {"labels": svc["metadata"]["labels"],
+                                                             "ownerReferences": svc["metadata"]["ownerReferences"]},
+                                                "spec": {"selector": svc["spec"]["selector"]}}, namespace=namespace)
+    for (ns, svc_name), store in list(services.items()):
+        for have in store:
+            if ns == namespace and have["group"] == name and have["array"] == array and have["fs"] not in owners:
+                await k.delete("Service", svc_name, namespace=namespace)
+
+
+def _service_summary(svc: Mapping[str, Any]) -> dict[str, Any]:
+    labels = svc.get("metadata", {}).get("labels", {}) or {}
+    owners = svc.get("metadata", {}).get("ownerReferences", []) or []
+    return {
+        "group": labels.get(naming.L_GROUP, ""),
+        "array": labels.get(naming.L_ARRAY, ""),
+        "fs": labels.get(naming.L_FILESYSTEM, ""),
+        "blade": (svc.get("spec", {}).get("selector") or {}).get(naming.L_BLADE, ""),
+        "owner": owners[0].get("uid") if owners else None,
+    }
 
 
 async def _backups(
