@@ -464,6 +464,8 @@ class UpstreamPool:
             try:
                 reply = await self._pick().request(cmd, offset, length, flags=flags, payload=payload)
             except ConnectionLost:
+                if self._closing:  # a closed pool (LU released or fenced off) answers, never spins
+                    return Reply(proto.EIO)
                 self._lost()
                 continue
             break
