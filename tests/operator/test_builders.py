@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 
+from nasblade.cluster import config as cluster_config
 from nasblade_operator import naming
 from nasblade_operator.clustergroup import builders as cg_builders
 from nasblade_operator.clustergroup import spec as cg_spec
@@ -59,8 +61,32 @@ def test_blade_pod_and_nfs_service() -> None:
     args = bp["args"]
     assert args[args.index("--group-index") + 1] == "3" and args[args.index("--slot") + 1] == "1"
     assert args[args.index("--controller-nbd") + 1] == "a1-controller.ns.svc:10809"
-    assert args[args.index("--lu"):args.index("--lu") + 2] == ["--lu", "fs-home"]
-    assert fp["args"][0] == "boot"
+    # every file system of the group, as the block processor takes it (blockproc/main.py)
+    specs = [json.loads(args[i + 1]) for i, a in enumerate(args) if a == "--fs-spec"]
+    assert [(s["name"], s["lu"]) for s in specs] == [("home", "fs-home"), ("scratch", "fs-scratch")]
+    assert (specs[0]["nfsPort"], specs[0]["mountPort"], specs[0]["portmapPort"]) == (2049, 20048, 10111)
+    assert specs[0]["exports"] == [{"path": "/home", "subdir": "/", "clients": ["10.1.0.0/16"], "access": "ro",
+                                    "rootSquash": True, "allSquash": True}]
+    assert specs[1]["exports"] == [{"path": "/scratch", "subdir": "/", "clients": ["127.0.0.1/32"], "access": "ro",
+                                    "rootSquash": True, "allSquash": False}]  # no exports: the pod only
+    assert "--lu" not in args and "--own" not in args  # takeovers only: a new pod never fences a survivor
+    assert args[args.index("--fp-unix") + 1] == "/run/nasblade/fp.sock"
+    # the cluster configuration: a downward-API file of the pod annotation, valid for the blade
+    path = args[args.index("--cluster-config") + 1]
+    mount = next(m for m in bp["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+    item = volume["downwardAPI"]["items"][0]
+    assert path == f"{mount['mountPath']}/{item['path']}"
+    key = item["fieldRef"]["fieldPath"].split("'")[1]
+    config = cluster_config.parse(json.loads(pod["metadata"]["annotations"][key]))
+    assert config.members == ("g1-blade-0", "g1-blade-1") and config.group_index == 3
+    assert [(f.policy.name, f.policy.home) for f in config.file_systems] == [("home", "g1-blade-0"),
+                                                                            ("scratch", "g1-blade-1")]
+    # the file processor is the blade agent, controlled through the socket the block processor uses
+    assert fp["args"][:5] == ["boot", "--software-dir", "/run/nasblade/software", "--", "blade-file-processor"]
+    assert fp["args"][fp["args"].index("--control-unix") + 1] == "/run/nasblade/fp.sock"
+    assert fp["args"][fp["args"].index("--local-unix") + 1] == args[args.index("--local-unix") + 1]
+    assert "readinessProbe" not in fp  # a standby blade does not listen on the NFS ports
     assert bp["resources"] == {"requests": {"cpu": "100m"}}
     env = {e["name"]: e for e in bp["env"]}
     assert env["NASBLADE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "a1-control-token"

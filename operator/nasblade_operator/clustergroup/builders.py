@@ -8,7 +8,20 @@ containers sharing an in-memory ``emptyDir`` for the Unix socket between them:
   Service, writer of the group's portion, fetcher of the software from the program LU, and
   the blade management API on ``BLADE_API_PORT`` (readiness probe ``/healthz``);
 * ``file-processor``: ``nasblade boot`` runs the software version the block processor
-  installed (verified) as ``file-processor`` (NFSv3 + MOUNT + portmapper).
+  installed (verified) as ``blade-file-processor`` (nasblade/bladeapi/agent.py): NFSv3 +
+  MOUNT + portmapper for the file systems its block processor hands it over the control
+  socket ``/run/nasblade/fp.sock``, heartbeats into the portion through ``local.sock``.
+
+The pod runs like a blade of the standalone array (nasblade/standalone/array.py): the block
+processor gets one ``--fs-spec`` per file system of the group (so any blade of the group can
+take any of them over, on the same ports with the same exports), ``--fp-unix`` and
+``--cluster-config``. The cluster configuration (``nasblade.cluster.config``: members, home
+blade of each file system, heartbeat timing) is the pod annotation ``CLUSTER_CONFIG_ANNOTATION``,
+projected into ``/etc/nasblade/cluster.json`` by a downward-API volume. No blade starts with
+``--own``: the home blade takes an unowned file system at start (``nasblade.cluster.member``),
+and every later move is a takeover through the blade API (``handlers.py``), so a replaced pod
+never fences the survivor that is serving its file systems. File systems are formatted once,
+by the operator, when their LU is created (``diskarray/handlers.py``), never by a blade.
 
 Both also get the ``NASBLADE_*`` environment listed in docs/operator.md (tokens from the
 array's Secret, the group's file systems and exports as JSON).
@@ -21,10 +34,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from nasblade_operator import naming
+from nasblade_operator.clustergroup import plan
 from nasblade_operator.clustergroup.spec import ClusterGroupSpec
-from nasblade_operator.diskarray.spec import FileSystem
+from nasblade_operator.diskarray.spec import Export, FileSystem
 
 SOCKET_DIR = "/run/nasblade"
+CONFIG_DIR = "/etc/nasblade"
+CLUSTER_CONFIG_ANNOTATION = f"{naming.GROUP}/cluster-config"
+#: The group's own backups are the operator's (``handlers._backups``, load-aware, recorded in
+#: the ClusterGroup status); the block processor's timer is set beyond any pod's life.
+_NO_MEMBER_BACKUPS = 10 * 365 * 86400.0
 
 
 def group_selector(group: str) -> dict[str, str]:
@@ -58,6 +77,63 @@ def file_systems_env(file_systems: Sequence[FileSystem]) -> str:
         ],
         sort_keys=True,
     )
+
+
+def _nfs_port(name: str) -> int:
+    """The container port of NFS port ``name`` (the Service maps its own port onto it)."""
+    return next(container for n, _, container in naming.NFS_PORTS if n == name)
+
+
+def _export(fs: FileSystem, e: Export) -> dict[str, Any]:
+    """One export in the file processor's JSON (nasblade.fileproc.config.parse_export)."""
+    return {"path": f"/{fs.name}", "subdir": "/", "clients": list(e.clients), "access": e.access,
+            "rootSquash": e.squash != "none", "allSquash": e.squash == "all"}
+
+
+def fs_spec(fs: FileSystem) -> dict[str, Any]:
+    """``--fs-spec`` of ``fs`` (nasblade/blockproc/main.py): the LU, and where and to whom the
+    file processor serves it. Every blade of the group gets the same, so a takeover serves the
+    file system on the same ports with the same exports; in a pod it listens on all addresses
+    and the NFS Service selects the owning blade."""
+    return {
+        "name": fs.name,
+        "lu": naming.filesystem_lu(fs.name),
+        "address": "0.0.0.0",
+        "nfsPort": _nfs_port("nfs"),
+        "mountPort": _nfs_port("mountd"),
+        "portmapPort": _nfs_port("portmapper"),
+        # the file processor needs at least one export: a file system without exports is still
+        # mounted (recovered) by its owner, but only the pod itself may mount it
+        "exports": [_export(fs, e) for e in fs.exports] or [
+            {"path": f"/{fs.name}", "subdir": "/", "clients": ["127.0.0.1/32"], "access": "ro",
+             "rootSquash": True, "allSquash": False}],
+    }
+
+
+def cluster_config(
+    *, group: str, spec: ClusterGroupSpec, portion: int, portion_size: int, file_systems: Sequence[FileSystem]
+) -> dict[str, Any]:
+    """The group's ``--cluster-config`` JSON (nasblade.cluster.config.parse); home blades as
+    ``plan.home_of`` places them, so the blades and the operator agree on them."""
+    names = [fs.name for fs in file_systems]
+    count = spec.blades.count
+    return {
+        "group": group,
+        "groupIndex": portion,
+        "members": [plan.blade_name(group, i) for i in range(count)],
+        "heartbeatInterval": spec.heartbeat.interval,
+        "failureTimeout": spec.heartbeat.failure_timeout,
+        "procinfoLu": naming.LU_PROCESSOR_INFO,
+        "backupLu": naming.LU_BACKUP,
+        "portionSize": portion_size,
+        "backup": {"interval": _NO_MEMBER_BACKUPS, "maxAge": _NO_MEMBER_BACKUPS,
+                   "loadThreshold": spec.backup.load_threshold / 100, "crossGroup": []},
+        "fileSystems": [
+            {"name": fs.name, "lu": naming.filesystem_lu(fs.name), "home": plan.home_of(group, names, fs.name, count),
+             "serve": {k: v for k, v in fs_spec(fs).items() if k not in ("name", "lu")}}
+            for fs in file_systems
+        ],
+    }
 
 
 def blade_pod(
@@ -106,6 +182,7 @@ def blade_pod(
     ]
     security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     socket_mount = [{"name": "sockets", "mountPath": SOCKET_DIR}]
+    config_mount = {"name": "cluster-config", "mountPath": CONFIG_DIR, "readOnly": True}
     bp_args = [
         "block-processor",
         "--blade", name,
@@ -122,9 +199,13 @@ def blade_pod(
         "--nbd-unix", f"{SOCKET_DIR}/nbd.sock",
         "--local-unix", f"{SOCKET_DIR}/local.sock",
         "--api-listen", f"0.0.0.0:{naming.BLADE_API_PORT}",
+        "--fp-unix", f"{SOCKET_DIR}/fp.sock",
+        "--cluster-config", f"{CONFIG_DIR}/cluster.json",
     ]
     for fs in file_systems:
-        bp_args += ["--lu", naming.filesystem_lu(fs.name)]
+        bp_args += ["--fs-spec", json.dumps(fs_spec(fs), sort_keys=True)]
+    config = cluster_config(group=group, spec=spec, portion=portion, portion_size=portion_size,
+                            file_systems=file_systems)
     block_processor: dict[str, Any] = {
         "name": "block-processor",
         "image": image,
@@ -133,17 +214,27 @@ def blade_pod(
         "env": env,
         "ports": [{"name": "blade-api", "containerPort": naming.BLADE_API_PORT}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "blade-api"}, "periodSeconds": 1},
-        "volumeMounts": socket_mount,
+        "volumeMounts": [*socket_mount, config_mount],
         "securityContext": security,
     }
     file_processor: dict[str, Any] = {
         "name": "file-processor",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "args": ["boot", "--software-dir", f"{SOCKET_DIR}/software", "--", "file-processor"],
+        "args": [
+            "boot", "--software-dir", f"{SOCKET_DIR}/software", "--",
+            "blade-file-processor",
+            "--blade", name,
+            "--local-unix", f"{SOCKET_DIR}/local.sock",
+            "--heartbeat-interval", str(spec.heartbeat.interval),
+            "--control-unix", f"{SOCKET_DIR}/fp.sock",
+            "--fence-after", str(spec.heartbeat.failure_timeout / 2),
+        ],
         "env": env,
         "ports": [{"name": n, "containerPort": c} for n, _, c in naming.NFS_PORTS],
-        "readinessProbe": {"tcpSocket": {"port": "nfs"}, "periodSeconds": 1},
+        # no NFS readiness probe: only the owning blade listens on the NFS ports, and a standby
+        # blade is Ready too. The file processor's liveness is its heartbeat in the portion,
+        # which the operator reads through the blade API (handlers._probe).
         "volumeMounts": socket_mount,
         "securityContext": security,
     }
@@ -156,6 +247,7 @@ def blade_pod(
         "metadata": {
             "name": name,
             "labels": blade_labels(array=array, group=group, index=index, version=version),
+            "annotations": {CLUSTER_CONFIG_ANNOTATION: json.dumps(config, sort_keys=True)},
         },
         "spec": {
             "hostname": name,
@@ -163,7 +255,13 @@ def blade_pod(
             "terminationGracePeriodSeconds": 30,
             "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
             "containers": [block_processor, file_processor],
-            "volumes": [{"name": "sockets", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}],
+            "volumes": [
+                {"name": "sockets", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+                {"name": "cluster-config", "downwardAPI": {"items": [{
+                    "path": "cluster.json",
+                    "fieldRef": {"fieldPath": f"metadata.annotations['{CLUSTER_CONFIG_ANNOTATION}']"},
+                }]}},
+            ],
         },
     }
 

@@ -8,10 +8,18 @@ the ``diskarrays`` index declared here.
 Reconcile order: parse (invalid -> Ready=False, Warning, PermanentError) -> token Secret ->
 Service -> StatefulSet -> wait for the controller to be Ready -> LUs -> program seed -> Ready.
 Each step is idempotent, so create, update and resume all run the same function.
+
+File systems are formatted exactly once: right after this pass created their LU, over NBD to
+the controller Service (``nasblade.fs.fs.mkfs``, root directory mode 1777 as the standalone
+array makes it), before any blade can see the LU in a ClusterGroup. An LU that existed before
+the pass is never formatted (no "looks empty" guess that could destroy data); an LU whose
+format failed is deleted again (nothing can have been written to it), so the next pass
+creates and formats it anew.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 from collections.abc import Mapping
@@ -179,7 +187,11 @@ async def _provision(
     api = arrayapi.ArrayAPI(endpoints.controller_api(namespace, name), token)
     wanted = builders.desired_lus(parsed)
     try:
+        before = await api.list_lus()
         created = await api.ensure_lus(wanted)
+        new_fs = [naming.filesystem_lu(f.name) for f in parsed.file_systems
+                  if naming.filesystem_lu(f.name) in created and naming.filesystem_lu(f.name) not in before]
+        await _format_new(api, endpoints.controller_nbd(namespace, name), new_fs)
         seeded = await arrayapi.seed_program(endpoints.controller_nbd(namespace, name), version=parsed.software_version)
     except arrayapi.ArrayRefused as exc:
         reason = "NoSpace" if exc.status == 507 else "ControllerRefused"
@@ -204,6 +216,28 @@ async def _provision(
         for f in parsed.file_systems
     ]
     patch.status["fileSystemsReady"] = f"{len(parsed.file_systems)}/{len(parsed.file_systems)}"
+
+
+ROOT_MODE = 0o1777
+
+
+def _mkfs_sync(nbd: str, lu: str) -> None:
+    from nasblade.fs import fs as fsmod
+    from nasblade.nbd.client import NBDBlockDevice
+
+    with NBDBlockDevice.connect(f"nbd://{nbd}/{lu}") as dev:
+        fsmod.mkfs(dev, root_mode=ROOT_MODE)
+        dev.flush()
+
+
+async def _format_new(api: arrayapi.ArrayAPI, nbd: str, lus: list[str]) -> None:
+    """Format the file-system LUs this pass created; on failure delete them (still blank)."""
+    for lu in lus:
+        try:
+            await asyncio.to_thread(_mkfs_sync, nbd, lu)
+        except Exception as exc:  # NBD, apsw or layout error: the LU is unusable and still blank
+            await api._request("DELETE", f"/lus/{lu}")
+            raise arrayapi.ArrayUnavailable(f"formatting LU {lu} over nbd://{nbd}: {exc}") from exc
 
 
 def _not_ready(status: Mapping[str, Any], patch: kopf.Patch, *, generation: int, reason: str, message: str) -> None:
