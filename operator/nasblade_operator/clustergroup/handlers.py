@@ -219,7 +219,7 @@ class Runtime:
     rolling: bool = False
 
 
-@kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
+@kopf.daemon(*RESOURCE, cancellation_timeout=30.0)  # a pass under a slow API server may take seconds
 async def run_group(
     body: kopf.Body, name: str, namespace: str | None, stopped: kopf.DaemonStopped, logger: kopf.Logger,
     **kwargs: Any,
