@@ -20,7 +20,7 @@ from nasblade_operator import arrayapi, bladeapi, metrics
 from nasblade_operator.clustergroup import handlers as clustergroup_handlers
 from nasblade_operator.diskarray import handlers as diskarray_handlers
 
-__all__ = ["clustergroup_handlers", "configure", "diskarray_handlers", "shutdown"]
+__all__ = ["clustergroup_handlers", "configure", "diskarray_handlers", "login", "shutdown"]
 
 FINALIZER = "nasblade.io/finalizer"
 
@@ -51,6 +51,17 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     metrics.start(config.metrics_port)
     logger.info("nasblade operator: image %s, metrics on :%s", config.image, config.metrics_port or "off")
     ready.announce("operator", {"metrics": f"http://0.0.0.0:{config.metrics_port}/metrics" if config.metrics_port else None})
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Authenticate through pykube-ng only: the operator's one Kubernetes client library.
+
+    Without an explicit login handler kopf also tries the official ``kubernetes`` client (it is
+    installed for other tools), whose kubeconfig default is fixed when it is first imported;
+    one library, one login.
+    """
+    return kopf.login_via_pykube(**kwargs)
 
 
 @kopf.on.cleanup()
