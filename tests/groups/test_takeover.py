@@ -26,7 +26,7 @@ import pytest
 from conftest import NASBLADE, ArrayUp, as_json, dump_logs, expect, wait_for
 from nasblade.nfs import types as t
 from nasblade.rpc import message, record
-from nfsclient import AUTH, Client
+from rawnfs import AUTH, Client
 
 pytestmark = pytest.mark.component
 
