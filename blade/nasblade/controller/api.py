@@ -3,7 +3,8 @@
 The contract (paths, JSON shapes, status codes) is docs/control-api.md; ``OPENAPI`` below is
 the machine-readable form served at ``GET /v1/openapi.json``. The routes table ``ROUTES``
 maps (method, path) to a handler; two middlewares apply to every route: bearer-token
-authentication (``401``; fault injection additionally needs the admin token, ``403``) and
+authentication (``401``; fault injection and ``POST /v1/cache/hold`` additionally need the
+admin token, ``403``) and
 error mapping (``KeyError`` → ``404``, ``BadRequest`` → ``400`` ...), so every error is a JSON
 object with an ``"error"`` key. ``apiclient.ControlClient`` is the Python client.
 """
@@ -78,7 +79,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     is_user = is_admin or (bool(token) and hmac.compare_digest(given.encode(), token.encode()))  # type: ignore[union-attr]
     if not given or not is_user:
         return _error(401, "unauthorized", hint="send 'Authorization: Bearer <token>'")
-    if request.path.startswith("/v1/faults") and not is_admin:
+    admin_only = request.path.startswith("/v1/faults") or (
+        request.path == "/v1/cache/hold" and request.method != "GET")
+    if admin_only and not is_admin:
         return _error(403, "admin token required")
     return await handler(request)
 
@@ -236,6 +239,7 @@ async def get_cache(request: web.Request) -> web.Response:
     return web.json_response({"size": c.capacity, "used": c.used, "dirtyBytes": c.dirty_bytes,
                               "hits": c.stats.hits, "misses": c.stats.misses,
                               "dirtyRatio": c.dirty_ratio, "lineSize": cache_mod.LINE,
+                              "destageHeld": _engine(request).destage_held,
                               "hitRatio": c.stats.hits / total if total else 0.0})
 
 
@@ -277,6 +281,20 @@ async def delete_cache_records(request: web.Request) -> web.Response:
     for rid in [r.id for r in e.records.values() if r.client == client and (lu is None or r.lu == lu)]:
         del e.records[rid]
     return web.Response(status=204)
+
+
+def _hold_json(e: Engine) -> dict[str, Any]:
+    return {"hold": e.destage_held, "dirtyBytes": e.cache.dirty_bytes}
+
+
+async def get_cache_hold(request: web.Request) -> web.Response:
+    return web.json_response(_hold_json(_engine(request)))
+
+
+async def post_cache_hold(request: web.Request) -> web.Response:
+    e = _engine(request)
+    e.hold_destage(_field(await _body(request), "hold", bool))
+    return web.json_response(_hold_json(e))
 
 
 async def get_load(request: web.Request) -> web.Response:
@@ -357,6 +375,8 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", "/v1/cache/directory", get_cache_directory, "Cached ranges of an LU (?lu=NAME) and registered records"),
     ("POST", "/v1/cache/records", post_cache_records, "Register cache records {client, lu, ranges, state}"),
     ("DELETE", "/v1/cache/records", delete_cache_records, "Clear a client's records (?client=NAME[&lu=LU])"),
+    ("GET", "/v1/cache/hold", get_cache_hold, "Whether background destaging is held"),
+    ("POST", "/v1/cache/hold", post_cache_hold, "Hold or release background destaging {hold} (admin); FLUSH/FUA still destage"),
     ("GET", "/v1/load", get_load, "Load figures over a short window"),
     ("POST", "/v1/copy-jobs", post_copy_job, "Start a copy job"),
     ("GET", "/v1/copy-jobs", list_copy_jobs, "List copy jobs"),

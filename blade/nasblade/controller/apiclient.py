@@ -141,6 +141,14 @@ class ControlClient:
             query["lu"] = lu
         self.request("DELETE", "/v1/cache/records", query=query)
 
+    def cache_hold(self) -> dict[str, Any]:
+        """``{"hold": bool, "dirtyBytes": int}``: whether background destaging is held."""
+        return self.request("GET", "/v1/cache/hold")  # type: ignore[no-any-return]
+
+    def hold_destage(self, hold: bool = True) -> dict[str, Any]:
+        """Hold (or with ``False`` release) background destaging; needs the admin token."""
+        return self.request("POST", "/v1/cache/hold", {"hold": hold})  # type: ignore[no-any-return]
+
     def load(self) -> dict[str, Any]:
         return self.request("GET", "/v1/load")  # type: ignore[no-any-return]
 

@@ -128,6 +128,9 @@ class Engine:
         self.copy_hooks: list[CopyHook] = []
         self.on_lu_deleted: list[Callable[[str], None]] = []
         self._ids = itertools.count(1)
+        #: while True the background destager writes nothing back (``POST /v1/cache/hold``);
+        #: FLUSH, FUA, eviction and shutdown still destage, so durability is unchanged
+        self.destage_held = False
         #: large reads/writes and fsyncs run here so device I/O overlaps protocol work
         self.io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="devio")
 
@@ -292,11 +295,23 @@ class Engine:
             ):
                 del self.records[rec.id]
 
+    def hold_destage(self, hold: bool) -> None:
+        """Pause (``True``) or resume (``False``) the background destager.
+
+        Only the background task is paused: an NBD FLUSH still destages and fsyncs everything,
+        FUA writes still go through, a full cache still destages its eviction victims, and
+        shutdown still destages. Releasing lets the next destager pass (≤ ``interval``) run.
+        """
+        self.destage_held = hold
+
     async def destager(self, *, interval: float = 0.2, batch: int = 256) -> None:
-        """Background destaging: write dirty lines back in batches, keep the loop responsive."""
+        """Background destaging: write dirty lines back in batches, keep the loop responsive.
+
+        A pass is skipped while ``destage_held``; a batch already started finishes.
+        """
         while True:
             await asyncio.sleep(interval)
-            while self.cache.dirty:
+            while self.cache.dirty and not self.destage_held:
                 self.cache.destage(max_lines=batch)
                 await asyncio.sleep(0)
             self.clear_destaged_records()
