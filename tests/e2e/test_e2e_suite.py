@@ -7,6 +7,7 @@ Which steps of the issue run here is listed in docs/install.md ("End-to-end suit
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -119,9 +120,90 @@ def test_step2_clustergroup_children(kube: Kube, release: str, workload_ns: str)
         if cs["name"] == "block-processor") and len(pods()) == 2, timeout=180, interval=2)
 
 
+CLIENT_POD = "nfs-client"
+
+
+def _owner(kube: Kube, ns: str) -> str:
+    svc = kube.get("service", f"{ARRAY}-shared-nfs", namespace=ns)
+    assert svc is not None
+    return str(svc["spec"]["selector"]["nasblade.io/blade"])
+
+
+def _nfs_url(ns: str, path: str = "") -> str:
+    return f"nfs://{ARRAY}-shared-nfs.{ns}.svc/shared{path}?version=3"
+
+
+def _exec(kube: Kube, ns: str, *argv: str, timeout: float = 120) -> str:
+    return kube.kubectl("-n", ns, "exec", CLIENT_POD, "--", *argv, timeout=timeout).stdout
+
+
+def test_step2_clustergroup_ready(kube: Kube, release: str, workload_ns: str) -> None:
+    """2. The ClusterGroup reaches Ready=True; its printer columns are filled in; the file
+    system's NFS Service selects the blade that serves it."""
+
+    def ready() -> Any:
+        obj = kube.get("clustergroup", GROUP, namespace=workload_ns)
+        return obj if condition(obj, "Ready").get("status") == "True" else None
+
+    obj = kube.wait("ClusterGroup Ready=True", ready, timeout=300, interval=2,
+                    describe=lambda: condition(kube.get("clustergroup", GROUP, namespace=workload_ns), "Ready"))
+    row = printer_row(kube, "clustergroup", GROUP, namespace=workload_ns)
+    assert row["ARRAY"] == ARRAY and row["READY"] == "True"
+    assert row["BLADES"] == "2/2" and row["DEGRADED"] == "False"
+    assert obj["status"]["activeArea"] == "portion"  # the AREA column shows with -o wide
+    owner = _owner(kube, workload_ns)
+    eps = kube.json("-n", workload_ns, "get", "endpoints", f"{ARRAY}-shared-nfs")
+    targets = [a["targetRef"]["name"] for s in eps.get("subsets", []) for a in s.get("addresses", [])]
+    assert targets == [owner]
+
+
+def test_step3_client_pod_io(kube: Kube, release: str, workload_ns: str, images: list[str]) -> None:
+    """3. From a client pod (libnfs tools), write files through the file system's Service and
+    read them back: checksums equal."""
+    pod = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": CLIENT_POD, "labels": {"app.kubernetes.io/name": "nfs-client"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10002, "runAsGroup": 10002,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "client", "image": images[1], "imagePullPolicy": "IfNotPresent",
+                "command": ["sleep", "infinity"],
+                "securityContext": {"allowPrivilegeEscalation": False,
+                                    "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    }
+    kube.kubectl("-n", workload_ns, "apply", "-f", "-", stdin=json.dumps(pod))
+    kube.kubectl("-n", workload_ns, "wait", "--for=condition=Ready", f"pod/{CLIENT_POD}",
+                 "--timeout=120s", timeout=150)
+    _exec(kube, workload_ns, "sh", "-c",
+          "head -c 4194304 /dev/urandom > /tmp/big.bin && echo hello nasblade > /tmp/small.txt"
+          " && : > /tmp/empty")
+    # Ready=True says the owning blade runs; its block processor takes the file system over
+    # on its first cluster tick (nasblade.cluster.member), a few seconds later at most
+    kube.wait("the file system served through its Service", lambda: kube.kubectl(
+        "-n", workload_ns, "exec", CLIENT_POD, "--", "nfs-ls", _nfs_url(workload_ns), check=False,
+        timeout=60).returncode == 0, timeout=60, interval=2)
+    for name in ("big.bin", "small.txt", "empty"):
+        _exec(kube, workload_ns, "nfs-cp", f"/tmp/{name}", _nfs_url(workload_ns, f"/{name}"))
+    for name in ("big.bin", "small.txt", "empty"):
+        _exec(kube, workload_ns, "nfs-cp", _nfs_url(workload_ns, f"/{name}"), f"/tmp/back-{name}")
+    sums = _exec(kube, workload_ns, "sh", "-c", "cd /tmp && sha256sum big.bin back-big.bin small.txt "
+                 "back-small.txt empty back-empty").split()
+    digests = sums[0::2]
+    assert digests[0] == digests[1] and digests[2] == digests[3] and digests[4] == digests[5], sums
+    listing = _exec(kube, workload_ns, "nfs-ls", _nfs_url(workload_ns))
+    for name in ("big.bin", "small.txt", "empty"):
+        assert name in listing
+
+
 def test_step8_delete_everything(kube: Kube, release: str, workload_ns: str) -> None:
     """8. Delete everything; helm uninstall; nothing is left behind except the device PVCs
     the DiskArray's deletionPolicy (Retain) keeps, and the CRDs Helm never deletes."""
+    kube.kubectl("-n", workload_ns, "delete", "pod", CLIENT_POD, "--ignore-not-found", "--grace-period=1",
+                 timeout=120)  # step 3's client, not one of the examples
     kube.kubectl("-n", workload_ns, "delete", "-f", str(EXAMPLES), "--wait=true", timeout=300)
 
     def workload_left() -> list[str]:
