@@ -44,6 +44,10 @@ CLUSTER_CONFIG_ANNOTATION = f"{naming.GROUP}/cluster-config"
 #: The group's own backups are the operator's (``handlers._backups``, load-aware, recorded in
 #: the ClusterGroup status); the block processor's timer is set beyond any pod's life.
 _NO_MEMBER_BACKUPS = 10 * 365 * 86400.0
+#: Failover is the operator's (``plan.py``, pod readiness and heartbeat age); the block
+#: processors' own watch (``nasblade.cluster.member``) waits this many failure timeouts, a
+#: backstop while the operator is down, so the two never race for one file system.
+MEMBER_TIMEOUT_FACTOR = 10
 
 
 def group_selector(group: str) -> dict[str, str]:
@@ -122,7 +126,7 @@ def cluster_config(
         "groupIndex": portion,
         "members": [plan.blade_name(group, i) for i in range(count)],
         "heartbeatInterval": spec.heartbeat.interval,
-        "failureTimeout": spec.heartbeat.failure_timeout,
+        "failureTimeout": spec.heartbeat.failure_timeout * MEMBER_TIMEOUT_FACTOR,
         "procinfoLu": naming.LU_PROCESSOR_INFO,
         "backupLu": naming.LU_BACKUP,
         "portionSize": portion_size,
