@@ -8,12 +8,9 @@ Which steps of the issue run here is listed in docs/install.md ("End-to-end suit
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-from collections.abc import Callable
 from typing import Any
 
-import nbcluster
 import pytest
 from e2elib import CHART, IMAGE, RELEASE_NS, REPO, Kube, condition
 
@@ -22,9 +19,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.tier2]
 ARRAY = "demo"        # examples/diskarray.yaml
 GROUP = "nas"         # examples/clustergroup.yaml
 EXAMPLES = REPO / "examples"
-#: Figures the steps measured (printed with ``-s``; the interruption of step 4 is its
-#: client's ``maxGapSeconds``).
-RESULTS: dict[str, Any] = {}
 
 
 def printer_row(kube: Kube, kind: str, name: str, *, namespace: str) -> dict[str, str]:
@@ -203,68 +197,6 @@ def test_step3_client_pod_io(kube: Kube, release: str, workload_ns: str, images:
     listing = _exec(kube, workload_ns, "nfs-ls", _nfs_url(workload_ns))
     for name in ("big.bin", "small.txt", "empty"):
         assert name in listing
-
-
-def _run_writer_through(kube: Kube, ns: str, *, path: str, duration: float,
-                        disrupt: Callable[[], None]) -> dict[str, Any]:
-    """Start the long-running writer in the client pod, call ``disrupt`` once it has written
-    for a few seconds, and return the writer's figures after checking every acknowledged
-    record is on the file system."""
-    argv = [str(nbcluster.k8s_bin("kubectl")), "-n", ns, "exec", CLIENT_POD, "--", "python3",
-            "/opt/client/nfsclient.py", "writer", "--url", _nfs_url(ns), "--path", path,
-            "--duration", str(duration), "--grace", "60"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=kube.env)
-    try:
-        time.sleep(8)
-        assert proc.poll() is None, proc.communicate()
-        disrupt()
-        out, err = proc.communicate(timeout=duration + 120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
-    figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    assert figures["stuckSeconds"] == 0, figures
-    assert figures["acked"] > 0, figures
-    check = json.loads(_exec(kube, ns, "python3", "/opt/client/nfsclient.py", "verify", "--url",
-                             _nfs_url(ns), "--path", path, "--count", str(figures["acked"])))
-    assert check["missing"] == 0, check
-    return figures
-
-
-def _blades_ready(kube: Kube, ns: str) -> bool:
-    obj = kube.get("clustergroup", GROUP, namespace=ns)
-    if obj is None:
-        return False
-    return (obj.get("status") or {}).get("bladesReady") == "2/2" and \
-        condition(obj, "Ready").get("status") == "True"
-
-
-def test_step4a_delete_owning_blade_pod(kube: Kube, release: str, workload_ns: str) -> None:
-    """4. Delete the owning blade's pod with zero grace: the Service moves to the survivor,
-    the client continues with the same handle, every acknowledged write is there, and the
-    failed blade is replaced. The interruption the client saw is recorded."""
-    owner = _owner(kube, workload_ns)
-
-    def kill() -> None:
-        kube.kubectl("-n", workload_ns, "delete", "pod", owner, "--grace-period=0", "--force",
-                     "--wait=false")
-
-    figures = _run_writer_through(kube, workload_ns, path="/failover-pod.dat", duration=45,
-                                  disrupt=kill)
-    RESULTS["step4_pod_delete"] = figures
-    print(f"step 4 (pod deleted): {json.dumps(figures)}")
-    # the replacement pod has the failed one's name (blade index), and automatic give-back
-    # may already have moved the file system home: the move is in the group's history
-    obj = kube.get("clustergroup", GROUP, namespace=workload_ns)
-    assert obj is not None
-    moves = [f for f in obj["status"].get("failovers", []) if f["fileSystem"] == "shared"]
-    assert any(f["reason"] == "Failover" and f["from"] == owner and f["to"] != owner for f in moves), moves
-    kube.wait("the failed blade to be replaced (2/2 Ready)", lambda: _blades_ready(kube, workload_ns),
-              timeout=240, interval=3)
-    kube.wait("the file system back on its home blade", lambda: _owner(kube, workload_ns) == owner,
-              timeout=120, interval=2)
 
 
 def test_step8_delete_everything(kube: Kube, release: str, workload_ns: str) -> None:
