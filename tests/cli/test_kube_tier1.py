@@ -25,7 +25,7 @@ import pytest
 pytestmark = pytest.mark.tier1
 SVG = "{http://www.w3.org/2000/svg}"
 FS = [{"name": "home", "size": "64Mi", "clusterGroup": "g1", "exports": [{"clients": ["10.0.0.0/8"]}]},
-      {"name": "scratch", "size": "32Mi", "clusterGroup": "g1"}]
+      {"name": "scratch", "size": "48Mi", "clusterGroup": "g1"}]  # mkfs needs 48 MiB
 ARRAY = {"apiVersion": "nasblade.io/v1alpha1", "kind": "DiskArray", "metadata": {"name": "a1"},
          "spec": {"devices": {"count": 2, "size": "1Gi"}, "fileSystems": FS,
                   "areas": {"programSize": "16Mi", "processorInfoSize": "8Mi", "backupSize": "8Mi", "portions": 4}}}

@@ -76,10 +76,17 @@ def test_diskarray_refuses_what_does_not_fit() -> None:
 
 
 def test_diskarray_duplicate_file_system_and_small_portions() -> None:
-    fs = {"name": "a", "size": "1Mi", "clusterGroup": "g"}
+    fs = {"name": "a", "size": "64Mi", "clusterGroup": "g"}
     with pytest.raises(InvalidSpec) as exc:
         da_spec.parse(array(fileSystems=[fs, fs], areas={"processorInfoSize": "4Mi", "portions": 8, "backupSize": "2Mi"}))
     assert set(paths(exc)) == {"spec.fileSystems[1].name", "spec.areas.processorInfoSize", "spec.areas.backupSize"}
+
+
+def test_diskarray_refuses_a_file_system_too_small_to_format() -> None:
+    with pytest.raises(InvalidSpec) as exc:
+        da_spec.parse(array(fileSystems=[{"name": "tiny", "size": "32Mi", "clusterGroup": "g1"}]))
+    assert paths(exc) == ["spec.fileSystems[0].size"]
+    assert "at least 48Mi" in str(exc.value)
 
 
 def test_clustergroup_defaults_and_errors() -> None:

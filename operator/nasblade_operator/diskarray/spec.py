@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from nasblade.fs import layout as fs_layout
+
 from nasblade_operator import validation
 
 MIB = 2**20
@@ -177,6 +179,8 @@ def _file_systems(c: validation.Collector, items: Any) -> tuple[FileSystem, ...]
             c.add(f"{path}.name", f"{name!r} is declared twice")
         seen.add(name)
         size = c.quantity(f"{path}.size", item.get("size", ""))
+        if size and size < fs_layout.MIN_SIZE:
+            c.add(f"{path}.size", f"must be at least {fs_layout.MIN_SIZE // MIB}Mi (the file system's metadata and journal regions)")
         group = str(item.get("clusterGroup") or "")
         if not group:
             c.add(f"{path}.clusterGroup", "names the ClusterGroup that serves this file system; it is required")
