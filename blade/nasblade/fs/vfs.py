@@ -29,7 +29,27 @@ _SQLITE_IOCAP_POWERSAFE_OVERWRITE = 0x1000
 _counter = itertools.count(1)
 
 
-class RegionFile:
+class _SingleProcessFile:
+    """What both file kinds answer alike: one process opens the database, so locks are no-ops;
+    no file controls; 4 KiB sectors."""
+
+    def xLock(self, level: int) -> None:
+        return None
+
+    def xUnlock(self, level: int) -> None:
+        return None
+
+    def xCheckReservedLock(self) -> bool:
+        return False
+
+    def xFileControl(self, op: int, ptr: int) -> bool:
+        return False
+
+    def xSectorSize(self) -> int:
+        return 4096
+
+
+class RegionFile(_SingleProcessFile):
     """One SQLite file stored in a region of the device."""
 
     def __init__(self, dev: BlockDevice, *, offset: int, length: int) -> None:
@@ -77,21 +97,6 @@ class RegionFile:
     def xFileSize(self) -> int:
         return self.size
 
-    def xLock(self, level: int) -> None:
-        return None
-
-    def xUnlock(self, level: int) -> None:
-        return None
-
-    def xCheckReservedLock(self) -> bool:
-        return False
-
-    def xFileControl(self, op: int, ptr: int) -> bool:
-        return False
-
-    def xSectorSize(self) -> int:
-        return 4096
-
     def xDeviceCharacteristics(self) -> int:
         return _SQLITE_IOCAP_POWERSAFE_OVERWRITE
 
@@ -105,7 +110,7 @@ class RegionFile:
             self.dev.flush()
 
 
-class MemoryFile:
+class MemoryFile(_SingleProcessFile):
     """A temporary file kept in memory (SQLite temp files, statement journals)."""
 
     def __init__(self) -> None:
@@ -128,21 +133,6 @@ class MemoryFile:
 
     def xFileSize(self) -> int:
         return len(self.data)
-
-    def xLock(self, level: int) -> None:
-        return None
-
-    def xUnlock(self, level: int) -> None:
-        return None
-
-    def xCheckReservedLock(self) -> bool:
-        return False
-
-    def xFileControl(self, op: int, ptr: int) -> bool:
-        return False
-
-    def xSectorSize(self) -> int:
-        return 4096
 
     def xDeviceCharacteristics(self) -> int:
         return 0
