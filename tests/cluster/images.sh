@@ -18,6 +18,13 @@ tarname() { echo "$IMG_CACHE/$(echo "$1" | tr '/:' '__').tar"; }
 
 ensure_dockerd() {
   if "$DOCKER" info >/dev/null 2>&1; then return 0; fi
+  # A machine that was stopped without shutting its daemons down keeps their socket files; dockerd
+  # would dial a dead containerd socket and give up ("failed to dial ... containerd.sock").
+  if [ -S "$CONTAINERD_SOCK" ] && ! ctr -a "$CONTAINERD_SOCK" version >/dev/null 2>&1; then
+    log "containerd: removing the stale socket $CONTAINERD_SOCK (no containerd answers on it)"
+    rm -f "$CONTAINERD_SOCK" "$CONTAINERD_SOCK.ttrpc"
+  fi
+  [ -S /var/run/docker.sock ] && rm -f /var/run/docker.sock
   log "dockerd: starting (no bridge, no iptables: use 'docker build --network host')"
   # No docker0 bridge and no iptables rules: docker's FORWARD DROP policy would break pod traffic.
   setsid nohup dockerd --iptables=false --ip-masq=false --bridge=none \
