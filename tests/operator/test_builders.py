@@ -96,3 +96,31 @@ def test_blade_pod_and_nfs_service() -> None:
     assert svc["spec"]["selector"] == {naming.L_GROUP: "g1", naming.L_BLADE: "g1-blade-1"}
     assert svc["spec"]["selector"].items() <= labels.items()
     assert {p["port"] for p in svc["spec"]["ports"]} == {2049, 20048, 111}
+
+
+def _restricted(pod_spec: dict[str, object]) -> list[str]:
+    """What in a pod spec breaks the Pod Security "restricted" profile (v1.33 rules)."""
+    problems = []
+    psc = pod_spec.get("securityContext") or {}
+    assert isinstance(psc, dict)
+    if psc.get("runAsNonRoot") is not True:
+        problems.append("pod: runAsNonRoot")
+    if (psc.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+        problems.append("pod: seccompProfile")
+    for c in pod_spec["containers"]:  # type: ignore[attr-defined]
+        sc = c.get("securityContext") or {}
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{c['name']}: allowPrivilegeEscalation")
+        if (sc.get("capabilities") or {}).get("drop") != ["ALL"]:
+            problems.append(f"{c['name']}: capabilities.drop")
+        if sc.get("privileged"):
+            problems.append(f"{c['name']}: privileged")
+    return problems
+
+
+def test_controller_and_blade_pods_meet_the_restricted_profile() -> None:
+    sts = da_builders.controller_statefulset("a1", ARRAY, image="nasblade/nasblade:t")
+    assert _restricted(sts["spec"]["template"]["spec"]) == []
+    pod = cg_builders.blade_pod(group="g1", namespace="ns", index=0, spec=GROUP, portion=0, portion_size=2**20,
+                                version="1", image="img:1", file_systems=ARRAY.file_systems_of("g1"))
+    assert _restricted(pod["spec"]) == []

@@ -257,7 +257,8 @@ def blade_pod(
             "hostname": name,
             "restartPolicy": "Always",
             "terminationGracePeriodSeconds": 30,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [block_processor, file_processor],
             "volumes": [
                 {"name": "sockets", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},

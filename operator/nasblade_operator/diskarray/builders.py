@@ -109,7 +109,8 @@ def controller_statefulset(array: str, spec: DiskArraySpec, *, image: str) -> di
         "metadata": {"labels": labels(array)},
         "spec": {
             "terminationGracePeriodSeconds": 60,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [container],
             "volumes": [{"name": "token", "secret": {"secretName": naming.token_secret_name(array)}}],
         },
