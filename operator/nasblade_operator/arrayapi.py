@@ -1,10 +1,11 @@
 """Everything the operator asks of an array's controller, in one module.
 
 Talks to the control API (HTTP + JSON, bearer token; contract in docs/control-api.md) with
-aiohttp so the kopf event loop never waits on a thread, and seeds the program LU over NBD
-with the data plane's own ``nasblade.program`` code (in a worker thread). Handlers call the
-functions here and see ``ArrayUnavailable`` (transient: retry later) or ``ArrayRefused``
-(the controller said no, e.g. no space: the user must act).
+aiohttp so the kopf event loop never waits on a thread, and reaches LUs over NBD with the
+data plane's own code (in a worker thread): ``nasblade.program`` seeds the program LU,
+``nasblade.fs`` formats file-system LUs. Handlers call the public functions and methods here
+(never ``ArrayAPI._request``) and see ``ArrayUnavailable`` (transient: retry later) or
+``ArrayRefused`` (the controller said no, e.g. no space: the user must act).
 """
 
 from __future__ import annotations
@@ -117,6 +118,14 @@ class ArrayAPI:
                 changed.append(name)
         return changed
 
+    async def delete_lu(self, name: str) -> None:
+        """Delete an LU; an LU that is already gone (404) counts as deleted."""
+        try:
+            await self._request("DELETE", f"/lus/{name}")
+        except ArrayRefused as exc:
+            if exc.status != 404:
+                raise
+
     async def figures(self) -> Figures:
         load, cache = await asyncio.gather(self._request("GET", "/load"), self._request("GET", "/cache"))
         mbps = load.get("mbps") or {}
@@ -168,6 +177,38 @@ async def seed_program(nbd: str, *, version: str) -> bool:
         return await asyncio.to_thread(_seed_sync, nbd, version)
     except (OSError, ConnectionError) as exc:
         raise ArrayUnavailable(f"seeding the program LU over nbd://{nbd}: {exc}") from exc
+
+
+def _format_errors() -> tuple[type[BaseException], ...]:
+    """What formatting an LU over NBD can raise: socket and NBD errors (``OSError``, including
+    ``NBDError``), an NBD protocol violation, SQLite errors from the metadata store, and the
+    file-system layout refusing the device (too small). Imported late, like the rest of the
+    data plane, so the operator loads only what it uses."""
+    import apsw
+    from nasblade.fs import layout
+    from nasblade.nbd import proto
+
+    return (OSError, proto.ProtocolError, apsw.Error, layout.LayoutError)
+
+
+def _mkfs_sync(nbd: str, lu: str, *, root_mode: int) -> None:
+    from nasblade.fs import fs as fsmod
+    from nasblade.nbd.client import NBDBlockDevice
+
+    with NBDBlockDevice.connect(f"nbd://{nbd}/{lu}") as dev:
+        fsmod.mkfs(dev, root_mode=root_mode)
+        dev.flush()
+
+
+async def format_filesystem(nbd: str, lu: str, *, root_mode: int) -> None:
+    """Make an empty nasblade file system on ``lu`` (``nasblade.fs.fs.mkfs``, in a worker thread).
+
+    Raises ``ArrayUnavailable`` when the LU cannot be reached or written.
+    """
+    try:
+        await asyncio.to_thread(_mkfs_sync, nbd, lu, root_mode=root_mode)
+    except _format_errors() as exc:
+        raise ArrayUnavailable(f"formatting LU {lu} over nbd://{nbd}: {exc or type(exc).__name__}") from exc
 
 
 _tokens: dict[tuple[str, str], str] = {}

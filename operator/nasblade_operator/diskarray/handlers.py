@@ -19,7 +19,6 @@ creates and formats it anew.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
 from collections.abc import Mapping
@@ -221,23 +220,14 @@ async def _provision(
 ROOT_MODE = 0o1777
 
 
-def _mkfs_sync(nbd: str, lu: str) -> None:
-    from nasblade.fs import fs as fsmod
-    from nasblade.nbd.client import NBDBlockDevice
-
-    with NBDBlockDevice.connect(f"nbd://{nbd}/{lu}") as dev:
-        fsmod.mkfs(dev, root_mode=ROOT_MODE)
-        dev.flush()
-
-
 async def _format_new(api: arrayapi.ArrayAPI, nbd: str, lus: list[str]) -> None:
     """Format the file-system LUs this pass created; on failure delete them (still blank)."""
     for lu in lus:
         try:
-            await asyncio.to_thread(_mkfs_sync, nbd, lu)
-        except Exception as exc:  # NBD, apsw or layout error: the LU is unusable and still blank
-            await api._request("DELETE", f"/lus/{lu}")
-            raise arrayapi.ArrayUnavailable(f"formatting LU {lu} over nbd://{nbd}: {exc}") from exc
+            await arrayapi.format_filesystem(nbd, lu, root_mode=ROOT_MODE)
+        except arrayapi.ArrayUnavailable:
+            await api.delete_lu(lu)
+            raise
 
 
 def _not_ready(status: Mapping[str, Any], patch: kopf.Patch, *, generation: int, reason: str, message: str) -> None:
