@@ -25,6 +25,8 @@ L_FILESYSTEM = "nasblade.io/file-system"
 
 # Annotations users set on a ClusterGroup.
 A_BACKUP_NOW = "nasblade.io/backup-now"
+#: ``{"fileSystem": FS, "to": BLADE, "id": ID}``: a planned move (``nasblade takeover``/``giveback``).
+A_MOVE_REQUEST = "nasblade.io/move-request"
 
 CONTROL_PORT = 8080
 NBD_PORT = 10809

@@ -109,13 +109,42 @@ def test_kubectl_nas_against_the_operator(
         events = json.loads(plugin(tier1_kubeconfig, "events", "-n", namespace, "-o", "json").stdout)
         assert any(e["kind"] == "BackupSucceeded" and e["object"] == "ClusterGroup/g1" for e in events)
 
-        # takeover: the dry run answers from the status; the move itself is not offered by the operator
+        # takeover: the dry run answers from the status; the operator makes the move and pins it
         owner = {f["name"]: f["blade"] for f in snap["fileSystems"]}["home"]
         peer = next(b["name"] for b in g["blades"] if b["name"] != owner)
         dry = plugin(tier1_kubeconfig, "takeover", "home", "--to", peer, "--dry-run", "-n", namespace)
         assert dry.returncode == 0, dry.stdout + dry.stderr
-        move = plugin(tier1_kubeconfig, "takeover", "home", "--to", peer, "-n", namespace)
-        assert move.returncode == 2 and "takes no planned-move request" in move.stderr
+        move = plugin(tier1_kubeconfig, "takeover", "home", "--to", peer, "-n", namespace, "-o", "json", "--timeout", "60")
+        assert move.returncode == 0, move.stdout + move.stderr
+        assert json.loads(move.stdout)["blade"] == peer
+        assert blades.of("release")[-1][::2] == (owner, "home") and blades.of("takeover")[-1][::2] == (peer, "home")
+        fs_status = {f["name"]: f for f in kubectl.get("clustergroup", "g1")["status"]["fileSystems"]}
+        assert fs_status["home"]["blade"] == peer and fs_status["home"]["pinnedTo"] == peer
+        svc = kubectl.get("service", fs_status["home"]["service"])
+        assert svc is not None and svc["spec"]["selector"]["nasblade.io/blade"] == peer
+        cg = kubectl.get("clustergroup", "g1")
+        assert "nasblade.io/move-request" not in (cg["metadata"].get("annotations") or {})
+        assert cg["status"]["lastMoveRequest"]["result"] == "Succeeded"
+
+        # a request the operator cannot carry out is refused with the reason, and the annotation removed
+        bad_request = json.dumps({"fileSystem": "home", "to": "g1-blade-9", "id": "bad1"})
+        kubectl("annotate", "clustergroup", "g1", f"nasblade.io/move-request={bad_request}")
+        refused = wait_until("the refusal", lambda: (kubectl.get("clustergroup", "g1") or {}).get("status", {})
+                             .get("lastMoveRequest", {}).get("id") == "bad1" and kubectl.get("clustergroup", "g1"))
+        assert refused["status"]["lastMoveRequest"]["result"] == "Refused"
+        assert "no blade 'g1-blade-9'" in refused["status"]["lastMoveRequest"]["message"]
+        wait_until("the annotation removed", lambda: "nasblade.io/move-request" not in
+                   ((kubectl.get("clustergroup", "g1") or {})["metadata"].get("annotations") or {"nasblade.io/move-request": 1}))
+        events = json.loads(plugin(tier1_kubeconfig, "events", "-n", namespace, "-o", "json").stdout)
+        assert any(e["kind"] == "MoveRefused" and "g1-blade-9" in e["message"] for e in events)
+        # the passes since the move did not give the pinned file system back
+        assert {f["name"]: f["blade"] for f in refused["status"]["fileSystems"]}["home"] == peer
+
+        # giveback: home again, the pin removed
+        back = plugin(tier1_kubeconfig, "giveback", "home", "-n", namespace, "--timeout", "60")
+        assert back.returncode == 0, back.stdout + back.stderr
+        fs_status = {f["name"]: f for f in kubectl.get("clustergroup", "g1")["status"]["fileSystems"]}
+        assert fs_status["home"]["blade"] == owner and "pinnedTo" not in fs_status["home"]
 
         # rollout: spec.software.version, then every blade on the new version
         roll = plugin(tier1_kubeconfig, "software", "rollout", "0.2.0", "--force", "-n", namespace, "-o", "json",

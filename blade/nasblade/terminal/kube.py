@@ -12,8 +12,10 @@ controller are inside the cluster and are read through the status the operator k
 Operations are the ones the operator takes from the API: an on-demand backup is the
 ``nasblade.io/backup-now`` annotation on the ClusterGroup (followed in
 ``status.backups.history``); a rollout is ``spec.software.version`` of the DiskArray
-(followed in the blades' versions). The operator takes no planned-move request yet, so
-``takeover``/``giveback`` answer ``NotAvailable`` on Kubernetes (their dry run works).
+(followed in the blades' versions); a planned move (``takeover``/``giveback``) is the
+``nasblade.io/move-request`` annotation ``{"fileSystem", "to", "id"}`` on the ClusterGroup,
+answered in ``status.lastMoveRequest`` (same id: ``Succeeded`` or ``Refused`` with the reason)
+and followed in ``status.fileSystems[].blade``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-from nasblade.terminal.errors import NotAvailable, TerminalError, Unreachable, UsageError
+from nasblade.terminal.errors import TerminalError, Unreachable, UsageError
 from nasblade.terminal.model import (
     LU,
     Area,
@@ -42,6 +45,7 @@ from nasblade.terminal.source import BackupProgress, BackupRequest
 
 API = "nasblade.io/v1alpha1"
 BACKUP_NOW = "nasblade.io/backup-now"
+MOVE_REQUEST = "nasblade.io/move-request"
 STATES: dict[str, tuple[BladeState, str]] = {
     "Running": ("ok", ""),
     "Suspect": ("suspect", "pod not Ready"),
@@ -329,8 +333,22 @@ class KubeSource:
         return None  # blades are inside the cluster; the operator's status is the whole answer
 
     def move(self, fs: str, *, to: str, snapshot: Snapshot) -> dict[str, Any]:
-        raise NotAvailable("the operator takes no planned-move request yet: it moves file systems on failure, "
-                           "give-back and rollout only (use --dry-run to check a takeover)")
+        """Ask the operator for the move: the ``move-request`` annotation on the file system's group."""
+        group = next((f["group"] for f in snapshot["fileSystems"] if f["name"] == fs), "")
+        if not group:
+            raise UsageError(f"file system {fs} belongs to no ClusterGroup yet; nothing can take it over")
+        request = {"fileSystem": fs, "to": to, "id": uuid.uuid4().hex[:12]}
+        self._patch("clustergroups", group, what="ClusterGroup",
+                    patch={"metadata": {"annotations": {MOVE_REQUEST: json.dumps(request)}}})
+        return {**request, "group": group, "annotation": MOVE_REQUEST}
+
+    def move_refused(self, move: dict[str, Any]) -> str | None:
+        """The operator's reason when it refused ``move`` (None while it has not)."""
+        cg = self._get("clustergroups", str(move["group"]), what="ClusterGroup")
+        last = cg.get("status", {}).get("lastMoveRequest") or {}
+        if last.get("id") == move.get("id") and last.get("result") == "Refused":
+            return str(last.get("message") or "refused")
+        return None
 
     def rollout(self, version: str, *, array: str | None, force: bool = False) -> dict[str, Any]:
         arrays = self._list("diskarrays")

@@ -526,6 +526,9 @@ class StandaloneSource:
         result: dict[str, Any] = {"fileSystem": fs, "to": to, "answer": answer}
         return result
 
+    def move_refused(self, move: dict[str, Any]) -> str | None:
+        return None  # ``move`` asked the target blade itself, which refuses with an error at once
+
     def rollout(self, version: str, *, array: str | None, force: bool = False) -> dict[str, Any]:
         raise NotAvailable(
             "a standalone array has no rolling restart of its blades: select the version with "

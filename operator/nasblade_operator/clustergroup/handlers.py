@@ -38,6 +38,7 @@ from nasblade_operator import (
 from nasblade_operator.clustergroup import builders
 from nasblade_operator.clustergroup import plan as planner
 from nasblade_operator.clustergroup import spec as cg_spec
+from nasblade_operator.diskarray import formatting
 from nasblade_operator.diskarray import spec as da_spec
 from nasblade_operator.validation import InvalidSpec
 
@@ -75,6 +76,16 @@ async def nfs_services(namespace: str | None, name: str, body: kopf.Body, labels
     namespace = namespace or ""
     wakeups.wake_group(namespace, labels[naming.L_GROUP])
     return {(namespace, name): _service_summary(body)}
+
+
+@kopf.index(*RESOURCE)
+async def group_requests(namespace: str | None, name: str, annotations: kopf.Annotations, **_: Any) -> dict[tuple[str, str], list[str]]:
+    """(namespace, group) -> the request annotations it carries; wakes its daemon when it has one,
+    so ``nasblade takeover`` and ``nasblade backup`` start at once rather than at the next deadline."""
+    asked = sorted(a for a in (naming.A_MOVE_REQUEST, naming.A_BACKUP_NOW) if a in annotations)
+    if asked:
+        wakeups.wake_group(namespace or "", name)
+    return {(namespace or "", name): asked}
 
 
 def _one(index: kopf.Index[Any, Any], key: tuple[str, str]) -> dict[str, Any] | None:
@@ -305,6 +316,46 @@ async def _probe(namespace: str, *, array: str, summaries: Mapping[int, Mapping[
             rt.heartbeats.pop(blade, None)  # unknown: the pod's readiness decides
 
 
+async def _move_request(
+    body: kopf.Body, *, name: str, namespace: str, status: Mapping[str, Any], rt: Runtime,
+) -> planner.MoveRequest | None:
+    """The planned move the ``move-request`` annotation asks for, if it is new and well-formed.
+
+    A malformed one is refused here (Event + ``status.lastMoveRequest``); one already answered
+    (the operator stopped between recording the answer and removing the annotation) is removed.
+    """
+    text = (body.metadata.get("annotations") or {}).get(naming.A_MOVE_REQUEST)
+    if text is None:
+        return None
+    parsed = planner.parse_move_request(str(text))
+    last = status.get("lastMoveRequest") or {}
+    if isinstance(parsed, planner.MoveRequest):
+        if last.get("id") != parsed.id or last.get("result") not in ("Succeeded", "Refused"):
+            return parsed
+    else:
+        refused = planner.RequestOutcome(request=planner.MoveRequest(id="", fs="", to=""), result="Refused", message=parsed)
+        record = _request_record(body, refused)
+        await kube.client().patch("ClusterGroup", name, {"status": {"lastMoveRequest": record}},
+                                  namespace=namespace, subresource="status")
+        rt.status = {**(rt.status or {}), "lastMoveRequest": record}
+    await _clear_move_request(name=name, namespace=namespace)
+    return None
+
+
+def _request_record(body: kopf.Body, outcome: planner.RequestOutcome) -> dict[str, Any]:
+    """``status.lastMoveRequest`` for an answered request (a refusal also gets a Warning Event)."""
+    req = outcome.request
+    if outcome.result == "Refused":
+        events.warning(body, "MoveRefused", f"planned move of {req.fs or '?'} to {req.to or '?'} refused: {outcome.message}")
+    return {"id": req.id, "fileSystem": req.fs, "to": req.to, "result": outcome.result, "message": outcome.message[:500],
+            "time": conditions.now_rfc3339()}
+
+
+async def _clear_move_request(*, name: str, namespace: str) -> None:
+    await kube.client().patch("ClusterGroup", name, {"metadata": {"annotations": {naming.A_MOVE_REQUEST: None}}},
+                              namespace=namespace)
+
+
 def _status(body: kopf.Body, rt: Runtime) -> dict[str, Any]:
     """The group's status as this daemon last wrote it, over what the (possibly stale) body says."""
     return {**body.get("status", {}), **(rt.status or {})}
@@ -335,9 +386,12 @@ async def _pass(
         return settings.current().status_interval  # the DiskArray's own handler reported it
     file_systems = da.file_systems_of(name)
     fs_names = [f.name for f in file_systems]
+    # Blades are handed a file system only once the DiskArray records it as formatted.
+    unformatted = {f.name for f in file_systems} - formatting.formatted_names(array["status"])
     now = datetime.datetime.now(datetime.UTC)
     summaries = {int(s["index"]): s for s in pods.get((namespace, name), [])}
     await _probe(namespace, array=spec.disk_array, summaries=summaries, rt=rt)
+    request = await _move_request(body, name=name, namespace=namespace, status=status, rt=rt)
     observed = planner.Observed(
         group=name,
         count=spec.blades.count,
@@ -349,6 +403,8 @@ async def _pass(
         automatic_failover=spec.failover.policy == "Automatic",
         automatic_give_back=spec.failover.give_back == "Automatic",
         known=frozenset(rt.seen_ready),
+        pins={f["name"]: f["pinnedTo"] for f in status.get("fileSystems", []) if f.get("pinnedTo")},
+        request=request,
     )
     p = planner.plan(observed)
     for blade, state in p.states.items():
@@ -362,13 +418,21 @@ async def _pass(
     failovers: list[dict[str, Any]] = []
     down_for = {pod.name: pod.not_ready_for for pod in observed.pods.values()}
     act = _Actor(body, name=name, namespace=namespace, spec=spec, da=da, summaries=summaries, rt=rt, down_for=down_for)
+    outcome = p.request
+    pins = dict(observed.pins) if outcome is not None and outcome.result == "Moving" else dict(p.pins)
     try:
         for action in p.actions:
+            if unformatted and (isinstance(action, planner.CreatePod)
+                                or (isinstance(action, planner.MoveFileSystem) and action.fs in unformatted)):
+                continue  # diskarray/formatting.py: not before mkfs has run and been recorded
             record = await act.do(action, file_systems=file_systems)
             if isinstance(action, planner.MoveFileSystem):
                 owners[action.fs] = action.target
                 if record:
                     failovers.append(record)
+                if action.reason == "Planned" and outcome is not None:  # the move asked for is done
+                    outcome = dataclasses.replace(outcome, result="Succeeded")
+                    pins = dict(p.pins)
     finally:
         await _sync_services(body, name=name, namespace=namespace, array=spec.disk_array, owners=owners,
                              services=services)
@@ -377,7 +441,10 @@ async def _pass(
         array_ready = conditions.is_true(array["status"].get("conditions", []), conditions.READY)
         await _write_status(body, name=name, namespace=namespace, spec=spec, plan=p, owners=owners, array_ready=array_ready,
                             fs_names=fs_names, summaries=summaries, failovers=failovers, backups=backups,
-                            version=da.software_version, rt=rt)
+                            version=da.software_version, rt=rt, pins=pins,
+                            move_request=_request_record(body, outcome) if outcome and outcome.result != "Moving" else None)
+        if outcome is not None and outcome.result != "Moving":
+            await _clear_move_request(name=name, namespace=namespace)
     return _next_deadline(spec, observed, plan=p, status=_status(body, rt), rt=rt)
 
 
@@ -470,7 +537,7 @@ class _Actor:
         metrics.FAILOVERS.labels(m.reason).inc()
         if m.reason == "Failover":
             metrics.FAILOVER_SECONDS.observe(seconds)
-        reason = {"Failover": "FailedOver", "GiveBack": "GaveBack"}.get(m.reason, "HandedOver")
+        reason = {"Failover": "FailedOver", "GiveBack": "GaveBack", "Planned": "Moved"}.get(m.reason, "HandedOver")
         events.normal(self.body, reason, f"file system {m.fs}: {m.source} -> {m.target} ({m.reason}, {seconds:.2f}s)")
         return {"fileSystem": m.fs, "from": m.source, "to": m.target, "reason": m.reason,
                 "time": conditions.now_rfc3339(), "durationSeconds": round(seconds, 3)}
@@ -614,6 +681,7 @@ async def _write_status(
     body: kopf.Body, *, name: str, namespace: str, spec: cg_spec.ClusterGroupSpec, plan: planner.Plan,
     owners: Mapping[str, str], fs_names: list[str], summaries: Mapping[int, Mapping[str, Any]],
     failovers: list[dict[str, Any]], backups: dict[str, Any] | None, version: str, rt: Runtime, array_ready: bool,
+    pins: Mapping[str, str], move_request: dict[str, Any] | None,
 ) -> None:
     """Patch status only when something changed (no API request on an idle pass)."""
     old = _status(body, rt)
@@ -676,7 +744,7 @@ async def _write_status(
         "blades": blades,
         "fileSystems": [
             {"name": fs, "blade": owners[fs], "homeBlade": planner.home_of(name, fs_names, fs, spec.blades.count),
-             "service": naming.nfs_service_name(spec.disk_array, fs)}
+             "service": naming.nfs_service_name(spec.disk_array, fs), **({"pinnedTo": pins[fs]} if fs in pins else {})}
             for fs in fs_names
         ],
         "activeArea": rt.active_area,
@@ -686,6 +754,8 @@ async def _write_status(
         new["failovers"] = [*old.get("failovers", []), *failovers][-20:]
     if backups is not None:
         new["backups"] = backups
+    if move_request is not None:
+        new["lastMoveRequest"] = move_request
     if rt.rolling and not plan.rolling:
         events.normal(body, "Upgraded", f"every blade runs software {version}")
     rt.rolling = plan.rolling

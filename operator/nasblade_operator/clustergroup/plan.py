@@ -16,23 +16,32 @@ Rules, in the order they are applied:
 2. Failover (policy Automatic): every file system whose owner is Failed moves to the Running
    blade that serves the fewest file systems (lowest index on ties). No survivor: it waits.
 3. Failed pods are deleted once they own nothing; missing pods are created (desired version).
-4. Give-back (policy Automatic): a file system away from its home blade returns once the home
-   blade is Running and no rollout step is under way.
-5. Rollout: when every blade is Running and no file system is away from home, the lowest
+4. A planned move (``nasblade takeover FS --to BLADE``: the ``nasblade.io/move-request``
+   annotation, parsed by ``parse_move_request``) is checked against what rules 1-3 left: the
+   file system and the blade must exist in this group and the target must be Running, else it
+   is refused with the reason. A move to a blade other than the home blade pins the file
+   system there (``pins``): from then on the pinned blade stands in for the home blade in
+   rules 5 and 6. A move to the home blade (``giveback FS``) removes the pin. Failover away
+   from a pinned blade still happens (rule 2); the file system returns to the pinned blade.
+5. Give-back (policy Automatic): a file system away from its preferred blade (pin, else home)
+   returns once that blade is Running and no rollout step is under way.
+6. Rollout: when every blade is Running and no file system is away from home, the lowest
    index blade on an old version hands its file systems to a peer on the new version (or any
    Running peer) and is deleted; it comes back on the new version by rule 3 and gets its file
-   systems back by rule 4. One blade at a time: nothing else moves while one is not Running.
-6. Blades beyond ``count`` (scale-down) hand their file systems over first, then go.
+   systems back by rule 5. One blade at a time: nothing else moves while one is not Running.
+7. Blades beyond ``count`` (scale-down) hand their file systems over first, then go.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
 BladeState = Literal["Pending", "Running", "Suspect", "Failed", "Upgrading"]
-MoveReason = Literal["Failover", "GiveBack", "Rollout", "ScaleDown"]
+MoveReason = Literal["Failover", "GiveBack", "Rollout", "ScaleDown", "Planned"]
+RequestResult = Literal["Moving", "Succeeded", "Refused"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +71,27 @@ class Observed:
     automatic_failover: bool = True
     automatic_give_back: bool = True
     known: frozenset[str] = frozenset()  # blades seen Running before: a missing one has failed
+    pins: Mapping[str, str] = dataclasses.field(default_factory=dict)  # file system -> blade it was moved to
+    request: MoveRequest | None = None  # a planned move asked for (the move-request annotation)
+
+
+@dataclasses.dataclass(frozen=True)
+class MoveRequest:
+    """``nasblade.io/move-request: {"fileSystem": FS, "to": BLADE, "id": ID}`` on the group."""
+
+    id: str
+    fs: str
+    to: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestOutcome:
+    """What became of a ``MoveRequest``: ``Moving`` (a ``Planned`` move is among the actions),
+    ``Succeeded`` (the file system is already there) or ``Refused`` (``message`` says why)."""
+
+    request: MoveRequest
+    result: RequestResult
+    message: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +123,23 @@ class Plan:
     owners: Mapping[str, str]  # file system -> owner after the actions
     stranded: tuple[str, ...]  # file systems whose owner failed and no survivor can take
     rolling: bool  # a blade still runs an old version
+    pins: Mapping[str, str] = dataclasses.field(default_factory=dict)  # after the request
+    request: RequestOutcome | None = None
+
+
+def parse_move_request(text: str) -> MoveRequest | str:
+    """The annotation's value as a ``MoveRequest``, or the reason it is not one."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        return f"the move request is not JSON ({exc}): {text[:200]!r}"
+    if not isinstance(doc, dict):
+        return f"the move request must be a JSON object, got {text[:200]!r}"
+    fields = {k: doc.get(k) for k in ("fileSystem", "to", "id")}
+    bad = [k for k, v in fields.items() if not isinstance(v, str) or not v]
+    if bad:
+        return f"the move request lacks {', '.join(bad)} (want {{\"fileSystem\": FS, \"to\": BLADE, \"id\": ID}})"
+    return MoveRequest(id=str(doc["id"]), fs=str(doc["fileSystem"]), to=str(doc["to"]))
 
 
 def blade_name(group: str, index: int) -> str:
@@ -146,7 +193,12 @@ def plan(obs: Observed) -> Plan:
         actions.append(MoveFileSystem(fs=fs, source=owners[fs], target=target, reason=reason))
         owners[fs] = target
 
-    # 2. Failover, and 6. hand-over by blades beyond count.
+    pins = {fs: b for fs, b in obs.pins.items() if fs in owners and _index(b) < obs.count}
+
+    def preferred(fs: str) -> str:
+        return pins.get(fs) or home_of(obs.group, obs.file_systems, fs, obs.count)
+
+    # 2. Failover, and 7. hand-over by blades beyond count.
     for fs in obs.file_systems:
         owner = owners[fs]
         beyond = _index(owner) >= obs.count
@@ -176,16 +228,24 @@ def plan(obs: Observed) -> Plan:
     old = sorted(p.index for p in obs.pods.values() if p.version != obs.version and p.index < obs.count)
     rolling = bool(old)
 
-    # 4. Give-back.
+    # 4. A planned move.
+    outcome: RequestOutcome | None = None
+    if obs.request is not None:
+        outcome = _planned(obs, obs.request, owners=owners, states=states, pins=pins)
+        if outcome.result == "Moving":
+            move(obs.request.fs, obs.request.to, "Planned")
+        moving = any(isinstance(a, MoveFileSystem) for a in actions)
+
+    # 5. Give-back.
     if obs.automatic_give_back and not moving:
         for fs in obs.file_systems:
-            home = home_of(obs.group, obs.file_systems, fs, obs.count)
+            home = preferred(fs)
             if owners[fs] != home and states.get(home) == "Running" and states.get(owners[fs]) == "Running":
                 move(fs, home, "GiveBack")
         moving = any(isinstance(a, MoveFileSystem) for a in actions)
 
-    # 5. Rollout, one blade at a time.
-    away = any(owners[fs] != home_of(obs.group, obs.file_systems, fs, obs.count) for fs in obs.file_systems)
+    # 6. Rollout, one blade at a time.
+    away = any(owners[fs] != preferred(fs) for fs in obs.file_systems)
     if rolling and all_running and not moving and not (away and obs.automatic_give_back):
         victim = obs.pods[old[0]]
         for fs in obs.file_systems:
@@ -202,7 +262,37 @@ def plan(obs: Observed) -> Plan:
         owners=owners,
         stranded=tuple(stranded),
         rolling=rolling,
+        pins=pins,
+        request=outcome,
     )
+
+
+def _planned(
+    obs: Observed, req: MoveRequest, *, owners: Mapping[str, str], states: Mapping[str, BladeState], pins: dict[str, str],
+) -> RequestOutcome:
+    """Rule 4: refuse a planned move that cannot happen now, else record the pin (``pins`` is updated)."""
+    def refuse(message: str) -> RequestOutcome:
+        return RequestOutcome(request=req, result="Refused", message=message)
+
+    if req.fs not in owners:
+        known = ", ".join(obs.file_systems) or "none"
+        return refuse(f"no file system {req.fs!r} in cluster group {obs.group} (it serves: {known})")
+    blades = [blade_name(obs.group, i) for i in range(obs.count)]
+    if req.to not in blades:
+        return refuse(f"no blade {req.to!r} in cluster group {obs.group} (blades: {', '.join(blades)})")
+    state = states.get(req.to, "Pending")
+    if state != "Running":
+        return refuse(f"blade {req.to} is {state}, not Running")
+    owner = owners[req.fs]
+    if owner != req.to and states.get(owner) != "Running":
+        return refuse(f"the owner {owner} of {req.fs} is {states.get(owner, 'Failed')}; failover moves it, not a planned move")
+    if req.to == home_of(obs.group, obs.file_systems, req.fs, obs.count):
+        pins.pop(req.fs, None)
+    else:
+        pins[req.fs] = req.to
+    if owner == req.to:
+        return RequestOutcome(request=req, result="Succeeded", message=f"{req.fs} is served by {req.to}")
+    return RequestOutcome(request=req, result="Moving", message=f"{req.fs}: {owner} -> {req.to}")
 
 
 def _index(blade: str) -> int:

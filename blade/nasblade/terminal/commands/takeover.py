@@ -4,7 +4,10 @@ with ``--dry-run`` whether that is possible now and why not.
 The dry run reads the current state only (``nasblade.terminal.plan.check_takeover``): exit 0
 possible, 1 not possible (each reason printed). The move itself: the owner releases the file
 system, the target reserves its LU with a new epoch and serves it; the command waits until the
-system reports the new owner. Exit 2 when the system cannot move file systems yet.
+system reports the new owner (exit 0), or refuses the move (exit 1, with the reason), or
+``--timeout`` passes (exit 4). On Kubernetes the operator does the move (a request annotation
+on the ClusterGroup) and pins the file system to a blade other than its home, so automatic
+give-back leaves it there; ``giveback`` moves it home and removes the pin.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ def move(args: argparse.Namespace, source: Source, *, fs: str, to: str) -> int:
         rec = plan.find_fs(now, fs)
         if rec["blade"] == to and any(b["name"] == to and fs in b["fileSystems"] for b in plan.all_blades(now)):
             break
+        refused = source.move_refused(result)
+        if refused is not None:
+            raise TerminalError(f"takeover of {fs} by {to} refused: {refused}")
         if time.monotonic() > deadline:
             raise Timeout(f"{fs} was handed to {to} but the system still reports {rec['blade'] or 'no owner'} after {args.timeout:g}s")
         time.sleep(0.3)
