@@ -31,8 +31,23 @@ class ArrayRefused(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class LU:
+    """One LU as the controller lists it; ``created`` identifies this incarnation of the name."""
+
     name: str
     size: int
+    created: str = ""
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LU:
+        return cls(name=str(d["name"]), size=int(d["size"]), created=str(d.get("created", "")))
+
+
+@dataclasses.dataclass(frozen=True)
+class Ensured:
+    """What ``ArrayAPI.ensure_lus`` did: the LUs it created or grew, and every LU afterwards."""
+
+    changed: list[str]
+    lus: dict[str, LU]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +110,13 @@ class ArrayAPI:
 
     async def list_lus(self) -> dict[str, LU]:
         data = await self._request("GET", "/lus")
-        return {d["name"]: LU(d["name"], int(d["size"])) for d in data.get("lus", [])}
+        return {d["name"]: LU.from_json(d) for d in data.get("lus", [])}
 
-    async def ensure_lus(self, wanted: dict[str, int]) -> list[str]:
-        """Create missing LUs, grow smaller ones; return the names created or grown.
+    async def get_lu(self, name: str) -> LU:
+        return LU.from_json(await self._request("GET", f"/lus/{name}"))
+
+    async def ensure_lus(self, wanted: dict[str, int]) -> Ensured:
+        """Create missing LUs, grow smaller ones; say which, and what every LU looks like now.
 
         Idempotent: one GET when everything exists (a restarted operator creates nothing).
         """
@@ -108,15 +126,16 @@ class ArrayAPI:
             lu = have.get(name)
             if lu is None:
                 try:
-                    await self._request("POST", "/lus", {"name": name, "size": size})
+                    have[name] = LU.from_json(await self._request("POST", "/lus", {"name": name, "size": size}))
                 except ArrayRefused as exc:
                     if exc.status != 409:  # 409: created meanwhile
                         raise
+                    have[name] = await self.get_lu(name)
                 changed.append(name)
             elif lu.size < size:
-                await self._request("PATCH", f"/lus/{name}", {"size": size})
+                have[name] = LU.from_json(await self._request("PATCH", f"/lus/{name}", {"size": size}))
                 changed.append(name)
-        return changed
+        return Ensured(changed=changed, lus=have)
 
     async def delete_lu(self, name: str) -> None:
         """Delete an LU; an LU that is already gone (404) counts as deleted."""
@@ -140,6 +159,12 @@ class ArrayAPI:
             dirty_bytes=int(cache.get("dirtyBytes", 0)),
             hit_ratio=float(cache.get("hitRatio", 0.0)),
         )
+
+    async def copy_jobs(self) -> list[dict[str, Any]]:
+        """The copy engine's jobs (running and recent), as ``GET /v1/copy-jobs`` lists them."""
+        data = await self._request("GET", "/copy-jobs")
+        jobs: list[dict[str, Any]] = data.get("jobs", []) if isinstance(data, dict) else []
+        return jobs
 
 
 def load_percent(f: Figures, *, queue_budget: float = 32.0) -> int:
@@ -198,6 +223,24 @@ def _mkfs_sync(nbd: str, lu: str, *, root_mode: int) -> None:
     with NBDBlockDevice.connect(f"nbd://{nbd}/{lu}") as dev:
         fsmod.mkfs(dev, root_mode=root_mode)
         dev.flush()
+
+
+def _read_head_sync(nbd: str, lu: str, length: int) -> bytes:
+    from nasblade.nbd.client import NBDBlockDevice
+
+    with NBDBlockDevice.connect(f"nbd://{nbd}/{lu}") as dev:
+        return dev.pread(0, min(length, dev.size))
+
+
+async def read_lu_head(nbd: str, lu: str, *, length: int) -> bytes:
+    """The first ``length`` bytes of ``lu`` (fewer if it is smaller), read over NBD in a worker thread.
+
+    Raises ``ArrayUnavailable`` when the LU cannot be reached or read.
+    """
+    try:
+        return await asyncio.to_thread(_read_head_sync, nbd, lu, length)
+    except _format_errors() as exc:
+        raise ArrayUnavailable(f"reading LU {lu} over nbd://{nbd}: {exc or type(exc).__name__}") from exc
 
 
 async def format_filesystem(nbd: str, lu: str, *, root_mode: int) -> None:

@@ -16,7 +16,7 @@ logger = logging.getLogger("nasblade_operator")
 REASONS = frozenset(
     {
         "InvalidSpec", "Created", "Updated", "WaitingForController", "LUsCreated", "ProgramSeeded",
-        "ControllerUnavailable", "NoSpace", "Ready", "DiskArrayMissing", "NoFreePortion",
+        "ControllerUnavailable", "NoSpace", "ForeignData", "Ready", "DiskArrayMissing", "NoFreePortion",
         "BladeCreated", "BladeFailed", "BladeReplaced", "FailedOver", "GaveBack", "NoSurvivor",
         "Upgrading", "Upgraded", "HandedOver", "BackupSucceeded", "BackupFailed", "BackupDeferred",
         "BladeUnavailable", "DeletionBlocked", "Deleting", "DataRetained", "DataDeleted", "ScaledDown",

@@ -7,6 +7,7 @@ process; the blades' management API is ``FakeBlades`` (see conftest.py).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -96,6 +97,8 @@ def test_array_and_group_come_up(
     assert sts["metadata"]["ownerReferences"][0]["name"] == "a1"
     assert kubectl.get("service", "a1-controller") is not None
     assert a["status"]["fileSystemsReady"] == "2/2"
+    assert {f["name"]: (f["formatted"], bool(f["luCreated"])) for f in a["status"]["fileSystems"]} == \
+        {"home": (True, True), "scratch": (True, True)}
     assert a["status"]["software"] == {"version": "0.1.0", "seeded": ["0.1.0"]}
     assert condition(a, "Ready")["observedGeneration"] == a["metadata"]["generation"]
     assert a["status"]["portions"] == [{"index": 0, "group": "g1"}]
@@ -136,6 +139,45 @@ def test_array_and_group_come_up(
     again = [e for e in kubectl.list("events")[n_events:] if e["reason"] in ("Created", "Updated", "BladeCreated", "LUsCreated")]
     assert again == []
     assert condition(kubectl.get("diskarray", "a1"), "Ready")["status"] == "True"
+
+
+def test_blades_wait_until_their_file_systems_are_formatted(
+    kubectl: Kubectl, operator: Callable[[], Any], token_secret: Callable[[str], None], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """mkfs of fs-home fails (the operator "crashed" before it): no blade pod is created until a
+    later reconcile has formatted it and recorded that; then the group comes up."""
+    from nasblade_operator import arrayapi
+
+    failing = threading.Event()
+    failing.set()
+    attempts: list[str] = []
+    real = arrayapi._mkfs_sync
+
+    def mkfs(nbd: str, lu: str, *, root_mode: int) -> None:
+        if lu == "fs-home" and failing.is_set():
+            attempts.append(lu)
+            raise ConnectionResetError("interrupted before mkfs")
+        real(nbd, lu, root_mode=root_mode)
+
+    monkeypatch.setattr(arrayapi, "_mkfs_sync", mkfs)
+    token_secret("a1")
+    with operator() as runner:
+        kubectl.apply(array())
+        kubectl.apply(group())
+        wait_until("g1 claimed a portion", lambda: (kubectl.get("clustergroup", "g1") or {}).get("status", {}).get("portion") == 0)
+        n = len(attempts)
+        wait_until("two more failed formats", lambda: len(attempts) >= n + 2)
+        a = kubectl.get("diskarray", "a1")
+        assert kubectl.list("pods", "nasblade.io/cluster-group=g1") == []
+        failing.clear()
+        kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
+        done = kubectl.get("diskarray", "a1")
+    assert_clean(runner)
+    assert a is not None and done is not None
+    assert condition(a, "Ready")["status"] == "False" and "interrupted before mkfs" in condition(a, "Ready")["message"]
+    assert {f["name"]: f["formatted"] for f in a["status"]["fileSystems"]} == {"home": False, "scratch": False}
+    assert {f["name"]: f["formatted"] for f in done["status"]["fileSystems"]} == {"home": True, "scratch": True}
+    assert len(kubectl.list("pods", "nasblade.io/cluster-group=g1")) == 2
 
 
 def test_invalid_spec_gives_condition_and_warning(kubectl: Kubectl, operator: Callable[[], Any]) -> None:

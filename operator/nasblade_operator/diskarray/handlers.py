@@ -9,17 +9,20 @@ Reconcile order: parse (invalid -> Ready=False, Warning, PermanentError) -> toke
 Service -> StatefulSet -> wait for the controller to be Ready -> LUs -> program seed -> Ready.
 Each step is idempotent, so create, update and resume all run the same function.
 
-File systems are formatted exactly once: right after this pass created their LU, over NBD to
-the controller Service (``nasblade.fs.fs.mkfs``, root directory mode 1777 as the standalone
-array makes it), before any blade can see the LU in a ClusterGroup. An LU that existed before
-the pass is never formatted (no "looks empty" guess that could destroy data); an LU whose
-format failed is deleted again (nothing can have been written to it), so the next pass
-creates and formats it anew.
+File systems are formatted exactly once, over NBD to the controller Service
+(``nasblade.fs.fs.mkfs``, root directory mode 1777 as the standalone array makes it), and the
+fact is recorded durably in ``status.fileSystems[].formatted`` (with the LU's creation time)
+only after mkfs returned. ``diskarray/formatting.py`` decides, crash-safe: an LU recorded as
+formatted is never touched again; an unrecorded LU is formatted only if its superblock block
+is all zeroes, recorded if it holds a file system, refused if it holds anything else. A
+ClusterGroup gives blades only file systems recorded as formatted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -37,7 +40,7 @@ from nasblade_operator import (
     settings,
     wakeups,
 )
-from nasblade_operator.diskarray import builders
+from nasblade_operator.diskarray import builders, formatting
 from nasblade_operator.diskarray import spec as da_spec
 from nasblade_operator.validation import InvalidSpec
 
@@ -182,16 +185,13 @@ async def _provision(
     patch: kopf.Patch,
     generation: int,
 ) -> None:
-    """LUs and the program seed through the control API; transient failures retry."""
+    """LUs, file-system formatting and the program seed; transient failures retry."""
     api = arrayapi.ArrayAPI(endpoints.controller_api(namespace, name), token)
-    wanted = builders.desired_lus(parsed)
+    nbd = endpoints.controller_nbd(namespace, name)
     try:
-        before = await api.list_lus()
-        created = await api.ensure_lus(wanted)
-        new_fs = [naming.filesystem_lu(f.name) for f in parsed.file_systems
-                  if naming.filesystem_lu(f.name) in created and naming.filesystem_lu(f.name) not in before]
-        await _format_new(api, endpoints.controller_nbd(namespace, name), new_fs)
-        seeded = await arrayapi.seed_program(endpoints.controller_nbd(namespace, name), version=parsed.software_version)
+        ensured = await api.ensure_lus(builders.desired_lus(parsed))
+        fs = await ensure_formatted(parsed, nbd=nbd, lus=ensured.lus, status=status, patch=patch)
+        seeded = await arrayapi.seed_program(nbd, version=parsed.software_version)
     except arrayapi.ArrayRefused as exc:
         reason = "NoSpace" if exc.status == 507 else "ControllerRefused"
         _not_ready(status, patch, generation=generation, reason=reason, message=str(exc))
@@ -202,32 +202,81 @@ async def _provision(
         _not_ready(status, patch, generation=generation, reason="ControllerUnavailable", message=str(exc))
         metrics.RECONCILE_ERRORS.labels("DiskArray", "ControllerUnavailable").inc()
         raise kopf.TemporaryError(str(exc), delay=settings.current().retry_delay) from None
-    if created:
-        events.normal(body, "LUsCreated", f"created or grew LUs: {', '.join(created)}")
+    if ensured.changed or fs.formatted:
+        done = [f"created or grew LUs: {', '.join(ensured.changed)}"] if ensured.changed else []
+        done += [f"formatted: {', '.join(fs.formatted)}"] if fs.formatted else []
+        events.normal(body, "LUsCreated", "; ".join(done))
     if seeded:
         events.normal(body, "ProgramSeeded", f"software {parsed.software_version} stored in the program LU")
     versions = list(status.get("software", {}).get("seeded", []))
     if parsed.software_version not in versions:
         versions.append(parsed.software_version)
     patch.status["software"] = {"version": parsed.software_version, "seeded": versions}
-    patch.status["fileSystems"] = [
-        {"name": f.name, "lu": naming.filesystem_lu(f.name), "size": f.size, "clusterGroup": f.cluster_group, "ready": True}
-        for f in parsed.file_systems
-    ]
-    patch.status["fileSystemsReady"] = f"{len(parsed.file_systems)}/{len(parsed.file_systems)}"
+    if fs.refused:
+        message = (f"LUs {', '.join(fs.refused)} hold data that is not a nasblade file system; they were not formatted. "
+                   "Move the data away and clear the LU's first 4 KiB, or rename the file system")
+        _not_ready(status, patch, generation=generation, reason="ForeignData", message=message)
+        events.warning(body, "ForeignData", message)
+        metrics.RECONCILE_ERRORS.labels("DiskArray", "ForeignData").inc()
+        raise kopf.TemporaryError(message, delay=max(60.0, settings.current().retry_delay))
 
 
 ROOT_MODE = 0o1777
 
+#: One format at a time per (NBD endpoint, LU) in this process: two DiskArrays pointed at the
+#: same controller (the benchmark shares one) must not both find an LU blank and both format it.
+_format_locks: dict[tuple[int, str, str], asyncio.Lock] = {}
 
-async def _format_new(api: arrayapi.ArrayAPI, nbd: str, lus: list[str]) -> None:
-    """Format the file-system LUs this pass created; on failure delete them (still blank)."""
-    for lu in lus:
-        try:
-            await arrayapi.format_filesystem(nbd, lu, root_mode=ROOT_MODE)
-        except arrayapi.ArrayUnavailable:
-            await api.delete_lu(lu)
-            raise
+
+@dataclasses.dataclass
+class FormatResult:
+    formatted: list[str] = dataclasses.field(default_factory=list)  # LUs mkfs ran on in this pass
+    refused: list[str] = dataclasses.field(default_factory=list)  # LUs holding foreign data
+
+
+async def ensure_formatted(
+    parsed: da_spec.DiskArraySpec, *, nbd: str, lus: Mapping[str, arrayapi.LU], status: Mapping[str, Any],
+    patch: kopf.Patch,
+) -> FormatResult:
+    """Bring every file-system LU to "recorded as formatted" (``formatting`` decides each step).
+
+    ``status.fileSystems`` in the patch is rewritten after each LU, so a failure later in the
+    pass still records what was done (kopf applies the patch when the handler raises too).
+    """
+    records = formatting.records_by_name(status)
+    out: dict[str, dict[str, Any]] = {}
+    result = FormatResult()
+
+    def publish() -> None:
+        patch.status["fileSystems"] = list(out.values())
+        patch.status["fileSystemsReady"] = f"{sum(1 for r in out.values() if r['formatted'])}/{len(out)}"
+
+    def entry(f: da_spec.FileSystem, *, formatted: bool, lu_created: str) -> dict[str, Any]:
+        return {"name": f.name, "lu": naming.filesystem_lu(f.name), "size": f.size, "clusterGroup": f.cluster_group,
+                "ready": formatted, "formatted": formatted, "luCreated": lu_created}
+
+    todo: list[tuple[da_spec.FileSystem, arrayapi.LU]] = []
+    for f in parsed.file_systems:
+        lu = lus[naming.filesystem_lu(f.name)]
+        recorded = formatting.is_recorded(records.get(f.name), lu_created=lu.created)
+        out[f.name] = entry(f, formatted=recorded, lu_created=lu.created)
+        if formatting.decide(recorded=recorded, probe=None) is formatting.Step.PROBE:
+            todo.append((f, lu))
+    publish()
+    for f, lu in todo:
+        key = (id(asyncio.get_running_loop()), nbd, lu.name)
+        async with _format_locks.setdefault(key, asyncio.Lock()):
+            head = await arrayapi.read_lu_head(nbd, lu.name, length=formatting.PROBE_SIZE)
+            step = formatting.decide(recorded=False, probe=formatting.classify(head))
+            if step is formatting.Step.REFUSE:
+                result.refused.append(lu.name)
+                continue
+            if step is formatting.Step.FORMAT:
+                await arrayapi.format_filesystem(nbd, lu.name, root_mode=ROOT_MODE)
+                result.formatted.append(lu.name)
+        out[f.name] = entry(f, formatted=True, lu_created=lu.created)
+        publish()
+    return result
 
 
 def _not_ready(status: Mapping[str, Any], patch: kopf.Patch, *, generation: int, reason: str, message: str) -> None:
