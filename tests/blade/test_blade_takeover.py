@@ -116,3 +116,54 @@ def test_file_system_moves_between_blades(
     with pytest.raises(BladeAPIError) as err:
         api0._req("POST", "/v1/filesystems/nope/takeover")
     assert err.value.status == 404
+
+
+def test_file_processor_crash_fails_the_blade(
+    tmp_path: Path, controller: Controller, fs_spec: dict[str, Any],
+    start_bp: Callable[..., BladeProc], start_fp: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """The file processor of the owner is SIGKILLed and restarted (as its container would be):
+    the block processor declares the blade failed -- readiness 503 naming the file system, no
+    more heartbeats in its slot -- instead of serving on as if nothing happened; a peer takes
+    the file system over with a new epoch and the data written before is there."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    spec_args = ("--fs-spec", json.dumps(fs_spec))
+    bp0 = start_bp(blade="b0", slot=0, own=(),
+                   extra=(*spec_args, "--fp-unix", str(tmp_path / "b0" / "fp.sock")))
+    bp1 = start_bp(blade="b1", slot=1, own=(),
+                   extra=(*spec_args, "--fp-unix", str(tmp_path / "b1" / "fp.sock")))
+    fp0 = start_fp(bp0, "b0")
+    start_fp(bp1, "b1")
+    api0 = BladeClient(bp0.api, BLADE_TOKEN, timeout=180)
+    api1 = BladeClient(bp1.api, BLADE_TOKEN, timeout=180)
+    assert api0._req("POST", "/v1/filesystems/fs1/takeover")["epoch"] == 1
+    content = os.urandom(1 << 20)
+    (tmp_path / "f.bin").write_bytes(content)
+    nfs_cp(str(tmp_path / "f.bin"), url(fs_spec, "f.bin"))
+
+    def health() -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"{bp0.api}/healthz", timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    assert health() == (200, {"ok": True})
+    fp0.send_signal(signal.SIGKILL)
+    fp0.wait()
+    start_fp(bp0, "b0")  # the restarted file processor serves nothing
+    deadline = time.monotonic() + 60
+    while health()[0] == 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    code, body = health()
+    assert code == 503 and "fs1" in body["failed"], body
+    seq = api0._req("GET", "/v1/status")["slotSeq"]
+    time.sleep(1.0)  # five heartbeat intervals: none of them may reach the slot
+    assert api0._req("GET", "/v1/status")["slotSeq"] == seq
+    moved = api1._req("POST", "/v1/filesystems/fs1/takeover")
+    assert moved["epoch"] == 2
+    nfs_cp(url(fs_spec, "f.bin"), str(tmp_path / "back"))
+    assert (tmp_path / "back").read_bytes() == content

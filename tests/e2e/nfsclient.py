@@ -5,11 +5,16 @@ Built into the NFS client image (tests/e2e/nfs-client/Dockerfile) and started by
 tests/e2e/test_e2e.py with ``kubectl exec``. It uses libnfs's Python binding, so it talks
 NFSv3 to the file system's Service exactly as an application with the file open would:
 
-* ``writer``: opens one file once and keeps that handle; every ``--interval`` it writes one
-  fixed-size record (sequence number + padding) with ``nfs_pwrite`` and makes it stable with
+* ``writer``: opens one file once (``O_SYNC``) and keeps that handle; every ``--interval`` it
+  writes one fixed-size record (sequence number + padding) with ``nfs_pwrite`` and calls
   ``nfs_fsync`` (NFSv3 COMMIT); a record counts as acknowledged only when both return
   success (the binding's file-object methods drop libnfs's return codes, so the raw calls
-  are used). An operation that fails is retried on the *same* handle until it succeeds;
+  are used). ``O_SYNC`` makes libnfs send FILE_SYNC writes: without it libnfs sends UNSTABLE
+  writes and does not compare the COMMIT reply's verifier with the WRITE replies' (RFC 1813
+  3.3.7 and 3.3.21 ask a client to resend when it changes), so a record written UNSTABLE to a
+  blade that fails before the COMMIT would be "acknowledged" by libnfs after the survivor's
+  COMMIT although the survivor never saw it -- a loss the client library causes, which a
+  kernel client would not. A FILE_SYNC write is on the devices before its reply. An operation that fails is retried on the *same* handle until it succeeds;
   libnfs reconnects by itself while the Service moves to another blade. When the run ends
   it prints one JSON line: records acknowledged, failed attempts, and the longest time
   between two acknowledged records (the interruption the client saw).
@@ -75,8 +80,11 @@ def writer(*, url: str, path: str, duration: float, interval: float,
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        fh = nfs.open(path, "wb+")
-        ctx, raw = nfs._nfs, fh._nfsfh
+        ctx = nfs._nfs
+        handle = libnfs.new_NFSFileHandle()
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_SYNC
+        _check("create", libnfs.nfs_create(ctx, path, flags, 0o644, handle))
+        raw = libnfs.NFSFileHandle_value(handle)
         seq = 0
         progress["last_ok"] = time.monotonic()
         max_gap = 0.0

@@ -51,6 +51,9 @@ def _bp(request: web.Request) -> BlockProcessor:
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    failed = _bp(request).failed
+    if failed is not None:  # readiness: a failed blade is taken out of service (BlockProcessor.fail)
+        return web.json_response({"ok": False, "failed": failed}, status=503)
     return web.json_response({"ok": True})
 
 

@@ -115,6 +115,13 @@ class BlockProcessor:
         self._slot_lock = asyncio.Lock()
         self._fs_lock = asyncio.Lock()
         self.nbd_unix = ""
+        self.handed: dict[str, float] = {}
+        """File system -> wall time its file processor confirmed serving it (``take_over_fs``)."""
+        self.failed: str | None = None
+        """Why this blade is failed (its file processor lost a file system it served), or None."""
+        self.failed_at = 0.0
+        self.exit_requested = asyncio.Event()
+        """Set when this process should exit (a failed blade, once its peers had time to take over)."""
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -259,6 +266,7 @@ class BlockProcessor:
         async with self._fs_lock:
             epoch = self.epochs[lu] if await self._holds(lu) else await self.take_over(lu)
             served = await asyncio.to_thread(FPControlClient(self.settings.fp_unix).add, self.fp_spec(name))
+            self.handed[name] = time.time()
             await self._set_owner(name, epoch)
         return {"fileSystem": name, "lu": lu, "epoch": epoch, "endpoints": served.get("endpoints", {})}
 
@@ -268,6 +276,7 @@ class BlockProcessor:
 
         lu = str(self.settings.fs_specs[name]["lu"])
         async with self._fs_lock:
+            self.handed.pop(name, None)
             if self.settings.fp_unix is not None:
                 try:
                     await asyncio.to_thread(FPControlClient(self.settings.fp_unix).remove, name)
@@ -348,10 +357,38 @@ class BlockProcessor:
         d["activeArea"] = self.active_area
         d["load"] = {k: float(v) for k, v in self.load.items() if isinstance(v, int | float)}
         status = BladeStatus.from_json(d)
+        self._check_file_processor(status)
+        if self.failed is not None:  # no more heartbeats: peers and the operator see a dead blade
+            return {"slot": s.slot, "seq": self.last_status_seq, "status": status.to_json(), "failed": self.failed}
         async with self._slot_lock:
             seq = await asyncio.to_thread(self.portion.write_slot, s.slot, status)
         self.last_status, self.last_status_seq, self.last_status_time = status, seq, time.time()
         return {"slot": s.slot, "seq": seq, "status": status.to_json()}
+
+    def _check_file_processor(self, status: BladeStatus) -> None:
+        """Fail the blade when its file processor no longer serves a file system it was handed.
+
+        That happens when the file processor crashed and was restarted (its container, or the
+        standalone supervisor): whatever it had not committed is gone and its clients hold a
+        write verifier nobody will honour. A NAS blade whose file-serving side crashed is a
+        failed blade: it stops heartbeating and reports not ready, its peers (standalone) or
+        the operator (Kubernetes) take its file systems over with a new epoch and a new write
+        verifier, and the blade rejoins as a standby once replaced or restarted. Only a
+        status composed after the hand-over counts (its clock is the file processor's, on the
+        same host).
+        """
+        if self.failed is not None:
+            return
+        lost = sorted(fs for fs, at in self.handed.items()
+                      if fs not in status.file_systems and status.heartbeat_time > at + 0.5)
+        if lost:
+            self.fail(f"the file processor no longer serves {', '.join(lost)} (it restarted or crashed while serving)")
+
+    def fail(self, reason: str) -> None:
+        """Mark this blade failed (see ``_check_file_processor``); it stays failed until restarted."""
+        if self.failed is None:
+            self.failed, self.failed_at = reason, time.monotonic()
+            log.error("blade %s failed: %s", self.settings.blade, reason)
 
     async def read_slot(self, slot: int | None = None) -> dict[str, Any] | None:
         if self.portion is None:
@@ -415,6 +452,7 @@ class BlockProcessor:
             "heartbeatAge": (now - st.heartbeat_time) if st else None,
             "heartbeatCounter": st.heartbeat_counter if st else None,
             "slotSeq": self.last_status_seq,
+            "failed": self.failed,
             "clients": st.clients if st else 0,
             "activeArea": self.active_area,
             "load": self.load,

@@ -35,6 +35,8 @@ from nasblade.blockproc.core import BlockProcessor, Settings
 from nasblade.procinfo.portion import PortionError
 from nasblade.program.catalog import ProgramError
 
+log = logging.getLogger("nasblade.blockproc")
+
 
 def _hostport(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
@@ -170,14 +172,26 @@ async def _serve(args: argparse.Namespace) -> int:
         software = bp.software.version if bp.software else None
         ready.announce("block-processor", endpoints, blade=args.blade, software=software,
                        softwareError=bp.software_error)
-        await stop.wait()
+        await _until_either(stop, bp.exit_requested)
     finally:
         if member is not None:
             await member.close()
         for r in runners:
             await r.cleanup()
         await bp.close()
+    if bp.exit_requested.is_set():
+        log.error("exiting: blade failed (%s)", bp.failed)
+        return 3
     return 0
+
+
+async def _until_either(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def run(args: argparse.Namespace) -> int:

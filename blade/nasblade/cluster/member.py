@@ -203,6 +203,9 @@ class ClusterMember:
     async def tick(self) -> None:
         self.ticks += 1
         now = time.monotonic()
+        if self.bp.failed is not None:
+            await self._failed_tick(now)
+            return
         own = self.bp.last_status
         if own is not None:
             self.liveness.observe(self.me, counter=own.heartbeat_counter, state=own.state, now=now)
@@ -242,6 +245,22 @@ class ClusterMember:
                 continue
             self._start_takeover(t.fs, reason=t.reason)
         await self._reassert()
+
+    async def _failed_tick(self, now: float) -> None:
+        """A failed blade (``BlockProcessor.fail``) serves nothing and takes nothing: it drops
+        what it served (its reservation stays until a survivor takes it with a higher epoch),
+        and after two failure timeouts -- its peers or the operator have taken over by then --
+        it exits so that its supervisor (the container runtime, ``nasblade up``) restarts it
+        as a standby. A blade with no survivor re-takes its file systems after that restart."""
+        for fs in list(self.serving):
+            if fs not in self._pending:
+                await self._drop(fs, graceful=False)
+                self.takeovers.append({"fileSystem": fs, "event": "failed", "blade": self.me,
+                                       "reason": self.bp.failed, "time": time.time()})
+        if now - self.bp.failed_at > 2 * self.cfg.failure_timeout and not self.bp.exit_requested.is_set():
+            log.error("%s: failed %.1fs ago (%s); exiting to be restarted", self.me,
+                      now - self.bp.failed_at, self.bp.failed)
+            self.bp.exit_requested.set()
 
     async def _reservation_free(self, lu: str) -> bool:
         """Nobody but this blade holds ``lu``'s reservation at the controller."""
@@ -399,6 +418,7 @@ class ClusterMember:
         fsc = self.cfg.fs(fs)
         assert fsc is not None
         self.serving.pop(fs, None)
+        self.bp.handed.pop(fs, None)
         fp_unix = self.bp.settings.fp_unix
         if fp_unix is not None:
             try:
