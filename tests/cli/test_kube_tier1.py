@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nasblade.controller.apiclient import ControlClient
+from nasblade.terminal.kube import KubeSource
+from nasblade.terminal.source import BackupRequest
 
 pytestmark = pytest.mark.tier1
 SVG = "{http://www.w3.org/2000/svg}"
@@ -31,7 +35,7 @@ ARRAY = {"apiVersion": "nasblade.io/v1alpha1", "kind": "DiskArray", "metadata": 
                   "areas": {"programSize": "16Mi", "processorInfoSize": "8Mi", "backupSize": "8Mi", "portions": 4}}}
 GROUP = {"apiVersion": "nasblade.io/v1alpha1", "kind": "ClusterGroup", "metadata": {"name": "g1"},
          "spec": {"diskArrayRef": {"name": "a1"}, "blades": {"count": 2},
-                  "heartbeat": {"interval": "200ms", "failureTimeout": "1s"}}}
+                  "heartbeat": {"interval": "200ms", "failureTimeout": "6s"}}}
 
 
 def wait_until(what: str, fn: Callable[[], Any], timeout: float = 60) -> Any:
@@ -54,7 +58,7 @@ def plugin(kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_kubectl_nas_against_the_operator(
     kubectl: Any, operator: Callable[[], Any], blades: Any, token_secret: Callable[[str], None], namespace: str,
-    tier1_kubeconfig: str, tmp_path: Path,
+    tier1_kubeconfig: str, tmp_path: Path, controller: Any,
 ) -> None:
     token_secret("a1")
     with operator() as runner:
@@ -82,6 +86,17 @@ def test_kubectl_nas_against_the_operator(
         assert {f["name"]: (f["blade"], f["epoch"]) for f in snap["fileSystems"]} == \
                {f["name"]: (f["blade"], f.get("epoch")) for f in cg["status"]["fileSystems"]}
 
+        # heartbeat ages: what a blade reports, in whole seconds, in status and in the terminal
+        blades.heartbeat_age["g1-blade-1"] = 3.4
+        wait_until("the heartbeat age in status", lambda: {
+            b["name"]: b.get("heartbeatAgeSeconds") for b in kubectl.get("clustergroup", "g1")["status"]["blades"]
+        } == {"g1-blade-0": 0, "g1-blade-1": 3})
+        ages = json.loads(plugin(tier1_kubeconfig, "status", "-n", namespace, "-o", "json").stdout)
+        assert {b["name"]: b["heartbeatAge"] for b in ages["groups"][0]["blades"]} == {"g1-blade-0": 0, "g1-blade-1": 3}
+        blades.heartbeat_age.clear()
+        wait_until("the heartbeat age back to 0", lambda: {
+            b.get("heartbeatAgeSeconds") for b in kubectl.get("clustergroup", "g1")["status"]["blades"]} == {0})
+
         # the same through kubectl itself, which finds kubectl-nas on PATH
         kubectl_bin = shutil.which("kubectl") or "kubectl"
         env = {**os.environ, "KUBECONFIG": tier1_kubeconfig,
@@ -100,10 +115,33 @@ def test_kubectl_nas_against_the_operator(
         assert named["blade"] == {b["name"] for b in cg["status"]["blades"]}
         assert named["lu"] == set(lus)
 
-        # on-demand backup: the annotation, the operator runs it through a blade, exit 0
-        backup = plugin(tier1_kubeconfig, "backup", "g1", "-n", namespace, "-o", "json", "--timeout", "60")
-        assert backup.returncode == 0, backup.stderr
-        assert json.loads(backup.stdout)["succeeded"] is True
+        # on-demand backup: the annotation, the operator runs it through a blade (which really copies
+        # the portion with the controller's copy engine and answers when the test lets it), the bytes
+        # copied in status.backups.inProgress while it runs, the terminal's progress from there, exit 0
+        size = int(da["status"]["areas"]["portionSize"])
+        blades.copy_through, blades.backup_gate = (controller.api, size), threading.Event()
+        since = time.time()
+        env = {**os.environ, "KUBECONFIG": tier1_kubeconfig}
+        follower = subprocess.Popen([sys.executable, "-m", "nasblade.terminal.kubectl", "backup", "g1", "-n", namespace,
+                                     "-o", "json", "--timeout", "90"], env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            running = wait_until("the copied bytes in status", lambda: (
+                ((kubectl.get("clustergroup", "g1") or {}).get("status", {}).get("backups", {}).get("inProgress") or {})
+                .get("bytesCopied") == size and kubectl.get("clustergroup", "g1")["status"]["backups"]["inProgress"]))
+            portion = int(kubectl.get("clustergroup", "g1")["status"]["portion"])
+            assert running["totalBytes"] == size and running["portions"] == [portion] and running["trigger"] == "OnDemand"
+            jobs = ControlClient(controller.api, token=controller.token).list_copy_jobs()
+            assert [j["bytesDone"] for j in jobs if j["sourceOffset"] == portion * size] == [size]
+            progress = KubeSource(kubeconfig=Path(tier1_kubeconfig), context=None, namespace=namespace).backup_progress(
+                BackupRequest(group="g1", groups=["g1"], since=since))
+            assert (progress.done, progress.bytes_done, progress.bytes_total) == (False, size, size)
+        finally:
+            blades.backup_gate.set()
+            followed, err = follower.communicate(timeout=120)
+        assert follower.returncode == 0, err
+        assert json.loads(followed)["succeeded"] is True and json.loads(followed)["bytesDone"] == size
+        assert "inProgress" not in kubectl.get("clustergroup", "g1")["status"]["backups"]
         assert any(c[1] == "backup" and c[2]["trigger"] == "OnDemand" for c in blades.calls)
         assert "nasblade.io/backup-now" not in (kubectl.get("clustergroup", "g1")["metadata"].get("annotations") or {})
         events = json.loads(plugin(tier1_kubeconfig, "events", "-n", namespace, "-o", "json").stdout)

@@ -5,7 +5,10 @@ operator is pointed at it with NASBLADE_ENDPOINT_OVERRIDES ``{"*": {"blade":
 "http://127.0.0.1:PORT/b/{name}"}}``) and records each call as ``(blade, action, argument)``.
 It implements the calls ``nasblade_operator.bladeapi`` makes: status, take over / release a
 file system and run a backup; ``backup_result`` sets what backups answer and
-``heartbeat_age[blade]`` the heartbeat age a blade reports.
+``heartbeat_age[blade]`` the heartbeat age a blade reports. With ``copy_through`` set (the
+controller's API URL and the portion size) a backup really copies its portions into the backup
+LU through the controller's copy engine, as a blade does, and with ``backup_gate`` set it
+answers only once the test sets that event (so a test sees the backup while it runs).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import threading
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 
@@ -23,6 +27,8 @@ class FakeBlades:
         self.calls: list[tuple[str, str, Any]] = []
         self.backup_result = "Succeeded"
         self.heartbeat_age: dict[str, float] = {}  # blade -> what GET /v1/status reports (default 0.1 s)
+        self.copy_through: tuple[str, int] | None = None  # (controller API URL, portion size)
+        self.backup_gate: threading.Event | None = None
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -85,4 +91,25 @@ class FakeBlades:
             return web.json_response({"error": "unauthorized"}, status=401)
         body = await request.json()
         self.calls.append((request.match_info["blade"], "backup", body))
+        if self.copy_through is not None:
+            await self._copy(body["portions"], *self.copy_through)
         return web.json_response({"result": self.backup_result, "message": "copied"})
+
+    async def _copy(self, portions: list[int], api: str, size: int) -> None:
+        """Copy each portion procinfo -> backup with the controller's copy engine; wait for the gate, then the jobs."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            ids = []
+            for i in portions:
+                job = {"source": "procinfo", "sourceOffset": i * size, "target": "backup", "targetOffset": i * size,
+                       "length": size, "rateLimit": 0}
+                async with http.post(f"{api}/v1/copy-jobs", json=job) as r:
+                    ids.append((await r.json())["id"])
+            while self.backup_gate is not None and not self.backup_gate.is_set():
+                await asyncio.sleep(0.05)
+            for job_id in ids:
+                while True:
+                    async with http.get(f"{api}/v1/copy-jobs/{job_id}") as r:
+                        if (await r.json())["state"] != "running":
+                            break
+                    await asyncio.sleep(0.05)

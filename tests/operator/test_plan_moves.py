@@ -1,5 +1,6 @@
 """Planned moves in the ClusterGroup decision core (``takeover FS --to BLADE`` / ``giveback FS``):
-validation of the request, pinning, and how pins interact with give-back, failover and rollout."""
+validation of the request, pinning, and how pins interact with give-back, failover and rollout;
+and the daemon's small rules: heartbeat probe interval, the age as status shows it, a backup's bytes."""
 
 from __future__ import annotations
 
@@ -110,3 +111,29 @@ def test_bad_move_request_annotations_say_what_is_wrong(text: str, why: str) -> 
 def test_move_request_annotation_parses() -> None:
     assert p.parse_move_request('{"fileSystem": "home", "to": "g-blade-1", "id": "abc"}') == \
         p.MoveRequest(id="abc", fs="home", to="g-blade-1")
+
+
+@pytest.mark.parametrize(("failure_timeout", "status_interval", "interval"), [
+    (2.0, 10.0, 1.0), (1.0, 10.0, 1.0), (9.0, 10.0, 3.0), (60.0, 10.0, 10.0), (9.0, 2.0, 2.0),
+])
+def test_heartbeat_probe_interval_follows_the_failure_timeout(failure_timeout: float, status_interval: float,
+                                                              interval: float) -> None:
+    assert p.probe_interval(failure_timeout=failure_timeout, status_interval=status_interval) == interval
+
+
+@pytest.mark.parametrize(("age", "bucket"), [
+    (0.0, 0), (0.2, 0), (0.99, 0), (1.5, 1), (9.9, 9), (10.0, 10), (14.9, 10), (59.0, 55), (61.0, 60), (185.0, 180),
+])
+def test_heartbeat_age_in_status_is_bucketed(age: float, bucket: int) -> None:
+    assert p.heartbeat_bucket(age) == bucket
+
+
+def test_backup_bytes_count_only_this_backups_copy_jobs() -> None:
+    jobs = [
+        {"id": "old", "source": "procinfo", "target": "backup", "sourceOffset": 0, "bytesDone": 100},
+        {"id": "a", "source": "procinfo", "target": "backup", "sourceOffset": 0, "bytesDone": 40},
+        {"id": "b", "source": "procinfo", "target": "backup", "sourceOffset": 2048, "bytesDone": 10},
+        {"id": "c", "source": "procinfo", "target": "backup", "sourceOffset": 1024, "bytesDone": 99},  # another group's
+        {"id": "d", "source": "fs-home", "target": "backup", "sourceOffset": 0, "bytesDone": 7},
+    ]
+    assert p.backup_bytes(jobs, source="procinfo", target="backup", offsets=[0, 2048], before=frozenset({"old"})) == 50

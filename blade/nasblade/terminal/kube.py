@@ -6,13 +6,15 @@ controller are inside the cluster and are read through the status the operator k
 
 - ``DiskArray.status``: controller endpoint, cache and load figures, areas, portions, file
   systems (LU, size), seeded software versions; ``spec.devices`` for the device sizes;
-- ``ClusterGroup.status``: blades (state, file systems, software version), file-system owners
+- ``ClusterGroup.status``: blades (state, file systems, software version, heartbeat age in
+  whole seconds as the operator last probed it), file-system owners
   with epochs and home blades, failovers, backup history, rollout, active area.
 
 Operations are the ones the operator takes from the API: an on-demand backup is the
 ``nasblade.io/backup-now`` annotation on the ClusterGroup (followed in
-``status.backups.history``); a rollout is ``spec.software.version`` of the DiskArray
-(followed in the blades' versions); a planned move (``takeover``/``giveback``) is the
+``status.backups.inProgress`` for the bytes copied, then ``status.backups.history``); a
+rollout is ``spec.software.version`` of the DiskArray (followed in the blades' versions); a
+planned move (``takeover``/``giveback``) is the
 ``nasblade.io/move-request`` annotation ``{"fileSystem", "to", "id"}`` on the ClusterGroup,
 answered in ``status.lastMoveRequest`` (same id: ``Succeeded`` or ``Refused`` with the reason)
 and followed in ``status.fileSystems[].blade``.
@@ -270,7 +272,8 @@ class KubeSource:
             if reason and since:
                 reason = f"{reason} since {b.get('since')}"
             blades.append({"name": str(b["name"]), "group": name, "state": state, "reason": reason,
-                           "fileSystems": list(b.get("fileSystems", []) or []), "heartbeatAge": None,
+                           "fileSystems": list(b.get("fileSystems", []) or []),
+                           "heartbeatAge": None if b.get("heartbeatAgeSeconds") is None else float(b["heartbeatAgeSeconds"]),
                            "softwareVersion": b.get("softwareVersion"), "activeArea": st.get("activeArea"),
                            "slot": b.get("index"), "api": None})
         history: list[Backup] = []
@@ -318,6 +321,11 @@ class KubeSource:
         new = [h for h in history if h.get("trigger") == "OnDemand"
                and (parse_iso(h.get("started")) or 0) >= request.since - 2.0]
         if not new:
+            running = (cg.get("status", {}).get("backups") or {}).get("inProgress") or {}
+            if running and (parse_iso(running.get("started")) or 0) >= request.since - 2.0:
+                return BackupProgress(done=False, succeeded=None, bytes_done=int(running.get("bytesCopied") or 0),
+                                      bytes_total=int(running.get("totalBytes") or 0), load=load,
+                                      message=f"copying portions {running.get('portions')} through {running.get('blade')}")
             msg = "waiting for the operator to start the backup" if pending else "waiting for the operator to record the backup"
             return BackupProgress(done=False, succeeded=None, bytes_done=0, bytes_total=0, load=load, message=msg)
         h = new[-1]

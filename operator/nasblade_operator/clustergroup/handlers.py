@@ -293,15 +293,19 @@ def _heartbeat_age(rt: Runtime, blade: str) -> float | None:
     return None if hb is None else hb[0]
 
 
-async def _probe(namespace: str, *, array: str, summaries: Mapping[int, Mapping[str, Any]], rt: Runtime) -> None:
-    """Read each Ready blade's heartbeat age and active area (every NASBLADE_STATUS_INTERVAL).
+async def _probe(
+    namespace: str, *, array: str, summaries: Mapping[int, Mapping[str, Any]], rt: Runtime, failure_timeout: float,
+) -> None:
+    """Read each Ready blade's heartbeat age and active area (every ``plan.probe_interval``:
+    a third of the group's ``failureTimeout``, between 1 s and NASBLADE_STATUS_INTERVAL).
 
     The fast failure signal is the pod's readiness; this catches a blade whose pod looks
     fine but whose file processor stopped writing heartbeats into the portion.
     """
     if time.monotonic() < rt.next_probe:
         return
-    rt.next_probe = time.monotonic() + settings.current().status_interval
+    rt.next_probe = time.monotonic() + planner.probe_interval(failure_timeout=failure_timeout,
+                                                              status_interval=settings.current().status_interval)
     token = await _array_token(namespace, array)
     targets = [(s["name"], endpoints.blade_api(namespace, s["name"], s.get("ip")))
                for s in summaries.values() if s["ready"]]
@@ -390,7 +394,8 @@ async def _pass(
     unformatted = {f.name for f in file_systems} - formatting.formatted_names(array["status"])
     now = datetime.datetime.now(datetime.UTC)
     summaries = {int(s["index"]): s for s in pods.get((namespace, name), [])}
-    await _probe(namespace, array=spec.disk_array, summaries=summaries, rt=rt)
+    await _probe(namespace, array=spec.disk_array, summaries=summaries, rt=rt,
+                 failure_timeout=spec.heartbeat.failure_timeout)
     request = await _move_request(body, name=name, namespace=namespace, status=status, rt=rt)
     observed = planner.Observed(
         group=name,
@@ -647,7 +652,10 @@ async def _backups(
     try:
         if base is None:
             raise bladeapi.BladeUnavailable(f"blade {blade['name']} has no address yet")
-        result = await bladeapi.backup(base, token=token, portions=portions, trigger=trigger)
+        running = {"trigger": trigger, "blade": blade["name"], "portions": portions, "started": conditions.now_rfc3339(now)}
+        result = await _backup_following(body, name=name, namespace=namespace, array=spec.disk_array,
+                                         areas=array["status"].get("areas", {}) or {}, base=base, token=token,
+                                         running=running, backups=backups, rt=rt)
         ok, message = result.succeeded, result.message
     except bladeapi.BladeUnavailable as exc:
         ok, message = False, str(exc)
@@ -656,6 +664,7 @@ async def _backups(
              "result": "Succeeded" if ok else "Failed", "message": message[:500],
              "started": conditions.now_rfc3339(now), "durationSeconds": seconds}
     backups["history"] = [*backups.get("history", []), entry][-HISTORY:]
+    backups["inProgress"] = None
     backups["lastAttempt"] = conditions.now_rfc3339(now)
     if ok:
         backups["lastSuccessful"] = conditions.now_rfc3339(now)
@@ -667,6 +676,52 @@ async def _backups(
         await kube.client().patch("ClusterGroup", name, {"metadata": {"annotations": {naming.A_BACKUP_NOW: None}}},
                                   namespace=namespace)
     return backups
+
+
+async def _backup_following(
+    body: kopf.Body, *, name: str, namespace: str, array: str, areas: Mapping[str, Any], base: str, token: str,
+    running: dict[str, Any], backups: Mapping[str, Any], rt: Runtime,
+) -> bladeapi.BackupResult:
+    """Run the blade's backup call and, while it runs, publish its progress as
+    ``status.backups.inProgress`` (bytesCopied / totalBytes from the controller's copy jobs),
+    at most one status patch a second and only when the figure moved."""
+    api = arrayapi.ArrayAPI(endpoints.controller_api(namespace, array), token)
+    size = int(areas.get("portionSize") or 0)
+    source = str(areas.get("processorInfo") or naming.LU_PROCESSOR_INFO)
+    target = str(areas.get("backup") or naming.LU_BACKUP)
+    offsets = [int(i) * size for i in running["portions"]]
+    try:
+        before: frozenset[str] | None = frozenset(str(j.get("id")) for j in await api.copy_jobs())
+    except (arrayapi.ArrayUnavailable, arrayapi.ArrayRefused):
+        before = None  # no byte counts this time; the result still comes from the blade
+    progress = {**running, "bytesCopied": 0, "totalBytes": size * len(offsets)}
+
+    async def publish() -> None:
+        await kube.client().patch("ClusterGroup", name, {"status": {"backups": {"inProgress": progress}}},
+                                  namespace=namespace, subresource="status")
+        rt.status = {**(rt.status or {}), "backups": {**backups, "inProgress": dict(progress)}}
+
+    await publish()
+    call = asyncio.ensure_future(bladeapi.backup(base, token=token, portions=list(running["portions"]),
+                                                 trigger=str(running["trigger"])))
+    try:
+        while not call.done():
+            await asyncio.wait({call}, timeout=1.0)
+            if call.done() or before is None:
+                continue
+            try:
+                jobs = await api.copy_jobs()
+            except (arrayapi.ArrayUnavailable, arrayapi.ArrayRefused):
+                continue
+            copied = min(progress["totalBytes"], planner.backup_bytes(jobs, source=source, target=target,
+                                                                    offsets=offsets, before=before))
+            if copied != progress["bytesCopied"]:
+                progress["bytesCopied"] = copied
+                await publish()
+    finally:
+        if not call.done():
+            call.cancel()
+    return call.result()
 
 
 async def _load_percent(namespace: str, array: str, token: str) -> int | None:
@@ -692,10 +747,12 @@ async def _write_status(
     for i in indexes:
         blade = planner.blade_name(name, i)
         s = by_index.get(i)
+        age = _heartbeat_age(rt, blade) if s is not None and s["ready"] else None
         blades.append({
             "name": blade, "index": i, "state": plan.states.get(blade, "Pending"),
             "fileSystems": sorted(fs for fs, o in owners.items() if o == blade),
             "softwareVersion": s["version"] if s else "",
+            **({"heartbeatAgeSeconds": planner.heartbeat_bucket(age)} if age is not None else {}),
         })
     running = sum(1 for b in blades if b["state"] == "Running" and b["index"] < spec.blades.count)
     for state in ("Pending", "Running", "Suspect", "Failed", "Upgrading"):

@@ -302,6 +302,37 @@ def _index(blade: str) -> int:
         return 1 << 30
 
 
+def probe_interval(*, failure_timeout: float, status_interval: float) -> float:
+    """Seconds between two reads of the blades' heartbeat ages: a third of ``failure_timeout``
+    (at least 1 s, at most ``status_interval``), so a blade whose pod stays Ready but whose
+    heartbeat stopped is Failed within about ``failure_timeout`` + one interval."""
+    return min(status_interval, max(1.0, failure_timeout / 3))
+
+
+def heartbeat_bucket(age: float) -> int:
+    """A heartbeat age as ``status.blades[].heartbeatAgeSeconds`` shows it: whole seconds, then
+    5 s steps from 10 s and minutes from 60 s, so the status changes only when the age does
+    meaningfully (a healthy blade stays at 0 and costs no status patch)."""
+    s = max(0, int(age))
+    step = 1 if s < 10 else 5 if s < 60 else 60
+    return s - s % step
+
+
+def backup_bytes(
+    jobs: Sequence[Mapping[str, object]], *, source: str, target: str, offsets: Sequence[int], before: frozenset[str],
+) -> int:
+    """Bytes a running backup has copied so far, from the controller's copy jobs: the jobs that
+    are new since it started (``before``: the job ids seen then) and copy one of its portions
+    (``offsets``) from ``source`` (the processor-info LU) to ``target`` (the backup LU)."""
+    total = 0
+    for j in jobs:
+        if (str(j.get("id")) not in before and j.get("source") == source and j.get("target") == target
+                and j.get("sourceOffset") in offsets):
+            done = j.get("bytesDone")
+            total += done if isinstance(done, int) else 0
+    return total
+
+
 BackupDecision = Literal["Interval", "MaxAge", "Defer"]
 
 
