@@ -94,6 +94,21 @@ def test_map_svg_parses_and_names_every_blade_and_lu(array: Array, cli: Cli, tmp
     assert named["blade"] == {"g1-0", "g1-1", "g2-0"}
     assert named["lu"] == {lu["name"] for lu in array.control.list_lus()}
     assert {"procinfo[0]", "procinfo[1]", "backup[0]", "backup[1]"} <= named["area"]
+    # every extent of every LU, where the controller says it is, drawn to scale on its device
+    rects = {(g.get("data-kind"), g.get("data-name"), g.get("data-device"), g.get("data-offset")): (g, g.find(f"{SVG}rect"))
+             for g in root.iter(f"{SVG}g")}
+    drawn = {(g.get("data-name"), int(g.get("data-device", -1)), int(g.get("data-offset", -1)), int(g.get("data-length", -1)))
+             for g, _ in rects.values() if g.get("data-kind") == "lu-extent"}
+    lus = array.control.list_lus()
+    assert drawn == {(lu["name"], e["device"], e["offset"], e["length"]) for lu in lus for e in lu["extents"]}
+    sizes = {d["index"]: d["size"] for d in array.control.array()["devices"]}
+    for name, device, offset, length in drawn:
+        dev = rects[("device", str(device), None, None)][1]
+        ext = rects[("lu-extent", name, str(device), str(offset))][1]
+        assert dev is not None and ext is not None
+        dx, dw = float(dev.get("x", 0)), float(dev.get("width", 0))
+        assert abs(float(ext.get("x", 0)) - (dx + dw * offset / sizes[device])) < 0.2
+        assert abs(float(ext.get("width", 0)) - max(dw * length / sizes[device], 0.5)) < 0.2
     text = "".join(t.text or "" for t in root.iter(f"{SVG}text"))
     assert "fs1" in text and "fs2" in text
     data = png.read_bytes()
@@ -139,6 +154,40 @@ def test_not_an_array_directory_exits_2(tmp_path: Path) -> None:
                          timeout=60, check=False)
     assert out.returncode == 2
     assert "is not the data directory of an array" in out.stderr
+
+
+def test_endpoints_file_is_where_the_terminal_finds_the_array(array: Array, tmp_path: Path) -> None:
+    """``nasblade up`` writes DATA/endpoints.json; with it the terminal needs no fixed ports."""
+    saved = json.loads((array.data_dir / "endpoints.json").read_text())
+    assert saved["controller"]["api"] == array.endpoints["controller"]["api"]
+    assert saved["controller"]["nbd"] == array.endpoints["controller"]["nbd"]
+    assert {b["name"]: (b["group"], b["api"]) for b in saved["blades"]} == \
+        {b["name"]: (b["group"], b["api"]) for b in array.endpoints["blades"]}
+    # A configuration that does not fix the control API port, and a data directory with only
+    # the secrets: the terminal asks for --controller, until endpoints.json is there too.
+    cfg = yaml.safe_load(array.config.read_text())
+    cfg["network"]["apiPort"] = 0
+    loose = tmp_path / "loose.yaml"
+    loose.write_text(yaml.safe_dump(cfg))
+    data = tmp_path / "data"
+    (data / "secrets").mkdir(parents=True)
+    for secret in (array.data_dir / "secrets").iterdir():
+        (data / "secrets" / secret.name).write_bytes(secret.read_bytes())
+    env = {k: v for k, v in os.environ.items() if k not in ("NASBLADE_DATA_DIR", "KUBECONFIG")}
+    env["NASBLADE_CONFIG"] = str(loose)
+
+    def status() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*NASBLADE, "status", "--data-dir", str(data), "-o", "json"], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    without = status()
+    assert without.returncode == 2 and "pass --controller URL" in without.stderr
+    (data / "endpoints.json").write_bytes((array.data_dir / "endpoints.json").read_bytes())
+    found = status()
+    assert found.returncode == 0, found.stderr
+    snap = json.loads(found.stdout)
+    assert snap["target"]["controller"] == array.endpoints["controller"]["api"]
+    assert {b["name"] for g in snap["groups"] for b in g["blades"]} == {"g1-0", "g1-1", "g2-0"}
 
 
 def test_backup_with_cross_group_is_followed_to_the_end(array: Array, cli: Cli) -> None:

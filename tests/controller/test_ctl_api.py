@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import http.client
+import itertools
 import json
 import time
 from urllib.parse import urlparse
@@ -91,6 +92,36 @@ def test_lu_lifecycle_and_array(controller: Controller) -> None:
     cl.delete_lu("life")
     assert cl.array()["free"] == before["free"]
     assert cl.list_lus() == []
+
+
+def test_lu_extents_say_where_the_lu_lives(controller: Controller) -> None:
+    """``extents``: one run per device and segment, inside the devices, never shared, summing to
+    ``allocated``; the first stripe unit of the LU is at the first extent (read from the device file)."""
+    cl = controller.client
+    cl.create_lu("ext", 4 << 20)
+    cl.create_lu("other", 6 << 20)
+    lu = cl.update_lu("ext", size=12 << 20)  # a second segment
+    assert len({e["segment"] for e in lu["extents"]}) == 2
+    assert sum(e["length"] for e in lu["extents"]) == lu["allocated"] >= lu["size"]
+    assert lu["devices"] == sorted({e["device"] for e in lu["extents"]})
+    devices = {d["index"]: d for d in cl.array()["devices"]}
+    runs: dict[int, list[tuple[int, int]]] = {}
+    for listed in cl.list_lus():
+        assert listed["extents"] == cl.get_lu(listed["name"])["extents"]
+        for e in listed["extents"]:
+            assert e["offset"] > 0 and e["offset"] + e["length"] <= devices[e["device"]]["size"]
+            runs.setdefault(e["device"], []).append((e["offset"], e["offset"] + e["length"]))
+    for spans in runs.values():
+        spans.sort()
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans))
+    first = lu["extents"][0]
+    with NBDBlockDevice.connect(controller.url("ext")) as d:
+        d.pwrite(0, b"EXTENT00" * 512, fua=True)
+    with open(devices[first["device"]]["path"], "rb") as f:
+        f.seek(first["offset"])
+        assert f.read(4096) == b"EXTENT00" * 512
+    schema = controller.client.openapi()["components"]["schemas"]
+    assert "extents" in schema["LU"]["required"] and schema["Extent"]["properties"].keys() >= {"device", "offset", "length"}
 
 
 def test_grown_lu_keeps_data_and_new_space_reads_zero(controller: Controller) -> None:

@@ -1,6 +1,8 @@
 """Synchronous clients of the blade's two HTTP APIs (see ``nasblade.bladeapi.server``).
 
-``BladeClient(url, token)`` talks to the management API over TCP (operator, CLI, tests);
+``BladeClient(url, token)`` talks to the management API over TCP (operator, CLI, tests),
+including the cluster-group routes under ``/v1/cluster`` (``nasblade.cluster.api``) that the
+management terminal (``nasblade.terminal.standalone``) uses;
 ``LocalClient(socket_path)`` talks to the local API over the pod-private Unix socket (the file
 processor side of the blade). Both return decoded JSON and raise ``BladeAPIError`` with the
 HTTP status and the server's message on any non-2xx reply.
@@ -12,7 +14,7 @@ import http.client
 import json
 import socket
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 
 class BladeAPIError(RuntimeError):
@@ -81,6 +83,44 @@ class BladeClient:
     def release_lu(self, lu: str) -> dict[str, Any]:
         result: dict[str, Any] = self._req("POST", f"/v1/lus/{lu}/release")
         return result
+
+    # -- the cluster-group routes (``nasblade.cluster.api``) -----------------------------------
+
+    def _cluster(self, method: str, path: str = "", body: Any = None) -> dict[str, Any]:
+        result: dict[str, Any] = self._req(method, "/v1/cluster" + path, body)
+        return result
+
+    def cluster(self) -> dict[str, Any]:
+        """The group as this blade sees it: members, ownership, active area, takeovers, backups."""
+        return self._cluster("GET")
+
+    def check_takeover(self) -> dict[str, Any]:
+        """Per file system: could this blade take it over now, and why not."""
+        return self._cluster("GET", "/check-takeover")
+
+    def take_over_fs(self, fs: str, *, force: bool = False) -> dict[str, Any]:
+        """Take ``fs`` over (a live owner is asked to release first unless ``force`` fences it)."""
+        return self._cluster("POST", f"/filesystems/{quote(fs, safe='')}/takeover", {"force": force})
+
+    def release_fs(self, fs: str) -> dict[str, Any]:
+        return self._cluster("POST", f"/filesystems/{quote(fs, safe='')}/release")
+
+    def give_back(self) -> dict[str, Any]:
+        """Take back every file system whose home is this blade."""
+        return self._cluster("POST", "/giveback")
+
+    def backup(self, *, cross_group: list[str] | bool = False, rate_limit: int = 0) -> dict[str, Any]:
+        """Back the group's portion (and ``cross_group``'s: a list of groups, or every one) up now."""
+        return self._cluster("POST", "/backups", {"crossGroup": cross_group, "rateLimit": rate_limit})
+
+    def backups(self) -> dict[str, Any]:
+        return self._cluster("GET", "/backups")
+
+    def area(self) -> dict[str, Any]:
+        return self._cluster("GET", "/area")
+
+    def reform_area(self) -> dict[str, Any]:
+        return self._cluster("POST", "/area/reform")
 
 
 class LocalClient:

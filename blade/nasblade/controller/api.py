@@ -390,6 +390,32 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
 ]
 
 
+_EXTENT_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["device", "offset", "length", "segment"],
+    "description": "One contiguous run of an LU on one device (the LU's data is striped over "
+                   "the runs of a segment in stripe units).",
+    "properties": {"device": {"type": "integer", "description": "device index"},
+                   "offset": {"type": "integer", "description": "byte offset on the device"},
+                   "length": {"type": "integer", "description": "bytes"},
+                   "segment": {"type": "integer", "description": "index of the segment (one per grow)"}},
+}
+_LU_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["name", "size", "allocated", "devices", "extents"],
+    "properties": {"name": {"type": "string"}, "size": {"type": "integer"}, "readOnly": {"type": "boolean"},
+                   "created": {"type": "string"}, "allocated": {"type": "integer"},
+                   "devices": {"type": "array", "items": {"type": "integer"}},
+                   "extents": {"type": "array", "items": {"$ref": "#/components/schemas/Extent"}},
+                   "reservation": {"type": ["object", "null"]}, "lastEpoch": {"type": "integer"},
+                   "connections": {"type": "integer"}},
+}
+_LU_REF = {"$ref": "#/components/schemas/LU"}
+#: Response schemas of the routes that answer with a documented shape (others: ``object``).
+_RESPONSES: dict[str, dict[str, Any]] = {
+    "list_lus": {"type": "object", "properties": {"lus": {"type": "array", "items": _LU_REF}}},
+    "get_lu": _LU_REF, "create_lu": _LU_REF, "patch_lu": _LU_REF,
+}
+
+
 def _openapi() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for method, path, handler, summary in ROUTES:
@@ -402,6 +428,8 @@ def _openapi() -> dict[str, Any]:
         }
         if method in ("POST", "PATCH"):
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+        if handler.__name__ in _RESPONSES:
+            op["responses"]["200"]["content"]["application/json"]["schema"] = _RESPONSES[handler.__name__]
         paths.setdefault(path, {})[method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -411,7 +439,8 @@ def _openapi() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Error": {"type": "object", "required": ["error"],
-                                  "properties": {"error": {"type": "string"}}}},
+                                  "properties": {"error": {"type": "string"}}},
+                        "LU": _LU_SCHEMA, "Extent": _EXTENT_SCHEMA},
         },
         "paths": paths,
     }

@@ -147,6 +147,8 @@ class Engine:
         return {"name": lu.name, "size": lu.size, "readOnly": lu.read_only, "created": lu.created,
                 "allocated": lu.allocated,
                 "devices": sorted({d for s in lu.segments for d, _ in s.members}),
+                "extents": [{"device": d, "offset": off, "length": s.member_length, "segment": i}
+                            for i, s in enumerate(lu.segments) for d, off in s.members],
                 "reservation": reservation, "lastEpoch": lu.last_epoch,
                 "connections": sum(1 for c in self.connections if c.lu == lu.name)}
 

@@ -12,12 +12,14 @@ anything starts, with the field path (exit status 2).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from nasblade import ready
 from nasblade.standalone.array import Array, ArrayError
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     except (ArrayError, OSError, RuntimeError) as exc:
         sys.stderr.write(f"nasblade up: {exc}\n")
         return 1
+    endpoints = write_endpoints(array.data_dir, summary)
     ready.announce("array", summary, dataDir=str(array.data_dir))
     reported: set[str] = set()
     while not stop.wait(0.5):
@@ -58,4 +61,18 @@ def run(args: argparse.Namespace) -> int:
                 reported.add(name)
                 logging.getLogger(__name__).error("%s exited with status %s", name, rc)
     array.stop()
+    endpoints.unlink(missing_ok=True)
     return 0
+
+
+def write_endpoints(data_dir: Path, summary: dict[str, Any]) -> Path:
+    """``DATA/endpoints.json``: the controller's and the blades' endpoints of the running array
+    (the ready line's ``controller`` and ``blades``), where ``nasblade status`` and the other
+    terminal commands find them (``nasblade.terminal.standalone``). Written atomically; removed
+    when the array stops."""
+    path = data_dir / "endpoints.json"
+    doc = {"controller": summary["controller"], "blades": summary["blades"], "nfs": summary["nfs"]}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path

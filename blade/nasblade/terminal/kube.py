@@ -236,10 +236,10 @@ class KubeSource:
             name = areas_status.get(key)
             if name:
                 lus.append(LU(name=str(name), kind=kind, size=quantity(areas_spec.get(size_key)) or 0,  # type: ignore[typeddict-item]
-                              devices=every, fileSystem=None, reservation=None))
+                              devices=every, extents=[], fileSystem=None, reservation=None))
         for f in st.get("fileSystems", []) or []:
             lus.append(LU(name=str(f.get("lu") or f["name"]), kind="fileSystem", size=int(f.get("size") or 0),
-                          devices=every, fileSystem=str(f["name"]), reservation=None))
+                          devices=every, extents=[], fileSystem=str(f["name"]), reservation=None))
         portion_size = int(areas_status.get("portionSize") or 0)
         areas: list[Area] = []
         for p in st.get("portions", []) or []:

@@ -21,11 +21,21 @@ class Device(TypedDict):
     path: str | None
 
 
+class Extent(TypedDict):
+    """One contiguous run of an LU on one device, as the controller's LU listing gives it."""
+
+    device: int
+    offset: int  # bytes from the start of the device
+    length: int
+    segment: int
+
+
 class LU(TypedDict):
     name: str
     kind: LUKind
     size: int
     devices: list[int]
+    extents: list[Extent]  # empty when the source does not know the placement (Kubernetes status)
     fileSystem: str | None
     reservation: dict[str, Any] | None
 

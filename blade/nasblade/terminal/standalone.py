@@ -44,6 +44,7 @@ from nasblade.terminal.model import (
     Blade,
     Device,
     Event,
+    Extent,
     FileSystem,
     Group,
     LUKind,
@@ -105,20 +106,6 @@ class Endpoints:
     api: str
     nbd: str
     blades: list[BladeEndpoint]
-
-
-def cluster_call(client: Any, action: str, *, fs: str | None = None, body: Any = None) -> Any:
-    """One cluster-group route of the blade management API (``nasblade.cluster.api``), named by
-    its action in ``nasblade.cluster.cli.ACTIONS`` (the one table of those routes).
-
-    ``BladeClient`` has no methods for these routes; its request helper keeps the bearer token
-    and the error mapping (``BladeAPIError`` with status and message) in one place, as
-    ``nasblade cluster`` does.
-    """
-    from nasblade.cluster.cli import ACTIONS
-
-    method, path, _ = ACTIONS[action]
-    return client._req(method, path.format(fs=fs), body)
 
 
 def iso(t: Any) -> str | None:
@@ -304,6 +291,8 @@ class StandaloneSource:
             "devices": [Device(index=d["index"], size=d["size"], free=d.get("free", 0), path=d.get("path"))
                         for d in array.get("devices", [])],
             "lus": [LU(name=lu["name"], kind=lu_kind(lu["name"]), size=lu["size"], devices=list(lu.get("devices", [])),
+                       extents=[Extent(device=int(e["device"]), offset=int(e["offset"]), length=int(e["length"]),
+                                       segment=int(e.get("segment", 0))) for e in lu.get("extents", [])],
                        fileSystem=fs_of_lu.get(lu["name"]), reservation=lu.get("reservation"))
                     for lu in lus],
             "areas": areas,
@@ -376,7 +365,7 @@ class StandaloneSource:
         if ep.api is None:
             return None
         try:
-            result: dict[str, Any] = cluster_call(BladeClient(ep.api, self.blade_token, timeout=self.timeout), "status")
+            result: dict[str, Any] = BladeClient(ep.api, self.blade_token, timeout=self.timeout).cluster()
             return result
         except (BladeAPIError, OSError):
             return None
@@ -445,7 +434,7 @@ class StandaloneSource:
         client = self.blade_client(blade)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup")
         since = time.time()
-        future = pool.submit(cluster_call, client, "backup", body={"crossGroup": list(cross_groups)})
+        future = pool.submit(client.backup, cross_group=list(cross_groups))
         pool.shutdown(wait=False)
         return BackupRequest(group=group, groups=[group, *cross_groups], since=since,
                              detail={"blade": blade, "future": future})
@@ -501,7 +490,7 @@ class StandaloneSource:
         from nasblade.bladeapi.client import BladeAPIError
 
         try:
-            report = cluster_call(self.blade_client(to), "check-takeover")
+            report = self.blade_client(to).check_takeover()
         except (BladeAPIError, OSError, NotAvailable):
             return None
         for entry in (report or {}).get("fileSystems", []):
@@ -516,7 +505,7 @@ class StandaloneSource:
         from nasblade.bladeapi.client import BladeAPIError
 
         try:
-            answer = cluster_call(self.blade_client(to), "takeover", fs=fs, body={"force": False})
+            answer = self.blade_client(to).take_over_fs(fs)
         except BladeAPIError as exc:
             if exc.status == 501 or (exc.status == 404 and exc.message == "Not Found"):
                 raise NotAvailable(f"blade {to} does not offer file-system takeover ({exc.message})") from exc

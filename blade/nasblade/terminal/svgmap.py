@@ -2,8 +2,12 @@
 
 Layout, top to bottom, one block per array:
 
-- the devices, side by side, widths proportional to their sizes; inside each device the LUs
-  striped over it (each LU's share ``size / len(devices)``), coloured by kind, then free space;
+- the devices, side by side, widths proportional to their sizes; inside each device the LUs'
+  extents at their exact place (``x = device x + width * offset / device size``, from the
+  controller's LU listing; each carries ``data-device``, ``data-offset``, ``data-length``),
+  coloured by kind, the rest free space; a source that does not know the placement (the
+  Kubernetes status) gives no extents, and each LU's share ``size / len(devices)`` is drawn
+  packed from the left instead;
 - the areas: the processor-info LU cut into one portion per cluster group and the backup LU
   into one backup area per portion; the area a group runs from is outlined;
 - per cluster group, its blades coloured by health (``health.COLOURS``) with the file systems
@@ -81,16 +85,26 @@ def _array(c: _Canvas, a: ArrayView, *, groups: list[Group], fs_blade: dict[str,
         for lu in a["lus"]:
             if d["index"] not in lu["devices"]:
                 continue
-            share = lu["size"] / max(len(lu["devices"]), 1)
-            sw = w * share / max(d["size"], 1)
             unserved = lu["fileSystem"] is not None and not fs_blade.get(lu["fileSystem"])
-            node = c.box(x=sx, y=c.y, w=sw, h=h, fill=KIND_COLOURS.get(lu["kind"], "#b0b0b0"), kind="lu-extent",
-                         name=lu["name"], title=f"LU {lu['name']} ({lu['kind']}): {size(int(share))} on device {d['index']}"
-                                                + (" - NOT SERVED" if unserved else ""),
-                         stroke=COLOURS["dead"] if unserved else "#fff", stroke_width=3 if unserved else 1)
-            if sw > 40:
-                c.text(sx + 3, c.y + h / 2 + 4, lu["name"], parent=node, font_size="10", fill="#fff")
-            sx += sw
+            extents = [e for e in lu.get("extents") or [] if e["device"] == d["index"]]
+            runs = [(x + w * e["offset"] / max(d["size"], 1), e["offset"], e["length"]) for e in extents]
+            if not extents:  # placement unknown: the LU's share, packed
+                share = lu["size"] / max(len(lu["devices"]), 1)
+                runs = [(sx, -1, int(share))]
+                sx += w * share / max(d["size"], 1)
+            for rx, offset, length in runs:
+                rw = w * length / max(d["size"], 1)
+                where = f" at offset {offset}" if offset >= 0 else ""
+                node = c.box(x=rx, y=c.y, w=rw, h=h, fill=KIND_COLOURS.get(lu["kind"], "#b0b0b0"), kind="lu-extent",
+                             name=lu["name"], title=f"LU {lu['name']} ({lu['kind']}): {size(length)} on device {d['index']}"
+                                                    + where + (" - NOT SERVED" if unserved else ""),
+                             stroke=COLOURS["dead"] if unserved else "#fff", stroke_width=3 if unserved else 1)
+                if offset >= 0:
+                    node.set("data-device", str(d["index"]))
+                    node.set("data-offset", str(offset))
+                    node.set("data-length", str(length))
+                if rw > 40:
+                    c.text(rx + 3, c.y + h / 2 + 4, lu["name"], parent=node, font_size="10", fill="#fff")
         x += w + gap
     c.y += h + 16
     # LU legend: one labelled chip per LU, so every LU is named even when its stripe is thin
