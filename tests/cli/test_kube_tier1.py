@@ -184,6 +184,17 @@ def test_kubectl_nas_against_the_operator(
         fs_status = {f["name"]: f for f in kubectl.get("clustergroup", "g1")["status"]["fileSystems"]}
         assert fs_status["home"]["blade"] == owner and "pinnedTo" not in fs_status["home"]
 
+        # a move that fails half-way (the target cannot mount it): the owner serves it again, exit 1
+        blades.refuse_takeover.add(peer)
+        calls = len(blades.calls)
+        failed = plugin(tier1_kubeconfig, "takeover", "home", "--to", peer, "-n", namespace, "--timeout", "60")
+        assert failed.returncode == 1 and "the move failed" in failed.stderr, failed.stdout + failed.stderr
+        assert [c for c in blades.calls[calls:] if c[2] == "home"] == [
+            (owner, "release", "home"), (peer, "takeover", "home"), (owner, "takeover", "home")]
+        fs_status = {f["name"]: f for f in kubectl.get("clustergroup", "g1")["status"]["fileSystems"]}
+        assert fs_status["home"]["blade"] == owner and "pinnedTo" not in fs_status["home"]
+        blades.refuse_takeover.clear()
+
         # rollout: spec.software.version, then every blade on the new version
         roll = plugin(tier1_kubeconfig, "software", "rollout", "0.2.0", "--force", "-n", namespace, "-o", "json",
                       "--timeout", "120")

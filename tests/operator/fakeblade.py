@@ -29,6 +29,7 @@ class FakeBlades:
         self.heartbeat_age: dict[str, float] = {}  # blade -> what GET /v1/status reports (default 0.1 s)
         self.copy_through: tuple[str, int] | None = None  # (controller API URL, portion size)
         self.backup_gate: threading.Event | None = None
+        self.refuse_takeover: set[str] = set()  # blades whose file-system takeover answers 409
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -77,6 +78,8 @@ class FakeBlades:
             return web.json_response({"error": "unauthorized"}, status=401)
         m = request.match_info
         self.calls.append((m["blade"], m["action"], m["fs"]))
+        if m["action"] == "takeover" and m["blade"] in self.refuse_takeover:
+            return web.json_response({"error": f"{m['blade']} cannot mount {m['fs']}"}, status=409)
         return web.json_response({"fs": m["fs"], m["action"]: True})
 
     async def _status(self, request: web.Request) -> web.Response:

@@ -430,7 +430,13 @@ async def _pass(
             if unformatted and (isinstance(action, planner.CreatePod)
                                 or (isinstance(action, planner.MoveFileSystem) and action.fs in unformatted)):
                 continue  # diskarray/formatting.py: not before mkfs has run and been recorded
-            record = await act.do(action, file_systems=file_systems)
+            try:
+                record = await act.do(action, file_systems=file_systems)
+            except bladeapi.BladeUnavailable as exc:
+                if not (isinstance(action, planner.MoveFileSystem) and action.reason == "Planned" and outcome):
+                    raise
+                outcome = dataclasses.replace(outcome, result="Refused", message=f"the move failed: {exc}")
+                continue
             if isinstance(action, planner.MoveFileSystem):
                 owners[action.fs] = action.target
                 if record:
@@ -526,14 +532,18 @@ class _Actor:
         if m.reason == "Failover":  # measured from the failure: the pod's Ready transition, or when we saw it go
             t0 = min(self.rt.first_bad.get(m.source, t0), t0 - self.down_for.get(m.source, 0.0))
         token = await _array_token(self.namespace, self.spec.disk_array)
-        if m.reason != "Failover":
-            source = self._endpoint(m.source)
-            if source is not None:
-                await bladeapi.release(source, m.fs, token=token)
-        target = self._endpoint(m.target)
-        if target is None:
-            raise bladeapi.BladeUnavailable(f"blade {m.target} has no address yet")
-        await bladeapi.takeover(target, m.fs, token=token)
+        source = self._endpoint(m.source) if m.reason != "Failover" else None
+        if source is not None:
+            await bladeapi.release(source, m.fs, token=token)
+        try:
+            target = self._endpoint(m.target)
+            if target is None:
+                raise bladeapi.BladeUnavailable(f"blade {m.target} has no address yet")
+            await bladeapi.takeover(target, m.fs, token=token)
+        except bladeapi.BladeUnavailable:
+            if source is not None:  # a hand-over that failed half-way: the owner serves it again
+                await bladeapi.takeover(source, m.fs, token=token)
+            raise
         await kube.client().patch(
             "Service", naming.nfs_service_name(self.spec.disk_array, m.fs),
             {"spec": {"selector": builders.nfs_selector(group=self.name, blade=m.target)}}, namespace=self.namespace,
