@@ -10,9 +10,9 @@ address, driven by real clients and real signals.
   keys of that config (``clusterGroups``, ``fileSystems``). Returns an ``ArrayUp``; every
   array (and every process the test revived) is stopped at teardown.
 - ``ArrayUp`` knows each blade's block-processor and file-processor pids and management API,
-  and can ``kill(blade, "fp"|"bp", sig)`` and ``revive(blade, part)`` them: a revived process is
-  started from the killed one's command line (minus the file systems it was told to own at
-  array start), like a restarted container.
+  and can ``kill(blade, "fp"|"bp", sig)`` them; ``nasblade up`` restarts a killed process by
+  itself (``nasblade.standalone.supervisor``), and ``restarted(blade, part, old_pid)`` waits
+  for that in ``DATA/run/chassis.json`` (the chassis status) and learns the new pid.
 - ``wait_for(predicate, timeout)``: a bounded poll for states that change on their own
   (ownership after a heartbeat timeout); it raises ``TimeoutError`` with the last value.
 """
@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,25 +72,11 @@ def _drain(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def _strip(argv: list[str], flag: str) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == flag:
-            skip = True
-            continue
-        out.append(a)
-    return out
-
-
 @dataclass
 class Blade:
     name: str
     api: str
     pids: dict[str, int]
-    argv: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,7 +84,6 @@ class ArrayUp:
     data_dir: Path
     proc: subprocess.Popen[bytes]
     endpoints: dict[str, Any]
-    revived: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.token = (self.data_dir / "secrets" / "blade-token").read_text().strip()
@@ -132,38 +117,31 @@ class ArrayUp:
     def served_by(self, blade: str, fs: str = "fs1") -> bool:
         return fs in self.cluster(blade)["serving"] and fs in self.api(blade, "GET", "/v1/status")["fileSystems"]
 
-    def kill(self, blade: str, part: str, sig: int = signal.SIGKILL) -> None:
-        b = self.blades[blade]
-        pid = b.pids[part]
-        if part not in b.argv:
-            b.argv[part] = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    def kill(self, blade: str, part: str, sig: int = signal.SIGKILL) -> int:
+        """Send ``sig`` to ``part`` of ``blade``; returns the pid it went to."""
+        pid = self.blades[blade].pids[part]
         os.kill(pid, sig)
+        return pid
 
-    def revive(self, blade: str, part: str) -> None:
-        b = self.blades[blade]
-        argv = _strip(_strip(b.argv[part], "--own"), "--fs")
-        log = open(self.data_dir / "logs" / f"{blade}-{part}.log", "ab")  # noqa: SIM115 - the child owns it
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
-        log.close()
-        self.revived.append(proc)
-        line = ready.wait_ready(proc, timeout=60)
-        threading.Thread(target=_drain, args=(proc,), daemon=True).start()
-        b.pids[part] = proc.pid
-        if part == "bp":
-            b.api = str(line["endpoints"]["api"])
+    def chassis(self) -> dict[str, Any]:
+        """The chassis status ``nasblade up`` keeps in ``DATA/run/chassis.json``."""
+        result: dict[str, Any] = json.loads((self.data_dir / "run" / "chassis.json").read_text())
+        return result
+
+    def part_status(self, blade: str, part: str) -> dict[str, Any]:
+        key = "blockProcessor" if part == "bp" else "fileProcessor"
+        result: dict[str, Any] = self.chassis()["blades"][blade][key]
+        return result
+
+    def restarted(self, blade: str, part: str, old_pid: int, *, timeout: float = 90.0) -> dict[str, Any]:
+        """Wait until the supervisor runs ``part`` of ``blade`` again under a new pid."""
+        st: dict[str, Any] = expect(
+            self, lambda: (s := self.part_status(blade, part))["state"] == "running" and s["pid"] != old_pid and s,
+            timeout=timeout, what=f"{blade}-{part} restarted by nasblade up")
+        self.blades[blade].pids[part] = int(st["pid"])
+        return st
 
     def stop(self) -> int:
-        for p in self.revived:
-            if p.poll() is None:
-                with _suppress():
-                    os.killpg(p.pid, signal.SIGCONT)
-                p.terminate()
-        for p in self.revived:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
         for b in self.blades.values():  # nothing of ours may stay stopped
             for pid in b.pids.values():
                 with _suppress():

@@ -167,7 +167,7 @@ def test_area_failover_and_reform(make_array: Any) -> None:
         later = [s.heartbeat_counter if s else 0 for s in (backup.read_slot(0), backup.read_slot(1))]
     assert all(b > a for a, b in zip(first, later, strict=True)), (first, later)
     # a takeover works on the backup area: ownership is recorded there
-    arr.kill(owner, "fp")
+    killed = arr.kill(owner, "fp")
     new = expect(arr, lambda: (o := arr.owner()) is not None and o[0] == peer and o, what="takeover in backup mode")
     assert new[1] > epoch
 
@@ -177,16 +177,25 @@ def test_area_failover_and_reform(make_array: Any) -> None:
         return (own.blade, own.epoch) == new
 
     expect(arr, recorded, timeout=10, what="the new ownership is recorded in the backup area")
-    arr.revive(owner, "fp")
+    arr.restarted(owner, "fp", killed)  # and nasblade up gives fs1 back to it when it is back
     # the portion comes back: it is re-formed from the backup area and the blades switch back
     arr.admin.delete_fault(fault["id"])
     for b in arr.blades:
         expect(arr, lambda b=b: arr.api(b, "GET", "/v1/cluster/area")["activeArea"] == "primary",
                timeout=20, what=f"{b} switches back to the portion")
+    now = expect(arr, lambda: (o := arr.owner()) is not None and o[0] == owner and o, timeout=60,
+                 what="give-back to the restarted blade")
+    assert now[1] > new[1]
+
+    def primary_owner() -> tuple[str, int]:
+        with NBDBlockDevice.connect(f"nbd://{arr.nbd}/procinfo") as dev:
+            own = PortionStore(dev, offset=0, size=PORTION).read_group().ownership["fs1"]
+        return own.blade, own.epoch
+
+    expect(arr, lambda: primary_owner() == now, timeout=10, what="the portion records the give-back")
     pdev, primary = store(arr, "procinfo", 0)
     with pdev:
         group = primary.read_group()
-        assert (group.ownership["fs1"].blade, group.ownership["fs1"].epoch) == new
         restores = [r for r in group.backups if r.get("kind") == "restore"]
         assert restores and restores[-1]["result"] == "succeeded"
         c0 = [s.heartbeat_counter for s in (primary.read_slot(0), primary.read_slot(1)) if s]
@@ -195,4 +204,4 @@ def test_area_failover_and_reform(make_array: Any) -> None:
     assert len(c0) == 2 and all(b != a for a, b in zip(c0, c1, strict=True))
     events = arr.api(peer, "GET", "/v1/cluster/area")["events"]
     assert [e["to"] for e in events] == ["backup", "primary"]
-    assert arr.served_by(peer)
+    expect(arr, lambda: arr.served_by(owner), what="the home blade serves fs1")

@@ -11,7 +11,12 @@ operator from the ClusterGroup resource in Kubernetes) and read by
                 "crossGroup": [{"group": "g2", "index": 1}]},
      "fileSystems": [{"name": "fs1", "lu": "fs-fs1", "home": "g1-0",
                       "serve": {"address": "127.0.0.2", "nfsPort": 2049, "mountPort": 20048,
-                                "portmapPort": null, "exports": [...]}}]}
+                                "portmapPort": null, "exports": [...]}}],
+     "chassis": "/data/run/chassis.sock"}
+
+``chassis`` (optional) is the Unix socket of the chassis API (``nasblade.standalone.chassis``):
+when set, a blade taking a file system over from a silent peer first asks the chassis to
+power that peer off (power fencing), so the peer's address is free before it is bound.
 
 ``serve`` (optional, informational) is the file system's address, ports and exports; the block
 processor serves what its ``--fs-spec`` flags say (``nasblade.blockproc``), so whichever blade
@@ -57,6 +62,7 @@ class ClusterConfig:
     backup: BackupPolicy
     cross_group: tuple[CrossGroup, ...]
     file_systems: tuple[FsConfig, ...] = field(default=())
+    chassis: str | None = None
 
     def fs(self, name: str) -> FsConfig | None:
         return next((f for f in self.file_systems if f.policy.name == name), None)
@@ -75,6 +81,7 @@ class ClusterConfig:
                        "crossGroup": [{"group": c.group, "index": c.index} for c in self.cross_group]},
             "fileSystems": [{"name": f.policy.name, "lu": f.policy.lu, "home": f.policy.home, "serve": f.serve}
                             for f in self.file_systems],
+            **({"chassis": self.chassis} if self.chassis else {}),
         }
 
 
@@ -135,6 +142,7 @@ def parse(data: Any) -> ClusterConfig:
         backup=policy,
         cross_group=cross,
         file_systems=tuple(fss),
+        chassis=None if data.get("chassis") is None else str(_get(data, "chassis", str, w)),
     )
 
 
@@ -146,7 +154,7 @@ def load(path: str | Path) -> ClusterConfig:
     return parse(data)
 
 
-def from_standalone(config: Any, group: str) -> ClusterConfig:
+def from_standalone(config: Any, group: str, *, chassis: str | None = None) -> ClusterConfig:
     """The cluster configuration of ``group`` in a standalone ``nasblade.standalone.config.Config``."""
     names = [g.name for g in config.groups]
     g = config.groups[names.index(group)]
@@ -166,11 +174,13 @@ def from_standalone(config: Any, group: str) -> ClusterConfig:
             FsConfig(policy=FsPolicy(name=fs.name, lu=f"fs-{fs.name}", home=fs.preferred_blade), serve={})
             for fs in config.file_systems if fs.cluster_group == group
         ),
+        chassis=chassis if g.power_fencing else None,
     )
 
 
-def write_standalone(config: Any, group: str, path: Path) -> Path:
+def write_standalone(config: Any, group: str, path: Path, *, chassis: str | None = None) -> Path:
     """Write ``group``'s cluster configuration as JSON at ``path`` (for ``--cluster-config``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(from_standalone(config, group).to_json(), indent=1, sort_keys=True))
+    cfg = from_standalone(config, group, chassis=chassis)
+    path.write_text(json.dumps(cfg.to_json(), indent=1, sort_keys=True))
     return path

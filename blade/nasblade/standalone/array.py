@@ -64,6 +64,10 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     ready: dict[str, Any]
+    argv: list[str] = field(default_factory=list)
+    blade: str | None = None
+    part: str | None = None
+    """``bp`` / ``fp`` for a blade's processes (restarted by ``nasblade.standalone.supervisor``)."""
 
 
 @dataclass
@@ -90,7 +94,23 @@ class Array:
                 f.write(secrets.token_urlsafe(24))
         return path
 
-    def _spawn(self, name: str, argv: list[str]) -> Child:
+    @property
+    def chassis_socket(self) -> Path:
+        """The chassis API of ``nasblade up`` (``nasblade.standalone.chassis``)."""
+        return self.data_dir / "run" / "chassis.sock"
+
+    def blade_token(self) -> str:
+        return self._secret("blade-token").read_text().strip()
+
+    def _spawn(self, name: str, argv: list[str], *, blade: str | None = None, part: str | None = None) -> Child:
+        proc, line = self.launch(name, argv)
+        child = Child(name=name, proc=proc, ready=line, argv=list(argv), blade=blade, part=part)
+        self.children.append(child)
+        return child
+
+    def launch(self, name: str, argv: list[str]) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+        """Start ``argv`` in its own session (stderr to ``DATA/logs/<name>.log``); wait for its
+        ready line. Used for first starts and by the supervisor for restarts."""
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{name}.log", "ab") as err:
@@ -105,9 +125,7 @@ class Array:
             raise ArrayError(f"{name} did not start: {exc}\n  " + "\n  ".join(tail)) from exc
         # keep reading stdout so a chatty child never blocks on a full pipe
         threading.Thread(target=_drain, args=(proc,), daemon=True, name=f"drain-{name}").start()
-        child = Child(name=name, proc=proc, ready=line)
-        self.children.append(child)
-        return child
+        return proc, line
 
     # -- start ------------------------------------------------------------------------------
 
@@ -228,18 +246,20 @@ class Array:
                     argv += ["--own", fs_lu(fs)]
                 argv += ["--fp-unix", str(rundir / "fp.sock")]
                 argv += ["--cluster-config", str(cluster_config.write_standalone(
-                    c, group.name, self.data_dir / "run" / f"cluster-{group.name}.json"))]
+                    c, group.name, self.data_dir / "run" / f"cluster-{group.name}.json",
+                    chassis=str(self.chassis_socket)))]
                 for fs in c.file_systems:
                     if fs.cluster_group == group.name:
                         spec = {"name": fs.name, "lu": fs_lu(fs), **self._listen_spec(fs)}
                         argv += ["--fs-spec", json.dumps(spec, sort_keys=True)]
                 if port:
                     port += 1
-                bp = self._spawn(f"{blade}-bp", argv)
+                bp = self._spawn(f"{blade}-bp", argv, blade=blade, part="bp")
                 if bp.ready.get("softwareError") and not bp.ready.get("software"):
                     raise ArrayError(f"{blade}: no blade software: {bp.ready['softwareError']}")
                 fp = self._spawn(f"{blade}-fp", [*self._fp_argv(blade, rundir, owned, group.heartbeat_interval),
-                                                  "--fence-after", str(group.failure_timeout / 2)])
+                                                  "--fence-after", str(group.failure_timeout / 2)],
+                                 blade=blade, part="fp")
                 out.append({"name": blade, "group": group.name, "bp": bp, "fp": fp, "owned": owned})
         return out
 

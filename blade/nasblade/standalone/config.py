@@ -12,6 +12,7 @@ one exported file system)::
         blades: 2                       # or a list of names
         heartbeatInterval: 200ms
         failureTimeout: 2s
+        powerFencing: true              # a blade taking over powers the silent one off first
         backup: {interval: 10m, loadThreshold: 0.8, maxAge: 1h, crossGroup: []}
     fileSystems:
       - name: fs1
@@ -129,6 +130,7 @@ class ClusterGroup:
     heartbeat_interval: float = 0.2
     failure_timeout: float = 2.0
     backup: Backup = field(default_factory=Backup)
+    power_fencing: bool = True
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,9 @@ def _group(data: Any, path: str, index: int) -> ClusterGroup:
         raise ConfigError(r.sub("heartbeatInterval"), "must be positive")
     if ft <= hb:
         raise ConfigError(r.sub("failureTimeout"), f"must be longer than heartbeatInterval ({hb}s)")
+    power_fencing = r.get("powerFencing", True)
+    if not isinstance(power_fencing, bool):
+        raise ConfigError(r.sub("powerFencing"), f"{power_fencing!r} must be true or false")
     br = _Reader(r.get("backup"), r.sub("backup"))
     threshold = br.get("loadThreshold", 0.8)
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
@@ -275,7 +280,8 @@ def _group(data: Any, path: str, index: int) -> ClusterGroup:
     )
     br.done()
     r.done()
-    return ClusterGroup(name=name, blades=blades, heartbeat_interval=hb, failure_timeout=ft, backup=backup)
+    return ClusterGroup(name=name, blades=blades, heartbeat_interval=hb, failure_timeout=ft, backup=backup,
+                        power_fencing=power_fencing)
 
 
 def parse(data: Any) -> Config:

@@ -4,7 +4,9 @@
 
 Prints one ready line (``role: "array"``) whose ``endpoints`` list every NFS endpoint (host,
 NFS port, MOUNT port, export path, a libnfs URL, owning blade and its pid) and the controller
-endpoints; then runs until SIGTERM or Ctrl-C and shuts everything down cleanly. Starting again
+endpoints; then supervises the blades like a chassis (``nasblade.standalone.supervisor``:
+crashed blade processes are restarted, ``DATA/run/chassis.sock`` powers a blade off for the
+peer that takes it over) until SIGTERM or Ctrl-C, and shuts everything down cleanly. Starting again
 on the same data directory brings the same data back. A bad configuration is refused before
 anything starts, with the field path (exit status 2).
 """
@@ -23,7 +25,9 @@ from typing import Any
 
 from nasblade import ready
 from nasblade.standalone.array import Array, ArrayError
+from nasblade.standalone.chassis import ChassisServer
 from nasblade.standalone.config import ConfigError, load
+from nasblade.standalone.supervisor import Supervisor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,15 +56,17 @@ def run(args: argparse.Namespace) -> int:
     except (ArrayError, OSError, RuntimeError) as exc:
         sys.stderr.write(f"nasblade up: {exc}\n")
         return 1
+    sup = Supervisor(array)
+    chassis = ChassisServer(sup, array.chassis_socket)
+    chassis.start()
     endpoints = write_endpoints(array.data_dir, summary)
     ready.announce("array", summary, dataDir=str(array.data_dir))
-    reported: set[str] = set()
-    while not stop.wait(0.5):
-        for name, rc in array.exited():
-            if name not in reported:
-                reported.add(name)
-                logging.getLogger(__name__).error("%s exited with status %s", name, rc)
-    array.stop()
+    while not stop.wait(0.2):
+        sup.poll()
+    sup.stopping = True
+    chassis.close()
+    with sup.lock:
+        array.stop()
     endpoints.unlink(missing_ok=True)
     return 0
 

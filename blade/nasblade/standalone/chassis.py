@@ -1,0 +1,171 @@
+"""The chassis API of ``nasblade up``: power fencing for the blades of the standalone array.
+
+When a blade takes over a file system from a silent peer, the peer may only be paused
+(SIGSTOP, a long GC, a stuck kernel call) and still hold the file system's address, so clients
+would hang on it although the controller already refuses its I/O (epoch fencing, the data
+guarantee). A NAS chassis solves this by cutting the silent blade's power before the survivor
+takes its address; this module is that power switch for standalone mode.
+
+``ChassisServer`` serves HTTP/JSON on a Unix socket (``DATA/run/chassis.sock``, mode 0600 in a
+directory only the array's user can enter: reaching the socket is the authorisation) in a
+thread of ``nasblade up``, over ``nasblade.standalone.supervisor.Supervisor``:
+
+    POST /v1/blades/<blade>/power-off   {"requestedBy": "g1-1", "reason": "..."}
+         → 200 {"blade", "poweredOff": true, "killed": [pids], ...}   (after the processes are reaped)
+    GET  /v1/chassis                    → the supervisor's status (per blade: pids, restarts, ...)
+
+``ChassisClient`` is the caller's side; ``nasblade.cluster.member`` uses it when its cluster
+configuration names a chassis (``chassis`` in ``nasblade.cluster.config``). In Kubernetes there
+is no chassis: the operator deletes the failed blade's pod instead.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import logging
+import os
+import re
+import socket
+import socketserver
+import threading
+from pathlib import Path
+from typing import Any
+
+from nasblade.standalone.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+_POWER_OFF = re.compile(r"^/v1/blades/([A-Za-z0-9._-]+)/power-off$")
+
+
+class ChassisError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"chassis: HTTP {status}: {message}")
+        self.status = status
+
+
+def _handler(sup: Supervisor) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def address_string(self) -> str:  # Unix-socket peers have no address
+            return "chassis-client"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("chassis: " + format, *args)
+
+        def _reply(self, status: int, body: Any) -> None:
+            data = json.dumps(body, sort_keys=True).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> dict[str, Any]:
+            n = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(n) if n else b""
+            body = json.loads(raw) if raw else {}
+            if not isinstance(body, dict):
+                raise ValueError("the request body must be a JSON object")
+            return body
+
+        def do_GET(self) -> None:
+            if self.path == "/v1/chassis":
+                self._reply(200, sup.status())
+            else:
+                self._reply(404, {"error": f"no such resource: {self.path}"})
+
+        def do_POST(self) -> None:
+            m = _POWER_OFF.match(self.path)
+            if m is None:
+                self._reply(404, {"error": f"no such resource: {self.path}"})
+                return
+            try:
+                body = self._body()
+            except ValueError as exc:
+                self._reply(400, {"error": f"bad request body: {exc}"})
+                return
+            by, reason = str(body.get("requestedBy") or "unknown"), str(body.get("reason") or "")
+            try:
+                self._reply(200, sup.power_off(m.group(1), by=by, reason=reason))
+            except KeyError:
+                self._reply(404, {"error": f"no blade {m.group(1)} in this chassis"})
+
+    return Handler
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+class ChassisServer:
+    """The chassis API on ``path`` (see the module doc); ``start()`` / ``close()``."""
+
+    def __init__(self, sup: Supervisor, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            path.unlink()
+        old = os.umask(0o177)
+        try:
+            self._server = _Server(str(path), _handler(sup))
+        finally:
+            os.umask(old)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="chassis")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self.path.exists():
+            self.path.unlink()
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, *, timeout: float) -> None:
+        super().__init__("chassis", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+class ChassisClient:
+    """Caller side of the chassis API at the Unix socket ``path``."""
+
+    def __init__(self, path: str, *, timeout: float = 30.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def _call(self, method: str, url: str, body: Any = None) -> Any:
+        conn = _UnixConnection(self.path, timeout=self.timeout)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, url, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        decoded = json.loads(raw) if raw else None
+        if resp.status != 200:
+            msg = decoded.get("error") if isinstance(decoded, dict) else raw.decode(errors="replace")
+            raise ChassisError(resp.status, str(msg))
+        return decoded
+
+    def power_off(self, blade: str, *, requested_by: str, reason: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/v1/blades/{blade}/power-off",
+                                            {"requestedBy": requested_by, "reason": reason})
+        return result
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/v1/chassis")
+        return result

@@ -1,0 +1,95 @@
+"""A libnfs writer that keeps writing through failovers: FILE_SYNC records, every ack counted.
+
+Used by the supervision and power-fencing tests (``test_chassis.py``). libnfs's Python binding
+is the client: the file is opened once with ``O_SYNC``, so libnfs sends FILE_SYNC writes (it
+sends UNSTABLE otherwise, and does not compare COMMIT verifiers, which would let it "acknowledge"
+a write the failed blade never stored). Each record is written with ``nfs_pwrite`` and counts as
+acknowledged only when the call returns the full length (the binding's file-object methods drop
+libnfs's return codes, so the raw calls are used); a failed call is retried on the same handle,
+and libnfs reconnects to the file system's address by itself, wherever it is served from.
+
+``verify(url, path, count)`` reads the file back and returns the indexes of the records that
+are not there intact.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import libnfs
+
+RECORD = 4096
+
+
+def record(seq: int) -> bytes:
+    head = b"%012d\n" % seq
+    return (head * (RECORD // len(head) + 1))[:RECORD]
+
+
+def _check(what: str, status: int) -> int:
+    if status < 0:
+        raise OSError(-status, f"{what}: {os.strerror(-status)}")
+    return status
+
+
+class SyncWriter(threading.Thread):
+    """Writes record ``n`` at ``n * RECORD`` until ``stop()``; ``acked`` counts acknowledged ones."""
+
+    def __init__(self, url: str, path: str, *, interval: float = 0.01) -> None:
+        super().__init__(daemon=True, name="syncwriter")
+        self.url = url
+        self.path = path
+        self.interval = interval
+        self.acked = 0
+        self.failed = 0
+        self.errors: list[str] = []
+        self.max_gap = 0.0
+        self._halt = threading.Event()
+        self.finished = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        try:
+            nfs: Any = libnfs.NFS(self.url)
+            ctx = nfs._nfs
+            handle = libnfs.new_NFSFileHandle()
+            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_SYNC
+            _check("create", libnfs.nfs_create(ctx, self.path, flags, 0o644, handle))
+            raw = libnfs.NFSFileHandle_value(handle)
+            last = time.monotonic()
+            while not self._halt.is_set():
+                data = bytearray(record(self.acked))
+                try:
+                    n = _check("write", libnfs.nfs_pwrite(ctx, raw, self.acked * RECORD, len(data), data))
+                    if n != len(data):
+                        raise OSError(f"short write: {n} of {len(data)} bytes")
+                except OSError as exc:
+                    self.failed += 1
+                    if len(self.errors) < 20:
+                        self.errors.append(f"record {self.acked}: {exc}")
+                    time.sleep(0.05)
+                    continue
+                now = time.monotonic()
+                self.max_gap = max(self.max_gap, now - last)
+                last = now
+                self.acked += 1
+                time.sleep(self.interval)
+            libnfs.nfs_close(ctx, raw)
+        except (OSError, ValueError) as exc:  # open failed: reported by the test
+            self.errors.append(f"writer stopped: {exc}")
+        finally:
+            self.finished.set()
+
+
+def verify(url: str, path: str, count: int) -> list[int]:
+    """Indexes of records ``0..count-1`` that are not intact in ``path``."""
+    nfs: Any = libnfs.NFS(url)
+    fh = nfs.open(path, "rb")
+    data = bytes(fh.read(count * RECORD))
+    fh.close()
+    return [i for i in range(count) if data[i * RECORD : (i + 1) * RECORD] != record(i)]

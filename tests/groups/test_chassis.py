@@ -1,0 +1,76 @@
+"""``nasblade up`` as a chassis: crashed blade processes come back, silent blades are powered off.
+
+Standalone mode, real processes, real signals, libnfs as the client (``syncwriter``: FILE_SYNC
+writes through the file system's own address, every acknowledged record checked afterwards):
+
+- a blade's file processor or block processor is SIGKILLed under the writer: the supervisor
+  starts it again (restart count in ``DATA/run/chassis.json``), the peer serves the file
+  system meanwhile, give-back brings it home once the blade is back, and no acknowledged
+  record is lost;
+- (power fencing) the owner is SIGSTOPped under the writer: the peer asks the chassis to power
+  it off before it binds the address, so the writer carries on; the stopped processes are gone,
+  the blade comes back as a standby, and the old epoch is refused by the controller.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import pytest
+from conftest import ArrayUp, expect
+from syncwriter import SyncWriter, verify
+
+pytestmark = pytest.mark.component
+
+
+def url_of(arr: ArrayUp) -> str:
+    ep = arr.nfs
+    return f"nfs://{ep['host']}{ep['export']}?version=3&nfsport={ep['nfsPort']}&mountport={ep['mountPort']}"
+
+
+def other(blade: str) -> str:
+    return "g1-1" if blade == "g1-0" else "g1-0"
+
+
+def start_writer(arr: ArrayUp, name: str) -> SyncWriter:
+    w = SyncWriter(url_of(arr), f"/{name}")
+    w.start()
+    expect(arr, lambda: w.acked >= 20 or w.finished.is_set(), timeout=60, what="the writer gets going")
+    assert not w.finished.is_set(), w.errors
+    return w
+
+
+def finish(arr: ArrayUp, w: SyncWriter, name: str) -> None:
+    """Stop the writer; every acknowledged record must be there."""
+    w.stop()
+    expect(arr, lambda: w.finished.is_set(), timeout=120, what="the writer stops")
+    missing = verify(url_of(arr), f"/{name}", w.acked)
+    assert missing == [], f"acknowledged records lost: {missing[:10]} of {w.acked}"
+
+
+@pytest.mark.parametrize("part", ["fp", "bp"])
+def test_killed_blade_process_is_restarted_and_gives_back(make_array: Any, part: str) -> None:
+    arr: ArrayUp = make_array()
+    home, epoch = expect(arr, arr.owner, what="fs1 has an owner")
+    w = start_writer(arr, f"restart-{part}")
+    old = arr.kill(home, part)
+    st = arr.restarted(home, part, old)
+    assert st["restarts"] == 1 and st["lastExit"] == -signal.SIGKILL, st
+    # the peer took over while the blade was down
+    took = [r for r in arr.cluster(other(home))["takeovers"] if r["event"] == "takeover"]
+    assert took and took[-1]["previous"]["blade"] == home, took
+    # give-back: the restarted blade owns its home file system again, with a newer epoch
+    back = expect(arr, lambda: (o := arr.owner()) is not None and o[0] == home and o[1] > took[-1]["epoch"] and o,
+                  timeout=90, what="give-back to the restarted blade")
+    assert back[1] > epoch
+    expect(arr, lambda: arr.served_by(home), what="the home blade serves fs1 again")
+    acked = w.acked
+    expect(arr, lambda: w.acked >= acked + 20, timeout=60, what="the writer carries on after give-back")
+    finish(arr, w, f"restart-{part}")
+    # nothing else was restarted
+    chassis = arr.chassis()["blades"]
+    key = "blockProcessor" if part == "bp" else "fileProcessor"
+    others = [(b, k) for b, e in chassis.items() for k, v in e.items()
+              if isinstance(v, dict) and v["restarts"] and (b, k) != (home, key)]
+    assert others == [], chassis
