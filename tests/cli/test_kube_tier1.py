@@ -163,6 +163,8 @@ def test_kubectl_nas_against_the_operator(
         cg = kubectl.get("clustergroup", "g1")
         assert "nasblade.io/move-request" not in (cg["metadata"].get("annotations") or {})
         assert cg["status"]["lastMoveRequest"]["result"] == "Succeeded"
+        pinned = json.loads(plugin(tier1_kubeconfig, "status", "-n", namespace, "-o", "json").stdout)
+        assert {f["name"]: (f["blade"], f["pinnedTo"]) for f in pinned["fileSystems"]}["home"] == (peer, peer)
 
         # a request the operator cannot carry out is refused with the reason, and the annotation removed
         bad_request = json.dumps({"fileSystem": "home", "to": "g1-blade-9", "id": "bad1"})

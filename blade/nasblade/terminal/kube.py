@@ -202,7 +202,8 @@ class KubeSource:
                 file_systems.append({
                     "name": fs_name, "group": str(o.get("group") or d.get("clusterGroup") or r.get("clusterGroup") or ""),
                     "lu": str(r.get("lu") or fs_name), "size": int(r.get("size") or quantity(d.get("size")) or 0),
-                    "blade": o.get("blade"), "homeBlade": o.get("homeBlade"), "epoch": o.get("epoch"),
+                    "blade": o.get("blade"), "homeBlade": o.get("homeBlade"), "pinnedTo": o.get("pinnedTo"),
+                    "epoch": o.get("epoch"),
                     "endpoint": o.get("service"),
                 })
         groups: list[Group] = []

@@ -71,6 +71,7 @@ class FileSystem(TypedDict):
     size: int
     blade: str | None
     homeBlade: str | None
+    pinnedTo: str | None  # Kubernetes: a planned move pinned it there (give-back returns it there, not home)
     epoch: int | None
     endpoint: str | None
 

@@ -119,9 +119,11 @@ def status_tables(snap: Snapshot) -> Group:
         for col in ("file system", "group", "served by", "home", "epoch", "LU", "size", "endpoint"):
             ft.add_column(col)
         for f in snap["fileSystems"]:
-            away = f["blade"] is not None and f["homeBlade"] is not None and f["blade"] != f["homeBlade"]
+            pin = f.get("pinnedTo")
+            preferred = pin or f["homeBlade"]
+            away = f["blade"] is not None and preferred is not None and f["blade"] != preferred
             ft.add_row(f["name"], f["group"], Text(f["blade"] or "-", style="yellow" if away else ""),
-                       f["homeBlade"] or "-", "-" if f["epoch"] is None else str(f["epoch"]), f["lu"],
+                       (f["homeBlade"] or "-") + (f" (pinned to {pin})" if pin else ""), "-" if f["epoch"] is None else str(f["epoch"]), f["lu"],
                        size(f["size"]), f["endpoint"] or "-")
         parts.append(ft)
     if snap["backups"]:

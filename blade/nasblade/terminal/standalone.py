@@ -265,7 +265,7 @@ class StandaloneSource:
                 epoch = (owner or {}).get("epoch") or holder.get("epoch")
                 file_systems.append({
                     "name": fs.name, "group": g.name, "lu": f"{FS_PREFIX}{fs.name}", "size": fs.size,
-                    "blade": blade, "homeBlade": fs.preferred_blade, "epoch": epoch,
+                    "blade": blade, "homeBlade": fs.preferred_blade, "pinnedTo": None, "epoch": epoch,
                     "endpoint": f"{fs.address}:{self.config.network.nfs_port}",
                 })
             mine = [b for b in backups if b["group"] == g.name]
