@@ -4,8 +4,10 @@ One aiohttp server on loopback answers for every blade under ``/b/<pod>/v1/...``
 operator is pointed at it with NASBLADE_ENDPOINT_OVERRIDES ``{"*": {"blade":
 "http://127.0.0.1:PORT/b/{name}"}}``) and records each call as ``(blade, action, argument)``.
 It implements the calls ``nasblade_operator.bladeapi`` makes: status, take over / release a
-file system and run a backup; ``backup_result`` sets what backups answer and
-``heartbeat_age[blade]`` the heartbeat age a blade reports. With ``copy_through`` set (the
+file system and run a backup; ``backup_result`` sets what backups answer,
+``heartbeat_age[blade]`` the heartbeat age a blade reports and ``active_area[blade]`` the
+processor-info area it says it runs from (``portion`` unless set; ``backup`` after an area
+failover). With ``copy_through`` set (the
 controller's API URL and the portion size) a backup really copies its portions into the backup
 LU through the controller's copy engine, as a blade does, and with ``backup_gate`` set it
 answers only once the test sets that event (so a test sees the backup while it runs).
@@ -27,6 +29,7 @@ class FakeBlades:
         self.calls: list[tuple[str, str, Any]] = []
         self.backup_result = "Succeeded"
         self.heartbeat_age: dict[str, float] = {}  # blade -> what GET /v1/status reports (default 0.1 s)
+        self.active_area: dict[str, str] = {}  # blade -> what GET /v1/status reports (default portion)
         self.copy_through: tuple[str, int] | None = None  # (controller API URL, portion size)
         self.backup_gate: threading.Event | None = None
         self.refuse_takeover: set[str] = set()  # blades whose file-system takeover answers 409
@@ -87,7 +90,7 @@ class FakeBlades:
             return web.json_response({"error": "unauthorized"}, status=401)
         blade = request.match_info["blade"]
         return web.json_response({"blade": blade, "heartbeatAge": self.heartbeat_age.get(blade, 0.1),
-                                  "activeArea": "primary", "version": "0.1.0"})
+                                  "activeArea": self.active_area.get(blade, "portion"), "version": "0.1.0"})
 
     async def _backup(self, request: web.Request) -> web.Response:
         if not self._authorised(request):

@@ -101,7 +101,7 @@ def test_array_and_group_come_up(
         {"home": (True, True), "scratch": (True, True)}
     assert a["status"]["software"] == {"version": "0.1.0", "seeded": ["0.1.0"]}
     assert condition(a, "Ready")["observedGeneration"] == a["metadata"]["generation"]
-    assert a["status"]["portions"] == [{"index": 0, "group": "g1"}]
+    assert [{k: p[k] for k in ("index", "group")} for p in a["status"]["portions"]] == [{"index": 0, "group": "g1"}]
     # The LUs exist on the real controller, and the program LU holds the bundled software.
     from nasblade.controller.apiclient import ControlClient
 
@@ -343,3 +343,36 @@ def test_group_deletion_waits_until_its_file_systems_move(
                               and kubectl.get("diskarray", "a1"))
     assert_clean(runner)
     assert {p["group"] for p in portions["status"]["portions"]} == {"g2"}
+
+
+def area_of_portions(kubectl: Kubectl) -> dict[str, str]:
+    status = (kubectl.get("diskarray", "a1") or {}).get("status", {})
+    return {str(p["group"]): str(p.get("activeArea")) for p in status.get("portions", [])}
+
+
+def test_area_failover_shows_in_the_diskarray(
+    kubectl: Kubectl, operator: Callable[[], Any], blades: FakeBlades, token_secret: Callable[[str], None],
+) -> None:
+    """A group whose blades run from the backup area after an area failover: the DiskArray shows
+    it per portion and in its printer column, and shows the portion again when they switch back."""
+    token_secret("a1")
+    with operator() as runner:
+        kubectl.apply(array())
+        kubectl.apply(group("g1"))
+        kubectl.apply(group("g2"))
+        kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
+        wait_until("portions mirrored", lambda: area_of_portions(kubectl) == {"g1": "portion", "g2": "portion"})
+        blades.active_area.update({"g1-blade-0": "backup", "g1-blade-1": "backup"})
+        wait_until("g1 on its backup area", lambda: area_of_portions(kubectl) == {"g1": "backup", "g2": "portion"})
+        a = kubectl.get("diskarray", "a1")
+        table = kubectl("get", "diskarray", "a1").stdout
+        blades.active_area.clear()
+        wait_until("g1 back on its portion", lambda: area_of_portions(kubectl) == {"g1": "portion", "g2": "portion"})
+        back = kubectl.get("diskarray", "a1")
+    assert_clean(runner)
+    assert a is not None and back is not None
+    assert a["status"]["areas"]["activeProcessorInfoArea"] == "backup"
+    assert back["status"]["areas"]["activeProcessorInfoArea"] == "portion"
+    header, row = table.splitlines()[:2]
+    assert row.split()[header.split().index("PI-AREA")] == "backup"
+    assert {p["index"] for p in back["status"]["portions"]} == {0, 1}

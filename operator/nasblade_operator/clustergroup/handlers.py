@@ -230,7 +230,9 @@ class Runtime:
     rolling: bool = False
 
 
-@kopf.daemon(*RESOURCE, cancellation_timeout=30.0)  # a pass under a slow API server may take seconds
+# Asked to stop, a daemon finishes its pass (up to 30 s: a pass under a slow API server may take
+# seconds) before kopf cancels it; without a backoff kopf would cancel at once, mid-pass.
+@kopf.daemon(*RESOURCE, cancellation_backoff=30.0, cancellation_timeout=5.0)
 async def run_group(
     body: kopf.Body, name: str, namespace: str | None, stopped: kopf.DaemonStopped, logger: kopf.Logger,
     **kwargs: Any,

@@ -40,11 +40,12 @@ from nasblade_operator import (
     settings,
     wakeups,
 )
-from nasblade_operator.diskarray import builders, formatting
+from nasblade_operator.diskarray import areas, builders, formatting
 from nasblade_operator.diskarray import spec as da_spec
 from nasblade_operator.validation import InvalidSpec
 
 RESOURCE = (naming.GROUP, naming.VERSION, "diskarrays")
+GROUPS = (naming.GROUP, naming.VERSION, "clustergroups")
 
 #: uid -> generation whose child objects this process has already ensured (saves requests on retries).
 _ensured: dict[str, int] = {}
@@ -64,8 +65,57 @@ async def diskarrays(namespace: str | None, name: str, body: kopf.Body, **_: Any
             "status": dict(body.get("status", {})),
             "deleting": bool(body.metadata.get("deletionTimestamp")),
             "uid": body.metadata.get("uid"),
+            "resourceVersion": body.metadata.get("resourceVersion"),
         }
     }
+
+
+@kopf.index(*GROUPS)
+async def group_areas(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, str]]:
+    """(namespace, DiskArray) -> each of its ClusterGroups and the processor-info area it runs from."""
+    array = str(body.get("spec", {}).get("diskArrayRef", {}).get("name", ""))
+    return {(namespace or "", array): {"group": name, "activeArea": str(body.get("status", {}).get("activeArea", areas.PORTION))}}
+
+
+@kopf.on.event(*GROUPS)
+async def group_changed(namespace: str | None, body: kopf.Body, logger: kopf.Logger, **kwargs: Any) -> None:
+    """A ClusterGroup changed (e.g. its ``status.activeArea``): mirror the areas into its DiskArray."""
+    array = str(body.get("spec", {}).get("diskArrayRef", {}).get("name", ""))
+    await _mirror_areas(namespace or "", array, arrays=kwargs["diskarrays"], groups=kwargs["group_areas"], logger=logger)
+
+
+@kopf.on.event(*RESOURCE)
+async def array_changed(namespace: str | None, name: str, logger: kopf.Logger, **kwargs: Any) -> None:
+    """A DiskArray changed (e.g. a portion was claimed): mirror its groups' areas into it."""
+    await _mirror_areas(namespace or "", name, arrays=kwargs["diskarrays"], groups=kwargs["group_areas"], logger=logger)
+
+
+async def _mirror_areas(
+    namespace: str, array: str, *, arrays: kopf.Index[Any, Any], groups: kopf.Index[Any, Any], logger: kopf.Logger,
+) -> None:
+    """Patch ``status.portions[].activeArea`` and ``status.areas.activeProcessorInfoArea`` when they differ.
+
+    Optimistically locked on the DiskArray's resourceVersion (portion claims write the same
+    list); a conflict is dropped, because the newer DiskArray event runs this again.
+    """
+    store = arrays.get((namespace, array))
+    da = next(iter(store), None) if store is not None else None
+    if da is None or da["deleting"] or not da["status"].get("portions"):
+        return
+    active = {g["group"]: g["activeArea"] for g in groups.get((namespace, array), [])}
+    portions = areas.mirrored(da["status"]["portions"], active)
+    summary = areas.summary(portions)
+    if portions == da["status"]["portions"] and da["status"].get("areas", {}).get("activeProcessorInfoArea") == summary:
+        return
+    try:
+        await kube.client().patch(
+            "DiskArray", array, {"metadata": {"resourceVersion": da["resourceVersion"]},
+                                 "status": {"portions": portions, "areas": {"activeProcessorInfoArea": summary}}},
+            namespace=namespace, subresource="status",
+        )
+    except kube.KubeError as exc:  # 409: a newer DiskArray event runs this again; else the next event does
+        (logger.debug if exc.status == 409 else logger.warning)(
+            "mirroring the areas into DiskArray %s/%s: %s", namespace, array, exc)
 
 
 @kopf.on.resume(*RESOURCE)
