@@ -6,8 +6,7 @@
   on ``g2-0``; blade APIs on ports of their choosing, which the terminal finds in the
   controller's client registry); g1's backups also copy g2's portion (``crossGroup: [g2]``). It is an ``Array``: ``.data_dir``, ``.config`` (the YAML file), ``.endpoints``
   (the ready line's endpoints), ``.control`` (a ``ControlClient`` with the array's token),
-  ``.blade(name)`` (a ``BladeClient``), ``.kill_blade(name)`` (SIGKILL both processes of a
-  blade). Stopped with SIGTERM at the end of the module.
+  ``.blade(name)`` (a ``BladeClient``). Stopped with SIGTERM at the end of the module.
 - ``cli``: runs ``python -m nasblade ARGS`` against ``array`` (``NASBLADE_DATA_DIR`` and
   ``NASBLADE_CONFIG`` set) and returns the ``CompletedProcess`` (text, stdout/stderr captured).
 - ``snapshot``: a small hand-made ``model.Snapshot`` for the pure tests (no processes).
@@ -19,7 +18,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import random
@@ -67,11 +65,6 @@ class Array:
         [b] = [b for b in self.endpoints["blades"] if b["name"] == name]
         return BladeClient(b["api"], token)
 
-    def kill_blade(self, name: str) -> None:
-        [b] = [b for b in self.endpoints["blades"] if b["name"] == name]
-        for pid in (b["fileProcessorPid"], b["blockProcessorPid"]):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -298,22 +299,36 @@ def test_area_failover_is_shown_in_status_map_and_events(array: Array, cli: Cli,
         time.sleep(0.5)
 
 
-def test_a_killed_blade_turns_dead_and_cannot_take_over(array: Array, cli: Cli) -> None:
-    """Last: SIGKILL g1-1's block and file processors; the terminal reports it dead from its
-    stale heartbeat in the portion, and the dry run says why it cannot take fs1."""
-    array.kill_blade("g1-1")
-    deadline = time.monotonic() + 60
+def test_a_hung_blade_turns_dead_and_cannot_take_over(array: Array, cli: Cli) -> None:
+    """Last: SIGSTOP g1-1's block and file processors (a hung blade: the chassis of ``nasblade
+    up`` restarts blades that exit, not ones that hang, and g1-1 owns nothing a peer would take
+    over and power it off for); the terminal reports it dead from its stale heartbeat and its
+    silent API, the dry run says why it cannot take fs1; SIGCONT and it is ok again."""
+    chassis = json.loads((array.data_dir / "run" / "chassis.json").read_text())["blades"]["g1-1"]
+    pids = [chassis[part]["pid"] for part in ("fileProcessor", "blockProcessor")]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            snap = status(cli)
+            [b] = [b for g in snap["groups"] for b in g["blades"] if b["name"] == "g1-1"]
+            if b["state"] == "dead":
+                break
+            assert time.monotonic() < deadline, b
+            time.sleep(0.5)
+        assert "heartbeat" in b["reason"]
+        others = {b["name"]: b["state"] for g in snap["groups"] for b in g["blades"] if b["name"] != "g1-1"}
+        assert others == {"g1-0": "ok", "g2-0": "ok"}
+        out = cli("takeover", "fs1", "--to", "g1-1", "--dry-run")
+        assert out.returncode == 1 and "g1-1 is dead" in out.stdout
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 120
     while True:
-        snap = status(cli)
-        [b] = [b for g in snap["groups"] for b in g["blades"] if b["name"] == "g1-1"]
-        if b["state"] == "dead":
+        states = {b["name"]: b["state"] for g in status(cli)["groups"] for b in g["blades"]}
+        if states == {"g1-0": "ok", "g1-1": "ok", "g2-0": "ok"}:
             break
-        assert time.monotonic() < deadline, b
+        assert time.monotonic() < deadline, states
         time.sleep(0.5)
-    assert "heartbeat" in b["reason"]
-    others = {b["name"]: b["state"] for g in snap["groups"] for b in g["blades"] if b["name"] != "g1-1"}
-    assert others == {"g1-0": "ok", "g2-0": "ok"}
-    out = cli("takeover", "fs1", "--to", "g1-1", "--dry-run")
-    assert out.returncode == 1 and "g1-1 is dead" in out.stdout
-    with socket.socket() as s:  # its management API is really gone
-        assert s.connect_ex(("127.0.0.1", int(array.endpoints["blades"][1]["api"].rsplit(":", 1)[1]))) != 0
