@@ -1,14 +1,16 @@
 """kopf handlers of ClusterGroup: portion claim, then one daemon per group that keeps the
-blades, the NFS Services, failover, give-back, rollout and backups going.
+blades, the NFS Services, failover, give-back, planned moves, rollout and backups going.
 
-Reads: the group's body (live in the daemon), blade pods through the ``blade_pods`` index,
-the DiskArray through the ``diskarrays`` index (``diskarray/handlers.py``). Decides with
+Reads: the group's body (live in the daemon: its ``move-request`` and ``backup-now``
+annotations, what the management terminal asks for), blade pods through the ``blade_pods``
+index, the DiskArray through the ``diskarrays`` index (``diskarray/handlers.py``). Decides with
 ``plan.plan`` (no I/O there). Acts through ``kube`` (pods, Services, status), ``bladeapi``
-(take over, release, backup), ``arrayapi`` (controller load) and ``events``.
+(take over, release, backup), ``arrayapi`` (controller load, copy-job progress) and ``events``.
 
-The daemon wakes on every event of its blade pods and of its DiskArray (``wakeups``, set by
-the index functions) and at least every second, so a failed blade is noticed within
-``failureTimeout``.
+The daemon wakes on every event of its blade pods, of its DiskArray and of its own request
+annotations (``wakeups``, set by the index functions), at every heartbeat probe (a third of
+``failureTimeout``) and at least every ``NASBLADE_STATUS_INTERVAL``, so a failed blade is
+noticed within about ``failureTimeout``.
 """
 
 from __future__ import annotations
