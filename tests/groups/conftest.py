@@ -19,6 +19,7 @@ address, driven by real clients and real signals.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -118,8 +119,10 @@ class ArrayUp:
         return fs in self.cluster(blade)["serving"] and fs in self.api(blade, "GET", "/v1/status")["fileSystems"]
 
     def kill(self, blade: str, part: str, sig: int = signal.SIGKILL) -> int:
-        """Send ``sig`` to ``part`` of ``blade``; returns the pid it went to."""
-        pid = self.blades[blade].pids[part]
+        """Send ``sig`` to ``part`` of ``blade`` (its pid as the chassis knows it now: the chassis
+        may have restarted it); returns the pid it went to."""
+        pid = int(self.part_status(blade, part)["pid"])
+        self.blades[blade].pids[part] = pid
         os.kill(pid, sig)
         return pid
 
@@ -143,6 +146,9 @@ class ArrayUp:
 
     def stop(self) -> int:
         for b in self.blades.values():  # nothing of ours may stay stopped
+            for part in ("bp", "fp"):
+                with contextlib.suppress(OSError, KeyError, ValueError):
+                    b.pids[part] = int(self.part_status(b.name, part)["pid"])
             for pid in b.pids.values():
                 with _suppress():
                     os.kill(pid, signal.SIGCONT)

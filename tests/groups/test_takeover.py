@@ -23,7 +23,7 @@ from typing import Any
 
 import libnfs
 import pytest
-from conftest import NASBLADE, ArrayUp, as_json, dump_logs, expect, wait_for
+from conftest import NASBLADE, ArrayUp, as_json, base_config, dump_logs, expect, wait_for
 from nasblade.nfs import types as t
 from nasblade.rpc import message, record
 from rawnfs import AUTH, Client
@@ -187,8 +187,11 @@ def test_split_brain_zombie_is_fenced_then_giveback(make_array: Any, tmp_path: P
     """SIGSTOP the owner (alive but silent); the peer takes over with a higher epoch; SIGCONT
     the zombie with a FILE_SYNC write queued on its socket: the write is refused (no reply,
     nothing on disk), the zombie drops the file system, the file system checks clean; then
-    the old owner takes its file system back on request (give-back), with no data lost."""
-    arr: ArrayUp = make_array()
+    the old owner takes its file system back on request (give-back), with no data lost.
+
+    Power fencing is off for this group: the epoch is what keeps the zombie's writes out (the
+    chassis would kill it instead, ``test_chassis.py``)."""
+    arr: ArrayUp = make_array(clusterGroups=[{**base_config()["clusterGroups"][0], "powerFencing": False}])
     c = nfs_client(arr)
     root = c.mount(arr.nfs["export"])
     fh = c.create(root, "split")

@@ -18,11 +18,14 @@ Every ``heartbeatInterval`` a tick:
    takeovers ``core.plan_takeovers`` assigns to this blade;
 4. in backup mode, re-forms the portion (lowest live member) or switches back to it.
 
-A takeover: reserve the LU at the controller with a new, higher epoch (from that instant the
-controller refuses the old owner's writes), open the LU with that epoch, record
-``(blade, epoch)`` in the group record, and hand the file system to the file processor
-(``assignments``; it mounts, which recovers the file system, with a new write verifier, and
-binds the file system's address).
+A takeover from a silent owner first asks the chassis, when the cluster configuration names
+one (``nasblade.standalone.chassis``), to power the silent blade off, so an owner that is only
+paused frees the address before it is bound (power fencing). Then: reserve the LU at the
+controller with a new, higher epoch (from that instant the controller refuses the old owner's
+writes: the data guarantee, chassis or not), open the LU with that epoch, record
+``(blade, epoch)`` in the group record, and hand the file system to the file processor (it
+mounts, which recovers the file system, with a new write verifier, and binds the file
+system's address).
 
 The file processor learns what to serve through the local API (long poll on
 ``GET /v1/assignments``, ``nasblade.cluster.fpside.Reconciler``). Backups are copy-engine jobs
@@ -99,6 +102,7 @@ class ClusterMember:
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
         self.takeovers: deque[dict[str, Any]] = deque(maxlen=64)
+        self._powered_off: dict[str, float] = {}
         self.area_events: deque[dict[str, Any]] = deque(maxlen=64)
         self.switched_at = 0.0
         self._last_probe = 0.0
@@ -380,6 +384,8 @@ class ClusterMember:
             if graceful and previous is not None and previous.blade != self.me and previous.blade in self.alive():
                 await self._ask_release(previous.blade, fs)
                 released_by_owner = True
+            elif previous is not None and previous.blade != self.me and previous.blade not in self.alive():
+                await self._power_off(previous.blade, fs)
             attempts, last_error = 0, ""
             while True:
                 attempts += 1
@@ -408,6 +414,30 @@ class ClusterMember:
             self.takeovers.append(record)
             log.info("%s took over %s (epoch %d, %d attempts): %s", self.me, fs, epoch, attempts, reason)
         return record
+
+    async def _power_off(self, blade: str, fs: str) -> None:
+        """Power fencing: have the chassis cut the silent ``blade``'s power (its processes are
+        reaped when this returns) before its address is bound. Without a chassis, or when the
+        chassis cannot be reached, the takeover goes on: the epoch fences the blade anyway, and
+        the address is bound as soon as the blade lets go of it."""
+        if self.cfg.chassis is None or blade not in self.cfg.members:
+            return
+        now = time.monotonic()
+        if now - self._powered_off.get(blade, -1e9) < 2 * self.cfg.failure_timeout:
+            return  # one power cycle per failure, not one per file system
+        from nasblade.standalone.chassis import ChassisClient, ChassisError
+
+        why = f"{blade} is silent; {self.me} takes over {fs}"
+        try:
+            res = await asyncio.to_thread(ChassisClient(self.cfg.chassis).power_off, blade,
+                                          requested_by=self.me, reason=why)
+        except (OSError, ChassisError, ValueError) as exc:
+            log.warning("%s: the chassis did not power %s off (%s); relying on epoch fencing", self.me, blade, exc)
+            return
+        self._powered_off[blade] = now
+        log.warning("%s: chassis powered %s off (pids %s) before taking over %s", self.me, blade, res.get("killed"), fs)
+        self.takeovers.append({"fileSystem": fs, "event": "power-off", "blade": blade, "requestedBy": self.me,
+                               "killed": res.get("killed", []), "reason": why, "time": time.time()})
 
     async def _drop(self, fs: str, *, graceful: bool) -> None:
         """Stop serving ``fs`` without touching the reservation (it may be another blade's now):
@@ -543,12 +573,21 @@ class ClusterMember:
             await self.reform()
             return
         try:
-            group = await asyncio.to_thread(primary.read_group)
+            group, slots = await asyncio.to_thread(self._read, primary)
         except (OSError, PortionError):
             return
         if any(r.get("kind") == "restore" and r.get("result") == "succeeded"
                and float(r.get("end") or 0.0) >= self.switched_at for r in group.backups):
             await self._switch_to_primary("the portion was re-formed")
+            return
+        # the leader runs on the portion already (it was restarted after the portion came
+        # back, so it never switched): its slot there is newer than its slot here. Both
+        # heartbeat times come from the leader's own clock, so comparing them is sound.
+        leader = self._leader()
+        there, here = slots.get(leader or ""), self.slots.get(leader or "")
+        if there is not None and there.active_area == "primary" \
+                and (here is None or there.heartbeat_time > here.heartbeat_time):
+            await self._switch_to_primary(f"{leader}, the group's leader, runs on the portion")
 
     async def reform(self) -> dict[str, Any]:
         """Copy the backup area into the (newly formed) portion and switch back to it."""

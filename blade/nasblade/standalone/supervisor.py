@@ -206,9 +206,16 @@ class Supervisor:
             powered_off_meanwhile = self.power_cycles.get(part.blade, 0) != cycle
             self.givebacks[part.blade] = time.monotonic()
             self._alive_since.pop(part.blade, None)
-        log.warning("%s restarted (restart %d, pid %d) after: %s", name, part.restarts, proc.pid, part.reason)
+            if powered_off_meanwhile:  # the power went off while it was starting: it goes too
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                part.reason = "powered off while it was starting"
         if powered_off_meanwhile:
-            self.power_off(part.blade, by="chassis", reason="powered off while it was starting")
+            log.warning("%s: restart %d (pid %d) killed: the blade was powered off while it started",
+                        name, part.restarts, proc.pid)
+        else:
+            log.warning("%s restarted (restart %d, pid %d) after: %s", name, part.restarts, proc.pid, part.reason)
 
     # -- power fencing ---------------------------------------------------------------------------
 
