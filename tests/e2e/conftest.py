@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "tests" / "cluster"))
 sys.path.insert(0, str(HERE))
 import imagetool  # noqa: E402
-from e2elib import CLIENT_IMAGE, IMAGE, RELEASE, RELEASE_NS, Kube  # noqa: E402
+from e2elib import CHART, CLIENT_IMAGE, IMAGE, RELEASE, RELEASE_NS, Kube  # noqa: E402
 from pytest_cluster import *  # noqa: E402, F403 - fixtures: e2e_cluster, e2e_kubeconfig
 
 
@@ -57,6 +57,9 @@ def release(kube: Kube, images: list[str]) -> Iterator[str]:
         names = [f"{d['metadata']['namespace']}/{d['metadata']['name']}" for d in others]
         pytest.fail(f"another nasblade operator runs in this cluster ({names}); two would act on the "
                     "same resources: remove it first (e.g. `make demo-clean`)")
+    # Helm installs CRDs only when they are missing and never upgrades them: a cluster kept from
+    # an earlier run gets this checkout's CRDs the way docs/install.md tells users to upgrade
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
     yield RELEASE
     kube.helm("uninstall", RELEASE, "-n", RELEASE_NS, "--wait", check=False)
     kube.kubectl("delete", "namespace", RELEASE_NS, "--ignore-not-found", "--wait=false",

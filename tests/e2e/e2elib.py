@@ -6,6 +6,7 @@ out of conftest.py so that test modules never import a ``conftest``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -81,3 +82,16 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
         if c.get("type") == type_:
             return dict(c)
     return {}
+
+
+def kill_container(container_id: str) -> None:
+    """SIGKILL a container's main process through its runtime, as a crash would: the local
+    tier-2 cluster's containerd on this host, or the kind node's (``docker exec``)."""
+    runtime, _, cid = container_id.partition("://")
+    if runtime != "containerd":
+        raise AssertionError(f"cannot kill a {runtime} container")
+    argv = ["ctr", "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", cid]
+    if (nbcluster.STATE_ROOT / "kind.kubeconfig").exists() and nbcluster.kind_available():
+        name = os.environ.get("NASBLADE_KIND_NAME", "nasblade")
+        argv = ["docker", "exec", f"{name}-control-plane", *argv]
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)

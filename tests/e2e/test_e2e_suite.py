@@ -7,18 +7,25 @@ Which steps of the issue run here is listed in docs/install.md ("End-to-end suit
 
 from __future__ import annotations
 
+import datetime
 import json
+import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
+import nbcluster
 import pytest
-from e2elib import CHART, IMAGE, RELEASE_NS, REPO, Kube, condition
+from e2elib import CHART, IMAGE, RELEASE_NS, REPO, Kube, condition, kill_container
 
 pytestmark = [pytest.mark.e2e, pytest.mark.tier2]
 
 ARRAY = "demo"        # examples/diskarray.yaml
 GROUP = "nas"         # examples/clustergroup.yaml
 EXAMPLES = REPO / "examples"
+#: What the steps measured, printed with ``-s`` (and at the end of step 7): the client's
+#: interruption (``maxGapSeconds``) of steps 4 and 7 goes into the issue note.
+RESULTS: dict[str, Any] = {}
 
 
 def printer_row(kube: Kube, kind: str, name: str, *, namespace: str) -> dict[str, str]:
@@ -197,6 +204,208 @@ def test_step3_client_pod_io(kube: Kube, release: str, workload_ns: str, images:
     listing = _exec(kube, workload_ns, "nfs-ls", _nfs_url(workload_ns))
     for name in ("big.bin", "small.txt", "empty"):
         assert name in listing
+
+
+# ---------------------------------------------------------------- 4-7: failures, backups, upgrade
+
+
+def _run_writer_through(kube: Kube, ns: str, *, path: str, duration: float,
+                        disrupt: Callable[[], None]) -> dict[str, Any]:
+    """Run the long-running writer (tests/e2e/nfsclient.py) in the client pod, call
+    ``disrupt`` once it has written for a few seconds, and return its figures after checking
+    that every acknowledged record is on the file system."""
+    argv = [str(nbcluster.k8s_bin("kubectl")), "-n", ns, "exec", CLIENT_POD, "--", "python3",
+            "/opt/client/nfsclient.py", "writer", "--url", _nfs_url(ns), "--path", path,
+            "--duration", str(duration)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=kube.env)
+    try:
+        time.sleep(8)
+        assert proc.poll() is None, proc.communicate()
+        disrupt()
+        assert proc.poll() is None, "the writer ended before the disruption was over: raise its duration"
+        out, err = proc.communicate(timeout=duration + 180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    assert figures["acked"] > 0, figures
+    check = json.loads(_exec(kube, ns, "python3", "/opt/client/nfsclient.py", "verify", "--url",
+                             _nfs_url(ns), "--path", path, "--count", str(figures["acked"])))
+    assert check["missing"] == 0, (check, figures)
+    return figures
+
+
+def _group(kube: Kube, ns: str) -> dict[str, Any]:
+    obj = kube.get("clustergroup", GROUP, namespace=ns)
+    assert obj is not None
+    return obj
+
+
+def _blades_ready(kube: Kube, ns: str) -> bool:
+    obj = _group(kube, ns)
+    return (obj.get("status") or {}).get("bladesReady") == "2/2" and \
+        condition(obj, "Ready").get("status") == "True"
+
+
+def _failed_over(kube: Kube, ns: str, *, owner: str, since: str) -> list[dict[str, Any]]:
+    moves = [f for f in _group(kube, ns)["status"].get("failovers", [])
+             if f["fileSystem"] == "shared" and f["time"] >= since]
+    return [f for f in moves if f["reason"] == "Failover" and f["from"] == owner and f["to"] != owner]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _kill_blade_and_check(kube: Kube, ns: str, *, name: str, kill: Callable[[str], None]) -> None:
+    """The owner is killed under the writer: the file system fails over to the survivor (its
+    Service follows), no acknowledged record is lost, the failed blade is replaced, and
+    automatic give-back brings the file system home."""
+    kube.wait("the group Ready with both blades", lambda: _blades_ready(kube, ns), timeout=240, interval=3)
+    owner = _owner(kube, ns)
+    since = _now()
+    figures = _run_writer_through(kube, ns, path=f"/{name}.dat", duration=45, disrupt=lambda: kill(owner))
+    RESULTS[name] = figures
+    print(f"{name}: {json.dumps(figures)}")
+    kube.wait(f"a failover away from {owner} in status.failovers",
+              lambda: _failed_over(kube, ns, owner=owner, since=since), timeout=60, interval=2,
+              describe=lambda: _group(kube, ns)["status"].get("failovers"))
+    reasons = {e["reason"] for e in kube.json("-n", ns, "get", "events", "--field-selector",
+                                              f"involvedObject.name={GROUP}")["items"]}
+    assert "FailedOver" in reasons
+    kube.wait("the failed blade replaced (2/2 Ready)", lambda: _blades_ready(kube, ns), timeout=240, interval=3)
+    kube.wait("the file system back on its home blade", lambda: _owner(kube, ns) == owner, timeout=120, interval=2)
+
+
+def test_step4a_delete_owning_blade_pod(kube: Kube, release: str, workload_ns: str) -> None:
+    """4. Delete the owning blade's pod with zero grace under a writer (see _kill_blade_and_check)."""
+
+    def kill(owner: str) -> None:
+        kube.kubectl("-n", workload_ns, "delete", "pod", owner, "--grace-period=0", "--force", "--wait=false")
+
+    _kill_blade_and_check(kube, workload_ns, name="step4a-pod-deleted", kill=kill)
+
+
+def test_step4b_kill_file_processor_process(kube: Kube, release: str, workload_ns: str) -> None:
+    """4. SIGKILL the owning blade's file-processor process (its container's main process) under
+    a writer: the block processor declares the blade failed (its file processor lost what it
+    served), the operator fails it over and replaces the pod (see _kill_blade_and_check)."""
+
+    def kill(owner: str) -> None:
+        pod = kube.json("-n", workload_ns, "get", "pod", owner)
+        cid = next(c["containerID"] for c in pod["status"]["containerStatuses"] if c["name"] == "file-processor")
+        kill_container(cid)
+
+    _kill_blade_and_check(kube, workload_ns, name="step4b-file-processor-killed", kill=kill)
+
+
+def _backups(kube: Kube, ns: str, *, trigger: tuple[str, ...], since: str) -> list[dict[str, Any]]:
+    history = ((_group(kube, ns).get("status") or {}).get("backups") or {}).get("history", [])
+    return [h for h in history if h["trigger"] in trigger and h["started"] >= since and h["result"] == "Succeeded"]
+
+
+def test_step5_backups_on_demand_and_on_interval(kube: Kube, release: str, workload_ns: str) -> None:
+    """5. Annotate for an on-demand backup: it completes and shows in status and an Event; with
+    a short interval a backup then happens on its own."""
+    since = _now()
+    kube.kubectl("-n", workload_ns, "annotate", "--overwrite", "clustergroup", GROUP,
+                 f"nasblade.io/backup-now={int(time.time())}")
+    done = kube.wait("an on-demand backup in status.backups", lambda: _backups(
+        kube, workload_ns, trigger=("OnDemand",), since=since), timeout=120, interval=2,
+        describe=lambda: _group(kube, workload_ns)["status"].get("backups"))
+    assert done[-1]["portions"] == [_group(kube, workload_ns)["status"]["portion"]]
+    kube.wait("the request annotation removed", lambda: "nasblade.io/backup-now" not in (
+        _group(kube, workload_ns)["metadata"].get("annotations") or {}), timeout=60, interval=2)
+    assert condition(_group(kube, workload_ns), "BackedUp").get("status") == "True"
+    events = kube.json("-n", workload_ns, "get", "events", "--field-selector", f"involvedObject.name={GROUP}")["items"]
+    assert any(e["reason"] == "BackupSucceeded" and "OnDemand" in e["message"] for e in events)
+    since = _now()
+    kube.kubectl("-n", workload_ns, "patch", "clustergroup", GROUP, "--type=merge", "-p",
+                 json.dumps({"spec": {"backup": {"interval": "15s"}}}))
+    try:
+        kube.wait("an interval backup", lambda: _backups(kube, workload_ns, trigger=("Interval", "MaxAge"), since=since),
+                  timeout=120, interval=3, describe=lambda: _group(kube, workload_ns)["status"].get("backups"))
+    finally:
+        kube.kubectl("-n", workload_ns, "patch", "clustergroup", GROUP, "--type=merge", "-p",
+                     json.dumps({"spec": {"backup": {"interval": "15m"}}}))
+
+
+def _controller(kube: Kube, ns: str, code: str) -> str:
+    """Run ``code`` with ``api`` (a ControlClient on the admin token) in the controller pod."""
+    prelude = ("from nasblade.controller.apiclient import ControlClient; "
+               "api = ControlClient('http://127.0.0.1:8080', open('/etc/nasblade/token/token').read().strip()); ")
+    return kube.kubectl("-n", ns, "exec", f"{ARRAY}-controller-0", "--", "python3", "-c", prelude + code).stdout
+
+
+def test_step6_processor_info_area_failover(kube: Kube, release: str, workload_ns: str) -> None:
+    """6. A fault injected into the processor-information LU through the controller: the blades
+    switch to the backup area (status shows it) and back once the portion is re-formed; NFS is
+    served throughout."""
+    kube.wait("the group Ready with both blades", lambda: _blades_ready(kube, workload_ns), timeout=240, interval=3)
+    assert _group(kube, workload_ns)["status"]["activeArea"] == "portion"
+
+    def area(want: str) -> Callable[[], bool]:
+        return lambda: _group(kube, workload_ns)["status"].get("activeArea") == want
+
+    def inject() -> None:
+        t0 = time.monotonic()
+        _controller(kube, workload_ns, "size = next(lu['size'] for lu in api.list_lus() if lu['name'] == 'procinfo'); "
+                    "print(api.add_fault('procinfo', 0, size))")
+        kube.wait("activeArea backup", area("backup"), timeout=20, interval=0.5,
+                  describe=lambda: _group(kube, workload_ns)["status"].get("activeArea"))
+        RESULTS["step6-seconds-to-backup-area-in-status"] = round(time.monotonic() - t0, 1)
+        t0 = time.monotonic()
+        _controller(kube, workload_ns, "api.clear_faults()")
+        kube.wait("activeArea back on the portion", area("portion"), timeout=60, interval=0.5,
+                  describe=lambda: _group(kube, workload_ns)["status"].get("activeArea"))
+        RESULTS["step6-seconds-back-to-portion-in-status"] = round(time.monotonic() - t0, 1)
+
+    figures = _run_writer_through(kube, workload_ns, path="/step6-area.dat", duration=100, disrupt=inject)
+    RESULTS["step6-area-failover"] = figures
+    print(f"step6-area-failover: {json.dumps(figures)}")
+    assert figures["failedAttempts"] == 0, figures
+    assert _group(kube, workload_ns)["status"]["bladesReady"] == "2/2"
+
+
+def test_step7_software_rollout(kube: Kube, release: str, workload_ns: str) -> None:
+    """7. A second bundle pushed into the program LU and ``spec.software.version`` changed: the
+    blades roll one at a time and the writer sees no failed operation."""
+    kube.wait("the group Ready with both blades", lambda: _blades_ready(kube, workload_ns), timeout=240, interval=3)
+    version = "0.1.0-e2e.2"
+    kube.kubectl("-n", workload_ns, "exec", f"{ARRAY}-controller-0", "--", "sh", "-c",
+                 f"nasblade software build --version {version} --output /tmp/bundle.pyz && "
+                 f"nasblade software --program nbd://127.0.0.1:10809/program push /tmp/bundle.pyz --version {version}",
+                 timeout=180)
+    listing = kube.kubectl("-n", workload_ns, "exec", f"{ARRAY}-controller-0", "--", "nasblade", "software",
+                           "--program", "nbd://127.0.0.1:10809/program", "list", "--json").stdout
+    assert version in listing
+
+    def rolled() -> bool:
+        blades = _group(kube, workload_ns)["status"].get("blades", [])
+        return len(blades) == 2 and all(b["softwareVersion"] == version for b in blades) \
+            and _blades_ready(kube, workload_ns) and condition(_group(kube, workload_ns), "Progressing").get("status") == "False"
+
+    def upgrade() -> None:
+        t0 = time.monotonic()
+        kube.kubectl("-n", workload_ns, "patch", "diskarray", ARRAY, "--type=merge", "-p",
+                     json.dumps({"spec": {"software": {"version": version}}}))
+        kube.wait(f"every blade on {version}", rolled, timeout=130, interval=2,
+                  describe=lambda: _group(kube, workload_ns)["status"].get("blades"))
+        RESULTS["step7-rollout-seconds"] = round(time.monotonic() - t0, 1)
+
+    figures = _run_writer_through(kube, workload_ns, path="/step7-rollout.dat", duration=150, disrupt=upgrade)
+    RESULTS["step7-rollout"] = figures
+    print(f"step7-rollout: {json.dumps(figures)}")
+    print(f"e2e figures: {json.dumps(RESULTS, sort_keys=True)}")
+    assert figures["failedAttempts"] == 0, figures
+    for pod in kube.json("-n", workload_ns, "get", "pods", "-l", f"nasblade.io/cluster-group={GROUP}")["items"]:
+        assert pod["metadata"]["labels"]["nasblade.io/software-version"] == version
+        logs = kube.kubectl("-n", workload_ns, "logs", pod["metadata"]["name"], "-c", "file-processor").stdout
+        assert f'"software": "{version}"' in logs  # the ready line of the bundle it booted
+    events = kube.json("-n", workload_ns, "get", "events", "--field-selector", f"involvedObject.name={GROUP}")["items"]
+    assert any(e["reason"] == "Upgraded" for e in events)
 
 
 def test_step8_delete_everything(kube: Kube, release: str, workload_ns: str) -> None:
