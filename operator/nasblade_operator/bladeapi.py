@@ -70,6 +70,7 @@ class BladeStatus:
     heartbeat_age: float | None  # seconds since the blade last wrote its heartbeat into the portion
     active_area: str  # "portion" or "backup"
     version: str | None
+    failed: str | None = None  # why the blade declared itself failed (its file processor lost what it served)
 
 
 async def status(base: str, *, token: str) -> BladeStatus:
@@ -88,6 +89,7 @@ async def status(base: str, *, token: str) -> BladeStatus:
         heartbeat_age=float(age) if isinstance(age, int | float) else None,
         active_area="backup" if data.get("activeArea") == "backup" else "portion",
         version=data.get("version"),
+        failed=data["failed"] if isinstance(data.get("failed"), str) else None,
     )
 
 

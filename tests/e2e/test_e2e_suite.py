@@ -299,6 +299,9 @@ def test_step4b_kill_file_processor_process(kube: Kube, release: str, workload_n
         kill_container(cid)
 
     _kill_blade_and_check(kube, workload_ns, name="step4b-file-processor-killed", kill=kill)
+    # the operator acted on the blade's own verdict, not only on its pod's readiness
+    logs = kube.kubectl("-n", RELEASE_NS, "logs", "deployment/nasblade-e2e").stdout
+    assert "declared itself failed" in logs and "no longer serves shared" in logs
 
 
 def _backups(kube: Kube, ns: str, *, trigger: tuple[str, ...], since: str) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import dataclasses
 import datetime
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -44,6 +45,7 @@ from nasblade_operator.diskarray import formatting
 from nasblade_operator.diskarray import spec as da_spec
 from nasblade_operator.validation import InvalidSpec
 
+log = logging.getLogger(__name__)
 RESOURCE = (naming.GROUP, naming.VERSION, "clustergroups")
 ARRAYS = (naming.GROUP, naming.VERSION, "diskarrays")
 HISTORY = 10
@@ -224,6 +226,7 @@ class Runtime:
     seen_ready: set[str] = dataclasses.field(default_factory=set)
     next_backup_check: float = 0.0
     replacing: set[str] = dataclasses.field(default_factory=set)  # blades whose failed pod was deleted
+    failed: set[str] = dataclasses.field(default_factory=set)  # blades that declared themselves failed
     status: dict[str, Any] | None = None  # the status this daemon last wrote (the body may lag behind)
     heartbeats: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)  # blade -> (age, when)
     active_area: str = "portion"
@@ -283,7 +286,8 @@ def _pod_obs(summary: Mapping[str, Any], *, now: datetime.datetime, rt: Runtime)
         version=str(summary["version"]),
         ready=ready,
         ever_ready=ready or summary["name"] in seen_ready,
-        terminated=summary["phase"] in ("Failed", "Succeeded"),
+        # a blade that declared itself failed (bladeapi.BladeStatus.failed) is failed at once
+        terminated=summary["phase"] in ("Failed", "Succeeded") or summary["name"] in rt.failed,
         deleting=bool(summary["deleting"]),
         not_ready_for=0.0 if ready or since is None else (now - since).total_seconds(),
         heartbeat_age=_heartbeat_age(rt, summary["name"]),
@@ -311,16 +315,25 @@ async def _probe(
     rt.next_probe = time.monotonic() + planner.probe_interval(failure_timeout=failure_timeout,
                                                               status_interval=settings.current().status_interval)
     token = await _array_token(namespace, array)
-    targets = [(s["name"], endpoints.blade_api(namespace, s["name"], s.get("ip")))
-               for s in summaries.values() if s["ready"]]
-    results = await asyncio.gather(*(bladeapi.status(base, token=token) for _, base in targets if base),
+    # not-Ready pods too, for one thing: a blade that declared itself failed (its readiness
+    # says 503 then) is failed now, not failureTimeout after its pod went not-Ready
+    targets = [(s["name"], bool(s["ready"]), endpoints.blade_api(namespace, s["name"], s.get("ip")))
+               for s in summaries.values() if s["ready"] or (s["phase"] == "Running" and s.get("ip"))]
+    targets = [t for t in targets if t[2]]
+    results = await asyncio.gather(*(bladeapi.status(str(base), token=token) for _, _, base in targets),
                                    return_exceptions=True)
-    for (blade, _), result in zip([t for t in targets if t[1]], results, strict=True):
+    for (blade, ready, _), result in zip(targets, results, strict=True):
         if isinstance(result, bladeapi.BladeStatus):
+            if result.failed:
+                if blade not in rt.failed:
+                    log.warning("blade %s declared itself failed: %s", blade, result.failed)
+                rt.failed.add(blade)
+            if not ready:
+                continue
             if result.heartbeat_age is not None:
                 rt.heartbeats[blade] = (result.heartbeat_age, time.monotonic())
             rt.active_area = result.active_area
-        else:
+        elif ready:
             rt.heartbeats.pop(blade, None)  # unknown: the pod's readiness decides
 
 
@@ -522,6 +535,7 @@ class _Actor:
     async def _delete_pod(self, action: planner.DeletePod) -> None:
         await kube.client().delete("Pod", action.name, namespace=self.namespace)
         self.rt.heartbeats.pop(action.name, None)
+        self.rt.failed.discard(action.name)  # its replacement has the same name
         self.rt.seen_ready.discard(action.name)
         if action.reason == "Failed":
             self.rt.replacing.add(action.name)
