@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 from nasblade import ready
 
-from nasblade_operator import arrayapi, bladeapi, metrics
+from nasblade_operator import arrayapi, bladeapi, kube, metrics
 from nasblade_operator.clustergroup import handlers as clustergroup_handlers
 from nasblade_operator.diskarray import handlers as diskarray_handlers
 
@@ -41,13 +41,15 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     settings.posting.level = logging.CRITICAL
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.queueing.worker_limit = 64
+    # A DiskArray reconcile may wait in place for its controller pod (up to CONTROLLER_WAIT):
+    # enough workers that 100 arrays created at once all wait side by side.
+    settings.queueing.worker_limit = 256
     arrayapi.reset()
     bladeapi.reset()
     # kube.py and the program seeding run blocking calls in threads: enough of them that a slow
     # API server does not queue every handler behind a few in-flight requests.
     asyncio.get_running_loop().set_default_executor(
-        concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="nasblade-io"))
+        concurrent.futures.ThreadPoolExecutor(max_workers=kube.POOL_SIZE, thread_name_prefix="nasblade-io"))
     metrics.start(config.metrics_port)
     logger.info("nasblade operator: image %s, metrics on :%s", config.image, config.metrics_port or "off")
     ready.announce("operator", {"metrics": f"http://0.0.0.0:{config.metrics_port}/metrics" if config.metrics_port else None})

@@ -41,6 +41,8 @@ RESOURCES: dict[str, Resource] = {
 }
 
 REQUESTS: collections.Counter[str] = collections.Counter()
+#: Worker threads that run the blocking calls, and connections kept open to the API server.
+POOL_SIZE = 32
 
 
 class KubeError(RuntimeError):
@@ -59,8 +61,15 @@ class Kube:
 
     @classmethod
     def from_env(cls) -> Kube:
-        """In-cluster service account, else $KUBECONFIG or ~/.kube/config."""
-        return cls(pykube.HTTPClient(pykube.KubeConfig.from_env(), timeout=30))
+        """In-cluster service account, else $KUBECONFIG or ~/.kube/config.
+
+        The connection pool keeps one connection per worker thread (``POOL_SIZE``, the size of
+        the executor ``handlers.configure`` installs): with requests' default of 10, calls
+        beyond the tenth concurrent one each paid a new TCP + TLS handshake.
+        """
+        config = pykube.KubeConfig.from_env()
+        adapter = pykube.http.KubernetesHTTPAdapter(config, pool_connections=1, pool_maxsize=POOL_SIZE)
+        return cls(pykube.HTTPClient(config, timeout=30, http_adapter=adapter))
 
     async def get(self, kind: str, name: str, *, namespace: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""

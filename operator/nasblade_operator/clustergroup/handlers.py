@@ -159,7 +159,7 @@ async def _claim_portion(body: kopf.Body, *, name: str, namespace: str, array: s
         message = f"all {limit} portions of DiskArray {array} are taken; raise spec.areas.portions on a new array or delete a group"
         events.warning(body, "NoFreePortion", message)
         raise kopf.TemporaryError(message, delay=30)
-    portions.append({"index": free[0], "group": name})
+    portions.append({"index": free[0], "group": name, "activeArea": "portion"})  # a new portion is in use (diskarray/areas.py)
     try:
         await k.patch(
             "DiskArray", array, {"metadata": {"resourceVersion": da["metadata"]["resourceVersion"]},

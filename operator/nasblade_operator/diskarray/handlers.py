@@ -122,7 +122,8 @@ async def _mirror_areas(
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
 async def reconcile(
-    body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None, status: kopf.Status, patch: kopf.Patch, **_: Any
+    body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None, status: kopf.Status, patch: kopf.Patch,
+    **kwargs: Any,
 ) -> None:
     namespace = namespace or ""
     metrics.RECONCILES.labels("DiskArray").inc()
@@ -141,7 +142,8 @@ async def reconcile(
         "portionSize": parsed.areas.portion_size,
         "activeProcessorInfoArea": status.get("areas", {}).get("activeProcessorInfoArea", "portion"),
     }
-    await _wait_for_controller(body, name=name, namespace=namespace, status=status, patch=patch, generation=generation)
+    await _wait_for_controller(body, name=name, namespace=namespace, status=status, patch=patch, generation=generation,
+                               pods=kwargs["controller_pods"])
     await _provision(body, parsed, name=name, namespace=namespace, token=token, status=status, patch=patch, generation=generation)
     cond = conditions.set_condition(status.get("conditions", []), type=conditions.PROGRESSING, status="False",
                                     reason="Reconciled", message="", generation=generation)
@@ -206,12 +208,44 @@ async def _ensure_children(body: kopf.Body, parsed: da_spec.DiskArraySpec, *, na
     return token
 
 
+@kopf.index("pods", labels={naming.L_COMPONENT: "controller", naming.L_ARRAY: kopf.PRESENT})
+async def controller_pods(namespace: str | None, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[tuple[str, str], bool]:
+    """(namespace, DiskArray) -> whether its controller pod is Ready; wakes a reconcile waiting for it."""
+    key = (namespace or "", labels[naming.L_ARRAY])
+    ready = not body.metadata.get("deletionTimestamp") and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in body.get("status", {}).get("conditions", []))
+    if ready and key in _controller_waits:
+        _controller_waits[key].set()  # the waiter runs once this event is indexed
+    return {key: ready}
+
+
+#: (namespace, DiskArray) -> set when its controller pod becomes Ready (``controller_pods``).
+_controller_waits: dict[tuple[str, str], asyncio.Event] = {}
+#: How long a reconcile waits in place for the controller pod before it retries later (and
+#: shows ``WaitingForController``): waking on the pod event costs no request per second.
+CONTROLLER_WAIT = 15.0
+
+
+def _controller_ready(pods: kopf.Index[Any, Any], key: tuple[str, str]) -> bool:
+    return any(pods.get(key, []))
+
+
 async def _wait_for_controller(
-    body: kopf.Body, *, name: str, namespace: str, status: Mapping[str, Any], patch: kopf.Patch, generation: int
+    body: kopf.Body, *, name: str, namespace: str, status: Mapping[str, Any], patch: kopf.Patch, generation: int,
+    pods: kopf.Index[Any, Any],
 ) -> None:
-    """Retry later (TemporaryError) until the controller StatefulSet has a Ready replica."""
-    sts = await kube.client().get("StatefulSet", naming.controller_name(name), namespace=namespace)
-    if sts and int(sts.get("status", {}).get("readyReplicas", 0) or 0) >= 1:
+    """Wait (bounded) for the controller pod to be Ready, then retry later (TemporaryError)."""
+    key = (namespace, name)
+    if not _controller_ready(pods, key):
+        wake = _controller_waits.setdefault(key, asyncio.Event())
+        wake.clear()
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=CONTROLLER_WAIT)
+        except TimeoutError:
+            pass
+        finally:
+            _controller_waits.pop(key, None)
+    if _controller_ready(pods, key):
         return
     cond = conditions.set_condition(status.get("conditions", []), type=conditions.READY, status="False",
                                     reason="WaitingForController", message="the controller pod is not Ready yet",
