@@ -61,13 +61,16 @@ def test_killed_blade_process_is_restarted_and_gives_back(make_array: Any, part:
     old = arr.kill(home, part)
     st = arr.restarted(home, part, old)
     assert st["restarts"] >= 1 and st["lastExit"] == -signal.SIGKILL, st
-    # the peer took over while the blade was down, powering the silent blade off first
+    # the peer took over while the blade was down, powering the silent blade off first (unless
+    # the restart came before the peer saw the blade silent: then the blade re-took fs1 itself)
     events = arr.cluster(peer)["takeovers"]
     took = [r for r in events if r["event"] == "takeover"]
-    assert took and took[-1]["previous"]["blade"] == home, events
-    assert [r["blade"] for r in events if r["event"] == "power-off"] == [home], events
+    if took:
+        assert took[-1]["previous"]["blade"] == home, events
+        assert [r["blade"] for r in events if r["event"] == "power-off"] == [home], events
     # give-back: the restarted blade owns its home file system again, with a newer epoch
-    back = expect(arr, lambda: (o := arr.owner()) is not None and o[0] == home and o[1] > took[-1]["epoch"] and o,
+    floor = took[-1]["epoch"] if took else epoch
+    back = expect(arr, lambda: (o := arr.owner()) is not None and o[0] == home and o[1] > floor and o,
                   timeout=90, what="give-back to the restarted blade")
     assert back[1] > epoch
     expect(arr, lambda: arr.served_by(home), what="the home blade serves fs1 again")
@@ -75,7 +78,7 @@ def test_killed_blade_process_is_restarted_and_gives_back(make_array: Any, part:
     expect(arr, lambda: w.acked >= acked + 20, timeout=60, what="the writer carries on after give-back")
     finish(arr, w, f"restart-{part}")
     chassis = arr.chassis()["blades"]
-    assert chassis[home]["powerCycles"] == 1, chassis
+    assert chassis[home]["powerCycles"] == (1 if took else 0), chassis
     # the peer was never touched
     assert chassis[peer]["powerCycles"] == 0, chassis
     assert chassis[peer]["blockProcessor"]["restarts"] == chassis[peer]["fileProcessor"]["restarts"] == 0, chassis

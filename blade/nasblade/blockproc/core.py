@@ -32,7 +32,9 @@ server (nbdkit) on its own.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import errno
 import logging
 import time
 from dataclasses import dataclass, field
@@ -43,7 +45,14 @@ from nasblade.blockproc.proxy import Exports, ProxyServer
 from nasblade.blockproc.syncdev import PoolDevice
 from nasblade.blockproc.upstream import UpstreamPool
 from nasblade.nbd import proto
-from nasblade.procinfo.portion import BladeStatus, PortionError, PortionStore, portion_offset
+from nasblade.procinfo.portion import (
+    BladeStatus,
+    CompareAndWrite,
+    GroupRecord,
+    PortionError,
+    PortionStore,
+    portion_offset,
+)
 from nasblade.program import install
 from nasblade.program.catalog import ProgramError, ProgramStore
 
@@ -76,6 +85,26 @@ class Settings:
     record_interval: float = 0.2
     load_interval: float = 1.0
     retry_for: float = 60.0
+
+
+def controller_cas(control: Any, lu: str) -> CompareAndWrite:
+    """The ``cas`` of a ``PortionStore`` on ``lu``: the controller's compare-and-write
+    (``ControlClient.compare_and_write``). A conflict returns the range as it is now; any other
+    refusal is an ``OSError`` (EIO), which the cluster member treats as a failing area."""
+    from nasblade.controller.apiclient import ControlAPIError
+
+    def cas(compare_offset: int, compare_length: int, expect: str, write_offset: int, data: bytes) -> bytes | None:
+        try:
+            control.compare_and_write(lu, compare_offset=compare_offset, compare_length=compare_length,
+                                      expect_sha256=expect, write_offset=write_offset, data=data)
+        except ControlAPIError as exc:
+            current = exc.body.get("current")
+            if exc.status == 409 and isinstance(current, str):
+                return base64.b64decode(current)
+            raise OSError(errno.EIO, f"compare-and-write on {lu}: {exc}") from exc
+        return None
+
+    return cas
 
 
 def coalesce(ranges: list[tuple[int, int]]) -> list[list[int]]:
@@ -200,6 +229,7 @@ class BlockProcessor:
             PoolDevice(pool, asyncio.get_running_loop()),
             offset=portion_offset(s.group_index, s.portion_size),
             size=s.portion_size,
+            cas=None if self.control is None else controller_cas(self.control, s.procinfo_lu),
         )
         await asyncio.to_thread(store.open, group=s.group, index=s.group_index)
         if not 0 <= s.slot < store.slot_count:
@@ -299,16 +329,18 @@ class BlockProcessor:
             return
         from nasblade.procinfo.portion import Ownership
 
-        async with self._slot_lock:
-            group = await asyncio.to_thread(self.portion.read_group)
+        me = self.settings.blade
+
+        def change(group: GroupRecord) -> None:
             current = group.ownership.get(name)
             if epoch is not None:
-                group.ownership[name] = Ownership(blade=self.settings.blade, epoch=epoch)
-            elif current is not None and current.blade == self.settings.blade:
+                if current is None or current.epoch <= epoch:  # never over a newer takeover
+                    group.ownership[name] = Ownership(blade=me, epoch=epoch)
+            elif current is not None and current.blade == me:
                 del group.ownership[name]
-            else:
-                return
-            await asyncio.to_thread(self.portion.write_group, group)
+
+        async with self._slot_lock:
+            await asyncio.to_thread(self.portion.update_group, change)
 
     # -- claims 4, 8, 9: processor-information backups ------------------------------------------
 
@@ -335,10 +367,12 @@ class BlockProcessor:
         entry = {"time": time.time(), "blade": s.blade, "trigger": trigger, "result": result,
                  "portions": list(portions), "jobs": [j["job"] for j in jobs]}
         if self.portion is not None:
-            async with self._slot_lock:
-                group = await asyncio.to_thread(self.portion.read_group)
+
+            def add(group: GroupRecord) -> None:
                 group.backups = [*group.backups, entry][-s.backup_history :]
-                await asyncio.to_thread(self.portion.write_group, group)
+
+            async with self._slot_lock:
+                await asyncio.to_thread(self.portion.update_group, add)
         message = "; ".join(failed) if failed else f"copied portions {list(portions)} to their backup areas"
         return {"result": result, "message": message, "jobs": jobs}
 

@@ -198,7 +198,8 @@ def merge_groups(a: GroupRecord, b: GroupRecord) -> GroupRecord:
         key = str(rec["id"]) if rec.get("id") else json.dumps(rec, sort_keys=True)
         by_id[key] = rec
     backups = sorted(by_id.values(), key=lambda r: (float(r.get("start") or r.get("time") or 0.0), str(r.get("id"))))
-    return GroupRecord(ownership=ownership, backups=backups[-BACKUP_HISTORY_KEEP:])
+    return GroupRecord(ownership=ownership, backups=backups[-BACKUP_HISTORY_KEEP:],
+                       generation=max(a.generation, b.generation))
 
 
 def same_group(a: GroupRecord, b: GroupRecord) -> bool:

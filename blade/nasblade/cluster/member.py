@@ -47,7 +47,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
-from nasblade.blockproc.core import BlockProcessor
+from nasblade.blockproc.core import BlockProcessor, controller_cas
 from nasblade.blockproc.syncdev import PoolDevice
 from nasblade.blockproc.upstream import UpstreamPool
 from nasblade.cluster import core
@@ -131,7 +131,8 @@ class ClusterMember:
         self._backup_pool = pool
         offset = portion_offset(self.cfg.group_index, self.cfg.portion_size)
         self.backup_area = PortionStore(PoolDevice(pool, asyncio.get_running_loop()), offset=offset,
-                                        size=self.cfg.portion_size)
+                                        size=self.cfg.portion_size,
+                                        cas=controller_cas(self.bp.control, self.cfg.backup_lu))
         if not await asyncio.to_thread(self.backup_area.is_formatted):
             with contextlib.suppress(ClusterError, OSError):
                 await self.backup(trigger="initial")
@@ -340,13 +341,25 @@ class ClusterMember:
                                        "reason": why, "time": time.time()})
 
     async def _reassert(self) -> None:
-        """Heal a lost update of the group record (two blades writing it at once)."""
+        """Record again what this blade serves when the group record says otherwise with an
+        epoch that is not newer (e.g. a record merged from the other area after a switch).
+        Updates themselves are not lost: ``PortionStore.update_group`` is a compare-and-swap."""
         stale = [fs for fs, e in self.serving.items()
                  if fs not in self._pending and self.group.ownership.get(fs) != Ownership(blade=self.me, epoch=e)
                  and (self.group.ownership.get(fs) is None or self.group.ownership[fs].epoch <= e)]
-        if stale:
-            await self._update_group(lambda g: g.ownership.update(
-                {fs: Ownership(blade=self.me, epoch=self.serving[fs]) for fs in stale}))
+        if not stale:
+            return
+        mine = {fs: self.serving[fs] for fs in stale}
+
+        def change(g: GroupRecord) -> None:
+            # applied to the record as it is at the write: never over a newer epoch (a paused
+            # blade resuming here must not undo the takeover that fenced it)
+            for fs, epoch in mine.items():
+                cur = g.ownership.get(fs)
+                if cur is None or cur.epoch <= epoch:
+                    g.ownership[fs] = Ownership(blade=self.me, epoch=epoch)
+
+        await self._update_group(change)
 
     # -- ownership changes -----------------------------------------------------------------------
 
@@ -356,10 +369,7 @@ class ClusterMember:
             store = self.store
 
             def rmw(store: PortionStore = store) -> GroupRecord:
-                g = store.read_group()
-                change(g)
-                store.write_group(g)
-                return g
+                return store.update_group(change)
 
             try:
                 async with self.bp._slot_lock:
@@ -487,6 +497,10 @@ class ClusterMember:
             raise ClusterError(f"{owner} refused to release {fs}: HTTP {status} {body}")
 
     async def manual_takeover(self, fs: str, *, force: bool) -> dict[str, Any]:
+        # judge on the group record as it is now, not as of the last tick (a blade that was
+        # paused may not have had a tick since it resumed)
+        with contextlib.suppress(OSError, PortionError):
+            self.group = await asyncio.to_thread(self.store.read_group)
         check = self.check(fs)
         if not check.possible:
             raise ClusterError(f"takeover of {fs} is not possible: {'; '.join(check.reasons)}")
@@ -541,8 +555,7 @@ class ClusterMember:
         def switch() -> None:
             if not backup.is_formatted():
                 backup.format(group=self.cfg.group, index=self.cfg.group_index)
-            merged = core.merge_groups(backup.read_group(), cached)
-            backup.write_group(merged)
+            backup.update_group(_absorb(cached))
             if own is not None:
                 backup.write_slot(slot, own)
 
@@ -607,10 +620,10 @@ class ClusterMember:
 
         def switch() -> None:
             primary.open(group=self.cfg.group, index=self.cfg.group_index)
-            merged = core.merge_groups(primary.read_group(), backup.read_group())
+            other = backup.read_group()
             if restore is not None:
-                merged = core.merge_groups(merged, GroupRecord(backups=[restore]))
-            primary.write_group(merged)
+                other = core.merge_groups(other, GroupRecord(backups=[restore]))
+            primary.update_group(_absorb(other))
             if own is not None:
                 primary.write_slot(slot, own)
 
@@ -762,6 +775,16 @@ class ClusterMember:
                        "policy": self.cfg.to_json()["backup"]},
             "ticks": self.ticks, "tickError": self.tick_error,
         }
+
+
+def _absorb(other: GroupRecord) -> Callable[[GroupRecord], None]:
+    """A group-record change that merges ``other`` in (``core.merge_groups``)."""
+
+    def change(group: GroupRecord) -> None:
+        merged = core.merge_groups(group, other)
+        group.ownership, group.backups = merged.ownership, merged.backups
+
+    return change
 
 
 def _post(url: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:

@@ -11,6 +11,8 @@ object with an ``"error"`` key. ``apiclient.ControlClient`` is the Python client
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -28,6 +30,10 @@ COPIES: web.AppKey[CopyEngine] = web.AppKey("copies", CopyEngine)
 TOKENS: web.AppKey[tuple[str | None, str | None]] = web.AppKey("tokens", tuple)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+CAS_MAX = 256 << 10
+"""Largest compare range and write of ``compare-and-write`` (bytes)."""
 
 
 class BadRequest(Exception):
@@ -201,6 +207,44 @@ async def delete_reservation(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def compare_and_write(request: web.Request) -> web.Response:
+    """Atomic compare-and-write on an LU (like SCSI COMPARE AND WRITE): if the SHA-256 of
+    ``compareLength`` bytes at ``compareOffset`` is ``expectSha256``, write ``data`` (base64)
+    at ``writeOffset`` durably (FUA) and answer 200; otherwise write nothing and answer 409
+    with the current bytes (``current``, base64) and their hash, so the caller can retry
+    without another read. Compare and write run without yielding the event loop in between,
+    so no other request of the controller is served between them. Used for the group record
+    of a processor-information portion (``nasblade.procinfo.portion.PortionStore.update_group``).
+    """
+    e = _engine(request)
+    lu = e.lu(request.match_info["name"])
+    body = await _body(request)
+    cmp_off = _field(body, "compareOffset", int)
+    cmp_len = _field(body, "compareLength", int)
+    if cmp_len > CAS_MAX:
+        raise BadRequest(f"compareLength must be at most {CAS_MAX}", field="compareLength")
+    expect = _field(body, "expectSha256", str)
+    write_off = _field(body, "writeOffset", int)
+    try:
+        data = base64.b64decode(_field(body, "data", str), validate=True)
+    except ValueError as exc:
+        raise BadRequest(f"data is not base64: {exc}", field="data") from exc
+    if not data or len(data) > CAS_MAX:
+        raise BadRequest(f"data must be 1..{CAS_MAX} bytes", field="data")
+    if cmp_off + cmp_len > lu.size or write_off + len(data) > lu.size:
+        raise BadRequest(f"the ranges must lie inside the LU ({lu.size} bytes)")
+    try:
+        current = bytes(e.read(lu, cmp_off, cmp_len))
+        digest = hashlib.sha256(current).hexdigest()
+        if digest != expect:
+            return _error(409, "compare failed: the range changed", currentSha256=digest,
+                          current=base64.b64encode(current).decode())
+        await e.write(lu, write_off, memoryview(data), fua=True)
+    except OSError as exc:
+        return _error(503, f"I/O error on {lu.name}: {exc.strerror or exc}")
+    return web.json_response({"written": len(data), "sha256": digest})
+
+
 async def list_clients(request: web.Request) -> web.Response:
     return web.json_response({"clients": list(_engine(request).clients.values())})
 
@@ -367,6 +411,9 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("POST", "/v1/lus/{name}/reservation", post_reservation, "Take the reservation {holder, epoch?}; fences older epochs"),
     ("GET", "/v1/lus/{name}/reservation", get_reservation, "Current reservation"),
     ("DELETE", "/v1/lus/{name}/reservation", delete_reservation, "Release the reservation"),
+    ("POST", "/v1/lus/{name}/compare-and-write", compare_and_write,
+     "Atomic compare-and-write {compareOffset, compareLength, expectSha256, writeOffset, data (base64)}:"
+     " 409 with the current bytes when the range changed"),
     ("GET", "/v1/clients", list_clients, "Registered clients (blades)"),
     ("POST", "/v1/clients", post_client, "Register or refresh a client {name, group?, role?, address?, attrs?}"),
     ("GET", "/v1/clients/{name}", get_client, "Describe a client"),

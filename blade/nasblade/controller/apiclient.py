@@ -8,6 +8,7 @@ error body.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import time
@@ -105,6 +106,14 @@ class ControlClient:
 
     def release(self, lu: str) -> None:
         self.request("DELETE", f"/v1/lus/{self._p(lu)}/reservation")
+
+    def compare_and_write(self, lu: str, *, compare_offset: int, compare_length: int, expect_sha256: str,
+                          write_offset: int, data: bytes) -> dict[str, Any]:
+        """Atomic compare-and-write; ``ControlAPIError`` 409 (body ``current``, base64) when
+        the compared range no longer hashes to ``expect_sha256``."""
+        body = {"compareOffset": compare_offset, "compareLength": compare_length, "expectSha256": expect_sha256,
+                "writeOffset": write_offset, "data": base64.b64encode(data).decode()}
+        return self.request("POST", f"/v1/lus/{self._p(lu)}/compare-and-write", body)  # type: ignore[no-any-return]
 
     # --- clients ----------------------------------------------------------------------------------
 

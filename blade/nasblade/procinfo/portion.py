@@ -17,15 +17,22 @@ Layout of a portion (format version 1; every record uses the two-copy framing of
 The slot count is ``min(64, (size - 136 KiB) // 16 KiB)`` and is stored in the header, as are
 the group name, the portion index, the portion size and the record sizes, so a reader checks it
 is looking at the portion it expects. The block processor writes a slot on behalf of its file
-processor (claim 2); the group record (ownership map and backup history) is read-modified-
-written by the blade that changes ownership, under the file system's LU reservation epoch.
+processor (claim 2); the group record (ownership map, backup history and a ``generation``
+that every update increments) is changed with ``update_group``: read both copies, apply the
+change, write the next copy only if both copies are still what was read, through the
+controller's atomic compare-and-write (``POST /v1/lus/{lu}/compare-and-write``, a ``cas``
+callable given to the store), retrying on a conflict with the bytes the controller returned.
+So two blades changing the record at once never lose each other's update. A store without
+``cas`` (tests, tools on a plain device) read-modify-writes.
 
 All writes are FUA: when ``write_slot`` returns, the record is on stable storage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -162,11 +169,14 @@ class GroupRecord:
 
     ownership: dict[str, Ownership] = field(default_factory=dict)
     backups: list[dict[str, Any]] = field(default_factory=list)
+    generation: int = 0
+    """Incremented by every ``PortionStore.update_group``."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ownership": {fs: asdict(o) for fs, o in sorted(self.ownership.items())},
             "backups": list(self.backups),
+            "generation": self.generation,
         }
 
     @classmethod
@@ -175,7 +185,14 @@ class GroupRecord:
             str(fs): Ownership(blade=str(o["blade"]), epoch=int(o["epoch"]))
             for fs, o in (d.get("ownership") or {}).items()
         }
-        return cls(ownership=own, backups=list(d.get("backups", [])))
+        return cls(ownership=own, backups=list(d.get("backups", [])), generation=int(d.get("generation", 0)))
+
+
+CompareAndWrite = Callable[[int, int, str, int, bytes], "bytes | None"]
+"""``cas(compare_offset, compare_length, expect_sha256, write_offset, data)`` on the store's
+device (device offsets): ``None`` when written, else the compared range as it is now."""
+
+CAS_ATTEMPTS = 64
 
 
 @dataclass(frozen=True)
@@ -198,7 +215,7 @@ def slot_region(index: int) -> Region:
 class PortionStore:
     """Reads and writes the records of one portion (or backup area) at ``offset`` on ``device``."""
 
-    def __init__(self, device: BlockDevice, *, offset: int, size: int) -> None:
+    def __init__(self, device: BlockDevice, *, offset: int, size: int, cas: CompareAndWrite | None = None) -> None:
         if size < MIN_PORTION_SIZE:
             raise ValueError(f"portion size {size} is below the minimum {MIN_PORTION_SIZE}")
         if offset % record.ALIGN or size % record.ALIGN:
@@ -206,6 +223,7 @@ class PortionStore:
         if offset + size > device.size:
             raise ValueError(f"portion {offset}+{size} is past the end of the device ({device.size})")
         self.device = device
+        self.cas = cas
         self.offset = offset
         self.size = size
         self.slot_count = slot_count_for(size)
@@ -317,3 +335,30 @@ class PortionStore:
 
     def write_group(self, group: GroupRecord) -> int:
         return self.write_region(GROUP_REGION, group.to_json())
+
+    def update_group(self, change: Callable[[GroupRecord], None]) -> GroupRecord:
+        """Apply ``change`` to the group record atomically (module doc); return the record written.
+
+        ``change`` may run more than once (once per conflict), each time on the latest record.
+        """
+        if self.cas is None:
+            group = self.read_group()
+            change(group)
+            group.generation += 1
+            self.write_group(group)
+            return group
+        base = self.offset + GROUP_REGION.offset
+        length = 2 * GROUP_REGION.copy_size
+        both = self.device.pread(base, length)
+        for _attempt in range(CAS_ATTEMPTS):
+            choice = record.choose(both[:GROUP_COPY], both[GROUP_COPY:], kind=Kind.GROUP)
+            group = GroupRecord() if choice.current is None else GroupRecord.from_json(choice.current.payload)
+            change(group)
+            group.generation += 1
+            data = record.encode(kind=Kind.GROUP, seq=choice.next_seq, payload=group.to_json(), size=GROUP_COPY)
+            current = self.cas(base, length, hashlib.sha256(both).hexdigest(),
+                               base + choice.next_copy * GROUP_COPY, data)
+            if current is None:
+                return group
+            both = current
+        raise PortionError(f"the group record kept changing: {CAS_ATTEMPTS} compare-and-write conflicts")
