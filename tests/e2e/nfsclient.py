@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--path", required=True)
     w.add_argument("--duration", type=float, required=True)
     w.add_argument("--interval", type=float, default=0.05)
-    w.add_argument("--stall", type=float, default=10.0,
+    w.add_argument("--stall", type=float, default=6.0,
                    help="seconds without an acknowledged record before a new session")
     v = sub.add_parser("verify")
     v.add_argument("--url", required=True)

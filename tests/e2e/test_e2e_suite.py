@@ -385,7 +385,12 @@ def test_step7_software_rollout(kube: Kube, release: str, workload_ns: str) -> N
                            "--program", "nbd://127.0.0.1:10809/program", "list", "--json").stdout
     assert version in listing
 
+    ready_seen: list[int] = []  # Ready blade pods at each poll: one at a time means never 0
+
     def rolled() -> bool:
+        pods = kube.json("-n", workload_ns, "get", "pods", "-l", f"nasblade.io/cluster-group={GROUP}")["items"]
+        ready_seen.append(sum(1 for p in pods if condition(p, "Ready").get("status") == "True"
+                              and not p["metadata"].get("deletionTimestamp")))
         blades = _group(kube, workload_ns)["status"].get("blades", [])
         return len(blades) == 2 and all(b["softwareVersion"] == version for b in blades) \
             and _blades_ready(kube, workload_ns) and condition(_group(kube, workload_ns), "Progressing").get("status") == "False"
@@ -394,12 +399,14 @@ def test_step7_software_rollout(kube: Kube, release: str, workload_ns: str) -> N
         t0 = time.monotonic()
         kube.kubectl("-n", workload_ns, "patch", "diskarray", ARRAY, "--type=merge", "-p",
                      json.dumps({"spec": {"software": {"version": version}}}))
-        kube.wait(f"every blade on {version}", rolled, timeout=130, interval=2,
+        kube.wait(f"every blade on {version}", rolled, timeout=130, interval=1,
                   describe=lambda: _group(kube, workload_ns)["status"].get("blades"))
         RESULTS["step7-rollout-seconds"] = round(time.monotonic() - t0, 1)
 
     figures = _run_writer_through(kube, workload_ns, path="/step7-rollout.dat", duration=150, disrupt=upgrade)
     RESULTS["step7-rollout"] = figures
+    RESULTS["step7-ready-blades-per-poll"] = ready_seen
+    assert min(ready_seen) >= 1, ready_seen  # one blade at a time: never none serving
     print(f"step7-rollout: {json.dumps(figures)}")
     print(f"e2e figures: {json.dumps(RESULTS, sort_keys=True)}")
     assert figures["failedAttempts"] == 0, figures
