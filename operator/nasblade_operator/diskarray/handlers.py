@@ -1,13 +1,17 @@
 """kopf handlers of DiskArray: controller objects, LUs, program seeding, status, deletion.
 
-Reads: the DiskArray body (kopf), its children (``kube``), the controller (``arrayapi``).
+Reads: the DiskArray body (kopf), its children (``kube``), the controller (``arrayapi``), and
+two kopf indexes declared here: ``controller_pods`` (is the controller pod Ready) and
+``group_areas`` (which processor-info area each ClusterGroup runs from).
 Writes: Secret, Service, StatefulSet (from ``builders``), the LUs, the status (through kopf's
-``patch``) and Events (``events``). ``clustergroup/handlers.py`` reads the DiskArray through
-the ``diskarrays`` index declared here.
+``patch``; ``status.portions[].activeArea`` through ``kube``, see ``areas.py``) and Events
+(``events``). ``clustergroup/handlers.py`` reads the DiskArray through the ``diskarrays``
+index declared here.
 
 Reconcile order: parse (invalid -> Ready=False, Warning, PermanentError) -> token Secret ->
-Service -> StatefulSet -> wait for the controller to be Ready -> LUs -> program seed -> Ready.
-Each step is idempotent, so create, update and resume all run the same function.
+Service -> StatefulSet -> wait for the controller pod to be Ready (in place, woken by the pod
+index, bounded; then TemporaryError) -> LUs -> formatting -> program seed -> Ready. Each step
+is idempotent, so create, update and resume all run the same function.
 
 File systems are formatted exactly once, over NBD to the controller Service
 (``nasblade.fs.fs.mkfs``, root directory mode 1777 as the standalone array makes it), and the
