@@ -110,6 +110,9 @@ class ClusterMember:
         self.last_backup_ok: float | None = None
         self.deferrals = 0
         self.deferred_since: float | None = None
+        self.max_deferred_age = 0.0
+        """The oldest the group's last backup was when the scheduler deferred one (stays below
+        the policy's ``maxAge``: load never defers a backup past the maximum age)."""
         self.scheduler: dict[str, Any] = {"action": "wait", "reason": "starting"}
         self.started = time.monotonic()
         self.ticks = 0
@@ -713,9 +716,12 @@ class ClusterMember:
             return
         load = core.load_ratio(self.bp.load)
         now = time.monotonic()
-        action, why = core.decide_backup(policy=policy, now=now, last_success=self._last_success(now),
-                                         first_due=first_due, load=load)
-        self.scheduler = {"action": action.value, "reason": why, "load": load, "deferrals": self.deferrals}
+        last = self._last_success(now)
+        action, why = core.decide_backup(policy=policy, now=now, last_success=last, first_due=first_due, load=load)
+        if action is core.BackupAction.DEFER:
+            self.max_deferred_age = max(self.max_deferred_age, now - (first_due if last is None else last))
+        self.scheduler = {"action": action.value, "reason": why, "load": load, "deferrals": self.deferrals,
+                          "maxDeferredAge": self.max_deferred_age}
         if action is core.BackupAction.DEFER:
             if self.deferred_since is None:
                 self.deferred_since = now
