@@ -71,6 +71,7 @@ class BladeStatus:
     active_area: str  # "portion" or "backup"
     version: str | None
     failed: str | None = None  # why the blade declared itself failed (its file processor lost what it served)
+    file_systems: frozenset[str] | None = None  # what its file processor serves (None: not reported)
 
 
 async def status(base: str, *, token: str) -> BladeStatus:
@@ -90,6 +91,7 @@ async def status(base: str, *, token: str) -> BladeStatus:
         active_area="backup" if data.get("activeArea") == "backup" else "portion",
         version=data.get("version"),
         failed=data["failed"] if isinstance(data.get("failed"), str) else None,
+        file_systems=frozenset(map(str, data["fileSystems"])) if isinstance(data.get("fileSystems"), list) else None,
     )
 
 

@@ -7,10 +7,10 @@ It implements the calls ``nasblade_operator.bladeapi`` makes: status, take over 
 file system and run a backup; ``backup_result`` sets what backups answer,
 ``heartbeat_age[blade]`` the heartbeat age a blade reports and ``active_area[blade]`` the
 processor-info area it says it runs from (``portion`` unless set; ``backup`` after an area
-failover). With ``copy_through`` set (the
-controller's API URL and the portion size) a backup really copies its portions into the backup
-LU through the controller's copy engine, as a blade does, and with ``backup_gate`` set it
-answers only once the test sets that event (so a test sees the backup while it runs).
+failover). With ``copy_through`` set (the controller's API URL and the portion size) a backup
+really copies its portions into the backup LU through the controller's copy engine, as a
+blade does, and with ``backup_gate`` set it answers only once the test sets that event (so a
+test sees the backup while it runs).
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ class FakeBlades:
         self.calls: list[tuple[str, str, Any]] = []
         self.backup_result = "Succeeded"
         self.heartbeat_age: dict[str, float] = {}  # blade -> what GET /v1/status reports (default 0.1 s)
-        self.active_area: dict[str, str] = {}  # blade -> what GET /v1/status reports (default portion)
         self.copy_through: tuple[str, int] | None = None  # (controller API URL, portion size)
         self.backup_gate: threading.Event | None = None
         self.refuse_takeover: set[str] = set()  # blades whose file-system takeover answers 409
+        self.serving: dict[str, list[str]] = {}  # blade -> fileSystems GET /v1/status reports (absent: not reported)
+        self.active_area: dict[str, str] = {}  # blade -> what GET /v1/status reports (default portion)
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -89,8 +90,11 @@ class FakeBlades:
         if not self._authorised(request):
             return web.json_response({"error": "unauthorized"}, status=401)
         blade = request.match_info["blade"]
-        return web.json_response({"blade": blade, "heartbeatAge": self.heartbeat_age.get(blade, 0.1),
-                                  "activeArea": self.active_area.get(blade, "portion"), "version": "0.1.0"})
+        body: dict[str, Any] = {"blade": blade, "heartbeatAge": self.heartbeat_age.get(blade, 0.1),
+                                "activeArea": self.active_area.get(blade, "portion"), "version": "0.1.0"}
+        if blade in self.serving:
+            body["fileSystems"] = self.serving[blade]
+        return web.json_response(body)
 
     async def _backup(self, request: web.Request) -> web.Response:
         if not self._authorised(request):

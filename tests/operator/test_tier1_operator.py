@@ -376,3 +376,26 @@ def test_area_failover_shows_in_the_diskarray(
     header, row = table.splitlines()[:2]
     assert row.split()[header.split().index("PI-AREA")] == "backup"
     assert {p["index"] for p in back["status"]["portions"]} == {0, 1}
+
+
+def test_ready_waits_until_the_owner_serves(
+    kubectl: Kubectl, operator: Callable[[], Any], blades: FakeBlades, token_secret: Callable[[str], None],
+) -> None:
+    """Ready=True means NFS is served: while the owning blade reports that its file processor
+    does not serve the file system yet, the group says FileSystemsStarting and names it."""
+    token_secret("a1")
+    blades.serving.update({"g1-blade-0": [], "g1-blade-1": []})
+    with operator() as runner:
+        kubectl.apply(array())
+        kubectl.apply(group("g1"))
+        wait_until("FileSystemsStarting", lambda: condition(kubectl.get("clustergroup", "g1"), "Ready").get(
+            "reason") == "FileSystemsStarting", timeout=120)
+        starting = condition(kubectl.get("clustergroup", "g1"), "Ready")
+        status = kubectl.get("clustergroup", "g1")
+        assert status is not None
+        for fs in status["status"]["fileSystems"]:
+            blades.serving[fs["blade"]] = [*blades.serving[fs["blade"]], fs["name"]]
+        kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
+    assert_clean(runner)
+    assert starting["status"] == "False"
+    assert all(f"{fs['name']} (on {fs['blade']})" in starting["message"] for fs in status["status"]["fileSystems"])

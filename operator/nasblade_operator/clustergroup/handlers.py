@@ -227,6 +227,7 @@ class Runtime:
     next_backup_check: float = 0.0
     replacing: set[str] = dataclasses.field(default_factory=set)  # blades whose failed pod was deleted
     failed: set[str] = dataclasses.field(default_factory=set)  # blades that declared themselves failed
+    serving: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)  # blade -> what it said it serves
     status: dict[str, Any] | None = None  # the status this daemon last wrote (the body may lag behind)
     heartbeats: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)  # blade -> (age, when)
     active_area: str = "portion"
@@ -332,9 +333,14 @@ async def _probe(
                 continue
             if result.heartbeat_age is not None:
                 rt.heartbeats[blade] = (result.heartbeat_age, time.monotonic())
+            if result.file_systems is not None:
+                rt.serving[blade] = result.file_systems
+            else:
+                rt.serving.pop(blade, None)
             rt.active_area = result.active_area
         elif ready:
             rt.heartbeats.pop(blade, None)  # unknown: the pod's readiness decides
+            rt.serving.pop(blade, None)
 
 
 async def _move_request(
@@ -456,6 +462,7 @@ async def _pass(
                 continue
             if isinstance(action, planner.MoveFileSystem):
                 owners[action.fs] = action.target
+                rt.serving.pop(action.target, None)  # unknown until the next probe: not a reason to flap
                 if record:
                     failovers.append(record)
                 if action.reason == "Planned" and outcome is not None:  # the move asked for is done
@@ -786,11 +793,17 @@ async def _write_status(
     for state in ("Pending", "Running", "Suspect", "Failed", "Upgrading"):
         metrics.BLADES.labels(namespace, name, state).set(sum(1 for b in blades if b["state"] == state))
     unserved = [fs for fs, o in owners.items() if plan.states.get(o) != "Running"]
+    # Ready means NFS is served: an owner that reported what it serves must list the file system
+    starting = [fs for fs, o in owners.items() if fs not in unserved and o in rt.serving and fs not in rt.serving[o]]
     bad = [b["name"] for b in blades if b["state"] in ("Failed", "Suspect")]
     cond = list(old.get("conditions", []))
     if not array_ready:
         cond = conditions.set_condition(cond, type=conditions.READY, status="False", reason="DiskArrayNotReady",
                                         message=f"DiskArray {spec.disk_array} is not Ready yet", generation=generation)
+    elif running == spec.blades.count and not unserved and starting:
+        cond = conditions.set_condition(
+            cond, type=conditions.READY, status="False", reason="FileSystemsStarting", generation=generation,
+            message="not served yet: " + ", ".join(f"{fs} (on {owners[fs]})" for fs in starting))
     elif running == spec.blades.count and not unserved:
         cond = conditions.set_condition(cond, type=conditions.READY, status="True", reason="AllBladesRunning",
                                         message=f"{running} blades running, {len(fs_names)} file systems served",
