@@ -12,10 +12,15 @@ thread of ``nasblade up``, over ``nasblade.standalone.supervisor.Supervisor``:
 
     POST /v1/blades/<blade>/power-off   {"requestedBy": "g1-1", "reason": "..."}
          → 200 {"blade", "poweredOff": true, "killed": [pids], ...}   (after the processes are reaped)
+    POST /v1/blades/<blade>/restart     {"softwareVersion": "1.2.0", "requestedBy": "rollout"}
+         → 200 {"blade", "softwareVersion", "stopped": {name: pid}, ...}   (after both processes
+           stopped gracefully; the supervisor starts them again on that version, see
+           ``Supervisor.restart``); 409 while the blade is being started or restarted already
     GET  /v1/chassis                    → the supervisor's status (per blade: pids, restarts, ...)
 
 ``ChassisClient`` is the caller's side; ``nasblade.cluster.member`` uses it when its cluster
-configuration names a chassis (``chassis`` in ``nasblade.cluster.config``). In Kubernetes there
+configuration names a chassis (``chassis`` in ``nasblade.cluster.config``), and
+``nasblade.standalone.rollout`` for the software restarts of a rollout. In Kubernetes there
 is no chassis: the operator deletes the failed blade's pod instead.
 """
 
@@ -33,11 +38,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from nasblade.standalone.supervisor import Supervisor
+from nasblade.program.catalog import VERSION_RE
+from nasblade.standalone.supervisor import Busy, Supervisor
 
 log = logging.getLogger(__name__)
 
-_POWER_OFF = re.compile(r"^/v1/blades/([A-Za-z0-9._-]+)/power-off$")
+_BLADE_ACTION = re.compile(r"^/v1/blades/([A-Za-z0-9._-]+)/(power-off|restart)$")
 
 
 class ChassisError(RuntimeError):
@@ -79,7 +85,7 @@ def _handler(sup: Supervisor) -> type[http.server.BaseHTTPRequestHandler]:
                 self._reply(404, {"error": f"no such resource: {self.path}"})
 
         def do_POST(self) -> None:
-            m = _POWER_OFF.match(self.path)
+            m = _BLADE_ACTION.match(self.path)
             if m is None:
                 self._reply(404, {"error": f"no such resource: {self.path}"})
                 return
@@ -89,10 +95,20 @@ def _handler(sup: Supervisor) -> type[http.server.BaseHTTPRequestHandler]:
                 self._reply(400, {"error": f"bad request body: {exc}"})
                 return
             by, reason = str(body.get("requestedBy") or "unknown"), str(body.get("reason") or "")
+            blade, action = m.group(1), m.group(2)
+            version = body.get("softwareVersion")
+            if action == "restart" and not (isinstance(version, str) and VERSION_RE.match(version)):
+                self._reply(400, {"error": f"softwareVersion: a version is required, got {version!r}"})
+                return
             try:
-                self._reply(200, sup.power_off(m.group(1), by=by, reason=reason))
+                if action == "power-off":
+                    self._reply(200, sup.power_off(blade, by=by, reason=reason))
+                else:
+                    self._reply(200, sup.restart(blade, version=str(version), by=by))
             except KeyError:
-                self._reply(404, {"error": f"no blade {m.group(1)} in this chassis"})
+                self._reply(404, {"error": f"no blade {blade} in this chassis"})
+            except Busy as exc:
+                self._reply(409, {"error": f"blade {blade} cannot be restarted now: {exc}"})
 
     return Handler
 
@@ -164,6 +180,12 @@ class ChassisClient:
     def power_off(self, blade: str, *, requested_by: str, reason: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", f"/v1/blades/{blade}/power-off",
                                             {"requestedBy": requested_by, "reason": reason})
+        return result
+
+    def restart(self, blade: str, *, software_version: str, requested_by: str) -> dict[str, Any]:
+        """Restart ``blade`` on ``software_version``; returns once its processes stopped."""
+        result: dict[str, Any] = self._call("POST", f"/v1/blades/{blade}/restart",
+                                            {"softwareVersion": software_version, "requestedBy": requested_by})
         return result
 
     def status(self) -> dict[str, Any]:

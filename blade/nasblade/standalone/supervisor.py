@@ -18,6 +18,12 @@ file system's address).
   so a SIGSTOPped blade dies too) and reap them before answering, so the blade's addresses are
   free when the caller binds them. A blade being restarted when the power goes off is killed
   as soon as its start completes.
+- **Software restart** (``restart``, for ``nasblade software rollout`` on a standalone array):
+  stop both processes of a blade gracefully (SIGTERM to the file processor, then the block
+  processor, each given ``STOP_GRACE`` seconds before SIGKILL), then start them again through
+  ``poll`` with ``--software-version V``: the block processor installs V from the program LU
+  and the file processor boots it. V stays the blade's version for later crash restarts; a
+  later ``nasblade up`` boots the catalog's selected version (the rollout selects V at its end).
 - **Give-back**: once a restarted blade is back (every member of its group alive in its own
   cluster view), the supervisor asks it to take its home file systems back
   (``POST /v1/cluster/giveback``, a graceful move), like a chassis's automatic give-back.
@@ -36,6 +42,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -57,6 +64,12 @@ GIVEBACK_SETTLE = 1.0
 """Seconds a restarted blade must have seen its whole group alive before it takes its file
 systems back."""
 GIVEBACK_GIVE_UP = 300.0
+STOP_GRACE = 30.0
+"""Seconds a blade process has to exit after SIGTERM in a software restart before SIGKILL."""
+
+
+class Busy(RuntimeError):
+    """The blade is being started or restarted already; ask again later."""
 
 
 def restart_delay(failures: int) -> float:
@@ -89,6 +102,12 @@ def restart_argv(argv: list[str], *, part: str, api: str | None) -> list[str]:
     return out
 
 
+def with_version(argv: list[str], version: str) -> list[str]:
+    """A block processor's command line booting software ``version``."""
+    out = _strip(argv, "--software-version")
+    return [*out, "--software-version", version]
+
+
 @dataclass
 class Part:
     """Supervision state of one blade process (kept on the ``Child``)."""
@@ -113,6 +132,8 @@ class Supervisor:
     """Keyed by child name (``<blade>-bp`` / ``<blade>-fp``)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     power_cycles: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    """Blade → software version it was last restarted on (``restart``)."""
     givebacks: dict[str, float] = field(default_factory=dict)
     """Blade → monotonic time its give-back was scheduled (after a restart)."""
     _alive_since: dict[str, float] = field(default_factory=dict)
@@ -243,6 +264,57 @@ class Supervisor:
         self.write_status()
         return {"blade": blade, "poweredOff": True, "killed": killed, "requestedBy": by, "reason": reason}
 
+    # -- software restart --------------------------------------------------------------------------
+
+    def restart(self, blade: str, *, version: str, by: str, grace: float = STOP_GRACE) -> dict[str, Any]:
+        """Stop ``blade`` gracefully and have ``poll`` start it on ``version`` (module doc).
+
+        ``KeyError``: no such blade; ``Busy``: one of its processes is not running right now
+        (starting, waiting for a restart, or already being restarted)."""
+        names = sorted((n for n, p in self.parts.items() if p.blade == blade),
+                       key=lambda n: 0 if n.endswith("-fp") else 1)
+        if not names:
+            raise KeyError(blade)
+        with self.lock:
+            busy = [f"{n} is {self.parts[n].state}" for n in names if self.parts[n].state != "running"]
+            if busy:
+                raise Busy(", ".join(busy))
+            for name in names:
+                self.parts[name].state = "stopping"
+        self.write_status()
+        stopped: dict[str, int | None] = {}
+        for name in names:  # the file processor first: it stops serving, then its block processor flushes
+            child = self._child(name)
+            if child is None:
+                continue
+            stopped[name] = child.proc.pid
+            if child.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.proc.pid, signal.SIGTERM)
+                try:
+                    child.proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop within %.0fs of SIGTERM; killing it", name, grace)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(child.proc.pid, signal.SIGKILL)
+                    child.proc.wait()
+        now = time.monotonic()
+        with self.lock:
+            for name in names:
+                part = self.parts[name]
+                if part.part == "bp":
+                    part.argv = with_version(part.argv, version)
+                child = self._child(name)
+                part.last_exit = None if child is None else child.proc.returncode
+                part.failures = 0
+                part.reason = f"restarted on software {version} for {by}"
+                part.state, part.restart_at = "waiting", now
+            self.versions[blade] = version
+        log.warning("chassis: restarting %s on software %s for %s (stopped pids %s)",
+                    blade, version, by, list(stopped.values()))
+        self.write_status()
+        return {"blade": blade, "softwareVersion": version, "stopped": stopped, "requestedBy": by}
+
     # -- give-back -------------------------------------------------------------------------------
 
     def _drive_givebacks(self) -> None:
@@ -295,7 +367,8 @@ class Supervisor:
         out: dict[str, Any] = {}
         for name, p in sorted(self.parts.items()):
             child = self._child(name)
-            entry = out.setdefault(p.blade, {"powerCycles": self.power_cycles.get(p.blade, 0)})
+            entry = out.setdefault(p.blade, {"powerCycles": self.power_cycles.get(p.blade, 0),
+                                             "softwareVersion": self.versions.get(p.blade)})
             if p.part == "bp" and child is not None:
                 entry["api"] = child.ready.get("endpoints", {}).get("api")
             entry["blockProcessor" if p.part == "bp" else "fileProcessor"] = {

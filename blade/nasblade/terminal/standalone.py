@@ -519,10 +519,46 @@ class StandaloneSource:
         return None  # ``move`` asked the target blade itself, which refuses with an error at once
 
     def rollout(self, version: str, *, array: str | None, force: bool = False) -> dict[str, Any]:
-        raise NotAvailable(
-            "a standalone array has no rolling restart of its blades: select the version with "
-            f"`nasblade software --program nbd://{self.endpoints.nbd}/{PROGRAM_LU} select {version}` "
-            "and restart `nasblade up` (rollouts are done by the operator on Kubernetes)")
+        raise NotAvailable("a standalone array rolls its blades with `nasblade software rollout "
+                           f"{version} --data-dir {self.data_dir}` (rolling_restart), not by a request")
+
+    def rolling_restart(self, version: str, *, progress: Any, timeout_per_blade: float) -> dict[str, Any]:
+        """Roll every blade to ``version`` one at a time (``nasblade.standalone.rollout``) through
+        the chassis of ``nasblade up`` (``DATA/run/chassis.sock``), then select ``version`` in the
+        program catalog so a later ``nasblade up`` boots it. A version not in the catalog is
+        refused before anything is touched."""
+        from nasblade.nbd.client import NBDBlockDevice
+        from nasblade.program.catalog import ProgramError, ProgramStore
+        from nasblade.standalone.chassis import ChassisClient
+        from nasblade.standalone.rollout import BladeRef, RolloutError, roll
+
+        software = self._software()
+        if software["error"]:
+            raise TerminalError(f"cannot read the program catalog: {software['error']}")
+        if version not in software["versions"]:
+            raise UsageError(f"version {version} is not in the program catalog (available: "
+                             f"{', '.join(software['versions']) or 'none'}); push it first with "
+                             f"`nasblade software --program nbd://{self.endpoints.nbd}/{PROGRAM_LU} push BUNDLE`")
+        sock = self.data_dir / "run" / "chassis.sock"
+        if not sock.exists():
+            raise Unreachable(f"no chassis at {sock}: is `nasblade up --data-dir {self.data_dir}` running?")
+        self._refresh_blade_apis()
+        refs = [BladeRef(b.name, b.group) for b in self.endpoints.blades]
+        try:
+            results = roll(version=version, blades=refs, api=self, progress=progress,
+                           chassis=ChassisClient(str(sock), timeout=180.0), timeout_per_blade=timeout_per_blade)
+        except RolloutError as exc:
+            raise TerminalError(f"rollout to {version} stopped: {exc}") from exc
+        try:
+            with NBDBlockDevice.connect(f"nbd://{self.endpoints.nbd}/{PROGRAM_LU}") as dev:
+                ProgramStore(dev).select(version)
+        except (ProgramError, OSError) as exc:
+            raise TerminalError(f"every blade runs {version}, but selecting it in the program catalog "
+                                f"failed: {exc}") from exc
+        return {"version": version, "selected": True,
+                "blades": {r.blade: r.after for r in results},
+                "steps": [{"blade": r.blade, "from": r.before, "to": r.after, "moved": r.moved,
+                           "skipped": r.skipped, "seconds": r.seconds} for r in results]}
 
     def events(self, snapshot: Snapshot) -> list[Event]:
         """What the array has recorded: processor-information copies (group records), the

@@ -2,8 +2,11 @@
 show the progress per blade until every blade runs it.
 
 On Kubernetes this sets ``spec.software.version`` of the DiskArray and the operator rolls the
-blades (``ClusterGroup.status.rollout``); a standalone array has no rolling restart (exit 2
-with what to do instead). Exit 0 when every blade reports the version, 4 on timeout.
+blades (``ClusterGroup.status.rollout``). On a standalone array this command rolls the blades
+itself through the chassis of ``nasblade up`` (``StandaloneSource.rolling_restart``,
+``nasblade.standalone.rollout``: move the blade's file systems to a peer, restart it on the
+version, wait until it is back, give them back, next blade). Exit 0 when every blade reports
+the version, 2 for a version not in the catalog, 4 on timeout, 1 when a blade failed.
 Hooked into ``nasblade software`` (``nasblade.program.software``) and ``kubectl nas software``.
 """
 
@@ -18,7 +21,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from nasblade.terminal import plan, render
 from nasblade.terminal.commands import examples, name
-from nasblade.terminal.errors import Timeout
+from nasblade.terminal.errors import Timeout, UsageError
+from nasblade.terminal.standalone import StandaloneSource
 from nasblade.terminal.target import add_target_arguments, guarded, open_source
 
 
@@ -28,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="roll out even when the version is not among the ones seeded into the program LU")
     parser.add_argument("--no-follow", action="store_true", help="only request it; do not wait")
-    parser.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS", help="give up following after this long (exit 4)")
+    parser.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS", help="give up following after this long (exit 4); standalone: per blade")
     parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="progress refresh interval")
     add_target_arguments(parser)
     examples(parser, """\
@@ -43,9 +47,36 @@ def add_parser(sub: Any) -> None:
     add_arguments(p)
 
 
+def run_standalone(args: argparse.Namespace, source: StandaloneSource) -> int:
+    """The standalone rollout, one progress bar per blade (steps of ``nasblade.standalone.rollout``)."""
+    from nasblade.standalone.rollout import STEPS
+
+    if args.no_follow:
+        raise UsageError("a standalone rollout is done by this command: drop --no-follow")
+    tasks: dict[str, TaskID] = {}
+    with Progress(TextColumn("{task.description:<20}"), BarColumn(), TextColumn("{task.fields[detail]}"),
+                  console=render.console(sys.stderr), disable=args.output != "table") as bar:
+        def progress(blade: str, done: int, detail: str) -> None:
+            if blade not in tasks:
+                tasks[blade] = bar.add_task(blade, total=STEPS, detail="")
+            bar.update(tasks[blade], completed=done, detail=detail)
+
+        result = source.rolling_restart(args.version, progress=progress, timeout_per_blade=args.timeout)
+    if args.output == "table":
+        for step in result["steps"]:
+            what = "already on it" if step["skipped"] else f"{step['from'] or '-'} -> {step['to']} in {step['seconds']:g}s"
+            sys.stdout.write(f"{step['blade']}: {what}\n")
+        sys.stdout.write(f"every blade runs {args.version}\n")
+    else:
+        render.write_data(result, fmt=args.output, stream=sys.stdout)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     def body() -> int:
         source = open_source(args)
+        if isinstance(source, StandaloneSource):
+            return run_standalone(args, source)
         requested = source.rollout(args.version, array=args.array, force=args.force)
         if args.no_follow:
             render.write_data(requested, fmt="json" if args.output == "table" else args.output, stream=sys.stdout)
