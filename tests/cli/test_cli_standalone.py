@@ -218,10 +218,10 @@ def test_backup_of_a_group_without_that_cross_group_exits_2(cli: Cli) -> None:
     assert "g1 is not a cross-group backup target of g2" in out.stderr
 
 
-def test_software_rollout_on_standalone_says_what_to_do(cli: Cli, array: Array) -> None:
-    out = cli("software", "rollout", "0.1.0")
+def test_software_rollout_of_a_version_not_in_the_catalog_exits_2(cli: Cli, array: Array) -> None:
+    out = cli("software", "rollout", "9.9.9-nowhere")  # a real rollout: tests/cli/test_cli_rollout_standalone.py
     assert out.returncode == 2
-    assert "no rolling restart" in out.stderr and "select 0.1.0" in out.stderr
+    assert "9.9.9-nowhere is not in the program catalog" in out.stderr and "push" in out.stderr
     listed = cli("software", "--program", f"nbd://{array.endpoints['controller']['nbd']}/program", "list", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout)["current"]
 
