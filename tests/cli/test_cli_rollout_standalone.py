@@ -8,7 +8,11 @@ bundle built and pushed with ``nasblade software build`` / ``push``, and a libnf
 - an unknown version is refused (exit 2) and no blade process is restarted;
 - the rollout exits 0, every blade reports the new version on its management API, the chassis
   restarted each blade's two processes once, the version is selected in the program catalog,
-  ``fs1`` is home again, and the writer saw no failed operation and lost no acknowledged record.
+  ``fs1`` is home again, and the writer saw no failed operation and lost no acknowledged record
+  (its figures are printed: records, longest pause, seconds per blade);
+- on fakes (``roll`` alone): the order of the steps (move, restart, wait, give back; a blade
+  already on the version skipped; a blade alone in its group restarted in place), a degraded
+  array refused before anything is touched, a refused restart giving the moved file system back.
 """
 
 from __future__ import annotations
@@ -136,7 +140,99 @@ def test_rollout_restarts_each_blade_on_the_new_version_under_a_writer(array: Ar
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["current"] == VERSION
 
+    print(json.dumps({"acked": writer.acked, "failed": writer.failed, "maxGapSeconds": round(writer.max_gap, 3),
+                      "secondsPerBlade": {st["blade"]: st["seconds"] for st in result["steps"]}}))
     assert writer.failed == 0, writer.errors
     assert not any(e.startswith("writer stopped") for e in writer.errors), writer.errors
     missing = verify(nfs_url(array), "/rollout.dat", writer.acked)
     assert missing == [], f"acknowledged records lost: {missing[:10]} of {writer.acked}"
+
+
+# -- the rollout's order of steps, on fakes (no processes) ---------------------------------------
+
+
+class FakeBlade:
+    def __init__(self, array: FakeArray, name: str) -> None:
+        self.array, self.name = array, name
+
+    def status(self) -> dict[str, Any]:
+        if self.name in self.array.down:
+            raise OSError("connection refused")
+        return {"version": self.array.version[self.name], "heartbeatAge": 0.5, "failed": False,
+                "fileSystems": sorted(fs for fs, b in self.array.owner.items() if b == self.name)}
+
+    def take_over_fs(self, fs: str) -> dict[str, Any]:
+        self.array.calls.append(f"{self.name} takes {fs}")
+        self.array.owner[fs] = self.name
+        return {}
+
+
+class FakeArray:
+    """Blades ``a0``, ``a1`` (group a) and ``b0`` (group b); ``restart`` brings a blade up on the
+    version at once and, like the chassis, gives it its home file system back."""
+
+    def __init__(self) -> None:
+        self.version = {"a0": "1", "a1": "1", "b0": "1"}
+        self.owner = {"fsa": "a0", "fsb": "b0"}
+        self.home = dict(self.owner)
+        self.down: set[str] = set()
+        self.calls: list[str] = []
+
+    def blade_client(self, name: str) -> FakeBlade:
+        return FakeBlade(self, name)
+
+    def restart(self, blade: str, *, software_version: str, requested_by: str) -> dict[str, Any]:
+        self.calls.append(f"restart {blade} on {software_version}")
+        self.version[blade] = software_version
+        for fs, home in self.home.items():
+            if home == blade:
+                self.owner[fs] = blade
+        return {}
+
+
+def refs() -> list[Any]:
+    from nasblade.standalone.rollout import BladeRef
+
+    return [BladeRef("a0", "a"), BladeRef("a1", "a"), BladeRef("b0", "b")]
+
+
+def test_roll_moves_restarts_and_gives_back_one_blade_at_a_time() -> None:
+    from nasblade.standalone.rollout import STEPS, roll
+
+    fake = FakeArray()
+    fake.version["a1"] = "2"  # already there: skipped
+    seen: list[tuple[str, int, str]] = []
+    results = roll(version="2", blades=refs(), api=fake, chassis=fake,
+                   progress=lambda b, n, d: seen.append((b, n, d)))
+    assert fake.calls == ["a1 takes fsa", "restart a0 on 2", "restart b0 on 2"]
+    assert fake.owner == {"fsa": "a0", "fsb": "b0"}
+    assert [(r.blade, r.after, r.skipped, r.moved) for r in results] == [
+        ("a0", "2", False, ["fsa"]), ("a1", "2", True, []), ("b0", "2", False, [])]
+    assert ("b0", 0, "no live peer in b: fsb pause during the restart") in seen
+    assert [n for b, n, _ in seen if b == "a0"] == [0, 1, 2, 3, STEPS]
+
+
+def test_roll_refuses_a_degraded_array_before_touching_anything() -> None:
+    from nasblade.standalone.rollout import RolloutError, roll
+
+    fake = FakeArray()
+    fake.down.add("a1")
+    with pytest.raises(RolloutError, match=r"a1 not\): nothing was restarted"):
+        roll(version="2", blades=refs(), api=fake, chassis=fake, progress=lambda *_: None)
+    assert fake.calls == []
+
+
+def test_roll_stops_when_the_chassis_refuses_and_takes_the_file_system_back() -> None:
+    from nasblade.standalone.chassis import ChassisError
+    from nasblade.standalone.rollout import RolloutError, roll
+
+    fake = FakeArray()
+
+    def refuse(blade: str, *, software_version: str, requested_by: str) -> dict[str, Any]:
+        raise ChassisError(409, f"blade {blade} cannot be restarted now: {blade}-fp is waiting")
+
+    fake.restart = refuse  # type: ignore[method-assign]
+    with pytest.raises(RolloutError, match=r"a0: the chassis refused the restart: .*409"):
+        roll(version="2", blades=refs(), api=fake, chassis=fake, progress=lambda *_: None)
+    assert fake.calls == ["a1 takes fsa", "a0 takes fsa"]
+    assert fake.owner["fsa"] == "a0" and fake.version == {"a0": "1", "a1": "1", "b0": "1"}

@@ -11,9 +11,9 @@ does not run V yet, in configuration order:
 2. **restart**: the chassis of ``nasblade up`` (``nasblade.standalone.chassis``, ``restart``)
    stops B gracefully and starts it again with ``--software-version V``;
 3. **wait**: until B's management API (``/v1/status``) reports version V and a fresh heartbeat;
-4. **give back**: B's file systems come back to it (the chassis gives back after every
-   restart; if that has not happened after ``GIVEBACK_NUDGE`` seconds the rollout asks B itself,
-   ``POST /v1/cluster/giveback``) and B serves them again.
+4. **give back**: the file systems moved in step 1 come back to B (the chassis gives B its home
+   file systems back after every restart; what B still does not serve after ``GIVEBACK_NUDGE``
+   seconds, e.g. a file system B served away from its home, B takes over gracefully itself).
 
 Before the first blade every blade must be up (a rollout never starts on a degraded array);
 a failure stops the rollout with ``RolloutError`` and leaves the array serving: the file
@@ -98,11 +98,16 @@ def _serves(api: Blades, name: str, fss: list[str]) -> bool:
     return now is not None and set(fss) <= set(now.get("fileSystems", []))
 
 
-def _give_back(api: Blades, name: str) -> None:
+def _take_back(api: Blades, name: str, fss: list[str]) -> None:
+    """``name`` takes back (graceful takeover) those of ``fss`` it does not serve yet: its
+    non-home file systems, which the chassis's give-back leaves where they are."""
     from nasblade.bladeapi.client import BladeAPIError
 
-    with contextlib.suppress(BladeAPIError, OSError):  # the chassis's own give-back may be under way
-        api.blade_client(name).give_back()
+    now = _status(api, name) or {}
+    for fs in fss:
+        if fs not in now.get("fileSystems", []):
+            with contextlib.suppress(BladeAPIError, OSError):  # the chassis's give-back may be under way
+                api.blade_client(name).take_over_fs(fs)
 
 
 def _wait(what: str, cond: Callable[[], bool], *, deadline: float, action: Callable[[], None] | None = None,
@@ -159,6 +164,7 @@ def roll(*, version: str, blades: list[BladeRef], api: Blades, chassis: Chassis,
         try:
             chassis.restart(b.name, software_version=version, requested_by=requested_by)
         except (RuntimeError, OSError) as exc:  # ChassisError is a RuntimeError
+            _take_back(api, b.name, res.moved)  # nothing restarted: B serves them again
             raise RolloutError(f"{b.name}: the chassis refused the restart: {exc}") from exc
         # 3. back on the new version with a fresh heartbeat
         progress(b.name, 2, f"waiting for {b.name} on {version}")
@@ -168,7 +174,7 @@ def roll(*, version: str, blades: list[BladeRef], api: Blades, chassis: Chassis,
         if res.moved:
             progress(b.name, 3, f"giving back {', '.join(res.moved)}")
             _wait(f"{b.name} serves {', '.join(res.moved)} again", functools.partial(_serves, api, b.name, res.moved),
-                  deadline=deadline, action=functools.partial(_give_back, api, b.name),
+                  deadline=deadline, action=functools.partial(_take_back, api, b.name, res.moved),
                   nudge_at=time.monotonic() + GIVEBACK_NUDGE)
         res.after = version
         res.seconds = round(time.monotonic() - start, 3)
