@@ -9,7 +9,8 @@ bundle built and pushed with ``nasblade software build`` / ``push``, and a libnf
 - the rollout exits 0, every blade reports the new version on its management API, the chassis
   restarted each blade's two processes once, the version is selected in the program catalog,
   ``fs1`` is home again, and the writer saw no failed operation and lost no acknowledged record
-  (its figures are printed: records, longest pause, seconds per blade);
+  (its figures are printed: records, longest pause, seconds per blade); run again, it restarts
+  nothing and says every blade is already on it;
 - on fakes (``roll`` alone): the order of the steps (move, restart, wait, give back; a blade
   already on the version skipped; a blade alone in its group restarted in place), a degraded
   array refused before anything is touched, a refused restart giving the moved file system back.
@@ -139,6 +140,10 @@ def test_rollout_restarts_each_blade_on_the_new_version_under_a_writer(array: Ar
     r = cli("software", "--program", program, "list", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["current"] == VERSION
+    again = cli("software", "rollout", VERSION, "--data-dir", str(array.data_dir))  # nothing left to do
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == ["g1-0: already on it", "g1-1: already on it", f"every blade runs {VERSION}"]
+    assert all(chassis(array)[b]["blockProcessor"]["restarts"] == 1 for b in ("g1-0", "g1-1"))
 
     print(json.dumps({"acked": writer.acked, "failed": writer.failed, "maxGapSeconds": round(writer.max_gap, 3),
                       "secondsPerBlade": {st["blade"]: st["seconds"] for st in result["steps"]}}))
