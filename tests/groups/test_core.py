@@ -1,5 +1,6 @@
 """Unit tests of the sans-I/O cluster rules (``nasblade.cluster.core``) and the cluster
-configuration (``nasblade.cluster.config``): no processes, no sockets, explicit clocks."""
+configuration (``nasblade.cluster.config``), and the standalone supervisor's restart rules
+(``nasblade.standalone.supervisor``): no processes, no sockets, explicit clocks."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import pytest
 from nasblade.cluster import config, core
 from nasblade.cluster.core import BackupAction, BackupPolicy, FsPolicy, Liveness
 from nasblade.procinfo.portion import BladeStatus, GroupRecord, Ownership
+from nasblade.standalone.config import ConfigError
 from nasblade.standalone.config import parse as parse_standalone
+from nasblade.standalone.supervisor import restart_argv, restart_delay
 
 MEMBERS = ("a", "b", "c")
 FS = [FsPolicy("fs1", "fs-fs1", "a"), FsPolicy("fs2", "fs-fs2", "b"), FsPolicy("fs3", "fs-fs3", "a")]
@@ -112,3 +115,27 @@ def test_cluster_config_from_standalone_and_validation() -> None:
         with pytest.raises(config.ClusterConfigError) as err:
             config.parse(bad)
         assert message in str(err.value)
+
+
+def test_chassis_in_the_cluster_config_follows_power_fencing() -> None:
+    on = parse_standalone({"clusterGroups": [{"name": "g1"}], "fileSystems": [{"name": "fs1", "size": "64M"}]})
+    off = parse_standalone({"clusterGroups": [{"name": "g1", "powerFencing": False}],
+                            "fileSystems": [{"name": "fs1", "size": "64M"}]})
+    assert config.from_standalone(on, "g1", chassis="/d/run/chassis.sock").chassis == "/d/run/chassis.sock"
+    assert config.from_standalone(off, "g1", chassis="/d/run/chassis.sock").chassis is None
+    cc = config.from_standalone(on, "g1", chassis="/d/run/chassis.sock")
+    assert config.parse(cc.to_json()) == cc
+    with pytest.raises(ConfigError) as err:
+        parse_standalone({"clusterGroups": [{"name": "g1", "powerFencing": "yes"}]})
+    assert "clusterGroups[0].powerFencing" in str(err.value)
+
+
+def test_supervisor_backoff_and_restart_command_line() -> None:
+    assert [restart_delay(n) for n in (1, 2, 3, 4, 7, 20)] == [0.5, 1.0, 2.0, 4.0, 30.0, 30.0]
+    bp = ["nasblade", "block-processor", "--own", "fs-fs1", "--api-listen", "127.0.0.1:0", "--own", "fs-fs2",
+          "--fs-spec", "{}"]
+    assert restart_argv(bp, part="bp", api="http://127.0.0.1:41234") == [
+        "nasblade", "block-processor", "--api-listen", "127.0.0.1:41234", "--fs-spec", "{}"]
+    fp = ["nasblade", "boot", "--", "blade-file-processor", "--fs", "{}", "--fence-after", "0.5"]
+    assert restart_argv(fp, part="fp", api=None) == [
+        "nasblade", "boot", "--", "blade-file-processor", "--fence-after", "0.5"]
