@@ -10,7 +10,8 @@ bundle built and pushed with ``nasblade software build`` / ``push``, and a libnf
   restarted each blade's two processes once, the version is selected in the program catalog,
   ``fs1`` is home again, and the writer saw no failed operation and lost no acknowledged record
   (its figures are printed: records, longest pause, seconds per blade); run again, it restarts
-  nothing and says every blade is already on it;
+  nothing and says every blade is already on it; ``nasblade up`` started again on the same data
+  directory boots the new version (selected in the catalog by the rollout);
 - on fakes (``roll`` alone): the order of the steps (move, restart, wait, give back; a blade
   already on the version skipped; a blade alone in its group restarted in place), a degraded
   array refused before anything is touched, a refused restart giving the moved file system back.
@@ -151,6 +152,21 @@ def test_rollout_restarts_each_blade_on_the_new_version_under_a_writer(array: Ar
     assert not any(e.startswith("writer stopped") for e in writer.errors), writer.errors
     missing = verify(nfs_url(array), "/rollout.dat", writer.acked)
     assert missing == [], f"acknowledged records lost: {missing[:10]} of {writer.acked}"
+
+
+def test_nasblade_up_again_boots_the_rolled_out_version(array: Array) -> None:
+    """After the rollout (previous test) the version is the catalog's selected one, so the
+    array started again on the same data directory runs it."""
+    array.proc.send_signal(signal.SIGTERM)
+    assert array.proc.wait(120) == 0
+    proc = subprocess.Popen([*NASBLADE, "up", "--config", str(array.config), "--data-dir", str(array.data_dir)],
+                            stdout=subprocess.PIPE)
+    array.proc = proc  # stopped by the fixture
+    line = ready.wait_ready(proc, timeout=240)
+    array.endpoints = line["endpoints"]
+    assert {b["name"]: b["software"] for b in line["endpoints"]["blades"]} == {"g1-0": VERSION, "g1-1": VERSION}
+    for name in ("g1-0", "g1-1"):
+        assert array.blade(name).status()["version"] == VERSION
 
 
 # -- the rollout's order of steps, on fakes (no processes) ---------------------------------------
