@@ -14,7 +14,9 @@ bundle built and pushed with ``nasblade software build`` / ``push``, and a libnf
   directory boots the new version (selected in the catalog by the rollout);
 - on fakes (``roll`` alone): the order of the steps (move, restart, wait, give back; a blade
   already on the version skipped; a blade alone in its group restarted in place), a degraded
-  array refused before anything is touched, a refused restart giving the moved file system back.
+  array refused before anything is touched, a refused restart giving the moved file system back;
+- ``Supervisor.restart`` on processes that ignore SIGTERM: killed after the grace period, the
+  block processor started again with ``--software-version``, then its file processor.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +260,61 @@ def test_roll_stops_when_the_chassis_refuses_and_takes_the_file_system_back() ->
         roll(version="2", blades=refs(), api=fake, chassis=fake, progress=lambda *_: None)
     assert fake.calls == ["a1 takes fsa", "a0 takes fsa"]
     assert fake.owner["fsa"] == "a0" and fake.version == {"a0": "1", "a1": "1", "b0": "1"}
+
+
+# -- the chassis's software restart (Supervisor.restart) on real processes ----------------------
+
+STUBBORN = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ignoring SIGTERM', flush=True); time.sleep(120)"]
+
+
+def stubborn() -> subprocess.Popen[bytes]:
+    """A process that ignores SIGTERM (returned once it does)."""
+    proc = subprocess.Popen(STUBBORN, stdout=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ignoring SIGTERM\n"
+    return proc
+
+
+@dataclass
+class StubArray:
+    """What ``Supervisor`` uses of ``nasblade.standalone.array.Array``: children and ``launch``."""
+
+    data_dir: Path
+    children: list[Any] = field(default_factory=list)
+    controller: Any = None
+    launched: list[list[str]] = field(default_factory=list)
+
+    def launch(self, name: str, argv: list[str]) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+        self.launched.append(argv)
+        return stubborn(), {"endpoints": {}}
+
+
+def test_supervisor_restart_stops_with_sigterm_then_sigkill_and_starts_on_the_version(tmp_path: Path) -> None:
+    from nasblade.standalone.array import Child
+    from nasblade.standalone.supervisor import Busy, Supervisor
+
+    stub = StubArray(data_dir=tmp_path)
+    for part, argv in (("bp", ["bp", "--own", "fs-a", "--software-version", "1"]), ("fp", ["fp", "--fs", "{}"])):
+        stub.children.append(Child(name=f"b-{part}", proc=stubborn(),
+                                   ready={"endpoints": {}}, argv=argv, blade="b", part=part))
+    sup = Supervisor(stub)
+    old = [c.proc for c in stub.children]
+    try:
+        with pytest.raises(KeyError):
+            sup.restart("nope", version="2", by="test")
+        done = sup.restart("b", version="2", by="test", grace=0.5)
+        assert done["stopped"] == {"b-fp": old[1].pid, "b-bp": old[0].pid}
+        assert [p.returncode for p in old] == [-signal.SIGKILL, -signal.SIGKILL]  # SIGTERM ignored
+        with pytest.raises(Busy, match="b-bp is waiting"):
+            sup.restart("b", version="3", by="test")
+        sup.poll()  # the block processor first, then its file processor
+        sup.poll()
+        assert stub.launched == [["bp", "--software-version", "2"], ["fp"]]
+        st = sup.status()["blades"]["b"]
+        assert st["softwareVersion"] == "2" and st["blockProcessor"]["state"] == "running"
+        assert st["blockProcessor"]["restarts"] == 1 and st["fileProcessor"]["restarts"] == 1
+        assert json.loads((tmp_path / "run" / "chassis.json").read_text())["blades"]["b"]["softwareVersion"] == "2"
+    finally:
+        for c in stub.children:
+            c.proc.kill()
+            c.proc.wait()
