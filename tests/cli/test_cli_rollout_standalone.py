@@ -66,7 +66,9 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
         proc.kill()
         proc.wait()
         raise
-    yield Array(data_dir=data_dir, config=config, proc=proc, endpoints=line["endpoints"])
+    arr = Array(data_dir=data_dir, config=config, proc=proc, endpoints=line["endpoints"])
+    yield arr
+    proc = arr.proc  # a test may have started the array again
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(60)
@@ -165,7 +167,12 @@ def test_nasblade_up_again_boots_the_rolled_out_version(array: Array) -> None:
     proc = subprocess.Popen([*NASBLADE, "up", "--config", str(array.config), "--data-dir", str(array.data_dir)],
                             stdout=subprocess.PIPE)
     array.proc = proc  # stopped by the fixture
-    line = ready.wait_ready(proc, timeout=240)
+    try:
+        line = ready.wait_ready(proc, timeout=240)
+    except ready.NotReady:
+        proc.kill()
+        proc.wait()
+        raise
     array.endpoints = line["endpoints"]
     assert {b["name"]: b["software"] for b in line["endpoints"]["blades"]} == {"g1-0": VERSION, "g1-1": VERSION}
     for name in ("g1-0", "g1-1"):
