@@ -42,6 +42,10 @@ class RolloutError(RuntimeError):
     """The rollout stopped; the message says at which blade and step."""
 
 
+class RolloutTimeout(RolloutError):
+    """A blade did not come back (or take its file systems back) within the time per blade."""
+
+
 class Blades(Protocol):
     """Where ``roll`` finds the blades' management APIs (``BladeClient``-like objects)."""
 
@@ -118,7 +122,7 @@ def _wait(what: str, cond: Callable[[], bool], *, deadline: float, action: Calla
             action()
             nudge_at = None
         if now > deadline:
-            raise RolloutError(f"timed out waiting until {what}")
+            raise RolloutTimeout(f"timed out waiting until {what}")
         time.sleep(POLL)
 
 

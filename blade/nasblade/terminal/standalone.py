@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from nasblade.terminal import health
-from nasblade.terminal.errors import NotAvailable, TerminalError, Unreachable, UsageError
+from nasblade.terminal.errors import NotAvailable, TerminalError, Timeout, Unreachable, UsageError
 from nasblade.terminal.model import (
     LU,
     Area,
@@ -530,7 +530,7 @@ class StandaloneSource:
         from nasblade.nbd.client import NBDBlockDevice
         from nasblade.program.catalog import ProgramError, ProgramStore
         from nasblade.standalone.chassis import ChassisClient
-        from nasblade.standalone.rollout import BladeRef, RolloutError, roll
+        from nasblade.standalone.rollout import BladeRef, RolloutError, RolloutTimeout, roll
 
         software = self._software()
         if software["error"]:
@@ -547,6 +547,8 @@ class StandaloneSource:
         try:
             results = roll(version=version, blades=refs, api=self, progress=progress,
                            chassis=ChassisClient(str(sock), timeout=180.0), timeout_per_blade=timeout_per_blade)
+        except RolloutTimeout as exc:
+            raise Timeout(f"rollout to {version} stopped: {exc}") from exc
         except RolloutError as exc:
             raise TerminalError(f"rollout to {version} stopped: {exc}") from exc
         try:
