@@ -115,6 +115,7 @@ def writer(*, url: str, path: str, duration: float, interval: float, stall: floa
     """Write for ``duration`` seconds; the figures of the run (see the module docstring)."""
     mp = multiprocessing.get_context("fork")
     end = time.time() + duration
+    end_mono = time.monotonic() + duration
     acked, failed, remounts, max_gap = 0, 0, 0, 0.0
     errors: list[str] = []
     last_ok = time.monotonic()
@@ -127,8 +128,11 @@ def writer(*, url: str, path: str, duration: float, interval: float, stall: floa
         finished = False
         while not finished:
             if not receiver.poll(0.2):
-                if time.monotonic() - max(last_ok, started) > stall and time.time() < end:
-                    break  # stuck in libnfs: a new session
+                if time.monotonic() - max(last_ok, started) > stall:
+                    # stuck in libnfs: a new session (or, past the end, none); the time without
+                    # progress until now (or until the end of the run) is an interruption too
+                    max_gap = max(max_gap, min(time.monotonic(), end_mono) - last_ok)
+                    break
                 if not child.is_alive() and not receiver.poll(0):
                     break
                 continue
