@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Any
+from typing import Any, TypedDict
 
 import aiohttp
 
@@ -65,6 +65,44 @@ class Figures:
     hit_ratio: float
 
 
+class ExtentRecord(TypedDict):
+    """One contiguous run of an LU on one device, as ``status.lus[].extents`` records it."""
+
+    device: int
+    offset: int
+    length: int
+
+
+class LUPlacement(TypedDict):
+    """One LU in ``status.lus``: its size and its runs on the devices."""
+
+    name: str
+    size: int
+    extents: list[ExtentRecord]
+
+
+def lu_layout(lus: list[dict[str, Any]]) -> list[LUPlacement]:
+    """The status form of the controller's LU listing, sorted by name.
+
+    The controller lists one run per device per segment (one segment per grow); runs of the
+    same device that touch (``offset + length`` of one is the ``offset`` of the next) are
+    merged, so an LU grown many times into free space that followed it stays one run per
+    device. Runs are ordered by device, then offset.
+    """
+    out: list[LUPlacement] = []
+    for lu in sorted(lus, key=lambda d: str(d["name"])):
+        runs = sorted((int(e["device"]), int(e["offset"]), int(e["length"])) for e in lu.get("extents", []))
+        merged: list[ExtentRecord] = []
+        for device, offset, length in runs:
+            last = merged[-1] if merged else None
+            if last is not None and last["device"] == device and last["offset"] + last["length"] == offset:
+                last["length"] += length
+            else:
+                merged.append({"device": device, "offset": offset, "length": length})
+        out.append({"name": str(lu["name"]), "size": int(lu["size"]), "extents": merged})
+    return out
+
+
 _TIMEOUT = aiohttp.ClientTimeout(total=10)
 _session: aiohttp.ClientSession | None = None
 
@@ -111,6 +149,11 @@ class ArrayAPI:
     async def list_lus(self) -> dict[str, LU]:
         data = await self._request("GET", "/lus")
         return {d["name"]: LU.from_json(d) for d in data.get("lus", [])}
+
+    async def layout(self) -> list[LUPlacement]:
+        """Every LU with where it lies on the devices (``GET /v1/lus``), for ``status.lus``."""
+        data = await self._request("GET", "/lus")
+        return lu_layout(data.get("lus", []) if isinstance(data, dict) else [])
 
     async def get_lu(self, name: str) -> LU:
         return LU.from_json(await self._request("GET", f"/lus/{name}"))

@@ -106,14 +106,31 @@ def test_kubectl_nas_against_the_operator(
         assert via.returncode == 0, via.stderr
         assert "g1-blade-0" in via.stdout and "Cluster group g1" in via.stdout
 
-        # the map names every blade and LU
+        # the map names every blade and LU, and draws each LU's extents where status.lus puts them
+        placed = wait_until("the LU layout in status", lambda: {
+            lu["name"]: lu for lu in (kubectl.get("diskarray", "a1") or {}).get("status", {}).get("lus", [])
+        }.keys() >= set(lus) and kubectl.get("diskarray", "a1")["status"]["lus"])
         svg = tmp_path / "k.svg"
         assert plugin(tier1_kubeconfig, "map", "-n", namespace, "--svg", str(svg), "--no-png").returncode == 0
+        root = ET.parse(svg).getroot()
         named: dict[str, set[str]] = {}
-        for el in ET.parse(svg).getroot().iter(f"{SVG}g"):
+        for el in root.iter(f"{SVG}g"):
             named.setdefault(el.get("data-kind", ""), set()).add(el.get("data-name", ""))
         assert named["blade"] == {b["name"] for b in cg["status"]["blades"]}
         assert named["lu"] == set(lus)
+        rects = {(el.get("data-kind"), el.get("data-name"), el.get("data-device"), el.get("data-offset")):
+                 (el, el.find(f"{SVG}rect")) for el in root.iter(f"{SVG}g")}
+        drawn = {(el.get("data-name"), int(el.get("data-device", -1)), int(el.get("data-offset", -1)),
+                  int(el.get("data-length", -1))) for el, _ in rects.values() if el.get("data-kind") == "lu-extent"}
+        assert drawn == {(lu["name"], e["device"], e["offset"], e["length"])
+                         for lu in placed if lu["name"] in lus for e in lu["extents"]}
+        assert drawn and {name for name, *_ in drawn} == set(lus)
+        for name, device, offset, length in drawn:
+            dev, ext = rects[("device", str(device), None, None)][1], rects[("lu-extent", name, str(device), str(offset))][1]
+            assert dev is not None and ext is not None
+            dx, dw = float(dev.get("x", 0)), float(dev.get("width", 0))
+            assert abs(float(ext.get("x", 0)) - (dx + dw * offset / (1 << 30))) < 0.2  # spec.devices.size 1Gi
+            assert abs(float(ext.get("width", 0)) - max(dw * length / (1 << 30), 0.5)) < 0.2
 
         # on-demand backup: the annotation, the operator runs it through a blade (which really copies
         # the portion with the controller's copy engine and answers when the test lets it), the bytes

@@ -399,3 +399,50 @@ def test_ready_waits_until_the_owner_serves(
     assert_clean(runner)
     assert starting["status"] == "False"
     assert all(f"{fs['name']} (on {fs['blade']})" in starting["message"] for fs in status["status"]["fileSystems"])
+
+
+def covered(extents: list[dict[str, Any]]) -> dict[int, list[tuple[int, int]]]:
+    """Per device, the byte ranges ``[start, end)`` the runs cover, touching ranges joined."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    for e in sorted(extents, key=lambda e: (e["device"], e["offset"])):
+        runs = out.setdefault(int(e["device"]), [])
+        start, end = int(e["offset"]), int(e["offset"]) + int(e["length"])
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((start, end))
+    return out
+
+
+def test_diskarray_status_lists_every_lu_where_the_controller_placed_it(
+    kubectl: Kubectl, operator: Callable[[], Any], controller: Controller, token_secret: Callable[[str], None],
+) -> None:
+    from nasblade.controller.apiclient import ControlClient
+
+    control = ControlClient(controller.api, controller.token)
+    token_secret("a1")
+
+    def in_step() -> dict[str, Any] | None:
+        """``status.lus`` when it says what ``GET /v1/lus`` says now (names, sizes, covered bytes)."""
+        lus = (kubectl.get("diskarray", "a1") or {}).get("status", {}).get("lus")
+        listed = {lu["name"]: (lu["size"], covered(lu["extents"])) for lu in control.list_lus()}
+        got = {lu["name"]: (lu["size"], covered(lu["extents"])) for lu in lus or []}
+        return {"status": lus} if lus and got == listed else None
+
+    with operator() as runner:
+        kubectl.apply(array())
+        kubectl.wait("diskarray/a1", "condition=Ready", timeout=90)
+        first = wait_until("status.lus equal to the controller's listing", in_step)["status"]
+        # An LU grown twice in place (into the free space after it) is three segments on the
+        # controller and one run in the status; a new LU appears with the next refresh.
+        control.create_lu("extra", 4 << 20)
+        control.update_lu("extra", size=8 << 20)
+        control.update_lu("extra", size=12 << 20)
+        assert len(control.get_lu("extra")["extents"]) == 3
+        grown = wait_until("status.lus with the grown LU", lambda: (s := in_step()) and
+                           any(lu["name"] == "extra" for lu in s["status"]) and s)["status"]
+    assert_clean(runner)
+    assert [lu["name"] for lu in first] == ["backup", "fs-home", "fs-scratch", "procinfo", "program"]
+    assert all(lu["extents"] and {"device", "offset", "length"} == set(lu["extents"][0]) for lu in first)
+    extra = next(lu for lu in grown if lu["name"] == "extra")
+    assert extra["size"] == 12 << 20 and len(extra["extents"]) == 1 and extra["extents"][0]["length"] == 12 << 20

@@ -5,7 +5,9 @@ the terminal is a short-lived command. Everything comes from the API server; bla
 controller are inside the cluster and are read through the status the operator keeps:
 
 - ``DiskArray.status``: controller endpoint, cache and load figures, areas, portions, file
-  systems (LU, size), seeded software versions; ``spec.devices`` for the device sizes;
+  systems (LU, size), seeded software versions, the LUs' extents on the devices (``lus``:
+  the map draws them where they are; without it, each LU as an equal share of every device);
+  ``spec.devices`` for the device sizes;
 - ``ClusterGroup.status``: blades (state, file systems, software version, heartbeat age in
   whole seconds as the operator last probed it), file-system owners
   with epochs and home blades, failovers, backup history, rollout, active area.
@@ -39,6 +41,7 @@ from nasblade.terminal.model import (
     BladeState,
     Device,
     Event,
+    Extent,
     FileSystem,
     Group,
     Snapshot,
@@ -230,17 +233,31 @@ class KubeSource:
         areas_status = st.get("areas", {}) or {}
         areas_spec = spec.get("areas", {}) or {}
         every = list(range(count))
+        placed = {str(p["name"]): p for p in st.get("lus", []) or []}  # the operator's copy of the LU listing
+
+        def place(name: str) -> tuple[list[int], list[Extent]]:
+            """Where the LU lies, from ``status.lus``; every device and no extents (a share) when absent."""
+            runs = placed.get(name, {}).get("extents") or []
+            if not runs:
+                return every, []
+            extents = [Extent(device=int(e["device"]), offset=int(e["offset"]), length=int(e["length"]), segment=0)
+                       for e in runs]
+            return sorted({e["device"] for e in extents}), extents
+
         lus: list[LU] = []
         for kind, key, size_key in (("program", "program", "programSize"),
                                     ("processorInfo", "processorInfo", "processorInfoSize"),
                                     ("backup", "backup", "backupSize")):
             name = areas_status.get(key)
             if name:
+                devs, extents = place(str(name))
                 lus.append(LU(name=str(name), kind=kind, size=quantity(areas_spec.get(size_key)) or 0,  # type: ignore[typeddict-item]
-                              devices=every, extents=[], fileSystem=None, reservation=None))
+                              devices=devs, extents=extents, fileSystem=None, reservation=None))
         for f in st.get("fileSystems", []) or []:
-            lus.append(LU(name=str(f.get("lu") or f["name"]), kind="fileSystem", size=int(f.get("size") or 0),
-                          devices=every, extents=[], fileSystem=str(f["name"]), reservation=None))
+            lu_name = str(f.get("lu") or f["name"])
+            devs, extents = place(lu_name)
+            lus.append(LU(name=lu_name, kind="fileSystem", size=int(f.get("size") or 0),
+                          devices=devs, extents=extents, fileSystem=str(f["name"]), reservation=None))
         portion_size = int(areas_status.get("portionSize") or 0)
         areas: list[Area] = []
         for p in st.get("portions", []) or []:

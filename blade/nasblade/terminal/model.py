@@ -35,7 +35,7 @@ class LU(TypedDict):
     kind: LUKind
     size: int
     devices: list[int]
-    extents: list[Extent]  # empty when the source does not know the placement (Kubernetes status)
+    extents: list[Extent]  # empty when the source does not know the placement (no DiskArray status.lus)
     fileSystem: str | None
     reservation: dict[str, Any] | None
 

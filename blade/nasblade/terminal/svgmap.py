@@ -5,8 +5,8 @@ Layout, top to bottom, one block per array:
 - the devices, side by side, widths proportional to their sizes; inside each device the LUs'
   extents at their exact place (``x = device x + width * offset / device size``, from the
   controller's LU listing; each carries ``data-device``, ``data-offset``, ``data-length``),
-  coloured by kind, the rest free space; a source that does not know the placement (the
-  Kubernetes status) gives no extents, and each LU's share ``size / len(devices)`` is drawn
+  coloured by kind, the rest free space; a source that does not know the placement (a
+  DiskArray status without ``lus`` yet) gives no extents, and each LU's share ``size / len(devices)`` is drawn
   packed from the left instead;
 - the areas: the processor-info LU cut into one portion per cluster group and the backup LU
   into one backup area per portion; the area a group runs from is outlined;

@@ -376,18 +376,21 @@ def _not_ready(status: Mapping[str, Any], patch: kopf.Patch, *, generation: int,
 
 @kopf.timer(*RESOURCE, interval=settings.current().status_interval, initial_delay=settings.current().status_interval)
 async def refresh_figures(name: str, namespace: str | None, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-    """Copy the controller's load and cache figures into the status (only while Ready)."""
+    """Copy the controller's load and cache figures and the LU layout into the status (only while Ready)."""
     namespace = namespace or ""
     if not conditions.is_true(status.get("conditions", []), conditions.READY):
         return
     token = arrayapi.cached_token(namespace, name)
     if token is None:
         return
+    api = arrayapi.ArrayAPI(endpoints.controller_api(namespace, name), token)
     try:
-        f = await arrayapi.ArrayAPI(endpoints.controller_api(namespace, name), token).figures()
+        f, layout = await asyncio.gather(api.figures(), api.layout())
     except (arrayapi.ArrayUnavailable, arrayapi.ArrayRefused) as exc:
         logger.debug("figures of %s/%s unavailable: %s", namespace, name, exc)
         return
+    if status.get("lus") != layout:  # the map's LU extents, patched only when they moved
+        patch.status["lus"] = layout
     patch.status["controller"] = {
         "load": {"iops": f.iops, "readMBps": f.read_mbps, "writeMBps": f.write_mbps,
                  "queueDepth": f.queue_depth, "dirtyRatio": f.dirty_ratio},
