@@ -25,6 +25,10 @@ ensure_dockerd() {
     rm -f "$CONTAINERD_SOCK" "$CONTAINERD_SOCK.ttrpc"
   fi
   [ -S /var/run/docker.sock ] && rm -f /var/run/docker.sock
+  # ... and its pid file, whose pid may now belong to another process (dockerd would refuse)
+  if [ -f /var/run/docker.pid ] && [ "$(cat "/proc/$(cat /var/run/docker.pid)/comm" 2>/dev/null)" != dockerd ]; then
+    rm -f /var/run/docker.pid
+  fi
   log "dockerd: starting (no bridge, no iptables: use 'docker build --network host')"
   # No docker0 bridge and no iptables rules: docker's FORWARD DROP policy would break pod traffic.
   setsid nohup dockerd --iptables=false --ip-masq=false --bridge=none \
