@@ -47,6 +47,18 @@ def free_port() -> int:
         port: int = s.getsockname()[1]
         return port
 
+def start_up(config: Path, data_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start ``nasblade up`` on ``config``/``data_dir`` and return it with its ready line."""
+    proc = subprocess.Popen([*NASBLADE, "up", "--config", str(config), "--data-dir", str(data_dir)],
+                            stdout=subprocess.PIPE)
+    try:
+        return proc, ready.wait_ready(proc, timeout=240)
+    except ready.NotReady:
+        proc.kill()
+        proc.wait()
+        raise
+
+
 
 @dataclass
 class Array:
@@ -85,14 +97,7 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
     config = tmp / "array.yaml"
     config.write_text(yaml.safe_dump(cfg))
     data_dir = tmp / "data"
-    proc = subprocess.Popen([*NASBLADE, "up", "--config", str(config), "--data-dir", str(data_dir)],
-                            stdout=subprocess.PIPE)
-    try:
-        line = ready.wait_ready(proc, timeout=240)
-    except ready.NotReady:
-        proc.kill()
-        proc.wait()
-        raise
+    proc, line = start_up(config, data_dir)
     yield Array(data_dir=data_dir, config=config, proc=proc, endpoints=line["endpoints"])
     proc.send_signal(signal.SIGTERM)
     try:

@@ -34,8 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import NASBLADE, Array, Cli, free_port
-from nasblade import ready
+from conftest import Array, Cli, free_port, start_up
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "groups"))
 from syncwriter import SyncWriter, verify
@@ -58,14 +57,7 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
     config = tmp / "array.yaml"
     config.write_text(yaml.safe_dump(cfg))
     data_dir = tmp / "data"
-    proc = subprocess.Popen([*NASBLADE, "up", "--config", str(config), "--data-dir", str(data_dir)],
-                            stdout=subprocess.PIPE)
-    try:
-        line = ready.wait_ready(proc, timeout=240)
-    except ready.NotReady:
-        proc.kill()
-        proc.wait()
-        raise
+    proc, line = start_up(config, data_dir)
     arr = Array(data_dir=data_dir, config=config, proc=proc, endpoints=line["endpoints"])
     yield arr
     proc = arr.proc  # a test may have started the array again
@@ -164,15 +156,7 @@ def test_nasblade_up_again_boots_the_rolled_out_version(array: Array) -> None:
     array started again on the same data directory runs it."""
     array.proc.send_signal(signal.SIGTERM)
     assert array.proc.wait(120) == 0
-    proc = subprocess.Popen([*NASBLADE, "up", "--config", str(array.config), "--data-dir", str(array.data_dir)],
-                            stdout=subprocess.PIPE)
-    array.proc = proc  # stopped by the fixture
-    try:
-        line = ready.wait_ready(proc, timeout=240)
-    except ready.NotReady:
-        proc.kill()
-        proc.wait()
-        raise
+    array.proc, line = start_up(array.config, array.data_dir)  # stopped by the fixture
     array.endpoints = line["endpoints"]
     assert {b["name"]: b["software"] for b in line["endpoints"]["blades"]} == {"g1-0": VERSION, "g1-1": VERSION}
     for name in ("g1-0", "g1-1"):
