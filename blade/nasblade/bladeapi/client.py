@@ -24,7 +24,9 @@ class BladeAPIError(RuntimeError):
         self.message = message
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (the local APIs: block processor, file processor, chassis)."""
+
     def __init__(self, path: str, *, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -131,7 +133,7 @@ class LocalClient:
         self.timeout = timeout
 
     def _req(self, method: str, path: str, body: Any = None) -> Any:
-        conn = _UnixHTTPConnection(self.socket_path, timeout=self.timeout)
+        conn = UnixHTTPConnection(self.socket_path, timeout=self.timeout)
         return _call(conn, method, path, body=body, headers={})
 
     def store_status(self, status: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +158,7 @@ class FPControlClient:
         self.timeout = timeout
 
     def _req(self, method: str, path: str, body: Any = None) -> Any:
-        conn = _UnixHTTPConnection(self.socket_path, timeout=self.timeout)
+        conn = UnixHTTPConnection(self.socket_path, timeout=self.timeout)
         return _call(conn, method, path, body=body, headers={})
 
     def file_systems(self) -> dict[str, Any]:

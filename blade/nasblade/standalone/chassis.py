@@ -32,12 +32,12 @@ import json
 import logging
 import os
 import re
-import socket
 import socketserver
 import threading
 from pathlib import Path
 from typing import Any
 
+from nasblade.bladeapi.client import UnixHTTPConnection
 from nasblade.program.catalog import VERSION_RE
 from nasblade.standalone.supervisor import Busy, Supervisor
 
@@ -142,18 +142,6 @@ class ChassisServer:
             self.path.unlink()
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, *, timeout: float) -> None:
-        super().__init__("chassis", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
 class ChassisClient:
     """Caller side of the chassis API at the Unix socket ``path``."""
 
@@ -162,7 +150,7 @@ class ChassisClient:
         self.timeout = timeout
 
     def _call(self, method: str, url: str, body: Any = None) -> Any:
-        conn = _UnixConnection(self.path, timeout=self.timeout)
+        conn = UnixHTTPConnection(self.path, timeout=self.timeout)
         try:
             data = None if body is None else json.dumps(body).encode()
             headers = {"Content-Type": "application/json"} if data is not None else {}
