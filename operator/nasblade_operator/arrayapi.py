@@ -235,6 +235,12 @@ def _seed_sync(nbd: str, version: str) -> bool:
         dev.close()
 
 
+#: One seeding at a time per program LU in this process: two reconciles pointed at the same
+#: controller (the benchmark shares one between arrays) must not both find the version missing
+#: and both push it.
+_seed_locks: dict[tuple[int, str], asyncio.Lock] = {}
+
+
 async def seed_program(nbd: str, *, version: str) -> bool:
     """Put the software bundled in this image into the program LU as ``version``.
 
@@ -242,7 +248,8 @@ async def seed_program(nbd: str, *, version: str) -> bool:
     program-LU code in a worker thread.
     """
     try:
-        return await asyncio.to_thread(_seed_sync, nbd, version)
+        async with _seed_locks.setdefault((id(asyncio.get_running_loop()), nbd), asyncio.Lock()):
+            return await asyncio.to_thread(_seed_sync, nbd, version)
     except (OSError, ConnectionError) as exc:
         raise ArrayUnavailable(f"seeding the program LU over nbd://{nbd}: {exc}") from exc
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from nasblade import ready
@@ -20,7 +20,7 @@ from nasblade_operator import arrayapi, bladeapi, kube, metrics
 from nasblade_operator.clustergroup import handlers as clustergroup_handlers
 from nasblade_operator.diskarray import handlers as diskarray_handlers
 
-__all__ = ["clustergroup_handlers", "configure", "diskarray_handlers", "login", "shutdown"]
+__all__ = ["LeanDiffBaseStorage", "clustergroup_handlers", "configure", "diskarray_handlers", "login", "shutdown"]
 
 FINALIZER = "nasblade.io/finalizer"
 
@@ -37,7 +37,7 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     config = nb_settings.current()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="nasblade.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="nasblade.io", key="last-handled-configuration")
+    settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix="nasblade.io", key="last-handled-configuration")
     settings.posting.level = logging.CRITICAL
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -53,6 +53,27 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     metrics.start(config.metrics_port)
     logger.info("nasblade operator: image %s, metrics on :%s", config.image, config.metrics_port or "off")
     ready.announce("operator", {"metrics": f"http://0.0.0.0:{config.metrics_port}/metrics" if config.metrics_port else None})
+
+
+class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotation diff-base, built without deep-copying what it drops at once.
+
+    kopf builds the "essence" of every DiskArray and ClusterGroup event by deep-copying the
+    whole body and then deleting ``status`` and all of ``metadata`` but labels and
+    annotations; our statuses (LU layout, portions, blades, histories) and the managed fields
+    made that copy the largest single CPU cost of an event. This hands kopf the body without
+    them, so the essence is the same (``tests/operator/test_diffbase.py`` compares).
+    """
+
+    KEPT_METADATA = ("name", "namespace", "uid", "labels", "annotations", "ownerReferences")
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        if extra_fields:  # a handler watching status fields: kopf's own way
+            return super().build(body=body, extra_fields=extra_fields)
+        meta = body.get("metadata", {})
+        lean = {k: v for k, v in body.items() if k not in ("status", "metadata")}
+        lean["metadata"] = {k: meta[k] for k in self.KEPT_METADATA if k in meta}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, lean)))
 
 
 @kopf.on.login()

@@ -14,18 +14,25 @@ import asyncio
 
 _events: dict[tuple[str, str], asyncio.Event] = {}
 _array_of: dict[tuple[str, str], str] = {}
+_groups_of: dict[tuple[str, str], set[str]] = {}  # (namespace, array) -> its groups' names
 
 
 def register(namespace: str, group: str, *, array: str) -> asyncio.Event:
     """The Event the daemon of ``group`` waits on."""
     key = (namespace, group)
     _array_of[key] = array
+    _groups_of.setdefault((namespace, array), set()).add(group)
     return _events.setdefault(key, asyncio.Event())
 
 
 def unregister(namespace: str, group: str) -> None:
     _events.pop((namespace, group), None)
-    _array_of.pop((namespace, group), None)
+    array = _array_of.pop((namespace, group), None)
+    if array is not None:
+        groups = _groups_of.get((namespace, array), set())
+        groups.discard(group)
+        if not groups:
+            _groups_of.pop((namespace, array), None)
 
 
 def wake_group(namespace: str, group: str) -> None:
@@ -35,6 +42,5 @@ def wake_group(namespace: str, group: str) -> None:
 
 
 def wake_groups_of(namespace: str, array: str) -> None:
-    for key, ev in _events.items():
-        if key[0] == namespace and _array_of.get(key) == array:
-            ev.set()
+    for group in _groups_of.get((namespace, array), ()):
+        wake_group(namespace, group)

@@ -7,10 +7,11 @@ index, the DiskArray through the ``diskarrays`` index (``diskarray/handlers.py``
 ``plan.plan`` (no I/O there). Acts through ``kube`` (pods, Services, status), ``bladeapi``
 (take over, release, backup), ``arrayapi`` (controller load, copy-job progress) and ``events``.
 
-The daemon wakes on every event of its blade pods, of its DiskArray and of its own request
-annotations (``wakeups``, set by the index functions), at every heartbeat probe (a third of
-``failureTimeout``) and at least every ``NASBLADE_STATUS_INTERVAL``, so a failed blade is
-noticed within about ``failureTimeout``.
+The daemon runs a pass on every event of its blade pods, on every change of its DiskArray that
+matters to a group, on its own request annotations (``wakeups``, set by the index functions),
+and at least every ``NASBLADE_STATUS_INTERVAL``. In between it probes the blades' heartbeats
+(every third of ``failureTimeout``) and runs a pass only when a probe saw a change, so a failed
+blade is noticed within about ``failureTimeout`` and an idle group costs no pass.
 """
 
 from __future__ import annotations
@@ -80,6 +81,13 @@ async def nfs_services(namespace: str | None, name: str, body: kopf.Body, labels
     namespace = namespace or ""
     wakeups.wake_group(namespace, labels[naming.L_GROUP])
     return {(namespace, name): _service_summary(body)}
+
+
+@kopf.index("services", labels={naming.L_COMPONENT: "nfs", naming.L_GROUP: kopf.PRESENT})
+async def nfs_services_of_group(namespace: str | None, name: str, body: kopf.Body, labels: kopf.Labels,
+                                **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, group) -> its NFS Services (``nfs_services`` by group: a pass reads its own, not all)."""
+    return {(namespace or "", labels[naming.L_GROUP]): {**_service_summary(body), "name": name}}
 
 
 @kopf.index(*RESOURCE)
@@ -249,18 +257,28 @@ async def run_group(
     diskarrays: kopf.Index[Any, Any] = kwargs["diskarrays"]
     wake = wakeups.register(namespace, name, array=str(body.get("spec", {}).get("diskArrayRef", {}).get("name", "")))
     rt = Runtime(seen_ready={b["name"] for b in body.get("status", {}).get("blades", []) if b.get("state") == "Running"})
+    next_pass = 0.0  # monotonic time of the next pass nothing wakes us for
     try:
         while not stopped:
+            woken = wake.is_set()
             wake.clear()
-            sleep = 1.0
-            if not body.metadata.get("deletionTimestamp"):
+            deleting = bool(body.metadata.get("deletionTimestamp"))
+            if deleting:
+                next_pass = time.monotonic() + 1.0
+            else:
                 try:
-                    sleep = await _pass(body, name=name, namespace=namespace, rt=rt, pods=blade_pods, arrays=diskarrays,
-                                        services=kwargs["nfs_services"])
+                    # Between passes a heartbeat probe alone; a pass follows only if it saw a change.
+                    if woken or time.monotonic() >= next_pass or await _probe_changed(body, name=name, namespace=namespace,
+                                                                                      rt=rt, pods=blade_pods):
+                        next_pass = time.monotonic() + await _pass(
+                            body, name=name, namespace=namespace, rt=rt, pods=blade_pods, arrays=diskarrays,
+                            services=kwargs["nfs_services"], group_services=kwargs["nfs_services_of_group"])
                 except (kube.KubeError, bladeapi.BladeUnavailable, arrayapi.ArrayUnavailable, OSError) as exc:
                     metrics.RECONCILE_ERRORS.labels("ClusterGroup", type(exc).__name__).inc()
                     logger.warning("group pass failed, will retry: %s", exc)
-            await _sleep(wake, stopped, timeout=max(0.1, sleep))
+                    next_pass = time.monotonic() + 1.0
+            deadline = next_pass if deleting else min(next_pass, rt.next_probe)
+            await _sleep(wake, stopped, timeout=max(0.1, deadline - time.monotonic()))
     finally:
         wakeups.unregister(namespace, name)
 
@@ -300,6 +318,57 @@ def _heartbeat_age(rt: Runtime, blade: str) -> float | None:
     keeps writing heartbeats between probes; we only know what it said then)."""
     hb = rt.heartbeats.get(blade)
     return None if hb is None else hb[0]
+
+
+async def _probe_changed(
+    body: kopf.Body, *, name: str, namespace: str, rt: Runtime, pods: kopf.Index[Any, Any],
+) -> bool:
+    """A heartbeat probe between passes; True when it saw something a pass must act on (a
+    blade failed or stopped heartbeating, what a blade serves or the active area changed, a
+    heartbeat age moved to another bucket). An idle group costs the probe requests and no pass."""
+    try:
+        spec = _group_spec(body, name)
+    except InvalidSpec:
+        rt.next_probe = time.monotonic() + settings.current().status_interval
+        return False
+    summaries = {int(s["index"]): s for s in pods.get((namespace, name), [])}
+    before = _probe_view(rt, failure_timeout=spec.heartbeat.failure_timeout)
+    await _probe(namespace, array=spec.disk_array, summaries=summaries, rt=rt,
+                 failure_timeout=spec.heartbeat.failure_timeout)
+    return _probe_view(rt, failure_timeout=spec.heartbeat.failure_timeout) != before
+
+
+def _probe_view(rt: Runtime, *, failure_timeout: float) -> tuple[Any, ...]:
+    """What of a probe's findings the plan and the status depend on."""
+    beats = {b: (planner.heartbeat_bucket(age), age >= failure_timeout) for b, (age, _) in rt.heartbeats.items()}
+    return frozenset(rt.failed), dict(rt.serving), rt.active_area, beats
+
+
+#: uid -> (generation, parsed spec): a pass parses each spec once per generation, not every time.
+_group_specs: dict[str, tuple[int, cg_spec.ClusterGroupSpec]] = {}
+_array_specs: dict[str, tuple[int, da_spec.DiskArraySpec]] = {}
+
+
+def _group_spec(body: kopf.Body, name: str) -> cg_spec.ClusterGroupSpec:
+    """The group's parsed spec (raises InvalidSpec), cached per generation."""
+    uid, generation = str(body.metadata.get("uid")), int(body.metadata.get("generation", 0))
+    hit = _group_specs.get(uid)
+    if hit is not None and hit[0] == generation:
+        return hit[1]
+    parsed = cg_spec.parse(body.get("spec", {}), name=name)
+    _group_specs[uid] = (generation, parsed)
+    return parsed
+
+
+def _array_spec(array: Mapping[str, Any]) -> da_spec.DiskArraySpec:
+    """A DiskArray's parsed spec from the ``diskarrays`` index entry (raises InvalidSpec), cached per generation."""
+    uid, generation = str(array["uid"]), int(array.get("generation") or 0)
+    hit = _array_specs.get(uid)
+    if hit is not None and hit[0] == generation and generation:
+        return hit[1]
+    parsed = da_spec.parse(array["spec"])
+    _array_specs[uid] = (generation, parsed)
+    return parsed
 
 
 async def _probe(
@@ -390,7 +459,7 @@ def _status(body: kopf.Body, rt: Runtime) -> dict[str, Any]:
 
 async def _pass(
     body: kopf.Body, *, name: str, namespace: str, rt: Runtime, pods: kopf.Index[Any, Any], arrays: kopf.Index[Any, Any],
-    services: kopf.Index[Any, Any],
+    services: kopf.Index[Any, Any], group_services: kopf.Index[Any, Any],
 ) -> float:
     """One observe -> plan -> act round; returns the seconds until the next deadline.
 
@@ -401,14 +470,14 @@ async def _pass(
     if status.get("portion") is None:
         return 1.0  # reconcile() has not claimed the portion yet
     try:
-        spec = cg_spec.parse(body.get("spec", {}), name=name)
+        spec = _group_spec(body, name)
     except InvalidSpec:
         return settings.current().status_interval  # reconcile() reported it
     array = _one(arrays, (namespace, spec.disk_array))
     if array is None or array["deleting"]:
         return 1.0
     try:
-        da = da_spec.parse(array["spec"])
+        da = _array_spec(array)
     except InvalidSpec:
         return settings.current().status_interval  # the DiskArray's own handler reported it
     file_systems = da.file_systems_of(name)
@@ -469,8 +538,9 @@ async def _pass(
                     outcome = dataclasses.replace(outcome, result="Succeeded")
                     pins = dict(p.pins)
     finally:
+        act.post_created()
         await _sync_services(body, name=name, namespace=namespace, array=spec.disk_array, owners=owners,
-                             services=services)
+                             services=services, group_services=group_services)
         backups = await _backups(body, name=name, namespace=namespace, spec=spec, array=array, states=p.states,
                                  summaries=summaries, rt=rt)
         array_ready = conditions.is_true(array["status"].get("conditions", []), conditions.READY)
@@ -486,9 +556,10 @@ async def _pass(
 def _next_deadline(
     spec: cg_spec.ClusterGroupSpec, observed: planner.Observed, *, plan: planner.Plan, status: Mapping[str, Any], rt: Runtime
 ) -> float:
-    """Seconds until something needs this group without an event: a suspect blade reaching
-    ``failureTimeout``, the next heartbeat probe, the next backup, or a follow-up after acting."""
-    waits = [settings.current().status_interval, rt.next_probe - time.monotonic()]
+    """Seconds until something needs a pass without an event: a suspect blade reaching
+    ``failureTimeout``, the next backup, or a follow-up after acting (the heartbeat probes in
+    between are the daemon loop's, ``_probe_changed``)."""
+    waits = [settings.current().status_interval]
     if plan.actions or plan.rolling:
         waits.append(0.5)
     for pod in observed.pods.values():
@@ -515,6 +586,7 @@ class _Actor:
         self.down_for = down_for  # blade -> seconds since its pod's Ready condition went False
         self.by_name = {s["name"]: s for s in summaries.values()}
         self.rt = rt
+        self.created: dict[str, list[str]] = {}  # Event reason -> blade pods created in this pass
 
     async def do(self, action: planner.Action, *, file_systems: tuple[da_spec.FileSystem, ...]) -> dict[str, Any] | None:
         if isinstance(action, planner.CreatePod):
@@ -536,8 +608,14 @@ class _Actor:
         if created:
             replaced = pod["metadata"]["name"] in self.rt.replacing
             self.rt.replacing.discard(pod["metadata"]["name"])
-            events.normal(self.body, "BladeReplaced" if replaced else "BladeCreated",
-                          f"blade pod {pod['metadata']['name']} (software {self.da.software_version})")
+            self.created.setdefault("BladeReplaced" if replaced else "BladeCreated", []).append(pod["metadata"]["name"])
+
+    def post_created(self) -> None:
+        """One Event per kind for the blade pods this pass created (a new group makes all at once)."""
+        for reason, pods in self.created.items():
+            names = ", ".join(pods)
+            events.normal(self.body, reason, f"blade pod{'s' if len(pods) > 1 else ''} {names} (software {self.da.software_version})")
+        self.created.clear()
 
     async def _delete_pod(self, action: planner.DeletePod) -> None:
         await kube.client().delete("Pod", action.name, namespace=self.namespace)
@@ -600,11 +678,13 @@ async def _array_token(namespace: str, array: str) -> str:
 
 async def _sync_services(
     body: kopf.Body, *, name: str, namespace: str, array: str, owners: Mapping[str, str], services: kopf.Index[Any, Any],
+    group_services: kopf.Index[Any, Any],
 ) -> None:
     """One NFS Service per file system, selecting its owner; none for this group's file systems gone.
 
-    ``services`` (the ``nfs_services`` index) is what exists. A Service another group left
-    behind (its file system moved here) is taken over: relabelled, re-owned, re-selected.
+    ``services`` (the ``nfs_services`` index) is what exists, ``group_services``
+    (``nfs_services_of_group``) the same by group. A Service another group left behind (its
+    file system moved here) is taken over: relabelled, re-owned, re-selected.
     """
     k = kube.client()
     for fs, blade in owners.items():
@@ -623,10 +703,9 @@ async def _sync_services(
             await k.patch("Service", svc_name, {"metadata": {"labels": svc["metadata"]["labels"],
                                                              "ownerReferences": svc["metadata"]["ownerReferences"]},
                                                 "spec": {"selector": svc["spec"]["selector"]}}, namespace=namespace)
-    for (ns, svc_name), store in list(services.items()):
-        for have in store:
-            if ns == namespace and have["group"] == name and have["array"] == array and have["fs"] not in owners:
-                await k.delete("Service", svc_name, namespace=namespace)
+    for have in list(group_services.get((namespace, name), [])):
+        if have["array"] == array and have["fs"] not in owners:
+            await k.delete("Service", have["name"], namespace=namespace)
 
 
 def _service_summary(svc: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import datetime
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -59,19 +60,35 @@ _ensured: dict[str, int] = {}
 async def diskarrays(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """(namespace, name) -> the DiskArray's spec, status and deletion mark, for the group handlers.
 
-    Also wakes the daemons of the array's ClusterGroups (they run once this event is indexed).
+    Also wakes the daemons of the array's ClusterGroups (they run once this event is indexed)
+    when something a group acts on changed; the controller figures refreshed every status
+    interval are not such a thing.
     """
     namespace = namespace or ""
-    wakeups.wake_groups_of(namespace, name)
-    return {
-        (namespace, name): {
-            "spec": dict(body.get("spec", {})),
-            "status": dict(body.get("status", {})),
-            "deleting": bool(body.metadata.get("deletionTimestamp")),
-            "uid": body.metadata.get("uid"),
-            "resourceVersion": body.metadata.get("resourceVersion"),
-        }
+    entry = {
+        "spec": dict(body.get("spec", {})),
+        "status": dict(body.get("status", {})),
+        "deleting": bool(body.metadata.get("deletionTimestamp")),
+        "uid": body.metadata.get("uid"),
+        "generation": body.metadata.get("generation"),
+        "resourceVersion": body.metadata.get("resourceVersion"),
     }
+    seen = _group_view(entry)
+    if _group_views.get((namespace, name)) != seen:
+        _group_views[(namespace, name)] = seen
+        wakeups.wake_groups_of(namespace, name)
+    return {(namespace, name): entry}
+
+
+#: (namespace, DiskArray) -> the part of it its ClusterGroups act on, as last indexed.
+_group_views: dict[tuple[str, str], tuple[Any, ...]] = {}
+
+
+def _group_view(entry: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a ClusterGroup pass reads of its DiskArray: spec, deletion, Ready, formatted file systems, portions."""
+    status = entry["status"]
+    return (entry["uid"], entry["generation"], entry["deleting"], status.get("conditions"), status.get("fileSystems"),
+            status.get("portions"), status.get("software"), status.get("areas"))
 
 
 @kopf.index(*GROUPS)
@@ -225,9 +242,9 @@ async def controller_pods(namespace: str | None, body: kopf.Body, labels: kopf.L
 
 #: (namespace, DiskArray) -> set when its controller pod becomes Ready (``controller_pods``).
 _controller_waits: dict[tuple[str, str], asyncio.Event] = {}
-#: How long a reconcile waits in place for the controller pod before it retries later (and
-#: shows ``WaitingForController``): waking on the pod event costs no request per second.
-CONTROLLER_WAIT = 15.0
+#: How long a reconcile waits in place for the controller pod before it retries later: waking on
+#: the pod event costs no request per second, and a retry costs a status patch and a pass.
+CONTROLLER_WAIT = 60.0
 
 
 def _controller_ready(pods: kopf.Index[Any, Any], key: tuple[str, str]) -> bool:
@@ -238,17 +255,12 @@ async def _wait_for_controller(
     body: kopf.Body, *, name: str, namespace: str, status: Mapping[str, Any], patch: kopf.Patch, generation: int,
     pods: kopf.Index[Any, Any],
 ) -> None:
-    """Wait (bounded) for the controller pod to be Ready, then retry later (TemporaryError)."""
+    """Wait (bounded) for the controller pod to be Ready, then retry later (TemporaryError).
+
+    The status says ``WaitingForController`` from the start of the wait (one patch, skipped
+    when it says so already), not only once the wait has timed out.
+    """
     key = (namespace, name)
-    if not _controller_ready(pods, key):
-        wake = _controller_waits.setdefault(key, asyncio.Event())
-        wake.clear()
-        try:
-            await asyncio.wait_for(wake.wait(), timeout=CONTROLLER_WAIT)
-        except TimeoutError:
-            pass
-        finally:
-            _controller_waits.pop(key, None)
     if _controller_ready(pods, key):
         return
     cond = conditions.set_condition(status.get("conditions", []), type=conditions.READY, status="False",
@@ -257,6 +269,19 @@ async def _wait_for_controller(
     cond = conditions.set_condition(cond, type=conditions.PROGRESSING, status="True",
                                     reason="WaitingForController", message="waiting for the controller pod",
                                     generation=generation)
+    if cond != status.get("conditions") or status.get("observedGeneration") != generation:
+        await kube.client().patch("DiskArray", name, {"status": {"conditions": cond, "observedGeneration": generation}},
+                                  namespace=namespace, subresource="status")
+    wake = _controller_waits.setdefault(key, asyncio.Event())
+    wake.clear()
+    try:
+        await asyncio.wait_for(wake.wait(), timeout=CONTROLLER_WAIT)
+    except TimeoutError:
+        pass
+    finally:
+        _controller_waits.pop(key, None)
+    if _controller_ready(pods, key):
+        return
     patch.status["conditions"] = cond
     patch.status["observedGeneration"] = generation
     raise kopf.TemporaryError("waiting for the controller pod to be Ready", delay=settings.current().retry_delay)
@@ -374,6 +399,10 @@ def _not_ready(status: Mapping[str, Any], patch: kopf.Patch, *, generation: int,
     patch.status["observedGeneration"] = generation
 
 
+#: Unchanged controller figures are written again (a fresh ``updated``) after this many seconds.
+FIGURES_MAX_AGE = 60.0
+
+
 @kopf.timer(*RESOURCE, interval=settings.current().status_interval, initial_delay=settings.current().status_interval)
 async def refresh_figures(name: str, namespace: str | None, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
     """Copy the controller's load and cache figures and the LU layout into the status (only while Ready)."""
@@ -391,13 +420,17 @@ async def refresh_figures(name: str, namespace: str | None, status: kopf.Status,
         return
     if status.get("lus") != layout:  # the map's LU extents, patched only when they moved
         patch.status["lus"] = layout
-    patch.status["controller"] = {
+    figures = {
         "load": {"iops": f.iops, "readMBps": f.read_mbps, "writeMBps": f.write_mbps,
                  "queueDepth": f.queue_depth, "dirtyRatio": f.dirty_ratio},
         "cache": {"size": f.cache_size, "used": f.cache_used, "dirtyBytes": f.dirty_bytes,
                   "dirtyRatio": f.dirty_ratio, "hitRatio": f.hit_ratio},
-        "updated": conditions.now_rfc3339(),
     }
+    old = status.get("controller", {})
+    updated = conditions.parse_time(old.get("updated"))
+    stale = updated is None or (datetime.datetime.now(datetime.UTC) - updated).total_seconds() >= FIGURES_MAX_AGE
+    if stale or any(old.get(k) != v for k, v in figures.items()):  # an idle array costs no patch every interval
+        patch.status["controller"] = {**figures, "updated": conditions.now_rfc3339()}
 
 
 @kopf.on.delete(*RESOURCE)
