@@ -42,7 +42,7 @@ venv: $(VENV)/.stamp
 deps: apt venv
 
 lint: venv
-	$(VENV)/bin/ruff check blade operator tests bench
+	$(VENV)/bin/ruff check blade operator tests bench/operator bench/copy bench/nbd bench/*/run
 	$(VENV)/bin/mypy
 
 unit: venv

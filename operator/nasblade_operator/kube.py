@@ -16,6 +16,7 @@ import asyncio
 import collections
 import dataclasses
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +41,7 @@ RESOURCES: dict[str, Resource] = {
     "ClusterGroup": Resource("nasblade.io/v1alpha1", "clustergroups"),
 }
 
+log = logging.getLogger(__name__)
 REQUESTS: collections.Counter[str] = collections.Counter()
 #: Worker threads that run the blocking calls, and connections kept open to the API server.
 POOL_SIZE = 32
@@ -122,6 +124,7 @@ class Kube:
         url = res.plural + (f"/{path}" if path else "")
         method = {"get": "get", "list": "get", "create": "post", "patch": "patch", "delete": "delete"}[verb]
         REQUESTS[verb] += 1
+        log.debug("kube %s %s %s/%s", verb, kind, namespace, path)
         fn = getattr(self._http, method)
         return await asyncio.to_thread(
             fn, url=url, version=res.api_version, namespace=namespace if res.namespaced else None, **kwargs

@@ -91,13 +91,25 @@ async def nfs_services_of_group(namespace: str | None, name: str, body: kopf.Bod
 
 
 @kopf.index(*RESOURCE)
-async def group_requests(namespace: str | None, name: str, annotations: kopf.Annotations, **_: Any) -> dict[tuple[str, str], list[str]]:
+async def group_requests(
+    namespace: str | None, name: str, annotations: kopf.Annotations, status: kopf.Status, **_: Any,
+) -> dict[tuple[str, str], list[str]]:
     """(namespace, group) -> the request annotations it carries; wakes its daemon when it has one,
-    so ``nasblade takeover`` and ``nasblade backup`` start at once rather than at the next deadline."""
+    so ``nasblade takeover`` and ``nasblade backup`` start at once rather than at the next deadline,
+    and when its portion claim (``reconcile``) has landed in the status, so the first blades
+    start at once."""
+    key = (namespace or "", name)
     asked = sorted(a for a in (naming.A_MOVE_REQUEST, naming.A_BACKUP_NOW) if a in annotations)
-    if asked:
-        wakeups.wake_group(namespace or "", name)
-    return {(namespace or "", name): asked}
+    portion = status.get("portion")
+    if asked or (portion is not None and _portions_seen.get(key) != portion):
+        wakeups.wake_group(*key)
+    if portion is not None:
+        _portions_seen[key] = portion
+    return {key: asked}
+
+
+#: (namespace, group) -> the portion its status showed at the last event (``group_requests``).
+_portions_seen: dict[tuple[str, str], int] = {}
 
 
 def _one(index: kopf.Index[Any, Any], key: tuple[str, str]) -> dict[str, Any] | None:

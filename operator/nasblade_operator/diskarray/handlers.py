@@ -121,8 +121,8 @@ async def _mirror_areas(
     """
     store = arrays.get((namespace, array))
     da = next(iter(store), None) if store is not None else None
-    if da is None or da["deleting"] or not da["status"].get("portions"):
-        return
+    if da is None or da["deleting"] or not da["status"].get("portions") or "areas" not in da["status"]:
+        return  # no portion claimed yet, or the reconcile has not written status.areas yet (it will, then this runs)
     active = {g["group"]: g["activeArea"] for g in groups.get((namespace, array), [])}
     portions = areas.mirrored(da["status"]["portions"], active)
     summary = areas.summary(portions)
