@@ -5,7 +5,7 @@ conditions, a 127.0.0.x pod IP), the way a kubelet reports a started pod. A test
 pod fail with ``fail(ns, name)`` (Ready=False, as a failing readiness probe would) or
 ``crash(ns, name)`` (phase Failed), and removes one with ``kill(ns, name)`` (delete, grace 0);
 a pod that replaces a failed one (new uid) starts normally.
-Also used by bench/operator. Status patches go through the pod ``status`` subresource.
+Status patches go through the pod ``status`` subresource.
 """
 
 from __future__ import annotations
