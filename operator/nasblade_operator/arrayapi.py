@@ -16,6 +16,8 @@ from typing import Any, TypedDict
 
 import aiohttp
 
+from nasblade_operator import naming
+
 
 class ArrayUnavailable(RuntimeError):
     """The controller cannot be reached or answered 5xx (other than 507)."""
@@ -224,7 +226,7 @@ def _seed_sync(nbd: str, version: str) -> bool:
     from nasblade.program import bundle
     from nasblade.program.catalog import ProgramStore
 
-    dev = open_device(f"nbd://{nbd}/program")
+    dev = open_device(f"nbd://{nbd}/{naming.LU_PROGRAM}")
     try:
         store = ProgramStore(dev)
         if not store.is_blank() and store.catalog().get(version) is not None:
@@ -235,10 +237,14 @@ def _seed_sync(nbd: str, version: str) -> bool:
         dev.close()
 
 
-#: One seeding at a time per program LU in this process: two reconciles pointed at the same
-#: controller (the benchmark shares one between arrays) must not both find the version missing
-#: and both push it.
-_seed_locks: dict[tuple[int, str], asyncio.Lock] = {}
+_lu_locks: dict[tuple[int, str, str], asyncio.Lock] = {}
+
+
+def lu_lock(nbd: str, lu: str) -> asyncio.Lock:
+    """One writer at a time per (NBD endpoint, LU) in this process: two DiskArrays pointed at
+    the same controller (the benchmark shares one) must not both find an LU blank, or a program
+    version missing, and both write it."""
+    return _lu_locks.setdefault((id(asyncio.get_running_loop()), nbd, lu), asyncio.Lock())
 
 
 async def seed_program(nbd: str, *, version: str) -> bool:
@@ -248,7 +254,7 @@ async def seed_program(nbd: str, *, version: str) -> bool:
     program-LU code in a worker thread.
     """
     try:
-        async with _seed_locks.setdefault((id(asyncio.get_running_loop()), nbd), asyncio.Lock()):
+        async with lu_lock(nbd, naming.LU_PROGRAM):
             return await asyncio.to_thread(_seed_sync, nbd, version)
     except (OSError, ConnectionError) as exc:
         raise ArrayUnavailable(f"seeding the program LU over nbd://{nbd}: {exc}") from exc

@@ -22,8 +22,8 @@ import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
 
 import kopf
 
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 RESOURCE = (naming.GROUP, naming.VERSION, "clustergroups")
 ARRAYS = (naming.GROUP, naming.VERSION, "diskarrays")
 HISTORY = 10
+T = TypeVar("T")
 #: Serialises portion claims on one DiskArray within this process (the API's optimistic lock
 #: still guards against other writers); saves a conflict and a retry per group.
 _claim_locks: dict[tuple[int, str, str], asyncio.Lock] = {}
@@ -254,6 +255,17 @@ class Runtime:
     next_probe: float = 0.0
     deferred: bool = False
     rolling: bool = False
+    specs: dict[str, tuple[int, Any]] = dataclasses.field(default_factory=dict)  # key -> (generation, parsed)
+
+    def parsed(self, key: str, generation: int, parse: Callable[[], T]) -> T:
+        """``parse()``'s result, computed once per ``generation`` of the object named ``key``
+        (0, an unknown generation, is never cached)."""
+        hit = self.specs.get(key)
+        if hit is not None and generation and hit[0] == generation:
+            return cast(T, hit[1])
+        value = parse()
+        self.specs[key] = (generation, value)
+        return value
 
 
 # Asked to stop, a daemon finishes its pass (up to 30 s: a pass under a slow API server may take
@@ -339,7 +351,7 @@ async def _probe_changed(
     blade failed or stopped heartbeating, what a blade serves or the active area changed, a
     heartbeat age moved to another bucket). An idle group costs the probe requests and no pass."""
     try:
-        spec = _group_spec(body, name)
+        spec = _group_spec(body, name, rt)
     except InvalidSpec:
         rt.next_probe = time.monotonic() + settings.current().status_interval
         return False
@@ -356,31 +368,15 @@ def _probe_view(rt: Runtime, *, failure_timeout: float) -> tuple[Any, ...]:
     return frozenset(rt.failed), dict(rt.serving), rt.active_area, beats
 
 
-#: uid -> (generation, parsed spec): a pass parses each spec once per generation, not every time.
-_group_specs: dict[str, tuple[int, cg_spec.ClusterGroupSpec]] = {}
-_array_specs: dict[str, tuple[int, da_spec.DiskArraySpec]] = {}
+def _group_spec(body: kopf.Body, name: str, rt: Runtime) -> cg_spec.ClusterGroupSpec:
+    """The group's parsed spec (raises InvalidSpec), parsed once per generation."""
+    return rt.parsed("group", int(body.metadata.get("generation") or 0),
+                     lambda: cg_spec.parse(body.get("spec", {}), name=name))
 
 
-def _group_spec(body: kopf.Body, name: str) -> cg_spec.ClusterGroupSpec:
-    """The group's parsed spec (raises InvalidSpec), cached per generation."""
-    uid, generation = str(body.metadata.get("uid")), int(body.metadata.get("generation", 0))
-    hit = _group_specs.get(uid)
-    if hit is not None and hit[0] == generation:
-        return hit[1]
-    parsed = cg_spec.parse(body.get("spec", {}), name=name)
-    _group_specs[uid] = (generation, parsed)
-    return parsed
-
-
-def _array_spec(array: Mapping[str, Any]) -> da_spec.DiskArraySpec:
-    """A DiskArray's parsed spec from the ``diskarrays`` index entry (raises InvalidSpec), cached per generation."""
-    uid, generation = str(array["uid"]), int(array.get("generation") or 0)
-    hit = _array_specs.get(uid)
-    if hit is not None and hit[0] == generation and generation:
-        return hit[1]
-    parsed = da_spec.parse(array["spec"])
-    _array_specs[uid] = (generation, parsed)
-    return parsed
+def _array_spec(array: Mapping[str, Any], rt: Runtime) -> da_spec.DiskArraySpec:
+    """The DiskArray's parsed spec from its ``diskarrays`` index entry (raises InvalidSpec), once per generation."""
+    return rt.parsed(f"array/{array['uid']}", int(array.get("generation") or 0), lambda: da_spec.parse(array["spec"]))
 
 
 async def _probe(
@@ -482,14 +478,14 @@ async def _pass(
     if status.get("portion") is None:
         return 1.0  # reconcile() has not claimed the portion yet
     try:
-        spec = _group_spec(body, name)
+        spec = _group_spec(body, name, rt)
     except InvalidSpec:
         return settings.current().status_interval  # reconcile() reported it
     array = _one(arrays, (namespace, spec.disk_array))
     if array is None or array["deleting"]:
         return 1.0
     try:
-        da = _array_spec(array)
+        da = _array_spec(array, rt)
     except InvalidSpec:
         return settings.current().status_interval  # the DiskArray's own handler reported it
     file_systems = da.file_systems_of(name)

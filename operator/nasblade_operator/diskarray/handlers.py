@@ -336,10 +336,6 @@ async def _provision(
 
 ROOT_MODE = 0o1777
 
-#: One format at a time per (NBD endpoint, LU) in this process: two DiskArrays pointed at the
-#: same controller (the benchmark shares one) must not both find an LU blank and both format it.
-_format_locks: dict[tuple[int, str, str], asyncio.Lock] = {}
-
 
 @dataclasses.dataclass
 class FormatResult:
@@ -377,8 +373,7 @@ async def ensure_formatted(
             todo.append((f, lu))
     publish()
     for f, lu in todo:
-        key = (id(asyncio.get_running_loop()), nbd, lu.name)
-        async with _format_locks.setdefault(key, asyncio.Lock()):
+        async with arrayapi.lu_lock(nbd, lu.name):
             head = await arrayapi.read_lu_head(nbd, lu.name, length=formatting.PROBE_SIZE)
             step = formatting.decide(recorded=False, probe=formatting.classify(head))
             if step is formatting.Step.REFUSE:
