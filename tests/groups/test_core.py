@@ -29,6 +29,42 @@ def test_liveness_uses_counter_changes_on_the_observer_clock() -> None:
     assert not lv.alive("a", now=2.1)  # a clean stop is dead at once
 
 
+def test_liveness_a_failed_slot_is_dead_at_once() -> None:
+    lv = Liveness(timeout=10.0)
+    lv.observe("a", counter=7, state="running", now=0.0)
+    lv.observe_slot(BladeStatus(blade="a", heartbeat_counter=8, heartbeat_time=5.0, state="failed"), now=0.1)
+    assert not lv.alive("a", now=0.1) and lv.state("a") == "failed"
+    lv.observe_slot(BladeStatus(blade="a", heartbeat_counter=1, heartbeat_time=9.0), now=3.0)  # restarted
+    assert lv.alive("a", now=3.0)
+
+
+def test_liveness_older_copies_from_the_other_area_do_not_revive_a_dead_blade() -> None:
+    """The backup area holds point-in-time copies of the slots: a copy's older counter is no
+    heartbeat. Before the fix, every look at the other area made a silent blade alive again
+    (counter "changed" from the latest to the copy's and back), so the peer never took over."""
+    lv = Liveness(timeout=1.0)
+    primary = BladeStatus(blade="a", heartbeat_counter=500, heartbeat_time=1000.0)
+    copy = BladeStatus(blade="a", heartbeat_counter=120, heartbeat_time=900.0)
+    lv.observe_slot(primary, now=0.0)
+    for now in (0.6, 0.8, 1.0, 1.2, 1.4, 1.6):  # a silent a: primary unchanged, the copy looked at too
+        lv.observe_slot(primary, now=now)
+        lv.observe_slot(copy, now=now, only_if_newer=True)
+    assert not lv.alive("a", now=1.6)
+    # a slot in the other area that is newer than anything seen (a switch in progress) counts
+    lv.observe_slot(BladeStatus(blade="a", heartbeat_counter=501, heartbeat_time=1001.0), now=1.7,
+                    only_if_newer=True)
+    assert lv.alive("a", now=1.7)
+
+
+def test_liveness_gap_counts_no_silence_while_the_observer_could_not_look() -> None:
+    lv = Liveness(timeout=1.0)
+    lv.observe("a", counter=1, state="running", now=0.0)
+    lv.observe("b", counter=1, state="stopped", now=0.0)
+    lv.gap(now=5.0)  # the observer's read stalled for five seconds (controller restarting)
+    assert lv.alive("a", now=5.5) and not lv.alive("a", now=6.0)
+    assert not lv.alive("b", now=5.5)  # a dead state stays dead
+
+
 def test_plan_takeovers_least_loaded_then_lowest_index() -> None:
     own = {"fs1": Ownership("a", 3), "fs2": Ownership("b", 1), "fs3": Ownership("a", 4)}
     # a dies: b has one, c none → c gets fs1 (least loaded), then b and c tie at one → b (index)

@@ -41,6 +41,7 @@ from typing import Any
 from aiohttp import web
 
 from nasblade import ready
+from nasblade.bladeapi import lifeline
 from nasblade.bladeapi.client import BladeAPIError, LocalClient
 from nasblade.cluster.fpside import SelfFence, fail_stop_open
 from nasblade.program import bundle
@@ -185,6 +186,9 @@ async def _main(args: argparse.Namespace) -> int:
             await runner.setup()
             await web.UnixSite(runner, args.control_unix).start()
             os.chmod(args.control_unix, 0o600)
+        # the lifeline first: from here on, this process ending tells the block processor at once
+        line = asyncio.create_task(lifeline.hold(lifeline.socket_path(args.local_unix),
+                                                 retry=args.heartbeat_interval, stop=stop))
         for raw in args.fs:
             spec = fs_spec(json.loads(raw))
             endpoints[spec.name] = await fp.add_filesystem(spec)
@@ -196,6 +200,7 @@ async def _main(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeats
         await agent.beat("stopped")
+        await line
     finally:
         if runner is not None:
             await runner.cleanup()

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import errno
 import logging
 import time
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nasblade.bladeapi.lifeline import Lifeline
 from nasblade.blockproc.proxy import Exports, ProxyServer
 from nasblade.blockproc.syncdev import PoolDevice
 from nasblade.blockproc.upstream import UpstreamPool
@@ -82,6 +84,8 @@ class Settings:
     """File systems this blade may serve: name → {lu, address, nfsPort, mountPort, portmapPort, exports}."""
     fp_unix: str | None = None
     """The file processor's control socket (``nasblade.bladeapi.agent``), for takeover/release."""
+    lifeline_unix: str | None = None
+    """Where the file processor keeps its lifeline (``nasblade.bladeapi.lifeline``)."""
     record_interval: float = 0.2
     load_interval: float = 1.0
     retry_for: float = 60.0
@@ -145,7 +149,11 @@ class BlockProcessor:
         self._fs_lock = asyncio.Lock()
         self.nbd_unix = ""
         self.handed: dict[str, float] = {}
-        """File system -> wall time its file processor confirmed serving it (``take_over_fs``)."""
+        """File system -> wall time the file processor was given it: at start-up for the file
+        systems this blade owns from the start (``settings.owned``), then by ``take_over_fs``.
+        Everything the file processor serves is here, however it came to serve it, and is
+        watched the same way (``_check_file_processor``, ``_file_processor_lost``)."""
+        self.lifeline = Lifeline(self._file_processor_lost)
         self.failed: str | None = None
         """Why this blade is failed (its file processor lost a file system it served), or None."""
         self.failed_at = 0.0
@@ -187,6 +195,12 @@ class BlockProcessor:
             await self.add_lu(lu)
         for lu in s.owned:
             await self.take_over(lu)
+        now = time.time()
+        for name, spec in s.fs_specs.items():  # the file processor is started with these
+            if spec.get("lu") in s.owned:
+                self.handed[name] = now
+        if s.lifeline_unix is not None:
+            await self.lifeline.start(s.lifeline_unix)
         await self.proxy.start_unix(nbd_unix)
         if self.control is not None:
             self._tasks.append(asyncio.create_task(self._post_records_forever()))
@@ -391,7 +405,10 @@ class BlockProcessor:
         d["activeArea"] = self.active_area
         d["load"] = {k: float(v) for k, v in self.load.items() if isinstance(v, int | float)}
         status = BladeStatus.from_json(d)
-        self._check_file_processor(status)
+        lost = self._lost_file_systems(status)
+        if lost:
+            await self.fail(f"the file processor no longer serves {', '.join(lost)}"
+                            " (it restarted or crashed while serving)")
         if self.failed is not None:  # no more heartbeats: peers and the operator see a dead blade
             return {"slot": s.slot, "seq": self.last_status_seq, "status": status.to_json(), "failed": self.failed}
         async with self._slot_lock:
@@ -399,30 +416,51 @@ class BlockProcessor:
         self.last_status, self.last_status_seq, self.last_status_time = status, seq, time.time()
         return {"slot": s.slot, "seq": seq, "status": status.to_json()}
 
-    def _check_file_processor(self, status: BladeStatus) -> None:
-        """Fail the blade when its file processor no longer serves a file system it was handed.
+    def _lost_file_systems(self, status: BladeStatus) -> list[str]:
+        """The file systems the file processor was handed and no longer serves.
 
         That happens when the file processor crashed and was restarted (its container, or the
         standalone supervisor): whatever it had not committed is gone and its clients hold a
-        write verifier nobody will honour. A NAS blade whose file-serving side crashed is a
-        failed blade: it stops heartbeating and reports not ready, its peers (standalone) or
-        the operator (Kubernetes) take its file systems over with a new epoch and a new write
-        verifier, and the blade rejoins as a standby once replaced or restarted. Only a
-        status composed after the hand-over counts (its clock is the file processor's, on the
-        same host).
+        write verifier nobody will honour. Only a status composed after the hand-over counts
+        (its clock is the file processor's, on the same host). The lifeline usually says it
+        first (``_file_processor_lost``); this catches a restart the lifeline missed.
         """
         if self.failed is not None:
-            return
-        lost = sorted(fs for fs, at in self.handed.items()
+            return []
+        return sorted(fs for fs, at in self.handed.items()
                       if fs not in status.file_systems and status.heartbeat_time > at + 0.5)
-        if lost:
-            self.fail(f"the file processor no longer serves {', '.join(lost)} (it restarted or crashed while serving)")
 
-    def fail(self, reason: str) -> None:
-        """Mark this blade failed (see ``_check_file_processor``); it stays failed until restarted."""
-        if self.failed is None:
-            self.failed, self.failed_at = reason, time.monotonic()
+    async def _file_processor_lost(self, pid: int | None) -> None:
+        """The lifeline of file processor ``pid`` ended without a goodbye: its process is gone."""
+        if self.handed:
+            await self.fail(f"the file processor (pid {pid}) exited while serving {', '.join(sorted(self.handed))}")
+        else:
+            log.warning("the file processor (pid %s) exited; it served nothing", pid)
+
+    async def fail(self, reason: str) -> None:
+        """Give this blade up at once: a NAS blade whose file-serving side crashed is a failed blade.
+
+        It stops heartbeating, and its last slot says ``state: failed``, so its peers see it dead
+        at their next look (``nasblade.cluster.core.Liveness``) instead of after the failure
+        timeout, and take its file systems over with a new epoch and a new write verifier (the
+        operator, on Kubernetes, moves the NFS Service). Its readiness turns 503. It stays failed
+        until restarted; it then rejoins as a standby (``nasblade.cluster.member``)."""
+        if self.failed is not None:
+            return
+        async with self._slot_lock:
+            if self.failed is not None:
+                return
             log.error("blade %s failed: %s", self.settings.blade, reason)
+            if self.portion is not None:
+                last = self.last_status or BladeStatus(blade=self.settings.blade)
+                final = dataclasses.replace(last, state="failed", heartbeat_time=time.time(),
+                                            heartbeat_counter=last.heartbeat_counter + 1, file_systems=[])
+                try:
+                    self.last_status_seq = await asyncio.to_thread(self.portion.write_slot,
+                                                                   self.settings.slot, final)
+                except (OSError, PortionError) as exc:  # the peers fall back on the failure timeout
+                    log.warning("the failed state could not be written to the slot: %s", exc)
+            self.failed, self.failed_at = reason, time.monotonic()
 
     async def read_slot(self, slot: int | None = None) -> dict[str, Any] | None:
         if self.portion is None:
@@ -509,6 +547,7 @@ class BlockProcessor:
         }
 
     async def close(self) -> None:
+        await self.lifeline.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from nasblade import ready
-from nasblade.bladeapi import server
+from nasblade.bladeapi import lifeline, server
 from nasblade.blockproc.core import BlockProcessor, Settings
 from nasblade.procinfo.portion import PortionError
 from nasblade.program.catalog import ProgramError
@@ -108,6 +108,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         owned=list(args.own),
         fs_specs=_fs_specs(args.fs_spec),
         fp_unix=args.fp_unix,
+        lifeline_unix=lifeline.socket_path(args.local_unix),
     )
 
 

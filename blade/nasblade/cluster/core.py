@@ -11,8 +11,17 @@ Rules (see docs/cluster-groups.md):
 
 - **Liveness** is judged on the heartbeat *counter* as seen by the observer's own monotonic
   clock, never on the writer's wall clock: a blade is alive while its counter changed (went up,
-  or started again after a restart) less than ``failure_timeout`` ago. A blade first seen is given the full timeout. A slot whose
-  state is ``stopped`` (clean shutdown) is dead at once.
+  or started again after a restart) less than ``failure_timeout`` ago. A blade first seen is
+  given the full timeout. A slot whose state is ``stopped`` (clean shutdown) or ``failed`` (its
+  block processor gave the blade up: ``BlockProcessor.fail``) is dead at once.
+  A slot read from the *other* area (the backup area, or the portion while running on the
+  backup) is evidence of life only when it is newer than every slot seen from that blade
+  (writer's heartbeat time; both copies come from the same writer's clock): the other area
+  holds point-in-time copies whose older counters would otherwise look like a change and keep
+  a dead blade alive for ever.
+  When the observer itself could not look for a while (its own reads stalled, e.g. while the
+  controller restarted), nobody's silence is counted over that gap: every member is given the
+  full timeout again (``Liveness.gap``).
 - **Takeover planning**: a file system whose recorded owner is dead goes to the surviving
   member chosen deterministically: fewest file systems (counting the ones planned in this same
   round, file systems taken in name order), then the lowest member index. A file system with no
@@ -48,6 +57,11 @@ class _Seen:
     counter: int
     changed: float
     state: str
+    heartbeat_time: float = 0.0
+
+
+DEAD_STATES = frozenset({"stopped", "failed"})
+"""Slot states that mean "dead now", whatever the heartbeat's age."""
 
 
 @dataclass
@@ -57,25 +71,42 @@ class Liveness:
     timeout: float
     _seen: dict[str, _Seen] = field(default_factory=dict)
 
-    def observe(self, blade: str, *, counter: int, state: str, now: float) -> None:
+    def observe(self, blade: str, *, counter: int, state: str, now: float,
+                heartbeat_time: float = 0.0, only_if_newer: bool = False) -> None:
+        """Record ``blade``'s heartbeat as read at ``now``. ``only_if_newer``: the slot comes from
+        the other area and counts only when its ``heartbeat_time`` is newer than any seen."""
         seen = self._seen.get(blade)
+        if only_if_newer and seen is not None and heartbeat_time <= seen.heartbeat_time:
+            return
         if seen is None or counter != seen.counter:  # a restarted file processor counts from 1 again
-            self._seen[blade] = _Seen(counter, now, state)
+            self._seen[blade] = _Seen(counter, now, state, max(heartbeat_time, 0.0 if seen is None
+                                                                 else seen.heartbeat_time))
         else:
             seen.state = state
+            seen.heartbeat_time = max(seen.heartbeat_time, heartbeat_time)
 
-    def observe_slot(self, status: BladeStatus | None, *, now: float) -> None:
+    def observe_slot(self, status: BladeStatus | None, *, now: float, only_if_newer: bool = False) -> None:
         if status is not None:
-            self.observe(status.blade, counter=status.heartbeat_counter, state=status.state, now=now)
+            self.observe(status.blade, counter=status.heartbeat_counter, state=status.state, now=now,
+                         heartbeat_time=status.heartbeat_time, only_if_newer=only_if_newer)
+
+    def gap(self, *, now: float) -> None:
+        """The observer could not look until ``now``: count nobody's silence over that time."""
+        for seen in self._seen.values():
+            seen.changed = max(seen.changed, now)
 
     def age(self, blade: str, *, now: float) -> float | None:
         """Seconds since ``blade``'s counter last changed (``None``: never seen)."""
         seen = self._seen.get(blade)
         return None if seen is None else now - seen.changed
 
+    def state(self, blade: str) -> str | None:
+        seen = self._seen.get(blade)
+        return None if seen is None else seen.state
+
     def alive(self, blade: str, *, now: float) -> bool:
         seen = self._seen.get(blade)
-        if seen is None or seen.state == "stopped":
+        if seen is None or seen.state in DEAD_STATES:
             return False
         return now - seen.changed < self.timeout
 

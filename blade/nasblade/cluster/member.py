@@ -106,6 +106,8 @@ class ClusterMember:
         self.area_events: deque[dict[str, Any]] = deque(maxlen=64)
         self.switched_at = 0.0
         self._last_probe = 0.0
+        self._last_look: float | None = None
+        """Monotonic time the last tick finished reading the group (``tick``'s gap rule)."""
         self.backup_running = False
         self.last_backup_ok: float | None = None
         self.deferrals = 0
@@ -210,18 +212,27 @@ class ClusterMember:
 
     async def tick(self) -> None:
         self.ticks += 1
-        now = time.monotonic()
         if self.bp.failed is not None:
-            await self._failed_tick(now)
+            await self._failed_tick(time.monotonic())
             return
-        own = self.bp.last_status
-        if own is not None:
-            self.liveness.observe(self.me, counter=own.heartbeat_counter, state=own.state, now=now)
+        t0 = time.monotonic()
         try:
             group, slots = await asyncio.to_thread(self._read, self.store)
         except (OSError, PortionError) as exc:
             await self._area_failed(f"reading the {self.active_area} area failed: {exc}")
             return
+        now = time.monotonic()
+        if now - t0 > self.cfg.failure_timeout / 2 or (
+                self._last_look is not None and now - self._last_look > self.cfg.failure_timeout):
+            # this blade could not look for a while (its read stalled while the controller
+            # restarted, or it was paused): nobody's silence counts over that gap (Liveness.gap)
+            log.warning("%s: no look at the group for %.1fs; every member gets a full failure timeout",
+                        self.me, now - (self._last_look or t0))
+            self.liveness.gap(now=now)
+        self._last_look = now
+        own = self.bp.last_status
+        if own is not None:
+            self.liveness.observe(self.me, counter=own.heartbeat_counter, state=own.state, now=now)
         for st in slots.values():
             self.liveness.observe_slot(st, now=now)
         await self._check_other_area(now)
@@ -314,8 +325,8 @@ class ClusterMember:
             _group, slots = await asyncio.to_thread(self._read, other)
         except (OSError, PortionError):
             return
-        for m in suspects:
-            self.liveness.observe_slot(slots.get(m), now=now)
+        for m in suspects:  # point-in-time copies there are older: only a newer slot counts
+            self.liveness.observe_slot(slots.get(m), now=now, only_if_newer=True)
 
     async def _enforce_fencing(self) -> None:
         for fs in list(self.serving):
