@@ -504,12 +504,19 @@ class FileSystem:
 
         ``exclusive`` is the EXCLUSIVE createverf3: it is stored with the inode and a retry
         with the same verifier finds the file and succeeds. ``guarded`` fails on an existing
-        name; otherwise (UNCHECKED) an existing regular file is returned.
+        name; otherwise (UNCHECKED) an existing regular file is returned unchanged (what to
+        apply to it is the caller's decision: the NFS layer applies only the size) and any
+        other existing type fails with EEXIST. Like open(2) and knfsd, an existing name needs
+        only search permission on the directory; creating one needs write permission too.
         """
         with self._op():
-            d = self._prepare_create(dir_ino, name, cred)
+            self._check_name(name)
+            d = self._dir(dir_ino)
+            self._require(d, cred, X_OK)
             existing = self._entry(dir_ino, name)
-            if existing is not None:
+            if existing is None:
+                self._require(d, cred, W_OK)
+            else:
                 if exclusive is not None:
                     row = self.db.execute("SELECT verf FROM inode WHERE ino=?", (existing,)).fetchone()
                     if row is not None and row[0] == exclusive:

@@ -300,6 +300,16 @@ class Nfs3:
             return e.stat, self._wcc(ctx, pre)
 
     def create(self, call: Call, args: t.CreateArgs) -> tuple[int, Any]:
+        """CREATE (RFC 1813 §3.3.8) with knfsd's semantics for a name that already exists.
+
+        - UNCHECKED: a new file gets every attribute of ``obj_attributes``. An existing
+          regular file keeps its mode, owner and times; only ``size`` is applied (the
+          truncation of ``open(O_CREAT|O_TRUNC)``), so the loser of two clients racing
+          ``open(O_CREAT)`` does not change the winner's mode. Any other existing type: EXIST.
+        - GUARDED: an existing name of any type is EXIST.
+        - EXCLUSIVE: the verifier is stored with the new file; a retransmission with the
+          same verifier finds it and succeeds, another verifier gets EXIST.
+        """
         mode_kind, body = args.how
         name = args.where.name
 
@@ -315,7 +325,10 @@ class Nfs3:
                 mode=sattr.mode if sattr.mode is not None else 0o644,
                 guarded=mode_kind == t.CreateMode.GUARDED,
             )
-            extra = _setattr(dataclasses_replace_mode(sattr, drop_mode=created))
+            if created:
+                extra = _setattr(dataclasses_replace_mode(sattr, drop_mode=True))
+            else:
+                extra = fsmod.SetAttr(size=sattr.size)
             if extra != fsmod.SetAttr():
                 ctx.fs.setattr(ino, extra, ctx.cred)
             return ino
