@@ -164,13 +164,13 @@ def test_all_22_procedures(rc: RawClient) -> None:
     assert stat == 0
     dev = t.DeviceData(t.Sattr(mode=0o644), t.SpecData(1, 3))
     stat, _ = rc.nfs(11, t.MKNOD_ARGS, t.MknodArgs(t.DirOpArgs(dfh, b"chr"), (4, dev)), t.CREATE_RES)  # type: ignore[misc]
-    assert stat == t.Stat.NOTSUPP
+    assert stat == 0
     stat, lr = rc.nfs(15, t.LINK_ARGS, t.LinkArgs(f, t.DirOpArgs(root, b"p22-link")), t.LINK_RES)  # type: ignore[misc]
     assert stat == 0 and lr.file_attributes.nlink == 2
     stat, _ = rc.nfs(14, t.RENAME_ARGS, t.RenameArgs(t.DirOpArgs(dfh, b"file"), t.DirOpArgs(dfh, b"file2")), t.RENAME_RES)  # type: ignore[misc]
     assert stat == 0
     stat, rdd = rc.nfs(16, t.READDIR_ARGS, t.ReaddirArgs(dfh, 0, bytes(8), 4096), t.READDIR_RES)  # type: ignore[misc]
-    assert stat == 0 and rdd.eof and {bytes(e.name) for e in rdd.entries} == {b".", b"..", b"file2", b"ln", b"fifo"}
+    assert stat == 0 and rdd.eof and {bytes(e.name) for e in rdd.entries} == {b".", b"..", b"file2", b"ln", b"fifo", b"chr"}
     stat, rdp = rc.nfs(17, t.READDIRPLUS_ARGS, t.ReaddirplusArgs(dfh, 0, bytes(8), 1024, 8192), t.READDIRPLUS_RES)  # type: ignore[misc]
     assert stat == 0 and all(e.name_handle for e in rdp.entries)
     stat, fs = rc.nfs(18, t.FH, root, t.FSSTAT_RES)  # type: ignore[misc]
@@ -181,7 +181,7 @@ def test_all_22_procedures(rc: RawClient) -> None:
     assert stat == 0 and pc.name_max == 255 and pc.no_trunc
     assert rc.nfs(12, t.DIROPARGS, t.DirOpArgs(dfh, b"file2"), t.WCC_RES)[0] == 0  # type: ignore[index]
     assert rc.nfs(13, t.DIROPARGS, t.DirOpArgs(root, b"p22"), t.WCC_RES)[0] == t.Stat.NOTEMPTY  # type: ignore[index]
-    for n in (b"ln", b"fifo"):
+    for n in (b"ln", b"fifo", b"chr"):
         assert rc.nfs(12, t.DIROPARGS, t.DirOpArgs(dfh, n), t.WCC_RES)[0] == 0  # type: ignore[index]
     assert rc.nfs(13, t.DIROPARGS, t.DirOpArgs(root, b"p22"), t.WCC_RES)[0] == 0  # type: ignore[index]
     # The removed directory's handle is now stale.

@@ -111,6 +111,36 @@ class FsError(Exception):
         self.errno = err
 
 
+# Special files: names with attributes only (no data, no target). The server never opens
+# them; only device nodes (CHR, BLK) carry an ``rdev``.
+SPECIAL = frozenset({FType.BLK, FType.CHR, FType.SOCK, FType.FIFO})
+DEVICES = frozenset({FType.BLK, FType.CHR})
+_U64 = (1 << 64) - 1
+
+
+def makedev(major: int, minor: int) -> int:
+    """``rdev`` of a device node: NFSv3's ``specdata3`` (two 32-bit words) as one 64-bit value.
+
+    Stored in the ``inode.rdev`` column (which every file system has had since mkfs; 0 for
+    other types) as a signed 64-bit SQLite integer, see ``_rdev_to_sql``.
+    """
+    if not (0 <= major <= 0xFFFFFFFF and 0 <= minor <= 0xFFFFFFFF):
+        raise FsError(errno.EINVAL, "device numbers are 32-bit")
+    return major << 32 | minor
+
+
+def major(rdev: int) -> int:
+    return rdev >> 32
+
+
+def minor(rdev: int) -> int:
+    return rdev & 0xFFFFFFFF
+
+
+def _rdev_to_sql(rdev: int) -> int:
+    return rdev - (1 << 64) if rdev >= 1 << 63 else rdev
+
+
 @dataclasses.dataclass(frozen=True)
 class Cred:
     """The caller's identity after export squashing."""
@@ -394,6 +424,7 @@ class FileSystem:
             raise FsError(errno.ESTALE)
         a = Attr(*row[:-1])
         a.type = FType(a.type)
+        a.rdev &= _U64
         if row[-1] is not None:
             a.used = int(row[-1])
         elif a.type == FType.REG:
@@ -481,7 +512,7 @@ class FileSystem:
         row = self.db.execute(
             "INSERT INTO inode(gen, type, mode, nlink, uid, gid, size, atime, mtime, ctime, rdev, parent, target, verf,"
             " inline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING ino",
-            (gen, ftype, mode & 0o7777, nlink, cred.uid, gid, size, t, t, t, rdev, parent, target, verf,
+            (gen, ftype, mode & 0o7777, nlink, cred.uid, gid, size, t, t, t, _rdev_to_sql(rdev), parent, target, verf,
              b"" if ftype == FType.REG else None),
         ).fetchone()
         self._meta_add("inodes", 1)
@@ -562,9 +593,17 @@ class FileSystem:
             return ino
 
     def mknod(self, dir_ino: int, name: bytes, ftype: FType, cred: Cred, *, mode: int, rdev: int = 0) -> int:
+        """Create a special file: FIFO, socket, or (root only) a character/block device.
+
+        ``rdev`` (see ``makedev``) is kept for device nodes and must be 0 for the others.
+        """
+        if ftype not in SPECIAL:
+            raise FsError(errno.EINVAL, f"mknod of type {ftype}")
+        if not 0 <= rdev <= _U64 or (rdev and ftype not in DEVICES):
+            raise FsError(errno.EINVAL, "bad rdev")
         with self._op():
             d = self._prepare_create(dir_ino, name, cred)
-            if ftype in (FType.CHR, FType.BLK) and not cred.is_root:
+            if ftype in DEVICES and not cred.is_root:
                 raise FsError(errno.EPERM)
             if self._entry(dir_ino, name) is not None:
                 raise FsError(errno.EEXIST)

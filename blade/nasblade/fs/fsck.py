@@ -5,7 +5,9 @@ Opened like a mount (so the WAL is recovered first), then it verifies, in order:
 and every inode's link count equals the entries that name it (directories: 2 + sub-directories,
 and exactly one parent entry); that ``..`` links agree with the tree; that cookies are below the
 directory's next cookie; that file extents and free extents lie inside the data region, never
-overlap and cover it exactly; and that no extent lies past its file's end. Used by
+overlap and cover it exactly; that no extent lies past its file's end; and that every inode has
+a known type, with special files (FIFOs, sockets, device nodes) holding no data, no target
+and an ``rdev`` only when they are device nodes. Used by
 ``nasblade fsck`` and by the crash tests.
 """
 
@@ -24,6 +26,7 @@ class Report:
     inodes: int = 0
     directories: int = 0
     files: int = 0
+    special: int = 0
     used_blocks: int = 0
     free_blocks: int = 0
 
@@ -56,7 +59,7 @@ def check_mounted(fs: fsmod.FileSystem, *, max_problems: int = 100) -> Report:
     inodes = {
         r[0]: r
         for r in db.execute(
-            "SELECT ino, type, nlink, size, parent, next_cookie, target, length(inline) FROM inode"
+            "SELECT ino, type, nlink, size, parent, next_cookie, target, length(inline), rdev FROM inode"
         ).fetchall()
     }
     rep.inodes = len(inodes)
@@ -81,7 +84,16 @@ def check_mounted(fs: fsmod.FileSystem, *, max_problems: int = 100) -> Report:
         if inodes[ino][1] == fsmod.FType.DIR:
             subdirs[d] = subdirs.get(d, 0) + 1
             dir_entries[ino] = d
-    for ino, (_, ftype, nlink, size, parent, _nc, target, inline_len) in inodes.items():
+    types = {int(k) for k in fsmod.FType}
+    for ino, (_, ftype, nlink, size, parent, _nc, target, inline_len, rdev) in inodes.items():
+        if ftype not in types:
+            bad(f"inode {ino} has unknown type {ftype}")
+        if rdev and ftype not in fsmod.DEVICES:
+            bad(f"inode {ino} of type {ftype} has rdev {rdev}")
+        if ftype in fsmod.SPECIAL:
+            rep.special += 1
+            if size != 0 or target is not None:
+                bad(f"special file {ino} has size {size} or a target")
         if ftype == fsmod.FType.DIR:
             rep.directories += 1
             want = 2 + subdirs.get(ino, 0)

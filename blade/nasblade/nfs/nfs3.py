@@ -20,6 +20,7 @@ original replies.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import struct
@@ -351,16 +352,32 @@ class Nfs3:
         return self._create_common(call, args.where, make)
 
     def mknod(self, call: Call, args: t.MknodArgs) -> tuple[int, Any]:
+        """MKNOD (RFC 1813 §3.3.11): FIFOs, sockets and (root only) character/block devices.
+
+        ``specdata1``/``specdata2`` of a device are stored as its major/minor and come back
+        as ``rawdev`` in fattr3. Mode comes from the sattr3 (default 0644); owner and times
+        are applied like CREATE's, size is ignored (special files have none). Any other type
+        is BADTYPE. Special files are never opened by the server: READ/WRITE get INVAL.
+        """
         kind, body = args.what
 
         def make(ctx: Ctx) -> int:
             if kind in (FType.CHR, FType.BLK):
-                raise NfsError(t.Stat.NOTSUPP)
-            if kind not in (FType.SOCK, FType.FIFO):
+                dev: t.DeviceData = body
+                sattr: t.Sattr = dev.dev_attributes
+                rdev = fsmod.makedev(dev.spec.specdata1, dev.spec.specdata2)
+            elif kind in (FType.SOCK, FType.FIFO):
+                sattr = body
+                rdev = 0
+            else:
                 raise NfsError(t.Stat.BADTYPE)
-            sattr: t.Sattr = body
             mode = sattr.mode if sattr.mode is not None else 0o644
-            return ctx.fs.mknod(ctx.ino, args.where.name, FType(kind), ctx.cred, mode=mode)
+            ino = ctx.fs.mknod(ctx.ino, args.where.name, FType(kind), ctx.cred, mode=mode, rdev=rdev)
+            extra = _setattr(dataclasses_replace_mode(sattr, drop_mode=True))
+            extra = dataclasses.replace(extra, size=None)
+            if extra != fsmod.SetAttr():
+                ctx.fs.setattr(ino, extra, ctx.cred)
+            return ino
 
         return self._create_common(call, args.where, make)
 
