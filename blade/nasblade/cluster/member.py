@@ -260,7 +260,10 @@ class ClusterMember:
             if t.blade != self.me or t.fs in self.serving or t.fs in self.released:
                 continue
             fsc = self.cfg.fs(t.fs)
-            if in_grace and not (t.previous is None and fsc is not None and fsc.policy.home == self.me):
+            # just started: an owner not seen yet may only be late to show; one this blade saw
+            # go silent, or fail, is dead by its own observation
+            seen = t.previous is not None and self.liveness.age(t.previous, now=now) is not None
+            if in_grace and not seen and not (t.previous is None and fsc is not None and fsc.policy.home == self.me):
                 continue
             self._start_takeover(t.fs, reason=t.reason)
         await self._reassert()
