@@ -5,6 +5,8 @@ operations that work on them and the ones that must not; fsck's checks of their 
 from __future__ import annotations
 
 import errno
+import gzip
+from pathlib import Path
 
 import pytest
 from nasblade.blockdev import FileBlockDevice
@@ -13,6 +15,10 @@ from nasblade.fs import fsck
 from nasblade.fs.fs import ROOT, ROOT_INO, Cred, FsError, FType, SetAttr
 
 USER = Cred(1000, 1000)
+# A file system made by ``mkfs`` of commit 9a23875 (before special files were supported), 48 MiB:
+# /dir (0755) with /dir/small (0644, b"inline data\n"), /big (0600, 16 KiB of bytes(range(256))
+# repeated, in extents), /link -> dir/small and /fifo (0644), then closed (checkpointed).
+FORMAT1_IMAGE = Path(__file__).parent / "data" / "fs-format1-9a23875.img.gz"
 
 SPECIALS = [
     (b"fifo", FType.FIFO, 0),
@@ -149,3 +155,32 @@ def test_fsck_checks_special_file_rows(device: FileBlockDevice) -> None:
     rep = fsck.check_mounted(f)
     f.db.close()
     assert rep.problems == [f"inode {fifo} has unknown type 9"]
+
+
+def test_a_file_system_made_before_special_files_opens_and_takes_them(tmp_path: Path) -> None:
+    img = tmp_path / "old.img"
+    img.write_bytes(gzip.decompress(FORMAT1_IMAGE.read_bytes()))
+    dev = FileBlockDevice(img)
+    try:
+        assert fsck.check(dev).clean
+        f = fsmod.FileSystem(dev)
+        d = f.lookup(ROOT_INO, b"dir", ROOT)
+        small = f.lookup(d, b"small", ROOT)
+        assert f.read(small, 0, 100)[0] == b"inline data\n"
+        big = f.lookup(ROOT_INO, b"big", ROOT)
+        assert f.read(big, 0, 1 << 20)[0] == bytes(range(256)) * 64
+        assert f.readlink(f.lookup(ROOT_INO, b"link", ROOT)) == b"dir/small"
+        old_fifo = f.getattr(f.lookup(ROOT_INO, b"fifo", ROOT))
+        assert (old_fifo.type, old_fifo.rdev, old_fifo.mode) == (FType.FIFO, 0, 0o644)
+        chr_ino = f.mknod(d, b"null", FType.CHR, ROOT, mode=0o666, rdev=fsmod.makedev(1, 3))
+        f.mknod(d, b"sda", FType.BLK, ROOT, mode=0o660, rdev=fsmod.makedev(8, 0))
+        f.close()
+        f = fsmod.FileSystem(dev)
+        a = f.getattr(chr_ino)
+        assert (a.type, fsmod.major(a.rdev), fsmod.minor(a.rdev)) == (FType.CHR, 1, 3)
+        f.close()
+        rep = fsck.check(dev)
+        assert rep.clean, rep.problems
+        assert rep.special == 3
+    finally:
+        dev.close()
