@@ -84,7 +84,14 @@ def test_mknod_each_type_and_its_attributes_everywhere(rc: RawClient) -> None:
     for name, (ftype, _, mode, spec) in NODES.items():
         check(seen[name].name_attributes, ftype, mode, spec)
         assert bytes(seen[name].name_handle) == fhs[name]
-    # The name is taken now, for MKNOD and for CREATE.
+    # Owner and times of the sattr3 are applied as for CREATE; a size is ignored.
+    when = (t.TimeHow.SET_TO_CLIENT_TIME, t.NfsTime(1234, 5))
+    stat, ok = mknod(rc, d, b"owned", NF3FIFO, t.Sattr(mode=0o604, uid=7, gid=8, size=99, mtime=when))
+    assert stat == t.Stat.OK
+    fa = ok.obj_attributes
+    assert (fa.mode, fa.uid, fa.gid, fa.size, fa.mtime) == (0o604, 7, 8, 0, t.NfsTime(1234, 5))
+    assert rc.nfs(12, t.DIROPARGS, t.DirOpArgs(d, b"owned"), t.WCC_RES)[0] == t.Stat.OK  # type: ignore[index]
+    # The name is taken now (CREATE on it: test_nfs_create_modes.py).
     assert mknod(rc, d, b"fifo", NF3FIFO, t.Sattr())[0] == t.Stat.EXIST
     # Not a special type: BADTYPE (regular files, directories and symlinks have their own calls).
     for ftype in (1, 2, 5, 8):
