@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from nasblade.standalone import lifetime
+
+    lifetime.bind_to_parent()  # a child of `nasblade up` dies with it (nasblade.standalone.lifetime)
     args = build_parser().parse_args(argv)
     result: int = args._module.run(args)
     return result

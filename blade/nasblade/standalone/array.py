@@ -35,6 +35,7 @@ from typing import Any
 
 from nasblade import ready
 from nasblade.cluster import config as cluster_config
+from nasblade.standalone import lifetime
 from nasblade.standalone.config import Config, FileSystem
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ class Array:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{name}.log", "ab") as err:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, start_new_session=True,
+                                    env=lifetime.child_env())
         try:
             line = ready.wait_ready(proc, timeout=self.ready_timeout)
         except ready.NotReady as exc:

@@ -31,8 +31,14 @@ file system's address).
   also written to ``DATA/run/chassis.json`` after every change. Each restart is logged with
   its count.
 
-The controller is not restarted: its exit is logged (the array is degraded until ``nasblade
-up`` is run again).
+- **The controller** is restarted like a blade process (same backoff), on the same NBD and
+  control-API addresses it had (the blades know them): the control store and the devices hold
+  everything it acknowledged, and the blades' NBD connections reconnect and replay what was in
+  flight (``nasblade.blockproc.upstream``), so no acknowledged write is lost; file systems stay
+  where they are (a blade whose reads stalled meanwhile counts nobody's silence over the gap,
+  ``nasblade.cluster.core.Liveness.gap``).
+- **Children die with it**: ``nasblade.standalone.lifetime`` (parent-death signal), so a
+  ``kill -9`` of ``nasblade up`` leaves no orphan.
 """
 
 from __future__ import annotations
@@ -102,6 +108,17 @@ def restart_argv(argv: list[str], *, part: str, api: str | None) -> list[str]:
     return out
 
 
+def controller_restart_argv(argv: list[str], ready_endpoints: dict[str, Any]) -> list[str]:
+    """The controller's command line for a restart: listening where it listened (a first start
+    may have asked for port 0; the blades hold the ports it got)."""
+    out = list(argv)
+    for flag, key in (("--nbd-listen", "nbd"), ("--api-listen", "api")):
+        value = ready_endpoints.get(key)
+        if value and flag in out:
+            out[out.index(flag) + 1] = str(value).split("://", 1)[-1].rstrip("/")
+    return out
+
+
 def with_version(argv: list[str], version: str) -> list[str]:
     """A block processor's command line booting software ``version``."""
     out = _strip(argv, "--software-version")
@@ -138,13 +155,16 @@ class Supervisor:
     """Blade → monotonic time its give-back was scheduled (after a restart)."""
     _alive_since: dict[str, float] = field(default_factory=dict)
     _giving_back: set[str] = field(default_factory=set)
-    _controller_reported: bool = False
+    controller: Part | None = None
+    """Supervision state of the controller (restarted like a blade process)."""
     stopping: bool = False
 
     def __post_init__(self) -> None:
         for c in self.array.children:
             if c.blade is not None and c.part is not None:
                 self.parts[c.name] = Part(blade=c.blade, part=c.part, argv=list(c.argv))
+        if self.array.controller is not None:
+            self.controller = Part(blade="", part="controller", argv=list(self.array.controller.argv))
         if self.status_path is None:
             self.status_path = self.array.data_dir / "run" / "chassis.json"
         self.write_status()
@@ -182,10 +202,21 @@ class Supervisor:
                 part.state = "waiting"
                 part.restart_at = now + delay
                 changed = True
-            if self.array.controller is not None and not self._controller_reported \
+            ctl = self.controller
+            if ctl is not None and ctl.state == "running" and self.array.controller is not None \
                     and (rc := self.array.controller.proc.poll()) is not None:
-                self._controller_reported = True
-                log.error("controller exited with status %s; it is not restarted", rc)
+                ctl.last_exit = rc
+                ctl.failures = ctl.failures + 1 if now - ctl.started < STABLE_AFTER else 1
+                delay = restart_delay(ctl.failures)
+                ctl.reason = f"exited with status {rc}"
+                ctl.state, ctl.restart_at = "waiting", now + delay
+                log.error("controller exited with status %s; restart %d in %.1fs", rc, ctl.restarts + 1, delay)
+                changed = True
+        ctl = self.controller
+        if ctl is not None and ctl.state == "waiting" and ctl.restart_at is not None and ctl.restart_at <= now \
+                and not self.stopping:
+            self._restart_controller(ctl)
+            changed = True
         due = sorted((n for n, p in self.parts.items() if p.state == "waiting" and p.restart_at is not None
                       and p.restart_at <= now), key=lambda n: 0 if n.endswith("-bp") else 1)
         for name in due:
@@ -199,6 +230,29 @@ class Supervisor:
         if changed:
             self.write_status()
         self._drive_givebacks()
+
+    def _restart_controller(self, part: Part) -> None:
+        from nasblade.standalone.array import ArrayError
+
+        child = self.array.controller
+        assert child is not None
+        argv = controller_restart_argv(part.argv, child.ready.get("endpoints", {}))
+        part.state = "starting"
+        try:
+            proc, line = self.array.launch("controller", argv)
+        except (ArrayError, OSError) as exc:
+            part.failures += 1
+            delay = restart_delay(part.failures)
+            part.state, part.restart_at = "waiting", time.monotonic() + delay
+            part.reason = f"restart failed: {exc}"
+            log.error("controller: restart failed (%s); next try in %.1fs", str(exc).splitlines()[0], delay)
+            return
+        with self.lock:
+            child.proc, child.ready = proc, line
+            part.restarts += 1
+            part.started = time.monotonic()
+            part.state, part.restart_at = "running", None
+        log.warning("controller restarted (restart %d, pid %d) after: %s", part.restarts, proc.pid, part.reason)
 
     def _restart(self, name: str, part: Part) -> None:
         from nasblade.standalone.array import ArrayError
@@ -365,6 +419,10 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        ctl, child = self.controller, self.array.controller
+        controller = None if ctl is None else {
+            "pid": None if child is None else child.proc.pid, "state": ctl.state, "restarts": ctl.restarts,
+            "lastExit": ctl.last_exit, "reason": ctl.reason}
         for name, p in sorted(self.parts.items()):
             child = self._child(name)
             entry = out.setdefault(p.blade, {"powerCycles": self.power_cycles.get(p.blade, 0),
@@ -375,7 +433,7 @@ class Supervisor:
                 "pid": None if child is None else child.proc.pid, "state": p.state, "restarts": p.restarts,
                 "lastExit": p.last_exit, "reason": p.reason,
             }
-        return {"blades": out}
+        return {"blades": out, "controller": controller}
 
     def write_status(self) -> None:
         assert self.status_path is not None

@@ -1,0 +1,92 @@
+"""``nasblade up`` supervises everything it starts, and nothing it starts outlives it.
+
+- SIGKILL of ``nasblade up`` itself: the controller and every blade process die with it (they
+  used to run on as orphans, each in its own session, holding the devices and addresses).
+- SIGKILL of the controller under a writer: ``nasblade up`` restarts it on the same addresses,
+  the blades reconnect and replay what was in flight, the file system stays where it was, and
+  every acknowledged byte is there (the controller used to stay down until the array was
+  started again).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ArrayUp, dump_logs, expect, wait_for
+from nasblade.nfs import types as t
+from rawnfs import Client
+
+pytestmark = pytest.mark.component
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return fields[0] != "Z"
+
+
+def test_kill_9_of_nasblade_up_leaves_no_orphan(make_array: Any) -> None:
+    arr: ArrayUp = make_array()
+    pids = [int(arr.endpoints["controller"]["pid"])]  # as the ready line announced them
+    for blade in arr.endpoints["blades"]:
+        pids += [int(blade["blockProcessorPid"]), int(blade["fileProcessorPid"])]
+    assert len(pids) == 5 and all(running(p) for p in pids)
+    arr.proc.send_signal(signal.SIGKILL)
+    arr.proc.wait(10)
+    try:
+        wait_for(lambda: not any(running(p) for p in pids), timeout=10)
+    except TimeoutError:
+        left = [p for p in pids if running(p)]
+        for p in left:
+            os.kill(p, signal.SIGKILL)
+        pytest.fail(f"processes outlived nasblade up: {left}")
+
+
+def test_killed_controller_is_restarted_and_nothing_acknowledged_is_lost(make_array: Any) -> None:
+    arr: ArrayUp = make_array()
+    owner, epoch = wait_for(arr.owner)
+    c = Client(arr.nfs["host"], nfs_port=arr.nfs["nfsPort"], mount_port=arr.nfs["mountPort"], deadline=60)
+    fh = c.create(c.mount(arr.nfs["export"]), "through-controller-restart")
+    acked: dict[int, bytes] = {}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        off = 0
+        try:
+            while not stop.is_set():
+                data = os.urandom(16 << 10)
+                committed, _ = c.write(fh, off, data, stable=t.StableHow.FILE_SYNC)
+                assert committed == t.StableHow.FILE_SYNC
+                acked[off] = data
+                off += len(data)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    w = threading.Thread(target=writer, daemon=True)
+    w.start()
+    wait_for(lambda: len(acked) > 20, timeout=30)
+    old_pid = int(arr.endpoints["controller"]["pid"])
+    os.kill(old_pid, signal.SIGKILL)
+    at_kill = len(acked)
+    st = expect(arr, lambda: (s := arr.chassis()["controller"])["state"] == "running" and s["pid"] != old_pid and s,
+                timeout=60, what="the controller restarted by nasblade up")
+    assert st["restarts"] == 1 and st["lastExit"] == -signal.SIGKILL
+    expect(arr, lambda: len(acked) > at_kill + 20 or errors, timeout=60, what="writes continue after the restart")
+    stop.set()
+    w.join(60)
+    assert not errors, f"{errors[0]!r}\n{dump_logs(arr)}"
+    # no takeover: the same owner with the same epoch, and the data it acknowledged is there
+    assert arr.owner() == (owner, epoch)
+    content = c.read_all(fh, max(acked) + (16 << 10))
+    lost = [off for off, data in acked.items() if content[off : off + len(data)] != data]
+    assert not lost, f"acknowledged writes lost at {lost[:5]}"
+    c.close()
