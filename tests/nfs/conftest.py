@@ -7,6 +7,8 @@
 - ``served`` (module): one file processor on its own LU with the exports most tests use:
   ``/admin`` (no root squash), ``/x`` (root squash, the default), ``/ro`` (read-only) and
   ``/only2`` (only 127.0.0.2/32 may use it). All four export the same file system root.
+  Its LU is 1 GiB, or ``SERVED_LU_SIZE`` bytes when the test module sets that (the session's
+  controller has 6 GiB for every LU of the run, and LUs are not deleted).
 
 ``test_nfs_xdr_rpc.py`` is pure unit tests and uses none of these.
 """
@@ -64,8 +66,11 @@ STANDARD_EXPORTS = [
 
 
 @pytest.fixture(scope="module")
-def served(controller: Controller, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileProcessor]:
-    fp = FileProcessor(tmp_path_factory.mktemp("fp"), controller.new_lu(1 << 30), STANDARD_EXPORTS)
+def served(
+    controller: Controller, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[FileProcessor]:
+    size = int(getattr(request.module, "SERVED_LU_SIZE", 1 << 30))
+    fp = FileProcessor(tmp_path_factory.mktemp("fp"), controller.new_lu(size), STANDARD_EXPORTS)
     fp.start()
     yield fp
     _check_logs([fp])

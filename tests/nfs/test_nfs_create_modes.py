@@ -21,6 +21,7 @@ from nfs_harness import FileProcessor
 from nfs_rpcclient import RawClient, auth_sys
 
 pytestmark = pytest.mark.component
+SERVED_LU_SIZE = 128 << 20  # small files only (see conftest.served)
 
 GETATTR_RES = t.result(t.FATTR, xdr.Void)
 USER = auth_sys(1000, 1000)

@@ -354,7 +354,7 @@ GANESHA_DIFFERS = {
 def test_create_modes_and_special_files_match_nfs_ganesha(
     controller: Controller, fp_factory: Callable[..., FileProcessor], tmp_path: Path
 ) -> None:
-    fp = fp_factory(controller.new_lu(512 << 20), [export("/admin", rootSquash=False)])
+    fp = fp_factory(controller.new_lu(128 << 20), [export("/admin", rootSquash=False)])
     gan = Ganesha(tmp_path / "ganesha")
     try:
         results = []

@@ -17,10 +17,11 @@ import libnfs
 import pytest
 from nasblade.nfs import types as t
 from nasblade.rpc import xdr
-from nfs_harness import FileProcessor, export, nasblade
+from nfs_harness import Controller, FileProcessor, export, nasblade
 from nfs_rpcclient import RawClient, auth_sys
 
 pytestmark = pytest.mark.component
+SERVED_LU_SIZE = 128 << 20  # small files only (see conftest.served)
 
 GETATTR_RES = t.result(t.FATTR, xdr.Void)
 NF3BLK, NF3CHR, NF3SOCK, NF3FIFO = 3, 4, 6, 7
@@ -137,8 +138,9 @@ def test_mknod_honours_root_squash_and_read_only_exports(rc: RawClient) -> None:
 
 
 def test_special_files_made_with_libnfs_survive_a_restart_and_fsck(
-    lu_url: str, fp_factory: Callable[..., FileProcessor]
+    controller: Controller, fp_factory: Callable[..., FileProcessor]
 ) -> None:
+    lu_url = controller.new_lu(128 << 20)
     fp = fp_factory(lu_url, [export("/admin", rootSquash=False)])
     nfs = libnfs.NFS(fp.url("/admin"))
     c = nfs._nfs
