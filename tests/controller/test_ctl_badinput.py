@@ -59,7 +59,14 @@ HANDSHAKES = [
     ("no fixed newstyle", struct.pack(">I", 0), "close"),
     ("bad option magic", proto.client_flags() + struct.pack(">QII", 1, 7, 0), "close"),
     ("unknown option", proto.client_flags() + proto.build_option(77, b"junk"), proto.REP_ERR_UNSUP),
-    ("structured replies", proto.client_flags() + proto.build_option(proto.Opt.STRUCTURED_REPLY), proto.REP_ERR_UNSUP),
+    ("structured replies with data", proto.client_flags() + proto.build_option(proto.Opt.STRUCTURED_REPLY, b"x"), proto.REP_ERR_INVALID),
+    ("meta context before structured replies", proto.client_flags()
+     + proto.build_meta_context(proto.Opt.SET_META_CONTEXT, "shared", ["base:allocation"]), proto.REP_ERR_INVALID),
+    ("meta context query overruns", proto.client_flags() + proto.build_option(proto.Opt.STRUCTURED_REPLY)
+     + proto.build_option(proto.Opt.LIST_META_CONTEXT, struct.pack(">I", 6) + b"shared" + struct.pack(">II", 1, 99) + b"base:"),
+     proto.REP_ERR_INVALID),
+    ("meta context unknown export", proto.client_flags() + proto.build_option(proto.Opt.STRUCTURED_REPLY)
+     + proto.build_meta_context(proto.Opt.LIST_META_CONTEXT, "nope", []), proto.REP_ERR_UNKNOWN),
     ("starttls", proto.client_flags() + proto.build_option(proto.Opt.STARTTLS), proto.REP_ERR_UNSUP),
     ("GO unknown export", proto.client_flags() + proto.build_go("nope"), proto.REP_ERR_UNKNOWN),
     ("GO malformed", proto.client_flags() + proto.build_option(proto.Opt.GO, b"\xff\xff\xff\xff"), proto.REP_ERR_INVALID),
@@ -84,7 +91,10 @@ def test_malformed_handshakes(shared_controller: Controller, name: str, data: by
             s.shutdown(socket.SHUT_WR)
             assert closed(s)
         else:
-            assert option_reply(s)[1] == expect
+            # structured replies negotiated first (as a client must) are acknowledged
+            while (reply := option_reply(s))[:2] == (proto.Opt.STRUCTURED_REPLY, proto.REP_ACK):
+                pass
+            assert reply[1] == expect
             # haggling continues: a valid GO still works on the same connection
             s.sendall(proto.build_go(lu))
             while (r := option_reply(s))[1] != proto.REP_ACK:
@@ -105,7 +115,7 @@ REQUESTS = [
     ("zeroes past the end", proto.build_request(proto.Cmd.WRITE_ZEROES, 1, 64 << 20, 512), proto.ENOSPC, True),
     ("trim past the end", proto.build_request(proto.Cmd.TRIM, 1, 64 << 20, 512), proto.EINVAL, True),
     ("oversized read", proto.build_request(proto.Cmd.READ, 1, 0, 1 << 30), proto.EOVERFLOW, True),
-    ("oversized write", proto.build_request(proto.Cmd.WRITE, 1, 0, (32 << 20) + 1) + bytes((32 << 20) + 1), proto.EOVERFLOW, True),
+    ("oversized write (drained, then EINVAL)", proto.build_request(proto.Cmd.WRITE, 1, 0, (32 << 20) + 1) + bytes((32 << 20) + 1), proto.EINVAL, True),
     ("write with bad flags", proto.build_request(proto.Cmd.WRITE, 1, 0, 16, flags=proto.CMD_FLAG_DF) + bytes(16), proto.EINVAL, True),
     ("bad request magic", b"\x12\x34\x56\x78" + bytes(24), None, False),
 ]
@@ -155,3 +165,21 @@ def test_pipelined_requests_all_answered(controller: Controller, lu: str) -> Non
     assert all(got[100 + i] == bytes([i]) * 4096 for i in range(64))
     s.sendall(proto.build_request(proto.Cmd.DISC, 999))
     assert closed(s)
+
+
+def test_oversized_write_is_answered_only_after_its_payload(controller: Controller, lu: str) -> None:
+    """The EINVAL for a WRITE over the 32 MiB maximum comes after the whole payload was read
+    (an early reply carries a cookie the client does not consider in flight yet), and the
+    connection stays in sync for the next request."""
+    s = in_transmission(controller, lu)
+    length = (32 << 20) + 4096
+    s.sendall(proto.build_request(proto.Cmd.WRITE, 1, 0, length) + b"\xee" * (length - 1))
+    s.settimeout(1.0)
+    with pytest.raises(TimeoutError):
+        s.recv(1)  # one payload byte still missing: no reply may have been sent
+    s.settimeout(10)
+    s.sendall(b"\xee" + proto.build_request(proto.Cmd.READ, 2, 0, 512))
+    assert proto.parse_simple_reply(recv_exact(s, 16)) == (proto.EINVAL, 1)
+    assert proto.parse_simple_reply(recv_exact(s, 16)) == (0, 2)
+    assert recv_exact(s, 512) == bytes(512)  # nothing of the refused payload was written
+    s.close()

@@ -105,3 +105,19 @@ def test_destage_coalesces_adjacent_lines_in_order(array: Array) -> None:
     one = bytearray(1)
     array.read_into(lu, 10, memoryview(one))
     assert one == b"p"
+
+
+def test_dirty_ranges_and_zero_leave_holes_that_destage_does_not_refill(array: Array) -> None:
+    c = Cache(array, 1 << 20)
+    lu = array.state.lus["lu"]
+    c.write(lu, 8192, memoryview(b"a" * 3 * SECTOR), through=False)
+    c.write(lu, 40000, memoryview(b"b" * 10), through=False)
+    assert c.dirty_ranges("lu", 0, 1 << 20) == [(8192, 8192 + 3 * SECTOR), (36864, 40960)]
+    assert c.dirty_ranges("lu", 9000, 4000) == [(9000, 13000)]  # clipped to the question
+    assert array.holes(lu, 0, 1 << 20) == [(0, 1 << 20)]  # nothing on the devices yet
+    c.zero(lu, 8192, 2 * SECTOR + 100)  # two sectors whole, the third only partly
+    assert c.dirty_ranges("lu", 0, 1 << 20) == [(8192 + 2 * SECTOR, 8192 + 3 * SECTOR), (36864, 40960)]
+    c.destage()
+    assert array.holes(lu, 0, 1 << 20) == [(0, 8192 + 2 * SECTOR), (8192 + 3 * SECTOR, 36864),
+                                           (40960, 1 << 20)]
+    assert c.read(lu, 8192, 3 * SECTOR) == bytes(2 * SECTOR + 100) + b"a" * (SECTOR - 100)

@@ -158,13 +158,32 @@ def test_bad_requests_get_errors(cmd: int, flags: int, length: int, error: int) 
     assert isinstance(events(conn, proto.build_request(proto.Cmd.FLUSH, 43))[0], proto.Request)
 
 
-def test_oversized_write_payload_is_skipped_and_stream_stays_in_sync() -> None:
+def test_oversized_write_is_answered_einval_only_after_its_payload_was_drained() -> None:
+    """A reply while the client still sends the payload has a cookie it does not consider in
+    flight yet (libnbd: "no matching cookie found for server reply")."""
     conn = proto.ServerConnection(Exports(), max_payload=1024)
     events(conn, proto.client_flags() + proto.build_go("disk"))
-    evs = events(conn, proto.build_request(proto.Cmd.WRITE, 1, 0, 5000) + b"x" * 3000)
-    assert evs == [proto.BadRequest(1, proto.EOVERFLOW, evs[0].reason)]  # type: ignore[union-attr]
-    evs = events(conn, b"x" * 2000 + proto.build_request(proto.Cmd.FLUSH, 2))
-    assert len(evs) == 1 and isinstance(evs[0], proto.Request) and evs[0].cookie == 2
+    assert events(conn, proto.build_request(proto.Cmd.WRITE, 1, 0, 5000) + b"x" * 3000) == []
+    assert events(conn, b"x" * 1999) == []
+    evs = events(conn, b"x" + proto.build_request(proto.Cmd.FLUSH, 2))
+    assert evs[0] == proto.BadRequest(1, proto.EINVAL, evs[0].reason)  # type: ignore[union-attr]
+    assert len(evs) == 2 and isinstance(evs[1], proto.Request) and evs[1].cookie == 2
+
+
+def test_oversized_write_drained_through_recv_buffer() -> None:
+    conn = negotiated()
+    length = proto.MAX_PAYLOAD + 4096
+    raw = proto.build_request(proto.Cmd.WRITE, 1, 0, length) + bytes(length) + proto.build_request(proto.Cmd.READ, 2, 0, 512)
+    evs = feed_buffered(conn, raw, 1 << 20)
+    assert [type(e) for e in evs] == [proto.BadRequest, proto.Request]
+    assert isinstance(evs[0], proto.BadRequest) and (evs[0].cookie, evs[0].error) == (1, proto.EINVAL)
+    assert conn.buffered == 0
+
+
+def test_absurd_write_length_closes() -> None:
+    conn = negotiated()
+    evs = events(conn, proto.build_request(proto.Cmd.WRITE, 1, 0, proto.DRAIN_LIMIT + 1))
+    assert len(evs) == 1 and isinstance(evs[0], proto.Closed)
 
 
 def test_write_with_bad_flags_consumes_its_payload() -> None:
@@ -250,3 +269,169 @@ def test_receive_data_and_recv_buffer_mix() -> None:
     evs += events(conn, raw[150000:])
     assert [getattr(e, "cookie", None) for e in evs] == [9, 10]
     assert isinstance(evs[0], proto.Request) and bytes(evs[0].payload or b"") == big
+
+
+# --- extensions: structured replies, meta contexts, CACHE, FAST_ZERO ---------------------------
+
+ALL_EXT = proto.Extensions(structured_replies=True, base_allocation=True, cache=True, fast_zero=True)
+EXT_FLAGS = (proto.TF_HAS_FLAGS | proto.TF_SEND_FLUSH | proto.TF_SEND_WRITE_ZEROES | proto.TF_SEND_CACHE
+             | proto.TF_SEND_FAST_ZERO)
+
+
+class ExtExports(Exports):
+    def __init__(self) -> None:
+        self.table = {"disk": proto.ExportInfo("disk", 1 << 20, EXT_FLAGS),
+                      "other": proto.ExportInfo("other", 1 << 20, EXT_FLAGS)}
+
+
+def ext_conn(ext: proto.Extensions = ALL_EXT) -> proto.ServerConnection:
+    conn = proto.ServerConnection(ExtExports(), extensions=ext)
+    assert events(conn, proto.client_flags()) == []
+    return conn
+
+
+def negotiate(conn: proto.ServerConnection, *options: bytes, go: str = "disk") -> list[tuple[int, int, bytes]]:
+    evs = events(conn, b"".join(options) + proto.build_go(go))
+    assert isinstance(evs[-1], proto.Negotiated)
+    return replies(conn.data_to_send())
+
+
+def sr() -> bytes:
+    return proto.build_option(proto.Opt.STRUCTURED_REPLY)
+
+
+def meta(opt: int, name: str, *queries: str) -> bytes:
+    return proto.build_meta_context(opt, name, list(queries))
+
+
+def test_extensions_off_strip_their_transmission_flags() -> None:
+    """A shell that did not opt in (the block processor's proxy) never advertises them."""
+    conn = proto.ServerConnection(ExtExports())
+    events(conn, proto.client_flags() + sr())
+    assert replies(conn.data_to_send()) == [(proto.Opt.STRUCTURED_REPLY, proto.REP_ERR_UNSUP, b"option not supported")]
+    reps = negotiate(conn)
+    (info,) = [d for _, t, d in reps if t == proto.REP_INFO and d[:2] == b"\0\0"]
+    flags = proto.parse_info_export(info)[1]
+    assert flags == proto.TF_HAS_FLAGS | proto.TF_SEND_FLUSH | proto.TF_SEND_WRITE_ZEROES
+    assert not conn.structured and conn.contexts == ()
+    for cmd, fl in ((proto.Cmd.CACHE, 0), (proto.Cmd.WRITE_ZEROES, proto.CMD_FLAG_FAST_ZERO),
+                    (proto.Cmd.READ, proto.CMD_FLAG_DF), (proto.Cmd.BLOCK_STATUS, 0)):
+        (ev,) = events(conn, proto.build_request(cmd, 5, 0, 512, flags=fl))
+        assert isinstance(ev, proto.BadRequest) and ev.error == proto.EINVAL
+    assert conn.error_reply(5, proto.EIO) == proto.simple_reply(5, proto.EIO)
+    assert conn.read_reply_header(5, 0, 512) == proto.simple_reply(5)
+
+
+def test_structured_replies_add_df_and_errors_become_error_chunks() -> None:
+    conn = ext_conn()
+    reps = negotiate(conn, sr())
+    assert reps[0] == (proto.Opt.STRUCTURED_REPLY, proto.REP_ACK, b"")
+    (info,) = [d for _, t, d in reps if t == proto.REP_INFO and d[:2] == b"\0\0"]
+    assert proto.parse_info_export(info)[1] == EXT_FLAGS | proto.TF_SEND_DF
+    assert conn.structured
+    (ev,) = events(conn, proto.build_request(proto.Cmd.READ, 7, 0, 512, flags=proto.CMD_FLAG_DF))
+    assert isinstance(ev, proto.Request) and ev.flags == proto.CMD_FLAG_DF
+    (ev,) = events(conn, proto.build_request(proto.Cmd.CACHE, 8, 0, 512))
+    assert isinstance(ev, proto.Request) and ev.cmd == proto.Cmd.CACHE
+    (ev,) = events(conn, proto.build_request(proto.Cmd.WRITE_ZEROES, 9, 0, 512,
+                                             flags=proto.CMD_FLAG_FAST_ZERO | proto.CMD_FLAG_NO_HOLE))
+    assert isinstance(ev, proto.Request) and ev.fast_zero and ev.no_hole
+    (bad,) = events(conn, proto.build_request(proto.Cmd.CACHE, 10, 0, 512, flags=proto.CMD_FLAG_FUA))
+    assert isinstance(bad, proto.BadRequest) and bad.error == proto.EINVAL
+    raw = conn.error_reply(10, proto.EINVAL, bad.reason)
+    flags, rtype, cookie, length = proto.parse_chunk_header(raw[: proto.CHUNK_HEADER_SIZE])
+    assert (flags, rtype, cookie) == (proto.REPLY_FLAG_DONE, proto.REPLY_TYPE_ERROR, 10)
+    assert proto.parse_error_chunk(raw[proto.CHUNK_HEADER_SIZE :]) == (proto.EINVAL, bad.reason)
+    assert length == len(raw) - proto.CHUNK_HEADER_SIZE
+    hdr = conn.read_reply_header(11, 4096, 512)
+    assert proto.parse_chunk_header(hdr[:20]) == (proto.REPLY_FLAG_DONE, proto.REPLY_TYPE_OFFSET_DATA, 11, 520)
+    assert struct.unpack(">Q", hdr[20:]) == (4096,)
+
+
+def test_structured_reply_option_with_data_is_invalid() -> None:
+    conn = ext_conn()
+    events(conn, proto.build_option(proto.Opt.STRUCTURED_REPLY, b"x"))
+    assert replies(conn.data_to_send())[0][1] == proto.REP_ERR_INVALID
+    assert not conn.structured
+
+
+def test_list_meta_context() -> None:
+    conn = ext_conn()
+    events(conn, meta(proto.Opt.LIST_META_CONTEXT, "disk"))
+    assert [r[1] for r in replies(conn.data_to_send())] == [proto.REP_ERR_INVALID]  # needs structured replies
+    events(conn, sr())
+    conn.data_to_send()
+    ctx = (proto.Opt.LIST_META_CONTEXT, proto.REP_META_CONTEXT, b"\0\0\0\0base:allocation")
+    ack = (proto.Opt.LIST_META_CONTEXT, proto.REP_ACK, b"")
+    for queries, expect in [((), [ctx, ack]), (("base:",), [ctx, ack]), (("base:allocation",), [ctx, ack]),
+                            (("base:nothing", "qemu:dirty-bitmap:x"), [ack])]:
+        events(conn, meta(proto.Opt.LIST_META_CONTEXT, "disk", *queries))
+        assert replies(conn.data_to_send()) == expect, queries
+    events(conn, meta(proto.Opt.LIST_META_CONTEXT, "nope"))
+    assert replies(conn.data_to_send())[-1][1] == proto.REP_ERR_UNKNOWN
+    events(conn, meta(proto.Opt.LIST_META_CONTEXT, "disk", "nonamespace"))
+    assert replies(conn.data_to_send())[-1][1] == proto.REP_ERR_INVALID
+
+
+@pytest.mark.parametrize("data", [
+    b"",
+    struct.pack(">I", 10) + b"disk",
+    struct.pack(">I", 4) + b"disk",
+    struct.pack(">I", 4) + b"disk" + struct.pack(">II", 2, 5) + b"base:",
+    struct.pack(">I", 4) + b"disk" + struct.pack(">II", 1, 5) + b"base:" + b"junk",
+    struct.pack(">I", 2) + b"\xff\xfe" + struct.pack(">I", 0),
+])
+def test_malformed_meta_context_requests_are_invalid(data: bytes) -> None:
+    conn = ext_conn()
+    events(conn, sr() + proto.build_option(proto.Opt.SET_META_CONTEXT, data))
+    assert replies(conn.data_to_send())[-1][1] == proto.REP_ERR_INVALID
+    negotiate(conn)
+    assert conn.contexts == ()
+
+
+def test_set_meta_context_selects_base_allocation_for_that_export_only() -> None:
+    conn = ext_conn()
+    reps = negotiate(conn, sr(), meta(proto.Opt.SET_META_CONTEXT, "disk", "base:", "base:allocation", "x-y:z"))
+    assert reps[1:3] == [(proto.Opt.SET_META_CONTEXT, proto.REP_META_CONTEXT,
+                          struct.pack(">I", proto.BASE_ALLOCATION_ID) + b"base:allocation"),
+                         (proto.Opt.SET_META_CONTEXT, proto.REP_ACK, b"")]
+    assert conn.contexts == (proto.BASE_ALLOCATION_ID,)
+    (ev,) = events(conn, proto.build_request(proto.Cmd.BLOCK_STATUS, 3, 0, 4096, flags=proto.CMD_FLAG_REQ_ONE))
+    assert isinstance(ev, proto.Request) and ev.cmd == proto.Cmd.BLOCK_STATUS
+    # set for another export than the one entered: no context, BLOCK_STATUS refused
+    conn = ext_conn()
+    negotiate(conn, sr(), meta(proto.Opt.SET_META_CONTEXT, "other", "base:allocation"))
+    assert conn.contexts == ()
+    (ev,) = events(conn, proto.build_request(proto.Cmd.BLOCK_STATUS, 3, 0, 4096))
+    assert isinstance(ev, proto.BadRequest) and ev.error == proto.EINVAL
+    # a later SET replaces the selection, even with nothing
+    conn = ext_conn()
+    negotiate(conn, sr(), meta(proto.Opt.SET_META_CONTEXT, "disk", "base:allocation"),
+              meta(proto.Opt.SET_META_CONTEXT, "disk"))
+    assert conn.contexts == ()
+    # without base_allocation in the extensions nothing is selected
+    conn = ext_conn(proto.Extensions(structured_replies=True))
+    negotiate(conn, sr(), meta(proto.Opt.SET_META_CONTEXT, "disk", "base:allocation"))
+    assert conn.contexts == ()
+
+
+def test_chunk_builders_and_parsers_agree() -> None:
+    raw = proto.block_status_chunk(4, 1, [(4096, proto.STATE_HOLE | proto.STATE_ZERO), (512, 0)], done=True)
+    flags, rtype, cookie, length = proto.parse_chunk_header(raw[:20])
+    assert (flags, rtype, cookie, length) == (proto.REPLY_FLAG_DONE, proto.REPLY_TYPE_BLOCK_STATUS, 4, 4 + 16)
+    assert proto.parse_block_status(raw[20:]) == (1, [(4096, 3), (512, 0)])
+    raw = proto.hole_chunk(5, 1 << 40, 65536, done=False)
+    assert proto.parse_chunk_header(raw[:20]) == (0, proto.REPLY_TYPE_OFFSET_HOLE, 5, 12)
+    assert proto.parse_hole_chunk(raw[20:]) == (1 << 40, 65536)
+    raw = proto.none_chunk(6)
+    assert proto.parse_chunk_header(raw) == (proto.REPLY_FLAG_DONE, proto.REPLY_TYPE_NONE, 6, 0)
+    raw = proto.error_chunk(7, proto.EIO, "x" * 5000)
+    assert proto.parse_error_chunk(raw[20:]) == (proto.EIO, "x" * proto.MAX_STRING)
+    with pytest.raises(proto.ProtocolError):
+        proto.parse_chunk_header(proto.simple_reply(1) + b"\0" * 4)
+    with pytest.raises(proto.ProtocolError):
+        proto.parse_block_status(b"\0\0\0\1")
+    with pytest.raises(ValueError):
+        proto.block_status_chunk(1, 1, [], done=True)
+    assert proto.parse_meta_context_request(meta(proto.Opt.SET_META_CONTEXT, "disk", "base:allocation")[16:]) == (
+        "disk", ["base:allocation"])

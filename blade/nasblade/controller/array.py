@@ -5,6 +5,12 @@ devices, finds the newest valid superblock on restart, and maps LU reads/writes 
 ``os.preadv`` / ``os.pwritev`` of the device pieces (``layout.map_range``). It knows nothing
 of caching, fencing or NBD: ``cache.Cache`` sits on top of the raw I/O and
 ``engine.Engine`` on top of both.
+
+Allocation is what the device files record, nothing else: new extents and zeroed ranges
+are punched out (``fallocate(PUNCH_HOLE)``), so ``holes`` finds never-written and zeroed
+ranges of an LU with ``SEEK_HOLE`` / ``SEEK_DATA`` on the devices through the LU's extents.
+That survives restarts because the file system keeps it; on a device that cannot tell
+(a block device, a file system without ``SEEK_DATA``) every byte counts as data.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import errno
 import logging
 import os
 import re
+import stat
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +48,8 @@ class Device:
     path: str
     fd: int
     size: int
+    #: ``fallocate(PUNCH_HOLE)`` works here, so zeroing a range costs no data writes
+    can_punch: bool = False
 
 
 class Array:
@@ -68,7 +77,7 @@ class Array:
                 cur = size
             if cur < layout.META_SIZE + layout.STRIPE_UNIT:
                 raise layout.LayoutError(f"device {path} is too small ({cur} bytes)")
-            opened.append(Device(i, path, fd, cur))
+            opened.append(Device(i, path, fd, cur, can_punch=_probe_punch(fd, cur)))
         found: list[tuple[int, dict[str, object], Device]] = []
         for dev in opened:
             for slot in (0, 1):
@@ -222,7 +231,69 @@ class Array:
             os.pwrite(fd, memoryview(self._zeroes)[:n], pos)
             pos += n
 
+    def can_punch(self, lu: layout.LURecord, offset: int, length: int) -> bool:
+        """Whether zeroing the range punches holes on every device it touches (no data I/O)."""
+        devs = {p.device for p in layout.map_range(lu.segments, offset, length)}
+        return all(self.devices[d].can_punch for d in devs)
+
+    def holes(self, lu: layout.LURecord, offset: int, length: int) -> list[tuple[int, int]]:
+        """Sorted ``(start, end)`` LU ranges inside the range that the devices hold as holes.
+
+        Pieces that are contiguous on one device are looked up together, two ``lseek`` calls
+        per data run.
+        """
+        merged: list[list[int]] = []  # [device, device offset, length, lu offset]
+        for p in layout.map_range(lu.segments, offset, length):
+            last = merged[-1] if merged else None
+            if (last is not None and last[0] == p.device and last[1] + last[2] == p.device_offset
+                    and last[3] + last[2] == p.lu_offset):
+                last[2] += p.length
+            else:
+                merged.append([p.device, p.device_offset, p.length, p.lu_offset])
+        out: list[tuple[int, int]] = []
+        for dev, dev_off, n, lu_off in merged:
+            for start, end in _device_holes(self.devices[dev].fd, dev_off, dev_off + n):
+                s, e = lu_off + start - dev_off, lu_off + end - dev_off
+                if out and out[-1][1] == s:
+                    out[-1] = (out[-1][0], e)
+                else:
+                    out.append((s, e))
+        return out
+
     def sync(self, devices: set[int] | None = None) -> None:
         for dev in self.devices:
             if devices is None or dev.index in devices:
                 os.fdatasync(dev.fd)
+
+
+def _probe_punch(fd: int, size: int) -> bool:
+    """Whether hole punching works on this device: a regular file whose file system accepts
+    ``PUNCH_HOLE`` (probed past the end of the file, which changes nothing)."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        return False  # on a block device it may write zeroes: not known to be fast
+    res = _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                          ctypes.c_long(size), ctypes.c_long(4096))
+    return bool(res == 0)
+
+
+def _device_holes(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """Holes of ``[start, end)`` of a device by ``SEEK_DATA`` / ``SEEK_HOLE``."""
+    holes: list[tuple[int, int]] = []
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data from pos to the end of the file
+                data = end
+            else:  # cannot tell: everything is data
+                return holes
+        if data > pos:
+            holes.append((pos, min(data, end)))
+        if data >= end:
+            break
+        try:
+            pos = os.lseek(fd, data, os.SEEK_HOLE)
+        except OSError:
+            break
+    return holes

@@ -142,6 +142,28 @@ class Cache:
                 return True
         return False
 
+    def dirty_ranges(self, lu: str, offset: int, length: int) -> list[tuple[int, int]]:
+        """Sorted, merged ``(start, end)`` byte ranges of ``lu`` in the range held dirty here
+        (data the devices do not have yet)."""
+        end = offset + length
+        first, last = offset // LINE, (end - 1) // LINE
+        if last - first + 1 <= len(self.dirty):
+            indexes = [i for i in range(first, last + 1) if (lu, i) in self.dirty]
+        else:
+            indexes = sorted(i for (name, i) in self.dirty if name == lu and first <= i <= last)
+        out: list[tuple[int, int]] = []
+        for index in indexes:
+            base = index * LINE
+            for sec, n in runs(self.dirty[(lu, index)].dirty):
+                s, e = max(base + sec * SECTOR, offset), min(base + (sec + n) * SECTOR, end)
+                if s >= e:
+                    continue
+                if out and out[-1][1] == s:
+                    out[-1] = (out[-1][0], e)
+                else:
+                    out.append((s, e))
+        return out
+
     # --- line management ----------------------------------------------------------------------
 
     def _line(self, lu: layout.LURecord, index: int) -> Line:
@@ -342,14 +364,34 @@ class Cache:
                     self.dirty.pop(key, None)
 
     def zero(self, lu: layout.LURecord, offset: int, length: int) -> set[int]:
-        """Zero a range on the devices and drop or zero its cached copies."""
+        """Zero a range on the devices and zero its cached copies.
+
+        Sectors the range covers completely are clean afterwards (the device holds their
+        zeroes), so a later destage does not write zeroes over the punched hole again.
+        """
         touched = self.array.zero(lu, offset, length)
         end = offset + length
         for index in range(offset // LINE, (end - 1) // LINE + 1):
-            line = self.lines.get((lu.name, index))
+            key = (lu.name, index)
+            line = self.lines.get(key)
             if line is None:
                 continue
             base = index * LINE
             s, e = max(offset, base) - base, min(end, base + LINE) - base
             line.buf[s:e] = bytes(e - s)
+            cleaned = line.dirty & full_mask(s, e)
+            if cleaned:
+                line.dirty &= ~cleaned
+                self.dirty_sectors -= cleaned.bit_count()
+                if not line.dirty:
+                    self.dirty.pop(key, None)
         return touched
+
+    def prefetch(self, lu: layout.LURecord, offset: int, length: int) -> None:
+        """Bring ``[offset, offset + length)`` into the cache (valid lines), reading only the
+        sectors not held yet. The caller bounds ``length`` (LRU eviction applies as usual)."""
+        end = offset + length
+        for index in range(offset // LINE, (end - 1) // LINE + 1):
+            base = index * LINE
+            s, e = max(offset, base) - base, min(end, base + LINE) - base
+            self._fill(self._line(lu, index), sector_mask(s, e))

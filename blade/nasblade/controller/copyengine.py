@@ -158,6 +158,17 @@ class CopyEngine:
         job.bytes_done += n
         return n
 
+    def would_copy(self, lu: str, offset: int, length: int) -> bool:
+        """Whether a write of the range would copy not-yet-copied source chunks first."""
+        for job in self.jobs.values():
+            if job.state != "running" or job.source != lu:
+                continue
+            start = max(offset, job.source_offset) - job.source_offset
+            end = min(offset + length, job.source_offset + job.length) - job.source_offset
+            if start < end and not all(job.done[start // CHUNK : (end - 1) // CHUNK + 1]):
+                return True
+        return False
+
     def before_write(self, lu: str, offset: int, length: int) -> None:
         """Copy-on-write: save not-yet-copied source chunks before they are overwritten."""
         for job in self.jobs.values():

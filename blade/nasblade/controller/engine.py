@@ -7,7 +7,8 @@ connections. Every LU I/O from ``nasblade.nbd.server`` and from the copy engine 
 through ``Engine.read`` / ``write`` / ``zero`` / ``flush``, which apply, in order:
 export checks (read-only, reservation epoch = fencing), range checks, injected faults,
 copy-on-write for running copy jobs, then the cache. Errors are ``OSError`` carrying the
-errno the NBD reply uses.
+errno the NBD reply uses. ``allocation`` answers what is allocated (device holes from
+``Array.holes`` minus what the cache holds dirty), ``prefetch`` fills the cache ahead of use.
 
 Device fsyncs run in a worker thread; everything else runs on the event loop thread.
 """
@@ -114,6 +115,14 @@ LARGE = BYPASS
 
 class CopyHook(Protocol):
     def before_write(self, lu: str, offset: int, length: int) -> None: ...
+
+    def would_copy(self, lu: str, offset: int, length: int) -> bool:
+        """Whether ``before_write`` of this range would copy data first."""
+        ...
+
+
+#: ``NBD_CMD_CACHE`` prefetches at most this share of the cache per request
+PREFETCH_SHARE = 4
 
 
 class Engine:
@@ -225,13 +234,36 @@ class Engine:
         if offset < 0 or length < 0 or offset + length > lu.size:
             raise OSError(errno.EINVAL, "read past the end")
         self._check_fault(lu.name, offset, length, "read")
+        out = await self._read_devices(lu, offset, length)
+        self.cache.stats.misses += 1
+        self.load.add(read=length)
+        return out
+
+    async def _read_devices(self, lu: layout.LURecord, offset: int, length: int) -> bytearray:
         out = bytearray(length)
         view = memoryview(out)
-        generation = self.cache.destage_generation
-        await asyncio.get_running_loop().run_in_executor(self.io_pool, self.array.read_into, lu, offset, view)
-        if self.cache.destage_generation != generation:
+        if length < BYPASS:  # not worth a trip to the thread pool
             self.array.read_into(lu, offset, view)
+        else:
+            generation = self.cache.destage_generation
+            await asyncio.get_running_loop().run_in_executor(self.io_pool, self.array.read_into, lu, offset, view)
+            if self.cache.destage_generation != generation:
+                self.array.read_into(lu, offset, view)
         self.cache.overlay_dirty(lu, offset, view)
+        return out
+
+    async def read_extents(self, lu: layout.LURecord, offset: int,
+                           length: int) -> list[tuple[int, int, bytearray | None]]:
+        """A large read as ``(offset, length, data)`` pieces in order, ``data`` ``None`` for a
+        hole (reads as zeroes, not read from the devices); see ``allocation``."""
+        if offset < 0 or length < 0 or offset + length > lu.size:
+            raise OSError(errno.EINVAL, "read past the end")
+        self._check_fault(lu.name, offset, length, "read")
+        out: list[tuple[int, int, bytearray | None]] = []
+        pos = offset
+        for n, allocated in self.allocation(lu, offset, length):
+            out.append((pos, n, await self._read_devices(lu, pos, n) if allocated else None))
+            pos += n
         self.cache.stats.misses += 1
         self.load.add(read=length)
         return out
@@ -260,12 +292,69 @@ class Engine:
         if fua:
             await self.sync(touched)
 
-    async def zero(self, lu: layout.LURecord, offset: int, length: int, *, fua: bool) -> None:
+    async def zero(self, lu: layout.LURecord, offset: int, length: int, *, fua: bool,
+                   fast: bool = False) -> None:
+        """Zero a range (holes punched on the devices). With ``fast`` a zero that would cost
+        as much as writing zeroes is refused with ``ENOTSUP`` before anything changes."""
+        if fast:
+            if offset < 0 or length < 0 or offset + length > lu.size:
+                raise OSError(errno.ENOSPC, "write past the end")
+            if not self.zero_is_fast(lu, offset, length):
+                raise OSError(errno.ENOTSUP, "zeroing this range is not faster than writing zeroes")
         self._before_write(lu, offset, length)
         touched = self.cache.zero(lu, offset, length)
         self.load.add(written=length)
         if fua:
             await self.sync(touched)
+
+    def zero_is_fast(self, lu: layout.LURecord, offset: int, length: int) -> bool:
+        """Zeroing is fast when every device of the range punches holes and no copy job has to
+        save the range's old data first (that copy costs as much as a write)."""
+        if length == 0:
+            return True
+        if any(hook.would_copy(lu.name, offset, length) for hook in self.copy_hooks):
+            return False
+        return self.array.can_punch(lu, offset, length)
+
+    def allocation(self, lu: layout.LURecord, offset: int, length: int) -> list[tuple[int, bool]]:
+        """``(length, allocated)`` runs covering ``[offset, offset + length)`` in order.
+
+        Unallocated = a hole on the devices (never written since the extent was allocated, or
+        zeroed since) that the cache holds no dirty data for; it reads as zeroes.
+        """
+        if offset < 0 or length <= 0 or offset + length > lu.size:
+            raise OSError(errno.EINVAL, "block status past the end")
+        holes = _minus(self.array.holes(lu, offset, length),
+                       self.cache.dirty_ranges(lu.name, offset, length))
+        out: list[tuple[int, bool]] = []
+        pos = offset
+        for start, end in holes:
+            if start > pos:
+                out.append((start - pos, True))
+            out.append((end - start, False))
+            pos = end
+        if pos < offset + length:
+            out.append((offset + length - pos, True))
+        return out
+
+    async def prefetch(self, lu: layout.LURecord, offset: int, length: int) -> None:
+        """``NBD_CMD_CACHE``: read the range into the cache, at most a quarter of the cache per
+        request (the rest of a larger range is left alone), 256 KiB at a time so other requests
+        run in between. Reads nothing the cache already holds; injected faults are skipped,
+        a read error ends the prefetch quietly (it is only a hint)."""
+        if offset < 0 or length < 0 or offset + length > lu.size:
+            raise OSError(errno.EINVAL, "cache request past the end")
+        end = offset + min(length, self.cache.capacity // PREFETCH_SHARE)
+        pos = offset
+        step = BYPASS
+        while pos < end and self.array.state.lus.get(lu.name) is lu:
+            n = min(step, end - pos)
+            try:
+                self.cache.prefetch(lu, pos, n)
+            except OSError:
+                return
+            pos += n
+            await asyncio.sleep(0)
 
     def check_trim(self, lu: layout.LURecord, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > lu.size:
@@ -324,6 +413,24 @@ class Engine:
         f = Fault(uuid.uuid4().hex[:16], lu, offset, length, ops)
         self.faults[f.id] = f
         return f
+
+
+def _minus(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted disjoint ``ranges`` without the parts covered by sorted disjoint ``cut``."""
+    out: list[tuple[int, int]] = []
+    j = 0
+    for start, end in ranges:
+        while j < len(cut) and cut[j][1] <= start:
+            j += 1
+        pos, k = start, j
+        while k < len(cut) and cut[k][0] < end:
+            if cut[k][0] > pos:
+                out.append((pos, cut[k][0]))
+            pos = max(pos, cut[k][1])
+            k += 1
+        if pos < end:
+            out.append((pos, end))
+    return out
 
 
 class StaleEpoch(Exception):

@@ -15,9 +15,24 @@ project), fixed newstyle negotiation only:
   header. A bad option magic cannot be resynchronised: the connection is closed.
 - Transmission: requests ``u32 REQUEST_MAGIC, u16 flags, u16 type, u64 cookie, u64 offset,
   u32 length`` (+ payload for WRITE); simple replies ``u32 SIMPLE_REPLY_MAGIC, u32 error,
-  u64 cookie`` (+ payload for a successful READ). A bad request magic closes the connection;
-  a WRITE whose payload is over the limit is answered ``EOVERFLOW`` and its payload skipped,
-  so the stream stays in sync with bounded memory.
+  u64 cookie`` (+ payload for a successful READ). A bad request magic closes the connection.
+  A WRITE whose payload is over the advertised maximum is drained first (bounded memory)
+  and only then answered ``EINVAL``, so a client still sending the payload never sees the
+  reply early; a payload over ``DRAIN_LIMIT`` is not worth draining and closes the
+  connection (the protocol lets a server disconnect on lengths that look like an attack).
+- Extensions a shell opts in to (``Extensions``): structured replies
+  (``NBD_OPT_STRUCTURED_REPLY``), the ``base:allocation`` meta context
+  (``NBD_OPT_LIST_META_CONTEXT`` / ``NBD_OPT_SET_META_CONTEXT``, ``NBD_CMD_BLOCK_STATUS``),
+  ``NBD_CMD_CACHE`` and ``NBD_CMD_FLAG_FAST_ZERO``. Transmission flags of extensions the
+  shell did not opt in to are cleared from what the export reports, so a shell never
+  advertises a command it cannot answer. ``NBD_FLAG_SEND_DF`` is set exactly when
+  structured replies were negotiated.
+- Structured reply chunks: ``u32 STRUCTURED_REPLY_MAGIC, u16 flags (DONE), u16 type,
+  u64 cookie, u32 length`` + payload: ``OFFSET_DATA`` (u64 offset + data), ``OFFSET_HOLE``
+  (u64 offset, u32 size), ``BLOCK_STATUS`` (u32 context id, then u32 length + u32 flags per
+  extent), ``ERROR`` (u32 error, u16 message length, message), ``NONE``. Once structured
+  replies are negotiated every error is sent as an ``ERROR`` chunk (a READ must never get a
+  simple reply); other successes keep the 16-byte simple reply, which the protocol allows.
 
 Parsing is incremental: ``ServerConnection.receive_data`` buffers bytes and
 ``next_event`` returns one event or ``None`` when more input is needed (h11 style). Shells
@@ -29,8 +44,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 # --- constants -------------------------------------------------------------------------------
 
@@ -58,6 +73,10 @@ TF_SEND_TRIM = 1 << 5
 TF_SEND_WRITE_ZEROES = 1 << 6
 TF_SEND_DF = 1 << 7
 TF_CAN_MULTI_CONN = 1 << 8
+TF_SEND_CACHE = 1 << 10
+TF_SEND_FAST_ZERO = 1 << 11
+#: transmission flags that need support from the shell (see ``Extensions``)
+_TF_EXTENSIONS = TF_SEND_DF | TF_SEND_CACHE | TF_SEND_FAST_ZERO
 
 
 class Opt(enum.IntEnum):
@@ -77,6 +96,7 @@ class Opt(enum.IntEnum):
 REP_ACK = 1
 REP_SERVER = 2
 REP_INFO = 3
+REP_META_CONTEXT = 4
 REP_ERR_UNSUP = 0x80000001
 REP_ERR_POLICY = 0x80000002
 REP_ERR_INVALID = 0x80000003
@@ -111,6 +131,24 @@ CMD_FLAG_DF = 1 << 2
 CMD_FLAG_REQ_ONE = 1 << 3
 CMD_FLAG_FAST_ZERO = 1 << 4
 
+# structured replies
+REPLY_FLAG_DONE = 1 << 0
+REPLY_TYPE_NONE = 0
+REPLY_TYPE_OFFSET_DATA = 1
+REPLY_TYPE_OFFSET_HOLE = 2
+REPLY_TYPE_BLOCK_STATUS = 5
+REPLY_TYPE_ERROR = (1 << 15) + 1
+REPLY_TYPE_ERROR_OFFSET = (1 << 15) + 2
+
+# the base:allocation meta context
+BASE_ALLOCATION = "base:allocation"
+STATE_HOLE = 1 << 0
+STATE_ZERO = 1 << 1
+#: the id this server gives ``base:allocation`` in ``NBD_REP_META_CONTEXT`` replies
+BASE_ALLOCATION_ID = 1
+#: at most this many extents in one BLOCK_STATUS chunk (the protocol's recommendation)
+MAX_EXTENTS = 1 << 20
+
 # NBD error values (the protocol's own numbering, equal to Linux errno values)
 EPERM = 1
 EIO = 5
@@ -121,7 +159,8 @@ EOVERFLOW = 75
 ENOTSUP = 95
 ESHUTDOWN = 108
 
-#: Flags each command accepts from us (we advertise FLUSH, FUA, TRIM, WRITE_ZEROES only).
+#: Flags each baseline command accepts. Extensions add commands and flags per connection,
+#: only when negotiated and advertised (see ``ServerConnection._allowed_flags``).
 ALLOWED_CMD_FLAGS: dict[int, int] = {
     Cmd.READ: CMD_FLAG_FUA,  # FUA on READ is meaningless but harmless; some clients set it
     Cmd.WRITE: CMD_FLAG_FUA,
@@ -133,6 +172,11 @@ ALLOWED_CMD_FLAGS: dict[int, int] = {
 
 MAX_OPTION_LENGTH = 65536
 MAX_PAYLOAD = 32 * 1024 * 1024
+#: an oversized WRITE payload up to this length is read and discarded (then EINVAL);
+#: a longer one closes the connection
+DRAIN_LIMIT = 8 * MAX_PAYLOAD
+#: the protocol's limit on strings (export names, meta context names and queries)
+MAX_STRING = 4096
 MAX_NAME = 4096
 #: WRITE payloads at least this large are received straight into their own buffer
 DIRECT_PAYLOAD = 64 * 1024
@@ -142,8 +186,15 @@ _OPT_HDR = struct.Struct(">QII")
 _OPT_REPLY_HDR = struct.Struct(">QIII")
 _REQUEST = struct.Struct(">IHHQQI")
 _SIMPLE_REPLY = struct.Struct(">IIQ")
+_CHUNK = struct.Struct(">IHHQI")  # structured reply chunk header
+_U64 = struct.Struct(">Q")
+_HOLE = struct.Struct(">QI")  # OFFSET_HOLE payload
+_ERROR = struct.Struct(">IH")  # start of every error chunk payload
+_EXTENT = struct.Struct(">II")  # one BLOCK_STATUS descriptor
+_U32 = struct.Struct(">I")
 REQUEST_SIZE = _REQUEST.size
 REPLY_SIZE = _SIMPLE_REPLY.size
+CHUNK_HEADER_SIZE = _CHUNK.size
 
 
 class ProtocolError(Exception):
@@ -217,6 +268,23 @@ class ExportLookup:
 
 
 @dataclass(frozen=True)
+class Extensions:
+    """What the shell around a ``ServerConnection`` can answer beyond the baseline.
+
+    Everything is off by default: a shell that only sends simple replies (the block
+    processor's proxy) keeps answering ``NBD_OPT_STRUCTURED_REPLY`` with ``ERR_UNSUP``.
+    """
+
+    structured_replies: bool = False
+    #: ``base:allocation`` for ``NBD_CMD_BLOCK_STATUS`` (needs structured replies)
+    base_allocation: bool = False
+    #: ``NBD_CMD_CACHE`` (advertised when the export's flags carry ``TF_SEND_CACHE``)
+    cache: bool = False
+    #: ``NBD_CMD_FLAG_FAST_ZERO`` (advertised when the export's flags carry it)
+    fast_zero: bool = False
+
+
+@dataclass(frozen=True)
 class Request:
     """One transmission-phase request. ``payload`` is set for WRITE only (a view, no copy)."""
 
@@ -230,6 +298,14 @@ class Request:
     @property
     def fua(self) -> bool:
         return bool(self.flags & CMD_FLAG_FUA)
+
+    @property
+    def fast_zero(self) -> bool:
+        return bool(self.flags & CMD_FLAG_FAST_ZERO)
+
+    @property
+    def no_hole(self) -> bool:
+        return bool(self.flags & CMD_FLAG_NO_HOLE)
 
 
 @dataclass(frozen=True)
@@ -273,11 +349,21 @@ class ServerConnection:
     drain ``next_event()`` until it returns ``None``; send ``data_to_send()`` after each event.
     During the handshake the core answers options by itself using ``exports``; it returns
     ``Negotiated`` once, then ``Request``/``BadRequest`` events, and ``Closed`` at the end.
-    Replies to requests are built by the shell with ``simple_reply``.
+    Replies to requests are built by the shell with ``simple_reply`` (successes without
+    data), ``error_reply`` and ``read_reply_header`` (which pick simple or structured
+    replies by what was negotiated) and the chunk builders below.
     """
 
     exports: ExportLookup
     max_payload: int = MAX_PAYLOAD
+    extensions: Extensions = field(default_factory=Extensions)
+    #: structured replies were negotiated (``NBD_OPT_STRUCTURED_REPLY`` acknowledged)
+    structured: bool = False
+    #: meta context ids selected for the export in transmission (``NBD_CMD_BLOCK_STATUS``)
+    contexts: tuple[int, ...] = ()
+    _meta_export: str | None = None
+    _meta_ids: tuple[int, ...] = ()
+    _after_skip: Event | None = None
     _buf: bytearray = field(default_factory=bytearray)
     _pos: int = 0
     _out: bytearray = field(default_factory=bytearray)
@@ -362,9 +448,14 @@ class ServerConnection:
                 if self._skip:
                     self._compact()
                     return None
+                if self._after_skip is not None:
+                    # an oversized WRITE is answered only once its payload was drained
+                    done, self._after_skip = self._after_skip, None
+                    return done
             if self._phase is _Phase.TRANSMISSION:
-                return self._next_request()
-            ev = self._next_handshake_step()
+                ev = self._next_request()
+            else:
+                ev = self._next_handshake_step()
             if ev is not _AGAIN:
                 return ev  # type: ignore[return-value]
 
@@ -433,6 +524,7 @@ class ServerConnection:
             info = None
         if info is None:
             return self._close("unknown export (EXPORT_NAME)")
+        info = self._advertised(info)
         self._out += struct.pack(">QH", info.size, info.flags)
         if not self._no_zeroes:
             self._out += bytes(124)
@@ -440,8 +532,70 @@ class ServerConnection:
 
     def _start(self, info: ExportInfo) -> Negotiated:
         self.export = info
+        # BLOCK_STATUS only for contexts set for this very export name (NBD: "the final time
+        # it was sent, it referred to the same export name")
+        self.contexts = self._meta_ids if self._meta_export == info.name else ()
         self._phase = _Phase.TRANSMISSION
         return Negotiated(info)
+
+    def _advertised(self, info: ExportInfo) -> ExportInfo:
+        """``info`` with the transmission flags this connection can honour."""
+        ext = self.extensions
+        flags = info.flags & ~_TF_EXTENSIONS
+        if self.structured:
+            flags |= TF_SEND_DF
+        if ext.cache:
+            flags |= info.flags & TF_SEND_CACHE
+        if ext.fast_zero and info.flags & TF_SEND_WRITE_ZEROES:
+            flags |= info.flags & TF_SEND_FAST_ZERO
+        return info if flags == info.flags else replace(info, flags=flags)
+
+    def _opt_structured_reply(self, opt: int, data: bytes) -> object:
+        if not self.extensions.structured_replies:
+            return self._opt_unsupported(opt, data)
+        if data:
+            self._opt_reply(opt, REP_ERR_INVALID, b"STRUCTURED_REPLY takes no data")
+            return _AGAIN
+        self.structured = True
+        self._opt_reply(opt, REP_ACK)
+        return _AGAIN
+
+    def _opt_meta_context(self, opt: int, data: bytes) -> object:
+        """``NBD_OPT_LIST_META_CONTEXT`` / ``NBD_OPT_SET_META_CONTEXT``.
+
+        SET replaces the selection even when it fails. LIST with no query lists every
+        context; a query ``NS:`` lists the contexts of namespace ``NS`` (LIST only); SET
+        selects exact names. Unknown names and namespaces are ignored, not errors.
+        """
+        if opt == Opt.SET_META_CONTEXT:
+            self._meta_export, self._meta_ids = None, ()
+        if not self.extensions.structured_replies:
+            return self._opt_unsupported(opt, data)
+        if not self.structured:
+            self._opt_reply(opt, REP_ERR_INVALID, b"negotiate NBD_OPT_STRUCTURED_REPLY first")
+            return _AGAIN
+        try:
+            name, queries = parse_meta_context_request(data)
+        except ProtocolError as exc:
+            self._opt_reply(opt, REP_ERR_INVALID, str(exc).encode())
+            return _AGAIN
+        if self.exports.lookup(name) is None:
+            self._opt_reply(opt, REP_ERR_UNKNOWN, f"unknown export {name!r}".encode())
+            return _AGAIN
+        available = [BASE_ALLOCATION] if self.extensions.base_allocation else []
+        listing = opt == Opt.LIST_META_CONTEXT
+        if listing and not queries:
+            found = available
+        else:
+            found = [c for c in available
+                     if any(q == c or (listing and q.endswith(":") and c.startswith(q)) for q in queries)]
+        for ctx in found:
+            ctx_id = 0 if listing else _CONTEXT_IDS[ctx]
+            self._opt_reply(opt, REP_META_CONTEXT, _U32.pack(ctx_id) + ctx.encode())
+        if not listing:
+            self._meta_export, self._meta_ids = name, tuple(_CONTEXT_IDS[c] for c in found)
+        self._opt_reply(opt, REP_ACK)
+        return _AGAIN
 
     def _opt_info_go(self, opt: int, data: bytes) -> object:
         if len(data) < 6:
@@ -465,6 +619,7 @@ class ServerConnection:
         if info is None:
             self._opt_reply(opt, REP_ERR_UNKNOWN, f"unknown export {name!r}".encode())
             return _AGAIN
+        info = self._advertised(info)
         if INFO_NAME in requests:
             self._opt_reply(opt, REP_INFO, struct.pack(">H", INFO_NAME) + name.encode())
         if INFO_DESCRIPTION in requests and info.description:
@@ -481,7 +636,7 @@ class ServerConnection:
 
     # transmission -------------------------------------------------------------------------
 
-    def _next_request(self) -> Event | None:
+    def _next_request(self) -> Event | object | None:
         if self._payload is not None:
             if self._payload_pending():
                 return None
@@ -496,9 +651,15 @@ class ServerConnection:
             return self._close("bad request magic")
         has_payload = cmd == Cmd.WRITE
         if has_payload and length > self.max_payload:
+            if length > DRAIN_LIMIT:
+                return self._close(f"WRITE payload of {length} bytes is not worth draining")
+            # Drain the payload, then answer: a reply sent while the client is still sending
+            # the payload has a cookie the client does not consider in flight yet.
             self._pos += REQUEST_SIZE
             self._skip = length
-            return BadRequest(cookie, EOVERFLOW, f"payload {length} over {self.max_payload}")
+            self._after_skip = BadRequest(
+                cookie, EINVAL, f"WRITE of {length} bytes over the maximum payload {self.max_payload}")
+            return _AGAIN
         if has_payload and len(self._buf) - self._pos < REQUEST_SIZE + length:
             if length < DIRECT_PAYLOAD:
                 self._compact()
@@ -524,9 +685,23 @@ class ServerConnection:
             view.release()
         return self._request(flags, cmd, cookie, offset, length, payload)
 
+    def _allowed_flags(self, cmd: int) -> int | None:
+        """The command flags ``cmd`` accepts here, ``None`` if the command is not valid."""
+        advertised = self.export.flags if self.export is not None else 0
+        if cmd == Cmd.READ:
+            return CMD_FLAG_FUA | (CMD_FLAG_DF if advertised & TF_SEND_DF else 0)
+        if cmd == Cmd.WRITE_ZEROES:
+            return (ALLOWED_CMD_FLAGS[cmd]
+                    | (CMD_FLAG_FAST_ZERO if advertised & TF_SEND_FAST_ZERO else 0))
+        if cmd == Cmd.BLOCK_STATUS:
+            return CMD_FLAG_REQ_ONE if self.contexts else None
+        if cmd == Cmd.CACHE:
+            return 0 if advertised & TF_SEND_CACHE else None
+        return ALLOWED_CMD_FLAGS.get(cmd)
+
     def _request(self, flags: int, cmd: int, cookie: int, offset: int, length: int,
                  payload: memoryview | None) -> Event:
-        allowed = ALLOWED_CMD_FLAGS.get(cmd)
+        allowed = self._allowed_flags(cmd)
         if allowed is None:
             return BadRequest(cookie, EINVAL, f"unknown command {cmd}")
         if flags & ~allowed:
@@ -538,7 +713,24 @@ class ServerConnection:
         return Request(flags, cmd, cookie, offset, length, payload)
 
 
+    # replies ------------------------------------------------------------------------------
+
+    def error_reply(self, cookie: int, error: int, message: str = "") -> bytes:
+        """A failed request's reply: an ``ERROR`` chunk once structured replies are on."""
+        if self.structured:
+            return error_chunk(cookie, error, message)
+        return simple_reply(cookie, error)
+
+    def read_reply_header(self, cookie: int, offset: int, length: int) -> bytes:
+        """What precedes the ``length`` data bytes of a successful READ sent in one piece."""
+        if self.structured:
+            return data_chunk_header(cookie, offset, length, done=True)
+        return simple_reply(cookie)
+
+
 _AGAIN = object()
+
+_CONTEXT_IDS = {BASE_ALLOCATION: BASE_ALLOCATION_ID}
 
 _OPTION_HANDLERS = {
     Opt.EXPORT_NAME: ServerConnection._opt_export_name,
@@ -546,12 +738,136 @@ _OPTION_HANDLERS = {
     Opt.LIST: ServerConnection._opt_list,
     Opt.INFO: ServerConnection._opt_info_go,
     Opt.GO: ServerConnection._opt_info_go,
+    Opt.STRUCTURED_REPLY: ServerConnection._opt_structured_reply,
+    Opt.LIST_META_CONTEXT: ServerConnection._opt_meta_context,
+    Opt.SET_META_CONTEXT: ServerConnection._opt_meta_context,
 }
+
+
+# --- replies (server builds, client parses) -------------------------------------------------
 
 
 def simple_reply(cookie: int, error: int = 0) -> bytes:
     """The 16-byte simple reply header (a READ's data follows it on success)."""
     return _SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, error, cookie)
+
+
+def chunk(cookie: int, rtype: int, payload: bytes = b"", *, done: bool = True) -> bytes:
+    """One structured reply chunk with its payload."""
+    flags = REPLY_FLAG_DONE if done else 0
+    return _CHUNK.pack(STRUCTURED_REPLY_MAGIC, flags, rtype, cookie, len(payload)) + payload
+
+
+def data_chunk_header(cookie: int, offset: int, length: int, *, done: bool) -> bytes:
+    """Header and offset of an ``OFFSET_DATA`` chunk; ``length`` data bytes follow it."""
+    flags = REPLY_FLAG_DONE if done else 0
+    return (_CHUNK.pack(STRUCTURED_REPLY_MAGIC, flags, REPLY_TYPE_OFFSET_DATA, cookie,
+                        _U64.size + length) + _U64.pack(offset))
+
+
+def hole_chunk(cookie: int, offset: int, length: int, *, done: bool) -> bytes:
+    """An ``OFFSET_HOLE`` chunk: ``length`` (> 0) bytes at ``offset`` read as zeroes."""
+    return chunk(cookie, REPLY_TYPE_OFFSET_HOLE, _HOLE.pack(offset, length), done=done)
+
+
+def error_chunk(cookie: int, error: int, message: str = "", *, done: bool = True) -> bytes:
+    """An ``ERROR`` chunk (the message is cut to the protocol's 4096-byte limit)."""
+    text = message.encode()[:MAX_STRING]
+    return chunk(cookie, REPLY_TYPE_ERROR, _ERROR.pack(error, len(text)) + text, done=done)
+
+
+def none_chunk(cookie: int) -> bytes:
+    """The ``NONE`` chunk that ends a structured reply."""
+    return chunk(cookie, REPLY_TYPE_NONE)
+
+
+def block_status_chunk(cookie: int, context_id: int, extents: Sequence[tuple[int, int]], *,
+                       done: bool) -> bytes:
+    """A ``BLOCK_STATUS`` chunk: ``(length, flags)`` descriptors from the request offset."""
+    if not extents:
+        raise ValueError("a BLOCK_STATUS chunk needs at least one extent")
+    body = bytearray(_U32.pack(context_id))
+    for length, flags in extents:
+        body += _EXTENT.pack(length, flags)
+    return chunk(cookie, REPLY_TYPE_BLOCK_STATUS, bytes(body), done=done)
+
+
+def parse_chunk_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int, int]:
+    """Return (flags, type, cookie, payload length) from a 20-byte chunk header."""
+    magic, flags, rtype, cookie, length = _CHUNK.unpack(data)
+    if magic != STRUCTURED_REPLY_MAGIC:
+        raise ProtocolError(f"bad structured reply magic {magic:#x}")
+    return int(flags), int(rtype), int(cookie), int(length)
+
+
+def parse_error_chunk(payload: bytes) -> tuple[int, str]:
+    """Return (error, message) from an error chunk's payload."""
+    error, n = _ERROR.unpack_from(payload)
+    if _ERROR.size + n > len(payload):
+        raise ProtocolError("error message longer than its chunk")
+    return int(error), payload[_ERROR.size : _ERROR.size + n].decode(errors="replace")
+
+
+def parse_hole_chunk(payload: bytes) -> tuple[int, int]:
+    """Return (offset, length) from an ``OFFSET_HOLE`` payload."""
+    offset, length = _HOLE.unpack(payload)
+    return int(offset), int(length)
+
+
+def parse_block_status(payload: bytes) -> tuple[int, list[tuple[int, int]]]:
+    """Return (context id, [(length, flags), ...]) from a ``BLOCK_STATUS`` payload."""
+    if len(payload) < _U32.size + _EXTENT.size or (len(payload) - _U32.size) % _EXTENT.size:
+        raise ProtocolError("bad BLOCK_STATUS payload length")
+    (ctx,) = _U32.unpack_from(payload)
+    return int(ctx), [(int(a), int(b)) for a, b in _EXTENT.iter_unpack(payload[_U32.size :])]
+
+
+# --- meta context option data (both directions) ---------------------------------------------
+
+
+def build_meta_context(opt: int, name: str, queries: Sequence[str]) -> bytes:
+    """A ``LIST_META_CONTEXT`` / ``SET_META_CONTEXT`` option: export name, then queries."""
+    raw = name.encode()
+    body = bytearray(_U32.pack(len(raw)) + raw + _U32.pack(len(queries)))
+    for q in queries:
+        qb = q.encode()
+        body += _U32.pack(len(qb)) + qb
+    return build_option(opt, bytes(body))
+
+
+def parse_meta_context_request(data: bytes) -> tuple[str, list[str]]:
+    """Decode a meta context option's data; ``ProtocolError`` says what is malformed."""
+    pos = 0
+
+    def string(what: str) -> str:
+        nonlocal pos
+        if len(data) - pos < _U32.size:
+            raise ProtocolError(f"{what}: length missing")
+        (n,) = _U32.unpack_from(data, pos)
+        pos += _U32.size
+        if n > len(data) - pos or n > MAX_STRING:
+            raise ProtocolError(f"{what}: length {n} beyond the option data")
+        try:
+            text = data[pos : pos + n].decode()
+        except UnicodeDecodeError:
+            raise ProtocolError(f"{what} is not UTF-8") from None
+        pos += n
+        return text
+
+    name = string("export name")
+    if len(data) - pos < _U32.size:
+        raise ProtocolError("number of queries missing")
+    (count,) = _U32.unpack_from(data, pos)
+    pos += _U32.size
+    if count > (len(data) - pos) // _U32.size:
+        raise ProtocolError(f"{count} queries cannot fit the option data")
+    queries = [string("query") for _ in range(count)]
+    if pos != len(data):
+        raise ProtocolError("trailing bytes after the queries")
+    for q in queries:
+        if ":" not in q:
+            raise ProtocolError(f"query {q!r} has no namespace")
+    return name, queries
 
 
 # --- client side ----------------------------------------------------------------------------

@@ -10,6 +10,12 @@ write buffer is full.
 
 A connection whose LU is deleted is closed; a connection whose reservation epoch was
 superseded stays open and gets ``EPERM`` for every write (reads keep working).
+
+Extensions answered here (negotiated by the core, see ``proto.Extensions``): structured
+replies (errors as ``ERROR`` chunks; large reads as ``OFFSET_DATA`` / ``OFFSET_HOLE`` chunks
+following ``Engine.allocation``, so holes are neither read nor sent), ``BLOCK_STATUS`` for
+``base:allocation`` (a hole reads as zeroes: ``HOLE|ZERO``; anything else ``0``),
+``NBD_CMD_CACHE`` (``Engine.prefetch``) and ``FAST_ZERO`` (``Engine.zero(fast=True)``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ log = logging.getLogger(__name__)
 _PAUSE_INPUT = 80 * 1024 * 1024
 _WRITE_HIGH = 16 * 1024 * 1024
 _TASK_BYTES = 64 * 1024 * 1024
+_EXTENSIONS = proto.Extensions(structured_replies=True, base_allocation=True, cache=True, fast_zero=True)
+_HOLE_STATE = proto.STATE_HOLE | proto.STATE_ZERO
+
+#: a reply: the buffers to send, in order
+Reply = list[bytes | bytearray]
 
 
 class Catalog(proto.ExportLookup):
@@ -40,7 +51,8 @@ class Catalog(proto.ExportLookup):
 
     def _info(self, name: str, lu: layout.LURecord) -> proto.ExportInfo:
         flags = (proto.TF_HAS_FLAGS | proto.TF_SEND_FLUSH | proto.TF_SEND_FUA | proto.TF_SEND_TRIM
-                 | proto.TF_SEND_WRITE_ZEROES | proto.TF_CAN_MULTI_CONN)
+                 | proto.TF_SEND_WRITE_ZEROES | proto.TF_CAN_MULTI_CONN | proto.TF_SEND_CACHE
+                 | proto.TF_SEND_FAST_ZERO)
         if lu.read_only:
             flags |= proto.TF_READ_ONLY
         return proto.ExportInfo(name, lu.size, flags, f"nasblade LU {lu.name}")
@@ -60,7 +72,7 @@ class Catalog(proto.ExportLookup):
 class NBDConnection(asyncio.BufferedProtocol):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.core = proto.ServerConnection(Catalog(engine))
+        self.core = proto.ServerConnection(Catalog(engine), extensions=_EXTENSIONS)
         self.lu = ""
         self.holder: str | None = None
         self.epoch: int | None = None
@@ -182,7 +194,7 @@ class NBDConnection(asyncio.BufferedProtocol):
                 self.engine.connections.add(self)
                 continue
             if isinstance(event, proto.BadRequest):
-                self._send(proto.simple_reply(event.cookie, event.error))
+                self._send(self.core.error_reply(event.cookie, event.error, event.reason))
                 continue
             if not self._writable.is_set():
                 self._flush_out()
@@ -192,25 +204,28 @@ class NBDConnection(asyncio.BufferedProtocol):
     async def _request(self, req: proto.Request) -> None:
         lu = self.engine.array.state.lus.get(self.lu)
         if lu is None:
-            self._send(proto.simple_reply(req.cookie, proto.ESHUTDOWN))
+            self._send(self.core.error_reply(req.cookie, proto.ESHUTDOWN, "the LU was deleted"))
             return
         handler = _HANDLERS.get(req.cmd)
         if handler is None:
-            self._send(proto.simple_reply(req.cookie, proto.EINVAL))
+            self._send(self.core.error_reply(req.cookie, proto.EINVAL, "command not served"))
             return
         self.engine.load.inflight += 1
         try:
             await handler(self, lu, req)
         except OSError as exc:
-            self._send(proto.simple_reply(req.cookie, _nbd_errno(exc.errno)))
+            self._error(req, exc)
         finally:
             self.engine.load.inflight -= 1
+
+    def _error(self, req: proto.Request, exc: OSError) -> None:
+        self._send(self.core.error_reply(req.cookie, _nbd_errno(exc.errno), exc.strerror or ""))
 
     # Large reads and writes run as tasks so their device I/O (in the engine's thread pool)
     # overlaps with parsing and answering the next requests; NBD allows replies in any order.
     # A connection has at most _TASK_BYTES of such requests in flight.
 
-    async def _spawn(self, req: proto.Request, work: Awaitable[bytearray | None]) -> None:
+    async def _spawn(self, req: proto.Request, work: Awaitable[Reply]) -> None:
         while self._task_bytes > _TASK_BYTES:
             self._flush_out()
             self._task_done.clear()
@@ -220,15 +235,12 @@ class NBDConnection(asyncio.BufferedProtocol):
         task = asyncio.get_running_loop().create_task(self._offloaded(req, work))
         self._tasks.add(task)
 
-    async def _offloaded(self, req: proto.Request, work: Awaitable[bytearray | None]) -> None:
+    async def _offloaded(self, req: proto.Request, work: Awaitable[Reply]) -> None:
         try:
-            data = await work
-            hdr = proto.simple_reply(req.cookie)
-            self._send(hdr)
-            if data is not None:
-                self._send(data)
+            for buf in await work:
+                self._send(buf)
         except OSError as exc:
-            self._send(proto.simple_reply(req.cookie, _nbd_errno(exc.errno)))
+            self._error(req, exc)
         finally:
             self.engine.load.inflight -= 1
             self._task_bytes -= req.length
@@ -238,15 +250,32 @@ class NBDConnection(asyncio.BufferedProtocol):
 
     async def _read(self, lu: layout.LURecord, req: proto.Request) -> None:
         if req.length >= LARGE:
-            await self._spawn(req, self.engine.read_large(lu, req.offset, req.length))
+            await self._spawn(req, self._read_large(lu, req))
             return
         data = self.engine.read(lu, req.offset, req.length)
-        hdr = proto.simple_reply(req.cookie)
+        hdr = self.core.read_reply_header(req.cookie, req.offset, len(data))
         if len(data) <= 65536:
             self._send(hdr + data)
         else:
             self._send(hdr)
             self._send(data)
+
+    async def _read_large(self, lu: layout.LURecord, req: proto.Request) -> Reply:
+        """One data chunk (or simple reply), or with structured replies and holes in the
+        range, ``OFFSET_DATA`` / ``OFFSET_HOLE`` chunks in offset order (last one DONE)."""
+        if not self.core.structured or req.flags & proto.CMD_FLAG_DF:
+            data = await self.engine.read_large(lu, req.offset, req.length)
+            return [self.core.read_reply_header(req.cookie, req.offset, len(data)), data]
+        pieces = await self.engine.read_extents(lu, req.offset, req.length)
+        out: Reply = []
+        for i, (offset, length, piece) in enumerate(pieces):
+            done = i == len(pieces) - 1
+            if piece is None:
+                out.append(proto.hole_chunk(req.cookie, offset, length, done=done))
+            else:
+                out.append(proto.data_chunk_header(req.cookie, offset, length, done=done))
+                out.append(piece)
+        return out
 
     async def _write(self, lu: layout.LURecord, req: proto.Request) -> None:
         self._writable_check(lu)
@@ -259,10 +288,10 @@ class NBDConnection(asyncio.BufferedProtocol):
         await self.engine.write(lu, req.offset, req.payload, fua=req.fua)
         self._send(proto.simple_reply(req.cookie))
 
-    async def _write_large(self, lu: layout.LURecord, req: proto.Request) -> None:
+    async def _write_large(self, lu: layout.LURecord, req: proto.Request) -> Reply:
         assert req.payload is not None
         await self.engine.write_large(lu, req.offset, req.payload, fua=req.fua)
-        return None
+        return [proto.simple_reply(req.cookie)]
 
     def _writable_check(self, lu: layout.LURecord) -> None:
         err = self.engine.may_write(self, lu)
@@ -283,8 +312,20 @@ class NBDConnection(asyncio.BufferedProtocol):
         self._writable_check(lu)
         if req.fua:
             self._flush_out()
-        await self.engine.zero(lu, req.offset, req.length, fua=req.fua)
+        await self.engine.zero(lu, req.offset, req.length, fua=req.fua, fast=req.fast_zero)
         self._send(proto.simple_reply(req.cookie))
+
+    async def _cache(self, lu: layout.LURecord, req: proto.Request) -> None:
+        await self.engine.prefetch(lu, req.offset, req.length)
+        self._send(proto.simple_reply(req.cookie))
+
+    async def _block_status(self, lu: layout.LURecord, req: proto.Request) -> None:
+        runs = self.engine.allocation(lu, req.offset, req.length)
+        limit = 1 if req.flags & proto.CMD_FLAG_REQ_ONE else proto.MAX_EXTENTS
+        extents = [(n, 0 if allocated else _HOLE_STATE) for n, allocated in runs[:limit]]
+        contexts = self.core.contexts
+        for i, ctx in enumerate(contexts):
+            self._send(proto.block_status_chunk(req.cookie, ctx, extents, done=i == len(contexts) - 1))
 
 
 def _nbd_errno(err: int | None) -> int:
@@ -304,6 +345,8 @@ _HANDLERS: dict[int, Handler] = {
     proto.Cmd.FLUSH: NBDConnection._flush,
     proto.Cmd.TRIM: NBDConnection._trim,
     proto.Cmd.WRITE_ZEROES: NBDConnection._zeroes,
+    proto.Cmd.CACHE: NBDConnection._cache,
+    proto.Cmd.BLOCK_STATUS: NBDConnection._block_status,
 }
 
 
