@@ -118,6 +118,17 @@ test-k8s: venv cluster-up
 # (pytest-timeout would otherwise count a cold build against the first test).
 test: cluster-up
 
+# --- kernel clients ---
+# The root tree of the User-Mode Linux guest that runs Linux's NFS and NBD clients
+# (tests/kernel, docs/testing.md), built once in $(NASBLADE_CACHE)/kernel and keyed by
+# tests/kernel/guest.env's version: a warm machine pays nothing.
+.PHONY: kernel-guest
+kernel-guest: apt
+	tests/kernel/build-guest.sh >/dev/null
+
+# `make test` runs tests/kernel: the tree is built before pytest starts
+test: kernel-guest
+
 # --- image / chart / e2e ---
 # One image for every role (Dockerfile), the NFS client image of the end-to-end tests, the Helm
 # chart and the end-to-end suite (docs/install.md). The base is the locally built one
