@@ -346,6 +346,8 @@ def test_structured_replies_add_df_and_errors_become_error_chunks() -> None:
     hdr = conn.read_reply_header(11, 4096, 512)
     assert proto.parse_chunk_header(hdr[:20]) == (proto.REPLY_FLAG_DONE, proto.REPLY_TYPE_OFFSET_DATA, 11, 520)
     assert struct.unpack(">Q", hdr[20:]) == (4096,)
+    # a zero-length read: no OFFSET_DATA chunk (it needs a byte at least), just NONE
+    assert conn.read_reply_header(12, 0, 0) == proto.none_chunk(12)
 
 
 def test_structured_reply_option_with_data_is_invalid() -> None:

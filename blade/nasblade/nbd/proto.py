@@ -722,8 +722,14 @@ class ServerConnection:
         return simple_reply(cookie, error)
 
     def read_reply_header(self, cookie: int, offset: int, length: int) -> bytes:
-        """What precedes the ``length`` data bytes of a successful READ sent in one piece."""
+        """What precedes the ``length`` data bytes of a successful READ sent in one piece.
+
+        A structured reply to a zero-length READ is a lone ``NONE`` chunk: an ``OFFSET_DATA``
+        chunk must carry at least one byte.
+        """
         if self.structured:
+            if not length:
+                return none_chunk(cookie)
             return data_chunk_header(cookie, offset, length, done=True)
         return simple_reply(cookie)
 
