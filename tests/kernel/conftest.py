@@ -11,13 +11,18 @@ The clients run in a User-Mode Linux guest (``uml.py``; root tree built and cach
   with free loopback ports: one cluster group ``g1`` with one blade and one file system ``kfs``
   (512M, on its own loopback address, exported ``/kfs`` read-write to 127.0.0.0/8 without
   root squash, portmapper on a free port). A ``KernelArray``: ``.nfs`` (the ready line's NFS
-  endpoint plus ``portmapPort``), ``.nfs_forwards`` (what the guest needs to reach it, port
-  111 included), ``.nbd`` (host, port of the controller's NBD server), ``.control``, ``.url``
-  (a libnfs URL of the export).
+  endpoint plus ``portmapPort``), ``.target`` (an ``NFSTarget``), ``.nbd`` (host, port of the
+  controller's NBD server), ``.control``.
+- ``nasblade_nfs`` (module): ``array``'s export as an ``NFSTarget`` (what a mount needs: address,
+  ports, export path, the guest's forwards, a libnfs URL).
+- ``ganesha_nfs`` (session): the reference, Debian's nfs-ganesha (FSAL VFS) exporting a temporary
+  directory on 127.0.0.1 with no root squash, started by ``tests/nfs/ganesha.py`` (private
+  /run and /var/lib/nfs, its rpcbind unreachable from here: mounts give explicit ports).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import signal
 import socket
@@ -54,6 +59,31 @@ def guest() -> Iterator[uml.Guest]:
     assert left == [], f"guest processes left behind: {left}"
 
 
+@dataclass(frozen=True)
+class NFSTarget:
+    """An NFSv3 server for the guest to mount."""
+
+    name: str
+    host: str
+    nfs_port: int
+    mount_port: int
+    export: str
+    portmap_port: int | None  # None: the guest cannot ask a portmapper; mount with ports
+
+    @property
+    def forwards(self) -> list[uml.Forward]:
+        """The guest's 10.0.2.2 answers on the NFS, MOUNT and (as 111) portmapper ports."""
+        fw = [uml.Forward(self.nfs_port, self.host, self.nfs_port),
+              uml.Forward(self.mount_port, self.host, self.mount_port)]
+        if self.portmap_port is not None:
+            fw.append(uml.Forward(111, self.host, self.portmap_port))
+        return fw
+
+    @property
+    def url(self) -> str:
+        return f"nfs://{self.host}{self.export}?version=3&nfsport={self.nfs_port}&mountport={self.mount_port}"
+
+
 @dataclass
 class KernelArray:
     data_dir: Path
@@ -67,17 +97,10 @@ class KernelArray:
         return {**ep, "portmapPort": self.portmap_port}
 
     @property
-    def nfs_forwards(self) -> list[uml.Forward]:
-        """The guest's 10.0.2.2 answers on the NFS, MOUNT and (as 111) portmapper ports."""
+    def target(self) -> NFSTarget:
         ep = self.nfs
-        return [uml.Forward(ep["nfsPort"], ep["host"], ep["nfsPort"]),
-                uml.Forward(ep["mountPort"], ep["host"], ep["mountPort"]),
-                uml.Forward(111, ep["host"], self.portmap_port)]
-
-    @property
-    def url(self) -> str:
-        ep = self.nfs
-        return f"nfs://{ep['host']}{ep['export']}?version=3&nfsport={ep['nfsPort']}&mountport={ep['mountPort']}"
+        return NFSTarget(name="nasblade", host=ep["host"], nfs_port=ep["nfsPort"], mount_port=ep["mountPort"],
+                         export=ep["export"], portmap_port=self.portmap_port)
 
     @property
     def nbd(self) -> tuple[str, int]:
@@ -124,3 +147,25 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelArray]:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="module")
+def nasblade_nfs(array: KernelArray) -> NFSTarget:
+    """The array's ``kfs`` export (see the module docstring)."""
+    return array.target
+
+
+@pytest.fixture(scope="session")
+def ganesha_nfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NFSTarget]:
+    """nfs-ganesha, the reference server (see the module docstring)."""
+    path = Path(__file__).resolve().parents[1] / "nfs" / "ganesha.py"
+    spec = importlib.util.spec_from_file_location("nasblade_kernel_ganesha", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    server = module.Ganesha(tmp_path_factory.mktemp("ganesha"))
+    try:
+        yield NFSTarget(name="ganesha", host="127.0.0.1", nfs_port=server.nfs_port, mount_port=server.mount_port,
+                        export=server.export_path, portmap_port=None)
+    finally:
+        server.close()

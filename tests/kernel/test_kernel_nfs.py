@@ -1,10 +1,11 @@
 """Linux's NFSv3 client (in a User-Mode Linux guest) against a file system of the array.
 
-Each test boots the guest once (``guest`` fixture), mounts the ``kfs`` export of the
-``array`` fixture through the forwarders and runs a workload whose results the guest writes to
-``/share``; the test asserts on those results and, where it says so, reads the same files
-back on the host with libnfs, a client written by others. Mounts use ``nolock`` (NLM is not
-served yet).
+Each test boots the guest once (``guest`` fixture), mounts the ``kfs`` export of the array
+(``nasblade_nfs``) through the forwarders and runs a workload whose results the guest writes
+to ``/share``; the test asserts on those results and, where it says so, reads the same files
+back on the host with libnfs, a client written by others. The dd and fio checks also run
+against nfs-ganesha (``ganesha_nfs``) as the reference, with the same client and the same
+assertions. Mounts use ``nolock`` (NLM is not served yet).
 """
 
 from __future__ import annotations
@@ -20,39 +21,38 @@ from typing import Any
 import libnfs
 import pytest
 import uml
-from conftest import KernelArray
+from conftest import NFSTarget
 
 pytestmark = [pytest.mark.kernel, pytest.mark.component]
 REPO = Path(__file__).resolve().parents[2]
 MNT = "/mnt/nfs"
 
 
-def mount_opts(array: KernelArray, *, ports: bool, extra: str = "") -> str:
+def mount_opts(target: NFSTarget, *, ports: bool, extra: str = "") -> str:
     """``-o`` for the kernel: explicit ports, or none (the client asks the portmapper)."""
-    ep = array.nfs
     opts = "vers=3,proto=tcp,nolock,mountproto=tcp"
     if ports:
-        opts += f",port={ep['nfsPort']},mountport={ep['mountPort']}"
+        opts += f",port={target.nfs_port},mountport={target.mount_port}"
     return opts + (f",{extra}" if extra else "")
 
 
-def mount_cmd(array: KernelArray, opts: str) -> str:
-    return f"mount -t nfs -o {opts} 10.0.2.2:{array.nfs['export']} {MNT}"
+def mount_cmd(target: NFSTarget, opts: str) -> str:
+    return f"mount -t nfs -o {opts} 10.0.2.2:{target.export} {MNT}"
 
 
-def run(guest: uml.Guest, array: KernelArray, body: str, *, opts: str | None = None,
+def run(guest: uml.Guest, target: NFSTarget, body: str, *, opts: str | None = None,
         files: dict[str, Path | bytes] | None = None, timeout: float = 900) -> uml.GuestResult:
     """Run ``body`` with the export mounted on /mnt/nfs (``$MOUNT`` remounts it) and unmount."""
-    opts = opts or mount_opts(array, ports=True)
+    opts = opts or mount_opts(target, ports=True)
     script = f"""set -euo pipefail
-MOUNT="{mount_cmd(array, opts)}"
+MOUNT="{mount_cmd(target, opts)}"
 remount() {{ umount {MNT}; $MOUNT; }}
 $MOUNT
 grep " {MNT} " /proc/mounts > /share/mounts.txt
 {body}
 umount {MNT}
 """
-    result = guest.run(script, forwards=array.nfs_forwards, files=files, timeout=timeout)
+    result = guest.run(script, forwards=target.forwards, files=files, timeout=timeout)
     assert result.rc == 0, result.explain()
     return result
 
@@ -71,27 +71,30 @@ def mount_options(result: uml.GuestResult) -> dict[str, str]:
     return dict(o.partition("=")[::2] for o in opts.split(","))
 
 
-def host_read(array: KernelArray, path: str) -> bytes:
-    nfs = libnfs.NFS(array.url)
+def host_read(target: NFSTarget, path: str) -> bytes:
+    nfs = libnfs.NFS(target.url)
     data: bytes = nfs.open(path, "rb").read()
     return data
 
 
-@pytest.mark.parametrize(("ports", "mode", "size", "mib"), [
-    pytest.param(True, "hard", None, 64, id="ports-hard-default-rsize"),
-    pytest.param(True, "soft", 4096, 8, id="ports-soft-4k"),
-    pytest.param(False, "hard", 4096, 8, id="portmap-hard-4k"),
-    pytest.param(False, "soft", None, 32, id="portmap-soft-default-rsize"),
+@pytest.mark.parametrize(("server", "ports", "mode", "size", "mib"), [
+    pytest.param("nasblade", True, "hard", None, 64, id="ports-hard-default-rsize"),
+    pytest.param("nasblade", True, "soft", 4096, 8, id="ports-soft-4k"),
+    pytest.param("nasblade", False, "hard", 4096, 8, id="portmap-hard-4k"),
+    pytest.param("nasblade", False, "soft", None, 32, id="portmap-soft-default-rsize"),
+    pytest.param("ganesha", True, "hard", None, 64, id="ganesha-ports-hard-default-rsize"),
+    pytest.param("ganesha", True, "soft", 4096, 8, id="ganesha-ports-soft-4k"),
 ])
-def test_dd_round_trip(guest: uml.Guest, array: KernelArray, ports: bool, mode: str, size: int | None,
-                       mib: int) -> None:
+def test_dd_round_trip(guest: uml.Guest, request: pytest.FixtureRequest, server: str, ports: bool, mode: str,
+                       size: int | None, mib: int) -> None:
     """dd a file of random bytes in, read it back through a fresh mount, compare checksums in
     the guest, and read the same file on the host with libnfs."""
+    target: NFSTarget = request.getfixturevalue(f"{server}_nfs")
     extra = mode + (f",rsize={size},wsize={size}" if size else "")
     if mode == "soft":
         extra += ",timeo=600,retrans=2"
     name = f"dd-{'p' if ports else 'm'}-{mode}-{size or 'dflt'}"
-    result = run(guest, array, opts=mount_opts(array, ports=ports, extra=extra), body=f"""
+    result = run(guest, target, opts=mount_opts(target, ports=ports, extra=extra), body=f"""
 head -c {mib}M /dev/urandom > /tmp/data
 sha256sum < /tmp/data | cut -d' ' -f1 > /share/written.sha
 dd if=/tmp/data of={MNT}/{name} bs=1M conv=fsync 2> /share/dd-write.txt
@@ -105,32 +108,32 @@ stat -c %s {MNT}/{name} > /share/size.txt
     assert int((result.share / "size.txt").read_text()) == mib << 20
     opts = mount_options(result)
     assert opts["vers"] == "3" and opts["proto"] == "tcp" and mode in opts and "nolock" in opts, opts
-    assert opts["mountport"] == str(array.nfs["mountPort"]), opts
+    assert opts["mountport"] == str(target.mount_port), opts
     if size:
         assert opts["rsize"] == opts["wsize"] == str(size), opts
     else:
         assert int(opts["rsize"]) >= 65536 and int(opts["wsize"]) >= 65536, opts
     if ports:
-        assert opts["port"] == str(array.nfs["nfsPort"]), opts
-    assert hashlib.sha256(host_read(array, f"/{name}")).hexdigest() == written
-    print(f"kernel NFS dd {name} {mib} MiB: write {dd_rate((result.share / 'dd-write.txt').read_text())}, "
+        assert opts["port"] == str(target.nfs_port), opts
+    assert hashlib.sha256(host_read(target, f"/{name}")).hexdigest() == written
+    print(f"kernel NFS dd {server} {name} {mib} MiB: write {dd_rate((result.share / 'dd-write.txt').read_text())}, "
           f"read {dd_rate((result.share / 'dd-read.txt').read_text())}, run {result.seconds:.1f} s")
 
 
-def test_portmapper_is_what_the_client_asks(guest: uml.Guest, array: KernelArray) -> None:
+def test_portmapper_is_what_the_client_asks(guest: uml.Guest, nasblade_nfs: NFSTarget) -> None:
     """Through port 111 the guest's rpcinfo lists NFS v3 and MOUNT v3 over TCP (a DUMP over
     TCP), and both ports the array names answer a NULL call from the guest."""
-    ep = array.nfs
+    target = nasblade_nfs
 
     def uaddr(port: int) -> str:
         return f"10.0.2.2.{port >> 8}.{port & 255}"
 
     script = f"""set -e
 rpcinfo -s 10.0.2.2
-rpcinfo -a {uaddr(ep['nfsPort'])} -T tcp 100003 3
-rpcinfo -a {uaddr(ep['mountPort'])} -T tcp 100005 3
+rpcinfo -a {uaddr(target.nfs_port)} -T tcp 100003 3
+rpcinfo -a {uaddr(target.mount_port)} -T tcp 100005 3
 """
-    result = guest.run(script, forwards=array.nfs_forwards, timeout=300)
+    result = guest.run(script, forwards=target.forwards, timeout=300)
     assert result.rc == 0, result.explain()
     rows = [line.split()[:3] for line in result.stdout.splitlines() if line.split()[:1] != ["program"]]
     assert ["100000", "2", "tcp"] in rows and ["100003", "3", "tcp"] in rows and ["100005", "3", "tcp"] in rows, \
@@ -146,11 +149,13 @@ def fio_job(result: uml.GuestResult, name: str) -> dict[str, Any]:
     return job
 
 
-def test_fio_verify(guest: uml.Guest, array: KernelArray) -> None:
+@pytest.mark.parametrize("server", ["nasblade", "ganesha"])
+def test_fio_verify(guest: uml.Guest, request: pytest.FixtureRequest, server: str) -> None:
     """fio writes with crc32c checksums in every block and verifies them by reading back:
     buffered random writes, O_DIRECT sequential writes, and a mixed random read/write job."""
+    target: NFSTarget = request.getfixturevalue(f"{server}_nfs")
     common = f"--directory={MNT} --ioengine=psync --verify=crc32c --do_verify=1 --verify_fatal=1 --output-format=json"
-    result = run(guest, array, body=f"""
+    result = run(guest, target, body=f"""
 fio --name=randw --size=32M --bs=64k --rw=randwrite --fsync_on_close=1 {common} --output=/share/randw.json
 fio --name=direct --size=16M --bs=1M --rw=write --direct=1 {common} --output=/share/direct.json
 remount
@@ -162,12 +167,12 @@ fio --name=mixed --size=16M --bs=4k --rw=randrw --rwmixread=50 --verify_backlog=
         assert job["write"]["io_bytes"] == size, job["write"]
         assert job["read"]["io_bytes"] == size, job["read"]  # the verify pass read it all back
         mbps = job["write"]["bw_bytes"] / 1e6
-        print(f"kernel NFS fio {name}: write {mbps:.1f} MB/s, verify read {job['read']['bw_bytes'] / 1e6:.1f} MB/s")
+        print(f"kernel NFS fio {server} {name}: write {mbps:.1f} MB/s, verify read {job['read']['bw_bytes'] / 1e6:.1f} MB/s")
     mixed = fio_job(result, "mixed")
     assert mixed["error"] == 0 and mixed["write"]["io_bytes"] > 0 and mixed["read"]["io_bytes"] > 0, mixed
 
 
-def test_untar_and_diff(guest: uml.Guest, array: KernelArray, tmp_path: Path) -> None:
+def test_untar_and_diff(guest: uml.Guest, nasblade_nfs: NFSTarget, tmp_path: Path) -> None:
     """Untar the project's blade/ tree (packed on the host) and the guest's own /usr/share/doc
     (symlinks, many small files) onto the mount; a fresh mount must diff equal to the
     originals."""
@@ -177,7 +182,8 @@ def test_untar_and_diff(guest: uml.Guest, array: KernelArray, tmp_path: Path) ->
                 filter=lambda ti: None if "__pycache__" in ti.name else ti)
     with tarfile.open(tarball) as tar:
         members = [m for m in tar.getmembers() if m.isfile()]
-    result = run(guest, array, files={"blade.tar": tarball}, body=f"""
+    target = nasblade_nfs
+    result = run(guest, target, files={"blade.tar": tarball}, body=f"""
 rm -rf {MNT}/untar; mkdir -p {MNT}/untar/blade {MNT}/untar/doc /tmp/ref
 tar -xf /share/blade.tar -C {MNT}/untar/blade
 tar -cf /tmp/doc.tar -C /usr/share doc
@@ -197,7 +203,7 @@ find {MNT}/untar/doc -type f | wc -l > /share/ndocfiles.txt
     assert int((result.share / "ndocfiles.txt").read_text()) > 50
     # one file read back by a client that is not the kernel's
     sample = next(m for m in members if m.name.endswith("cli.py"))
-    assert host_read(array, f"/untar/blade/{sample.name}") == (REPO / "blade" / sample.name).read_bytes()
+    assert host_read(target, f"/untar/blade/{sample.name}") == (REPO / "blade" / sample.name).read_bytes()
 
 
 POSIX_CHECKS = r'''
@@ -346,10 +352,10 @@ POSIX_EXPECTED: dict[str, Any] = {
 }
 
 
-def test_posix_behaviour(guest: uml.Guest, array: KernelArray) -> None:
+def test_posix_behaviour(guest: uml.Guest, nasblade_nfs: NFSTarget) -> None:
     """A table of POSIX rules checked through the kernel client, then again after a remount
     (attributes come from the server, not the client's cache)."""
-    result = run(guest, array, files={"posix.py": POSIX_CHECKS.encode()}, body=f"""
+    result = run(guest, nasblade_nfs, files={"posix.py": POSIX_CHECKS.encode()}, body=f"""
 rm -rf {MNT}/posix; mkdir {MNT}/posix
 python3 /share/posix.py {MNT}/posix > /share/posix.json
 remount
@@ -391,12 +397,12 @@ print(st.st_uid, st.st_gid, oct(stat.S_IMODE(st.st_mode)))
 
 
 @pytest.mark.xfail(strict=True, reason="the file processor's SETATTR keeps S_ISUID/S_ISGID when the owner "
-                   "changes the group of an executable file (POSIX chown(): 'shall be cleared'; Linux "
-                   "knfsd clears them); the Linux client leaves this to the server")
-def test_chgrp_by_owner_clears_setid_bits(guest: uml.Guest, array: KernelArray) -> None:
+                   "changes the group of an executable file (POSIX chown(): 'shall be cleared'; nfs-ganesha "
+                   "and Linux knfsd clear them); the Linux client leaves this to the server")
+def test_chgrp_by_owner_clears_setid_bits(guest: uml.Guest, nasblade_nfs: NFSTarget) -> None:
     """POSIX chown(): an owner without privileges changing the group of an executable regular
     file loses S_ISUID and S_ISGID (for root it is implementation-defined: not checked)."""
-    result = run(guest, array, files={"chgrp.py": CHGRP_BY_OWNER.encode()}, body=f"""
+    result = run(guest, nasblade_nfs, files={"chgrp.py": CHGRP_BY_OWNER.encode()}, body=f"""
 rm -rf {MNT}/chgrp; mkdir {MNT}/chgrp
 python3 /share/chgrp.py {MNT}/chgrp > /share/chgrp.txt
 remount
@@ -405,7 +411,7 @@ stat -c '%u %g %a' {MNT}/chgrp/setid >> /share/chgrp.txt
     assert (result.share / "chgrp.txt").read_text().splitlines() == ["1234 999 0o755", "1234 999 755"]
 
 
-def test_sqlite_integrity(guest: uml.Guest, array: KernelArray, tmp_path: Path) -> None:
+def test_sqlite_integrity(guest: uml.Guest, nasblade_nfs: NFSTarget, tmp_path: Path) -> None:
     """An sqlite3 workload (transactions, index, updates, deletes, VACUUM) on the mount; after a
     remount ``PRAGMA integrity_check`` is ok in the guest, and the database read from the
     host with libnfs is intact too."""
@@ -419,7 +425,8 @@ BEGIN; UPDATE t SET v = v || 'x' WHERE k = 5; DELETE FROM t WHERE k = 7; COMMIT;
 BEGIN; INSERT INTO t(k, v) SELECT k + 1000, v FROM t WHERE id % 10 = 0; COMMIT;
 VACUUM;
 """
-    result = run(guest, array, files={"work.sql": sql.encode()}, body=f"""
+    target = nasblade_nfs
+    result = run(guest, target, files={"work.sql": sql.encode()}, body=f"""
 rm -f {MNT}/k.db {MNT}/k.db-journal
 sqlite3 {MNT}/k.db < /share/work.sql > /dev/null
 remount
@@ -437,7 +444,7 @@ sqlite3 {MNT}/k.db "SELECT count(*) FROM t WHERE k = 7; SELECT count(*) FROM t W
     assert (result.share / "checks.txt").read_text().split() == ["0", str(len([i for i in kept if i % 97 == 5])
                                                                         + len([i for i in copied if i % 97 == 5]))]
     db = tmp_path / "k.db"
-    db.write_bytes(host_read(array, "/k.db"))
+    db.write_bytes(host_read(target, "/k.db"))
     out = subprocess.run(["python3", "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
                           "print(c.execute('PRAGMA integrity_check').fetchone()[0]);"
                           "print('|'.join(map(str, c.execute('SELECT count(*), sum(k), sum(length(v)) FROM t').fetchone())))",
