@@ -189,6 +189,32 @@ def test_fast_zero_is_done_when_fast_and_refused_untouched_when_not(controller: 
         cl.cancel_copy_job(job["id"])
 
 
+def device_blocks(c: Controller) -> int:
+    return sum(os.stat(c.workdir / f"dev{i}").st_blocks * 512 for i in range(2))
+
+
+def test_no_hole_zero_keeps_the_space_and_is_never_fast(controller: Controller) -> None:
+    controller.client.create_lu("nh", 16 * MiB)
+    url = controller.url("nh")
+    nbdsh(url, 'h.pwrite(b"n" * (4 << 20), 0)', "h.flush()")
+    before = device_blocks(controller)
+    out = nbdsh(url, "h.zero(2 << 20, 0, nbd.CMD_FLAG_NO_HOLE)", "h.flush()",
+                "print(h.pread(2 << 20, 0) == bytes(2 << 20))")
+    assert out.strip() == "True"
+    assert device_blocks(controller) == before  # provisioned: no hole punched
+    script = (
+        "try:\n"
+        "    h.zero(1 << 20, 2 << 20, nbd.CMD_FLAG_FAST_ZERO | nbd.CMD_FLAG_NO_HOLE)\n"
+        "    print('no error')\n"
+        "except nbd.Error as e:\n"
+        "    print(e.errno)\n"
+        "print(h.pread(1 << 20, 2 << 20) == b'n' * (1 << 20))\n"
+    )
+    assert nbdsh(url, script).split() == ["ENOTSUP", "True"]
+    nbdsh(url, "h.zero(2 << 20, 2 << 20)", "h.flush()")  # without NO_HOLE: punched
+    assert device_blocks(controller) == before - 2 * MiB
+
+
 def test_fast_zero_respects_fencing(controller: Controller) -> None:
     cl = controller.client
     cl.create_lu("fzf", 8 * MiB)

@@ -36,6 +36,8 @@ LU_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
+_FALLOC_FL_ZERO_RANGE = 0x10
+_FALLOC_UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV)
 
 
 def now() -> str:
@@ -210,20 +212,31 @@ class Array:
             pos += p.length
         return touched
 
-    def zero(self, lu: layout.LURecord, offset: int, length: int) -> set[int]:
+    def zero(self, lu: layout.LURecord, offset: int, length: int, *, provision: bool = False) -> set[int]:
+        """Zero a range: punch holes, or with ``provision`` (NBD ``NO_HOLE``) keep the space
+        allocated (``fallocate(ZERO_RANGE)``, else zeroes written)."""
         touched = set()
         for p in layout.map_range(lu.segments, offset, length):
-            self._punch(self.devices[p.device].fd, p.device_offset, p.length)
+            fd = self.devices[p.device].fd
+            if provision:
+                self._zero_range(fd, p.device_offset, p.length)
+            else:
+                self._punch(fd, p.device_offset, p.length)
             touched.add(p.device)
         return touched
 
     def _punch(self, fd: int, offset: int, length: int) -> None:
-        res = _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
-                              ctypes.c_long(offset), ctypes.c_long(length))
+        self._fallocate_or_write(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
+
+    def _zero_range(self, fd: int, offset: int, length: int) -> None:
+        self._fallocate_or_write(fd, _FALLOC_FL_ZERO_RANGE | _FALLOC_FL_KEEP_SIZE, offset, length)
+
+    def _fallocate_or_write(self, fd: int, mode: int, offset: int, length: int) -> None:
+        res = _libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length))
         if res == 0:
             return
         err = ctypes.get_errno()
-        if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV):
+        if err not in _FALLOC_UNSUPPORTED:
             raise OSError(err, os.strerror(err))
         pos, end = offset, offset + length
         while pos < end:

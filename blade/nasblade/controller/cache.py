@@ -363,13 +363,14 @@ class Cache:
                 if not line.dirty:
                     self.dirty.pop(key, None)
 
-    def zero(self, lu: layout.LURecord, offset: int, length: int) -> set[int]:
-        """Zero a range on the devices and zero its cached copies.
+    def zero(self, lu: layout.LURecord, offset: int, length: int, *, provision: bool = False) -> set[int]:
+        """Zero a range on the devices (``provision``: see ``Array.zero``) and zero its cached
+        copies.
 
         Sectors the range covers completely are clean afterwards (the device holds their
         zeroes), so a later destage does not write zeroes over the punched hole again.
         """
-        touched = self.array.zero(lu, offset, length)
+        touched = self.array.zero(lu, offset, length, provision=provision)
         end = offset + length
         for index in range(offset // LINE, (end - 1) // LINE + 1):
             key = (lu.name, index)

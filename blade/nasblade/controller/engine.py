@@ -293,16 +293,18 @@ class Engine:
             await self.sync(touched)
 
     async def zero(self, lu: layout.LURecord, offset: int, length: int, *, fua: bool,
-                   fast: bool = False) -> None:
-        """Zero a range (holes punched on the devices). With ``fast`` a zero that would cost
-        as much as writing zeroes is refused with ``ENOTSUP`` before anything changes."""
+                   fast: bool = False, no_hole: bool = False) -> None:
+        """Zero a range: holes punched on the devices, or with ``no_hole`` the space kept
+        allocated. With ``fast`` a zero that may cost as much as writing zeroes is refused with
+        ``ENOTSUP`` before anything changes (always with ``no_hole``: provisioning may have to
+        write the zeroes)."""
         if fast:
             if offset < 0 or length < 0 or offset + length > lu.size:
                 raise OSError(errno.ENOSPC, "write past the end")
-            if not self.zero_is_fast(lu, offset, length):
+            if no_hole or not self.zero_is_fast(lu, offset, length):
                 raise OSError(errno.ENOTSUP, "zeroing this range is not faster than writing zeroes")
         self._before_write(lu, offset, length)
-        touched = self.cache.zero(lu, offset, length)
+        touched = self.cache.zero(lu, offset, length, provision=no_hole)
         self.load.add(written=length)
         if fua:
             await self.sync(touched)

@@ -312,7 +312,8 @@ class NBDConnection(asyncio.BufferedProtocol):
         self._writable_check(lu)
         if req.fua:
             self._flush_out()
-        await self.engine.zero(lu, req.offset, req.length, fua=req.fua, fast=req.fast_zero)
+        await self.engine.zero(lu, req.offset, req.length, fua=req.fua, fast=req.fast_zero,
+                               no_hole=req.no_hole)
         self._send(proto.simple_reply(req.cookie))
 
     async def _cache(self, lu: layout.LURecord, req: proto.Request) -> None:
