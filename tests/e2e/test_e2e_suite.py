@@ -304,6 +304,40 @@ def test_step4b_kill_file_processor_process(kube: Kube, release: str, workload_n
     assert "declared itself failed" in logs and "no longer serves shared" in logs
 
 
+def test_step4c_kill_block_processor_process(kube: Kube, release: str, workload_ns: str) -> None:
+    """4. SIGKILL the owning blade's block-processor process (its container's main process) under
+    a writer: its file processor lets go of the address, the peer sees the blade silent and takes
+    the file system over, the operator moves the Service (see _kill_blade_and_check)."""
+
+    def kill(owner: str) -> None:
+        pod = kube.json("-n", workload_ns, "get", "pod", owner)
+        cid = next(c["containerID"] for c in pod["status"]["containerStatuses"] if c["name"] == "block-processor")
+        kill_container(cid)
+
+    _kill_blade_and_check(kube, workload_ns, name="step4c-block-processor-killed", kill=kill)
+
+
+def test_step4d_delete_controller_pod(kube: Kube, release: str, workload_ns: str) -> None:
+    """4. Delete the controller pod (zero grace) under a writer: the StatefulSet brings it back
+    on the same PersistentVolumes, the blades reconnect and resend what was in flight, the file
+    system stays on its blade, and no acknowledged record is lost (the writer checks)."""
+    kube.wait("the group Ready with both blades", lambda: _blades_ready(kube, workload_ns), timeout=240, interval=3)
+    owner = _owner(kube, workload_ns)
+    pod = f"{ARRAY}-controller-0"
+    before = kube.json("-n", workload_ns, "get", "pod", pod)["metadata"]["uid"]
+
+    def kill() -> None:
+        kube.kubectl("-n", workload_ns, "delete", "pod", pod, "--grace-period=0", "--force", "--wait=false")
+
+    figures = _run_writer_through(kube, workload_ns, path="/step4d-controller-deleted.dat", duration=60,
+                                  disrupt=kill)
+    RESULTS["step4d-controller-deleted"] = figures
+    print(f"step4d-controller-deleted: {json.dumps(figures)}")
+    assert kube.json("-n", workload_ns, "get", "pod", pod)["metadata"]["uid"] != before
+    kube.wait("the group Ready with both blades", lambda: _blades_ready(kube, workload_ns), timeout=240, interval=3)
+    assert _owner(kube, workload_ns) == owner
+
+
 def _backups(kube: Kube, ns: str, *, trigger: tuple[str, ...], since: str) -> list[dict[str, Any]]:
     history = ((_group(kube, ns).get("status") or {}).get("backups") or {}).get("history", [])
     return [h for h in history if h["trigger"] in trigger and h["started"] >= since and h["result"] == "Succeeded"]

@@ -60,9 +60,12 @@ def test_liveness_gap_counts_no_silence_while_the_observer_could_not_look() -> N
     lv = Liveness(timeout=1.0)
     lv.observe("a", counter=1, state="running", now=0.0)
     lv.observe("b", counter=1, state="stopped", now=0.0)
-    lv.gap(now=5.0)  # the observer's read stalled for five seconds (controller restarting)
-    assert lv.alive("a", now=5.5) and not lv.alive("a", now=6.0)
-    assert not lv.alive("b", now=5.5)  # a dead state stays dead
+    lv.observe("c", counter=1, state="running", now=4.9)
+    lv.gap(4.5, now=5.0)  # the observer's read stalled 5 s (controller restarting); 0.5 s counts
+    assert lv.age("a", now=5.0) == pytest.approx(0.5) and lv.alive("a", now=5.4)
+    assert not lv.alive("a", now=5.5)
+    assert lv.age("c", now=5.0) == pytest.approx(0.0)  # never moved past the present
+    assert not lv.alive("b", now=5.0)  # a dead state stays dead
 
 
 def test_plan_takeovers_least_loaded_then_lowest_index() -> None:

@@ -7,7 +7,7 @@ from the sans-I/O core ``nasblade.nbd.proto``; this module only moves bytes.
 Failure rules (NBD semantics; nothing is silently dropped):
 
 - A request whose connection is lost before its reply is re-sent on a new connection once the
-  pool has reconnected (back-off from 50 ms to 2 s, for at most ``retry_for`` seconds; then the
+  pool has reconnected (back-off from 50 ms to 0.5 s, for at most ``retry_for`` seconds; then the
   request is answered ``EIO``). Re-sending READ, WRITE, TRIM, WRITE_ZEROES and FLUSH is safe:
   NBD gives no ordering between requests in flight, so a client cannot have depended on the
   lost one.
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 _SMALL = 64 * 1024  # payloads up to this size are sent in one buffer with their header
 _HIGH_WATER = 8 << 20  # wait for the socket to drain past this much queued data
 _BACKOFF_START = 0.05
-_BACKOFF_MAX = 2.0
+_BACKOFF_MAX = 0.5
 
 
 _CMD_NAMES = {int(c): c.name.lower() for c in proto.Cmd}

@@ -89,7 +89,11 @@ async def _takeover(request: web.Request) -> Any:
 
 
 async def _release(request: web.Request) -> Any:
-    return await _m(request).release(request.match_info["fs"])
+    body = await _body(request)
+    taker = body.get("for")
+    if taker is not None and not isinstance(taker, str):
+        raise ClusterError("for: the name of the blade the file system is released to", status=400)
+    return await _m(request).release(request.match_info["fs"], taker=taker)
 
 
 async def _giveback(request: web.Request) -> Any:

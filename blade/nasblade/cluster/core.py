@@ -19,9 +19,10 @@ Rules (see docs/cluster-groups.md):
   (writer's heartbeat time; both copies come from the same writer's clock): the other area
   holds point-in-time copies whose older counters would otherwise look like a change and keep
   a dead blade alive for ever.
-  When the observer itself could not look for a while (its own reads stalled, e.g. while the
-  controller restarted), nobody's silence is counted over that gap: every member is given the
-  full timeout again (``Liveness.gap``).
+  Silence is counted only while the observer looks: between two of its looks at most half the
+  failure timeout counts (``Liveness.gap``). When its own reads stalled -- the controller
+  restarting, the observer paused -- the peers' heartbeats stalled with them, and a peer is not
+  declared dead for a silence nobody could have seen end.
 - **Takeover planning**: a file system whose recorded owner is dead goes to the surviving
   member chosen deterministically: fewest file systems (counting the ones planned in this same
   round, file systems taken in name order), then the lowest member index. A file system with no
@@ -90,10 +91,11 @@ class Liveness:
             self.observe(status.blade, counter=status.heartbeat_counter, state=status.state, now=now,
                          heartbeat_time=status.heartbeat_time, only_if_newer=only_if_newer)
 
-    def gap(self, *, now: float) -> None:
-        """The observer could not look until ``now``: count nobody's silence over that time."""
+    def gap(self, lost: float, *, now: float) -> None:
+        """The observer could not look for ``lost`` seconds (up to ``now``): nobody's silence
+        counts over them (every member's last change moves ``lost`` later, never past ``now``)."""
         for seen in self._seen.values():
-            seen.changed = max(seen.changed, now)
+            seen.changed = min(seen.changed + lost, max(seen.changed, now))
 
     def age(self, blade: str, *, now: float) -> float | None:
         """Seconds since ``blade``'s counter last changed (``None``: never seen)."""

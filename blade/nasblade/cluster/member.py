@@ -98,7 +98,9 @@ class ClusterMember:
         self.group = GroupRecord()
         self.slots: dict[str, BladeStatus] = {}
         self.serving: dict[str, int] = {}
-        self.released: set[str] = set()
+        self.released: dict[str, str | None] = {}
+        """File systems this blade gave up and must not take back by itself, each with the blade
+        it was released for (a graceful move), or ``None`` (released on request, for nobody)."""
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
         self.takeovers: deque[dict[str, Any]] = deque(maxlen=64)
@@ -215,20 +217,19 @@ class ClusterMember:
         if self.bp.failed is not None:
             await self._failed_tick(time.monotonic())
             return
-        t0 = time.monotonic()
         try:
             group, slots = await asyncio.to_thread(self._read, self.store)
         except (OSError, PortionError) as exc:
             await self._area_failed(f"reading the {self.active_area} area failed: {exc}")
             return
         now = time.monotonic()
-        if now - t0 > self.cfg.failure_timeout / 2 or (
-                self._last_look is not None and now - self._last_look > self.cfg.failure_timeout):
+        lost = 0.0 if self._last_look is None else now - self._last_look - self.cfg.failure_timeout / 2
+        if lost > 0:
             # this blade could not look for a while (its read stalled while the controller
-            # restarted, or it was paused): nobody's silence counts over that gap (Liveness.gap)
-            log.warning("%s: no look at the group for %.1fs; every member gets a full failure timeout",
-                        self.me, now - (self._last_look or t0))
-            self.liveness.gap(now=now)
+            # restarted, or it was paused): silence over that time does not count (Liveness.gap)
+            log.warning("%s: no look at the group for %.2fs; %.2fs of it not counted as anyone's silence",
+                        self.me, now - (self._last_look or now), lost)
+            self.liveness.gap(lost, now=now)
         self._last_look = now
         own = self.bp.last_status
         if own is not None:
@@ -237,9 +238,12 @@ class ClusterMember:
             self.liveness.observe_slot(st, now=now)
         await self._check_other_area(now)
         self.group, self.slots = group, slots
-        # a released file system that another blade has taken since is no longer held back
-        self.released = {fs for fs in self.released
-                         if (rec := group.ownership.get(fs)) is not None and rec.blade == self.me}
+        # a released file system that another blade has taken since is no longer held back;
+        # nor is one whose taker died before it recorded the file system as its own: the
+        # record still names this blade, so it takes it back (below)
+        self.released = {fs: taker for fs, taker in self.released.items()
+                         if (rec := group.ownership.get(fs)) is not None and rec.blade == self.me
+                         and (taker is None or self.liveness.alive(taker, now=now))}
         self._adopt_startup_ownership()
         await self._enforce_fencing()
         if self.active_area == "backup":
@@ -252,8 +256,14 @@ class ClusterMember:
         for fs, own_rec in sorted(self.group.ownership.items()):
             fsc = self.cfg.fs(fs)
             if own_rec.blade == self.me and fs not in self.serving and fs not in self.released and fsc \
-                    and fs not in self._pending and await self._reservation_free(fsc.policy.lu):
-                self._start_takeover(fs, reason="recorded owner (restart)")
+                    and fs not in self._pending:
+                holder = await self._reservation_holder(fsc.policy.lu)
+                if holder in (None, self.me):
+                    self._start_takeover(fs, reason="recorded owner (restart)")
+                elif holder != "?" and holder not in alive:
+                    # it was being handed to a blade that died before recording it: take it
+                    # back with a new epoch (fencing that blade), as from any silent owner
+                    self._start_takeover(fs, reason=f"recorded owner; {holder}, which it was released to, is silent")
         in_grace = now - self.started < self.cfg.failure_timeout
         for t in core.plan_takeovers(members=self.cfg.members, file_systems=self.cfg.policies,
                                      ownership=self.group.ownership, alive=alive):
@@ -284,13 +294,15 @@ class ClusterMember:
                       now - self.bp.failed_at, self.bp.failed)
             self.bp.exit_requested.set()
 
-    async def _reservation_free(self, lu: str) -> bool:
-        """Nobody but this blade holds ``lu``'s reservation at the controller."""
+    async def _reservation_holder(self, lu: str) -> str | None:
+        """Who holds ``lu``'s reservation at the controller: a blade, ``None`` (nobody), or
+        ``"?"`` when the controller cannot say (unreachable, refusing: do not act on a guess)."""
         try:
             res = await self._control("get_reservation", lu)
-        except Exception:  # controller unreachable or refusing: do not act on a guess
-            return False
-        return res.get("holder") in (None, self.me)
+        except Exception:
+            return "?"
+        holder = res.get("holder")
+        return None if holder is None else str(holder)
 
     def _adopt_startup_ownership(self) -> None:
         """LUs the block processor reserved at start (``--own``) count as served."""
@@ -429,7 +441,7 @@ class ClusterMember:
                     await asyncio.sleep(0.05)
             epoch = int(result["epoch"])
             self.serving[fs] = epoch
-            self.released.discard(fs)
+            self.released.pop(fs, None)
             # the block processor recorded (me, epoch) in the active area; keep our view current
             self.group.ownership[fs] = Ownership(blade=self.me, epoch=epoch)
             record: dict[str, Any] = {
@@ -490,15 +502,19 @@ class ClusterMember:
                     await asyncio.wait_for(pool.request(proto.Cmd.FLUSH, 0, 0), 10.0)
             await pool.close()
 
-    async def release(self, fs: str) -> dict[str, Any]:
+    async def release(self, fs: str, *, taker: str | None = None) -> dict[str, Any]:
         """Give ``fs`` up cleanly (commit, unmount, flush); the group record still names this
         blade, so no peer takes it by itself: it stays unserved until a blade is told to take it
-        over (give-back, operator). This blade does not take it back by itself either."""
+        over (give-back, operator). This blade does not take it back by itself either -- unless
+        it was released for ``taker`` (a graceful move) and ``taker`` dies before it records the
+        file system as its own (``tick``)."""
         if fs not in self.serving:
             raise ClusterError(f"{self.me} does not serve {fs}", status=404)
+        if taker is not None and taker not in self.cfg.members:
+            raise ClusterError(f"{taker} is not a member of cluster group {self.cfg.group}", status=400)
         async with self._lock:
             epoch = self.serving[fs]
-            self.released.add(fs)
+            self.released[fs] = taker
             await self._drop(fs, graceful=True)
         rec = {"fileSystem": fs, "event": "release", "blade": self.me, "epoch": epoch, "time": time.time()}
         self.takeovers.append(rec)
@@ -509,7 +525,8 @@ class ClusterMember:
         url = (client.get("attrs") or {}).get("api")
         if not url or not self.api_token:
             raise ClusterError(f"{owner} is alive but its management API is unknown; cannot ask it to release {fs}")
-        status, body = await asyncio.to_thread(_post, url, f"/v1/cluster/filesystems/{fs}/release", self.api_token)
+        status, body = await asyncio.to_thread(_post, url, f"/v1/cluster/filesystems/{fs}/release", self.api_token,
+                                               {"for": self.me})
         if status not in (200, 404):
             raise ClusterError(f"{owner} refused to release {fs}: HTTP {status} {body}")
 

@@ -133,6 +133,8 @@ class Part:
     part: str
     argv: list[str]
     started: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)
+    """Wall time of the last (re)start, for the status."""
     restarts: int = 0
     failures: int = 0
     last_exit: int | None = None
@@ -250,7 +252,7 @@ class Supervisor:
         with self.lock:
             child.proc, child.ready = proc, line
             part.restarts += 1
-            part.started = time.monotonic()
+            part.started, part.started_at = time.monotonic(), time.time()
             part.state, part.restart_at = "running", None
         log.warning("controller restarted (restart %d, pid %d) after: %s", part.restarts, proc.pid, part.reason)
 
@@ -275,7 +277,7 @@ class Supervisor:
         with self.lock:
             child.proc, child.ready = proc, line
             part.restarts += 1
-            part.started = time.monotonic()
+            part.started, part.started_at = time.monotonic(), time.time()
             part.state = "running"
             part.restart_at = None
             powered_off_meanwhile = self.power_cycles.get(part.blade, 0) != cycle
@@ -422,7 +424,7 @@ class Supervisor:
         ctl, child = self.controller, self.array.controller
         controller = None if ctl is None else {
             "pid": None if child is None else child.proc.pid, "state": ctl.state, "restarts": ctl.restarts,
-            "lastExit": ctl.last_exit, "reason": ctl.reason}
+            "lastExit": ctl.last_exit, "reason": ctl.reason, "startedAt": ctl.started_at}
         for name, p in sorted(self.parts.items()):
             child = self._child(name)
             entry = out.setdefault(p.blade, {"powerCycles": self.power_cycles.get(p.blade, 0),
@@ -431,7 +433,7 @@ class Supervisor:
                 entry["api"] = child.ready.get("endpoints", {}).get("api")
             entry["blockProcessor" if p.part == "bp" else "fileProcessor"] = {
                 "pid": None if child is None else child.proc.pid, "state": p.state, "restarts": p.restarts,
-                "lastExit": p.last_exit, "reason": p.reason,
+                "lastExit": p.last_exit, "reason": p.reason, "startedAt": p.started_at,
             }
         return {"blades": out, "controller": controller}
 
