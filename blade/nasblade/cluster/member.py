@@ -27,10 +27,14 @@ writes: the data guarantee, chassis or not), open the LU with that epoch, record
 mounts, which recovers the file system, with a new write verifier, and binds the file
 system's address).
 
-The file processor learns what to serve through the local API (long poll on
-``GET /v1/assignments``, ``nasblade.cluster.fpside.Reconciler``). Backups are copy-engine jobs
-(portion → backup area) started on demand, at the interval and according to the controller
-load; each is recorded in the group record. ``nasblade.cluster.api`` exposes all of it.
+The block processor tells its file processor what to serve through the file processor's
+control socket (``nasblade.bladeapi.client.FPControlClient``: ``POST``/``DELETE
+/v1/filesystems``, served by ``nasblade.bladeapi.agent``). A file processor that dies while
+serving ends its lifeline, and the block processor gives the blade up at once
+(``BlockProcessor.fail``: its slot says ``failed``, so the peers take over at their next look).
+Backups are copy-engine jobs (portion → backup area) started on demand, at the interval and
+according to the controller load; each is recorded in the group record.
+``nasblade.cluster.api`` exposes all of it.
 """
 
 from __future__ import annotations
@@ -173,18 +177,6 @@ class ClusterMember:
         store = self.primary if self.active_area == "primary" else self.backup_area
         assert store is not None
         return store
-
-    def fp_serves(self, fs: str) -> bool:
-        st = self.bp.last_status
-        return st is not None and fs in st.file_systems
-
-    async def _wait_fp(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            await asyncio.sleep(min(0.02, self.cfg.heartbeat_interval / 4))
-        return predicate()
 
     # -- the tick ------------------------------------------------------------------------------
 
