@@ -4,13 +4,18 @@ configuration (``nasblade.cluster.config``), and the standalone supervisor's res
 
 from __future__ import annotations
 
+import json
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 from nasblade.cluster import config, core
 from nasblade.cluster.core import BackupAction, BackupPolicy, FsPolicy, Liveness
 from nasblade.procinfo.portion import BladeStatus, GroupRecord, Ownership
 from nasblade.standalone.config import ConfigError
 from nasblade.standalone.config import parse as parse_standalone
-from nasblade.standalone.supervisor import restart_argv, restart_delay
+from nasblade.standalone.supervisor import Supervisor, restart_argv, restart_delay
 
 MEMBERS = ("a", "b", "c")
 FS = [FsPolicy("fs1", "fs-fs1", "a"), FsPolicy("fs2", "fs-fs2", "b"), FsPolicy("fs3", "fs-fs3", "a")]
@@ -178,3 +183,27 @@ def test_supervisor_backoff_and_restart_command_line() -> None:
     fp = ["nasblade", "boot", "--", "blade-file-processor", "--fs", "{}", "--fence-after", "0.5"]
     assert restart_argv(fp, part="fp", api=None) == [
         "nasblade", "boot", "--", "blade-file-processor", "--fence-after", "0.5"]
+
+
+def test_supervisor_status_written_from_several_threads_at_once(tmp_path: Path) -> None:
+    """The main loop and the chassis API's threads write chassis.json at the same time; a shared
+    temporary file name made one of them fail, and the exception ended ``nasblade up``."""
+    array = SimpleNamespace(children=[], controller=None, data_dir=tmp_path)
+    sup = Supervisor(array)  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+
+    def hammer() -> None:
+        try:
+            for _ in range(300):
+                sup.write_status()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert json.loads((tmp_path / "run" / "chassis.json").read_text())["blades"] == {}
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["chassis.json"]

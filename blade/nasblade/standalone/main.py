@@ -62,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
     endpoints = write_endpoints(array.data_dir, summary)
     ready.announce("array", summary, dataDir=str(array.data_dir))
     while not stop.wait(0.2):
-        sup.poll()
+        try:
+            sup.poll()
+        except Exception:  # the chassis must outlive any one bad pass: log it, go on supervising
+            logging.getLogger(__name__).exception("supervision pass failed; continuing")
     sup.stopping = True
     chassis.close()
     with sup.lock:

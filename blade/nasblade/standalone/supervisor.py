@@ -157,6 +157,7 @@ class Supervisor:
     """Blade → monotonic time its give-back was scheduled (after a restart)."""
     _alive_since: dict[str, float] = field(default_factory=dict)
     _giving_back: set[str] = field(default_factory=set)
+    _status_lock: threading.Lock = field(default_factory=threading.Lock)
     controller: Part | None = None
     """Supervision state of the controller (restarted like a blade process)."""
     stopping: bool = False
@@ -438,8 +439,12 @@ class Supervisor:
         return {"blades": out, "controller": controller}
 
     def write_status(self) -> None:
+        """Write ``chassis.json`` atomically. Called from the main loop and from the chassis
+        API's threads (power-off, restart): one writer at a time, each with its own temporary
+        file, so two writers never rename each other's file away."""
         assert self.status_path is not None
-        self.status_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status(), indent=1, sort_keys=True))
-        tmp.replace(self.status_path)
+        with self._status_lock:
+            self.status_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.status_path.with_name(f".{self.status_path.name}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps(self.status(), indent=1, sort_keys=True))
+            tmp.replace(self.status_path)
