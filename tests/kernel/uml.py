@@ -37,10 +37,10 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 HERE = Path(__file__).resolve().parent
 BUILD = HERE / "build-guest.sh"
@@ -132,6 +132,10 @@ echo 'init: sysrq power-off failed'
 BOOT = r"""#!/bin/bash
 # runs in private mount and network namespaces (unshare -m -n), leader of its process group
 set -eu
+listening() {  # wait (bounded) until a forwarder listens on 10.0.2.2:$1
+  for _ in $(seq 200); do ss -Hltn "sport = :$1" | grep -q . && return 0; sleep 0.05; done
+  echo "boot: nothing listens on port $1" >&2; return 1
+}
 ip link set lo up
 ip tuntap add dev tap0 mode tap
 ip addr add @SERVER@/24 dev tap0
@@ -179,6 +183,7 @@ class UMLGuest:
         (d / "init").write_text(INIT.replace("@SHARE@", str(share)).replace("@GUEST@", GUEST_ADDR)
                                 .replace("@MODULES@", " ".join(MODULES)))
         host_fwd: list[subprocess.Popen[bytes]] = []
+        logs: list[IO[bytes]] = []
         ns_fwd = []
         marker = uuid.uuid4().hex
         start = time.monotonic()
@@ -188,11 +193,13 @@ class UMLGuest:
         try:
             for i, f in enumerate(forwards):
                 sock = d / f"f{i}.sock"
+                logs.append(open(d / f"f{i}.host.log", "wb"))  # noqa: SIM115  closed in finally
                 host_fwd.append(subprocess.Popen(
                     ["socat", f"UNIX-LISTEN:{sock},fork", f"TCP:{f.host}:{f.port}"],
-                    stdout=subprocess.DEVNULL, stderr=open(d / f"f{i}.host.log", "wb")))  # noqa: SIM115
+                    stdout=subprocess.DEVNULL, stderr=logs[-1]))
                 ns_fwd.append(f"socat TCP-LISTEN:{f.guest_port},bind={SERVER_ADDR},fork,reuseaddr "
-                              f"UNIX-CONNECT:{sock} 2>{d}/f{i}.ns.log &")
+                              f"UNIX-CONNECT:{sock} 2>{d}/f{i}.ns.log &\n"
+                              f"listening {f.guest_port}")
             for i, p in enumerate(host_fwd):
                 _wait_for(lambda i=i: (d / f"f{i}.sock").exists(), p, f"host forwarder {forwards[i]}")
             (d / "boot.sh").write_text(
@@ -220,6 +227,8 @@ class UMLGuest:
             for p in host_fwd:
                 p.kill()
                 p.wait()
+            for log in logs:
+                log.close()
         seconds = time.monotonic() - start
         rc_file = share / "rc"
         result = GuestResult(
@@ -243,8 +252,7 @@ def _read(p: Path) -> str:
         return ""
 
 
-def _wait_for(cond: object, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
-    assert callable(cond)
+def _wait_for(cond: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if proc.poll() is not None:
