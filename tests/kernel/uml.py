@@ -87,7 +87,7 @@ class Guest(Protocol):
         """Boot, run ``script`` in ``/share`` (which holds ``files``), power off.
 
         The returned ``share`` directory holds what the script wrote in ``/share``; it lives
-        until the guest object is closed.
+        until the guest is closed (``UMLGuest`` keeps the last ``keep`` runs' directories).
         """
         ...
 
