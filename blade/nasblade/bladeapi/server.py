@@ -2,7 +2,10 @@
 
 Both are thin: every handler calls one method of ``nasblade.blockproc.core.BlockProcessor``.
 Routes are declared in tables (``BLADE_ROUTES``, ``LOCAL_ROUTES``). Errors are JSON objects
-``{"error": message}`` with a 4xx/5xx status, as in the controller's control API.
+``{"error": message}`` with a 4xx/5xx status, as in the controller's control API. Bodies are
+read by ``nasblade.httpjson.read`` (413 too large, 400 too deep or malformed) and LU names on
+paths are checked by ``nasblade.controller.luname.check`` (400), so bad input is never a 500;
+an unexpected exception is a JSON 500 with its traceback in the log.
 
 Blade management API (base ``/v1``, bearer token on every route except ``/healthz``):
 
@@ -30,13 +33,18 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from nasblade import httpjson
 from nasblade.blockproc.core import BlockProcessor
+from nasblade.controller import luname
 from nasblade.procinfo.portion import PortionError
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BP_KEY: web.AppKey[BlockProcessor] = web.AppKey("bp", BlockProcessor)
@@ -71,17 +79,32 @@ async def _slots(request: web.Request) -> web.Response:
     )
 
 
+def _path_lu(request: web.Request) -> str:
+    """The ``{lu}`` of the path if it is a valid LU name (``luname.check``); ``ValueError``."""
+    return luname.check(request.match_info["lu"])
+
+
 async def _lu_takeover(request: web.Request) -> web.Response:
-    lu = request.match_info["lu"]
+    from nasblade.controller.apiclient import ControlAPIError
+
+    try:
+        lu = _path_lu(request)
+    except ValueError as exc:
+        return _error(400, str(exc), field="lu")
     try:
         epoch = await _bp(request).take_over(lu)
     except OSError as exc:
         return _error(409, f"cannot take over {lu}: {exc}")
+    except ControlAPIError as exc:
+        return _error(404 if exc.status == 404 else 409, f"cannot take over {lu}: the controller refused: {exc.message}")
     return web.json_response({"lu": lu, "epoch": epoch})
 
 
 async def _lu_release(request: web.Request) -> web.Response:
-    lu = request.match_info["lu"]
+    try:
+        lu = _path_lu(request)
+    except ValueError as exc:
+        return _error(400, str(exc), field="lu")
     if lu not in _bp(request).exports.pools:
         return _error(404, f"this blade does not serve {lu}")
     await _bp(request).release(lu)
@@ -110,11 +133,8 @@ async def _fs_action(request: web.Request) -> web.Response:
 async def _backups(request: web.Request) -> web.Response:
     from nasblade.controller.apiclient import ControlAPIError
 
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        return _error(400, "body is not JSON")
-    if not isinstance(body, dict) or not isinstance(body.get("portions"), list) or not body["portions"]:
+    body = await httpjson.read(request)
+    if not isinstance(body.get("portions"), list) or not body["portions"]:
         return _error(400, "portions: a non-empty list of portion indexes is required", field="portions")
     try:
         result = await _bp(request).backup(body["portions"], trigger=str(body.get("trigger", "onDemand")))
@@ -128,12 +148,7 @@ async def _backups(request: web.Request) -> web.Response:
 
 
 async def _put_status(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        return _error(400, "body is not JSON")
-    if not isinstance(body, dict):
-        return _error(400, "body must be a JSON object")
+    body = await httpjson.read(request)
     try:
         written = await _bp(request).store_status(body)
     except (KeyError, TypeError, ValueError) as exc:
@@ -195,10 +210,15 @@ def _auth_middleware(token: str) -> Any:
 async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except httpjson.BodyError as exc:
+        return _error(exc.status, str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return web.json_response({"error": exc.reason}, status=exc.status)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal error (see the blade's log)")
 
 
 def blade_app(bp: BlockProcessor, *, token: str) -> web.Application:

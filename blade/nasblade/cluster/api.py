@@ -20,7 +20,9 @@ Blade management API (bearer token, for the operator and ``nasblade cluster``); 
     POST /v1/cluster/area/reform                  copy the backup area into the portion and
                                                   switch back to it
 
-Errors are ``{"error": message}`` with 400/404/409/503 like the rest of the blade API.
+Errors are ``{"error": message}`` with 400/404/409/503 like the rest of the blade API. Bodies
+are read by ``nasblade.httpjson.read`` (optional here: no body means ``{}``); its ``BodyError``
+becomes 400/413 in the blade app's error middleware (``nasblade.bladeapi.server``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
+from nasblade import httpjson
 from nasblade.cluster.member import ClusterError, ClusterMember
 from nasblade.controller.apiclient import ControlAPIError
 
@@ -43,18 +46,6 @@ def _m(request: web.Request) -> ClusterMember:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise ClusterError("body is not JSON", status=400) from exc
-    if not isinstance(body, dict):
-        raise ClusterError("body must be a JSON object", status=400)
-    return body
 
 
 def _guarded(fn: Callable[[web.Request], Awaitable[Any]]) -> Handler:
@@ -81,7 +72,7 @@ async def _check(request: web.Request) -> Any:
 
 
 async def _takeover(request: web.Request) -> Any:
-    body = await _body(request)
+    body = await httpjson.read(request, optional=True)
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise ClusterError("force: must be true or false", status=400)
@@ -89,7 +80,7 @@ async def _takeover(request: web.Request) -> Any:
 
 
 async def _release(request: web.Request) -> Any:
-    body = await _body(request)
+    body = await httpjson.read(request, optional=True)
     taker = body.get("for")
     if taker is not None and not isinstance(taker, str):
         raise ClusterError("for: the name of the blade the file system is released to", status=400)
@@ -102,7 +93,7 @@ async def _giveback(request: web.Request) -> Any:
 
 async def _backup_now(request: web.Request) -> Any:
     m = _m(request)
-    body = await _body(request)
+    body = await httpjson.read(request, optional=True)
     cross = body.get("crossGroup", [])
     if cross is True:
         cross = [c.group for c in m.cfg.cross_group]

@@ -5,8 +5,11 @@ the machine-readable form served at ``GET /v1/openapi.json``. The routes table `
 maps (method, path) to a handler; two middlewares apply to every route: bearer-token
 authentication (``401``; fault injection and ``POST /v1/cache/hold`` additionally need the
 admin token, ``403``) and
-error mapping (``KeyError`` → ``404``, ``BadRequest`` → ``400`` ...), so every error is a JSON
-object with an ``"error"`` key. ``apiclient.ControlClient`` is the Python client.
+error mapping (``engine.NotFound`` → ``404``, ``BadRequest`` and ``httpjson.BodyError`` →
+``400``/``413`` ...), so every error is a JSON object with an ``"error"`` key; anything else a
+handler raises (a ``KeyError`` from a bug, say) is a ``500`` with its traceback in the log.
+Request bodies are read by ``nasblade.httpjson.read`` (bounded size and depth); LU names on
+paths and in new LUs follow ``luname.check``. ``apiclient.ControlClient`` is the Python client.
 """
 
 from __future__ import annotations
@@ -15,15 +18,19 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from nasblade import httpjson
 from nasblade.controller import cache as cache_mod
-from nasblade.controller import layout
+from nasblade.controller import layout, luname
 from nasblade.controller.copyengine import CopyEngine, CopyError
-from nasblade.controller.engine import Engine, StaleEpoch
+from nasblade.controller.engine import Engine, NotFound, StaleEpoch
+
+log = logging.getLogger(__name__)
 
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 COPIES: web.AppKey[CopyEngine] = web.AppKey("copies", CopyEngine)
@@ -46,14 +53,19 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+def _path_lu(request: web.Request) -> str:
+    """The ``{name}`` of an LU path, checked against the LU name rule (``400`` otherwise)."""
     try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return body
+        return luname.check(request.match_info["name"])
+    except ValueError as exc:
+        raise BadRequest(str(exc), field="name") from exc
+
+
+def _found(table: dict[str, Any], key: str, what: str) -> Any:
+    value = table.get(key)
+    if value is None:
+        raise NotFound(f"{what} {key}")
+    return value
 
 
 def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, default: Any = ...) -> Any:
@@ -99,8 +111,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except BadRequest as exc:
         extra = {"field": exc.field} if exc.field else {}
         return _error(400, str(exc), **extra)
-    except KeyError as exc:
-        return _error(404, f"not found: {exc.args[0] if exc.args else ''}")
+    except httpjson.BodyError as exc:
+        return _error(exc.status, str(exc))
+    except NotFound as exc:
+        return _error(404, f"not found: {exc}")
     except StaleEpoch as exc:
         return _error(409, "stale epoch", lastEpoch=exc.last_epoch)
     except FileExistsError as exc:
@@ -113,6 +127,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status >= 400:
             return _error(exc.status, exc.reason)
         raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal error (see the controller's log)")
 
 
 # --- handlers -------------------------------------------------------------------------------
@@ -140,27 +157,31 @@ async def list_lus(request: web.Request) -> web.Response:
 
 
 async def create_lu(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await httpjson.read(request)
     name = _field(body, "name", str)
     size = _field(body, "size", int)
     read_only = _field(body, "readOnly", bool, default=False)
     e = _engine(request)
     try:
+        luname.check(name)
+    except ValueError as exc:
+        raise BadRequest(str(exc), field="name") from exc
+    try:
         lu = e.array.create_lu(name, size, read_only=read_only)
     except ValueError as exc:
-        raise BadRequest(str(exc), field="name" if "name" in str(exc) else "size") from exc
+        raise BadRequest(str(exc), field="size") from exc
     return web.json_response(e.lu_json(lu), status=201)
 
 
 async def get_lu(request: web.Request) -> web.Response:
     e = _engine(request)
-    return web.json_response(e.lu_json(e.lu(request.match_info["name"])))
+    return web.json_response(e.lu_json(e.lu(_path_lu(request))))
 
 
 async def patch_lu(request: web.Request) -> web.Response:
     e = _engine(request)
-    lu = e.lu(request.match_info["name"])
-    body = await _body(request)
+    lu = e.lu(_path_lu(request))
+    body = await httpjson.read(request)
     size = _field(body, "size", int, default=None)
     read_only = _field(body, "readOnly", bool, default=None)
     if size is not None and size < lu.size:
@@ -175,7 +196,8 @@ async def patch_lu(request: web.Request) -> web.Response:
 
 async def delete_lu(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    _engine(request).lu(name)
+    if name not in _engine(request).array.state.lus:  # an LU named before the rule can go
+        _engine(request).lu(_path_lu(request))
     if request.app[COPIES].busy(name):
         return _error(409, "a running copy job uses this LU")
     _engine(request).delete_lu(name)
@@ -184,9 +206,8 @@ async def delete_lu(request: web.Request) -> web.Response:
 
 async def post_reservation(request: web.Request) -> web.Response:
     e = _engine(request)
-    name = request.match_info["name"]
-    e.lu(name)
-    body = await _body(request)
+    name = e.lu(_path_lu(request)).name
+    body = await httpjson.read(request)
     holder = _field(body, "holder", str)
     if not holder or ";" in holder or "=" in holder:
         raise BadRequest("holder must be non-empty without ';' or '='", field="holder")
@@ -198,12 +219,12 @@ async def post_reservation(request: web.Request) -> web.Response:
 
 
 async def get_reservation(request: web.Request) -> web.Response:
-    lu = _engine(request).lu(request.match_info["name"])
+    lu = _engine(request).lu(_path_lu(request))
     return web.json_response({"holder": lu.holder, "epoch": lu.epoch, "lastEpoch": lu.last_epoch})
 
 
 async def delete_reservation(request: web.Request) -> web.Response:
-    _engine(request).release(request.match_info["name"])
+    _engine(request).release(_path_lu(request))
     return web.Response(status=204)
 
 
@@ -217,8 +238,8 @@ async def compare_and_write(request: web.Request) -> web.Response:
     of a processor-information portion (``nasblade.procinfo.portion.PortionStore.update_group``).
     """
     e = _engine(request)
-    lu = e.lu(request.match_info["name"])
-    body = await _body(request)
+    lu = e.lu(_path_lu(request))
+    body = await httpjson.read(request)
     cmp_off = _field(body, "compareOffset", int)
     cmp_len = _field(body, "compareLength", int)
     if cmp_len > CAS_MAX:
@@ -250,13 +271,13 @@ async def list_clients(request: web.Request) -> web.Response:
 
 
 async def get_client(request: web.Request) -> web.Response:
-    return web.json_response(_engine(request).clients[request.match_info["name"]])
+    return web.json_response(_found(_engine(request).clients, request.match_info["name"], "client"))
 
 
 async def post_client(request: web.Request) -> web.Response:
     from nasblade.controller.array import now
 
-    body = await _body(request)
+    body = await httpjson.read(request)
     name = _field(body, "name", str)
     if not name:
         raise BadRequest("name must not be empty", field="name")
@@ -273,7 +294,9 @@ async def post_client(request: web.Request) -> web.Response:
 
 
 async def delete_client(request: web.Request) -> web.Response:
-    del _engine(request).clients[request.match_info["name"]]
+    clients, name = _engine(request).clients, request.match_info["name"]
+    _found(clients, name, "client")
+    del clients[name]
     return web.Response(status=204)
 
 
@@ -299,7 +322,7 @@ async def get_cache_directory(request: web.Request) -> web.Response:
 
 async def post_cache_records(request: web.Request) -> web.Response:
     e = _engine(request)
-    body = await _body(request)
+    body = await httpjson.read(request)
     client = _field(body, "client", str)
     lu = e.lu(_field(body, "lu", str))
     raw = _field(body, "ranges", list)
@@ -337,7 +360,7 @@ async def get_cache_hold(request: web.Request) -> web.Response:
 
 async def post_cache_hold(request: web.Request) -> web.Response:
     e = _engine(request)
-    e.hold_destage(_field(await _body(request), "hold", bool))
+    e.hold_destage(_field(await httpjson.read(request), "hold", bool))
     return web.json_response(_hold_json(e))
 
 
@@ -347,7 +370,7 @@ async def get_load(request: web.Request) -> web.Response:
 
 
 async def post_copy_job(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await httpjson.read(request)
     job = request.app[COPIES].create(
         source=_field(body, "source", str), source_offset=_field(body, "sourceOffset", int, default=0),
         target=_field(body, "target", str), target_offset=_field(body, "targetOffset", int, default=0),
@@ -360,7 +383,7 @@ async def list_copy_jobs(request: web.Request) -> web.Response:
 
 
 async def get_copy_job(request: web.Request) -> web.Response:
-    return web.json_response(request.app[COPIES].jobs[request.match_info["id"]].to_json())
+    return web.json_response(_found(request.app[COPIES].jobs, request.match_info["id"], "copy job").to_json())
 
 
 async def delete_copy_job(request: web.Request) -> web.Response:
@@ -369,7 +392,7 @@ async def delete_copy_job(request: web.Request) -> web.Response:
 
 async def post_fault(request: web.Request) -> web.Response:
     e = _engine(request)
-    body = await _body(request)
+    body = await httpjson.read(request)
     lu = e.lu(_field(body, "lu", str))
     ops = _field(body, "ops", list, default=["read", "write"])
     if not ops or any(op not in ("read", "write") for op in ops):
@@ -389,7 +412,9 @@ async def clear_faults(request: web.Request) -> web.Response:
 
 
 async def delete_fault(request: web.Request) -> web.Response:
-    del _engine(request).faults[request.match_info["id"]]
+    faults = _engine(request).faults
+    _found(faults, request.match_info["id"], "fault")
+    del faults[request.match_info["id"]]
     return web.Response(status=204)
 
 
@@ -461,22 +486,71 @@ _RESPONSES: dict[str, dict[str, Any]] = {
     "list_lus": {"type": "object", "properties": {"lus": {"type": "array", "items": _LU_REF}}},
     "get_lu": _LU_REF, "create_lu": _LU_REF, "patch_lu": _LU_REF,
 }
+_INT = {"type": "integer", "minimum": 0}
+_STR = {"type": "string"}
+_LU_NAME = {"type": "string", "pattern": luname.PATTERN}
+
+
+def _obj(required: list[str], **props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props}
+
+
+#: Request body schemas (the fields each handler reads with ``_field``).
+_REQUESTS: dict[str, dict[str, Any]] = {
+    "create_lu": _obj(["name", "size"], name=_LU_NAME, size={"type": "integer", "minimum": 1},
+                      readOnly={"type": "boolean"}),
+    "patch_lu": _obj([], size=_INT, readOnly={"type": "boolean"}),
+    "post_reservation": _obj(["holder"], holder=_STR, epoch={"type": "integer", "minimum": 1}),
+    "compare_and_write": _obj(["compareOffset", "compareLength", "expectSha256", "writeOffset", "data"],
+                              compareOffset=_INT, compareLength={"type": "integer", "minimum": 0, "maximum": CAS_MAX},
+                              expectSha256=_STR, writeOffset=_INT, data={"type": "string", "contentEncoding": "base64"}),
+    "post_client": _obj(["name"], name=_STR, group=_STR, role=_STR, address=_STR, attrs={"type": "object"}),
+    "post_cache_records": _obj(["client", "lu", "ranges"], client=_STR, lu=_STR,
+                               ranges={"type": "array", "items": {"type": "array", "items": _INT,
+                                                                  "minItems": 2, "maxItems": 2}},
+                               state={"enum": ["dirty", "clean"]}),
+    "post_cache_hold": _obj(["hold"], hold={"type": "boolean"}),
+    "post_copy_job": _obj(["source", "target", "length"], source=_STR, target=_STR, length=_INT,
+                          sourceOffset=_INT, targetOffset=_INT, rateLimit=_INT),
+    "post_fault": _obj(["lu"], lu=_STR, offset=_INT, length=_INT,
+                       ops={"type": "array", "items": {"enum": ["read", "write"]}}),
+}
+#: Query parameters: name → required.
+_QUERIES: dict[str, dict[str, bool]] = {
+    "get_cache_directory": {"lu": True},
+    "delete_cache_records": {"client": True, "lu": False},
+}
+_CREATED = {"create_lu", "post_client", "post_cache_records", "post_copy_job", "post_fault"}
+#: Server-side statuses a route documents: the array has no room (507), a device failed (503).
+_SERVER_ERRORS: dict[str, dict[str, str]] = {
+    "create_lu": {"507": "no space on the devices"}, "patch_lu": {"507": "no space on the devices"},
+    "compare_and_write": {"503": "I/O error on the LU"},
+}
 
 
 def _openapi() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     for method, path, handler, summary in ROUTES:
-        params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for p in ("name", "id") if "{" + p + "}" in path]
-        op: dict[str, Any] = {
-            "operationId": handler.__name__, "summary": summary, "parameters": params,
-            "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
-                          "4XX": {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
-        }
+        op_id = handler.__name__
+        params: list[dict[str, Any]] = [
+            {"name": p, "in": "path", "required": True,
+             "schema": _LU_NAME if path.startswith("/v1/lus/") and p == "name" else _STR}
+            for p in ("name", "id") if "{" + p + "}" in path]
+        params += [{"name": q, "in": "query", "required": req, "schema": _STR}
+                   for q, req in _QUERIES.get(op_id, {}).items()]
+        ok = {"description": "OK", "content": {"application/json": {"schema": _RESPONSES.get(op_id, {"type": "object"})}}}
+        if method == "DELETE" and op_id not in ("delete_copy_job",):
+            responses: dict[str, Any] = {"204": {"description": "Done"}}
+        else:
+            responses = {"201" if op_id in _CREATED else "200": ok}
+        responses["4XX"] = {"description": "Error", **error}
+        for status, what in _SERVER_ERRORS.get(op_id, {}).items():
+            responses[status] = {"description": what, **error}
+        op: dict[str, Any] = {"operationId": op_id, "summary": summary, "parameters": params, "responses": responses}
         if method in ("POST", "PATCH"):
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
-        if handler.__name__ in _RESPONSES:
-            op["responses"]["200"]["content"]["application/json"]["schema"] = _RESPONSES[handler.__name__]
+            op["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": _REQUESTS.get(op_id, {"type": "object"})}}}
         paths.setdefault(path, {})[method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -21,17 +21,14 @@ import datetime as dt
 import errno
 import logging
 import os
-import re
 import stat
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from nasblade.controller import layout
+from nasblade.controller import layout, luname
 
 log = logging.getLogger(__name__)
-
-LU_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -145,8 +142,7 @@ class Array:
         return [s for lu in self.state.lus.values() for s in lu.segments]
 
     def create_lu(self, name: str, size: int, *, read_only: bool = False) -> layout.LURecord:
-        if not LU_NAME.match(name):
-            raise ValueError("name must be 1-64 characters of [A-Za-z0-9._-]")
+        luname.check(name)
         if name in self.state.lus:
             raise FileExistsError(name)
         if size <= 0:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nasblade.controller.array import now
-from nasblade.controller.engine import Engine
+from nasblade.controller.engine import Engine, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class CopyEngine:
         lus = self.engine.array.state.lus
         for name in (source, target):
             if name not in lus:
-                raise KeyError(name)
+                raise NotFound(f"LU {name}")
         if min(source_offset, target_offset) < 0 or length <= 0 or rate_limit < 0:
             raise CopyError("offsets must be >= 0, length > 0, rateLimit >= 0")
         if source_offset + length > lus[source].size:
@@ -126,7 +126,9 @@ class CopyEngine:
         return job
 
     def cancel(self, job_id: str) -> Job:
-        job = self.jobs[job_id]
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"copy job {job_id}")
         if job.state == "running":
             job.cancel_requested = True
         return job
@@ -239,7 +241,7 @@ class CopyEngine:
             job.state, job.error = "failed", "controller stopped"
             job.finished = now()
             raise
-        except (OSError, KeyError) as exc:
+        except (OSError, NotFound) as exc:
             job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
             log.warning("copy job %s failed: %s", job.id, exc)
         finally:

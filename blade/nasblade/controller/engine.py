@@ -148,7 +148,7 @@ class Engine:
     def lu(self, name: str) -> layout.LURecord:
         lu = self.array.state.lus.get(name)
         if lu is None:
-            raise KeyError(name)
+            raise NotFound(f"LU {name}")
         return lu
 
     def lu_json(self, lu: layout.LURecord) -> dict[str, Any]:
@@ -433,6 +433,13 @@ def _minus(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tu
         if pos < end:
             out.append((pos, end))
     return out
+
+
+class NotFound(Exception):
+    """A named object (LU, copy job, client, fault) does not exist: the control API's 404.
+
+    Raised on purpose, by a lookup that checked; a ``KeyError`` from anywhere else is a bug
+    and answers 500 (``api.error_middleware``)."""
 
 
 class StaleEpoch(Exception):

@@ -1,0 +1,53 @@
+"""Bad input to the blade management API (issue 16): LU names checked on the path, bodies
+bounded, every reply a JSON 4xx -- never a 500 -- and no traceback in the block processor's log.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from conftest import BLADE_TOKEN, BladeProc
+from nasblade.controller import luname
+
+pytestmark = pytest.mark.component
+
+
+def request(bp: BladeProc, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+    u = urlparse(bp.api if "://" in bp.api else f"http://{bp.api}")
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.request(method, path, body=body, headers={"Authorization": f"Bearer {BLADE_TOKEN}",
+                                                   "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, json.loads(data) if data else None
+
+
+BAD = [
+    ("POST", "/v1/lus/..%2Fprocinfo/takeover", None, 400),
+    ("POST", "/v1/lus/%2e%2e/takeover", None, 400),
+    ("POST", "/v1/lus/-/takeover", None, 400),
+    ("POST", "/v1/lus/a%0Ab/release", None, 400),
+    ("POST", "/v1/lus/nope/takeover", None, 404),
+    ("POST", "/v1/backups", b"[" * 10000 + b"]" * 10000, 400),
+    ("POST", "/v1/backups", b'{"portions": [0], "pad": "' + b"x" * (2 << 20) + b'"}', 413),
+    ("POST", "/v1/backups", b"\xff\xfe", 400),
+    ("POST", "/v1/backups", b'{"portions": "all"}', 400),
+    ("POST", "/v1/filesystems/..%2Ffs1/takeover", None, 404),
+]
+
+
+def test_bad_input_is_a_json_4xx(start_bp: Callable[..., BladeProc]) -> None:
+    bp = start_bp(blade="b0", own=())
+    for method, path, body, status in BAD:
+        got, reply = request(bp, method, path, body)
+        assert (got, isinstance(reply, dict) and isinstance(reply.get("error"), str)) == (status, True), (path, reply)
+        if status == 400 and "/lus/" in path:
+            assert luname.RULE in reply["error"]
+    got, reply = request(bp, "GET", "/v1/status")
+    assert got == 200
