@@ -1,7 +1,8 @@
 """Everything the operator asks of an array's controller, in one module.
 
 Talks to the control API (HTTP + JSON, bearer token; contract in docs/control-api.md) with
-aiohttp so the kopf event loop never waits on a thread, and reaches LUs over NBD with the
+aiohttp (the session of ``sessions``, which the caller hands in from the operator's state)
+so the kopf event loop never waits on a thread, and reaches LUs over NBD with the
 data plane's own code (in a worker thread): ``nasblade.program`` seeds the program LU,
 ``nasblade.fs`` formats file-system LUs. Handlers call the public functions and methods here
 (never ``ArrayAPI._request``) and see ``ArrayUnavailable`` (transient: retry later) or
@@ -16,7 +17,7 @@ from typing import Any, TypedDict
 
 import aiohttp
 
-from nasblade_operator import naming
+from nasblade_operator import naming, sessions
 
 
 class ArrayUnavailable(RuntimeError):
@@ -105,39 +106,22 @@ def lu_layout(lus: list[dict[str, Any]]) -> list[LUPlacement]:
     return out
 
 
-_TIMEOUT = aiohttp.ClientTimeout(total=10)
-_session: aiohttp.ClientSession | None = None
-
-
-def _http() -> aiohttp.ClientSession:
-    global _session
-    if _session is None or _session.closed:
-        _session = aiohttp.ClientSession(timeout=_TIMEOUT)
-    return _session
-
-
-def reset() -> None:
-    """Forget the session without closing it (a new event loop is starting: operator restart in tests)."""
-    global _session
-    _session = None
-
-
-async def close() -> None:
-    """Close the shared HTTP session (operator shutdown)."""
-    if _session is not None:
-        await _session.close()
+#: Per call to a controller (the session is shared with the blade calls, ``sessions``).
+TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 class ArrayAPI:
-    """The control API of one array."""
+    """The control API of one array, called through the operator's session holder."""
 
-    def __init__(self, base_url: str, token: str) -> None:
+    def __init__(self, http: sessions.Sessions, base_url: str, *, token: str) -> None:
+        self._http = http
         self.base = base_url.rstrip("/") + "/v1"
         self._headers = {"Authorization": f"Bearer {token}"}
 
     async def _request(self, method: str, path: str, body: Any = None) -> Any:
         try:
-            async with _http().request(method, self.base + path, json=body, headers=self._headers) as r:
+            async with self._http.session().request(method, self.base + path, json=body, headers=self._headers,
+                                                    timeout=TIMEOUT) as r:
                 data: Any = await r.json(content_type=None) if r.content_length != 0 else None
                 if r.status >= 500 and r.status != 507:
                     raise ArrayUnavailable(f"{method} {path}: HTTP {r.status}")
@@ -181,14 +165,6 @@ class ArrayAPI:
                 have[name] = LU.from_json(await self._request("PATCH", f"/lus/{name}", {"size": size}))
                 changed.append(name)
         return Ensured(changed=changed, lus=have)
-
-    async def delete_lu(self, name: str) -> None:
-        """Delete an LU; an LU that is already gone (404) counts as deleted."""
-        try:
-            await self._request("DELETE", f"/lus/{name}")
-        except ArrayRefused as exc:
-            if exc.status != 404:
-                raise
 
     async def figures(self) -> Figures:
         load, cache = await asyncio.gather(self._request("GET", "/load"), self._request("GET", "/cache"))
@@ -237,25 +213,16 @@ def _seed_sync(nbd: str, version: str) -> bool:
         dev.close()
 
 
-_lu_locks: dict[tuple[int, str, str], asyncio.Lock] = {}
-
-
-def lu_lock(nbd: str, lu: str) -> asyncio.Lock:
-    """One writer at a time per (NBD endpoint, LU) in this process: two DiskArrays pointed at
-    the same controller (the benchmark shares one) must not both find an LU blank, or a program
-    version missing, and both write it."""
-    return _lu_locks.setdefault((id(asyncio.get_running_loop()), nbd, lu), asyncio.Lock())
-
-
 async def seed_program(nbd: str, *, version: str) -> bool:
     """Put the software bundled in this image into the program LU as ``version``.
 
     Returns False when that version is already there. Runs the data plane's NBD client and
-    program-LU code in a worker thread.
+    program-LU code in a worker thread. The caller holds the LU's lock
+    (``OperatorState.lu_locks``): two DiskArrays pointed at the same controller (the benchmark
+    shares one) must not both find the version missing and both write it.
     """
     try:
-        async with lu_lock(nbd, naming.LU_PROGRAM):
-            return await asyncio.to_thread(_seed_sync, nbd, version)
+        return await asyncio.to_thread(_seed_sync, nbd, version)
     except (OSError, ConnectionError) as exc:
         raise ArrayUnavailable(f"seeding the program LU over nbd://{nbd}: {exc}") from exc
 
@@ -308,19 +275,3 @@ async def format_filesystem(nbd: str, lu: str, *, root_mode: int) -> None:
         await asyncio.to_thread(_mkfs_sync, nbd, lu, root_mode=root_mode)
     except _format_errors() as exc:
         raise ArrayUnavailable(f"formatting LU {lu} over nbd://{nbd}: {exc or type(exc).__name__}") from exc
-
-
-_tokens: dict[tuple[str, str], str] = {}
-
-
-def remember_token(namespace: str, array: str, token: str) -> None:
-    """Cache an array's control token (read from or written to its Secret)."""
-    _tokens[(namespace, array)] = token
-
-
-def forget_token(namespace: str, array: str) -> None:
-    _tokens.pop((namespace, array), None)
-
-
-def cached_token(namespace: str, array: str) -> str | None:
-    return _tokens.get((namespace, array))

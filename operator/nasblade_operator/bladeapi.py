@@ -8,8 +8,10 @@ the array's control token). The calls the operator makes, and nothing else:
   POST /v1/filesystems/{fs}/release        -> 200 once the blade no longer serves fs (idempotent)
   POST /v1/backups {"portions": [..], "trigger": ..} -> 200 {"result": "Succeeded"|"Failed", "message"}
 
-``handlers`` call ``takeover``/``release``/``backup``; failures raise ``BladeUnavailable``
-so the caller retries on its next pass. Keep the exact paths here so adapting to the blade's
+Callers (``clustergroup/daemon.py`` probes ``status``; ``clustergroup/actor.py`` calls
+``takeover``/``release``; ``clustergroup/backups.py`` calls ``backup``) hand in the operator's
+session holder (``sessions``); failures raise ``BladeUnavailable`` so the caller retries on
+its next pass. Keep the exact paths here so adapting to the blade's
 API is a change to this file only.
 """
 
@@ -19,6 +21,8 @@ import dataclasses
 from typing import Any
 
 import aiohttp
+
+from nasblade_operator import sessions
 
 
 class BladeUnavailable(RuntimeError):
@@ -31,31 +35,16 @@ class BackupResult:
     message: str
 
 
-_session: aiohttp.ClientSession | None = None
+#: Per call: take over, release and backup wait for the blade; a status read must be quick.
+TIMEOUT = aiohttp.ClientTimeout(total=30)
+STATUS_TIMEOUT = aiohttp.ClientTimeout(total=2)
 
 
-def _http() -> aiohttp.ClientSession:
-    global _session
-    if _session is None or _session.closed:
-        _session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-    return _session
-
-
-def reset() -> None:
-    """Forget the session without closing it (a new event loop is starting: operator restart in tests)."""
-    global _session
-    _session = None
-
-
-async def close() -> None:
-    if _session is not None:
-        await _session.close()
-
-
-async def _post(base: str, path: str, *, token: str, body: Any = None) -> Any:
+async def _post(http: sessions.Sessions, base: str, path: str, *, token: str, body: Any = None) -> Any:
     url = base.rstrip("/") + "/v1" + path
     try:
-        async with _http().post(url, json=body or {}, headers={"Authorization": f"Bearer {token}"}) as r:
+        async with http.session().post(url, json=body or {}, headers={"Authorization": f"Bearer {token}"},
+                                       timeout=TIMEOUT) as r:
             data: Any = await r.json(content_type=None) if r.content_length != 0 else None
             if r.status >= 400:
                 message = data.get("error", "") if isinstance(data, dict) else ""
@@ -69,17 +58,15 @@ async def _post(base: str, path: str, *, token: str, body: Any = None) -> Any:
 class BladeStatus:
     heartbeat_age: float | None  # seconds since the blade last wrote its heartbeat into the portion
     active_area: str  # "portion" or "backup"
-    version: str | None
     failed: str | None = None  # why the blade declared itself failed (its file processor lost what it served)
     file_systems: frozenset[str] | None = None  # what its file processor serves (None: not reported)
 
 
-async def status(base: str, *, token: str) -> BladeStatus:
-    """The blade's own view: heartbeat age, active processor-info area, software version."""
+async def status(http: sessions.Sessions, base: str, *, token: str) -> BladeStatus:
+    """The blade's own view: heartbeat age, active processor-info area, whether it failed, what it serves."""
     url = base.rstrip("/") + "/v1/status"
     try:
-        async with _http().get(url, headers={"Authorization": f"Bearer {token}"},
-                               timeout=aiohttp.ClientTimeout(total=2)) as r:
+        async with http.session().get(url, headers={"Authorization": f"Bearer {token}"}, timeout=STATUS_TIMEOUT) as r:
             if r.status >= 400:
                 raise BladeUnavailable(f"GET {url}: HTTP {r.status}")
             data: Any = await r.json(content_type=None)
@@ -89,25 +76,24 @@ async def status(base: str, *, token: str) -> BladeStatus:
     return BladeStatus(
         heartbeat_age=float(age) if isinstance(age, int | float) else None,
         active_area="backup" if data.get("activeArea") == "backup" else "portion",
-        version=data.get("version"),
         failed=data["failed"] if isinstance(data.get("failed"), str) else None,
         file_systems=frozenset(map(str, data["fileSystems"])) if isinstance(data.get("fileSystems"), list) else None,
     )
 
 
-async def takeover(base: str, fs: str, *, token: str) -> None:
+async def takeover(http: sessions.Sessions, base: str, fs: str, *, token: str) -> None:
     """Ask the blade at ``base`` to take file system ``fs`` over (reserve, recover, export)."""
-    await _post(base, f"/filesystems/{fs}/takeover", token=token)
+    await _post(http, base, f"/filesystems/{fs}/takeover", token=token)
 
 
-async def release(base: str, fs: str, *, token: str) -> None:
+async def release(http: sessions.Sessions, base: str, fs: str, *, token: str) -> None:
     """Ask the blade at ``base`` to stop serving ``fs`` (flush, unexport, drop reservation)."""
-    await _post(base, f"/filesystems/{fs}/release", token=token)
+    await _post(http, base, f"/filesystems/{fs}/release", token=token)
 
 
-async def backup(base: str, *, token: str, portions: list[int], trigger: str) -> BackupResult:
+async def backup(http: sessions.Sessions, base: str, *, token: str, portions: list[int], trigger: str) -> BackupResult:
     """Ask the blade to copy ``portions`` into their backup areas (claims 8, 9, 17-19)."""
-    data = await _post(base, "/backups", token=token, body={"portions": portions, "trigger": trigger})
+    data = await _post(http, base, "/backups", token=token, body={"portions": portions, "trigger": trigger})
     ok = isinstance(data, dict) and data.get("result") == "Succeeded"
     message = str(data.get("message", "")) if isinstance(data, dict) else ""
     return BackupResult(succeeded=ok, message=message)

@@ -3,8 +3,9 @@
 Default: cluster DNS of the controller Service (``http://<array>-controller.<ns>.svc:8080``)
 and the blade pod's IP (``http://<podIP>:8090``). ``NASBLADE_ENDPOINT_OVERRIDES`` (see
 ``settings``) replaces them per object (``{name}`` in a blade URL becomes the pod name), which is how tier-1 tests point the operator at real
-processes started on localhost while kwok only pretends to run the pods. Used by
-``arrayapi`` and ``bladeapi``; pure functions of the settings.
+processes started on localhost while no kubelet runs the pods. Used by
+the DiskArray handlers and the ClusterGroup daemon, actor and backups to build the URLs they
+hand ``arrayapi`` and ``bladeapi``; pure functions of the settings.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The module kopf loads: it registers every handler and configures the operator.
 
 Importing this module registers the DiskArray handlers (``diskarray/handlers.py``) and the
-ClusterGroup handlers (``clustergroup/handlers.py``) with kopf's default registry; ``main``
-(the ``nasblade operator`` command) and the tests (``kopf.testing.KopfRunner(["run", "-m",
-"nasblade_operator.handlers", ...])``) both load it this way.
+ClusterGroup handlers (``clustergroup/handlers.py``, with its indexes) with kopf's default
+registry; ``main`` (the ``nasblade operator`` command) and the tests
+(``kopf.testing.KopfRunner(["run", "-m", "nasblade_operator.handlers", ...])``) both load it
+this way. The startup handler ``configure`` creates the operator's state (``state.py``) and
+puts it in kopf's ``memo``, which kopf hands to every handler; ``shutdown`` closes it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, cast
 import kopf
 from nasblade import ready
 
-from nasblade_operator import arrayapi, bladeapi, kube, metrics
+from nasblade_operator import kube, metrics, state
 from nasblade_operator.clustergroup import handlers as clustergroup_handlers
 from nasblade_operator.diskarray import handlers as diskarray_handlers
 
@@ -26,8 +28,9 @@ FINALIZER = "nasblade.io/finalizer"
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
-    """kopf settings: our finalizer name, progress in annotations, only our own Events.
+async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
+    """kopf settings: our finalizer name, progress in annotations, only our own Events; the
+    operator state in ``memo`` (a new one per start: nothing is left of a previous run).
 
     kopf would also turn handler log records into Events (its "failed temporarily" retries
     as type Error); ``events.py`` posts the Events a user needs, so log records stay logs.
@@ -44,12 +47,11 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     # A DiskArray reconcile may wait in place for its controller pod (up to CONTROLLER_WAIT):
     # enough workers that 100 arrays created at once all wait side by side.
     settings.queueing.worker_limit = 256
-    arrayapi.reset()
-    bladeapi.reset()
     # kube.py and the program seeding run blocking calls in threads: enough of them that a slow
     # API server does not queue every handler behind a few in-flight requests.
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=kube.POOL_SIZE, thread_name_prefix="nasblade-io"))
+    memo.state = state.OperatorState(kube=kube.Kube.from_env())
     metrics.start(config.metrics_port)
     logger.info("nasblade operator: image %s, metrics on :%s", config.image, config.metrics_port or "off")
     ready.announce("operator", {"metrics": f"http://0.0.0.0:{config.metrics_port}/metrics" if config.metrics_port else None})
@@ -88,8 +90,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.cleanup()
-async def shutdown(**_: Any) -> None:
-    """Close the HTTP sessions to controllers and blades."""
-    await arrayapi.close()
-    await bladeapi.close()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    """Close the operator state (its HTTP session to controllers and blades)."""
+    st = getattr(memo, "state", None)
+    if isinstance(st, state.OperatorState):
+        await st.close()
 

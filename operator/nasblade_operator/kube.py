@@ -7,7 +7,8 @@ would only convert back and forth, and a much larger memory footprint.
 
 Every call is one HTTP request (``create`` may add one ``get`` on a 409), run in a worker
 thread so the kopf event loop never blocks. ``REQUESTS`` counts them per verb for the
-metrics endpoint and the benchmark. Handlers never import pykube directly.
+metrics endpoint and the benchmark. The operator's one ``Kube`` is made at start-up and kept
+in its state (``state.OperatorState.kube``). Handlers never import pykube directly.
 """
 
 from __future__ import annotations
@@ -142,20 +143,3 @@ def _ok(r: Any) -> dict[str, Any]:
         return {}
     body: dict[str, Any] = r.json()
     return body
-
-
-_client: Kube | None = None
-
-
-def client() -> Kube:
-    """The process-wide client (created on first use)."""
-    global _client
-    if _client is None:
-        _client = Kube.from_env()
-    return _client
-
-
-def set_client(k: Kube | None) -> None:
-    """Install a client (tests) or forget it."""
-    global _client
-    _client = k

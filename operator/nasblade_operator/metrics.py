@@ -53,6 +53,8 @@ class _ApiRequests(Collector):
 REGISTRY.register(_ApiRequests())
 
 
+#: Ports served by this process: prometheus_client's server thread outlives an operator run
+#: (the tests start several in one process), so this is per process, not in ``state``.
 _serving: set[int] = set()
 
 

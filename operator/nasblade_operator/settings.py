@@ -1,7 +1,7 @@
 """Operator settings, read once from the environment at start-up.
 
-``main.py`` builds an ``OperatorConfig`` and installs it with ``configure``; handlers and the
-API wrappers (``arrayapi``, ``bladeapi``) read it through ``current()``. Tests build their own
+``main.py`` builds an ``OperatorConfig`` and installs it with ``configure``; the handlers, the
+ClusterGroup daemon and ``endpoints`` read it through ``current()``. Tests build their own
 config and pass the same variables to the operator process.
 
 Variables:

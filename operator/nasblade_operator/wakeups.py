@@ -1,46 +1,50 @@
-"""Wake-ups for the ClusterGroup daemons, shared by the two resources' index functions.
+"""Wake-ups for the ClusterGroup daemons, set by the two resources' index functions.
 
-Each ClusterGroup daemon (``clustergroup/handlers.py``) registers an ``asyncio.Event`` here
-and sleeps on it; the pod index (a blade pod changed) and the DiskArray index (its array
-changed: version, file systems, Ready) set it. Waking from the index functions, which kopf
-calls on every watch event anyway, costs no extra handler invocation or log line per event.
-The index functions are ``async`` on purpose: kopf runs sync handlers in worker threads, and
-``asyncio.Event.set`` must be called from the loop the daemons wait on.
+Each ClusterGroup daemon (``clustergroup/daemon.py``) registers an ``asyncio.Event`` in the
+operator's ``Wakeups`` (``state.OperatorState.wakeups``) and sleeps on it; the pod and Service
+indexes and the group index (``clustergroup/indexes.py``: a blade pod, an NFS Service or a
+request annotation changed) and the DiskArray index (``diskarray/handlers.py``: its array
+changed in a way a group acts on) set it. Waking from the index functions, which kopf calls on
+every watch event anyway, costs no extra handler invocation or log line per event. The index
+functions are ``async`` on purpose: kopf runs sync handlers in worker threads, and
+``asyncio.Event.set`` must be called from the loop the daemons wait on. A daemon unregisters
+when it exits, so the tables hold only running daemons.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-_events: dict[tuple[str, str], asyncio.Event] = {}
-_array_of: dict[tuple[str, str], str] = {}
-_groups_of: dict[tuple[str, str], set[str]] = {}  # (namespace, array) -> its groups' names
 
+class Wakeups:
+    """(namespace, group) -> the Event its daemon waits on, and which groups each array has."""
 
-def register(namespace: str, group: str, *, array: str) -> asyncio.Event:
-    """The Event the daemon of ``group`` waits on."""
-    key = (namespace, group)
-    _array_of[key] = array
-    _groups_of.setdefault((namespace, array), set()).add(group)
-    return _events.setdefault(key, asyncio.Event())
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, str], asyncio.Event] = {}
+        self._array_of: dict[tuple[str, str], str] = {}
+        self._groups_of: dict[tuple[str, str], set[str]] = {}  # (namespace, array) -> its groups' names
 
+    def register(self, namespace: str, group: str, *, array: str) -> asyncio.Event:
+        """The Event the daemon of ``group`` waits on."""
+        key = (namespace, group)
+        self._array_of[key] = array
+        self._groups_of.setdefault((namespace, array), set()).add(group)
+        return self._events.setdefault(key, asyncio.Event())
 
-def unregister(namespace: str, group: str) -> None:
-    _events.pop((namespace, group), None)
-    array = _array_of.pop((namespace, group), None)
-    if array is not None:
-        groups = _groups_of.get((namespace, array), set())
-        groups.discard(group)
-        if not groups:
-            _groups_of.pop((namespace, array), None)
+    def unregister(self, namespace: str, group: str) -> None:
+        self._events.pop((namespace, group), None)
+        array = self._array_of.pop((namespace, group), None)
+        if array is not None:
+            groups = self._groups_of.get((namespace, array), set())
+            groups.discard(group)
+            if not groups:
+                self._groups_of.pop((namespace, array), None)
 
+    def wake_group(self, namespace: str, group: str) -> None:
+        ev = self._events.get((namespace, group))
+        if ev is not None:
+            ev.set()
 
-def wake_group(namespace: str, group: str) -> None:
-    ev = _events.get((namespace, group))
-    if ev is not None:
-        ev.set()
-
-
-def wake_groups_of(namespace: str, array: str) -> None:
-    for group in _groups_of.get((namespace, array), ()):
-        wake_group(namespace, group)
+    def wake_groups_of(self, namespace: str, array: str) -> None:
+        for group in self._groups_of.get((namespace, array), ()):
+            self.wake_group(namespace, group)

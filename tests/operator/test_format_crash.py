@@ -18,7 +18,7 @@ from conftest import Controller
 from nasblade.fs import fs as fsmod
 from nasblade.fs.fs import ROOT, ROOT_INO
 from nasblade.nbd.client import NBDBlockDevice
-from nasblade_operator import arrayapi
+from nasblade_operator import arrayapi, sessions, state
 from nasblade_operator.diskarray import handlers as da_handlers
 from nasblade_operator.diskarray import spec as da_spec
 
@@ -35,13 +35,14 @@ def reconcile_step(controller: Controller, status: dict[str, Any]) -> tuple[dict
     patch = kopf.Patch()
 
     async def run() -> None:
-        arrayapi.reset()
+        http = sessions.Sessions()
         try:
-            api = arrayapi.ArrayAPI(controller.api, controller.token)
+            api = arrayapi.ArrayAPI(http, controller.api, token=controller.token)
             ensured = await api.ensure_lus({f"fs-{f.name}": f.size for f in SPEC.file_systems})
-            await da_handlers.ensure_formatted(SPEC, nbd=controller.nbd, lus=ensured.lus, status=status, patch=patch)
+            await da_handlers.ensure_formatted(SPEC, nbd=controller.nbd, lus=ensured.lus, status=status, patch=patch,
+                                               locks=state.KeyedLocks())
         finally:
-            await arrayapi.close()
+            await http.close()
 
     error: Exception | None = None
     try:
@@ -137,14 +138,14 @@ def test_a_formatted_lu_is_never_formatted_again(
 
 
 def test_an_lu_holding_foreign_data_is_refused_and_left_alone(controller: Controller) -> None:
-    api = arrayapi.ArrayAPI(controller.api, controller.token)
+    http = sessions.Sessions()
+    api = arrayapi.ArrayAPI(http, controller.api, token=controller.token)
 
     async def create() -> None:
-        arrayapi.reset()
         try:
             await api.ensure_lus({"fs-scratch": 48 << 20})
         finally:
-            await arrayapi.close()
+            await http.close()
 
     asyncio.run(create())
     foreign = b"someone else's data".ljust(4096, b"x")

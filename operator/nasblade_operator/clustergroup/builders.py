@@ -1,6 +1,6 @@
 """The child objects of a ClusterGroup -- blade pods and NFS Services -- as plain dicts.
 
-Consumed by ``clustergroup/handlers.py`` (which adopts and creates them). A blade pod has two
+Consumed by ``clustergroup/actor.py`` (which adopts and creates them). A blade pod has two
 containers sharing an in-memory ``emptyDir`` for the Unix socket between them:
 
 * ``block-processor`` (``nasblade block-processor``, flags in nasblade/blockproc/main.py): NBD
@@ -19,7 +19,7 @@ take any of them over, on the same ports with the same exports), ``--fp-unix`` a
 blade of each file system, heartbeat timing) is the pod annotation ``CLUSTER_CONFIG_ANNOTATION``,
 projected into ``/etc/nasblade/cluster.json`` by a downward-API volume. No blade starts with
 ``--own``: the home blade takes an unowned file system at start (``nasblade.cluster.member``),
-and every later move is a takeover through the blade API (``handlers.py``), so a replaced pod
+and every later move is a takeover through the blade API (``actor.py``), so a replaced pod
 never fences the survivor that is serving its file systems. File systems are formatted once,
 by the operator, when their LU is created (``diskarray/handlers.py``), never by a blade.
 
@@ -41,7 +41,7 @@ from nasblade_operator.diskarray.spec import Export, FileSystem
 SOCKET_DIR = "/run/nasblade"
 CONFIG_DIR = "/etc/nasblade"
 CLUSTER_CONFIG_ANNOTATION = f"{naming.GROUP}/cluster-config"
-#: The group's own backups are the operator's (``handlers._backups``, load-aware, recorded in
+#: The group's own backups are the operator's (``backups.run_if_due``, load-aware, recorded in
 #: the ClusterGroup status); the block processor's timer is set beyond any pod's life.
 _NO_MEMBER_BACKUPS = 10 * 365 * 86400.0
 #: Failover is the operator's (``plan.py``, pod readiness and heartbeat age); the block
@@ -238,7 +238,7 @@ def blade_pod(
         "ports": [{"name": n, "containerPort": c} for n, _, c in naming.NFS_PORTS],
         # no NFS readiness probe: only the owning blade listens on the NFS ports, and a standby
         # blade is Ready too. The file processor's liveness is its heartbeat in the portion,
-        # which the operator reads through the blade API (handlers._probe).
+        # which the operator reads through the blade API (daemon._probe).
         "volumeMounts": socket_mount,
         "securityContext": security,
     }

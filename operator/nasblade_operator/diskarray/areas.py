@@ -1,7 +1,7 @@
 """Which processor-info area each portion of a DiskArray runs from, computed without I/O.
 
 After an area failover (DESIGN.md §5) the blades of a group run from the group's backup area
-instead of its portion; the group daemon (``clustergroup/handlers.py``) records what its blades
+instead of its portion; the group daemon (``clustergroup/daemon.py``) records what its blades
 report as ClusterGroup ``status.activeArea``. ``diskarray/handlers.py`` mirrors that into the
 DiskArray: ``status.portions[].activeArea`` per portion, and ``status.areas.activeProcessorInfoArea``
 (``backup`` while any portion runs from its backup area; a printer column). This module computes

@@ -4,7 +4,7 @@
 record in the DiskArray status (``status.fileSystems[].formatted`` with the LU's creation time
 ``luCreated``, written only after mkfs returned) and, when there is no valid record, the
 first ``PROBE_SIZE`` bytes of the LU read over NBD (``arrayapi.read_lu_head``) -- and carries
-out the ``Step`` it gets back. ``clustergroup/handlers.py`` asks ``formatted_names`` which
+out the ``Step`` it gets back. ``clustergroup/daemon.py`` asks ``formatted_names`` which
 file systems blades may be given.
 
 The rules, so that a crash at any point neither loses data nor strands an LU unformatted:

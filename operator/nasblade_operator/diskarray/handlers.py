@@ -5,8 +5,11 @@ two kopf indexes declared here: ``controller_pods`` (is the controller pod Ready
 ``group_areas`` (which processor-info area each ClusterGroup runs from).
 Writes: Secret, Service, StatefulSet (from ``builders``), the LUs, the status (through kopf's
 ``patch``; ``status.portions[].activeArea`` through ``kube``, see ``areas.py``) and Events
-(``events``). ``clustergroup/handlers.py`` reads the DiskArray through the ``diskarrays``
-index declared here.
+(``events``). The ClusterGroup handlers and daemon (``clustergroup/handlers.py``,
+``clustergroup/daemon.py``) read the DiskArray through the ``diskarrays`` index declared here,
+which also wakes the groups (``wakeups``). What this module keeps between calls (tokens, the
+generation whose children exist, controller-pod waits) is in the operator state (``state.py``),
+dropped by ``delete``.
 
 Reconcile order: parse (invalid -> Ready=False, Warning, PermanentError) -> token Secret ->
 Service -> StatefulSet -> wait for the controller pod to be Ready (in place, woken by the pod
@@ -43,7 +46,7 @@ from nasblade_operator import (
     metrics,
     naming,
     settings,
-    wakeups,
+    state,
 )
 from nasblade_operator.diskarray import areas, builders, formatting
 from nasblade_operator.diskarray import spec as da_spec
@@ -52,12 +55,9 @@ from nasblade_operator.validation import InvalidSpec
 RESOURCE = (naming.GROUP, naming.VERSION, "diskarrays")
 GROUPS = (naming.GROUP, naming.VERSION, "clustergroups")
 
-#: uid -> generation whose child objects this process has already ensured (saves requests on retries).
-_ensured: dict[str, int] = {}
-
-
 @kopf.index(*RESOURCE)
-async def diskarrays(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def diskarrays(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo,
+                     **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """(namespace, name) -> the DiskArray's spec, status and deletion mark, for the group handlers.
 
     Also wakes the daemons of the array's ClusterGroups (they run once this event is indexed)
@@ -73,15 +73,15 @@ async def diskarrays(namespace: str | None, name: str, body: kopf.Body, **_: Any
         "generation": body.metadata.get("generation"),
         "resourceVersion": body.metadata.get("resourceVersion"),
     }
-    seen = _group_view(entry)
-    if _group_views.get((namespace, name)) != seen:
-        _group_views[(namespace, name)] = seen
-        wakeups.wake_groups_of(namespace, name)
-    return {(namespace, name): entry}
-
-
-#: (namespace, DiskArray) -> the part of it its ClusterGroups act on, as last indexed.
-_group_views: dict[tuple[str, str], tuple[Any, ...]] = {}
+    views = state.of(memo).group_views  # (namespace, name) -> the group view as last indexed
+    key = (namespace, name)
+    if entry["deleting"]:  # news to the groups once; nothing kept of an array that is going
+        if views.pop(key, None) is not None:
+            state.of(memo).wakeups.wake_groups_of(namespace, name)
+    elif views.get(key) != (seen := _group_view(entry)):
+        views[key] = seen
+        state.of(memo).wakeups.wake_groups_of(namespace, name)
+    return {key: entry}
 
 
 def _group_view(entry: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -99,20 +99,22 @@ async def group_areas(namespace: str | None, name: str, body: kopf.Body, **_: An
 
 
 @kopf.on.event(*GROUPS)
-async def group_changed(namespace: str | None, body: kopf.Body, logger: kopf.Logger, **kwargs: Any) -> None:
+async def group_changed(namespace: str | None, body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo, **kwargs: Any) -> None:
     """A ClusterGroup changed (e.g. its ``status.activeArea``): mirror the areas into its DiskArray."""
     array = str(body.get("spec", {}).get("diskArrayRef", {}).get("name", ""))
-    await _mirror_areas(namespace or "", array, arrays=kwargs["diskarrays"], groups=kwargs["group_areas"], logger=logger)
+    await _mirror_areas(state.of(memo).kube, namespace or "", array, arrays=kwargs["diskarrays"],
+                        groups=kwargs["group_areas"], logger=logger)
 
 
 @kopf.on.event(*RESOURCE)
-async def array_changed(namespace: str | None, name: str, logger: kopf.Logger, **kwargs: Any) -> None:
+async def array_changed(namespace: str | None, name: str, logger: kopf.Logger, memo: kopf.Memo, **kwargs: Any) -> None:
     """A DiskArray changed (e.g. a portion was claimed): mirror its groups' areas into it."""
-    await _mirror_areas(namespace or "", name, arrays=kwargs["diskarrays"], groups=kwargs["group_areas"], logger=logger)
+    await _mirror_areas(state.of(memo).kube, namespace or "", name, arrays=kwargs["diskarrays"],
+                        groups=kwargs["group_areas"], logger=logger)
 
 
 async def _mirror_areas(
-    namespace: str, array: str, *, arrays: kopf.Index[Any, Any], groups: kopf.Index[Any, Any], logger: kopf.Logger,
+    k: kube.Kube, namespace: str, array: str, *, arrays: kopf.Index[Any, Any], groups: kopf.Index[Any, Any], logger: kopf.Logger,
 ) -> None:
     """Patch ``status.portions[].activeArea`` and ``status.areas.activeProcessorInfoArea`` when they differ.
 
@@ -129,7 +131,7 @@ async def _mirror_areas(
     if portions == da["status"]["portions"] and da["status"].get("areas", {}).get("activeProcessorInfoArea") == summary:
         return
     try:
-        await kube.client().patch(
+        await k.patch(
             "DiskArray", array, {"metadata": {"resourceVersion": da["resourceVersion"]},
                                  "status": {"portions": portions, "areas": {"activeProcessorInfoArea": summary}}},
             namespace=namespace, subresource="status",
@@ -144,13 +146,15 @@ async def _mirror_areas(
 @kopf.on.update(*RESOURCE, field="spec")
 async def reconcile(
     body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None, status: kopf.Status, patch: kopf.Patch,
-    **kwargs: Any,
+    memo: kopf.Memo, **kwargs: Any,
 ) -> None:
+    """Parse, children, wait for the controller, LUs, formatting, program seed, Ready (see above)."""
+    st = state.of(memo)
     namespace = namespace or ""
     metrics.RECONCILES.labels("DiskArray").inc()
     generation = int(body.metadata.get("generation", 0))
     parsed = _parse_or_refuse(body, spec, status=status, patch=patch, generation=generation)
-    token = await _ensure_children(body, parsed, name=name, namespace=namespace)
+    token = await _ensure_children(st, body, parsed, name=name, namespace=namespace)
     patch.status["controller"] = {
         "endpoint": endpoints.controller_api(namespace, name),
         "service": naming.controller_name(name),
@@ -163,9 +167,9 @@ async def reconcile(
         "portionSize": parsed.areas.portion_size,
         "activeProcessorInfoArea": status.get("areas", {}).get("activeProcessorInfoArea", "portion"),
     }
-    await _wait_for_controller(body, name=name, namespace=namespace, status=status, patch=patch, generation=generation,
+    await _wait_for_controller(st, body, name=name, namespace=namespace, status=status, patch=patch, generation=generation,
                                pods=kwargs["controller_pods"])
-    await _provision(body, parsed, name=name, namespace=namespace, token=token, status=status, patch=patch, generation=generation)
+    await _provision(st, body, parsed, name=name, namespace=namespace, token=token, status=status, patch=patch, generation=generation)
     cond = conditions.set_condition(status.get("conditions", []), type=conditions.PROGRESSING, status="False",
                                     reason="Reconciled", message="", generation=generation)
     cond = conditions.set_condition(cond, type=conditions.READY, status="True", reason="Ready",
@@ -193,10 +197,15 @@ def _parse_or_refuse(
         raise kopf.PermanentError(f"invalid spec: {exc}") from None
 
 
-async def _ensure_children(body: kopf.Body, parsed: da_spec.DiskArraySpec, *, name: str, namespace: str) -> str:
-    """Create the token Secret, Service and StatefulSet if missing; return the token."""
-    k = kube.client()
-    token = arrayapi.cached_token(namespace, name)
+async def _ensure_children(
+    st: state.OperatorState, body: kopf.Body, parsed: da_spec.DiskArraySpec, *, name: str, namespace: str,
+) -> str:
+    """Create the token Secret, Service and StatefulSet if missing; return the token.
+
+    ``OperatorState.ensured`` remembers the generation whose children were made, so a retry
+    of the same generation costs no request."""
+    k = st.kube
+    token = st.tokens.get((namespace, name))
     secret = await k.get("Secret", naming.token_secret_name(name), namespace=namespace) if token is None else None
     if token is None:
         if secret is None:
@@ -204,10 +213,10 @@ async def _ensure_children(body: kopf.Body, parsed: da_spec.DiskArraySpec, *, na
             kopf.adopt(secret, owner=body)
             secret, _ = await k.create(secret)
         token = base64.b64decode(secret["data"]["token"]).decode()
-        arrayapi.remember_token(namespace, name, token)
+        st.tokens[(namespace, name)] = token
     image = settings.current().image
     generation = int(body.metadata.get("generation", 0))
-    if _ensured.get(str(body.metadata.get("uid"))) == generation:
+    if st.ensured.get(str(body.metadata.get("uid"))) == generation:
         return token  # a retry of the same generation: the children were made already
     created: list[str] = []
     sts = builders.controller_statefulset(name, parsed, image=image)
@@ -225,23 +234,23 @@ async def _ensure_children(body: kopf.Body, parsed: da_spec.DiskArraySpec, *, na
             events.normal(body, "Updated", f"StatefulSet {naming.controller_name(name)}: new pod template")
     if created:
         events.normal(body, "Created", ", ".join(created))
-    _ensured[str(body.metadata.get("uid"))] = generation
+    st.ensured[str(body.metadata.get("uid"))] = generation
     return token
 
 
 @kopf.index("pods", labels={naming.L_COMPONENT: "controller", naming.L_ARRAY: kopf.PRESENT})
-async def controller_pods(namespace: str | None, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[tuple[str, str], bool]:
-    """(namespace, DiskArray) -> whether its controller pod is Ready; wakes a reconcile waiting for it."""
+async def controller_pods(namespace: str | None, body: kopf.Body, labels: kopf.Labels, memo: kopf.Memo,
+                          **_: Any) -> dict[tuple[str, str], bool]:
+    """(namespace, DiskArray) -> whether its controller pod is Ready; wakes a reconcile waiting for it
+    (``OperatorState.controller_waits``)."""
+    waits = state.of(memo).controller_waits
     key = (namespace or "", labels[naming.L_ARRAY])
     ready = not body.metadata.get("deletionTimestamp") and any(
         c.get("type") == "Ready" and c.get("status") == "True" for c in body.get("status", {}).get("conditions", []))
-    if ready and key in _controller_waits:
-        _controller_waits[key].set()  # the waiter runs once this event is indexed
+    if ready and key in waits:
+        waits[key].set()  # the waiter runs once this event is indexed
     return {key: ready}
 
-
-#: (namespace, DiskArray) -> set when its controller pod becomes Ready (``controller_pods``).
-_controller_waits: dict[tuple[str, str], asyncio.Event] = {}
 #: How long a reconcile waits in place for the controller pod before it retries later: waking on
 #: the pod event costs no request per second, and a retry costs a status patch and a pass.
 CONTROLLER_WAIT = 60.0
@@ -252,7 +261,7 @@ def _controller_ready(pods: kopf.Index[Any, Any], key: tuple[str, str]) -> bool:
 
 
 async def _wait_for_controller(
-    body: kopf.Body, *, name: str, namespace: str, status: Mapping[str, Any], patch: kopf.Patch, generation: int,
+    st: state.OperatorState, body: kopf.Body, *, name: str, namespace: str, status: Mapping[str, Any], patch: kopf.Patch, generation: int,
     pods: kopf.Index[Any, Any],
 ) -> None:
     """Wait (bounded) for the controller pod to be Ready, then retry later (TemporaryError).
@@ -270,16 +279,16 @@ async def _wait_for_controller(
                                     reason="WaitingForController", message="waiting for the controller pod",
                                     generation=generation)
     if cond != status.get("conditions") or status.get("observedGeneration") != generation:
-        await kube.client().patch("DiskArray", name, {"status": {"conditions": cond, "observedGeneration": generation}},
-                                  namespace=namespace, subresource="status")
-    wake = _controller_waits.setdefault(key, asyncio.Event())
+        await st.kube.patch("DiskArray", name, {"status": {"conditions": cond, "observedGeneration": generation}},
+                            namespace=namespace, subresource="status")
+    wake = st.controller_waits.setdefault(key, asyncio.Event())
     wake.clear()
     try:
         await asyncio.wait_for(wake.wait(), timeout=CONTROLLER_WAIT)
     except TimeoutError:
         pass
     finally:
-        _controller_waits.pop(key, None)
+        st.controller_waits.pop(key, None)
     if _controller_ready(pods, key):
         return
     patch.status["conditions"] = cond
@@ -288,6 +297,7 @@ async def _wait_for_controller(
 
 
 async def _provision(
+    st: state.OperatorState,
     body: kopf.Body,
     parsed: da_spec.DiskArraySpec,
     *,
@@ -299,12 +309,13 @@ async def _provision(
     generation: int,
 ) -> None:
     """LUs, file-system formatting and the program seed; transient failures retry."""
-    api = arrayapi.ArrayAPI(endpoints.controller_api(namespace, name), token)
+    api = arrayapi.ArrayAPI(st.http, endpoints.controller_api(namespace, name), token=token)
     nbd = endpoints.controller_nbd(namespace, name)
     try:
         ensured = await api.ensure_lus(builders.desired_lus(parsed))
-        fs = await ensure_formatted(parsed, nbd=nbd, lus=ensured.lus, status=status, patch=patch)
-        seeded = await arrayapi.seed_program(nbd, version=parsed.software_version)
+        fs = await ensure_formatted(parsed, nbd=nbd, lus=ensured.lus, status=status, patch=patch, locks=st.lu_locks)
+        async with st.lu_locks.hold((nbd, naming.LU_PROGRAM)):
+            seeded = await arrayapi.seed_program(nbd, version=parsed.software_version)
     except arrayapi.ArrayRefused as exc:
         reason = "NoSpace" if exc.status == 507 else "ControllerRefused"
         _not_ready(status, patch, generation=generation, reason=reason, message=str(exc))
@@ -345,9 +356,11 @@ class FormatResult:
 
 async def ensure_formatted(
     parsed: da_spec.DiskArraySpec, *, nbd: str, lus: Mapping[str, arrayapi.LU], status: Mapping[str, Any],
-    patch: kopf.Patch,
+    patch: kopf.Patch, locks: state.KeyedLocks,
 ) -> FormatResult:
     """Bring every file-system LU to "recorded as formatted" (``formatting`` decides each step).
+
+    ``locks`` (``OperatorState.lu_locks``): one writer per (NBD endpoint, LU) in this process.
 
     ``status.fileSystems`` in the patch is rewritten after each LU, so a failure later in the
     pass still records what was done (kopf applies the patch when the handler raises too).
@@ -373,7 +386,7 @@ async def ensure_formatted(
             todo.append((f, lu))
     publish()
     for f, lu in todo:
-        async with arrayapi.lu_lock(nbd, lu.name):
+        async with locks.hold((nbd, lu.name)):
             head = await arrayapi.read_lu_head(nbd, lu.name, length=formatting.PROBE_SIZE)
             step = formatting.decide(recorded=False, probe=formatting.classify(head))
             if step is formatting.Step.REFUSE:
@@ -399,15 +412,17 @@ FIGURES_MAX_AGE = 60.0
 
 
 @kopf.timer(*RESOURCE, interval=settings.current().status_interval, initial_delay=settings.current().status_interval)
-async def refresh_figures(name: str, namespace: str | None, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+async def refresh_figures(name: str, namespace: str | None, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger,
+                          memo: kopf.Memo, **_: Any) -> None:
     """Copy the controller's load and cache figures and the LU layout into the status (only while Ready)."""
+    st = state.of(memo)
     namespace = namespace or ""
     if not conditions.is_true(status.get("conditions", []), conditions.READY):
         return
-    token = arrayapi.cached_token(namespace, name)
+    token = st.tokens.get((namespace, name))
     if token is None:
         return
-    api = arrayapi.ArrayAPI(endpoints.controller_api(namespace, name), token)
+    api = arrayapi.ArrayAPI(st.http, endpoints.controller_api(namespace, name), token=token)
     try:
         f, layout = await asyncio.gather(api.figures(), api.layout())
     except (arrayapi.ArrayUnavailable, arrayapi.ArrayRefused) as exc:
@@ -429,10 +444,12 @@ async def refresh_figures(name: str, namespace: str | None, status: kopf.Status,
 
 
 @kopf.on.delete(*RESOURCE)
-async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None, **_: Any) -> None:
-    """Tear down in order: ClusterGroups, controller, Service, Secret; PVCs per deletionPolicy."""
+async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Tear down in order: ClusterGroups, controller, Service, Secret; PVCs per deletionPolicy;
+    then drop the array from the operator state."""
+    st = state.of(memo)
     namespace = namespace or ""
-    k = kube.client()
+    k = st.kube
     groups = [g for g in await k.list("ClusterGroup", namespace=namespace)
               if g.get("spec", {}).get("diskArrayRef", {}).get("name") == name]
     if groups:
@@ -444,8 +461,6 @@ async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | N
     await k.delete("StatefulSet", naming.controller_name(name), namespace=namespace)
     await k.delete("Service", naming.controller_name(name), namespace=namespace)
     await k.delete("Secret", naming.token_secret_name(name), namespace=namespace)
-    arrayapi.forget_token(namespace, name)
-    _ensured.pop(str(body.metadata.get("uid")), None)
     policy = spec.get("deletionPolicy", "Retain")
     count = int(spec.get("devices", {}).get("count", 0))
     pvcs = [f"dev-{i}-{naming.controller_name(name)}-0" for i in range(count)]
@@ -455,3 +470,4 @@ async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | N
         events.normal(body, "DataDeleted", f"deleted the device PVCs {', '.join(pvcs)}")
     else:
         events.normal(body, "DataRetained", f"kept the device PVCs {', '.join(pvcs)} (deletionPolicy Retain)")
+    st.forget_array(namespace, name, uid=str(body.metadata.get("uid")))
