@@ -130,3 +130,23 @@ def test_controller_load_percent() -> None:
     assert arrayapi.load_percent(fig(16, 0.1)) == 50
     assert arrayapi.load_percent(fig(1, 0.8)) == 80
     assert arrayapi.load_percent(fig(100, 0)) == 100
+
+
+def test_failover_chooses_the_survivors_the_blades_would_choose() -> None:
+    """One rule for both deciders: the operator's failover and ``cluster.core.plan_takeovers``
+    (what the blades run) pick the same survivor for every file system, including ties, where
+    the file systems are given out in name order whatever the spec order."""
+    from nasblade.cluster import core
+    from nasblade.procinfo.portion import Ownership
+
+    fs = ["zeta", "b1", "b2", "alpha"]  # homes: zeta, alpha -> blade-0; b1 -> blade-1; b2 -> blade-2
+    plan = p.plan(observed({1: pod(1), 2: pod(2)}, count=3, file_systems=fs, known=frozenset({"g-blade-0"})))
+    members = [f"g-blade-{i}" for i in range(3)]
+    blades = core.plan_takeovers(
+        members=members,
+        file_systems=[core.FsPolicy(name=f, lu=f"fs-{f}", home=p.home_of("g", fs, f, 3)) for f in fs],
+        ownership={f: Ownership(blade=p.home_of("g", fs, f, 3), epoch=1) for f in fs},
+        alive={"g-blade-1", "g-blade-2"},
+    )
+    assert {m[0]: m[2] for m in moves(plan)} == {t.fs: t.blade for t in blades} == {"alpha": "g-blade-1", "zeta": "g-blade-2"}
+    assert [m[0] for m in moves(plan)] == ["zeta", "alpha"]  # listed in spec order

@@ -1,11 +1,13 @@
 """What a ClusterGroup should do next, decided without I/O (the group's sans-I/O core).
 
-``handlers.py`` observes -- blade pods from the pod index, ownership and rollout state from
+``daemon.py`` observes -- blade pods from the pod index, ownership and rollout state from
 the group's status, the desired software version and file systems from the DiskArray -- and
-hands an ``Observed`` record to ``plan``. ``plan`` returns the ordered ``Action`` list the
-handler carries out (one blade API call, Service patch or pod create/delete each) and the
-blade states for the status. Every rule lives in this module, so unit tests cover failover,
-give-back and the rolling upgrade without an API server.
+hands an ``Observed`` record to ``plan``. ``plan`` returns the ordered ``Action`` list
+``actor.py`` carries out (one blade API call, Service patch or pod create/delete each) and the
+blade states ``status.py`` reports. Every rule lives in this module, except the choice of a
+survivor, which is the blades' own (``nasblade.cluster.core.choose_survivor``: the operator and
+the blades must pick the same one), so unit tests cover failover, give-back and the rolling
+upgrade without an API server.
 
 Rules, in the order they are applied:
 
@@ -13,8 +15,11 @@ Rules, in the order they are applied:
    been Ready for ``failure_timeout``, or its heartbeat in the portion is older than that;
    ``Suspect`` while not Ready for less than that;
    ``Pending`` if it has never been Ready; else ``Running``.
-2. Failover (policy Automatic): every file system whose owner is Failed moves to the Running
-   blade that serves the fewest file systems (lowest index on ties). No survivor: it waits.
+2. Failover (policy Automatic): every file system whose owner is Failed moves to the survivor
+   the blades would choose (``choose_survivor``: the Running blade that serves the fewest file
+   systems, counting the moves already planned, lowest index on ties; file systems are given
+   out in name order, as ``cluster.core.plan_takeovers`` does; the moves are listed in spec
+   order). No survivor: it waits.
 3. Failed pods are deleted once they own nothing; missing pods are created (desired version).
 4. A planned move (``nasblade takeover FS --to BLADE``: the ``nasblade.io/move-request``
    annotation, parsed by ``parse_move_request``) is checked against what rules 1-3 left: the
@@ -34,10 +39,13 @@ Rules, in the order they are applied:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Literal
+
+from nasblade.cluster import core as cluster_core
 
 BladeState = Literal["Pending", "Running", "Suspect", "Failed", "Upgrading"]
 MoveReason = Literal["Failover", "GiveBack", "Rollout", "ScaleDown", "Planned"]
@@ -176,18 +184,19 @@ def plan(obs: Observed) -> Plan:
     owners = {fs: obs.owners.get(fs) or home_of(obs.group, obs.file_systems, fs, obs.count) for fs in obs.file_systems}
     actions: list[Action] = []
     stranded: list[str] = []
+    members = [blade_name(obs.group, i) for i in range(obs.count)]
 
-    def running(exclude: str = "", *, prefer_version: str = "") -> list[str]:
-        names = [
-            blade_name(obs.group, i)
-            for i in range(obs.count)
-            if states.get(blade_name(obs.group, i)) == "Running" and blade_name(obs.group, i) != exclude
-        ]
-        load = {n: sum(1 for o in owners.values() if o == n) for n in names}
-        return sorted(
-            names,
-            key=lambda n: (bool(prefer_version) and by_name[n].version != prefer_version, load[n], _index(n)),
-        )
+    def survivor(exclude: str, *, prefer_version: str = "") -> str | None:
+        """The blades' rule over the Running members but ``exclude``; with ``prefer_version``,
+        among the members on that version first."""
+        candidates = [m for m in members if states.get(m) == "Running" and m != exclude]
+        owned = collections.Counter(owners.values())
+        if prefer_version:
+            chosen = cluster_core.choose_survivor((m for m in candidates if by_name[m].version == prefer_version),
+                                                  members=members, owned=owned)
+            if chosen is not None:
+                return chosen
+        return cluster_core.choose_survivor(candidates, members=members, owned=owned)
 
     def move(fs: str, target: str, reason: MoveReason) -> None:
         actions.append(MoveFileSystem(fs=fs, source=owners[fs], target=target, reason=reason))
@@ -198,19 +207,25 @@ def plan(obs: Observed) -> Plan:
     def preferred(fs: str) -> str:
         return pins.get(fs) or home_of(obs.group, obs.file_systems, fs, obs.count)
 
-    # 2. Failover, and 7. hand-over by blades beyond count.
-    for fs in obs.file_systems:
+    # 2. Failover, and 7. hand-over by blades beyond count: survivors chosen in name order (the
+    # blades' order), the moves listed in spec order.
+    handed: dict[str, MoveFileSystem] = {}
+    for fs in sorted(obs.file_systems):
         owner = owners[fs]
         beyond = _index(owner) >= obs.count
         if states.get(owner, "Failed") == "Failed" or (beyond and states.get(owner) is not None):
             if not obs.automatic_failover and not beyond:
                 stranded.append(fs)
                 continue
-            survivors = running(owner)
-            if survivors:
-                move(fs, survivors[0], "ScaleDown" if beyond and states.get(owner) != "Failed" else "Failover")
+            target = survivor(owner)
+            if target is not None:
+                reason: MoveReason = "ScaleDown" if beyond and states.get(owner) != "Failed" else "Failover"
+                handed[fs] = MoveFileSystem(fs=fs, source=owner, target=target, reason=reason)
+                owners[fs] = target
             elif states.get(owner, "Failed") == "Failed":
                 stranded.append(fs)
+    actions.extend(handed[fs] for fs in obs.file_systems if fs in handed)
+    stranded.sort(key=list(obs.file_systems).index)
 
     # 3. Replace failed pods that own nothing; create missing ones; remove extra ones.
     for i, pod in sorted(obs.pods.items()):
@@ -250,9 +265,9 @@ def plan(obs: Observed) -> Plan:
         victim = obs.pods[old[0]]
         for fs in obs.file_systems:
             if owners[fs] == victim.name:
-                peers = running(victim.name, prefer_version=obs.version)
-                if peers:
-                    move(fs, peers[0], "Rollout")
+                peer = survivor(victim.name, prefer_version=obs.version)
+                if peer is not None:
+                    move(fs, peer, "Rollout")
         actions.append(DeletePod(name=victim.name, reason="Upgrade"))
         states[victim.name] = "Upgrading"
 
