@@ -15,7 +15,6 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 BACKED_UP = "BackedUp"
-SPEC_VALID = "SpecValid"
 
 Status = Literal["True", "False", "Unknown"]
 

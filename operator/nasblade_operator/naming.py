@@ -9,7 +9,6 @@ from __future__ import annotations
 
 GROUP = "nasblade.io"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
 
 # Labels (selectors must keep working across operator versions: never rename these).
 L_NAME = "app.kubernetes.io/name"
