@@ -123,7 +123,7 @@ def cli(array: Array) -> Cli:
 
 def _blade(name: str, group: str, state: str = "ok", fss: tuple[str, ...] = ()) -> dict[str, Any]:
     return {"name": name, "group": group, "state": state, "reason": "" if state == "ok" else "heartbeat 9.0s old",
-            "fileSystems": list(fss), "heartbeatAge": 0.1, "softwareVersion": "1.0", "activeArea": "primary",
+            "fileSystems": list(fss), "heartbeatAge": 0.1, "softwareVersion": "1.0", "activeArea": "portion",
             "slot": 0, "api": None}
 
 
@@ -143,10 +143,10 @@ def snapshot() -> Snapshot:
                               {"lu": "backup", "group": "g1", "index": 0, "offset": 0, "size": 1 << 20, "role": "backup"}],
                     "cache": {}, "load": {}, "software": {"current": "1.0", "versions": ["1.0"]}, "controller": None}],
         "groups": [
-            {"name": "g1", "array": "a", "portion": 0, "activeArea": "primary", "failureTimeout": 2.0,
+            {"name": "g1", "array": "a", "portion": 0, "activeArea": "portion", "failureTimeout": 2.0,
              "blades": [_blade("b1", "g1", fss=("fs1",)), _blade("b2", "g1"), _blade("b3", "g1", "dead")],
              "fileSystems": ["fs1"], "lastBackup": None, "rollout": None},
-            {"name": "g2", "array": "a", "portion": 1, "activeArea": "primary", "failureTimeout": 2.0,
+            {"name": "g2", "array": "a", "portion": 1, "activeArea": "portion", "failureTimeout": 2.0,
              "blades": [_blade("c1", "g2", fss=("fs2",))], "fileSystems": ["fs2"], "lastBackup": None, "rollout": None},
         ],
         "fileSystems": [

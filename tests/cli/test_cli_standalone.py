@@ -133,8 +133,10 @@ def test_takeover_dry_run(cli: Cli) -> None:
     other = cli("takeover", "fs1", "--to", "g2-0", "--dry-run")
     assert other.returncode == 1
     assert "g2-0 is in cluster group g2, fs1 belongs to g1" in other.stdout
-    same = cli("giveback", "fs1", "--dry-run")
+    same = cli("takeover", "fs1", "--to", "g1-0", "--dry-run")
     assert same.returncode == 1 and "g1-0 already serves fs1" in same.stdout
+    home = cli("giveback", "fs1", "--dry-run")  # giving back what is home is a no-op, not a failure
+    assert home.returncode == 0 and "fs1 is home already" in home.stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -250,6 +252,45 @@ def test_watch_renders_and_stops(cli: Cli) -> None:
     assert "g1-0" in out.stdout and "Events" in out.stdout
 
 
+def test_giveback_of_a_file_system_at_home_is_a_no_op(cli: Cli) -> None:
+    out = cli("giveback", "fs2")
+    assert out.returncode == 0, out.stderr
+    assert "fs2 is home already" in out.stdout
+    out = cli("giveback", "fs2", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) | {"epoch": 0} == {"fileSystem": "fs2", "blade": "g2-0", "epoch": 0, "alreadyHome": True}
+
+
+def test_software_list_takes_data_dir_and_output(array: Array, cli: Cli) -> None:
+    direct = cli("software", "--program", f"nbd://{array.endpoints['controller']['nbd']}/program", "list", "--json")
+    assert direct.returncode == 0, direct.stderr
+    catalog = json.loads(direct.stdout)
+    assert "deprecated" in direct.stderr
+    for fmt, load in (("json", json.loads), ("yaml", yaml.safe_load)):
+        out = cli("software", "list", "--data-dir", str(array.data_dir), "-o", fmt)
+        assert out.returncode == 0, out.stderr
+        assert load(out.stdout) == catalog
+    table = cli("software", "list", "--data-dir", str(array.data_dir))
+    assert table.returncode == 0 and "VERSION" in table.stdout
+    missing = cli("software", "list", "--data-dir", "/nonexistent")
+    assert missing.returncode == 1 and "not the data directory of an array" in missing.stderr
+
+
+def test_completion_names_come_from_the_array(array: Array, cli: Cli) -> None:
+    expect = {"filesystems": ["fs1", "fs2"], "blades": ["g1-0", "g1-1", "g2-0"], "groups": ["g1", "g2"]}
+    for kind, names in expect.items():
+        out = cli("__complete", kind, "--data-dir", str(array.data_dir))
+        assert (out.returncode, out.stdout.split(), out.stderr) == (0, names, "")
+    nothing = cli("__complete", "blades", "--data-dir", "/nonexistent")
+    assert (nothing.returncode, nothing.stdout, nothing.stderr) == (0, "", "")
+
+
+def test_status_says_portion_like_kubernetes(cli: Cli) -> None:
+    snap = status(cli)
+    assert {g["activeArea"] for g in snap["groups"]} == {"portion"}
+    assert {b["activeArea"] for g in snap["groups"] for b in g["blades"]} == {"portion"}
+
+
 def test_takeover_and_giveback_move_the_file_system(array: Array, cli: Cli) -> None:
     before = {f["name"]: f for f in status(cli)["fileSystems"]}["fs1"]
     assert before["blade"] == "g1-0"
@@ -285,7 +326,7 @@ def test_area_failover_is_shown_in_status_map_and_events(array: Array, cli: Cli,
             return {g["name"]: g["activeArea"] for g in status(cli)["groups"]}
 
         deadline = time.monotonic() + 60
-        while (now := areas()) != {"g1": "backup", "g2": "primary"}:
+        while (now := areas()) != {"g1": "backup", "g2": "portion"}:
             assert time.monotonic() < deadline, now
             time.sleep(0.5)
         snap = status(cli)
@@ -301,7 +342,7 @@ def test_area_failover_is_shown_in_status_map_and_events(array: Array, cli: Cli,
     finally:
         admin.clear_faults()
     deadline = time.monotonic() + 60
-    while status(cli)["groups"][0]["activeArea"] != "primary":
+    while status(cli)["groups"][0]["activeArea"] != "portion":
         assert time.monotonic() < deadline
         time.sleep(0.5)
 

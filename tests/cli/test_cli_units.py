@@ -175,3 +175,140 @@ def test_help_has_examples_everywhere() -> None:
     assert plugin.prog == "kubectl nas"
     for cmd, sub in subparsers(plugin).items():
         assert "examples:" in sub.format_help(), cmd
+
+
+# -- issue 16: version, help sections, completion, missing extra, vocabulary, watch ------------
+
+
+def test_version_flag_and_command(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import nasblade
+    from nasblade import cli
+    from nasblade.terminal import kubectl
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"nasblade {nasblade.__version__}\n"
+    assert cli.main(["version", "-o", "json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["version"] == nasblade.__version__ and info["python"] and info["platform"]
+    assert kubectl.main(["version"]) == 0
+    assert capsys.readouterr().out.startswith(f"kubectl nas {nasblade.__version__} ")
+    with pytest.raises(SystemExit):
+        kubectl.main(["--version"])
+    assert capsys.readouterr().out == f"kubectl-nas {nasblade.__version__}\n"
+
+
+def test_help_lists_user_commands_before_daemon_roles() -> None:
+    from nasblade.cli import COMMANDS, build_parser
+
+    text = build_parser().format_help()
+    terminal = text.index("management terminal")
+    roles = text.index("daemon roles")
+    assert terminal < text.index("set-up and tools") < roles
+    for name, command in COMMANDS.items():
+        line = f"\n  {name} "
+        if command.section == "hidden":
+            assert line not in text
+        elif command.section == "role":
+            assert text.index(line) > roles, name
+        else:
+            assert terminal < text.index(line) < roles, name
+    for role in ("file-processor", "block-processor", "controller", "operator", "blade-file-processor", "boot"):
+        assert COMMANDS[role].section == "role"
+
+
+def _complete(script: str, words: str, cword: int) -> list[str]:
+    # a stand-in for `nasblade __complete KIND TARGET...`: echoes the kind's names and the target it got
+    fake = 'nasblade() { case "$2" in filesystems) echo fs1; echo fs2 ;; blades) echo g1-0; echo g1-1 ;;' \
+           ' groups) echo g1; echo g2 ;; versions) echo 1.0; echo 2.0 ;; esac; echo "target:${*:3}" >&2; }\n'
+    probe = fake + script + f'\nCOMP_WORDS=({words}); COMP_CWORD={cword}; _nasblade_complete; echo "${{COMPREPLY[@]}}"\n'
+    out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True, timeout=30)
+    return out.stdout.split()
+
+
+def test_bash_completion_completes_names_from_the_array() -> None:
+    from nasblade.cli import build_parser
+
+    script = completion.bash_script(build_parser(), prog="nasblade")
+    assert "__complete" not in _complete(script, "nasblade ''", 1)
+    assert _complete(script, "nasblade takeover ''", 2) == ["fs1", "fs2"]
+    assert _complete(script, "nasblade giveback --data-dir /d f", 4) == ["fs1", "fs2"]
+    assert _complete(script, "nasblade takeover fs1 --to ''", 4) == ["g1-0", "g1-1"]
+    assert _complete(script, "nasblade backup ''", 2) == ["g1", "g2"]
+    assert _complete(script, "nasblade backup g1 --cross-group g", 4) == ["g1", "g2"]
+    assert _complete(script, "nasblade software rollout ''", 3) == ["1.0", "2.0"]
+    assert {"list", "rollout", "--program"} <= set(_complete(script, "nasblade software ''", 2))
+    probe = 'nasblade() { echo "$@"; }\n' + script + \
+        "\nCOMP_WORDS=(nasblade takeover -n storage --context c1 --kube ''); COMP_CWORD=7; _nasblade_names filesystems\n"
+    out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True, timeout=30)
+    assert out.stdout.split() == ["__complete", "filesystems", "-n", "storage", "--context", "c1", "--kube"]
+
+
+def test_fish_completion_script() -> None:
+    from nasblade import cli
+
+    script = completion.fish_script(cli.build_parser(), prog="nasblade",
+                                    helps={n: c.help for n, c in cli.COMMANDS.items()})
+    assert "complete -c nasblade -n __fish_use_subcommand -a takeover -d 'move a file system" in script
+    assert "complete -c nasblade -n '__fish_seen_subcommand_from takeover' -l to -x -a '(__nasblade_names blades)'" in script
+    assert "complete -c nasblade -n '__fish_seen_subcommand_from rollout' -a '(__nasblade_names versions)'" in script
+    assert "nasblade __complete $argv[1] $target" in script and "__complete -d" not in script
+
+
+def test_complete_names(snapshot: Snapshot) -> None:
+    from nasblade.terminal.commands import complete
+
+    snapshot["arrays"][0]["software"] = {"current": "1.0", "versions": ["2.0", "1.0"]}
+    assert complete.names(snapshot, "groups") == ["g1", "g2"]
+    assert complete.names(snapshot, "filesystems") == ["fs1", "fs2"]
+    assert complete.names(snapshot, "blades") == ["b1", "b2", "b3", "c1"]
+    assert complete.names(snapshot, "versions") == ["1.0", "2.0"]
+
+
+def test_kubectl_nas_without_the_operator_extra(tmp_path: Any) -> None:
+    import os
+    import sys
+
+    for module in ("pykube", "kubernetes", "kopf"):  # what `pip install nasblade` leaves out
+        (tmp_path / module).mkdir()
+        (tmp_path / module / "__init__.py").write_text(f"raise ModuleNotFoundError('no module', name={module!r})\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "KUBECONFIG": str(tmp_path / "kubeconfig")}
+    out = subprocess.run([sys.executable, "-m", "nasblade.terminal.kubectl", "status"], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2, out.stderr
+    assert "pip install 'nasblade[operator]'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_active_area_uses_the_clustergroup_vocabulary() -> None:
+    import yaml
+    from nasblade.terminal.model import area_word
+
+    assert (area_word("primary"), area_word("portion"), area_word("backup"), area_word(None)) == \
+        ("portion", "portion", "backup", None)
+    from pathlib import Path
+
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "clustergroup.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert set(schema["activeArea"]["enum"]) == {"portion", "backup"}
+
+
+def test_watch_fits_a_24_line_terminal_owners_and_blades_first(snapshot: Snapshot) -> None:
+    import io
+
+    from nasblade.terminal import render
+    from rich.console import Console
+
+    events = [{"time": f"2026-01-01T00:00:{i:02d}Z", "kind": "Heartbeat", "object": "b3", "message": f"event {i}"}
+              for i in range(30)]
+    view = render.watch_view(snapshot, events, width=100, height=24)  # type: ignore[arg-type]
+    out = io.StringIO()
+    Console(file=out, width=100, height=24, highlight=False).print(view)
+    lines = out.getvalue().splitlines()
+    assert len(lines) <= 24
+    text = out.getvalue()
+    for word in ("fs1", "fs2", "b1", "b2", "b3", "c1", "dead", "event 29"):  # owners, every blade, the latest event
+        assert word in text, word
+    assert text.index("File systems") < text.index("Blades") < text.index("Events")
+    assert "event 0 " not in text  # older events made room

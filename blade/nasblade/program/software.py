@@ -1,13 +1,18 @@
 """``nasblade software``: build, push, list, select and remove blade software on the program LU.
 
-The program LU is reached as a block device URL, normally through the controller
-(``--program nbd://127.0.0.1:10809/program``; ``NASBLADE_PROGRAM`` is the default); a plain file
-path works too (tests, offline preparation). Examples::
+The program LU is found like every terminal command finds an array: ``--data-dir DIR`` (or
+``$NASBLADE_DATA_DIR``) of a ``nasblade up`` array, whose ``DIR/endpoints.json`` names the
+controller's NBD endpoint (``nasblade.terminal.standalone.StandaloneSource``); or given as a
+block device URL (``--program nbd://127.0.0.1:10809/program``, ``$NASBLADE_PROGRAM``; a plain
+file path works too, for tests and offline preparation). ``--program`` wins over
+``--data-dir``. Examples::
 
     nasblade software build --version 1.0 --output blade-1.0.pyz
-    nasblade software push blade-1.0.pyz --version 1.0 [--select]
-    nasblade software list [--json]
+    nasblade software push blade-1.0.pyz --version 1.0 [--select] --data-dir ./nasblade-data
+    nasblade software list [-o json|yaml|table] --data-dir ./nasblade-data
     nasblade software select 1.0
+
+``list --json`` is the deprecated spelling of ``-o json`` (kept working, says so on stderr).
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from nasblade.program.catalog import ProgramError, ProgramStore
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--program",
-        default=os.environ.get("NASBLADE_PROGRAM"),
+        default=None,
         help="program LU URL (nbd://HOST:PORT/program, nbd+unix:///program?socket=P, or a path);"
-        " default $NASBLADE_PROGRAM",
+        " default: the array of --data-dir, else $NASBLADE_PROGRAM",
     )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     b = sub.add_parser("build", help="build a bundle (zipapp) from this installation's code")
@@ -41,21 +46,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--version", required=True)
     p.add_argument("--select", action="store_true", help="also make it the selected version")
     ls = sub.add_parser("list", help="show the program catalog")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table",
+                    help="output format (default: table)")
+    ls.add_argument("--json", action="store_true", help="deprecated: use -o json")
     s = sub.add_parser("select", help="make a version the one blades boot")
     s.add_argument("version")
     r = sub.add_parser("remove", help="drop a version from the catalog")
     r.add_argument("version")
+    for action in (p, ls, s, r):
+        _add_array_arguments(action)
     sub.add_parser("running", help="print the version and location of the code running this command")
     from nasblade.terminal.commands import rollout  # `software rollout V` (management terminal)
 
     rollout.add_parser(sub)
 
 
+def _add_array_arguments(parser: argparse.ArgumentParser) -> None:
+    t = parser.add_argument_group("target (a standalone array, as for every terminal command)")
+    t.add_argument("--data-dir", type=Path, default=None,
+                   help="data directory of a standalone array (`nasblade up --data-dir`); default $NASBLADE_DATA_DIR")
+    t.add_argument("--config", type=Path, default=None,
+                   help="the array's configuration file (as given to `nasblade up`); default $NASBLADE_CONFIG")
+
+
+def program_url(args: argparse.Namespace) -> str:
+    """Where the program LU is: ``--program``, else the array of ``--data-dir`` (its
+    ``endpoints.json``), else ``$NASBLADE_PROGRAM``, else ``$NASBLADE_DATA_DIR``'s array."""
+    if args.program:
+        return str(args.program)
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is None and os.environ.get("NASBLADE_PROGRAM"):
+        return os.environ["NASBLADE_PROGRAM"]
+    if data_dir is None and os.environ.get("NASBLADE_DATA_DIR"):
+        data_dir = Path(os.environ["NASBLADE_DATA_DIR"])
+    if data_dir is None:
+        raise ProgramError("no program LU: give --data-dir DIR (a standalone array) or --program URL"
+                           " (or set NASBLADE_DATA_DIR / NASBLADE_PROGRAM)")
+    from nasblade.terminal.errors import TerminalError
+    from nasblade.terminal.standalone import PROGRAM_LU, StandaloneSource
+
+    config = getattr(args, "config", None) or (Path(os.environ["NASBLADE_CONFIG"]) if os.environ.get("NASBLADE_CONFIG") else None)
+    try:
+        source = StandaloneSource(Path(data_dir).resolve(), config=config)
+    except TerminalError as exc:
+        raise ProgramError(str(exc)) from exc
+    return f"nbd://{source.endpoints.nbd}/{PROGRAM_LU}"
+
+
 def _store(args: argparse.Namespace) -> ProgramStore:
-    if not args.program:
-        raise ProgramError("no program LU given: use --program URL or set NASBLADE_PROGRAM")
-    return ProgramStore(blockdev.open_device(args.program))
+    return ProgramStore(blockdev.open_device(program_url(args)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,9 +128,14 @@ def _push(store: ProgramStore, args: argparse.Namespace) -> int:
 
 
 def _list(store: ProgramStore, args: argparse.Namespace) -> int:
+    from nasblade.terminal import render
+
     catalog = store.catalog()
     if args.json:
-        sys.stdout.write(json.dumps(catalog.to_json(), sort_keys=True) + "\n")
+        sys.stderr.write("nasblade software list: --json is deprecated; use -o json\n")
+        args.output = "json"
+    if args.output != "table":
+        render.write_data(catalog.to_json(), fmt=args.output, stream=sys.stdout)
         return 0
     sys.stdout.write(f"{'':2}{'VERSION':<20}{'SIZE':>12}  {'CREATED':<20}  SHA256\n")
     for b in catalog.bundles:

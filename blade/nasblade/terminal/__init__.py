@@ -1,7 +1,8 @@
 """The management terminal (claims 10 and 17): the administrator's view of an array.
 
-``nasblade status|backup|takeover|giveback|map|events|watch|completion`` and
-``nasblade software rollout``, and the same commands as the kubectl plugin ``kubectl nas``.
+``nasblade status|backup|takeover|giveback|map|events|watch|completion|version`` and
+``nasblade software rollout|list``, and the same commands as the kubectl plugin ``kubectl nas``
+(plus the hidden ``__complete`` the completion scripts call for names from the array).
 
 How the parts fit:
 

@@ -45,6 +45,7 @@ from nasblade.terminal.model import (
     FileSystem,
     Group,
     Snapshot,
+    area_word,
 )
 from nasblade.terminal.source import BackupProgress, BackupRequest
 
@@ -116,8 +117,12 @@ class KubeSource:
 
     def __init__(self, *, kubeconfig: Path | None, context: str | None, namespace: str | None,
                  timeout: float = 5.0) -> None:
-        import pykube
-
+        try:
+            import pykube
+            import requests  # noqa: F401  (pykube's transport; _request catches its errors)
+        except ModuleNotFoundError as exc:  # the terminal is installed without the operator extra
+            raise UsageError(f"Kubernetes support is not installed (no module {exc.name!r}): "
+                             "pip install 'nasblade[operator]'") from exc
         if kubeconfig is None:
             raise UsageError("no kubeconfig: set KUBECONFIG, pass --kubeconfig, or use --data-dir for a standalone array")
         try:
@@ -292,7 +297,7 @@ class KubeSource:
             blades.append({"name": str(b["name"]), "group": name, "state": state, "reason": reason,
                            "fileSystems": list(b.get("fileSystems", []) or []),
                            "heartbeatAge": None if b.get("heartbeatAgeSeconds") is None else float(b["heartbeatAgeSeconds"]),
-                           "softwareVersion": b.get("softwareVersion"), "activeArea": st.get("activeArea"),
+                           "softwareVersion": b.get("softwareVersion"), "activeArea": area_word(st.get("activeArea")),
                            "slot": b.get("index"), "api": None})
         history: list[Backup] = []
         for i, h in enumerate(st.get("backups", {}).get("history", []) or []):
@@ -308,7 +313,7 @@ class KubeSource:
                             "error": None if h.get("result") == "Succeeded" else h.get("message")})
         group: Group = {
             "name": name, "array": str((spec.get("diskArrayRef") or {}).get("name", "")), "portion": st.get("portion"),
-            "activeArea": st.get("activeArea"), "failureTimeout": timeout, "blades": blades,
+            "activeArea": area_word(st.get("activeArea")), "failureTimeout": timeout, "blades": blades,
             "fileSystems": [str(f.get("name")) for f in st.get("fileSystems", []) or []],
             "lastBackup": history[-1] if history else None, "rollout": st.get("rollout") or None,
         }

@@ -11,6 +11,18 @@ from __future__ import annotations
 from typing import Any, Literal, TypedDict
 
 LUKind = Literal["program", "processorInfo", "backup", "fileSystem", "other"]
+ActiveArea = Literal["portion", "backup"]
+
+#: Where a cluster group keeps its processor information, in the ClusterGroup status's words
+#: (``status.activeArea``: ``portion`` or ``backup``). The blades' own API
+#: (``GET /v1/cluster/area``, ``/v1/status``) says ``primary`` for the portion; ``area_word``
+#: translates, so the standalone and the Kubernetes snapshots print the same JSON.
+_AREA_WORDS: dict[str, ActiveArea] = {"portion": "portion", "primary": "portion", "backup": "backup"}
+
+
+def area_word(raw: object) -> ActiveArea | None:
+    """The snapshot's word for an active area reported as ``raw`` (``None`` if unknown)."""
+    return _AREA_WORDS.get(raw) if isinstance(raw, str) else None
 BladeState = Literal["ok", "suspect", "dead", "stopped", "unknown"]
 
 
@@ -59,7 +71,7 @@ class Blade(TypedDict):
     fileSystems: list[str]
     heartbeatAge: float | None
     softwareVersion: str | None
-    activeArea: str | None
+    activeArea: ActiveArea | None
     slot: int | None
     api: str | None
 
@@ -96,7 +108,7 @@ class Group(TypedDict):
     name: str
     array: str
     portion: int | None
-    activeArea: str | None
+    activeArea: ActiveArea | None
     failureTimeout: float
     blades: list[Blade]
     fileSystems: list[str]

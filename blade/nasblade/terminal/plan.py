@@ -72,7 +72,7 @@ def check_takeover(snap: Snapshot, fs_name: str, *, to: str) -> TakeoverCheck:
         why = f" ({target['reason']})" if target["reason"] else ""
         reasons.append(f"{to} is {target['state']}{why}")
     group = next((g for g in snap["groups"] if g["name"] == fs["group"]), None)
-    if group is not None and group["activeArea"] not in (None, "primary", "portion"):
+    if group is not None and group["activeArea"] not in (None, "portion"):
         reasons.append(f"cluster group {fs['group']} runs from its {group['activeArea']} area; ownership changes wait until the portion is back")
     steps: list[str] = []
     current = fs["blade"]

@@ -6,12 +6,14 @@ here; nothing in this module does I/O other than writing to that console or stre
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import IO, Any
 
 import yaml
-from rich.console import Console, Group
+from rich import box
+from rich.console import Console, ConsoleRenderable, Group
 from rich.table import Table
 from rich.text import Text
 
@@ -138,6 +140,61 @@ def status_tables(snap: Snapshot) -> Group:
                        bk["finished"] or "-", bk["trigger"] or "-")
         parts.append(kt)
     return Group(*parts)
+
+
+def _owners_table(snap: Snapshot) -> Table:
+    t = Table(title="File systems", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("file system", "served by", "home", "epoch", "group"):
+        t.add_column(col)
+    for f in snap["fileSystems"]:
+        preferred = f.get("pinnedTo") or f["homeBlade"]
+        away = f["blade"] is not None and preferred is not None and f["blade"] != preferred
+        t.add_row(f["name"], Text(f["blade"] or "-", style="red" if f["blade"] is None else "yellow" if away else ""),
+                  f["homeBlade"] or "-", "-" if f["epoch"] is None else str(f["epoch"]), f["group"])
+    return t
+
+
+def _blades_table(snap: Snapshot) -> Table:
+    t = Table(title="Blades", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("blade", "group", "state", "file systems", "heartbeat", "area"):
+        t.add_column(col)
+    for g in snap["groups"]:
+        for b in g["blades"]:
+            state = _state(b["state"])
+            if b["reason"]:
+                state.append(f" ({b['reason']})", style="dim")
+            t.add_row(b["name"], g["name"], state, ", ".join(b["fileSystems"]) or "-", age(b["heartbeatAge"]),
+                      b["activeArea"] or "-")
+    return t
+
+
+def _array_line(snap: Snapshot) -> Text:
+    line = Text()
+    for a in snap["arrays"]:
+        load, cache = a["load"] or {}, a["cache"] or {}
+        line.append(f"array {a['name']}: ", style="bold")
+        line.append(f"free {size(a['free'])} of {size(a['size'])}, cache dirty {pct(cache.get('dirtyRatio'))}, "
+                    f"{load.get('iops', 0):.0f} IOPS  ")
+    line.append(snap["time"], style="dim")
+    return line
+
+
+def lines_needed(renderable: Any, *, width: int) -> int:
+    """How many lines ``renderable`` takes on a console ``width`` columns wide."""
+    probe = Console(width=width, file=io.StringIO(), highlight=False)
+    return len(probe.render_lines(renderable, probe.options, pad=False))
+
+
+def watch_view(snap: Snapshot, events: list[Event], *, width: int, height: int) -> Group:
+    """The ``watch`` screen, ``height`` lines at most: what changes first -- who serves each
+    file system, then every blade's health -- then a one-line array summary, then as many of
+    the latest ``events`` as still fit (``status`` has the devices, LUs and backups)."""
+    head: list[ConsoleRenderable] = [_owners_table(snap), _blades_table(snap), _array_line(snap)]
+    for n in range(len(events), -1, -1):
+        view = Group(*head, events_table(events[len(events) - n:]))
+        if lines_needed(view, width=width) <= height:
+            return view
+    return Group(*head)
 
 
 def events_table(events: list[Event]) -> Table:

@@ -49,6 +49,7 @@ from nasblade.terminal.model import (
     Group,
     LUKind,
     Snapshot,
+    area_word,
 )
 from nasblade.terminal.source import BackupProgress, BackupRequest
 
@@ -252,7 +253,7 @@ class StandaloneSource:
                 slot = slots.get(name)
                 member = self._blade(name, g.name, status=st, reachable=reachable, slot=slot,
                                      failure_timeout=g.failure_timeout, default_slot=i)
-                area = (cluster.get(name) or {}).get("activeArea")
+                area = area_word((cluster.get(name) or {}).get("activeArea"))
                 if area:
                     member["activeArea"] = area
                 members.append(member)
@@ -396,7 +397,7 @@ class StandaloneSource:
         version = (status or {}).get("version") or rec.get("softwareVersion")
         return {"name": name, "group": group, "state": state, "reason": reason, "fileSystems": file_systems,
                 "heartbeatAge": None if age is None else round(age, 3), "softwareVersion": version,
-                "activeArea": (status or {}).get("activeArea") or rec.get("activeArea"),
+                "activeArea": area_word((status or {}).get("activeArea") or rec.get("activeArea")),
                 "slot": slot[0] if slot else (status or {}).get("slot", default_slot),
                 "api": ep.api if ep else None}
 
@@ -592,7 +593,7 @@ class StandaloneSource:
                     continue
                 seen.add(key)
                 out.append({"time": iso(a.get("time")) or snapshot["time"], "kind": "ActiveArea", "object": ep.group,
-                            "message": f"{ep.name} runs from the {a.get('to')} area of {ep.group}: {a.get('reason')}"})
+                            "message": f"{ep.name} runs from the {area_word(a.get('to')) or a.get('to')} area of {ep.group}: {a.get('reason')}"})
         out.sort(key=lambda e: e["time"])
         for f in snapshot["fileSystems"]:
             out.append({"time": snapshot["time"], "kind": "Owner", "object": f["name"],

@@ -126,7 +126,7 @@ def _array(c: _Canvas, a: ArrayView, *, groups: list[Group], fs_blade: dict[str,
     if a["areas"]:
         c.text(MARGIN, c.y, "Processor information: portions (procinfo LU) and backup areas (backup LU)", font_weight="bold")
         c.y += 8
-        active = {g["name"]: (g["activeArea"] or "primary") for g in groups}
+        active = {g["name"]: (g["activeArea"] or "portion") for g in groups}
         for role, label in (("portion", "procinfo"), ("backup", "backup")):
             areas = [ar for ar in a["areas"] if ar["role"] == role]
             n = max(len(areas), 1)

@@ -1,5 +1,7 @@
-"""A live view of the array: the status tables, refreshed, with the latest events under them
-(``events --follow`` for a plain stream). Ctrl-C to leave.
+"""A live view of the array that fits the terminal: who serves each file system and every
+blade's health first (what changes), then a one-line array summary and as many of the latest
+events as fit (``render.watch_view``; ``status`` for devices, LUs and backups, ``events
+--follow`` for a plain stream). Ctrl-C to leave.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         console = render.console(sys.stdout)
 
         def view() -> Group:
-            return Group(render.status_tables(prev), render.events_table(recent[-args.events:]))
+            return render.watch_view(prev, recent[-args.events:], width=console.width, height=console.height)
 
         end = None if args.duration is None else time.monotonic() + args.duration
         with Live(view(), console=console, refresh_per_second=4, screen=False) as live:
