@@ -259,23 +259,43 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _kill_blade_and_check(kube: Kube, ns: str, *, name: str, kill: Callable[[str], None]) -> None:
+def _pods_and_status(kube: Kube, ns: str) -> dict[str, Any]:
+    """What a failed wait shows: each blade pod's phase, readiness and container restarts, and
+    the group's status."""
+    pods = kube.json("-n", ns, "get", "pods", "-l", "app.kubernetes.io/component=blade")["items"]
+    return {
+        "pods": {p["metadata"]["name"]: {
+            "phase": p["status"].get("phase"),
+            "containers": {c["name"]: {"ready": c.get("ready"), "restarts": c.get("restartCount"),
+                                       "state": list((c.get("state") or {}).keys())}
+                           for c in p["status"].get("containerStatuses", [])}} for p in pods},
+        "status": _group(kube, ns).get("status"),
+    }
+
+
+def _kill_blade_and_check(kube: Kube, ns: str, *, name: str, kill: Callable[[str], None],
+                          failover: bool = True) -> None:
     """The owner is killed under the writer: the file system fails over to the survivor (its
     Service follows), no acknowledged record is lost, the failed blade is replaced, and
-    automatic give-back brings the file system home."""
+    automatic give-back brings the file system home. ``failover=False``: the blade may also
+    come back and serve the file system again itself before its peer's failure timeout (a
+    block processor's container restarts in about a second); the writer's figures say what
+    the client saw either way."""
     kube.wait("the group Ready with both blades", lambda: _blades_ready(kube, ns), timeout=240, interval=3)
     owner = _owner(kube, ns)
     since = _now()
     figures = _run_writer_through(kube, ns, path=f"/{name}.dat", duration=45, disrupt=lambda: kill(owner))
     RESULTS[name] = figures
     print(f"{name}: {json.dumps(figures)}")
-    kube.wait(f"a failover away from {owner} in status.failovers",
-              lambda: _failed_over(kube, ns, owner=owner, since=since), timeout=60, interval=2,
-              describe=lambda: _group(kube, ns)["status"].get("failovers"))
-    reasons = {e["reason"] for e in kube.json("-n", ns, "get", "events", "--field-selector",
-                                              f"involvedObject.name={GROUP}")["items"]}
-    assert "FailedOver" in reasons
-    kube.wait("the failed blade replaced (2/2 Ready)", lambda: _blades_ready(kube, ns), timeout=240, interval=3)
+    if failover:
+        kube.wait(f"a failover away from {owner} in status.failovers",
+                  lambda: _failed_over(kube, ns, owner=owner, since=since), timeout=60, interval=2,
+                  describe=lambda: _group(kube, ns)["status"].get("failovers"))
+        reasons = {e["reason"] for e in kube.json("-n", ns, "get", "events", "--field-selector",
+                                                  f"involvedObject.name={GROUP}")["items"]}
+        assert "FailedOver" in reasons
+    kube.wait("the failed blade replaced (2/2 Ready)", lambda: _blades_ready(kube, ns), timeout=240, interval=3,
+              describe=lambda: _pods_and_status(kube, ns))
     kube.wait("the file system back on its home blade", lambda: _owner(kube, ns) == owner, timeout=120, interval=2)
 
 
@@ -299,22 +319,24 @@ def test_step4b_kill_file_processor_process(kube: Kube, release: str, workload_n
         kill_container(cid)
 
     _kill_blade_and_check(kube, workload_ns, name="step4b-file-processor-killed", kill=kill)
-    # the operator acted on the blade's own verdict, not only on its pod's readiness
+    # the blade gave itself up (its file processor's lifeline ended while it served the file
+    # system) and the operator saw its verdict, not only its pod's readiness
     logs = kube.kubectl("-n", RELEASE_NS, "logs", "deployment/nasblade-e2e").stdout
-    assert "declared itself failed" in logs and "no longer serves shared" in logs
+    assert "declared itself failed" in logs and "exited while serving shared" in logs, logs[-3000:]
 
 
 def test_step4c_kill_block_processor_process(kube: Kube, release: str, workload_ns: str) -> None:
     """4. SIGKILL the owning blade's block-processor process (its container's main process) under
-    a writer: its file processor lets go of the address, the peer sees the blade silent and takes
-    the file system over, the operator moves the Service (see _kill_blade_and_check)."""
+    a writer: its file processor lets go of the address; the peer takes the file system over when
+    the blade has been silent for the failure timeout (the operator moves the Service), or the
+    restarted block processor serves it again first (see _kill_blade_and_check)."""
 
     def kill(owner: str) -> None:
         pod = kube.json("-n", workload_ns, "get", "pod", owner)
         cid = next(c["containerID"] for c in pod["status"]["containerStatuses"] if c["name"] == "block-processor")
         kill_container(cid)
 
-    _kill_blade_and_check(kube, workload_ns, name="step4c-block-processor-killed", kill=kill)
+    _kill_blade_and_check(kube, workload_ns, name="step4c-block-processor-killed", kill=kill, failover=False)
 
 
 def test_step4d_delete_controller_pod(kube: Kube, release: str, workload_ns: str) -> None:
