@@ -291,6 +291,40 @@ def test_status_says_portion_like_kubernetes(cli: Cli) -> None:
     assert {b["activeArea"] for g in snap["groups"] for b in g["blades"]} == {"portion"}
 
 
+BAD_BLADE_INPUT = [
+    ("/v1/cluster/filesystems/fs2/takeover", b"[" * 10000 + b"]" * 10000, 400),
+    ("/v1/cluster/filesystems/fs2/takeover", b'{"force": true, "pad": "' + b"x" * (2 << 20) + b'"}', 413),
+    ("/v1/cluster/filesystems/fs2/takeover", b'{"force": "yes"}', 400),
+    ("/v1/cluster/filesystems/fs2/takeover", b"\xff", 400),
+    ("/v1/cluster/filesystems/fs2/release", b'{"for": 5}', 400),
+    ("/v1/cluster/backups", b'{"crossGroup": 5}', 400),
+    ("/v1/cluster/backups", b'{"rateLimit": -1}', 400),
+    ("/v1/lus/..%2Fprocinfo/takeover", b"", 400),
+    ("/v1/lus/%2e%2e/release", b"", 400),
+    ("/v1/backups", b'{"portions": [0], "x": ' + b'{"a":' * 100 + b"1" + b"}" * 100 + b"}", 400),
+]
+
+
+def test_blade_and_cluster_routes_answer_bad_input_with_a_json_4xx(array: Array) -> None:
+    """The blade management API with its cluster routes (issue 16): bounded bodies, LU names
+    checked, never a 500; the blade keeps serving."""
+    import http.client
+    from urllib.parse import urlparse
+
+    [ep] = [b for b in array.endpoints["blades"] if b["name"] == "g2-0"]
+    u = urlparse(ep["api"])
+    token = (array.data_dir / "secrets" / "blade-token").read_text().strip()
+    for path, body, status in BAD_BLADE_INPUT:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        conn.request("POST", path, body=body, headers={"Authorization": f"Bearer {token}",
+                                                       "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        reply = json.loads(resp.read())
+        conn.close()
+        assert (resp.status, isinstance(reply.get("error"), str)) == (status, True), (path, reply)
+    assert "fs2" in array.blade("g2-0").status()["fileSystems"]
+
+
 def test_takeover_and_giveback_move_the_file_system(array: Array, cli: Cli) -> None:
     before = {f["name"]: f for f in status(cli)["fileSystems"]}["fs1"]
     assert before["blade"] == "g1-0"
