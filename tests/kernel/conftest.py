@@ -55,7 +55,7 @@ def guest() -> Iterator[uml.Guest]:
     g = uml.UMLGuest(uml.guest_tree(build=True))
     yield g
     g.close()
-    left = uml.leftovers()
+    left = g.leftovers()
     assert left == [], f"guest processes left behind: {left}"
 
 

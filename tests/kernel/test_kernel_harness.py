@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -82,7 +83,7 @@ def test_a_run_that_times_out_leaves_nothing(guest: uml.Guest) -> None:
         result = guest.run("echo started; sleep 1000", forwards=[uml.Forward(7000, "127.0.0.1", port)], timeout=20)
     assert result.timed_out and result.rc is None, result.explain()
     assert "script starts" in result.init_log
-    assert uml.leftovers() == []
+    assert guest.leftovers() == []
     # and the next run works
     again = guest.run("echo again", timeout=300)
     assert again.rc == 0 and again.stdout == "again\n", again.explain()
@@ -94,3 +95,20 @@ def test_script_exit_code_and_output_come_back(guest: uml.Guest) -> None:
     assert (result.rc, result.stdout, result.stderr) == (7, "out\n", "err\n"), result.explain()
     assert (result.share / "x").read_text() == "file\n"
     assert (result.share / "in.txt").read_bytes() == b"input"
+
+
+def test_close_kills_a_run_abandoned_in_a_thread() -> None:
+    """A test that gives up on a run it started in a thread: closing the guest ends it."""
+    own = uml.UMLGuest(uml.guest_tree(build=False))
+    box: dict[str, uml.GuestResult] = {}
+    runner = threading.Thread(target=lambda: box.update(result=own.run("sleep 1000", timeout=600)), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 120
+    while not any("linux.uml" in line for line in own.leftovers()):
+        assert runner.is_alive() and time.monotonic() < deadline, own.leftovers()
+        time.sleep(0.2)
+    own.close()
+    assert own.leftovers() == []
+    runner.join(60)
+    assert not runner.is_alive()
+    assert box["result"].rc is None and not box["result"].timed_out

@@ -29,16 +29,19 @@ the same interface on machines where KVM runs a stock kernel. A run:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import itertools
 import os
 import shlex
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -89,6 +92,10 @@ class Guest(Protocol):
         The returned ``share`` directory holds what the script wrote in ``/share``; it lives
         until the guest is closed (``UMLGuest`` keeps the last ``keep`` runs' directories).
         """
+        ...
+
+    def leftovers(self) -> list[str]:
+        """Processes of this guest's runs still alive (one line each: PID and command)."""
         ...
 
 
@@ -150,8 +157,27 @@ echo $? >@DIR@/uml.rc
 """
 
 
+@dataclass
+class _ActiveRun:
+    """What ``close`` must kill if a run is still going (a test abandoned it in a thread)."""
+
+    marker: str
+    host_forwarders: list[subprocess.Popen[bytes]]
+    boot: subprocess.Popen[bytes] | None = None
+    sessions: set[int] = field(default_factory=set)
+
+    def kill(self) -> None:
+        if self.boot is not None:
+            kill_run(self.boot.pid, self.sessions, self.marker)
+            self.boot.wait()
+        for p in self.host_forwarders:
+            p.kill()
+            p.wait()
+
+
 class UMLGuest:
-    """``Guest`` on User-Mode Linux (see the module docstring). One run at a time."""
+    """``Guest`` on User-Mode Linux (see the module docstring). Runs may overlap (each has its
+    own namespaces and directory); ``close`` kills the runs still going."""
 
     def __init__(self, tree: Path, *, mem: str = "512M", keep: int = 8) -> None:
         if not (tree / ".nasblade-guest").is_file():
@@ -161,15 +187,26 @@ class UMLGuest:
         self.keep = keep
         # short: Unix socket paths must fit in 108 bytes
         self.base = Path(tempfile.mkdtemp(prefix="nbk-", dir="/tmp"))
-        self._runs = 0
+        self._runs = itertools.count(1)
+        self._lock = threading.Lock()
+        self._active: dict[int, _ActiveRun] = {}
 
     def close(self) -> None:
+        with self._lock:
+            active = list(self._active.values())
+        for run in active:
+            run.kill()
         shutil.rmtree(self.base, ignore_errors=True)
+
+    def leftovers(self) -> list[str]:
+        """Live processes of this guest's runs (``ps``-like lines); none once closed."""
+        return leftovers(str(self.base))
 
     def run(self, script: str, *, forwards: Sequence[Forward] = (),
             files: Mapping[str, Path | bytes] | None = None, timeout: float = 600) -> GuestResult:
-        self._runs += 1
-        d = self.base / f"r{self._runs}"
+        with self._lock:
+            n = next(self._runs)
+        d = self.base / f"r{n}"
         share = d / "share"
         for sub in ("upper", "work", "root", "share"):
             (d / sub).mkdir(parents=True)
@@ -180,23 +217,25 @@ class UMLGuest:
             else:
                 target.write_bytes(content)
         (share / "script.sh").write_text(script)
+        marker = uuid.uuid4().hex
         (d / "init").write_text(INIT.replace("@SHARE@", str(share)).replace("@GUEST@", GUEST_ADDR)
                                 .replace("@MODULES@", " ".join(MODULES)))
         host_fwd: list[subprocess.Popen[bytes]] = []
         logs: list[IO[bytes]] = []
+        active = _ActiveRun(marker, host_fwd)
+        with self._lock:
+            self._active[n] = active
         ns_fwd = []
-        marker = uuid.uuid4().hex
         start = time.monotonic()
         timed_out = False
         boot: subprocess.Popen[bytes] | None = None
-        sessions: set[int] = set()
         try:
             for i, f in enumerate(forwards):
                 sock = d / f"f{i}.sock"
                 logs.append(open(d / f"f{i}.host.log", "wb"))  # noqa: SIM115  closed in finally
                 host_fwd.append(subprocess.Popen(
                     ["socat", f"UNIX-LISTEN:{sock},fork", f"TCP:{f.host}:{f.port}"],
-                    stdout=subprocess.DEVNULL, stderr=logs[-1]))
+                    stdout=subprocess.DEVNULL, stderr=logs[-1], preexec_fn=_die_with_parent))
                 ns_fwd.append(f"socat TCP-LISTEN:{f.guest_port},bind={SERVER_ADDR},fork,reuseaddr "
                               f"UNIX-CONNECT:{sock} 2>{d}/f{i}.ns.log &\n"
                               f"listening {f.guest_port}")
@@ -210,23 +249,22 @@ class UMLGuest:
                                          "--mount-proc", "--propagation", "private",
                                          "bash", str(d / "boot.sh")],
                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, env={**os.environ, MARKER: marker})
+                                        start_new_session=True, env={**os.environ, MARKER: marker},
+                                        preexec_fn=_die_with_parent)
+                active.boot = boot
             # linux.uml makes itself a session leader: remember the sessions of the run's
             # processes while it runs, so they can be found once they are orphans
             deadline = time.monotonic() + timeout
             while boot.poll() is None:
-                sessions |= run_sessions(run_processes(boot.pid, sessions, marker))
+                active.sessions |= run_sessions(run_processes(boot.pid, active.sessions, marker))
                 if time.monotonic() > deadline:
                     timed_out = True
                     break
                 time.sleep(0.25)
         finally:
-            if boot is not None:
-                kill_run(boot.pid, sessions, marker)
-                boot.wait()
-            for p in host_fwd:
-                p.kill()
-                p.wait()
+            active.kill()
+            with self._lock:
+                del self._active[n]
             for log in logs:
                 log.close()
         seconds = time.monotonic() - start
@@ -239,10 +277,20 @@ class UMLGuest:
         # the overlay's upper layer is the guest's scratch: drop it now, keep share for the test
         for sub in ("upper", "work", "root"):
             shutil.rmtree(d / sub, ignore_errors=True)
-        old = self.base / f"r{self._runs - self.keep}"
+        old = self.base / f"r{n - self.keep}"
         if self.keep and old.exists():
             shutil.rmtree(old, ignore_errors=True)
         return result
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the thread that started us ends (so a run
+    abandoned by a dying test process leaves no forwarder or guest behind)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _read(p: Path) -> str:
@@ -332,8 +380,9 @@ def _is_zombie(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] in "ZX"
 
 
-def leftovers() -> list[str]:
-    """Live ``linux.uml`` processes and forwarders of guest runs, for the suite's final check."""
+def leftovers(where: str = "/nbk-") -> list[str]:
+    """Live ``linux.uml`` processes, boot wrappers and forwarders of guest runs whose command
+    line names ``where`` (default: any run on this machine), for a final check."""
     out = []
     for p in _processes():
         try:
@@ -342,7 +391,6 @@ def leftovers() -> list[str]:
             continue
         if _is_zombie(p.pid):
             continue
-        prog = Path(cmd.split(" ", 1)[0]).name
-        if prog == "linux.uml" or (prog == "socat" and "/nbk-" in cmd) or f"{MARKER}=".encode() in p.env:
+        if where in cmd and Path(cmd.split(" ", 1)[0]).name in ("linux.uml", "socat", "unshare", "bash"):
             out.append(f"{p.pid} {cmd}")
     return out
