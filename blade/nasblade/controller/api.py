@@ -76,6 +76,8 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, de
     value = body[name]
     if isinstance(value, bool) and kind is int:
         raise BadRequest(f"field {name!r} must be an integer", field=name)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema's integer: 4096.0 is 4096 (the OpenAPI document says integer)
     if not isinstance(value, kind):
         raise BadRequest(f"field {name!r} has the wrong type", field=name)
     if kind is int and isinstance(value, int) and value < 0:
@@ -488,7 +490,11 @@ _RESPONSES: dict[str, dict[str, Any]] = {
 }
 _INT = {"type": "integer", "minimum": 0}
 _STR = {"type": "string"}
+_NAME = {"type": "string", "minLength": 1}
 _LU_NAME = {"type": "string", "pattern": luname.PATTERN}
+#: 1 to ``CAS_MAX`` bytes, base64 (what ``compare_and_write`` accepts)
+_BASE64 = {"type": "string", "contentEncoding": "base64", "minLength": 4, "maxLength": 4 * (-(-CAS_MAX // 3)),
+           "pattern": r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"}
 
 
 def _obj(required: list[str], **props: dict[str, Any]) -> dict[str, Any]:
@@ -500,20 +506,21 @@ _REQUESTS: dict[str, dict[str, Any]] = {
     "create_lu": _obj(["name", "size"], name=_LU_NAME, size={"type": "integer", "minimum": 1},
                       readOnly={"type": "boolean"}),
     "patch_lu": _obj([], size=_INT, readOnly={"type": "boolean"}),
-    "post_reservation": _obj(["holder"], holder=_STR, epoch={"type": "integer", "minimum": 1}),
+    "post_reservation": _obj(["holder"], holder={"type": "string", "pattern": "^[^;=]+$"},
+                             epoch={"type": "integer", "minimum": 1}),
     "compare_and_write": _obj(["compareOffset", "compareLength", "expectSha256", "writeOffset", "data"],
                               compareOffset=_INT, compareLength={"type": "integer", "minimum": 0, "maximum": CAS_MAX},
-                              expectSha256=_STR, writeOffset=_INT, data={"type": "string", "contentEncoding": "base64"}),
-    "post_client": _obj(["name"], name=_STR, group=_STR, role=_STR, address=_STR, attrs={"type": "object"}),
-    "post_cache_records": _obj(["client", "lu", "ranges"], client=_STR, lu=_STR,
+                              expectSha256=_STR, writeOffset=_INT, data=_BASE64),
+    "post_client": _obj(["name"], name=_NAME, group=_STR, role=_STR, address=_STR, attrs={"type": "object"}),
+    "post_cache_records": _obj(["client", "lu", "ranges"], client=_STR, lu=_NAME,
                                ranges={"type": "array", "items": {"type": "array", "items": _INT,
                                                                   "minItems": 2, "maxItems": 2}},
                                state={"enum": ["dirty", "clean"]}),
     "post_cache_hold": _obj(["hold"], hold={"type": "boolean"}),
     "post_copy_job": _obj(["source", "target", "length"], source=_STR, target=_STR, length=_INT,
                           sourceOffset=_INT, targetOffset=_INT, rateLimit=_INT),
-    "post_fault": _obj(["lu"], lu=_STR, offset=_INT, length=_INT,
-                       ops={"type": "array", "items": {"enum": ["read", "write"]}}),
+    "post_fault": _obj(["lu"], lu=_NAME, offset=_INT, length=_INT,
+                       ops={"type": "array", "minItems": 1, "items": {"enum": ["read", "write"]}}),
 }
 #: Query parameters: name → required.
 _QUERIES: dict[str, dict[str, bool]] = {
@@ -537,7 +544,7 @@ def _openapi() -> dict[str, Any]:
             {"name": p, "in": "path", "required": True,
              "schema": _LU_NAME if path.startswith("/v1/lus/") and p == "name" else _STR}
             for p in ("name", "id") if "{" + p + "}" in path]
-        params += [{"name": q, "in": "query", "required": req, "schema": _STR}
+        params += [{"name": q, "in": "query", "required": req, "schema": _NAME}
                    for q, req in _QUERIES.get(op_id, {}).items()]
         ok = {"description": "OK", "content": {"application/json": {"schema": _RESPONSES.get(op_id, {"type": "object"})}}}
         if method == "DELETE" and op_id not in ("delete_copy_job",):
