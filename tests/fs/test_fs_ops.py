@@ -145,6 +145,20 @@ def test_permissions_from_credentials(fsys: fsmod.FileSystem) -> None:
     fsys.remove(ROOT_INO, b"mine", USER)
 
 
+def test_chgrp_by_the_owner_clears_setid_bits_of_an_executable(fsys: fsmod.FileSystem) -> None:
+    """POSIX chown(): an unprivileged owner changing the group of an executable regular file
+    loses S_ISUID and S_ISGID; a non-executable file keeps them; root's change keeps them."""
+    fsys.setattr(ROOT_INO, SetAttr(mode=0o1777), ROOT)
+    member = Cred(1000, 1000, (999,))
+    for name, mode, cred, expected in ((b"exe", 0o6755, member, 0o755), (b"data", 0o6644, member, 0o6644),
+                                       (b"byroot", 0o6755, ROOT, 0o6755)):
+        f, _ = fsys.create(ROOT_INO, name, ROOT, mode=0o644)
+        fsys.setattr(f, SetAttr(uid=1000, gid=1000, mode=mode), ROOT)
+        fsys.setattr(f, SetAttr(gid=999), cred)
+        a = fsys.getattr(f)
+        assert (a.gid, a.mode & 0o7777) == (999, expected), name
+
+
 def test_exclusive_create_verifier_is_stable(device: FileBlockDevice) -> None:
     f = fsmod.FileSystem(device)
     ino, created = f.create(ROOT_INO, b"x", ROOT, exclusive=b"12345678")

@@ -401,9 +401,6 @@ print(st.st_uid, st.st_gid, oct(stat.S_IMODE(st.st_mode)))
 """
 
 
-@pytest.mark.xfail(strict=True, reason="the file processor's SETATTR keeps S_ISUID/S_ISGID when the owner "
-                   "changes the group of an executable file (POSIX chown(): 'shall be cleared'; nfs-ganesha "
-                   "and Linux knfsd clear them); the Linux client leaves this to the server")
 def test_chgrp_by_owner_clears_setid_bits(guest: uml.Guest, nasblade_nfs: NFSTarget) -> None:
     """POSIX chown(): an owner without privileges changing the group of an executable regular
     file loses S_ISUID and S_ISGID (for root it is implementation-defined: not checked)."""

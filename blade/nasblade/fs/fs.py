@@ -815,6 +815,17 @@ class FileSystem:
                     raise FsError(errno.EPERM)
                 sets.append("gid=?")
                 vals.append(sa.gid)
+                # POSIX chown(): an unprivileged change of an executable regular file's owner or
+                # group clears its set-user-ID and set-group-ID bits (knfsd and ganesha do too)
+                mode = vals[sets.index("mode=?")] if "mode=?" in sets else a.mode & 0o7777
+                if not cred.is_root and a.type == FType.REG and mode & 0o111 \
+                        and mode & (stat.S_ISUID | stat.S_ISGID):
+                    mode &= ~(stat.S_ISUID | stat.S_ISGID)
+                    if "mode=?" in sets:
+                        vals[sets.index("mode=?")] = mode
+                    else:
+                        sets.append("mode=?")
+                        vals.append(mode)
             for col, v in (("atime", sa.atime), ("mtime", sa.mtime)):
                 if v is None:
                     continue
