@@ -86,11 +86,14 @@ class Guest(Protocol):
     """A Linux guest that runs a bash script as root with the given servers reachable."""
 
     def run(self, script: str, *, forwards: Sequence[Forward] = (),
-            files: Mapping[str, Path | bytes] | None = None, timeout: float = 600) -> GuestResult:
+            files: Mapping[str, Path | bytes] | None = None, timeout: float = 600,
+            started: Callable[[Path], None] | None = None) -> GuestResult:
         """Boot, run ``script`` in ``/share`` (which holds ``files``), power off.
 
         The returned ``share`` directory holds what the script wrote in ``/share``; it lives
         until the guest is closed (``UMLGuest`` keeps the last ``keep`` runs' directories).
+        ``started(share)`` is called before the guest boots, so a test running ``run`` in a
+        thread can watch what the script writes there while it runs.
         """
         ...
 
@@ -203,7 +206,8 @@ class UMLGuest:
         return leftovers(str(self.base))
 
     def run(self, script: str, *, forwards: Sequence[Forward] = (),
-            files: Mapping[str, Path | bytes] | None = None, timeout: float = 600) -> GuestResult:
+            files: Mapping[str, Path | bytes] | None = None, timeout: float = 600,
+            started: Callable[[Path], None] | None = None) -> GuestResult:
         with self._lock:
             n = next(self._runs)
         d = self.base / f"r{n}"
@@ -217,6 +221,8 @@ class UMLGuest:
             else:
                 target.write_bytes(content)
         (share / "script.sh").write_text(script)
+        if started is not None:
+            started(share)
         marker = uuid.uuid4().hex
         (d / "init").write_text(INIT.replace("@SHARE@", str(share)).replace("@GUEST@", GUEST_ADDR)
                                 .replace("@MODULES@", " ".join(MODULES)))
