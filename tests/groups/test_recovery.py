@@ -143,3 +143,20 @@ def test_released_for_a_blade_that_dies_is_taken_back(make_array: Any) -> None:
             with contextlib.suppress(OSError, KeyError, ValueError):
                 arr.kill(taker, part, signal.SIGCONT)
     c.close()
+
+
+def test_restarted_block_processor_remounts_what_its_file_processor_still_serves(make_array: Any) -> None:
+    """The owner's block processor is SIGKILLed and restarted (by the chassis here, by the
+    kubelet in a pod) well before the failure timeout, while its file processor lives on and
+    still serves the file system through the dead block processor's device. The restarted block
+    processor takes the file system again (it is the recorded owner); it must have it mounted
+    afresh through itself, not accept "already served" (every request on the old device fails:
+    the export hung until the file processor gave up on its own)."""
+    arr: ArrayUp = make_array(clusterGroups=group(failureTimeout="20s"))
+    owner, _epoch = wait_for(arr.owner)
+    c = Client(arr.nfs["host"], nfs_port=arr.nfs["nfsPort"], mount_port=arr.nfs["mountPort"])
+    fh = c.create(c.mount(arr.nfs["export"]), "bp-restart")
+    seconds, new_owner = served_again_after(arr, c, fh, kill=lambda b: arr.kill(b, "bp"), limit=8.0)
+    assert new_owner == owner, "the peer cannot have taken over: the failure timeout is 20 s"
+    print(f"served again by the restarted block processor after {seconds:.2f}s")
+    c.close()

@@ -43,7 +43,7 @@ from aiohttp import web
 from nasblade import ready
 from nasblade.bladeapi import lifeline
 from nasblade.bladeapi.client import BladeAPIError, LocalClient
-from nasblade.cluster.fpside import SelfFence, fail_stop_open
+from nasblade.cluster.fpside import DeviceLost, SelfFence, fail_stop_open
 from nasblade.program import bundle
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,8 @@ async def _remove_fs(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in fp.endpoints:
         return web.json_response({"error": f"{name} is not served here"}, status=404)
-    await fp.remove_filesystem(name)
+    with contextlib.suppress(DeviceLost):  # its block processor is gone: nothing left to commit to
+        await fp.remove_filesystem(name)
     return web.json_response({"name": name, "removed": True})
 
 

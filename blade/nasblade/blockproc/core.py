@@ -307,9 +307,17 @@ class BlockProcessor:
         if self.settings.fp_unix is None:
             raise RuntimeError("this blade has no file-processor control socket")
         lu = str(self.settings.fs_specs[name]["lu"])
+        fp = FPControlClient(self.settings.fp_unix)
         async with self._fs_lock:
             epoch = self.epochs[lu] if await self._holds(lu) else await self.take_over(lu)
-            served = await asyncio.to_thread(FPControlClient(self.settings.fp_unix).add, self.fp_spec(name))
+            if name not in self.handed and name in await asyncio.to_thread(fp.file_systems):
+                # the file processor serves it through a block processor that is gone (this one
+                # restarted while the file processor lived on): that device is dead, so mount it
+                # afresh through this one (a new device, recovery, a new write verifier)
+                log.warning("the file processor still serves %s from before this block processor started;"
+                            " remounting it", name)
+                await asyncio.to_thread(fp.remove, name)
+            served = await asyncio.to_thread(fp.add, self.fp_spec(name))
             self.handed[name] = time.time()
             await self._set_owner(name, epoch)
         return {"fileSystem": name, "lu": lu, "epoch": epoch, "endpoints": served.get("endpoints", {})}

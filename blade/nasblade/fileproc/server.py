@@ -267,9 +267,11 @@ class FileProcessor:
         for srv in ep.servers:
             with contextlib.suppress(Exception):
                 await srv.wait_closed()
-        if ep.pending and not ep.failed:
-            ep.commit_now()
-        await asyncio.to_thread(self._unmount, ep)
+        try:
+            if ep.pending and not ep.failed:
+                ep.commit_now()
+        finally:  # a lost device raises on the commit: the file system is unmounted all the same
+            await asyncio.to_thread(self._unmount, ep)
 
     def regenerate_verifier(self, name: str) -> bytes:
         """Give ``name`` a new write verifier (clients resend uncommitted writes)."""
