@@ -86,6 +86,10 @@ def test_killed_controller_is_restarted_and_nothing_acknowledged_is_lost(make_ar
     assert not errors, f"{errors[0]!r}\n{dump_logs(arr)}"
     # no takeover: the same owner with the same epoch, and the data it acknowledged is there
     assert arr.owner() == (owner, epoch)
+    # the blades registered again in the restarted controller's (soft-state) client registry,
+    # with the management API a peer needs for a graceful release (give-back)
+    expect(arr, lambda: {c["name"]: (c.get("attrs") or {}).get("api") for c in arr.control.list_clients()}
+           == {b: arr.blades[b].api for b in arr.blades}, timeout=15, what="blades registered again")
     content = c.read_all(fh, max(acked) + (16 << 10))
     lost = [off for off, data in acked.items() if content[off : off + len(data)] != data]
     assert not lost, f"acknowledged writes lost at {lost[:5]}"

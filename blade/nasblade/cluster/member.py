@@ -71,6 +71,8 @@ from nasblade.procinfo.portion import (
 log = logging.getLogger(__name__)
 
 AREA_PROBE_INTERVAL = 0.5
+REGISTER_EVERY = 5.0
+"""Seconds between re-registrations with the controller (``ClusterMember._register``)."""
 COPY_TIMEOUT = 120.0
 
 
@@ -113,6 +115,7 @@ class ClusterMember:
         self.switched_at = 0.0
         self._last_probe = 0.0
         self._last_look: float | None = None
+        self._registered_at = 0.0
         """Monotonic time the last tick finished reading the group (``tick``'s gap rule)."""
         self.backup_running = False
         self.last_backup_ok: float | None = None
@@ -147,10 +150,18 @@ class ClusterMember:
         if not await asyncio.to_thread(self.backup_area.is_formatted):
             with contextlib.suppress(ClusterError, OSError):
                 await self.backup(trigger="initial")
-        attrs = {"api": api_url, "cluster": self.cfg.group, "slot": s.slot}
-        await self._control("register_client", self.me, group=self.cfg.group, role="blade", attrs=attrs)
+        await self._register()
         self._tasks.append(asyncio.create_task(self._run_ticks()))
         self._tasks.append(asyncio.create_task(self._run_scheduler()))
+
+    async def _register(self) -> None:
+        """Register this blade (and its management API, which peers ask for a graceful release)
+        in the controller's client registry. The registry is soft state: a restarted controller
+        starts with an empty one, so blades register again every ``REGISTER_EVERY`` seconds
+        (idempotent; the first registration time is kept)."""
+        attrs = {"api": self.api_url, "cluster": self.cfg.group, "slot": self.bp.settings.slot}
+        await self._control("register_client", self.me, group=self.cfg.group, role="blade", attrs=attrs)
+        self._registered_at = time.monotonic()
 
     async def close(self) -> None:
         # let a tick that is reading the portion finish: its I/O runs in a thread through the
@@ -185,6 +196,12 @@ class ClusterMember:
             try:
                 await self.tick()
                 self.tick_error = None
+                if time.monotonic() - self._registered_at > REGISTER_EVERY:
+                    try:
+                        await self._register()
+                    except Exception as exc:  # the controller is away: try again in a second
+                        self._registered_at = time.monotonic() - REGISTER_EVERY + 1.0
+                        log.info("%s: registering with the controller: %s", self.me, exc)
             except (OSError, PortionError, ClusterError, ValueError, KeyError) as exc:
                 self.tick_error = str(exc)
                 log.warning("cluster tick: %s", exc)
