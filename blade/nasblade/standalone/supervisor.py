@@ -436,7 +436,7 @@ class Supervisor:
                 "pid": None if child is None else child.proc.pid, "state": p.state, "restarts": p.restarts,
                 "lastExit": p.last_exit, "reason": p.reason, "startedAt": p.started_at,
             }
-        return {"blades": out, "controller": controller}
+        return {"blades": out, "controller": controller, "pendingGivebacks": sorted(self.givebacks)}
 
     def write_status(self) -> None:
         """Write ``chassis.json`` atomically. Called from the main loop and from the chassis
