@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,22 +114,26 @@ class KernelArray:
         return ControlClient(self.endpoints["controller"]["api"], token)
 
 
-@pytest.fixture(scope="module")
-def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelArray]:
-    """A running standalone array with one file system for the kernel client."""
-    tmp = tmp_path_factory.mktemp("kernel-array")
-    address = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}.2"
-    portmap = free_port()
-    cfg = {
-        "array": {"devices": {"count": 2, "size": "768M"}, "cacheSize": "32M",
+def kernel_config(*, blades: int, fs_size: str, device_size: str, group: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """An array configuration for the kernel client: one group ``g1`` of ``blades`` blades, one
+    file system ``kfs`` on its own loopback address exported read-write to 127.0.0.0/8 without
+    root squash, every port free, the portmapper included."""
+    address = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
+    return {
+        "array": {"devices": {"count": 2, "size": device_size}, "cacheSize": "32M",
                   "areas": {"programSize": "32M"}},
-        "clusterGroups": [{"name": "g1", "blades": 1}],
-        "fileSystems": [{"name": "kfs", "size": "512M", "clusterGroup": "g1", "address": address,
+        "clusterGroups": [{"name": "g1", "blades": blades, **(group or {})}],
+        "fileSystems": [{"name": "kfs", "size": fs_size, "clusterGroup": "g1", "address": address,
                          "exports": [{"path": "/", "clients": ["127.0.0.0/8"], "access": "rw",
                                       "rootSquash": False}]}],
         "network": {"nbdPort": free_port(), "apiPort": free_port(), "bladeApiPort": 0,
-                    "nfsPort": free_port(), "mountPort": free_port(), "portmapPort": portmap},
+                    "nfsPort": free_port(), "mountPort": free_port(), "portmapPort": free_port()},
     }
+
+
+def run_array(tmp: Path, cfg: dict[str, Any]) -> Iterator[KernelArray]:
+    """``nasblade up`` with ``cfg`` in ``tmp`` for the length of a fixture (stopped after)."""
     config = tmp / "array.yaml"
     config.write_text(yaml.safe_dump(cfg))
     data_dir = tmp / "data"
@@ -140,13 +145,22 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelArray]:
         proc.kill()
         proc.wait()
         raise
-    yield KernelArray(data_dir=data_dir, proc=proc, endpoints=line["endpoints"], portmap_port=portmap)
+    threading.Thread(target=lambda: proc.stdout.read() if proc.stdout else None, daemon=True).start()
+    yield KernelArray(data_dir=data_dir, proc=proc, endpoints=line["endpoints"],
+                      portmap_port=int(cfg["network"]["portmapPort"]))
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(60)
+        proc.wait(90)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="module")
+def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelArray]:
+    """A running standalone array with one file system for the kernel client."""
+    yield from run_array(tmp_path_factory.mktemp("kernel-array"),
+                         kernel_config(blades=1, fs_size="512M", device_size="768M"))
 
 
 @pytest.fixture(scope="module")

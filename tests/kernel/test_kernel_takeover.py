@@ -19,7 +19,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -29,9 +28,7 @@ from typing import Any
 
 import pytest
 import uml
-import yaml
-from conftest import KernelArray, free_port
-from nasblade import ready
+from conftest import KernelArray, kernel_config, run_array
 
 pytestmark = pytest.mark.kernel
 
@@ -47,36 +44,10 @@ RESULTS: dict[str, Any] = {}
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelArray]:
     """``nasblade up`` with one group of two blades (``g1-0`` home of ``kfs``, ``g1-1``)."""
-    tmp = tmp_path_factory.mktemp("kernel-pair")
-    address = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}.3"
-    portmap = free_port()
-    cfg = {
-        "array": {"devices": {"count": 2, "size": "768M"}, "cacheSize": "32M", "areas": {"programSize": "32M"}},
-        "clusterGroups": [{"name": "g1", "blades": 2, "heartbeatInterval": "100ms", "failureTimeout": "1s",
-                           "backup": {"interval": "1h", "loadThreshold": 0.8, "maxAge": "2h"}}],
-        "fileSystems": [{"name": "kfs", "size": "1G", "clusterGroup": "g1", "address": address,
-                         "exports": [{"path": "/", "clients": ["127.0.0.0/8"], "access": "rw",
-                                      "rootSquash": False}]}],
-        "network": {"nbdPort": free_port(), "apiPort": free_port(), "bladeApiPort": 0,
-                    "nfsPort": free_port(), "mountPort": free_port(), "portmapPort": portmap},
-    }
-    (tmp / "array.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([*NASBLADE, "up", "--config", str(tmp / "array.yaml"), "--data-dir", str(tmp / "data")],
-                            stdout=subprocess.PIPE)
-    try:
-        line = ready.wait_ready(proc, timeout=240)
-    except ready.NotReady:
-        proc.kill()
-        proc.wait()
-        raise
-    threading.Thread(target=lambda: proc.stdout.read() if proc.stdout else None, daemon=True).start()
-    yield KernelArray(data_dir=tmp / "data", proc=proc, endpoints=line["endpoints"], portmap_port=portmap)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    yield from run_array(tmp_path_factory.mktemp("kernel-pair"), kernel_config(
+        blades=2, fs_size="1G", device_size="768M",
+        group={"heartbeatInterval": "100ms", "failureTimeout": "1s",
+               "backup": {"interval": "1h", "loadThreshold": 0.8, "maxAge": "2h"}}))
     print(f"kernel-client takeover figures: {json.dumps(RESULTS, sort_keys=True)}")
 
 
