@@ -7,8 +7,8 @@ explicit durability barrier. Two implementations exist:
 - ``nasblade.nbd.client.NBDBlockDevice``: an LU reached over NBD (TCP to the controller, or a
   Unix socket to the blade's block processor).
 
-``open_device(url)`` picks one from a URL: a plain path, ``file:///path``, ``nbd://host:port/LU``
-or ``nbd+unix:///LU?socket=/path``.
+``nasblade.devices.open_device(url)`` picks one from a URL (it lives there, not here, so that
+this interface imports no implementation).
 
 Durability contract (the same as NBD's): after ``pwrite(..., fua=True)`` returns, or after
 ``flush()`` returns, the data written before it is on stable storage. Errors are ``OSError``
@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import os
 from typing import Protocol, runtime_checkable
-from urllib.parse import urlparse
 
 Buffer = bytes | bytearray | memoryview
 
@@ -114,15 +113,3 @@ class FileBlockDevice:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def open_device(url: str) -> BlockDevice:
-    """Open a block device from a path or URL (see the module docstring)."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("", "file"):
-        return FileBlockDevice(parsed.path if parsed.scheme else url)
-    if parsed.scheme in ("nbd", "nbd+unix"):
-        from nasblade.nbd import client
-
-        return client.NBDBlockDevice.connect(url)
-    raise ValueError(f"unsupported block device URL {url!r}")

@@ -1,7 +1,7 @@
 """Reading JSON request bodies, bounded: the one helper every HTTP app of nasblade uses.
 
 Used by the controller's control API (``nasblade.controller.api``), the blade management and
-local APIs (``nasblade.bladeapi.server``) and the cluster routes mounted on the blade app
+local APIs (``nasblade.blockproc.api``) and the cluster routes mounted on the blade app
 (``nasblade.cluster.api``). Each app's error middleware turns ``BodyError`` into its JSON error
 reply ``{"error": message}`` with ``BodyError.status``.
 

@@ -1,12 +1,11 @@
-"""The blade's HTTP surfaces, served by its block processor.
+"""The blade side's HTTP clients, and the wire of the file processor's lifeline.
 
-- ``server.blade_app``: the blade management API (TCP, ``Authorization: Bearer <token>``) for
-  the operator and the CLI: status, LU and file-system takeover/release, backups.
-- ``server.local_app``: the file processor's private API on a Unix socket inside the pod:
-  store my status in my slot (claim 2), read the controller's load (claim 19).
-- ``client``: synchronous clients (``BladeClient``, ``LocalClient``, and ``FPControlClient``
-  for the file processor's control socket).
-- ``agent``: ``nasblade blade-file-processor``, the file-processor side of the blade (embeds
-  ``nasblade.fileproc.server.FileProcessor``, heartbeats through the local API, serves the
-  control socket the block processor uses to add and remove file systems).
+- ``http``: ``JSONClient``, the one client base (TCP or Unix socket, bearer token, JSON bodies,
+  errors by status) every client of a nasblade HTTP API uses, the controller's included
+  (``nasblade.controller.apiclient``).
+- ``client``: ``BladeClient`` (the blade management API, served by ``nasblade.blockproc.api``
+  and ``nasblade.cluster.api``), ``LocalClient`` (the block processor's local API) and
+  ``FPControlClient`` (the file processor's control socket, ``nasblade.fileproc.agent``).
+- ``chassis``: ``ChassisClient`` (the chassis of ``nasblade up``, ``nasblade.standalone.chassis``).
+- ``lifeline``: the connection whose end tells the block processor its file processor is gone.
 """

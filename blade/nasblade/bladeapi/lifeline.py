@@ -1,7 +1,7 @@
 """The lifeline between a blade's file processor and its block processor.
 
 Heartbeats say a file processor is alive; they cannot say at once that it died. The lifeline
-does: the file processor (``nasblade.bladeapi.agent``) keeps one connection open to its block
+does: the file processor (``nasblade.fileproc.agent``) keeps one connection open to its block
 processor on a Unix socket next to the local API (``socket_path``), and says who it is in one
 line. When the file processor's process ends for any reason -- SIGKILL, a crash, its container
 killed -- the kernel closes that connection, and the block processor (``Lifeline``, inside

@@ -3,8 +3,8 @@
 Wiring::
 
     file processor ──NBD/Unix──► ProxyServer ──► UpstreamPool(LU) ──NBD/TCP──► controller
-    file processor ──HTTP/Unix─► local API (nasblade.bladeapi.server) ──► BlockProcessor
-    operator / CLI ──HTTP+token► blade API  (nasblade.bladeapi.server) ──► BlockProcessor
+    file processor ──HTTP/Unix─► local API (nasblade.blockproc.api) ──► BlockProcessor
+    operator / CLI ──HTTP+token► blade API  (nasblade.blockproc.api) ──► BlockProcessor
 
 What it does besides carrying blocks:
 
@@ -23,34 +23,38 @@ What it does besides carrying blocks:
   reservation through the control API, so writes from a fenced blade are refused (EPERM).
 - file-system takeover / release (``take_over_fs``, ``release_fs``) and processor-information
   backups (``backup``) for the blade API; the cluster-group layer (``nasblade.cluster``)
-  decides when to call them.
+  decides when to call them, and uses this object only through its public interface:
+  ``take_over_fs``, ``drop_fs``, ``update_group``, ``open_area``, ``use_area``, ``fail`` and
+  the read-only state (``settings``, ``last_status``, ``epochs``, ``load``, ``failed``).
 
-The control API is optional (``control=None``) so the NBD path can be tested against any NBD
-server (nbdkit) on its own.
+The control API (``nasblade.controller.asyncclient.AsyncControlClient``) is optional
+(``control=None``) so the NBD path can be tested against any NBD server (nbdkit) on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
-import errno
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nasblade import lunames
+from nasblade.bladeapi.client import BladeAPIError, FPControlClient
 from nasblade.bladeapi.lifeline import Lifeline
 from nasblade.blockproc.proxy import Exports, ProxyServer
 from nasblade.blockproc.syncdev import PoolDevice
 from nasblade.blockproc.upstream import UpstreamPool
+from nasblade.controller.asyncclient import AsyncControlClient
 from nasblade.nbd import proto
 from nasblade.procinfo.portion import (
     BladeStatus,
-    CompareAndWrite,
     GroupRecord,
+    Ownership,
     PortionError,
     PortionStore,
     portion_offset,
@@ -71,44 +75,24 @@ class Settings:
     controller_port: int | None = 10809
     controller_unix: str | None = None
     connections: int = 2
-    procinfo_lu: str | None = "procinfo"
+    procinfo_lu: str | None = lunames.PROCINFO
     portion_size: int = 1 << 20
-    program_lu: str | None = "program"
+    program_lu: str | None = lunames.PROGRAM
     software_dir: Path | None = None
     software_version: str | None = None
     lus: list[str] = field(default_factory=list)
     owned: list[str] = field(default_factory=list)
-    backup_lu: str = "backup"
+    backup_lu: str = lunames.BACKUP
     backup_history: int = 20
     fs_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """File systems this blade may serve: name → {lu, address, nfsPort, mountPort, portmapPort, exports}."""
     fp_unix: str | None = None
-    """The file processor's control socket (``nasblade.bladeapi.agent``), for takeover/release."""
+    """The file processor's control socket (``nasblade.fileproc.agent``), for takeover/release."""
     lifeline_unix: str | None = None
     """Where the file processor keeps its lifeline (``nasblade.bladeapi.lifeline``)."""
     record_interval: float = 0.2
     load_interval: float = 1.0
     retry_for: float = 60.0
-
-
-def controller_cas(control: Any, lu: str) -> CompareAndWrite:
-    """The ``cas`` of a ``PortionStore`` on ``lu``: the controller's compare-and-write
-    (``ControlClient.compare_and_write``). A conflict returns the range as it is now; any other
-    refusal is an ``OSError`` (EIO), which the cluster member treats as a failing area."""
-    from nasblade.controller.apiclient import ControlAPIError
-
-    def cas(compare_offset: int, compare_length: int, expect: str, write_offset: int, data: bytes) -> bytes | None:
-        try:
-            control.compare_and_write(lu, compare_offset=compare_offset, compare_length=compare_length,
-                                      expect_sha256=expect, write_offset=write_offset, data=data)
-        except ControlAPIError as exc:
-            current = exc.body.get("current")
-            if exc.status == 409 and isinstance(current, str):
-                return base64.b64decode(current)
-            raise OSError(errno.EIO, f"compare-and-write on {lu}: {exc}") from exc
-        return None
-
-    return cas
 
 
 def coalesce(ranges: list[tuple[int, int]]) -> list[list[int]]:
@@ -123,16 +107,17 @@ def coalesce(ranges: list[tuple[int, int]]) -> list[list[int]]:
 
 
 class BlockProcessor:
-    def __init__(self, settings: Settings, *, control: Any | None = None) -> None:
+    def __init__(self, settings: Settings, *, control: AsyncControlClient | None = None) -> None:
         self.settings = settings
-        self.control = control  # nasblade.controller.apiclient.ControlClient or None
+        self.control = control
         self.exports = Exports()
         self.proxy = ProxyServer(self.exports)
         self.epochs: dict[str, int] = {}
         self.portion: PortionStore | None = None
         self.active_area = "primary"
-        """Which area ``portion`` is: ``primary`` or ``backup`` (set by nasblade.cluster.member)."""
+        """Which area ``portion`` is: ``primary`` or ``backup`` (``use_area``)."""
         self._procinfo_pool: UpstreamPool | None = None
+        self._area_pools: list[UpstreamPool] = []
         self.software: install.Installed | None = None
         self.software_error: str | None = None
         self.last_status: BladeStatus | None = None
@@ -178,17 +163,13 @@ class BlockProcessor:
             on_cached=record if self.control is not None else None,
         )
 
-    async def _control(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        assert self.control is not None
-        return await asyncio.to_thread(getattr(self.control, method), *args, **kwargs)
-
     # -- start-up -----------------------------------------------------------------------------
 
     async def start(self, *, nbd_unix: str) -> None:
         s = self.settings
         self.nbd_unix = nbd_unix
         if self.control is not None:
-            await self._control("register_client", s.blade, group=s.group, role="blade")
+            await self.control.register_client(s.blade, group=s.group, role="blade")
         await self._boot_software()
         await self._open_procinfo()
         for lu in s.lus:
@@ -243,7 +224,7 @@ class BlockProcessor:
             PoolDevice(pool, asyncio.get_running_loop()),
             offset=portion_offset(s.group_index, s.portion_size),
             size=s.portion_size,
-            cas=None if self.control is None else controller_cas(self.control, s.procinfo_lu),
+            cas=None if self.control is None else self.control.cas(s.procinfo_lu),
         )
         await asyncio.to_thread(store.open, group=s.group, index=s.group_index)
         if not 0 <= s.slot < store.slot_count:
@@ -265,8 +246,9 @@ class BlockProcessor:
         if self.control is None:
             await self.add_lu(lu)
             return 0
-        res = await self._control("reserve", lu, self.settings.blade)
-        epoch = int(res["epoch"])
+        res = await self.control.reserve(lu, self.settings.blade)
+        assert res.epoch is not None
+        epoch = res.epoch
         self.epochs[lu] = epoch
         await self.add_lu(lu, epoch=epoch)
         return epoch
@@ -277,7 +259,7 @@ class BlockProcessor:
             await pool.request(proto.Cmd.FLUSH, 0, 0)
             await pool.close()
         if self.control is not None and lu in self.epochs:
-            await self._control("release", lu)
+            await self.control.release(lu)
         self.epochs.pop(lu, None)
 
     # -- file-system takeover / release (blade API) -----------------------------------------
@@ -296,14 +278,12 @@ class BlockProcessor:
             return False
         if self.control is None:
             return True
-        res = await self._control("get_reservation", lu)
-        return bool(res.get("holder") == self.settings.blade and res.get("epoch") == self.epochs[lu])
+        res = await self.control.get_reservation(lu)
+        return res.holder == self.settings.blade and res.epoch == self.epochs[lu]
 
     async def take_over_fs(self, name: str) -> dict[str, Any]:
         """Serve file system ``name``: reserve its LU (new epoch unless already held), have the
         file processor mount (recover) it and listen on its address, record the ownership."""
-        from nasblade.bladeapi.client import FPControlClient
-
         if self.settings.fp_unix is None:
             raise RuntimeError("this blade has no file-processor control socket")
         lu = str(self.settings.fs_specs[name]["lu"])
@@ -324,8 +304,6 @@ class BlockProcessor:
 
     async def release_fs(self, name: str) -> dict[str, Any]:
         """Stop serving ``name``: unmount in the file processor, flush, drop the reservation."""
-        from nasblade.bladeapi.client import BladeAPIError, FPControlClient
-
         lu = str(self.settings.fs_specs[name]["lu"])
         async with self._fs_lock:
             self.handed.pop(name, None)
@@ -341,7 +319,7 @@ class BlockProcessor:
                 await asyncio.wait_for(pool.request(proto.Cmd.FLUSH, 0, 0), 30.0)
                 await pool.close()
             if held and self.control is not None:
-                await self._control("release", lu)
+                await self.control.release(lu)
             self.epochs.pop(lu, None)
             await self._set_owner(name, None)
         return {"fileSystem": name, "lu": lu, "released": True}
@@ -349,8 +327,6 @@ class BlockProcessor:
     async def _set_owner(self, name: str, epoch: int | None) -> None:
         if self.portion is None:
             return
-        from nasblade.procinfo.portion import Ownership
-
         me = self.settings.blade
 
         def change(group: GroupRecord) -> None:
@@ -361,8 +337,56 @@ class BlockProcessor:
             elif current is not None and current.blade == me:
                 del group.ownership[name]
 
+        await self.update_group(change)
+
+    # -- what the cluster member (``nasblade.cluster``) does through the block processor -----
+
+    async def update_group(self, change: Callable[[GroupRecord], None],
+                           store: PortionStore | None = None) -> GroupRecord:
+        """Read-modify-write the group record in ``store`` (default: the active area) under the
+        lock that orders every write of this blade's portion (slot and group record)."""
+        target = self.portion if store is None else store
+        if target is None:
+            raise PortionError("this block processor has no processor-information portion")
         async with self._slot_lock:
-            await asyncio.to_thread(self.portion.update_group, change)
+            return await asyncio.to_thread(target.update_group, change)
+
+    async def open_area(self, lu: str, *, offset: int, size: int) -> PortionStore:
+        """A processor-information area on ``lu`` (``offset``, ``size``) through one more NBD
+        connection to the controller, written by compare-and-write; closed with the block processor."""
+        s = self.settings
+        if self.control is None:
+            raise RuntimeError("processor-information areas need the control API")
+        pool = UpstreamPool(export=lu, host=s.controller_host, port=s.controller_port, unix=s.controller_unix,
+                            connections=1, retry_for=5.0)
+        await pool.start()
+        self._area_pools.append(pool)
+        return PortionStore(PoolDevice(pool, asyncio.get_running_loop()), offset=offset, size=size,
+                            cas=self.control.cas(lu))
+
+    def use_area(self, store: PortionStore, name: str) -> None:
+        """From now on this blade's slot and group record live in ``store`` (area ``name``:
+        ``primary`` or ``backup``), as the cluster member's area failover decided."""
+        self.portion, self.active_area = store, name
+
+    async def drop_fs(self, name: str, lu: str, *, flush: bool) -> None:
+        """Stop serving ``name`` (on ``lu``) without touching its reservation (it may be another
+        blade's now): the file processor unmounts (its last commit is refused if this blade was
+        fenced), then the NBD pool goes (flushed first when ``flush``: this blade still holds
+        the LU)."""
+        self.handed.pop(name, None)
+        if self.settings.fp_unix is not None:
+            try:
+                await asyncio.to_thread(FPControlClient(self.settings.fp_unix, timeout=30.0).remove, name)
+            except Exception as exc:  # dead file processor, or it already let go: nothing to undo
+                log.info("the file processor did not unmount %s: %s", name, exc)
+        pool = self.exports.pools.pop(lu, None)
+        self.epochs.pop(lu, None)
+        if pool is not None:
+            if flush:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pool.request(proto.Cmd.FLUSH, 0, 0), 10.0)
+            await pool.close()
 
     # -- claims 4, 8, 9: processor-information backups ------------------------------------------
 
@@ -370,7 +394,7 @@ class BlockProcessor:
         """Have the controller's copy engine copy each portion into its backup area (block by
         block, point in time) and record the outcome in this group's record."""
         s = self.settings
-        if self.control is None or self._procinfo_pool is None:
+        if self.control is None or self._procinfo_pool is None or s.procinfo_lu is None:
             raise RuntimeError("backups need the control API and the processor-information LU")
         count = self._procinfo_pool.size // s.portion_size
         for idx in portions:
@@ -379,12 +403,12 @@ class BlockProcessor:
         jobs, failed = [], []
         for idx in portions:
             offset = portion_offset(idx, s.portion_size)
-            job = await self._control("create_copy_job", s.procinfo_lu, s.backup_lu, s.portion_size,
-                                      source_offset=offset, target_offset=offset)
-            done = await self._control("wait_copy_job", job["id"], timeout=120.0)
-            jobs.append({"portion": idx, "job": done["id"], "state": done["state"], "error": done.get("error")})
-            if done["state"] != "succeeded":
-                failed.append(f"portion {idx}: {done['state']} {done.get('error') or ''}".strip())
+            job = await self.control.copy(s.procinfo_lu, s.backup_lu, s.portion_size,
+                                          source_offset=offset, target_offset=offset)
+            done = await self.control.wait_copy(job.id, timeout=120.0)
+            jobs.append({"portion": idx, "job": done.id, "state": done.state, "error": done.error})
+            if done.state != "succeeded":
+                failed.append(f"portion {idx}: {done.state} {done.error or ''}".strip())
         result = "Failed" if failed else "Succeeded"
         entry = {"time": time.time(), "blade": s.blade, "trigger": trigger, "result": result,
                  "portions": list(portions), "jobs": [j["job"] for j in jobs]}
@@ -393,8 +417,7 @@ class BlockProcessor:
             def add(group: GroupRecord) -> None:
                 group.backups = [*group.backups, entry][-s.backup_history :]
 
-            async with self._slot_lock:
-                await asyncio.to_thread(self.portion.update_group, add)
+            await self.update_group(add)
         message = "; ".join(failed) if failed else f"copied portions {list(portions)} to their backup areas"
         return {"result": result, "message": message, "jobs": jobs}
 
@@ -483,7 +506,8 @@ class BlockProcessor:
         for lu, ranges in pending.items():
             merged = coalesce(ranges)
             try:
-                await self._control("add_cache_records", self.settings.blade, lu, merged, state="dirty")
+                assert self.control is not None
+                await self.control.add_cache_records(self.settings.blade, lu, merged)
                 self.records_posted += 1
                 self.ranges_posted += len(merged)
             except Exception as exc:  # the control API is best effort for records; keep them
@@ -502,7 +526,8 @@ class BlockProcessor:
     async def _poll_load_forever(self) -> None:
         while True:
             try:
-                self.load = dict(await self._control("load"))
+                assert self.control is not None
+                self.load = dict(await self.control.load())
                 self.load_error = None
             except Exception as exc:  # report, keep the last figures
                 self.load_error = str(exc)
@@ -570,5 +595,7 @@ class BlockProcessor:
         if self.control is not None:
             with contextlib.suppress(Exception):
                 await self.post_records()
+        for area in self._area_pools:
+            await area.close()
         if self._procinfo_pool is not None:
             await self._procinfo_pool.close()

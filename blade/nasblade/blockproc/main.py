@@ -12,6 +12,10 @@ Ready line endpoints: ``nbdUnix`` (the file processor's NBD socket; URL
 ``nbd+unix:///LU?socket=PATH``), ``local`` (the local API socket) and ``api`` (the blade
 management API URL, when ``--api-listen`` is given). SIGTERM/SIGINT: flush every LU at the
 controller, post the last cache records, exit 0.
+
+``run(args, extend=...)`` takes what runs beside the block processor on the same event loop and
+the same management API: ``nasblade block-processor`` is ``nasblade.cluster.role``, which adds
+``--cluster-config`` and the cluster member that way (this package does not import it).
 """
 
 from __future__ import annotations
@@ -24,18 +28,36 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from nasblade import ready
-from nasblade.bladeapi import lifeline, server
+from nasblade import lunames, ready, units
+from nasblade.bladeapi import lifeline
+from nasblade.blockproc import api as http_api
 from nasblade.blockproc.core import BlockProcessor, Settings
+from nasblade.controller.apiclient import ControlClient
+from nasblade.controller.asyncclient import AsyncControlClient
 from nasblade.procinfo.portion import PortionError
 from nasblade.program.catalog import ProgramError
 
 log = logging.getLogger("nasblade.blockproc")
+
+
+class Extension(Protocol):
+    """What runs beside the block processor (the cluster member): started once the management
+    API listens (its URL), closed before the block processor."""
+
+    async def start(self, *, api_url: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+Extend = Callable[[BlockProcessor, "AsyncControlClient | None", web.Application, str], "Extension | None"]
+"""``extend(bp, control, management_app, api_token)``: add routes to the management app and
+return the extension to run (or ``None``); called only when ``--api-listen`` is given."""
 
 
 def _hostport(value: str) -> tuple[str, int]:
@@ -43,12 +65,6 @@ def _hostport(value: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host, int(port)
-
-
-def _size(value: str) -> int:
-    from nasblade.standalone.config import parse_size
-
-    return parse_size(value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,9 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--controller-api", help="controller control API URL (http://HOST:PORT)")
     a("--token-file", help="controller API token file (default $NASBLADE_TOKEN)")
     a("--connections", type=int, default=2, help="NBD connections per LU to the controller")
-    a("--procinfo-lu", default="procinfo", help="processor-information LU ('' for none)")
-    a("--portion-size", type=_size, default=1 << 20, help="size of one group portion (default 1M)")
-    a("--program-lu", default="program", help="program LU ('' to skip the software fetch)")
+    a("--procinfo-lu", default=lunames.PROCINFO, help="processor-information LU ('' for none)")
+    a("--portion-size", type=units.parse_size, default=1 << 20, help="size of one group portion (default 1M)")
+    a("--program-lu", default=lunames.PROGRAM, help="program LU ('' to skip the software fetch)")
     a("--software-dir", type=Path, help="where to install the blade software for the boot shim")
     a("--software-version", help="version to boot (default: the catalog's selected version)")
     a("--lu", action="append", default=[], help="LU the file processor may use, unreserved (repeatable)")
@@ -73,7 +89,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help='file system this blade may serve, JSON {"name", "lu", "address", "nfsPort", "mountPort",'
       ' "portmapPort", "exports"} (repeatable)')
     a("--fp-unix", help="the file processor's control socket (for file-system takeover/release)")
-    a("--cluster-config", help="cluster-group JSON (nasblade.cluster.config): heartbeat watch, takeover, backups")
     a("--nbd-unix", required=True, help="Unix socket to serve NBD to the file processor on")
     a("--local-unix", required=True, help="Unix socket for the file processor's local API")
     a("--api-listen", type=_hostport, help="blade management API HOST:PORT")
@@ -122,17 +137,15 @@ def _fs_specs(raw: list[str]) -> dict[str, dict[str, Any]]:
     return specs
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    control: Any = None
+async def _serve(args: argparse.Namespace, extend: Extend | None) -> int:
+    control: AsyncControlClient | None = None
     if args.controller_api:
-        from nasblade.controller.apiclient import ControlClient
-
         token = _read_token(args.token_file, "NASBLADE_TOKEN")
         if not token:
             raise ValueError("the controller API needs --token-file or $NASBLADE_TOKEN")
-        control = ControlClient(args.controller_api, token)
+        control = AsyncControlClient(ControlClient(args.controller_api, token))
     bp = BlockProcessor(_settings(args), control=control)
-    member: Any = None
+    extension: Extension | None = None
     runners: list[web.AppRunner] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -144,7 +157,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 os.unlink(path)
         await bp.start(nbd_unix=args.nbd_unix)
         os.chmod(args.nbd_unix, 0o600)
-        local = web.AppRunner(server.local_app(bp), access_log=None)
+        local = web.AppRunner(http_api.local_app(bp), access_log=None)
         await local.setup()
         runners.append(local)
         await web.UnixSite(local, args.local_unix).start()
@@ -154,13 +167,9 @@ async def _serve(args: argparse.Namespace) -> int:
             api_token = _read_token(args.api_token_file, "NASBLADE_BLADE_TOKEN")
             if not api_token:
                 raise ValueError("the blade API needs --api-token-file or $NASBLADE_BLADE_TOKEN")
-            app = server.blade_app(bp, token=api_token)
-            if args.cluster_config:
-                from nasblade.cluster import api as cluster_api
-                from nasblade.cluster.member import ClusterMember, load_config
-
-                member = ClusterMember(bp, load_config(args.cluster_config), api_token=api_token)
-                cluster_api.install(app, member)
+            app = http_api.blade_app(bp, token=api_token)
+            if extend is not None:
+                extension = extend(bp, control, app, api_token)
             api = web.AppRunner(app, access_log=None)
             await api.setup()
             runners.append(api)
@@ -168,15 +177,15 @@ async def _serve(args: argparse.Namespace) -> int:
             await site.start()
             port = int(api.addresses[-1][1])
             endpoints["api"] = f"http://{args.api_listen[0]}:{port}"
-            if member is not None:
-                await member.start(api_url=endpoints["api"])
+            if extension is not None:
+                await extension.start(api_url=endpoints["api"])
         software = bp.software.version if bp.software else None
         ready.announce("block-processor", endpoints, blade=args.blade, software=software,
                        softwareError=bp.software_error)
         await _until_either(stop, bp.exit_requested)
     finally:
-        if member is not None:
-            await member.close()
+        if extension is not None:
+            await extension.close()
         for r in runners:
             await r.cleanup()
         await bp.close()
@@ -195,11 +204,11 @@ async def _until_either(*events: asyncio.Event) -> None:
             w.cancel()
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, *, extend: Extend | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s block-processor %(levelname)s %(message)s")
     try:
-        return asyncio.run(_serve(args))
+        return asyncio.run(_serve(args, extend))
     except (ValueError, PortionError, ProgramError, OSError) as exc:
         sys.stderr.write(f"nasblade block-processor: {exc}\n")
         return 1

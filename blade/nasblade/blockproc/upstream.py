@@ -23,6 +23,12 @@ Failure rules (NBD semantics; nothing is silently dropped):
   was taken over meanwhile), the unflushed writes are gone and the next FLUSH returns that
   error, so the file system never commits on top of them.
 - Sequential READs are prefetched (``_read``); see its docstring for the coherence rule.
+
+TLS: with ``tls`` (an ``ssl.SSLContext`` holding the blade's client certificate; by default the
+one named by ``NASBLADE_NBD_TLS_DIR``, see ``nasblade.nbd.tls``) every TCP connection sends
+``NBD_OPT_STARTTLS`` right after the greeting, runs the TLS handshake (the controller's
+certificate is checked against the array's CA and the host name) and negotiates the export
+over TLS. A refusal (``NBD_REP_ERR_POLICY``: the LU is not this group's) fails the connect.
 """
 
 from __future__ import annotations
@@ -32,12 +38,14 @@ import contextlib
 import itertools
 import logging
 import socket
+import ssl
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
-from nasblade.nbd import proto
+from nasblade.nbd import proto, tls
 
 log = logging.getLogger(__name__)
 
@@ -131,17 +139,37 @@ async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: i
 async def _handshake(loop: asyncio.AbstractEventLoop, sock: socket.socket, export: str) -> tuple[int, int]:
     """Fixed-newstyle handshake with ``NBD_OPT_GO`` (wire rules in ``nasblade.nbd.proto``)."""
     proto.parse_server_greeting(await _recv_exact(loop, sock, 18))
-    await loop.sock_sendall(sock, proto.client_flags() + proto.build_go(export))
+    await loop.sock_sendall(sock, proto.client_flags())
+    return await _go(lambda n: _recv_exact(loop, sock, n), export,
+                     lambda data: loop.sock_sendall(sock, data))
+
+
+async def _starttls(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Greeting, client flags and ``NBD_OPT_STARTTLS`` in the clear, up to the server's ACK."""
+    proto.parse_server_greeting(await _recv_exact(loop, sock, 18))
+    await loop.sock_sendall(sock, proto.client_flags() + proto.build_starttls())
+    _opt, rtype, length = proto.parse_option_reply_header(
+        await _recv_exact(loop, sock, proto.OPTION_REPLY_HEADER_SIZE))
+    data = await _recv_exact(loop, sock, length) if length else b""
+    if rtype != proto.REP_ACK:
+        raise OSError(13, f"controller refused STARTTLS: {data.decode(errors='replace')}")
+
+
+async def _go(recv: Callable[[int], Awaitable[bytes]], export: str,
+              send: Callable[[bytes], Awaitable[None]]) -> tuple[int, int]:
+    """``NBD_OPT_GO`` for ``export``; returns (size, transmission flags)."""
+    await send(proto.build_go(export))
     size = flags = -1
     while True:
         _opt, rtype, length = proto.parse_option_reply_header(
-            await _recv_exact(loop, sock, proto.OPTION_REPLY_HEADER_SIZE)
+            await recv(proto.OPTION_REPLY_HEADER_SIZE)
         )
-        data = await _recv_exact(loop, sock, length) if length else b""
+        data = await recv(length) if length else b""
         if rtype == proto.REP_ACK:
             break
         if rtype & 0x80000000:
-            raise OSError(2, f"controller refused export {export!r}: {data.decode(errors='replace')}")
+            code = 13 if rtype == proto.REP_ERR_POLICY else 2  # EACCES / ENOENT
+            raise OSError(code, f"controller refused export {export!r}: {data.decode(errors='replace')}")
         if rtype == proto.REP_INFO and len(data) >= 2:
             (kind,) = struct.unpack_from(">H", data)
             if kind == proto.INFO_EXPORT:
@@ -171,11 +199,16 @@ class Connection(asyncio.Protocol):
         self._can_write.set()
         self.closed = False
         self.clock: BusyClock | None = None
+        self._handshake_writer: asyncio.StreamWriter | None = None
 
     @classmethod
     async def open(
-        cls, *, host: str | None, port: int | None, unix: str | None, export: str
+        cls, *, host: str | None, port: int | None, unix: str | None, export: str,
+        tls_context: ssl.SSLContext | None = None,
     ) -> Connection:
+        if tls_context is not None and not unix:
+            return await cls._open_tls(host=host or "127.0.0.1", port=port, export=export,
+                                       context=tls_context)
         loop = asyncio.get_running_loop()
         if unix:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -195,12 +228,51 @@ class Connection(asyncio.Protocol):
             raise
         return conn
 
+    @classmethod
+    async def _open_tls(cls, *, host: str, port: int | None, export: str,
+                        context: ssl.SSLContext) -> Connection:
+        """STARTTLS in the clear, the TLS handshake, ``NBD_OPT_GO`` over TLS; then this
+        protocol takes the TLS transport over from the stream used for the handshake."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        writer: asyncio.StreamWriter | None = None
+        try:
+            await loop.sock_connect(sock, (host, port))
+            await _starttls(loop, sock)
+            reader, writer = await asyncio.open_connection(sock=sock, ssl=context, server_hostname=host)
+
+            async def send(data: bytes) -> None:
+                assert writer is not None
+                writer.write(data)
+                await writer.drain()
+
+            size, flags = await _go(reader.readexactly, export, send)
+            if getattr(reader, "_buffer", b""):
+                raise proto.ProtocolError("server sent data after NBD_OPT_GO")
+        except asyncio.IncompleteReadError as exc:
+            if writer is not None:
+                writer.transport.abort()
+            sock.close()
+            raise ConnectionLost("server closed the connection during the handshake") from exc
+        except BaseException:
+            if writer is not None:
+                writer.transport.abort()
+            sock.close()
+            raise
+        conn = cls(size=size, flags=flags)
+        conn._handshake_writer = writer  # a collected StreamWriter closes its transport
+        transport = writer.transport
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        return conn
+
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport.set_write_buffer_limits(high=_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -335,6 +407,8 @@ class UpstreamPool:
     unix: str | None = None
     connections: int = 2
     retry_for: float = 60.0
+    tls: ssl.SSLContext | None = field(default_factory=tls.default_client_context)
+    """The blade's client credentials for TCP connections (``None``: plaintext)."""
     journal_limit: int = 64 << 20
     on_cached: Callable[[int, int], None] | None = None
     """Called with (offset, length) for each write the controller acknowledged into its cache."""
@@ -370,7 +444,8 @@ class UpstreamPool:
         try:
             for _ in range(self.connections):
                 conns.append(
-                    await Connection.open(host=self.host, port=self.port, unix=self.unix, export=self.export)
+                    await Connection.open(host=self.host, port=self.port, unix=self.unix, export=self.export,
+                                          tls_context=self.tls)
                 )
         except BaseException:
             for c in conns:

@@ -1,5 +1,5 @@
 """HTTP routes of the cluster-group features, mounted on the blade's two aiohttp applications
-(``nasblade.bladeapi.server``) by ``install``.
+(``nasblade.blockproc.api``) by ``install``.
 
 Blade management API (bearer token, for the operator and ``nasblade cluster``); all under
 ``/v1/cluster`` so they sit beside the block processor's own low-level routes
@@ -20,20 +20,25 @@ Blade management API (bearer token, for the operator and ``nasblade cluster``); 
     POST /v1/cluster/area/reform                  copy the backup area into the portion and
                                                   switch back to it
 
+The member's records (``nasblade.cluster.records``) become JSON here and nowhere else on the
+way out (``records.to_json``; ``_status`` builds ``GET /v1/cluster`` from the member's parts).
 Errors are ``{"error": message}`` with 400/404/409/503 like the rest of the blade API. Bodies
 are read by ``nasblade.httpjson.read`` (optional here: no body means ``{}``); its ``BodyError``
-becomes 400/413 in the blade app's error middleware (``nasblade.bladeapi.server``).
+becomes 400/413 in the blade app's error middleware (``nasblade.blockproc.api``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from nasblade import httpjson
-from nasblade.cluster.member import ClusterError, ClusterMember
+from nasblade.cluster.member import ClusterMember
+from nasblade.cluster.records import ClusterError, to_json
+from nasblade.cluster.takeover import TakeoverCheck
 from nasblade.controller.apiclient import ControlAPIError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -62,13 +67,53 @@ def _guarded(fn: Callable[[web.Request], Awaitable[Any]]) -> Handler:
     return handler
 
 
+def _backup_status(m: ClusterMember, now: float) -> dict[str, Any]:
+    b = m.backups
+    return {"running": b.running, "scheduler": b.scheduler.to_json(),
+            "lastSuccessAgo": None if b.last_ok is None else now - b.last_ok,
+            "policy": m.cfg.to_json()["backup"]}
+
+
+def _status(m: ClusterMember) -> dict[str, Any]:
+    now = time.monotonic()
+    view, t = m.view, m.takeovers
+    alive = view.alive(now)
+    members = []
+    for i, b in enumerate(m.cfg.members):
+        st = m.bp.last_status if b == m.me else view.slots.get(b)
+        members.append({"blade": b, "slot": i, "alive": b in alive, "heartbeatAge": view.liveness.age(b, now=now),
+                        "heartbeatCounter": None if st is None else st.heartbeat_counter,
+                        "fileSystems": [] if st is None else list(st.file_systems)})
+    return {
+        "group": m.cfg.group, "blade": m.me, "activeArea": m.areas.active,
+        "members": members,
+        "ownership": {fs: {"blade": o.blade, "epoch": o.epoch} for fs, o in sorted(view.group.ownership.items())},
+        "serving": dict(sorted(t.serving.items())), "released": sorted(t.released),
+        "pendingTakeovers": sorted(t.pending), "leader": view.leader(),
+        "takeovers": [to_json(e) for e in t.events], "areaEvents": [to_json(e) for e in m.areas.events],
+        "backup": _backup_status(m, now),
+        "ticks": m.ticks, "tickError": view.tick_error,
+    }
+
+
+def _check_json(c: TakeoverCheck) -> dict[str, Any]:
+    out = c.result.to_json()
+    if c.unreachable is not None:
+        out["possible"] = False
+        out["reasons"].append(f"LU {c.lu} is not reachable at the controller: {c.unreachable}")
+    else:
+        out["reservation"] = c.reservation
+    return out
+
+
 async def _cluster(request: web.Request) -> Any:
-    return _m(request).status()
+    return _status(_m(request))
 
 
 async def _check(request: web.Request) -> Any:
     m = _m(request)
-    return {"blade": m.me, "group": m.cfg.group, "fileSystems": await m.check_all()}
+    return {"blade": m.me, "group": m.cfg.group,
+            "fileSystems": [_check_json(c) for c in await m.takeovers.check_all()]}
 
 
 async def _takeover(request: web.Request) -> Any:
@@ -76,7 +121,7 @@ async def _takeover(request: web.Request) -> Any:
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise ClusterError("force: must be true or false", status=400)
-    return await _m(request).manual_takeover(request.match_info["fs"], force=force)
+    return to_json(await _m(request).takeovers.manual_takeover(request.match_info["fs"], force=force))
 
 
 async def _release(request: web.Request) -> Any:
@@ -84,11 +129,11 @@ async def _release(request: web.Request) -> Any:
     taker = body.get("for")
     if taker is not None and not isinstance(taker, str):
         raise ClusterError("for: the name of the blade the file system is released to", status=400)
-    return await _m(request).release(request.match_info["fs"], taker=taker)
+    return to_json(await _m(request).takeovers.release(request.match_info["fs"], taker=taker))
 
 
 async def _giveback(request: web.Request) -> Any:
-    return {"takeovers": await _m(request).giveback()}
+    return {"takeovers": [to_json(r) for r in await _m(request).takeovers.giveback()]}
 
 
 async def _backup_now(request: web.Request) -> Any:
@@ -104,23 +149,23 @@ async def _backup_now(request: web.Request) -> Any:
     rate = body.get("rateLimit", 0)
     if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
         raise ClusterError("rateLimit: bytes per second, an integer >= 0 (0: unlimited)", status=400)
-    records = await m.backup(trigger="on-demand", cross_group=cross, rate=rate)
-    return {"backups": records}
+    records = await m.backups.backup(trigger="on-demand", cross_group=cross, rate=rate)
+    return {"backups": [to_json(r) for r in records]}
 
 
 async def _history(request: web.Request) -> Any:
     m = _m(request)
-    return {"group": m.cfg.group, "activeArea": m.active_area, "backups": m.history(),
-            "scheduler": m.status()["backup"]}
+    return {"group": m.cfg.group, "activeArea": m.areas.active, "backups": list(m.view.group.backups),
+            "scheduler": _backup_status(m, time.monotonic())}
 
 
 async def _area(request: web.Request) -> Any:
     m = _m(request)
-    return {"activeArea": m.active_area, "events": list(m.area_events)}
+    return {"activeArea": m.areas.active, "events": [to_json(e) for e in m.areas.events]}
 
 
 async def _reform(request: web.Request) -> Any:
-    return await _m(request).reform()
+    return to_json(await _m(request).areas.reform())
 
 
 BLADE_ROUTES: list[tuple[str, str, Handler]] = [

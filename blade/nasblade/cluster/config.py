@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nasblade import lunames
 from nasblade.cluster.core import BackupPolicy, FsPolicy
 
 
@@ -136,8 +137,8 @@ def parse(data: Any) -> ClusterConfig:
         members=members,
         heartbeat_interval=hb,
         failure_timeout=ft,
-        procinfo_lu=str(_get(data, "procinfoLu", str, w, "procinfo")),
-        backup_lu=str(_get(data, "backupLu", str, w, "backup")),
+        procinfo_lu=str(_get(data, "procinfoLu", str, w, lunames.PROCINFO)),
+        backup_lu=str(_get(data, "backupLu", str, w, lunames.BACKUP)),
         portion_size=int(_get(data, "portionSize", int, w, 1 << 20)),
         backup=policy,
         cross_group=cross,
@@ -164,14 +165,14 @@ def from_standalone(config: Any, group: str, *, chassis: str | None = None) -> C
         members=tuple(g.blades),
         heartbeat_interval=g.heartbeat_interval,
         failure_timeout=g.failure_timeout,
-        procinfo_lu="procinfo",
-        backup_lu="backup",
+        procinfo_lu=lunames.PROCINFO,
+        backup_lu=lunames.BACKUP,
         portion_size=config.portion_size,
         backup=BackupPolicy(interval=g.backup.interval, load_threshold=g.backup.load_threshold,
                             max_age=g.backup.max_age),
         cross_group=tuple(CrossGroup(group=c, index=names.index(c)) for c in g.backup.cross_group),
         file_systems=tuple(
-            FsConfig(policy=FsPolicy(name=fs.name, lu=f"fs-{fs.name}", home=fs.preferred_blade), serve={})
+            FsConfig(policy=FsPolicy(name=fs.name, lu=lunames.fs_lu(fs.name), home=fs.preferred_blade), serve={})
             for fs in config.file_systems if fs.cluster_group == group
         ),
         chassis=chassis if g.power_fencing else None,

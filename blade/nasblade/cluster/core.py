@@ -5,7 +5,7 @@ Nothing here touches a device, a socket or the clock: callers pass ``now`` (mono
 and what they read from the portion (``nasblade.procinfo.BladeStatus`` slots and the
 ``GroupRecord``); the functions return decisions. ``nasblade.cluster.member.ClusterMember``
 (inside the block processor) feeds it on every heartbeat tick and carries the decisions out;
-the unit tests in ``tests/groups/test_core.py`` drive it directly.
+the unit tests in ``tests/cluster/test_core.py`` drive it directly.
 
 Rules (see docs/cluster-groups.md):
 

@@ -14,6 +14,7 @@ paths and in new LUs follow ``luname.check``. ``apiclient.ControlClient`` is the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -29,12 +30,14 @@ from nasblade.controller import cache as cache_mod
 from nasblade.controller import layout, luname
 from nasblade.controller.copyengine import CopyEngine, CopyError
 from nasblade.controller.engine import Engine, NotFound, StaleEpoch
+from nasblade.controller.maintenance import Maintenance
 
 log = logging.getLogger(__name__)
 
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 COPIES: web.AppKey[CopyEngine] = web.AppKey("copies", CopyEngine)
 TOKENS: web.AppKey[tuple[str | None, str | None]] = web.AppKey("tokens", tuple)
+MAINT: web.AppKey[Maintenance] = web.AppKey("maintenance", Maintenance)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -99,7 +102,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     is_user = is_admin or (bool(token) and hmac.compare_digest(given.encode(), token.encode()))  # type: ignore[union-attr]
     if not given or not is_user:
         return _error(401, "unauthorized", hint="send 'Authorization: Bearer <token>'")
-    admin_only = request.path.startswith("/v1/faults") or (
+    admin_only = request.path.startswith(("/v1/faults", "/v1/array/devices/")) or (
         request.path == "/v1/cache/hold" and request.method != "GET")
     if admin_only and not is_admin:
         return _error(403, "admin token required")
@@ -143,14 +146,22 @@ def _engine(request: web.Request) -> Engine:
 
 async def get_array(request: web.Request) -> web.Response:
     e = _engine(request)
-    free = e.array.free_bytes()
-    usable = [d.size - d.size % layout.STRIPE_UNIT - layout.META_SIZE for d in e.array.devices]
-    devices = [{"index": d.index, "path": d.path, "size": d.size, "usable": usable[d.index],
-                "free": free[d.index]} for d in e.array.devices]
-    st = e.array.state
-    return web.json_response({"uuid": st.uuid, "version": layout.FORMAT_VERSION, "seq": st.seq,
+    arr = e.array
+    free = arr.free_bytes()
+    usable = arr.usable_bytes()
+    status = arr.status()
+    vdev_of = {m.index: v.index for v in arr.vdevs for m in v.members}
+    devices = [{**d.to_json(), "virtualDevice": vdev_of[d.index], "usable": usable[vdev_of[d.index]],
+                "free": free[vdev_of[d.index]]} for d in arr.devices]
+    st = arr.state
+    scrub = request.app[MAINT].scrub_status()
+    # size/free: what LUs can use, after the protection overhead; rawSize: the devices' bytes
+    return web.json_response({"uuid": st.uuid, "version": st.version, "seq": st.seq,
                               "stripeUnit": st.unit, "size": sum(usable),
-                              "free": sum(free), "luCount": len(st.lus), "devices": devices})
+                              "rawSize": sum(st.device_sizes),
+                              "free": sum(free), "luCount": len(st.lus), "devices": devices,
+                              "scrub": scrub,
+                              **{k: v for k, v in status.items() if k != "devices"}})
 
 
 async def list_lus(request: web.Request) -> web.Response:
@@ -409,15 +420,74 @@ async def list_faults(request: web.Request) -> web.Response:
 
 
 async def clear_faults(request: web.Request) -> web.Response:
-    _engine(request).faults.clear()
+    _engine(request).clear_faults()
     return web.Response(status=204)
 
 
 async def delete_fault(request: web.Request) -> web.Response:
-    faults = _engine(request).faults
-    _found(faults, request.match_info["id"], "fault")
-    del faults[request.match_info["id"]]
+    _engine(request).delete_fault(request.match_info["id"])
     return web.Response(status=204)
+
+
+async def post_device_fault(request: web.Request) -> web.Response:
+    e = _engine(request)
+    body = await httpjson.read(request)
+    ops = _field(body, "ops", list, default=["read", "write"])
+    if not ops or any(op not in ("read", "write") for op in ops):
+        raise BadRequest("ops must be a non-empty subset of ['read', 'write']", field="ops")
+    device = _field(body, "device", int)
+    offset = _field(body, "offset", int, default=0)
+    length = _field(body, "length", int, default=1 << 62)
+    fault = e.add_device_fault(device, offset, length, frozenset(ops))
+    return web.json_response(fault.to_json(), status=201)
+
+
+# --- redundancy: devices, rebuild, scrub -----------------------------------------------------
+
+
+def _device(request: web.Request) -> int:
+    text = request.match_info["id"]
+    n = int(text) if text.isdigit() else -1
+    if not 0 <= n < len(_engine(request).array.devices):
+        raise NotFound(f"device {text}")
+    return n
+
+
+async def post_device_replace(request: web.Request) -> web.Response:
+    """Put a new device in the place of a failed one; it is rebuilt in the background."""
+    e = _engine(request)
+    n = _device(request)
+    body = await httpjson.read(request)
+    path = _field(body, "path", str, default=None)
+    try:
+        await asyncio.get_running_loop().run_in_executor(e.io_pool, e.array.replace, n, path)
+    except (ValueError, OSError) as exc:
+        return _error(409, f"cannot replace device {n}: {exc}")
+    return web.json_response(e.array.devices[n].to_json())
+
+
+async def post_device_fail(request: web.Request) -> web.Response:
+    """Stop using a device (as if it had failed); refused for the last copy of its data."""
+    e = _engine(request)
+    n = _device(request)
+    body = await httpjson.read(request)
+    reason = _field(body, "reason", str, default="failed by request")
+    await asyncio.get_running_loop().run_in_executor(e.io_pool, e.array.fail_device, n, reason)
+    dev = e.array.devices[n]
+    if dev.state != "failed":
+        return _error(409, f"device {n} holds the last copy of its data: not failed")
+    return web.json_response(dev.to_json())
+
+
+async def post_scrub(request: web.Request) -> web.Response:
+    m = request.app[MAINT]
+    await httpjson.read(request)
+    m.request_scrub()
+    return web.json_response(m.scrub_status())
+
+
+async def get_scrub(request: web.Request) -> web.Response:
+    return web.json_response(request.app[MAINT].scrub_status())
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -457,6 +527,13 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", "/v1/copy-jobs/{id}", get_copy_job, "Describe a copy job"),
     ("DELETE", "/v1/copy-jobs/{id}", delete_copy_job, "Cancel a copy job"),
     ("POST", "/v1/faults", post_fault, "Inject a fault {lu, offset, length, ops} (admin)"),
+    ("POST", "/v1/faults/devices", post_device_fault,
+     "Inject I/O errors on a device of the array {device, offset, length, ops} (admin)"),
+    ("POST", "/v1/array/devices/{id}/replace", post_device_replace,
+     "Replace a failed device by a new one {path?} (default: a new file at the old path); rebuilt online (admin)"),
+    ("POST", "/v1/array/devices/{id}/fail", post_device_fail, "Mark a device failed {reason?} (admin)"),
+    ("GET", "/v1/array/scrub", get_scrub, "Scrub progress and the last result"),
+    ("POST", "/v1/array/scrub", post_scrub, "Start a scrub pass now {}"),
     ("GET", "/v1/faults", list_faults, "List injected faults (admin)"),
     ("DELETE", "/v1/faults", clear_faults, "Clear all faults (admin)"),
     ("DELETE", "/v1/faults/{id}", delete_fault, "Clear one fault (admin)"),
@@ -521,13 +598,19 @@ _REQUESTS: dict[str, dict[str, Any]] = {
                           sourceOffset=_INT, targetOffset=_INT, rateLimit=_INT),
     "post_fault": _obj(["lu"], lu=_NAME, offset=_INT, length=_INT,
                        ops={"type": "array", "minItems": 1, "items": {"enum": ["read", "write"]}}),
+    "post_device_fault": _obj(["device"], device=_INT, offset=_INT, length=_INT,
+                              ops={"type": "array", "minItems": 1, "items": {"enum": ["read", "write"]}}),
+    "post_device_replace": _obj([], path={"type": "string", "minLength": 1}),
+    "post_device_fail": _obj([], reason=_STR),
+    "post_scrub": {"type": "object"},
 }
 #: Query parameters: name → required.
 _QUERIES: dict[str, dict[str, bool]] = {
     "get_cache_directory": {"lu": True},
     "delete_cache_records": {"client": True, "lu": False},
 }
-_CREATED = {"create_lu", "post_client", "post_cache_records", "post_copy_job", "post_fault"}
+_CREATED = {"create_lu", "post_client", "post_cache_records", "post_copy_job", "post_fault",
+            "post_device_fault"}
 #: Server-side statuses a route documents: the array has no room (507), a device failed (503).
 _SERVER_ERRORS: dict[str, dict[str, str]] = {
     "create_lu": {"507": "no space on the devices"}, "patch_lu": {"507": "no space on the devices"},
@@ -577,9 +660,11 @@ def _openapi() -> dict[str, Any]:
 OPENAPI = _openapi()
 
 
-def build_app(engine: Engine, copies: CopyEngine, *, token: str | None, admin_token: str | None) -> web.Application:
+def build_app(engine: Engine, copies: CopyEngine, *, token: str | None, admin_token: str | None,
+              maintenance: Maintenance | None = None) -> web.Application:
     app = web.Application(middlewares=[auth_middleware, error_middleware], client_max_size=1 << 20)
     app[ENGINE] = engine
+    app[MAINT] = maintenance or Maintenance(engine)
     app[COPIES] = copies
     app[TOKENS] = (token, admin_token)
     app.router.add_get("/healthz", healthz)

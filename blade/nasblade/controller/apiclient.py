@@ -1,20 +1,21 @@
 """A synchronous Python client for the controller's control API (docs/control-api.md).
 
-Used by the operator, the block processor and the CLI. Standard library only
-(``http.client``); one method per endpoint, returning the decoded JSON (``None`` for
-``204``). Any non-2xx reply raises ``ControlAPIError`` carrying the status and the JSON
-error body.
+Used by the block processor, the cluster member (both through the typed asyncio face
+``nasblade.controller.asyncclient``), the standalone array and the management terminal. On the
+blade side's one HTTP client base (``nasblade.bladeapi.http.JSONClient``); one method per
+endpoint, returning the decoded JSON (``None`` for ``204``). Any non-2xx reply raises
+``ControlAPIError`` carrying the status and the JSON error body.
 """
 
 from __future__ import annotations
 
 import base64
-import http.client
-import json
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import quote, urlencode, urlparse
+from urllib.parse import quote
+
+from nasblade.bladeapi.http import JSONClient
 
 
 class ControlAPIError(Exception):
@@ -25,41 +26,12 @@ class ControlAPIError(Exception):
         super().__init__(f"HTTP {status}: {self.message}")
 
 
-class ControlClient:
+class ControlClient(JSONClient):
     def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
-        parsed = urlparse(url if "://" in url else f"http://{url}")
-        if parsed.scheme != "http" or not parsed.hostname:
-            raise ValueError(f"expected http://HOST:PORT, got {url!r}")
-        self.host = parsed.hostname
-        self.port = parsed.port or 80
-        self.token = token
-        self.timeout = timeout
+        super().__init__(url=url, token=token, timeout=timeout)
 
-    def request(self, method: str, path: str, body: Any = None, *,
-                query: dict[str, str] | None = None) -> Any:
-        if query:
-            path = f"{path}?{urlencode(query)}"
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        finally:
-            conn.close()
-        decoded: Any = None
-        if raw:
-            try:
-                decoded = json.loads(raw)
-            except ValueError:
-                decoded = {"error": raw.decode(errors="replace")}
-        if not 200 <= resp.status < 300:
-            raise ControlAPIError(resp.status, decoded if isinstance(decoded, dict) else {"error": str(decoded)})
-        return decoded
+    def error(self, status: int, body: dict[str, Any]) -> Exception:
+        return ControlAPIError(status, body)
 
     @staticmethod
     def _p(name: str) -> str:

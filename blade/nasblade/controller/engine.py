@@ -3,7 +3,7 @@
 ``Engine`` holds the ``array.Array`` (LU table and reservations, persisted), the
 ``cache.Cache``, and the in-memory parts of the control store: the blade registry, cache
 records registered by block processors, fault injections, load figures and open NBD
-connections. Every LU I/O from ``nasblade.nbd.server`` and from the copy engine goes
+connections. Every LU I/O from ``nasblade.controller.nbdserver`` and from the copy engine goes
 through ``Engine.read`` / ``write`` / ``zero`` / ``flush``, which apply, in order:
 export checks (read-only, reservation epoch = fencing), range checks, injected faults,
 copy-on-write for running copy jobs, then the cache. Errors are ``OSError`` carrying the
@@ -48,8 +48,13 @@ class Fault:
     offset: int
     length: int
     ops: frozenset[str]
+    #: a fault on a device (offsets on the device) instead of an LU
+    device: int | None = None
 
     def to_json(self) -> dict[str, Any]:
+        if self.device is not None:
+            return {"id": self.id, "device": self.device, "offset": self.offset,
+                    "length": self.length, "ops": sorted(self.ops)}
         return {"id": self.id, "lu": self.lu, "offset": self.offset, "length": self.length,
                 "ops": sorted(self.ops)}
 
@@ -156,6 +161,8 @@ class Engine:
         return {"name": lu.name, "size": lu.size, "readOnly": lu.read_only, "created": lu.created,
                 "allocated": lu.allocated,
                 "devices": sorted({d for s in lu.segments for d, _ in s.members}),
+                "copies": sorted({m.index for s in lu.segments for d, _ in s.members
+                                  for m in self.array.vdevs[d].members}),
                 "extents": [{"device": d, "offset": off, "length": s.member_length, "segment": i}
                             for i, s in enumerate(lu.segments) for d, off in s.members],
                 "reservation": reservation, "lastEpoch": lu.last_epoch,
@@ -213,7 +220,7 @@ class Engine:
         if not self.faults:
             return
         for f in self.faults.values():
-            if f.lu == lu and op in f.ops and offset < f.offset + f.length and f.offset < offset + length:
+            if f.device is None and f.lu == lu and op in f.ops and offset < f.offset + f.length and f.offset < offset + length:
                 raise OSError(errno.EIO, f"injected {op} fault on {lu}")
 
     def read(self, lu: layout.LURecord, offset: int, length: int) -> bytearray:
@@ -415,6 +422,30 @@ class Engine:
         f = Fault(uuid.uuid4().hex[:16], lu, offset, length, ops)
         self.faults[f.id] = f
         return f
+
+    def add_device_fault(self, device: int, offset: int, length: int, ops: frozenset[str]) -> Fault:
+        """I/O errors from one device of the array (below checksums and redundancy)."""
+        if not 0 <= device < len(self.array.devices):
+            raise NotFound(f"device {device}")
+        f = Fault(uuid.uuid4().hex[:16], "", offset, length, ops, device)
+        self.faults[f.id] = f
+        self._apply_device_faults()
+        return f
+
+    def delete_fault(self, fid: str) -> None:
+        if fid not in self.faults:
+            raise NotFound(f"fault {fid}")
+        del self.faults[fid]
+        self._apply_device_faults()
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+        self._apply_device_faults()
+
+    def _apply_device_faults(self) -> None:
+        for dev in self.array.devices:
+            dev.faults = [(f.offset, f.offset + f.length, f.ops) for f in self.faults.values()
+                          if f.device == dev.index]
 
 
 def _minus(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:

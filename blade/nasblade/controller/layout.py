@@ -18,7 +18,9 @@ highest sequence wins.
 
 LU data is striped: an LU is a list of ``Segment`` s, each striping ``unit``-sized chunks
 round-robin over its members (one contiguous run per device), so large I/O uses every
-device. Segments are appended when an LU grows.
+device. Segments are appended when an LU grows. In a version-2 array the "devices" the
+segments name are *virtual devices* (``vdev``: a mirror set, or one device with protection
+none) whose sizes end where each device's checksum/bitmap tail begins (``redundancy``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ SLOT_SIZE = (META_SIZE - SLOT_OFFSET) // 2
 SB_MAGIC = b"NBLDSB01"
 _SB_HDR = struct.Struct(">8sQQ32s")
 SB_HEADER_SIZE = 64
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2: a protection level, per-device states, and the checksum/bitmap tail on every
+device (``redundancy``). Version-1 arrays (no tail) still open, as protection ``none``
+without checksums, and keep version 1."""
+VERSIONS = (1, 2)
 
 
 class NoSpace(Exception):
@@ -109,20 +115,35 @@ class ArrayState:
     copy_jobs: list[dict[str, Any]] = field(default_factory=list)
     seq: int = 0
     unit: int = STRIPE_UNIT
+    version: int = FORMAT_VERSION
+    #: ``redundancy.Protection.to_json()``; ``{}`` is none
+    protection: dict[str, Any] = field(default_factory=dict)
+    #: per device: ``{"state": ok|rebuilding|failed, "rebuilt": bytes, "reason": str}``
+    device_states: list[dict[str, Any]] = field(default_factory=list)
+    #: when the last scrub finished, and what it found
+    scrub: dict[str, Any] = field(default_factory=dict)
 
     def payload(self, device_index: int) -> dict[str, Any]:
-        return {"version": FORMAT_VERSION, "uuid": self.uuid, "device": device_index,
-                "devices": self.device_sizes, "unit": self.unit,
-                "lus": [lu.to_json() for lu in self.lus.values()], "copyJobs": self.copy_jobs}
+        out = {"version": self.version, "uuid": self.uuid, "device": device_index,
+               "devices": self.device_sizes, "unit": self.unit,
+               "lus": [lu.to_json() for lu in self.lus.values()], "copyJobs": self.copy_jobs}
+        if self.version >= 2:
+            out.update(protection=self.protection, deviceStates=self.device_states, scrub=self.scrub)
+        return out
 
     @classmethod
     def from_payload(cls, seq: int, d: Mapping[str, Any]) -> ArrayState:
-        if d.get("version") != FORMAT_VERSION:
-            raise LayoutError(f"unsupported superblock version {d.get('version')!r}")
+        version = d.get("version")
+        if version not in VERSIONS:
+            raise LayoutError(f"unsupported superblock version {version!r}")
         lus = [LURecord.from_json(x) for x in d["lus"]]
-        return cls(uuid=str(d["uuid"]), device_sizes=[int(x) for x in d["devices"]],
+        sizes = [int(x) for x in d["devices"]]
+        states = list(d.get("deviceStates") or [{"state": "ok"} for _ in sizes])
+        return cls(uuid=str(d["uuid"]), device_sizes=sizes,
                    lus={lu.name: lu for lu in lus}, copy_jobs=list(d.get("copyJobs", [])),
-                   seq=seq, unit=int(d["unit"]))
+                   seq=seq, unit=int(d["unit"]), version=int(version),
+                   protection=dict(d.get("protection") or {}), device_states=states,
+                   scrub=dict(d.get("scrub") or {}))
 
 
 # --- superblock records ----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The controller checks it when an LU is created (``array.Array.create_lu``) and on every
 ``/v1/lus/{name}`` path of the control API (``api``); the blade management API checks it on
-``/v1/lus/{lu}/takeover|release`` (``nasblade.bladeapi.server``). The names the product makes
+``/v1/lus/{lu}/takeover|release`` (``nasblade.blockproc.api``). The names the product makes
 itself follow it by construction: ``program``, ``procinfo``, ``backup`` and ``fs-NAME`` where
 ``NAME`` is a file-system name (``nasblade.standalone.config``: ``[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?``;
 the DiskArray CRD: ``^[a-z0-9]([-a-z0-9]*[a-z0-9])?$``, at most 40 characters), both

@@ -3,9 +3,16 @@
 Reads the device list, listen addresses, tokens and cache size from flags, an optional
 YAML/JSON ``--config`` (same keys, flags win) and ``NASBLADE_TOKEN`` /
 ``NASBLADE_ADMIN_TOKEN``; opens the ``array.Array``; starts the NBD server
-(``nasblade.nbd.server``), the control API (``api``), the background destager and the copy
+(``nasblade.controller.nbdserver``), the control API (``api``), the background destager and the copy
 engine; prints the ready line (``nasblade.ready``). SIGTERM/SIGINT destage the cache, fsync
 the devices and exit 0.
+
+``--tls-dir DIR`` (``ca-cert.pem``, ``server-cert.pem``, ``server-key.pem``; a mounted Secret)
+makes the NBD TCP listener require TLS with a CA-signed client certificate, and
+``--nbd-access FILE`` names the file that says which LUs each client identity may open
+(``nasblade.nbd.access``). Without ``--tls-dir`` NBD is plaintext and open to every client:
+the switch for benchmarks and tests, never for a deployment (the operator and ``nasblade up``
+always pass it unless told otherwise).
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -25,28 +31,32 @@ import uvloop
 import yaml
 from aiohttp import web
 
-from nasblade import ready
-from nasblade.controller import api, copyengine, layout
+from nasblade import ready, units
+from nasblade.controller import api, copyengine, layout, maintenance, nbdserver, redundancy
 from nasblade.controller.array import Array
 from nasblade.controller.engine import Engine
-from nasblade.nbd import server
+from nasblade.nbd import access, tls
 
 log = logging.getLogger("nasblade.controller")
 
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad size {text!r} (examples: 4096, 512M, 1G)")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    """A size flag or config value (``nasblade.units``: 512M, 1Gi, 1G, 4096)."""
+    try:
+        return units.parse_size(text)
+    except units.UnitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_device(text: str) -> tuple[str, int | None]:
+    """``PATH[:SIZE]``: a device path and, when the part after the last colon is a size, its size."""
     path, sep, size = text.rpartition(":")
-    if sep and re.fullmatch(r"\d+[KMGTkmgt]?(i?[Bb])?", size):
-        return path, parse_size(size)
+    if sep and path:
+        try:
+            return path, units.parse_size(size)
+        except units.UnitError:
+            pass
     return text, None
 
 
@@ -65,7 +75,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-listen", metavar="HOST:PORT", help="control API address (default 127.0.0.1:8080)")
     parser.add_argument("--token-file", help="file holding the API token (or NASBLADE_TOKEN)")
     parser.add_argument("--admin-token-file", help="file holding the admin token (or NASBLADE_ADMIN_TOKEN)")
+    parser.add_argument("--tls-dir", metavar="DIR",
+                        help="NBD over TLS: DIR holds ca-cert.pem, server-cert.pem, server-key.pem; "
+                             "clients need a certificate from that CA")
+    parser.add_argument("--nbd-access", metavar="FILE",
+                        help="JSON file: which LUs each client certificate identity may open")
     parser.add_argument("--cache-size", help="cache memory size (default 256M)")
+    parser.add_argument("--protection", help="protection level of a new array: none (default), "
+                        "mirror, mirror-2, mirror-3; an existing array keeps its own")
+    parser.add_argument("--rebuild-rate", help="rebuild speed limit per second (default 256M)")
+    parser.add_argument("--scrub-rate", help="scrub speed limit per second (default 64M)")
+    parser.add_argument("--busy-rate", help="rebuild/scrub limit while clients do I/O (default 16M)")
+    parser.add_argument("--scrub-interval", help="seconds between background scrubs (default 168h; 0: on demand)")
     parser.add_argument("--config", help="YAML or JSON file with the same keys as the flags")
     parser.add_argument("--log-level", default="INFO")
 
@@ -78,7 +99,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise SystemExit(f"{args.config}: expected a mapping")
         conf = {str(k).replace("_", "-"): v for k, v in loaded.items()}
-    for key in ("nbd-listen", "nbd-unix", "api-listen", "token-file", "admin-token-file", "cache-size"):
+    for key in ("nbd-listen", "nbd-unix", "api-listen", "token-file", "admin-token-file", "cache-size",
+                "tls-dir", "nbd-access", "protection", "rebuild-rate", "scrub-rate", "busy-rate",
+                "scrub-interval"):
         value = getattr(args, key.replace("-", "_"))
         if value is not None:
             conf[key] = value
@@ -106,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
     if token is None and admin is None:
         raise SystemExit("nasblade controller: a token is required (--token-file or NASBLADE_TOKEN)")
     try:
-        array = Array.open([parse_device(str(d)) for d in conf["device"]])
-    except layout.LayoutError as exc:
+        array = Array.open([parse_device(str(d)) for d in conf["device"]], conf.get("protection"))
+    except (layout.LayoutError, redundancy.ProtectionError) as exc:
         raise SystemExit(f"nasblade controller: {exc}") from exc
     cache_size = parse_size(str(conf.get("cache-size", "256M")))
     engine = Engine(array, cache_size=cache_size)
@@ -124,9 +147,18 @@ async def _serve(engine: Engine, conf: dict[str, Any], *, token: str | None, adm
     copies.recover()
     nbd_host, nbd_port = parse_hostport(str(conf.get("nbd-listen", "127.0.0.1:10809")))
     api_host, api_port = parse_hostport(str(conf.get("api-listen", "127.0.0.1:8080")))
-    nbd = await server.serve_tcp(engine, nbd_host, nbd_port)
-    unix = await server.serve_unix(engine, conf["nbd-unix"]) if conf.get("nbd-unix") else None
-    app = api.build_app(engine, copies, token=token, admin_token=admin)
+    nbd_tls = None
+    if conf.get("tls-dir"):
+        nbd_tls = nbdserver.ServerTLS(tls.server_context(str(conf["tls-dir"])),
+                                      access.AccessFile(conf.get("nbd-access")))
+    nbd = await nbdserver.serve_tcp(engine, nbd_host, nbd_port, nbd_tls)
+    unix = await nbdserver.serve_unix(engine, conf["nbd-unix"]) if conf.get("nbd-unix") else None
+    upkeep = maintenance.Maintenance(
+        engine, rebuild_rate=parse_size(str(conf.get("rebuild-rate", "256M"))),
+        scrub_rate=parse_size(str(conf.get("scrub-rate", "64M"))),
+        busy_rate=parse_size(str(conf.get("busy-rate", "16M"))),
+        scrub_interval=units.parse_duration(str(conf.get("scrub-interval", "168h"))))
+    app = api.build_app(engine, copies, token=token, admin_token=admin, maintenance=upkeep)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, api_host, api_port)
@@ -134,17 +166,21 @@ async def _serve(engine: Engine, conf: dict[str, Any], *, token: str | None, adm
     nbd_addr = nbd.sockets[0].getsockname()
     api_addr = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
     destager = loop.create_task(engine.destager())
+    upkeep_task = loop.create_task(upkeep.run())
     endpoints: dict[str, Any] = {"nbd": f"{nbd_addr[0]}:{nbd_addr[1]}",
                                  "api": f"http://{api_addr[0]}:{api_addr[1]}"}
     if unix is not None:
         endpoints["nbdUnix"] = conf["nbd-unix"]
-    ready.announce("controller", endpoints)
+    ready.announce("controller", endpoints, nbdTLS=nbd_tls is not None)
     await stop.wait()
     log.info("stopping: destaging the cache")
     nbd.close()
     if unix is not None:
         unix.close()
     await copies.shutdown()
+    upkeep_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await upkeep_task
     destager.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await destager

@@ -1,9 +1,10 @@
 """``FileProcessor``: the asyncio shell around the RPC core and the file systems it serves.
 
 Each served file system gets an ``Endpoint``: its own ``Volume`` (mounted ``FileSystem`` plus
-exports), its own ``Dispatcher`` with the NFS v3, MOUNT v3 and portmapper v2 programs, and its
-own TCP listeners (NFS, MOUNT, portmapper: any of them answers any of the three programs), so a
-file system can move between blades together with its address. The embedding code (the
+exports), its own ``Dispatcher`` with the NFS v3, MOUNT v3, NLM v4, NSM v1 and portmapper v2
+programs, and its own TCP listeners (NFS, MOUNT, portmapper: any of them answers any of the
+programs; the portmapper gives the NFS port for NLM and NSM), so a file system can move between
+blades together with its address. The embedding code (the
 ``file-processor`` role in ``nasblade.fileproc.main``, the blade, the standalone array) calls
 ``add_filesystem`` / ``remove_filesystem`` at run time and ``regenerate_verifier`` on takeover.
 
@@ -15,6 +16,13 @@ connection joins the same group commit, and the held replies go out after it ret
 commits leftover unstable changes every ``commit_interval`` seconds. If a commit fails
 (device error, fenced writer), the held replies are never sent: their connections are
 aborted and the endpoint stops serving, so nothing is acknowledged that is not durable.
+
+Locking: mounting a file system reads the NSM record kept in it (``nasblade.nfs.nsm``), moves
+the state number on and stores it; if clients held locks under the previous owner (a restart
+or a takeover), the grace period (``grace_period`` seconds) starts and each client's statd gets
+SM_NOTIFY (retried until the grace period ends) so its lock manager reclaims. When the lock
+table grants a queued request, the client's lock manager gets the GRANTED callback
+(``nasblade.fileproc.callbacks``); a callback the client does not accept releases the lock.
 """
 
 from __future__ import annotations
@@ -25,20 +33,25 @@ import dataclasses
 import logging
 import socket
 import struct
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine, Hashable
 from typing import Any
 
-from nasblade import blockdev
+from nasblade import blockdev, devices
+from nasblade.fileproc import callbacks
 from nasblade.fileproc.config import FsSpec
 from nasblade.fs import fs as fsmod
-from nasblade.nfs import mount, nfs3, portmap
+from nasblade.nfs import mount, nfs3, nlm, nsm, portmap
+from nasblade.nfs.locks import Grace, Waiter
 from nasblade.nfs.volume import Volume
-from nasblade.rpc import record
-from nasblade.rpc.dispatch import Buffers, Dispatcher
+from nasblade.rpc import record, xdr
+from nasblade.rpc.dispatch import Buffers, Call, Dispatcher
 
 log = logging.getLogger(__name__)
 _HDR = struct.Struct(">I")
 MAX_TXN_OPS = 4096
+GRACE_PERIOD = 20.0
+"""Seconds after a start or takeover in which only lock reclaims are granted (docs/file-system.md)."""
 
 
 class _Conn(asyncio.Protocol):
@@ -108,6 +121,9 @@ class Endpoint:
     pending: list[tuple[_Conn, Buffers]] = dataclasses.field(default_factory=list)
     addresses: dict[str, str] = dataclasses.field(default_factory=dict)
     failed: bool = False
+    nlm: nlm.Nlm | None = None
+    callback_portmap_port: int = 111
+    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     _scheduled: bool = False
     _timer: asyncio.TimerHandle | None = None
 
@@ -129,6 +145,71 @@ class Endpoint:
             conn.send(outcome.buffers)
             if self.fs.ops_since_commit >= MAX_TXN_OPS:
                 self._schedule()
+
+    # -- locking: storing the monitored list, GRANTED and SM_NOTIFY callbacks ---------------
+
+    def monitor_changed(self, call: Call | None) -> None:
+        """Store the NSM record; the reply to ``call`` waits for the commit that makes it durable."""
+        assert self.nlm is not None
+        self.fs.set_note(nsm.NOTE_KEY, self.nlm.monitor.dumps())
+        if call is not None:
+            call.needs_commit = True
+        else:
+            self._schedule()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def lock_granted(self, key: Hashable, waiters: list[Waiter]) -> None:
+        for w in waiters:
+            self.spawn(self._send_granted(key, w))
+
+    async def _send_granted(self, key: Hashable, w: Waiter) -> None:
+        assert self.nlm is not None and isinstance(w.alock, nlm.Alock)
+        args = nlm.TEST_ARGS.encode(nlm.TestArgs(w.cookie, w.exclusive, w.alock))
+        try:
+            dec = await callbacks.call(w.client, nlm.NLM_PROG, nlm.NLM_V4, nlm.PROC_GRANTED, args,
+                                       portmap_port=self.callback_portmap_port)
+            taken = nlm.RES.unpack(dec).stat == nlm.Stat.GRANTED
+        except (callbacks.CallbackError, xdr.XdrError) as exc:
+            log.info("GRANTED callback to %s failed: %s", w.client, exc)
+            taken = False
+        if self.failed:
+            return
+        if taken:
+            self.nlm.confirm(key, w)
+        else:
+            self.nlm.release(key, w)
+
+    async def notify_clients(self, clients: dict[str, str], state: int, within: float) -> None:
+        """SM_NOTIFY every client that held locks under the previous owner (retried for ``within`` s)."""
+        args = nsm.STAT_CHGE.encode(nsm.StatChge(self.spec.listen.host.encode(), state))
+        await asyncio.gather(*(self._notify_one(name, addr, args, within) for name, addr in clients.items()))
+
+    async def _notify_one(self, name: str, addr: str, args: bytes, within: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        delay = 0.25
+        while True:
+            try:
+                await callbacks.call(addr, nsm.SM_PROG, nsm.SM_VERS, nsm.PROC_NOTIFY, args,
+                                     portmap_port=self.callback_portmap_port, timeout=3.0)
+            except callbacks.CallbackError as exc:
+                if loop.time() + delay >= deadline:
+                    log.warning("%s: SM_NOTIFY to %s at %s failed: %s", self.spec.name, name, addr, exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 4.0)
+            else:
+                log.info("%s: SM_NOTIFY sent to %s at %s", self.spec.name, name, addr)
+                return
+
+    def grace_over(self) -> None:
+        """After the grace period: hosts that reclaimed nothing leave the monitored list."""
+        if self.nlm is not None and not self.failed and self.nlm.forget_idle_hosts():
+            self.monitor_changed(None)
 
     def _schedule(self) -> None:
         if not self._scheduled:
@@ -173,11 +254,15 @@ class FileProcessor:
         self,
         *,
         commit_interval: float = 1.0,
-        open_device: Callable[[str], blockdev.BlockDevice] = blockdev.open_device,
+        open_device: Callable[[str], blockdev.BlockDevice] = devices.open_device,
         readahead: bool = True,
         writebehind: bool = True,
+        grace_period: float = GRACE_PERIOD,
+        callback_portmap_port: int = 111,
     ) -> None:
         self.commit_interval = commit_interval
+        self.grace_period = grace_period
+        self.callback_portmap_port = callback_portmap_port
         self.readahead = readahead
         self.writebehind = writebehind
         self.open_device = open_device
@@ -191,7 +276,7 @@ class FileProcessor:
         if spec.name in self.endpoints:
             raise ValueError(f"file system {spec.name!r} is already served")
 
-        def mount_it() -> tuple[blockdev.BlockDevice, Volume]:
+        def mount_it() -> tuple[blockdev.BlockDevice, Volume, nsm.Monitor, dict[str, str]]:
             dev = self.open_device(spec.device)
             ra = wb = None
             try:
@@ -199,21 +284,35 @@ class FileProcessor:
                 ra = self.open_device(spec.device) if self.readahead else None
                 wb = self.open_device(spec.device) if self.writebehind else None
                 fsys = fsmod.FileSystem(dev, readahead=ra, writebehind=wb)
-                return dev, Volume.open(spec.name, fsys, list(spec.exports))
+                vol = Volume.open(spec.name, fsys, list(spec.exports))
+                # a new incarnation for the clients' status monitors (nasblade.nfs.nsm)
+                monitor = nsm.Monitor.loads(fsys.note(nsm.NOTE_KEY))
+                reclaimers = monitor.restarted()
+                if not fsys.readonly:
+                    fsys.set_note(nsm.NOTE_KEY, monitor.dumps())
+                    fsys.commit()
+                return dev, vol, monitor, reclaimers
             except BaseException:
                 for d in (dev, ra, wb):
                     if d is not None:
                         d.close()
                 raise
 
-        dev, vol = await asyncio.to_thread(mount_it)
+        dev, vol, monitor, reclaimers = await asyncio.to_thread(mount_it)
         volumes = {vol.fs.fsid: vol}
         disp = Dispatcher()
         pmap = portmap.Portmap()
+        ep = Endpoint(spec, vol, dev, disp, pmap, self.commit_interval,
+                      callback_portmap_port=self.callback_portmap_port)
+        grace = Grace()
+        if reclaimers:
+            grace.start(time.monotonic(), self.grace_period)
+        ep.nlm = nlm.Nlm(volumes, monitor=monitor, grace=grace, changed=ep.monitor_changed, granted=ep.lock_granted)
         disp.register(nfs3.Nfs3(volumes).program())
         disp.register(mount.Mount(volumes).program())
         disp.register(pmap.program())
-        ep = Endpoint(spec, vol, dev, disp, pmap, self.commit_interval)
+        disp.register(ep.nlm.program())
+        disp.register(nsm.Nsm(monitor, changed=ep.monitor_changed, on_reboot=ep.nlm.free_host).program())
         try:
             await self._listen(ep)
         except BaseException:
@@ -221,6 +320,11 @@ class FileProcessor:
             raise
         ep.start_timer()
         self.endpoints[spec.name] = ep
+        if reclaimers:
+            log.info("%s: grace period of %.0f s for %d clients' lock reclaims (NSM state %d)",
+                     spec.name, self.grace_period, len(reclaimers), monitor.state)
+            ep.spawn(ep.notify_clients(reclaimers, monitor.state, self.grace_period))
+            asyncio.get_running_loop().call_later(self.grace_period, ep.grace_over)
         log.info("serving %s from %s at %s", spec.name, spec.device, ep.addresses)
         return dict(ep.addresses)
 
@@ -241,7 +345,8 @@ class FileProcessor:
         pm_port = 0
         if lst.portmap_port is not None:
             _, pm_port = await serve(lst.portmap_port)
-        ep.portmap.set_ports(nfs=nfs_port, mount=mount_port, portmap=pm_port)
+        ep.portmap.set_ports(nfs=nfs_port, mount=mount_port, portmap=pm_port,
+                             also=((nlm.NLM_PROG, nlm.NLM_V4), (nsm.SM_PROG, nsm.SM_VERS)))
         ep.addresses = {"nfs": f"{lst.host}:{nfs_port}", "mount": f"{lst.host}:{mount_port}"}
         if lst.portmap_port is not None:
             ep.addresses["portmap"] = f"{lst.host}:{pm_port}"
@@ -260,6 +365,8 @@ class FileProcessor:
         """Stop exporting ``name``: close listeners and connections, commit, unmount."""
         ep = self.endpoints.pop(name)
         ep.stop_timer()
+        for task in list(ep.tasks):
+            task.cancel()
         for srv in ep.servers:
             srv.close()
         for conn in list(ep.conns):

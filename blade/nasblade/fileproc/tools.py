@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 
-from nasblade import blockdev
+from nasblade import devices
 from nasblade.fs import fs as fsmod
 from nasblade.fs import fsck, layout
 
@@ -27,7 +27,7 @@ def add_mkfs_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_mkfs(args: argparse.Namespace) -> int:
-    dev = blockdev.open_device(args.device)
+    dev = devices.open_device(args.device)
     try:
         if not args.force:
             try:
@@ -53,7 +53,7 @@ def add_fsck_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_fsck(args: argparse.Namespace) -> int:
     try:
-        dev = blockdev.open_device(args.device)
+        dev = devices.open_device(args.device)
     except (OSError, ValueError) as exc:
         log.error("cannot open %s: %s", args.device, exc)
         return 8

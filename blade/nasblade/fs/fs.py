@@ -311,6 +311,19 @@ class FileSystem:
             raise layout.LayoutError(f"metadata key {key!r} missing")
         return row[0]
 
+    def note(self, key: str) -> str | None:
+        """A small text another layer keeps with the file system (the NSM record), or ``None``."""
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", ("note:" + key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_note(self, key: str, value: str) -> None:
+        """Store ``note(key)`` in the group transaction (durable at the next ``commit``)."""
+        with self._op():
+            self.db.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                ("note:" + key, value),
+            )
+
     def _meta_add(self, key: str, delta: int) -> None:
         self.db.execute("UPDATE meta SET value = value + ? WHERE key=?", (delta, key))
 

@@ -118,11 +118,3 @@ def read_region_size(dev: BlockDevice, offset: int) -> int:
 def region_header(size: int) -> bytes:
     head = REGION_MAGIC + struct.pack(">Q", size)
     return head + struct.pack(">I", zlib.crc32(head))
-
-
-def write_layout(dev: BlockDevice, sb: Superblock) -> None:
-    """Write empty region headers, then the superblock, each durable before the next step."""
-    dev.pwrite(sb.meta_off, region_header(0).ljust(REGION_HDR, b"\0"))
-    dev.pwrite(sb.wal_off, region_header(0).ljust(REGION_HDR, b"\0"))
-    dev.flush()
-    dev.pwrite(0, sb.pack(), fua=True)

@@ -10,6 +10,13 @@ advertises ``CAN_MULTI_CONN``). TCP_NODELAY is set on TCP sockets.
 A reservation identity (``holder``, ``epoch``) travels in the export name
 (``LU;holder=NAME;epoch=N``, see docs/control-api.md); writes of a fenced holder fail with
 ``OSError(EPERM)``.
+
+TLS (``nasblade.nbd.tls``): ``nbds://HOST:PORT/LU?tls-certificates=DIR`` (the NBD URI form
+libnbd and nbdinfo take) always uses TLS with the client certificate in DIR (default: the
+directory named by ``NASBLADE_NBD_TLS_DIR``); ``nbd://HOST:PORT/LU`` uses it when ``tls_dir``
+is given or ``NASBLADE_NBD_TLS_DIR`` is set. The client sends ``NBD_OPT_STARTTLS`` right after
+the greeting, checks the server's certificate against the CA and the host name, and negotiates
+the export over TLS. A refused export (``NBD_REP_ERR_POLICY``) raises ``NBDError(EACCES)``.
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ import errno
 import itertools
 import os
 import socket
+import ssl
 import struct
 import threading
 from urllib.parse import parse_qs, unquote, urlparse
 
 from nasblade.blockdev import Buffer
-from nasblade.nbd import proto
+from nasblade.nbd import proto, tls
 
 
 class NBDError(OSError):
@@ -46,7 +54,8 @@ def _recv_exact(sock: socket.socket, n: int) -> bytearray:
 class NBDBlockDevice:
     """An LU over NBD. Create with ``connect``."""
 
-    def __init__(self, sock: socket.socket, *, export: str, size: int, flags: int) -> None:
+    def __init__(self, sock: socket.socket | ssl.SSLSocket, *, export: str, size: int,
+                 flags: int) -> None:
         self._sock = sock
         self.export = export
         self._size = size
@@ -58,15 +67,23 @@ class NBDBlockDevice:
 
     @classmethod
     def connect(cls, url: str, *, holder: str | None = None, epoch: int | None = None,
-                timeout: float | None = 60.0) -> NBDBlockDevice:
+                timeout: float | None = 60.0, tls_dir: str | None = None) -> NBDBlockDevice:
         parsed = urlparse(url)
         lu = unquote(parsed.path.lstrip("/"))
         if not lu:
             raise ValueError(f"no export name in {url!r}")
         name = proto.ExportName(lu, holder, epoch).encode()
-        if parsed.scheme == "nbd":
-            sock = socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 10809),
-                                            timeout=timeout)
+        context: ssl.SSLContext | None = None
+        host = parsed.hostname or "127.0.0.1"
+        if parsed.scheme in ("nbd", "nbds"):
+            directory = (parse_qs(parsed.query).get("tls-certificates", [None])[0] or tls_dir
+                         or tls.env_dir())
+            if parsed.scheme == "nbds" and directory is None:
+                raise ValueError(f"{url!r}: nbds needs ?tls-certificates=DIR or ${tls.ENV_DIR}")
+            if directory is not None:
+                context = tls.client_context(directory)
+            sock: socket.socket | ssl.SSLSocket = socket.create_connection(
+                (host, parsed.port or 10809), timeout=timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         elif parsed.scheme == "nbd+unix":
             path = parse_qs(parsed.query).get("socket", [""])[0]
@@ -78,6 +95,10 @@ class NBDBlockDevice:
         else:
             raise ValueError(f"not an NBD URL: {url!r}")
         try:
+            proto.parse_server_greeting(bytes(_recv_exact(sock, 18)))
+            sock.sendall(proto.client_flags())
+            if context is not None:
+                sock = cls._starttls(sock, context, host)
             size, flags = cls._handshake(sock, name)
         except BaseException:
             sock.close()
@@ -85,9 +106,18 @@ class NBDBlockDevice:
         return cls(sock, export=name, size=size, flags=flags)
 
     @staticmethod
+    def _starttls(sock: socket.socket, context: ssl.SSLContext, host: str) -> ssl.SSLSocket:
+        sock.sendall(proto.build_starttls())
+        _opt, rtype, length = proto.parse_option_reply_header(
+            bytes(_recv_exact(sock, proto.OPTION_REPLY_HEADER_SIZE)))
+        data = bytes(_recv_exact(sock, length)) if length else b""
+        if rtype != proto.REP_ACK:
+            raise NBDError(errno.EPROTO, f"NBD_OPT_STARTTLS refused: {data.decode(errors='replace')}")
+        return context.wrap_socket(sock, server_hostname=host)
+
+    @staticmethod
     def _handshake(sock: socket.socket, name: str) -> tuple[int, int]:
-        proto.parse_server_greeting(bytes(_recv_exact(sock, 18)))
-        sock.sendall(proto.client_flags() + proto.build_go(name))
+        sock.sendall(proto.build_go(name))
         size = flags = -1
         while True:
             _opt, rtype, length = proto.parse_option_reply_header(
@@ -96,7 +126,8 @@ class NBDBlockDevice:
             if rtype == proto.REP_ACK:
                 break
             if rtype & 0x80000000:
-                code = errno.ENOENT if rtype == proto.REP_ERR_UNKNOWN else errno.EPROTO
+                code = {proto.REP_ERR_UNKNOWN: errno.ENOENT,
+                        proto.REP_ERR_POLICY: errno.EACCES}.get(rtype, errno.EPROTO)
                 raise NBDError(code, f"NBD_OPT_GO for {name!r} refused: {data.decode(errors='replace')}")
             if rtype == proto.REP_INFO and len(data) >= 2:
                 (kind,) = struct.unpack_from(">H", data)

@@ -1,6 +1,6 @@
 """Sans-I/O core of the NBD protocol, both directions (server and client).
 
-Nothing here touches a socket. The server shell (``nasblade.nbd.server``), the synchronous
+Nothing here touches a socket. The server shell (``nasblade.controller.nbdserver``), the synchronous
 client (``nasblade.nbd.client``) and the block processor's proxy feed received bytes in and
 take bytes to send out; tests and fuzzers drive the same objects directly.
 
@@ -33,6 +33,20 @@ project), fixed newstyle negotiation only:
   extent), ``ERROR`` (u32 error, u16 message length, message), ``NONE``. Once structured
   replies are negotiated every error is sent as an ``ERROR`` chunk (a READ must never get a
   simple reply); other successes keep the 16-byte simple reply, which the protocol allows.
+- TLS (``NBD_OPT_STARTTLS``, the protocol document's "TLS support" section): a connection
+  made with ``tls=True`` is in the protocol's FORCEDTLS mode. Before TLS every option but
+  ``STARTTLS`` and ``ABORT`` is answered ``NBD_REP_ERR_TLS_REQD`` (``EXPORT_NAME``, which
+  cannot be answered, closes the connection). ``STARTTLS`` is acknowledged and returns
+  ``StartTLS``: the shell sends the ACK, runs the TLS server handshake on the same socket and
+  calls ``tls_started()``; bytes the client sent after ``STARTTLS`` and before its TLS
+  handshake break the protocol and close the connection. Option state from before TLS
+  (structured replies, meta contexts) is forgotten. ``STARTTLS`` again over TLS is
+  ``NBD_REP_ERR_INVALID``; without ``tls=True`` it is ``NBD_REP_ERR_UNSUP``.
+- Access policy: ``ExportLookup.permits(name)`` says whether this client may use an export
+  at all. ``GO``/``INFO``/meta context options for a refused name get
+  ``NBD_REP_ERR_POLICY`` (checked before the name is looked up, so a refusal tells nothing
+  about whether the export exists); ``EXPORT_NAME`` closes; ``LIST`` shows only permitted
+  exports.
 
 Parsing is incremental: ``ServerConnection.receive_data`` buffers bytes and
 ``next_event`` returns one event or ``None`` when more input is needed (h11 style). Shells
@@ -266,6 +280,10 @@ class ExportLookup:
     def names(self) -> list[ExportInfo]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def permits(self, name: str) -> bool:
+        """Whether this connection's client may open (or see) export ``name``."""
+        return True
+
 
 @dataclass(frozen=True)
 class Extensions:
@@ -331,7 +349,13 @@ class Closed:
     reason: str
 
 
-Event = Request | BadRequest | Negotiated | Closed
+@dataclass(frozen=True)
+class StartTLS:
+    """``NBD_OPT_STARTTLS`` was acknowledged: send ``data_to_send()``, run the TLS server
+    handshake on the socket, then call ``tls_started()`` and go on feeding decrypted bytes."""
+
+
+Event = Request | BadRequest | Negotiated | Closed | StartTLS
 
 
 class _Phase(enum.Enum):
@@ -357,6 +381,11 @@ class ServerConnection:
     exports: ExportLookup
     max_payload: int = MAX_PAYLOAD
     extensions: Extensions = field(default_factory=Extensions)
+    #: FORCEDTLS: nothing but ``STARTTLS`` (and ``ABORT``) before TLS is up
+    tls: bool = False
+    #: TLS is up on this connection (``tls_started()``)
+    tls_active: bool = False
+    _tls_pending: bool = False
     #: structured replies were negotiated (``NBD_OPT_STRUCTURED_REPLY`` acknowledged)
     structured: bool = False
     #: meta context ids selected for the export in transmission (``NBD_CMD_BLOCK_STATUS``)
@@ -465,7 +494,18 @@ class ServerConnection:
         self._phase = _Phase.CLOSED
         return Closed(reason)
 
+    def tls_started(self) -> None:
+        """The shell finished the TLS handshake after ``StartTLS``; options go on over TLS."""
+        if not self._tls_pending:
+            raise RuntimeError("tls_started() without a StartTLS event")
+        self._tls_pending = False
+        self.tls_active = True
+
     def _next_handshake_step(self) -> Event | object | None:
+        if self._tls_pending:
+            if self.buffered:
+                return self._close("client sent data between STARTTLS and its TLS handshake")
+            return None
         if self._phase is _Phase.CLIENT_FLAGS:
             raw = self._take(4)
             if raw is None:
@@ -493,8 +533,36 @@ class ServerConnection:
         self._pos += _OPT_HDR.size
         data = bytes(self._take(length) or b"")
         self._compact()
+        if self.tls and not self.tls_active and opt not in (Opt.STARTTLS, Opt.ABORT):
+            if opt == Opt.EXPORT_NAME:
+                return self._close("EXPORT_NAME before TLS (TLS is required)")
+            self._opt_reply(opt, REP_ERR_TLS_REQD, b"TLS is required: send NBD_OPT_STARTTLS first")
+            return _AGAIN
         handler = _OPTION_HANDLERS.get(opt, ServerConnection._opt_unsupported)
         return handler(self, opt, data)
+
+    def _opt_starttls(self, opt: int, data: bytes) -> object:
+        if not self.tls:
+            return self._opt_unsupported(opt, data)
+        if self.tls_active:
+            self._opt_reply(opt, REP_ERR_INVALID, b"TLS is already up")
+            return _AGAIN
+        if data:
+            self._opt_reply(opt, REP_ERR_INVALID, b"STARTTLS takes no data")
+            return _AGAIN
+        self._opt_reply(opt, REP_ACK)
+        # forget what was negotiated in the clear (the protocol: state before TLS is void)
+        self.structured = False
+        self._meta_export, self._meta_ids = None, ()
+        self._tls_pending = True
+        return StartTLS()
+
+    def _refused(self, opt: int, name: str) -> bool:
+        """Answer ``NBD_REP_ERR_POLICY`` when this client may not use export ``name``."""
+        if self.exports.permits(name):
+            return False
+        self._opt_reply(opt, REP_ERR_POLICY, f"export {name!r} is not open to this client".encode())
+        return True
 
     def _opt_reply(self, opt: int, rtype: int, data: bytes = b"") -> None:
         self._out += _OPT_REPLY_HDR.pack(REPLY_MAGIC, opt, rtype, len(data)) + data
@@ -512,6 +580,8 @@ class ServerConnection:
             self._opt_reply(opt, REP_ERR_INVALID, b"LIST takes no data")
             return _AGAIN
         for info in self.exports.names():
+            if not self.exports.permits(info.name):
+                continue
             name = info.name.encode()
             self._opt_reply(opt, REP_SERVER, struct.pack(">I", len(name)) + name)
         self._opt_reply(opt, REP_ACK)
@@ -519,9 +589,12 @@ class ServerConnection:
 
     def _opt_export_name(self, opt: int, data: bytes) -> Event:
         try:
-            info = self.exports.lookup(data.decode())
+            name = data.decode()
         except UnicodeDecodeError:
-            info = None
+            return self._close("export name is not UTF-8 (EXPORT_NAME)")
+        if not self.exports.permits(name):
+            return self._close("export refused by policy (EXPORT_NAME)")
+        info = self.exports.lookup(name)
         if info is None:
             return self._close("unknown export (EXPORT_NAME)")
         info = self._advertised(info)
@@ -579,6 +652,8 @@ class ServerConnection:
         except ProtocolError as exc:
             self._opt_reply(opt, REP_ERR_INVALID, str(exc).encode())
             return _AGAIN
+        if self._refused(opt, name):
+            return _AGAIN
         if self.exports.lookup(name) is None:
             self._opt_reply(opt, REP_ERR_UNKNOWN, f"unknown export {name!r}".encode())
             return _AGAIN
@@ -614,6 +689,8 @@ class ServerConnection:
             name = data[4 : 4 + namelen].decode()
         except UnicodeDecodeError:
             self._opt_reply(opt, REP_ERR_INVALID, b"export name is not UTF-8")
+            return _AGAIN
+        if self._refused(opt, name):
             return _AGAIN
         info = self.exports.lookup(name)
         if info is None:
@@ -747,6 +824,7 @@ _OPTION_HANDLERS = {
     Opt.STRUCTURED_REPLY: ServerConnection._opt_structured_reply,
     Opt.LIST_META_CONTEXT: ServerConnection._opt_meta_context,
     Opt.SET_META_CONTEXT: ServerConnection._opt_meta_context,
+    Opt.STARTTLS: ServerConnection._opt_starttls,
 }
 
 
@@ -891,6 +969,11 @@ def parse_server_greeting(data: bytes) -> int:
     if not hflags & FLAG_FIXED_NEWSTYLE:
         raise ProtocolError("server does not speak fixed newstyle")
     return int(hflags)
+
+
+def build_starttls() -> bytes:
+    """The ``NBD_OPT_STARTTLS`` option (the server ACKs it, then the TLS handshake starts)."""
+    return build_option(Opt.STARTTLS)
 
 
 def build_option(opt: int, data: bytes = b"") -> bytes:

@@ -1,6 +1,7 @@
 """The portmapper version 2 program (RFC 1833 §3): NULL, GETPORT and DUMP.
 
-It answers only for the programs of its own listener (NFS v3 and MOUNT v3 over TCP); it is
+It answers only for the programs of its own listener (NFS v3, MOUNT v3, and NLM v4 and NSM v1
+on the NFS port, all over TCP); it is
 not a general rpcbind and accepts no SET/UNSET. Run on a configurable port (111 by default)
 so clients that do not pass explicit ports can find NFS and MOUNT.
 """
@@ -16,12 +17,14 @@ class Portmap:
     def __init__(self) -> None:
         self.mappings: list[t.Mapping] = []
 
-    def set_ports(self, *, nfs: int, mount: int, portmap: int) -> None:
+    def set_ports(self, *, nfs: int, mount: int, portmap: int, also: tuple[tuple[int, int], ...] = ()) -> None:
+        """``also``: more ``(program, version)`` pairs served on the NFS port (NLM, NSM)."""
         tcp = t.IPPROTO_TCP
         self.mappings = [
             t.Mapping(t.PMAP_PROGRAM, t.PMAP_V2, tcp, portmap),
             t.Mapping(t.NFS_PROGRAM, t.NFS_V3, tcp, nfs),
             t.Mapping(t.MOUNT_PROGRAM, t.MOUNT_V3, tcp, mount),
+            *(t.Mapping(prog, vers, tcp, nfs) for prog, vers in also),
         ]
 
     def null(self, call: Call, args: None) -> None:

@@ -1,15 +1,18 @@
-"""NFSv3 (RFC 1813 §2-3) and MOUNT v3 (RFC 1813 §5) wire types, declared once.
+"""NFSv3 (RFC 1813 §2-3), MOUNT v3 (RFC 1813 §5) and portmapper v2 wire types, declared once.
 
-Each struct is a dataclass plus an ``xdr.Struct`` declaration in wire order; results are
-``xdr.Union`` values ``(status, body)`` whose OK arm and failure arm are declared here.
-``nasblade.nfs.nfs3`` and ``nasblade.nfs.mount`` build and consume these values.
+Each struct is a dataclass whose field annotations carry the XDR types (``xdr.U64``,
+``Fh``, ``PostOpAttr``…), in wire order; its codec (``FATTR = xdr.struct(Fattr)``) is derived
+from that one declaration. Results are ``xdr.Union`` values ``(status, body)`` whose OK arm
+(the procedure's ``…Ok`` dataclass) and failure arm are declared here.
+``nasblade.nfs.nfs3``, ``nasblade.nfs.mount`` and ``nasblade.nfs.portmap`` build and consume
+these values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any
+from typing import Annotated, Any, TypeAlias
 
 from nasblade.rpc import xdr
 
@@ -93,11 +96,18 @@ PATH = xdr.String()
 VERF8 = xdr.FixedOpaque(8)
 FTYPE = xdr.Enum(range(1, 8))
 
+# Field annotations of the RFC's named types (the codec rides along in ``Annotated``).
+Fh: TypeAlias = Annotated[bytes, FH]  # nfs_fh3
+Filename: TypeAlias = Annotated[bytes, FILENAME]
+Path: TypeAlias = Annotated[bytes, PATH]
+Verf: TypeAlias = Annotated[bytes, VERF8]  # writeverf3, createverf3, cookieverf3
+Discriminated: TypeAlias = tuple[int, Any]  # an xdr.Union value: (discriminant, arm)
+
 
 @dataclasses.dataclass
 class NfsTime:
-    seconds: int
-    nseconds: int
+    seconds: xdr.U32
+    nseconds: xdr.U32
 
     @classmethod
     def from_ns(cls, ns: int) -> NfsTime:
@@ -108,105 +118,86 @@ class NfsTime:
         return self.seconds * 1_000_000_000 + min(self.nseconds, 999_999_999)
 
 
-NFSTIME = xdr.Struct(NfsTime, [("seconds", xdr.UInt), ("nseconds", xdr.UInt)])
+NFSTIME = xdr.struct(NfsTime)
 
 
 @dataclasses.dataclass
 class SpecData:
-    specdata1: int
-    specdata2: int
+    specdata1: xdr.U32
+    specdata2: xdr.U32
 
 
-SPECDATA = xdr.Struct(SpecData, [("specdata1", xdr.UInt), ("specdata2", xdr.UInt)])
+SPECDATA = xdr.struct(SpecData)
 
 
 @dataclasses.dataclass
 class Fattr:
-    type: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    size: int
-    used: int
+    type: Annotated[int, FTYPE]
+    mode: xdr.U32
+    nlink: xdr.U32
+    uid: xdr.U32
+    gid: xdr.U32
+    size: xdr.U64
+    used: xdr.U64
     rdev: SpecData
-    fsid: int
-    fileid: int
+    fsid: xdr.U64
+    fileid: xdr.U64
     atime: NfsTime
     mtime: NfsTime
     ctime: NfsTime
 
 
-FATTR = xdr.Struct(
-    Fattr,
-    [
-        ("type", FTYPE),
-        ("mode", xdr.UInt),
-        ("nlink", xdr.UInt),
-        ("uid", xdr.UInt),
-        ("gid", xdr.UInt),
-        ("size", xdr.UHyper),
-        ("used", xdr.UHyper),
-        ("rdev", SPECDATA),
-        ("fsid", xdr.UHyper),
-        ("fileid", xdr.UHyper),
-        ("atime", NFSTIME),
-        ("mtime", NFSTIME),
-        ("ctime", NFSTIME),
-    ],
-)
-POST_OP_ATTR = xdr.Optional(FATTR)
+FATTR = xdr.struct(Fattr)
+PostOpAttr: TypeAlias = Fattr | None  # post_op_attr
+POST_OP_ATTR = xdr.field_type(PostOpAttr)
 
 
 @dataclasses.dataclass
 class WccAttr:
-    size: int
+    size: xdr.U64
     mtime: NfsTime
     ctime: NfsTime
 
 
-WCC_ATTR = xdr.Struct(WccAttr, [("size", xdr.UHyper), ("mtime", NFSTIME), ("ctime", NFSTIME)])
+WCC_ATTR = xdr.struct(WccAttr)
 
 
 @dataclasses.dataclass
 class WccData:
     before: WccAttr | None
-    after: Fattr | None
+    after: PostOpAttr
 
 
-WCC_DATA = xdr.Struct(WccData, [("before", xdr.Optional(WCC_ATTR)), ("after", POST_OP_ATTR)])
+WCC_DATA = xdr.struct(WccData)
 NO_WCC = WccData(None, None)
-POST_OP_FH = xdr.Optional(FH)
+POST_OP_FH = xdr.field_type(Fh | None)
 
 # set_mode3 / set_uid3 / set_gid3 / set_size3 are "optional" unions on a bool.
-SET_U32 = xdr.Optional(xdr.UInt)
-SET_U64 = xdr.Optional(xdr.UHyper)
+SET_U32 = xdr.field_type(xdr.U32 | None)
+SET_U64 = xdr.field_type(xdr.U64 | None)
 SET_TIME = xdr.Union({TimeHow.DONT_CHANGE: xdr.Void, TimeHow.SET_TO_SERVER_TIME: xdr.Void, TimeHow.SET_TO_CLIENT_TIME: NFSTIME})
 
 
 @dataclasses.dataclass
 class Sattr:
-    mode: int | None = None
-    uid: int | None = None
-    gid: int | None = None
-    size: int | None = None
-    atime: tuple[int, Any] = (TimeHow.DONT_CHANGE, None)
-    mtime: tuple[int, Any] = (TimeHow.DONT_CHANGE, None)
+    mode: xdr.U32 | None = None
+    uid: xdr.U32 | None = None
+    gid: xdr.U32 | None = None
+    size: xdr.U64 | None = None
+    atime: Annotated[Discriminated, SET_TIME] = (TimeHow.DONT_CHANGE, None)
+    mtime: Annotated[Discriminated, SET_TIME] = (TimeHow.DONT_CHANGE, None)
 
 
-SATTR = xdr.Struct(
-    Sattr,
-    [("mode", SET_U32), ("uid", SET_U32), ("gid", SET_U32), ("size", SET_U64), ("atime", SET_TIME), ("mtime", SET_TIME)],
-)
+SATTR = xdr.struct(Sattr)
 
 
 @dataclasses.dataclass
 class DirOpArgs:
-    dir: bytes
-    name: bytes
+    dir: Fh
+    name: Filename
 
 
-DIROPARGS = xdr.Struct(DirOpArgs, [("dir", FH), ("name", FILENAME)])
+DIROPARGS = xdr.struct(DirOpArgs)
 
 
 def result(ok: xdr.Type[Any], fail: xdr.Type[Any]) -> xdr.Union:
@@ -216,114 +207,98 @@ def result(ok: xdr.Type[Any], fail: xdr.Type[Any]) -> xdr.Union:
 
 # -- per-procedure arguments and results (RFC 1813 §3.3) ------------------------------------
 
+GETATTR_RES = result(FATTR, xdr.Void)
+
 
 @dataclasses.dataclass
 class SetattrArgs:
-    object: bytes
+    object: Fh
     new_attributes: Sattr
     guard: NfsTime | None
 
 
-SETATTR_ARGS = xdr.Struct(SetattrArgs, [("object", FH), ("new_attributes", SATTR), ("guard", xdr.Optional(NFSTIME))])
+SETATTR_ARGS = xdr.struct(SetattrArgs)
 
 
 @dataclasses.dataclass
 class LookupOk:
-    object: bytes
-    obj_attributes: Fattr | None
-    dir_attributes: Fattr | None
+    object: Fh
+    obj_attributes: PostOpAttr
+    dir_attributes: PostOpAttr
 
 
-LOOKUP_RES = result(
-    xdr.Struct(LookupOk, [("object", FH), ("obj_attributes", POST_OP_ATTR), ("dir_attributes", POST_OP_ATTR)]),
-    POST_OP_ATTR,
-)
+LOOKUP_RES = result(xdr.struct(LookupOk), POST_OP_ATTR)
 
 
 @dataclasses.dataclass
 class AccessArgs:
-    object: bytes
-    access: int
+    object: Fh
+    access: xdr.U32
 
 
-ACCESS_ARGS = xdr.Struct(AccessArgs, [("object", FH), ("access", xdr.UInt)])
+ACCESS_ARGS = xdr.struct(AccessArgs)
 
 
 @dataclasses.dataclass
 class AccessOk:
-    obj_attributes: Fattr | None
-    access: int
+    obj_attributes: PostOpAttr
+    access: xdr.U32
 
 
-ACCESS_RES = result(xdr.Struct(AccessOk, [("obj_attributes", POST_OP_ATTR), ("access", xdr.UInt)]), POST_OP_ATTR)
+ACCESS_RES = result(xdr.struct(AccessOk), POST_OP_ATTR)
 
 
 @dataclasses.dataclass
 class ReadlinkOk:
-    symlink_attributes: Fattr | None
-    data: bytes
+    symlink_attributes: PostOpAttr
+    data: Path
 
 
-READLINK_RES = result(xdr.Struct(ReadlinkOk, [("symlink_attributes", POST_OP_ATTR), ("data", PATH)]), POST_OP_ATTR)
+READLINK_RES = result(xdr.struct(ReadlinkOk), POST_OP_ATTR)
 
 
 @dataclasses.dataclass
 class ReadArgs:
-    file: bytes
-    offset: int
-    count: int
+    file: Fh
+    offset: xdr.U64
+    count: xdr.U32
 
 
-READ_ARGS = xdr.Struct(ReadArgs, [("file", FH), ("offset", xdr.UHyper), ("count", xdr.UInt)])
+READ_ARGS = xdr.struct(ReadArgs)
 
 
 @dataclasses.dataclass
 class ReadOk:
-    file_attributes: Fattr | None
-    count: int
+    file_attributes: PostOpAttr
+    count: xdr.U32
     eof: bool
-    data: Any
+    data: Annotated[bytes | memoryview, xdr.Bulk()]
 
 
-READ_RES = result(
-    xdr.Struct(ReadOk, [("file_attributes", POST_OP_ATTR), ("count", xdr.UInt), ("eof", xdr.Bool), ("data", xdr.Bulk())]),
-    POST_OP_ATTR,
-)
+READ_RES = result(xdr.struct(ReadOk), POST_OP_ATTR)
 
 
 @dataclasses.dataclass
 class WriteArgs:
-    file: bytes
-    offset: int
-    count: int
-    stable: int
-    data: memoryview
+    file: Fh
+    offset: xdr.U64
+    count: xdr.U32
+    stable: Annotated[int, xdr.Enum(list(StableHow))]
+    data: Annotated[memoryview, xdr.Bulk()]
 
 
-WRITE_ARGS = xdr.Struct(
-    WriteArgs,
-    [
-        ("file", FH),
-        ("offset", xdr.UHyper),
-        ("count", xdr.UInt),
-        ("stable", xdr.Enum(list(StableHow))),
-        ("data", xdr.Bulk()),
-    ],
-)
+WRITE_ARGS = xdr.struct(WriteArgs)
 
 
 @dataclasses.dataclass
 class WriteOk:
     file_wcc: WccData
-    count: int
-    committed: int
-    verf: bytes
+    count: xdr.U32
+    committed: xdr.U32
+    verf: Verf
 
 
-WRITE_RES = result(
-    xdr.Struct(WriteOk, [("file_wcc", WCC_DATA), ("count", xdr.UInt), ("committed", xdr.UInt), ("verf", VERF8)]),
-    WCC_DATA,
-)
+WRITE_RES = result(xdr.struct(WriteOk), WCC_DATA)
 
 CREATEHOW = xdr.Union({CreateMode.UNCHECKED: SATTR, CreateMode.GUARDED: SATTR, CreateMode.EXCLUSIVE: VERF8})
 
@@ -331,22 +306,20 @@ CREATEHOW = xdr.Union({CreateMode.UNCHECKED: SATTR, CreateMode.GUARDED: SATTR, C
 @dataclasses.dataclass
 class CreateArgs:
     where: DirOpArgs
-    how: tuple[int, Any]
+    how: Annotated[Discriminated, CREATEHOW]
 
 
-CREATE_ARGS = xdr.Struct(CreateArgs, [("where", DIROPARGS), ("how", CREATEHOW)])
+CREATE_ARGS = xdr.struct(CreateArgs)
 
 
 @dataclasses.dataclass
 class CreateOk:
-    obj: bytes | None
-    obj_attributes: Fattr | None
+    obj: Fh | None
+    obj_attributes: PostOpAttr
     dir_wcc: WccData
 
 
-CREATE_RES = result(
-    xdr.Struct(CreateOk, [("obj", POST_OP_FH), ("obj_attributes", POST_OP_ATTR), ("dir_wcc", WCC_DATA)]), WCC_DATA
-)
+CREATE_RES = result(xdr.struct(CreateOk), WCC_DATA)
 
 
 @dataclasses.dataclass
@@ -355,19 +328,17 @@ class MkdirArgs:
     attributes: Sattr
 
 
-MKDIR_ARGS = xdr.Struct(MkdirArgs, [("where", DIROPARGS), ("attributes", SATTR)])
+MKDIR_ARGS = xdr.struct(MkdirArgs)
 
 
 @dataclasses.dataclass
 class SymlinkArgs:
     where: DirOpArgs
     symlink_attributes: Sattr
-    symlink_data: bytes
+    symlink_data: Path
 
 
-SYMLINK_ARGS = xdr.Struct(
-    SymlinkArgs, [("where", DIROPARGS), ("symlink_attributes", SATTR), ("symlink_data", PATH)]
-)
+SYMLINK_ARGS = xdr.struct(SymlinkArgs)
 
 
 @dataclasses.dataclass
@@ -376,17 +347,17 @@ class DeviceData:
     spec: SpecData
 
 
-DEVICEDATA = xdr.Struct(DeviceData, [("dev_attributes", SATTR), ("spec", SPECDATA)])
+DEVICEDATA = xdr.struct(DeviceData)
 MKNODDATA = xdr.Union({3: DEVICEDATA, 4: DEVICEDATA, 6: SATTR, 7: SATTR}, default=xdr.Void)
 
 
 @dataclasses.dataclass
 class MknodArgs:
     where: DirOpArgs
-    what: tuple[int, Any]
+    what: Annotated[Discriminated, MKNODDATA]
 
 
-MKNOD_ARGS = xdr.Struct(MknodArgs, [("where", DIROPARGS), ("what", MKNODDATA)])
+MKNOD_ARGS = xdr.struct(MknodArgs)
 WCC_RES = result(WCC_DATA, WCC_DATA)
 
 
@@ -396,7 +367,7 @@ class RenameArgs:
     to: DirOpArgs
 
 
-RENAME_ARGS = xdr.Struct(RenameArgs, [("from_", DIROPARGS), ("to", DIROPARGS)])
+RENAME_ARGS = xdr.struct(RenameArgs)
 
 
 @dataclasses.dataclass
@@ -405,213 +376,158 @@ class RenameRes:
     todir_wcc: WccData
 
 
-_RENAME_BODY = xdr.Struct(RenameRes, [("fromdir_wcc", WCC_DATA), ("todir_wcc", WCC_DATA)])
-RENAME_RES = result(_RENAME_BODY, _RENAME_BODY)
+RENAME_RES = result(xdr.struct(RenameRes), xdr.struct(RenameRes))
 
 
 @dataclasses.dataclass
 class LinkArgs:
-    file: bytes
+    file: Fh
     link: DirOpArgs
 
 
-LINK_ARGS = xdr.Struct(LinkArgs, [("file", FH), ("link", DIROPARGS)])
+LINK_ARGS = xdr.struct(LinkArgs)
 
 
 @dataclasses.dataclass
 class LinkRes:
-    file_attributes: Fattr | None
+    file_attributes: PostOpAttr
     linkdir_wcc: WccData
 
 
-_LINK_BODY = xdr.Struct(LinkRes, [("file_attributes", POST_OP_ATTR), ("linkdir_wcc", WCC_DATA)])
-LINK_RES = result(_LINK_BODY, _LINK_BODY)
+LINK_RES = result(xdr.struct(LinkRes), xdr.struct(LinkRes))
 
 
 @dataclasses.dataclass
 class ReaddirArgs:
-    dir: bytes
-    cookie: int
-    cookieverf: bytes
-    count: int
+    dir: Fh
+    cookie: xdr.U64
+    cookieverf: Verf
+    count: xdr.U32
 
 
-READDIR_ARGS = xdr.Struct(
-    ReaddirArgs, [("dir", FH), ("cookie", xdr.UHyper), ("cookieverf", VERF8), ("count", xdr.UInt)]
-)
+READDIR_ARGS = xdr.struct(ReaddirArgs)
 
 
 @dataclasses.dataclass
 class Entry:
-    fileid: int
-    name: bytes
-    cookie: int
+    fileid: xdr.U64
+    name: Filename
+    cookie: xdr.U64
 
 
-ENTRY = xdr.Struct(Entry, [("fileid", xdr.UHyper), ("name", FILENAME), ("cookie", xdr.UHyper)])
+ENTRY = xdr.struct(Entry)
 
 
 @dataclasses.dataclass
 class ReaddirOk:
-    dir_attributes: Fattr | None
-    cookieverf: bytes
-    entries: list[Entry]
+    dir_attributes: PostOpAttr
+    cookieverf: Verf
+    entries: Annotated[list[Entry], xdr.LinkedList(ENTRY)]
     eof: bool
 
 
-READDIR_RES = result(
-    xdr.Struct(
-        ReaddirOk,
-        [("dir_attributes", POST_OP_ATTR), ("cookieverf", VERF8), ("entries", xdr.LinkedList(ENTRY)), ("eof", xdr.Bool)],
-    ),
-    POST_OP_ATTR,
-)
+READDIR_RES = result(xdr.struct(ReaddirOk), POST_OP_ATTR)
 
 
 @dataclasses.dataclass
 class ReaddirplusArgs:
-    dir: bytes
-    cookie: int
-    cookieverf: bytes
-    dircount: int
-    maxcount: int
+    dir: Fh
+    cookie: xdr.U64
+    cookieverf: Verf
+    dircount: xdr.U32
+    maxcount: xdr.U32
 
 
-READDIRPLUS_ARGS = xdr.Struct(
-    ReaddirplusArgs,
-    [("dir", FH), ("cookie", xdr.UHyper), ("cookieverf", VERF8), ("dircount", xdr.UInt), ("maxcount", xdr.UInt)],
-)
+READDIRPLUS_ARGS = xdr.struct(ReaddirplusArgs)
 
 
 @dataclasses.dataclass
 class EntryPlus:
-    fileid: int
-    name: bytes
-    cookie: int
-    name_attributes: Fattr | None
-    name_handle: bytes | None
+    fileid: xdr.U64
+    name: Filename
+    cookie: xdr.U64
+    name_attributes: PostOpAttr
+    name_handle: Fh | None
 
 
-ENTRYPLUS = xdr.Struct(
-    EntryPlus,
-    [
-        ("fileid", xdr.UHyper),
-        ("name", FILENAME),
-        ("cookie", xdr.UHyper),
-        ("name_attributes", POST_OP_ATTR),
-        ("name_handle", POST_OP_FH),
-    ],
-)
+ENTRYPLUS = xdr.struct(EntryPlus)
 
 
 @dataclasses.dataclass
 class ReaddirplusOk:
-    dir_attributes: Fattr | None
-    cookieverf: bytes
-    entries: list[EntryPlus]
+    dir_attributes: PostOpAttr
+    cookieverf: Verf
+    entries: Annotated[list[EntryPlus], xdr.LinkedList(ENTRYPLUS)]
     eof: bool
 
 
-READDIRPLUS_RES = result(
-    xdr.Struct(
-        ReaddirplusOk,
-        [
-            ("dir_attributes", POST_OP_ATTR),
-            ("cookieverf", VERF8),
-            ("entries", xdr.LinkedList(ENTRYPLUS)),
-            ("eof", xdr.Bool),
-        ],
-    ),
-    POST_OP_ATTR,
-)
+READDIRPLUS_RES = result(xdr.struct(ReaddirplusOk), POST_OP_ATTR)
 
 
 @dataclasses.dataclass
 class FsstatOk:
-    obj_attributes: Fattr | None
-    tbytes: int
-    fbytes: int
-    abytes: int
-    tfiles: int
-    ffiles: int
-    afiles: int
-    invarsec: int
+    obj_attributes: PostOpAttr
+    tbytes: xdr.U64
+    fbytes: xdr.U64
+    abytes: xdr.U64
+    tfiles: xdr.U64
+    ffiles: xdr.U64
+    afiles: xdr.U64
+    invarsec: xdr.U32
 
 
-FSSTAT_RES = result(
-    xdr.Struct(
-        FsstatOk,
-        [("obj_attributes", POST_OP_ATTR)]
-        + [(n, xdr.UHyper) for n in ("tbytes", "fbytes", "abytes", "tfiles", "ffiles", "afiles")]
-        + [("invarsec", xdr.UInt)],
-    ),
-    POST_OP_ATTR,
-)
+FSSTAT_RES = result(xdr.struct(FsstatOk), POST_OP_ATTR)
 
 
 @dataclasses.dataclass
 class FsinfoOk:
-    obj_attributes: Fattr | None
-    rtmax: int
-    rtpref: int
-    rtmult: int
-    wtmax: int
-    wtpref: int
-    wtmult: int
-    dtpref: int
-    maxfilesize: int
+    obj_attributes: PostOpAttr
+    rtmax: xdr.U32
+    rtpref: xdr.U32
+    rtmult: xdr.U32
+    wtmax: xdr.U32
+    wtpref: xdr.U32
+    wtmult: xdr.U32
+    dtpref: xdr.U32
+    maxfilesize: xdr.U64
     time_delta: NfsTime
-    properties: int
+    properties: xdr.U32
 
 
-FSINFO_RES = result(
-    xdr.Struct(
-        FsinfoOk,
-        [("obj_attributes", POST_OP_ATTR)]
-        + [(n, xdr.UInt) for n in ("rtmax", "rtpref", "rtmult", "wtmax", "wtpref", "wtmult", "dtpref")]
-        + [("maxfilesize", xdr.UHyper), ("time_delta", NFSTIME), ("properties", xdr.UInt)],
-    ),
-    POST_OP_ATTR,
-)
+FSINFO_RES = result(xdr.struct(FsinfoOk), POST_OP_ATTR)
 
 
 @dataclasses.dataclass
 class PathconfOk:
-    obj_attributes: Fattr | None
-    linkmax: int
-    name_max: int
+    obj_attributes: PostOpAttr
+    linkmax: xdr.U32
+    name_max: xdr.U32
     no_trunc: bool
     chown_restricted: bool
     case_insensitive: bool
     case_preserving: bool
 
 
-_PATHCONF_FIELDS: list[tuple[str, xdr.Type[Any]]] = [
-    ("obj_attributes", POST_OP_ATTR),
-    ("linkmax", xdr.UInt),
-    ("name_max", xdr.UInt),
-]
-_PATHCONF_FIELDS += [(n, xdr.Bool) for n in ("no_trunc", "chown_restricted", "case_insensitive", "case_preserving")]
-PATHCONF_RES = result(xdr.Struct(PathconfOk, _PATHCONF_FIELDS), POST_OP_ATTR)
+PATHCONF_RES = result(xdr.struct(PathconfOk), POST_OP_ATTR)
 
 
 @dataclasses.dataclass
 class CommitArgs:
-    file: bytes
-    offset: int
-    count: int
+    file: Fh
+    offset: xdr.U64
+    count: xdr.U32
 
 
-COMMIT_ARGS = xdr.Struct(CommitArgs, [("file", FH), ("offset", xdr.UHyper), ("count", xdr.UInt)])
+COMMIT_ARGS = xdr.struct(CommitArgs)
 
 
 @dataclasses.dataclass
 class CommitOk:
     file_wcc: WccData
-    verf: bytes
+    verf: Verf
 
 
-COMMIT_RES = result(xdr.Struct(CommitOk, [("file_wcc", WCC_DATA), ("verf", VERF8)]), WCC_DATA)
+COMMIT_RES = result(xdr.struct(CommitOk), WCC_DATA)
 
 # -- MOUNT v3 -------------------------------------------------------------------------------
 
@@ -630,34 +546,34 @@ class MountStat(enum.IntEnum):
 
 
 DIRPATH = xdr.String(1024)
+Name: TypeAlias = Annotated[bytes, xdr.String(255)]
 
 
 @dataclasses.dataclass
 class MountOk:
-    fhandle: bytes
-    auth_flavors: list[int]
+    fhandle: Fh
+    auth_flavors: Annotated[list[int], xdr.Array(xdr.Int)]
 
 
-MOUNT_RES = xdr.Union({MountStat.OK: xdr.Struct(MountOk, [("fhandle", FH), ("auth_flavors", xdr.Array(xdr.Int))])}, default=xdr.Void)
+MOUNT_RES = xdr.Union({MountStat.OK: xdr.struct(MountOk)}, default=xdr.Void)
 
 
 @dataclasses.dataclass
 class MountBody:
-    hostname: bytes
-    directory: bytes
+    hostname: Name
+    directory: Annotated[bytes, DIRPATH]
 
 
-MOUNTLIST = xdr.LinkedList(xdr.Struct(MountBody, [("hostname", xdr.String(255)), ("directory", DIRPATH)]))
+MOUNTLIST = xdr.LinkedList(xdr.struct(MountBody))
 
 
 @dataclasses.dataclass
 class ExportNode:
-    ex_dir: bytes
-    ex_groups: list[bytes]
+    ex_dir: Annotated[bytes, DIRPATH]
+    ex_groups: Annotated[list[bytes], xdr.LinkedList(xdr.String(255))]
 
 
-_EXPORT_FIELDS: list[tuple[str, xdr.Type[Any]]] = [("ex_dir", DIRPATH), ("ex_groups", xdr.LinkedList(xdr.String(255)))]
-EXPORTS = xdr.LinkedList(xdr.Struct(ExportNode, _EXPORT_FIELDS))
+EXPORTS = xdr.LinkedList(xdr.struct(ExportNode))
 
 # -- portmapper v2 (RFC 1833 §3) ------------------------------------------------------------
 
@@ -667,11 +583,11 @@ IPPROTO_UDP = 17
 
 @dataclasses.dataclass
 class Mapping:
-    prog: int
-    vers: int
-    prot: int
-    port: int
+    prog: xdr.U32
+    vers: xdr.U32
+    prot: xdr.U32
+    port: xdr.U32
 
 
-MAPPING = xdr.Struct(Mapping, [("prog", xdr.UInt), ("vers", xdr.UInt), ("prot", xdr.UInt), ("port", xdr.UInt)])
+MAPPING = xdr.struct(Mapping)
 PMAPLIST = xdr.LinkedList(MAPPING)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Annotated
 
 from nasblade.rpc import xdr
 
@@ -50,42 +51,39 @@ class AuthFlavor(enum.IntEnum):
 
 @dataclasses.dataclass(frozen=True)
 class OpaqueAuth:
-    flavor: int
-    body: bytes
+    flavor: xdr.U32
+    body: Annotated[bytes, xdr.Opaque(400)]
 
 
 @dataclasses.dataclass(frozen=True)
 class AuthSys:
-    stamp: int
-    machinename: bytes
-    uid: int
-    gid: int
-    gids: list[int]
+    stamp: xdr.U32
+    machinename: Annotated[bytes, xdr.String(255)]
+    uid: xdr.U32
+    gid: xdr.U32
+    gids: Annotated[list[int], xdr.Array(xdr.UInt, 16)]
 
 
-OPAQUE_AUTH: xdr.Type[OpaqueAuth] = xdr.Struct(OpaqueAuth, [("flavor", xdr.UInt), ("body", xdr.Opaque(400))])
-AUTH_SYS_PARMS: xdr.Type[AuthSys] = xdr.Struct(
-    AuthSys,
-    [
-        ("stamp", xdr.UInt),
-        ("machinename", xdr.String(255)),
-        ("uid", xdr.UInt),
-        ("gid", xdr.UInt),
-        ("gids", xdr.Array(xdr.UInt, 16)),
-    ],
-)
+OPAQUE_AUTH = xdr.struct(OpaqueAuth)
+AUTH_SYS_PARMS = xdr.struct(AuthSys)
 NULL_VERF = OpaqueAuth(AuthFlavor.AUTH_NONE, b"")
 
 
 @dataclasses.dataclass(frozen=True)
 class CallHeader:
-    xid: int
-    rpcvers: int
-    prog: int
-    vers: int
-    proc: int
+    """``rpc_msg`` of a call up to its procedure arguments: xid, msg_type, ``call_body``."""
+
+    xid: xdr.U32
+    mtype: xdr.U32
+    rpcvers: xdr.U32
+    prog: xdr.U32
+    vers: xdr.U32
+    proc: xdr.U32
     cred: OpaqueAuth
     verf: OpaqueAuth
+
+
+CALL_HEADER = xdr.struct(CallHeader)
 
 
 def peek_xid(record: bytes | memoryview) -> tuple[int, int] | None:
@@ -98,18 +96,11 @@ def peek_xid(record: bytes | memoryview) -> tuple[int, int] | None:
 
 
 def decode_call(dec: xdr.Decoder) -> CallHeader:
-    """Decode a call header; raises ``XdrError`` if it is malformed."""
-    xid = dec.u32()
-    mtype = dec.u32()
-    if mtype != CALL:
-        raise xdr.XdrError(f"not a call (msg_type {mtype})")
-    rpcvers = dec.u32()
-    prog = dec.u32()
-    vers = dec.u32()
-    proc = dec.u32()
-    cred = OPAQUE_AUTH.unpack(dec)
-    verf = OPAQUE_AUTH.unpack(dec)
-    return CallHeader(xid, rpcvers, prog, vers, proc, cred, verf)
+    """Decode a call header; raises ``XdrError`` if it is malformed or not a call."""
+    hdr = CALL_HEADER.unpack(dec)
+    if hdr.mtype != CALL:
+        raise xdr.XdrError(f"not a call (msg_type {hdr.mtype})")
+    return hdr
 
 
 def encode_call(
@@ -117,10 +108,7 @@ def encode_call(
 ) -> bytes:
     """Build a call record (used by tests and the benchmark's raw-RPC client)."""
     enc = xdr.Encoder()
-    for v in (xid, CALL, RPC_VERSION, prog, vers, proc):
-        enc.u32(v)
-    OPAQUE_AUTH.pack(enc, cred)
-    OPAQUE_AUTH.pack(enc, NULL_VERF)
+    CALL_HEADER.pack(enc, CallHeader(xid, CALL, RPC_VERSION, prog, vers, proc, cred, NULL_VERF))
     enc.parts.append(args)
     return enc.getvalue()
 

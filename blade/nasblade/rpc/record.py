@@ -6,12 +6,15 @@ fragment's length in bytes. ``RecordReader`` accepts bytes as they arrive from t
 yields complete records (the concatenated fragments); ``frame`` builds the header(s) for an
 outgoing record. Used by ``nasblade.fileproc.server`` (the asyncio shell) and by tests.
 
-The reader is O(n) in the input and bounds every record by ``max_record``: a peer that
-announces more is a protocol error (``RecordError``) and the shell closes that connection.
+The reader is O(n) in the input, however it is cut into chunks and fragments (received
+chunks wait in a ``deque``, each byte is copied at most twice: into its fragment, then into its
+record), and bounds every record by ``max_record``: a peer that announces more is a protocol
+error (``RecordError``) and the shell closes that connection.
 """
 
 from __future__ import annotations
 
+import collections
 import struct
 
 LAST_FRAGMENT = 0x80000000
@@ -33,7 +36,7 @@ class RecordReader:
 
     def __init__(self, *, max_record: int = 4 << 20) -> None:
         self.max_record = max_record
-        self._chunks: list[bytes] = []
+        self._chunks: collections.deque[bytes] = collections.deque()
         self._off = 0  # consumed bytes of _chunks[0]
         self._have = 0  # unconsumed bytes in _chunks
         self._need: int | None = None  # length of the fragment being received
@@ -48,7 +51,7 @@ class RecordReader:
             piece: bytes | memoryview = memoryview(first)[off : off + n]
             self._off = off + n
             if self._off == len(first):
-                self._chunks.pop(0)
+                self._chunks.popleft()
                 self._off = 0
         else:
             parts: list[memoryview] = []
@@ -60,7 +63,7 @@ class RecordReader:
                 need -= k
                 self._off += k
                 if self._off == len(first):
-                    self._chunks.pop(0)
+                    self._chunks.popleft()
                     self._off = 0
             piece = b"".join(parts)
         self._have -= n

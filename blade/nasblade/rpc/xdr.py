@@ -1,7 +1,9 @@
 """XDR (RFC 4506) encoder, decoder and declarative type combinators.
 
 Every wire type is declared once as a combinator object (``Struct``, ``Union``, ``Array``…)
-and both ``pack`` and ``unpack`` come from that declaration. The RPC header
+and both ``pack`` and ``unpack`` come from that declaration. A struct is a dataclass whose
+field annotations carry their XDR types (``seconds: xdr.U32``, ``Annotated[bytes, FH]``,
+a nested dataclass, ``X | None`` for ``*X``); ``struct(cls)`` derives its codec from them. The RPC header
 (``nasblade.rpc.message``) and the NFS/MOUNT/portmapper programs (``nasblade.nfs.types``)
 are built from these. ``xdrlib`` is not used (it is removed in Python 3.13).
 
@@ -14,16 +16,18 @@ dispatcher turns into ``GARBAGE_ARGS``.
 from __future__ import annotations
 
 import dataclasses
-import struct
+import struct as _struct
+import types
+import typing
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeAlias, TypeVar
 
 T = TypeVar("T")
 
-_U32 = struct.Struct(">I")
-_I32 = struct.Struct(">i")
-_U64 = struct.Struct(">Q")
-_I64 = struct.Struct(">q")
+_U32 = _struct.Struct(">I")
+_I32 = _struct.Struct(">i")
+_U64 = _struct.Struct(">Q")
+_I64 = _struct.Struct(">q")
 
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 
@@ -208,6 +212,12 @@ Hyper: Type[int] = _Hyper()
 Bool: Type[bool] = _Bool()
 Void: Type[None] = _Void()
 
+# Field annotations for the scalar types (see ``field_type``).
+U32: TypeAlias = Annotated[int, UInt]
+I32: TypeAlias = Annotated[int, Int]
+U64: TypeAlias = Annotated[int, UHyper]
+I64: TypeAlias = Annotated[int, Hyper]
+
 
 class Enum(Type[int]):
     """A 32-bit enum restricted to its declared values."""
@@ -346,10 +356,20 @@ class LinkedList(Type[list[T]], Generic[T]):
 
 
 class Struct(Type[T], Generic[T]):
-    """An XDR struct mapped onto a dataclass; fields are declared in wire order."""
+    """An XDR struct mapped onto a dataclass: its fields, in declaration order, are the wire's.
 
-    def __init__(self, cls: Callable[..., T], fields: Sequence[tuple[str, Type[Any]]]) -> None:
+    Each field's XDR type comes from the dataclass's own annotation (``field_type``), so a
+    struct is declared once; ``struct(cls)`` gives the (cached) codec of a dataclass. An
+    explicit ``fields`` list, checked against the dataclass, is still accepted.
+    """
+
+    def __init__(self, cls: Callable[..., T], fields: Sequence[tuple[str, Type[Any]]] | None = None) -> None:
         self.cls = cls
+        if fields is None:
+            if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+                raise TypeError(f"{cls!r}: only a dataclass has fields to derive")
+            hints = typing.get_type_hints(cls, include_extras=True)
+            fields = [(f.name, field_type(hints[f.name], f"{cls.__name__}.{f.name}")) for f in dataclasses.fields(cls)]
         self.fields = list(fields)
         if dataclasses.is_dataclass(cls):
             names = [f.name for f in dataclasses.fields(cls)]
@@ -362,6 +382,42 @@ class Struct(Type[T], Generic[T]):
 
     def unpack(self, dec: Decoder) -> T:
         return self.cls(*[typ.unpack(dec) for _, typ in self.fields])
+
+
+_STRUCTS: dict[type, Struct[Any]] = {}
+
+
+def struct(cls: type[T]) -> Struct[T]:
+    """The codec of dataclass ``cls``, derived from its annotations once and cached."""
+    codec = _STRUCTS.get(cls)
+    if codec is None:
+        codec = _STRUCTS[cls] = Struct(cls)
+    return codec
+
+
+def field_type(hint: Any, where: str = "field") -> Type[Any]:
+    """The XDR type of a dataclass field annotation.
+
+    ``Annotated[T, codec]`` (e.g. ``U32`` below, or a program's ``Fh``) → that codec; a
+    dataclass → its ``struct``; ``bool`` → ``Bool``; ``X | None`` → ``Optional`` of X's type
+    (XDR ``*X``). Anything else (a bare ``int``: 32 or 64 bits, signed or not?) is refused
+    when the struct is declared, not when it is first sent.
+    """
+    if typing.get_origin(hint) is Annotated:
+        for meta in reversed(hint.__metadata__):
+            if isinstance(meta, Type):
+                return meta
+        raise TypeError(f"{where}: Annotated without an XDR type: {hint!r}")
+    if hint is bool:
+        return Bool
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return struct(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        arms = typing.get_args(hint)
+        if len(arms) == 2 and type(None) in arms:
+            (inner,) = [a for a in arms if a is not type(None)]
+            return Optional(field_type(inner, where))
+    raise TypeError(f"{where}: no XDR type for {hint!r}; write Annotated[{hint!r}, xdr.<type>]")
 
 
 class Union(Type[tuple[int, Any]]):

@@ -3,8 +3,12 @@
 ``Array.start()`` does, in order (each step idempotent, so a restart on the same data directory
 brings the same data back):
 
-1. tokens under ``DATA/secrets`` (random on first start, mode 0600);
-2. the controller (``nasblade controller``) with ``DATA/devices/dev<i>`` as its devices;
+1. tokens under ``DATA/secrets`` (random on first start, mode 0600) and, with
+   ``network.nbdTLS`` (the default), the NBD TLS credentials and access file under ``DATA/tls``
+   (``nasblade.standalone.credentials``);
+2. the controller (``nasblade controller``) with ``DATA/devices/dev<i>`` as its devices; with
+   TLS it serves NBD only over TLS to certificates of the array's CA, each cluster group's
+   blades opening only their group's LUs (``nasblade.nbd.access``);
 3. the LUs: ``program``, ``procinfo`` (one portion per cluster group), ``backup`` and one LU per
    file system (``fs-<name>``); a new file-system LU gets ``nasblade.fs.fs.mkfs``;
 4. the blade software: on a blank program LU, a bundle of this installation's code is built
@@ -17,6 +21,10 @@ brings the same data back):
 
 ``Array.stop()`` stops file processors, then block processors (they flush), then the controller
 (it destages and fsyncs). Each child's stderr goes to ``DATA/logs/<name>.log``.
+
+With TLS, ``nasblade up`` reaches the controller's NBD port with the ``admin`` certificate and
+each block processor gets its group's certificate directory as ``NASBLADE_NBD_TLS_DIR`` (also
+on restarts by the supervisor, which starts children through ``launch``).
 """
 
 from __future__ import annotations
@@ -33,21 +41,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasblade import ready
+from nasblade import lunames, ready
 from nasblade.cluster import config as cluster_config
-from nasblade.standalone import lifetime
+from nasblade.nbd import tls
+from nasblade.standalone import credentials, lifetime
 from nasblade.standalone.config import Config, FileSystem
 
 log = logging.getLogger(__name__)
 
 NASBLADE = [sys.executable, "-m", "nasblade"]
-PROGRAM_LU = "program"
-PROCINFO_LU = "procinfo"
-BACKUP_LU = "backup"
+PROGRAM_LU = lunames.PROGRAM
+PROCINFO_LU = lunames.PROCINFO
+BACKUP_LU = lunames.BACKUP
 
 
 def fs_lu(fs: FileSystem) -> str:
-    return f"fs-{fs.name}"
+    return lunames.fs_lu(fs.name)
 
 
 def _drain(proc: subprocess.Popen[bytes]) -> None:
@@ -79,6 +88,9 @@ class Array:
     children: list[Child] = field(default_factory=list)
     controller: Child | None = None
     software_version: str | None = None
+    tls: credentials.Credentials | None = None
+    #: extra environment of a child, by child name (a blade's NBD client credentials)
+    child_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     # -- paths and secrets ------------------------------------------------------------------
 
@@ -116,7 +128,7 @@ class Array:
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{name}.log", "ab") as err:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, start_new_session=True,
-                                    env=lifetime.child_env())
+                                    env={**lifetime.child_env(), **self.child_env.get(name, {})})
         try:
             line = ready.wait_ready(proc, timeout=self.ready_timeout)
         except ready.NotReady as exc:
@@ -153,10 +165,19 @@ class Array:
                 "--api-listen", f"{net.controller_address}:{net.api_port}",
                 "--token-file", str(self._secret("controller-token")),
                 "--admin-token-file", str(self._secret("admin-token")),
-                "--cache-size", str(c.cache_size)]
+                "--cache-size", str(c.cache_size), "--protection", c.protection]
         for i in range(c.device_count):
             argv += ["--device", f"{devdir / f'dev{i}'}:{c.device_size}"]
+        if net.nbd_tls:
+            self.tls = credentials.ensure(self.data_dir, c)
+            argv += ["--tls-dir", str(self.tls.controller), "--nbd-access", str(self.tls.access_file)]
         self.controller = self._spawn("controller", argv)
+
+    def nbd_url(self, lu: str) -> str:
+        """The URL ``nasblade up`` opens an LU by (with the admin certificate under TLS)."""
+        if self.tls is None:
+            return f"nbd://{self.nbd}/{lu}"
+        return f"nbds://{self.nbd}/{lu}?tls-certificates={self.tls.admin}"
 
     @property
     def nbd(self) -> str:
@@ -197,7 +218,7 @@ class Array:
         from nasblade.fs import fs as fsmod
         from nasblade.nbd.client import NBDBlockDevice
 
-        with NBDBlockDevice.connect(f"nbd://{self.nbd}/{lu}") as dev:
+        with NBDBlockDevice.connect(self.nbd_url(lu)) as dev:
             fsmod.mkfs(dev, root_mode=root_mode)
             dev.flush()
 
@@ -208,7 +229,7 @@ class Array:
         from nasblade.program.catalog import ProgramError, ProgramStore
 
         wanted = self.config.software_version
-        with NBDBlockDevice.connect(f"nbd://{self.nbd}/{PROGRAM_LU}") as dev:
+        with NBDBlockDevice.connect(self.nbd_url(PROGRAM_LU)) as dev:
             store = ProgramStore(dev)
             catalog = store.catalog()
             if not catalog.bundles:
@@ -256,6 +277,8 @@ class Array:
                         argv += ["--fs-spec", json.dumps(spec, sort_keys=True)]
                 if port:
                     port += 1
+                if self.tls is not None:
+                    self.child_env[f"{blade}-bp"] = {tls.ENV_DIR: str(self.tls.group(group.name))}
                 bp = self._spawn(f"{blade}-bp", argv, blade=blade, part="bp")
                 if bp.ready.get("softwareError") and not bp.ready.get("software"):
                     raise ArrayError(f"{blade}: no blade software: {bp.ready['softwareError']}")
@@ -313,7 +336,9 @@ class Array:
                         "pid": b["fp"].proc.pid,
                     })
         return {
-            "controller": {"nbd": self.nbd, "api": self.api, "pid": self.controller.proc.pid if self.controller else None},
+            "controller": {"nbd": self.nbd, "api": self.api, "pid": self.controller.proc.pid if self.controller else None,
+                           "nbdTLS": self.tls is not None,
+                           "tlsCertificates": str(self.tls.admin) if self.tls is not None else None},
             "nfs": nfs,
             "blades": [
                 {"name": b["name"], "group": b["group"], "api": b["bp"].ready["endpoints"].get("api"),

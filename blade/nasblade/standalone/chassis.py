@@ -18,15 +18,15 @@ thread of ``nasblade up``, over ``nasblade.standalone.supervisor.Supervisor``:
            ``Supervisor.restart``); 409 while the blade is being started or restarted already
     GET  /v1/chassis                    → the supervisor's status (per blade: pids, restarts, ...)
 
-``ChassisClient`` is the caller's side; ``nasblade.cluster.member`` uses it when its cluster
-configuration names a chassis (``chassis`` in ``nasblade.cluster.config``), and
-``nasblade.standalone.rollout`` for the software restarts of a rollout. In Kubernetes there
+``nasblade.bladeapi.chassis.ChassisClient`` is the caller's side: the cluster member's takeover
+(``nasblade.cluster.takeover``) uses it when its cluster configuration names a chassis
+(``chassis`` in ``nasblade.cluster.config``), and ``nasblade.standalone.rollout`` for the
+software restarts of a rollout. In Kubernetes there
 is no chassis: the operator deletes the failed blade's pod instead.
 """
 
 from __future__ import annotations
 
-import http.client
 import http.server
 import json
 import logging
@@ -37,19 +37,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from nasblade.bladeapi.client import UnixHTTPConnection
 from nasblade.program.catalog import VERSION_RE
 from nasblade.standalone.supervisor import Busy, Supervisor
 
 log = logging.getLogger(__name__)
 
 _BLADE_ACTION = re.compile(r"^/v1/blades/([A-Za-z0-9._-]+)/(power-off|restart)$")
-
-
-class ChassisError(RuntimeError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"chassis: HTTP {status}: {message}")
-        self.status = status
 
 
 def _handler(sup: Supervisor) -> type[http.server.BaseHTTPRequestHandler]:
@@ -140,42 +133,3 @@ class ChassisServer:
         self._server.server_close()
         if self.path.exists():
             self.path.unlink()
-
-
-class ChassisClient:
-    """Caller side of the chassis API at the Unix socket ``path``."""
-
-    def __init__(self, path: str, *, timeout: float = 30.0) -> None:
-        self.path = path
-        self.timeout = timeout
-
-    def _call(self, method: str, url: str, body: Any = None) -> Any:
-        conn = UnixHTTPConnection(self.path, timeout=self.timeout)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"} if data is not None else {}
-            conn.request(method, url, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        finally:
-            conn.close()
-        decoded = json.loads(raw) if raw else None
-        if resp.status != 200:
-            msg = decoded.get("error") if isinstance(decoded, dict) else raw.decode(errors="replace")
-            raise ChassisError(resp.status, str(msg))
-        return decoded
-
-    def power_off(self, blade: str, *, requested_by: str, reason: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", f"/v1/blades/{blade}/power-off",
-                                            {"requestedBy": requested_by, "reason": reason})
-        return result
-
-    def restart(self, blade: str, *, software_version: str, requested_by: str) -> dict[str, Any]:
-        """Restart ``blade`` on ``software_version``; returns once its processes stopped."""
-        result: dict[str, Any] = self._call("POST", f"/v1/blades/{blade}/restart",
-                                            {"softwareVersion": software_version, "requestedBy": requested_by})
-        return result
-
-    def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", "/v1/chassis")
-        return result

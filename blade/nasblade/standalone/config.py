@@ -5,6 +5,8 @@ one exported file system)::
 
     array:
       devices: {count: 2, size: 1G}
+      protection: none                  # none | mirror (2 copies) | mirror-3: device count a
+                                        # multiple of the copies; fixed when the array is made
       cacheSize: 256M
       areas: {programSize: 64M, procInfoPortionSize: 1M, backupSize: 4M}
     clusterGroups:
@@ -25,7 +27,9 @@ one exported file system)::
                                         # squash on, squashed clients can still create files
     software: {version: null}           # null: the version pushed at first start
     network: {controllerAddress: 127.0.0.1, nbdPort: 10809, apiPort: 10880,
-              bladeApiPort: 10900, nfsPort: 2049, mountPort: 20048, portmapPort: 111}
+              bladeApiPort: 10900, nfsPort: 2049, mountPort: 20048, portmapPort: 111,
+              nbdTLS: true}             # false: plaintext NBD open to every local process
+                                        # (benchmarks only; docs/controller.md "Security")
 
 Validation is strict: unknown keys, wrong types, impossible sizes, duplicate names, unknown
 references and addresses outside 127.0.0.0/8 are refused with the field path, e.g.
@@ -43,6 +47,10 @@ from typing import Any
 
 import yaml
 
+from nasblade import units
+from nasblade.controller import redundancy
+from nasblade.units import format_size
+
 
 class ConfigError(ValueError):
     """An invalid configuration; ``path`` is the offending field (``fileSystems[0].size``)."""
@@ -52,48 +60,32 @@ class ConfigError(ValueError):
         self.path = path
 
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTP]?)(?:i?B)?\s*$", re.IGNORECASE)
-_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DUR_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+def usable_bytes(count: int, size: int, protection: str) -> int:
+    """What LUs can use: one copy's worth of the devices, less the per-device overhead and the
+    checksum area (8 bytes per 4 KiB block)."""
+    copies = redundancy.parse(protection).copies
+    return count // copies * max(size - DEVICE_OVERHEAD - size // 512, 0)
+
+
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 # overhead the controller keeps per device for its own metadata (labels, LU table, journals)
 DEVICE_OVERHEAD = 16 << 20
 
 
 def parse_size(value: Any, path: str = "") -> int:
-    """``512M``, ``1G``, ``1073741824`` → bytes (binary units)."""
-    if isinstance(value, bool):
-        raise ConfigError(path, f"{value!r} is not a size")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(path, f"{value} is negative")
-        return value
-    m = _SIZE_RE.match(str(value))
-    if not m:
-        raise ConfigError(path, f"{value!r} is not a size (use e.g. 512M, 1G, 1073741824)")
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
-
-
-def format_size(n: int) -> str:
-    for unit in ("P", "T", "G", "M", "K"):
-        if n >= _UNITS[unit] and n % _UNITS[unit] == 0:
-            return f"{n // _UNITS[unit]}{unit}"
-    for unit in ("P", "T", "G", "M", "K"):
-        if n >= _UNITS[unit]:
-            return f"{n / _UNITS[unit]:.1f}{unit}"
-    return str(n)
+    """``512M``, ``1Gi``, ``1G``, ``1073741824`` → bytes (``nasblade.units``, binary letters)."""
+    try:
+        return units.parse_size(value)
+    except units.UnitError as exc:
+        raise ConfigError(path, str(exc)) from None
 
 
 def parse_duration(value: Any, path: str) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(path, f"{value!r} is not a duration")
-    if isinstance(value, int | float):
-        return float(value)
-    m = _DUR_RE.match(str(value))
-    if not m:
-        raise ConfigError(path, f"{value!r} is not a duration (use e.g. 200ms, 2s, 10m, 1h)")
-    return float(m.group(1)) * _DUR_UNITS[m.group(2)]
+    """``200ms``, ``2s``, ``1h30m``, ``5`` → seconds (``nasblade.units``)."""
+    try:
+        return units.parse_duration(value)
+    except units.UnitError as exc:
+        raise ConfigError(path, str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -142,6 +134,8 @@ class Network:
     nfs_port: int = 2049
     mount_port: int = 20048
     portmap_port: int | None = 111
+    #: NBD over TLS with mutual certificates and per-group LU access (``DATA/tls``)
+    nbd_tls: bool = True
 
 
 @dataclass(frozen=True)
@@ -156,6 +150,8 @@ class Config:
     file_systems: tuple[FileSystem, ...]
     software_version: str | None
     network: Network
+    #: the array's protection level (``nasblade.controller.redundancy``): none, mirror-2, mirror-3
+    protection: str = "none"
 
     @property
     def procinfo_size(self) -> int:
@@ -163,7 +159,7 @@ class Config:
 
     @property
     def usable(self) -> int:
-        return self.device_count * max(self.device_size - DEVICE_OVERHEAD, 0)
+        return usable_bytes(self.device_count, self.device_size, self.protection)
 
     def group(self, name: str) -> ClusterGroup:
         return next(g for g in self.groups if g.name == name)
@@ -208,6 +204,12 @@ def _int(value: Any, path: str, *, lo: int, hi: int) -> int:
 def _name(value: Any, path: str) -> str:
     if not isinstance(value, str) or not _NAME_RE.match(value):
         raise ConfigError(path, f"{value!r} is not a valid name (lower-case letters, digits, '-', up to 32)")
+    return value
+
+
+def _flag(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, "must be true or false")
     return value
 
 
@@ -294,6 +296,11 @@ def parse(data: Any) -> Config:
     if dsize < 2 * DEVICE_OVERHEAD:
         raise ConfigError("array.devices.size", f"{format_size(dsize)} is too small (at least {format_size(2 * DEVICE_OVERHEAD)})")
     dev.done()
+    try:
+        protection = redundancy.parse(arr.get("protection", "none"))
+        protection.check(count)
+    except redundancy.ProtectionError as exc:
+        raise ConfigError("array.protection", f"{exc} (array.devices.count is {count})") from None
     cache = parse_size(arr.get("cacheSize", "256M"), "array.cacheSize")
     if cache < 1 << 20:
         raise ConfigError("array.cacheSize", f"{format_size(cache)} is too small (at least 1M)")
@@ -341,10 +348,11 @@ def parse(data: Any) -> Config:
         nfs_port=_int(net.get("nfsPort", 2049), "network.nfsPort", lo=1, hi=65535),
         mount_port=_int(net.get("mountPort", 20048), "network.mountPort", lo=1, hi=65535),
         portmap_port=None if (pm := net.get("portmapPort", 111)) is None else _int(pm, "network.portmapPort", lo=1, hi=65535),
+        nbd_tls=_flag(net.get("nbdTLS", True), "network.nbdTLS"),
     )
     net.done()
 
-    free = count * max(dsize - DEVICE_OVERHEAD, 0) - program - portion * len(groups) - backup
+    free = usable_bytes(count, dsize, protection.name) - program - portion * len(groups) - backup
     fs_raw = top.get("fileSystems", [{}])
     if not isinstance(fs_raw, list):
         raise ConfigError("fileSystems", "must be a list")
@@ -406,6 +414,7 @@ def parse(data: Any) -> Config:
         file_systems=tuple(fss),
         software_version=None if version is None else str(version),
         network=network,
+        protection=protection.name,
     )
 
 

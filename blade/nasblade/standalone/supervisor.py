@@ -4,8 +4,8 @@ A NAS chassis keeps its blades running: a blade whose software dies is restarted
 that hangs is power-cycled when its partner takes it over. ``Supervisor`` does both for the
 processes ``nasblade.standalone.array.Array`` started; ``nasblade.standalone.main`` (``nasblade
 up``) drives it from its main loop, and ``nasblade.standalone.chassis`` serves ``power_off`` to
-the blades' cluster members (``nasblade.cluster.member`` asks before it binds a taken-over
-file system's address).
+the blades' cluster members (``nasblade.cluster.takeover`` asks, through
+``nasblade.bladeapi.chassis``, before it binds a taken-over file system's address).
 
 - **Restart** (``poll``): a block processor or file processor that exits while the array is
   running is started again from its own command line, minus the file systems it was told to
@@ -399,7 +399,7 @@ class Supervisor:
                 self.givebacks.pop(blade, None)
                 return
             client = BladeClient(str(api), self.array.blade_token(), timeout=60.0)
-            view = client._req("GET", "/v1/cluster")
+            view = client.cluster()
             everyone = all(m["alive"] for m in view["members"])
             me = next((m for m in view["members"] if m["blade"] == blade), None)
             now = time.monotonic()
@@ -409,7 +409,7 @@ class Supervisor:
             first = self._alive_since.setdefault(blade, now)
             if now - first < GIVEBACK_SETTLE:
                 return
-            done = client._req("POST", "/v1/cluster/giveback")
+            done = client.give_back()
             moved = [t["fileSystem"] for t in done.get("takeovers", [])]
             log.info("%s: give-back after restart: %s", blade, ", ".join(moved) or "nothing to take back")
             self.givebacks.pop(blade, None)

@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from nasblade import units
 from nasblade.terminal.errors import TerminalError, Unreachable, UsageError
 from nasblade.terminal.model import (
     LU,
@@ -59,36 +60,26 @@ STATES: dict[str, tuple[BladeState, str]] = {
     "Pending": ("unknown", "pending"),
     "Upgrading": ("stopped", "upgrading"),
 }
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 
 def quantity(value: Any) -> int | None:
-    """``1Gi``, ``512M``, ``1073741824`` → bytes (binary units, as the CRDs use them)."""
+    """A DiskArray / ClusterGroup quantity in bytes (``1Gi``; ``500M`` is decimal, as Kubernetes
+    reads it: ``nasblade.units``), or None when absent or not a quantity."""
     if value is None:
         return None
-    if isinstance(value, int):
-        return value
-    s = str(value).strip().removesuffix("i").removesuffix("B")
-    digits = s.rstrip("KMGTPkmgtp")
     try:
-        return int(float(digits) * _UNITS[s[len(digits):].upper()])
-    except (ValueError, KeyError):
+        return units.parse_size(value, kubernetes=True)
+    except units.UnitError:
         return None
 
 
 def duration(value: Any, default: float) -> float:
+    """A Go duration from a custom resource in seconds, ``default`` when absent or invalid."""
     if value is None:
         return default
-    s = str(value).strip()
-    for suffix, mult in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-        if s.endswith(suffix):
-            try:
-                return float(s[: -len(suffix)]) * mult
-            except ValueError:
-                return default
     try:
-        return float(s)
-    except ValueError:
+        return units.parse_duration(value)
+    except units.UnitError:
         return default
 
 

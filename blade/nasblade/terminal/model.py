@@ -8,7 +8,7 @@ the system. Sizes are bytes; ages are seconds; times are RFC 3339 UTC strings.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 LUKind = Literal["program", "processorInfo", "backup", "fileSystem", "other"]
 ActiveArea = Literal["portion", "backup"]
@@ -31,6 +31,10 @@ class Device(TypedDict):
     size: int
     free: int
     path: str | None
+    #: ok | rebuilding | failed (with protection; the controller's ``GET /v1/array``)
+    state: NotRequired[str]
+    #: why it failed, or the rebuild progress ("rebuilding 40%")
+    detail: NotRequired[str]
 
 
 class Extent(TypedDict):
@@ -121,6 +125,8 @@ class ArrayView(TypedDict):
     ready: bool | None
     size: int | None
     free: int | None
+    #: protection level, ``ok``/``degraded``, repaired and lost blocks (standalone arrays)
+    redundancy: NotRequired[dict[str, Any]]
     devices: list[Device]
     lus: list[LU]
     areas: list[Area]

@@ -79,13 +79,21 @@ def status_tables(snap: Snapshot) -> Group:
                           f"{mbps.get('write', 0):.1f} MB/s write, queue {load.get('queueDepth', 0):.1f}" if load else "-")
         t.add_row("software", f"{sw.get('current') or '-'} (available: {', '.join(sw.get('versions') or []) or '-'})"
                   + (f" [red]{sw['error']}[/]" if sw.get("error") else ""))
+        red = a.get("redundancy")
+        if red:
+            colour = "green" if red.get("state") == "ok" else "red"
+            t.add_row("protection", f"{red.get('protection')}, [{colour}]{red.get('state')}[/], "
+                                    f"repaired {red.get('repairedBlocks', 0)} block(s), lost {red.get('lostBlocks', 0)}")
         parts.append(t)
         if a["devices"]:
             d = Table(title="Devices", title_justify="left")
-            for col in ("#", "size", "free", "path"):
+            states = any("state" in dev for dev in a["devices"])
+            for col in ("#", "size", "free", "path", *(("state",) if states else ())):
                 d.add_column(col)
             for dev in a["devices"]:
-                d.add_row(str(dev["index"]), size(dev["size"]), size(dev["free"]), dev["path"] or "-")
+                extra = ((dev.get("state", "-") + (f" ({dev['detail']})" if dev.get("detail") else ""),)
+                         if states else ())
+                d.add_row(str(dev["index"]), size(dev["size"]), size(dev["free"]), dev["path"] or "-", *extra)
             parts.append(d)
         if a["lus"]:
             lt = Table(title="Logical units", title_justify="left")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from nasblade import lunames
+from nasblade.nbd import tls
 from nasblade.terminal import health
 from nasblade.terminal.errors import NotAvailable, TerminalError, Timeout, Unreachable, UsageError
 from nasblade.terminal.model import (
@@ -53,10 +56,23 @@ from nasblade.terminal.model import (
 )
 from nasblade.terminal.source import BackupProgress, BackupRequest
 
-PROGRAM_LU = "program"
-PROCINFO_LU = "procinfo"
-BACKUP_LU = "backup"
-FS_PREFIX = "fs-"
+PROGRAM_LU = lunames.PROGRAM
+PROCINFO_LU = lunames.PROCINFO
+BACKUP_LU = lunames.BACKUP
+FS_PREFIX = lunames.FS_PREFIX
+
+
+def _device(d: dict[str, Any], array: dict[str, Any]) -> Device:
+    """A device of the controller's ``GET /v1/array``, with its redundancy state."""
+    dev = Device(index=d["index"], size=d["size"], free=d.get("free", 0), path=d.get("path"))
+    if "state" in d:
+        dev["state"] = str(d["state"])
+        if d["state"] == "failed":
+            dev["detail"] = str(d.get("reason") or "")
+        elif d["state"] == "rebuilding":
+            total = next((r["total"] for r in array.get("rebuild", []) if r["device"] == d["index"]), 0)
+            dev["detail"] = f"{100 * (d.get('rebuilt') or 0) / max(total, 1):.0f}%"
+    return dev
 
 
 def now_iso() -> str:
@@ -130,6 +146,11 @@ class StandaloneSource:
             self.config = load(config)
         except (ConfigError, OSError) as exc:
             raise UsageError(f"array configuration: {exc}") from exc
+        admin_tls = data_dir / "tls" / "admin"
+        if self.config.network.nbd_tls and admin_tls.is_dir():
+            # NBD over TLS: this process opens LUs with the array's admin certificate
+            # (nasblade.standalone.credentials); an explicit NASBLADE_NBD_TLS_DIR wins
+            os.environ.setdefault(tls.ENV_DIR, str(admin_tls))
         self.timeout = timeout
         self.token = self._secret("controller-token")
         self.blade_token = self._secret("blade-token", required=False)
@@ -289,8 +310,8 @@ class StandaloneSource:
             "ready": True,
             "size": array.get("size"),
             "free": array.get("free"),
-            "devices": [Device(index=d["index"], size=d["size"], free=d.get("free", 0), path=d.get("path"))
-                        for d in array.get("devices", [])],
+            "devices": [_device(d, array) for d in array.get("devices", [])],
+            "redundancy": {k: array.get(k) for k in ("protection", "state", "repairedBlocks", "lostBlocks")},
             "lus": [LU(name=lu["name"], kind=lu_kind(lu["name"]), size=lu["size"], devices=list(lu.get("devices", [])),
                        extents=[Extent(device=int(e["device"]), offset=int(e["offset"]), length=int(e["length"]),
                                        segment=int(e.get("segment", 0))) for e in lu.get("extents", [])],
@@ -528,9 +549,9 @@ class StandaloneSource:
         the chassis of ``nasblade up`` (``DATA/run/chassis.sock``), then select ``version`` in the
         program catalog so a later ``nasblade up`` boots it. A version not in the catalog is
         refused before anything is touched."""
+        from nasblade.bladeapi.chassis import ChassisClient
         from nasblade.nbd.client import NBDBlockDevice
         from nasblade.program.catalog import ProgramError, ProgramStore
-        from nasblade.standalone.chassis import ChassisClient
         from nasblade.standalone.rollout import BladeRef, RolloutError, RolloutTimeout, roll
 
         software = self._software()

@@ -7,7 +7,7 @@ itself through the chassis of ``nasblade up`` (``StandaloneSource.rolling_restar
 ``nasblade.standalone.rollout``: move the blade's file systems to a peer, restart it on the
 version, wait until it is back, give them back, next blade). Exit 0 when every blade reports
 the version, 2 for a version not in the catalog, 4 on timeout, 1 when a blade failed.
-Hooked into ``nasblade software`` (``nasblade.program.software``) and ``kubectl nas software``.
+Hooked into ``nasblade software`` (``nasblade.terminal.commands.programlu``) and ``kubectl nas software``.
 """
 
 from __future__ import annotations

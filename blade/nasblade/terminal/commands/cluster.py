@@ -1,8 +1,10 @@
-"""``nasblade cluster``: the management terminal's cluster-group commands (claims 10, 17).
+"""``nasblade cluster``: one call of one blade's cluster-group API, its JSON reply on stdout.
 
-Each action is one call of the blade management API (``nasblade.cluster.api``) of the blade
-given with ``--api``; the reply is printed as JSON on stdout. Exit status 0 on success, 1 when
-the blade refused (its message on stderr), 2 on bad usage::
+The raw, one-blade tool beside the array-wide commands (``status``, ``takeover``, ``giveback``,
+``backup``): each action is one ``BladeClient`` method (``nasblade.bladeapi.client``, the same
+calls the terminal's standalone source makes) on the blade given with ``--api``. Exit status 0
+on success, 1 when the blade refused (its message on stderr) or cannot be reached, 2 on bad
+usage::
 
     nasblade cluster --api http://127.0.0.1:10900 --token-file blade-token status
     nasblade cluster ... check-takeover
@@ -21,22 +23,26 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nasblade.bladeapi.client import BladeAPIError, BladeClient
+from nasblade.terminal.commands import examples
 
-# action -> (method, path template, takes a file system)
-ACTIONS: dict[str, tuple[str, str, bool]] = {
-    "status": ("GET", "/v1/cluster", False),
-    "check-takeover": ("GET", "/v1/cluster/check-takeover", False),
-    "takeover": ("POST", "/v1/cluster/filesystems/{fs}/takeover", True),
-    "release": ("POST", "/v1/cluster/filesystems/{fs}/release", True),
-    "giveback": ("POST", "/v1/cluster/giveback", False),
-    "backup": ("POST", "/v1/cluster/backups", False),
-    "backups": ("GET", "/v1/cluster/backups", False),
-    "area": ("GET", "/v1/cluster/area", False),
-    "reform": ("POST", "/v1/cluster/area/reform", False),
+Action = Callable[[BladeClient, argparse.Namespace], dict[str, Any]]
+
+# action -> (the call, takes a file system)
+ACTIONS: dict[str, tuple[Action, bool]] = {
+    "status": (lambda c, a: c.cluster(), False),
+    "check-takeover": (lambda c, a: c.check_takeover(), False),
+    "takeover": (lambda c, a: c.take_over_fs(a.fs, force=a.force), True),
+    "release": (lambda c, a: c.release_fs(a.fs), True),
+    "giveback": (lambda c, a: c.give_back(), False),
+    "backup": (lambda c, a: c.backup(cross_group=list(a.cross_group)), False),
+    "backups": (lambda c, a: c.backups(), False),
+    "area": (lambda c, a: c.area(), False),
+    "reform": (lambda c, a: c.reform_area(), False),
 }
 
 
@@ -47,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("fs", nargs="?", help="file system (takeover, release)")
     parser.add_argument("--force", action="store_true", help="takeover: fence a live owner instead of asking it")
     parser.add_argument("--cross-group", action="append", default=[], help="backup: also copy this group's portion")
+    examples(parser, """\
+  nasblade cluster --api http://127.0.0.1:10900 --token-file blade-token status
+  nasblade cluster --api http://127.0.0.1:10900 takeover fs1 --force
+""")
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -56,7 +66,7 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    method, path, needs_fs = ACTIONS[args.action]
+    call, needs_fs = ACTIONS[args.action]
     token = _token(args)
     if not token:
         sys.stderr.write("nasblade cluster: give --token-file or $NASBLADE_BLADE_TOKEN\n")
@@ -64,13 +74,8 @@ def run(args: argparse.Namespace) -> int:
     if needs_fs and not args.fs:
         sys.stderr.write(f"nasblade cluster {args.action}: name the file system\n")
         return 2
-    body: Any = None
-    if args.action == "takeover":
-        body = {"force": args.force}
-    elif args.action == "backup":
-        body = {"crossGroup": list(args.cross_group)}
     try:
-        result = BladeClient(args.api, token, timeout=180.0)._req(method, path.format(fs=args.fs), body)
+        result = call(BladeClient(args.api, token, timeout=180.0), args)
     except BladeAPIError as exc:
         sys.stderr.write(f"nasblade cluster {args.action}: {exc}\n")
         return 1

@@ -1,4 +1,5 @@
-"""``nasblade software``: build, push, list, select and remove blade software on the program LU.
+"""``nasblade software``: build, push, list, select, remove and roll out blade software on the
+program LU (a terminal command; the program LU's format is ``nasblade.program.catalog``).
 
 The program LU is found like every terminal command finds an array: ``--data-dir DIR`` (or
 ``$NASBLADE_DATA_DIR``) of a ``nasblade up`` array, whose ``DIR/endpoints.json`` names the
@@ -25,9 +26,13 @@ import time
 from pathlib import Path
 
 import nasblade
-from nasblade import blockdev
+from nasblade import devices
 from nasblade.program import bundle
 from nasblade.program.catalog import ProgramError, ProgramStore
+from nasblade.terminal import render
+from nasblade.terminal.commands import rollout
+from nasblade.terminal.errors import TerminalError
+from nasblade.terminal.standalone import PROGRAM_LU, StandaloneSource
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,8 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for action in (p, ls, s, r):
         _add_array_arguments(action)
     sub.add_parser("running", help="print the version and location of the code running this command")
-    from nasblade.terminal.commands import rollout  # `software rollout V` (management terminal)
-
     rollout.add_parser(sub)
 
 
@@ -82,9 +85,6 @@ def program_url(args: argparse.Namespace) -> str:
     if data_dir is None:
         raise ProgramError("no program LU: give --data-dir DIR (a standalone array) or --program URL"
                            " (or set NASBLADE_DATA_DIR / NASBLADE_PROGRAM)")
-    from nasblade.terminal.errors import TerminalError
-    from nasblade.terminal.standalone import PROGRAM_LU, StandaloneSource
-
     config = getattr(args, "config", None) or (Path(os.environ["NASBLADE_CONFIG"]) if os.environ.get("NASBLADE_CONFIG") else None)
     try:
         source = StandaloneSource(Path(data_dir).resolve(), config=config)
@@ -94,13 +94,11 @@ def program_url(args: argparse.Namespace) -> str:
 
 
 def _store(args: argparse.Namespace) -> ProgramStore:
-    return ProgramStore(blockdev.open_device(program_url(args)))
+    return ProgramStore(devices.open_device(program_url(args)))
 
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "rollout":
-        from nasblade.terminal.commands import rollout
-
         return rollout.run(args)
     try:
         if args.action == "running":
@@ -128,8 +126,6 @@ def _push(store: ProgramStore, args: argparse.Namespace) -> int:
 
 
 def _list(store: ProgramStore, args: argparse.Namespace) -> int:
-    from nasblade.terminal import render
-
     catalog = store.catalog()
     if args.json:
         sys.stderr.write("nasblade software list: --json is deprecated; use -o json\n")

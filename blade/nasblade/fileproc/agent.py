@@ -43,7 +43,7 @@ from aiohttp import web
 from nasblade import ready
 from nasblade.bladeapi import lifeline
 from nasblade.bladeapi.client import BladeAPIError, LocalClient
-from nasblade.cluster.fpside import DeviceLost, SelfFence, fail_stop_open
+from nasblade.fileproc.failstop import DeviceLost, SelfFence, fail_stop_open
 from nasblade.program import bundle
 
 log = logging.getLogger(__name__)

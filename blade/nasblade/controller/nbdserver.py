@@ -16,6 +16,13 @@ replies (errors as ``ERROR`` chunks; large reads as ``OFFSET_DATA`` / ``OFFSET_H
 following ``Engine.allocation``, so holes are neither read nor sent), ``BLOCK_STATUS`` for
 ``base:allocation`` (a hole reads as zeroes: ``HOLE|ZERO``; anything else ``0``),
 ``NBD_CMD_CACHE`` (``Engine.prefetch``) and ``FAST_ZERO`` (``Engine.zero(fast=True)``).
+
+TLS (``ServerTLS``, on the TCP listener): the core runs in FORCEDTLS mode; on its
+``StartTLS`` event the ACK is sent and ``loop.start_tls`` runs the server handshake, which
+requires a client certificate signed by the array's CA (``nasblade.nbd.tls``). The
+certificate's identity and the access file decide which LUs the client may open or list
+(``nasblade.nbd.access``). Without ``ServerTLS`` (and on the Unix socket, which only local
+processes reach) every client opens every LU.
 """
 
 from __future__ import annotations
@@ -24,12 +31,14 @@ import asyncio
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import cast
 
 from nasblade.controller import layout
 from nasblade.controller.engine import LARGE, Engine
-from nasblade.nbd import proto
+from nasblade.nbd import access, proto, tls
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +52,28 @@ _HOLE_STATE = proto.STATE_HOLE | proto.STATE_ZERO
 Reply = list[bytes | bytearray]
 
 
-class Catalog(proto.ExportLookup):
-    """The engine's LU table as the handshake sees it."""
+@dataclass(frozen=True)
+class ServerTLS:
+    """TLS required on a listener: the server context and the access file."""
 
-    def __init__(self, engine: Engine) -> None:
+    context: ssl.SSLContext
+    access: access.AccessFile
+
+
+class Catalog(proto.ExportLookup):
+    """The engine's LU table as the handshake sees it, through one client's access rights."""
+
+    def __init__(self, engine: Engine, tls_config: ServerTLS | None = None) -> None:
         self.engine = engine
+        self.tls = tls_config
+        #: the client certificate's identity, once TLS is up
+        self.identity: tls.Identity | None = None
+
+    def permits(self, name: str) -> bool:
+        if self.tls is None:
+            return True
+        lu = name.split(";", 1)[0]
+        return self.tls.access.policy().permits(self.identity, lu)
 
     def _info(self, name: str, lu: layout.LURecord) -> proto.ExportInfo:
         flags = (proto.TF_HAS_FLAGS | proto.TF_SEND_FLUSH | proto.TF_SEND_FUA | proto.TF_SEND_TRIM
@@ -70,9 +96,12 @@ class Catalog(proto.ExportLookup):
 
 
 class NBDConnection(asyncio.BufferedProtocol):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, tls_config: ServerTLS | None = None) -> None:
         self.engine = engine
-        self.core = proto.ServerConnection(Catalog(engine), extensions=_EXTENSIONS)
+        self.tls = tls_config
+        self.catalog = Catalog(engine, tls_config)
+        self.core = proto.ServerConnection(self.catalog, extensions=_EXTENSIONS,
+                                           tls=tls_config is not None)
         self.lu = ""
         self.holder: str | None = None
         self.epoch: int | None = None
@@ -188,6 +217,10 @@ class NBDConnection(asyncio.BufferedProtocol):
             if isinstance(event, proto.Closed):
                 log.debug("closing NBD connection: %s", event.reason)
                 return
+            if isinstance(event, proto.StartTLS):
+                if not await self._start_tls():
+                    return
+                continue
             if isinstance(event, proto.Negotiated):
                 parsed = proto.parse_export_name(event.export.name)
                 self.lu, self.holder, self.epoch = parsed.lu, parsed.holder, parsed.epoch
@@ -200,6 +233,25 @@ class NBDConnection(asyncio.BufferedProtocol):
                 self._flush_out()
                 await self._writable.wait()
             await self._request(event)
+
+    async def _start_tls(self) -> bool:
+        """The TLS server handshake after the STARTTLS ACK; False when it failed."""
+        assert self.tls is not None and self.transport is not None
+        self._flush_out()  # the ACK, in the clear
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(self.transport, self, self.tls.context, server_side=True)
+        except (TimeoutError, OSError) as exc:  # ssl.SSLError and ConnectionError are OSErrors
+            log.info("NBD TLS handshake refused: %s", exc)
+            return False
+        if transport is None:
+            return False
+        self.transport = transport
+        self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
+        self.catalog.identity = tls.peer_identity(transport.get_extra_info("ssl_object"))
+        log.debug("NBD TLS up for %s", self.catalog.identity)
+        self.core.tls_started()
+        return True
 
     async def _request(self, req: proto.Request) -> None:
         lu = self.engine.array.state.lus.get(self.lu)
@@ -351,9 +403,11 @@ _HANDLERS: dict[int, Handler] = {
 }
 
 
-async def serve_tcp(engine: Engine, host: str, port: int) -> asyncio.Server:
+async def serve_tcp(engine: Engine, host: str, port: int,
+                    tls_config: ServerTLS | None = None) -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: NBDConnection(engine), host, port, reuse_address=True)
+    return await loop.create_server(lambda: NBDConnection(engine, tls_config), host, port,
+                                    reuse_address=True)
 
 
 async def serve_unix(engine: Engine, path: str) -> asyncio.Server:

@@ -1,6 +1,6 @@
 """The file processor's side of cluster groups: self-fencing when its block processor is gone.
 
-``nasblade.bladeapi.agent`` (the blade's file processor) calls ``SelfFence.ok()`` after every
+``nasblade.fileproc.agent`` (the blade's file processor) calls ``SelfFence.ok()`` after every
 heartbeat its block processor stored and ``SelfFence.unreachable()`` when the block processor
 could not be reached at all (connection refused, socket gone — not when it answered with an
 error, e.g. while the processor-information area is switching). After ``fence_after`` seconds
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from nasblade import blockdev
+from nasblade import devices
 from nasblade.blockdev import BlockDevice, Buffer
 
 T = TypeVar("T")
@@ -114,4 +114,4 @@ class FailStopDevice:
 
 def fail_stop_open(url: str) -> BlockDevice:
     """``open_device`` for the blade's file processor (``FileProcessor(open_device=...)``)."""
-    return FailStopDevice(blockdev.open_device(url))
+    return FailStopDevice(devices.open_device(url))

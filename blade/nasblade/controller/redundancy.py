@@ -1,0 +1,189 @@
+"""Protection levels and the per-device redundancy format: pure rules, no I/O.
+
+A protection level says how many copies of every block the array keeps:
+
+- ``none``: one copy; a lost device loses the LUs striped over it. Checksums still detect
+  corruption (the read fails with ``EIO`` instead of returning wrong data).
+- ``mirror`` with 2 or 3 copies: the devices form *mirror sets* of ``copies`` consecutive
+  devices (``0,1 | 2,3 | ...``; the device count must be a multiple of ``copies``); each
+  set is one virtual device the LU striping (``layout``) allocates on. A set survives the
+  loss of ``copies - 1`` of its devices.
+
+Every device of a version-2 array ends in a *tail* (after its data area, so data offsets
+are the same on every copy and equal to the offsets in the LU extents)::
+
+    META_SIZE .. vsize          data (the virtual device's offsets, identical on each copy)
+    csum_offset ..              one 8-byte checksum per 4 KiB block of the device
+    bitmap_offset ..            the write-intent bitmap: one byte per ``REGION`` of data
+
+A stored checksum is ``xxh3_64(block) ^ ZERO_SUM`` so an all-zero block (a punched hole, a
+never-written extent) has the stored value 0 and zeroing a range costs no hashing.
+``choose`` is the repair rule used by reads, scrub, rebuild and crash resync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import xxhash
+
+BLOCK = 4096
+CSUM_SIZE = 8
+REGION = 4 << 20
+MiB = 1 << 20
+ZERO_SUM = xxhash.xxh3_64_intdigest(bytes(BLOCK))
+LEVELS = ("none", "mirror")
+
+
+class ProtectionError(ValueError):
+    """A protection level that is unknown or does not fit the device count."""
+
+
+@dataclass(frozen=True)
+class Protection:
+    level: str = "none"
+    copies: int = 1
+
+    @property
+    def name(self) -> str:
+        return "none" if self.level == "none" else f"mirror-{self.copies}"
+
+    @property
+    def survives(self) -> int:
+        """Devices per mirror set that may be lost without losing data."""
+        return self.copies - 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"level": self.level, "copies": self.copies}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any] | None) -> Protection:
+        if not d:
+            return cls()
+        return parse(d)
+
+    def check(self, device_count: int) -> None:
+        """Raise ``ProtectionError`` unless ``device_count`` devices can hold this level."""
+        if self.level == "none":
+            if device_count < 1:
+                raise ProtectionError("at least one device is needed")
+            return
+        if device_count < self.copies or device_count % self.copies:
+            raise ProtectionError(
+                f"{self.name} needs a multiple of {self.copies} devices (mirror sets of "
+                f"{self.copies}); got {device_count}")
+
+    def sets(self, device_count: int) -> list[tuple[int, ...]]:
+        """Device indexes of each virtual device (mirror set), in order."""
+        self.check(device_count)
+        c = self.copies
+        return [tuple(range(i, i + c)) for i in range(0, device_count, c)]
+
+
+def parse(value: Any) -> Protection:
+    """``none``, ``mirror`` (2 copies), ``mirror-2``, ``mirror-3``, or ``{level, copies}``."""
+    if isinstance(value, Protection):
+        return value
+    if isinstance(value, Mapping):
+        level = value.get("level", "none")
+        copies = value.get("copies")
+    elif isinstance(value, str):
+        level, _, n = value.strip().lower().partition("-")
+        copies = int(n) if n.isdigit() else (n or None)
+    else:
+        raise ProtectionError(f"protection must be a string or a mapping, got {value!r}")
+    if level not in LEVELS:
+        raise ProtectionError(f"unknown protection level {level!r} (one of: none, mirror, "
+                              "mirror-2, mirror-3; single and double parity are not implemented yet)")
+    if level == "none":
+        if copies not in (None, 1):
+            raise ProtectionError("protection none keeps exactly one copy")
+        return Protection("none", 1)
+    if copies is None:
+        copies = 2
+    if not isinstance(copies, int) or isinstance(copies, bool) or copies not in (2, 3):
+        raise ProtectionError(f"mirror keeps 2 or 3 copies, got {copies!r}")
+    return Protection("mirror", copies)
+
+
+# --- the per-device tail -----------------------------------------------------------------------
+
+
+def _round_up(n: int, unit: int) -> int:
+    return -(-n // unit) * unit
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a device of ``size`` bytes keeps data, checksums and its write-intent bitmap."""
+
+    size: int
+    vsize: int  # end of the data area (a multiple of the stripe unit)
+    csum_offset: int
+    bitmap_offset: int
+    regions: int
+
+    @classmethod
+    def for_size(cls, size: int, *, unit: int = MiB, meta: int = 8 * MiB) -> Geometry:
+        usable = size - size % unit
+        blocks = usable // BLOCK
+        csum_bytes = _round_up(blocks * CSUM_SIZE, BLOCK)
+        regions = -(-usable // REGION)
+        tail = _round_up(csum_bytes + _round_up(regions, BLOCK), unit)
+        vsize = usable - tail
+        if vsize < meta + unit:
+            raise ProtectionError(f"a device of {size} bytes is too small for checksums")
+        return cls(size, vsize, vsize, vsize + csum_bytes, -(-vsize // REGION))
+
+    @property
+    def blocks(self) -> int:
+        """Data blocks with a checksum (``[0, vsize)`` in 4 KiB blocks)."""
+        return self.vsize // BLOCK
+
+    @property
+    def overhead(self) -> int:
+        return self.size - self.vsize
+
+
+def checksum(block: bytes | bytearray | memoryview) -> int:
+    """The stored checksum of one 4 KiB block (0 for an all-zero block)."""
+    return xxhash.xxh3_64_intdigest(block) ^ ZERO_SUM
+
+
+def checksums(data: bytes | bytearray | memoryview) -> list[int]:
+    """Stored checksums of each 4 KiB block of ``data`` (``len(data)`` a multiple of BLOCK)."""
+    view = memoryview(data)
+    return [xxhash.xxh3_64_intdigest(view[i : i + BLOCK]) ^ ZERO_SUM
+            for i in range(0, len(view), BLOCK)]
+
+
+def choose(candidates: Sequence[tuple[bytes | None, int]], *, trust_unverified: bool) -> int | None:
+    """Which copy of a block is the good one: the first whose data matches its own stored
+    checksum. ``candidates`` are ``(data or None for an I/O error, stored checksum)`` in
+    member order. With ``trust_unverified`` (a region the write-intent bitmap marks as being
+    written when the controller stopped: the checksum may lag the data) and no verified copy,
+    the first readable copy wins; otherwise ``None``: the block is lost."""
+    for i, (data, stored) in enumerate(candidates):
+        if data is not None and checksum(data) == stored:
+            return i
+    if trust_unverified:
+        for i, (data, _) in enumerate(candidates):
+            if data is not None:
+                return i
+    return None
+
+
+def regions_of(offset: int, length: int) -> range:
+    """Bitmap regions touched by ``[offset, offset + length)``."""
+    if length <= 0:
+        return range(0)
+    return range(offset // REGION, (offset + length - 1) // REGION + 1)
+
+
+def align(offset: int, length: int) -> tuple[int, int]:
+    """The smallest block-aligned range covering ``[offset, offset + length)``."""
+    start = offset - offset % BLOCK
+    end = _round_up(offset + length, BLOCK)
+    return start, end - start

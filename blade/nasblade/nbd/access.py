@@ -1,0 +1,117 @@
+"""Which LUs an NBD client may open: the rule and its file.
+
+The controller applies it per connection when TLS is on (``nasblade.controller.nbdserver``),
+to the identity in the client certificate (``nasblade.nbd.tls.Identity``):
+
+- ``admin`` (the operator, the terminal) opens every LU;
+- ``group:G`` (the blades of cluster group G) opens the LUs the access file lists for G
+  (its file systems' LUs, ``fs-NAME``) and the array-wide LUs every blade needs
+  (``shared``: ``program``, ``procinfo``, ``backup`` unless the file says otherwise);
+- any other certificate opens nothing.
+
+Refused names get ``NBD_REP_ERR_POLICY`` and do not appear in ``NBD_OPT_LIST``. Without TLS
+(the documented switch for benchmarks) there is no identity and no rule: every client opens
+every LU.
+
+The access file is JSON written by whoever knows the groups (the operator, ``nasblade up``)::
+
+    {"groups": {"g1": ["fs-home", "fs-scratch"], "g2": ["fs-data"]},
+     "shared": ["program", "procinfo", "backup"]}
+
+``AccessFile`` re-reads it when its modification time or size changes, so a moved file
+system takes effect on the next connection without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nasblade import lunames
+from nasblade.nbd.tls import Identity
+
+#: LUs every blade reaches: software, processor information, backups
+DEFAULT_SHARED = frozenset(lunames.SHARED)
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    shared: frozenset[str] = DEFAULT_SHARED
+
+    def permits(self, identity: Identity | None, lu: str) -> bool:
+        if identity is None:
+            return False
+        if identity.admin:
+            return True
+        group = identity.group
+        if group is None:
+            return False
+        return lu in self.shared or lu in self.groups.get(group, frozenset())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"groups": {g: sorted(lus) for g, lus in sorted(self.groups.items())},
+                "shared": sorted(self.shared)}
+
+    @classmethod
+    def from_json(cls, data: object) -> AccessPolicy:
+        if not isinstance(data, dict):
+            raise ValueError("access file: expected a JSON object")
+        groups = data.get("groups", {})
+        if not isinstance(groups, dict) or not all(
+                isinstance(g, str) and _names(v) for g, v in groups.items()):
+            raise ValueError("access file: 'groups' maps group names to lists of LU names")
+        shared = data.get("shared", sorted(DEFAULT_SHARED))
+        if not _names(shared):
+            raise ValueError("access file: 'shared' is a list of LU names")
+        return cls({g: frozenset(v) for g, v in groups.items()}, frozenset(shared))
+
+    @classmethod
+    def of_groups(cls, groups: Mapping[str, Iterable[str]], *,
+                  shared: Iterable[str] = DEFAULT_SHARED) -> AccessPolicy:
+        return cls({g: frozenset(lus) for g, lus in groups.items()}, frozenset(shared))
+
+
+def _names(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def write(path: str | os.PathLike[str], policy: AccessPolicy) -> None:
+    """Write the access file atomically (readers never see half a file)."""
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(policy.to_json(), indent=2) + "\n")
+    os.replace(tmp, target)
+
+
+class AccessFile:
+    """The access file, re-read when it changes; a missing file is the empty policy
+    (admin opens everything, groups open only the shared LUs)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path else None
+        self._stamp: tuple[int, int] | None = None
+        self._policy = AccessPolicy()
+
+    def policy(self) -> AccessPolicy:
+        if self.path is None:
+            return self._policy
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._policy = None, AccessPolicy()
+            return self._policy
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            # a broken file keeps the last good policy (fail closed on first load: empty)
+            try:
+                self._policy = AccessPolicy.from_json(json.loads(self.path.read_text()))
+            except (ValueError, OSError):
+                if self._stamp is None:
+                    self._policy = AccessPolicy()
+            self._stamp = stamp
+        return self._policy

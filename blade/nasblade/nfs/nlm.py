@@ -1,0 +1,330 @@
+"""NLM v4, the network lock manager (program 100021 v4, X/Open XNFS ch. 10 and RFC 1813's
+nlm4 types): wire types and the program, sans-I/O over ``nasblade.nfs.locks``.
+
+How it fits: ``nasblade.fileproc.server`` registers one ``Nlm`` per served file system with the
+same dispatcher as NFS and MOUNT (so NLM answers on the file system's NFS port, and the
+portmapper maps 100021 v4 TCP there). The lock table is in memory; what survives a restart or
+takeover is the list of clients (``nasblade.nfs.nsm.Monitor``), which are told to reclaim their
+locks during the grace period.
+
+Procedures served (the synchronous ones the Linux client uses over TCP):
+
+- ``NULL``; ``TEST`` (``NLM4_DENIED`` with the holder, or ``NLM4_GRANTED``); ``LOCK``
+  (``NLM4_GRANTED``; ``NLM4_DENIED`` for a non-blocking request that conflicts; a blocking one
+  is queued and answered ``NLM4_BLOCKED``, and the shell sends the client's lock manager the
+  ``GRANTED`` callback when the lock was taken for it; the Linux client also polls again every
+  30 s); ``CANCEL`` (drops a queued request); ``UNLOCK``; ``FREE_ALL`` (a client's locks).
+- During the grace period ``TEST`` and ``LOCK`` answer ``NLM4_DENIED_GRACE_PERIOD`` unless the
+  request is a reclaim; a reclaim after the grace period is an ordinary request.
+- A handle that is not a live file of this file system: ``NLM4_STALE_FH``; a client outside the
+  export's allow-list: ``NLM4_DENIED``; a LOCK on a read-only export: ``NLM4_ROFS``.
+- Not offered (PROC_UNAVAIL): the asynchronous ``*_MSG``/``*_RES`` procedures, ``GRANTED``
+  (a client-side procedure), DOS share reservations (``SHARE``/``UNSHARE``) and ``NM_LOCK``.
+
+A granted lock adds its host to the monitored list; if that changed the list, the reply waits
+for the group commit that stores it (``call.needs_commit``), so a client never holds a lock the
+next owner would not ask it to reclaim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from collections.abc import Callable, Hashable
+from typing import Annotated, TypeAlias
+
+from nasblade.nfs import handles
+from nasblade.nfs.locks import EOF, Grace, Lock, LockTable, Owner, Waiter, span
+from nasblade.nfs.nsm import Monitor
+from nasblade.nfs.volume import Volume
+from nasblade.rpc import xdr
+from nasblade.rpc.dispatch import Call, Procedure, Program
+
+NLM_PROG = 100021
+NLM_V4 = 4
+LM_MAXSTRLEN = 1024
+MAXNETOBJ_SZ = 1024
+PROC_GRANTED = 5
+
+
+NETOBJ = xdr.Opaque(MAXNETOBJ_SZ)
+Netobj: TypeAlias = Annotated[bytes, NETOBJ]
+CallerName: TypeAlias = Annotated[bytes, xdr.String(LM_MAXSTRLEN)]
+
+
+class Stat(enum.IntEnum):
+    GRANTED = 0
+    DENIED = 1
+    DENIED_NOLOCKS = 2
+    BLOCKED = 3
+    DENIED_GRACE_PERIOD = 4
+    DEADLCK = 5
+    ROFS = 6
+    STALE_FH = 7
+    FBIG = 8
+    FAILED = 9
+
+
+@dataclasses.dataclass
+class Holder:
+    exclusive: bool
+    svid: xdr.I32
+    oh: Netobj
+    l_offset: xdr.U64
+    l_len: xdr.U64
+
+
+@dataclasses.dataclass
+class Alock:
+    caller_name: CallerName
+    fh: Netobj
+    oh: Netobj
+    svid: xdr.I32
+    l_offset: xdr.U64
+    l_len: xdr.U64
+
+
+@dataclasses.dataclass
+class LockArgs:
+    cookie: Netobj
+    block: bool
+    exclusive: bool
+    alock: Alock
+    reclaim: bool
+    state: xdr.I32
+
+
+@dataclasses.dataclass
+class CancArgs:
+    cookie: Netobj
+    block: bool
+    exclusive: bool
+    alock: Alock
+
+
+@dataclasses.dataclass
+class TestArgs:
+    cookie: Netobj
+    exclusive: bool
+    alock: Alock
+
+
+@dataclasses.dataclass
+class UnlockArgs:
+    cookie: Netobj
+    alock: Alock
+
+
+STATS = xdr.Enum([int(s) for s in Stat])
+
+
+@dataclasses.dataclass
+class Res:
+    cookie: Netobj
+    stat: Annotated[int, STATS]
+
+
+TEST_RPLY = xdr.Union({Stat.DENIED: xdr.struct(Holder)}, default=xdr.Void)
+
+
+@dataclasses.dataclass
+class TestRes:
+    cookie: Netobj
+    test_stat: Annotated[tuple[int, Holder | None], TEST_RPLY]
+
+
+@dataclasses.dataclass
+class NotifyArgs:
+    name: CallerName
+    state: xdr.I32
+
+
+HOLDER = xdr.struct(Holder)
+ALOCK = xdr.struct(Alock)
+LOCK_ARGS = xdr.struct(LockArgs)
+CANC_ARGS = xdr.struct(CancArgs)
+TEST_ARGS = xdr.struct(TestArgs)
+UNLOCK_ARGS = xdr.struct(UnlockArgs)
+RES = xdr.struct(Res)
+TEST_RES = xdr.struct(TestRes)
+NOTIFY_ARGS = xdr.struct(NotifyArgs)
+
+FileKey = tuple[int, int]
+
+
+class _Refused(Exception):
+    def __init__(self, stat: Stat) -> None:
+        self.stat = stat
+
+
+def holder(lk: Lock) -> Holder:
+    return Holder(lk.exclusive, lk.owner.svid, lk.owner.oh, lk.start, lk.length)
+
+
+def owner_of(a: Alock) -> Owner:
+    return Owner(a.caller_name, a.svid, a.oh)
+
+
+class Nlm:
+    """The NLM v4 program for the volumes of one listener (see the module docstring).
+
+    ``changed(call)`` is called when the monitored list changed (the shell stores it);
+    ``granted(key, waiters)`` when queued requests were granted (the shell sends GRANTED).
+    """
+
+    def __init__(self, volumes: dict[int, Volume], *, monitor: Monitor | None = None,
+                 grace: Grace | None = None, clock: Callable[[], float] = time.monotonic,
+                 changed: Callable[[Call], None] | None = None,
+                 granted: Callable[[Hashable, list[Waiter]], None] | None = None) -> None:
+        self.volumes = volumes
+        self.table = LockTable()
+        self.monitor = monitor if monitor is not None else Monitor()
+        self.grace = grace if grace is not None else Grace()
+        self.clock = clock
+        self.changed = changed or (lambda call: None)
+        self.granted = granted or (lambda key, waiters: None)
+        self.offered: set[tuple[Hashable, Owner, bool, int, int]] = set()
+        """Locks taken for queued requests whose GRANTED callback the client has not answered."""
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _file(self, call: Call, fh: bytes, *, write: bool = False) -> FileKey:
+        fsid = handles.peek_fsid(fh)
+        vol = self.volumes.get(fsid) if fsid is not None else None
+        if vol is None:
+            raise _Refused(Stat.STALE_FH)
+        h = handles.decode(fh, vol.fs.secret)
+        if h is None:
+            raise _Refused(Stat.STALE_FH)
+        export = vol.exports.get(h.export_id)
+        if export is None or vol.fs.generation(h.ino) != h.gen:
+            raise _Refused(Stat.STALE_FH)
+        if not export.allows(call.client):
+            raise _Refused(Stat.DENIED)
+        if write and export.readonly:
+            raise _Refused(Stat.ROFS)
+        return (h.fsid, h.ino)
+
+    def in_grace(self) -> bool:
+        return self.grace.active(self.clock())
+
+    def _wake(self, key: Hashable) -> None:
+        woken = self.table.wake(key)
+        for w in woken:
+            self.offered.add((key, w.owner, w.exclusive, w.start, w.end))
+        if woken:
+            self.granted(key, woken)
+
+    def _monitor(self, call: Call, host: bytes) -> None:
+        if self.monitor.add(host, call.client):
+            self.changed(call)
+
+    def forget_idle_hosts(self, call: Call | None = None) -> bool:
+        """Outside the grace period, drop monitored hosts that hold and wait for nothing."""
+        if self.in_grace():
+            return False
+        if self.monitor.keep_only(self.table.busy_hosts()):
+            if call is not None:
+                self.changed(call)
+            return True
+        return False
+
+    def confirm(self, key: Hashable, waiter: Waiter) -> None:
+        """The client took the lock the GRANTED callback offered."""
+        self.offered.discard((key, waiter.owner, waiter.exclusive, waiter.start, waiter.end))
+
+    def release(self, key: Hashable, waiter: Waiter) -> None:
+        """The client did not take a lock offered by callback (and has not asked for it again
+        since): give it up."""
+        offer = (key, waiter.owner, waiter.exclusive, waiter.start, waiter.end)
+        if offer not in self.offered:
+            return
+        self.offered.discard(offer)
+        if self.table.unlock(key, waiter.owner, waiter.start, waiter.end):
+            self._wake(key)
+
+    def free_host(self, host: bytes) -> None:
+        for key in self.table.free_host(host):
+            self._wake(key)
+
+    # -- procedures -------------------------------------------------------------------------
+
+    def null(self, call: Call, args: None) -> None:
+        return None
+
+    def test(self, call: Call, args: TestArgs) -> TestRes:
+        try:
+            key = self._file(call, args.alock.fh)
+        except _Refused as r:
+            return TestRes(args.cookie, (r.stat, None))
+        if self.in_grace():
+            return TestRes(args.cookie, (Stat.DENIED_GRACE_PERIOD, None))
+        start, end = span(args.alock.l_offset, args.alock.l_len)
+        other = self.table.conflict(key, owner_of(args.alock), args.exclusive, start, end)
+        if other is None:
+            return TestRes(args.cookie, (Stat.GRANTED, None))
+        return TestRes(args.cookie, (Stat.DENIED, holder(other)))
+
+    def lock(self, call: Call, args: LockArgs) -> Res:
+        a = args.alock
+        try:
+            key = self._file(call, a.fh, write=args.exclusive)
+        except _Refused as r:
+            return Res(args.cookie, r.stat)
+        if self.in_grace() and not args.reclaim:
+            return Res(args.cookie, Stat.DENIED_GRACE_PERIOD)
+        start, end = span(a.l_offset, a.l_len)
+        if start >= EOF:
+            return Res(args.cookie, Stat.FBIG)
+        owner = owner_of(a)
+        if self.table.lock(key, owner, args.exclusive, start, end) is None:
+            self.table.cancel(key, owner, args.exclusive, start, end)  # a poll of a queued request
+            self.offered.discard((key, owner, args.exclusive, start, end))
+            self._monitor(call, a.caller_name)
+            return Res(args.cookie, Stat.GRANTED)
+        if not args.block:
+            return Res(args.cookie, Stat.DENIED)
+        self.table.block(key, Waiter(owner, args.exclusive, start, end, call.client, args.cookie, a))
+        self._monitor(call, a.caller_name)
+        return Res(args.cookie, Stat.BLOCKED)
+
+    def cancel(self, call: Call, args: CancArgs) -> Res:
+        try:
+            key = self._file(call, args.alock.fh)
+        except _Refused as r:
+            return Res(args.cookie, r.stat)
+        start, end = span(args.alock.l_offset, args.alock.l_len)
+        found = self.table.cancel(key, owner_of(args.alock), args.exclusive, start, end)
+        return Res(args.cookie, Stat.GRANTED if found else Stat.DENIED)
+
+    def unlock(self, call: Call, args: UnlockArgs) -> Res:
+        try:
+            key = self._file(call, args.alock.fh)
+        except _Refused as r:
+            return Res(args.cookie, r.stat)
+        start, end = span(args.alock.l_offset, args.alock.l_len)
+        owner = owner_of(args.alock)
+        if self.table.unlock(key, owner, start, end):
+            self._wake(key)
+            if (not self.in_grace() and owner.host not in self.table.busy_hosts()
+                    and self.monitor.remove(owner.host)):
+                self.changed(call)  # nothing left to reclaim after a restart
+        return Res(args.cookie, Stat.GRANTED)
+
+    def free_all(self, call: Call, args: NotifyArgs) -> None:
+        self.free_host(args.name)
+        if self.monitor.remove(args.name):
+            self.changed(call)
+
+    def program(self) -> Program:
+        P = Procedure
+        procs = {
+            0: P("NLM4_NULL", xdr.Void, xdr.Void, self.null),
+            1: P("NLM4_TEST", TEST_ARGS, TEST_RES, self.test),
+            2: P("NLM4_LOCK", LOCK_ARGS, RES, self.lock, cached=True),
+            3: P("NLM4_CANCEL", CANC_ARGS, RES, self.cancel, cached=True),
+            4: P("NLM4_UNLOCK", UNLOCK_ARGS, RES, self.unlock, cached=True),
+            23: P("NLM4_FREE_ALL", NOTIFY_ARGS, xdr.Void, self.free_all, cached=True),
+        }
+        return Program(NLM_PROG, {NLM_V4: procs})
