@@ -197,12 +197,34 @@ def load_percent(f: Figures, *, queue_budget: float = 32.0) -> int:
     return min(100, round(100 * max(f.queue_depth / queue_budget, f.dirty_ratio)))
 
 
+#: NBD address -> the operator's client credentials for it (``nbdtls.admin_dir``): the
+#: controller serves NBD over TLS only, to certificates of its array's CA
+_NBD_TLS: dict[str, str] = {}
+
+
+def use_nbd_tls(nbd: str, directory: str | None) -> None:
+    """Open LUs at ``nbd`` over TLS with the client certificate in ``directory`` (None: plaintext,
+    for a controller started without ``--tls-dir``, as tier-1 tests do)."""
+    if directory is None:
+        _NBD_TLS.pop(nbd, None)
+    else:
+        _NBD_TLS[nbd] = directory
+
+
+def nbd_url(nbd: str, lu: str) -> str:
+    """The URL the operator opens ``lu`` at ``nbd`` by."""
+    directory = _NBD_TLS.get(nbd)
+    if directory is None:
+        return f"nbd://{nbd}/{lu}"
+    return f"nbds://{nbd}/{lu}?tls-certificates={directory}"
+
+
 def _seed_sync(nbd: str, version: str) -> bool:
-    from nasblade.blockdev import open_device
+    from nasblade.nbd.client import NBDBlockDevice
     from nasblade.program import bundle
     from nasblade.program.catalog import ProgramStore
 
-    dev = open_device(f"nbd://{nbd}/{naming.LU_PROGRAM}")
+    dev = NBDBlockDevice.connect(nbd_url(nbd, naming.LU_PROGRAM))
     try:
         store = ProgramStore(dev)
         if not store.is_blank() and store.catalog().get(version) is not None:
@@ -243,7 +265,7 @@ def _mkfs_sync(nbd: str, lu: str, *, root_mode: int) -> None:
     from nasblade.fs import fs as fsmod
     from nasblade.nbd.client import NBDBlockDevice
 
-    with NBDBlockDevice.connect(f"nbd://{nbd}/{lu}") as dev:
+    with NBDBlockDevice.connect(nbd_url(nbd, lu)) as dev:
         fsmod.mkfs(dev, root_mode=root_mode)
         dev.flush()
 
@@ -251,7 +273,7 @@ def _mkfs_sync(nbd: str, lu: str, *, root_mode: int) -> None:
 def _read_head_sync(nbd: str, lu: str, length: int) -> bytes:
     from nasblade.nbd.client import NBDBlockDevice
 
-    with NBDBlockDevice.connect(f"nbd://{nbd}/{lu}") as dev:
+    with NBDBlockDevice.connect(nbd_url(nbd, lu)) as dev:
         return dev.pread(0, min(length, dev.size))
 
 

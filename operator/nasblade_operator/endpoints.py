@@ -36,6 +36,13 @@ def controller_nbd(namespace: str, array: str) -> str:
     )
 
 
+def controller_nbd_tls(namespace: str, array: str) -> bool:
+    """Whether the operator reaches an array's NBD server over TLS: always, unless an override
+    says ``"nbdTLS": "off"`` (tier-1 tests' plaintext controller process)."""
+    o = settings.current().endpoint_overrides
+    return all(o.get(k, {}).get("nbdTLS") != "off" for k in (f"{namespace}/{array}", "*"))
+
+
 def blade_api(namespace: str, pod: str, pod_ip: str | None) -> str | None:
     """Base URL of a blade's management API; None while the pod has no IP."""
     override = _override(namespace, pod, "blade")

@@ -38,6 +38,8 @@ RESOURCES: dict[str, Resource] = {
     "PersistentVolumeClaim": Resource("v1", "persistentvolumeclaims"),
     "Event": Resource("v1", "events"),
     "StatefulSet": Resource("apps/v1", "statefulsets"),
+    "NetworkPolicy": Resource("networking.k8s.io/v1", "networkpolicies"),
+    "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
     "DiskArray": Resource("nasblade.io/v1alpha1", "diskarrays"),
     "ClusterGroup": Resource("nasblade.io/v1alpha1", "clustergroups"),
 }

@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from nasblade_operator import handlers
 
     settings.configure(settings.OperatorConfig.from_env())
-    kopf.configure(verbose=args.verbose)  # kopf's log format for our loggers too (one handler)
+    # kopf's log format for our loggers too (one handler); `nasblade --log-format json operator`
+    json_logs = getattr(args, "log_format", "text") == "json"
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL)
     del handlers  # imported for its registrations
     asyncio.run(
         kopf.operator(

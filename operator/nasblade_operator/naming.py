@@ -7,6 +7,8 @@ look objects up. Nothing here does I/O.
 
 from __future__ import annotations
 
+from nasblade import lunames
+
 GROUP = "nasblade.io"
 VERSION = "v1alpha1"
 
@@ -34,10 +36,11 @@ BLADE_API_PORT = 8090
 #: on an unprivileged port and the Service maps 111 to it.
 NFS_PORTS = (("nfs", 2049, 2049), ("mountd", 20048, 20048), ("portmapper", 111, 10111))
 
-# LU names of the array-wide areas (claims: program storage, processor information, backup).
-LU_PROGRAM = "program"
-LU_PROCESSOR_INFO = "procinfo"
-LU_BACKUP = "backup"
+# LU names of the array-wide areas (claims: program storage, processor information, backup),
+# defined once for the blade and the operator in nasblade.lunames.
+LU_PROGRAM = lunames.PROGRAM
+LU_PROCESSOR_INFO = lunames.PROCINFO
+LU_BACKUP = lunames.BACKUP
 
 
 def controller_name(array: str) -> str:
@@ -50,9 +53,34 @@ def token_secret_name(array: str) -> str:
     return f"{array}-control-token"
 
 
+def nbd_ca_secret_name(array: str) -> str:
+    """Secret with an array's NBD CA (``ca-cert.pem``, ``ca-key.pem``); the operator's only."""
+    return f"{array}-nbd-ca"
+
+
+def nbd_server_secret_name(array: str) -> str:
+    """Secret with the controller's NBD server certificate (mounted into the controller)."""
+    return f"{array}-nbd-controller"
+
+
+def nbd_admin_secret_name(array: str) -> str:
+    """Secret with the operator's NBD client certificate (identity ``admin``: every LU)."""
+    return f"{array}-nbd-admin"
+
+
+def nbd_group_secret_name(array: str, group: str) -> str:
+    """Secret with a cluster group's NBD client certificate (mounted into its blades)."""
+    return f"{array}-nbd-group-{group}"
+
+
+def nbd_access_secret_name(array: str) -> str:
+    """Secret with the controller's NBD access file (``access.json``: LUs per group)."""
+    return f"{array}-nbd-access"
+
+
 def filesystem_lu(fs: str) -> str:
     """LU name of a declared file system."""
-    return f"fs-{fs}"
+    return lunames.fs_lu(fs)
 
 
 def blade_pod_name(group: str, index: int) -> str:

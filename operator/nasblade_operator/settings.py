@@ -14,6 +14,15 @@ Variables:
   NASBLADE_STATUS_INTERVAL       seconds between status refreshes (default 10)
   NASBLADE_RETRY_DELAY           seconds before retrying a step that waits on something (default 5)
   NASBLADE_CLUSTER_DOMAIN        cluster DNS suffix (default svc; e.g. svc.cluster.local)
+  NASBLADE_IMAGE_PULL_POLICY     pull policy of the controller and blade containers (IfNotPresent)
+  NASBLADE_IMAGE_PULL_SECRETS    comma-separated Secret names given to every pod the operator
+                                 makes (they must exist in the DiskArray's namespace)
+  NASBLADE_NETWORK_POLICIES      "true": a NetworkPolicy set per DiskArray and ClusterGroup
+                                 (docs/operator.md, "Network policies"); default false
+  NASBLADE_LOG_FORMAT            text or json: the operator's log (``nasblade --log-format``) and
+                                 that of every pod it makes
+  NASBLADE_OPERATOR_NAMESPACE    the operator's namespace and the labels of its pods (JSON
+  NASBLADE_OPERATOR_LABELS       object): the peer the NetworkPolicies let in
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ import os
 from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
+
+from nasblade_operator import podspec
 
 
 def _package_version() -> str:
@@ -41,6 +52,18 @@ class OperatorConfig:
     status_interval: float = 10.0
     retry_delay: float = 5.0
     cluster_domain: str = "svc"
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    network_policies: bool = False
+    operator_namespace: str = ""
+    operator_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    log_format: str = "text"
+
+    @property
+    def pod_defaults(self) -> podspec.PodDefaults:
+        """What every pod the operator makes gets from its installation (pulling, log format)."""
+        return podspec.PodDefaults(pull_policy=self.image_pull_policy, pull_secrets=self.image_pull_secrets,
+                                   log_format=self.log_format)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -49,6 +72,13 @@ class OperatorConfig:
         overrides: Any = json.loads(raw) if raw else {}
         if not isinstance(overrides, dict):
             raise ValueError("NASBLADE_ENDPOINT_OVERRIDES must be a JSON object")
+        policy = e.get("NASBLADE_IMAGE_PULL_POLICY") or "IfNotPresent"
+        if policy not in ("Always", "IfNotPresent", "Never"):
+            raise ValueError("NASBLADE_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never")
+        raw_labels = e.get("NASBLADE_OPERATOR_LABELS", "").strip()
+        op_labels: Any = json.loads(raw_labels) if raw_labels else {}
+        if not isinstance(op_labels, dict) or not all(isinstance(v, str) for v in op_labels.values()):
+            raise ValueError("NASBLADE_OPERATOR_LABELS must be a JSON object of strings")
         return cls(
             image=e.get("NASBLADE_IMAGE") or f"nasblade/nasblade:{_package_version()}",
             endpoint_overrides=overrides,
@@ -56,6 +86,12 @@ class OperatorConfig:
             status_interval=float(e.get("NASBLADE_STATUS_INTERVAL", "10")),
             retry_delay=float(e.get("NASBLADE_RETRY_DELAY", "5")),
             cluster_domain=e.get("NASBLADE_CLUSTER_DOMAIN", "svc"),
+            image_pull_policy=policy,
+            image_pull_secrets=tuple(s.strip() for s in e.get("NASBLADE_IMAGE_PULL_SECRETS", "").split(",") if s.strip()),
+            network_policies=e.get("NASBLADE_NETWORK_POLICIES", "").strip().lower() in ("1", "true", "yes"),
+            operator_namespace=e.get("NASBLADE_OPERATOR_NAMESPACE", ""),
+            operator_labels={str(k): str(v) for k, v in op_labels.items()},
+            log_format="json" if e.get("NASBLADE_LOG_FORMAT", "").strip().lower() == "json" else "text",
         )
 
 

@@ -21,7 +21,9 @@ import base64
 import collections
 import contextlib
 import dataclasses
+import shutil
 from collections.abc import AsyncIterator, Hashable
+from pathlib import Path
 from typing import Any
 
 from nasblade_operator import arrayapi, kube, naming, sessions, wakeups
@@ -72,6 +74,8 @@ class OperatorState:
     group_views: dict[tuple[str, str], tuple[Any, ...]] = dataclasses.field(default_factory=dict)
     #: (namespace, DiskArray) -> set when its controller pod becomes Ready (a reconcile waits on it).
     controller_waits: dict[tuple[str, str], asyncio.Event] = dataclasses.field(default_factory=dict)
+    #: (namespace, DiskArray) -> a private directory holding its NBD admin certificate.
+    admin_dirs: dict[tuple[str, str], Path] = dataclasses.field(default_factory=dict)
     #: (namespace, ClusterGroup) -> the portion its status showed at the last event.
     portions_seen: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
@@ -93,6 +97,9 @@ class OperatorState:
         self.ensured.pop(uid, None)
         self.group_views.pop((namespace, array), None)
         self.controller_waits.pop((namespace, array), None)
+        gone = self.admin_dirs.pop((namespace, array), None)
+        if gone is not None:
+            shutil.rmtree(gone, ignore_errors=True)
 
     def forget_group(self, namespace: str, group: str) -> None:
         """Drop what is kept about a deleted ClusterGroup (its daemon unregisters its wake-up)."""

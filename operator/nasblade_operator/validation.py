@@ -12,9 +12,14 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from nasblade_operator import units
+from nasblade import units
 
 T = TypeVar("T")
+
+
+def kubernetes_quantity(value: Any) -> int:
+    """A custom resource's quantity in whole units (negative ones too: the caller says why not)."""
+    return units.parse_size(value, kubernetes=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +61,7 @@ class Collector:
             return default
 
     def quantity(self, path: str, value: Any, *, positive: bool = True) -> int:
-        n = self.convert(path, value, units.parse_quantity, 0)
+        n = self.convert(path, value, kubernetes_quantity, 0)
         if positive and n <= 0 and not any(e.path == path for e in self.errors):
             self.add(path, f"must be a positive quantity, not {value!r}")
         return n

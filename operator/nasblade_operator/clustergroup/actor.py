@@ -22,6 +22,7 @@ from nasblade_operator import (
     events,
     metrics,
     naming,
+    nbdtls,
     settings,
     state,
 )
@@ -67,10 +68,22 @@ class Actor:
             group=self.name, namespace=self.namespace, index=index, spec=self.spec,
             portion=int(self.body["status"]["portion"]), portion_size=self.da.areas.portion_size,
             version=self.da.software_version, image=settings.current().image, file_systems=file_systems,
+            defaults=settings.current().pod_defaults,
         )
         kopf.adopt(pod, owner=self.body)
+        # its NBD client certificate (made with the array's others when the array names this
+        # group; a pod created before the Secret waits in ContainerCreating until it exists)
+        await nbdtls.ensure_group(self.st.kube, self.body, array=self.spec.disk_array, group=self.name,
+                                  namespace=self.namespace)
         _, created = await self.st.kube.create(pod)
         if created:
+            # a new pod has never been Ready, whatever its predecessor of the same name did: a
+            # pod deleted behind the operator's back (kubectl delete, a drain, a lost node) left
+            # its name in seen_ready, and the replacement counted as a blade that had run and
+            # gone not-Ready -- Failed after failureTimeout of starting, deleted, made again...
+            self.rt.seen_ready.discard(pod["metadata"]["name"])
+            self.rt.heartbeats.pop(pod["metadata"]["name"], None)
+            self.rt.failed.discard(pod["metadata"]["name"])
             replaced = pod["metadata"]["name"] in self.rt.replacing
             self.rt.replacing.discard(pod["metadata"]["name"])
             self.created.setdefault("BladeReplaced" if replaced else "BladeCreated", []).append(pod["metadata"]["name"])

@@ -8,7 +8,7 @@ containers sharing an in-memory ``emptyDir`` for the Unix socket between them:
   Service, writer of the group's portion, fetcher of the software from the program LU, and
   the blade management API on ``BLADE_API_PORT`` (readiness probe ``/healthz``);
 * ``file-processor``: ``nasblade boot`` runs the software version the block processor
-  installed (verified) as ``blade-file-processor`` (nasblade/bladeapi/agent.py): NFSv3 +
+  installed (verified) as ``blade-file-processor`` (nasblade/fileproc/agent.py): NFSv3 +
   MOUNT + portmapper for the file systems its block processor hands it over the control
   socket ``/run/nasblade/fp.sock``, heartbeats into the portion through ``local.sock``.
 
@@ -33,13 +33,14 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from nasblade_operator import naming
+from nasblade_operator import naming, nbdtls, podspec
 from nasblade_operator.clustergroup import plan
 from nasblade_operator.clustergroup.spec import ClusterGroupSpec
 from nasblade_operator.diskarray.spec import Export, FileSystem
 
 SOCKET_DIR = "/run/nasblade"
 CONFIG_DIR = "/etc/nasblade"
+TOKEN_DIR = "/etc/nasblade-token"  # not under CONFIG_DIR: a read-only volume
 CLUSTER_CONFIG_ANNOTATION = f"{naming.GROUP}/cluster-config"
 #: The group's own backups are the operator's (``backups.run_if_due``, load-aware, recorded in
 #: the ClusterGroup status); the block processor's timer is set beyond any pod's life.
@@ -151,8 +152,10 @@ def blade_pod(
     version: str,
     image: str,
     file_systems: Sequence[FileSystem],
+    defaults: podspec.PodDefaults = podspec.DEFAULTS,
 ) -> dict[str, Any]:
-    """Pod of blade ``index``: block processor + file processor."""
+    """Pod of blade ``index``: block processor + file processor. Placement (the group's blades
+    spread over nodes), pulling and hardening: ``podspec.finish``."""
     array = spec.disk_array
     ctrl = naming.controller_name(array)
     name = naming.blade_pod_name(group, index)
@@ -175,16 +178,15 @@ def blade_pod(
         {"name": "NASBLADE_BLADE_API_PORT", "value": str(naming.BLADE_API_PORT)},
         {"name": "NASBLADE_FILESYSTEMS", "value": file_systems_env(file_systems)},
         {"name": "NASBLADE_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {
-            "name": "NASBLADE_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": naming.token_secret_name(array), "key": "token"}},
-        },
-        {
-            "name": "NASBLADE_BLADE_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": naming.token_secret_name(array), "key": "token"}},
-        },
     ]
+    # tokens as files of the mounted Secret, for the block processor only (never environment
+    # variables: they show in `kubectl describe`, crash dumps and every child process)
+    token_volume = {"name": "token", "secret": {"secretName": naming.token_secret_name(array),
+                                                "defaultMode": 0o400}}
+    token_mount = {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}
     security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    # NBD over TLS: the group's client certificate, for the block processor only
+    tls_volume, tls_mount, tls_env = nbdtls.blade_volume(array, group)
     socket_mount = [{"name": "sockets", "mountPath": SOCKET_DIR}]
     config_mount = {"name": "cluster-config", "mountPath": CONFIG_DIR, "readOnly": True}
     bp_args = [
@@ -205,6 +207,8 @@ def blade_pod(
         "--api-listen", f"0.0.0.0:{naming.BLADE_API_PORT}",
         "--fp-unix", f"{SOCKET_DIR}/fp.sock",
         "--cluster-config", f"{CONFIG_DIR}/cluster.json",
+        "--token-file", f"{TOKEN_DIR}/token",
+        "--api-token-file", f"{TOKEN_DIR}/token",
     ]
     for fs in file_systems:
         bp_args += ["--fs-spec", json.dumps(fs_spec(fs), sort_keys=True)]
@@ -215,10 +219,10 @@ def blade_pod(
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "args": bp_args,
-        "env": env,
+        "env": [*env, tls_env],
         "ports": [{"name": "blade-api", "containerPort": naming.BLADE_API_PORT}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "blade-api"}, "periodSeconds": 1},
-        "volumeMounts": [*socket_mount, config_mount],
+        "volumeMounts": [*socket_mount, config_mount, tls_mount, token_mount],
         "securityContext": security,
     }
     file_processor: dict[str, Any] = {
@@ -245,7 +249,7 @@ def blade_pod(
     if spec.blades.resources:
         block_processor["resources"] = dict(spec.blades.resources)
         file_processor["resources"] = dict(spec.blades.resources)
-    return {
+    pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -266,9 +270,13 @@ def blade_pod(
                     "path": "cluster.json",
                     "fieldRef": {"fieldPath": f"metadata.annotations['{CLUSTER_CONFIG_ANNOTATION}']"},
                 }]}},
+                tls_volume,
+                token_volume,
             ],
         },
     }
+    podspec.finish(pod["spec"], placement=spec.blades.placement, defaults=defaults, spread_selector=group_selector(group))
+    return pod
 
 
 def nfs_service(*, array: str, group: str, fs: str, blade: str) -> dict[str, Any]:

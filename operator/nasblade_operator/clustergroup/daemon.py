@@ -32,11 +32,13 @@ from nasblade_operator import (
     arrayapi,
     bladeapi,
     conditions,
+    datametrics,
     endpoints,
     events,
     kube,
     metrics,
     naming,
+    policies,
     settings,
     state,
 )
@@ -324,6 +326,9 @@ async def _pass(st: state.OperatorState, body: kopf.Body, *, name: str, namespac
         act.post_created()
         await actor.sync_services(st, body, name=name, namespace=namespace, array=spec.disk_array, owners=owners,
                                   services=ix.services, group_services=ix.group_services)
+        await policies.sync_group(st.kube, body, array=spec.disk_array, group=name, namespace=namespace,
+                                  disruption_budget_on=spec.blades.disruption_budget, blades=spec.blades.count,
+                                  exports=[e.clients for f in file_systems for e in f.exports])
         new_backups = await backups.run_if_due(st, body, name=name, namespace=namespace, spec=spec, array=array,
                                                states=p.states, summaries=summaries, rt=rt)
         answered = outcome is not None and outcome.result != "Moving"
@@ -346,6 +351,8 @@ async def _write_status(st: state.OperatorState, body: kopf.Body, rt: Runtime, i
     new = cg_status.build(inputs)
     for blade_state, n in cg_status.blade_counts(new["blades"]).items():
         metrics.BLADES.labels(namespace, inputs.group, blade_state).set(n)
+    datametrics.group_status(namespace, inputs.group, array=inputs.spec.disk_array, status={**inputs.old, **new},
+                             heartbeats=inputs.heartbeats, backup_max_age=inputs.spec.backup.max_age)
     if rt.rolling and not inputs.plan.rolling:
         events.normal(body, "Upgraded", f"every blade runs software {inputs.version}")
     rt.rolling = inputs.plan.rolling

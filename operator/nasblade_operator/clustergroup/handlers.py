@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from nasblade_operator import conditions, events, metrics, naming, settings, state
+from nasblade_operator import conditions, datametrics, events, metrics, naming, settings, state
 from nasblade_operator.clustergroup import builders, daemon, indexes, portions
 from nasblade_operator.clustergroup import spec as cg_spec
 from nasblade_operator.validation import InvalidSpec
@@ -90,6 +90,7 @@ async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | N
             await st.kube.delete(kind, obj["metadata"]["name"], namespace=namespace)
     await portions.release(st.kube, name=name, namespace=namespace, array=array_name)
     st.forget_group(namespace, name)
+    datametrics.forget("ClusterGroup", namespace, name)
 
 
 # Asked to stop, a daemon finishes its pass (up to 30 s: a pass under a slow API server may take

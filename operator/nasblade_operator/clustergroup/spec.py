@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from nasblade_operator import validation
+from nasblade_operator import podspec, validation
 
 Policy = Literal["Automatic", "Manual"]
 
@@ -21,6 +21,9 @@ Policy = Literal["Automatic", "Manual"]
 class Blades:
     count: int
     resources: Mapping[str, Any]
+    placement: podspec.Placement = podspec.DEFAULT_PLACEMENT
+    #: a PodDisruptionBudget keeps all but one blade of the group up through voluntary evictions
+    disruption_budget: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +66,11 @@ def parse(spec: Mapping[str, Any], *, name: str = "") -> ClusterGroupSpec:
     b = validation.section(spec, "blades")
     count = c.integer("spec.blades.count", b.get("count", 2), low=1, high=16)
     resources = b.get("resources") or {}
+    placement = podspec.parse_placement(c, "spec.blades", b, spread=True)
+    pdb = b.get("disruptionBudget", True)
+    if not isinstance(pdb, bool):
+        c.add("spec.blades.disruptionBudget", "must be true or false")
+        pdb = True
 
     h = validation.section(spec, "heartbeat")
     interval = c.duration("spec.heartbeat.interval", h.get("interval", "200ms"))
@@ -96,7 +104,8 @@ def parse(spec: Mapping[str, Any], *, name: str = "") -> ClusterGroupSpec:
     c.check()
     return ClusterGroupSpec(
         disk_array=array,
-        blades=Blades(count=count, resources=dict(resources) if isinstance(resources, Mapping) else {}),
+        blades=Blades(count=count, resources=dict(resources) if isinstance(resources, Mapping) else {},
+                      placement=placement, disruption_budget=pdb),
         heartbeat=Heartbeat(interval=interval, failure_timeout=timeout),
         failover=Failover(
             policy="Manual" if policy == "Manual" else "Automatic",

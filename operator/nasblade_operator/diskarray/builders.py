@@ -6,7 +6,8 @@ output, and the same input always gives the same object (so a restarted operator
 exactly what it created before).
 
 The controller pod runs ``nasblade controller`` (flags: docs/control-api.md) with one device
-file per PVC, mounted at ``/devices/dev-<i>``.
+file per PVC, mounted at ``/devices/dev-<i>``, and NBD over TLS only: its server certificate
+and access file are Secrets (``nasblade_operator.nbdtls``) mounted read-only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import json
 from typing import Any
 
-from nasblade_operator import naming
+from nasblade_operator import naming, nbdtls, podspec
 from nasblade_operator.diskarray.spec import DiskArraySpec
 
 TOKEN_DIR = "/etc/nasblade/token"
@@ -67,19 +68,26 @@ def controller_service(array: str) -> dict[str, Any]:
     }
 
 
-def controller_statefulset(array: str, spec: DiskArraySpec, *, image: str) -> dict[str, Any]:
-    """One-replica StatefulSet; one volumeClaimTemplate per device."""
+def controller_statefulset(
+    array: str, spec: DiskArraySpec, *, image: str, defaults: podspec.PodDefaults = podspec.DEFAULTS,
+) -> dict[str, Any]:
+    """One-replica StatefulSet; one volumeClaimTemplate per device. Placement, pulling and
+    hardening: ``podspec.finish``."""
     dev_size = device_file_size(spec.devices.size)
     args = ["controller"]
     for i in range(spec.devices.count):
         args += ["--device", f"{DEVICE_DIR}/dev-{i}/device.img:{dev_size}"]
+    # the level a new array is made with; a lost PVC comes back blank and is rebuilt
+    args += ["--protection", spec.devices.protection]
     args += [
         "--nbd-listen", f"0.0.0.0:{naming.NBD_PORT}",
         "--api-listen", f"0.0.0.0:{naming.CONTROL_PORT}",
         "--token-file", f"{TOKEN_DIR}/token",
         "--admin-token-file", f"{TOKEN_DIR}/token",
         "--cache-size", str(spec.controller.cache_size),
+        *nbdtls.controller_args(),
     ]
+    tls_volumes, tls_mounts = nbdtls.controller_volumes(array)
     claims = []
     for i in range(spec.devices.count):
         pvc_spec: dict[str, Any] = {
@@ -99,22 +107,27 @@ def controller_statefulset(array: str, spec: DiskArraySpec, *, image: str) -> di
             {"name": "nbd", "containerPort": naming.NBD_PORT},
         ],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "api"}, "periodSeconds": 2},
-        "volumeMounts": [{"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}]
+        "volumeMounts": [{"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}, *tls_mounts]
         + [{"name": f"dev-{i}", "mountPath": f"{DEVICE_DIR}/dev-{i}"} for i in range(spec.devices.count)],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     if spec.controller.resources:
         container["resources"] = dict(spec.controller.resources)
-    template = {
+    else:  # the cache lives in the controller's memory: request it
+        container["resources"] = {"requests": {
+            "cpu": "50m", "memory": f"{(spec.controller.cache_size + 64 * 2**20) // 2**20}Mi"}}
+    template: dict[str, Any] = {
         "metadata": {"labels": labels(array)},
         "spec": {
             "terminationGracePeriodSeconds": 60,
             "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001,
                                 "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [container],
-            "volumes": [{"name": "token", "secret": {"secretName": naming.token_secret_name(array)}}],
+            "volumes": [{"name": "token", "secret": {"secretName": naming.token_secret_name(array)}},
+                        *tls_volumes],
         },
     }
+    podspec.finish(template["spec"], placement=spec.controller.placement, defaults=defaults)
     digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "apiVersion": "apps/v1",

@@ -40,11 +40,14 @@ import kopf
 from nasblade_operator import (
     arrayapi,
     conditions,
+    datametrics,
     endpoints,
     events,
     kube,
     metrics,
     naming,
+    nbdtls,
+    policies,
     settings,
     state,
 )
@@ -73,6 +76,7 @@ async def diskarrays(namespace: str | None, name: str, body: kopf.Body, memo: ko
         "generation": body.metadata.get("generation"),
         "resourceVersion": body.metadata.get("resourceVersion"),
     }
+    datametrics.array_status(namespace, name, dict(body.get("status", {})))
     views = state.of(memo).group_views  # (namespace, name) -> the group view as last indexed
     key = (namespace, name)
     if entry["deleting"]:  # news to the groups once; nothing kept of an array that is going
@@ -218,8 +222,11 @@ async def _ensure_children(
     generation = int(body.metadata.get("generation", 0))
     if st.ensured.get(str(body.metadata.get("uid"))) == generation:
         return token  # a retry of the same generation: the children were made already
-    created: list[str] = []
-    sts = builders.controller_statefulset(name, parsed, image=image)
+    # NBD TLS first: the controller pod mounts its certificate and access file
+    created: list[str] = await nbdtls.ensure_array(
+        k, body, array=name, namespace=namespace, domain=settings.current().cluster_domain,
+        file_systems=[(f.name, f.cluster_group) for f in parsed.file_systems])
+    sts = builders.controller_statefulset(name, parsed, image=image, defaults=settings.current().pod_defaults)
     for obj in (builders.controller_service(name), sts):
         kopf.adopt(obj, owner=body)
         existing, was_created = await k.create(obj)
@@ -232,6 +239,7 @@ async def _ensure_children(
                           {"metadata": {"annotations": sts["metadata"]["annotations"]},
                            "spec": {"template": sts["spec"]["template"]}}, namespace=namespace)
             events.normal(body, "Updated", f"StatefulSet {naming.controller_name(name)}: new pod template")
+    created += await policies.sync_array(k, body, array=name, namespace=namespace)
     if created:
         events.normal(body, "Created", ", ".join(created))
     st.ensured[str(body.metadata.get("uid"))] = generation
@@ -311,6 +319,13 @@ async def _provision(
     """LUs, file-system formatting and the program seed; transient failures retry."""
     api = arrayapi.ArrayAPI(st.http, endpoints.controller_api(namespace, name), token=token)
     nbd = endpoints.controller_nbd(namespace, name)
+    tls_dir = None
+    if endpoints.controller_nbd_tls(namespace, name):
+        tls_dir = await nbdtls.admin_dir(st.kube, array=name, namespace=namespace, cache=st.admin_dirs)
+        if tls_dir is None:
+            raise kopf.TemporaryError("waiting for the NBD admin certificate Secret",
+                                      delay=settings.current().retry_delay)
+    arrayapi.use_nbd_tls(nbd, str(tls_dir) if tls_dir is not None else None)
     try:
         ensured = await api.ensure_lus(builders.desired_lus(parsed))
         fs = await ensure_formatted(parsed, nbd=nbd, lus=ensured.lus, status=status, patch=patch, locks=st.lu_locks)
@@ -427,7 +442,9 @@ async def refresh_figures(name: str, namespace: str | None, status: kopf.Status,
         f, layout = await asyncio.gather(api.figures(), api.layout())
     except (arrayapi.ArrayUnavailable, arrayapi.ArrayRefused) as exc:
         logger.debug("figures of %s/%s unavailable: %s", namespace, name, exc)
+        datametrics.controller_unreachable(namespace, name)
         return
+    datametrics.controller_figures(namespace, name, f, lus=len(layout))
     if status.get("lus") != layout:  # the map's LU extents, patched only when they moved
         patch.status["lus"] = layout
     figures = {
@@ -471,3 +488,4 @@ async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | N
     else:
         events.normal(body, "DataRetained", f"kept the device PVCs {', '.join(pvcs)} (deletionPolicy Retain)")
     st.forget_array(namespace, name, uid=str(body.metadata.get("uid")))
+    datametrics.forget("DiskArray", namespace, name)

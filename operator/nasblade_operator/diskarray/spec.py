@@ -13,9 +13,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from nasblade.controller import redundancy
 from nasblade.fs import layout as fs_layout
 
-from nasblade_operator import validation
+from nasblade_operator import podspec, validation
 
 MIB = 2**20
 #: Space the controller keeps per device for its own metadata (superblock, LU table, journal).
@@ -34,12 +35,19 @@ class Devices:
     size: int
     size_text: str
     storage_class: str | None
+    #: the controller's protection level (``nasblade.controller.redundancy``): none, mirror-2, mirror-3
+    protection: str = "none"
+
+    @property
+    def copies(self) -> int:
+        return redundancy.parse(self.protection).copies
 
 
 @dataclasses.dataclass(frozen=True)
 class Controller:
     cache_size: int
     resources: Mapping[str, Any]
+    placement: podspec.Placement = podspec.DEFAULT_PLACEMENT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +89,11 @@ class DiskArraySpec:
 
     @property
     def capacity(self) -> int:
-        """Bytes the LUs may use: device files are 97 % of a PVC, less the controller's overhead."""
-        return self.devices.count * max(0, self.devices.size * 97 // 100 - DEVICE_OVERHEAD)
+        """Bytes the LUs may use: device files are 97 % of a PVC, less the controller's overhead
+        and checksum area (1/512), one copy's worth of the devices."""
+        d = self.devices
+        per_device = d.size * 97 // 100 - DEVICE_OVERHEAD - d.size // 512
+        return d.count // d.copies * max(0, per_device)
 
     @property
     def requested(self) -> int:
@@ -118,7 +129,7 @@ def parse(spec: Mapping[str, Any]) -> DiskArraySpec:
             "spec.fileSystems",
             f"the areas and file systems need {parsed.requested // MIB} MiB but "
             f"{devices.count} devices of {devices.size_text} hold {parsed.capacity // MIB} MiB "
-            "after the controller's overhead: add devices (a new DiskArray) or shrink the file systems",
+            f"after the controller's overhead and protection {devices.protection}: add devices (a new DiskArray) or shrink the file systems",
         )
     c.check()
     return parsed
@@ -131,7 +142,15 @@ def _devices(c: validation.Collector, d: Mapping[str, Any]) -> Devices:
     if size and size <= DEVICE_OVERHEAD:
         c.add("spec.devices.size", f"must be larger than {DEVICE_OVERHEAD // MIB}Mi (the controller's per-device overhead)")
     sc = d.get("storageClassName")
-    return Devices(count=count, size=size, size_text=size_text, storage_class=str(sc) if sc else None)
+    protection = "none"
+    try:
+        level = redundancy.parse(d.get("protection", "none"))
+        level.check(count)
+        protection = level.name
+    except redundancy.ProtectionError as exc:
+        c.add("spec.devices.protection", str(exc))
+    return Devices(count=count, size=size, size_text=size_text, storage_class=str(sc) if sc else None,
+                   protection=protection)
 
 
 def _controller(c: validation.Collector, d: Mapping[str, Any]) -> Controller:
@@ -139,7 +158,9 @@ def _controller(c: validation.Collector, d: Mapping[str, Any]) -> Controller:
     if cache and cache < MIB:
         c.add("spec.controller.cacheSize", "must be at least 1Mi")
     resources = d.get("resources") or {}
-    return Controller(cache_size=cache, resources=dict(resources) if isinstance(resources, Mapping) else {})
+    placement = podspec.parse_placement(c, "spec.controller", d, spread=False)
+    return Controller(cache_size=cache, resources=dict(resources) if isinstance(resources, Mapping) else {},
+                      placement=placement)
 
 
 def _areas(c: validation.Collector, d: Mapping[str, Any]) -> Areas:

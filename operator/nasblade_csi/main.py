@@ -1,0 +1,118 @@
+"""``nasblade-csi``: serve the CSI driver's gRPC services on a Unix socket.
+
+    nasblade-csi --endpoint unix:///csi/csi.sock --role controller \
+        --array-api http://CTRL:8080 --array-nbd nbd://CTRL:10809 --token-file /secrets/token
+    nasblade-csi --endpoint unix:///csi/csi.sock --role node --node-id "$NODE_NAME"
+
+``--role controller`` serves Identity + Controller, ``node`` Identity + Node, ``all`` the three
+(csi-sanity, a single-host run). The token is the controller's user token (``--token-file`` or
+``NASBLADE_TOKEN``). Prints a ready line ``{"event": "ready", "role": "csi", "endpoint": …}``;
+SIGTERM/SIGINT stop it (calls in flight get 10 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from concurrent import futures
+
+import grpc
+from nasblade.controller.apiclient import ControlClient
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="nasblade-csi", description=__doc__.split("\n")[0])
+    p.add_argument("--endpoint", default=os.environ.get("CSI_ENDPOINT", "unix:///csi/csi.sock"),
+                   help="unix:///PATH the sidecars and kubelet connect to (env CSI_ENDPOINT); "
+                        "tcp://HOST:PORT for tests")
+    p.add_argument("--role", choices=("controller", "node", "all"), default="all")
+    p.add_argument("--array-api", help="the controller's control API, http://HOST:PORT")
+    p.add_argument("--array-nbd", help="the controller's NBD endpoint, nbd://HOST:PORT")
+    p.add_argument("--token-file", help="the controller's user token (else NASBLADE_TOKEN)")
+    p.add_argument("--node-id", default=os.environ.get("NODE_NAME") or socket.gethostname())
+    p.add_argument("--volume-context", action="append", default=[], metavar="KEY=VALUE",
+                   help="added to every volume's context (e.g. server=, export=, nfsPort=)")
+    p.add_argument("--snapshot-wait", type=float, default=10.0,
+                   help="seconds CreateSnapshot waits for the copy before answering ready_to_use=false "
+                        "(the snapshotter calls again)")
+    p.add_argument("--copy-rate-limit", type=int, default=0, metavar="BYTES_PER_S",
+                   help="bandwidth of each snapshot or clone copy on the array (0: unlimited)")
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    if args.role != "node" and not (args.array_api and args.array_nbd):
+        p.error("--array-api and --array-nbd are required for the controller role")
+    return args
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.token_file:
+        with open(args.token_file) as f:
+            return f.read().strip()
+    return os.environ.get("NASBLADE_TOKEN", "")
+
+
+def serve(args: argparse.Namespace) -> grpc.Server:
+    from nasblade_csi import proto
+
+    _, pb_grpc = proto.load()
+    from nasblade_csi.identity import Identity
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers))
+    ready = lambda: True  # noqa: E731
+    if args.role in ("controller", "all"):
+        from nasblade_csi.array import Array
+        from nasblade_csi.catalog import Catalog
+        from nasblade_csi.controller import Controller
+
+        control = ControlClient(args.array_api, _token(args))
+        ctx = dict(kv.split("=", 1) for kv in args.volume_context)
+        pb_grpc.add_ControllerServicer_to_server(
+            Controller(Array(control, args.array_nbd, rate_limit=args.copy_rate_limit),
+                       Catalog(control, args.array_nbd), context=ctx, snapshot_wait=args.snapshot_wait),
+            server)
+
+        def ready() -> bool:
+            control.array()
+            return True
+    if args.role in ("node", "all"):
+        from nasblade_csi.node import Node
+
+        pb_grpc.add_NodeServicer_to_server(Node(args.node_id), server)
+    pb_grpc.add_IdentityServicer_to_server(Identity(ready=ready), server)
+    if args.endpoint.startswith("tcp://"):  # a test's guest reaches the controller plugin so
+        server.add_insecure_port(args.endpoint[len("tcp://"):])
+    elif args.endpoint.startswith("unix://"):
+        path = args.endpoint[len("unix://"):]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)  # left by a previous run: the kubelet and the sidecars expect this path
+        server.add_insecure_port(f"unix://{path}")
+    else:
+        raise SystemExit(f"--endpoint must be unix:///PATH or tcp://HOST:PORT, got {args.endpoint!r}")
+    server.start()
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = serve(args)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(json.dumps({"event": "ready", "role": "csi", "csiRole": args.role, "endpoint": args.endpoint,
+                      "pid": os.getpid()}), flush=True)
+    stop.wait()
+    server.stop(10).wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

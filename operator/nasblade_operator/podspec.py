@@ -1,0 +1,159 @@
+"""What every pod the operator makes shares: placement, pulling, hardening.
+
+The controller StatefulSet (``diskarray/builders.py``) and the blade pods
+(``clustergroup/builders.py``) are built as plain dicts; ``finish`` then adds, in one place:
+
+* placement from the resource's spec (``Placement``: nodeSelector, tolerations,
+  priorityClassName; for blades also how the group's blades spread over nodes);
+* the image pull policy, pull secrets and log format the operator was installed with
+  (``PodDefaults`` from ``settings.OperatorConfig``: chart values ``image.pullPolicy``,
+  ``imagePullSecrets``, ``logFormat``);
+* hardening: no ServiceAccount token (no nasblade daemon talks to the Kubernetes API),
+  read-only root file systems with a small writable ``/tmp`` per container, non-root, every
+  capability dropped, no privilege escalation, seccomp ``RuntimeDefault``;
+* default resource requests for containers whose spec gives none.
+
+Pure functions: the same input gives the same pod (the StatefulSet's template digest depends
+on it). docs/operator.md ("Placement", "Pod hardening") describes the fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from nasblade_operator import validation
+
+Spread = Literal["Preferred", "Required", "None"]
+SPREADS: tuple[Spread, ...] = ("Preferred", "Required", "None")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+HOSTNAME = "kubernetes.io/hostname"
+TMP_DIR = "/tmp"
+#: uid/gid of the image's nasblade user (Dockerfile).
+NASBLADE_UID = 10001
+#: Requests of a container whose spec sets no resources: enough to be Burstable (not the first
+#: evicted), small enough for a one-node test cluster. Limits stay the user's choice.
+DEFAULT_REQUESTS = {"cpu": "25m", "memory": "64Mi"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    priority_class_name: str = ""
+    spread: Spread = "Preferred"
+
+
+@dataclasses.dataclass(frozen=True)
+class PodDefaults:
+    """What every pod gets from the operator's installation (settings.OperatorConfig)."""
+
+    pull_policy: str = "IfNotPresent"
+    pull_secrets: tuple[str, ...] = ()
+    #: ``nasblade.logformat``: ``json`` reaches the containers as NASBLADE_LOG_FORMAT
+    log_format: str = "text"
+
+
+DEFAULT_PLACEMENT = Placement()
+DEFAULTS = PodDefaults()
+
+
+def parse_placement(c: validation.Collector, path: str, section: Mapping[str, Any], *, spread: bool) -> Placement:
+    """The placement fields of ``section`` (``spec.controller`` or ``spec.blades``)."""
+    selector_in = section.get("nodeSelector") or {}
+    selector: dict[str, str] = {}
+    if not isinstance(selector_in, Mapping):
+        c.add(f"{path}.nodeSelector", "must be a map of node label to value")
+    else:
+        for k, v in selector_in.items():
+            if not isinstance(v, str):
+                c.add(f"{path}.nodeSelector.{k}", "must be a string")
+            else:
+                selector[str(k)] = v
+    tol_in = section.get("tolerations") or []
+    tolerations: list[Mapping[str, Any]] = []
+    if not isinstance(tol_in, list):
+        c.add(f"{path}.tolerations", "must be a list of tolerations")
+    else:
+        for i, t in enumerate(tol_in):
+            if not isinstance(t, Mapping):
+                c.add(f"{path}.tolerations[{i}]", "must be a toleration (key, operator, value, effect)")
+            else:
+                tolerations.append(dict(t))
+    priority = section.get("priorityClassName") or ""
+    if not isinstance(priority, str):
+        c.add(f"{path}.priorityClassName", "must be the name of a PriorityClass")
+        priority = ""
+    how: Spread = "Preferred"
+    if spread:
+        chosen = c.choice(f"{path}.spread", section.get("spread", "Preferred"), SPREADS)
+        how = "Required" if chosen == "Required" else "None" if chosen == "None" else "Preferred"
+    return Placement(node_selector=selector, tolerations=tuple(tolerations),
+                     priority_class_name=priority, spread=how)
+
+
+def spread_rules(placement: Placement, selector: Mapping[str, str]) -> dict[str, Any]:
+    """Pod-spec fields that keep pods matching ``selector`` on different nodes.
+
+    ``Preferred``: a preferred pod anti-affinity on the node name plus a topology spread over
+    zones that never blocks scheduling -- a one-node cluster still runs every blade.
+    ``Required``: a required anti-affinity -- a blade stays Pending rather than share a node.
+    """
+    if placement.spread == "None":
+        return {}
+    term = {"labelSelector": {"matchLabels": dict(selector)}, "topologyKey": HOSTNAME}
+    if placement.spread == "Required":
+        return {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}}
+    return {
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "podAffinityTerm": term}]}},
+        "topologySpreadConstraints": [{
+            "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": dict(selector)},
+        }],
+    }
+
+
+def finish(
+    pod_spec: dict[str, Any], *, placement: Placement, defaults: PodDefaults,
+    spread_selector: Mapping[str, str] | None = None, tmp_size: str = "64Mi",
+) -> dict[str, Any]:
+    """Add placement, pulling, log format and hardening to ``pod_spec`` (changed in place and returned)."""
+    if placement.node_selector:
+        pod_spec["nodeSelector"] = dict(placement.node_selector)
+    if placement.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in placement.tolerations]
+    if placement.priority_class_name:
+        pod_spec["priorityClassName"] = placement.priority_class_name
+    if spread_selector is not None:
+        pod_spec.update(spread_rules(placement, spread_selector))
+    if defaults.pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in defaults.pull_secrets]
+    pod_spec["automountServiceAccountToken"] = False
+    pod_spec["enableServiceLinks"] = False
+    psc = pod_spec.setdefault("securityContext", {})
+    # fsGroup: Secret volumes (token, NBD TLS keys: mode 0400) become readable by the
+    # nasblade user through their group; without it they are root's and the daemons cannot
+    # read their credentials
+    psc.update({"runAsNonRoot": True, "runAsUser": NASBLADE_UID, "runAsGroup": NASBLADE_UID,
+                "fsGroup": NASBLADE_UID, "seccompProfile": {"type": "RuntimeDefault"}})
+    volumes: list[dict[str, Any]] = pod_spec.setdefault("volumes", [])
+    for c in _containers(pod_spec):
+        c["imagePullPolicy"] = defaults.pull_policy
+        if defaults.log_format != "text":
+            c.setdefault("env", []).append({"name": "NASBLADE_LOG_FORMAT", "value": defaults.log_format})
+        c["securityContext"] = {**c.get("securityContext", {}), "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                                "capabilities": {"drop": ["ALL"]}}
+        tmp = f"tmp-{c['name']}"
+        volumes.append({"name": tmp, "emptyDir": {"sizeLimit": tmp_size}})
+        c.setdefault("volumeMounts", []).append({"name": tmp, "mountPath": TMP_DIR})
+        resources = c.setdefault("resources", {})
+        if not resources.get("requests") and not resources.get("limits"):
+            resources["requests"] = dict(DEFAULT_REQUESTS)
+    return pod_spec
+
+
+def _containers(pod_spec: Mapping[str, Any]) -> Sequence[dict[str, Any]]:
+    return [*pod_spec.get("initContainers", []), *pod_spec.get("containers", [])]
