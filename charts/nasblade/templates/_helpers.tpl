@@ -56,6 +56,15 @@ app.kubernetes.io/part-of: nasblade
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* imagePullSecrets as comma-separated names (entries may be {name: x} or plain strings). */}}
+{{- define "nasblade.pullSecretNames" -}}
+{{- $names := list -}}
+{{- range .Values.imagePullSecrets -}}
+{{- if kindIs "string" . }}{{ $names = append $names . }}{{ else }}{{ $names = append $names .name }}{{ end -}}
+{{- end -}}
+{{- join "," $names -}}
+{{- end -}}
+
 {{/* Name of the kopf peering object (leader election). */}}
 {{- define "nasblade.peeringName" -}}
 {{- include "nasblade.fullname" . -}}
@@ -80,6 +89,12 @@ so every install, upgrade and template run checks them.
 {{- end -}}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) -}}
 {{- fail "replicaCount > 1 needs leaderElection.enabled=true (replicas would all act at once)" -}}
+{{- end -}}
+{{- if .Values.leaderElection.enabled -}}
+{{- $kind := ternary "kopf.dev/v1/KopfPeering" "kopf.dev/v1/ClusterKopfPeering" (gt (len .Values.watchNamespaces) 0) -}}
+{{- if not (.Capabilities.APIVersions.Has $kind) -}}
+{{- fail (printf "leaderElection.enabled needs kopf's peering CRDs (no %s API): kubectl apply -f crds/kopf-peering.yaml first" $kind) -}}
+{{- end -}}
 {{- end -}}
 {{- if not (kindIs "slice" .Values.watchNamespaces) -}}
 {{- fail "watchNamespaces must be a list of namespace names" -}}

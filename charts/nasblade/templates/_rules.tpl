@@ -6,6 +6,8 @@ The operator's namespaced permissions, least privilege (the table in docs/operat
 - the children it builds: the controller StatefulSet, Services, the token Secret (no list
   or watch of Secrets), blade Pods (watched; deleted to replace failed blades), device PVCs
   (deleted when the DiskArray's deletionPolicy is Delete);
+- a PodDisruptionBudget per ClusterGroup and, with networkPolicy.enabled, the NetworkPolicies
+  of each array and group (created, patched when exports change, never listed);
 - Events for the resources' history, and kopf peering in the namespace.
 */}}
 {{- define "nasblade.namespacedRules" -}}
@@ -39,6 +41,14 @@ The operator's namespaced permissions, least privilege (the table in docs/operat
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, create, patch]
+{{- if .Values.networkPolicy.enabled }}
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create, patch]
+{{- end }}
 {{- if .Values.leaderElection.enabled }}
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
