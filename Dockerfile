@@ -12,7 +12,7 @@
 #              changes), nasblade on top, a non-root user (uid 10001).
 #
 # BASE_IMAGE defaults to the public python:3.11-slim; `make image` passes the locally
-# built Debian bookworm base (tests/cluster/versions.env) so nothing is pulled here.
+# built Debian bookworm base (tools/kube/versions.env) so nothing is pulled here.
 # Both must have python3 (3.11) at the same path in both stages.
 
 ARG BASE_IMAGE=python:3.11-slim

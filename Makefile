@@ -13,7 +13,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 export NASBLADE_CACHE ?= $(HOME)/.cache/nasblade
-APT_LISTS := $(wildcard .ci/apt-packages.txt tests/cluster/apt-packages.txt)
+APT_LISTS := $(wildcard .ci/apt-packages.txt tools/kube/apt-packages.txt)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
@@ -34,7 +34,7 @@ apt:
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	PIP_CACHE_DIR=$(NASBLADE_CACHE)/pip $(VENV)/bin/pip install -q -e '.[operator,test]'
+	PIP_CACHE_DIR=$(NASBLADE_CACHE)/pip $(VENV)/bin/pip install -q -e '.[operator,test,csi]'
 	touch $@
 
 venv: $(VENV)/.stamp
@@ -42,11 +42,14 @@ venv: $(VENV)/.stamp
 deps: apt venv
 
 lint: venv
-	$(VENV)/bin/ruff check blade operator tests bench/operator bench/copy bench/nbd bench/*/run
+	$(VENV)/bin/ruff check blade operator tests tools bench/operator bench/copy bench/nbd bench/csi bench/*/run
 	$(VENV)/bin/mypy
+	PYTHONPATH=blade:operator $(VENV)/bin/lint-imports
 
+# every pure unit test: whatever no marker says needs processes, clusters, a guest or time
+UNIT := not (component or tier1 or tier2 or e2e or slow or kernel)
 unit: venv
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest -m "$(UNIT)" $(PYTEST_ARGS)
 
 test: deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -61,24 +64,24 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
 # --- cluster ---
-# Local Kubernetes for the tests (tests/cluster, docs/testing.md). Heavy things are cached in
+# Local Kubernetes for the tests (tools/kube, docs/testing.md). Heavy things are cached in
 # $(NASBLADE_CACHE) keyed by version; every target is idempotent and quick when warm.
-CLUSTER := python3 tests/cluster/nbcluster.py
+CLUSTER := python3 tools/kube/nbcluster.py
 .PHONY: cluster-deps cluster-build cluster-images cluster-up cluster-down cluster-reset \
         cluster-status cluster-env cluster-load-image tier1-up tier1-down tier2-up \
         tier2-down test-k8s
 
 cluster-deps:
-	tests/cluster/install-deps.sh
+	tools/kube/install-deps.sh
 
 cluster-build: cluster-deps
-	tests/cluster/build.sh all
+	tools/kube/build.sh all
 
 cluster-images: cluster-build
-	tests/cluster/images.sh build all
+	tools/kube/images.sh build all
 
 tier1-up: cluster-deps
-	tests/cluster/build.sh tier1
+	tools/kube/build.sh tier1
 	$(CLUSTER) tier1-up
 
 tier1-down:
@@ -109,7 +112,7 @@ cluster-env:
 
 # copy locally built docker images into the cluster: make cluster-load-image IMAGE="a:1 b:2"
 cluster-load-image:
-	tests/cluster/images.sh load-docker $(IMAGE)
+	tools/kube/images.sh load-docker $(IMAGE)
 
 test-k8s: venv cluster-up
 	$(PY) -m pytest tests/k8s $(PYTEST_ARGS)
@@ -132,13 +135,13 @@ test: kernel-guest
 # --- image / chart / e2e ---
 # One image for every role (Dockerfile), the NFS client image of the end-to-end tests, the Helm
 # chart and the end-to-end suite (docs/install.md). The base is the locally built one
-# (tests/cluster/versions.env); nothing is pulled. Images are saved as tars in
+# (tools/kube/versions.env); nothing is pulled. Images are saved as tars in
 # $(NASBLADE_CACHE)/images and imported into the cluster (kind, else local containerd).
 NASBLADE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= nasblade/nasblade:$(NASBLADE_VERSION)
 CLIENT_IMAGE ?= nasblade/nfs-client:$(NASBLADE_VERSION)
-LOCAL_BASE_IMAGE := $(shell sed -n 's/^BASE_IMAGE=//p' tests/cluster/versions.env)
-HELM := $(NASBLADE_CACHE)/bin/helm-$(shell sed -n 's/^HELM_VERSION=//p' tests/cluster/versions.env)/helm
+LOCAL_BASE_IMAGE := $(shell sed -n 's/^BASE_IMAGE=//p' tools/kube/versions.env)
+HELM := $(NASBLADE_CACHE)/bin/helm-$(shell sed -n 's/^HELM_VERSION=//p' tools/kube/versions.env)/helm
 IMAGE_TOOL := $(PY) tests/e2e/imagetool.py
 .PHONY: wheels image image-build client-image images image-load chart-lint test-chart test-e2e demo demo-clean
 
@@ -155,11 +158,11 @@ image: image-build
 	$(IMAGE_TOOL) load --if-running $(IMAGE)
 
 image-build: wheels
-	tests/cluster/images.sh build base
+	tools/kube/images.sh build base
 	$(IMAGE_TOOL) build --image $(IMAGE) --base $(LOCAL_BASE_IMAGE) --version $(NASBLADE_VERSION)
 
 client-image: venv
-	tests/cluster/images.sh build base
+	tools/kube/images.sh build base
 	$(IMAGE_TOOL) build-client --image $(CLIENT_IMAGE) --base $(LOCAL_BASE_IMAGE)
 
 images: image-build client-image
@@ -186,3 +189,39 @@ demo-clean: venv
 
 # the end-to-end suite needs the images in the cluster before pytest starts
 test: image-load
+
+# --- kind ---
+# The end-to-end suite on a two-node kind cluster whose node image is built here, without a
+# registry (tools/kube/kind.sh, docs/testing.md "kind"): kind, crictl and kubeadm from the Go
+# module proxy, a debootstrap'd node base, the control-plane images from build.sh's binaries.
+# Not part of `make test` (see docs/testing.md for its cost).
+KIND_VERSION := $(shell sed -n 's/^KIND_VERSION=//p' tools/kube/versions.env)
+KIND_NODE_IMAGE := $(shell sed -n 's/^KIND_NODE_IMAGE=//p' tools/kube/versions.env)
+# kind runs on a docker daemon of its own (tools/kube/kind.sh dockerd: the shared one cannot
+# start --privileged containers here)
+KIND_DOCKER_HOST := unix:///run/nbkind-docker.sock
+KIND_ENV := PATH=$(NASBLADE_CACHE)/bin/kind-$(KIND_VERSION):$$PATH NASBLADE_KIND_IMAGE=$(KIND_NODE_IMAGE) \
+	DOCKER_HOST=$(KIND_DOCKER_HOST)
+KIND_KUBECONFIG := $(NASBLADE_CACHE)/state/kind.kubeconfig
+.PHONY: kind-build kind-node-image kind-up kind-down e2e-kind
+
+kind-build: cluster-build
+	tools/kube/kind.sh build
+
+kind-node-image: kind-build cluster-images
+	tools/kube/kind.sh node-image
+
+kind-up: kind-node-image
+	$(KIND_ENV) $(CLUSTER) kind-up
+
+kind-down:
+	$(KIND_ENV) $(CLUSTER) kind-down
+
+# build the images in kind's docker daemon, create the cluster, run the whole e2e suite (its
+# fixtures `kind load` the images and install the chart), delete the cluster -- also when a
+# step fails
+e2e-kind: venv kind-node-image
+	DOCKER_HOST=$(KIND_DOCKER_HOST) $(MAKE) images
+	$(KIND_ENV) $(CLUSTER) kind-up
+	$(KIND_ENV) KUBECONFIG=$(KIND_KUBECONFIG) $(PY) -m pytest tests/e2e $(PYTEST_ARGS); \
+	  rc=$$?; $(KIND_ENV) $(CLUSTER) kind-down; exit $$rc

@@ -22,7 +22,7 @@ from conftest import NASBLADE, free_port
 from nasblade import ready
 from nasblade.bladeapi.client import BladeClient
 from nasblade.controller.apiclient import ControlClient
-from nasblade.nbd.client import NBDBlockDevice
+from nasblade.nbd.client import NBDBlockDevice, NBDError
 from nasblade.procinfo.portion import PortionStore
 from nasblade.standalone.config import ConfigError, parse
 
@@ -122,9 +122,17 @@ def test_full_stack_write_read_restart(tmp_path: Path, array_config: Path) -> No
         ctl_token = (data_dir / "secrets" / "controller-token").read_text().strip()
         lus = {lu["name"]: lu for lu in ControlClient(ctl["api"], ctl_token).list_lus()}
         assert lus["fs-fs1"]["reservation"]["holder"] == "g1-0"
-        with NBDBlockDevice.connect(f"nbd://{ctl['nbd']}/procinfo") as dev:
+        # NBD is TLS-only by default: a plaintext client is refused, the admin certificate opens
+        assert ctl["nbdTLS"] is True
+        with pytest.raises(NBDError, match="TLS"):
+            NBDBlockDevice.connect(f"nbd://{ctl['nbd']}/procinfo", tls_dir=None)
+        with NBDBlockDevice.connect(f"nbd://{ctl['nbd']}/procinfo", tls_dir=ctl["tlsCertificates"]) as dev:
             store = PortionStore(dev, offset=0, size=1 << 20)
             s0, s1 = store.read_slot(0), store.read_slot(1)
+        # the blades' certificate (group g1) opens the group's file system (the cross-group
+        # refusal: tests/controller/test_ctl_tls.py)
+        g1 = str(data_dir / "tls" / "group-g1")
+        NBDBlockDevice.connect(f"nbd://{ctl['nbd']}/fs-fs1", tls_dir=g1).close()
         assert s0 is not None and s0.blade == "g1-0" and s0.file_systems == ["fs1"]
         assert s0.software_version == "0.1.0" and len(s0.write_verifier) == 16
         assert s1 is not None and s1.blade == "g1-1" and s1.file_systems == []

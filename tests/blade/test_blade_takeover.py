@@ -4,7 +4,7 @@ Two blades (block processor + ``blade-file-processor``) on a real controller; fs
 b0 on its own loopback address. Release on b0 and take over on b1 (same address, new epoch),
 then SIGKILL b1's processes and take fs1 back on b0: libnfs clients see the same data, and the
 group record names the owner and its epoch. (Automatic takeover on heartbeat loss is the
-cluster-group layer's, tested in tests/groups.)
+cluster-group layer's, tested in tests/cluster.)
 """
 
 from __future__ import annotations
@@ -92,10 +92,10 @@ def test_file_system_moves_between_blades(
     (tmp_path / "f.bin").write_bytes(content)
     nfs_cp(str(tmp_path / "f.bin"), url(fs_spec, "f.bin"))
 
-    assert api0._req("POST", "/v1/filesystems/fs1/release")["released"]
-    moved = api1._req("POST", "/v1/filesystems/fs1/takeover")
+    assert api0.request("POST", "/v1/filesystems/fs1/release")["released"]
+    moved = api1.request("POST", "/v1/filesystems/fs1/takeover")
     assert moved["epoch"] == 2 and moved["endpoints"]["nfs"] == f"{fs_spec['address']}:{fs_spec['nfsPort']}"
-    assert api1._req("POST", "/v1/filesystems/fs1/takeover")["epoch"] == 2  # idempotent
+    assert api1.request("POST", "/v1/filesystems/fs1/takeover")["epoch"] == 2  # idempotent
     nfs_cp(url(fs_spec, "f.bin"), str(tmp_path / "back1"))
     assert (tmp_path / "back1").read_bytes() == content
     nfs_cp(str(tmp_path / "f.bin"), url(fs_spec, "g.bin"))  # written while b1 serves
@@ -108,13 +108,13 @@ def test_file_system_moves_between_blades(
     for proc in (fp1, bp1.proc):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    back = api0._req("POST", "/v1/filesystems/fs1/takeover")
+    back = api0.request("POST", "/v1/filesystems/fs1/takeover")
     assert back["epoch"] == 3
     for name in ("f.bin", "g.bin"):
         nfs_cp(url(fs_spec, name), str(tmp_path / f"again-{name}"))
         assert (tmp_path / f"again-{name}").read_bytes() == content
     with pytest.raises(BladeAPIError) as err:
-        api0._req("POST", "/v1/filesystems/nope/takeover")
+        api0.request("POST", "/v1/filesystems/nope/takeover")
     assert err.value.status == 404
 
 
@@ -139,7 +139,7 @@ def test_file_processor_crash_fails_the_blade(
     start_fp(bp1, "b1")
     api0 = BladeClient(bp0.api, BLADE_TOKEN, timeout=180)
     api1 = BladeClient(bp1.api, BLADE_TOKEN, timeout=180)
-    assert api0._req("POST", "/v1/filesystems/fs1/takeover")["epoch"] == 1
+    assert api0.request("POST", "/v1/filesystems/fs1/takeover")["epoch"] == 1
     content = os.urandom(1 << 20)
     (tmp_path / "f.bin").write_bytes(content)
     nfs_cp(str(tmp_path / "f.bin"), url(fs_spec, "f.bin"))
@@ -160,10 +160,10 @@ def test_file_processor_crash_fails_the_blade(
         time.sleep(0.2)
     code, body = health()
     assert code == 503 and "fs1" in body["failed"], body
-    seq = api0._req("GET", "/v1/status")["slotSeq"]
+    seq = api0.request("GET", "/v1/status")["slotSeq"]
     time.sleep(1.0)  # five heartbeat intervals: none of them may reach the slot
-    assert api0._req("GET", "/v1/status")["slotSeq"] == seq
-    moved = api1._req("POST", "/v1/filesystems/fs1/takeover")
+    assert api0.request("GET", "/v1/status")["slotSeq"] == seq
+    moved = api1.request("POST", "/v1/filesystems/fs1/takeover")
     assert moved["epoch"] == 2
     nfs_cp(url(fs_spec, "f.bin"), str(tmp_path / "back"))
     assert (tmp_path / "back").read_bytes() == content

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from nasblade.blockproc.core import coalesce
 from nasblade.procinfo.portion import BladeStatus
-from nasblade.standalone.config import ConfigError, format_size, parse_duration, parse_size
+from nasblade.standalone.config import ConfigError, parse_duration, parse_size
+from nasblade.units import format_size
 
 
 def test_coalesce_merges_overlapping_and_touching_ranges() -> None:
@@ -32,6 +33,8 @@ def test_sizes_and_durations() -> None:
     assert parse_size("512M") == 512 << 20 and parse_size("1GiB") == 1 << 30 and parse_size(4096) == 4096
     assert format_size(3 << 30) == "3G" and format_size(1536 << 20) == "1536M"
     assert parse_duration("200ms", "x") == pytest.approx(0.2) and parse_duration("10m", "x") == 600.0
+    # one parser for every dialect (nasblade.units): the Kubernetes spelling works here too
+    assert parse_size("1Gi") == 1 << 30 and parse_size("1G") == 1 << 30 and parse_duration("1h30m", "x") == 5400
     with pytest.raises(ConfigError, match=r"a\.b: '12 parsecs' is not a size"):
         parse_size("12 parsecs", "a.b")
     with pytest.raises(ConfigError, match="-1 is negative"):

@@ -120,7 +120,7 @@ def test_blade_api_requires_the_token(start_bp: Callable[..., BladeProc]) -> Non
         BladeClient(bp.api, "wrong").status()
     assert err.value.status == 401
     with pytest.raises(BladeAPIError) as err:
-        BladeClient(bp.api, BLADE_TOKEN)._req("POST", "/v1/filesystems/fs1/takeover")
+        BladeClient(bp.api, BLADE_TOKEN).request("POST", "/v1/filesystems/fs1/takeover")
     assert err.value.status == 404  # not a file system this blade knows
 
 
@@ -131,7 +131,7 @@ def test_backup_copies_the_portion_into_its_backup_area(
     bp = start_bp()
     LocalClient(bp.local).store_status({"heartbeat": {"time": 5.0, "counter": 42}, "fileSystems": ["fs1"]})
     api = BladeClient(bp.api, BLADE_TOKEN)
-    result = api._req("POST", "/v1/backups", {"portions": [0], "trigger": "onDemand"})
+    result = api.request("POST", "/v1/backups", {"portions": [0], "trigger": "onDemand"})
     assert result["result"] == "Succeeded" and result["jobs"][0]["state"] == "succeeded"
     with NBDBlockDevice.connect(f"nbd://{controller.nbd}/backup") as dev:
         backup = PortionStore(dev, offset=0, size=1 << 20)
@@ -142,7 +142,7 @@ def test_backup_copies_the_portion_into_its_backup_area(
         history = PortionStore(dev, offset=0, size=1 << 20).read_group().backups
     assert history[-1]["result"] == "Succeeded" and history[-1]["portions"] == [0]
     with pytest.raises(BladeAPIError) as err:
-        api._req("POST", "/v1/backups", {"portions": [5]})
+        api.request("POST", "/v1/backups", {"portions": [5]})
     assert err.value.status == 400 and "portions" in err.value.message
 
 

@@ -1,19 +1,20 @@
 """Fixtures of the Helm chart tests (tests/chart).
 
 The chart is checked offline (``helm lint --strict``, rendering, the CRD copies) and against
-a real API server: a private tier-1 etcd + kube-apiserver from tests/cluster (fixtures
-``tier1_cluster`` / ``tier1_kubeconfig``, see tests/cluster/pytest_cluster.py), where the
+a real API server: a private tier-1 etcd + kube-apiserver from tools/kube (fixtures
+``tier1_cluster`` / ``tier1_kubeconfig``, see tools/kube/pytest_cluster.py), where the
 rendered manifests go through a server-side dry-run -- schema validation, RBAC objects,
 admission including Pod Security -- without anything being created.
 
 Fixtures defined here:
   chart_dir   -- Path of charts/nasblade.
   helm        -- callable ``helm(*args, check=True) -> CompletedProcess`` running the pinned
-                 helm binary (built by tests/cluster/build.sh) with a private HOME.
-  render      -- callable ``render(*set_args, namespace=...) -> list[dict]``: ``helm template``
-                 of the chart for Kubernetes 1.33, parsed into objects.
-  crds_applied -- the tier-1 kubeconfig once the chart's CRDs are installed and Established
-                 (server-side apply of charts/nasblade/crds/).
+                 helm binary (built by tools/kube/build.sh) with a private HOME.
+  render      -- callable ``render(*set_args, namespace=..., api_versions=()) -> list[dict]``:
+                 ``helm template`` of the chart for Kubernetes 1.33, parsed into objects.
+  crds_applied -- the tier-1 kubeconfig once the chart's CRDs and kopf's peering CRDs are
+                 installed and Established (server-side apply of charts/nasblade/crds/ and
+                 crds/kopf-peering.yaml).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "cluster"))
+sys.path.insert(0, str(REPO / "tools" / "kube"))
 import nbcluster  # noqa: E402
 from pytest_cluster import *  # noqa: E402, F403 - fixtures: tier1_cluster, tier1_kubeconfig
 
@@ -62,9 +63,11 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
 
 @pytest.fixture(scope="session")
 def render(helm: Helm) -> Callable[..., list[dict[str, Any]]]:
-    def run(*set_args: str, namespace: str = "nasblade-system") -> list[dict[str, Any]]:
+    def run(*set_args: str, namespace: str = "nasblade-system", api_versions: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         argv = ["template", "nb", str(CHART), "--namespace", namespace,
                 "--kube-version", KUBE_VERSION]
+        for a in api_versions:
+            argv += ["--api-versions", a]
         for s in set_args:
             argv += ["--set", s]
         out = helm(*argv).stdout
@@ -77,8 +80,10 @@ def render(helm: Helm) -> Callable[..., list[dict[str, Any]]]:
 def crds_applied(tier1_cluster: Any) -> str:
     kc = str(tier1_cluster.kubeconfig)
     kubectl = str(nbcluster.k8s_bin("kubectl"))
-    subprocess.run([kubectl, "--kubeconfig", kc, "apply", "--server-side", "-f",
-                    str(CHART / "crds")], check=True, capture_output=True, text=True)
+    # the chart's CRDs, and kopf's peering CRDs (not in the chart: leaderElection needs them first)
+    for path in (CHART / "crds", REPO / "crds" / "kopf-peering.yaml"):
+        subprocess.run([kubectl, "--kubeconfig", kc, "apply", "--server-side", "-f", str(path)],
+                       check=True, capture_output=True, text=True)
     subprocess.run([kubectl, "--kubeconfig", kc, "wait", "--for=condition=Established",
                     "--timeout=60s", "crd", "--all"], check=True, capture_output=True, text=True)
     return kc

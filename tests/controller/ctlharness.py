@@ -26,6 +26,8 @@ class Controller:
     nbd: str = ""
     api: str = ""
     extra: list[str] = field(default_factory=list)
+    #: seconds to wait for the ready line (crash loops on a loaded machine need more)
+    ready_timeout: float = 30.0
 
     def start(self) -> None:
         (self.workdir / "token").write_text(TOKEN)
@@ -38,7 +40,7 @@ class Controller:
             cmd += ["--device", d]
         with open(self.workdir / "controller.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
-        line = ready.wait_ready(self.proc, timeout=30)
+        line = ready.wait_ready(self.proc, timeout=self.ready_timeout)
         self.nbd = line["endpoints"]["nbd"]
         self.api = line["endpoints"]["api"]
 

@@ -15,8 +15,8 @@ import threading
 
 import pytest
 from ctlharness import Controller
-from nasblade.blockproc.core import controller_cas
 from nasblade.controller.apiclient import ControlAPIError
+from nasblade.controller.asyncclient import controller_cas
 from nasblade.nbd.client import NBDBlockDevice
 from nasblade.procinfo.portion import GroupRecord, Ownership, PortionStore
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from ctlharness import TOKEN
 from nasblade import ready
-from nasblade.blockdev import open_device
 from nasblade.controller import main as ctl_main
 from nasblade.controller.apiclient import ControlClient
+from nasblade.devices import open_device
 from nasblade.nbd.client import NBDBlockDevice
 
 pytestmark = pytest.mark.component

@@ -6,6 +6,7 @@ import struct
 
 import pytest
 from nasblade.nbd import proto
+from nbdwire import events, replies
 
 
 class Exports(proto.ExportLookup):
@@ -19,23 +20,6 @@ class Exports(proto.ExportLookup):
 
     def names(self) -> list[proto.ExportInfo]:
         return list(self.table.values())
-
-
-def events(conn: proto.ServerConnection, data: bytes) -> list[proto.Event]:
-    conn.receive_data(data)
-    out = []
-    while (ev := conn.next_event()) is not None:
-        out.append(ev)
-    return out
-
-
-def replies(raw: bytes) -> list[tuple[int, int, bytes]]:
-    out = []
-    while raw:
-        opt, rtype, length = proto.parse_option_reply_header(raw[:20])
-        out.append((opt, rtype, raw[20 : 20 + length]))
-        raw = raw[20 + length :]
-    return out
 
 
 def negotiated() -> proto.ServerConnection:

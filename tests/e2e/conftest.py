@@ -1,6 +1,6 @@
 """Fixtures of the end-to-end suite (tests/e2e): the real images on a real cluster.
 
-The cluster comes from tests/cluster/pytest_cluster.py (``e2e_cluster``): KUBECONFIG or
+The cluster comes from tools/kube/pytest_cluster.py (``e2e_cluster``): KUBECONFIG or
 NASBLADE_E2E_KUBECONFIG when set (kind, any cluster), else ``nbcluster.py up`` -- kind when
 it is installed with a node image, otherwise the local tier-2 cluster. The images
 (``make images``) are imported into it by ``imagetool.load`` before the first test.
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "tests" / "cluster"))
+sys.path.insert(0, str(HERE.parents[1] / "tools" / "kube"))
 sys.path.insert(0, str(HERE))
 import imagetool  # noqa: E402
 from e2elib import CHART, CLIENT_IMAGE, IMAGE, RELEASE, RELEASE_NS, Kube  # noqa: E402
@@ -50,6 +50,10 @@ def images(kube: Kube) -> list[str]:
 @pytest.fixture(scope="module")
 def release(kube: Kube, images: list[str]) -> Iterator[str]:
     kube.helm("uninstall", RELEASE, "-n", RELEASE_NS, "--wait", check=False)
+    # an earlier run deletes the namespace without waiting: installing into it while it is
+    # still Terminating lets its deletion remove the operator in the middle of this run
+    kube.kubectl("wait", "--for=delete", f"namespace/{RELEASE_NS}", "--timeout=300s", check=False,
+                 timeout=330)
     others = [d for d in kube.json("get", "deployments", "-A", "-l",
                                    "app.kubernetes.io/part-of=nasblade,app.kubernetes.io/component=operator")["items"]
               if d["metadata"]["namespace"] != RELEASE_NS]

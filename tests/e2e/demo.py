@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "kube"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nbcluster
 from e2elib import CHART, CLIENT_IMAGE, REPO, Kube, condition

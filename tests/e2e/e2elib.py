@@ -6,7 +6,6 @@ out of conftest.py so that test modules never import a ``conftest``.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO / "tests" / "cluster"))
+sys.path.insert(0, str(REPO / "tools" / "kube"))
 import nbcluster  # noqa: E402
 
 VERSION = next(line.split('"')[1] for line in (REPO / "pyproject.toml").read_text().splitlines()
@@ -92,6 +91,10 @@ def kill_container(container_id: str) -> None:
         raise AssertionError(f"cannot kill a {runtime} container")
     argv = ["ctr", "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", cid]
     if (nbcluster.STATE_ROOT / "kind.kubeconfig").exists() and nbcluster.kind_available():
-        name = os.environ.get("NASBLADE_KIND_NAME", "nasblade")
-        argv = ["docker", "exec", f"{name}-control-plane", *argv]
+        # the container runs on one of the kind nodes: the node whose containerd knows it
+        for node in nbcluster.kind_nodes():
+            if subprocess.run(["docker", "exec", node, *argv], capture_output=True,
+                              timeout=60).returncode == 0:
+                return
+        raise AssertionError(f"container {cid} not found on kind nodes {nbcluster.kind_nodes()}")
     subprocess.run(argv, check=True, capture_output=True, timeout=60)

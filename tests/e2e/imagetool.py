@@ -3,7 +3,7 @@
 
 Used by the Makefile's ``# --- image / chart / e2e ---`` targets (``make image``,
 ``make client-image``, ``make image-load``) and by tests/e2e/conftest.py. Standard library
-only, plus the cluster driver in tests/cluster/nbcluster.py for where the cluster is.
+only, plus the cluster driver in tools/kube/nbcluster.py for where the cluster is.
 
 * ``build``: ``docker build`` of the top-level Dockerfile with the locally built base and the
   host-built wheels in build/wheels (``PIP_NO_INDEX=1``: no network in the build);
@@ -14,7 +14,7 @@ only, plus the cluster driver in tests/cluster/nbcluster.py for where the cluste
   skipped when containerd already holds the same image id (recorded next to the tar).
 
 For containerd the images go through tars in ``$NASBLADE_CACHE/images`` (as
-tests/cluster/images.sh does), rewritten only when the image id changed.
+tools/kube/images.sh does), rewritten only when the image id changed.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO / "tests" / "cluster"))
+sys.path.insert(0, str(REPO / "tools" / "kube"))
 import nbcluster  # noqa: E402 - path set up above
 
-IMAGES_SH = REPO / "tests" / "cluster" / "images.sh"
+IMAGES_SH = REPO / "tools" / "kube" / "images.sh"
 IMG_CACHE = nbcluster.CACHE / "images"
 
 
@@ -79,7 +79,7 @@ def docker_build(*, tag: str, context: Path, dockerfile: Path, build_args: dict[
         argv += ["--build-arg", f"{k}={v}"]
     argv.append(str(context))
     log(f"image {tag}: docker build ({' '.join(f'{k}={v}' for k, v in build_args.items())})")
-    # the legacy builder, as tests/cluster/images.sh: no buildx plugin needed
+    # the legacy builder, as tools/kube/images.sh: no buildx plugin needed
     subprocess.run(["nice", "-n", "10", *argv], check=True,
                    env={**os.environ, "DOCKER_BUILDKIT": "0"}, stdout=subprocess.DEVNULL)
 
@@ -111,7 +111,7 @@ def build_client(*, tag: str, base: str) -> None:
 
 
 def _kind_cluster() -> str | None:
-    """The kind cluster's name when the e2e cluster is kind (tests/cluster/nbcluster.py)."""
+    """The kind cluster's name when the e2e cluster is kind (tools/kube/nbcluster.py)."""
     if (nbcluster.STATE_ROOT / "kind.kubeconfig").exists() and nbcluster.kind_available():
         return os.environ.get("NASBLADE_KIND_NAME", "nasblade")
     return None

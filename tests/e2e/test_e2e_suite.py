@@ -433,12 +433,18 @@ def test_step7_software_rollout(kube: Kube, release: str, workload_ns: str) -> N
     blades roll one at a time and the writer sees no failed operation."""
     kube.wait("the group Ready with both blades", lambda: _blades_ready(kube, workload_ns), timeout=240, interval=3)
     version = "0.1.0-e2e.2"
+    # The controller serves NBD over TLS only: push as an administrator does, with the array's
+    # admin client certificate (Secret <array>-nbd-admin), to the name the server certificate has.
+    admin = kube.json("-n", workload_ns, "get", "secret", f"{ARRAY}-nbd-admin")["data"]
+    unpack = " && ".join(f"echo {data} | base64 -d > /tmp/nbd-admin/{name}" for name, data in sorted(admin.items()))
+    program = f"nbds://{ARRAY}-controller:10809/program?tls-certificates=/tmp/nbd-admin"
     kube.kubectl("-n", workload_ns, "exec", f"{ARRAY}-controller-0", "--", "sh", "-c",
+                 f"mkdir -p /tmp/nbd-admin && {unpack} && "
                  f"nasblade software build --version {version} --output /tmp/bundle.pyz && "
-                 f"nasblade software --program nbd://127.0.0.1:10809/program push /tmp/bundle.pyz --version {version}",
+                 f"nasblade software --program '{program}' push /tmp/bundle.pyz --version {version}",
                  timeout=180)
     listing = kube.kubectl("-n", workload_ns, "exec", f"{ARRAY}-controller-0", "--", "nasblade", "software",
-                           "--program", "nbd://127.0.0.1:10809/program", "list", "--json").stdout
+                           "--program", program, "list", "--json").stdout
     assert version in listing
 
     ready_seen: list[int] = []  # Ready blade pods at each poll: one at a time means never 0

@@ -1,6 +1,6 @@
 """Acceptance tests of the test clusters themselves (tier 1 and tier 2).
 
-The fixtures come from tests/cluster/pytest_cluster.py; other test folders get them the same
+The fixtures come from tools/kube/pytest_cluster.py; other test folders get them the same
 way (copy these three lines into their conftest.py):
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "kube"))
 from pytest_cluster import *  # noqa: F403 - fixtures: tier1_cluster, use_tier1, kwok, e2e_*
 
 

@@ -1,7 +1,7 @@
 """Tier 2 / end to end: a real node running real containers from locally built images.
 
 Runs against the cluster in KUBECONFIG (or NASBLADE_E2E_KUBECONFIG) when set -- e.g. kind --
-and otherwise brings up the local tier-2 cluster (tests/cluster/nbcluster.py up).
+and otherwise brings up the local tier-2 cluster (tools/kube/nbcluster.py up).
 On kind, load the images first: `kind load docker-image nasblade/base:bookworm-1`.
 """
 

@@ -1,7 +1,8 @@
 """Linux's NBD client (in a User-Mode Linux guest) on a scratch LU of the array's controller.
 
 The test creates an LU of its own through the control API (never a file system's LU), the
-guest attaches it with ``nbd-client`` (newstyle handshake, export name = LU name), makes an
+guest attaches it with ``nbd-client`` over TLS (the array's admin certificate: ``nasblade up``
+serves NBD over TLS only; newstyle handshake, export name = LU name), makes an
 ext4 file system on it, writes, syncs, unmounts and checks it with ``fsck.ext4 -fn``, and reads
 it back after a cold remount. The host then copies the LU out with ``nbdcopy`` (libnbd, a
 client written by others) and checks that image with its own ``e2fsck`` and ``debugfs``.
@@ -35,8 +36,11 @@ def scratch_lu(array: KernelArray) -> Iterator[str]:
 
 def test_nbd_ext4(guest: uml.Guest, array: KernelArray, scratch_lu: str, tmp_path: Path) -> None:
     host, port = array.nbd
+    admin = array.data_dir / "tls" / "admin"  # ca-cert.pem, client-cert.pem, client-key.pem
+    files = {name: admin / name for name in ("ca-cert.pem", "client-cert.pem", "client-key.pem")}
     script = f"""set -euo pipefail
-nbd-client -N {scratch_lu} 10.0.2.2 {port} /dev/nbd0 -b 4096
+nbd-client -N {scratch_lu} --enable-tls --cacertfile /share/ca-cert.pem --certfile /share/client-cert.pem \\
+  --keyfile /share/client-key.pem --tlshostname localhost 10.0.2.2 {port} /dev/nbd0 -b 4096
 blockdev --getsize64 /dev/nbd0 > /share/size.txt
 mkfs.ext4 -q -F -L kscratch /dev/nbd0
 mount /dev/nbd0 /mnt/ext4
@@ -59,7 +63,7 @@ diff -r --no-dereference /usr/share/doc /mnt/ext4/doc/doc > /share/diff.txt
 umount /mnt/ext4
 nbd-client -d /dev/nbd0
 """
-    result = guest.run(script, forwards=[uml.Forward(port, host, port)], timeout=900)
+    result = guest.run(script, forwards=[uml.Forward(port, host, port)], files=files, timeout=900)
     assert result.rc == 0, result.explain()
     assert int((result.share / "size.txt").read_text()) == SIZE
     fsck = (result.share / "fsck.txt").read_text()
@@ -70,7 +74,8 @@ nbd-client -d /dev/nbd0
     assert (result.share / "diff.txt").read_text() == ""
     # the LU as another NBD client sees it: a clean ext4 holding the same bytes
     image = tmp_path / "lu.img"
-    subprocess.run(["nbdcopy", f"nbd://{host}:{port}/{scratch_lu}", str(image)], check=True, timeout=300)
+    subprocess.run(["nbdcopy", f"nbds://{host}:{port}/{scratch_lu}?tls-certificates={admin}", str(image)],
+                   check=True, timeout=300)
     assert image.stat().st_size == SIZE
     e2fsck = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True, timeout=300, check=False)
     assert e2fsck.returncode == 0, e2fsck.stdout + e2fsck.stderr

@@ -11,6 +11,13 @@ block processor, or both are SIGKILLed at a random point. Then: the writer saw n
 after a remount (nothing from the page cache) every acknowledged record reads back intact; the
 longest write/fsync call (the stall the application saw) is printed for the issue note and must
 stay under the failure timeout plus a few seconds.
+
+Locks across a takeover: guest A (its own host address, so the array can call it back) holds an
+``fcntl`` lock when the owner's file processor is killed; the new owner reads the monitored
+clients from the file system, starts the grace period and sends SM_NOTIFY, and A's kernel
+reclaims the lock. Guest B, started after the takeover, must then be refused the same lock
+(its attempt waits out the grace period, then gets EAGAIN), which it would get if the lock had
+been lost.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ pytestmark = pytest.mark.kernel
 
 NASBLADE = [sys.executable, "-m", "nasblade"]
 WRITER = Path(__file__).with_name("guest_writer.py")
+LOCKER = Path(__file__).with_name("guest_locker.py")
 FAILURE_TIMEOUT = 1.0
 STALL_LIMIT = FAILURE_TIMEOUT + 5.0
 """The longest call the application may see: detection, takeover and the kernel client's own
@@ -81,7 +89,7 @@ def blade_api(arr: KernelArray, blade: str, path: str) -> Any:
 
     api = next(b["api"] for b in arr.endpoints["blades"] if b["name"] == blade)
     token = (arr.data_dir / "secrets" / "blade-token").read_text().strip()
-    return BladeClient(api, token, timeout=30)._req("GET", path)
+    return BladeClient(api, token, timeout=30).request("GET", path)
 
 
 def settled(arr: KernelArray) -> bool:
@@ -99,14 +107,14 @@ def settled(arr: KernelArray) -> bool:
 SCRIPT = """
 set -e
 mkdir -p /mnt/n
-mount -t nfs -o vers=3,proto=tcp,nolock,hard,timeo=10,retrans=2,port={nfs},mountport={mnt},mountproto=tcp \\
+mount -t nfs -o vers=3,proto=tcp,hard,timeo=10,retrans=2,port={nfs},mountport={mnt},mountproto=tcp \\
     10.0.2.2:{export} /mnt/n
 touch /share/mounted
 rc=0
 python3 /share/guest_writer.py --path /mnt/n/{name} --mode {mode} --duration {duration} \\
     --progress /share/progress --out /share/result.json || rc=$?
 umount /mnt/n
-mount -t nfs -o vers=3,proto=tcp,nolock,hard,port={nfs},mountport={mnt},mountproto=tcp 10.0.2.2:{export} /mnt/n
+mount -t nfs -o vers=3,proto=tcp,hard,port={nfs},mountport={mnt},mountproto=tcp 10.0.2.2:{export} /mnt/n
 count=$(python3 -c 'import json; print(json.load(open("/share/result.json"))["acked"])')
 python3 /share/guest_writer.py --path /mnt/n/{name} --verify "$count" --out /share/verify.json
 rm -f /mnt/n/{name}
@@ -155,3 +163,62 @@ def test_owner_killed_under_a_hard_mount(guest: uml.Guest, pair: KernelArray, ki
     new = owner(pair)
     assert new is not None and new[1] > epoch
     assert written["longestCallSeconds"] < STALL_LIMIT, written
+
+
+LOCK_HOLDER = """set -e
+hostname guest-a
+mkdir -p /mnt/n
+mount -t nfs -o vers=3,proto=tcp,hard,timeo=10,retrans=2,lookupcache=none,port={nfs},mountport={mnt},mountproto=tcp \\
+    10.0.2.2:{export} /mnt/n
+python3 /share/guest_locker.py hold --path /mnt/n/{name} --start 0 --len 0 --ready /share/held \\
+    --until /mnt/n/{name}.tried --timeout 400 --out /share/hold.json
+rm -f /mnt/n/{name}.tried /mnt/n/{name}
+umount /mnt/n
+"""
+LOCK_PROBER = """set -e
+hostname guest-b
+mkdir -p /mnt/n
+mount -t nfs -o vers=3,proto=tcp,hard,port={nfs},mountport={mnt},mountproto=tcp 10.0.2.2:{export} /mnt/n
+start=$(date +%s.%N)
+python3 /share/guest_locker.py probe --path /mnt/n/{name} --attempt fcntl:0:1 --attempt flock:0:0 \\
+    --signal /mnt/n/{name}.tried --out /share/probe.json
+echo "$start" > /share/start
+umount /mnt/n
+"""
+
+
+def test_lock_is_reclaimed_after_a_takeover(guest: uml.Guest, pair: KernelArray) -> None:
+    wait_for(lambda: settled(pair), timeout=180, what="the array settled before the run")
+    target = pair.target
+    name = f"reclaim-{random.randint(0, 1 << 30)}.lock"
+    fmt = {"nfs": target.nfs_port, "mnt": target.mount_port, "export": target.export, "name": name}
+    box: dict[str, Any] = {}
+    shares: list[Path] = []
+
+    def address() -> str:
+        return f"127.{random.randint(100, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
+
+    holder = threading.Thread(target=lambda: box.update(a=guest.run(
+        LOCK_HOLDER.format(**fmt), forwards=target.forwards, files={"guest_locker.py": LOCKER}, timeout=600,
+        started=shares.append, address=address())), daemon=True)
+    holder.start()
+    wait_for(lambda: shares and (shares[0] / "held").exists(), timeout=300, what="guest A holding its lock")
+    victim, epoch = wait_for(lambda: owner(pair), timeout=10, what="an owner")
+    killed = time.monotonic()
+    os.kill(int(chassis(pair)["blades"][victim]["fileProcessor"]["pid"]), signal.SIGKILL)
+    wait_for(lambda: (owner(pair) or ("", 0))[1] > epoch, timeout=60, what="a new owner")
+    took = time.monotonic() - killed
+    b = guest.run(LOCK_PROBER.format(**fmt), forwards=target.forwards, files={"guest_locker.py": LOCKER},
+                  timeout=600, address=address())
+    holder.join(600)
+    a: uml.GuestResult = box["a"]
+    assert b.rc == 0, b.explain()
+    assert a.rc == 0, a.explain()
+    probe = json.loads((b.share / "probe.json").read_text())
+    held = json.loads((a.share / "hold.json").read_text())
+    waited = probe["signalled"] - float((b.share / "start").read_text())
+    RESULTS["lock-reclaim"] = {"takeoverSeconds": round(took, 2), "probeSeconds": round(waited, 2)}
+    print(f"lock across a takeover: owner changed {took:.2f} s after the kill; guest B's attempts "
+          f"{probe['attempts']} took {waited:.2f} s (the rest of the grace period); hold {held}")
+    assert "error" not in held, held
+    assert probe["attempts"] == [False, False], probe

@@ -13,10 +13,16 @@ the same interface on machines where KVM runs a stock kernel. A run:
    for each ``Forward``, a ``socat`` listening on 10.0.2.2:<guest_port> inside the namespace
    relays to a Unix socket (Unix sockets cross network namespaces), and a ``socat`` on the
    host relays that socket to the server's loopback address and port. All traffic stays on
-   this machine.
+   this machine. With ``address`` (a host loopback address, one per guest), the guest also
+   *has* an address on the host: the host forwarders connect from it, so servers see each
+   guest as its own client, and the guest's portmapper (111), lock manager
+   (``GUEST_NLM_PORT``) and status monitor (``GUEST_STATD_PORT``) answer on it (a host
+   ``socat`` on ``address:port`` relays through a Unix socket to a ``socat`` in the namespace
+   that connects to 10.0.2.15), so NLM GRANTED callbacks and SM_NOTIFY reach the guest.
 3. Our own init (``init=/nasblade-init``) mounts /proc, /sys, /dev, the run's shared host
-   directory (hostfs) on ``/share``, brings up the network, loads the modules, runs the
-   script with bash in ``/share`` and writes its stdout, stderr and exit code there, then
+   directory (hostfs) on ``/share``, brings up the network, loads the modules (lockd on
+   ``GUEST_NLM_PORT``), starts ``rpcbind`` and ``rpc.statd`` (on ``GUEST_STATD_PORT``) so NFS
+   mounts lock through NLM unless they say ``nolock``, runs the script with bash in ``/share`` and writes its stdout, stderr and exit code there, then
    powers off.
 4. Whatever happens, the run ends with no process left: the boot wrapper leads its own
    process group (linux.uml, its helper processes and the namespace's forwarders are in
@@ -51,6 +57,9 @@ GUEST_ADDR = "10.0.2.15"
 SERVER_ADDR = "10.0.2.2"
 MODULES = ("sunrpc", "lockd", "nfs", "nfsv3", "nbd")
 MARKER = "NASBLADE_GUEST_RUN"
+GUEST_NLM_PORT = 4045
+GUEST_STATD_PORT = 4046
+CALLBACK_PORTS = (111, GUEST_NLM_PORT, GUEST_STATD_PORT)
 
 
 @dataclass(frozen=True)
@@ -87,8 +96,12 @@ class Guest(Protocol):
 
     def run(self, script: str, *, forwards: Sequence[Forward] = (),
             files: Mapping[str, Path | bytes] | None = None, timeout: float = 600,
-            started: Callable[[Path], None] | None = None) -> GuestResult:
+            started: Callable[[Path], None] | None = None, address: str | None = None) -> GuestResult:
         """Boot, run ``script`` in ``/share`` (which holds ``files``), power off.
+
+        ``address``: the host address the guest appears as and answers callbacks on (see the
+        module docstring); without it the guest's connections come from 127.0.0.1 and nothing
+        on the host can call it.
 
         The returned ``share`` directory holds what the script wrote in ``/share``; it lives
         until the guest is closed (``UMLGuest`` keeps the last ``keep`` runs' directories).
@@ -127,7 +140,15 @@ hostname nasblade-guest
 ip link set lo up
 ip addr add @GUEST@/24 dev eth0
 ip link set eth0 up
+echo "options lockd nlm_tcpport=@NLMPORT@ nlm_udpport=@NLMPORT@" >/etc/modprobe.d/nasblade-lockd.conf
 for m in @MODULES@; do modprobe "$m" || echo "init: modprobe $m failed"; done
+# statd's records on tmpfs: on hostfs a file statd (uid statd) creates belongs to the host's
+# root, and statd could not open it again (the second SM_MON of a server failed)
+mount -t tmpfs -o mode=0755 tmpfs /var/lib/nfs
+mkdir -p /var/lib/nfs/sm /var/lib/nfs/sm.bak
+chown statd /var/lib/nfs/sm /var/lib/nfs/sm.bak || echo "init: no statd user"
+rpcbind || echo "init: rpcbind failed"
+rpc.statd --no-notify --port @STATDPORT@ || echo "init: rpc.statd failed"
 echo "init: script starts at $(cut -d' ' -f1 /proc/uptime) s"
 cd /share
 bash /share/script.sh >/share/stdout 2>/share/stderr </dev/null
@@ -207,7 +228,7 @@ class UMLGuest:
 
     def run(self, script: str, *, forwards: Sequence[Forward] = (),
             files: Mapping[str, Path | bytes] | None = None, timeout: float = 600,
-            started: Callable[[Path], None] | None = None) -> GuestResult:
+            started: Callable[[Path], None] | None = None, address: str | None = None) -> GuestResult:
         with self._lock:
             n = next(self._runs)
         d = self.base / f"r{n}"
@@ -225,7 +246,8 @@ class UMLGuest:
             started(share)
         marker = uuid.uuid4().hex
         (d / "init").write_text(INIT.replace("@SHARE@", str(share)).replace("@GUEST@", GUEST_ADDR)
-                                .replace("@MODULES@", " ".join(MODULES)))
+                                .replace("@MODULES@", " ".join(MODULES))
+                                .replace("@NLMPORT@", str(GUEST_NLM_PORT)).replace("@STATDPORT@", str(GUEST_STATD_PORT)))
         host_fwd: list[subprocess.Popen[bytes]] = []
         logs: list[IO[bytes]] = []
         active = _ActiveRun(marker, host_fwd)
@@ -239,14 +261,23 @@ class UMLGuest:
             for i, f in enumerate(forwards):
                 sock = d / f"f{i}.sock"
                 logs.append(open(d / f"f{i}.host.log", "wb"))  # noqa: SIM115  closed in finally
+                source = f",bind={address}" if address else ""
                 host_fwd.append(subprocess.Popen(
-                    ["socat", f"UNIX-LISTEN:{sock},fork", f"TCP:{f.host}:{f.port}"],
+                    ["socat", f"UNIX-LISTEN:{sock},fork", f"TCP:{f.host}:{f.port}{source}"],
                     stdout=subprocess.DEVNULL, stderr=logs[-1], preexec_fn=_die_with_parent))
                 ns_fwd.append(f"socat TCP-LISTEN:{f.guest_port},bind={SERVER_ADDR},fork,reuseaddr "
                               f"UNIX-CONNECT:{sock} 2>{d}/f{i}.ns.log &\n"
                               f"listening {f.guest_port}")
             for i, p in enumerate(host_fwd):
                 _wait_for(lambda i=i: (d / f"f{i}.sock").exists(), p, f"host forwarder {forwards[i]}")
+            for port in CALLBACK_PORTS if address else ():
+                # the namespace side listens on the socket, the host side on address:port
+                sock = d / f"b{port}.sock"
+                ns_fwd.append(f"socat UNIX-LISTEN:{sock},fork TCP:{GUEST_ADDR}:{port} 2>{d}/b{port}.ns.log &")
+                logs.append(open(d / f"b{port}.host.log", "wb"))  # noqa: SIM115  closed in finally
+                host_fwd.append(subprocess.Popen(
+                    ["socat", f"TCP-LISTEN:{port},bind={address},fork,reuseaddr", f"UNIX-CONNECT:{sock}"],
+                    stdout=subprocess.DEVNULL, stderr=logs[-1], preexec_fn=_die_with_parent))
             (d / "boot.sh").write_text(
                 BOOT.replace("@FORWARDS@", "\n".join(ns_fwd)).replace("@SERVER@", SERVER_ADDR)
                 .replace("@TREE@", shlex.quote(str(self.tree))).replace("@DIR@", str(d)).replace("@MEM@", self.mem))

@@ -4,6 +4,7 @@ malformed input and the duplicate request cache (no sockets)."""
 from __future__ import annotations
 
 import dataclasses
+import random
 import struct
 
 import pytest
@@ -62,6 +63,33 @@ def test_sattr_and_unions_round_trip() -> None:
     assert t.CREATE_ARGS.decode(t.CREATE_ARGS.encode(args)) == args
 
 
+@dataclasses.dataclass
+class Derived:
+    small: xdr.U32
+    big: xdr.I64
+    flag: bool
+    when: t.NfsTime
+    maybe: t.NfsTime | None
+    fh: t.Fh | None
+
+
+@dataclasses.dataclass
+class Untyped:
+    n: int
+
+
+def test_struct_is_derived_from_the_dataclass_annotations() -> None:
+    codec = xdr.struct(Derived)
+    assert codec is xdr.struct(Derived)
+    value = Derived(7, -2, True, t.NfsTime(1, 2), None, b"h")
+    raw = codec.encode(value)
+    # u32, hyper, bool, nfstime3 (2 x u32), absent *nfstime3, present *nfs_fh3 ("h" padded)
+    assert raw == struct.pack(">IqIIIIII", 7, -2, 1, 1, 2, 0, 1, 1) + b"h\0\0\0"
+    assert codec.decode(raw) == value
+    with pytest.raises(TypeError, match=r"Untyped\.n"):
+        xdr.struct(Untyped)
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -102,6 +130,21 @@ def test_record_marking_multi_fragment_any_split(payload: bytes, frag: int, chun
         got.extend(bytes(r) for r in reader.feed(stream[i : i + chunk]))
     assert got == [payload, payload]
     assert reader.pending() == 0
+
+
+def test_record_dribbled_in_byte_by_byte() -> None:
+    """A record of 80,000 bytes in 80,004 one-byte chunks (header included) comes out whole and
+    once, with ``pending`` exact after every chunk. (The reader keeps chunks in a deque, so this
+    is linear; how long it takes is bench material, not asserted here.)"""
+    payload = bytes(random.Random(7).randrange(256) for _ in range(80_000))
+    stream = struct.pack(">I", 0x80000000 | len(payload)) + payload
+    reader = record.RecordReader(max_record=1 << 20)
+    got: list[bytes] = []
+    for i in range(len(stream)):
+        got += [bytes(r) for r in reader.feed(stream[i : i + 1])]
+        if i < len(stream) - 1:
+            assert reader.pending() == i + 1 - (4 if i >= 3 else 0)
+    assert got == [payload] and reader.pending() == 0
 
 
 def test_record_size_is_bounded() -> None:

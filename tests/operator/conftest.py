@@ -3,7 +3,7 @@
 Unit tests (``test_spec.py``, ``test_builders.py``, ``test_plan.py``, ``test_conditions.py``)
 need no fixture and no network. The tier-1 tests (``test_tier1_*.py``) use:
 
-- ``tier1_cluster`` / ``use_tier1`` from tests/cluster/pytest_cluster.py: a private etcd +
+- ``tier1_cluster`` / ``use_tier1`` from tools/kube/pytest_cluster.py: a private etcd +
   kube-apiserver + kube-controller-manager (no kubelet, no scheduler);
 - ``crds`` (session): the CRDs of crds/ applied and Established;
 - ``namespace``: a fresh namespace per test, deleted afterwards (finalizers left by a stopped
@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "cluster"))
+sys.path.insert(0, str(HERE.parents[1] / "tools" / "kube"))
 import json  # noqa: E402
 import secrets  # noqa: E402
 import subprocess  # noqa: E402
@@ -161,7 +161,10 @@ def operator(namespace: str, controller: Controller, blades: FakeBlades, kubelet
     def factory() -> Any:
         settings.configure(settings.OperatorConfig(
             image="nasblade/nasblade:test",
-            endpoint_overrides={"*": {"api": controller.api, "nbd": controller.nbd, "blade": blades.url}},
+            # the controller process here serves NBD in plaintext (no --tls-dir): the operator
+            # is told so; the TLS Secrets and mounts are checked on the API server
+            endpoint_overrides={"*": {"api": controller.api, "nbd": controller.nbd, "blade": blades.url,
+                                      "nbdTLS": "off"}},
             metrics_port=0, status_interval=2.0, retry_delay=1.0,
         ))
         return KopfRunner(["run", "-m", "nasblade_operator.handlers", "-n", namespace, "--standalone"], timeout=120)

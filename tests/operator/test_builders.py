@@ -89,7 +89,15 @@ def test_blade_pod_and_nfs_service() -> None:
     assert "readinessProbe" not in fp  # a standby blade does not listen on the NFS ports
     assert bp["resources"] == {"requests": {"cpu": "100m"}}
     env = {e["name"]: e for e in bp["env"]}
-    assert env["NASBLADE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "a1-control-token"
+    # tokens are files of the mounted Secret, never environment variables
+    assert not any("TOKEN" in e["name"] or "secretKeyRef" in e.get("valueFrom", {})
+                   for c in (bp, fp) for e in c["env"])
+    assert args[args.index("--token-file") + 1] == args[args.index("--api-token-file") + 1] == \
+        "/etc/nasblade-token/token"
+    (tok,) = [v for v in pod["spec"]["volumes"] if v["name"] == "token"]
+    assert tok["secret"]["secretName"] == "a1-control-token"
+    assert {"name": "token", "mountPath": "/etc/nasblade-token", "readOnly": True} in bp["volumeMounts"]
+    assert all(m["name"] != "token" for m in fp["volumeMounts"])
     assert '"squash": "all"' in env["NASBLADE_FILESYSTEMS"]["value"]
     svc = cg_builders.nfs_service(array="a1", group="g1", fs="home", blade="g1-blade-1")
     assert svc["metadata"]["name"] == "a1-home-nfs"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from nasblade_operator import units
+from nasblade import units
 from nasblade_operator.clustergroup import spec as cg_spec
 from nasblade_operator.diskarray import spec as da_spec
 from nasblade_operator.validation import InvalidSpec
@@ -28,14 +28,14 @@ def paths(exc: pytest.ExceptionInfo[InvalidSpec]) -> list[str]:
 
 
 def test_quantities_and_durations() -> None:
-    assert units.parse_quantity("1Gi") == 2**30
-    assert units.parse_quantity("500M") == 500_000_000
-    assert units.parse_quantity("1.5Ki") == 1536
-    assert units.parse_quantity("100m") == 1
+    assert units.parse_size("1Gi", kubernetes=True) == 2**30
+    assert units.parse_size("500M", kubernetes=True) == 500_000_000
+    assert units.parse_size("1.5Ki", kubernetes=True) == 1536
+    assert units.parse_size("100m", kubernetes=True) == 1
     assert units.parse_duration("200ms") == pytest.approx(0.2)
     assert units.parse_duration("1h30m") == 5400
     with pytest.raises(units.UnitError):
-        units.parse_quantity("ten gigs")
+        units.parse_size("ten gigs", kubernetes=True)
     with pytest.raises(units.UnitError):
         units.parse_duration("5 minutes")
 

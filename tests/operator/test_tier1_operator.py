@@ -108,7 +108,7 @@ def test_array_and_group_come_up(
     listed = ControlClient(controller.api, controller.token).list_lus()
     lus = {lu["name"]: lu["size"] for lu in (listed["lus"] if isinstance(listed, dict) else listed)}
     assert lus == {"program": 16 << 20, "procinfo": 8 << 20, "backup": 8 << 20, "fs-home": 64 << 20, "fs-scratch": 48 << 20}
-    from nasblade.blockdev import open_device
+    from nasblade.devices import open_device
     from nasblade.program.catalog import ProgramStore
 
     dev = open_device(f"nbd://{controller.nbd}/program")

@@ -1,0 +1,34 @@
+"""The standalone configuration's ``array.protection``: device-count rules and capacity."""
+
+from __future__ import annotations
+
+import pytest
+from nasblade.standalone.config import ConfigError, parse
+
+
+def test_protection_defaults_to_none_and_is_validated() -> None:
+    assert parse({}).protection == "none"
+    assert parse({"array": {"protection": "mirror"}}).protection == "mirror-2"
+    cfg = parse({"array": {"protection": "mirror-3", "devices": {"count": 3}}})
+    assert cfg.protection == "mirror-3"
+    for data, message in [
+        ({"array": {"protection": "mirror-3"}},
+         "array.protection: mirror-3 needs a multiple of 3 devices (mirror sets of 3); got 2"),
+        ({"array": {"protection": "raid5"}}, "array.protection: unknown protection level 'raid5'"),
+        ({"array": {"protection": "mirror", "devices": {"count": 3}}}, "needs a multiple of 2 devices"),
+        ({"array": {"protection": "mirror-4"}}, "mirror keeps 2 or 3 copies"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse(data)
+        assert message in str(err.value)
+
+
+def test_capacity_reflects_the_copies() -> None:
+    none = parse({"array": {"devices": {"count": 4, "size": "1G"}}})
+    mirror = parse({"array": {"devices": {"count": 4, "size": "1G"}, "protection": "mirror"}})
+    assert mirror.usable * 2 == none.usable
+    # a file system that fits without protection does not fit with two copies
+    fs = {"fileSystems": [{"size": "3G"}]}
+    parse({"array": {"devices": {"count": 4, "size": "1G"}}, **fs})
+    with pytest.raises(ConfigError, match="larger than the array's free space"):
+        parse({"array": {"devices": {"count": 4, "size": "1G"}, "protection": "mirror"}, **fs})

@@ -1,0 +1,279 @@
+"""Unit tests of protection levels (``redundancy``) and of mirrored, checksummed arrays
+(``array`` + ``vdev``) over real device files: self-healing reads, degraded mode, replace and
+rebuild, scrub, crash resync, version-1 compatibility."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from nasblade.controller import layout
+from nasblade.controller import redundancy as rd
+from nasblade.controller.array import Array
+
+MiB = 1 << 20
+SIZE = 64 * MiB
+
+
+def test_parse_levels_and_device_rules() -> None:
+    assert rd.parse("none") == rd.Protection("none", 1)
+    assert rd.parse("mirror") == rd.Protection("mirror", 2)
+    assert rd.parse("mirror-3") == rd.Protection("mirror", 3)
+    assert rd.parse({"level": "mirror", "copies": 3}).name == "mirror-3"
+    for bad, msg in (("raid5", "unknown protection level"), ("mirror-4", "2 or 3 copies"),
+                     ({"level": "none", "copies": 2}, "exactly one copy"), (5, "string or a mapping")):
+        with pytest.raises(rd.ProtectionError, match=msg):
+            rd.parse(bad)
+    rd.parse("mirror").check(4)
+    with pytest.raises(rd.ProtectionError, match="multiple of 2 devices"):
+        rd.parse("mirror").check(3)
+    with pytest.raises(rd.ProtectionError, match="multiple of 3 devices"):
+        rd.parse("mirror-3").check(2)
+    assert rd.parse("mirror").sets(4) == [(0, 1), (2, 3)]
+    assert rd.parse("none").sets(3) == [(0,), (1,), (2,)]
+
+
+def test_geometry_and_checksums() -> None:
+    g = rd.Geometry.for_size(SIZE + 12345)
+    assert g.vsize % MiB == 0 and g.csum_offset == g.vsize
+    assert g.bitmap_offset >= g.csum_offset + g.blocks * rd.CSUM_SIZE
+    assert g.bitmap_offset + g.regions <= SIZE
+    assert g.overhead < SIZE // 32
+    assert rd.checksum(bytes(rd.BLOCK)) == 0
+    assert rd.checksum(b"x" * rd.BLOCK) != 0
+    assert rd.checksums(bytes(2 * rd.BLOCK)) == [0, 0]
+    assert rd.align(4095, 2) == (0, 8192)
+    assert list(rd.regions_of(rd.REGION - 1, 2)) == [0, 1]
+
+
+def test_choose() -> None:
+    good, bad = b"a" * rd.BLOCK, b"b" * rd.BLOCK
+    s = rd.checksum(good)
+    assert rd.choose([(bad, s), (good, s)], trust_unverified=False) == 1
+    assert rd.choose([(None, s), (good, s)], trust_unverified=False) == 1
+    assert rd.choose([(bad, s), (bad, s)], trust_unverified=False) is None
+    assert rd.choose([(None, s), (bad, s)], trust_unverified=True) == 1
+
+
+def _open(tmp: Path, n: int = 2, protection: str | None = "mirror") -> Array:
+    return Array.open([(str(tmp / f"d{i}"), SIZE) for i in range(n)], protection)
+
+
+def _payload(rng: random.Random, n: int) -> bytes:
+    return rng.randbytes(n)
+
+
+def _read(a: Array, lu: str, off: int, n: int) -> bytes:
+    buf = bytearray(n)
+    a.read_into(a.state.lus[lu], off, memoryview(buf))
+    return bytes(buf)
+
+
+def _flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+def test_mirror_capacity_is_half(tmp_path: Path) -> None:
+    plain = Array.open([(str(tmp_path / f"p{i}"), SIZE) for i in range(2)], "none")
+    mirror = _open(tmp_path)
+    assert len(plain.vsizes) == 2 and len(mirror.vsizes) == 1
+    assert sum(mirror.usable_bytes()) * 2 == sum(plain.usable_bytes())
+    with pytest.raises(layout.LayoutError, match="multiple of 2"):
+        Array.open([(str(tmp_path / f"x{i}"), SIZE) for i in range(3)], "mirror")
+
+
+def test_bit_flip_is_repaired_on_read_and_by_scrub(tmp_path: Path) -> None:
+    a = _open(tmp_path)
+    lu = a.create_lu("lu", 8 * MiB)
+    data = _payload(random.Random(1), 2 * MiB)
+    a.write_from(lu, 0, memoryview(data))
+    a.sync()
+    off = lu.segments[0].members[0][1]
+    for i in range(2):  # a flip on each copy, different blocks
+        _flip(tmp_path / f"d{i}", off + (10 + 100 * i) * 4096 + 7)
+    assert _read(a, "lu", 0, 2 * MiB) == data
+    st = a.status()
+    assert st["repairedBlocks"] >= 1 and st["lostBlocks"] == 0  # the read hit one of them
+    repaired, lost = a.scrub()
+    assert repaired + int(st["repairedBlocks"]) == 2 and lost == 0  # type: ignore[call-overload]
+    assert a.scrub() == (0, 0)
+    raw = [(tmp_path / f"d{i}").read_bytes()[off : off + 2 * MiB] for i in range(2)]
+    assert raw[0] == raw[1] == data
+
+
+def test_none_detects_corruption(tmp_path: Path) -> None:
+    a = Array.open([(str(tmp_path / "d0"), SIZE)], "none")
+    lu = a.create_lu("lu", MiB)
+    a.write_from(lu, 0, memoryview(b"z" * MiB))
+    a.sync()
+    _flip(tmp_path / "d0", lu.segments[0].members[0][1] + 5)
+    with pytest.raises(OSError, match="match no copy"):
+        _read(a, "lu", 0, 4096)
+    assert _read(a, "lu", 4096, 4096) == b"z" * 4096
+    assert a.status()["lostBlocks"] == 1
+
+
+def test_unaligned_writes_keep_checksums(tmp_path: Path) -> None:
+    a = _open(tmp_path)
+    lu = a.create_lu("lu", 4 * MiB)
+    model = bytearray(4 * MiB)
+    rng = random.Random(2)
+    for _ in range(200):
+        off, n = rng.randrange(4 * MiB - 9000), rng.randrange(1, 9000)
+        d = rng.randbytes(n)
+        a.write_from(lu, off, memoryview(d))
+        model[off : off + n] = d
+        if rng.random() < 0.1:
+            zo, zn = rng.randrange(4 * MiB - 70000), rng.randrange(1, 70000)
+            a.zero(lu, zo, zn)
+            model[zo : zo + zn] = bytes(zn)
+    a.sync()
+    a.close()
+    b = _open(tmp_path)
+    assert _read(b, "lu", 0, 4 * MiB) == model
+    assert b.scrub() == (0, 0)
+    assert b.status()["checksumErrors"] == 0
+
+
+def test_degraded_missing_device_then_replace_and_rebuild(tmp_path: Path) -> None:
+    a = _open(tmp_path, 4)
+    lu = a.create_lu("lu", 40 * MiB)
+    data = _payload(random.Random(3), 40 * MiB)
+    a.write_from(lu, 0, memoryview(data))
+    a.sync()
+    a.close()
+    os.unlink(tmp_path / "d1")
+    b = Array.open([(str(tmp_path / f"d{i}"), None) for i in range(4)])  # no size: stays missing
+    st = b.status()
+    assert st["state"] == "degraded" and st["devices"][1]["state"] == "failed"  # type: ignore[index]
+    assert _read(b, "lu", 0, 40 * MiB) == data
+    more = _payload(random.Random(4), MiB)
+    b.write_from(b.state.lus["lu"], 5 * MiB, memoryview(more))
+    data = data[: 5 * MiB] + more + data[6 * MiB :]
+    b.sync()
+    m = b.replace(1)
+    assert m.state == "rebuilding"
+    while b.rebuild_step(4 * MiB):
+        pass
+    assert b.status()["state"] == "ok"
+    b.close()
+    # the rebuilt device alone: its partner fails (deleted)
+    os.unlink(tmp_path / "d0")
+    c = Array.open([(str(tmp_path / f"d{i}"), None) for i in range(4)])
+    assert c.devices[0].state == "failed" and c.devices[1].state == "ok"
+    assert _read(c, "lu", 0, 40 * MiB) == data
+
+
+def test_blank_device_in_place_is_rebuilt_and_state_survives_restart(tmp_path: Path) -> None:
+    a = _open(tmp_path)
+    lu = a.create_lu("lu", 16 * MiB)
+    data = _payload(random.Random(5), 16 * MiB)
+    a.write_from(lu, 0, memoryview(data))
+    a.sync()
+    a.close()
+    os.unlink(tmp_path / "d0")
+    b = _open(tmp_path)  # recreates d0 blank
+    assert b.devices[0].state == "rebuilding"
+    b.rebuild_step(2 * MiB)
+    b.checkpoint()
+    b.rebuild_step(2 * MiB)  # not checkpointed: redone after the restart
+    done = b.devices[0].rebuilt_durable
+    assert done == b.devices[0].rebuilt - 2 * MiB
+    b.close()
+    c = _open(tmp_path)  # resumes where it was
+    assert c.devices[0].state == "rebuilding" and c.devices[0].rebuilt == done
+    assert _read(c, "lu", 0, 16 * MiB) == data
+    while c.rebuild_step(8 * MiB):
+        pass
+    c.close()
+    (tmp_path / "d1").unlink()
+    d = Array.open([(str(tmp_path / f"d{i}"), None) for i in range(2)])
+    assert _read(d, "lu", 0, 16 * MiB) == data
+
+
+def test_injected_errors_fail_a_device_and_io_goes_on(tmp_path: Path) -> None:
+    a = _open(tmp_path)
+    lu = a.create_lu("lu", 8 * MiB)
+    a.write_from(lu, 0, memoryview(b"q" * 8 * MiB))
+    a.sync()
+    a.devices[1].faults.append((0, SIZE, frozenset({"read"})))
+    for i in range(40):  # reads rotate over the copies; errors on d1 are repaired, then it fails
+        assert _read(a, "lu", (i % 8) * MiB, MiB) == b"q" * MiB
+    assert a.devices[1].state == "failed" and a.devices[1].read_errors >= 16
+    a.write_from(lu, 0, memoryview(b"r" * MiB))
+    assert _read(a, "lu", 0, MiB) == b"r" * MiB
+    a.close()
+    b = _open(tmp_path)
+    assert b.devices[1].state == "failed"  # a failed device is not trusted again
+    assert _read(b, "lu", 0, MiB) == b"r" * MiB
+
+
+def test_write_error_fails_the_device_at_once(tmp_path: Path) -> None:
+    a = _open(tmp_path)
+    lu = a.create_lu("lu", MiB)
+    a.devices[0].faults.append((0, SIZE, frozenset({"write"})))
+    a.write_from(lu, 0, memoryview(b"w" * 4096))
+    assert a.devices[0].state == "failed"
+    assert _read(a, "lu", 0, 4096) == b"w" * 4096
+
+
+def test_crash_resync_makes_copies_agree(tmp_path: Path) -> None:
+    """A write whose data reached one copy but whose checksums did not (the bitmap bit is
+    set): the region is reconciled on open, copies agree, nothing is reported lost."""
+    a = _open(tmp_path)
+    lu = a.create_lu("lu", 4 * MiB)
+    a.write_from(lu, 0, memoryview(b"o" * 4 * MiB))
+    a.sync()
+    a.clean_bitmaps()
+    off = lu.segments[0].members[0][1]
+    a.write_from(lu, 0, memoryview(b"n" * MiB))  # bit set, checksum pages not written
+    with open(tmp_path / "d1", "r+b") as f:  # as if the copy to d1 never happened
+        f.seek(off)
+        f.write(b"o" * MiB)
+    os.close(a.devices[0].fd)
+    os.close(a.devices[1].fd)  # "kill -9": no sync, no clean
+    b = _open(tmp_path)
+    assert b.status()["virtualDevices"][0]["resyncedRegions"] >= 1  # type: ignore[index]
+    got = _read(b, "lu", 0, MiB)
+    assert got in (b"o" * MiB, b"n" * MiB)
+    raw = [(tmp_path / f"d{i}").read_bytes()[off : off + MiB] for i in range(2)]
+    assert raw[0] == raw[1] == got
+    assert b.scrub() == (0, 0)
+    assert b.status()["lostBlocks"] == 0
+
+
+def test_version1_array_still_opens(tmp_path: Path) -> None:
+    """An array made before protection levels: version-1 superblock, no tail."""
+    paths = [tmp_path / "d0", tmp_path / "d1"]
+    for p in paths:
+        with open(p, "wb") as f:
+            f.truncate(SIZE)
+    seg = layout.Segment(((0, layout.META_SIZE), (1, layout.META_SIZE)), MiB)
+    lu = layout.LURecord("old", 2 * MiB, [seg], "2026-01-01T00:00:00Z")
+    payload = {"version": 1, "uuid": "u1", "devices": [SIZE, SIZE], "unit": MiB,
+               "lus": [lu.to_json()], "copyJobs": []}
+    for i, p in enumerate(paths):
+        rec = layout.encode_record(3, {**payload, "device": i})
+        with open(p, "r+b") as f:
+            f.seek(layout.slot_offset(3))
+            f.write(rec)
+            f.seek(layout.META_SIZE)
+            f.write(b"A" * MiB)
+    a = Array.open([(str(p), None) for p in paths])
+    assert a.state.version == 1 and a.protection.name == "none"
+    assert _read(a, "old", 0, MiB) == b"A" * MiB
+    a.write_from(a.state.lus["old"], MiB, memoryview(b"B" * MiB))
+    a.create_lu("new", MiB)
+    a.close()
+    b = Array.open([(str(p), None) for p in paths])
+    assert b.state.version == 1 and _read(b, "old", MiB, MiB) == b"B" * MiB
+    rec = layout.decode_record(paths[0].read_bytes()[layout.slot_offset(b.state.seq):][: layout.SLOT_SIZE])
+    assert rec is not None and rec[1]["version"] == 1
+    with pytest.raises(layout.LayoutError, match="formatted with protection none"):
+        Array.open([(str(p), None) for p in paths], "mirror")

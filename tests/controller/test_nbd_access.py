@@ -1,0 +1,60 @@
+"""Unit tests of the NBD access rule (``nasblade.nbd.access``) and certificate identities."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from nasblade.nbd import access, pki, tls
+
+POLICY = access.AccessPolicy.of_groups({"g1": ["fs-a"], "g2": ["fs-b"]})
+
+
+@pytest.mark.parametrize("who, lu, allowed", [
+    ("admin", "fs-b", True), ("admin", "anything", True),
+    ("group:g1", "fs-a", True), ("group:g1", "fs-b", False),
+    ("group:g1", "procinfo", True), ("group:g1", "program", True), ("group:g1", "backup", True),
+    ("group:g2", "fs-a", False), ("group:g3", "fs-a", False), ("group:g3", "procinfo", True),
+    ("group:", "procinfo", False), ("g1", "fs-a", False), ("Admin", "fs-a", False),
+])
+def test_the_rule(who: str, lu: str, allowed: bool) -> None:
+    assert POLICY.permits(tls.Identity(who), lu) is allowed
+
+
+def test_no_identity_opens_nothing() -> None:
+    assert not POLICY.permits(None, "procinfo")
+
+
+def test_round_trip_and_bad_files(tmp_path: Path) -> None:
+    assert access.AccessPolicy.from_json(POLICY.to_json()) == POLICY
+    for bad in ([], {"groups": {"g1": "fs-a"}}, {"groups": [], "shared": []}, {"shared": [1]}):
+        with pytest.raises(ValueError):
+            access.AccessPolicy.from_json(bad)
+
+
+def test_access_file_follows_changes_and_keeps_the_last_good_policy(tmp_path: Path) -> None:
+    path = tmp_path / "access.json"
+    f = access.AccessFile(path)
+    g1 = tls.Identity("group:g1")
+    assert not f.policy().permits(g1, "fs-a")  # missing file: shared LUs only
+    assert f.policy().permits(g1, "procinfo")
+    access.write(path, POLICY)
+    assert f.policy().permits(g1, "fs-a")
+    path.write_text("{not json")
+    os.utime(path, ns=(1, 1))
+    assert f.policy().permits(g1, "fs-a")  # a broken file keeps the last good policy
+    access.write(path, access.AccessPolicy.of_groups({"g1": []}))
+    assert not f.policy().permits(g1, "fs-a")
+
+
+def test_certificates_carry_the_identity(tmp_path: Path) -> None:
+    ca = pki.make_ca("ca")
+    leaf = pki.issue(ca, tls.group_identity("g1"))
+    assert pki.common_name(leaf.cert) == "group:g1"
+    assert tls.Identity(pki.common_name(leaf.cert)).group == "g1"
+    d = pki.write_dir(tmp_path / "c", pki.client_files(ca, leaf))
+    assert (d / tls.CLIENT_KEY).stat().st_mode & 0o077 == 0
+    tls.client_context(d)  # loads: the key matches the certificate
+    with pytest.raises(FileNotFoundError):
+        tls.server_context(d)

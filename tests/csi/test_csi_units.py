@@ -1,0 +1,92 @@
+"""The CSI driver's pure rules: sizes from capacity ranges, pagination tokens, the catalog's
+record format, the NFS mount command line, the mount table parser, volume capabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from nasblade_csi import catalog, proto
+from nasblade_csi.controller import _page, choose_size, fits, snapshot_id, volume_id
+from nasblade_csi.errors import CsiError, capability_error
+from nasblade_csi.node import mounted, nfs_mount_args
+
+pb, _ = proto.load()
+MiB = 1 << 20
+
+
+def test_sizes_are_whole_mib_at_least_the_smallest_file_system() -> None:
+    assert choose_size(0, 0) == 1 << 30
+    assert choose_size(1, 0) == 48 * MiB
+    assert choose_size(100 * MiB + 1, 0) == 101 * MiB
+    assert choose_size(0, 64 * MiB) == 64 * MiB
+    with pytest.raises(CsiError) as exc:
+        choose_size(0, 10 * MiB)
+    assert exc.value.code == grpc.StatusCode.OUT_OF_RANGE
+    with pytest.raises(CsiError) as exc:
+        choose_size(2 * MiB, MiB)
+    assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert fits(64 * MiB, 64 * MiB, 0) and not fits(64 * MiB, 65 * MiB, 0) and not fits(64 * MiB, 0, 63 * MiB)
+
+
+def test_ids_are_lu_names_derived_from_the_csi_name() -> None:
+    assert volume_id("pvc-1") == volume_id("pvc-1") != volume_id("pvc-2")
+    assert volume_id("pvc-1").startswith("pv-") and len(volume_id("x" * 300)) == 27
+    assert snapshot_id("pvc-1").startswith("sn-")
+
+
+def test_pages_and_tokens() -> None:
+    items = list(range(5))
+    assert _page(items, "", 0) == (items, "")
+    assert _page(items, "", 2) == ([0, 1], "2")
+    assert _page(items, "2", 2) == ([2, 3], "4")
+    assert _page(items, "4", 2) == ([4], "")
+    for bad in ("x", "6", "-1"):
+        with pytest.raises(CsiError) as exc:
+            _page(items, bad, 2)
+        assert exc.value.code == grpc.StatusCode.ABORTED
+
+
+def test_catalog_record_round_trip_and_limit() -> None:
+    doc = {"volumes": {"pvc-1": {"id": "pv-1", "size": 5}}, "snapshots": {}}
+    raw = catalog.encode(doc)
+    assert len(raw) == catalog.RECORD
+    assert catalog.decode(raw) == doc
+    assert catalog.decode(bytes(catalog.RECORD)) == catalog.empty()
+    with pytest.raises(catalog.CatalogFull):
+        catalog.encode({"volumes": {"x": "y" * catalog.RECORD}})
+
+
+def test_mount_command_fixes_the_options_that_matter() -> None:
+    argv = nfs_mount_args({"server": "10.0.0.9", "export": "/pv-1", "nfsPort": "2049", "mountPort": "20048"},
+                          "/stage", ["noatime"])
+    assert argv == ["mount", "-t", "nfs", "-o",
+                    "vers=3,proto=tcp,mountproto=tcp,hard,nolock,port=2049,mountport=20048,noatime",
+                    "10.0.0.9:/pv-1", "/stage"]
+    with pytest.raises(CsiError) as exc:
+        nfs_mount_args({"lu": "pv-1"}, "/stage", [])
+    assert exc.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_mounted_reads_the_mount_table(tmp_path: Path) -> None:
+    table = tmp_path / "mountinfo"
+    table.write_text("36 35 98:0 / /mnt/a rw,noatime - nfs 10.0.0.9:/x rw\n"
+                     "37 35 98:0 / /mnt/with\\040space rw - nfs s:/y rw\n")
+    assert mounted("/mnt/a", str(table))
+    assert mounted("/mnt/with space", str(table))
+    assert not mounted("/mnt/b", str(table))
+
+
+def test_capabilities() -> None:
+    mode = pb.VolumeCapability.AccessMode
+    rwx = pb.VolumeCapability(mount=pb.VolumeCapability.MountVolume(),
+                              access_mode=mode(mode=mode.MULTI_NODE_MULTI_WRITER))
+    assert capability_error(rwx) == ""
+    block = pb.VolumeCapability(block=pb.VolumeCapability.BlockVolume(),
+                                access_mode=mode(mode=mode.SINGLE_NODE_WRITER))
+    assert "block" in capability_error(block)
+    ext4 = pb.VolumeCapability(mount=pb.VolumeCapability.MountVolume(fs_type="ext4"),
+                               access_mode=mode(mode=mode.SINGLE_NODE_WRITER))
+    assert "ext4" in capability_error(ext4)
+    assert "access_mode" in capability_error(pb.VolumeCapability(mount=pb.VolumeCapability.MountVolume()))

@@ -1,0 +1,267 @@
+"""Placement, pulling and hardening of the pods the operator makes, its NetworkPolicies and the
+group's PodDisruptionBudget (issue 16): the builders offline, then the same objects through a
+real API server (tier 1) -- CRD fields accepted, Pod Security "restricted" admits the pods,
+the policy objects validate, and the operator creates them for a DiskArray and a ClusterGroup."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import Kubectl, assert_clean
+from nasblade_operator import naming, podspec, policies, settings
+from nasblade_operator.clustergroup import builders as cg_builders
+from nasblade_operator.clustergroup import spec as cg_spec
+from nasblade_operator.diskarray import builders as da_builders
+from nasblade_operator.diskarray import spec as da_spec
+from nasblade_operator.validation import InvalidSpec
+
+ARRAY = da_spec.parse({
+    "devices": {"count": 1, "size": "1Gi"},
+    "controller": {"nodeSelector": {"disk": "ssd"}, "priorityClassName": "storage-critical",
+                   "tolerations": [{"key": "storage", "operator": "Exists", "effect": "NoSchedule"}]},
+    "fileSystems": [
+        {"name": "home", "size": "64Mi", "clusterGroup": "g1",
+         "exports": [{"clients": ["10.1.0.0/16", "192.168.7.0/24"]}]},
+        {"name": "data", "size": "64Mi", "clusterGroup": "g1", "exports": [{"clients": ["10.1.0.0/16"]}]},
+    ],
+})
+PULL = podspec.PodDefaults(pull_policy="Always", pull_secrets=("regcred", "mirror"))
+
+
+def group_spec(**blades: Any) -> cg_spec.ClusterGroupSpec:
+    return cg_spec.parse({"diskArrayRef": {"name": "a1"}, "blades": {"count": 2, **blades}})
+
+
+def blade(spec: cg_spec.ClusterGroupSpec, defaults: podspec.PodDefaults = PULL) -> dict[str, Any]:
+    return cg_builders.blade_pod(group="g1", namespace="ns", index=0, spec=spec, portion=0, portion_size=2**20,
+                                 version="1", image="reg.example/nb:1", file_systems=ARRAY.file_systems_of("g1"),
+                                 defaults=defaults)
+
+
+def controller_pod_spec(defaults: podspec.PodDefaults = PULL) -> dict[str, Any]:
+    spec: dict[str, Any] = da_builders.controller_statefulset("a1", ARRAY, image="reg.example/nb:1", defaults=defaults)[
+        "spec"]["template"]["spec"]
+    return spec
+
+
+# ---------------------------------------------------------------- offline
+
+
+def test_pull_policy_and_secrets_reach_every_container() -> None:
+    for pod in (controller_pod_spec(), blade(group_spec())["spec"]):
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+        assert {c["imagePullPolicy"] for c in pod["containers"]} == {"Always"}
+        assert not any(e["name"] == "NASBLADE_LOG_FORMAT" for c in pod["containers"] for e in c.get("env", []))
+    json_logs = blade(group_spec(), defaults=podspec.PodDefaults(log_format="json"))["spec"]
+    for c in json_logs["containers"]:
+        assert {"name": "NASBLADE_LOG_FORMAT", "value": "json"} in c["env"]
+    plain = blade(group_spec(), defaults=podspec.PodDefaults())["spec"]
+    assert "imagePullSecrets" not in plain
+    assert {c["imagePullPolicy"] for c in plain["containers"]} == {"IfNotPresent"}
+
+
+def test_settings_read_the_pull_and_policy_variables() -> None:
+    cfg = settings.OperatorConfig.from_env({
+        "NASBLADE_IMAGE_PULL_POLICY": "Always", "NASBLADE_IMAGE_PULL_SECRETS": "regcred, mirror,",
+        "NASBLADE_NETWORK_POLICIES": "true", "NASBLADE_OPERATOR_NAMESPACE": "nb-system",
+        "NASBLADE_OPERATOR_LABELS": json.dumps({"app.kubernetes.io/component": "operator"}),
+        "NASBLADE_LOG_FORMAT": "json"})
+    assert cfg.pod_defaults == dataclasses.replace(PULL, log_format="json")
+    assert cfg.network_policies and cfg.operator_namespace == "nb-system"
+    default = settings.OperatorConfig.from_env({})
+    assert default.pod_defaults == podspec.PodDefaults() and not default.network_policies
+    with pytest.raises(ValueError, match="PULL_POLICY"):
+        settings.OperatorConfig.from_env({"NASBLADE_IMAGE_PULL_POLICY": "Sometimes"})
+
+
+def test_every_container_is_hardened() -> None:
+    for pod in (controller_pod_spec(), blade(group_spec())["spec"]):
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["fsGroup"] == 10001  # Secret volumes readable by the nasblade user
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            tmp = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert len(tmp) == 1 and "emptyDir" in volumes[tmp[0]["name"]]
+            assert c["resources"]["requests"], f"{c['name']} has no requests"
+
+
+def test_default_and_given_resources() -> None:
+    ctrl = controller_pod_spec()["containers"][0]
+    assert ctrl["resources"] == {"requests": {"cpu": "50m", "memory": f"{256 + 64}Mi"}}  # cache + 64Mi
+    pod = blade(group_spec())["spec"]
+    assert all(c["resources"] == {"requests": podspec.DEFAULT_REQUESTS} for c in pod["containers"])
+    given = blade(group_spec(resources={"limits": {"memory": "1Gi"}}))["spec"]
+    assert all(c["resources"] == {"limits": {"memory": "1Gi"}} for c in given["containers"])
+
+
+def test_controller_placement() -> None:
+    pod = controller_pod_spec()
+    assert pod["nodeSelector"] == {"disk": "ssd"}
+    assert pod["priorityClassName"] == "storage-critical"
+    assert pod["tolerations"] == [{"key": "storage", "operator": "Exists", "effect": "NoSchedule"}]
+    assert "affinity" not in pod  # one controller per array: nothing to spread
+
+
+def test_blades_of_a_group_spread_over_nodes() -> None:
+    selector = {naming.L_GROUP: "g1", naming.L_COMPONENT: "blade"}
+    pod = blade(group_spec())
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    preferred = pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred[0]["podAffinityTerm"] == {"labelSelector": {"matchLabels": selector},
+                                               "topologyKey": "kubernetes.io/hostname"}
+    assert pod["spec"]["topologySpreadConstraints"][0]["whenUnsatisfiable"] == "ScheduleAnyway"
+    required = blade(group_spec(spread="Required"))["spec"]
+    assert required["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0][
+        "topologyKey"] == "kubernetes.io/hostname"
+    assert "topologySpreadConstraints" not in required
+    none = blade(group_spec(spread="None", nodeSelector={"pool": "nas"}))["spec"]
+    assert "affinity" not in none and none["nodeSelector"] == {"pool": "nas"}
+
+
+@pytest.mark.parametrize(("blades", "path"), [
+    ({"spread": "Sometimes"}, "spec.blades.spread"),
+    ({"nodeSelector": {"disk": 1}}, "spec.blades.nodeSelector.disk"),
+    ({"tolerations": "all"}, "spec.blades.tolerations"),
+    ({"disruptionBudget": "yes"}, "spec.blades.disruptionBudget"),
+])
+def test_invalid_placement_is_refused(blades: dict[str, Any], path: str) -> None:
+    with pytest.raises(InvalidSpec) as e:
+        group_spec(**blades)
+    assert path in str(e.value)
+
+
+def test_disruption_budget() -> None:
+    pdb = policies.disruption_budget(array="a1", group="g1", blades=3)
+    assert pdb["spec"] == {"minAvailable": 2,
+                           "selector": {"matchLabels": {naming.L_GROUP: "g1", naming.L_COMPONENT: "blade"}}}
+    assert policies.disruption_budget(array="a1", group="g1", blades=1)["spec"]["minAvailable"] == 0  # drains proceed
+    assert group_spec().blades.disruption_budget and not group_spec(disruptionBudget=False).blades.disruption_budget
+
+
+def test_network_policies() -> None:
+    op = {"app.kubernetes.io/component": "operator"}
+    deny, ctrl = policies.array_policies("a1", operator_namespace="nb-system", operator_labels=op)
+    assert deny["spec"] == {"podSelector": {"matchLabels": {naming.L_ARRAY: "a1"}}, "policyTypes": ["Ingress"]}
+    data = ctrl["spec"]["ingress"][0]
+    assert {p["port"] for p in data["ports"]} == {naming.CONTROL_PORT, naming.NBD_PORT}
+    assert data["from"][0] == {"podSelector": {"matchLabels": {naming.L_ARRAY: "a1", naming.L_COMPONENT: "blade"}}}
+    assert data["from"][1] == {"podSelector": {"matchLabels": op},
+                               "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nb-system"}}}
+    exports = [e.clients for f in ARRAY.file_systems_of("g1") for e in f.exports]
+    bp = policies.blade_policy(array="a1", group="g1", clients=policies.nfs_clients(exports),
+                               operator_namespace="nb-system", operator_labels=op)
+    api, metrics, nfs = bp["spec"]["ingress"]
+    assert api["ports"] == [{"protocol": "TCP", "port": naming.BLADE_API_PORT}]
+    assert metrics == {"ports": [{"protocol": "TCP", "port": policies.METRICS_PORT}]}
+    assert nfs["from"] == [{"ipBlock": {"cidr": "10.1.0.0/16"}}, {"ipBlock": {"cidr": "192.168.7.0/24"}}]
+    assert {p["port"] for p in nfs["ports"]} == {c for _, _, c in naming.NFS_PORTS}
+    closed = policies.blade_policy(array="a1", group="g1", clients=[], operator_namespace="", operator_labels=op)
+    assert len(closed["spec"]["ingress"]) == 2  # no exports: no NFS client admitted
+
+
+def test_contains_ignores_server_defaults() -> None:
+    want = {"spec": {"ports": [{"port": 1}]}}
+    assert policies._contains({"spec": {"ports": [{"port": 1, "protocol": "TCP"}], "x": 1}}, want)
+    assert not policies._contains({"spec": {"ports": [{"port": 2}]}}, want)
+    assert not policies._contains({"spec": {"ports": [{"port": 1}, {"port": 2}]}}, want)
+
+
+# ---------------------------------------------------------------- against the API server
+
+
+def _restricted(kubectl: Kubectl) -> None:
+    kubectl("label", "namespace", kubectl.namespace, "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/warn=restricted", "--overwrite")
+
+
+@pytest.mark.tier1
+def test_built_objects_pass_the_api_server(kubectl: Kubectl) -> None:
+    """Pods with placement and hardening are admitted under Pod Security "restricted" (and the
+    check is real: a pod with a capability added is refused); policies and budget validate."""
+    _restricted(kubectl)
+    ns = kubectl.namespace
+    pod = blade(group_spec(spread="Required", tolerations=[{"key": "k", "operator": "Equal", "value": "v",
+                                                             "effect": "NoExecute", "tolerationSeconds": 30}]))
+    sts = da_builders.controller_statefulset("a1", ARRAY, image="reg.example/nb:1", defaults=PULL)
+    objs = [pod, sts, policies.disruption_budget(array="a1", group="g1", blades=2),
+            *policies.array_policies("a1", operator_namespace="nb-system", operator_labels={"a": "b"}),
+            policies.blade_policy(array="a1", group="g1", clients=["10.0.0.0/8"], operator_namespace="nb-system",
+                                  operator_labels={"a": "b"})]
+    for obj in objs:
+        obj["metadata"]["namespace"] = ns
+        r = kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(obj), check=False)
+        assert r.returncode == 0 and "Warning" not in r.stderr, (obj["kind"], r.stderr)
+    loose = json.loads(json.dumps(pod))
+    loose["spec"]["containers"][0]["securityContext"]["capabilities"] = {"add": ["NET_ADMIN"], "drop": ["ALL"]}
+    r = kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(loose), check=False)
+    assert r.returncode != 0 and "violates PodSecurity" in r.stderr, r.stderr
+
+
+@pytest.mark.tier1
+def test_crds_accept_placement_fields(kubectl: Kubectl) -> None:
+    kubectl.apply({"apiVersion": "nasblade.io/v1alpha1", "kind": "ClusterGroup", "metadata": {"name": "g1"},
+                   "spec": {"diskArrayRef": {"name": "a1"}, "blades": {
+                       "nodeSelector": {"pool": "nas"}, "priorityClassName": "p",
+                       "tolerations": [{"key": "k", "operator": "Exists"}]}}})
+    g = kubectl.get("cg", "g1")
+    assert g is not None
+    assert g["spec"]["blades"]["spread"] == "Preferred" and g["spec"]["blades"]["disruptionBudget"] is True
+    assert cg_spec.parse(g["spec"]).blades.placement.node_selector == {"pool": "nas"}
+    bad = {"apiVersion": "nasblade.io/v1alpha1", "kind": "ClusterGroup", "metadata": {"name": "g2"},
+           "spec": {"diskArrayRef": {"name": "a1"}, "blades": {"spread": "Sometimes"}}}
+    r = kubectl.apply(bad, check=False)
+    assert r.returncode != 0 and "spec.blades.spread" in r.stderr
+    kubectl.apply({"apiVersion": "nasblade.io/v1alpha1", "kind": "DiskArray", "metadata": {"name": "a1"},
+                   "spec": {"devices": {"size": "1Gi"}, "controller": {"nodeSelector": {"disk": "ssd"}}}})
+
+
+@pytest.mark.tier1
+def test_operator_makes_policies_and_budget(
+    kubectl: Kubectl, operator: Callable[[], Any], token_secret: Callable[[str], None],
+) -> None:
+    """With NASBLADE_NETWORK_POLICIES=true the running operator creates the array's and the
+    group's NetworkPolicies and the group's PodDisruptionBudget, owned by the resources, and
+    follows a changed export."""
+    from test_tier1_operator import array, group, wait_until
+
+    token_secret("a1")
+    runner = operator()
+    settings.configure(dataclasses.replace(settings.current(), network_policies=True, operator_namespace="nb-system",
+                                           operator_labels={"app.kubernetes.io/component": "operator"}))
+    want = {("NetworkPolicy", "a1-default-deny"), ("NetworkPolicy", "a1-controller"),
+            ("NetworkPolicy", "g1-blades"), ("PodDisruptionBudget", "g1-blades")}
+
+    def made() -> set[tuple[str, str]]:
+        have = {(o["kind"], o["metadata"]["name"]) for kind in ("networkpolicy", "pdb") for o in kubectl.list(kind)}
+        return have if want <= have else set()
+
+    def cidrs() -> list[str]:
+        np = kubectl.get("networkpolicy", "g1-blades") or {"spec": {}}
+        return [p["ipBlock"]["cidr"] for rule in np["spec"].get("ingress", [])
+                for p in rule.get("from", []) if "ipBlock" in p]
+
+    with runner:
+        kubectl.apply(array())
+        kubectl.apply(group())
+        wait_until("policies and budget", made, timeout=90)
+        assert cidrs() == ["10.0.0.0/8"]
+        a = kubectl.get("diskarray", "a1")
+        assert a is not None
+        fs = a["spec"]["fileSystems"]
+        fs[0]["exports"] = [{"clients": ["172.16.0.0/12"]}]
+        kubectl("patch", "diskarray", "a1", "--type=merge", "-p", json.dumps({"spec": {"fileSystems": fs}}))
+        wait_until("the new export in the policy", lambda: cidrs() == ["172.16.0.0/12"], timeout=60)
+    assert_clean(runner)
+    for kind, name in want:
+        obj = kubectl.get(kind.lower(), name)
+        assert obj is not None
+        assert obj["metadata"]["ownerReferences"][0]["kind"] == ("DiskArray" if name.startswith("a1") else "ClusterGroup")

@@ -1,0 +1,56 @@
+"""DiskArray ``spec.devices.protection``: the device-count rule, capacity after the copies,
+the controller flag, and the CRD's schema and CEL rule saying the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from nasblade_operator.diskarray import builders
+from nasblade_operator.diskarray import spec as da_spec
+from nasblade_operator.validation import InvalidSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def array(devices: dict[str, Any], fs_size: str = "256Mi") -> dict[str, Any]:
+    return {"devices": devices,
+            "fileSystems": [{"name": "home", "size": fs_size, "clusterGroup": "g1",
+                             "exports": [{"clients": ["10.0.0.0/8"], "access": "rw", "squash": "root"}]}]}
+
+
+def test_protection_rules() -> None:
+    assert da_spec.parse(array({"count": 2, "size": "1Gi"})).devices.protection == "none"
+    assert da_spec.parse(array({"count": 4, "size": "1Gi", "protection": "mirror"})).devices.protection == "mirror-2"
+    with pytest.raises(InvalidSpec) as err:
+        da_spec.parse(array({"count": 2, "size": "1Gi", "protection": "mirror-3"}))
+    assert [e.path for e in err.value.errors] == ["spec.devices.protection"]
+    assert "multiple of 3 devices" in str(err.value)
+    with pytest.raises(InvalidSpec):
+        da_spec.parse(array({"count": 2, "size": "1Gi", "protection": "raid6"}))
+
+
+def test_capacity_counts_one_copy() -> None:
+    none = da_spec.parse(array({"count": 2, "size": "1Gi"}))
+    mirror = da_spec.parse(array({"count": 2, "size": "1Gi", "protection": "mirror"}))
+    assert mirror.capacity * 2 == none.capacity
+    da_spec.parse(array({"count": 2, "size": "1Gi"}, fs_size="1500Mi"))
+    with pytest.raises(InvalidSpec, match="protection mirror-2"):
+        da_spec.parse(array({"count": 2, "size": "1Gi", "protection": "mirror"}, fs_size="1500Mi"))
+
+
+def test_controller_gets_the_level() -> None:
+    spec = da_spec.parse(array({"count": 2, "size": "1Gi", "protection": "mirror"}))
+    sts = builders.controller_statefulset("a", spec, image="img")
+    args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--protection") + 1] == "mirror-2"
+
+
+def test_crd_schema() -> None:
+    for path in (ROOT / "crds/diskarray.yaml", ROOT / "charts/nasblade/crds/diskarray.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        devices = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["devices"]
+        assert devices["properties"]["protection"]["enum"] == ["none", "mirror", "mirror-2", "mirror-3"]
+        assert any("protection" in r["rule"] for r in devices["x-kubernetes-validations"])
