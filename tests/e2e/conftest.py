@@ -13,6 +13,9 @@ file order, as a user would run them):
   images    -- the image tags after they are imported into the cluster.
   release   -- the chart installed as release ``nasblade-e2e`` in namespace
                ``nasblade-e2e-system`` (helm install --wait); uninstalled at the end.
+  (autouse) diagnostics -- when a step fails, its pods, Events, resources and every container's
+               log (previous instances too) are saved under the cluster's state directory,
+               ``e2e-diagnostics/``, and the tail of the operator's log is printed.
   workload_ns -- a namespace (Pod Security "restricted" warn/audit labels) for the examples
                and the client pod; deleted at the end.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +35,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "tools" / "kube"))
 sys.path.insert(0, str(HERE))
 import imagetool  # noqa: E402
-from e2elib import CHART, CLIENT_IMAGE, IMAGE, RELEASE, RELEASE_NS, Kube  # noqa: E402
+import nbcluster  # noqa: E402
+from e2elib import CHART, CLIENT_IMAGE, IMAGE, RELEASE, RELEASE_NS, Kube, collect_diagnostics  # noqa: E402
 from pytest_cluster import *  # noqa: E402, F403 - fixtures: e2e_cluster, e2e_kubeconfig
 
 
@@ -89,3 +94,31 @@ def workload_ns(kube: Kube, release: str) -> Iterator[str]:
                              '{"metadata":{"finalizers":null}}', check=False)
     kube.kubectl("delete", "namespace", ns, "--ignore-not-found", "--timeout=180s", check=False,
                  timeout=200)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def diagnostics(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    kube = request.node.funcargs.get("kube")
+    if not request.node.stash.get(_FAILED, False) or kube is None:
+        return
+    namespaces = [ns for ns in (request.node.funcargs.get("workload_ns"),) if ns]
+    dest = nbcluster.STATE_ROOT / "e2e-diagnostics" / f"{time.strftime('%Y%m%dT%H%M%S')}-{request.node.name}"
+    try:
+        operator_log = collect_diagnostics(kube, namespaces, dest)
+    except Exception as exc:  # the cluster itself may be what failed
+        print(f"diagnostics: collecting into {dest} failed: {exc!r}")
+        return
+    print(f"diagnostics of {request.node.name}: {dest}")
+    print("".join(operator_log.read_text().splitlines(keepends=True)[-60:]))

@@ -98,3 +98,31 @@ def kill_container(container_id: str) -> None:
                 return
         raise AssertionError(f"container {cid} not found on kind nodes {nbcluster.kind_nodes()}")
     subprocess.run(argv, check=True, capture_output=True, timeout=60)
+
+
+def collect_diagnostics(kube: Kube, namespaces: list[str], dest: Path) -> Path:
+    """What a failed step leaves for whoever reads the run: in ``dest``, the pods, Events and
+    custom resources of ``namespaces``, and every container's log (and its previous
+    instance's, for a container that restarted). Returns the file of the operator's log."""
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def save(name: str, *args: str) -> Path:
+        r = kube.kubectl(*args, check=False, timeout=60)
+        path = dest / name
+        path.write_text(r.stdout + (f"\n# stderr: {r.stderr}" if r.returncode else ""))
+        return path
+
+    for ns in namespaces:
+        save(f"{ns}.pods.txt", "-n", ns, "get", "pods", "-o", "wide")
+        save(f"{ns}.events.txt", "-n", ns, "get", "events", "--sort-by=.lastTimestamp")
+        save(f"{ns}.resources.yaml", "-n", ns, "get", "diskarrays,clustergroups,services,endpoints", "-o", "yaml")
+        pods = json.loads(kube.kubectl("-n", ns, "get", "pods", "-o", "json", check=False).stdout
+                          or '{"items": []}')
+        for pod in pods["items"]:
+            name = pod["metadata"]["name"]
+            for c in pod["status"].get("containerStatuses", []):
+                save(f"{ns}.{name}.{c['name']}.log", "-n", ns, "logs", name, "-c", c["name"], "--timestamps")
+                if c.get("restartCount"):
+                    save(f"{ns}.{name}.{c['name']}.previous.log", "-n", ns, "logs", name, "-c", c["name"],
+                         "--previous", "--timestamps")
+    return save("operator.log", "-n", RELEASE_NS, "logs", f"deployment/{RELEASE}", "--timestamps")
