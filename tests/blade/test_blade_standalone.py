@@ -38,11 +38,14 @@ def test_config_refuses_unknown_keys_and_impossible_sizes(tmp_path: Path) -> Non
         ({"fileSystems": [{"address": "10.0.0.1"}]}, "fileSystems[0].address: 10.0.0.1 is not a loopback"),
         ({"fileSystems": [{"preferredBlade": "nope"}]}, "fileSystems[0].preferredBlade: 'nope' is not a blade of g1"),
         ({"array": {"cacheSize": "lots"}}, "array.cacheSize: 'lots' is not a size"),
+        ({"clusterGroups": [{"controllerWait": "0s"}]}, "clusterGroups[0].controllerWait: must be positive"),
     ]
     for data, message in cases:
         with pytest.raises(ConfigError) as err:
             parse(data)
         assert message in str(err.value)
+    assert parse({}).groups[0].controller_wait == 120.0
+    assert parse({"clusterGroups": [{"controllerWait": "30s"}]}).groups[0].controller_wait == 30.0
     # the command refuses before starting anything, naming the field
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"fileSystems": [{"name": "fs1", "size": "5T"}]}))

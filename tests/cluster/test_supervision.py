@@ -6,6 +6,10 @@
   the blades reconnect and replay what was in flight, the file system stays where it was, and
   every acknowledged byte is there (the controller used to stay down until the array was
   started again).
+- A controller away for longer than the group's ``controllerWait``: the owner's I/O fails, its
+  file processor gives the file system up, its blade fails, and the peer serves the file system
+  on the same address once the controller is back; nothing acknowledged is lost (the file
+  system used to stay unserved: its file processor stopped answering but still listed it).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +95,51 @@ def test_killed_controller_is_restarted_and_nothing_acknowledged_is_lost(make_ar
     # with the management API a peer needs for a graceful release (give-back)
     expect(arr, lambda: {c["name"]: (c.get("attrs") or {}).get("api") for c in arr.control.list_clients()}
            == {b: arr.blades[b].api for b in arr.blades}, timeout=15, what="blades registered again")
+    content = c.read_all(fh, max(acked) + (16 << 10))
+    lost = [off for off, data in acked.items() if content[off : off + len(data)] != data]
+    assert not lost, f"acknowledged writes lost at {lost[:5]}"
+    c.close()
+
+
+def test_controller_away_longer_than_controller_wait_the_peer_takes_over(make_array: Any) -> None:
+    arr: ArrayUp = make_array(clusterGroups=[{
+        "name": "g1", "blades": 2, "heartbeatInterval": "100ms", "failureTimeout": "1s", "controllerWait": "3s",
+        "backup": {"interval": "1h", "loadThreshold": 0.8, "maxAge": "2h"}}])
+    owner, epoch = wait_for(arr.owner)
+    c = Client(arr.nfs["host"], nfs_port=arr.nfs["nfsPort"], mount_port=arr.nfs["mountPort"], deadline=120)
+    fh = c.create(c.mount(arr.nfs["export"]), "through-controller-outage")
+    acked: dict[int, bytes] = {}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        off = 0
+        try:
+            while not stop.is_set():
+                data = os.urandom(16 << 10)
+                c.write(fh, off, data, stable=t.StableHow.FILE_SYNC)
+                acked[off] = data
+                off += len(data)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    w = threading.Thread(target=writer, daemon=True)
+    w.start()
+    wait_for(lambda: len(acked) > 20, timeout=30)
+    # the controller stays away: its supervisor (nasblade up) is stopped while it is killed
+    os.kill(arr.proc.pid, signal.SIGSTOP)
+    try:
+        os.kill(int(arr.chassis()["controller"]["pid"]), signal.SIGKILL)
+        time.sleep(8.0)  # beyond controllerWait (3 s): the owner's commit fails
+    finally:
+        os.kill(arr.proc.pid, signal.SIGCONT)
+    at = len(acked)
+    expect(arr, lambda: len(acked) > at + 20 or errors, timeout=90, what="writes continue after the outage")
+    stop.set()
+    w.join(60)
+    assert not errors, f"{errors[0]!r}\n{dump_logs(arr)}"
+    new_owner, new_epoch = wait_for(arr.owner)
+    assert new_owner != owner and new_epoch > epoch, (owner, epoch, new_owner, new_epoch)
     content = c.read_all(fh, max(acked) + (16 << 10))
     lost = [off for off, data in acked.items() if content[off : off + len(data)] != data]
     assert not lost, f"acknowledged writes lost at {lost[:5]}"

@@ -112,3 +112,46 @@ def test_config_defaults_are_secure() -> None:
     (exp,) = s.exports
     assert exp.root_squash and not exp.all_squash and not exp.readonly and (exp.anonuid, exp.anongid) == (65534, 65534)
     assert exp.allows("10.1.2.3") and not exp.allows("11.0.0.1") and exp.allows("::ffff:10.0.0.1")
+
+
+class _Breakable(FileBlockDevice):
+    """A device whose writes fail with EIO once ``broken`` is set (a controller that stays away
+    longer than the block processor retries)."""
+
+    broken = False
+
+    def pwrite(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
+        if _Breakable.broken:
+            raise OSError(5, "Input/output error")
+        super().pwrite(offset, data, fua=fua)
+
+
+def test_a_failed_commit_stops_serving_and_leaves_the_status(tmp_path: Path) -> None:
+    """A file system whose commit failed is not kept half-alive: its listener closes (so its
+    address is free for whoever takes it over) and it leaves ``status()`` (so the block processor
+    sees that what it handed over is no longer served, and gives the blade up). It used to stay
+    listed, aborting every request, and no one took it over."""
+    a, b = make_fs(tmp_path / "a.img"), make_fs(tmp_path / "b.img")
+    _Breakable.broken = False
+
+    async def scenario() -> None:
+        fp = FileProcessor(commit_interval=0.2, readahead=False, writebehind=False,
+                           open_device=lambda path: _Breakable(Path(path)))
+        ea = await fp.add_filesystem(spec("a", a))
+        eb = await fp.add_filesystem(spec("b", b))
+        pa, pb = int(ea["nfs"].rsplit(":", 1)[1]), int(eb["nfs"].rsplit(":", 1)[1])
+        await asyncio.to_thread(write_unstable, pa, b"/a", b"f")
+        _Breakable.broken = True
+        for _ in range(50):  # the commit timer (0.2 s) finds the dirty file system
+            if "a" not in fp.status():
+                break
+            await asyncio.sleep(0.1)
+        assert set(fp.status()) == {"b"}
+        with pytest.raises(OSError):
+            await asyncio.to_thread(RawClient, "127.0.0.1", pa)
+        _Breakable.broken = False
+        assert "a" not in fp.status()
+        await asyncio.to_thread(write_unstable, pb, b"/b", b"g")
+        await fp.close()
+
+    asyncio.run(scenario())

@@ -111,6 +111,18 @@ def test_stale_heartbeat_fails_a_ready_blade() -> None:
     assert [m[2] for m in moves(plan)] == ["g-blade-1", "g-blade-1"]
 
 
+def test_every_heartbeat_stale_is_the_controller_away_not_the_blades() -> None:
+    """While the controller holding the portion restarts, every blade's heartbeat ages: nobody is
+    failed for it (the standby used to be deleted and recreated, the owner marked Failed)."""
+    plan = p.plan(observed({0: pod(0, heartbeat_age=40.0), 1: pod(1, heartbeat_age=41.0)}))
+    assert plan.states == {"g-blade-0": "Running", "g-blade-1": "Running"}
+    assert moves(plan) == [] and not [a for a in plan.actions if isinstance(a, p.DeletePod)]
+    # a blade that is not Ready still fails on its own rule
+    plan = p.plan(observed({0: pod(0, heartbeat_age=40.0, ready=False, ever_ready=True, not_ready_for=30.0),
+                            1: pod(1, heartbeat_age=41.0)}))
+    assert plan.states["g-blade-0"] == "Failed"
+
+
 def test_backup_waits_for_low_load_unless_too_old() -> None:
     assert p.backup_decision(load=10, threshold=70, age=100, max_age=3600) == "Interval"
     assert p.backup_decision(load=None, threshold=70, age=100, max_age=3600) == "Interval"

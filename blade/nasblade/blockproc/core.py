@@ -62,6 +62,13 @@ from nasblade.procinfo.portion import (
 from nasblade.program import install
 from nasblade.program.catalog import ProgramError, ProgramStore
 
+DEFAULT_CONTROLLER_WAIT = 120.0
+"""Seconds an LU request waits for a restarting controller (a pod recreated by its StatefulSet,
+a process restarted by ``nasblade up``) before it is answered EIO: long enough that a controller
+restart is a pause, not a failover; after it, the file processor's commit fails and it gives
+the file system up (``nasblade.fileproc.server``), and the blade fails so that a peer takes it
+over once the controller is back (docs/cluster-groups.md)."""
+
 log = logging.getLogger(__name__)
 
 
@@ -92,7 +99,8 @@ class Settings:
     """Where the file processor keeps its lifeline (``nasblade.bladeapi.lifeline``)."""
     record_interval: float = 0.2
     load_interval: float = 1.0
-    retry_for: float = 60.0
+    retry_for: float = DEFAULT_CONTROLLER_WAIT
+    """How long an LU request waits for the controller to come back (``--controller-wait``)."""
 
 
 def coalesce(ranges: list[tuple[int, int]]) -> list[list[int]]:

@@ -37,7 +37,7 @@ from aiohttp import web
 from nasblade import lunames, ready, units
 from nasblade.bladeapi import lifeline
 from nasblade.blockproc import api as http_api
-from nasblade.blockproc.core import BlockProcessor, Settings
+from nasblade.blockproc.core import DEFAULT_CONTROLLER_WAIT, BlockProcessor, Settings
 from nasblade.controller.apiclient import ControlClient
 from nasblade.controller.asyncclient import AsyncControlClient
 from nasblade.procinfo.portion import PortionError
@@ -78,6 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--controller-api", help="controller control API URL (http://HOST:PORT)")
     a("--token-file", help="controller API token file (default $NASBLADE_TOKEN)")
     a("--connections", type=int, default=2, help="NBD connections per LU to the controller")
+    a("--controller-wait", type=units.parse_duration, default=DEFAULT_CONTROLLER_WAIT, metavar="DURATION",
+      help="how long I/O waits for a restarting controller before it fails with EIO (the file processor"
+      " then gives the file system up for a peer to take over); default %(default)ss")
     a("--procinfo-lu", default=lunames.PROCINFO, help="processor-information LU ('' for none)")
     a("--portion-size", type=units.parse_size, default=1 << 20, help="size of one group portion (default 1M)")
     a("--program-lu", default=lunames.PROGRAM, help="program LU ('' to skip the software fetch)")
@@ -124,6 +127,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         fs_specs=_fs_specs(args.fs_spec),
         fp_unix=args.fp_unix,
         lifeline_unix=lifeline.socket_path(args.local_unix),
+        retry_for=args.controller_wait,
     )
 
 

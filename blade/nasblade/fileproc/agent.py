@@ -100,7 +100,8 @@ class Agent:
         return {
             "heartbeat": {"time": time.time(), "counter": self.counter},
             "state": state,
-            "fileSystems": sorted(fs_status),
+            # a failed one (its commit failed) is not served: the block processor gives the blade up
+            "fileSystems": sorted(n for n, st in fs_status.items() if not st["failed"]),
             "exports": exports,
             "writeVerifier": first[1]["writeVerifier"] if first else "",
             "softwareVersion": self.version,

@@ -15,7 +15,9 @@ back; a commit is scheduled with ``call_soon`` so every request already read fro
 connection joins the same group commit, and the held replies go out after it returns. A timer
 commits leftover unstable changes every ``commit_interval`` seconds. If a commit fails
 (device error, fenced writer), the held replies are never sent: their connections are
-aborted and the endpoint stops serving, so nothing is acknowledged that is not durable.
+aborted and the endpoint stops serving, so nothing is acknowledged that is not durable: its
+listeners close and it leaves ``status()``, so its block processor sees a file system it handed
+over and that is no longer served, and gives the blade up for a peer to take over.
 
 Locking: mounting a file system reads the NSM record kept in it (``nasblade.nfs.nsm``), moves
 the state number on and stores it; if clients held locks under the previous owner (a restart
@@ -124,6 +126,8 @@ class Endpoint:
     nlm: nlm.Nlm | None = None
     callback_portmap_port: int = 111
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    on_failed: Callable[[], None] | None = None
+    """Called once when a commit fails: the file processor stops serving this file system."""
     _scheduled: bool = False
     _timer: asyncio.TimerHandle | None = None
 
@@ -224,9 +228,12 @@ class Endpoint:
             self.fs.commit()
         except Exception:
             log.exception("commit failed on %s: stopping service of this file system", self.spec.name)
+            first = not self.failed
             self.failed = True
             for conn, _ in pending:
                 conn.abort()
+            if first and self.on_failed is not None:
+                self.on_failed()
             return
         for conn, buffers in pending:
             conn.send(buffers)
@@ -267,6 +274,7 @@ class FileProcessor:
         self.writebehind = writebehind
         self.open_device = open_device
         self.endpoints: dict[str, Endpoint] = {}
+        self._dropping: set[asyncio.Task[None]] = set()
 
     async def add_filesystem(self, spec: FsSpec) -> dict[str, str]:
         """Open the device, mount (recovering the file system) and start the listeners.
@@ -319,6 +327,7 @@ class FileProcessor:
             await asyncio.to_thread(self._unmount, ep)
             raise
         ep.start_timer()
+        ep.on_failed = lambda: self._drop_failed(spec.name, ep)
         self.endpoints[spec.name] = ep
         if reclaimers:
             log.info("%s: grace period of %.0f s for %d clients' lock reclaims (NSM state %d)",
@@ -360,6 +369,17 @@ class FileProcessor:
                 ep.fs.close()
         finally:
             ep.device.close()
+
+    def _drop_failed(self, name: str, ep: Endpoint) -> None:
+        """A file system whose commit failed is no longer served: its listeners close (its
+        address is free for the blade that takes it over) and it leaves ``status()``, so the
+        block processor, which watches what it handed over, gives the blade up
+        (``nasblade.blockproc.core``) instead of keeping a file system nobody answers for."""
+        if self.endpoints.get(name) is not ep:
+            return
+        task = asyncio.get_running_loop().create_task(self.remove_filesystem(name))
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
 
     async def remove_filesystem(self, name: str) -> None:
         """Stop exporting ``name``: close listeners and connections, commit, unmount."""

@@ -262,7 +262,8 @@ class Array:
                         "--software-dir", str(rundir / "software"),
                         "--nbd-unix", str(rundir / "nbd.sock"), "--local-unix", str(rundir / "local.sock"),
                         "--api-listen", f"{net.controller_address}:{port if port else 0}",
-                        "--api-token-file", str(blade_token)]
+                        "--api-token-file", str(blade_token),
+                        "--controller-wait", str(group.controller_wait)]
                 if self.software_version:
                     argv += ["--software-version", self.software_version]
                 for fs in owned:

@@ -15,6 +15,8 @@ one exported file system)::
         heartbeatInterval: 200ms
         failureTimeout: 2s
         powerFencing: true              # a blade taking over powers the silent one off first
+        controllerWait: 2m              # how long blade I/O waits for a restarting controller;
+                                        # beyond it the file system is given up (taken over)
         backup: {interval: 10m, loadThreshold: 0.8, maxAge: 1h, crossGroup: []}
     fileSystems:
       - name: fs1
@@ -123,6 +125,7 @@ class ClusterGroup:
     failure_timeout: float = 2.0
     backup: Backup = field(default_factory=Backup)
     power_fencing: bool = True
+    controller_wait: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,9 @@ def _group(data: Any, path: str, index: int) -> ClusterGroup:
         raise ConfigError(r.sub("heartbeatInterval"), "must be positive")
     if ft <= hb:
         raise ConfigError(r.sub("failureTimeout"), f"must be longer than heartbeatInterval ({hb}s)")
+    controller_wait = parse_duration(r.get("controllerWait", "2m"), r.sub("controllerWait"))
+    if controller_wait <= 0:
+        raise ConfigError(r.sub("controllerWait"), "must be positive")
     power_fencing = r.get("powerFencing", True)
     if not isinstance(power_fencing, bool):
         raise ConfigError(r.sub("powerFencing"), f"{power_fencing!r} must be true or false")
@@ -283,7 +289,7 @@ def _group(data: Any, path: str, index: int) -> ClusterGroup:
     br.done()
     r.done()
     return ClusterGroup(name=name, blades=blades, heartbeat_interval=hb, failure_timeout=ft, backup=backup,
-                        power_fencing=power_fencing)
+                        power_fencing=power_fencing, controller_wait=controller_wait)
 
 
 def parse(data: Any) -> Config:

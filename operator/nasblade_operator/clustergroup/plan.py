@@ -12,7 +12,9 @@ upgrade without an API server.
 Rules, in the order they are applied:
 
 1. A blade is ``Failed`` when its pod is gone (after it ran once), has terminated, is being deleted, or has not
-   been Ready for ``failure_timeout``, or its heartbeat in the portion is older than that;
+   been Ready for ``failure_timeout``, or its heartbeat in the portion is older than that while
+   another Ready blade's is not (when every Ready blade's heartbeat is that old, the portion's
+   controller is away, not the blades: nobody fails for it, as the blades' own ``Liveness``);
    ``Suspect`` while not Ready for less than that;
    ``Pending`` if it has never been Ready; else ``Running``.
 2. Failover (policy Automatic): every file system whose owner is Failed moves to the survivor
@@ -159,10 +161,23 @@ def home_of(group: str, file_systems: Sequence[str], fs: str, count: int) -> str
     return blade_name(group, file_systems.index(fs) % count)
 
 
-def state_of(pod: PodObs | None, *, failure_timeout: float) -> BladeState:
+def _heartbeat_stale(pod: PodObs, failure_timeout: float) -> bool:
+    return pod.ready and pod.heartbeat_age is not None and pod.heartbeat_age >= failure_timeout
+
+
+def heartbeats_tell(pods: Sequence[PodObs], *, failure_timeout: float) -> bool:
+    """Whether heartbeat ages say anything about single blades: not when every Ready blade with a
+    known heartbeat has a stale one -- then what stopped is the controller holding the portion
+    (a restart, a recreated pod), and failing the blades for it would move nothing anywhere
+    useful (no blade could take a file system over while the controller is away)."""
+    known = [p for p in pods if p.ready and p.heartbeat_age is not None]
+    return not known or not all(_heartbeat_stale(p, failure_timeout) for p in known)
+
+
+def state_of(pod: PodObs | None, *, failure_timeout: float, trust_heartbeat: bool = True) -> BladeState:
     if pod is None or pod.terminated or pod.deleting:
         return "Failed"
-    if pod.ready and pod.heartbeat_age is not None and pod.heartbeat_age >= failure_timeout:
+    if trust_heartbeat and _heartbeat_stale(pod, failure_timeout):
         return "Failed"  # the pod looks fine but the blade stopped writing its heartbeat
     if pod.ready:
         return "Running"
@@ -174,8 +189,9 @@ def state_of(pod: PodObs | None, *, failure_timeout: float) -> BladeState:
 def plan(obs: Observed) -> Plan:
     """The actions that bring the group closer to its spec, in execution order."""
     by_name = {p.name: p for p in obs.pods.values()}
+    trust = heartbeats_tell(list(obs.pods.values()), failure_timeout=obs.failure_timeout)
     states: dict[str, BladeState] = {
-        p.name: state_of(p, failure_timeout=obs.failure_timeout) for p in obs.pods.values()
+        p.name: state_of(p, failure_timeout=obs.failure_timeout, trust_heartbeat=trust) for p in obs.pods.values()
     }
     for i in range(obs.count):
         name = blade_name(obs.group, i)
