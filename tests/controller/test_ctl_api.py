@@ -7,6 +7,8 @@ import http.client
 import itertools
 import json
 import time
+from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -73,6 +75,18 @@ def test_faults_need_the_admin_token(controller: Controller, lu: str) -> None:
     assert status == 403 and body == {"error": "admin token required"}
     status, _ = raw(controller, "GET", "/v1/faults", token=ADMIN)
     assert status == 200
+
+
+def test_a_missing_admin_token_file_leaves_the_admin_routes_closed(
+        controller_factory: Callable[..., Controller], tmp_path: Path) -> None:
+    """An array whose token Secret has no admin key (made by an older operator): the controller
+    starts, serves the data path, and refuses every admin route to every token."""
+    controller = controller_factory(extra=["--admin-token-file", str(tmp_path / "no-such-file")])
+    assert isinstance(controller.client.array(), dict)  # the data path answers
+    status, body = raw(controller, "GET", "/v1/faults", token=TOKEN)
+    assert status == 403 and body == {"error": "admin token required"}
+    assert raw(controller, "GET", "/v1/faults", token=ADMIN)[0] == 401  # no such token here
+    assert "no admin token" in controller.log()
 
 
 def test_lu_lifecycle_and_array(controller: Controller) -> None:

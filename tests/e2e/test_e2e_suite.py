@@ -398,7 +398,7 @@ def test_step5_backups_on_demand_and_on_interval(kube: Kube, release: str, workl
 def _controller(kube: Kube, ns: str, code: str) -> str:
     """Run ``code`` with ``api`` (a ControlClient on the admin token) in the controller pod."""
     prelude = ("from nasblade.controller.apiclient import ControlClient; "
-               "api = ControlClient('http://127.0.0.1:8080', open('/etc/nasblade/token/token').read().strip()); ")
+               "api = ControlClient('http://127.0.0.1:8080', open('/etc/nasblade/token/admin-token').read().strip()); ")
     return kube.kubectl("-n", ns, "exec", f"{ARRAY}-controller-0", "--", "python3", "-c", prelude + code).stdout
 
 

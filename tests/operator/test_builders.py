@@ -36,6 +36,9 @@ def test_statefulset_has_one_claim_per_device_and_the_policy() -> None:
     assert c["image"] == "nasblade/nasblade:t" and c["imagePullPolicy"] == "IfNotPresent"
     assert c["args"][0] == "controller" and c["args"].count("--device") == 3
     assert f"/devices/dev-2/device.img:{da_builders.device_file_size(2 * 2**30)}" in c["args"]
+    # two tokens: the data path's and the admin's (fault injection, device replace)
+    assert c["args"][c["args"].index("--token-file") + 1] == "/etc/nasblade/token/token"
+    assert c["args"][c["args"].index("--admin-token-file") + 1] == "/etc/nasblade/token/admin-token"
     assert sts["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
     assert da_builders.pvc_names("a1", ARRAY) == ["dev-0-a1-controller-0", "dev-1-a1-controller-0", "dev-2-a1-controller-0"]
 
@@ -43,8 +46,9 @@ def test_statefulset_has_one_claim_per_device_and_the_policy() -> None:
 def test_service_secret_and_lus() -> None:
     svc = da_builders.controller_service("a1")
     assert {p["port"] for p in svc["spec"]["ports"]} == {naming.CONTROL_PORT, naming.NBD_PORT}
-    sec = da_builders.token_secret("a1", token="s3cret")
+    sec = da_builders.token_secret("a1", token="s3cret", admin_token="adm1n")
     assert base64.b64decode(sec["data"]["token"]) == b"s3cret"
+    assert base64.b64decode(sec["data"]["admin-token"]) == b"adm1n"
     lus = da_builders.desired_lus(ARRAY)
     assert list(lus) == ["program", "procinfo", "backup", "fs-home", "fs-scratch"]
     assert lus["fs-home"] == 512 * 2**20
@@ -96,6 +100,8 @@ def test_blade_pod_and_nfs_service() -> None:
         "/etc/nasblade-token/token"
     (tok,) = [v for v in pod["spec"]["volumes"] if v["name"] == "token"]
     assert tok["secret"]["secretName"] == "a1-control-token"
+    # the blade gets the data-path token only, never the admin token
+    assert tok["secret"]["items"] == [{"key": "token", "path": "token"}]
     assert {"name": "token", "mountPath": "/etc/nasblade-token", "readOnly": True} in bp["volumeMounts"]
     assert all(m["name"] != "token" for m in fp["volumeMounts"])
     assert '"squash": "all"' in env["NASBLADE_FILESYSTEMS"]["value"]

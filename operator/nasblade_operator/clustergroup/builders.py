@@ -180,8 +180,10 @@ def blade_pod(
         {"name": "NASBLADE_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
     # tokens as files of the mounted Secret, for the block processor only (never environment
-    # variables: they show in `kubectl describe`, crash dumps and every child process)
+    # variables: they show in `kubectl describe`, crash dumps and every child process); the
+    # data-path token only, never the array's admin token (fault injection, device replace)
     token_volume = {"name": "token", "secret": {"secretName": naming.token_secret_name(array),
+                                                "items": [{"key": "token", "path": "token"}],
                                                 "defaultMode": 0o400}}
     token_mount = {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}
     security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}

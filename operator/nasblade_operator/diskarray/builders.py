@@ -21,6 +21,7 @@ from nasblade_operator import naming, nbdtls, podspec
 from nasblade_operator.diskarray.spec import DiskArraySpec
 
 TOKEN_DIR = "/etc/nasblade/token"
+ADMIN_TOKEN_KEY = "admin-token"
 #: Annotation on the StatefulSet: digest of the pod template the operator built, so a changed
 #: spec (cache size, resources, image) is noticed without comparing server-defaulted fields.
 TEMPLATE_HASH = "nasblade.io/template-hash"
@@ -41,14 +42,18 @@ def device_file_size(pvc_size: int) -> int:
     return (pvc_size * 97 // 100) // 2**20 * 2**20
 
 
-def token_secret(array: str, *, token: str) -> dict[str, Any]:
-    """The Secret with the control-API token; blades and the operator read it."""
+def token_secret(array: str, *, token: str, admin_token: str) -> dict[str, Any]:
+    """The Secret with the control-API tokens: ``token`` for the blades and the operator (the
+    data path: LUs, reservations, the blades' management APIs), ``admin-token`` for what only an
+    administrator does (fault injection, device fail/replace, cache hold): the controller pod
+    alone mounts it; a blade pod's volume projects ``token`` only."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": naming.token_secret_name(array), "labels": labels(array)},
         "type": "Opaque",
-        "data": {"token": base64.b64encode(token.encode()).decode()},
+        "data": {"token": base64.b64encode(token.encode()).decode(),
+                 ADMIN_TOKEN_KEY: base64.b64encode(admin_token.encode()).decode()},
     }
 
 
@@ -83,7 +88,7 @@ def controller_statefulset(
         "--nbd-listen", f"0.0.0.0:{naming.NBD_PORT}",
         "--api-listen", f"0.0.0.0:{naming.CONTROL_PORT}",
         "--token-file", f"{TOKEN_DIR}/token",
-        "--admin-token-file", f"{TOKEN_DIR}/token",
+        "--admin-token-file", f"{TOKEN_DIR}/{ADMIN_TOKEN_KEY}",
         "--cache-size", str(spec.controller.cache_size),
         *nbdtls.controller_args(),
     ]

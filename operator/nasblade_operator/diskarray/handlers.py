@@ -213,7 +213,8 @@ async def _ensure_children(
     secret = await k.get("Secret", naming.token_secret_name(name), namespace=namespace) if token is None else None
     if token is None:
         if secret is None:
-            secret = builders.token_secret(name, token=secrets.token_urlsafe(32))
+            secret = builders.token_secret(name, token=secrets.token_urlsafe(32),
+                                           admin_token=secrets.token_urlsafe(32))
             kopf.adopt(secret, owner=body)
             secret, _ = await k.create(secret)
         token = base64.b64decode(secret["data"]["token"]).decode()
