@@ -181,6 +181,12 @@ class ArrayAPI:
             hit_ratio=float(cache.get("hitRatio", 0.0)),
         )
 
+    async def array(self) -> dict[str, Any]:
+        """The array's redundancy state as ``GET /v1/array`` answers it (protection, devices and
+        their states and error counters, rebuild, scrub), read by ``diskarray/devices.py``."""
+        data = await self._request("GET", "/array")
+        return data if isinstance(data, dict) else {}
+
     async def copy_jobs(self) -> list[dict[str, Any]]:
         """The copy engine's jobs (running and recent), as ``GET /v1/copy-jobs`` lists them."""
         data = await self._request("GET", "/copy-jobs")

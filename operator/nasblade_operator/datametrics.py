@@ -1,7 +1,7 @@
 """The data plane's figures as Prometheus metrics, exported by the operator.
 
 The operator polls every controller (``diskarray/handlers.refresh_figures``: load and cache
-figures, LU layout) and every blade (``clustergroup/daemon``: heartbeat ages, owners) anyway;
+figures, LU layout, the devices' health) and every blade (``clustergroup/daemon``: heartbeat ages, owners) anyway;
 these gauges publish what it last saw, labelled by namespace, array, group, blade and file
 system, on the operator's ``/metrics`` (``metrics.REGISTRY``). The chart's PrometheusRule and
 Grafana dashboard use them (docs/operator.md, "Metrics"). A deleted DiskArray or ClusterGroup
@@ -38,6 +38,17 @@ CACHE_DIRTY = prom.Gauge("nasblade_controller_cache_dirty_ratio", "Dirty share o
 CACHE_HIT = prom.Gauge("nasblade_controller_cache_hit_ratio", "Cache hit ratio of the controller (0-1)", _A,
                        registry=REGISTRY)
 LUS = prom.Gauge("nasblade_controller_lus", "LUs on the controller", _A, registry=REGISTRY)
+ARRAY_DEGRADED = prom.Gauge("nasblade_array_degraded", "1 while a device of the array is failed or rebuilding", _A,
+                            registry=REGISTRY)
+DEVICE_FAILED = prom.Gauge("nasblade_array_device_failed", "1 when the device is failed", [*_A, "device"],
+                           registry=REGISTRY)
+DEVICE_REBUILT = prom.Gauge("nasblade_array_device_rebuilt_ratio",
+                            "Share of the device that holds its data (1 ok, 0 failed, the progress while rebuilding)",
+                            [*_A, "device"], registry=REGISTRY)
+DEVICE_ERRORS = prom.Gauge("nasblade_array_device_errors", "Errors the controller counted on the device since it started",
+                           [*_A, "device", "kind"], registry=REGISTRY)
+ARRAY_BLOCKS = prom.Gauge("nasblade_array_blocks", "Blocks repaired from another copy, and lost (no copy held them correctly)",
+                          [*_A, "kind"], registry=REGISTRY)
 ARRAY_CONDITION = prom.Gauge("nasblade_diskarray_condition", "DiskArray conditions (1 True, 0 otherwise)",
                              [*_A, "condition"], registry=REGISTRY)
 GROUP_CONDITION = prom.Gauge("nasblade_clustergroup_condition", "ClusterGroup conditions (1 True, 0 otherwise)",
@@ -76,6 +87,26 @@ def controller_figures(namespace: str, array: str, f: Any, *, lus: int) -> None:
     _set(key, CACHE_DIRTY, a, f.dirty_ratio)
     _set(key, CACHE_HIT, a, f.hit_ratio)
     _set(key, LUS, a, lus)
+
+
+def array_health(namespace: str, array: str, answer: Mapping[str, Any]) -> None:
+    """The controller's ``GET /v1/array`` answer (``arrayapi.ArrayAPI.array``): degraded, and per
+    device failed, rebuilt share and error counters."""
+    key, a = ("DiskArray", namespace, array), (namespace, array)
+    _set(key, ARRAY_DEGRADED, a, 1 if answer.get("state", "ok") != "ok" else 0)
+    for kind, field in (("repaired", "repairedBlocks"), ("lost", "lostBlocks")):
+        _set(key, ARRAY_BLOCKS, (*a, kind), float(answer.get(field, 0)))
+    rebuild = {int(r["device"]): r for r in answer.get("rebuild") or []}
+    for d in answer.get("devices") or []:
+        i = int(d["index"])
+        device = (*a, str(i))
+        state = d.get("state", "ok")
+        _set(key, DEVICE_FAILED, device, 1 if state == "failed" else 0)
+        r = rebuild.get(i)
+        rebuilt = 1.0 if state == "ok" else (int(r["done"]) / max(int(r["total"]), 1) if r and state == "rebuilding" else 0.0)
+        _set(key, DEVICE_REBUILT, device, rebuilt)
+        for kind, field in (("read", "readErrors"), ("write", "writeErrors"), ("checksum", "checksumErrors")):
+            _set(key, DEVICE_ERRORS, (*device, kind), float(d.get(field, 0)))
 
 
 def controller_unreachable(namespace: str, array: str) -> None:

@@ -20,7 +20,7 @@ REASONS = frozenset(
         "BladeCreated", "BladeFailed", "BladeReplaced", "FailedOver", "GaveBack", "NoSurvivor",
         "Upgrading", "Upgraded", "HandedOver", "BackupSucceeded", "BackupFailed", "BackupDeferred",
         "BladeUnavailable", "DeletionBlocked", "Deleting", "DataRetained", "DataDeleted", "ScaledDown",
-        "Moved", "MoveRefused",
+        "Moved", "MoveRefused", "DeviceFailed", "DeviceRebuilding", "DeviceRebuilt", "DataLost", "ChecksumErrors",
     }
 )
 

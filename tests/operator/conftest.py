@@ -11,7 +11,8 @@ need no fixture and no network. The tier-1 tests (``test_tier1_*.py``) use:
 - ``kubelet``: ``podlife.FakeKubelet`` -- plays the kubelet for pods of that namespace (marks
   them Running/Ready with a 127.0.0.x IP) and lets a test fail or remove a pod;
 - ``controller``: a real ``nasblade controller`` process on loopback with a 1 GiB sparse
-  device; the operator is pointed at it through NASBLADE_ENDPOINT_OVERRIDES;
+  device; the operator is pointed at it through NASBLADE_ENDPOINT_OVERRIDES (a module may
+  override it with ``start_controller``, e.g. two mirrored devices);
 - ``blades``: ``fakeblade.FakeBlades`` -- an HTTP server speaking the blade management API
   (take over / release / backup) and recording every call, because blade pods do not really
   run in tier 1;
@@ -121,13 +122,21 @@ class Controller:
 @pytest.fixture()
 def controller(tmp_path: Path) -> Iterator[Controller]:
     """A real ``nasblade controller`` on loopback with one 1 GiB sparse device."""
+    yield from start_controller(tmp_path)
+
+
+def start_controller(tmp_path: Path, *, devices: int = 1, args: tuple[str, ...] = ()) -> Iterator[Controller]:
+    """Run a controller with ``devices`` 1 GiB sparse devices (``dev<i>.img``) and ``args``; the
+    token is both the data-path and the admin token. A generator for fixtures to yield from (a
+    test module overrides ``controller`` with it, e.g. for a mirrored array)."""
     token = secrets.token_hex(16)
     tf = tmp_path / "token"
     tf.write_text(token)
+    device_args = [a for i in range(devices) for a in ("--device", f"{tmp_path}/dev{i}.img:1G")]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nasblade", "controller", "--device", f"{tmp_path}/dev0.img:1G",
+        [sys.executable, "-m", "nasblade", "controller", *device_args,
          "--nbd-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--token-file", str(tf),
-         "--admin-token-file", str(tf), "--cache-size", "32M"],
+         "--admin-token-file", str(tf), "--cache-size", "32M", *args],
         stdout=subprocess.PIPE,
     )
     try:

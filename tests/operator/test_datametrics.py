@@ -41,6 +41,28 @@ def test_controller_figures_and_forget() -> None:
     assert not [k for k in samples() if ("array", "a9") in k[1]]
 
 
+def test_array_health() -> None:
+    answer = {"state": "degraded", "repairedBlocks": 3, "lostBlocks": 1,
+              "rebuild": [{"device": 2, "done": 256, "total": 1024}],
+              "devices": [{"index": 0, "state": "ok", "readErrors": 2, "writeErrors": 0, "checksumErrors": 3},
+                          {"index": 1, "state": "failed", "readErrors": 16, "writeErrors": 1, "checksumErrors": 0},
+                          {"index": 2, "state": "rebuilding", "readErrors": 0, "writeErrors": 0, "checksumErrors": 0},
+                          {"index": 3, "state": "ok"}]}
+    datametrics.array_health("ns1", "a8", answer)
+    a = {"namespace": "ns1", "array": "a8"}
+    assert value("nasblade_array_degraded", **a) == 1
+    assert [value("nasblade_array_device_failed", **a, device=str(i)) for i in range(4)] == [0, 1, 0, 0]
+    assert [value("nasblade_array_device_rebuilt_ratio", **a, device=str(i)) for i in range(4)] == [1, 0, 0.25, 1]
+    assert value("nasblade_array_device_errors", **a, device="1", kind="read") == 16
+    assert value("nasblade_array_device_errors", **a, device="0", kind="checksum") == 3
+    assert value("nasblade_array_blocks", **a, kind="lost") == 1
+    datametrics.array_health("ns1", "a8", {"state": "ok", "devices": [{"index": i, "state": "ok"} for i in range(4)]})
+    assert value("nasblade_array_degraded", **a) == 0
+    assert value("nasblade_array_device_rebuilt_ratio", **a, device="2") == 1
+    datametrics.forget("DiskArray", "ns1", "a8")
+    assert not [k for k in samples() if ("array", "a8") in k[1]]
+
+
 def test_group_status() -> None:
     status = {
         "blades": [{"name": "g9-blade-0", "state": "Running", "fileSystems": ["home"]},

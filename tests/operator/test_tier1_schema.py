@@ -36,7 +36,7 @@ def test_defaults_are_applied(kubectl: Kubectl) -> None:
     assert g is not None
     assert g["spec"]["heartbeat"] == {"interval": "200ms", "failureTimeout": "3s"}
     assert g["spec"]["failover"] == {"policy": "Automatic", "giveBack": "Automatic"}
-    assert kubectl("get", "da").stdout.split()[:7] == ["NAME", "READY", "REASON", "DEVICES", "DEVICE-SIZE", "FILESYSTEMS", "VERSION"]
+    assert kubectl("get", "da").stdout.split()[:7] == ["NAME", "READY", "REASON", "DEVICES", "REDUNDANCY", "DEVICE-SIZE", "FILESYSTEMS"]
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ Reads: the DiskArray body (kopf), its children (``kube``), the controller (``arr
 two kopf indexes declared here: ``controller_pods`` (is the controller pod Ready) and
 ``group_areas`` (which processor-info area each ClusterGroup runs from).
 Writes: Secret, Service, StatefulSet (from ``builders``), the LUs, the status (through kopf's
-``patch``; ``status.portions[].activeArea`` through ``kube``, see ``areas.py``) and Events
+``patch``; ``status.portions[].activeArea`` through ``kube``, see ``areas.py``; the devices'
+health and ``Degraded`` from the ``refresh_figures`` timer, see ``devices.py``) and Events
 (``events``). The ClusterGroup handlers and daemon (``clustergroup/handlers.py``,
 ``clustergroup/daemon.py``) read the DiskArray through the ``diskarrays`` index declared here,
 which also wakes the groups (``wakeups``). What this module keeps between calls (tokens, the
@@ -51,7 +52,7 @@ from nasblade_operator import (
     settings,
     state,
 )
-from nasblade_operator.diskarray import areas, builders, formatting
+from nasblade_operator.diskarray import areas, builders, devices, formatting
 from nasblade_operator.diskarray import spec as da_spec
 from nasblade_operator.validation import InvalidSpec
 
@@ -428,9 +429,10 @@ FIGURES_MAX_AGE = 60.0
 
 
 @kopf.timer(*RESOURCE, interval=settings.current().status_interval, initial_delay=settings.current().status_interval)
-async def refresh_figures(name: str, namespace: str | None, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger,
-                          memo: kopf.Memo, **_: Any) -> None:
-    """Copy the controller's load and cache figures and the LU layout into the status (only while Ready)."""
+async def refresh_figures(body: kopf.Body, name: str, namespace: str | None, status: kopf.Status, patch: kopf.Patch,
+                          logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
+    """Copy the controller's load and cache figures, the LU layout and the devices' health into the
+    status (only while Ready)."""
     st = state.of(memo)
     namespace = namespace or ""
     if not conditions.is_true(status.get("conditions", []), conditions.READY):
@@ -440,12 +442,14 @@ async def refresh_figures(name: str, namespace: str | None, status: kopf.Status,
         return
     api = arrayapi.ArrayAPI(st.http, endpoints.controller_api(namespace, name), token=token)
     try:
-        f, layout = await asyncio.gather(api.figures(), api.layout())
+        f, layout, answer = await asyncio.gather(api.figures(), api.layout(), api.array())
     except (arrayapi.ArrayUnavailable, arrayapi.ArrayRefused) as exc:
         logger.debug("figures of %s/%s unavailable: %s", namespace, name, exc)
         datametrics.controller_unreachable(namespace, name)
         return
     datametrics.controller_figures(namespace, name, f, lus=len(layout))
+    datametrics.array_health(namespace, name, answer)
+    _show_device_health(body, answer, name=name, namespace=namespace, status=status, patch=patch)
     if status.get("lus") != layout:  # the map's LU extents, patched only when they moved
         patch.status["lus"] = layout
     figures = {
@@ -459,6 +463,18 @@ async def refresh_figures(name: str, namespace: str | None, status: kopf.Status,
     stale = updated is None or (datetime.datetime.now(datetime.UTC) - updated).total_seconds() >= FIGURES_MAX_AGE
     if stale or any(old.get(k) != v for k, v in figures.items()):  # an idle array costs no patch every interval
         patch.status["controller"] = {**figures, "updated": conditions.now_rfc3339()}
+
+
+def _show_device_health(body: kopf.Body, answer: Mapping[str, Any], *, name: str, namespace: str,
+                        status: Mapping[str, Any], patch: kopf.Patch) -> None:
+    """``status.redundancy``, ``status.devices`` and the ``Degraded`` condition, patched only when
+    they changed; Events for the transitions (``diskarray/devices.py`` decides both)."""
+    found = devices.assess(answer, name=name, namespace=namespace, status=status,
+                           generation=int(body.metadata.get("generation", 0)))
+    for key, value in found.patch.items():
+        patch.status[key] = value
+    for e in found.events:
+        (events.warning if e.type == "Warning" else events.normal)(body, e.reason, e.message)
 
 
 @kopf.on.delete(*RESOURCE)

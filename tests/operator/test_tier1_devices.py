@@ -1,0 +1,62 @@
+"""A device of a mirrored array fails and is rebuilt: the real operator shows it in the DiskArray
+(status.devices, status.redundancy, the Degraded condition, Events) -- tier 1: the real API
+server, a real ``nasblade controller`` with two mirrored devices (``--protection mirror-2``),
+the device failed and replaced through the controller's admin API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Controller, Kubectl, assert_clean, start_controller
+from test_tier1_operator import array, condition, events, wait_until
+
+pytestmark = pytest.mark.tier1
+
+
+@pytest.fixture()
+def controller(tmp_path: Path) -> Iterator[Controller]:
+    """The controller of this module: two 1 GiB devices, one mirror set."""
+    yield from start_controller(tmp_path, devices=2, args=("--protection", "mirror-2"))
+
+
+def test_a_failed_device_shows_in_the_diskarray_until_it_is_rebuilt(
+    kubectl: Kubectl, operator: Callable[[], Any], controller: Controller, token_secret: Callable[[str], None],
+) -> None:
+    from nasblade.controller.apiclient import ControlClient
+
+    admin = ControlClient(controller.api, controller.token)  # the fixture's token is the admin token too
+    token_secret("a1")
+
+    def status() -> dict[str, Any]:
+        return dict((kubectl.get("diskarray", "a1") or {}).get("status", {}))
+
+    with operator() as runner:
+        kubectl.apply(array(devices={"count": 2, "size": "1Gi", "protection": "mirror"}))
+        kubectl.wait("diskarray/a1", "condition=Ready", timeout=90)
+        wait_until("the redundancy in the status",
+                   lambda: status().get("redundancy", {}).get("state") == "ok"
+                   and condition(kubectl.get("diskarray", "a1"), "Degraded").get("reason") == "AllDevicesOk")
+        admin.request("POST", "/v1/array/devices/1/fail", {"reason": "test: pulled"})
+        failed = wait_until("device 1 failed in the status",
+                            lambda: (s := status()) and s.get("devices", [{}, {}])[1].get("state") == "failed" and s)
+        assert failed["redundancy"]["state"] == "degraded"
+        assert failed["devices"][1]["reason"] == "test: pulled"
+        degraded = wait_until("Degraded=True", lambda: (c := condition(kubectl.get("diskarray", "a1"), "Degraded"))
+                              and c["status"] == "True" and c)
+        assert degraded["reason"] == "DeviceFailed"
+        assert "device 1 failed (test: pulled): data is at risk" in degraded["message"]
+        assert "delete pvc dev-1-a1-controller-0" in degraded["message"]
+        wait_until("the DeviceFailed Event", lambda: ("Warning", "DeviceFailed") in events(kubectl, "a1"))
+        assert "DEGRADED" in kubectl("get", "da", "a1").stdout.upper()
+        admin.request("POST", "/v1/array/devices/1/replace", {})
+        wait_until("Degraded=False after the rebuild",
+                   lambda: condition(kubectl.get("diskarray", "a1"), "Degraded").get("reason") == "AllDevicesOk",
+                   timeout=120)
+        wait_until("the DeviceRebuilt Event", lambda: ("Normal", "DeviceRebuilt") in events(kubectl, "a1"))
+        seen = events(kubectl, "a1")
+    assert_clean(runner)
+    assert seen.count(("Warning", "DeviceFailed")) == 1  # once, not every poll
+    assert status()["devices"][1]["state"] == "ok" and status()["redundancy"]["rebuild"] == []
