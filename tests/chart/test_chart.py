@@ -440,7 +440,7 @@ def test_alert_rules_fire_in_promtool(render: Render, promtool: Path, tmp_path: 
     (tmp_path / "alerts_test.yaml").write_text((Path(__file__).parent / "alerts_test.yaml").read_text())
     r = subprocess.run([str(promtool), "check", "rules", "alerts.yaml"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
-    assert r.returncode == 0 and "SUCCESS: 7 rules found" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCESS: 8 rules found" in r.stdout, r.stdout + r.stderr
     r = subprocess.run([str(promtool), "test", "rules", "alerts_test.yaml"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
