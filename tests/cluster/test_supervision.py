@@ -7,9 +7,10 @@
   every acknowledged byte is there (the controller used to stay down until the array was
   started again).
 - A controller away for longer than the group's ``controllerWait``: the owner's I/O fails, its
-  file processor gives the file system up, its blade fails, and the peer serves the file system
-  on the same address once the controller is back; nothing acknowledged is lost (the file
-  system used to stay unserved: its file processor stopped answering but still listed it).
+  file processor gives the file system up, its blade fails, and the file system is taken over
+  (new epoch) and served on the same address once the controller is back -- by the peer, or by
+  the failed blade restarted as a standby if it is back first; nothing acknowledged is lost (the
+  file system used to stay unserved: its file processor stopped answering but still listed it).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def test_killed_controller_is_restarted_and_nothing_acknowledged_is_lost(make_ar
     c.close()
 
 
-def test_controller_away_longer_than_controller_wait_the_peer_takes_over(make_array: Any) -> None:
+def test_controller_away_longer_than_controller_wait_is_a_takeover(make_array: Any) -> None:
     arr: ArrayUp = make_array(clusterGroups=[{
         "name": "g1", "blades": 2, "heartbeatInterval": "100ms", "failureTimeout": "1s", "controllerWait": "3s",
         "backup": {"interval": "1h", "loadThreshold": 0.8, "maxAge": "2h"}}])
@@ -138,8 +139,10 @@ def test_controller_away_longer_than_controller_wait_the_peer_takes_over(make_ar
     stop.set()
     w.join(60)
     assert not errors, f"{errors[0]!r}\n{dump_logs(arr)}"
+    # taken over with a new epoch (fenced): by the peer, or by the owner's own blade restarted as
+    # a standby when it came back first (a loaded machine) -- either way served again
     new_owner, new_epoch = wait_for(arr.owner)
-    assert new_owner != owner and new_epoch > epoch, (owner, epoch, new_owner, new_epoch)
+    assert new_epoch > epoch, (owner, epoch, new_owner, new_epoch)
     content = c.read_all(fh, max(acked) + (16 << 10))
     lost = [off for off, data in acked.items() if content[off : off + len(data)] != data]
     assert not lost, f"acknowledged writes lost at {lost[:5]}"
