@@ -420,6 +420,32 @@ stat -c '%u %g %a' {MNT}/chgrp/setid >> /share/chgrp.txt
     assert (result.share / "chgrp.txt").read_text().splitlines() == ["1234 999 0o755", "1234 999 755"]
 
 
+FSX = Path(__file__).with_name("guest_fsx.py")
+
+
+@pytest.mark.parametrize("server", ["nasblade", "ganesha"])
+def test_fsx_random_operations_match_the_model(guest: uml.Guest, request: pytest.FixtureRequest,
+                                               server: str) -> None:
+    """fsx-style (``guest_fsx.py``): seeded random writes (holes included), cached, O_DIRECT and
+    mmap reads, mmap writes, truncations, fsyncs and reopens on one file, each read checked
+    against an in-memory model; then the whole file through a fresh mount. The same seeds run
+    against ganesha under the same kernel client, the reference."""
+    target: NFSTarget = request.getfixturevalue(f"{server}_nfs")
+    runs = [(11, 1 << 20, 64 << 10), (12, 256 << 10, 4 << 10)]  # (seed, max size, max op length)
+    body = "\n".join(
+        f"python3 /share/guest_fsx.py --path {MNT}/fsx-{seed} --ops 1500 --seed {seed} --max-size {size}"
+        f" --max-len {length} --out /share/fsx-{seed}.json || true" for seed, size, length in runs)
+    result = run(guest, target, files={"guest_fsx.py": FSX}, body=body + "\nremount\n" + "\n".join(
+        f"sha256sum < {MNT}/fsx-{seed} | cut -d' ' -f1 > /share/fsx-{seed}.remount.sha" for seed, _, _ in runs))
+    for seed, _, _ in runs:
+        out = json.loads((result.share / f"fsx-{seed}.json").read_text())
+        assert out["ok"], out
+        assert all(n > 0 for n in out["counts"].values()), out  # every operation was exercised
+        # through a fresh mount the file is the model's last state
+        assert (result.share / f"fsx-{seed}.remount.sha").read_text().strip() == out["sha256"], out
+        print(f"kernel NFS fsx {server} seed {seed}: {out['ops']} ops {out['counts']}, final size {out['size']}")
+
+
 def test_sqlite_integrity(guest: uml.Guest, nasblade_nfs: NFSTarget, tmp_path: Path) -> None:
     """An sqlite3 workload (transactions, index, updates, deletes, VACUUM) on the mount; after a
     remount ``PRAGMA integrity_check`` is ok in the guest, and the database read from the
