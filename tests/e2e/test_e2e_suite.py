@@ -206,6 +206,59 @@ def test_step3_client_pod_io(kube: Kube, release: str, workload_ns: str, images:
         assert name in listing
 
 
+# What a pod without the array's credentials gets from the controller and a blade, run in the
+# client pod (argv: controller host, blade pod IP). Each probe prints one word: "401" (the API
+# refused it), "tls-required" (NBD refused every option before STARTTLS), "unreachable" (a
+# NetworkPolicy, where the network plugin enforces them, kept it from connecting) -- or what it
+# got instead, which fails the test.
+NO_CREDENTIALS_PROBE = r"""
+import json, socket, struct, sys, urllib.error, urllib.request
+ctl, blade = sys.argv[1], sys.argv[2]
+def http(url, token=None):
+    req = urllib.request.Request(url, headers={"Authorization": "Bearer " + token} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return "open:%d" % r.status
+    except urllib.error.HTTPError as e:
+        return str(e.code)
+    except (OSError, urllib.error.URLError):
+        return "unreachable"
+def nbd(host):
+    try:
+        s = socket.create_connection((host, 10809), timeout=5)
+        head = s.recv(18, socket.MSG_WAITALL)
+        s.sendall(struct.pack(">I", 3))
+        name = b"fs-shared"
+        data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
+        s.sendall(struct.pack(">QII", 0x49484156454F5054, 7, len(data)) + data)
+        magic, opt, rtype, length = struct.unpack(">QIII", s.recv(20, socket.MSG_WAITALL))
+        return "tls-required" if rtype == 0x80000005 else "reply:%x" % rtype
+    except OSError:
+        return "unreachable"
+print(json.dumps({
+    "controllerApi": http("http://%s:8080/v1/array" % ctl),
+    "controllerApiWrongToken": http("http://%s:8080/v1/lus" % ctl, "not-the-token"),
+    "controllerNbd": nbd(ctl),
+    "bladeApi": http("http://%s:8090/v1/status" % blade),
+}))
+"""
+
+
+def test_step3b_a_pod_without_credentials_is_refused(kube: Kube, release: str, workload_ns: str) -> None:
+    """3b. The client pod holds no token and no certificate: the controller's API and a blade's
+    API refuse it (401), the controller's NBD port refuses every option before STARTTLS (so no
+    LU is readable without a client certificate of a group that may open it); where the
+    network plugin enforces the chart's NetworkPolicies it cannot even connect."""
+    blade_ip = kube.json("-n", workload_ns, "get", "pod", f"{GROUP}-blade-0")["status"]["podIP"]
+    out = json.loads(_exec(kube, workload_ns, "python3", "-c", NO_CREDENTIALS_PROBE,
+                           f"{ARRAY}-controller.{workload_ns}.svc", blade_ip))
+    print(f"step3b-no-credentials: {json.dumps(out)}")
+    assert out["controllerApi"] in ("401", "unreachable"), out
+    assert out["controllerApiWrongToken"] in ("401", "unreachable"), out
+    assert out["controllerNbd"] in ("tls-required", "unreachable"), out
+    assert out["bladeApi"] in ("401", "unreachable"), out
+
+
 # ---------------------------------------------------------------- 4-7: failures, backups, upgrade
 
 
