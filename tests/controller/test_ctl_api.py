@@ -222,3 +222,32 @@ def test_openapi_document(controller: Controller) -> None:
     for path in ("/v1/lus", "/v1/lus/{name}/reservation", "/v1/cache/directory", "/v1/copy-jobs/{id}", "/v1/faults"):
         assert path in doc["paths"]
     assert ControlClient(controller.api, "bad").request  # constructible without contact
+
+
+def test_metrics_count_each_lus_io_and_show_the_devices(controller: Controller) -> None:
+    """``GET /v1/metrics`` (Prometheus text, the user token): per-LU I/O counters that grow with
+    what a client did, the cache, and each device's state; no token, no metrics."""
+    cl = controller.client
+    cl.create_lu("met", 8 << 20)
+    with NBDBlockDevice.connect(controller.url("met")) as dev:
+        for i in range(3):
+            dev.pwrite(i * 65536, b"m" * 65536)
+        dev.flush()
+        assert dev.pread(0, 4096) == b"m" * 4096
+    u = urlparse(controller.api)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn.request("GET", "/v1/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    assert resp.status == 200 and resp.getheader("Content-Type", "").startswith("text/plain"), text
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples['nasblade_controller_lu_written_bytes_total{lu="met"}'] == 3 * 65536
+    assert samples['nasblade_controller_lu_writes_total{lu="met"}'] == 3
+    assert samples['nasblade_controller_lu_read_bytes_total{lu="met"}'] >= 4096
+    assert samples['nasblade_controller_lu_size_bytes{lu="met"}'] == 8 << 20
+    assert samples['nasblade_controller_device_state{device="0",state="ok"}'] == 1.0
+    assert samples['nasblade_controller_device_errors_total{device="1",kind="read"}'] == 0.0
+    assert "nasblade_controller_cache_dirty_bytes" in samples
+    assert raw(controller, "GET", "/v1/metrics", token=None)[0] == 401

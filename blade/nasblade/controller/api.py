@@ -27,7 +27,7 @@ from aiohttp import web
 
 from nasblade import httpjson
 from nasblade.controller import cache as cache_mod
-from nasblade.controller import layout, luname
+from nasblade.controller import layout, luname, metrics
 from nasblade.controller.copyengine import CopyEngine, CopyError
 from nasblade.controller.engine import Engine, NotFound, StaleEpoch
 from nasblade.controller.maintenance import Maintenance
@@ -377,6 +377,10 @@ async def post_cache_hold(request: web.Request) -> web.Response:
     return web.json_response(_hold_json(e))
 
 
+async def get_metrics(request: web.Request) -> web.Response:
+    return web.Response(body=metrics.render(_engine(request)), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
 async def get_load(request: web.Request) -> web.Response:
     e = _engine(request)
     return web.json_response({**e.load.figures(), "dirtyRatio": e.cache.dirty_ratio})
@@ -522,6 +526,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", "/v1/cache/hold", get_cache_hold, "Whether background destaging is held"),
     ("POST", "/v1/cache/hold", post_cache_hold, "Hold or release background destaging {hold} (admin); FLUSH/FUA still destage"),
     ("GET", "/v1/load", get_load, "Load figures over a short window"),
+    ("GET", "/v1/metrics", get_metrics, "Prometheus text exposition: per-LU I/O counters, cache, devices"),
     ("POST", "/v1/copy-jobs", post_copy_job, "Start a copy job"),
     ("GET", "/v1/copy-jobs", list_copy_jobs, "List copy jobs"),
     ("GET", "/v1/copy-jobs/{id}", get_copy_job, "Describe a copy job"),
@@ -630,6 +635,8 @@ def _openapi() -> dict[str, Any]:
         params += [{"name": q, "in": "query", "required": req, "schema": _NAME}
                    for q, req in _QUERIES.get(op_id, {}).items()]
         ok = {"description": "OK", "content": {"application/json": {"schema": _RESPONSES.get(op_id, {"type": "object"})}}}
+        if op_id == "get_metrics":
+            ok = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
         if method == "DELETE" and op_id not in ("delete_copy_job",):
             responses: dict[str, Any] = {"204": {"description": "Done"}}
         else:

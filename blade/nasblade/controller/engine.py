@@ -82,6 +82,9 @@ class Load:
         self.buckets: collections.deque[list[float]] = collections.deque(maxlen=window + 1)
         self._second = -1
         self.inflight = 0
+        #: LU name -> cumulative [reads, writes, read bytes, written bytes] since the start
+        #: (``nasblade.controller.metrics`` exports them as counters)
+        self.totals: dict[str, list[int]] = {}
 
     def _bucket(self) -> list[float]:
         sec = int(time.monotonic())
@@ -93,14 +96,21 @@ class Load:
             self._second = sec
         return self.buckets[-1]
 
-    def add(self, *, read: int = 0, written: int = 0) -> None:
+    def add(self, *, lu: str, read: int = 0, written: int = 0) -> None:
         b = self._bucket()
+        t = self.totals.get(lu)
+        if t is None:
+            t = self.totals[lu] = [0, 0, 0, 0]
         if read:
             b[0] += 1
             b[2] += read
+            t[0] += 1
+            t[2] += read
         if written:
             b[1] += 1
             b[3] += written
+            t[1] += 1
+            t[3] += written
         b[4] += self.inflight
         b[5] += 1
 
@@ -228,7 +238,7 @@ class Engine:
             raise OSError(errno.EINVAL, "read past the end")
         self._check_fault(lu.name, offset, length, "read")
         data = self.cache.read(lu, offset, length)
-        self.load.add(read=length)
+        self.load.add(lu=lu.name, read=length)
         return data
 
     async def read_large(self, lu: layout.LURecord, offset: int, length: int) -> bytearray:
@@ -243,7 +253,7 @@ class Engine:
         self._check_fault(lu.name, offset, length, "read")
         out = await self._read_devices(lu, offset, length)
         self.cache.stats.misses += 1
-        self.load.add(read=length)
+        self.load.add(lu=lu.name, read=length)
         return out
 
     async def _read_devices(self, lu: layout.LURecord, offset: int, length: int) -> bytearray:
@@ -272,7 +282,7 @@ class Engine:
             out.append((pos, n, await self._read_devices(lu, pos, n) if allocated else None))
             pos += n
         self.cache.stats.misses += 1
-        self.load.add(read=length)
+        self.load.add(lu=lu.name, read=length)
         return out
 
     async def write_large(self, lu: layout.LURecord, offset: int, data: memoryview, *, fua: bool) -> None:
@@ -281,7 +291,7 @@ class Engine:
         self.cache.refresh(lu, offset, data)
         touched = await asyncio.get_running_loop().run_in_executor(
             self.io_pool, self.array.write_from, lu, offset, data)
-        self.load.add(written=len(data))
+        self.load.add(lu=lu.name, written=len(data))
         if fua:
             await self.sync(touched)
 
@@ -295,7 +305,7 @@ class Engine:
     async def write(self, lu: layout.LURecord, offset: int, data: memoryview, *, fua: bool) -> None:
         self._before_write(lu, offset, len(data))
         touched = self.cache.write(lu, offset, data, through=fua)
-        self.load.add(written=len(data))
+        self.load.add(lu=lu.name, written=len(data))
         if fua:
             await self.sync(touched)
 
@@ -312,7 +322,7 @@ class Engine:
                 raise OSError(errno.ENOTSUP, "zeroing this range is not faster than writing zeroes")
         self._before_write(lu, offset, length)
         touched = self.cache.zero(lu, offset, length, provision=no_hole)
-        self.load.add(written=length)
+        self.load.add(lu=lu.name, written=length)
         if fua:
             await self.sync(touched)
 
