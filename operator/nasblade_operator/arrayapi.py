@@ -181,6 +181,13 @@ class ArrayAPI:
             hit_ratio=float(cache.get("hitRatio", 0.0)),
         )
 
+    async def replace_device(self, index: int) -> dict[str, Any]:
+        """Replace failed device ``index`` by a new, empty one, rebuilt online (admin token:
+        an ``ArrayAPI`` made with the array's admin token; ``ArrayRefused`` 409 when the device
+        is not failed or nothing holds a copy to rebuild from)."""
+        data = await self._request("POST", f"/array/devices/{index}/replace", {})
+        return data if isinstance(data, dict) else {}
+
     async def array(self) -> dict[str, Any]:
         """The array's redundancy state as ``GET /v1/array`` answers it (protection, devices and
         their states and error counters, rebuild, scrub), read by ``diskarray/devices.py``."""

@@ -28,6 +28,9 @@ L_FILESYSTEM = "nasblade.io/file-system"
 A_BACKUP_NOW = "nasblade.io/backup-now"
 #: ``{"fileSystem": FS, "to": BLADE, "id": ID}``: a planned move (``nasblade takeover``/``giveback``).
 A_MOVE_REQUEST = "nasblade.io/move-request"
+#: On a DiskArray: replace failed device N by a new, empty one that the controller rebuilds
+#: online (``POST /v1/array/devices/N/replace`` with the admin token); removed once handled.
+A_REPLACE_DEVICE = "nasblade.io/replace-device"
 
 CONTROL_PORT = 8080
 NBD_PORT = 10809

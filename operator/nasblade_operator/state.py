@@ -91,6 +91,14 @@ class OperatorState:
             self.tokens[(namespace, array)] = token
         return token
 
+    async def admin_token(self, namespace: str, array: str) -> str | None:
+        """An array's admin token (the ``admin-token`` key of its token Secret), read each time
+        it is needed (rarely: a device replacement); ``None`` when the Secret has no such key
+        (made by an older operator)."""
+        secret = await self.kube.get("Secret", naming.token_secret_name(array), namespace=namespace)
+        value = ((secret or {}).get("data") or {}).get("admin-token")
+        return base64.b64decode(value).decode() if value else None
+
     def forget_array(self, namespace: str, array: str, *, uid: str) -> None:
         """Drop what is kept about a deleted DiskArray."""
         self.tokens.pop((namespace, array), None)

@@ -222,3 +222,13 @@ def test_the_crd_schema_takes_the_status_it_writes() -> None:
         columns = {c["name"]: c["jsonPath"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
         assert columns["Redundancy"] == ".status.redundancy.state"
     assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+def test_replace_refusal_names_what_to_do() -> None:
+    answer = {"devices": [{"index": 0, "state": "ok"}, {"index": 1, "state": "failed"},
+                          {"index": 2, "state": "rebuilding"}]}
+    assert devices.replace_refusal("1", answer) is None
+    assert "not a device index" in str(devices.replace_refusal("one", answer))
+    assert "no device 7: the array has devices [0, 1, 2]" in str(devices.replace_refusal("7", answer))
+    assert "device 0 is ok, not failed" in str(devices.replace_refusal("0", answer))
+    assert "device 2 is rebuilding, not failed" in str(devices.replace_refusal("2", answer))

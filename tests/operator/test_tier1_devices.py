@@ -1,10 +1,13 @@
 """A device of a mirrored array fails and is rebuilt: the real operator shows it in the DiskArray
 (status.devices, status.redundancy, the Degraded condition, Events) -- tier 1: the real API
 server, a real ``nasblade controller`` with two mirrored devices (``--protection mirror-2``),
-the device failed and replaced through the controller's admin API."""
+the device failed through the controller's admin API and replaced through the DiskArray's
+``nasblade.io/replace-device`` annotation (the operator calls the controller with the admin
+token from the array's Secret)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ def test_a_failed_device_shows_in_the_diskarray_until_it_is_rebuilt(
 
     admin = ControlClient(controller.api, controller.token)  # the fixture's token is the admin token too
     token_secret("a1")
+    kubectl("patch", "secret", "a1-control-token", "-p", json.dumps({"stringData": {"admin-token": controller.token}}))
 
     def status() -> dict[str, Any]:
         return dict((kubectl.get("diskarray", "a1") or {}).get("status", {}))
@@ -39,6 +43,11 @@ def test_a_failed_device_shows_in_the_diskarray_until_it_is_rebuilt(
         wait_until("the redundancy in the status",
                    lambda: status().get("redundancy", {}).get("state") == "ok"
                    and condition(kubectl.get("diskarray", "a1"), "Degraded").get("reason") == "AllDevicesOk")
+        # a device that has not failed is not replaced: refused with the reason, annotation gone
+        kubectl("annotate", "diskarray", "a1", "nasblade.io/replace-device=0")
+        wait_until("the DeviceReplaceRefused Event", lambda: ("Warning", "DeviceReplaceRefused") in events(kubectl, "a1"))
+        wait_until("the annotation removed", lambda: "nasblade.io/replace-device" not in
+                   ((kubectl.get("diskarray", "a1") or {})["metadata"].get("annotations") or {}))
         admin.request("POST", "/v1/array/devices/1/fail", {"reason": "test: pulled"})
         failed = wait_until("device 1 failed in the status",
                             lambda: (s := status()) and s.get("devices", [{}, {}])[1].get("state") == "failed" and s)
@@ -51,7 +60,8 @@ def test_a_failed_device_shows_in_the_diskarray_until_it_is_rebuilt(
         assert "delete pvc dev-1-a1-controller-0" in degraded["message"]
         wait_until("the DeviceFailed Event", lambda: ("Warning", "DeviceFailed") in events(kubectl, "a1"))
         assert "DEGRADED" in kubectl("get", "da", "a1").stdout.upper()
-        admin.request("POST", "/v1/array/devices/1/replace", {})
+        kubectl("annotate", "diskarray", "a1", "nasblade.io/replace-device=1")
+        wait_until("the DeviceReplaced Event", lambda: ("Normal", "DeviceReplaced") in events(kubectl, "a1"))
         wait_until("Degraded=False after the rebuild",
                    lambda: condition(kubectl.get("diskarray", "a1"), "Degraded").get("reason") == "AllDevicesOk",
                    timeout=120)

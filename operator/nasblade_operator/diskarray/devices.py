@@ -110,7 +110,9 @@ def _risk(array: Mapping[str, Any], index: int, states: Mapping[int, str]) -> st
 
 def _replace_hint(index: int, *, name: str, namespace: str) -> str:
     controller = naming.controller_name(name)
-    return (f"replace device {index}: kubectl -n {namespace} delete pvc dev-{index}-{controller}-0 --wait=false, "
+    return (f"replace device {index}: kubectl -n {namespace} annotate diskarray {name} "
+            f"{naming.A_REPLACE_DEVICE}={index} (a new device file on its volume, rebuilt online); if the volume "
+            f"itself is lost: kubectl -n {namespace} delete pvc dev-{index}-{controller}-0 --wait=false, "
             f"then kubectl -n {namespace} delete pod {controller}-0 (the blades wait for it); the new, blank PVC "
             "is rebuilt online from the other copies")
 
@@ -194,3 +196,20 @@ def assess(array: Mapping[str, Any], *, name: str, namespace: str, status: Mappi
             "status": cond_status, "reason": reason, "message": message, "observedGeneration": generation}:
         patch["conditions"] = conds
     return Assessment(patch=patch, events=transitions(array, old_devices=old_devs, old_redundancy=old_red))
+
+
+def replace_refusal(asked: str, array: Mapping[str, Any]) -> str | None:
+    """Why the ``nasblade.io/replace-device`` annotation's value ``asked`` cannot be carried out
+    against the controller's answer ``array``, or ``None`` when device ``asked`` is failed and
+    may be replaced (the controller still has the last word: a 409 when no copy is left)."""
+    states = {int(d["index"]): str(d.get("state", OK)) for d in array.get("devices") or []}
+    try:
+        index = int(asked)
+    except ValueError:
+        return f"{asked!r} is not a device index: annotate {naming.A_REPLACE_DEVICE} with one of {sorted(states)}"
+    if index not in states:
+        return f"there is no device {index}: the array has devices {sorted(states)}"
+    if states[index] != FAILED:
+        return (f"device {index} is {states[index]}, not failed: only a failed device is replaced "
+                "(the controller marks a device failed after I/O errors)")
+    return None

@@ -449,6 +449,9 @@ async def refresh_figures(body: kopf.Body, name: str, namespace: str | None, sta
         return
     datametrics.controller_figures(namespace, name, f, lus=len(layout))
     datametrics.array_health(namespace, name, answer)
+    asked = (body.metadata.get("annotations") or {}).get(naming.A_REPLACE_DEVICE)
+    if asked is not None:
+        await _replace_device(st, body, asked, answer, name=name, namespace=namespace)
     _show_device_health(body, answer, name=name, namespace=namespace, status=status, patch=patch)
     if status.get("lus") != layout:  # the map's LU extents, patched only when they moved
         patch.status["lus"] = layout
@@ -463,6 +466,36 @@ async def refresh_figures(body: kopf.Body, name: str, namespace: str | None, sta
     stale = updated is None or (datetime.datetime.now(datetime.UTC) - updated).total_seconds() >= FIGURES_MAX_AGE
     if stale or any(old.get(k) != v for k, v in figures.items()):  # an idle array costs no patch every interval
         patch.status["controller"] = {**figures, "updated": conditions.now_rfc3339()}
+
+
+async def _replace_device(st: state.OperatorState, body: kopf.Body, asked: str, answer: Mapping[str, Any], *,
+                          name: str, namespace: str) -> None:
+    """The ``nasblade.io/replace-device: N`` annotation: the controller replaces failed device N
+    by a new, empty one and rebuilds it online (the Events ``DeviceReplaced`` /
+    ``DeviceReplaceRefused`` say which). The annotation is removed once answered either way, so
+    a refused request is not retried every interval; it stays while the controller cannot be
+    reached. The rebuild's progress shows in ``status.devices``."""
+    why = devices.replace_refusal(asked, answer)
+    admin = await st.admin_token(namespace, name) if why is None else None
+    if why is None and admin is None:
+        why = (f"the token Secret {naming.token_secret_name(name)} has no admin-token key (made by an older "
+               "operator): add one, restart the controller pod, then annotate again")
+    if why is None and admin is not None:
+        api = arrayapi.ArrayAPI(st.http, endpoints.controller_api(namespace, name), token=admin)
+        try:
+            await api.replace_device(int(asked))
+        except arrayapi.ArrayRefused as exc:
+            why = f"device {asked}: the controller refused: {exc}"
+        except arrayapi.ArrayUnavailable as exc:
+            events.warning(body, "DeviceReplaceDeferred", f"device {asked}: the controller is unreachable ({exc})")
+            return
+    await st.kube.patch("DiskArray", name, {"metadata": {"annotations": {naming.A_REPLACE_DEVICE: None}}},
+                        namespace=namespace)
+    if why is not None:
+        events.warning(body, "DeviceReplaceRefused", why)
+    else:
+        events.normal(body, "DeviceReplaced", f"device {asked} replaced by a new, empty one; it is rebuilt online "
+                      "(status.devices shows the progress)")
 
 
 def _show_device_health(body: kopf.Body, answer: Mapping[str, Any], *, name: str, namespace: str,
