@@ -13,7 +13,7 @@ import pytest
 from nasblade.terminal import health, kube, plan, svgmap
 from nasblade.terminal.commands import completion
 from nasblade.terminal.errors import UsageError
-from nasblade.terminal.model import Snapshot
+from nasblade.terminal.model import Device, Snapshot
 
 
 @pytest.mark.parametrize(("slot_state", "age", "reachable", "expected"), [
@@ -312,3 +312,19 @@ def test_watch_fits_a_24_line_terminal_owners_and_blades_first(snapshot: Snapsho
         assert word in text, word
     assert text.index("File systems") < text.index("Blades") < text.index("Events")
     assert "event 0 " not in text  # older events made room
+
+
+def test_kube_device_health_from_the_diskarray_status() -> None:
+    """``kubectl nas status`` shows what the operator copied from the controller: each device's
+    state (why it failed, how far its rebuild is) and the redundancy line."""
+    devices = [Device(index=i, size=1 << 30, free=0, path=f"PVC dev-{i}") for i in range(3)]
+    status = {"redundancy": {"protection": "mirror-3", "state": "degraded", "repairedBlocks": 2, "lostBlocks": 0,
+                             "rebuild": [{"device": 2, "done": 1, "total": 200}]},
+              "devices": [{"index": 0, "state": "ok"}, {"index": 1, "state": "failed", "reason": "I/O errors"},
+                          {"index": 2, "state": "rebuilding", "rebuilt": 50}]}
+    red = kube.device_health(devices, status)
+    assert red == {"protection": "mirror-3", "state": "degraded", "repairedBlocks": 2, "lostBlocks": 0}
+    assert [(d.get("state"), d.get("detail")) for d in devices] == [
+        ("ok", None), ("failed", "I/O errors"), ("rebuilding", "25%")]
+    plain = [Device(index=0, size=1, free=0, path=None)]
+    assert kube.device_health(plain, {}) is None and "state" not in plain[0]

@@ -90,6 +90,28 @@ def condition(obj: dict[str, Any], kind: str) -> bool | None:
     return None
 
 
+def device_health(devices: list[Device], status: dict[str, Any]) -> dict[str, Any] | None:
+    """Each device's ``state`` and ``detail`` (why it failed, how far its rebuild is) from the
+    DiskArray's ``status.devices`` and ``status.redundancy`` -- the operator's copy of the
+    controller's ``GET /v1/array`` -- and the redundancy line ``nasblade status`` shows (``None``
+    when the status has none: an array without protection figures yet)."""
+    red = status.get("redundancy") or {}
+    health = {int(d["index"]): d for d in status.get("devices") or [] if "index" in d}
+    totals = {int(r["device"]): int(r.get("total") or 0) for r in red.get("rebuild") or []}
+    for dev in devices:
+        h = health.get(dev["index"])
+        if h is None or "state" not in h:
+            continue
+        dev["state"] = str(h["state"])
+        if h["state"] == "failed":
+            dev["detail"] = str(h.get("reason") or "")
+        elif h["state"] == "rebuilding":
+            dev["detail"] = f"{100 * int(h.get('rebuilt') or 0) / max(totals.get(dev['index'], 0), 1):.0f}%"
+    if not red:
+        return None
+    return {k: red.get(k) for k in ("protection", "state", "repairedBlocks", "lostBlocks")}
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -226,6 +248,7 @@ class KubeSource:
         count = int(spec.get("devices", {}).get("count", 0) or 0)
         dev_size = quantity(spec.get("devices", {}).get("size")) or 0
         devices = [Device(index=i, size=dev_size, free=0, path=f"PVC dev-{i}") for i in range(count)]
+        redundancy = device_health(devices, st)
         areas_status = st.get("areas", {}) or {}
         areas_spec = spec.get("areas", {}) or {}
         every = list(range(count))
@@ -266,7 +289,7 @@ class KubeSource:
         if load:
             load["mbps"] = {"read": load.get("readMBps", 0.0), "write": load.get("writeMBps", 0.0)}
         sw = st.get("software", {}) or {}
-        return {
+        view: ArrayView = {
             "name": a["metadata"]["name"], "ready": condition(a, "Ready"),
             "size": count * dev_size if count else None, "free": None, "devices": devices, "lus": lus,
             "areas": areas, "cache": dict(ctl.get("cache", {}) or {}), "load": load,
@@ -274,6 +297,9 @@ class KubeSource:
                          "running": sw.get("version"), "versions": list(sw.get("seeded", []) or [])},
             "controller": ctl.get("endpoint"),
         }
+        if redundancy:
+            view["redundancy"] = redundancy
+        return view
 
     def _group(self, cg: dict[str, Any]) -> tuple[Group, list[Backup]]:
         spec, st = cg.get("spec", {}), cg.get("status", {})
