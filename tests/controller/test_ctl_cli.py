@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,8 @@ def test_yaml_config_env_token_and_unix_socket(tmp_path: Path) -> None:
     try:
         eps = ready.wait_ready(proc)["endpoints"]
         assert eps["nbdUnix"] == str(sock)
+        # plaintext and every LU: only the controller's own user may connect
+        assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o600
         api = ControlClient(eps["api"], TOKEN)
         assert api.cache()["size"] == 16 << 20
         assert len(api.array()["devices"]) == 2

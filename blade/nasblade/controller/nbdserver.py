@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -411,5 +412,14 @@ async def serve_tcp(engine: Engine, host: str, port: int,
 
 
 async def serve_unix(engine: Engine, path: str) -> asyncio.Server:
+    """NBD on a Unix socket, plaintext and with every LU: its access rule is the file system's --
+    the socket is made ``0600`` (only the controller's own user may connect), with the umask set
+    before ``bind`` so it is never reachable by others, not even for an instant."""
     loop = asyncio.get_running_loop()
-    return await loop.create_unix_server(lambda: NBDConnection(engine), path)
+    old = os.umask(0o177)
+    try:
+        server = await loop.create_unix_server(lambda: NBDConnection(engine), path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return server
