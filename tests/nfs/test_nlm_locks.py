@@ -7,7 +7,7 @@ import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nasblade.nfs.locks import EOF, Grace, Lock, LockTable, Owner, Waiter, span
+from nasblade.nfs.locks import EOF, Grace, Lock, LockTable, Owner, Share, ShareTable, Waiter, span
 
 A = Owner(b"alpha", 1, b"1@alpha")
 A2 = Owner(b"alpha", 2, b"2@alpha")
@@ -174,3 +174,16 @@ def test_table_matches_a_byte_by_byte_model(seq: list[tuple[str, int, bool, int,
                 assert e1 <= s2 and not (e1 == s2 and x1 == x2), mine
             per_byte = {b: x for s, e, x in mine for b in range(s, e)}
             assert per_byte == {b: held[o] for b, held in model.items() if o in held}
+
+
+def test_share_reservations_conflict_on_access_against_deny() -> None:
+    t = ShareTable()
+    assert t.share(F, Share(A, access=1, deny=2)) is None  # read, deny write
+    assert t.share(F, Share(B, access=2, deny=0)) == Share(A, 1, 2)  # write is denied
+    assert t.share(F, Share(B, access=1, deny=1)) == Share(A, 1, 2)  # denies A's read
+    assert t.share(F, Share(B, access=1, deny=0)) is None
+    assert t.share(F, Share(A, access=3, deny=0)) is None  # one owner replaces its share
+    assert t.shares(F) == [Share(B, 1, 0), Share(A, 3, 0)]
+    assert t.unshare(F, A) and not t.unshare(F, A)
+    t.free_host(b"beta")
+    assert t.shares(F) == []

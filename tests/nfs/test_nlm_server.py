@@ -133,6 +133,17 @@ class Host:
         res: nlm.TestRes = self.call(1, nlm.TEST_ARGS, nlm.TestArgs(b"t", excl, self.alock(fh, **kw)), nlm.TEST_RES)
         return res.test_stat
 
+    def share(self, fh: bytes, *, access: int, deny: int, proc: int = 20, reclaim: bool = False) -> int:
+        args = nlm.ShareArgs(b"s-" + self.name, nlm.NlmShare(self.name, fh, b"o@" + self.name, deny, access), reclaim)
+        res: nlm.ShareRes = self.call(proc, nlm.SHARE_ARGS, args, nlm.SHARE_RES)
+        assert res.cookie == b"s-" + self.name
+        return res.stat
+
+    def nm_lock(self, fh: bytes, *, excl: bool = True, **kw: Any) -> int:
+        args = nlm.LockArgs(b"n-" + self.name, False, excl, self.alock(fh, **kw), False, 0)
+        res: nlm.Res = self.call(22, nlm.LOCK_ARGS, args, nlm.RES)
+        return res.stat
+
     def unlock(self, fh: bytes, **kw: Any) -> int:
         res: nlm.Res = self.call(4, nlm.UNLOCK_ARGS, nlm.UnlockArgs(b"u", self.alock(fh, **kw)), nlm.RES)
         return res.stat
@@ -170,7 +181,7 @@ def test_locks_conflicts_callbacks_and_reclaim_after_restart(tmp_path: Path) -> 
             assert rep.stat == message.AcceptStat.GARBAGE_ARGS
             rep = await run(pm.call, nlm.NLM_PROG, nlm.NLM_V4, 0)
             assert rep.stat == message.AcceptStat.SUCCESS
-            rep = await run(pm.call, nlm.NLM_PROG, nlm.NLM_V4, 20)  # SHARE is not offered
+            rep = await run(pm.call, nlm.NLM_PROG, nlm.NLM_V4, 7)  # LOCK_MSG (asynchronous) is not offered
             assert rep.stat == message.AcceptStat.PROC_UNAVAIL
             pm.close()
 
@@ -256,6 +267,47 @@ def test_sm_notify_from_a_rebooted_client_frees_its_locks(tmp_path: Path) -> Non
         assert rep.stat == message.AcceptStat.SUCCESS
         c.close()
         assert await asyncio.to_thread(b.lock, fh) == nlm.Stat.GRANTED
+        await fp.close()
+
+    asyncio.run(scenario())
+
+
+def test_share_reservations_and_unmonitored_locks(tmp_path: Path) -> None:
+    """SHARE / UNSHARE (DOS share modes) and NM_LOCK, the PC clients' procedures: a share that
+    denies writing keeps another host from opening for writing but not for reading; UNSHARE and
+    FREE_ALL release; NM_LOCK conflicts like LOCK but monitors nobody."""
+    device, fh = make_fs(tmp_path / "s.img")
+    R, W, RW = nlm.ShareAccess.R, nlm.ShareAccess.W, nlm.ShareAccess.RW
+    DN, DW = nlm.ShareMode.DN, nlm.ShareMode.DW
+
+    async def scenario() -> None:
+        fp = FileProcessor(commit_interval=0.2, grace_period=0.0)
+        eps = await fp.add_filesystem(spec(device))
+        port = int(eps["nfs"].rsplit(":", 1)[1])
+        a, b = Host(b"alpha", "127.0.0.2", port), Host(b"beta", "127.0.0.3", port)
+
+        def run(fn: Any, *args: Any, **kw: Any) -> Any:
+            return asyncio.to_thread(fn, *args, **kw)
+
+        assert await run(a.share, fh, access=RW, deny=DW) == nlm.Stat.GRANTED
+        assert await run(b.share, fh, access=W, deny=DN) == nlm.Stat.DENIED  # alpha denies writing
+        assert await run(b.share, fh, access=R, deny=DN) == nlm.Stat.GRANTED
+        assert await run(a.share, fh, access=R, deny=DW) == nlm.Stat.GRANTED  # an owner replaces its own
+        assert await run(b.share, fh, access=R, deny=DW) == nlm.Stat.GRANTED
+        assert await run(a.share, fh, access=W, deny=DN) == nlm.Stat.DENIED  # now beta denies writing
+        assert await run(b.share, fh, access=R, deny=DN, proc=21) == nlm.Stat.GRANTED  # UNSHARE
+        assert await run(a.share, fh, access=RW, deny=DN) == nlm.Stat.GRANTED
+        assert await run(a.share, b"x" * 46, access=R, deny=DN) == nlm.Stat.STALE_FH
+        # FREE_ALL drops a host's shares too
+        assert await run(b.share, fh, access=W, deny=DN) == nlm.Stat.GRANTED
+        await run(b.call, 23, nlm.NOTIFY_ARGS, nlm.NotifyArgs(b"beta", 3), xdr.Void)
+        assert await run(a.share, fh, access=R, deny=DW) == nlm.Stat.GRANTED
+        # NM_LOCK: the same conflicts as LOCK, never blocks, monitors nobody
+        assert await run(a.nm_lock, fh, off=0, length=10) == nlm.Stat.GRANTED
+        assert await run(b.nm_lock, fh, off=5, length=1) == nlm.Stat.DENIED
+        assert await run(b.lock, fh, off=5, length=1) == nlm.Stat.DENIED
+        ep = fp.endpoints["l"]
+        assert ep.nlm is not None and ep.nlm.monitor.clients == {}
         await fp.close()
 
     asyncio.run(scenario())

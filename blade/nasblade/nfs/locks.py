@@ -21,6 +21,11 @@ Semantics (POSIX ``fcntl`` locks, which is what the Linux client maps both ``fcn
 - ``free_host`` drops everything a host holds or waits for (FREE_ALL, or SM_NOTIFY when the
   client rebooted).
 
+``ShareTable`` holds DOS share reservations (NLM ``SHARE``/``UNSHARE``, the open modes of PC
+clients): an owner opens a file for some access (read, write, both) and denies some to everyone
+else; a new share conflicts when its access is denied by another owner's share, or it denies
+what another owner's share has. One owner's new share replaces its previous one on that file.
+
 ``Grace`` is the grace period after a start or takeover: new locks are refused
 (NLM4_DENIED_GRACE_PERIOD) and only reclaims are granted, so the clients that held locks before
 get them back before anyone else can take them.
@@ -226,6 +231,52 @@ def _same_request(a: Waiter, b: Waiter) -> bool:
 
 
 @dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """A share reservation: ``access`` and ``deny`` are bit sets, 1 = read, 2 = write."""
+
+    owner: Owner
+    access: int
+    deny: int
+
+
+class ShareTable:
+    """DOS share reservations per file (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._shares: dict[Hashable, list[Share]] = {}
+
+    def shares(self, key: Hashable) -> list[Share]:
+        return list(self._shares.get(key, ()))
+
+    def share(self, key: Hashable, share: Share) -> Share | None:
+        """Take ``share`` on ``key``; the conflicting share of another owner (nothing taken), or
+        ``None`` when it is taken."""
+        current = self._shares.get(key, [])
+        for other in current:
+            if other.owner != share.owner and (share.access & other.deny or other.access & share.deny):
+                return other
+        self._shares[key] = [s for s in current if s.owner != share.owner] + [share]
+        return None
+
+    def unshare(self, key: Hashable, owner: Owner) -> bool:
+        current = self._shares.get(key, [])
+        kept = [s for s in current if s.owner != owner]
+        if kept:
+            self._shares[key] = kept
+        else:
+            self._shares.pop(key, None)
+        return len(kept) != len(current)
+
+    def free_host(self, host: bytes) -> None:
+        for key in list(self._shares):
+            kept = [s for s in self._shares[key] if s.owner.host != host]
+            if kept:
+                self._shares[key] = kept
+            else:
+                del self._shares[key]
+
+
 class Grace:
     """The grace period: until ``until`` (a monotonic time) only reclaims get locks."""
 

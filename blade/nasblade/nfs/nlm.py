@@ -18,8 +18,12 @@ Procedures served (the synchronous ones the Linux client uses over TCP):
   request is a reclaim; a reclaim after the grace period is an ordinary request.
 - A handle that is not a live file of this file system: ``NLM4_STALE_FH``; a client outside the
   export's allow-list: ``NLM4_DENIED``; a LOCK on a read-only export: ``NLM4_ROFS``.
-- Not offered (PROC_UNAVAIL): the asynchronous ``*_MSG``/``*_RES`` procedures, ``GRANTED``
-  (a client-side procedure), DOS share reservations (``SHARE``/``UNSHARE``) and ``NM_LOCK``.
+- ``SHARE``/``UNSHARE`` (DOS share reservations, ``locks.ShareTable``) and ``NM_LOCK`` (a
+  non-blocking lock for a client without a status monitor): the PC clients' procedures; their
+  hosts are not monitored (they run no statd to be told), and a ``SHARE`` during the grace
+  period is refused unless it is a reclaim.
+- Not offered (PROC_UNAVAIL): the asynchronous ``*_MSG``/``*_RES`` procedures and ``GRANTED``
+  (a client-side procedure).
 
 A granted lock adds its host to the monitored list; if that changed the list, the reply waits
 for the group commit that stores it (``call.needs_commit``), so a client never holds a lock the
@@ -35,7 +39,7 @@ from collections.abc import Callable, Hashable
 from typing import Annotated, TypeAlias
 
 from nasblade.nfs import handles
-from nasblade.nfs.locks import EOF, Grace, Lock, LockTable, Owner, Waiter, span
+from nasblade.nfs.locks import EOF, Grace, Lock, LockTable, Owner, Share, ShareTable, Waiter, span
 from nasblade.nfs.nsm import Monitor
 from nasblade.nfs.volume import Volume
 from nasblade.rpc import xdr
@@ -134,6 +138,47 @@ class TestRes:
     test_stat: Annotated[tuple[int, Holder | None], TEST_RPLY]
 
 
+class ShareMode(enum.IntEnum):
+    """``fsh4_mode``: what the share denies others (deny none, read, write, read and write)."""
+
+    DN = 0
+    DR = 1
+    DW = 2
+    DRW = 3
+
+
+class ShareAccess(enum.IntEnum):
+    """``fsh4_access``: what the share opens the file for."""
+
+    NONE = 0
+    R = 1
+    W = 2
+    RW = 3
+
+
+@dataclasses.dataclass
+class NlmShare:
+    caller_name: CallerName
+    fh: Netobj
+    oh: Netobj
+    mode: Annotated[int, xdr.Enum([int(m) for m in ShareMode])]
+    access: Annotated[int, xdr.Enum([int(a) for a in ShareAccess])]
+
+
+@dataclasses.dataclass
+class ShareArgs:
+    cookie: Netobj
+    share: NlmShare
+    reclaim: bool
+
+
+@dataclasses.dataclass
+class ShareRes:
+    cookie: Netobj
+    stat: Annotated[int, STATS]
+    sequence: xdr.I32
+
+
 @dataclasses.dataclass
 class NotifyArgs:
     name: CallerName
@@ -149,6 +194,8 @@ UNLOCK_ARGS = xdr.struct(UnlockArgs)
 RES = xdr.struct(Res)
 TEST_RES = xdr.struct(TestRes)
 NOTIFY_ARGS = xdr.struct(NotifyArgs)
+SHARE_ARGS = xdr.struct(ShareArgs)
+SHARE_RES = xdr.struct(ShareRes)
 
 FileKey = tuple[int, int]
 
@@ -179,6 +226,7 @@ class Nlm:
                  granted: Callable[[Hashable, list[Waiter]], None] | None = None) -> None:
         self.volumes = volumes
         self.table = LockTable()
+        self.shares = ShareTable()
         self.monitor = monitor if monitor is not None else Monitor()
         self.grace = grace if grace is not None else Grace()
         self.clock = clock
@@ -245,6 +293,7 @@ class Nlm:
             self._wake(key)
 
     def free_host(self, host: bytes) -> None:
+        self.shares.free_host(host)
         for key in self.table.free_host(host):
             self._wake(key)
 
@@ -312,6 +361,46 @@ class Nlm:
                 self.changed(call)  # nothing left to reclaim after a restart
         return Res(args.cookie, Stat.GRANTED)
 
+    def nm_lock(self, call: Call, args: LockArgs) -> Res:
+        """``NM_LOCK``: a lock for a client that runs no status monitor (nothing to notify after
+        a restart, so its host is not monitored); it never blocks (X/Open: ``block`` must be
+        false, a blocked request could never be granted by callback)."""
+        a = args.alock
+        try:
+            key = self._file(call, a.fh, write=args.exclusive)
+        except _Refused as r:
+            return Res(args.cookie, r.stat)
+        if self.in_grace() and not args.reclaim:
+            return Res(args.cookie, Stat.DENIED_GRACE_PERIOD)
+        start, end = span(a.l_offset, a.l_len)
+        if start >= EOF:
+            return Res(args.cookie, Stat.FBIG)
+        if self.table.lock(key, owner_of(a), args.exclusive, start, end) is None:
+            return Res(args.cookie, Stat.GRANTED)
+        return Res(args.cookie, Stat.DENIED)
+
+    def share(self, call: Call, args: ShareArgs) -> ShareRes:
+        """``SHARE``: a DOS share reservation (``locks.ShareTable``); like ``NM_LOCK`` it is for
+        PC clients, whose hosts are not monitored."""
+        s = args.share
+        try:
+            key = self._file(call, s.fh, write=bool(s.access & ShareAccess.W))
+        except _Refused as r:
+            return ShareRes(args.cookie, r.stat, 0)
+        if self.in_grace() and not args.reclaim:
+            return ShareRes(args.cookie, Stat.DENIED_GRACE_PERIOD, 0)
+        taken = self.shares.share(key, Share(Owner(s.caller_name, 0, s.oh), s.access, s.mode))
+        return ShareRes(args.cookie, Stat.GRANTED if taken is None else Stat.DENIED, 0)
+
+    def unshare(self, call: Call, args: ShareArgs) -> ShareRes:
+        s = args.share
+        try:
+            key = self._file(call, s.fh)
+        except _Refused as r:
+            return ShareRes(args.cookie, r.stat, 0)
+        self.shares.unshare(key, Owner(s.caller_name, 0, s.oh))
+        return ShareRes(args.cookie, Stat.GRANTED, 0)
+
     def free_all(self, call: Call, args: NotifyArgs) -> None:
         self.free_host(args.name)
         if self.monitor.remove(args.name):
@@ -325,6 +414,9 @@ class Nlm:
             2: P("NLM4_LOCK", LOCK_ARGS, RES, self.lock, cached=True),
             3: P("NLM4_CANCEL", CANC_ARGS, RES, self.cancel, cached=True),
             4: P("NLM4_UNLOCK", UNLOCK_ARGS, RES, self.unlock, cached=True),
+            20: P("NLM4_SHARE", SHARE_ARGS, SHARE_RES, self.share, cached=True),
+            21: P("NLM4_UNSHARE", SHARE_ARGS, SHARE_RES, self.unshare, cached=True),
+            22: P("NLM4_NM_LOCK", LOCK_ARGS, RES, self.nm_lock, cached=True),
             23: P("NLM4_FREE_ALL", NOTIFY_ARGS, xdr.Void, self.free_all, cached=True),
         }
         return Program(NLM_PROG, {NLM_V4: procs})
