@@ -315,7 +315,9 @@ class Nlm:
             return TestRes(args.cookie, (Stat.GRANTED, None))
         return TestRes(args.cookie, (Stat.DENIED, holder(other)))
 
-    def lock(self, call: Call, args: LockArgs) -> Res:
+    def _lockable(self, call: Call, args: LockArgs) -> tuple[FileKey, int, int] | Res:
+        """What ``LOCK`` and ``NM_LOCK`` check first: the handle, the grace period, the range;
+        ``(file, start, end)`` or the refusal."""
         a = args.alock
         try:
             key = self._file(call, a.fh, write=args.exclusive)
@@ -326,6 +328,14 @@ class Nlm:
         start, end = span(a.l_offset, a.l_len)
         if start >= EOF:
             return Res(args.cookie, Stat.FBIG)
+        return key, start, end
+
+    def lock(self, call: Call, args: LockArgs) -> Res:
+        a = args.alock
+        checked = self._lockable(call, args)
+        if isinstance(checked, Res):
+            return checked
+        key, start, end = checked
         owner = owner_of(a)
         if self.table.lock(key, owner, args.exclusive, start, end) is None:
             self.table.cancel(key, owner, args.exclusive, start, end)  # a poll of a queued request
@@ -365,17 +375,11 @@ class Nlm:
         """``NM_LOCK``: a lock for a client that runs no status monitor (nothing to notify after
         a restart, so its host is not monitored); it never blocks (X/Open: ``block`` must be
         false, a blocked request could never be granted by callback)."""
-        a = args.alock
-        try:
-            key = self._file(call, a.fh, write=args.exclusive)
-        except _Refused as r:
-            return Res(args.cookie, r.stat)
-        if self.in_grace() and not args.reclaim:
-            return Res(args.cookie, Stat.DENIED_GRACE_PERIOD)
-        start, end = span(a.l_offset, a.l_len)
-        if start >= EOF:
-            return Res(args.cookie, Stat.FBIG)
-        if self.table.lock(key, owner_of(a), args.exclusive, start, end) is None:
+        checked = self._lockable(call, args)
+        if isinstance(checked, Res):
+            return checked
+        key, start, end = checked
+        if self.table.lock(key, owner_of(args.alock), args.exclusive, start, end) is None:
             return Res(args.cookie, Stat.GRANTED)
         return Res(args.cookie, Stat.DENIED)
 
