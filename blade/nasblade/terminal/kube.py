@@ -47,6 +47,7 @@ from nasblade.terminal.model import (
     Group,
     Snapshot,
     area_word,
+    fill_health,
 )
 from nasblade.terminal.source import BackupProgress, BackupRequest
 
@@ -97,16 +98,8 @@ def device_health(devices: list[Device], status: dict[str, Any]) -> dict[str, An
     when the status has none: an array without protection figures yet)."""
     red = status.get("redundancy") or {}
     health = {int(d["index"]): d for d in status.get("devices") or [] if "index" in d}
-    totals = {int(r["device"]): int(r.get("total") or 0) for r in red.get("rebuild") or []}
     for dev in devices:
-        h = health.get(dev["index"])
-        if h is None or "state" not in h:
-            continue
-        dev["state"] = str(h["state"])
-        if h["state"] == "failed":
-            dev["detail"] = str(h.get("reason") or "")
-        elif h["state"] == "rebuilding":
-            dev["detail"] = f"{100 * int(h.get('rebuilt') or 0) / max(totals.get(dev['index'], 0), 1):.0f}%"
+        fill_health(dev, health.get(dev["index"], {}), red.get("rebuild") or [])
     if not red:
         return None
     return {k: red.get(k) for k in ("protection", "state", "repairedBlocks", "lostBlocks")}

@@ -37,6 +37,20 @@ class Device(TypedDict):
     detail: NotRequired[str]
 
 
+
+def fill_health(dev: Device, entry: dict[str, Any], rebuild: list[dict[str, Any]]) -> None:
+    """Fill ``dev``'s ``state`` and ``detail`` from a device entry of the controller's
+    ``GET /v1/array`` (or the DiskArray's ``status.devices``, the operator's copy of it) and its
+    ``rebuild`` list: why a failed device failed, how far a rebuilding one is."""
+    if "state" not in entry:
+        return
+    dev["state"] = str(entry["state"])
+    if entry["state"] == "failed":
+        dev["detail"] = str(entry.get("reason") or "")
+    elif entry["state"] == "rebuilding":
+        total = next((int(r.get("total") or 0) for r in rebuild if r.get("device") == entry.get("index")), 0)
+        dev["detail"] = f"{100 * int(entry.get('rebuilt') or 0) / max(total, 1):.0f}%"
+
 class Extent(TypedDict):
     """One contiguous run of an LU on one device, as the controller's LU listing gives it."""
 

@@ -53,6 +53,7 @@ from nasblade.terminal.model import (
     LUKind,
     Snapshot,
     area_word,
+    fill_health,
 )
 from nasblade.terminal.source import BackupProgress, BackupRequest
 
@@ -65,13 +66,7 @@ FS_PREFIX = lunames.FS_PREFIX
 def _device(d: dict[str, Any], array: dict[str, Any]) -> Device:
     """A device of the controller's ``GET /v1/array``, with its redundancy state."""
     dev = Device(index=d["index"], size=d["size"], free=d.get("free", 0), path=d.get("path"))
-    if "state" in d:
-        dev["state"] = str(d["state"])
-        if d["state"] == "failed":
-            dev["detail"] = str(d.get("reason") or "")
-        elif d["state"] == "rebuilding":
-            total = next((r["total"] for r in array.get("rebuild", []) if r["device"] == d["index"]), 0)
-            dev["detail"] = f"{100 * (d.get('rebuilt') or 0) / max(total, 1):.0f}%"
+    fill_health(dev, d, array.get("rebuild", []))
     return dev
 
 
