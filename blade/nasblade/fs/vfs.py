@@ -7,8 +7,20 @@ size. The connection runs in ``locking_mode=EXCLUSIVE`` + ``journal_mode=WAL``, 
 keeps its WAL index in heap memory and never asks for shared memory, and there is exactly one
 writer (the file processor that owns the LU; fencing at the controller keeps it that way).
 
-Durability: ``xSync`` writes the region header if the logical size changed, then issues one
-device ``flush`` (NBD FLUSH). WAL frames are checksummed and salted by SQLite, so a frame
+Write gathering: SQLite writes a WAL frame as two calls (the 24-byte frame header, then the
+page) and a transaction as a run of frames; each call on its own would be one round trip to
+the controller. ``RegionFile`` keeps a run of contiguous writes in memory and sends it as one
+device write when the run breaks (a write elsewhere), grows past ``GATHER_MAX``, is read, or
+the file is synced, truncated or closed. Nothing SQLite treats as durable depends on a
+gathered write: it counts a write durable only after ``xSync``, which sends the run first.
+
+Durability: ``xSync`` sends the gathered run, writes the region header if the logical size
+is not covered by the recorded one, then issues one device ``flush`` (NBD FLUSH). The WAL's
+header records its size rounded up to ``WAL_SIZE_STEP``, so a growing WAL rewrites its header
+once per step and not at every commit: after a crash SQLite finds the committed frames and,
+past them, bytes that are not valid frames of this WAL (zeroes, a torn frame, frames of an
+earlier WAL generation with other salts), which its recovery stops at, as it does for a WAL
+file that was not truncated. The database file's size is recorded exactly. WAL frames are checksummed and salted by SQLite, so a frame
 that was written but not flushed before a crash is ignored by recovery; a commit is durable
 once the ``xSync`` after its commit frame returns. Any other file SQLite asks for (temporary
 files) is kept in memory.
@@ -27,6 +39,9 @@ from nasblade.fs import layout
 _SQLITE_IOCAP_SAFE_APPEND = 0x200
 _SQLITE_IOCAP_POWERSAFE_OVERWRITE = 0x1000
 _counter = itertools.count(1)
+# A gathered run is sent once it reaches this size (a large transaction still streams).
+GATHER_MAX = 1 << 20
+WAL_SIZE_STEP = 1 << 20
 
 
 class _SingleProcessFile:
@@ -52,43 +67,77 @@ class _SingleProcessFile:
 class RegionFile(_SingleProcessFile):
     """One SQLite file stored in a region of the device."""
 
-    def __init__(self, dev: BlockDevice, *, offset: int, length: int) -> None:
+    def __init__(self, dev: BlockDevice, *, offset: int, length: int, size_step: int = 0) -> None:
         self.dev = dev
         self.hdr_off = offset
         self.base = offset + layout.REGION_HDR
         self.capacity = length - layout.REGION_HDR
+        self.size_step = size_step
         self.size = layout.read_region_size(dev, offset)
-        self.durable_size = self.size
+        # The size the region header holds (with a size step, an upper bound of ``size``).
+        self.recorded_size = self.size
         self.syncs = 0
         # Bytes written since the last sync: for the WAL, the frames of the open transaction.
         self.unsynced_bytes = 0
+        # The gathered run: bytes for file offsets [_run_off, _run_off + len(_run)).
+        self._run_off = 0
+        self._run = bytearray()
+        self.device_writes = 0
 
-    def _write_header(self) -> None:
-        self.dev.pwrite(self.hdr_off, layout.region_header(self.size))
-        self.durable_size = self.size
+    def _write_header(self, size: int | None = None) -> None:
+        size = self.size if size is None else size
+        self.dev.pwrite(self.hdr_off, layout.region_header(size))
+        self.recorded_size = size
+
+    def _send_run(self) -> None:
+        """Send the gathered run to the device (one write)."""
+        if self._run:
+            run, self._run = self._run, bytearray()
+            self.dev.pwrite(self.base + self._run_off, run)
+            self.device_writes += 1
 
     def xRead(self, amount: int, offset: int) -> bytes:
         if offset >= self.size:
             return b""
         n = min(amount, self.size - offset)
+        if self._run and offset < self._run_off + len(self._run) and offset + n > self._run_off:
+            self._send_run()
         return self.dev.pread(self.base + offset, n)
 
     def xWrite(self, data: Any, offset: int) -> None:
         n = len(data)
         if offset + n > self.capacity:
             raise apsw.FullError(f"metadata region full ({offset + n} > {self.capacity})")
-        self.dev.pwrite(self.base + offset, data)
+        run_end = self._run_off + len(self._run)
+        if self._run and self._run_off <= offset <= run_end:
+            # Extends or overwrites the run: keep gathering.
+            self._run[offset - self._run_off : offset - self._run_off + n] = data
+        else:
+            self._send_run()
+            self._run_off = offset
+            self._run[:] = data
+        if len(self._run) >= GATHER_MAX:
+            self._send_run()
         self.unsynced_bytes += n
         if offset + n > self.size:
             self.size = offset + n
 
     def xTruncate(self, newsize: int) -> None:
+        if self._run and self._run_off + len(self._run) > newsize:
+            # Never send bytes past the new end (they would be stale after a later regrowth).
+            del self._run[max(0, newsize - self._run_off) :]
+            if not self._run:
+                self._run_off = 0
         if newsize != self.size:
             self.size = newsize
             self._write_header()
 
     def xSync(self, flags: int) -> None:
-        if self.size != self.durable_size:
+        self._send_run()
+        if self.size_step and self.size > self.recorded_size:
+            step = self.size_step
+            self._write_header(min(self.capacity, (self.size + step - 1) // step * step))
+        elif not self.size_step and self.size != self.recorded_size:
             self._write_header()
         self.dev.flush()
         self.syncs += 1
@@ -101,9 +150,10 @@ class RegionFile(_SingleProcessFile):
         return _SQLITE_IOCAP_POWERSAFE_OVERWRITE
 
     def xClose(self) -> None:
-        return None
+        self._send_run()
 
     def delete(self, *, sync: bool) -> None:
+        self._run = bytearray()
         self.size = 0
         self._write_header()
         if sync:
@@ -148,7 +198,7 @@ class RegionVFS(apsw.VFS):
         self.name = f"nasblade-{next(_counter)}"
         super().__init__(self.name, base="")
         self.db = RegionFile(dev, offset=sb.meta_off, length=sb.meta_len)
-        self.wal = RegionFile(dev, offset=sb.wal_off, length=sb.wal_len)
+        self.wal = RegionFile(dev, offset=sb.wal_off, length=sb.wal_len, size_step=WAL_SIZE_STEP)
 
     @property
     def db_uri(self) -> str:
