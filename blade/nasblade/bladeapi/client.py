@@ -111,5 +111,9 @@ class FPControlClient(_BladeJSONClient):
     def remove(self, name: str) -> dict[str, Any]:
         return self._dict("DELETE", f"/v1/filesystems/{name}")
 
+    def calls(self) -> dict[str, Any]:
+        """RPC call counts and latency buckets per served file system (``FileProcessor.call_stats``)."""
+        return self._dict("GET", "/v1/calls")
+
 
 __all__ = ["BladeAPIError", "BladeClient", "FPControlClient", "LocalClient"]

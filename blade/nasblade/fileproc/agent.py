@@ -20,6 +20,9 @@ With ``--control-unix PATH`` it also serves its block processor (takeover / rele
     GET    /v1/filesystems          what is served (FileProcessor.status())
     POST   /v1/filesystems          body: the --fs JSON; mount (recover) and listen; idempotent
     DELETE /v1/filesystems/{name}   stop listening, commit, unmount
+    GET    /v1/calls                RPC calls per file system, program and procedure, with
+                                    their latency buckets (FileProcessor.call_stats()), for
+                                    the blade's metrics (nasblade.blockproc.metrics)
 
 SIGTERM: a last status with ``state: stopped``, then the file systems are committed and
 unmounted.
@@ -157,6 +160,10 @@ async def _remove_fs(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "removed": True})
 
 
+async def _calls(request: web.Request) -> web.Response:
+    return web.json_response(request.app[FP_KEY].call_stats())
+
+
 def control_app(fp: Any) -> web.Application:
     """The file processor's control API, used by its block processor (takeover/release)."""
     app = web.Application()
@@ -164,6 +171,7 @@ def control_app(fp: Any) -> web.Application:
     app.router.add_get("/v1/filesystems", _list_fs)
     app.router.add_post("/v1/filesystems", _add_fs)
     app.router.add_delete("/v1/filesystems/{name}", _remove_fs)
+    app.router.add_get("/v1/calls", _calls)
     return app
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import socket
 import struct
@@ -47,7 +48,7 @@ from nasblade.nfs import mount, nfs3, nlm, nsm, portmap
 from nasblade.nfs.locks import Grace, Waiter
 from nasblade.nfs.volume import Volume
 from nasblade.rpc import record, xdr
-from nasblade.rpc.dispatch import Buffers, Call, Dispatcher
+from nasblade.rpc.dispatch import LATENCY_BUCKETS, Buffers, Call, Dispatcher
 
 log = logging.getLogger(__name__)
 _HDR = struct.Struct(">I")
@@ -418,6 +419,20 @@ class FileProcessor:
             }
             for name, ep in self.endpoints.items()
         }
+
+    def call_stats(self) -> dict[str, Any]:
+        """The RPC calls each served file system's dispatcher executed (``Dispatcher.stats``) and
+        its client connections, as JSON for the block processor's metrics (``GET /v1/calls`` of
+        the control socket, ``nasblade.fileproc.agent``). ``buckets`` per call: cumulative counts
+        at each bound of ``latencyBuckets`` (seconds), +Inf last."""
+        out: dict[str, Any] = {}
+        for name, ep in sorted(self.endpoints.items()):
+            calls = []
+            for (program, procedure), f in sorted(ep.dispatcher.stats.calls.items()):
+                calls.append({"program": program, "procedure": procedure, "count": f.count,
+                              "seconds": f.seconds, "buckets": list(itertools.accumulate(f.buckets))})
+            out[name] = {"clients": len(ep.conns), "calls": calls}
+        return {"latencyBuckets": list(LATENCY_BUCKETS), "fileSystems": out}
 
     async def close(self) -> None:
         for name in list(self.endpoints):

@@ -100,4 +100,4 @@ class Mount:
             4: P("UMNTALL", xdr.Void, xdr.Void, self.umntall),
             5: P("EXPORT", xdr.Void, t.EXPORTS, self.export),
         }
-        return Program(t.MOUNT_PROGRAM, {t.MOUNT_V3: procs})
+        return Program(t.MOUNT_PROGRAM, {t.MOUNT_V3: procs}, name="mount")

@@ -537,7 +537,7 @@ class Nfs3:
             20: P("PATHCONF", t.FH, t.PATHCONF_RES, self.pathconf),
             21: P("COMMIT", t.COMMIT_ARGS, t.COMMIT_RES, self.commit),
         }
-        return Program(t.NFS_PROGRAM, {t.NFS_V3: procs})
+        return Program(t.NFS_PROGRAM, {t.NFS_V3: procs}, name="nfs")
 
 
 def _setattr(s: t.Sattr) -> fsmod.SetAttr:

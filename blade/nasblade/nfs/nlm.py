@@ -423,4 +423,4 @@ class Nlm:
             22: P("NLM4_NM_LOCK", LOCK_ARGS, RES, self.nm_lock, cached=True),
             23: P("NLM4_FREE_ALL", NOTIFY_ARGS, xdr.Void, self.free_all, cached=True),
         }
-        return Program(NLM_PROG, {NLM_V4: procs})
+        return Program(NLM_PROG, {NLM_V4: procs}, name="nlm")

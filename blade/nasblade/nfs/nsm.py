@@ -197,4 +197,4 @@ class Nsm:
             4: P("SM_UNMON_ALL", MY_ID, SM_STAT, self.unmon_all, cached=True),
             6: P("SM_NOTIFY", STAT_CHGE, xdr.Void, self.notify, cached=True),
         }
-        return Program(SM_PROG, {SM_VERS: procs})
+        return Program(SM_PROG, {SM_VERS: procs}, name="nsm")

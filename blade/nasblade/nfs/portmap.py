@@ -46,4 +46,4 @@ class Portmap:
             3: P("GETPORT", t.MAPPING, xdr.UInt, self.getport),
             4: P("DUMP", xdr.Void, t.PMAPLIST, self.dump),
         }
-        return Program(t.PMAP_PROGRAM, {t.PMAP_V2: procs})
+        return Program(t.PMAP_PROGRAM, {t.PMAP_V2: procs}, name="portmap")

@@ -19,13 +19,22 @@ Programs (``nasblade.nfs.nfs3``, ``nasblade.nfs.mount``, ``nasblade.nfs.portmap`
 ``cached``; their replies go into the ``DuplicateRequestCache`` keyed by client address,
 XID, procedure and a checksum of the arguments, so a retransmission gets the original reply
 instead of being executed twice.
+
+Every executed call (one that passed the checks; a replayed reply from the cache is not one)
+is counted in ``Dispatcher.stats`` (``CallStats``) by program and procedure, with the time the
+handler and the encoding of its reply took, in the buckets of a latency histogram. That time is
+the server's work on the call: a reply held back for the group commit waits on top of it. The
+file processor reports these figures (``FileProcessor.call_stats``) to its block processor, which
+serves them as Prometheus metrics (``nasblade.blockproc.metrics``).
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import logging
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +70,8 @@ class Procedure:
 class Program:
     number: int
     versions: dict[int, dict[int, Procedure]]
+    name: str = ""
+    """How the call statistics name the program (``nfs``, ``mount``...); its number when empty."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,13 +113,47 @@ class DuplicateRequestCache:
         self._entries.clear()
 
 
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Upper bounds (seconds) of the call-latency histogram's buckets; a last one, +Inf, is implied."""
+
+
+@dataclasses.dataclass
+class CallFigures:
+    """Calls of one procedure: how many, their total time, and how many fell in each bucket
+    of ``LATENCY_BUCKETS`` (``buckets[i]``: at most ``LATENCY_BUCKETS[i]`` and more than the
+    bound before; the last entry: above every bound)."""
+
+    count: int = 0
+    seconds: float = 0.0
+    buckets: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.seconds += seconds
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+
+class CallStats:
+    """The executed calls of a dispatcher, per ``(program name, procedure name)``."""
+
+    def __init__(self) -> None:
+        self.calls: dict[tuple[str, str], CallFigures] = {}
+
+    def add(self, program: str, procedure: str, seconds: float) -> None:
+        key = (program, procedure)
+        figures = self.calls.get(key)
+        if figures is None:
+            figures = self.calls[key] = CallFigures()
+        figures.add(seconds)
+
+
 class Dispatcher:
     """Routes calls to registered programs; see the module docstring for the check order."""
 
     def __init__(self, *, drc: DuplicateRequestCache | None = None) -> None:
         self.programs: dict[int, Program] = {}
         self.drc = drc if drc is not None else DuplicateRequestCache()
-        self.counts: collections.Counter[str] = collections.Counter()
+        self.stats = CallStats()
 
     def register(self, program: Program) -> None:
         self.programs[program.number] = program
@@ -162,7 +207,7 @@ class Dispatcher:
             log.debug("GARBAGE_ARGS from %s for %s: %s", client, proc.name, exc)
             return self._plain(xid, message.accepted_error(xid, message.AcceptStat.GARBAGE_ARGS))
         call = Call(hdr, cred, client)
-        self.counts[proc.name] += 1
+        started = time.perf_counter()
         try:
             result = proc.handler(call, args)
             body = xdr.Encoder()
@@ -170,6 +215,8 @@ class Dispatcher:
         except Exception:
             log.exception("%s failed for %s", proc.name, client)
             return self._plain(xid, message.accepted_error(xid, message.AcceptStat.SYSTEM_ERR))
+        finally:
+            self.stats.add(program.name or str(program.number), proc.name, time.perf_counter() - started)
         buffers = message.success(xid, body)
         if key is not None:
             self.drc.put(key, _Entry(buffers, call.needs_commit))
