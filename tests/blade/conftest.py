@@ -10,13 +10,19 @@ blade API and the standalone array).
   (``ControlClient``), ``.kill()`` (SIGKILL) and ``.start()`` (again, same ports and device).
 - ``start_bp``: a factory that starts ``nasblade block-processor`` against ``controller``
   and returns a ``BladeProc`` with its ready line's endpoints; all are stopped at teardown.
+- ``fs_spec``: LU fs1 formatted, and the ``--fs-spec`` JSON of a blade serving it on a loopback
+  address of its own (free NFS and MOUNT ports, no portmapper).
+- ``start_fp``: a factory that starts ``nasblade blade-file-processor`` beside a ``BladeProc``
+  (control socket ``fp.sock`` in its run directory), serving ``fs`` when given.
 
 Processes are started with ``subprocess.Popen`` and awaited with ``ready.wait_ready``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,6 +36,8 @@ import pytest
 from nasblade import ready
 from nasblade.blockdev import FileBlockDevice
 from nasblade.controller.apiclient import ControlClient
+from nasblade.fs import fs as fsmod
+from nasblade.nbd.client import NBDBlockDevice
 
 NASBLADE = [sys.executable, "-m", "nasblade"]
 TOKEN = "test-token"
@@ -155,6 +163,43 @@ def start_bp(tmp_path: Path, controller: Controller) -> Iterator[Callable[..., B
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=dict(os.environ))
         procs.append(proc)
         return BladeProc(proc=proc, ready=ready.wait_ready(proc), rundir=rundir)
+
+    yield start
+    for p in procs:
+        stop(p)
+
+
+@pytest.fixture
+def fs_spec(controller: Controller) -> dict[str, Any]:
+    """fs1 formatted (root mode 1777) and the spec every blade gets: its address and ports."""
+    with NBDBlockDevice.connect(f"nbd://{controller.nbd}/fs1") as dev:
+        fsmod.mkfs(dev, root_mode=0o1777)
+        dev.flush()
+    return {
+        "name": "fs1", "lu": "fs1",
+        "address": f"127.0.{random.randint(1, 250)}.{random.randint(2, 250)}",
+        "nfsPort": free_port(), "mountPort": free_port(), "portmapPort": None,
+        "exports": [{"path": "/fs1", "subdir": "/", "clients": ["127.0.0.0/8"], "access": "rw",
+                     "rootSquash": True}],
+    }
+
+
+@pytest.fixture
+def start_fp() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Factory: ``start_fp(bp, fs=None)`` runs ``nasblade blade-file-processor`` for ``bp``."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(bp: BladeProc, blade: str, fs: dict[str, Any] | None = None) -> subprocess.Popen[bytes]:
+        argv = [*NASBLADE, "blade-file-processor", "--blade", blade, "--local-unix", bp.local,
+                "--control-unix", str(bp.rundir / "fp.sock")]
+        if fs is not None:
+            spec = {k: v for k, v in fs.items() if k != "lu"}
+            spec["device"] = bp.url(fs["lu"])
+            argv += ["--fs", json.dumps(spec)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
+        procs.append(proc)
+        ready.wait_ready(proc, timeout=120)
+        return proc
 
     yield start
     for p in procs:

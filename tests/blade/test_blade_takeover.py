@@ -11,59 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BLADE_TOKEN, NASBLADE, BladeProc, Controller, free_port, stop
-from nasblade import ready
+from conftest import BLADE_TOKEN, BladeProc, Controller
 from nasblade.bladeapi.client import BladeAPIError, BladeClient
-from nasblade.fs import fs as fsmod
 from nasblade.nbd.client import NBDBlockDevice
 from nasblade.procinfo.portion import PortionStore
 
 pytestmark = pytest.mark.component
-
-
-@pytest.fixture
-def fs_spec(controller: Controller) -> dict[str, Any]:
-    """fs1 formatted (root mode 1777) and the spec every blade gets: its address and ports."""
-    with NBDBlockDevice.connect(f"nbd://{controller.nbd}/fs1") as dev:
-        fsmod.mkfs(dev, root_mode=0o1777)
-        dev.flush()
-    return {
-        "name": "fs1", "lu": "fs1",
-        "address": f"127.0.{random.randint(1, 250)}.{random.randint(2, 250)}",
-        "nfsPort": free_port(), "mountPort": free_port(), "portmapPort": None,
-        "exports": [{"path": "/fs1", "subdir": "/", "clients": ["127.0.0.0/8"], "access": "rw",
-                     "rootSquash": True}],
-    }
-
-
-@pytest.fixture
-def start_fp() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Factory: ``start_fp(bp, fs=None)`` runs ``nasblade blade-file-processor`` for ``bp``."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(bp: BladeProc, blade: str, fs: dict[str, Any] | None = None) -> subprocess.Popen[bytes]:
-        argv = [*NASBLADE, "blade-file-processor", "--blade", blade, "--local-unix", bp.local,
-                "--control-unix", str(bp.rundir / "fp.sock")]
-        if fs is not None:
-            spec = {k: v for k, v in fs.items() if k != "lu"}
-            spec["device"] = bp.url(fs["lu"])
-            argv += ["--fs", json.dumps(spec)]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
-        procs.append(proc)
-        ready.wait_ready(proc, timeout=120)
-        return proc
-
-    yield start
-    for p in procs:
-        stop(p)
 
 
 def url(spec: dict[str, Any], name: str) -> str:

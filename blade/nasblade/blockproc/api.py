@@ -13,6 +13,9 @@ Blade management API (base ``/v1``, bearer token on every route except ``/health
     GET  /v1/status                     software version, owned file systems, heartbeat age,
                                         client counts, active processor-info area, load …
     GET  /v1/slots                      every slot of the group's portion (decoded)
+    GET  /v1/metrics                    Prometheus text (nasblade.blockproc.metrics): NFS calls by
+                                        procedure with latency, takeovers, heartbeat age, served
+                                        file systems (and what ``METRICS_EXTRA`` collectors add)
     POST /v1/lus/{lu}/takeover          reserve the LU with a new epoch and serve it
     POST /v1/lus/{lu}/release           flush, stop serving, drop the reservation
     POST /v1/filesystems/{fs}/takeover  reserve the LU (new epoch), file processor mounts and
@@ -34,12 +37,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.registry import Collector
 
 from nasblade import httpjson
+from nasblade.bladeapi.client import BladeAPIError
+from nasblade.blockproc import metrics
 from nasblade.blockproc.core import BlockProcessor
 from nasblade.controller import luname
 from nasblade.procinfo.portion import PortionError
@@ -48,6 +55,9 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BP_KEY: web.AppKey[BlockProcessor] = web.AppKey("bp", BlockProcessor)
+METRICS_EXTRA: web.AppKey[list[Collector]] = web.AppKey("metrics_extra", list)
+"""Collectors of what runs beside the block processor (``nasblade.cluster.api.install`` adds
+the cluster member's), rendered into ``GET /v1/metrics`` after the block processor's own."""
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -77,6 +87,19 @@ async def _slots(request: web.Request) -> web.Response:
     return web.json_response(
         {"group": bp.settings.group, "slots": [None if s is None else s.to_json() for s in slots]}
     )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    bp = _bp(request)
+    calls: dict[str, Any] | None = None
+    if bp.settings.fp_unix is not None:
+        try:
+            calls = await bp.file_processor_calls()
+        except (OSError, BladeAPIError) as exc:  # the scrape still shows the blade's own figures
+            log.info("the file processor's call figures are not available: %s", exc)
+    extra: list[Collector] = request.app[METRICS_EXTRA]
+    body = metrics.render(bp, calls=calls, now=time.time(), extra=extra)
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 def _path_lu(request: web.Request) -> str:
@@ -112,7 +135,6 @@ async def _lu_release(request: web.Request) -> web.Response:
 
 
 async def _fs_action(request: web.Request) -> web.Response:
-    from nasblade.bladeapi.client import BladeAPIError
     from nasblade.controller.apiclient import ControlAPIError
 
     bp = _bp(request)
@@ -176,6 +198,7 @@ async def _load(request: web.Request) -> web.Response:
 BLADE_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/status", _status),
     ("GET", "/v1/slots", _slots),
+    ("GET", "/v1/metrics", _metrics),
     ("POST", "/v1/lus/{lu}/takeover", _lu_takeover),
     ("POST", "/v1/lus/{lu}/release", _lu_release),
     ("POST", "/v1/filesystems/{fs}/takeover", _fs_action),
@@ -226,6 +249,7 @@ def blade_app(bp: BlockProcessor, *, token: str) -> web.Application:
         raise ValueError("the blade API needs a non-empty token")
     app = web.Application(middlewares=[_json_errors, _auth_middleware(token)])
     app[BP_KEY] = bp
+    app[METRICS_EXTRA] = []
     app.router.add_get("/healthz", _healthz)
     for method, path, handler in BLADE_ROUTES:
         app.router.add_route(method, path, handler)

@@ -34,6 +34,7 @@ The control API (``nasblade.controller.asyncclient.AsyncControlClient``) is opti
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -152,6 +153,8 @@ class BlockProcessor:
         self.failed_at = 0.0
         self.exit_requested = asyncio.Event()
         """Set when this process should exit (a failed blade, once its peers had time to take over)."""
+        self.takeovers: collections.Counter[str] = collections.Counter()
+        """File system -> how many times this blade took it over with a new epoch (``take_over_fs``)."""
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -297,7 +300,8 @@ class BlockProcessor:
         lu = str(self.settings.fs_specs[name]["lu"])
         fp = FPControlClient(self.settings.fp_unix)
         async with self._fs_lock:
-            epoch = self.epochs[lu] if await self._holds(lu) else await self.take_over(lu)
+            held = await self._holds(lu)
+            epoch = self.epochs[lu] if held else await self.take_over(lu)
             if name not in self.handed and name in await asyncio.to_thread(fp.file_systems):
                 # the file processor serves it through a block processor that is gone (this one
                 # restarted while the file processor lived on): that device is dead, so mount it
@@ -307,6 +311,8 @@ class BlockProcessor:
                 await asyncio.to_thread(fp.remove, name)
             served = await asyncio.to_thread(fp.add, self.fp_spec(name))
             self.handed[name] = time.time()
+            if not held:
+                self.takeovers[name] += 1
             await self._set_owner(name, epoch)
         return {"fileSystem": name, "lu": lu, "epoch": epoch, "endpoints": served.get("endpoints", {})}
 
@@ -540,6 +546,13 @@ class BlockProcessor:
             except Exception as exc:  # report, keep the last figures
                 self.load_error = str(exc)
             await asyncio.sleep(self.settings.load_interval)
+
+    async def file_processor_calls(self) -> dict[str, Any]:
+        """The file processor's RPC call figures (``FileProcessor.call_stats``), asked for now
+        over its control socket; ``OSError`` or ``BladeAPIError`` when it cannot answer."""
+        if self.settings.fp_unix is None:
+            raise OSError("this blade has no file-processor control socket")
+        return await asyncio.to_thread(FPControlClient(self.settings.fp_unix, timeout=5.0).calls)
 
     # -- status -------------------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ Blade management API (bearer token, for the operator and ``nasblade cluster``); 
 
 The member's records (``nasblade.cluster.records``) become JSON here and nowhere else on the
 way out (``records.to_json``; ``_status`` builds ``GET /v1/cluster`` from the member's parts).
-Errors are ``{"error": message}`` with 400/404/409/503 like the rest of the blade API. Bodies
+``install`` also adds the member's metrics (``nasblade.cluster.metrics``: backup state of the
+group's portion) to the blade's ``GET /v1/metrics``. Errors are ``{"error": message}`` with 400/404/409/503 like the rest of the blade API. Bodies
 are read by ``nasblade.httpjson.read`` (optional here: no body means ``{}``); its ``BodyError``
 becomes 400/413 in the blade app's error middleware (``nasblade.blockproc.api``).
 """
@@ -36,7 +37,9 @@ from typing import Any
 from aiohttp import web
 
 from nasblade import httpjson
+from nasblade.blockproc.api import METRICS_EXTRA
 from nasblade.cluster.member import ClusterMember
+from nasblade.cluster.metrics import MemberCollector
 from nasblade.cluster.records import ClusterError, to_json
 from nasblade.cluster.takeover import TakeoverCheck
 from nasblade.controller.apiclient import ControlAPIError
@@ -182,7 +185,9 @@ BLADE_ROUTES: list[tuple[str, str, Handler]] = [
 
 
 def install(app: web.Application, member: ClusterMember) -> None:
-    """Add the cluster routes to the blade management app (before it is started)."""
+    """Add the cluster routes to the blade management app (before it is started), and the
+    member's figures to its ``GET /v1/metrics`` (``nasblade.cluster.metrics``)."""
     app[MEMBER_KEY] = member
+    app[METRICS_EXTRA].append(MemberCollector(member))
     for method, path, handler in BLADE_ROUTES:
         app.router.add_route(method, path, handler)
