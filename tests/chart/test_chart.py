@@ -26,7 +26,8 @@ Render = Callable[..., list[dict[str, Any]]]
 STANDARD_LABELS = ("helm.sh/chart", "app.kubernetes.io/name", "app.kubernetes.io/instance",
                    "app.kubernetes.io/version", "app.kubernetes.io/managed-by")
 NAMESPACED_KINDS = {"ServiceAccount", "Service", "Deployment", "Role", "RoleBinding",
-                    "KopfPeering", "ServiceMonitor", "NetworkPolicy", "ConfigMap", "PrometheusRule"}
+                    "KopfPeering", "ServiceMonitor", "PodMonitor", "NetworkPolicy", "ConfigMap",
+                    "PrometheusRule"}
 
 
 def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -230,6 +231,53 @@ def test_service_monitor(helm: Helm) -> None:
     assert sm["spec"]["endpoints"] == [{"port": "metrics", "interval": "30s"}]
 
 
+MONITOR_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PodMonitor")
+
+
+def test_array_monitors(helm: Helm, render: Render) -> None:
+    """``metrics.arrays``: per DiskArray, a ServiceMonitor of its controller and a PodMonitor of
+    its blades, in the array's namespace, on ``/v1/metrics`` with the token of the Secret the
+    operator makes (``naming.token_secret_name``), on the ports its builders name."""
+    from nasblade_operator import naming
+    from nasblade_operator.clustergroup import builders as cg_builders
+    from nasblade_operator.clustergroup import spec as cg_spec
+    from nasblade_operator.diskarray import builders as da_builders
+
+    assert not by_kind(render(api_versions=MONITOR_APIS), "PodMonitor")
+    objs = render("metrics.arrays[0].name=a1", "metrics.arrays[0].namespace=storage",
+                  "metrics.arrays[1].name=a2", "metrics.arrays[1].namespace=team",
+                  "metrics.serviceMonitor.labels.release=prom", api_versions=MONITOR_APIS)
+    token = {"type": "Bearer", "credentials": {"name": naming.token_secret_name("a1"), "key": "token"}}
+    controllers = {o["metadata"]["name"]: o for o in by_kind(objs, "ServiceMonitor")}
+    blades = {o["metadata"]["name"]: o for o in by_kind(objs, "PodMonitor")}
+    assert set(controllers) == {"a1-controller", "a2-controller"} and set(blades) == {"a1-blades", "a2-blades"}
+    sm, pm = controllers["a1-controller"], blades["a1-blades"]
+    for o in (sm, pm):
+        assert o["metadata"]["namespace"] == "storage" and o["spec"]["namespaceSelector"] == {"matchNames": ["storage"]}
+        assert o["metadata"]["labels"]["release"] == "prom"
+        assert all(label in o["metadata"]["labels"] for label in STANDARD_LABELS)
+    [endpoint] = sm["spec"]["endpoints"]
+    assert endpoint == {"port": "api", "path": "/v1/metrics", "interval": "30s", "authorization": token}
+    [pod_endpoint] = pm["spec"]["podMetricsEndpoints"]
+    assert pod_endpoint == {"port": "blade-api", "path": "/v1/metrics", "interval": "30s", "authorization": token}
+    # the selectors find what the operator makes: the controller Service (its port "api") and
+    # the blade pods (their container port "blade-api")
+    service = da_builders.controller_service("a1")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert "api" in [p["name"] for p in service["spec"]["ports"]]
+    group = cg_spec.parse({"diskArrayRef": {"name": "a1"}})
+    pod = cg_builders.blade_pod(group="g1", namespace="storage", index=0, spec=group, portion=0,
+                                portion_size=2**20, version="0.1.0", image="nasblade/nasblade:0.1.0",
+                                file_systems=[])
+    assert pm["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    ports = [p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])]
+    assert "blade-api" in ports
+    for missing, api in (("PodMonitor", MONITOR_APIS[0]), ("ServiceMonitor", MONITOR_APIS[1])):
+        r = helm("template", "nb", str(CHART), "--kube-version", KUBE_VERSION, "--set", "metrics.arrays[0].name=a1",
+                 "--set", "metrics.arrays[0].namespace=storage", "--api-versions", api, check=False)
+        assert r.returncode != 0 and f"no monitoring.coreos.com/v1 {missing} API" in r.stderr
+
+
 @pytest.mark.parametrize(("values", "message"), [
     (["logLevel=loud"], 'logLevel must be "info" or "debug"'),
     (["replicaCount=0"], "replicaCount must be at least 1"),
@@ -243,6 +291,7 @@ def test_service_monitor(helm: Helm) -> None:
     (["imageTag=1.0"], "additional properties 'imageTag' not allowed"),
     (["metrics.servicemonitor.enabled=true"], "additional properties 'servicemonitor' not allowed"),
     (["replicaCount=two"], "at '/replicaCount': got string, want integer"),
+    (["metrics.arrays[0].name=a1"], "missing property 'namespace'"),
     (["logFormat=xml"], "at '/logFormat'"),
 ])
 def test_invalid_values_fail(helm: Helm, values: list[str], message: str) -> None:
