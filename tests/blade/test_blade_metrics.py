@@ -72,7 +72,7 @@ def test_blade_metrics_after_nfs_operations(
     assert value(before, "nasblade_blade_file_processor_up") == 1
     assert value(before, "nasblade_blade_filesystem_served", fs="fs1") == 1
     assert value(before, "nasblade_blade_takeovers_total", fs="fs1") == 0
-    assert 0 <= value(before, "nasblade_blade_heartbeat_age_seconds") < 5
+    assert 0 <= value(before, "nasblade_blade_heartbeat_stored_age_seconds") < 5
     assert value(before, "nasblade_blade_procinfo_area_active", area="primary") == 1
 
     content = bytes(range(256)) * (3 << 12)  # 3 MiB: several WRITEs and READs at libnfs's 1 MiB

@@ -69,7 +69,7 @@ class _BladeCollector(Collector):
         yield serving
         yield takeovers
         if st is not None:
-            yield gauge(f"{PREFIX}_heartbeat_age_seconds", "Seconds since the heartbeat last stored in"
+            yield gauge(f"{PREFIX}_heartbeat_stored_age_seconds", "Seconds since the heartbeat last stored in"
                         " this blade's slot", me, self.now - st.heartbeat_time)
         yield gauge(f"{PREFIX}_failed", "1 if this blade gave itself up (its file processor lost a file"
                     " system)", me, 1.0 if bp.failed is not None else 0.0)
