@@ -13,15 +13,18 @@
 
 from __future__ import annotations
 
+import http.client
 import signal
 import subprocess
 import time
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from conftest import ArrayUp, base_config, expect
 from nasblade.nbd.client import NBDBlockDevice
 from nasblade.procinfo.portion import GROUP_OFFSET, SLOTS_OFFSET, PortionStore
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.component
 
@@ -206,3 +209,37 @@ def test_area_failover_and_reform(make_array: Any) -> None:
     events = arr.api(peer, "GET", "/v1/cluster/area")["events"]
     assert [e["to"] for e in events] == ["backup", "primary"]
     expect(arr, lambda: arr.served_by(owner), what="the home blade serves fs1")
+
+
+def metrics(arr: ArrayUp, blade: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The blade's ``GET /v1/metrics`` (with the blade token), parsed."""
+    u = urlparse(arr.blades[blade].api)
+    conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=30)
+    conn.request("GET", "/v1/metrics", headers={"Authorization": f"Bearer {arr.token}"})
+    resp = conn.getresponse()
+    body = resp.read().decode()
+    conn.close()
+    assert resp.status == 200, body
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(body) for s in family.samples}
+
+
+def test_backup_state_in_blade_metrics(make_array: Any) -> None:
+    """The cluster member's part of ``GET /v1/metrics`` (``nasblade.cluster.metrics``): the
+    group's last backup and its age, on every blade of the group; and which blade serves fs1."""
+    arr: ArrayUp = make_array()
+    me = {"group": "g1", "blade": "g1-1"}
+
+    def one(got: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
+        return got.get((name, frozenset({**me, **labels}.items())))
+
+    arr.api("g1-1", "POST", "/v1/cluster/backups", {})
+    got = metrics(arr, "g1-1")
+    assert one(got, "nasblade_blade_backup_running") == 0
+    assert one(got, "nasblade_blade_group_backup_last_succeeded") == 1
+    age = one(got, "nasblade_blade_group_backup_age_seconds")
+    assert age is not None and 0 <= age < 30
+    # the home blade serves fs1, its peer may serve it; both report it
+    assert one(got, "nasblade_blade_filesystem_served", fs="fs1") == 0
+    home = metrics(arr, "g1-0")
+    assert home[("nasblade_blade_filesystem_served", frozenset({"group": "g1", "blade": "g1-0", "fs": "fs1"}.items()))] == 1

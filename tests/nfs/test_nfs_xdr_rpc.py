@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from nasblade.nfs import handles
 from nasblade.nfs import types as t
 from nasblade.rpc import message, record, xdr
-from nasblade.rpc.dispatch import Call, Dispatcher, Procedure, Program
+from nasblade.rpc.dispatch import LATENCY_BUCKETS, Call, CallFigures, Dispatcher, Procedure, Program
 
 fattrs = st.builds(
     t.Fattr,
@@ -261,6 +261,25 @@ def test_duplicate_request_cache_replays_without_executing() -> None:
     # Same XID, different arguments: a different request, executed.
     d.handle(call_bytes(xid=77, args=PAIR.encode(Pair(5, 5))), "10.0.0.1")
     assert calls == [2, 2, 10]
+
+
+def test_call_stats_count_executed_calls_with_their_latency() -> None:
+    """``Dispatcher.stats``: executed calls per (program, procedure), a failing handler included;
+    a replay from the duplicate request cache and a rejected call are not executions."""
+    d, _ = make_dispatcher()
+    for xid in (1, 2, 3):
+        reply(d, call_bytes(xid=xid, args=PAIR.encode(Pair(xid, 1))))
+    reply(d, call_bytes(xid=3, args=PAIR.encode(Pair(3, 1))))  # retransmission: replayed
+    reply(d, call_bytes(xid=4, proc=2))  # BOOM: SYSTEM_ERR, still executed
+    reply(d, call_bytes(xid=5, proc=9))  # PROC_UNAVAIL
+    reply(d, call_bytes(xid=6, args=b"\x00"))  # GARBAGE_ARGS
+    assert {k: f.count for k, f in d.stats.calls.items()} == {("400000", "ADD"): 3, ("400000", "BOOM"): 1}
+    add = d.stats.calls[("400000", "ADD")]
+    assert sum(add.buckets) == 3 and len(add.buckets) == len(LATENCY_BUCKETS) + 1 and add.seconds > 0
+    f = CallFigures()
+    for seconds in (0.0001, 0.00011, 3.0):  # a bound is its own bucket's (Prometheus "le")
+        f.add(seconds)
+    assert (f.buckets[0], f.buckets[1], f.buckets[-1], f.count) == (1, 1, 1, 3)
 
 
 @settings(max_examples=300)
