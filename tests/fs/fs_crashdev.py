@@ -3,7 +3,9 @@
 Writes land in ``current`` at once and are remembered as *unflushed* until ``flush`` (or a
 FUA write). ``crash_image(rng)`` returns what a disk could hold after a power cut now: the
 flushed image plus a random subset of the unflushed writes, each possibly torn at a 512-byte
-boundary, applied in random order. ``arm(n)`` makes the n-th next device call capture such an
+boundary, applied in random order. A FUA write makes itself durable and nothing else (as NBD's
+FUA does): older unflushed writes stay unflushed, except where the FUA write covers them.
+``arm(n)`` makes the n-th next device call capture such an
 image and raise ``Crash``, to cut power in the middle of an operation or a commit.
 """
 
@@ -64,9 +66,19 @@ class CrashDevice:
         self._tick()
         b = bytes(data)
         self.current[offset : offset + len(b)] = b
-        self.unflushed.append((offset, b))
-        if fua:
-            self.flush()
+        if not fua:
+            self.unflushed.append((offset, b))
+            return
+        self.durable[offset : offset + len(b)] = b
+        end = offset + len(b)
+        kept: list[tuple[int, bytes]] = []
+        for off, old in self.unflushed:  # an older write cannot land over this durable one
+            if off < offset:
+                kept.append((off, old[: max(0, min(len(old), offset - off))]))
+            if off + len(old) > end:
+                cut = max(0, end - off)
+                kept.append((off + cut, old[cut:]))
+        self.unflushed = [(off, old) for off, old in kept if old]
 
     def write_zeroes(self, offset: int, length: int, *, fua: bool = False) -> None:
         self.pwrite(offset, bytes(length), fua=fua)

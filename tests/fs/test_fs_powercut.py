@@ -129,6 +129,7 @@ def power_cut(seed: int, *, checkpoint_rate: float) -> None:
     except Crash:
         pass
     image = dev.image if dev.image is not None else dev.crash_image(random.Random(seed))
+    dev.countdown = None  # the abandoned mount's teardown must not cut power a second time
     dev2 = CrashDevice(SIZE, image)
     rep = fsck.check(dev2)
     assert rep.clean, rep.problems

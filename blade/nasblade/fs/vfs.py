@@ -15,7 +15,9 @@ the file is synced, truncated or closed. Nothing SQLite treats as durable depend
 gathered write: it counts a write durable only after ``xSync``, which sends the run first.
 
 Durability: ``xSync`` sends the gathered run, writes the region header if the logical size
-is not covered by the recorded one, then issues one device ``flush`` (NBD FLUSH). The WAL's
+is not covered by the recorded one, then issues one device ``flush`` (NBD FLUSH). When the run
+is the only write to the file since its last sync (a commit's frames, no header change), it is
+sent as one FUA write instead, which makes exactly it durable in one round trip. The WAL's
 header records its size rounded up to ``WAL_SIZE_STEP``, so a growing WAL rewrites its header
 once per step and not at every commit: after a crash SQLite finds the committed frames and,
 past them, bytes that are not valid frames of this WAL (zeroes, a torn frame, frames of an
@@ -83,18 +85,22 @@ class RegionFile(_SingleProcessFile):
         self._run_off = 0
         self._run = bytearray()
         self.device_writes = 0
+        # A write of this file reached the device since its last sync (a FUA run is not enough).
+        self._sent_unsynced = False
 
     def _write_header(self, size: int | None = None) -> None:
         size = self.size if size is None else size
         self.dev.pwrite(self.hdr_off, layout.region_header(size))
         self.recorded_size = size
+        self._sent_unsynced = True
 
-    def _send_run(self) -> None:
+    def _send_run(self, *, fua: bool = False) -> None:
         """Send the gathered run to the device (one write)."""
         if self._run:
             run, self._run = self._run, bytearray()
-            self.dev.pwrite(self.base + self._run_off, run)
+            self.dev.pwrite(self.base + self._run_off, run, fua=fua)
             self.device_writes += 1
+            self._sent_unsynced = self._sent_unsynced or not fua
 
     def xRead(self, amount: int, offset: int) -> bytes:
         if offset >= self.size:
@@ -133,13 +139,20 @@ class RegionFile(_SingleProcessFile):
             self._write_header()
 
     def xSync(self, flags: int) -> None:
-        self._send_run()
+        header: int | None = None
         if self.size_step and self.size > self.recorded_size:
             step = self.size_step
-            self._write_header(min(self.capacity, (self.size + step - 1) // step * step))
+            header = min(self.capacity, (self.size + step - 1) // step * step)
         elif not self.size_step and self.size != self.recorded_size:
-            self._write_header()
-        self.dev.flush()
+            header = self.size
+        if header is None and not self._sent_unsynced and self._run:
+            self._send_run(fua=True)
+        else:
+            self._send_run()
+            if header is not None:
+                self._write_header(header)
+            self.dev.flush()
+        self._sent_unsynced = False
         self.syncs += 1
         self.unsynced_bytes = 0
 
@@ -150,7 +163,9 @@ class RegionFile(_SingleProcessFile):
         return _SQLITE_IOCAP_POWERSAFE_OVERWRITE
 
     def xClose(self) -> None:
-        self._send_run()
+        # Writes SQLite never synced are not durable to it; a clean close syncs first (the
+        # checkpoint), so only an abandoned connection (after a device failure) drops any.
+        self._run = bytearray()
 
     def delete(self, *, sync: bool) -> None:
         self._run = bytearray()
