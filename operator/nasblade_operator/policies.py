@@ -8,13 +8,19 @@ Per DiskArray (``NASBLADE_NETWORK_POLICIES=true``, chart value ``networkPolicy.e
 * ``<array>-default-deny``: every pod labelled with the array (controller, blades) accepts no
   traffic but what the policies below allow;
 * ``<controller>``: the controller's control API and NBD ports accept the blades of this array
-  and the operator (which formats file systems over NBD); its metrics port accepts anyone.
+  and the operator (which formats file systems over NBD); the control API (``GET /v1/metrics``)
+  also accepts the metrics scraper, when one is configured.
 
 Per ClusterGroup (same switch):
 
 * ``<group>-blades``: the blade API accepts the operator and the group's own blades; the NFS
   ports (nfs, mountd, portmapper) accept the CIDRs the group's exports name (``ipBlock``; a
-  file system without exports admits nobody); the metrics port accepts anyone.
+  file system without exports admits nobody); the blade API (``GET /v1/metrics``) also accepts
+  the metrics scraper, when one is configured.
+
+The metrics scraper is ``settings.OperatorConfig.metrics_scraper`` (``NASBLADE_METRICS_SCRAPER``,
+chart value ``metrics.scraper``): a NetworkPolicy peer, None for no scrape access. It reaches the
+API port only -- never NBD or NFS -- and still needs the array's token to read anything.
 
 And, independent of the switch, ``<group>-blades`` PodDisruptionBudget (``spec.blades.
 disruptionBudget``, default true): ``minAvailable`` all blades but one, so a drain evicts
@@ -33,8 +39,6 @@ import kopf
 
 from nasblade_operator import kube, naming, settings
 
-#: Port of ``/metrics`` on the controller and on the blade's block processor (issue 16).
-METRICS_PORT = 9108
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 
 
@@ -50,8 +54,17 @@ def operator_peer(namespace: str, labels: Mapping[str, str]) -> dict[str, Any]:
     return peer
 
 
+def scrape_rule(scraper: Mapping[str, Any] | None, port: int) -> list[dict[str, Any]]:
+    """The ingress rule letting ``scraper`` (a peer, None: nobody) reach ``port``, as a list of
+    zero or one rule to splice into a policy's ``ingress``."""
+    if not scraper:
+        return []
+    return [{"from": [json.loads(json.dumps(scraper))], "ports": [{"protocol": "TCP", "port": port}]}]
+
+
 def array_policies(
     array: str, *, operator_namespace: str, operator_labels: Mapping[str, str],
+    scraper: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The default-deny policy of the array's pods and the controller's policy."""
     labels = {**naming.common_labels(component="controller", instance=array), naming.L_ARRAY: array}
@@ -74,7 +87,7 @@ def array_policies(
                 "policyTypes": ["Ingress"],
                 "ingress": [
                     {"from": [blades, operator], "ports": tcp},
-                    {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+                    *scrape_rule(scraper, naming.CONTROL_PORT),
                 ],
             },
         },
@@ -93,15 +106,17 @@ def nfs_clients(exports: Sequence[Sequence[str]]) -> list[str]:
 
 def blade_policy(
     *, array: str, group: str, clients: Sequence[str], operator_namespace: str, operator_labels: Mapping[str, str],
+    scraper: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The blades' policy: blade API from the operator and the group, NFS from the exports' CIDRs."""
+    """The blades' policy: blade API from the operator, the group and the scraper, NFS from the
+    exports' CIDRs."""
     selector = {naming.L_GROUP: group, naming.L_COMPONENT: "blade"}
     labels = {**naming.common_labels(component="blade", instance=group), naming.L_ARRAY: array,
               naming.L_GROUP: group}
     ingress: list[dict[str, Any]] = [
         {"from": [operator_peer(operator_namespace, operator_labels), {"podSelector": {"matchLabels": selector}}],
          "ports": [{"protocol": "TCP", "port": naming.BLADE_API_PORT}]},
-        {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+        *scrape_rule(scraper, naming.BLADE_API_PORT),
     ]
     if clients:
         ingress.append({
@@ -168,7 +183,8 @@ async def sync_array(k: kube.Kube, body: kopf.Body, *, array: str, namespace: st
     cfg = settings.current()
     if not cfg.network_policies:
         return []
-    objs = array_policies(array, operator_namespace=cfg.operator_namespace, operator_labels=cfg.operator_labels)
+    objs = array_policies(array, operator_namespace=cfg.operator_namespace, operator_labels=cfg.operator_labels,
+                          scraper=cfg.metrics_scraper)
     return await _sync(k, body, objs, namespace=namespace)
 
 
@@ -183,7 +199,8 @@ async def sync_group(
         objs.append(disruption_budget(array=array, group=group, blades=blades))
     if cfg.network_policies:
         objs.append(blade_policy(array=array, group=group, clients=nfs_clients(exports),
-                                 operator_namespace=cfg.operator_namespace, operator_labels=cfg.operator_labels))
+                                 operator_namespace=cfg.operator_namespace, operator_labels=cfg.operator_labels,
+                                 scraper=cfg.metrics_scraper))
     return await _sync(k, body, objs, namespace=namespace)
 
 

@@ -23,6 +23,12 @@ Variables:
                                  that of every pod it makes
   NASBLADE_OPERATOR_NAMESPACE    the operator's namespace and the labels of its pods (JSON
   NASBLADE_OPERATOR_LABELS       object): the peer the NetworkPolicies let in
+  NASBLADE_METRICS_SCRAPER       JSON {"namespaceSelector": <label selector>, "podSelector": <label
+                                 selector>}: the pods (Prometheus) the NetworkPolicies let in to
+                                 GET /v1/metrics on the controller's control API and the blades'
+                                 API; empty, or both selectors absent or empty: no scrape access
+                                 (default). An empty selector is not "everything" here, so a typo
+                                 cannot open the APIs to every pod of the cluster.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ class OperatorConfig:
     operator_namespace: str = ""
     operator_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     log_format: str = "text"
+    #: the NetworkPolicy peer of NASBLADE_METRICS_SCRAPER, None: no scrape access
+    metrics_scraper: Mapping[str, Any] | None = None
 
     @property
     def pod_defaults(self) -> podspec.PodDefaults:
@@ -92,7 +100,53 @@ class OperatorConfig:
             operator_namespace=e.get("NASBLADE_OPERATOR_NAMESPACE", ""),
             operator_labels={str(k): str(v) for k, v in op_labels.items()},
             log_format="json" if e.get("NASBLADE_LOG_FORMAT", "").strip().lower() == "json" else "text",
+            metrics_scraper=scraper_peer(e.get("NASBLADE_METRICS_SCRAPER", "")),
         )
+
+
+_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+def scraper_peer(raw: str) -> dict[str, Any] | None:
+    """The NetworkPolicy peer ``NASBLADE_METRICS_SCRAPER`` names, or None when it names nobody.
+
+    ``raw`` is JSON ``{"namespaceSelector": ..., "podSelector": ...}`` (Kubernetes label
+    selectors: ``matchLabels`` and/or ``matchExpressions``). A selector that is absent, null or
+    empty is left out; with neither left the result is None (an empty selector would select
+    every namespace or every pod). Raises ValueError naming the field that is wrong."""
+    raw = raw.strip()
+    value: Any = json.loads(raw) if raw else None
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(value) <= {"namespaceSelector", "podSelector"}:
+        raise ValueError("NASBLADE_METRICS_SCRAPER must be a JSON object with namespaceSelector and/or podSelector")
+    peer = {key: _label_selector(sel, f"NASBLADE_METRICS_SCRAPER.{key}")
+            for key, sel in value.items() if sel is not None}
+    return {key: sel for key, sel in peer.items() if sel} or None
+
+
+def _label_selector(sel: Any, where: str) -> dict[str, Any]:
+    """``sel`` checked as a Kubernetes label selector (what the API server would refuse)."""
+    if not isinstance(sel, dict) or not set(sel) <= {"matchLabels", "matchExpressions"}:
+        raise ValueError(f"{where} must be a label selector (matchLabels, matchExpressions)")
+    labels = sel.get("matchLabels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise ValueError(f"{where}.matchLabels must be an object of strings")
+    exprs = sel.get("matchExpressions") or []
+    if not isinstance(exprs, list):
+        raise ValueError(f"{where}.matchExpressions must be a list")
+    for i, x in enumerate(exprs):
+        ok = (isinstance(x, dict) and isinstance(x.get("key"), str) and x.get("operator") in _SELECTOR_OPERATORS
+              and isinstance(x.get("values", []), list) and all(isinstance(v, str) for v in x.get("values", [])))
+        if not ok:
+            raise ValueError(f"{where}.matchExpressions[{i}] must be {{key, operator ({', '.join(_SELECTOR_OPERATORS)}), "
+                             "values: [strings]}}")
+    out: dict[str, Any] = {}
+    if labels:
+        out["matchLabels"] = {str(k): v for k, v in labels.items()}
+    if exprs:
+        out["matchExpressions"] = exprs
+    return out
 
 
 _current: OperatorConfig | None = None

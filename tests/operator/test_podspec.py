@@ -159,13 +159,70 @@ def test_network_policies() -> None:
     exports = [e.clients for f in ARRAY.file_systems_of("g1") for e in f.exports]
     bp = policies.blade_policy(array="a1", group="g1", clients=policies.nfs_clients(exports),
                                operator_namespace="nb-system", operator_labels=op)
-    api, metrics, nfs = bp["spec"]["ingress"]
+    api, nfs = bp["spec"]["ingress"]
     assert api["ports"] == [{"protocol": "TCP", "port": naming.BLADE_API_PORT}]
-    assert metrics == {"ports": [{"protocol": "TCP", "port": policies.METRICS_PORT}]}
     assert nfs["from"] == [{"ipBlock": {"cidr": "10.1.0.0/16"}}, {"ipBlock": {"cidr": "192.168.7.0/24"}}]
     assert {p["port"] for p in nfs["ports"]} == {c for _, _, c in naming.NFS_PORTS}
     closed = policies.blade_policy(array="a1", group="g1", clients=[], operator_namespace="", operator_labels=op)
-    assert len(closed["spec"]["ingress"]) == 2  # no exports: no NFS client admitted
+    assert len(closed["spec"]["ingress"]) == 1  # no exports: no NFS client admitted
+    # every rule names who it admits: no port is open to anyone (nothing listens on a "metrics port")
+    for policy in (ctrl, bp, closed):
+        assert all(rule.get("from") for rule in policy["spec"]["ingress"]), policy["metadata"]["name"]
+
+
+SCRAPER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+
+
+def _admitted(policy: dict[str, Any]) -> dict[str, set[int]]:
+    """Each peer of ``policy`` (as JSON) -> the ports it may reach."""
+    out: dict[str, set[int]] = {}
+    for rule in policy["spec"]["ingress"]:
+        for peer in rule["from"]:
+            out.setdefault(json.dumps(peer, sort_keys=True), set()).update(p["port"] for p in rule["ports"])
+    return out
+
+
+def test_scraper_reaches_the_api_ports_only() -> None:
+    """The metrics scraper gets the controller's control API and the blades' API (GET /v1/metrics),
+    not NBD, not NFS; everybody else keeps exactly what they had; no scraper, no rule."""
+    op = {"app.kubernetes.io/component": "operator"}
+    peer = json.dumps(SCRAPER, sort_keys=True)
+    exports = ["10.1.0.0/16"]
+    kw: dict[str, Any] = {"operator_namespace": "nb-system", "operator_labels": op}
+    _, ctrl = policies.array_policies("a1", scraper=SCRAPER, **kw)
+    _, ctrl_closed = policies.array_policies("a1", scraper=None, **kw)
+    bp = policies.blade_policy(array="a1", group="g1", clients=exports, scraper=SCRAPER, **kw)
+    bp_closed = policies.blade_policy(array="a1", group="g1", clients=exports, scraper=None, **kw)
+
+    assert _admitted(ctrl)[peer] == {naming.CONTROL_PORT}
+    assert _admitted(bp)[peer] == {naming.BLADE_API_PORT}
+    assert {k: v for k, v in _admitted(ctrl).items() if k != peer} == _admitted(ctrl_closed)
+    assert {k: v for k, v in _admitted(bp).items() if k != peer} == _admitted(bp_closed)
+    assert peer not in _admitted(ctrl_closed) and peer not in _admitted(bp_closed)
+    assert ctrl["spec"]["ingress"][-1] == {"from": [SCRAPER], "ports": [{"protocol": "TCP", "port": naming.CONTROL_PORT}]}
+    assert ctrl["spec"]["ingress"][-1]["from"][0] is not SCRAPER  # a copy: the config is not shared with the object
+    assert policies.scrape_rule({}, naming.CONTROL_PORT) == []
+
+
+def test_settings_read_the_scraper() -> None:
+    """NASBLADE_METRICS_SCRAPER: a peer from namespace and pod selectors; unset, empty or with
+    empty selectors it is None (no scrape access: an empty selector would match every pod)."""
+    assert settings.OperatorConfig.from_env({"NASBLADE_METRICS_SCRAPER": json.dumps(SCRAPER)}).metrics_scraper == SCRAPER
+    for raw in ("", " ", "null", "{}", '{"namespaceSelector": null, "podSelector": {}}',
+                '{"namespaceSelector": {"matchLabels": {}}, "podSelector": {"matchExpressions": []}}'):
+        assert settings.scraper_peer(raw) is None, raw
+    assert settings.OperatorConfig.from_env({}).metrics_scraper is None
+    only_ns = {"namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "In", "values": ["obs"]}]}}
+    assert settings.scraper_peer(json.dumps({**only_ns, "podSelector": {}})) == only_ns
+    for bad, where in (('["monitoring"]', "must be a JSON object"),
+                       ('{"ipBlock": {"cidr": "0.0.0.0/0"}}', "must be a JSON object"),
+                       ('{"podSelector": {"app": "prometheus"}}', "NASBLADE_METRICS_SCRAPER.podSelector must"),
+                       ('{"podSelector": {"matchLabels": {"a": 1}}}', "podSelector.matchLabels"),
+                       ('{"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}',
+                        r"namespaceSelector.matchExpressions\[0\]")):
+        with pytest.raises(ValueError, match=where):
+            settings.scraper_peer(bad)
 
 
 def test_contains_ignores_server_defaults() -> None:
@@ -193,9 +250,9 @@ def test_built_objects_pass_the_api_server(kubectl: Kubectl) -> None:
                                                              "effect": "NoExecute", "tolerationSeconds": 30}]))
     sts = da_builders.controller_statefulset("a1", ARRAY, image="reg.example/nb:1", defaults=PULL)
     objs = [pod, sts, policies.disruption_budget(array="a1", group="g1", blades=2),
-            *policies.array_policies("a1", operator_namespace="nb-system", operator_labels={"a": "b"}),
+            *policies.array_policies("a1", operator_namespace="nb-system", operator_labels={"a": "b"}, scraper=SCRAPER),
             policies.blade_policy(array="a1", group="g1", clients=["10.0.0.0/8"], operator_namespace="nb-system",
-                                  operator_labels={"a": "b"})]
+                                  operator_labels={"a": "b"}, scraper=SCRAPER)]
     for obj in objs:
         obj["metadata"]["namespace"] = ns
         r = kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(obj), check=False)
@@ -229,14 +286,15 @@ def test_operator_makes_policies_and_budget(
     kubectl: Kubectl, operator: Callable[[], Any], token_secret: Callable[[str], None],
 ) -> None:
     """With NASBLADE_NETWORK_POLICIES=true the running operator creates the array's and the
-    group's NetworkPolicies and the group's PodDisruptionBudget, owned by the resources, and
-    follows a changed export."""
+    group's NetworkPolicies (the configured scraper on the API ports) and the group's
+    PodDisruptionBudget, owned by the resources, and follows a changed export."""
     from test_tier1_operator import array, group, wait_until
 
     token_secret("a1")
     runner = operator()
     settings.configure(dataclasses.replace(settings.current(), network_policies=True, operator_namespace="nb-system",
-                                           operator_labels={"app.kubernetes.io/component": "operator"}))
+                                           operator_labels={"app.kubernetes.io/component": "operator"},
+                                           metrics_scraper=SCRAPER))
     want = {("NetworkPolicy", "a1-default-deny"), ("NetworkPolicy", "a1-controller"),
             ("NetworkPolicy", "g1-blades"), ("PodDisruptionBudget", "g1-blades")}
 
@@ -254,6 +312,10 @@ def test_operator_makes_policies_and_budget(
         kubectl.apply(group())
         wait_until("policies and budget", made, timeout=90)
         assert cidrs() == ["10.0.0.0/8"]
+        for name, port in (("a1-controller", naming.CONTROL_PORT), ("g1-blades", naming.BLADE_API_PORT)):
+            np = kubectl.get("networkpolicy", name)
+            assert np is not None
+            assert {"from": [SCRAPER], "ports": [{"protocol": "TCP", "port": port}]} in np["spec"]["ingress"]
         a = kubectl.get("diskarray", "a1")
         assert a is not None
         fs = a["spec"]["fileSystems"]
