@@ -65,7 +65,7 @@ def step(f: fsmod.FileSystem, model: Model, rng: random.Random, touched: set[int
             off = rng.randrange(0, 200000)
             ino = resolve(f, p)
             touched.add(ino)
-            f.write(ino, off, data)
+            f.write(ino, off, data, stable=rng.random() < 0.3)  # stable: FUA data, no FLUSH
             old = model[p] or b""
             buf = bytearray(old.ljust(off + len(data), b"\0")) if len(old) < off + len(data) else bytearray(old)
             buf[off : off + len(data)] = data

@@ -293,6 +293,7 @@ class FileSystem:
         self.secret: bytes = self._meta("secret")
         self._in_txn = False
         self._data_dirty = False
+        self._data_fua = False  # FUA data writes since the last commit (durable when completed)
         self._pending_free: list[tuple[int, int]] = []
         self._sp = 0
         self.commits = 0
@@ -377,7 +378,9 @@ class FileSystem:
         if self._data_dirty:
             self._drain()
             self.dev.flush()
-            self._data_dirty = False
+        elif self._data_fua:
+            self._drain()  # raises if a FUA write failed
+        self._data_dirty = self._data_fua = False
         if not self._in_txn:
             return
         for start, n in self._pending_free:
@@ -929,13 +932,20 @@ class FileSystem:
                     self.readahead.invalidate()
                 self._data_write(self._phys(pblk + lb - lblk) + tail, bytes(BLOCK - tail))
 
-    def _data_write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """Every write to the data region goes through here (write-behind when enabled)."""
-        self._data_dirty = True
-        if self.writebehind is not None:
-            self.writebehind.submit(offset, data)
+    def _data_write(self, offset: int, data: bytes | bytearray | memoryview, *, fua: bool = False) -> None:
+        """Every write to the data region goes through here (write-behind when enabled).
+
+        A ``fua`` write is durable once it completes, so it needs no FLUSH before the commit
+        that makes its metadata durable: only the wait for its completion (``_drain``).
+        """
+        if fua:
+            self._data_fua = True
         else:
-            self.dev.pwrite(offset, data)
+            self._data_dirty = True
+        if self.writebehind is not None:
+            self.writebehind.submit(offset, data, fua=fua)
+        else:
+            self.dev.pwrite(offset, data, fua=fua)
 
     def _drain(self) -> None:
         """Make pending write-behind data visible to reads and to the next flush."""
@@ -984,11 +994,13 @@ class FileSystem:
             data = bytes(buf)
         return data, end >= a.size, a
 
-    def write(self, ino: int, offset: int, data: bytes | memoryview, cred: Cred | None = None) -> Attr:
+    def write(self, ino: int, offset: int, data: bytes | memoryview, cred: Cred | None = None,
+              *, stable: bool = False) -> Attr:
         """Write ``data`` at ``offset`` (allocating blocks as needed); returns the new attributes.
 
         The data is on the device (not yet flushed) when this returns; ``commit()`` makes it
-        and the metadata durable.
+        and the metadata durable. A ``stable`` write (the caller commits next) goes to the device
+        with FUA, so that commit needs no separate FLUSH for it.
         """
         with self._op():
             a = self.getattr(ino)
@@ -1015,13 +1027,13 @@ class FileSystem:
             if inl is not None:
                 self._uninline(a, inl)
             if n:
-                self._write_data(a, offset, memoryview(data))
+                self._write_data(a, offset, memoryview(data), fua=stable)
             self.db.execute("UPDATE inode SET size=?, mtime=?, ctime=? WHERE ino=?", (newsize, t, t, ino))
             a.size = newsize
             a.mtime = a.ctime = t
             return a
 
-    def _write_data(self, a: Attr, offset: int, data: memoryview) -> None:
+    def _write_data(self, a: Attr, offset: int, data: memoryview, *, fua: bool = False) -> None:
         if self.readahead is not None:
             self.readahead.invalidate()
         end = offset + len(data)
@@ -1076,9 +1088,9 @@ class FileSystem:
                 we = ((e + BLOCK - 1) // BLOCK) * BLOCK if tail_new else e
                 buf = bytearray(we - ws)
                 buf[s - ws : e - ws] = payload
-                self._data_write(self._phys(pblk) + ws - rs, buf)
+                self._data_write(self._phys(pblk) + ws - rs, buf, fua=fua)
             else:
-                self._data_write(self._phys(pblk) + s - rs, payload)
+                self._data_write(self._phys(pblk) + s - rs, payload, fua=fua)
 
     def _allocate(self, ino: int, lblk: int, nblk: int) -> list[tuple[int, int, int]]:
         """Allocate ``nblk`` blocks for logical ``lblk``; insert (and merge) extents."""

@@ -35,9 +35,9 @@ class WriteBehind:
             if exc is not None and self._error is None:
                 self._error = exc
 
-    def submit(self, offset: int, data: Buffer) -> None:
+    def submit(self, offset: int, data: Buffer, *, fua: bool = False) -> None:
         self._reap(wait_for=max(0, self.max_bytes - len(data)))
-        self._inflight.append((len(data), self.pool.submit(self.dev.pwrite, offset, data)))
+        self._inflight.append((len(data), self.pool.submit(self.dev.pwrite, offset, data, fua=fua)))
         self._bytes += len(data)
 
     def drain(self) -> None:

@@ -317,7 +317,7 @@ class Nfs3:
             raise NfsError(t.Stat.INVAL)
         if len(data) > MAX_IO:
             raise NfsError(t.Stat.INVAL)
-        a = ctx.fs.write(ctx.ino, args.offset, data, ctx.cred)
+        a = ctx.fs.write(ctx.ino, args.offset, data, ctx.cred, stable=args.stable != t.StableHow.UNSTABLE)
         committed = t.StableHow.UNSTABLE
         if args.stable != t.StableHow.UNSTABLE:
             call.needs_commit = True
