@@ -159,7 +159,7 @@ def test_values_reach_the_operator(render: Render) -> None:
                    "NASBLADE_STATUS_INTERVAL": "3", "NASBLADE_CLUSTER_DOMAIN": "svc.cluster.local",
                    "NASBLADE_IMAGE_PULL_POLICY": "IfNotPresent", "NASBLADE_IMAGE_PULL_SECRETS": "",
                    "NASBLADE_NETWORK_POLICIES": "true", "NASBLADE_OPERATOR_NAMESPACE": None,
-                   "NASBLADE_LOG_FORMAT": "json",
+                   "NASBLADE_LOG_FORMAT": "json", "NASBLADE_METRICS_SCRAPER": json.dumps(DEFAULT_SCRAPER, separators=(",", ":")),
                    "NASBLADE_OPERATOR_LABELS": json.dumps({"app.kubernetes.io/component": "operator",
                                                            "app.kubernetes.io/instance": "nb",
                                                            "app.kubernetes.io/name": "nasblade"},
@@ -278,6 +278,28 @@ def test_array_monitors(helm: Helm, render: Render) -> None:
         assert r.returncode != 0 and f"no monitoring.coreos.com/v1 {missing} API" in r.stderr
 
 
+DEFAULT_SCRAPER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                   "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+
+
+def test_scraper_reaches_the_operator(render: Render) -> None:
+    """``metrics.scraper`` goes to the operator as NASBLADE_METRICS_SCRAPER, which the operator's
+    settings read into the peer its policies admit to the API ports: by default the Prometheus
+    pods of prometheus-operator in the namespace "monitoring"; ``null``: no scrape access."""
+    from nasblade_operator import settings
+
+    def scraper(*values: str) -> str:
+        return {e["name"]: e.get("value") for e in operator_container(render(*values))["env"]}["NASBLADE_METRICS_SCRAPER"]
+
+    assert settings.scraper_peer(scraper()) == DEFAULT_SCRAPER
+    assert settings.scraper_peer(scraper("metrics.scraper=null")) is None
+    assert settings.scraper_peer(scraper("metrics.scraper.namespaceSelector=null",
+                                         "metrics.scraper.podSelector=null")) is None
+    mine = settings.scraper_peer(scraper("metrics.scraper.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=obs",
+                                         "metrics.scraper.podSelector=null"))
+    assert mine == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "obs"}}}
+
+
 @pytest.mark.parametrize(("values", "message"), [
     (["logLevel=loud"], 'logLevel must be "info" or "debug"'),
     (["replicaCount=0"], "replicaCount must be at least 1"),
@@ -293,6 +315,10 @@ def test_array_monitors(helm: Helm, render: Render) -> None:
     (["replicaCount=two"], "at '/replicaCount': got string, want integer"),
     (["metrics.arrays[0].name=a1"], "missing property 'namespace'"),
     (["logFormat=xml"], "at '/logFormat'"),
+    (["metrics.scraper.podSelector.app=prometheus"], "additional properties 'app' not allowed"),
+    (["metrics.scraper.ipBlock.cidr=0.0.0.0/0"], "additional properties 'ipBlock' not allowed"),
+    (["metrics.scraper.namespaceSelector.matchExpressions[0].key=team",
+      "metrics.scraper.namespaceSelector.matchExpressions[0].operator=Is"], "/metrics/scraper/namespaceSelector"),
 ])
 def test_invalid_values_fail(helm: Helm, values: list[str], message: str) -> None:
     argv = ["template", "nb", str(CHART), "--kube-version", KUBE_VERSION]
