@@ -30,6 +30,7 @@ file systems over.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -59,7 +60,7 @@ def scrape_rule(scraper: Mapping[str, Any] | None, port: int) -> list[dict[str, 
     zero or one rule to splice into a policy's ``ingress``."""
     if not scraper:
         return []
-    return [{"from": [json.loads(json.dumps(scraper))], "ports": [{"protocol": "TCP", "port": port}]}]
+    return [{"from": [copy.deepcopy(dict(scraper))], "ports": [{"protocol": "TCP", "port": port}]}]
 
 
 def array_policies(
