@@ -37,7 +37,7 @@ class PoolDevice:
         reply = fut.result()
         if reply.error:
             raise OSError(reply.error, f"{proto.Cmd(cmd).name} {offset}+{length}: {os.strerror(reply.error)}")
-        return reply.data
+        return bytes(reply.data)
 
     def pread(self, offset: int, length: int) -> bytes:
         check_range(self.size, offset, length)

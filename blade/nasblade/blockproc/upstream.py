@@ -113,7 +113,8 @@ class ConnectionLost(ConnectionError):
 @dataclass(frozen=True)
 class Reply:
     error: int
-    data: bytes = b""
+    data: bytes | bytearray = b""
+    """A READ's payload (a bytearray nobody writes to once the reply is delivered)."""
 
 
 @dataclass
@@ -179,20 +180,27 @@ async def _go(recv: Callable[[int], Awaitable[bytes]], export: str,
     return size, flags
 
 
-class Connection(asyncio.Protocol):
+_HEADER_BUF = 64 << 10  # receive buffer for reply headers (and the bytes that follow them)
+
+
+class Connection(asyncio.BufferedProtocol):
     """One negotiated NBD connection with pipelined requests.
 
-    Replies are parsed in ``data_received`` from one receive buffer (no stream-reader copies);
-    a READ's payload is sliced out once. ``send`` queues a request and returns the future of
-    its reply, so the proxy's fast path needs no task per request.
+    A buffered protocol: reply headers are received into one reusable buffer and parsed
+    there; a READ's payload is received (and, with TLS, decrypted) straight into the bytearray
+    that becomes the reply's data, so a payload is written to memory once on its way through.
+    ``send`` queues a request and returns the future of its reply, so the proxy's fast path
+    needs no task per request.
     """
 
     def __init__(self, *, size: int, flags: int) -> None:
         self.size = size
         self.flags = flags
         self.transport: asyncio.Transport | None = None
-        self._buf = bytearray()
-        self._want: tuple[int, asyncio.Future[Reply]] | None = None
+        self._hdr = bytearray(_HEADER_BUF)
+        self._hdr_fill = 0
+        # The READ payload being received: (buffer, bytes received, future).
+        self._want: tuple[bytearray, int, asyncio.Future[Reply]] | None = None
         self._cookies = itertools.count(1)
         self._pending: dict[int, tuple[int, int, asyncio.Future[Reply]]] = {}
         self._can_write = asyncio.Event()
@@ -274,44 +282,60 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport.set_write_buffer_limits(high=_HIGH_WATER)
 
-    def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        pos, end = 0, len(buf)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._want is not None:
+            payload, got, _fut = self._want
+            return memoryview(payload)[got:]
+        return memoryview(self._hdr)[self._hdr_fill :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._want is not None:
+            payload, got, fut = self._want
+            got += nbytes
+            if got < len(payload):
+                self._want = (payload, got, fut)
+                return
+            self._want = None
+            self._complete(fut, Reply(0, payload))
+            return
+        self._hdr_fill += nbytes
         try:
-            while True:
-                if self._want is not None:
-                    length, fut = self._want
-                    if end - pos < length:
-                        break
-                    with memoryview(buf) as view:
-                        payload = bytes(view[pos : pos + length])
-                    pos += length
-                    self._want = None
-                    self._stop_clock()
-                    if not fut.done():
-                        fut.set_result(Reply(0, payload))
-                    continue
-                if end - pos < proto.REPLY_SIZE:
-                    break
-                error, cookie = proto.parse_simple_reply(buf[pos : pos + proto.REPLY_SIZE])
-                pos += proto.REPLY_SIZE
-                entry = self._pending.pop(cookie, None)
-                if entry is None:
-                    raise proto.ProtocolError(f"reply for unknown cookie {cookie}")
-                cmd, length, fut = entry
-                if cmd == proto.Cmd.READ and error == 0 and length:
-                    self._want = (length, fut)
-                    continue
-                self._stop_clock()
-                if not fut.done():
-                    fut.set_result(Reply(error))
+            self._parse_headers()
         except proto.ProtocolError as exc:
             log.warning("upstream protocol error: %s", exc)
             self._fail_all(str(exc))
-            return
-        finally:
-            del buf[:pos]
+
+    def _complete(self, fut: asyncio.Future[Reply], reply: Reply) -> None:
+        self._stop_clock()
+        if not fut.done():
+            fut.set_result(reply)
+
+    def _parse_headers(self) -> None:
+        """Parse the replies in the header buffer; a READ's payload bytes that arrived with
+        its header are moved into the payload buffer, the rest is received straight into it."""
+        buf, fill, pos = self._hdr, self._hdr_fill, 0
+        while fill - pos >= proto.REPLY_SIZE:
+            error, cookie = proto.parse_simple_reply(buf[pos : pos + proto.REPLY_SIZE])
+            pos += proto.REPLY_SIZE
+            entry = self._pending.pop(cookie, None)
+            if entry is None:
+                raise proto.ProtocolError(f"reply for unknown cookie {cookie}")
+            cmd, length, fut = entry
+            if cmd != proto.Cmd.READ or error or not length:
+                self._complete(fut, Reply(error))
+                continue
+            payload = bytearray(length)
+            got = min(length, fill - pos)
+            payload[:got] = buf[pos : pos + got]
+            pos += got
+            if got < length:
+                self._want = (payload, got, fut)
+                break
+            self._complete(fut, Reply(0, payload))
+        if pos:
+            rest = fill - pos
+            buf[:rest] = buf[pos:fill]
+            self._hdr_fill = rest
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail_all(f"connection lost: {exc!r}")
@@ -328,7 +352,7 @@ class Connection(asyncio.Protocol):
         self.closed = True
         pending, self._pending = self._pending, {}
         want, self._want = self._want, None
-        futs = [fut for _c, _l, fut in pending.values()] + ([want[1]] if want else [])
+        futs = [fut for _c, _l, fut in pending.values()] + ([want[2]] if want else [])
         for fut in futs:
             self._stop_clock()
             if not fut.done():
