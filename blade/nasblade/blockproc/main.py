@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from nasblade import lunames, ready, units
+from nasblade import eventloop, lunames, ready, units
 from nasblade.bladeapi import lifeline
 from nasblade.blockproc import api as http_api
 from nasblade.blockproc.core import DEFAULT_CONTROLLER_WAIT, BlockProcessor, Settings
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace, *, extend: Extend | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s block-processor %(levelname)s %(message)s")
     try:
-        return asyncio.run(_serve(args, extend))
+        return eventloop.run(_serve(args, extend))
     except (ValueError, PortionError, ProgramError, OSError) as exc:
         sys.stderr.write(f"nasblade block-processor: {exc}\n")
         return 1

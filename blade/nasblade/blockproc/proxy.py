@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from typing import cast
 
 from nasblade.blockproc.upstream import BusyClock, Reply, UpstreamPool
 from nasblade.nbd import proto
@@ -58,8 +59,7 @@ class _Downstream(asyncio.Protocol):
         self.closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.server.connections += 1
         transport.write(self.conn.initial_bytes())
 

@@ -27,11 +27,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import uvloop
 import yaml
 from aiohttp import web
 
-from nasblade import ready, units
+from nasblade import eventloop, ready, units
 from nasblade.controller import api, copyengine, layout, maintenance, nbdserver, redundancy
 from nasblade.controller.array import Array
 from nasblade.controller.engine import Engine
@@ -138,8 +137,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"nasblade controller: {exc}") from exc
     cache_size = parse_size(str(conf.get("cache-size", "256M")))
     engine = Engine(array, cache_size=cache_size)
-    uvloop.install()  # faster transports: fewer copies per reply, cheaper callbacks
-    return asyncio.run(_serve(engine, conf, token=token, admin=admin))
+    return eventloop.run(_serve(engine, conf, token=token, admin=admin))
 
 
 async def _serve(engine: Engine, conf: dict[str, Any], *, token: str | None, admin: str | None) -> int:

@@ -19,7 +19,7 @@ import cProfile
 import logging
 import signal
 
-from nasblade import ready
+from nasblade import eventloop, ready
 from nasblade.fileproc import config
 from nasblade.fileproc.server import FileProcessor
 from nasblade.fs.fs import FsError
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("invalid configuration: %s", exc)
         return 2
     try:
-        return asyncio.run(serve(specs, commit_interval=args.commit_interval, profile=args.profile))
+        return eventloop.run(serve(specs, commit_interval=args.commit_interval, profile=args.profile))
     except (OSError, FsError, LayoutError) as exc:
         log.error("cannot serve: %s", exc)
         return 1

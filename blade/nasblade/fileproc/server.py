@@ -38,7 +38,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Coroutine, Hashable
-from typing import Any
+from typing import Any, cast
 
 from nasblade import blockdev, devices
 from nasblade.fileproc import callbacks
@@ -65,8 +65,7 @@ class _Conn(asyncio.Protocol):
         self.peer = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
