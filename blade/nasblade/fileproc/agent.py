@@ -43,7 +43,7 @@ from typing import Any
 
 from aiohttp import web
 
-from nasblade import ready
+from nasblade import eventloop, ready
 from nasblade.bladeapi import lifeline
 from nasblade.bladeapi.client import BladeAPIError, LocalClient
 from nasblade.fileproc.failstop import DeviceLost, SelfFence, fail_stop_open
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s blade-file-processor %(levelname)s %(message)s")
     try:
-        return asyncio.run(_main(args))
+        return eventloop.run(_main(args))
     except (ValueError, KeyError, OSError) as exc:
         sys.stderr.write(f"nasblade blade-file-processor: {exc}\n")
         return 1
