@@ -5,6 +5,10 @@ next chunks of that extent in a background thread, over its own ``BlockDevice`` 
 (the NBD client is one request at a time per connection), so the round trip to the
 controller overlaps with sending the reply and the client's next request.
 
+Several readers: up to ``depth`` prefetches are kept, the oldest dropped first when a new one
+is wanted, so chunks nobody asked for (a reader that stopped, a file read to its end) never
+hold a slot, and interleaved sequential readers each keep theirs.
+
 Consistency: every write to the data region bumps ``version`` (on the event-loop thread,
 before the write is issued); a prefetched chunk is used only if the version did not change
 between the time it was requested and the time it is consumed, so a prefetch can never
@@ -13,6 +17,7 @@ return data older than a write the server has already performed.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 
@@ -22,13 +27,15 @@ log = logging.getLogger(__name__)
 
 
 class ReadAhead:
-    def __init__(self, dev: BlockDevice, *, depth: int = 2) -> None:
+    def __init__(self, dev: BlockDevice, *, depth: int = 8) -> None:
         self.dev = dev
         self.depth = depth
         self.version = 0
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="readahead")
-        self._pending: dict[tuple[int, int], tuple[int, concurrent.futures.Future[bytes]]] = {}
+        self._pending: collections.OrderedDict[tuple[int, int], tuple[int, concurrent.futures.Future[bytes]]] = (
+            collections.OrderedDict())
         self.hits = 0
+        self.dropped = 0
 
     def invalidate(self) -> None:
         """A write is about to change the data region: forget every prefetched chunk."""
@@ -52,12 +59,15 @@ class ReadAhead:
         return data
 
     def schedule(self, chunks: list[tuple[int, int]]) -> None:
-        """Prefetch these ``(offset, length)`` ranges (at most ``depth`` outstanding)."""
+        """Prefetch these ``(offset, length)`` ranges (at most ``depth`` kept: the oldest go)."""
         for key in chunks:
-            if len(self._pending) >= self.depth:
-                break
-            if key not in self._pending:
-                self._pending[key] = (self.version, self.pool.submit(self.dev.pread, *key))
+            if key in self._pending:
+                continue
+            while len(self._pending) >= self.depth:
+                _key, (_v, old) = self._pending.popitem(last=False)
+                old.cancel()  # not started yet: never sent; running: its bytes are dropped
+                self.dropped += 1
+            self._pending[key] = (self.version, self.pool.submit(self.dev.pread, *key))
 
     def close(self) -> None:
         self._pending.clear()
