@@ -269,6 +269,32 @@ def test_read_ahead_serves_sequential_reads_and_never_stale_data(
     dev.close()
 
 
+def test_read_ahead_follows_interleaved_readers(start_bp: Callable[..., BladeProc]) -> None:
+    """Two sequential readers of one LU, their READs interleaved (as several NFS clients'
+    reads reach a file processor): each is recognised and prefetched for, and prefetches left
+    by a reader that stopped do not stop later ones."""
+    bp = start_bp()
+    dev = NBDBlockDevice.connect(bp.url("fs1"))
+    blocks = [os.urandom(1 << 20) for _ in range(32)]
+    for i, b in enumerate(blocks):
+        dev.pwrite(i << 20, b)
+    client = BladeClient(bp.api, BLADE_TOKEN)
+
+    def hits() -> int:
+        return int(client.status()["upstream"]["fs1"]["readahead"]["hits"])
+
+    before = hits()
+    for i in range(8):
+        assert dev.pread(i << 20, 1 << 20) == blocks[i]
+        assert dev.pread((16 + i) << 20, 1 << 20) == blocks[16 + i]
+    assert hits() - before >= 12  # all but the first two READs of each reader
+    before = hits()
+    for i in range(24, 32):  # a third reader, after the first two stopped with prefetches left
+        assert dev.pread(i << 20, 1 << 20) == blocks[i]
+    assert hits() - before >= 6
+    dev.close()
+
+
 def test_unflushed_writes_fenced_during_a_controller_outage_fail_the_next_flush(
     controller: Controller, start_bp: Callable[..., BladeProc]
 ) -> None:

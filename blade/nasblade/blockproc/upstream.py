@@ -49,6 +49,7 @@ from nasblade.nbd import proto, tls
 
 log = logging.getLogger(__name__)
 
+_STREAMS = 8  # sequential readers followed at once per LU (read-ahead)
 _SMALL = 64 * 1024  # payloads up to this size are sent in one buffer with their header
 _HIGH_WATER = 8 << 20  # wait for the socket to drain past this much queued data
 _BACKOFF_START = 0.05
@@ -452,7 +453,9 @@ class UpstreamPool:
     readahead: int = 2
     """How many requests ahead to prefetch once reads are sequential (0: never)."""
     _ahead: dict[tuple[int, int], asyncio.Future[Reply]] = field(default_factory=dict)
-    _last_read_end: int = -1
+    _read_ends: dict[int, None] = field(default_factory=dict)
+    """Where the last ``_STREAMS`` READs ended, oldest first: a READ starting at one of them
+    continues a sequential reader (several readers interleave on one LU)."""
     _writes_in_flight: int = 0
     _sticky_error: int = 0
     busy: BusyClock = field(default_factory=BusyClock)
@@ -579,7 +582,7 @@ class UpstreamPool:
         if cmd != proto.Cmd.FLUSH:
             # anything that may change data: forget read-ahead, and issue none until it is done
             self._ahead.clear()
-            self._last_read_end = -1
+            self._read_ends.clear()
             self._writes_in_flight += 1
             fut = self._submit(cmd, offset, length, flags=flags, payload=payload)
             fut.add_done_callback(self._write_done)
@@ -594,13 +597,18 @@ class UpstreamPool:
 
         Read-ahead rule (coherent because this blade is the LU's only writer while it holds the
         reservation): when a READ starts where the previous one ended, the next ``readahead``
-        requests of the same length are prefetched. Prefetching happens only while no write,
+        requests of the same length are prefetched (for up to ``_STREAMS`` interleaved readers;
+        the oldest prefetch is dropped for a new one). Prefetching happens only while no write,
         trim or zeroing is in flight, and every such request drops all prefetched data on
         arrival, so a READ never sees data older than a write it was ordered after.
         """
         hit = self._ahead.pop((offset, length), None)
-        sequential = offset == self._last_read_end
-        self._last_read_end = offset + length
+        ends = self._read_ends
+        sequential = offset in ends
+        ends.pop(offset, None)
+        ends[offset + length] = None
+        if len(ends) > _STREAMS:
+            del ends[next(iter(ends))]
         if hit is not None:
             self.stats.readahead_hits += 1
             self._count(proto.Cmd.READ)
@@ -613,8 +621,9 @@ class UpstreamPool:
                 key = (start, length)
                 if start + length > self.size or key in self._ahead:
                     continue
-                if len(self._ahead) >= 4 * self.readahead:
-                    break
+                while len(self._ahead) >= _STREAMS * self.readahead:
+                    # the oldest prefetch goes (a reader that stopped must not hold its slot)
+                    del self._ahead[next(iter(self._ahead))]
                 self.stats.readahead_issued += 1
                 self._ahead[key] = self._submit(proto.Cmd.READ, start, length, counted=False)
         return fut
