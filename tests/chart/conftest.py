@@ -12,9 +12,9 @@ Fixtures defined here:
                  helm binary (built by tools/kube/build.sh) with a private HOME.
   render      -- callable ``render(*set_args, namespace=..., api_versions=()) -> list[dict]``:
                  ``helm template`` of the chart for Kubernetes 1.33, parsed into objects.
-  crds_applied -- the tier-1 kubeconfig once the chart's CRDs and kopf's peering CRDs are
-                 installed and Established (server-side apply of charts/nasblade/crds/ and
-                 crds/kopf-peering.yaml).
+  crds_applied -- the tier-1 kubeconfig once the repository's CRDs (crds/: DiskArray,
+                 ClusterGroup, and kopf's peering CRDs that the chart does not ship) are
+                 installed and Established (server-side apply).
 """
 
 from __future__ import annotations
@@ -80,10 +80,10 @@ def render(helm: Helm) -> Callable[..., list[dict[str, Any]]]:
 def crds_applied(tier1_cluster: Any) -> str:
     kc = str(tier1_cluster.kubeconfig)
     kubectl = str(nbcluster.k8s_bin("kubectl"))
-    # the chart's CRDs, and kopf's peering CRDs (not in the chart: leaderElection needs them first)
-    for path in (CHART / "crds", REPO / "crds" / "kopf-peering.yaml"):
-        subprocess.run([kubectl, "--kubeconfig", kc, "apply", "--server-side", "-f", str(path)],
-                       check=True, capture_output=True, text=True)
+    # the chart's CRDs (files/crds/ is a copy of crds/), and kopf's peering CRDs (not in the
+    # chart: leaderElection needs them first)
+    subprocess.run([kubectl, "--kubeconfig", kc, "apply", "--server-side", "-f", str(REPO / "crds")],
+                   check=True, capture_output=True, text=True)
     subprocess.run([kubectl, "--kubeconfig", kc, "wait", "--for=condition=Established",
                     "--timeout=60s", "crd", "--all"], check=True, capture_output=True, text=True)
     return kc

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -52,15 +53,73 @@ def operator_container(objs: list[dict[str, Any]]) -> dict[str, Any]:
 PEERING_API = ("kopf.dev/v1/ClusterKopfPeering", "kopf.dev/v1/KopfPeering")
 
 
+CHART_CRDS = CHART / "files" / "crds"  # rendered by templates/customresourcedefinitions.yaml
+KEEP = {"helm.sh/resource-policy": "keep"}
+
+
+def _source_crds() -> dict[str, dict[str, Any]]:
+    """The repository's CRDs by name (crds/, the single source of truth), without kopf's
+    peering CRDs, which the chart never installs (other kopf operators own them)."""
+    docs = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))
+            if p.name != "kopf-peering.yaml"]
+    return {d["metadata"]["name"]: d for d in docs}
+
+
 def test_chart_crds_are_the_repository_crds() -> None:
-    """One source of truth: charts/nasblade/crds/ holds byte-identical copies of crds/ -- all
-    but kopf's peering CRDs, which the chart never installs (other kopf operators own them)."""
+    """One source of truth: charts/nasblade/files/crds/ holds byte-identical copies of crds/
+    (all but kopf's peering CRDs)."""
     source = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml") if p.name != "kopf-peering.yaml"}
-    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in CHART_CRDS.glob("*.yaml")}
     assert source, "no CRDs in crds/"
-    assert sorted(chart) == sorted(source), "the chart's CRD files differ from crds/: copy them"
+    assert sorted(chart) == sorted(source), "the chart's CRD files differ from crds/: cp crds/*.yaml charts/nasblade/files/crds/"
     for name, data in source.items():
-        assert chart[name] == data, f"charts/nasblade/crds/{name} differs from crds/{name}: copy it"
+        assert chart[name] == data, f"charts/nasblade/files/crds/{name} differs from crds/{name}: copy it"
+    assert not (CHART / "crds").exists(), "Helm's crds/ folder is installed once and never upgraded"
+
+
+def test_rendered_crds_are_the_repository_crds_kept_on_uninstall(render: Render) -> None:
+    """The chart renders each CRD of crds/ as a template (so ``helm upgrade`` upgrades it):
+    the same object, plus the chart's labels and ``helm.sh/resource-policy: keep`` (so
+    ``helm uninstall`` never deletes it, nor every DiskArray with it)."""
+    rendered = {o["metadata"]["name"]: o for o in by_kind(render(), "CustomResourceDefinition")}
+    source = _source_crds()
+    assert sorted(rendered) == sorted(source) == ["clustergroups.nasblade.io", "diskarrays.nasblade.io"]
+    for name, crd in rendered.items():
+        meta = crd["metadata"]
+        assert meta["annotations"] == KEEP | source[name]["metadata"].get("annotations", {}), name
+        assert source[name]["metadata"]["labels"].items() <= meta["labels"].items(), name
+        assert meta["labels"]["app.kubernetes.io/component"] == "crd"
+        assert all(label in meta["labels"] for label in STANDARD_LABELS), name
+        bare = copy.deepcopy(crd)
+        bare["metadata"] = {k: v for k, v in meta.items() if k not in ("labels", "annotations")}
+        expected = copy.deepcopy(source[name])
+        expected["metadata"] = {k: v for k, v in expected["metadata"].items() if k not in ("labels", "annotations")}
+        assert bare == expected, f"the rendered {name} differs from crds/"
+
+
+def test_crds_install_false_renders_none(render: Render) -> None:
+    """``crds.install=false`` (CRDs managed separately): no CRD, everything else unchanged."""
+    on, off = render(), render("crds.install=false")
+    assert len(by_kind(on, "CustomResourceDefinition")) == 2
+    assert by_kind(off, "CustomResourceDefinition") == []
+    assert sorted(o["kind"] for o in off) == sorted(o["kind"] for o in on if o["kind"] != "CustomResourceDefinition")
+
+
+def test_crd_template_refuses_a_file_it_cannot_copy_exactly(helm: Helm, tmp_path: Path) -> None:
+    """The template copies a CRD's ``spec`` as text after its metadata: a file with another
+    top-level key, or with ``spec`` not last, stops the render instead of rendering it wrong."""
+    chart = tmp_path / "nasblade"
+    shutil.copytree(CHART, chart)
+    target = chart / "files" / "crds" / "diskarray.yaml"
+    text = target.read_text()
+    argv = ("template", "nb", str(chart), "--kube-version", KUBE_VERSION)
+    target.write_text(text + "status: {}\n")
+    r = helm(*argv, check=False)
+    assert r.returncode != 0 and "must hold exactly apiVersion, kind, metadata and spec" in r.stderr, r.stderr
+    head, spec = text.split("\nspec:\n", 1)
+    target.write_text("spec:\n" + spec + head + "\n")
+    r = helm(*argv, check=False)
+    assert r.returncode != 0 and "spec must be the file's last top-level key" in r.stderr, r.stderr
 
 
 def test_helm_lint_strict(helm: Helm) -> None:
@@ -99,7 +158,7 @@ def test_default_render(render: Render) -> None:
     objs = render()
     assert sorted(o["kind"] for o in objs) == sorted(
         ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
-         "NetworkPolicy"])
+         "NetworkPolicy", "CustomResourceDefinition", "CustomResourceDefinition"])
     for o in objs:
         labels = o["metadata"]["labels"]
         for label in STANDARD_LABELS:
@@ -134,7 +193,8 @@ def test_leader_election_is_optional_and_needs_the_peering_api(helm: Helm, rende
     r = helm("template", "nb", str(CHART), "--kube-version", KUBE_VERSION, "--set", "leaderElection.enabled=true",
              check=False)
     assert r.returncode != 0 and "needs kopf's peering CRDs (no kopf.dev/v1/ClusterKopfPeering API)" in r.stderr
-    assert not (CHART / "crds" / "kopf-peering.yaml").exists()
+    assert not (CHART_CRDS / "kopf-peering.yaml").exists()
+    assert not any(o["spec"]["group"] == "kopf.dev" for o in by_kind(objs, "CustomResourceDefinition"))
 
 
 def test_kube_version_is_the_tested_one(helm: Helm) -> None:
@@ -353,8 +413,10 @@ def _restricted_namespace(kc: str, name: str | None = None) -> str:
                                          "leaderElection.enabled=true", "logLevel=debug"]],
                          ids=["defaults", "namespaced"])
 def test_server_side_dry_run(helm: Helm, crds_applied: str, values: list[str]) -> None:
-    """helm template | kubectl apply --dry-run=server: the API server validates every object
-    (schemas, RBAC, the kopf peering CRs) and Pod Security admission warns about nothing."""
+    """helm template | kubectl apply --server-side --dry-run=server: the API server validates
+    every object (the CRDs over the ones crds_applied made, schemas, RBAC, the kopf peering CRs)
+    and Pod Security admission warns about nothing. Server-side, as the CRDs were applied: a
+    client-side apply would warn about their missing last-applied annotation."""
     kc = crds_applied
     ns = _restricted_namespace(kc)
     for v in values:
@@ -367,7 +429,7 @@ def test_server_side_dry_run(helm: Helm, crds_applied: str, values: list[str]) -
     for a in PEERING_API:
         argv += ["--api-versions", a]
     manifests = helm(*argv).stdout
-    r = _kubectl(kc, "apply", "--dry-run=server", "-f", "-", stdin=manifests)
+    r = _kubectl(kc, "apply", "--server-side", "--dry-run=server", "-f", "-", stdin=manifests)
     assert r.returncode == 0, r.stderr
     assert "Warning" not in r.stderr, r.stderr
     assert r.stdout.count("(server dry run)") == len([d for d in yaml.safe_load_all(manifests) if d])
@@ -408,6 +470,105 @@ def test_examples_pass_the_crd_schemas(crds_applied: str) -> None:
     r = _kubectl(crds_applied, "-n", ns, "create", "--dry-run=server", "-f", str(REPO / "examples"))
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("(server dry run)") == len(docs)
+
+
+def _adopt_crds(kc: str, names: list[str], *, release: str, namespace: str) -> None:
+    """What docs/install.md tells users coming from a chart that shipped the CRDs in crds/ (or
+    who applied them with kubectl): give the existing CRDs to the release (Helm's ownership
+    label and annotations), so that the release takes them over instead of refusing them."""
+    for name in names:
+        r = _kubectl(kc, "label", "--overwrite", "crd", name, "app.kubernetes.io/managed-by=Helm")
+        assert r.returncode == 0, r.stderr
+        r = _kubectl(kc, "annotate", "--overwrite", "crd", name, f"meta.helm.sh/release-name={release}",
+                     f"meta.helm.sh/release-namespace={namespace}")
+        assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.tier1
+def test_helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them(helm: Helm, tier1_kubeconfig: str,
+                                                                 tmp_path: Path) -> None:
+    """A real ``helm install`` / ``helm upgrade`` / ``helm uninstall`` on the tier-1 API server,
+    with a copy of the chart whose CRDs are in a group of their own (the session's real
+    nasblade.io CRDs belong to kubectl, see ``crds_applied``):
+
+    - CRDs that exist without Helm's ownership (chart 0.1.0's crds/ folder, kubectl apply) are
+      refused by ``helm install`` until adopted as docs/install.md says, then taken over and
+      brought to the chart's schema;
+    - an upgrade whose chart changes a CRD applies the change on the server;
+    - ``crds.install=false`` on an upgrade, and ``helm uninstall``, leave the CRDs (keep)."""
+    kc = tier1_kubeconfig
+    tag = uuid.uuid4().hex[:6]
+    group = f"up{tag}.nasblade.test"
+    release, ns = f"up{tag}", f"chart-up-{tag}"
+    chart = tmp_path / "nasblade"
+    shutil.copytree(CHART, chart)
+    crd_dir = chart / "files" / "crds"
+    names: list[str] = []
+    for path in crd_dir.glob("*.yaml"):
+        text = path.read_text()
+        text = re.sub(r"(?m)^(  name: [a-z]+)\.nasblade\.io$", rf"\1.{group}", text, count=1)
+        text = re.sub(r"(?m)^  group: nasblade\.io$", f"  group: {group}", text, count=1)
+        path.write_text(text)
+        names.append(yaml.safe_load(text)["metadata"]["name"])
+    assert sorted(names) == sorted(f"{n.split('.')[0]}.{group}" for n in _source_crds())
+    env = ("--namespace", ns, "--kubeconfig", kc)
+
+    def ok(*args: str) -> None:
+        r = helm(*args, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def server_crd(name: str) -> dict[str, Any]:
+        r = _kubectl(kc, "get", "crd", name, "-o", "json")
+        assert r.returncode == 0, r.stderr
+        return dict(json.loads(r.stdout))
+
+    def da_spec_properties() -> dict[str, Any]:
+        crd = server_crd(f"diskarrays.{group}")
+        return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"])
+
+    def with_probe(path: Path, probe: str) -> str:
+        """The CRD file with a new optional string field ``spec.<probe>`` (first version)."""
+        doc = yaml.safe_load(path.read_text())
+        doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][probe] = {
+            "type": "string"}
+        return yaml.safe_dump(doc, sort_keys=False)
+
+    da = crd_dir / "diskarray.yaml"
+    try:
+        # CRDs from before the chart templated them (an older schema, with oldProbe): no Helm
+        # ownership; adopted, the install brings them to the chart's schema
+        r = _kubectl(kc, "apply", "--server-side", "-f", str(crd_dir / "clustergroup.yaml"))
+        assert r.returncode == 0, r.stderr
+        r = _kubectl(kc, "apply", "--server-side", "-f", "-", stdin=with_probe(da, "oldProbe"))
+        assert r.returncode == 0, r.stderr
+        assert "oldProbe" in da_spec_properties()
+        r = helm("install", release, str(chart), *env, "--create-namespace", check=False)
+        assert r.returncode != 0 and "invalid ownership metadata" in r.stderr, r.stdout + r.stderr
+        _adopt_crds(kc, names, release=release, namespace=ns)
+        ok("install", release, str(chart), *env, "--create-namespace")
+        for name in names:
+            assert server_crd(name)["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert "oldProbe" not in da_spec_properties() and "upgradeProbe" not in da_spec_properties()
+
+        # the next chart version changes the DiskArray CRD (a new optional field)
+        da.write_text(with_probe(da, "upgradeProbe"))
+        rendered = helm("template", release, str(chart), "--kube-version", KUBE_VERSION).stdout
+        assert "upgradeProbe" in rendered
+        ok("upgrade", release, str(chart), *env)
+        assert da_spec_properties()["upgradeProbe"] == {"type": "string"}
+
+        # managed elsewhere from now on: the upgrade drops them from the release, not the cluster
+        ok("upgrade", release, str(chart), *env, "--set", "crds.install=false")
+        assert "upgradeProbe" in da_spec_properties()
+        ok("uninstall", release, *env)
+        for name in names:
+            server_crd(name)  # still there
+        assert "upgradeProbe" in da_spec_properties()
+    finally:
+        helm("uninstall", release, *env, check=False)
+        for name in names:
+            _kubectl(kc, "delete", "crd", name, "--ignore-not-found", "--wait=false")
+        _kubectl(kc, "delete", "namespace", ns, "--ignore-not-found", "--wait=false")
 
 
 def _documented_rbac() -> set[tuple[str, str, str]]:

@@ -213,7 +213,7 @@ def test_the_crd_schema_takes_the_status_it_writes() -> None:
                     device(2, "failed", reason="write error", writeErrors=1), device(3),
                     scrub={"last": last}, lostBlocks=1, repairedBlocks=1))
     assert "rebuilt" in arr.status["devices"][1] and "lastScrub" in arr.status["redundancy"]
-    paths = [ROOT / "crds/diskarray.yaml", ROOT / "charts/nasblade/crds/diskarray.yaml"]
+    paths = [ROOT / "crds/diskarray.yaml", ROOT / "charts/nasblade/files/crds/diskarray.yaml"]
     for path in paths:
         schema = _status_schema(path)
         assert _accepts(schema, arr.status) == [], path

@@ -49,7 +49,7 @@ def test_controller_gets_the_level() -> None:
 
 
 def test_crd_schema() -> None:
-    for path in (ROOT / "crds/diskarray.yaml", ROOT / "charts/nasblade/crds/diskarray.yaml"):
+    for path in (ROOT / "crds/diskarray.yaml", ROOT / "charts/nasblade/files/crds/diskarray.yaml"):
         crd = yaml.safe_load(path.read_text())
         devices = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["devices"]
         assert devices["properties"]["protection"]["enum"] == ["none", "mirror", "mirror-2", "mirror-3"]
