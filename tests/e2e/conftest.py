@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parents[1] / "tools" / "kube"))
 sys.path.insert(0, str(HERE))
 import imagetool  # noqa: E402
 import nbcluster  # noqa: E402
-from e2elib import CHART, CLIENT_IMAGE, IMAGE, RELEASE, RELEASE_NS, Kube, collect_diagnostics  # noqa: E402
+from e2elib import CLIENT_IMAGE, IMAGE, RELEASE, RELEASE_NS, Kube, adopt_crds, collect_diagnostics  # noqa: E402
 from pytest_cluster import *  # noqa: E402, F403 - fixtures: e2e_cluster, e2e_kubeconfig
 
 
@@ -66,9 +66,9 @@ def release(kube: Kube, images: list[str]) -> Iterator[str]:
         names = [f"{d['metadata']['namespace']}/{d['metadata']['name']}" for d in others]
         pytest.fail(f"another nasblade operator runs in this cluster ({names}); two would act on the "
                     "same resources: remove it first (e.g. `make demo-clean`)")
-    # Helm installs CRDs only when they are missing and never upgrades them: a cluster kept from
-    # an earlier run gets this checkout's CRDs the way docs/install.md tells users to upgrade
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+    # The chart installs and upgrades the CRDs (templates, kept on uninstall); ones this cluster
+    # kept from an earlier run belong to no release or another one: give them to this release
+    adopt_crds(kube, release=RELEASE, namespace=RELEASE_NS)
     yield RELEASE
     kube.helm("uninstall", RELEASE, "-n", RELEASE_NS, "--wait", check=False)
     kube.kubectl("delete", "namespace", RELEASE_NS, "--ignore-not-found", "--wait=false",

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "kube"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nbcluster
-from e2elib import CHART, CLIENT_IMAGE, REPO, Kube, condition
+from e2elib import CHART, CLIENT_IMAGE, REPO, Kube, adopt_crds, condition
 
 NAMESPACE = "nasblade-demo"
 OPERATOR_NS = "nasblade-system"
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     repo, tag = a.image.rsplit(":", 1)
     nbcluster.log("installing the chart (release nasblade, namespace nasblade-system)")
+    adopt_crds(kube, release="nasblade", namespace=OPERATOR_NS)  # CRDs kept by another release
     kube.helm("upgrade", "--install", "nasblade", str(CHART), "-n", OPERATOR_NS,
               "--create-namespace", "--set", f"image.repository={repo}", "--set",
               f"image.tag={tag}", "--wait", "--timeout", "5m")

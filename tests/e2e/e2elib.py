@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tools" / "kube"))
@@ -25,6 +27,10 @@ CLIENT_IMAGE = f"nasblade/nfs-client:{VERSION}"
 RELEASE = "nasblade-e2e"
 RELEASE_NS = "nasblade-e2e-system"
 CHART = REPO / "charts" / "nasblade"
+# the CRDs the chart installs and upgrades (templates/customresourcedefinitions.yaml renders
+# files/crds/, copies of the repository's crds/), kept by helm uninstall
+CRD_NAMES = tuple(sorted(yaml.safe_load(p.read_text())["metadata"]["name"]
+                         for p in (CHART / "files" / "crds").glob("*.yaml")))
 
 
 class Kube:
@@ -73,6 +79,20 @@ class Kube:
             time.sleep(interval)
         seen = describe() if describe else None
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; seen: {seen!r}")
+
+
+def adopt_crds(kube: Kube, *, release: str, namespace: str) -> None:
+    """Hand the chart's CRDs, where they exist, to ``release``: Helm refuses to install over
+    objects that belong to no release (CRDs from before the chart templated them, applied with
+    kubectl) or to another one (kept by an earlier ``helm uninstall`` -- this suite's release,
+    the demo's). The same label and annotations docs/install.md ("CRDs") tells users to set;
+    the install then upgrades the CRDs to this checkout's."""
+    for crd in CRD_NAMES:
+        if kube.kubectl("get", "crd", crd, "-o", "name", check=False).returncode != 0:
+            continue
+        kube.kubectl("label", "--overwrite", "crd", crd, "app.kubernetes.io/managed-by=Helm")
+        kube.kubectl("annotate", "--overwrite", "crd", crd, f"meta.helm.sh/release-name={release}",
+                     f"meta.helm.sh/release-namespace={namespace}")
 
 
 def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:

@@ -539,7 +539,8 @@ def test_step7_software_rollout(kube: Kube, release: str, workload_ns: str) -> N
 
 def test_step8_delete_everything(kube: Kube, release: str, workload_ns: str) -> None:
     """8. Delete everything; helm uninstall; nothing is left behind except the device PVCs
-    the DiskArray's deletionPolicy (Retain) keeps, and the CRDs Helm never deletes."""
+    the DiskArray's deletionPolicy (Retain) keeps, and the CRDs the chart keeps
+    (``helm.sh/resource-policy: keep``)."""
     kube.kubectl("-n", workload_ns, "delete", "pod", CLIENT_POD, "--ignore-not-found", "--grace-period=1",
                  timeout=120)  # step 3's client, not one of the examples
     kube.kubectl("-n", workload_ns, "delete", "-f", str(EXAMPLES), "--wait=true", timeout=300)
@@ -571,3 +572,5 @@ def test_step8_delete_everything(kube: Kube, release: str, workload_ns: str) -> 
               timeout=90, interval=2, describe=release_ns_left)
     crds = kube.kubectl("get", "crd", "-o", "name").stdout.split()
     assert "customresourcedefinition.apiextensions.k8s.io/diskarrays.nasblade.io" in crds
+    kept = kube.json("get", "crd", "diskarrays.nasblade.io")["metadata"].get("annotations", {})
+    assert kept.get("helm.sh/resource-policy") == "keep"
