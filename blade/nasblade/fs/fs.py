@@ -42,6 +42,7 @@ import apsw
 
 from nasblade.blockdev import BlockDevice
 from nasblade.fs import layout, vfs
+from nasblade.fs.datacache import DataCache
 from nasblade.fs.readahead import ReadAhead
 from nasblade.fs.writebehind import WriteBehind
 
@@ -278,8 +279,10 @@ class FileSystem:
         readonly: bool = False,
         readahead: BlockDevice | None = None,
         writebehind: BlockDevice | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         self.dev = dev
+        self.cache = DataCache(cache_bytes)
         self.readahead = ReadAhead(readahead) if readahead is not None else None
         self.writebehind = WriteBehind(writebehind) if writebehind is not None else None
         self.sb = layout.read_superblock(dev)
@@ -942,6 +945,7 @@ class FileSystem:
             self._data_fua = True
         else:
             self._data_dirty = True
+        self.cache.write(offset, data)
         if self.writebehind is not None:
             self.writebehind.submit(offset, data, fua=fua)
         else:
@@ -968,14 +972,16 @@ class FileSystem:
         inl = self._inline(ino)
         if inl is not None:
             return inl[offset:end], end >= a.size, a
-        self._drain()
         b0, b1 = offset // BLOCK, (end + BLOCK - 1) // BLOCK
         exts = self._extents(ino, b0, b1)
         if len(exts) == 1 and exts[0][0] <= b0 and exts[0][0] + exts[0][1] >= b1:
             lblk, nblk, pblk = exts[0]
             phys = self._phys(pblk) + offset - lblk * BLOCK
             n = end - offset
-            data = None
+            data = self.cache.read(phys, n)
+            if data is not None:
+                return data, end >= a.size, a
+            self._drain()
             if self.readahead is not None:
                 data = self.readahead.take(phys, n)
                 # Prefetch what a sequential reader asks for next, inside this extent and file.
@@ -984,13 +990,20 @@ class FileSystem:
                 self.readahead.schedule(nxt)
             if data is None:
                 data = self.dev.pread(phys, n)
+            self.cache.fill(phys, data)
         else:
             buf = bytearray(end - offset)
             for lblk, nblk, pblk in exts:
                 s = max(offset, lblk * BLOCK)
                 e = min(end, (lblk + nblk) * BLOCK)
                 if s < e:
-                    buf[s - offset : e - offset] = self.dev.pread(self._phys(pblk) + s - lblk * BLOCK, e - s)
+                    p = self._phys(pblk) + s - lblk * BLOCK
+                    part = self.cache.read(p, e - s)
+                    if part is None:
+                        self._drain()
+                        part = self.dev.pread(p, e - s)
+                        self.cache.fill(p, part)
+                    buf[s - offset : e - offset] = part
             data = bytes(buf)
         return data, end >= a.size, a
 

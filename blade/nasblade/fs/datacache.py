@@ -1,0 +1,103 @@
+"""The file processor's read cache: file data kept in memory, by 64 KiB page of the device.
+
+``nasblade.fs.fs.FileSystem`` looks a READ up here before it asks the device, stores what it
+reads from the device, and passes every write to the data region through ``write`` (the only
+road by which file data reaches the device). For each page it has, the cache holds one
+contiguous range of bytes exactly as the device holds them (or will once write-behind
+completes); reads and writes extend that range when they overlap or adjoin it, so sequential
+I/O that is not page-aligned still fills whole pages.
+
+Correct across takeover: only the file processor that owns a file system writes its LU
+(reservations and fencing at the controller), and the cache belongs to that mount: it is built
+empty when a file system is mounted (after a takeover, a giveback or a restart) and dropped with
+it. Nothing else writes the data region of a mounted file system.
+
+Bounded: least recently used blocks go first past ``capacity`` bytes. ``capacity`` 0 turns it
+off. Counters (``hits``, ``misses``) show in the file processor's status.
+"""
+
+from __future__ import annotations
+
+import collections
+
+PAGE = 64 << 10
+
+
+class DataCache:
+    """Pages of ``PAGE`` bytes of the device, each holding one contiguous known range of its
+    bytes (a read or write that covered only part of the page keeps that part)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(0, capacity) // PAGE
+        # page number -> (first byte known within the page, the known bytes)
+        self._pages: collections.OrderedDict[int, tuple[int, bytearray]] = collections.OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.capacity > 0
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(len(data) for _s, data in self._pages.values())
+
+    def read(self, offset: int, length: int) -> bytes | None:
+        """The device's bytes at ``[offset, offset + length)`` if all are here, else ``None``."""
+        if not self.capacity or length <= 0:
+            return None
+        end = offset + length
+        pages = self._pages
+        parts: list[memoryview] = []
+        p = offset // PAGE
+        while p * PAGE < end:
+            entry = pages.get(p)
+            base = p * PAGE
+            s, e = max(offset, base) - base, min(end, base + PAGE) - base
+            if entry is None or entry[0] > s or entry[0] + len(entry[1]) < e:
+                self.misses += 1
+                return None
+            pages.move_to_end(p)
+            start, data = entry
+            parts.append(memoryview(data)[s - start : e - start])
+            p += 1
+        self.hits += 1
+        return b"".join(parts)
+
+    def fill(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Bytes just read from the device at ``offset``."""
+        self._store(offset, data)
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Bytes about to be written to the device at ``offset`` (write-behind included)."""
+        self._store(offset, data)
+
+    def _store(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if not self.capacity:
+            return
+        view = memoryview(data).cast("B")
+        end = offset + len(view)
+        pages = self._pages
+        p = offset // PAGE
+        while p * PAGE < end:
+            base = p * PAGE
+            s, e = max(offset, base) - base, min(end, base + PAGE) - base
+            new = view[s + base - offset : e + base - offset]
+            entry = pages.get(p)
+            if entry is not None and entry[0] <= e and s <= entry[0] + len(entry[1]):
+                # overlapping or adjoining what is known: one range, the new bytes on top
+                start, known = entry
+                lo, hi = min(start, s), max(start + len(known), e)
+                merged = bytearray(hi - lo)
+                merged[start - lo : start - lo + len(known)] = known
+                merged[s - lo : e - lo] = new
+                pages[p] = (lo, merged)
+            else:
+                pages[p] = (s, bytearray(new))  # disjoint from what was known: the new range
+            pages.move_to_end(p)
+            p += 1
+        while len(pages) > self.capacity:
+            pages.popitem(last=False)
+
+    def clear(self) -> None:
+        self._pages.clear()
