@@ -48,6 +48,7 @@ from nasblade.bladeapi import lifeline
 from nasblade.bladeapi.client import BladeAPIError, LocalClient
 from nasblade.fileproc.failstop import DeviceLost, SelfFence, fail_stop_open
 from nasblade.program import bundle
+from nasblade.units import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-unix", required=True, help="the block processor's local API socket")
     parser.add_argument("--heartbeat-interval", type=float, default=0.2)
     parser.add_argument("--commit-interval", type=float, default=1.0)
+    parser.add_argument("--read-cache", default="128M",
+                        help="file data kept in memory per file system (0: none; nasblade.fs.datacache)")
     parser.add_argument("--fs", action="append", default=[], help="file system to serve (JSON, repeatable)")
     parser.add_argument("--control-unix", help="Unix socket for the block processor to add/remove file systems")
     parser.add_argument("--fence-after", type=float, default=None,
@@ -178,7 +181,8 @@ def control_app(fp: Any) -> web.Application:
 async def _main(args: argparse.Namespace) -> int:
     from nasblade.fileproc.server import FileProcessor
 
-    fp = FileProcessor(commit_interval=args.commit_interval, open_device=fail_stop_open)
+    fp = FileProcessor(commit_interval=args.commit_interval, open_device=fail_stop_open,
+                       read_cache=parse_size(args.read_cache))
     agent = Agent(blade=args.blade, local=LocalClient(args.local_unix), fp=fp, interval=args.heartbeat_interval)
     if args.fence_after is not None:
         agent.fence.fence_after = args.fence_after

@@ -21,10 +21,11 @@ import signal
 
 from nasblade import eventloop, ready
 from nasblade.fileproc import config
-from nasblade.fileproc.server import FileProcessor
+from nasblade.fileproc.server import DEFAULT_READ_CACHE, FileProcessor
 from nasblade.fs.fs import FsError
 from nasblade.fs.layout import LayoutError
 from nasblade.nfs.exports import Export
+from nasblade.units import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mount-port", type=int, default=20048)
     parser.add_argument("--portmap-port", type=int, default=111, help="-1 disables the portmapper")
     parser.add_argument("--commit-interval", type=float, default=1.0, help="seconds between background commits")
+    parser.add_argument("--read-cache", default="128M",
+                        help="file data kept in memory per file system (0: none; nasblade.fs.datacache)")
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--profile", help="write a cProfile of the serving phase (after ready) to this file")
 
@@ -72,8 +75,9 @@ def specs_from_args(args: argparse.Namespace) -> list[config.FsSpec]:
     return [config.FsSpec(args.fs_name, args.device, (export,), listen)]
 
 
-async def serve(specs: list[config.FsSpec], *, commit_interval: float, profile: str | None = None) -> int:
-    fp = FileProcessor(commit_interval=commit_interval)
+async def serve(specs: list[config.FsSpec], *, commit_interval: float, profile: str | None = None,
+                read_cache: int = DEFAULT_READ_CACHE) -> int:
+    fp = FileProcessor(commit_interval=commit_interval, read_cache=read_cache)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         log.error("invalid configuration: %s", exc)
         return 2
     try:
-        return eventloop.run(serve(specs, commit_interval=args.commit_interval, profile=args.profile))
+        return eventloop.run(serve(specs, commit_interval=args.commit_interval, profile=args.profile,
+                                   read_cache=parse_size(args.read_cache)))
     except (OSError, FsError, LayoutError) as exc:
         log.error("cannot serve: %s", exc)
         return 1

@@ -254,6 +254,10 @@ class Endpoint:
             self._timer = None
 
 
+DEFAULT_READ_CACHE = 128 << 20
+"""Bytes of file data each served file system keeps in memory (``nasblade.fs.datacache``)."""
+
+
 class FileProcessor:
     """Serves file systems over NFSv3; embeddable (see the module docstring)."""
 
@@ -266,8 +270,10 @@ class FileProcessor:
         writebehind: bool = True,
         grace_period: float = GRACE_PERIOD,
         callback_portmap_port: int = 111,
+        read_cache: int = DEFAULT_READ_CACHE,
     ) -> None:
         self.commit_interval = commit_interval
+        self.read_cache = read_cache
         self.grace_period = grace_period
         self.callback_portmap_port = callback_portmap_port
         self.readahead = readahead
@@ -291,7 +297,7 @@ class FileProcessor:
                 # Extra connections: read-ahead and write-behind run in their own threads.
                 ra = self.open_device(spec.device) if self.readahead else None
                 wb = self.open_device(spec.device) if self.writebehind else None
-                fsys = fsmod.FileSystem(dev, readahead=ra, writebehind=wb)
+                fsys = fsmod.FileSystem(dev, readahead=ra, writebehind=wb, cache_bytes=self.read_cache)
                 vol = Volume.open(spec.name, fsys, list(spec.exports))
                 # a new incarnation for the clients' status monitors (nasblade.nfs.nsm)
                 monitor = nsm.Monitor.loads(fsys.note(nsm.NOTE_KEY))
@@ -415,6 +421,8 @@ class FileProcessor:
                 "exports": [e.path for e in ep.spec.exports],
                 "failed": ep.failed,
                 "commits": ep.fs.commits,
+                "readCache": {"capacityBytes": ep.fs.cache.capacity * 4096, "usedBytes": ep.fs.cache.used_bytes,
+                              "hits": ep.fs.cache.hits, "misses": ep.fs.cache.misses},
             }
             for name, ep in self.endpoints.items()
         }

@@ -284,7 +284,8 @@ class Array:
                 if bp.ready.get("softwareError") and not bp.ready.get("software"):
                     raise ArrayError(f"{blade}: no blade software: {bp.ready['softwareError']}")
                 fp = self._spawn(f"{blade}-fp", [*self._fp_argv(blade, rundir, owned, group.heartbeat_interval),
-                                                  "--fence-after", str(group.failure_timeout / 2)],
+                                                  "--fence-after", str(group.failure_timeout / 2),
+                                                  "--read-cache", str(group.read_cache)],
                                  blade=blade, part="fp")
                 out.append({"name": blade, "group": group.name, "bp": bp, "fp": fp, "owned": owned})
         return out

@@ -17,6 +17,8 @@ one exported file system)::
         powerFencing: true              # a blade taking over powers the silent one off first
         controllerWait: 2m              # how long blade I/O waits for a restarting controller;
                                         # beyond it the file system is given up (taken over)
+        readCache: 128M                 # file data each file processor keeps in memory per file
+                                        # system (0: none)
         backup: {interval: 10m, loadThreshold: 0.8, maxAge: 1h, crossGroup: []}
     fileSystems:
       - name: fs1
@@ -126,6 +128,7 @@ class ClusterGroup:
     backup: Backup = field(default_factory=Backup)
     power_fencing: bool = True
     controller_wait: float = 120.0
+    read_cache: int = 128 << 20
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,7 @@ def _group(data: Any, path: str, index: int) -> ClusterGroup:
     controller_wait = parse_duration(r.get("controllerWait", "2m"), r.sub("controllerWait"))
     if controller_wait <= 0:
         raise ConfigError(r.sub("controllerWait"), "must be positive")
+    read_cache = parse_size(r.get("readCache", "128M"), r.sub("readCache"))
     power_fencing = r.get("powerFencing", True)
     if not isinstance(power_fencing, bool):
         raise ConfigError(r.sub("powerFencing"), f"{power_fencing!r} must be true or false")
@@ -289,7 +293,7 @@ def _group(data: Any, path: str, index: int) -> ClusterGroup:
     br.done()
     r.done()
     return ClusterGroup(name=name, blades=blades, heartbeat_interval=hb, failure_timeout=ft, backup=backup,
-                        power_fencing=power_fencing, controller_wait=controller_wait)
+                        power_fencing=power_fencing, controller_wait=controller_wait, read_cache=read_cache)
 
 
 def parse(data: Any) -> Config:
