@@ -34,6 +34,7 @@ def test_pages_keep_one_known_range() -> None:
     assert c.read(2 * PAGE, 10) is None
     assert c.read(PAGE + 10, 1) == b"q"
     assert DataCache(0).read(0, 1) is None
+    assert DataCache(128 << 20).capacity_bytes == 128 << 20
     d = DataCache(PAGE)
     d.fill(0, b"x" * 10)
     d.write(11, b"y" * 9)  # one unknown byte between: never filled in

@@ -421,7 +421,7 @@ class FileProcessor:
                 "exports": [e.path for e in ep.spec.exports],
                 "failed": ep.failed,
                 "commits": ep.fs.commits,
-                "readCache": {"capacityBytes": ep.fs.cache.capacity * 4096, "usedBytes": ep.fs.cache.used_bytes,
+                "readCache": {"capacityBytes": ep.fs.cache.capacity_bytes, "usedBytes": ep.fs.cache.used_bytes,
                               "hits": ep.fs.cache.hits, "misses": ep.fs.cache.misses},
             }
             for name, ep in self.endpoints.items()

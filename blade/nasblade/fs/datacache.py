@@ -12,7 +12,7 @@ Correct across takeover: only the file processor that owns a file system writes 
 empty when a file system is mounted (after a takeover, a giveback or a restart) and dropped with
 it. Nothing else writes the data region of a mounted file system.
 
-Bounded: least recently used blocks go first past ``capacity`` bytes. ``capacity`` 0 turns it
+Bounded: least recently used pages go first past ``capacity`` bytes. ``capacity`` 0 turns it
 off. Counters (``hits``, ``misses``) show in the file processor's status.
 """
 
@@ -28,15 +28,15 @@ class DataCache:
     bytes (a read or write that covered only part of the page keeps that part)."""
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = max(0, capacity) // PAGE
+        self.max_pages = max(0, capacity) // PAGE
         # page number -> (first byte known within the page, the known bytes)
         self._pages: collections.OrderedDict[int, tuple[int, bytearray]] = collections.OrderedDict()
         self.hits = 0
         self.misses = 0
 
     @property
-    def enabled(self) -> bool:
-        return self.capacity > 0
+    def capacity_bytes(self) -> int:
+        return self.max_pages * PAGE
 
     @property
     def used_bytes(self) -> int:
@@ -44,7 +44,7 @@ class DataCache:
 
     def read(self, offset: int, length: int) -> bytes | None:
         """The device's bytes at ``[offset, offset + length)`` if all are here, else ``None``."""
-        if not self.capacity or length <= 0:
+        if not self.max_pages or length <= 0:
             return None
         end = offset + length
         pages = self._pages
@@ -73,7 +73,7 @@ class DataCache:
         self._store(offset, data)
 
     def _store(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        if not self.capacity:
+        if not self.max_pages:
             return
         view = memoryview(data).cast("B")
         end = offset + len(view)
@@ -96,8 +96,5 @@ class DataCache:
                 pages[p] = (s, bytearray(new))  # disjoint from what was known: the new range
             pages.move_to_end(p)
             p += 1
-        while len(pages) > self.capacity:
+        while len(pages) > self.max_pages:
             pages.popitem(last=False)
-
-    def clear(self) -> None:
-        self._pages.clear()

@@ -35,7 +35,6 @@ class ReadAhead:
         self._pending: collections.OrderedDict[tuple[int, int], tuple[int, concurrent.futures.Future[bytes]]] = (
             collections.OrderedDict())
         self.hits = 0
-        self.dropped = 0
 
     def invalidate(self) -> None:
         """A write is about to change the data region: forget every prefetched chunk."""
@@ -66,7 +65,6 @@ class ReadAhead:
             while len(self._pending) >= self.depth:
                 _key, (_v, old) = self._pending.popitem(last=False)
                 old.cancel()  # not started yet: never sent; running: its bytes are dropped
-                self.dropped += 1
             self._pending[key] = (self.version, self.pool.submit(self.dev.pread, *key))
 
     def close(self) -> None:

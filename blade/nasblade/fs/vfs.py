@@ -84,7 +84,6 @@ class RegionFile(_SingleProcessFile):
         # The gathered run: bytes for file offsets [_run_off, _run_off + len(_run)).
         self._run_off = 0
         self._run = bytearray()
-        self.device_writes = 0
         # A write of this file reached the device since its last sync (a FUA run is not enough).
         self._sent_unsynced = False
 
@@ -99,7 +98,6 @@ class RegionFile(_SingleProcessFile):
         if self._run:
             run, self._run = self._run, bytearray()
             self.dev.pwrite(self.base + self._run_off, run, fua=fua)
-            self.device_writes += 1
             self._sent_unsynced = self._sent_unsynced or not fua
 
     def xRead(self, amount: int, offset: int) -> bytes:
