@@ -263,6 +263,33 @@ def test_duplicate_request_cache_replays_without_executing() -> None:
     assert calls == [2, 2, 10]
 
 
+def test_transports_per_program_and_in_the_cache_key() -> None:
+    """A program offered over TCP only is PROG_UNAVAIL over UDP (NFS v3); the handler sees the
+    transport; the duplicate request cache keys on it (a UDP retransmission replays the UDP reply,
+    a TCP call with the same XID is another request) and the call statistics count both."""
+    seen: list[str] = []
+
+    def add(call: Call, p: Pair) -> int:
+        seen.append(call.transport)
+        return p.a + p.b
+
+    d = Dispatcher()
+    d.register(Program(400000, {2: {1: Procedure("ADD", PAIR, xdr.UInt, add, cached=True)}}, name="both"))
+    d.register(Program(400001, {2: {1: Procedure("ADD", PAIR, xdr.UInt, add)}}, name="tcp",
+                       transports=frozenset({"tcp"})))
+    only_tcp = call_bytes(prog=400001, args=PAIR.encode(Pair(1, 2)))
+    out = d.handle(only_tcp, "10.0.0.1", transport="udp")
+    assert out is not None and message.decode_reply(b"".join(map(bytes, out.buffers))).stat == message.AcceptStat.PROG_UNAVAIL
+    assert d.handle(only_tcp, "10.0.0.1", transport="tcp") is not None
+    raw = call_bytes(xid=78, args=PAIR.encode(Pair(1, 1)))
+    first, again = (d.handle(raw, "10.0.0.1", transport="udp") for _ in range(2))
+    over_tcp = d.handle(raw, "10.0.0.1")
+    assert first is not None and again is not None and over_tcp is not None
+    assert again.replayed and not over_tcp.replayed
+    assert seen == ["tcp", "udp", "tcp"]
+    assert {k: f.count for k, f in d.stats.calls.items()} == {("tcp", "ADD"): 1, ("both", "ADD"): 2}
+
+
 def test_call_stats_count_executed_calls_with_their_latency() -> None:
     """``Dispatcher.stats``: executed calls per (program, procedure), a failing handler included;
     a replay from the duplicate request cache and a rejected call are not executions."""

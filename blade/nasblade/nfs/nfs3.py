@@ -21,6 +21,10 @@ so clients resend what they wrote unstably to a previous instance.
 Non-idempotent procedures (SETATTR, WRITE, CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR,
 RENAME, LINK) are flagged ``cached`` so the dispatcher's duplicate request cache replays their
 original replies.
+
+Transport: TCP only (``Program.transports``). RFC 1813 leaves the transport to the
+implementation; a 1 MiB READ or WRITE does not fit a datagram, and every current client mounts
+over TCP. An NFS call over UDP gets PROG_UNAVAIL, and the portmapper maps NFS only over TCP.
 """
 
 from __future__ import annotations
@@ -537,7 +541,7 @@ class Nfs3:
             20: P("PATHCONF", t.FH, t.PATHCONF_RES, self.pathconf),
             21: P("COMMIT", t.COMMIT_ARGS, t.COMMIT_RES, self.commit),
         }
-        return Program(t.NFS_PROGRAM, {t.NFS_V3: procs}, name="nfs")
+        return Program(t.NFS_PROGRAM, {t.NFS_V3: procs}, name="nfs", transports=frozenset({"tcp"}))
 
 
 def _setattr(s: t.Sattr) -> fsmod.SetAttr:

@@ -1,13 +1,15 @@
 """Table-driven ONC RPC dispatch with protocol-order checks and a duplicate request cache.
 
-``Dispatcher.handle`` takes one complete call record (from ``nasblade.rpc.record``) and the
-peer address, and returns the reply buffers. A call is checked in protocol order, each
+``Dispatcher.handle`` takes one complete call message (a record from ``nasblade.rpc.record``
+over TCP, or one datagram over UDP), the peer address and the transport it came over
+(``"tcp"``/``"udp"``), and returns the reply buffers. A call is checked in protocol order, each
 failure with its own reply (RFC 5531 §9):
 
 1. RPC version ≠ 2 → MSG_DENIED / RPC_MISMATCH (2, 2)
 2. credential flavour not AUTH_NONE/AUTH_SYS, or an undecodable AUTH_SYS body →
    MSG_DENIED / AUTH_ERROR (AUTH_BADCRED)
-3. unknown program → PROG_UNAVAIL
+3. unknown program, or one not offered over this transport (``Program.transports``: NFS v3 is
+   TCP-only) → PROG_UNAVAIL
 4. unknown version → PROG_MISMATCH (lowest, highest)
 5. unknown procedure → PROC_UNAVAIL
 6. undecodable arguments → GARBAGE_ARGS (the connection keeps working)
@@ -17,8 +19,9 @@ Programs (``nasblade.nfs.nfs3``, ``nasblade.nfs.mount``, ``nasblade.nfs.portmap`
 ``call.needs_commit``: the reply must then wait until the file system's next group commit
 (``nasblade.fileproc.server`` holds it back). Non-idempotent procedures are marked
 ``cached``; their replies go into the ``DuplicateRequestCache`` keyed by client address,
-XID, procedure and a checksum of the arguments, so a retransmission gets the original reply
-instead of being executed twice.
+transport, XID, procedure and a checksum of the arguments, so a retransmission (on UDP the
+normal way to recover from a lost datagram) gets the original reply instead of being executed
+twice.
 
 Every executed call (one that passed the checks; a replayed reply from the cache is not one)
 is counted in ``Dispatcher.stats`` (``CallStats``) by program and procedure, with the time the
@@ -55,6 +58,8 @@ class Call:
     cred: message.AuthSys | None
     client: str
     needs_commit: bool = False
+    transport: str = "tcp"
+    """What the call came over, ``"tcp"`` or ``"udp"`` (NLM sends its ``*_RES`` calls back over it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +77,8 @@ class Program:
     versions: dict[int, dict[int, Procedure]]
     name: str = ""
     """How the call statistics name the program (``nfs``, ``mount``...); its number when empty."""
+    transports: frozenset[str] = frozenset({"tcp", "udp"})
+    """The transports the program is offered over; a call over another one is PROG_UNAVAIL."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +165,8 @@ class Dispatcher:
     def register(self, program: Program) -> None:
         self.programs[program.number] = program
 
-    def handle(self, record: bytes | memoryview, client: str) -> Outcome | None:
-        """Process one call record; ``None`` means no reply is possible (not a call)."""
+    def handle(self, record: bytes | memoryview, client: str, *, transport: str = "tcp") -> Outcome | None:
+        """Process one call message; ``None`` means no reply is possible (not a call)."""
         dec = xdr.Decoder(record)
         try:
             hdr = message.decode_call(dec)
@@ -178,7 +185,7 @@ class Dispatcher:
         elif hdr.cred.flavor != message.AuthFlavor.AUTH_NONE:
             return self._auth_error(xid)
         program = self.programs.get(hdr.prog)
-        if program is None:
+        if program is None or transport not in program.transports:
             return self._plain(xid, message.accepted_error(xid, message.AcceptStat.PROG_UNAVAIL))
         procs = program.versions.get(hdr.vers)
         if procs is None:
@@ -196,7 +203,7 @@ class Dispatcher:
         if proc.cached:
             # Like Linux's DRC: XID + client + procedure + length + a checksum of the first
             # bytes of the arguments (hashing a whole 1 MiB WRITE would cost milliseconds).
-            key = (client, xid, hdr.prog, hdr.vers, hdr.proc, len(args_view), zlib.crc32(args_view[:DRC_CSUM_LEN]))
+            key = (client, transport, xid, hdr.prog, hdr.vers, hdr.proc, len(args_view), zlib.crc32(args_view[:DRC_CSUM_LEN]))
             hit = self.drc.get(key)
             if hit is not None:
                 return Outcome(xid, hit.buffers, hit.needs_commit, replayed=True)
@@ -206,7 +213,7 @@ class Dispatcher:
         except xdr.XdrError as exc:
             log.debug("GARBAGE_ARGS from %s for %s: %s", client, proc.name, exc)
             return self._plain(xid, message.accepted_error(xid, message.AcceptStat.GARBAGE_ARGS))
-        call = Call(hdr, cred, client)
+        call = Call(hdr, cred, client, transport=transport)
         started = time.perf_counter()
         try:
             result = proc.handler(call, args)
