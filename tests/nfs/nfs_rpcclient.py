@@ -75,3 +75,36 @@ class RawClient:
 
 def u32(v: int) -> bytes:
     return struct.pack(">I", v)
+
+
+class UdpClient:
+    """Raw ONC RPC over UDP: one datagram per call, no record marking (RFC 5531 §11 leaves the
+    transport's framing to the transport). ``call`` sends once and waits for the reply with the
+    call's XID (replies to earlier datagrams are skipped); ``send`` sends any bytes."""
+
+    def __init__(self, host: str, port: int, *, source: str | None = None, timeout: float = 5.0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((source or "0.0.0.0", 0))
+        self.sock.settimeout(timeout)
+        self.addr = (host, port)
+        self.xid = 7000
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendto(data, self.addr)
+
+    def recv(self, xid: int | None = None) -> bytes:
+        while True:
+            data, _ = self.sock.recvfrom(1 << 16)
+            if xid is None or data[:4] == u32(xid):
+                return data
+
+    def call(self, prog: int, vers: int, proc: int, args: bytes = b"", *, xid: int | None = None,
+             cred: message.OpaqueAuth | None = None) -> message.Reply:
+        if xid is None:
+            self.xid += 1
+            xid = self.xid
+        self.send(message.encode_call(xid=xid, prog=prog, vers=vers, proc=proc, cred=cred or auth_sys(), args=args))
+        return message.decode_reply(self.recv(xid))

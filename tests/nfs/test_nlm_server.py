@@ -181,7 +181,7 @@ def test_locks_conflicts_callbacks_and_reclaim_after_restart(tmp_path: Path) -> 
             assert rep.stat == message.AcceptStat.GARBAGE_ARGS
             rep = await run(pm.call, nlm.NLM_PROG, nlm.NLM_V4, 0)
             assert rep.stat == message.AcceptStat.SUCCESS
-            rep = await run(pm.call, nlm.NLM_PROG, nlm.NLM_V4, 7)  # LOCK_MSG (asynchronous) is not offered
+            rep = await run(pm.call, nlm.NLM_PROG, nlm.NLM_V4, 5)  # GRANTED is the client's procedure
             assert rep.stat == message.AcceptStat.PROC_UNAVAIL
             pm.close()
 

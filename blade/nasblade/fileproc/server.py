@@ -4,7 +4,19 @@ Each served file system gets an ``Endpoint``: its own ``Volume`` (mounted ``File
 exports), its own ``Dispatcher`` with the NFS v3, MOUNT v3, NLM v4, NSM v1 and portmapper v2
 programs, and its own TCP listeners (NFS, MOUNT, portmapper: any of them answers any of the
 programs; the portmapper gives the NFS port for NLM and NSM), so a file system can move between
-blades together with its address. The embedding code (the
+blades together with its address. Beside each TCP listener a UDP endpoint on the same address
+and port number serves the same dispatcher but NFS itself (TCP-only, RFC 1813 allows it:
+``nasblade.nfs.nfs3``): MOUNT, NLM, NSM and the portmapper, which maps them over UDP too (a
+client's ``sm-notify`` asks it over UDP where NSM is, then sends SM_NOTIFY over UDP). No new
+configuration: the UDP ports are the TCP ones, opened and closed with them.
+
+Over UDP (``_Datagrams``) one datagram is one call message (no record marking, RFC 5531 §11),
+answered to the datagram's source address; a datagram that is not a call is dropped, one with
+bad arguments gets GARBAGE_ARGS; the same checks, allow-lists (the source address is the
+client), duplicate request cache (retransmission is how UDP clients recover a lost reply) and
+call statistics apply as over TCP. A reply longer than ``MAX_DATAGRAM_REPLY`` is not sent cut
+short: the client gets SYSTEM_ERR instead (only MOUNT EXPORT and DUMP lists can grow so; the
+client can ask over TCP). The embedding code (the
 ``file-processor`` role in ``nasblade.fileproc.main``, the blade, the standalone array) calls
 ``add_filesystem`` / ``remove_filesystem`` at run time and ``regenerate_verifier`` on takeover.
 
@@ -24,7 +36,11 @@ the state number on and stores it; if clients held locks under the previous owne
 or a takeover), the grace period (``grace_period`` seconds) starts and each client's statd gets
 SM_NOTIFY (retried until the grace period ends) so its lock manager reclaims. When the lock
 table grants a queued request, the client's lock manager gets the GRANTED callback
-(``nasblade.fileproc.callbacks``); a callback the client does not accept releases the lock.
+(``nasblade.fileproc.callbacks``); a callback the client does not accept releases the lock. A
+request made with the asynchronous ``LOCK_MSG`` is told with the one-way ``GRANTED_MSG`` over
+the transport it came over instead, and the client's ``GRANTED_RES`` keeps or releases it
+(``nasblade.nfs.nlm``); the results of ``*_MSG`` calls go out as one-way ``*_RES`` calls
+(``Endpoint.send_result``), after the group commit when the reply had to wait for one.
 """
 
 from __future__ import annotations
@@ -38,7 +54,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Coroutine, Hashable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from nasblade import blockdev, devices
 from nasblade.fileproc import callbacks
@@ -47,7 +63,7 @@ from nasblade.fs import fs as fsmod
 from nasblade.nfs import mount, nfs3, nlm, nsm, portmap
 from nasblade.nfs.locks import Grace, Waiter
 from nasblade.nfs.volume import Volume
-from nasblade.rpc import record, xdr
+from nasblade.rpc import message, record, xdr
 from nasblade.rpc.dispatch import LATENCY_BUCKETS, Buffers, Call, Dispatcher
 
 log = logging.getLogger(__name__)
@@ -55,9 +71,26 @@ _HDR = struct.Struct(">I")
 MAX_TXN_OPS = 4096
 GRACE_PERIOD = 20.0
 """Seconds after a start or takeover in which only lock reclaims are granted (docs/file-system.md)."""
+MAX_DATAGRAM_REPLY = 8800
+"""Longest reply sent over UDP: ``UDPMSGSIZE``, what a libtirpc or glibc client reads of a
+datagram reply (rpcbind and mountd do not send longer ones either). A longer reply gets
+SYSTEM_ERR instead of arriving cut short."""
+
+
+class _Replies(Protocol):
+    """Where a call's reply goes: a TCP connection (``_Conn``) or a datagram's sender (``_Sender``)."""
+
+    peer: str
+    kind: str
+
+    def send(self, buffers: Buffers) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class _Conn(asyncio.Protocol):
+    kind = "tcp"
+
     def __init__(self, ep: Endpoint) -> None:
         self.ep = ep
         self.reader = record.RecordReader(max_record=(1 << 20) + 64 * 1024)
@@ -108,6 +141,53 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
 
+class _Datagrams(asyncio.DatagramProtocol):
+    """The UDP endpoint on one port of a file system: each datagram is one call (see the module
+    docstring); the reply goes back to its source address."""
+
+    def __init__(self, ep: Endpoint) -> None:
+        self.ep = ep
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.ep.handle(_Sender(self.transport, addr), data)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP endpoint of %s: %s", self.ep.spec.name, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+class _Sender:
+    """The sender of one datagram, as the reply's destination."""
+
+    kind = "udp"
+
+    def __init__(self, transport: asyncio.DatagramTransport, addr: tuple[str | Any, ...]) -> None:
+        self.transport = transport
+        self.addr = addr
+        self.peer = str(addr[0])
+
+    def send(self, buffers: Buffers) -> None:
+        if self.transport.is_closing():
+            return
+        data = b"".join(buffers)
+        if len(data) > MAX_DATAGRAM_REPLY:
+            head = message.peek_xid(data)
+            assert head is not None
+            log.info("reply of %d bytes to %s does not fit a datagram: SYSTEM_ERR", len(data), self.peer)
+            data = message.accepted_error(head[0], message.AcceptStat.SYSTEM_ERR)
+        self.transport.sendto(data, self.addr)
+
+    def abort(self) -> None:
+        """Nothing to close: the reply is dropped (the client retransmits or gives up)."""
+
+
 @dataclasses.dataclass
 class Endpoint:
     """One served file system: volume, dispatcher, listeners and the group-commit queue."""
@@ -119,8 +199,12 @@ class Endpoint:
     portmap: portmap.Portmap
     commit_interval: float
     servers: list[asyncio.Server] = dataclasses.field(default_factory=list)
+    datagrams: list[asyncio.DatagramTransport] = dataclasses.field(default_factory=list)
+    """The UDP endpoints beside ``servers``, closed with them."""
     conns: set[_Conn] = dataclasses.field(default_factory=set)
-    pending: list[tuple[_Conn, Buffers]] = dataclasses.field(default_factory=list)
+    pending: list[tuple[_Replies, Buffers]] = dataclasses.field(default_factory=list)
+    after_commit: list[Callable[[], None]] = dataclasses.field(default_factory=list)
+    """What waits for the next group commit besides replies (``*_RES`` calls to clients)."""
     addresses: dict[str, str] = dataclasses.field(default_factory=dict)
     failed: bool = False
     nlm: nlm.Nlm | None = None
@@ -135,11 +219,11 @@ class Endpoint:
     def fs(self) -> fsmod.FileSystem:
         return self.volume.fs
 
-    def handle(self, conn: _Conn, rec: bytes | memoryview) -> None:
+    def handle(self, conn: _Replies, rec: bytes | memoryview) -> None:
         if self.failed:
             conn.abort()
             return
-        outcome = self.dispatcher.handle(rec, conn.peer)
+        outcome = self.dispatcher.handle(rec, conn.peer, transport=conn.kind)
         if outcome is None:
             return
         if outcome.needs_commit and self.fs.dirty:
@@ -168,7 +252,42 @@ class Endpoint:
 
     def lock_granted(self, key: Hashable, waiters: list[Waiter]) -> None:
         for w in waiters:
-            self.spawn(self._send_granted(key, w))
+            self.spawn(self._send_granted_msg(key, w) if w.msg_transport else self._send_granted(key, w))
+
+    def send_result(self, call: Call, proc: int, args: bytes) -> None:
+        """The result of a ``*_MSG`` call, as the one-way ``proc`` to the caller's lock manager
+        over the call's transport; after the commit its reply waits for, if there is one."""
+
+        def send() -> None:
+            self.spawn(self._send_oneway(call.client, call.transport, proc, args))
+
+        if call.needs_commit and self.fs.dirty:
+            self.after_commit.append(send)
+            self._schedule()
+        else:
+            send()
+
+    async def _send_oneway(self, client: str, transport: str, proc: int, args: bytes) -> None:
+        try:
+            await callbacks.send(client, nlm.NLM_PROG, nlm.NLM_V4, proc, args, transport=transport,
+                                 portmap_port=self.callback_portmap_port)
+        except callbacks.CallbackError as exc:
+            log.info("NLM procedure %d to %s over %s failed: %s", proc, client, transport, exc)
+
+    async def _send_granted_msg(self, key: Hashable, w: Waiter) -> None:
+        """``GRANTED_MSG`` for a request made with ``LOCK_MSG``: the client's ``GRANTED_RES``
+        decides (``Nlm.granted_res``); if it cannot even be sent, the lock is released."""
+        assert self.nlm is not None and isinstance(w.alock, nlm.Alock)
+        cookie = self.nlm.msg_offer(key, w)
+        args = nlm.TEST_ARGS.encode(nlm.TestArgs(cookie, w.exclusive, w.alock))
+        try:
+            await callbacks.send(w.client, nlm.NLM_PROG, nlm.NLM_V4, nlm.PROC_GRANTED_MSG, args,
+                                 transport=w.msg_transport, portmap_port=self.callback_portmap_port)
+        except callbacks.CallbackError as exc:
+            log.info("GRANTED_MSG to %s failed: %s", w.client, exc)
+            if not self.failed:
+                self.nlm.msg_offers.pop(cookie, None)
+                self.nlm.release(key, w)
 
     async def _send_granted(self, key: Hashable, w: Waiter) -> None:
         assert self.nlm is not None and isinstance(w.alock, nlm.Alock)
@@ -224,6 +343,7 @@ class Endpoint:
         """Run the group commit and release the replies that waited for it."""
         self._scheduled = False
         pending, self.pending = self.pending, []
+        waiting, self.after_commit = self.after_commit, []
         try:
             self.fs.commit()
         except Exception:
@@ -237,6 +357,8 @@ class Endpoint:
             return
         for conn, buffers in pending:
             conn.send(buffers)
+        for then in waiting:
+            then()
 
     def start_timer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -321,7 +443,8 @@ class FileProcessor:
         grace = Grace()
         if reclaimers:
             grace.start(time.monotonic(), self.grace_period)
-        ep.nlm = nlm.Nlm(volumes, monitor=monitor, grace=grace, changed=ep.monitor_changed, granted=ep.lock_granted)
+        ep.nlm = nlm.Nlm(volumes, monitor=monitor, grace=grace, changed=ep.monitor_changed, granted=ep.lock_granted,
+                         send_result=ep.send_result)
         disp.register(nfs3.Nfs3(volumes).program())
         disp.register(mount.Mount(volumes).program())
         disp.register(pmap.program())
@@ -347,19 +470,32 @@ class FileProcessor:
         loop = asyncio.get_running_loop()
         lst = ep.spec.listen
 
-        async def serve(port: int) -> tuple[asyncio.Server, int]:
-            srv = await loop.create_server(lambda: _Conn(ep), lst.host, port, reuse_address=True)
-            ep.servers.append(srv)
-            return srv, int(srv.sockets[0].getsockname()[1])
+        async def serve(port: int) -> int:
+            """A TCP listener and a UDP endpoint on one port number (for port 0: a free TCP port
+            whose number is free over UDP too)."""
+            for attempt in range(1, 9):
+                srv = await loop.create_server(lambda: _Conn(ep), lst.host, port, reuse_address=True)
+                bound = int(srv.sockets[0].getsockname()[1])
+                try:
+                    dgram, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(ep), local_addr=(lst.host, bound))
+                except OSError:
+                    srv.close()
+                    if port or attempt == 8:
+                        raise
+                    continue
+                ep.servers.append(srv)
+                ep.datagrams.append(dgram)
+                return bound
+            raise AssertionError("unreachable")
 
-        _, nfs_port = await serve(lst.nfs_port)
+        nfs_port = await serve(lst.nfs_port)
         if lst.mount_port and lst.mount_port == lst.nfs_port:
             mount_port = nfs_port
         else:
-            _, mount_port = await serve(lst.mount_port)
+            mount_port = await serve(lst.mount_port)
         pm_port = 0
         if lst.portmap_port is not None:
-            _, pm_port = await serve(lst.portmap_port)
+            pm_port = await serve(lst.portmap_port)
         ep.portmap.set_ports(nfs=nfs_port, mount=mount_port, portmap=pm_port,
                              also=((nlm.NLM_PROG, nlm.NLM_V4), (nsm.SM_PROG, nsm.SM_VERS)))
         ep.addresses = {"nfs": f"{lst.host}:{nfs_port}", "mount": f"{lst.host}:{mount_port}"}
@@ -395,11 +531,14 @@ class FileProcessor:
             task.cancel()
         for srv in ep.servers:
             srv.close()
+        for dgram in ep.datagrams:
+            dgram.close()
         for conn in list(ep.conns):
             conn.abort()
         for srv in ep.servers:
             with contextlib.suppress(Exception):
                 await srv.wait_closed()
+        ep.after_commit.clear()  # no more calls to clients from a file system no longer served
         try:
             if ep.pending and not ep.failed:
                 ep.commit_now()

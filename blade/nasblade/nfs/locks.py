@@ -68,7 +68,11 @@ class Lock:
 
 @dataclasses.dataclass(frozen=True)
 class Waiter:
-    """A blocked LOCK request; ``cookie`` and ``alock`` are what the GRANTED callback sends back."""
+    """A blocked LOCK request; ``cookie`` and ``alock`` are what the GRANTED callback sends back.
+
+    ``msg_transport`` is the transport (``"tcp"``/``"udp"``) of a request made with the
+    asynchronous ``LOCK_MSG``: its grant goes out as ``GRANTED_MSG`` over that transport; empty
+    for a synchronous ``LOCK`` (the ``GRANTED`` callback)."""
 
     owner: Owner
     exclusive: bool
@@ -77,6 +81,7 @@ class Waiter:
     client: str
     cookie: bytes = b""
     alock: object = None
+    msg_transport: str = ""
 
 
 def span(offset: int, length: int) -> tuple[int, int]:

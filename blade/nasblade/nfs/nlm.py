@@ -2,12 +2,12 @@
 nlm4 types): wire types and the program, sans-I/O over ``nasblade.nfs.locks``.
 
 How it fits: ``nasblade.fileproc.server`` registers one ``Nlm`` per served file system with the
-same dispatcher as NFS and MOUNT (so NLM answers on the file system's NFS port, and the
-portmapper maps 100021 v4 TCP there). The lock table is in memory; what survives a restart or
+same dispatcher as NFS and MOUNT (so NLM answers on the file system's NFS port, over TCP and
+UDP, and the portmapper maps 100021 v4 TCP and UDP there). The lock table is in memory; what survives a restart or
 takeover is the list of clients (``nasblade.nfs.nsm.Monitor``), which are told to reclaim their
 locks during the grace period.
 
-Procedures served (the synchronous ones the Linux client uses over TCP):
+Procedures served:
 
 - ``NULL``; ``TEST`` (``NLM4_DENIED`` with the holder, or ``NLM4_GRANTED``); ``LOCK``
   (``NLM4_GRANTED``; ``NLM4_DENIED`` for a non-blocking request that conflicts; a blocking one
@@ -22,8 +22,24 @@ Procedures served (the synchronous ones the Linux client uses over TCP):
   non-blocking lock for a client without a status monitor): the PC clients' procedures; their
   hosts are not monitored (they run no statd to be told), and a ``SHARE`` during the grace
   period is refused unless it is a reclaim.
-- Not offered (PROC_UNAVAIL): the asynchronous ``*_MSG``/``*_RES`` procedures and ``GRANTED``
-  (a client-side procedure).
+- The asynchronous procedures (X/Open XNFS: procedures 6 to 15): ``TEST_MSG``, ``LOCK_MSG``,
+  ``CANCEL_MSG`` and ``UNLOCK_MSG`` take the arguments of their synchronous forms and do the same
+  thing under the same rules (grace period, STALE_FH, ROFS, allow-list); the call gets a void
+  reply at once (as Linux's lockd answers), and the result goes back as a one-way call to the
+  client's lock manager: ``TEST_RES`` (``nlm4_testres``) or ``LOCK_RES``/``CANCEL_RES``/
+  ``UNLOCK_RES`` (``nlm4_res``), with the call's cookie, over the transport the ``_MSG`` came
+  over (``send_result``; the shell, ``nasblade.fileproc.server``, finds the client's NLM through
+  its portmapper and sends it; a result whose lock changed the monitored list waits for the
+  commit that stores it, like a synchronous reply). A replayed ``_MSG`` (duplicate request
+  cache) gets its void reply again, not a second result. A ``LOCK_MSG`` that queues answers
+  ``LOCK_RES(NLM4_BLOCKED)``, and when the lock is taken for it the client gets ``GRANTED_MSG``
+  (one-way, our own cookie) instead of ``GRANTED``; its ``GRANTED_RES`` with that cookie
+  confirms the lock (``NLM4_GRANTED``) or gives it up (anything else), as a refused ``GRANTED``
+  does; no ``GRANTED_RES`` at all leaves the lock with the client.
+- ``TEST_RES``, ``LOCK_RES``, ``CANCEL_RES``, ``UNLOCK_RES`` and ``GRANTED_MSG`` sent to the
+  server (client-side procedures: the server makes no asynchronous calls that would be
+  answered so) get a void reply and are ignored.
+- Not offered (PROC_UNAVAIL): ``GRANTED`` (a client-side procedure).
 
 A granted lock adds its host to the monitored list; if that changed the list, the reply waits
 for the group commit that stores it (``call.needs_commit``), so a client never holds a lock the
@@ -32,8 +48,11 @@ next owner would not ask it to reclaim.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
+import itertools
+import os
 import time
 from collections.abc import Callable, Hashable
 from typing import Annotated, TypeAlias
@@ -50,6 +69,13 @@ NLM_V4 = 4
 LM_MAXSTRLEN = 1024
 MAXNETOBJ_SZ = 1024
 PROC_GRANTED = 5
+PROC_GRANTED_MSG = 10
+PROC_TEST_RES = 11
+PROC_LOCK_RES = 12
+PROC_CANCEL_RES = 13
+PROC_UNLOCK_RES = 14
+MAX_MSG_OFFERS = 4096
+"""Outstanding ``GRANTED_MSG`` cookies remembered for their ``GRANTED_RES`` (the oldest go first)."""
 
 
 NETOBJ = xdr.Opaque(MAXNETOBJ_SZ)
@@ -217,13 +243,17 @@ class Nlm:
     """The NLM v4 program for the volumes of one listener (see the module docstring).
 
     ``changed(call)`` is called when the monitored list changed (the shell stores it);
-    ``granted(key, waiters)`` when queued requests were granted (the shell sends GRANTED).
+    ``granted(key, waiters)`` when queued requests were granted (the shell sends GRANTED, or
+    GRANTED_MSG with a cookie from ``msg_offer`` to a waiter that asked with ``LOCK_MSG``);
+    ``send_result(call, procedure, args)`` when a ``*_MSG`` call's result must be sent to the
+    caller as the one-way call ``procedure`` (``TEST_RES``...) with the encoded ``args``.
     """
 
     def __init__(self, volumes: dict[int, Volume], *, monitor: Monitor | None = None,
                  grace: Grace | None = None, clock: Callable[[], float] = time.monotonic,
                  changed: Callable[[Call], None] | None = None,
-                 granted: Callable[[Hashable, list[Waiter]], None] | None = None) -> None:
+                 granted: Callable[[Hashable, list[Waiter]], None] | None = None,
+                 send_result: Callable[[Call, int, bytes], None] | None = None) -> None:
         self.volumes = volumes
         self.table = LockTable()
         self.shares = ShareTable()
@@ -232,8 +262,12 @@ class Nlm:
         self.clock = clock
         self.changed = changed or (lambda call: None)
         self.granted = granted or (lambda key, waiters: None)
+        self.send_result = send_result or (lambda call, proc, args: None)
         self.offered: set[tuple[Hashable, Owner, bool, int, int]] = set()
         """Locks taken for queued requests whose GRANTED callback the client has not answered."""
+        self.msg_offers: collections.OrderedDict[bytes, tuple[Hashable, Waiter]] = collections.OrderedDict()
+        """``GRANTED_MSG`` cookie → the offer it made, until the client's ``GRANTED_RES``."""
+        self._cookies = itertools.count(int.from_bytes(os.urandom(4), "big") << 16)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -292,8 +326,20 @@ class Nlm:
         if self.table.unlock(key, waiter.owner, waiter.start, waiter.end):
             self._wake(key)
 
+    def msg_offer(self, key: Hashable, waiter: Waiter) -> bytes:
+        """A new cookie for the ``GRANTED_MSG`` that offers ``waiter`` its lock; the client's
+        ``GRANTED_RES`` names it (``granted_res``)."""
+        cookie = (next(self._cookies) & (1 << 64) - 1).to_bytes(8, "big")
+        self.msg_offers[cookie] = (key, waiter)
+        while len(self.msg_offers) > MAX_MSG_OFFERS:
+            self.msg_offers.popitem(last=False)
+        return cookie
+
     def free_host(self, host: bytes) -> None:
         self.shares.free_host(host)
+        for cookie, (_, w) in list(self.msg_offers.items()):
+            if w.owner.host == host:
+                del self.msg_offers[cookie]
         for key in self.table.free_host(host):
             self._wake(key)
 
@@ -331,6 +377,9 @@ class Nlm:
         return key, start, end
 
     def lock(self, call: Call, args: LockArgs) -> Res:
+        return self._lock(call, args, by_msg=False)
+
+    def _lock(self, call: Call, args: LockArgs, *, by_msg: bool) -> Res:
         a = args.alock
         checked = self._lockable(call, args)
         if isinstance(checked, Res):
@@ -344,7 +393,8 @@ class Nlm:
             return Res(args.cookie, Stat.GRANTED)
         if not args.block:
             return Res(args.cookie, Stat.DENIED)
-        self.table.block(key, Waiter(owner, args.exclusive, start, end, call.client, args.cookie, a))
+        self.table.block(key, Waiter(owner, args.exclusive, start, end, call.client, args.cookie, a,
+                                     msg_transport=call.transport if by_msg else ""))
         self._monitor(call, a.caller_name)
         return Res(args.cookie, Stat.BLOCKED)
 
@@ -410,6 +460,37 @@ class Nlm:
         if self.monitor.remove(args.name):
             self.changed(call)
 
+    # -- the asynchronous procedures (see the module docstring) ------------------------------
+
+    def test_msg(self, call: Call, args: TestArgs) -> None:
+        self.send_result(call, PROC_TEST_RES, TEST_RES.encode(self.test(call, args)))
+
+    def lock_msg(self, call: Call, args: LockArgs) -> None:
+        self.send_result(call, PROC_LOCK_RES, RES.encode(self._lock(call, args, by_msg=True)))
+
+    def cancel_msg(self, call: Call, args: CancArgs) -> None:
+        self.send_result(call, PROC_CANCEL_RES, RES.encode(self.cancel(call, args)))
+
+    def unlock_msg(self, call: Call, args: UnlockArgs) -> None:
+        self.send_result(call, PROC_UNLOCK_RES, RES.encode(self.unlock(call, args)))
+
+    def granted_res(self, call: Call, args: Res) -> None:
+        """The client's answer to our ``GRANTED_MSG``: keep the lock or give it up. Only the
+        host the offer went to can answer it."""
+        offer = self.msg_offers.get(args.cookie)
+        if offer is None or offer[1].client != call.client:
+            return
+        del self.msg_offers[args.cookie]
+        key, waiter = offer
+        if args.stat == Stat.GRANTED:
+            self.confirm(key, waiter)
+        else:
+            self.release(key, waiter)
+
+    def ignored(self, call: Call, args: object) -> None:
+        """A client-side procedure sent to the server: accepted, nothing to do."""
+        return None
+
     def program(self) -> Program:
         P = Procedure
         procs = {
@@ -418,6 +499,16 @@ class Nlm:
             2: P("NLM4_LOCK", LOCK_ARGS, RES, self.lock, cached=True),
             3: P("NLM4_CANCEL", CANC_ARGS, RES, self.cancel, cached=True),
             4: P("NLM4_UNLOCK", UNLOCK_ARGS, RES, self.unlock, cached=True),
+            6: P("NLM4_TEST_MSG", TEST_ARGS, xdr.Void, self.test_msg),
+            7: P("NLM4_LOCK_MSG", LOCK_ARGS, xdr.Void, self.lock_msg, cached=True),
+            8: P("NLM4_CANCEL_MSG", CANC_ARGS, xdr.Void, self.cancel_msg, cached=True),
+            9: P("NLM4_UNLOCK_MSG", UNLOCK_ARGS, xdr.Void, self.unlock_msg, cached=True),
+            10: P("NLM4_GRANTED_MSG", TEST_ARGS, xdr.Void, self.ignored),
+            11: P("NLM4_TEST_RES", TEST_RES, xdr.Void, self.ignored),
+            12: P("NLM4_LOCK_RES", RES, xdr.Void, self.ignored),
+            13: P("NLM4_CANCEL_RES", RES, xdr.Void, self.ignored),
+            14: P("NLM4_UNLOCK_RES", RES, xdr.Void, self.ignored),
+            15: P("NLM4_GRANTED_RES", RES, xdr.Void, self.granted_res, cached=True),
             20: P("NLM4_SHARE", SHARE_ARGS, SHARE_RES, self.share, cached=True),
             21: P("NLM4_UNSHARE", SHARE_ARGS, SHARE_RES, self.unshare, cached=True),
             22: P("NLM4_NM_LOCK", LOCK_ARGS, RES, self.nm_lock, cached=True),
