@@ -48,7 +48,13 @@ class Lifeline:
         """The pid of the file processor that said hello last (``None`` before the first)."""
         self.connected = 0
         self.lost = 0
+        self._open = 0
         self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def alive(self) -> bool:
+        """A file processor holds its lifeline now (it said hello and has not gone)."""
+        return self._open > 0
 
     async def start(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -65,6 +71,7 @@ class Lifeline:
                 pid = hello["pid"]
                 self.pid = pid
                 self.connected += 1
+                self._open += 1
             while line := await reader.readline():
                 msg = json.loads(line)
                 if isinstance(msg, dict) and msg.get("bye"):
@@ -72,6 +79,8 @@ class Lifeline:
         except (ValueError, OSError, asyncio.LimitOverrunError) as exc:
             log.warning("lifeline: %s", exc)
         finally:
+            if pid is not None:
+                self._open -= 1
             writer.close()
         if pid is not None and not clean and pid == self.pid:
             self.lost += 1

@@ -367,6 +367,10 @@ class Takeovers:
             blockers.append(f"last cluster tick failed: {self.view.tick_error}")
         if self.bp.load_error:
             blockers.append(f"the controller is not answering: {self.bp.load_error}")
+        if self.bp.settings.lifeline_unix is not None and not self.bp.lifeline.alive:
+            # a replaced pod's block processor answers before its file processor runs: asking
+            # the owner to release now would leave the file system unserved (nobody to mount it)
+            blockers.append("this blade's file processor is not running yet")
         return core.check_takeover(me=self.me, fs=fsc.policy, ownership=self.view.group.ownership,
                                    alive=self.view.alive(), blockers=blockers)
 
