@@ -38,6 +38,11 @@ BLADE_API_PORT = 8090
 #: (name, Service port, container port): the blade runs as non-root, so the portmapper listens
 #: on an unprivileged port and the Service maps 111 to it.
 NFS_PORTS = (("nfs", 2049, 2049), ("mountd", 20048, 20048), ("portmapper", 111, 10111))
+#: The same ports over UDP, where the file processor serves the portmapper, MOUNT, NLM and NSM
+#: (NFS itself is TCP-only): a client's ``sm-notify`` after a reboot asks the portmapper over
+#: UDP where the status monitor is and sends SM_NOTIFY over UDP, so the blade drops the locks
+#: the rebooted client held. NLM and NSM answer on the NFS port.
+NFS_UDP_PORTS = (("nlm-udp", 2049, 2049), ("mountd-udp", 20048, 20048), ("portmapper-udp", 111, 10111))
 
 # LU names of the array-wide areas (claims: program storage, processor information, backup),
 # defined once for the blade and the operator in nasblade.lunames.

@@ -14,7 +14,8 @@ Per DiskArray (``NASBLADE_NETWORK_POLICIES=true``, chart value ``networkPolicy.e
 Per ClusterGroup (same switch):
 
 * ``<group>-blades``: the blade API accepts the operator and the group's own blades; the NFS
-  ports (nfs, mountd, portmapper) accept the CIDRs the group's exports name (``ipBlock``; a
+  ports (nfs, mountd, portmapper over TCP; mountd, portmapper, NLM/NSM over UDP) accept the
+  CIDRs the group's exports name (``ipBlock``; a
   file system without exports admits nobody); the blade API (``GET /v1/metrics``) also accepts
   the metrics scraper, when one is configured.
 
@@ -122,8 +123,8 @@ def blade_policy(
     if clients:
         ingress.append({
             "from": [{"ipBlock": {"cidr": c}} for c in clients],
-            "ports": [{"protocol": proto, "port": container} for _, _, container in naming.NFS_PORTS
-                      for proto in ("TCP",)],
+            "ports": [*({"protocol": "TCP", "port": container} for _, _, container in naming.NFS_PORTS),
+                      *({"protocol": "UDP", "port": container} for _, _, container in naming.NFS_UDP_PORTS)],
         })
     return {
         "apiVersion": "networking.k8s.io/v1",

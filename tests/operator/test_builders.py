@@ -109,7 +109,14 @@ def test_blade_pod_and_nfs_service() -> None:
     assert svc["metadata"]["name"] == "a1-home-nfs"
     assert svc["spec"]["selector"] == {naming.L_GROUP: "g1", naming.L_BLADE: "g1-blade-1"}
     assert svc["spec"]["selector"].items() <= labels.items()
-    assert {p["port"] for p in svc["spec"]["ports"]} == {2049, 20048, 111}
+    # NFS over TCP only; the portmapper, MOUNT, NLM and NSM over UDP too (a rebooted client's
+    # sm-notify), each UDP port to the container port of the same name
+    assert {(p["protocol"], p["port"]) for p in svc["spec"]["ports"]} == {
+        ("TCP", 2049), ("TCP", 20048), ("TCP", 111), ("UDP", 2049), ("UDP", 20048), ("UDP", 111)}
+    (fp_ports,) = [c["ports"] for c in pod["spec"]["containers"] if c["name"] == "file-processor"]
+    named = {c["name"]: (c.get("protocol", "TCP"), c["containerPort"]) for c in fp_ports}
+    assert {p["protocol"]: named[p["targetPort"]][0] for p in svc["spec"]["ports"]} == {"TCP": "TCP", "UDP": "UDP"}
+    assert named["portmapper-udp"] == ("UDP", 10111) and named["nlm-udp"] == ("UDP", 2049)
 
 
 def _restricted(pod_spec: dict[str, object]) -> list[str]:

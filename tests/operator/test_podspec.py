@@ -162,7 +162,8 @@ def test_network_policies() -> None:
     api, nfs = bp["spec"]["ingress"]
     assert api["ports"] == [{"protocol": "TCP", "port": naming.BLADE_API_PORT}]
     assert nfs["from"] == [{"ipBlock": {"cidr": "10.1.0.0/16"}}, {"ipBlock": {"cidr": "192.168.7.0/24"}}]
-    assert {p["port"] for p in nfs["ports"]} == {c for _, _, c in naming.NFS_PORTS}
+    assert {(p["protocol"], p["port"]) for p in nfs["ports"]} == {("TCP", c) for _, _, c in naming.NFS_PORTS} | {
+        ("UDP", c) for _, _, c in naming.NFS_UDP_PORTS}
     closed = policies.blade_policy(array="a1", group="g1", clients=[], operator_namespace="", operator_labels=op)
     assert len(closed["spec"]["ingress"]) == 1  # no exports: no NFS client admitted
     # every rule names who it admits: no port is open to anyone (nothing listens on a "metrics port")

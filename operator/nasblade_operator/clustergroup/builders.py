@@ -241,7 +241,8 @@ def blade_pod(
             "--fence-after", str(spec.heartbeat.failure_timeout / 2),
         ],
         "env": env,
-        "ports": [{"name": n, "containerPort": c} for n, _, c in naming.NFS_PORTS],
+        "ports": [*({"name": n, "containerPort": c} for n, _, c in naming.NFS_PORTS),
+                  *({"name": n, "containerPort": c, "protocol": "UDP"} for n, _, c in naming.NFS_UDP_PORTS)],
         # no NFS readiness probe: only the owning blade listens on the NFS ports, and a standby
         # blade is Ready too. The file processor's liveness is its heartbeat in the portion,
         # which the operator reads through the blade API (daemon._probe).
@@ -297,7 +298,9 @@ def nfs_service(*, array: str, group: str, fs: str, blade: str) -> dict[str, Any
         },
         "spec": {
             "selector": nfs_selector(group=group, blade=blade),
-            "ports": [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p, _ in naming.NFS_PORTS],
+            "ports": [*({"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p, _ in naming.NFS_PORTS),
+                      *({"name": n, "port": p, "targetPort": n, "protocol": "UDP"}
+                        for n, p, _ in naming.NFS_UDP_PORTS)],
         },
     }
 
