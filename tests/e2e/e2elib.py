@@ -103,6 +103,12 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     return {}
 
 
+def on_kind() -> bool:
+    """The suite runs on the kind cluster (its nodes are containers), not on the local tier-2
+    cluster whose one node is this host."""
+    return (nbcluster.STATE_ROOT / "kind.kubeconfig").exists() and nbcluster.kind_available()
+
+
 def kill_container(container_id: str) -> None:
     """SIGKILL a container's main process through its runtime, as a crash would: the local
     tier-2 cluster's containerd on this host, or the kind node's (``docker exec``)."""
@@ -110,7 +116,7 @@ def kill_container(container_id: str) -> None:
     if runtime != "containerd":
         raise AssertionError(f"cannot kill a {runtime} container")
     argv = ["ctr", "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", cid]
-    if (nbcluster.STATE_ROOT / "kind.kubeconfig").exists() and nbcluster.kind_available():
+    if on_kind():
         # the container runs on one of the kind nodes: the node whose containerd knows it
         for node in nbcluster.kind_nodes():
             if subprocess.run(["docker", "exec", node, *argv], capture_output=True,

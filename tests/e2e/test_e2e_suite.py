@@ -8,15 +8,22 @@ Which steps of the issue run here is listed in docs/install.md ("End-to-end suit
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import json
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import nbcluster
 import pytest
-from e2elib import CHART, IMAGE, RELEASE_NS, REPO, Kube, condition, kill_container
+from e2elib import CHART, IMAGE, RELEASE_NS, REPO, Kube, condition, kill_container, on_kind
+
+if str(REPO / "tests" / "kernel") not in sys.path:
+    sys.path.append(str(REPO / "tests" / "kernel"))
+import uml  # the kernel-client harness, tests/kernel/uml.py
 
 pytestmark = [pytest.mark.e2e, pytest.mark.tier2]
 
@@ -102,7 +109,8 @@ def test_step2_diskarray_ready(kube: Kube, release: str, workload_ns: str) -> No
 
 def test_step2_clustergroup_children(kube: Kube, release: str, workload_ns: str) -> None:
     """2 (the part that runs today). The ClusterGroup's blade pods come up from the image with
-    their two containers, and the file system's NFS Service exists with its three ports.
+    their two containers, and the file system's NFS Service exists with its ports (NFS, MOUNT and
+    the portmapper over TCP; MOUNT, the portmapper and NLM/NSM over UDP).
     (Ready=True of the group needs the blades' file processors to serve: docs/install.md.)"""
 
     def pods() -> list[dict[str, Any]]:
@@ -119,8 +127,9 @@ def test_step2_clustergroup_children(kube: Kube, release: str, workload_ns: str)
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     svc = kube.get("service", f"{ARRAY}-shared-nfs", namespace=workload_ns)
     assert svc is not None
-    assert sorted((p["name"], p["port"]) for p in svc["spec"]["ports"]) == [
-        ("mountd", 20048), ("nfs", 2049), ("portmapper", 111)]
+    assert sorted((p["name"], p["protocol"], p["port"]) for p in svc["spec"]["ports"]) == [
+        ("mountd", "TCP", 20048), ("mountd-udp", "UDP", 20048), ("nfs", "TCP", 2049), ("nlm-udp", "UDP", 2049),
+        ("portmapper", "TCP", 111), ("portmapper-udp", "UDP", 111)]
     # the block processors reach the controller through its Service and fetch the software
     kube.wait("block processors Ready", lambda: all(
         cs.get("ready") for p in pods() for cs in p["status"].get("containerStatuses", [])
@@ -415,6 +424,120 @@ def test_step4d_delete_controller_pod(kube: Kube, release: str, workload_ns: str
     # file system home.
     kube.wait("the file system on its home blade", lambda: _owner(kube, workload_ns) == owner, timeout=180,
               interval=2, describe=lambda: _group(kube, workload_ns)["status"].get("failovers"))
+
+
+KERNEL_MOUNT = ("mount -t nfs -o vers=3,proto=tcp,mountproto=tcp,hard,timeo=10,retrans=2,lookupcache=none"
+                " 10.0.2.2:/shared /mnt/n")
+# The locker runs as the client pod's user: the export squashes root.
+AS_USER = "setpriv --reuid=10002 --regid=10002 --clear-groups"
+KERNEL_LOCK_HOLDER = f"""set -e
+hostname e2e-guest-a
+mkdir -p /mnt/n
+{KERNEL_MOUNT}
+grep " /mnt/n " /proc/mounts > /share/mounts.txt
+mkdir -m 0777 /share/u
+{AS_USER} python3 /share/guest_locker.py hold --path /mnt/n/{{name}} --start 0 --len 0 --ready /share/u/held \\
+    --until /mnt/n/{{name}}.tried --timeout 500 --out /share/u/hold.json
+{AS_USER} rm -f /mnt/n/{{name}}.tried /mnt/n/{{name}}
+umount /mnt/n
+"""
+KERNEL_LOCK_PROBER = f"""set -e
+hostname e2e-guest-b
+mkdir -p /mnt/n
+{KERNEL_MOUNT}
+mkdir -m 0777 /share/u
+{AS_USER} python3 /share/guest_locker.py probe --path /mnt/n/{{name}} --attempt fcntl:0:1 --attempt flock:0:0 \\
+    --signal /mnt/n/{{name}}.tried --out /share/u/probe.json
+umount /mnt/n
+"""
+
+
+def _node_address(pod_ip: str) -> str:
+    """This host's address on the pod network (the CNI bridge's): what a blade sees as the
+    source of this node's connections through a Service, and calls back."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        iface = ipaddress.ip_interface(line.split()[3])
+        if ipaddress.ip_address(pod_ip) in iface.network:
+            return str(iface.ip)
+    raise AssertionError(f"no address of this host on the network of pod {pod_ip}: {out}")
+
+
+def test_step4e_kernel_client_lock_reclaimed_through_the_service(kube: Kube, release: str,
+                                                                workload_ns: str) -> None:
+    """4e. The Linux kernel's NFS client on this node (a User-Mode Linux guest, tests/kernel/uml.py)
+    mounts the file system through its Service the way a node does: no ports given (the
+    portmapper behind the Service names the NFS, MOUNT and NLM ports), locking on (no
+    ``nolock``). Guest A holds an ``fcntl`` lock; the owning blade's file processor is SIGKILLed;
+    the peer takes over, reads the monitored clients from the file system and sends SM_NOTIFY
+    to the address it saw A's calls come from through the Service (this node's pod-network
+    address, where A's status monitor answers); A's kernel reclaims the lock in the grace
+    period. Guest B, started after the takeover, is refused the lock (it waits out the grace
+    period, then EAGAIN), which it would get if the lock had been lost.
+
+    The kernel client must run on a node: on the local tier-2 cluster this host is the node.
+    On kind the nodes are containers and a guest on this host is no node (the Service network
+    and the callback address exist only inside the node containers)."""
+    if on_kind():
+        pytest.skip("kind: the kernel-client guest runs on this host, which is not one of kind's nodes")
+    kube.wait("the group Ready with both blades", lambda: _blades_ready(kube, workload_ns), timeout=240, interval=3)
+    svc = kube.get("service", f"{ARRAY}-shared-nfs", namespace=workload_ns)
+    assert svc is not None
+    ip = svc["spec"]["clusterIP"]
+    ports = {p["name"]: p["port"] for p in svc["spec"]["ports"] if p["protocol"] == "TCP"}
+    assert ports == {"nfs": 2049, "mountd": 20048, "portmapper": 111}, ports
+    forwards = [uml.Forward(port, ip, port) for port in ports.values()]
+    owner = _owner(kube, workload_ns)
+    owner_pod = kube.json("-n", workload_ns, "get", "pod", owner)
+    address = _node_address(owner_pod["status"]["podIP"])
+    name = f"e2e-lock-{int(time.time())}"
+    locker = REPO / "tests" / "kernel" / "guest_locker.py"
+    guest = uml.UMLGuest(uml.guest_tree(build=True))
+    box: dict[str, Any] = {}
+    shares: list[Any] = []
+    try:
+        holder = threading.Thread(target=lambda: box.update(a=guest.run(
+            KERNEL_LOCK_HOLDER.format(name=name), forwards=forwards, files={"guest_locker.py": locker},
+            timeout=600, started=shares.append, address=address)), daemon=True)
+        holder.start()
+        kube.wait("guest A holding its lock (or gone)",
+                  lambda: "a" in box or (bool(shares) and (shares[0] / "u" / "held").exists()), timeout=300,
+                  interval=1)
+        assert "a" not in box, f"guest A ended before it held the lock: {box['a'].explain()}"
+        since = _now()
+        cid = next(c["containerID"] for c in kube.json("-n", workload_ns, "get", "pod", owner)["status"]
+                   ["containerStatuses"] if c["name"] == "file-processor")
+        kill_container(cid)
+        kube.wait(f"a failover away from {owner}", lambda: _failed_over(kube, workload_ns, owner=owner, since=since),
+                  timeout=120, interval=1, describe=lambda: _group(kube, workload_ns)["status"].get("failovers"))
+        taker = _owner(kube, workload_ns)
+        b = guest.run(KERNEL_LOCK_PROBER.format(name=name), forwards=forwards, files={"guest_locker.py": locker},
+                      timeout=600)
+        holder.join(600)
+        a: uml.GuestResult = box["a"]
+        assert b.rc == 0, b.explain()
+        assert a.rc == 0, a.explain()
+        mounted = (a.share / "mounts.txt").read_text()
+        # found through the portmapper behind the Service (the kernel shows no port= for 2049), locks
+        # through NLM on the server (no nolock: local_lock=none)
+        assert "nolock" not in mounted and "local_lock=none" in mounted and "mountport=20048" in mounted, mounted
+        probe = json.loads((b.share / "u" / "probe.json").read_text())
+        held = json.loads((a.share / "u" / "hold.json").read_text())
+        print(f"step4e: lock held by the kernel client across {owner} -> {taker}; guest B's attempts "
+              f"{probe['attempts']}; hold {held}")
+        assert "error" not in held, held
+        assert probe["attempts"] == [False, False], probe  # still A's: reclaimed after the takeover
+        # the blade that took over told A, at the address it saw through the Service
+        notified = [p for p in (taker, owner) if f"SM_NOTIFY sent to e2e-guest-a at {address}" in kube.kubectl(
+            "-n", workload_ns, "logs", p, "-c", "file-processor", check=False).stdout]
+        assert notified, f"no SM_NOTIFY to e2e-guest-a at {address} in the file processors' logs"
+    finally:
+        guest.close()
+        assert guest.leftovers() == []
+    kube.wait("the failed blade replaced (2/2 Ready)", lambda: _blades_ready(kube, workload_ns), timeout=240,
+              interval=3, describe=lambda: _pods_and_status(kube, workload_ns))
+    kube.wait("the file system back on its home blade", lambda: _owner(kube, workload_ns) == owner, timeout=120,
+              interval=2)
 
 
 def _backups(kube: Kube, ns: str, *, trigger: tuple[str, ...], since: str) -> list[dict[str, Any]]:
