@@ -58,13 +58,17 @@ def _result(body: bytes, xid: int, what: str) -> xdr.Decoder:
     return reply.body
 
 
+async def _connect(host: str, port: int, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    try:
+        return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError) as exc:
+        raise CallbackError(f"connect {host}:{port}: {exc}") from exc
+
+
 async def _rpc(host: str, port: int, prog: int, vers: int, proc: int, args: bytes, timeout: float) -> xdr.Decoder:
     xid = _next_xid()
     data = message.encode_call(xid=xid, prog=prog, vers=vers, proc=proc, args=args)
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, TimeoutError) as exc:
-        raise CallbackError(f"connect {host}:{port}: {exc}") from exc
+    reader, writer = await _connect(host, port, timeout)
     try:
         writer.write(_HDR.pack(record.LAST_FRAGMENT | len(data)) + data)
         body = bytearray()
@@ -167,10 +171,7 @@ async def send(host: str, prog: int, vers: int, proc: int, args: bytes, *, trans
         dgram.sendto(data)
         dgram.close()
         return
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, TimeoutError) as exc:
-        raise CallbackError(f"connect {host}:{port}: {exc}") from exc
+    _, writer = await _connect(host, port, timeout)
     try:
         writer.write(_HDR.pack(record.LAST_FRAGMENT | len(data)) + data)
         await asyncio.wait_for(writer.drain(), timeout)
