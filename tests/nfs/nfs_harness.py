@@ -5,6 +5,7 @@
 LU through the control API and runs ``nasblade mkfs`` on it over NBD. ``FileProcessor``
 runs ``nasblade file-processor`` with a JSON config, waits for its ready line, and offers
 ``url(export, path, **params)`` for libnfs tools, ``kill()`` (SIGKILL) and ``stop()``.
+``one_file_fs`` makes a device file holding a file system with one file, for in-process servers.
 """
 
 from __future__ import annotations
@@ -19,11 +20,30 @@ from pathlib import Path
 from typing import Any
 
 from nasblade import ready
+from nasblade.blockdev import FileBlockDevice
 from nasblade.controller.apiclient import ControlClient
+from nasblade.fs import fs as fsmod
+from nasblade.nfs import handles
+from nasblade.nfs.exports import Export
 
 TOKEN = "nfs-test-token"
 ADMIN = "nfs-test-admin-token"
 _names = itertools.count()
+
+
+def one_file_fs(path: Path, *exports: Export) -> tuple[str, tuple[bytes, ...]]:
+    """A 64 MiB device file with a file system holding one file ``f``: the device's path and the
+    file's handle through each of ``exports``."""
+    dev = FileBlockDevice(path, size=64 << 20)
+    fsmod.mkfs(dev)
+    f = fsmod.FileSystem(dev)
+    ino, _ = f.create(fsmod.ROOT_INO, b"f", fsmod.ROOT)
+    gen = f.generation(ino)
+    assert gen is not None
+    fhs = tuple(handles.encode(handles.Handle(e.export_id, f.fsid, ino, gen), f.secret) for e in exports)
+    f.close()
+    dev.close()
+    return str(path), fhs
 
 
 def nasblade(*args: str) -> list[str]:

@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nasblade.blockdev import FileBlockDevice
 from nasblade.fileproc import config
 from nasblade.fileproc.server import FileProcessor
-from nasblade.fs import fs as fsmod
-from nasblade.nfs import handles, nlm, nsm
+from nasblade.nfs import nlm, nsm
 from nasblade.nfs import types as t
 from nasblade.nfs.exports import Export
 from nasblade.rpc import message, record, xdr
 from nasblade.rpc.dispatch import Call, Dispatcher, Procedure, Program
+from nfs_harness import one_file_fs
 from nfs_rpcclient import RawClient
 
 pytestmark = pytest.mark.component
@@ -40,16 +39,8 @@ XIDS = itertools.count(5000)  # a new XID per call: the duplicate request cache 
 
 def make_fs(path: Path) -> tuple[str, bytes]:
     """A file system with one file ``f``; returns the device path and the file's handle."""
-    dev = FileBlockDevice(path, size=64 << 20)
-    fsmod.mkfs(dev)
-    f = fsmod.FileSystem(dev)
-    ino, _ = f.create(fsmod.ROOT_INO, b"f", fsmod.ROOT)
-    gen = f.generation(ino)
-    assert gen is not None
-    fh = handles.encode(handles.Handle(EXPORT.export_id, f.fsid, ino, gen), f.secret)
-    f.close()
-    dev.close()
-    return str(path), fh
+    device, (fh,) = one_file_fs(path, EXPORT)
+    return device, fh
 
 
 def spec(device: str) -> config.FsSpec:

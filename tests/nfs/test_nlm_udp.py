@@ -35,15 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nasblade.blockdev import FileBlockDevice
 from nasblade.fileproc import config
 from nasblade.fileproc.server import FileProcessor
-from nasblade.fs import fs as fsmod
-from nasblade.nfs import handles, nlm, nsm
+from nasblade.nfs import nlm, nsm
 from nasblade.nfs import types as t
 from nasblade.nfs.exports import Export
 from nasblade.rpc import message, record, xdr
 from nasblade.rpc.dispatch import Call, Dispatcher, Procedure, Program
+from nfs_harness import one_file_fs
 from nfs_rpcclient import RawClient, UdpClient
 
 pytestmark = pytest.mark.component
@@ -57,16 +56,8 @@ SUCCESS = message.AcceptStat.SUCCESS
 
 def make_fs(path: Path) -> tuple[str, bytes, bytes]:
     """A file system with one file; the device and the file's handles through ``/l`` and ``/only2``."""
-    dev = FileBlockDevice(path, size=64 << 20)
-    fsmod.mkfs(dev)
-    f = fsmod.FileSystem(dev)
-    ino, _ = f.create(fsmod.ROOT_INO, b"f", fsmod.ROOT)
-    gen = f.generation(ino)
-    assert gen is not None
-    fh, fh2 = (handles.encode(handles.Handle(e.export_id, f.fsid, ino, gen), f.secret) for e in (EXPORT, ONLY2))
-    f.close()
-    dev.close()
-    return str(path), fh, fh2
+    device, (fh, fh2) = one_file_fs(path, EXPORT, ONLY2)
+    return device, fh, fh2
 
 
 def spec(device: str, *exports: Export) -> config.FsSpec:
