@@ -243,8 +243,7 @@ def test_pull_settings_and_policies_reach_the_pods_the_operator_makes(render: Re
     labels = json.loads(env["NASBLADE_OPERATOR_LABELS"]["value"])
     assert labels.items() <= pod.get("labels", one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]).items()
     np = one(objs, "NetworkPolicy")
-    assert np["spec"]["podSelector"]["matchLabels"] == labels
-    assert {p["port"] for p in np["spec"]["ingress"][0]["ports"]} == {8081, 8082}
+    assert np["spec"]["podSelector"]["matchLabels"] == labels  # its ports: test_operator_policy_*
     rules = _rules(one(objs, "ClusterRole"))
     assert ("networking.k8s.io", "networkpolicies", "create") in rules
     assert ("policy", "poddisruptionbudgets", "patch") in rules
@@ -358,6 +357,48 @@ def test_scraper_reaches_the_operator(render: Render) -> None:
     mine = settings.scraper_peer(scraper("metrics.scraper.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=obs",
                                          "metrics.scraper.podSelector=null"))
     assert mine == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "obs"}}}
+
+
+HEALTH_RULE = {"ports": [{"protocol": "TCP", "port": 8082}]}  # no "from": any source (kubelet probes)
+
+
+@pytest.mark.parametrize("values", [
+    [],
+    ["metrics.scraper=null"],
+    ["metrics.scraper.namespaceSelector=null", "metrics.scraper.podSelector=null"],
+    ["metrics.scraper.podSelector=null"],
+    ["metrics.scraper.namespaceSelector.matchLabels=null"],
+    ["metrics.scraper.podSelector=null", "metrics.scraper.namespaceSelector.matchExpressions[0].key=team",
+     "metrics.scraper.namespaceSelector.matchExpressions[0].operator=Exists"],
+    ["metrics.port=9100"],
+], ids=["default", "null", "both-null", "namespace-only", "empty-namespace-selector", "expressions", "other-port"])
+def test_operator_policy_opens_metrics_to_the_scraper_only(render: Render, values: list[str]) -> None:
+    """The operator pod's NetworkPolicy: the health port from anywhere, the metrics port only
+    from ``metrics.scraper`` -- the very rule the operator's per-array policies give the same
+    peer on their API ports (``policies.scrape_rule`` of what ``settings.scraper_peer`` reads from
+    NASBLADE_METRICS_SCRAPER), so both read an empty or null selector the same way; no rule for
+    the metrics port when the scraper names nobody."""
+    from nasblade_operator import policies, settings
+
+    objs = render(*values)
+    env = {e["name"]: e.get("value") for e in operator_container(objs)["env"]}
+    port = int(env["NASBLADE_METRICS_PORT"])
+    peer = settings.scraper_peer(env["NASBLADE_METRICS_SCRAPER"])
+    ingress = one(objs, "NetworkPolicy")["spec"]["ingress"]
+    assert ingress == [HEALTH_RULE, *policies.scrape_rule(peer, port)]
+    for rule in ingress:
+        if any(p["port"] == port for p in rule["ports"]):
+            assert rule["from"] == [peer] and peer, "the metrics port is open to a named peer only"
+
+
+def test_operator_policy_metrics_port_defaults_and_off(render: Render) -> None:
+    """The default scraper (Prometheus pods of the namespace "monitoring") is the metrics
+    port's only peer; ``metrics.scraper: null`` or ``metrics.enabled=false`` leave the health
+    rule alone."""
+    metrics_rule = {"from": [DEFAULT_SCRAPER], "ports": [{"protocol": "TCP", "port": 8081}]}
+    assert one(render(), "NetworkPolicy")["spec"]["ingress"] == [HEALTH_RULE, metrics_rule]
+    for values in (["metrics.scraper=null"], ["metrics.enabled=false"]):
+        assert one(render(*values), "NetworkPolicy")["spec"]["ingress"] == [HEALTH_RULE], values
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -484,6 +525,23 @@ def _adopt_crds(kc: str, names: list[str], *, release: str, namespace: str) -> N
         assert r.returncode == 0, r.stderr
 
 
+def _chart_with_own_crds(tmp_path: Path, group: str) -> tuple[Path, list[str]]:
+    """A copy of the chart whose CRDs are in the API group ``group`` (so that a test's release
+    owns CRDs of its own, not the session's nasblade.io ones, which belong to kubectl: see
+    ``crds_applied``); returns the chart's path and the CRDs' names."""
+    chart = tmp_path / "nasblade"
+    shutil.copytree(CHART, chart)
+    names: list[str] = []
+    for path in (chart / "files" / "crds").glob("*.yaml"):
+        text = path.read_text()
+        text = re.sub(r"(?m)^(  name: [a-z]+)\.nasblade\.io$", rf"\1.{group}", text, count=1)
+        text = re.sub(r"(?m)^  group: nasblade\.io$", f"  group: {group}", text, count=1)
+        path.write_text(text)
+        names.append(yaml.safe_load(text)["metadata"]["name"])
+    assert sorted(names) == sorted(f"{n.split('.')[0]}.{group}" for n in _source_crds())
+    return chart, names
+
+
 @pytest.mark.tier1
 def test_helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them(helm: Helm, tier1_kubeconfig: str,
                                                                  tmp_path: Path) -> None:
@@ -500,17 +558,8 @@ def test_helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them(helm: Helm, tie
     tag = uuid.uuid4().hex[:6]
     group = f"up{tag}.nasblade.test"
     release, ns = f"up{tag}", f"chart-up-{tag}"
-    chart = tmp_path / "nasblade"
-    shutil.copytree(CHART, chart)
+    chart, names = _chart_with_own_crds(tmp_path, group)
     crd_dir = chart / "files" / "crds"
-    names: list[str] = []
-    for path in crd_dir.glob("*.yaml"):
-        text = path.read_text()
-        text = re.sub(r"(?m)^(  name: [a-z]+)\.nasblade\.io$", rf"\1.{group}", text, count=1)
-        text = re.sub(r"(?m)^  group: nasblade\.io$", f"  group: {group}", text, count=1)
-        path.write_text(text)
-        names.append(yaml.safe_load(text)["metadata"]["name"])
-    assert sorted(names) == sorted(f"{n.split('.')[0]}.{group}" for n in _source_crds())
     env = ("--namespace", ns, "--kubeconfig", kc)
 
     def ok(*args: str) -> None:
@@ -569,6 +618,64 @@ def test_helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them(helm: Helm, tie
         for name in names:
             _kubectl(kc, "delete", "crd", name, "--ignore-not-found", "--wait=false")
         _kubectl(kc, "delete", "namespace", ns, "--ignore-not-found", "--wait=false")
+
+
+@pytest.mark.tier1
+def test_a_second_release_must_leave_the_crds_to_the_first(helm: Helm, tier1_kubeconfig: str,
+                                                             tmp_path: Path) -> None:
+    """Only one release owns the CRDs: with release A installed (crds.install=true), a second
+    release B -- or A's name in another namespace -- that would install them too is refused
+    by the chart's own check (``lookup`` of each CRD's Helm ownership annotations), with a
+    message that names the owner and ``--set crds.install=false``; B with crds.install=false
+    installs, and cannot take them by an upgrade either. A keeps them and upgrades as usual."""
+    kc = tier1_kubeconfig
+    tag = uuid.uuid4().hex[:6]
+    chart, names = _chart_with_own_crds(tmp_path, f"own{tag}.nasblade.test")
+    owner, owner_ns = f"own{tag}", f"chart-own-{tag}"
+    second, second_ns = f"second{tag}", f"chart-second-{tag}"
+    releases = ((owner, owner_ns), (second, second_ns), (owner, second_ns))
+
+    def run(verb: str, release: str, ns: str, *values: str) -> subprocess.CompletedProcess[str]:
+        argv = [verb, release, str(chart), "--namespace", ns, "--kubeconfig", kc]
+        argv += ["--create-namespace"] if verb == "install" else []
+        for v in values:
+            argv += ["--set", v]
+        return helm(*argv, check=False)
+
+    def refused(r: subprocess.CompletedProcess[str], release: str, ns: str) -> None:
+        assert r.returncode != 0, r.stdout
+        assert (f'belongs to the Helm release "{owner}" in the namespace "{owner_ns}"' in r.stderr
+                and f'this release ("{release}" in "{ns}") with --set crds.install=false' in r.stderr), r.stderr
+        assert "invalid ownership metadata" not in r.stderr, r.stderr  # the chart said it first
+
+    def owners() -> set[tuple[str, str]]:
+        found = set()
+        for name in names:
+            r = _kubectl(kc, "get", "crd", name, "-o", "json")
+            assert r.returncode == 0, r.stderr
+            ann = json.loads(r.stdout)["metadata"]["annotations"]
+            found.add((ann["meta.helm.sh/release-name"], ann["meta.helm.sh/release-namespace"]))
+        return found
+
+    try:
+        r = run("install", owner, owner_ns)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert owners() == {(owner, owner_ns)}
+        refused(run("install", second, second_ns), second, second_ns)
+        refused(run("install", owner, second_ns), owner, second_ns)  # same name, other namespace
+        r = run("install", second, second_ns, "crds.install=false")
+        assert r.returncode == 0, r.stdout + r.stderr
+        refused(run("upgrade", second, second_ns, "crds.install=true"), second, second_ns)
+        r = run("upgrade", owner, owner_ns)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert owners() == {(owner, owner_ns)}
+    finally:
+        for release, ns in releases:
+            helm("uninstall", release, "--namespace", ns, "--kubeconfig", kc, check=False)
+        for name in names:
+            _kubectl(kc, "delete", "crd", name, "--ignore-not-found", "--wait=false")
+        for ns in (owner_ns, second_ns):
+            _kubectl(kc, "delete", "namespace", ns, "--ignore-not-found", "--wait=false")
 
 
 def _documented_rbac() -> set[tuple[str, str, str]]:

@@ -65,6 +65,25 @@ app.kubernetes.io/part-of: nasblade
 {{- join "," $names -}}
 {{- end -}}
 
+{{/*
+metrics.scraper as a NetworkPolicy peer, in JSON ("{}": nobody). The same reading as the
+operator's (nasblade_operator/settings.py, scraper_peer, for its per-array policies): a selector
+that is null or empty is left out -- an empty selector would select every namespace or every
+pod -- and with neither selector left there is no peer at all.
+*/}}
+{{- define "nasblade.scraperPeer" -}}
+{{- $peer := dict -}}
+{{- range $key, $selector := .Values.metrics.scraper | default dict -}}
+{{- $kept := dict -}}
+{{- with $selector -}}
+{{- with .matchLabels }}{{ $_ := set $kept "matchLabels" . }}{{ end -}}
+{{- with .matchExpressions }}{{ $_ := set $kept "matchExpressions" . }}{{ end -}}
+{{- end -}}
+{{- if $kept }}{{ $_ := set $peer $key $kept }}{{ end -}}
+{{- end -}}
+{{- toJson $peer -}}
+{{- end -}}
+
 {{/* Name of the kopf peering object (leader election). */}}
 {{- define "nasblade.peeringName" -}}
 {{- include "nasblade.fullname" . -}}
