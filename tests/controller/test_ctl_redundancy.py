@@ -35,6 +35,24 @@ def test_parse_levels_and_device_rules() -> None:
     assert rd.parse("none").sets(3) == [(0,), (1,), (2,)]
 
 
+def test_parity_levels_rules_and_records() -> None:
+    assert rd.parse("parity-1") == rd.parse("parity") == rd.Protection("parity", 1, 1)
+    assert rd.parse({"level": "parity", "copies": 1, "parity": 2}).name == "parity-2"
+    for level, fewest in (("parity-1", 3), ("parity-2", 4)):
+        p = rd.parse(level)
+        assert rd.parse(p.to_json()) == p and p.survives == p.parity
+        p.check(fewest)
+        with pytest.raises(rd.ProtectionError, match=f"at least {fewest} devices"):
+            p.check(fewest - 1)
+        assert p.sets(5) == [(0, 1, 2, 3, 4)] and p.data_devices(5) == 5 - p.parity
+    with pytest.raises(rd.ProtectionError, match="1 or 2 parity"):
+        rd.parse("parity-3")
+    # the superblock records of none and mirror arrays are what they were before parity
+    assert rd.parse("none").to_json() == {"level": "none", "copies": 1}
+    assert rd.parse("mirror-3").to_json() == {"level": "mirror", "copies": 3}
+    assert rd.parse("mirror").data_devices(4) == 2 and rd.parse("none").data_devices(3) == 3
+
+
 def test_geometry_and_checksums() -> None:
     g = rd.Geometry.for_size(SIZE + 12345)
     assert g.vsize % MiB == 0 and g.csum_offset == g.vsize

@@ -31,6 +31,7 @@ from typing import Any
 
 from nasblade.controller import layout, luname
 from nasblade.controller import redundancy as rd
+from nasblade.controller.parity import ParityVDev
 from nasblade.controller.vdev import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
@@ -61,8 +62,14 @@ class Array:
         self.protection = rd.Protection.from_json(state.protection) if state.version >= 2 else rd.Protection()
         self._persist_lock = threading.RLock()
         sets = self.protection.sets(len(devices)) if state.version >= 2 else [(i,) for i in range(len(devices))]
-        self.vdevs = [VDev(i, [devices[d] for d in s], unit=state.unit, on_failure=self._failed)
-                      for i, s in enumerate(sets)]
+        self.vdevs: list[VDev] = []
+        for i, s in enumerate(sets):
+            members = [devices[d] for d in s]
+            if self.protection.level == "parity":
+                self.vdevs.append(ParityVDev(i, members, unit=state.unit, parity=self.protection.parity,
+                                             meta=layout.META_SIZE, on_failure=self._failed))
+            else:
+                self.vdevs.append(VDev(i, members, unit=state.unit, on_failure=self._failed))
         #: sizes the LU allocation works with (virtual devices: after the tail, one per set)
         self.vsizes = [v.size for v in self.vdevs]
 
@@ -125,7 +132,7 @@ class Array:
         # redundancy it is a replacement and is rebuilt.
         unknown = [d for d in opened if d.fd >= 0 and d not in by_index.values()]
         missing = [i for i in range(len(state.device_sizes)) if i not in by_index]
-        redundant = state.version >= 2 and recorded.copies > 1
+        redundant = state.version >= 2 and recorded.survives > 0
         blank: set[int] = set()
         for dev in list(unknown):
             pick = next((i for i in missing if state.device_sizes[i] == dev.size), None)
@@ -176,10 +183,10 @@ class Array:
                 dev.csum = None
         array = cls(devices, state)
         for v in array.vdevs:
-            if not any(m.state == "ok" and m.fd >= 0 for m in v.members):
+            if not v.servable():
                 raise layout.LayoutError(
-                    f"array {state.uuid}: every copy of virtual device {v.index} "
-                    f"(devices {[m.index for m in v.members]}) is failed or missing")
+                    f"array {state.uuid}: too many devices of virtual device {v.index} "
+                    f"(devices {[m.index for m in v.members]}) are failed or missing")
         array.persist()  # refresh every device's records (repairs a damaged slot)
         for v in array.vdevs:
             v.resync()
@@ -397,7 +404,7 @@ class Array:
     def replace(self, index: int, path: str | None = None) -> Member:
         """Put a new device (a new file at ``path``, default the old path) in the place of a
         failed one; it is rebuilt from the other copies by ``rebuild_step``."""
-        if self.protection.copies < 2:
+        if self.protection.survives < 1:
             raise ValueError("protection none has no copy to rebuild a device from")
         m = self.devices[index]
         if m.state != "failed":
@@ -440,7 +447,7 @@ class Array:
             return 0
         v, m = work[0]
         done = v.rebuild_step(m, nbytes)
-        if m.rebuilt >= v.size and m.state == "rebuilding":
+        if m.rebuilt >= v.device_end and m.state == "rebuilding":
             v.sync()
             m.state, m.reason = "ok", ""
             self.persist()
@@ -479,12 +486,16 @@ class Array:
             total[1] += lost
         return total[0], total[1]
 
+    def parity_mismatches(self) -> int:
+        """Parity units scrub found disagreeing with their data (and rewrote), since start."""
+        return sum(v.stats.parity_mismatches for v in self.vdevs)
+
     def clean_bitmaps(self) -> int:
         return sum(v.clean_bitmap() for v in self.vdevs)
 
     def status(self) -> dict[str, object]:
         """Protection, per-device states and the error/repair counters."""
-        rebuild = [{"device": m.index, "done": m.rebuilt, "total": v.size}
+        rebuild = [{"device": m.index, "done": m.rebuilt, "total": v.device_end}
                    for v, m in self.rebuilding()]
         degraded = any(m.state != "ok" for m in self.devices)
         return {"protection": self.protection.name, "copies": self.protection.copies,
@@ -499,6 +510,7 @@ class Array:
                                    for v in self.vdevs],
                 "repairedBlocks": sum(v.stats.repaired_blocks for v in self.vdevs),
                 "lostBlocks": sum(v.stats.lost_blocks for v in self.vdevs),
+                "parityMismatches": sum(v.stats.parity_mismatches for v in self.vdevs),
                 "checksumErrors": sum(m.csum_errors for m in self.devices),
                 "rebuild": rebuild}
 

@@ -136,6 +136,7 @@ class Maintenance:
         self.scrub_running, self.scrub_progress, self.scrub_found = True, (0, total), (0, 0)
         started_at = now()
         done = repaired = lost = 0
+        mismatches = self.array.parity_mismatches()
         try:
             for v, off, n in pieces:
                 started = time.monotonic()
@@ -146,7 +147,8 @@ class Maintenance:
         finally:
             self.scrub_running = False
         self.array.state.scrub = {"started": started_at, "finished": now(), "bytes": done,
-                                  "repaired": repaired, "lost": lost}
+                                  "repaired": repaired, "lost": lost,
+                                  "parityMismatches": self.array.parity_mismatches() - mismatches}
         await self._io(self.array.persist)
         log.info("scrub: %d bytes checked, %d block(s) repaired, %d lost", done, repaired, lost)
         return repaired, lost

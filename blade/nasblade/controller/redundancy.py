@@ -8,6 +8,11 @@ A protection level says how many copies of every block the array keeps:
   devices (``0,1 | 2,3 | ...``; the device count must be a multiple of ``copies``); each
   set is one virtual device the LU striping (``layout``) allocates on. A set survives the
   loss of ``copies - 1`` of its devices.
+- ``parity`` with 1 or 2 parity shares (``parity-1``, ``parity-2``: RAID 5 / RAID 6 style):
+  all devices form one *parity set*; each stripe keeps ``count - parity`` data units and
+  ``parity`` Reed-Solomon parity units (PyPI ``zfec``), rotating over the devices
+  (``parity.ParityVDev`` has the stripe format). A set survives the loss of ``parity`` of its
+  devices; it needs at least ``parity + 2`` devices (3 for parity-1, 4 for parity-2).
 
 Every device of a version-2 array ends in a *tail* (after its data area, so data offsets
 are the same on every copy and equal to the offsets in the LU extents)::
@@ -34,7 +39,7 @@ CSUM_SIZE = 8
 REGION = 4 << 20
 MiB = 1 << 20
 ZERO_SUM = xxhash.xxh3_64_intdigest(bytes(BLOCK))
-LEVELS = ("none", "mirror")
+LEVELS = ("none", "mirror", "parity")
 
 
 class ProtectionError(ValueError):
@@ -45,17 +50,29 @@ class ProtectionError(ValueError):
 class Protection:
     level: str = "none"
     copies: int = 1
+    #: parity shares per stripe (``parity`` level only)
+    parity: int = 0
 
     @property
     def name(self) -> str:
+        if self.level == "parity":
+            return f"parity-{self.parity}"
         return "none" if self.level == "none" else f"mirror-{self.copies}"
 
     @property
     def survives(self) -> int:
-        """Devices per mirror set that may be lost without losing data."""
-        return self.copies - 1
+        """Devices per mirror or parity set that may be lost without losing data."""
+        return self.parity if self.level == "parity" else self.copies - 1
+
+    def data_devices(self, device_count: int) -> int:
+        """How many devices' worth of data ``device_count`` devices hold (capacity)."""
+        if self.level == "parity":
+            return device_count - self.parity
+        return device_count // self.copies
 
     def to_json(self) -> dict[str, Any]:
+        if self.level == "parity":  # none and mirror keep their version-2 record unchanged
+            return {"level": self.level, "copies": 1, "parity": self.parity}
         return {"level": self.level, "copies": self.copies}
 
     @classmethod
@@ -70,37 +87,54 @@ class Protection:
             if device_count < 1:
                 raise ProtectionError("at least one device is needed")
             return
+        if self.level == "parity":
+            if device_count < self.parity + 2:
+                raise ProtectionError(
+                    f"{self.name} needs at least {self.parity + 2} devices (two data units and "
+                    f"{self.parity} parity unit(s) per stripe); got {device_count}")
+            return
         if device_count < self.copies or device_count % self.copies:
             raise ProtectionError(
                 f"{self.name} needs a multiple of {self.copies} devices (mirror sets of "
                 f"{self.copies}); got {device_count}")
 
     def sets(self, device_count: int) -> list[tuple[int, ...]]:
-        """Device indexes of each virtual device (mirror set), in order."""
+        """Device indexes of each virtual device (mirror set, or the one parity set), in order."""
         self.check(device_count)
+        if self.level == "parity":
+            return [tuple(range(device_count))]
         c = self.copies
         return [tuple(range(i, i + c)) for i in range(0, device_count, c)]
 
 
 def parse(value: Any) -> Protection:
-    """``none``, ``mirror`` (2 copies), ``mirror-2``, ``mirror-3``, or ``{level, copies}``."""
+    """``none``, ``mirror`` (2 copies), ``mirror-2``, ``mirror-3``, ``parity`` (1 parity
+    share), ``parity-1``, ``parity-2``, or ``{level, copies, parity}``."""
     if isinstance(value, Protection):
         return value
     if isinstance(value, Mapping):
         level = value.get("level", "none")
         copies = value.get("copies")
+        shares = value.get("parity")
     elif isinstance(value, str):
         level, _, n = value.strip().lower().partition("-")
         copies = int(n) if n.isdigit() else (n or None)
+        shares = copies
     else:
         raise ProtectionError(f"protection must be a string or a mapping, got {value!r}")
     if level not in LEVELS:
         raise ProtectionError(f"unknown protection level {level!r} (one of: none, mirror, "
-                              "mirror-2, mirror-3; single and double parity are not implemented yet)")
+                              "mirror-2, mirror-3, parity, parity-1, parity-2)")
     if level == "none":
         if copies not in (None, 1):
             raise ProtectionError("protection none keeps exactly one copy")
         return Protection("none", 1)
+    if level == "parity":
+        if shares is None:
+            shares = 1
+        if not isinstance(shares, int) or isinstance(shares, bool) or shares not in (1, 2):
+            raise ProtectionError(f"parity keeps 1 or 2 parity shares per stripe, got {shares!r}")
+        return Protection("parity", 1, shares)
     if copies is None:
         copies = 2
     if not isinstance(copies, int) or isinstance(copies, bool) or copies not in (2, 3):

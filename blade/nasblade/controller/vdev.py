@@ -209,6 +209,8 @@ class Stats:
     resynced_regions: int = 0
     scrubbed_bytes: int = 0
     scrub_errors: int = 0
+    #: parity units found disagreeing with verified data by scrub (parity sets only)
+    parity_mismatches: int = 0
 
 
 class VDev:
@@ -222,6 +224,8 @@ class VDev:
         self.on_failure = on_failure
         sizes = [m.geometry.vsize if m.geometry else m.size - m.size % unit for m in members]
         self.size = min(sizes)
+        #: end of the device offsets a rebuild copies (the same as ``size`` for a mirror set)
+        self.device_end = self.size
         self.checked = all(m.geometry is not None for m in members)
         self.stats = Stats()
         self._locks = [threading.RLock() for _ in range(_LOCKS)]
@@ -246,6 +250,10 @@ class VDev:
             k = (offset // self.unit) % len(ms)
             ms = ms[k:] + ms[:k]
         return ms
+
+    def servable(self) -> bool:
+        """Enough devices to serve every block (a mirror set: one ok copy)."""
+        return any(m.state == "ok" and m.fd >= 0 for m in self.members)
 
     @property
     def writers(self) -> list[Member]:

@@ -6,7 +6,8 @@ one exported file system)::
     array:
       devices: {count: 2, size: 1G}
       protection: none                  # none | mirror (2 copies) | mirror-3: device count a
-                                        # multiple of the copies; fixed when the array is made
+                                        # multiple of the copies; parity-1 (>= 3 devices) |
+                                        # parity-2 (>= 4); fixed when the array is made
       cacheSize: 256M
       areas: {programSize: 64M, procInfoPortionSize: 1M, backupSize: 4M}
     clusterGroups:
@@ -65,10 +66,10 @@ class ConfigError(ValueError):
 
 
 def usable_bytes(count: int, size: int, protection: str) -> int:
-    """What LUs can use: one copy's worth of the devices, less the per-device overhead and the
-    checksum area (8 bytes per 4 KiB block)."""
-    copies = redundancy.parse(protection).copies
-    return count // copies * max(size - DEVICE_OVERHEAD - size // 512, 0)
+    """What LUs can use: one copy's worth of the devices (the data devices with parity), less
+    the per-device overhead and the checksum area (8 bytes per 4 KiB block)."""
+    data = redundancy.parse(protection).data_devices(count)
+    return data * max(size - DEVICE_OVERHEAD - size // 512, 0)
 
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -156,7 +157,8 @@ class Config:
     file_systems: tuple[FileSystem, ...]
     software_version: str | None
     network: Network
-    #: the array's protection level (``nasblade.controller.redundancy``): none, mirror-2, mirror-3
+    #: the array's protection level (``nasblade.controller.redundancy``): none, mirror-2, mirror-3,
+    #: parity-1, parity-2
     protection: str = "none"
 
     @property

@@ -35,12 +35,18 @@ class Devices:
     size: int
     size_text: str
     storage_class: str | None
-    #: the controller's protection level (``nasblade.controller.redundancy``): none, mirror-2, mirror-3
+    #: the controller's protection level (``nasblade.controller.redundancy``): none, mirror-2,
+    #: mirror-3, parity-1, parity-2
     protection: str = "none"
 
     @property
     def copies(self) -> int:
         return redundancy.parse(self.protection).copies
+
+    @property
+    def data_devices(self) -> int:
+        """Devices' worth of LU data after the protection overhead."""
+        return redundancy.parse(self.protection).data_devices(self.count)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +99,7 @@ class DiskArraySpec:
         and checksum area (1/512), one copy's worth of the devices."""
         d = self.devices
         per_device = d.size * 97 // 100 - DEVICE_OVERHEAD - d.size // 512
-        return d.count // d.copies * max(0, per_device)
+        return d.data_devices * max(0, per_device)
 
     @property
     def requested(self) -> int:

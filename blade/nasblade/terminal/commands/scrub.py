@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
             last = status.get("last") or {}
             if args.wait:
                 sys.stdout.write(f"scrub done: {last.get('bytes', 0)} bytes checked, "
-                                 f"{last.get('repaired', 0)} block(s) repaired, {last.get('lost', 0)} lost\n")
+                                 f"{last.get('repaired', 0)} block(s) repaired, {last.get('lost', 0)} lost"
+                                 + (f", {last['parityMismatches']} parity mismatch(es) rewritten"
+                                    if last.get("parityMismatches") else "") + "\n")
             else:
                 sys.stdout.write("scrub started\n")
         else:

@@ -1,0 +1,426 @@
+"""A parity set: all devices of a ``parity-1`` / ``parity-2`` array behind one address space.
+
+``Array`` builds one ``ParityVDev`` instead of mirror sets when the protection level
+(``redundancy``) is ``parity``; it reuses ``vdev.Member`` (per-device checksums, write-intent
+bitmap, fault injection) and the ``vdev.VDev`` interface (read, write, zero, sync, resync,
+scrub_step, rebuild_step) that ``Array`` and ``maintenance`` drive. The parity arithmetic is
+PyPI ``zfec`` (systematic Reed-Solomon over GF(2^8)): ``k`` data units and ``p`` parity units
+per stripe, any ``k`` of the ``k + p`` units give the others back.
+
+Stripe format (``n`` devices, ``p`` parity units, ``k = n - p``, ``UNIT`` = 64 KiB)::
+
+    device offset  META_SIZE + s * UNIT .. + UNIT     unit of stripe s on every device
+    share i of stripe s (i < k: data, i >= k: parity) lives on device (s + i) % n
+    virtual offset META_SIZE + s * k * UNIT + i * UNIT + w  =  data share i, byte w
+
+so the parity rotates by one device per stripe and a stripe's units sit at the same device
+offset on every device: the device-offset write-intent regions, locks and checksums of
+``vdev`` cover whole stripes. Reads of a data unit are verified against its checksum; a
+mismatch or an I/O error rebuilds the row from the other units (self-healing read). Writes are
+reconstruct-writes: the other data units of the touched rows are read (verified, rebuilt if
+needed), the parity computed from the new data and every unit of the row written after the
+write-intent bit of its region is on the devices. After a crash, ``resync`` recomputes the
+parity of every stripe of a dirty region from its data (the data is authoritative, its
+checksums are brought up to date): no stripe is left whose parity disagrees with its data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from array import array as Array
+from collections.abc import Callable, Iterator
+
+import zfec
+
+from nasblade.controller import redundancy as rd
+from nasblade.controller.redundancy import BLOCK
+from nasblade.controller.vdev import Member, VDev
+
+log = logging.getLogger(__name__)
+
+UNIT = 64 << 10
+"""The stripe unit: small enough that a 1 MiB client write covers whole stripes (no reads
+for parity) on up to 16 devices and sequential reads spread over the devices; large enough
+that a stripe is a few cheap zfec calls. It divides ``redundancy.REGION`` and the array's
+allocation unit, so a stripe never straddles a bitmap region."""
+
+
+def _runs(blocks: list[int]) -> Iterator[tuple[int, int]]:
+    """Consecutive runs ``[b0, b1)`` of sorted block numbers."""
+    i = 0
+    while i < len(blocks):
+        j = i
+        while j + 1 < len(blocks) and blocks[j + 1] == blocks[j] + 1:
+            j += 1
+        yield blocks[i], blocks[j] + 1
+        i = j + 1
+
+
+class ParityVDev(VDev):
+    """``n`` devices, ``parity`` of each stripe's units holding Reed-Solomon parity."""
+
+    def __init__(self, index: int, members: list[Member], *, unit: int, parity: int, meta: int,
+                 on_failure: Callable[[Member], None]) -> None:
+        super().__init__(index, members, unit=unit, on_failure=on_failure)
+        self.n = len(members)
+        self.p = parity
+        self.k = self.n - parity
+        self.meta = meta
+        ends = [m.geometry.vsize if m.geometry else m.size - m.size % unit for m in members]
+        self.stripes = (min(ends) - meta) // UNIT
+        self.device_end = meta + self.stripes * UNIT
+        usable = self.k * self.stripes * UNIT
+        self.size = meta + usable - usable % unit
+        self._enc = zfec.Encoder(self.k, self.n)
+        self._dec = zfec.Decoder(self.k, self.n)
+
+    # --- the stripe map -------------------------------------------------------------------------
+
+    def member(self, stripe: int, share: int) -> Member:
+        return self.members[(stripe + share) % self.n]
+
+    def pieces(self, offset: int, length: int) -> Iterator[tuple[int, int, int, int]]:
+        """``(stripe, share, device offset, length)`` of a virtual range, in order."""
+        end = offset + length
+        while offset < end:
+            rel = offset - self.meta
+            stripe, rest = divmod(rel, self.k * UNIT)
+            share, within = divmod(rest, UNIT)
+            n = min(UNIT - within, end - offset)
+            yield stripe, share, self.meta + stripe * UNIT + within, n
+            offset += n
+
+    def _dev_range(self, offset: int, length: int) -> tuple[int, int]:
+        """Device offsets of every stripe a virtual range touches."""
+        s0 = (offset - self.meta) // (self.k * UNIT)
+        s1 = (offset + length - 1 - self.meta) // (self.k * UNIT)
+        return self.meta + s0 * UNIT, (s1 - s0 + 1) * UNIT
+
+    @contextlib.contextmanager
+    def locked(self, offset: int, length: int) -> Iterator[None]:
+        """Locks by the device regions of the stripes a virtual range touches."""
+        with super().locked(*self._dev_range(offset, length)):
+            yield
+
+    def fail(self, m: Member, reason: str) -> None:
+        """Stop using ``m`` unless that leaves fewer than ``k`` whole units per stripe."""
+        if m.state == "failed":
+            return
+        gone = sum(1 for o in self.members if o is not m and (o.state != "ok" or o.fd < 0))
+        if gone >= self.p:
+            log.error("device %d (%s): %s, but the parity set cannot lose it: kept", m.index, m.path, reason)
+            return
+        m.state, m.reason = "failed", reason
+        log.error("device %d (%s) failed: %s", m.index, m.path, reason)
+        self.on_failure(m)
+
+    def servable(self) -> bool:
+        return sum(1 for m in self.members if m.state == "ok" and m.fd >= 0) >= self.k
+
+    # --- one row: the units of a stripe over [d0, d0 + length) ------------------------------
+
+    def _row(self, stripe: int, d0: int, length: int, *, resync: bool = False,
+             check_parity: bool = False) -> list[bytearray]:
+        """Every share of the row, verified and rebuilt where a unit is unreadable or fails its
+        checksum; bad units on readable devices are rewritten (counted as repaired). With
+        ``check_parity`` (scrub) parity that disagrees with verified data is counted and
+        rewritten; with ``resync`` (a region written at a crash) data is taken as it is, its
+        checksums and the parity recomputed from it. The caller holds the rows' lock; raises
+        ``EIO`` when a block has more bad units than parity (counted as lost)."""
+        n, k = self.n, self.k
+        first, nb = d0 // BLOCK, length // BLOCK
+        ms = [self.member(stripe, i) for i in range(n)]
+        chunks: list[bytearray | None] = [None] * n
+        present: set[int] = set()  # shares on a device that should hold them (repair targets)
+        for i, m in enumerate(ms):
+            if not m.readable(d0, length):
+                continue
+            present.add(i)
+            raw = bytearray(length)
+            try:
+                m.pread(memoryview(raw), d0)
+            except OSError as exc:
+                self._error(m, "read", exc)
+                continue
+            chunks[i] = raw
+        erased = {i for i in range(n) if chunks[i] is None}
+        bad: dict[int, set[int]] = {}  # block -> shares failing their checksum
+        if not resync:
+            for i, got in enumerate(chunks):
+                if got is None:
+                    continue
+                m = ms[i]
+                assert m.csum is not None
+                sums = Array("Q", rd.checksums(got))
+                if m.csum[first : first + nb] != sums:
+                    for b in range(nb):
+                        if sums[b] != m.csum[first + b]:
+                            bad.setdefault(b, set()).add(i)
+                            m.csum_errors += 1
+        groups: dict[frozenset[int], list[int]] = {}
+        for b in range(nb):
+            shares = erased | bad.get(b, set())
+            if shares:
+                groups.setdefault(frozenset(shares), []).append(b)
+        fixes: dict[int, list[int]] = {}
+        lost = 0
+        for wrong, blocks in groups.items():
+            if len(wrong) > self.p:
+                lost += len(blocks)
+                continue
+            good = tuple(i for i in range(n) if i not in wrong)[:k]
+            for b0, b1 in _runs(blocks):
+                lo, hi = b0 * BLOCK, b1 * BLOCK
+                ins = tuple(bytes(chunks[i][lo:hi]) for i in good)  # type: ignore[index]
+                data = self._dec.decode(ins, good)
+                par = self._enc.encode(tuple(data), tuple(range(k, n))) if max(wrong) >= k else []
+                for i in wrong:
+                    if chunks[i] is None:
+                        chunks[i] = bytearray(length)
+                    chunks[i][lo:hi] = data[i] if i < k else par[i - k]  # type: ignore[index]
+                    fixes.setdefault(i, []).extend(range(b0, b1))
+        if lost and not resync:
+            self.stats.lost_blocks += lost
+            raise OSError(errno.EIO, f"virtual device {self.index}: {lost} block(s) at device "
+                                     f"offset {d0} have more bad units than parity")
+        if (resync or check_parity) and not lost:
+            parity = self._enc.encode(tuple(bytes(c) for c in chunks[:k]), tuple(range(k, n)))  # type: ignore[arg-type]
+            for j, want in enumerate(parity):
+                have = chunks[k + j]
+                assert have is not None
+                if have == want:
+                    continue
+                for b in range(nb):
+                    lo, hi = b * BLOCK, (b + 1) * BLOCK
+                    if have[lo:hi] != want[lo:hi]:
+                        fixes.setdefault(k + j, []).append(b)
+                        if check_parity:
+                            self.stats.parity_mismatches += 1
+                chunks[k + j] = bytearray(want)
+        repaired = 0
+        for i, blocks in fixes.items():
+            m = ms[i]
+            if i not in present or not m.writable:
+                continue
+            fixed = chunks[i]
+            assert fixed is not None
+            try:
+                for b0, b1 in _runs(sorted(set(blocks))):
+                    part = memoryview(fixed)[b0 * BLOCK : b1 * BLOCK]
+                    m.pwrite(part, d0 + b0 * BLOCK)
+                    m.set_sums(first + b0, rd.checksums(part))
+                    if not resync:
+                        m.repaired += b1 - b0
+                        repaired += b1 - b0
+            except OSError as exc:
+                self._error(m, "write", exc)
+        if resync:
+            for i in present:
+                if chunks[i] is not None and ms[i].writable:
+                    ms[i].set_sums(first, rd.checksums(chunks[i]))  # type: ignore[arg-type]
+        elif repaired:
+            self.stats.repaired_blocks += repaired
+            log.warning("virtual device %d: repaired %d block(s) of stripe %d", self.index, repaired, stripe)
+        return chunks  # type: ignore[return-value]
+
+    # --- I/O ------------------------------------------------------------------------------------
+
+    def read(self, offset: int, view: memoryview) -> None:
+        length = len(view)
+        start, n = rd.align(offset, length)
+        buf = view if (start, n) == (offset, length) else memoryview(bytearray(n))
+        pos = 0
+        for stripe, share, d0, k in self.pieces(start, n):
+            piece = buf[pos : pos + k]
+            if not self._read_unit(self.member(stripe, share), d0, piece):
+                with super().locked(d0, k):
+                    piece[:] = self._row(stripe, d0, k)[share]
+            pos += k
+        if buf is not view:
+            view[:] = buf[offset - start : offset - start + length]
+
+    @staticmethod
+    def _read_unit(m: Member, d0: int, piece: memoryview) -> bool:
+        if not m.readable(d0, len(piece)):
+            return False
+        assert m.csum is not None
+        try:
+            m.pread(piece, d0)
+        except OSError:
+            return False
+        first = d0 // BLOCK
+        sums = Array("Q", rd.checksums(piece))
+        return m.csum[first : first + len(sums)] == sums
+
+    def write(self, offset: int, data: memoryview) -> None:
+        length = len(data)
+        start, n = rd.align(offset, length)
+        with self.locked(start, n):
+            if (start, n) != (offset, length):
+                buf = memoryview(bytearray(n))
+                self.read(start, buf[:BLOCK])
+                if n > BLOCK:
+                    self.read(start + n - BLOCK, buf[n - BLOCK :])
+                buf[offset - start : offset - start + length] = data
+                data = buf
+            regions = self._mark(*self._dev_range(start, n))
+            try:
+                self._write_stripes(start, data)
+            finally:
+                self._unmark(regions)
+
+    def _write_stripes(self, start: int, data: memoryview) -> None:
+        pos = 0
+        by_stripe: dict[int, list[tuple[int, int, memoryview]]] = {}
+        for stripe, share, d0, k in self.pieces(start, len(data)):
+            by_stripe.setdefault(stripe, []).append((share, d0, data[pos : pos + k]))
+            pos += k
+        for stripe, parts in by_stripe.items():
+            lo = min(d0 for _, d0, _ in parts)
+            hi = max(d0 + len(v) for _, d0, v in parts)
+            whole = len(parts) == self.k and all(d0 == lo and len(v) == hi - lo for _, d0, v in parts)
+            if whole:
+                chunks: list[bytearray | memoryview] = [v for _, _, v in sorted(parts, key=lambda t: t[0])]
+            else:
+                rows = self._row(stripe, lo, hi - lo)
+                for share, d0, v in parts:
+                    rows[share][d0 - lo : d0 - lo + len(v)] = v
+                chunks = list(rows[: self.k])
+            parity = self._enc.encode(tuple(bytes(c) for c in chunks), tuple(range(self.k, self.n)))
+            units: list[tuple[int, memoryview]] = [(s, memoryview(chunks[s])) for s, _, _ in parts]
+            units += [(self.k + j, memoryview(p)) for j, p in enumerate(parity)]
+            self._put(stripe, lo, units)
+
+    def _put(self, stripe: int, d0: int, units: list[tuple[int, memoryview]]) -> None:
+        """Write units of one row to their devices; ``EIO`` when more shares of the row than
+        the parity covers are now unwritten."""
+        first = d0 // BLOCK
+        for share, unit in units:
+            m = self.member(stripe, share)
+            if not m.writable:
+                continue
+            try:
+                m.pwrite(unit, d0)
+            except OSError as exc:
+                self._error(m, "write", exc)
+                continue
+            m.set_sums(first, rd.checksums(unit))
+        if sum(1 for m in self.members if not m.writable) > self.p:
+            raise OSError(errno.EIO, f"virtual device {self.index}: the write reached too few devices")
+
+    def zero(self, offset: int, length: int, *, provision: bool) -> None:
+        """Zeroes: whole stripes punched (zero data has zero parity), edges written."""
+        rel0 = offset - self.meta
+        width = self.k * UNIT
+        s0 = -(-rel0 // width)
+        s1 = (rel0 + length) // width
+        if s1 <= s0:
+            self._write_zeroes(offset, length)
+            return
+        a0, a1 = self.meta + s0 * width, self.meta + s1 * width
+        if offset < a0:
+            self._write_zeroes(offset, a0 - offset)
+        if offset + length > a1:
+            self._write_zeroes(a1, offset + length - a1)
+        d0, dn = self.meta + s0 * UNIT, (s1 - s0) * UNIT
+        with super().locked(d0, dn):
+            regions = self._mark(d0, dn)
+            try:
+                for m in self.writers:
+                    try:
+                        self._zero_member(m, d0, dn, provision)
+                    except OSError as exc:
+                        self._error(m, "write", exc)
+                        continue
+                    m.zero_sums(d0 // BLOCK, dn // BLOCK)
+                if sum(1 for m in self.members if not m.writable) > self.p:
+                    raise OSError(errno.EIO, f"virtual device {self.index}: the zero reached too few devices")
+            finally:
+                self._unmark(regions)
+
+    def _write_zeroes(self, offset: int, length: int) -> None:
+        step = 1 << 20
+        for pos in range(offset, offset + length, step):
+            self.write(pos, memoryview(bytes(min(step, offset + length - pos))))
+
+    def punch_new(self, offset: int, length: int) -> None:
+        self.zero(offset, length, provision=False)
+
+    def holes(self, start: int, end: int) -> list[tuple[int, int]]:
+        """Not tracked through the stripe map: every byte counts as data."""
+        return []
+
+    # --- reconciliation: crash resync, scrub, rebuild -----------------------------------------
+
+    def _rows_in(self, d0: int, d1: int) -> Iterator[tuple[int, int]]:
+        """``(stripe, device offset)`` of the whole stripes in device range ``[d0, d1)``."""
+        lo = max(d0, self.meta)
+        for s in range((lo - self.meta) // UNIT, (min(d1, self.device_end) - self.meta) // UNIT):
+            yield s, self.meta + s * UNIT
+
+    def resync(self) -> int:
+        """After a restart: recompute the parity of every stripe of a dirty region."""
+        regions = self.dirty_regions()
+        for r in regions:
+            with super().locked(r * rd.REGION, rd.REGION):
+                for s, d0 in self._rows_in(r * rd.REGION, (r + 1) * rd.REGION):
+                    self._row(s, d0, UNIT, resync=True)
+        if regions:
+            self.stats.resynced_regions += len(regions)
+            log.warning("virtual device %d: recomputed the parity of %d region(s) written when "
+                        "the controller stopped", self.index, len(regions))
+            self.sync()
+            for m in self.writers:
+                for r in regions:
+                    m.bitmap[r] = 0
+                m.write_bitmap(regions)
+                os.fdatasync(m.fd)
+        return len(regions)
+
+    def scrub_step(self, start: int, n: int) -> tuple[int, int]:
+        """Verify checksums and parity of the stripes that begin in virtual ``[start,
+        start + n)``, repairing both; returns (repaired, lost)."""
+        width = self.k * UNIT
+        s0 = -(-(start - self.meta) // width)
+        s1 = min(-(-(start + n - self.meta) // width), self.stripes)
+        repaired = lost = 0
+        for s in range(s0, s1):
+            d0 = self.meta + s * UNIT
+            with super().locked(d0, UNIT):
+                ms = [m for m in self.members if m.readable(d0, UNIT)]
+                if not ms or self._all_holes(d0, UNIT, ms):
+                    continue
+                before = (self.stats.repaired_blocks, self.stats.parity_mismatches, self.stats.lost_blocks)
+                try:
+                    self._row(s, d0, UNIT, check_parity=True)
+                except OSError:
+                    lost += self.stats.lost_blocks - before[2]
+                    continue
+                repaired += (self.stats.repaired_blocks - before[0]) + (self.stats.parity_mismatches - before[1])
+        return repaired, lost
+
+    def rebuild_step(self, m: Member, n: int) -> int:
+        """Rebuild the next ``n`` device bytes of ``m`` from the other units of each stripe."""
+        start = m.rebuilt
+        end = min(start + n, self.device_end)
+        if end <= start:
+            return 0
+        with super().locked(start, end - start):
+            share_of = self.members.index(m)
+            for s, d0 in self._rows_in(start, end):
+                share = (share_of - s) % self.n
+                src = [o for o in self.members if o is not m and o.readable(d0, UNIT)]
+                if len(src) < self.k:
+                    raise OSError(errno.EIO, f"virtual device {self.index}: too few devices to rebuild from")
+                if self._all_holes(d0, UNIT, src):
+                    self._zero_member(m, d0, UNIT, False)
+                    m.zero_sums(d0 // BLOCK, UNIT // BLOCK)
+                else:
+                    unit = self._row(s, d0, UNIT)[share]
+                    m.pwrite(memoryview(unit), d0)
+                    m.set_sums(d0 // BLOCK, rd.checksums(unit))
+            m.rebuilt = end
+        return end - start
