@@ -1,7 +1,7 @@
 """Component tests: NBD over TLS with mutual X.509 authentication and per-group LU access.
 
 A controller started with ``--tls-dir`` and ``--nbd-access`` (certificates from
-``nasblade.nbd.pki``, the operator's and ``nasblade up``'s generator) is driven by libnbd's
+``nasblade.pki``, the operator's and ``nasblade up``'s generator) is driven by libnbd's
 ``nbdinfo``/``nbdcopy`` and qemu's ``qemu-img`` with TLS credentials, and by our own clients
 (``NBDBlockDevice``, the block processor's ``UpstreamPool``). A client without a certificate,
 with a certificate of another CA, or in plaintext is refused; a group's certificate opens only
@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 from ctlharness import Controller
+from nasblade import pki, tls
 from nasblade.blockproc.upstream import UpstreamPool
-from nasblade.nbd import access, pki, proto, tls
+from nasblade.nbd import access, proto
 from nasblade.nbd.client import NBDBlockDevice, NBDError
 
 pytestmark = pytest.mark.component

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from nasblade.nbd import access, pki, tls
+from nasblade import pki, tls
+from nasblade.nbd import access
 
 POLICY = access.AccessPolicy.of_groups({"g1": ["fs-a"], "g2": ["fs-b"]})
 

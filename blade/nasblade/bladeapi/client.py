@@ -11,6 +11,7 @@ processor's control socket (``nasblade.fileproc.agent``). All return decoded JSO
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 from urllib.parse import quote
 
@@ -33,8 +34,9 @@ class _BladeJSONClient(JSONClient):
 class BladeClient(_BladeJSONClient):
     """Client of the blade management API, e.g. ``BladeClient("http://127.0.0.1:9100", token)``."""
 
-    def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
-        super().__init__(url=url, token=token, timeout=timeout)
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(url=url, token=token, timeout=timeout, ssl_context=ssl_context)
 
     def status(self) -> dict[str, Any]:
         return self._dict("GET", "/v1/status")

@@ -16,8 +16,11 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 from typing import Any
 from urllib.parse import urlencode, urlparse
+
+from nasblade import tls
 
 
 class HTTPAPIError(RuntimeError):
@@ -47,18 +50,21 @@ class JSONClient:
     """Base of the API clients: ``JSONClient(url="http://h:p", token=...)`` or ``JSONClient(unix=PATH)``."""
 
     def __init__(self, *, url: str | None = None, unix: str | None = None, token: str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
         if (url is None) == (unix is None):
             raise ValueError("give the API's url or its unix socket path")
         self.unix = unix
         self.host, self.port = "localhost", 0
+        self.https = False
         if url is not None:
             parsed = urlparse(url if "://" in url else f"http://{url}")
-            if parsed.scheme != "http" or not parsed.hostname:
-                raise ValueError(f"expected http://HOST:PORT, got {url!r}")
-            self.host, self.port = parsed.hostname, parsed.port or 80
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError(f"expected http://HOST:PORT or https://HOST:PORT, got {url!r}")
+            self.https = parsed.scheme == "https"
+            self.host, self.port = parsed.hostname, parsed.port or (443 if self.https else 80)
         self.token = token
         self.timeout = timeout
+        self.ssl_context = ssl_context
 
     def error(self, status: int, body: dict[str, Any]) -> Exception:
         """The exception a non-2xx reply raises (subclasses return their own kind)."""
@@ -67,6 +73,11 @@ class JSONClient:
     def _connection(self) -> http.client.HTTPConnection:
         if self.unix is not None:
             return UnixHTTPConnection(self.unix, timeout=self.timeout)
+        if self.https:
+            # the credentials as they are now (renewed files are read at the next call);
+            # without any, the system's CAs -- which never sign an array's certificates
+            context = self.ssl_context or tls.default_client_context() or ssl.create_default_context()
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=context)
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     def request(self, method: str, path: str, body: Any = None, *, query: dict[str, str] | None = None) -> Any:

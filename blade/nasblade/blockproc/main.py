@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from nasblade import eventloop, lunames, ready, units
+from nasblade import eventloop, lunames, ready, tls, units
 from nasblade.bladeapi import lifeline
 from nasblade.blockproc import api as http_api
 from nasblade.blockproc.core import DEFAULT_CONTROLLER_WAIT, BlockProcessor, Settings
@@ -96,6 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--local-unix", required=True, help="Unix socket for the file processor's local API")
     a("--api-listen", type=_hostport, help="blade management API HOST:PORT")
     a("--api-token-file", help="blade management API token file (default $NASBLADE_BLADE_TOKEN)")
+    a("--api-tls-dir", metavar="DIR", help="serve the blade API over HTTPS with DIR's server-cert.pem and"
+      " server-key.pem (the blade's own certificate; renewed files are read at the next handshake)")
 
 
 def _read_token(path: str | None, env: str) -> str | None:
@@ -147,6 +149,7 @@ async def _serve(args: argparse.Namespace, extend: Extend | None) -> int:
         token = _read_token(args.token_file, "NASBLADE_TOKEN")
         if not token:
             raise ValueError("the controller API needs --token-file or $NASBLADE_TOKEN")
+        # an https:// URL is checked against NASBLADE_NBD_TLS_DIR's CA (``JSONClient``)
         control = AsyncControlClient(ControlClient(args.controller_api, token))
     bp = BlockProcessor(_settings(args), control=control)
     extension: Extension | None = None
@@ -177,10 +180,11 @@ async def _serve(args: argparse.Namespace, extend: Extend | None) -> int:
             api = web.AppRunner(app, access_log=None)
             await api.setup()
             runners.append(api)
-            site = web.TCPSite(api, args.api_listen[0], args.api_listen[1])
+            api_tls = tls.server_context(args.api_tls_dir, client_auth=False) if args.api_tls_dir else None
+            site = web.TCPSite(api, args.api_listen[0], args.api_listen[1], ssl_context=api_tls)
             await site.start()
             port = int(api.addresses[-1][1])
-            endpoints["api"] = f"http://{args.api_listen[0]}:{port}"
+            endpoints["api"] = f"{'https' if api_tls else 'http'}://{args.api_listen[0]}:{port}"
             if extension is not None:
                 await extension.start(api_url=endpoints["api"])
         software = bp.software.version if bp.software else None

@@ -25,7 +25,7 @@ Failure rules (NBD semantics; nothing is silently dropped):
 - Sequential READs are prefetched (``_read``); see its docstring for the coherence rule.
 
 TLS: with ``tls`` (an ``ssl.SSLContext`` holding the blade's client certificate; by default the
-one named by ``NASBLADE_NBD_TLS_DIR``, see ``nasblade.nbd.tls``) every TCP connection sends
+one named by ``NASBLADE_NBD_TLS_DIR``, see ``nasblade.tls``) every TCP connection sends
 ``NBD_OPT_STARTTLS`` right after the greeting, runs the TLS handshake (the controller's
 certificate is checked against the array's CA and the host name) and negotiates the export
 over TLS. A refusal (``NBD_REP_ERR_POLICY``: the LU is not this group's) fails the connect.
@@ -45,7 +45,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from nasblade.nbd import proto, tls
+from nasblade import tls
+from nasblade.nbd import proto
 
 log = logging.getLogger(__name__)
 
@@ -432,8 +433,10 @@ class UpstreamPool:
     unix: str | None = None
     connections: int = 2
     retry_for: float = 60.0
-    tls: ssl.SSLContext | None = field(default_factory=tls.default_client_context)
-    """The blade's client credentials for TCP connections (``None``: plaintext)."""
+    tls: ssl.SSLContext | Callable[[], ssl.SSLContext | None] | None = tls.default_client_context
+    """The blade's client credentials for TCP connections (``None``: plaintext), or what gives
+    them at each connection (the default: ``NASBLADE_NBD_TLS_DIR``'s files as they are then,
+    so a renewed certificate is used from the next reconnection on)."""
     journal_limit: int = 64 << 20
     on_cached: Callable[[int, int], None] | None = None
     """Called with (offset, length) for each write the controller acknowledged into its cache."""
@@ -472,7 +475,7 @@ class UpstreamPool:
             for _ in range(self.connections):
                 conns.append(
                     await Connection.open(host=self.host, port=self.port, unix=self.unix, export=self.export,
-                                          tls_context=self.tls)
+                                          tls_context=self.tls() if callable(self.tls) else self.tls)
                 )
         except BaseException:
             for c in conns:

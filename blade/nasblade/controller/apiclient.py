@@ -10,6 +10,7 @@ endpoint, returning the decoded JSON (``None`` for ``204``). Any non-2xx reply r
 from __future__ import annotations
 
 import base64
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -27,8 +28,9 @@ class ControlAPIError(Exception):
 
 
 class ControlClient(JSONClient):
-    def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
-        super().__init__(url=url, token=token, timeout=timeout)
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(url=url, token=token, timeout=timeout, ssl_context=ssl_context)
 
     def error(self, status: int, body: dict[str, Any]) -> Exception:
         return ControlAPIError(status, body)

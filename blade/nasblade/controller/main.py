@@ -12,7 +12,10 @@ makes the NBD TCP listener require TLS with a CA-signed client certificate, and
 ``--nbd-access FILE`` names the file that says which LUs each client identity may open
 (``nasblade.nbd.access``). Without ``--tls-dir`` NBD is plaintext and open to every client:
 the switch for benchmarks and tests, never for a deployment (the operator and ``nasblade up``
-always pass it unless told otherwise).
+always pass it unless told otherwise). ``--api-tls`` serves the control API over HTTPS with the
+same server certificate (bearer tokens then never cross the network in clear; no client
+certificate is asked for there): the operator passes it, ``nasblade up`` keeps its API on
+loopback and plain HTTP. Renewed certificate files are picked up at the next handshake.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from nasblade import eventloop, ready, units
+from nasblade import eventloop, ready, tls, units
 from nasblade.controller import api, copyengine, layout, maintenance, nbdserver, redundancy
 from nasblade.controller.array import Array
 from nasblade.controller.engine import Engine
-from nasblade.nbd import access, tls
+from nasblade.nbd import access
 
 log = logging.getLogger("nasblade.controller")
 
@@ -77,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-dir", metavar="DIR",
                         help="NBD over TLS: DIR holds ca-cert.pem, server-cert.pem, server-key.pem; "
                              "clients need a certificate from that CA")
+    parser.add_argument("--api-tls", action="store_true", default=None,
+                        help="serve the control API over HTTPS with --tls-dir's server certificate")
     parser.add_argument("--nbd-access", metavar="FILE",
                         help="JSON file: which LUs each client certificate identity may open")
     parser.add_argument("--cache-size", help="cache memory size (default 256M)")
@@ -100,7 +105,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         conf = {str(k).replace("_", "-"): v for k, v in loaded.items()}
     for key in ("nbd-listen", "nbd-unix", "api-listen", "token-file", "admin-token-file", "cache-size",
                 "tls-dir", "nbd-access", "protection", "rebuild-rate", "scrub-rate", "busy-rate",
-                "scrub-interval"):
+                "scrub-interval", "api-tls"):
         value = getattr(args, key.replace("-", "_"))
         if value is not None:
             conf[key] = value
@@ -150,6 +155,8 @@ async def _serve(engine: Engine, conf: dict[str, Any], *, token: str | None, adm
     nbd_host, nbd_port = parse_hostport(str(conf.get("nbd-listen", "127.0.0.1:10809")))
     api_host, api_port = parse_hostport(str(conf.get("api-listen", "127.0.0.1:8080")))
     nbd_tls = None
+    if conf.get("api-tls") and not conf.get("tls-dir"):
+        raise SystemExit("nasblade controller: --api-tls needs --tls-dir (the server certificate)")
     if conf.get("tls-dir"):
         nbd_tls = nbdserver.ServerTLS(tls.server_context(str(conf["tls-dir"])),
                                       access.AccessFile(conf.get("nbd-access")))
@@ -163,17 +170,18 @@ async def _serve(engine: Engine, conf: dict[str, Any], *, token: str | None, adm
     app = api.build_app(engine, copies, token=token, admin_token=admin, maintenance=upkeep)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, api_host, api_port)
+    api_tls = tls.server_context(str(conf["tls-dir"]), client_auth=False) if conf.get("api-tls") else None
+    site = web.TCPSite(runner, api_host, api_port, ssl_context=api_tls)
     await site.start()
     nbd_addr = nbd.sockets[0].getsockname()
     api_addr = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
     destager = loop.create_task(engine.destager())
     upkeep_task = loop.create_task(upkeep.run())
     endpoints: dict[str, Any] = {"nbd": f"{nbd_addr[0]}:{nbd_addr[1]}",
-                                 "api": f"http://{api_addr[0]}:{api_addr[1]}"}
+                                 "api": f"{'https' if api_tls else 'http'}://{api_addr[0]}:{api_addr[1]}"}
     if unix is not None:
         endpoints["nbdUnix"] = conf["nbd-unix"]
-    ready.announce("controller", endpoints, nbdTLS=nbd_tls is not None)
+    ready.announce("controller", endpoints, nbdTLS=nbd_tls is not None, apiTLS=api_tls is not None)
     await stop.wait()
     log.info("stopping: destaging the cache")
     nbd.close()

@@ -19,7 +19,7 @@ following ``Engine.allocation``, so holes are neither read nor sent), ``BLOCK_ST
 
 TLS (``ServerTLS``, on the TCP listener): the core runs in FORCEDTLS mode; on its
 ``StartTLS`` event the ACK is sent and ``loop.start_tls`` runs the server handshake, which
-requires a client certificate signed by the array's CA (``nasblade.nbd.tls``). The
+requires a client certificate signed by the array's CA (``nasblade.tls``). The
 certificate's identity and the access file decide which LUs the client may open or list
 (``nasblade.nbd.access``). Without ``ServerTLS`` (and on the Unix socket, which only local
 processes reach) every client opens every LU.
@@ -37,9 +37,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
+from nasblade import tls
 from nasblade.controller import layout
 from nasblade.controller.engine import LARGE, Engine
-from nasblade.nbd import access, proto, tls
+from nasblade.nbd import access, proto
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Which LUs an NBD client may open: the rule and its file.
 
 The controller applies it per connection when TLS is on (``nasblade.controller.nbdserver``),
-to the identity in the client certificate (``nasblade.nbd.tls.Identity``):
+to the identity in the client certificate (``nasblade.tls.Identity``):
 
 - ``admin`` (the operator, the terminal) opens every LU;
 - ``group:G`` (the blades of cluster group G) opens the LUs the access file lists for G
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from nasblade import lunames
-from nasblade.nbd.tls import Identity
+from nasblade.tls import Identity
 
 #: LUs every blade reaches: software, processor information, backups
 DEFAULT_SHARED = frozenset(lunames.SHARED)

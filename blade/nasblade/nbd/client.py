@@ -11,7 +11,7 @@ A reservation identity (``holder``, ``epoch``) travels in the export name
 (``LU;holder=NAME;epoch=N``, see docs/control-api.md); writes of a fenced holder fail with
 ``OSError(EPERM)``.
 
-TLS (``nasblade.nbd.tls``): ``nbds://HOST:PORT/LU?tls-certificates=DIR`` (the NBD URI form
+TLS (``nasblade.tls``): ``nbds://HOST:PORT/LU?tls-certificates=DIR`` (the NBD URI form
 libnbd and nbdinfo take) always uses TLS with the client certificate in DIR (default: the
 directory named by ``NASBLADE_NBD_TLS_DIR``); ``nbd://HOST:PORT/LU`` uses it when ``tls_dir``
 is given or ``NASBLADE_NBD_TLS_DIR`` is set. The client sends ``NBD_OPT_STARTTLS`` right after
@@ -31,8 +31,9 @@ import struct
 import threading
 from urllib.parse import parse_qs, unquote, urlparse
 
+from nasblade import tls
 from nasblade.blockdev import Buffer
-from nasblade.nbd import proto, tls
+from nasblade.nbd import proto
 
 
 class NBDError(OSError):

@@ -41,9 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasblade import lunames, ready
+from nasblade import lunames, ready, tls
 from nasblade.cluster import config as cluster_config
-from nasblade.nbd import tls
 from nasblade.standalone import credentials, lifetime
 from nasblade.standalone.config import Config, FileSystem
 

@@ -1,4 +1,4 @@
-"""The standalone array's NBD TLS credentials, under ``DATA/tls`` (``nasblade.nbd.pki``).
+"""The standalone array's NBD TLS credentials, under ``DATA/tls`` (``nasblade.pki``).
 
 Made on first start and kept across restarts (a restart never changes who trusts whom):
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nasblade import lunames
-from nasblade.nbd import access, pki, tls
+from nasblade import lunames, pki, tls
+from nasblade.nbd import access
 from nasblade.standalone.config import Config
 
 

@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from nasblade import lunames
-from nasblade.nbd import tls
+from nasblade import lunames, tls
 from nasblade.terminal import health
 from nasblade.terminal.errors import NotAvailable, TerminalError, Timeout, Unreachable, UsageError
 from nasblade.terminal.model import (
