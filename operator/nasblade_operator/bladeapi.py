@@ -13,6 +13,9 @@ Callers (``clustergroup/daemon.py`` probes ``status``; ``clustergroup/actor.py``
 session holder (``sessions``); failures raise ``BladeUnavailable`` so the caller retries on
 its next pass. Keep the exact paths here so adapting to the blade's
 API is a change to this file only.
+
+The API is HTTPS (``endpoints``: ``https://<podIP>:8090``); the blade's certificate
+(``nbdtls``) is checked against its array's CA and its pod name, ``blade`` in every call here.
 """
 
 from __future__ import annotations
@@ -40,11 +43,16 @@ TIMEOUT = aiohttp.ClientTimeout(total=30)
 STATUS_TIMEOUT = aiohttp.ClientTimeout(total=2)
 
 
-async def _post(http: sessions.Sessions, base: str, path: str, *, token: str, body: Any = None) -> Any:
+def _tls(base: str, blade: str) -> dict[str, Any]:
+    """The request's TLS arguments: the certificate must name the pod (dialled by its IP)."""
+    return {"server_hostname": blade} if base.startswith("https://") else {}
+
+
+async def _post(http: sessions.Sessions, base: str, path: str, *, blade: str, token: str, body: Any = None) -> Any:
     url = base.rstrip("/") + "/v1" + path
     try:
         async with http.session().post(url, json=body or {}, headers={"Authorization": f"Bearer {token}"},
-                                       timeout=TIMEOUT) as r:
+                                       timeout=TIMEOUT, **_tls(base, blade)) as r:
             data: Any = await r.json(content_type=None) if r.content_length != 0 else None
             if r.status >= 400:
                 message = data.get("error", "") if isinstance(data, dict) else ""
@@ -62,11 +70,12 @@ class BladeStatus:
     file_systems: frozenset[str] | None = None  # what its file processor serves (None: not reported)
 
 
-async def status(http: sessions.Sessions, base: str, *, token: str) -> BladeStatus:
+async def status(http: sessions.Sessions, base: str, *, blade: str, token: str) -> BladeStatus:
     """The blade's own view: heartbeat age, active processor-info area, whether it failed, what it serves."""
     url = base.rstrip("/") + "/v1/status"
     try:
-        async with http.session().get(url, headers={"Authorization": f"Bearer {token}"}, timeout=STATUS_TIMEOUT) as r:
+        async with http.session().get(url, headers={"Authorization": f"Bearer {token}"}, timeout=STATUS_TIMEOUT,
+                                      **_tls(base, blade)) as r:
             if r.status >= 400:
                 raise BladeUnavailable(f"GET {url}: HTTP {r.status}")
             data: Any = await r.json(content_type=None)
@@ -81,19 +90,21 @@ async def status(http: sessions.Sessions, base: str, *, token: str) -> BladeStat
     )
 
 
-async def takeover(http: sessions.Sessions, base: str, fs: str, *, token: str) -> None:
+async def takeover(http: sessions.Sessions, base: str, fs: str, *, blade: str, token: str) -> None:
     """Ask the blade at ``base`` to take file system ``fs`` over (reserve, recover, export)."""
-    await _post(http, base, f"/filesystems/{fs}/takeover", token=token)
+    await _post(http, base, f"/filesystems/{fs}/takeover", blade=blade, token=token)
 
 
-async def release(http: sessions.Sessions, base: str, fs: str, *, token: str) -> None:
+async def release(http: sessions.Sessions, base: str, fs: str, *, blade: str, token: str) -> None:
     """Ask the blade at ``base`` to stop serving ``fs`` (flush, unexport, drop reservation)."""
-    await _post(http, base, f"/filesystems/{fs}/release", token=token)
+    await _post(http, base, f"/filesystems/{fs}/release", blade=blade, token=token)
 
 
-async def backup(http: sessions.Sessions, base: str, *, token: str, portions: list[int], trigger: str) -> BackupResult:
+async def backup(http: sessions.Sessions, base: str, *, blade: str, token: str, portions: list[int],
+                 trigger: str) -> BackupResult:
     """Ask the blade to copy ``portions`` into their backup areas (claims 8, 9, 17-19)."""
-    data = await _post(http, base, "/backups", token=token, body={"portions": portions, "trigger": trigger})
+    data = await _post(http, base, "/backups", blade=blade, token=token,
+                       body={"portions": portions, "trigger": trigger})
     ok = isinstance(data, dict) and data.get("result") == "Succeeded"
     message = str(data.get("message", "")) if isinstance(data, dict) else ""
     return BackupResult(succeeded=ok, message=message)

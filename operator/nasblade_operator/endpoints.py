@@ -1,7 +1,8 @@
 """Where the operator reaches an array's controller and a group's blades.
 
-Default: cluster DNS of the controller Service (``http://<array>-controller.<ns>.svc:8080``)
-and the blade pod's IP (``http://<podIP>:8090``). ``NASBLADE_ENDPOINT_OVERRIDES`` (see
+Default: cluster DNS of the controller Service (``https://<array>-controller.<ns>.svc:8080``)
+and the blade pod's IP (``https://<podIP>:8090``, its certificate checked by the pod's name:
+``bladeapi``; both APIs are HTTPS with the array's certificates, ``nbdtls``). ``NASBLADE_ENDPOINT_OVERRIDES`` (see
 ``settings``) replaces them per object (``{name}`` in a blade URL becomes the pod name), which is how tier-1 tests point the operator at real
 processes started on localhost while no kubelet runs the pods. Used by
 the DiskArray handlers and the ClusterGroup daemon, actor and backups to build the URLs they
@@ -25,7 +26,7 @@ def _override(namespace: str, name: str, key: str) -> str | None:
 def controller_api(namespace: str, array: str) -> str:
     """Base URL (without ``/v1``) of an array's control API."""
     return _override(namespace, array, "api") or (
-        f"http://{naming.controller_name(array)}.{namespace}.{settings.current().cluster_domain}:{naming.CONTROL_PORT}"
+        f"https://{naming.controller_name(array)}.{namespace}.{settings.current().cluster_domain}:{naming.CONTROL_PORT}"
     )
 
 
@@ -48,4 +49,4 @@ def blade_api(namespace: str, pod: str, pod_ip: str | None) -> str | None:
     override = _override(namespace, pod, "blade")
     if override:
         return override.replace("{name}", pod)
-    return f"http://{pod_ip}:{naming.BLADE_API_PORT}" if pod_ip else None
+    return f"https://{pod_ip}:{naming.BLADE_API_PORT}" if pod_ip else None

@@ -76,9 +76,20 @@ def nbd_admin_secret_name(array: str) -> str:
     return f"{array}-nbd-admin"
 
 
-def nbd_group_secret_name(array: str, group: str) -> str:
-    """Secret with a cluster group's NBD client certificate (mounted into its blades)."""
-    return f"{array}-nbd-group-{group}"
+def nbd_blade_secret_name(array: str, blade: str) -> str:
+    """Secret with one blade's certificate (NBD client as its group, server of its HTTPS API)."""
+    return f"{array}-nbd-{blade}"
+
+
+def tls_trust_secret_name(array: str) -> str:
+    """Secret with only an array's CA bundle (``ca-cert.pem``): what a scraper trusts."""
+    return f"{array}-tls-trust"
+
+
+def blades_server_name(array: str) -> str:
+    """The DNS name every blade certificate of an array carries besides its pod name (the
+    PodMonitor checks blades by it; it resolves nowhere)."""
+    return f"{array}-blades"
 
 
 def nbd_access_secret_name(array: str) -> str:

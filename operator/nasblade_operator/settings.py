@@ -23,6 +23,12 @@ Variables:
                                  that of every pod it makes
   NASBLADE_OPERATOR_NAMESPACE    the operator's namespace and the labels of its pods (JSON
   NASBLADE_OPERATOR_LABELS       object): the peer the NetworkPolicies let in
+  NASBLADE_CERT_LIFETIME         lifetime of every leaf certificate the operator issues (controller,
+                                 admin, blades), a Go duration (default 2160h: 90 days); renewed with a third left
+  NASBLADE_CA_LIFETIME           lifetime of an array's CA (default 87600h: 10 years); replaced with a third
+                                 left, the old one trusted beside it until it expires
+  NASBLADE_CERT_PROPAGATION      how long a new CA is only trusted before leaves are issued from it
+                                 (the kubelet's time to bring every pod the new bundle; default 10m)
   NASBLADE_METRICS_SCRAPER       JSON {"namespaceSelector": <label selector>, "podSelector": <label
                                  selector>}: the pods (Prometheus) the NetworkPolicies let in to
                                  GET /v1/metrics on the controller's control API and the blades'
@@ -39,6 +45,8 @@ import os
 from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
+
+from nasblade import units
 
 from nasblade_operator import podspec
 
@@ -66,6 +74,10 @@ class OperatorConfig:
     log_format: str = "text"
     #: the NetworkPolicy peer of NASBLADE_METRICS_SCRAPER, None: no scrape access
     metrics_scraper: Mapping[str, Any] | None = None
+    #: seconds: leaf certificates, the arrays' CAs, a new CA's trust-only time
+    cert_lifetime: float = 90 * 86400.0
+    ca_lifetime: float = 3650 * 86400.0
+    cert_propagation: float = 600.0
 
     @property
     def pod_defaults(self) -> podspec.PodDefaults:
@@ -101,7 +113,21 @@ class OperatorConfig:
             operator_labels={str(k): str(v) for k, v in op_labels.items()},
             log_format="json" if e.get("NASBLADE_LOG_FORMAT", "").strip().lower() == "json" else "text",
             metrics_scraper=scraper_peer(e.get("NASBLADE_METRICS_SCRAPER", "")),
+            cert_lifetime=_duration(e, "NASBLADE_CERT_LIFETIME", "2160h"),
+            ca_lifetime=_duration(e, "NASBLADE_CA_LIFETIME", "87600h"),
+            cert_propagation=_duration(e, "NASBLADE_CERT_PROPAGATION", "10m"),
         )
+
+
+def _duration(e: Mapping[str, str], name: str, default: str) -> float:
+    raw = e.get(name, "").strip() or default
+    try:
+        value = units.parse_duration(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from exc
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {raw!r}")
+    return value
 
 
 _SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")

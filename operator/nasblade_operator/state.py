@@ -22,11 +22,16 @@ import collections
 import contextlib
 import dataclasses
 import shutil
+import time
 from collections.abc import AsyncIterator, Hashable
 from pathlib import Path
 from typing import Any
 
-from nasblade_operator import arrayapi, kube, naming, sessions, wakeups
+from nasblade_operator import arrayapi, kube, naming, nbdtls, sessions, wakeups
+
+#: seconds between re-reads of an array's CA bundle for the HTTPS trust (a rotated CA is
+#: trusted by then at the latest; this process's own rotations force it at once)
+TRUST_REFRESH = 300.0
 
 
 class KeyedLocks:
@@ -79,9 +84,29 @@ class OperatorState:
     #: (namespace, ClusterGroup) -> the portion its status showed at the last event.
     portions_seen: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
+    #: (namespace, DiskArray) -> monotonic time of its next certificate check
+    cert_checks: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+    #: (namespace, DiskArray) -> when its CA bundle was last loaded into ``http``'s trust
+    trusted: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+
+    async def trust(self, namespace: str, array: str, *, force: bool = False) -> None:
+        """Trust ``array``'s CAs for HTTPS (its CA Secret read the first time, again every
+        ``TRUST_REFRESH`` seconds or when ``force``d: a CA rotation adds a CA); nothing while
+        the Secret does not exist yet (calls then fail verification and are retried)."""
+        key = (namespace, array)
+        last = self.trusted.get(key)
+        if not force and last is not None and time.monotonic() - last < TRUST_REFRESH:
+            return
+        bundle = await nbdtls.trust_bundle(self.kube, array=array, namespace=namespace)
+        if bundle is not None:
+            self.http.trust(bundle)
+            self.trusted[key] = time.monotonic()
+
     async def token(self, namespace: str, array: str) -> str:
         """An array's control token, read from its Secret the first time; ``ArrayUnavailable``
-        while the Secret does not exist yet (the DiskArray's reconcile makes it)."""
+        while the Secret does not exist yet (the DiskArray's reconcile makes it). The array's
+        CAs are trusted for HTTPS from then on (``trust``)."""
+        await self.trust(namespace, array)
         token = self.tokens.get((namespace, array))
         if token is None:
             secret = await self.kube.get("Secret", naming.token_secret_name(array), namespace=namespace)
@@ -102,6 +127,8 @@ class OperatorState:
     def forget_array(self, namespace: str, array: str, *, uid: str) -> None:
         """Drop what is kept about a deleted DiskArray."""
         self.tokens.pop((namespace, array), None)
+        self.trusted.pop((namespace, array), None)
+        self.cert_checks.pop((namespace, array), None)
         self.ensured.pop(uid, None)
         self.group_views.pop((namespace, array), None)
         self.controller_waits.pop((namespace, array), None)

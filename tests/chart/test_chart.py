@@ -264,8 +264,8 @@ def test_rbac_is_least_privilege(render: Render) -> None:
     assert ("", "pods", "delete") in cluster  # replaces failed blades
     assert ("nasblade.io", "diskarrays/status", "patch") in cluster
     assert ("apiextensions.k8s.io", "customresourcedefinitions", "create") not in cluster
-    # the token Secret is read by name only: no listing or watching every Secret
-    assert {v for g, r, v in cluster if r == "secrets"} == {"get", "create", "delete"}
+    # Secrets by name only (no listing or watching every Secret); patch renews certificates in place
+    assert {v for g, r, v in cluster if r == "secrets"} == {"get", "create", "patch", "delete"}
     assert not any(r == "nodes" or r.startswith("clusterrole") for _, r, _ in cluster)
     # watched namespaces: the namespaced rights move to Roles in exactly those namespaces
     objs = render("watchNamespaces={team-a,team-b}", "leaderElection.enabled=true", api_versions=PEERING_API)
@@ -296,8 +296,10 @@ MONITOR_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.co
 def test_array_monitors(helm: Helm, render: Render) -> None:
     """``metrics.arrays``: per DiskArray, a ServiceMonitor of its controller and a PodMonitor of
     its blades, in the array's namespace, on ``/v1/metrics`` with the token of the Secret the
-    operator makes (``naming.token_secret_name``), on the ports its builders name."""
-    from nasblade_operator import naming
+    operator makes (``naming.token_secret_name``), on the ports its builders name, over HTTPS
+    checked against the array's CA bundle Secret and a name the certificates carry
+    (``nbdtls.server_names``, ``nbdtls.blade_names``)."""
+    from nasblade_operator import naming, nbdtls
     from nasblade_operator.clustergroup import builders as cg_builders
     from nasblade_operator.clustergroup import spec as cg_spec
     from nasblade_operator.diskarray import builders as da_builders
@@ -315,10 +317,15 @@ def test_array_monitors(helm: Helm, render: Render) -> None:
         assert o["metadata"]["namespace"] == "storage" and o["spec"]["namespaceSelector"] == {"matchNames": ["storage"]}
         assert o["metadata"]["labels"]["release"] == "prom"
         assert all(label in o["metadata"]["labels"] for label in STANDARD_LABELS)
+    trust = {"secret": {"name": naming.tls_trust_secret_name("a1"), "key": "ca-cert.pem"}}
     [endpoint] = sm["spec"]["endpoints"]
-    assert endpoint == {"port": "api", "path": "/v1/metrics", "interval": "30s", "authorization": token}
+    assert endpoint == {"port": "api", "path": "/v1/metrics", "interval": "30s", "authorization": token,
+                        "scheme": "https", "tlsConfig": {"ca": trust, "serverName": "a1-controller.storage.svc"}}
+    assert "a1-controller.storage.svc" in nbdtls.server_names("a1", "storage", "svc.cluster.local")
     [pod_endpoint] = pm["spec"]["podMetricsEndpoints"]
-    assert pod_endpoint == {"port": "blade-api", "path": "/v1/metrics", "interval": "30s", "authorization": token}
+    assert pod_endpoint == {"port": "blade-api", "path": "/v1/metrics", "interval": "30s", "authorization": token,
+                            "scheme": "https", "tlsConfig": {"ca": trust, "serverName": "a1-blades"}}
+    assert "a1-blades" in nbdtls.blade_names("a1", "g1-blade-0")
     # the selectors find what the operator makes: the controller Service (its port "api") and
     # the blade pods (their container port "blade-api")
     service = da_builders.controller_service("a1")

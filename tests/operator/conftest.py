@@ -167,15 +167,16 @@ def operator(namespace: str, controller: Controller, blades: FakeBlades, kubelet
     from kopf.testing import KopfRunner
     from nasblade_operator import settings
 
-    def factory() -> Any:
-        settings.configure(settings.OperatorConfig(
-            image="nasblade/nasblade:test",
+    def factory(**config: Any) -> Any:
+        """``config``: OperatorConfig fields to change (e.g. short certificate lifetimes)."""
+        settings.configure(settings.OperatorConfig(**{
+            "image": "nasblade/nasblade:test",
             # the controller process here serves NBD in plaintext (no --tls-dir): the operator
             # is told so; the TLS Secrets and mounts are checked on the API server
-            endpoint_overrides={"*": {"api": controller.api, "nbd": controller.nbd, "blade": blades.url,
-                                      "nbdTLS": "off"}},
-            metrics_port=0, status_interval=2.0, retry_delay=1.0,
-        ))
+            "endpoint_overrides": {"*": {"api": controller.api, "nbd": controller.nbd, "blade": blades.url,
+                                         "nbdTLS": "off"}},
+            "metrics_port": 0, "status_interval": 2.0, "retry_delay": 1.0, **config,
+        }))
         return KopfRunner(["run", "-m", "nasblade_operator.handlers", "-n", namespace, "--standalone"], timeout=120)
 
     return factory

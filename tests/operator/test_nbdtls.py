@@ -1,17 +1,22 @@
-"""The NBD TLS objects the operator builds (``nasblade_operator.nbdtls``), no API server:
-the controller mounts its server certificate and access file, a blade's block processor its
-group's client certificate; the access file follows ``fileSystems[].clusterGroup``; the
-certificates made from the CA Secret load into TLS contexts and carry the right identity."""
+"""The TLS objects the operator builds (``nasblade_operator.nbdtls``), no API server: the
+controller mounts its server certificate and access file and serves its API over HTTPS, a
+blade's block processor mounts the blade's own certificate and serves its API over HTTPS; the
+access file follows ``fileSystems[].clusterGroup``; the certificates made from the CA Secret
+load into TLS contexts and carry the right identity; renewal and CA rotation decide as
+documented (a third of the life left; a new CA trusted everywhere before it signs)."""
 
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 from pathlib import Path
 
+import pytest
 from cryptography import x509
-from nasblade.nbd import access, pki, tls
-from nasblade_operator import nbdtls
+from nasblade import pki, tls
+from nasblade.nbd import access
+from nasblade_operator import nbdtls, settings
 from nasblade_operator.clustergroup import builders as cg_builders
 from nasblade_operator.clustergroup import spec as cg_spec
 from nasblade_operator.diskarray import builders as da_builders
@@ -45,14 +50,25 @@ def test_controller_serves_nbd_over_tls_only() -> None:
     assert _mounted(spec, c, nbdtls.TLS_DIR) == "a1-nbd-controller"
     assert _mounted(spec, c, nbdtls.ACCESS_DIR) == "a1-nbd-access"
     assert all(m.get("readOnly") for m in c["volumeMounts"] if m["mountPath"].startswith("/etc/nasblade"))
+    # the control API is HTTPS with the same certificate; the kubelet probes it so
+    assert "--api-tls" in args
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
 
 
-def test_blade_block_processor_gets_its_group_certificate_only() -> None:
-    pod = cg_builders.blade_pod(group="g1", namespace="ns", index=0, spec=GROUP, portion=0, portion_size=2**20,
-                                version="1", image="img", file_systems=ARRAY.file_systems_of("g1"))
+def test_blade_block_processor_gets_its_own_certificate_only() -> None:
+    pods = [cg_builders.blade_pod(group="g1", namespace="ns", index=i, spec=GROUP, portion=0, portion_size=2**20,
+                                  version="1", image="img", file_systems=ARRAY.file_systems_of("g1"))
+            for i in (0, 1)]
+    assert [_mounted(p["spec"], p["spec"]["containers"][0], nbdtls.TLS_DIR) for p in pods] == [
+        "a1-nbd-g1-blade-0", "a1-nbd-g1-blade-1"]
+    pod = pods[0]
     bp, fp = pod["spec"]["containers"]
-    assert _mounted(pod["spec"], bp, nbdtls.TLS_DIR) == "a1-nbd-group-g1"
     assert {"name": tls.ENV_DIR, "value": nbdtls.TLS_DIR} in bp["env"]
+    # its API is HTTPS with that certificate; it calls the controller's over HTTPS
+    args = bp["args"]
+    assert args[args.index("--api-tls-dir") + 1] == nbdtls.TLS_DIR
+    assert args[args.index("--controller-api") + 1].startswith("https://a1-controller.ns.svc:")
+    assert bp["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
     # the file processor reaches LUs only through the block processor's Unix socket
     assert all(m["mountPath"] != nbdtls.TLS_DIR for m in fp["volumeMounts"])
     assert all(e["name"] != tls.ENV_DIR for e in fp["env"])
@@ -74,14 +90,84 @@ def test_certificates_from_the_secrets_load_and_name_the_service(tmp_path: Path)
     ca = pki.make_ca("a1")
     names = nbdtls.server_names("a1", "ns", "cluster.local")
     assert "a1-controller.ns.svc" in names  # what blades dial
-    server = nbdtls.secret("a1-nbd-controller", "a1",
-                           pki.server_files(ca, pki.issue(ca, "controller", server_names=names, server=True)))
-    client = nbdtls.secret("a1-nbd-group-g1", "a1", pki.client_files(ca, pki.issue(ca, "group:g1")))
+    authority = nbdtls.Authority(ca)
+    now = datetime.datetime.now(datetime.UTC)
+    server_spec, _ = nbdtls.array_leaves("a1", "ns", "cluster.local")
+    server = nbdtls.secret(server_spec.name, "a1", nbdtls.leaf_files(server_spec, authority, now=now, lifetime=86400))
+    blade_spec = nbdtls.blade_leaf("a1", "g1", "g1-blade-0")
+    blade = nbdtls.secret(blade_spec.name, "a1", nbdtls.leaf_files(blade_spec, authority, now=now, lifetime=86400))
     sdir = pki.write_dir(tmp_path / "s", nbdtls.files_of(server))
-    cdir = pki.write_dir(tmp_path / "c", nbdtls.files_of(client))
+    bdir = pki.write_dir(tmp_path / "b", nbdtls.files_of(blade))
     tls.server_context(sdir)
-    tls.client_context(cdir)
+    tls.client_context(bdir)
+    tls.server_context(bdir, client_auth=False)  # the blade's API
     cert = x509.load_pem_x509_certificate((sdir / tls.SERVER_CERT).read_bytes())
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert set(sans.get_values_for_type(x509.DNSName)) == set(names)
-    assert pki.common_name((cdir / tls.CLIENT_CERT).read_bytes()) == "group:g1"
+    assert set(sans.get_values_for_type(x509.DNSName)) | {str(a) for a in sans.get_values_for_type(x509.IPAddress)} \
+        == set(names)
+    info = pki.leaf_info((bdir / tls.CLIENT_CERT).read_bytes())
+    assert info.common_name == "group:g1" and info.client and info.server
+    assert set(info.server_names) == {"g1-blade-0", "a1-blades"}
+    assert not pki.leaf_info((sdir / tls.SERVER_CERT).read_bytes()).client  # the controller is no client
+
+
+T0 = datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC)
+
+
+def _at(monkeypatch: pytest.MonkeyPatch, when: datetime.datetime) -> None:
+    """Certificates made as if at ``when`` (pki reads the clock once per certificate)."""
+    monkeypatch.setattr(pki, "_now", lambda: when)
+
+
+def test_a_leaf_is_renewed_with_a_third_of_its_life_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    _at(monkeypatch, T0)
+    authority = nbdtls.Authority(pki.make_ca("a1", days=3650))
+    spec = nbdtls.blade_leaf("a1", "g1", "g1-blade-0")
+    files = nbdtls.leaf_files(spec, authority, now=T0, lifetime=90 * 86400)
+    day = datetime.timedelta(days=1)
+    assert nbdtls.leaf_action(files, authority, now=T0 + 59 * day, propagation=600) is None
+    assert nbdtls.leaf_action(files, authority, now=T0 + 61 * day, propagation=600) == "reissue"
+    _at(monkeypatch, T0 + 61 * day)
+    renewed = nbdtls.leaf_files(spec, authority, now=T0 + 61 * day, lifetime=90 * 86400)
+    assert renewed.keys() == files.keys() and renewed[tls.CLIENT_CERT] != files[tls.CLIENT_CERT]
+    assert pki.leaf_info(renewed[tls.SERVER_CERT]).server_names == pki.leaf_info(files[tls.SERVER_CERT]).server_names
+    assert nbdtls.leaf_action(renewed, authority, now=T0 + 61 * day, propagation=600) is None
+
+
+def test_a_ca_rotation_is_trusted_everywhere_before_it_signs(monkeypatch: pytest.MonkeyPatch) -> None:
+    year = datetime.timedelta(days=365)
+    _at(monkeypatch, T0)
+    old = nbdtls.Authority(pki.make_ca("a1", days=3 * 365))
+    spec = nbdtls.blade_leaf("a1", "g1", "g1-blade-0")
+    leaf = nbdtls.leaf_files(spec, old, now=T0, lifetime=3 * 365 * 86400)
+    assert nbdtls.rotate_ca(old, name="a1", now=T0 + year, lifetime=3 * 365 * 86400) is None
+    later = T0 + 2 * year + datetime.timedelta(days=1)  # less than a third of the CA's life left
+    _at(monkeypatch, later)
+    new = nbdtls.rotate_ca(old, name="a1", now=later, lifetime=3 * 365 * 86400)
+    assert new is not None and new.previous == (old.signer.cert,)
+    assert pki.split_pem(new.bundle(later)) == [new.signer.cert, old.signer.cert]
+    # step 1: the leaf keeps its key and certificate and gains the new bundle
+    assert nbdtls.leaf_action(leaf, new, now=later, propagation=600) == "rebundle"
+    bundled = nbdtls.leaf_files(spec, new, now=later, lifetime=86400, have=leaf)
+    assert bundled[tls.CLIENT_CERT] == leaf[tls.CLIENT_CERT] and bundled[tls.CA_CERT] == new.bundle(later)
+    assert nbdtls.leaf_action(bundled, new, now=later + datetime.timedelta(seconds=60), propagation=600) is None
+    # step 2, once every pod has had the bundle: issued by the new CA
+    settled = later + datetime.timedelta(minutes=20)
+    assert nbdtls.leaf_action(bundled, new, now=settled, propagation=600) == "reissue"
+    _at(monkeypatch, settled)
+    reissued = nbdtls.leaf_files(spec, new, now=settled, lifetime=86400)
+    assert pki.leaf_info(reissued[tls.CLIENT_CERT]).issuer_key_id == pki.key_id(new.signer.cert)
+    # once the old CA has expired it leaves the bundle
+    gone = T0 + 3 * year + datetime.timedelta(days=1)
+    assert pki.split_pem(new.bundle(gone)) == [new.signer.cert]
+    assert nbdtls.Authority.of(new.files(gone)).previous == ()
+
+
+def test_certificate_lifetimes_are_settings() -> None:
+    cfg = settings.OperatorConfig.from_env({"NASBLADE_CERT_LIFETIME": "90s", "NASBLADE_CA_LIFETIME": "1h",
+                                            "NASBLADE_CERT_PROPAGATION": "20s"})
+    assert (cfg.cert_lifetime, cfg.ca_lifetime, cfg.cert_propagation) == (90.0, 3600.0, 20.0)
+    default = settings.OperatorConfig.from_env({})
+    assert default.cert_lifetime == 90 * 86400 and default.ca_lifetime == 3650 * 86400
+    with pytest.raises(ValueError, match="NASBLADE_CERT_LIFETIME"):
+        settings.OperatorConfig.from_env({"NASBLADE_CERT_LIFETIME": "soon"})

@@ -1,8 +1,10 @@
-"""The operator issues the NBD TLS credentials (tier-1 API server): a CA per DiskArray, the
-controller's server certificate, its access file, the operator's admin certificate and one
-client certificate per cluster group, as Secrets owned by the array; the controller's pod
-template and every blade pod mount them. The certificates are checked as TLS would: they load,
-chain to the array's CA, and carry the identities the controller's access rule reads."""
+"""The operator issues the TLS credentials (tier-1 API server): a CA per DiskArray, the
+controller's server certificate, its access file, the operator's admin certificate and the
+CA bundle alone, as Secrets owned by the array, and one certificate per blade pod, owned by
+its ClusterGroup; the controller's pod template and every blade pod mount them. The
+certificates are checked as TLS would: they load, chain to the array's CA, and carry the
+identities the controller's access rule reads. With short lifetimes the operator renews them
+in place and replaces the CA in two steps (bundle first, then leaves from the new CA)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from typing import Any
 import pytest
 from conftest import Controller, Kubectl, assert_clean
 from cryptography import x509
-from nasblade.nbd import access, pki, tls
+from nasblade import pki, tls
+from nasblade.nbd import access
 from nasblade_operator import nbdtls
 from test_tier1_operator import array, group, wait_until
 
@@ -47,17 +50,21 @@ def test_nbd_tls_secrets_are_made_owned_and_mounted(
     assert_clean(runner)
 
     secrets = {n: kubectl.get("secret", n) for n in (
-        "a1-nbd-ca", "a1-nbd-controller", "a1-nbd-admin", "a1-nbd-group-g1", "a1-nbd-access")}
+        "a1-nbd-ca", "a1-nbd-controller", "a1-nbd-admin", "a1-nbd-g1-blade-0", "a1-nbd-g1-blade-1",
+        "a1-nbd-access", "a1-tls-trust")}
     assert all(s is not None for s in secrets.values()), [n for n, s in secrets.items() if s is None]
-    for s in secrets.values():
-        assert s is not None and s["metadata"]["ownerReferences"][0]["name"] == "a1"
+    for n, s in secrets.items():
+        assert s is not None and s["metadata"]["ownerReferences"][0]["name"] == ("g1" if "blade" in n else "a1")
+    assert kubectl.get("secret", "a1-nbd-group-g1") is None  # one certificate per blade, none per group
     ca_files = files(secrets["a1-nbd-ca"])  # type: ignore[arg-type]
     ca = x509.load_pem_x509_certificate(ca_files["ca-cert.pem"])
 
     # each leaf loads with its key, chains to the CA and names its identity
+    assert files(secrets["a1-tls-trust"]) == {"ca-cert.pem": ca_files["ca-cert.pem"]}  # type: ignore[arg-type]
     for name, identity, kind in (("a1-nbd-controller", "controller", "server"),
                                  ("a1-nbd-admin", tls.ADMIN, "client"),
-                                 ("a1-nbd-group-g1", "group:g1", "client")):
+                                 ("a1-nbd-g1-blade-0", "group:g1", "client"),
+                                 ("a1-nbd-g1-blade-1", "group:g1", "server")):
         d = pki.write_dir(tmp_path / name, files(secrets[name]))  # type: ignore[arg-type]
         (tls.server_context if kind == "server" else tls.client_context)(d)
         cert = x509.load_pem_x509_certificate((d / f"{kind}-cert.pem").read_bytes())
@@ -84,6 +91,66 @@ def test_nbd_tls_secrets_are_made_owned_and_mounted(
     assert "--tls-dir" in args and "--nbd-access" in args
     assert len(pods) == 2
     for pod in pods:
-        assert mounted(pod["spec"], "block-processor", nbdtls.TLS_DIR) == "a1-nbd-group-g1"
+        assert mounted(pod["spec"], "block-processor", nbdtls.TLS_DIR) == f"a1-nbd-{pod['metadata']['name']}"
         (bp,) = [c for c in pod["spec"]["containers"] if c["name"] == "block-processor"]
         assert {"name": tls.ENV_DIR, "value": nbdtls.TLS_DIR} in bp["env"]
+
+
+def _serial(kubectl: Kubectl, name: str, key: str) -> int:
+    secret = kubectl.get("secret", name)
+    assert secret is not None, name
+    return x509.load_pem_x509_certificate(files(secret)[key]).serial_number
+
+
+def test_certificates_are_renewed_in_place_and_the_ca_replaced_in_two_steps(
+    kubectl: Kubectl, operator: Callable[..., Any], controller: Controller, token_secret: Callable[[str], None],
+) -> None:
+    """Leaves of 60 s are renewed with a third of their life left (the Secrets keep their names,
+    so running pods get the files); a CA of 90 s is replaced at 60 s: first every leaf Secret
+    holds both CAs with its old certificate, then, 15 s later, a certificate of the new CA."""
+    token_secret("a1")
+    with operator(cert_lifetime=60.0, ca_lifetime=90.0, cert_propagation=15.0) as runner:
+        kubectl.apply(array())
+        kubectl.apply(group())
+        kubectl.wait("diskarray/a1", "condition=Ready", timeout=90)
+        wait_until("the blades' certificates", lambda: kubectl.get("secret", "a1-nbd-g1-blade-1"))
+        ctl0 = _serial(kubectl, "a1-nbd-controller", "server-cert.pem")
+        blade0 = _serial(kubectl, "a1-nbd-g1-blade-0", "client-cert.pem")
+        ca = files(kubectl.get("secret", "a1-nbd-ca"))  # type: ignore[arg-type]
+        # renewed in place well before they expire (at 40 s of 60)
+        wait_until("the controller's certificate renewed",
+                   lambda: _serial(kubectl, "a1-nbd-controller", "server-cert.pem") != ctl0, timeout=60)
+        wait_until("a blade's certificate renewed",
+                   lambda: _serial(kubectl, "a1-nbd-g1-blade-0", "client-cert.pem") != blade0, timeout=60)
+        renewed = files(kubectl.get("secret", "a1-nbd-g1-blade-0"))  # type: ignore[arg-type]
+        info = pki.leaf_info(renewed["client-cert.pem"])
+        assert info.common_name == "group:g1" and info.server and info.client
+        assert info.issuer_key_id == pki.key_id(ca["ca-cert.pem"])
+
+        # the CA is replaced with a third of its 90 s left; step 1: bundles hold both CAs
+        def rotated() -> dict[str, bytes] | None:
+            now = files(kubectl.get("secret", "a1-nbd-ca"))  # type: ignore[arg-type]
+            return now if now["ca-cert.pem"] != ca["ca-cert.pem"] else None
+        new = wait_until("a new CA", rotated, timeout=90)
+        assert new["ca-previous.pem"] == ca["ca-cert.pem"]
+        both = [new["ca-cert.pem"], ca["ca-cert.pem"]]
+
+        def bundled(name: str) -> bool:
+            got = files(kubectl.get("secret", name))  # type: ignore[arg-type]
+            return pki.split_pem(got["ca-cert.pem"]) == both
+        wait_until("the controller's Secret holding both CAs", lambda: bundled("a1-nbd-controller"), timeout=30)
+        # ... with its certificate still from the old CA: a blade that has not yet received the
+        # bundle still trusts the controller
+        still = files(kubectl.get("secret", "a1-nbd-controller"))  # type: ignore[arg-type]
+        assert pki.leaf_info(still["server-cert.pem"]).issuer_key_id == pki.key_id(ca["ca-cert.pem"])
+        for name in ("a1-nbd-admin", "a1-nbd-g1-blade-0", "a1-tls-trust"):
+            wait_until(f"{name} holding both CAs", lambda name=name: bundled(name), timeout=30)
+        # step 2, after the propagation time: the leaves come from the new CA
+        def from_new(name: str, key: str) -> bool:
+            got = files(kubectl.get("secret", name))  # type: ignore[arg-type]
+            return pki.leaf_info(got[key]).issuer_key_id == pki.key_id(new["ca-cert.pem"])
+        for name, key in (("a1-nbd-controller", "server-cert.pem"), ("a1-nbd-g1-blade-1", "server-cert.pem")):
+            wait_until(f"{name} issued by the new CA", lambda name=name, key=key: from_new(name, key), timeout=40)
+        events = json.loads(kubectl("get", "events", "--field-selector", "reason=Certificates", "-o", "json").stdout)["items"]
+        assert {e["involvedObject"]["name"] for e in events} >= {"a1", "g1"}
+    assert_clean(runner)

@@ -71,10 +71,10 @@ class Actor:
             defaults=settings.current().pod_defaults,
         )
         kopf.adopt(pod, owner=self.body)
-        # its NBD client certificate (made with the array's others when the array names this
-        # group; a pod created before the Secret waits in ContainerCreating until it exists)
-        await nbdtls.ensure_group(self.st.kube, self.body, array=self.spec.disk_array, group=self.name,
-                                  namespace=self.namespace)
+        # its own certificate (NBD client of its group's LUs, server of its HTTPS API); a pod
+        # created before the Secret waits in ContainerCreating until it exists
+        await nbdtls.ensure_blade(self.st.kube, self.body, array=self.spec.disk_array, group=self.name,
+                                  blade=pod["metadata"]["name"], namespace=self.namespace)
         _, created = await self.st.kube.create(pod)
         if created:
             # a new pod has never been Ready, whatever its predecessor of the same name did: a
@@ -99,6 +99,8 @@ class Actor:
         elif action.reason == "Upgrade":
             events.normal(self.body, "Upgrading", f"blade {action.name} restarts on software {self.da.software_version}")
         else:
+            await nbdtls.forget_blade(self.st.kube, array=self.spec.disk_array, blade=action.name,
+                                      namespace=self.namespace)
             events.normal(self.body, "ScaledDown", f"removed blade {action.name}")
 
     async def _move(self, m: planner.MoveFileSystem) -> dict[str, Any]:
@@ -109,15 +111,15 @@ class Actor:
         http = self.st.http
         source = self._endpoint(m.source) if m.reason != "Failover" else None
         if source is not None:
-            await bladeapi.release(http, source, m.fs, token=token)
+            await bladeapi.release(http, source, m.fs, blade=m.source, token=token)
         try:
             target = self._endpoint(m.target)
             if target is None:
                 raise bladeapi.BladeUnavailable(f"blade {m.target} has no address yet")
-            await bladeapi.takeover(http, target, m.fs, token=token)
+            await bladeapi.takeover(http, target, m.fs, blade=m.target, token=token)
         except bladeapi.BladeUnavailable:
             if source is not None:  # a hand-over that failed half-way: the owner serves it again
-                await bladeapi.takeover(http, source, m.fs, token=token)
+                await bladeapi.takeover(http, source, m.fs, blade=m.source, token=token)
             raise
         await self.st.kube.patch(
             "Service", naming.nfs_service_name(self.spec.disk_array, m.fs),

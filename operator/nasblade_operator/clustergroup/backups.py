@@ -135,7 +135,8 @@ async def _backup_following(
         rt.wrote({"backups": {**backups, "inProgress": dict(progress)}})
 
     await publish()
-    call = asyncio.ensure_future(bladeapi.backup(st.http, base, token=token, portions=list(running["portions"]),
+    call = asyncio.ensure_future(bladeapi.backup(st.http, base, blade=str(running["blade"]), token=token,
+                                                 portions=list(running["portions"]),
                                                  trigger=str(running["trigger"])))
     try:
         while not call.done():

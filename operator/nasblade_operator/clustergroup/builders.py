@@ -169,7 +169,6 @@ def blade_pod(
         {"name": "NASBLADE_PROCESSOR_INFO_LU", "value": naming.LU_PROCESSOR_INFO},
         {"name": "NASBLADE_BACKUP_LU", "value": naming.LU_BACKUP},
         {"name": "NASBLADE_PROGRAM_LU", "value": naming.LU_PROGRAM},
-        {"name": "NASBLADE_CONTROLLER_URL", "value": f"http://{ctrl}.{namespace}.svc:{naming.CONTROL_PORT}"},
         {"name": "NASBLADE_CONTROLLER_NBD", "value": f"{ctrl}.{namespace}.svc:{naming.NBD_PORT}"},
         {"name": "NASBLADE_SOCKET_DIR", "value": SOCKET_DIR},
         {"name": "NASBLADE_SOFTWARE_VERSION", "value": version},
@@ -187,8 +186,9 @@ def blade_pod(
                                                 "defaultMode": 0o400}}
     token_mount = {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}
     security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
-    # NBD over TLS: the group's client certificate, for the block processor only
-    tls_volume, tls_mount, tls_env = nbdtls.blade_volume(array, group)
+    # the blade's own certificate, for the block processor only: its NBD client identity (its
+    # group's LUs) and the server certificate of its HTTPS API
+    tls_volume, tls_mount, tls_env = nbdtls.blade_volume(array, name)
     socket_mount = [{"name": "sockets", "mountPath": SOCKET_DIR}]
     config_mount = {"name": "cluster-config", "mountPath": CONFIG_DIR, "readOnly": True}
     bp_args = [
@@ -198,7 +198,7 @@ def blade_pod(
         "--group-index", str(portion),
         "--slot", str(index),
         "--controller-nbd", f"{ctrl}.{namespace}.svc:{naming.NBD_PORT}",
-        "--controller-api", f"http://{ctrl}.{namespace}.svc:{naming.CONTROL_PORT}",
+        "--controller-api", f"https://{ctrl}.{namespace}.svc:{naming.CONTROL_PORT}",
         "--procinfo-lu", naming.LU_PROCESSOR_INFO,
         "--portion-size", str(portion_size),
         "--program-lu", naming.LU_PROGRAM,
@@ -207,6 +207,7 @@ def blade_pod(
         "--nbd-unix", f"{SOCKET_DIR}/nbd.sock",
         "--local-unix", f"{SOCKET_DIR}/local.sock",
         "--api-listen", f"0.0.0.0:{naming.BLADE_API_PORT}",
+        "--api-tls-dir", nbdtls.TLS_DIR,
         "--fp-unix", f"{SOCKET_DIR}/fp.sock",
         "--cluster-config", f"{CONFIG_DIR}/cluster.json",
         "--token-file", f"{TOKEN_DIR}/token",
@@ -223,7 +224,8 @@ def blade_pod(
         "args": bp_args,
         "env": [*env, tls_env],
         "ports": [{"name": "blade-api", "containerPort": naming.BLADE_API_PORT}],
-        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "blade-api"}, "periodSeconds": 1},
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "blade-api", "scheme": "HTTPS"},
+                           "periodSeconds": 1},
         "volumeMounts": [*socket_mount, config_mount, tls_mount, token_mount],
         "securityContext": security,
     }

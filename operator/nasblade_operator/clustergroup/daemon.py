@@ -38,6 +38,7 @@ from nasblade_operator import (
     kube,
     metrics,
     naming,
+    nbdtls,
     policies,
     settings,
     state,
@@ -142,6 +143,7 @@ async def _probe_changed(
     before = _probe_view(rt, failure_timeout=spec.heartbeat.failure_timeout)
     await _probe(st, namespace, array=spec.disk_array, summaries=summaries, rt=rt,
                  failure_timeout=spec.heartbeat.failure_timeout)
+    await _certificates(st, body, name=name, namespace=namespace, array=spec.disk_array, summaries=summaries, rt=rt)
     return _probe_view(rt, failure_timeout=spec.heartbeat.failure_timeout) != before
 
 
@@ -182,7 +184,8 @@ async def _probe(
     targets = [(s["name"], bool(s["ready"]), endpoints.blade_api(namespace, s["name"], s.get("ip")))
                for s in summaries.values() if s["ready"] or (s["phase"] == "Running" and s.get("ip"))]
     targets = [t for t in targets if t[2]]
-    results = await asyncio.gather(*(bladeapi.status(st.http, str(base), token=token) for _, _, base in targets),
+    results = await asyncio.gather(*(bladeapi.status(st.http, str(base), blade=blade, token=token)
+                                     for blade, _, base in targets),
                                    return_exceptions=True)
     for (blade, ready, _), result in zip(targets, results, strict=True):
         if isinstance(result, bladeapi.BladeStatus):
@@ -202,6 +205,21 @@ async def _probe(
         elif ready:
             rt.heartbeats.pop(blade, None)  # unknown: the pod's readiness decides
             rt.serving.pop(blade, None)
+
+
+async def _certificates(st: state.OperatorState, body: kopf.Body, *, name: str, namespace: str, array: str,
+                        summaries: Mapping[int, Mapping[str, Any]], rt: Runtime) -> None:
+    """Every ``nbdtls.check_interval``: each blade pod's certificate made if missing (a pod
+    created before its array's CA existed) and renewed or rebundled when due; an Event names
+    what changed. The blades read renewed files at their next handshake."""
+    if time.monotonic() < rt.next_cert_check:
+        return
+    rt.next_cert_check = time.monotonic() + nbdtls.check_interval()
+    done = [d for s in summaries.values() if not s.get("deleting")
+            if (d := await nbdtls.ensure_blade(st.kube, body, array=array, group=name, blade=str(s["name"]),
+                                               namespace=namespace))]
+    if done:
+        events.normal(body, "Certificates", "; ".join(done))
 
 
 async def _move_request(
@@ -272,6 +290,7 @@ async def _pass(st: state.OperatorState, body: kopf.Body, *, name: str, namespac
     summaries = {int(s["index"]): s for s in ix.pods.get((namespace, name), [])}
     await _probe(st, namespace, array=spec.disk_array, summaries=summaries, rt=rt,
                  failure_timeout=spec.heartbeat.failure_timeout)
+    await _certificates(st, body, name=name, namespace=namespace, array=spec.disk_array, summaries=summaries, rt=rt)
     request = await _move_request(st, body, name=name, namespace=namespace, status=status, rt=rt)
     observed = planner.Observed(
         group=name,

@@ -31,6 +31,7 @@ class Runtime:
     heartbeats: dict[str, float] = dataclasses.field(default_factory=dict)  # blade -> heartbeat age at the last probe
     active_area: str = "portion"  # what the blades reported at the last probe
     next_probe: float = 0.0  # monotonic time of the next heartbeat probe
+    next_cert_check: float = 0.0  # monotonic time of the next check of the blades' certificates
     deferred: bool = False  # an interval backup is being deferred for load (one Event per deferral)
     rolling: bool = False  # the last status written said a rollout was under way
     specs: dict[str, tuple[int, Any]] = dataclasses.field(default_factory=dict)  # key -> (generation, parsed)

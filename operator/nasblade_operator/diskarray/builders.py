@@ -111,7 +111,7 @@ def controller_statefulset(
             {"name": "api", "containerPort": naming.CONTROL_PORT},
             {"name": "nbd", "containerPort": naming.NBD_PORT},
         ],
-        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "api"}, "periodSeconds": 2},
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "api", "scheme": "HTTPS"}, "periodSeconds": 2},
         "volumeMounts": [{"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}, *tls_mounts]
         + [{"name": f"dev-{i}", "mountPath": f"{DEVICE_DIR}/dev-{i}"} for i in range(spec.devices.count)],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},

@@ -33,6 +33,7 @@ import base64
 import dataclasses
 import datetime
 import secrets
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -228,6 +229,7 @@ async def _ensure_children(
     created: list[str] = await nbdtls.ensure_array(
         k, body, array=name, namespace=namespace, domain=settings.current().cluster_domain,
         file_systems=[(f.name, f.cluster_group) for f in parsed.file_systems])
+    await st.trust(namespace, name, force=True)  # the HTTPS control API is checked against its CA
     sts = builders.controller_statefulset(name, parsed, image=image, defaults=settings.current().pod_defaults)
     for obj in (builders.controller_service(name), sts):
         kopf.adopt(obj, owner=body)
@@ -424,6 +426,21 @@ def _not_ready(status: Mapping[str, Any], patch: kopf.Patch, *, generation: int,
     patch.status["observedGeneration"] = generation
 
 
+async def _renew_certificates(st: state.OperatorState, body: kopf.Body, *, name: str, namespace: str) -> None:
+    """Every ``nbdtls.check_interval``: the array's CA and certificates renewed or rotated when
+    due (an Event says what changed); the operator's own trust follows a new CA at once."""
+    key = (namespace, name)
+    if time.monotonic() < st.cert_checks.get(key, 0.0):
+        await st.trust(namespace, name)
+        return
+    st.cert_checks[key] = time.monotonic() + nbdtls.check_interval()
+    done = await nbdtls.renew_array(st.kube, body, array=name, namespace=namespace,
+                                    domain=settings.current().cluster_domain)
+    await st.trust(namespace, name, force=bool(done))
+    if done:
+        events.normal(body, "Certificates", "; ".join(done))
+
+
 #: Unchanged controller figures are written again (a fresh ``updated``) after this many seconds.
 FIGURES_MAX_AGE = 60.0
 
@@ -440,6 +457,7 @@ async def refresh_figures(body: kopf.Body, name: str, namespace: str | None, sta
     token = st.tokens.get((namespace, name))
     if token is None:
         return
+    await _renew_certificates(st, body, name=name, namespace=namespace)
     api = arrayapi.ArrayAPI(st.http, endpoints.controller_api(namespace, name), token=token)
     try:
         f, layout, answer = await asyncio.gather(api.figures(), api.layout(), api.array())
