@@ -7,6 +7,7 @@ Which steps of the issue run here is listed in docs/install.md ("End-to-end suit
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import json
@@ -218,19 +219,26 @@ def test_step3_client_pod_io(kube: Kube, release: str, workload_ns: str, images:
 # What a pod without the array's credentials gets from the controller and a blade, run in the
 # client pod (argv: controller host, blade pod IP). Each probe prints one word: "401" (the API
 # refused it), "tls-required" (NBD refused every option before STARTTLS), "unreachable" (a
-# NetworkPolicy, where the network plugin enforces them, kept it from connecting) -- or what it
-# got instead, which fails the test.
+# NetworkPolicy, where the network plugin enforces them, kept it from connecting; for plain
+# HTTP to an HTTPS port: no answer), "untrusted" (the pod's system CAs do not vouch for the
+# array's certificate) -- or what it got instead, which fails the test. The APIs are probed
+# over HTTPS without checking the certificate, as an attacker would: the token still stops it.
 NO_CREDENTIALS_PROBE = r"""
-import json, socket, struct, sys, urllib.error, urllib.request
+import json, socket, ssl, struct, sys, urllib.error, urllib.request
 ctl, blade = sys.argv[1], sys.argv[2]
-def http(url, token=None):
+blind = ssl.create_default_context()
+blind.check_hostname = False
+blind.verify_mode = ssl.CERT_NONE
+def http(url, token=None, context=blind):
     req = urllib.request.Request(url, headers={"Authorization": "Bearer " + token} if token else {})
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5, context=context) as r:
             return "open:%d" % r.status
     except urllib.error.HTTPError as e:
         return str(e.code)
-    except (OSError, urllib.error.URLError):
+    except urllib.error.URLError as e:
+        return "untrusted" if isinstance(e.reason, ssl.SSLCertVerificationError) else "unreachable"
+    except OSError:
         return "unreachable"
 def nbd(host):
     try:
@@ -245,27 +253,83 @@ def nbd(host):
     except OSError:
         return "unreachable"
 print(json.dumps({
-    "controllerApi": http("http://%s:8080/v1/array" % ctl),
-    "controllerApiWrongToken": http("http://%s:8080/v1/lus" % ctl, "not-the-token"),
+    "controllerApi": http("https://%s:8080/v1/array" % ctl),
+    "controllerApiWrongToken": http("https://%s:8080/v1/lus" % ctl, "not-the-token"),
+    "controllerApiPlaintext": http("http://%s:8080/v1/array" % ctl),
+    "controllerApiVerified": http("https://%s:8080/v1/array" % ctl, context=ssl.create_default_context()),
     "controllerNbd": nbd(ctl),
-    "bladeApi": http("http://%s:8090/v1/status" % blade),
+    "bladeApi": http("https://%s:8090/v1/status" % blade),
+    "bladeApiPlaintext": http("http://%s:8090/v1/status" % blade),
 }))
 """
 
 
 def test_step3b_a_pod_without_credentials_is_refused(kube: Kube, release: str, workload_ns: str) -> None:
     """3b. The client pod holds no token and no certificate: the controller's API and a blade's
-    API refuse it (401), the controller's NBD port refuses every option before STARTTLS (so no
-    LU is readable without a client certificate of a group that may open it); where the
-    network plugin enforces the chart's NetworkPolicies it cannot even connect."""
+    API are HTTPS only (plain HTTP gets no answer; the array's certificate is not one the pod's
+    system CAs trust) and refuse it (401), the controller's NBD port refuses every option
+    before STARTTLS (so no LU is readable without a client certificate of a group that may
+    open it); where the network plugin enforces the chart's NetworkPolicies it cannot even
+    connect."""
     blade_ip = kube.json("-n", workload_ns, "get", "pod", f"{GROUP}-blade-0")["status"]["podIP"]
     out = json.loads(_exec(kube, workload_ns, "python3", "-c", NO_CREDENTIALS_PROBE,
                            f"{ARRAY}-controller.{workload_ns}.svc", blade_ip))
     print(f"step3b-no-credentials: {json.dumps(out)}")
     assert out["controllerApi"] in ("401", "unreachable"), out
     assert out["controllerApiWrongToken"] in ("401", "unreachable"), out
+    assert out["controllerApiPlaintext"] == "unreachable", out
+    assert out["controllerApiVerified"] in ("untrusted", "unreachable"), out
     assert out["controllerNbd"] in ("tls-required", "unreachable"), out
     assert out["bladeApi"] in ("401", "unreachable"), out
+    assert out["bladeApiPlaintext"] == "unreachable", out
+
+
+# A scrape as the chart's ServiceMonitor and PodMonitor configure Prometheus (argv: host, port,
+# serverName, CA bundle, token): HTTPS checked against the array's CA bundle (the
+# <array>-tls-trust Secret) and the monitor's serverName, the array's token; prints the body.
+SCRAPE = r"""
+import socket, ssl, sys
+host, port, name, ca, token = sys.argv[1:6]
+ctx = ssl.create_default_context(cadata=ca)
+with socket.create_connection((host, int(port)), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=name) as s:
+    s.sendall(("GET /v1/metrics HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"
+               "Connection: close\r\n\r\n" % (name, token)).encode())
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+head, _, body = data.partition(b"\r\n\r\n")
+assert head.split()[1] == b"200", head
+sys.stdout.write(body.decode())
+"""
+
+
+def _samples(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples ``name`` (a counter's ``_total`` included) matching ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name in (name, f"{name}_total") and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_step3c_metrics_scraped_over_https_show_the_io(kube: Kube, release: str, workload_ns: str) -> None:
+    """3c. From another pod, as the chart's monitors make Prometheus scrape (HTTPS against the
+    array's CA bundle and the monitor's serverName, with the array's token): the controller's
+    metrics count step 3's writes to the file system's LU, the owning blade's count its NFS
+    WRITE calls."""
+    def secret(name: str, key: str) -> str:
+        data = kube.json("-n", workload_ns, "get", "secret", name)["data"]
+        return base64.b64decode(data[key]).decode()
+
+    ca, token = secret(f"{ARRAY}-tls-trust", "ca-cert.pem"), secret(f"{ARRAY}-control-token", "token")
+    ctl_name = f"{ARRAY}-controller.{workload_ns}.svc"
+    controller = _exec(kube, workload_ns, "python3", "-c", SCRAPE, ctl_name, "8080", ctl_name, ca, token)
+    owner = _owner(kube, workload_ns)
+    blade_ip = kube.json("-n", workload_ns, "get", "pod", owner)["status"]["podIP"]
+    blade = _exec(kube, workload_ns, "python3", "-c", SCRAPE, blade_ip, "8090", f"{ARRAY}-blades", ca, token)
+    written = _samples(controller, "nasblade_controller_lu_written_bytes", lu="fs-shared")
+    writes = _samples(blade, "nasblade_blade_nfs_calls", fs="shared", procedure="WRITE")
+    print(f"step3c-metrics: controller fs-shared written {written:.0f} B; blade {owner} NFS WRITE calls {writes:.0f}")
+    assert written >= 1 << 20, controller[-2000:]  # step 3 wrote a multi-MiB file
+    assert writes > 0, blade[-2000:]
 
 
 # ---------------------------------------------------------------- 4-7: failures, backups, upgrade
@@ -573,8 +637,10 @@ def test_step5_backups_on_demand_and_on_interval(kube: Kube, release: str, workl
 
 def _controller(kube: Kube, ns: str, code: str) -> str:
     """Run ``code`` with ``api`` (a ControlClient on the admin token) in the controller pod."""
-    prelude = ("from nasblade.controller.apiclient import ControlClient; "
-               "api = ControlClient('http://127.0.0.1:8080', open('/etc/nasblade/token/admin-token').read().strip()); ")
+    # the control API is HTTPS with the controller's certificate (it names localhost too)
+    prelude = ("import ssl; from nasblade.controller.apiclient import ControlClient; "
+               "api = ControlClient('https://localhost:8080', open('/etc/nasblade/token/admin-token').read().strip(), "
+               "ssl_context=ssl.create_default_context(cafile='/etc/nasblade-nbd/tls/ca-cert.pem')); ")
     return kube.kubectl("-n", ns, "exec", f"{ARRAY}-controller-0", "--", "python3", "-c", prelude + code).stdout
 
 
