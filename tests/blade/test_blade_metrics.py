@@ -112,3 +112,24 @@ def test_blade_metrics_after_nfs_operations(
     assert value(moved, "nasblade_blade_takeovers_total", fs="fs1") == 1
     nfs("nfs-ls", nfs_url(fs_spec, "").rstrip("/"))
     assert calls(samples(bp.api), "mount", "MNT") >= 1
+
+
+def test_the_metrics_token_reads_the_blades_metrics_and_nothing_else(
+    tmp_path: Path, start_bp: Callable[..., BladeProc],
+) -> None:
+    """A scraper's read-only token (``--metrics-token-file``): the scrape, 403 for every other
+    route of the blade API (status, takeover), 401 for a wrong token."""
+    (tmp_path / "metrics-token").write_text("scraper-token\n")
+    bp = start_bp(blade="b0", slot=0, own=(), extra=("--metrics-token-file", str(tmp_path / "metrics-token")))
+    status, _, body = scrape(bp.api, token="scraper-token")
+    assert status == 200 and "nasblade_blade_" in body
+    u = urlparse(bp.api)
+    for method, path in (("GET", "/v1/status"), ("POST", "/v1/filesystems/fs1/takeover"), ("GET", "/v1/cluster")):
+        conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=30)
+        conn.request(method, path, headers={"Authorization": "Bearer scraper-token"})
+        resp = conn.getresponse()
+        reply = json.loads(resp.read())
+        conn.close()
+        assert resp.status == 403 and reply == {"error": "the metrics token reads GET /v1/metrics only"}, (path, reply)
+    assert scrape(bp.api, token="scraper-toke")[0] == 401
+    assert scrape(bp.api)[0] == 200  # the blade token still reads them

@@ -39,12 +39,14 @@ def test_config_refuses_unknown_keys_and_impossible_sizes(tmp_path: Path) -> Non
         ({"fileSystems": [{"preferredBlade": "nope"}]}, "fileSystems[0].preferredBlade: 'nope' is not a blade of g1"),
         ({"array": {"cacheSize": "lots"}}, "array.cacheSize: 'lots' is not a size"),
         ({"clusterGroups": [{"controllerWait": "0s"}]}, "clusterGroups[0].controllerWait: must be positive"),
+        ({"array": {"faultInjection": "yes"}}, "array.faultInjection"),
     ]
     for data, message in cases:
         with pytest.raises(ConfigError) as err:
             parse(data)
         assert message in str(err.value)
     assert parse({}).groups[0].controller_wait == 120.0
+    assert parse({}).fault_injection is False and parse({"array": {"faultInjection": True}}).fault_injection
     assert parse({"clusterGroups": [{"controllerWait": "30s"}]}).groups[0].controller_wait == 30.0
     # the command refuses before starting anything, naming the field
     bad = tmp_path / "bad.yaml"

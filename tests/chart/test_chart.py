@@ -308,7 +308,7 @@ def test_array_monitors(helm: Helm, render: Render) -> None:
     objs = render("metrics.arrays[0].name=a1", "metrics.arrays[0].namespace=storage",
                   "metrics.arrays[1].name=a2", "metrics.arrays[1].namespace=team",
                   "metrics.serviceMonitor.labels.release=prom", api_versions=MONITOR_APIS)
-    token = {"type": "Bearer", "credentials": {"name": naming.token_secret_name("a1"), "key": "token"}}
+    token = {"type": "Bearer", "credentials": {"name": naming.token_secret_name("a1"), "key": "metrics-token"}}
     controllers = {o["metadata"]["name"]: o for o in by_kind(objs, "ServiceMonitor")}
     blades = {o["metadata"]["name"]: o for o in by_kind(objs, "PodMonitor")}
     assert set(controllers) == {"a1-controller", "a2-controller"} and set(blades) == {"a1-blades", "a2-blades"}

@@ -175,7 +175,7 @@ class _suppress:
 
 def base_config(**overrides: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
-        "array": {"devices": {"count": 2, "size": "256M"}, "cacheSize": "32M"},
+        "array": {"devices": {"count": 2, "size": "256M"}, "cacheSize": "32M", "faultInjection": True},
         "clusterGroups": [{"name": "g1", "blades": 2, "heartbeatInterval": "100ms", "failureTimeout": "1s",
                            "backup": {"interval": "1h", "loadThreshold": 0.8, "maxAge": "2h"}}],
         "fileSystems": [{"name": "fs1", "size": "64M",

@@ -28,11 +28,11 @@ def controller_factory(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
     counter = itertools.count()
 
     def make(*, devices: int = 2, size: str = "256M", cache_size: str = "64M",
-             extra: list[str] | None = None) -> Controller:
+             extra: list[str] | None = None, faults: bool = True) -> Controller:
         work = tmp_path / f"ctl{next(counter)}"
         work.mkdir()
         devs = [f"{work / f'dev{i}'}:{size}" for i in range(devices)]
-        c = Controller(work, devs, cache_size, extra=extra or [])
+        c = Controller(work, devs, cache_size, extra=extra or [], faults=faults)
         c.start()
         started.append(c)
         return c

@@ -28,6 +28,8 @@ class Controller:
     extra: list[str] = field(default_factory=list)
     #: seconds to wait for the ready line (crash loops on a loaded machine need more)
     ready_timeout: float = 30.0
+    #: fault injection on (``--faults``): the tests inject I/O errors through the API
+    faults: bool = True
 
     def start(self) -> None:
         (self.workdir / "token").write_text(TOKEN)
@@ -35,7 +37,7 @@ class Controller:
         cmd = [sys.executable, "-m", "nasblade", "controller", "--nbd-listen", "127.0.0.1:0",
                "--api-listen", "127.0.0.1:0", "--token-file", str(self.workdir / "token"),
                "--admin-token-file", str(self.workdir / "admin"), "--cache-size", self.cache_size,
-               *self.extra]
+               *(["--faults"] if self.faults else []), *self.extra]
         for d in self.devices:
             cmd += ["--device", d]
         with open(self.workdir / "controller.log", "ab") as log:

@@ -30,6 +30,8 @@ def raw(controller: Controller, method: str, path: str, body: bytes | None = Non
     resp = conn.getresponse()
     data = resp.read()
     conn.close()
+    if resp.headers.get_content_type() != "application/json":
+        return resp.status, data.decode()  # the Prometheus text of /v1/metrics
     return resp.status, json.loads(data) if data else None
 
 
@@ -75,6 +77,39 @@ def test_faults_need_the_admin_token(controller: Controller, lu: str) -> None:
     assert status == 403 and body == {"error": "admin token required"}
     status, _ = raw(controller, "GET", "/v1/faults", token=ADMIN)
     assert status == 200
+
+
+def test_fault_injection_is_off_unless_the_controller_is_started_with_it(
+        controller_factory: Callable[..., Controller]) -> None:
+    """Without ``--faults`` (the operator's default: DiskArray ``spec.faultInjection`` false) the
+    admin token injects nothing; the other admin routes stay open to it."""
+    controller = controller_factory(faults=False)
+    controller.client.create_lu("victim", 1 << 20)
+    for method, path, body in (("POST", "/v1/faults", json.dumps({"lu": "victim"}).encode()),
+                               ("GET", "/v1/faults", None)):
+        status, reply = raw(controller, method, path, body, token=ADMIN)
+        assert status == 403 and "fault injection is off" in reply["error"], reply
+    assert raw(controller, "GET", "/v1/cache/hold", token=ADMIN)[0] == 200
+    assert "fault injection is ON" not in controller.log()
+
+
+def test_the_metrics_token_reads_the_metrics_and_nothing_else(
+        controller_factory: Callable[..., Controller], tmp_path: Path) -> None:
+    """The read-only credential a scraper gets (the ``metrics-token`` key of the array's token
+    Secret): ``GET /v1/metrics``, and 403 for every other route, reads included."""
+    (tmp_path / "metrics-token").write_text("metrics-token-for-tests\n")
+    controller = controller_factory(extra=["--metrics-token-file", str(tmp_path / "metrics-token")])
+    controller.client.create_lu("seen", 1 << 20)
+    status, text = raw(controller, "GET", "/v1/metrics", token="metrics-token-for-tests")
+    assert status == 200 and 'nasblade_controller_lu_size_bytes{lu="seen"}' in str(text)
+    for method, path, body in (("GET", "/v1/lus", None), ("GET", "/v1/array", None),
+                               ("POST", "/v1/lus", json.dumps({"name": "x", "size": 4096}).encode()),
+                               ("DELETE", "/v1/lus/seen", None)):
+        status, reply = raw(controller, method, path, body, token="metrics-token-for-tests")
+        assert status == 403 and reply == {"error": "the metrics token reads GET /v1/metrics only"}, (path, reply)
+    assert raw(controller, "GET", "/v1/metrics", token="not-the-metrics-token")[0] == 401
+    assert [lu["name"] for lu in controller.client.list_lus()] == ["seen"]
+    assert raw(controller, "GET", "/v1/metrics", token=TOKEN)[0] == 200  # the user token reads them too
 
 
 def test_a_missing_admin_token_file_leaves_the_admin_routes_closed(

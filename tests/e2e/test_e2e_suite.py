@@ -20,6 +20,7 @@ from typing import Any
 
 import nbcluster
 import pytest
+import yaml
 from e2elib import CHART, IMAGE, RELEASE_NS, REPO, Kube, condition, kill_container, on_kind
 
 if str(REPO / "tests" / "kernel") not in sys.path:
@@ -73,8 +74,15 @@ def test_step1_helm_install_operator_ready(kube: Kube, release: str) -> None:
 
 def test_step2_diskarray_ready(kube: Kube, release: str, workload_ns: str) -> None:
     """2. Apply the examples; the DiskArray reaches Ready=True and ``kubectl get`` shows its
-    printer columns filled in."""
-    kube.kubectl("-n", workload_ns, "apply", "-f", str(EXAMPLES))
+    printer columns filled in. The suite turns the controller's fault injection on
+    (``spec.controller.faultInjection``, off in the example and by default): step 6 injects a
+    fault into the processor-information LU."""
+    docs = [d for f in sorted(EXAMPLES.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    for d in docs:
+        if d["kind"] == "DiskArray":
+            d["spec"].setdefault("controller", {})["faultInjection"] = True
+    kube.kubectl("-n", workload_ns, "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                                         "items": docs}))
 
     def ready() -> Any:
         obj = kube.get("diskarray", ARRAY, namespace=workload_ns)
@@ -312,14 +320,14 @@ def _samples(text: str, name: str, **labels: str) -> float:
 
 def test_step3c_metrics_scraped_over_https_show_the_io(kube: Kube, release: str, workload_ns: str) -> None:
     """3c. From another pod, as the chart's monitors make Prometheus scrape (HTTPS against the
-    array's CA bundle and the monitor's serverName, with the array's token): the controller's
-    metrics count step 3's writes to the file system's LU, the owning blade's count its NFS
-    WRITE calls."""
+    array's CA bundle and the monitor's serverName, with the array's read-only metrics token):
+    the controller's metrics count step 3's writes to the file system's LU, the owning blade's
+    count its NFS WRITE calls; the same token reads nothing else (the LU list: 403)."""
     def secret(name: str, key: str) -> str:
         data = kube.json("-n", workload_ns, "get", "secret", name)["data"]
         return base64.b64decode(data[key]).decode()
 
-    ca, token = secret(f"{ARRAY}-tls-trust", "ca-cert.pem"), secret(f"{ARRAY}-control-token", "token")
+    ca, token = secret(f"{ARRAY}-tls-trust", "ca-cert.pem"), secret(f"{ARRAY}-control-token", "metrics-token")
     ctl_name = f"{ARRAY}-controller.{workload_ns}.svc"
     controller = _exec(kube, workload_ns, "python3", "-c", SCRAPE, ctl_name, "8080", ctl_name, ca, token)
     owner = _owner(kube, workload_ns)
@@ -330,6 +338,9 @@ def test_step3c_metrics_scraped_over_https_show_the_io(kube: Kube, release: str,
     print(f"step3c-metrics: controller fs-shared written {written:.0f} B; blade {owner} NFS WRITE calls {writes:.0f}")
     assert written >= 1 << 20, controller[-2000:]  # step 3 wrote a multi-MiB file
     assert writes > 0, blade[-2000:]
+    lus = kube.kubectl("-n", workload_ns, "exec", CLIENT_POD, "--", "python3", "-c",
+                       SCRAPE.replace("/v1/metrics", "/v1/lus"), ctl_name, "8080", ctl_name, ca, token, check=False)
+    assert lus.returncode != 0 and "403" in lus.stderr, (lus.stdout, lus.stderr)
 
 
 # ---------------------------------------------------------------- 4-7: failures, backups, upgrade

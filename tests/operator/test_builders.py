@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
+import pytest
 from nasblade.cluster import config as cluster_config
 from nasblade_operator import naming
 from nasblade_operator.clustergroup import builders as cg_builders
 from nasblade_operator.clustergroup import spec as cg_spec
 from nasblade_operator.diskarray import builders as da_builders
 from nasblade_operator.diskarray import spec as da_spec
+from nasblade_operator.validation import InvalidSpec
 
-ARRAY = da_spec.parse({
+RAW_ARRAY: dict[str, Any] = {
     "devices": {"count": 3, "size": "2Gi", "storageClassName": "fast"},
     "deletionPolicy": "Delete",
     "fileSystems": [
@@ -20,7 +23,8 @@ ARRAY = da_spec.parse({
          "exports": [{"clients": ["10.1.0.0/16"], "access": "ro", "squash": "all"}]},
         {"name": "scratch", "size": "256Mi", "clusterGroup": "g1"},
     ],
-})
+}
+ARRAY = da_spec.parse(RAW_ARRAY)
 GROUP = cg_spec.parse({"diskArrayRef": {"name": "a1"}, "blades": {"count": 2, "resources": {"requests": {"cpu": "100m"}}}})
 
 
@@ -39,6 +43,13 @@ def test_statefulset_has_one_claim_per_device_and_the_policy() -> None:
     # two tokens: the data path's and the admin's (fault injection, device replace)
     assert c["args"][c["args"].index("--token-file") + 1] == "/etc/nasblade/token/token"
     assert c["args"][c["args"].index("--admin-token-file") + 1] == "/etc/nasblade/token/admin-token"
+    assert c["args"][c["args"].index("--metrics-token-file") + 1] == "/etc/nasblade/token/metrics-token"
+    assert "--faults" not in c["args"]  # fault injection is off unless the spec asks
+    faulty = da_spec.parse({**RAW_ARRAY, "controller": {"faultInjection": True}})
+    assert "--faults" in da_builders.controller_statefulset("a1", faulty, image="img")["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    with pytest.raises(InvalidSpec, match=r"spec\.controller\.faultInjection"):
+        da_spec.parse({**RAW_ARRAY, "controller": {"faultInjection": "yes"}})
     assert sts["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
     assert da_builders.pvc_names("a1", ARRAY) == ["dev-0-a1-controller-0", "dev-1-a1-controller-0", "dev-2-a1-controller-0"]
 
@@ -46,9 +57,10 @@ def test_statefulset_has_one_claim_per_device_and_the_policy() -> None:
 def test_service_secret_and_lus() -> None:
     svc = da_builders.controller_service("a1")
     assert {p["port"] for p in svc["spec"]["ports"]} == {naming.CONTROL_PORT, naming.NBD_PORT}
-    sec = da_builders.token_secret("a1", token="s3cret", admin_token="adm1n")
+    sec = da_builders.token_secret("a1", token="s3cret", admin_token="adm1n", metrics_token="scr4pe")
     assert base64.b64decode(sec["data"]["token"]) == b"s3cret"
     assert base64.b64decode(sec["data"]["admin-token"]) == b"adm1n"
+    assert base64.b64decode(sec["data"]["metrics-token"]) == b"scr4pe"
     lus = da_builders.desired_lus(ARRAY)
     assert list(lus) == ["program", "procinfo", "backup", "fs-home", "fs-scratch"]
     assert lus["fs-home"] == 512 * 2**20
@@ -100,8 +112,10 @@ def test_blade_pod_and_nfs_service() -> None:
         "/etc/nasblade-token/token"
     (tok,) = [v for v in pod["spec"]["volumes"] if v["name"] == "token"]
     assert tok["secret"]["secretName"] == "a1-control-token"
-    # the blade gets the data-path token only, never the admin token
-    assert tok["secret"]["items"] == [{"key": "token", "path": "token"}]
+    # the blade gets the data-path token and the scrapers' read-only one, never the admin token
+    assert tok["secret"]["items"] == [{"key": "token", "path": "token"},
+                                      {"key": "metrics-token", "path": "metrics-token"}]
+    assert args[args.index("--metrics-token-file") + 1] == "/etc/nasblade-token/metrics-token"
     assert {"name": "token", "mountPath": "/etc/nasblade-token", "readOnly": True} in bp["volumeMounts"]
     assert all(m["name"] != "token" for m in fp["volumeMounts"])
     assert '"squash": "all"' in env["NASBLADE_FILESYSTEMS"]["value"]

@@ -56,6 +56,9 @@ def test_nbd_tls_secrets_are_made_owned_and_mounted(
     for n, s in secrets.items():
         assert s is not None and s["metadata"]["ownerReferences"][0]["name"] == ("g1" if "blade" in n else "a1")
     assert kubectl.get("secret", "a1-nbd-group-g1") is None  # one certificate per blade, none per group
+    # the token Secret made beforehand with the data-path token alone got the other roles' tokens
+    tokens = kubectl.get("secret", "a1-control-token")
+    assert tokens is not None and set(tokens["data"]) == {"token", "admin-token", "metrics-token"}
     ca_files = files(secrets["a1-nbd-ca"])  # type: ignore[arg-type]
     ca = x509.load_pem_x509_certificate(ca_files["ca-cert.pem"])
 

@@ -85,7 +85,7 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
     tmp = tmp_path_factory.mktemp("cli-array")
     net = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}"
     cfg = {
-        "array": {"devices": {"count": 2, "size": "192M"}, "cacheSize": "16M",
+        "array": {"devices": {"count": 2, "size": "192M"}, "cacheSize": "16M", "faultInjection": True,
                   "areas": {"programSize": "32M"}},
         "clusterGroups": [{"name": "g1", "blades": 2, "failureTimeout": "1s", "backup": {"crossGroup": ["g2"]}},
                           {"name": "g2", "blades": 1, "failureTimeout": "1s"}],

@@ -214,17 +214,24 @@ LOCAL_ROUTES: list[tuple[str, str, Handler]] = [
 ]
 
 
-def _auth_middleware(token: str) -> Any:
+def _auth_middleware(token: str, metrics_token: str | None = None) -> Any:
+    """The blade token opens every route; the read-only metrics token (a scraper's) opens
+    ``GET /v1/metrics`` alone."""
     expected = f"Bearer {token}".encode()
+    scraper = f"Bearer {metrics_token}".encode() if metrics_token else None
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == "/healthz":
             return await handler(request)
         given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            return _error(401, "unauthorized")
-        return await handler(request)
+        if hmac.compare_digest(given, expected):
+            return await handler(request)
+        if scraper is not None and hmac.compare_digest(given, scraper):
+            if request.path == "/v1/metrics" and request.method == "GET":
+                return await handler(request)
+            return _error(403, "the metrics token reads GET /v1/metrics only")
+        return _error(401, "unauthorized")
 
     return auth
 
@@ -244,10 +251,10 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return _error(500, "internal error (see the blade's log)")
 
 
-def blade_app(bp: BlockProcessor, *, token: str) -> web.Application:
+def blade_app(bp: BlockProcessor, *, token: str, metrics_token: str | None = None) -> web.Application:
     if not token:
         raise ValueError("the blade API needs a non-empty token")
-    app = web.Application(middlewares=[_json_errors, _auth_middleware(token)])
+    app = web.Application(middlewares=[_json_errors, _auth_middleware(token, metrics_token)])
     app[BP_KEY] = bp
     app[METRICS_EXTRA] = []
     app.router.add_get("/healthz", _healthz)

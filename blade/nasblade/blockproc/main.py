@@ -96,6 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--local-unix", required=True, help="Unix socket for the file processor's local API")
     a("--api-listen", type=_hostport, help="blade management API HOST:PORT")
     a("--api-token-file", help="blade management API token file (default $NASBLADE_BLADE_TOKEN)")
+    a("--metrics-token-file", help="read-only token for GET /v1/metrics of the blade API (a scraper's;"
+      " default $NASBLADE_METRICS_TOKEN)")
     a("--api-tls-dir", metavar="DIR", help="serve the blade API over HTTPS with DIR's server-cert.pem and"
       " server-key.pem (the blade's own certificate; renewed files are read at the next handshake)")
 
@@ -174,7 +176,12 @@ async def _serve(args: argparse.Namespace, extend: Extend | None) -> int:
             api_token = _read_token(args.api_token_file, "NASBLADE_BLADE_TOKEN")
             if not api_token:
                 raise ValueError("the blade API needs --api-token-file or $NASBLADE_BLADE_TOKEN")
-            app = http_api.blade_app(bp, token=api_token)
+            try:
+                metrics_token = _read_token(args.metrics_token_file, "NASBLADE_METRICS_TOKEN")
+            except FileNotFoundError as exc:
+                log.warning("no metrics token (%s): scrapers need the blade token", exc)
+                metrics_token = None
+            app = http_api.blade_app(bp, token=api_token, metrics_token=metrics_token)
             if extend is not None:
                 extension = extend(bp, control, app, api_token)
             api = web.AppRunner(app, access_log=None)

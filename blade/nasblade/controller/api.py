@@ -4,7 +4,8 @@ The contract (paths, JSON shapes, status codes) is docs/control-api.md; ``OPENAP
 the machine-readable form served at ``GET /v1/openapi.json``. The routes table ``ROUTES``
 maps (method, path) to a handler; two middlewares apply to every route: bearer-token
 authentication (``401``; fault injection and ``POST /v1/cache/hold`` additionally need the
-admin token, ``403``) and
+admin token, ``403``; fault injection is off unless the controller runs with ``--faults``;
+a third, read-only token reads ``GET /v1/metrics`` and nothing else) and
 error mapping (``engine.NotFound`` → ``404``, ``BadRequest`` and ``httpjson.BodyError`` →
 ``400``/``413`` ...), so every error is a JSON object with an ``"error"`` key; anything else a
 handler raises (a ``KeyError`` from a bug, say) is a ``500`` with its traceback in the log.
@@ -36,7 +37,10 @@ log = logging.getLogger(__name__)
 
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 COPIES: web.AppKey[CopyEngine] = web.AppKey("copies", CopyEngine)
-TOKENS: web.AppKey[tuple[str | None, str | None]] = web.AppKey("tokens", tuple)
+#: (user token, admin token, read-only metrics token)
+TOKENS: web.AppKey[tuple[str | None, str | None, str | None]] = web.AppKey("tokens", tuple)
+#: whether ``/v1/faults`` is on (``--faults``); off, it answers 403 to every token
+FAULTS: web.AppKey[bool] = web.AppKey("faults", bool)
 MAINT: web.AppKey[Maintenance] = web.AppKey("maintenance", Maintenance)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -95,18 +99,30 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, de
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == "/healthz":
         return await handler(request)
-    token, admin = request.app[TOKENS]
+    token, admin, metrics = request.app[TOKENS]
     header = request.headers.get("Authorization", "")
     given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    is_admin = bool(admin) and hmac.compare_digest(given.encode(), admin.encode())  # type: ignore[union-attr]
-    is_user = is_admin or (bool(token) and hmac.compare_digest(given.encode(), token.encode()))  # type: ignore[union-attr]
-    if not given or not is_user:
+    is_admin = _matches(given, admin)
+    is_user = is_admin or _matches(given, token)
+    if not given or not (is_user or _matches(given, metrics)):
         return _error(401, "unauthorized", hint="send 'Authorization: Bearer <token>'")
+    if not is_user:  # the read-only metrics token: the scrape and nothing else
+        if request.path == "/v1/metrics" and request.method == "GET":
+            return await handler(request)
+        return _error(403, "the metrics token reads GET /v1/metrics only")
+    if request.path.startswith("/v1/faults") and not request.app[FAULTS]:
+        return _error(403, "fault injection is off: start the controller with --faults"
+                           " (DiskArray spec.faultInjection, array.faultInjection of nasblade up)")
     admin_only = request.path.startswith(("/v1/faults", "/v1/array/devices/")) or (
         request.path == "/v1/cache/hold" and request.method != "GET")
     if admin_only and not is_admin:
         return _error(403, "admin token required")
     return await handler(request)
+
+
+def _matches(given: str, secret: str | None) -> bool:
+    """``given`` is ``secret`` (compared in constant time; no secret matches nothing)."""
+    return bool(given) and bool(secret) and hmac.compare_digest(given.encode(), secret.encode())  # type: ignore[union-attr]
 
 
 @web.middleware
@@ -668,12 +684,14 @@ OPENAPI = _openapi()
 
 
 def build_app(engine: Engine, copies: CopyEngine, *, token: str | None, admin_token: str | None,
-              maintenance: Maintenance | None = None) -> web.Application:
+              maintenance: Maintenance | None = None, metrics_token: str | None = None,
+              faults: bool = False) -> web.Application:
     app = web.Application(middlewares=[auth_middleware, error_middleware], client_max_size=1 << 20)
     app[ENGINE] = engine
     app[MAINT] = maintenance or Maintenance(engine)
     app[COPIES] = copies
-    app[TOKENS] = (token, admin_token)
+    app[TOKENS] = (token, admin_token, metrics_token)
+    app[FAULTS] = faults
     app.router.add_get("/healthz", healthz)
     for method, path, handler, _ in ROUTES:
         app.router.add_route(method, path, handler)

@@ -164,7 +164,8 @@ class Array:
                 "--api-listen", f"{net.controller_address}:{net.api_port}",
                 "--token-file", str(self._secret("controller-token")),
                 "--admin-token-file", str(self._secret("admin-token")),
-                "--cache-size", str(c.cache_size), "--protection", c.protection]
+                "--cache-size", str(c.cache_size), "--protection", c.protection,
+                *(["--faults"] if c.fault_injection else [])]
         for i in range(c.device_count):
             argv += ["--device", f"{devdir / f'dev{i}'}:{c.device_size}"]
         if net.nbd_tls:

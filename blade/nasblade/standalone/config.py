@@ -10,6 +10,7 @@ one exported file system)::
                                         # parity-2 (>= 4); fixed when the array is made
       cacheSize: 256M
       areas: {programSize: 64M, procInfoPortionSize: 1M, backupSize: 4M}
+      faultInjection: false             # true: the admin token may inject I/O errors (tests)
     clusterGroups:
       - name: g1
         blades: 2                       # or a list of names
@@ -160,6 +161,8 @@ class Config:
     #: the array's protection level (``nasblade.controller.redundancy``): none, mirror-2, mirror-3,
     #: parity-1, parity-2
     protection: str = "none"
+    #: the controller's fault injection (``--faults``): off unless the configuration asks
+    fault_injection: bool = False
 
     @property
     def procinfo_size(self) -> int:
@@ -327,6 +330,7 @@ def parse(data: Any) -> Config:
         raise ConfigError("array.areas.programSize", f"{format_size(program)} is too small (at least 1M)")
     backup_raw = areas.get("backupSize")
     areas.done()
+    fault_injection = _flag(arr.get("faultInjection", False), "array.faultInjection")
     arr.done()
 
     groups_raw = top.get("clusterGroups", [{}])
@@ -427,6 +431,7 @@ def parse(data: Any) -> Config:
         software_version=None if version is None else str(version),
         network=network,
         protection=protection.name,
+        fault_injection=fault_injection,
     )
 
 

@@ -180,9 +180,11 @@ def blade_pod(
     ]
     # tokens as files of the mounted Secret, for the block processor only (never environment
     # variables: they show in `kubectl describe`, crash dumps and every child process); the
-    # data-path token only, never the array's admin token (fault injection, device replace)
+    # data-path token and the read-only metrics token (a scraper's, for its own /v1/metrics),
+    # never the array's admin token (fault injection, device replace)
     token_volume = {"name": "token", "secret": {"secretName": naming.token_secret_name(array),
-                                                "items": [{"key": "token", "path": "token"}],
+                                                "items": [{"key": "token", "path": "token"},
+                                                          {"key": "metrics-token", "path": "metrics-token"}],
                                                 "defaultMode": 0o400}}
     token_mount = {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}
     security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
@@ -212,6 +214,7 @@ def blade_pod(
         "--cluster-config", f"{CONFIG_DIR}/cluster.json",
         "--token-file", f"{TOKEN_DIR}/token",
         "--api-token-file", f"{TOKEN_DIR}/token",
+        "--metrics-token-file", f"{TOKEN_DIR}/metrics-token",
     ]
     for fs in file_systems:
         bp_args += ["--fs-spec", json.dumps(fs_spec(fs), sort_keys=True)]

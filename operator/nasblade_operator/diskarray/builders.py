@@ -22,6 +22,8 @@ from nasblade_operator.diskarray.spec import DiskArraySpec
 
 TOKEN_DIR = "/etc/nasblade/token"
 ADMIN_TOKEN_KEY = "admin-token"
+#: the read-only scrape credential: GET /v1/metrics of the controller and the blades, nothing else
+METRICS_TOKEN_KEY = "metrics-token"
 #: Annotation on the StatefulSet: digest of the pod template the operator built, so a changed
 #: spec (cache size, resources, image) is noticed without comparing server-defaulted fields.
 TEMPLATE_HASH = "nasblade.io/template-hash"
@@ -42,18 +44,21 @@ def device_file_size(pvc_size: int) -> int:
     return (pvc_size * 97 // 100) // 2**20 * 2**20
 
 
-def token_secret(array: str, *, token: str, admin_token: str) -> dict[str, Any]:
-    """The Secret with the control-API tokens: ``token`` for the blades and the operator (the
-    data path: LUs, reservations, the blades' management APIs), ``admin-token`` for what only an
-    administrator does (fault injection, device fail/replace, cache hold): the controller pod
-    alone mounts it; a blade pod's volume projects ``token`` only."""
+def token_secret(array: str, *, token: str, admin_token: str, metrics_token: str) -> dict[str, Any]:
+    """The Secret with the control-API tokens, one per role: ``token`` for the blades and the
+    operator (the data path: LUs, reservations, the blades' management APIs), ``admin-token``
+    for what only an administrator does (fault injection, device fail/replace, cache hold): the
+    controller pod alone mounts it; ``metrics-token`` for scrapers (``GET /v1/metrics`` of the
+    controller and the blades, nothing else: the chart's monitors use it). A blade pod's volume
+    projects ``token`` and ``metrics-token``."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": naming.token_secret_name(array), "labels": labels(array)},
         "type": "Opaque",
         "data": {"token": base64.b64encode(token.encode()).decode(),
-                 ADMIN_TOKEN_KEY: base64.b64encode(admin_token.encode()).decode()},
+                 ADMIN_TOKEN_KEY: base64.b64encode(admin_token.encode()).decode(),
+                 METRICS_TOKEN_KEY: base64.b64encode(metrics_token.encode()).decode()},
     }
 
 
@@ -89,8 +94,11 @@ def controller_statefulset(
         "--api-listen", f"0.0.0.0:{naming.CONTROL_PORT}",
         "--token-file", f"{TOKEN_DIR}/token",
         "--admin-token-file", f"{TOKEN_DIR}/{ADMIN_TOKEN_KEY}",
+        "--metrics-token-file", f"{TOKEN_DIR}/{METRICS_TOKEN_KEY}",
         "--cache-size", str(spec.controller.cache_size),
         *nbdtls.controller_args(),
+        # fault injection only when the DiskArray asks for it (tests); off, /v1/faults is 403
+        *(["--faults"] if spec.controller.fault_injection else []),
     ]
     tls_volumes, tls_mounts = nbdtls.controller_volumes(array)
     claims = []

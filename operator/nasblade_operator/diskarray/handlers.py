@@ -214,11 +214,16 @@ async def _ensure_children(
     token = st.tokens.get((namespace, name))
     secret = await k.get("Secret", naming.token_secret_name(name), namespace=namespace) if token is None else None
     if token is None:
+        fresh = builders.token_secret(name, token=secrets.token_urlsafe(32), admin_token=secrets.token_urlsafe(32),
+                                      metrics_token=secrets.token_urlsafe(32))
         if secret is None:
-            secret = builders.token_secret(name, token=secrets.token_urlsafe(32),
-                                           admin_token=secrets.token_urlsafe(32))
-            kopf.adopt(secret, owner=body)
-            secret, _ = await k.create(secret)
+            kopf.adopt(fresh, owner=body)
+            secret, _ = await k.create(fresh)
+        elif missing := {key: v for key, v in fresh["data"].items() if key not in (secret.get("data") or {})}:
+            # a Secret made by an older operator (or by hand): it gets the roles' tokens it lacks
+            secret = await k.patch("Secret", naming.token_secret_name(name), {"data": missing},
+                                   namespace=namespace) or secret
+            events.normal(body, "Updated", f"Secret {naming.token_secret_name(name)}: added {', '.join(sorted(missing))}")
         token = base64.b64decode(secret["data"]["token"]).decode()
         st.tokens[(namespace, name)] = token
     image = settings.current().image

@@ -54,6 +54,8 @@ class Controller:
     cache_size: int
     resources: Mapping[str, Any]
     placement: podspec.Placement = podspec.DEFAULT_PLACEMENT
+    #: ``spec.controller.faultInjection``: the controller runs with ``--faults`` (tests only)
+    fault_injection: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,8 +167,11 @@ def _controller(c: validation.Collector, d: Mapping[str, Any]) -> Controller:
         c.add("spec.controller.cacheSize", "must be at least 1Mi")
     resources = d.get("resources") or {}
     placement = podspec.parse_placement(c, "spec.controller", d, spread=False)
+    faults = d.get("faultInjection", False)
+    if not isinstance(faults, bool):
+        c.add("spec.controller.faultInjection", "must be true or false")
     return Controller(cache_size=cache, resources=dict(resources) if isinstance(resources, Mapping) else {},
-                      placement=placement)
+                      placement=placement, fault_injection=faults is True)
 
 
 def _areas(c: validation.Collector, d: Mapping[str, Any]) -> Areas:
