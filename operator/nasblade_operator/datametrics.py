@@ -47,7 +47,8 @@ DEVICE_REBUILT = prom.Gauge("nasblade_array_device_rebuilt_ratio",
                             [*_A, "device"], registry=REGISTRY)
 DEVICE_ERRORS = prom.Gauge("nasblade_array_device_errors", "Errors the controller counted on the device since it started",
                            [*_A, "device", "kind"], registry=REGISTRY)
-ARRAY_BLOCKS = prom.Gauge("nasblade_array_blocks", "Blocks repaired from another copy, and lost (no copy held them correctly)",
+ARRAY_BLOCKS = prom.Gauge("nasblade_array_blocks", "Blocks repaired from another copy, lost (no copy held them"
+                          " correctly), and parity found disagreeing with its data (parity levels)",
                           [*_A, "kind"], registry=REGISTRY)
 ARRAY_CONDITION = prom.Gauge("nasblade_diskarray_condition", "DiskArray conditions (1 True, 0 otherwise)",
                              [*_A, "condition"], registry=REGISTRY)
@@ -94,7 +95,7 @@ def array_health(namespace: str, array: str, answer: Mapping[str, Any]) -> None:
     device failed, rebuilt share and error counters."""
     key, a = ("DiskArray", namespace, array), (namespace, array)
     _set(key, ARRAY_DEGRADED, a, 1 if answer.get("state", "ok") != "ok" else 0)
-    for kind, field in (("repaired", "repairedBlocks"), ("lost", "lostBlocks")):
+    for kind, field in (("repaired", "repairedBlocks"), ("lost", "lostBlocks"), ("parity-mismatch", "parityMismatches")):
         _set(key, ARRAY_BLOCKS, (*a, kind), float(answer.get(field, 0)))
     rebuild = {int(r["device"]): r for r in answer.get("rebuild") or []}
     for d in answer.get("devices") or []:

@@ -76,7 +76,8 @@ def test_a_healthy_array_is_written_once_then_costs_nothing() -> None:
     first = arr.poll(answer(device(0), device(1)))
     assert set(first.patch) == {"redundancy", "devices", "conditions"} and first.events == []
     assert arr.status["redundancy"] == {"protection": "mirror-2", "copies": 2, "survives": 1, "state": "ok", "rebuild": [],
-                                        "lostBlocks": 0, "repairedBlocks": 0, "checksumErrors": 0}
+                                        "lostBlocks": 0, "repairedBlocks": 0, "checksumErrors": 0,
+                                        "parityMismatches": 0}
     assert arr.status["devices"][1] == {"index": 1, "state": "ok", "reason": "", "readErrors": 0, "writeErrors": 0,
                                         "checksumErrors": 0, "repaired": 0}
     assert arr.degraded()["status"] == "False" and arr.degraded()["reason"] == "AllDevicesOk"
@@ -232,3 +233,14 @@ def test_replace_refusal_names_what_to_do() -> None:
     assert "no device 7: the array has devices [0, 1, 2]" in str(devices.replace_refusal("7", answer))
     assert "device 0 is ok, not failed" in str(devices.replace_refusal("0", answer))
     assert "device 2 is rebuilding, not failed" in str(devices.replace_refusal("2", answer))
+
+
+def test_parity_mismatches_reach_the_status() -> None:
+    """A parity array's scrub found parity disagreeing with its data: the count is in
+    ``status.redundancy`` and in the last scrub's record."""
+    arr = Array()
+    got = arr.poll(answer(device(0), device(1), parityMismatches=2,
+                          scrub={"last": {"started": "a", "finished": "b", "bytes": 8, "repaired": 2, "lost": 0,
+                                          "parityMismatches": 2}}))
+    assert got.patch["redundancy"]["parityMismatches"] == 2
+    assert got.patch["redundancy"]["lastScrub"]["parityMismatches"] == 2

@@ -77,6 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-listen", metavar="HOST:PORT", help="control API address (default 127.0.0.1:8080)")
     parser.add_argument("--token-file", help="file holding the API token (or NASBLADE_TOKEN)")
     parser.add_argument("--admin-token-file", help="file holding the admin token (or NASBLADE_ADMIN_TOKEN)")
+    parser.add_argument("--metrics-token-file",
+                        help="file holding the read-only metrics token: GET /v1/metrics only (or NASBLADE_METRICS_TOKEN)")
+    parser.add_argument("--faults", action="store_true", default=None,
+                        help="turn on fault injection (POST /v1/faults, admin token): for tests, never in production")
     parser.add_argument("--tls-dir", metavar="DIR",
                         help="NBD over TLS: DIR holds ca-cert.pem, server-cert.pem, server-key.pem; "
                              "clients need a certificate from that CA")
@@ -86,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JSON file: which LUs each client certificate identity may open")
     parser.add_argument("--cache-size", help="cache memory size (default 256M)")
     parser.add_argument("--protection", help="protection level of a new array: none (default), "
-                        "mirror, mirror-2, mirror-3; an existing array keeps its own")
+                        "mirror, mirror-2, mirror-3, parity-1 (RAID 5 style, >= 3 devices), parity-2 "
+                        "(RAID 6 style, >= 4 devices); an existing array keeps its own")
     parser.add_argument("--rebuild-rate", help="rebuild speed limit per second (default 256M)")
     parser.add_argument("--scrub-rate", help="scrub speed limit per second (default 64M)")
     parser.add_argument("--busy-rate", help="rebuild/scrub limit while clients do I/O (default 16M)")
@@ -105,7 +110,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         conf = {str(k).replace("_", "-"): v for k, v in loaded.items()}
     for key in ("nbd-listen", "nbd-unix", "api-listen", "token-file", "admin-token-file", "cache-size",
                 "tls-dir", "nbd-access", "protection", "rebuild-rate", "scrub-rate", "busy-rate",
-                "scrub-interval", "api-tls"):
+                "scrub-interval", "api-tls", "metrics-token-file", "faults"):
         value = getattr(args, key.replace("-", "_"))
         if value is not None:
             conf[key] = value
@@ -142,10 +147,16 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"nasblade controller: {exc}") from exc
     cache_size = parse_size(str(conf.get("cache-size", "256M")))
     engine = Engine(array, cache_size=cache_size)
-    return eventloop.run(_serve(engine, conf, token=token, admin=admin))
+    try:
+        metrics = _token(conf, "metrics-token-file", "NASBLADE_METRICS_TOKEN")
+    except FileNotFoundError as exc:  # a token Secret made before it had a metrics key
+        logging.getLogger(__name__).warning("no metrics token (%s): scrapers need the user token", exc)
+        metrics = None
+    return eventloop.run(_serve(engine, conf, token=token, admin=admin, metrics=metrics))
 
 
-async def _serve(engine: Engine, conf: dict[str, Any], *, token: str | None, admin: str | None) -> int:
+async def _serve(engine: Engine, conf: dict[str, Any], *, token: str | None, admin: str | None,
+                 metrics: str | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -167,7 +178,10 @@ async def _serve(engine: Engine, conf: dict[str, Any], *, token: str | None, adm
         scrub_rate=parse_size(str(conf.get("scrub-rate", "64M"))),
         busy_rate=parse_size(str(conf.get("busy-rate", "16M"))),
         scrub_interval=units.parse_duration(str(conf.get("scrub-interval", "168h"))))
-    app = api.build_app(engine, copies, token=token, admin_token=admin, maintenance=upkeep)
+    if conf.get("faults"):
+        log.warning("fault injection is ON (--faults): the admin token can make LUs fail")
+    app = api.build_app(engine, copies, token=token, admin_token=admin, maintenance=upkeep,
+                        metrics_token=metrics, faults=bool(conf.get("faults")))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     api_tls = tls.server_context(str(conf["tls-dir"]), client_auth=False) if conf.get("api-tls") else None

@@ -56,12 +56,14 @@ def redundancy(array: Mapping[str, Any]) -> dict[str, Any]:
         "lostBlocks": int(array.get("lostBlocks", 0)),
         "repairedBlocks": int(array.get("repairedBlocks", 0)),
         "checksumErrors": int(array.get("checksumErrors", 0)),
+        "parityMismatches": int(array.get("parityMismatches", 0)),
     }
     last = (array.get("scrub") or {}).get("last")
     if last:
         out["lastScrub"] = {"started": str(last.get("started", "")), "finished": str(last.get("finished", "")),
                             "bytes": int(last.get("bytes", 0)), "repaired": int(last.get("repaired", 0)),
-                            "lost": int(last.get("lost", 0))}
+                            "lost": int(last.get("lost", 0)),
+                            "parityMismatches": int(last.get("parityMismatches", 0))}
     return out
 
 
