@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 from array import array as Array
 from collections.abc import Callable, Iterator
 
@@ -368,17 +367,7 @@ class ParityVDev(VDev):
             with super().locked(r * rd.REGION, rd.REGION):
                 for s, d0 in self._rows_in(r * rd.REGION, (r + 1) * rd.REGION):
                     self._row(s, d0, UNIT, resync=True)
-        if regions:
-            self.stats.resynced_regions += len(regions)
-            log.warning("virtual device %d: recomputed the parity of %d region(s) written when "
-                        "the controller stopped", self.index, len(regions))
-            self.sync()
-            for m in self.writers:
-                for r in regions:
-                    m.bitmap[r] = 0
-                m.write_bitmap(regions)
-                os.fdatasync(m.fd)
-        return len(regions)
+        return self._resynced(regions, "recomputed the parity of")
 
     def scrub_step(self, start: int, n: int) -> tuple[int, int]:
         """Verify checksums and parity of the stripes that begin in virtual ``[start,

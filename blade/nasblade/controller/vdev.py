@@ -594,10 +594,16 @@ class VDev:
                     k = min(step, end - pos)
                     self.reconcile(pos, k, trust_unverified=True)
                     pos += k
+        return self._resynced(regions, "resynced")
+
+    def _resynced(self, regions: list[int], done: str) -> int:
+        """After ``resync`` made the copies (or the parity) of ``regions`` agree: count and log
+        them, and clear their write-intent bits on every writable device, durably (the data
+        first: ``sync``)."""
         if regions:
             self.stats.resynced_regions += len(regions)
-            log.warning("virtual device %d: resynced %d region(s) written when the controller "
-                        "stopped", self.index, len(regions))
+            log.warning("virtual device %d: %s %d region(s) written when the controller stopped",
+                        self.index, done, len(regions))
             self.sync()
             for m in self.writers:
                 for r in regions:
