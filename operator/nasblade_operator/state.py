@@ -84,6 +84,8 @@ class OperatorState:
     #: (namespace, ClusterGroup) -> the portion its status showed at the last event.
     portions_seen: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
+    #: (namespace, DiskArray) -> the operator's token for its blades' APIs (``operator_token``)
+    operator_tokens: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     #: (namespace, DiskArray) -> monotonic time of its next certificate check
     cert_checks: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
     #: (namespace, DiskArray) -> when its CA bundle was last loaded into ``http``'s trust
@@ -116,6 +118,20 @@ class OperatorState:
             self.tokens[(namespace, array)] = token
         return token
 
+    async def operator_token(self, namespace: str, array: str) -> str:
+        """The operator's credential for ``array``'s blades' management APIs (the
+        ``operator-token`` key of its token Secret; the blades hold only its SHA-256), read once;
+        ``ArrayUnavailable`` while the Secret or the key does not exist yet."""
+        key = (namespace, array)
+        token = self.operator_tokens.get(key)
+        if token is None:
+            secret = await self.kube.get("Secret", naming.token_secret_name(array), namespace=namespace)
+            value = ((secret or {}).get("data") or {}).get("operator-token")
+            if not value:
+                raise arrayapi.ArrayUnavailable(f"the token Secret of DiskArray {array} has no operator-token yet")
+            token = self.operator_tokens[key] = base64.b64decode(value).decode()
+        return token
+
     async def admin_token(self, namespace: str, array: str) -> str | None:
         """An array's admin token (the ``admin-token`` key of its token Secret), read each time
         it is needed (rarely: a device replacement); ``None`` when the Secret has no such key
@@ -127,6 +143,7 @@ class OperatorState:
     def forget_array(self, namespace: str, array: str, *, uid: str) -> None:
         """Drop what is kept about a deleted DiskArray."""
         self.tokens.pop((namespace, array), None)
+        self.operator_tokens.pop((namespace, array), None)
         self.trusted.pop((namespace, array), None)
         self.cert_checks.pop((namespace, array), None)
         self.ensured.pop(uid, None)

@@ -133,3 +133,28 @@ def test_the_metrics_token_reads_the_blades_metrics_and_nothing_else(
         assert resp.status == 403 and reply == {"error": "the metrics token reads GET /v1/metrics only"}, (path, reply)
     assert scrape(bp.api, token="scraper-toke")[0] == 401
     assert scrape(bp.api)[0] == 200  # the blade token still reads them
+
+
+def test_a_blade_api_keyed_by_a_digest_takes_only_the_token_behind_it(
+    tmp_path: Path, start_bp: Callable[..., BladeProc],
+) -> None:
+    """``--api-token-sha256-file`` (how the operator runs blades): the API takes the token whose
+    SHA-256 the file holds -- the operator's, which the blade never sees -- and refuses the
+    blade's own token and the digest itself (401)."""
+    import hashlib
+
+    (tmp_path / "op.sha256").write_text(hashlib.sha256(b"operator-secret").hexdigest() + "\n")
+    bp = start_bp(blade="b0", slot=0, own=(), extra=("--api-token-sha256-file", str(tmp_path / "op.sha256")))
+    u = urlparse(bp.api)
+
+    def status(token: str) -> int:
+        conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=30)
+        conn.request("GET", "/v1/status", headers={"Authorization": f"Bearer {token}"})
+        code = conn.getresponse().status
+        conn.close()
+        return code
+
+    assert status("operator-secret") == 200
+    assert status(BLADE_TOKEN) == 401  # what --api-token-file held: no longer accepted
+    assert status(hashlib.sha256(b"operator-secret").hexdigest()) == 401
+    assert status("operator-secreT") == 401

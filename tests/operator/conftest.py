@@ -194,6 +194,8 @@ def assert_clean(runner: Any) -> None:
 def token_secret(kubectl: Kubectl, controller: Controller) -> Callable[[str], None]:
     """Pre-create ``<array>-control-token`` with the test controller's token (the operator reuses it)."""
     def make(array: str) -> None:
-        kubectl("create", "secret", "generic", f"{array}-control-token", f"--from-literal=token={controller.token}")
+        # the operator calls the (fake) blades with its operator-token: the same value here
+        kubectl("create", "secret", "generic", f"{array}-control-token", f"--from-literal=token={controller.token}",
+                f"--from-literal=operator-token={controller.token}")
     return make
 

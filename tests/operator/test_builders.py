@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import Any
 
@@ -57,10 +58,15 @@ def test_statefulset_has_one_claim_per_device_and_the_policy() -> None:
 def test_service_secret_and_lus() -> None:
     svc = da_builders.controller_service("a1")
     assert {p["port"] for p in svc["spec"]["ports"]} == {naming.CONTROL_PORT, naming.NBD_PORT}
-    sec = da_builders.token_secret("a1", token="s3cret", admin_token="adm1n", metrics_token="scr4pe")
+    sec = da_builders.token_secret("a1", token="s3cret", admin_token="adm1n", metrics_token="scr4pe",
+                                   operator_token="0per")
     assert base64.b64decode(sec["data"]["token"]) == b"s3cret"
     assert base64.b64decode(sec["data"]["admin-token"]) == b"adm1n"
     assert base64.b64decode(sec["data"]["metrics-token"]) == b"scr4pe"
+    assert base64.b64decode(sec["data"]["operator-token"]) == b"0per"
+    assert base64.b64decode(sec["data"]["operator-token-sha256"]).decode() == hashlib.sha256(b"0per").hexdigest()
+    made = da_builders.token_secret("a1", token="t", admin_token="a", metrics_token="m")  # a fresh operator token
+    assert len(base64.b64decode(made["data"]["operator-token"])) >= 32
     lus = da_builders.desired_lus(ARRAY)
     assert list(lus) == ["program", "procinfo", "backup", "fs-home", "fs-scratch"]
     assert lus["fs-home"] == 512 * 2**20
@@ -108,13 +114,17 @@ def test_blade_pod_and_nfs_service() -> None:
     # tokens are files of the mounted Secret, never environment variables
     assert not any("TOKEN" in e["name"] or "secretKeyRef" in e.get("valueFrom", {})
                    for c in (bp, fp) for e in c["env"])
-    assert args[args.index("--token-file") + 1] == args[args.index("--api-token-file") + 1] == \
-        "/etc/nasblade-token/token"
+    assert args[args.index("--token-file") + 1] == "/etc/nasblade-token/token"
+    # its management API checks callers against the SHA-256 of the operator's token
+    assert "--api-token-file" not in args
+    assert args[args.index("--api-token-sha256-file") + 1] == "/etc/nasblade-token/operator-token-sha256"
     (tok,) = [v for v in pod["spec"]["volumes"] if v["name"] == "token"]
     assert tok["secret"]["secretName"] == "a1-control-token"
-    # the blade gets the data-path token and the scrapers' read-only one, never the admin token
+    # the blade gets the data-path token, the scrapers' read-only one and the operator token's
+    # digest: never the admin token, never the operator's token itself
     assert tok["secret"]["items"] == [{"key": "token", "path": "token"},
-                                      {"key": "metrics-token", "path": "metrics-token"}]
+                                      {"key": "metrics-token", "path": "metrics-token"},
+                                      {"key": "operator-token-sha256", "path": "operator-token-sha256"}]
     assert args[args.index("--metrics-token-file") + 1] == "/etc/nasblade-token/metrics-token"
     assert {"name": "token", "mountPath": "/etc/nasblade-token", "readOnly": True} in bp["volumeMounts"]
     assert all(m["name"] != "token" for m in fp["volumeMounts"])

@@ -9,6 +9,7 @@ in place and replaces the CA in two steps (bundle first, then leaves from the ne
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -58,7 +59,10 @@ def test_nbd_tls_secrets_are_made_owned_and_mounted(
     assert kubectl.get("secret", "a1-nbd-group-g1") is None  # one certificate per blade, none per group
     # the token Secret made beforehand with the data-path token alone got the other roles' tokens
     tokens = kubectl.get("secret", "a1-control-token")
-    assert tokens is not None and set(tokens["data"]) == {"token", "admin-token", "metrics-token"}
+    assert tokens is not None and set(tokens["data"]) == {"token", "admin-token", "metrics-token", "operator-token",
+                                                          "operator-token-sha256"}
+    # the operator token given beforehand was kept, and its digest is the one the blades get
+    assert files(tokens)["operator-token-sha256"].decode() == hashlib.sha256(files(tokens)["operator-token"]).hexdigest()
     ca_files = files(secrets["a1-nbd-ca"])  # type: ignore[arg-type]
     ca = x509.load_pem_x509_certificate(ca_files["ca-cert.pem"])
 

@@ -35,6 +35,7 @@ Local API (Unix socket, mode 0600, no token — only the pod's own containers ca
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import time
@@ -214,18 +215,26 @@ LOCAL_ROUTES: list[tuple[str, str, Handler]] = [
 ]
 
 
-def _auth_middleware(token: str, metrics_token: str | None = None) -> Any:
-    """The blade token opens every route; the read-only metrics token (a scraper's) opens
-    ``GET /v1/metrics`` alone."""
-    expected = f"Bearer {token}".encode()
+def _auth_middleware(token: str | None, metrics_token: str | None = None,
+                     token_sha256: str | None = None) -> Any:
+    """The blade token opens every route: the token itself (``nasblade up``), or a token whose
+    SHA-256 is ``token_sha256`` (Kubernetes: the operator's token, which the blade never holds);
+    the read-only metrics token (a scraper's) opens ``GET /v1/metrics`` alone."""
+    expected = f"Bearer {token}".encode() if token else None
+    digest = bytes.fromhex(token_sha256) if token_sha256 else None
     scraper = f"Bearer {metrics_token}".encode() if metrics_token else None
+
+    def _bearer(header: bytes) -> bytes:
+        return header[7:].strip() if header[:7].lower() == b"bearer " else b""
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == "/healthz":
             return await handler(request)
         given = request.headers.get("Authorization", "").encode()
-        if hmac.compare_digest(given, expected):
+        if expected is not None and hmac.compare_digest(given, expected):
+            return await handler(request)
+        if digest is not None and _bearer(given) and hmac.compare_digest(hashlib.sha256(_bearer(given)).digest(), digest):
             return await handler(request)
         if scraper is not None and hmac.compare_digest(given, scraper):
             if request.path == "/v1/metrics" and request.method == "GET":
@@ -251,10 +260,11 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return _error(500, "internal error (see the blade's log)")
 
 
-def blade_app(bp: BlockProcessor, *, token: str, metrics_token: str | None = None) -> web.Application:
-    if not token:
-        raise ValueError("the blade API needs a non-empty token")
-    app = web.Application(middlewares=[_json_errors, _auth_middleware(token, metrics_token)])
+def blade_app(bp: BlockProcessor, *, token: str | None, metrics_token: str | None = None,
+              token_sha256: str | None = None) -> web.Application:
+    if not token and not token_sha256:
+        raise ValueError("the blade API needs a non-empty token or the SHA-256 of one")
+    app = web.Application(middlewares=[_json_errors, _auth_middleware(token, metrics_token, token_sha256)])
     app[BP_KEY] = bp
     app[METRICS_EXTRA] = []
     app.router.add_get("/healthz", _healthz)

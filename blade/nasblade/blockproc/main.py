@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -55,7 +56,7 @@ class Extension(Protocol):
     async def close(self) -> None: ...
 
 
-Extend = Callable[[BlockProcessor, "AsyncControlClient | None", web.Application, str], "Extension | None"]
+Extend = Callable[[BlockProcessor, "AsyncControlClient | None", web.Application, "str | None"], "Extension | None"]
 """``extend(bp, control, management_app, api_token)``: add routes to the management app and
 return the extension to run (or ``None``); called only when ``--api-listen`` is given."""
 
@@ -96,6 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--local-unix", required=True, help="Unix socket for the file processor's local API")
     a("--api-listen", type=_hostport, help="blade management API HOST:PORT")
     a("--api-token-file", help="blade management API token file (default $NASBLADE_BLADE_TOKEN)")
+    a("--api-token-sha256-file", help="file with the hex SHA-256 of the token the blade API accepts (instead of"
+      " --api-token-file: the blade never holds the token itself; Kubernetes, the operator's token)")
     a("--metrics-token-file", help="read-only token for GET /v1/metrics of the blade API (a scraper's;"
       " default $NASBLADE_METRICS_TOKEN)")
     a("--api-tls-dir", metavar="DIR", help="serve the blade API over HTTPS with DIR's server-cert.pem and"
@@ -173,15 +176,20 @@ async def _serve(args: argparse.Namespace, extend: Extend | None) -> int:
         os.chmod(args.local_unix, 0o600)
         endpoints: dict[str, Any] = {"nbdUnix": args.nbd_unix, "local": args.local_unix}
         if args.api_listen:
-            api_token = _read_token(args.api_token_file, "NASBLADE_BLADE_TOKEN")
-            if not api_token:
-                raise ValueError("the blade API needs --api-token-file or $NASBLADE_BLADE_TOKEN")
+            # Kubernetes: only the SHA-256 of the operator's token (no blade can drive another);
+            # ``nasblade up``: the token itself (blades ask each other to release)
+            api_token_sha256 = _read_token(args.api_token_sha256_file, "NASBLADE_BLADE_TOKEN_SHA256")
+            api_token = None if api_token_sha256 else _read_token(args.api_token_file, "NASBLADE_BLADE_TOKEN")
+            if not api_token and not api_token_sha256:
+                raise ValueError("the blade API needs --api-token-file, --api-token-sha256-file or $NASBLADE_BLADE_TOKEN")
+            if api_token_sha256 and not re.fullmatch(r"[0-9a-f]{64}", api_token_sha256):
+                raise ValueError(f"{args.api_token_sha256_file}: not a hex SHA-256")
             try:
                 metrics_token = _read_token(args.metrics_token_file, "NASBLADE_METRICS_TOKEN")
             except FileNotFoundError as exc:
                 log.warning("no metrics token (%s): scrapers need the blade token", exc)
                 metrics_token = None
-            app = http_api.blade_app(bp, token=api_token, metrics_token=metrics_token)
+            app = http_api.blade_app(bp, token=api_token, metrics_token=metrics_token, token_sha256=api_token_sha256)
             if extend is not None:
                 extension = extend(bp, control, app, api_token)
             api = web.AppRunner(app, access_log=None)

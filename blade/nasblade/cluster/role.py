@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     path = str(args.cluster_config)
 
     def member(bp: BlockProcessor, control: AsyncControlClient | None, app: web.Application,
-               api_token: str) -> ClusterMember:
+               api_token: str | None) -> ClusterMember:
         if control is None:
             raise ValueError("cluster groups need the processor-information LU and the controller API")
         m = ClusterMember(bp, control, load_config(path), api_token=api_token)

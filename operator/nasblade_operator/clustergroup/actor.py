@@ -107,7 +107,8 @@ class Actor:
         t0 = time.monotonic()
         if m.reason == "Failover":  # measured from the failure: the pod's Ready transition, or when we saw it go
             t0 = min(self.rt.first_bad.get(m.source, t0), t0 - self.down_for.get(m.source, 0.0))
-        token = await self.st.token(self.namespace, self.spec.disk_array)
+        await self.st.trust(self.namespace, self.spec.disk_array)
+        token = await self.st.operator_token(self.namespace, self.spec.disk_array)  # the blades' APIs
         http = self.st.http
         source = self._endpoint(m.source) if m.reason != "Failover" else None
         if source is not None:

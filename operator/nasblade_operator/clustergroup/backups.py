@@ -88,7 +88,8 @@ async def run_if_due(
             raise bladeapi.BladeUnavailable(f"blade {blade['name']} has no address yet")
         running = {"trigger": trigger, "blade": blade["name"], "portions": portions, "started": conditions.now_rfc3339(now)}
         result = await _backup_following(st, api, name=name, namespace=namespace,
-                                         areas=array["status"].get("areas", {}) or {}, base=base, token=token,
+                                         areas=array["status"].get("areas", {}) or {}, base=base,
+                                         token=await st.operator_token(namespace, spec.disk_array),
                                          running=running, backups=backups, rt=rt)
         ok, message = result.succeeded, result.message
     except bladeapi.BladeUnavailable as exc:

@@ -180,11 +180,14 @@ def blade_pod(
     ]
     # tokens as files of the mounted Secret, for the block processor only (never environment
     # variables: they show in `kubectl describe`, crash dumps and every child process); the
-    # data-path token and the read-only metrics token (a scraper's, for its own /v1/metrics),
-    # never the array's admin token (fault injection, device replace)
+    # data-path token, the read-only metrics token (a scraper's, for its own /v1/metrics) and
+    # the SHA-256 of the operator's token (what its management API checks callers against);
+    # never the array's admin token (fault injection, device replace) nor the operator's token
     token_volume = {"name": "token", "secret": {"secretName": naming.token_secret_name(array),
                                                 "items": [{"key": "token", "path": "token"},
-                                                          {"key": "metrics-token", "path": "metrics-token"}],
+                                                          {"key": "metrics-token", "path": "metrics-token"},
+                                                          {"key": "operator-token-sha256",
+                                                           "path": "operator-token-sha256"}],
                                                 "defaultMode": 0o400}}
     token_mount = {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}
     security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
@@ -213,7 +216,8 @@ def blade_pod(
         "--fp-unix", f"{SOCKET_DIR}/fp.sock",
         "--cluster-config", f"{CONFIG_DIR}/cluster.json",
         "--token-file", f"{TOKEN_DIR}/token",
-        "--api-token-file", f"{TOKEN_DIR}/token",
+        # its management API takes the operator's token, of which the blade holds only the SHA-256
+        "--api-token-sha256-file", f"{TOKEN_DIR}/operator-token-sha256",
         "--metrics-token-file", f"{TOKEN_DIR}/metrics-token",
     ]
     for fs in file_systems:

@@ -178,7 +178,8 @@ async def _probe(
         return
     rt.next_probe = time.monotonic() + planner.probe_interval(failure_timeout=failure_timeout,
                                                               status_interval=settings.current().status_interval)
-    token = await st.token(namespace, array)
+    await st.trust(namespace, array)
+    token = await st.operator_token(namespace, array)  # the blades' APIs take the operator's token
     # not-Ready pods too, for one thing: a blade that declared itself failed (its readiness
     # says 503 then) is failed now, not failureTimeout after its pod went not-Ready
     targets = [(s["name"], bool(s["ready"]), endpoints.blade_api(namespace, s["name"], s.get("ip")))

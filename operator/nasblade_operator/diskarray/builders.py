@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import secrets
 from typing import Any
 
 from nasblade_operator import naming, nbdtls, podspec
@@ -24,6 +25,10 @@ TOKEN_DIR = "/etc/nasblade/token"
 ADMIN_TOKEN_KEY = "admin-token"
 #: the read-only scrape credential: GET /v1/metrics of the controller and the blades, nothing else
 METRICS_TOKEN_KEY = "metrics-token"
+#: the operator's credential for the blades' management APIs (takeover, release, backups); the
+#: blades hold only its SHA-256 (``OPERATOR_TOKEN_SHA256_KEY``), so no blade can drive another
+OPERATOR_TOKEN_KEY = "operator-token"
+OPERATOR_TOKEN_SHA256_KEY = "operator-token-sha256"
 #: Annotation on the StatefulSet: digest of the pod template the operator built, so a changed
 #: spec (cache size, resources, image) is noticed without comparing server-defaulted fields.
 TEMPLATE_HASH = "nasblade.io/template-hash"
@@ -44,21 +49,31 @@ def device_file_size(pvc_size: int) -> int:
     return (pvc_size * 97 // 100) // 2**20 * 2**20
 
 
-def token_secret(array: str, *, token: str, admin_token: str, metrics_token: str) -> dict[str, Any]:
-    """The Secret with the control-API tokens, one per role: ``token`` for the blades and the
-    operator (the data path: LUs, reservations, the blades' management APIs), ``admin-token``
-    for what only an administrator does (fault injection, device fail/replace, cache hold): the
-    controller pod alone mounts it; ``metrics-token`` for scrapers (``GET /v1/metrics`` of the
-    controller and the blades, nothing else: the chart's monitors use it). A blade pod's volume
-    projects ``token`` and ``metrics-token``."""
+def token_secret(array: str, *, token: str, admin_token: str, metrics_token: str,
+                 operator_token: str | None = None) -> dict[str, Any]:
+    """The Secret with the control-API tokens, one per role:
+
+    - ``token``: the data path (LUs, reservations at the controller): the blades, and the
+      operator's own controller calls;
+    - ``admin-token``: what only an administrator does (fault injection, device fail/replace,
+      cache hold): the controller pod alone mounts it;
+    - ``metrics-token``: scrapers (``GET /v1/metrics`` of the controller and the blades, nothing
+      else: the chart's monitors use it);
+    - ``operator-token``: the operator's calls to the blades' management APIs; a blade pod gets
+      only ``operator-token-sha256`` (the hex SHA-256 it checks a caller's token against), so a
+      blade cannot take over, release or back up through another blade.
+
+    A blade pod's volume projects ``token``, ``metrics-token`` and ``operator-token-sha256``.
+    ``operator_token`` defaults to a value made here (the operator reads it back)."""
+    op = operator_token if operator_token is not None else secrets.token_urlsafe(32)
+    values = {"token": token, ADMIN_TOKEN_KEY: admin_token, METRICS_TOKEN_KEY: metrics_token,
+              OPERATOR_TOKEN_KEY: op, OPERATOR_TOKEN_SHA256_KEY: hashlib.sha256(op.encode()).hexdigest()}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": naming.token_secret_name(array), "labels": labels(array)},
         "type": "Opaque",
-        "data": {"token": base64.b64encode(token.encode()).decode(),
-                 ADMIN_TOKEN_KEY: base64.b64encode(admin_token.encode()).decode(),
-                 METRICS_TOKEN_KEY: base64.b64encode(metrics_token.encode()).decode()},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
     }
 
 

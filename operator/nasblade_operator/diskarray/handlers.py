@@ -214,8 +214,10 @@ async def _ensure_children(
     token = st.tokens.get((namespace, name))
     secret = await k.get("Secret", naming.token_secret_name(name), namespace=namespace) if token is None else None
     if token is None:
+        have = (secret or {}).get("data") or {}
+        kept = base64.b64decode(have[builders.OPERATOR_TOKEN_KEY]).decode() if builders.OPERATOR_TOKEN_KEY in have else None
         fresh = builders.token_secret(name, token=secrets.token_urlsafe(32), admin_token=secrets.token_urlsafe(32),
-                                      metrics_token=secrets.token_urlsafe(32))
+                                      metrics_token=secrets.token_urlsafe(32), operator_token=kept)
         if secret is None:
             kopf.adopt(fresh, owner=body)
             secret, _ = await k.create(fresh)
