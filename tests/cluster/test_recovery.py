@@ -138,8 +138,12 @@ def test_released_for_a_blade_that_dies_is_taken_back(make_array: Any) -> None:
         c.deadline = 10.0
         committed, _verf = c.write(fh, 0, b"back" * 1024, stable=t.StableHow.FILE_SYNC)
         assert committed == t.StableHow.FILE_SYNC
-        view = arr.cluster(owner)
-        assert view["serving"].get("fs1", 0) > epoch and not view["released"], view
+        # the member records the new epoch a moment after its file processor serves again (the
+        # write above can land in between): the view is polled, not read once
+        def taken_back() -> dict[str, Any] | None:
+            view: dict[str, Any] = arr.cluster(owner)
+            return view if view["serving"].get("fs1", 0) > epoch and not view["released"] else None
+        wait_for(taken_back, timeout=10)
     finally:
         for part in ("fp", "bp"):
             with contextlib.suppress(OSError, KeyError, ValueError):
