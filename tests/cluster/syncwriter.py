@@ -93,3 +93,21 @@ def verify(url: str, path: str, count: int) -> list[int]:
     data = bytes(fh.read(count * RECORD))
     fh.close()
     return [i for i in range(count) if data[i * RECORD : (i + 1) * RECORD] != record(i)]
+
+
+def write_in_child(url: str, path: str, figures: Any, halt: Any, out: Any) -> None:
+    """A child process's target: run a ``SyncWriter`` and publish ``[acked, failed, max_gap]``
+    into ``figures`` (a shared array) until ``halt`` is set, then send its errors on ``out``.
+
+    libnfs's binding keeps the GIL inside its calls, so a writer stuck in a call (a server
+    that is gone) stops every thread of its process; run apart, it cannot freeze the test.
+    It lives here, in a module that imports nothing of the tests, because a spawned child
+    imports its target's module by name (``tests/cluster/test_protection_nfs.py``)."""
+    w = SyncWriter(url, path)
+    w.start()
+    while not halt.wait(0.05) and not w.finished.is_set():
+        figures[:] = [w.acked, w.failed, w.max_gap]
+    w.stop()
+    stopped = w.finished.wait(60)
+    figures[:] = [w.acked, w.failed, w.max_gap]
+    out.send(w.errors + ([] if stopped else ["the writer did not stop within 60s"]))

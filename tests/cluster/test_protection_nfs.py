@@ -34,15 +34,13 @@ import multiprocessing
 import subprocess
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import NASBLADE, ArrayUp, expect
 from nasblade.nbd.client import NBDBlockDevice
-from syncwriter import RECORD, SyncWriter, record, verify
+from syncwriter import RECORD, record, verify, write_in_child
 
 pytestmark = pytest.mark.component
 
@@ -79,23 +77,12 @@ CASES = [
 ]
 
 
-def _write(url: str, path: str, figures: Any, halt: Event, out: Connection) -> None:
-    """Child process: run a ``SyncWriter`` and publish ``[acked, failed, max_gap]`` as it goes.
-
-    libnfs's binding keeps the GIL inside its calls, so a writer stuck in a call (a server
-    that is gone) stops every thread of its process; run apart, it cannot freeze the test."""
-    w = SyncWriter(url, path)
-    w.start()
-    while not halt.wait(0.05) and not w.finished.is_set():
-        figures[:] = [w.acked, w.failed, w.max_gap]
-    w.stop()
-    stopped = w.finished.wait(60)
-    figures[:] = [w.acked, w.failed, w.max_gap]
-    out.send(w.errors + ([] if stopped else ["the writer did not stop within 60s"]))
-
-
 class Writer:
-    """A ``SyncWriter`` in a child process (see ``_write``), with the same figures."""
+    """A ``SyncWriter`` in a child process (``syncwriter.write_in_child``), with the same figures.
+
+    The child's target lives in ``syncwriter``, which imports nothing of the tests: a spawned
+    child imports its target's module by name, and this module imports ``conftest``, a name
+    every test folder has (with the whole suite collected, the child would find another's)."""
 
     def __init__(self, url: str, path: str) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -103,7 +90,7 @@ class Writer:
         self.halt = ctx.Event()
         self.errors: list[str] = []
         self._recv, send = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=_write, args=(url, path, self.figures, self.halt, send), daemon=True)
+        self.proc = ctx.Process(target=write_in_child, args=(url, path, self.figures, self.halt, send), daemon=True)
         self.proc.start()
 
     @property
