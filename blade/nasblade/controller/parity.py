@@ -243,16 +243,7 @@ class ParityVDev(VDev):
 
     @staticmethod
     def _read_unit(m: Member, d0: int, piece: memoryview) -> bool:
-        if not m.readable(d0, len(piece)):
-            return False
-        assert m.csum is not None
-        try:
-            m.pread(piece, d0)
-        except OSError:
-            return False
-        first = d0 // BLOCK
-        sums = Array("Q", rd.checksums(piece))
-        return m.csum[first : first + len(sums)] == sums
+        return m.readable(d0, len(piece)) and m.read_verified(piece, d0) is not None
 
     def write(self, offset: int, data: memoryview) -> None:
         length = len(data)

@@ -140,6 +140,18 @@ class Member:
         if got != len(view):
             view[got:] = bytes(len(view) - got)
 
+    def read_verified(self, view: memoryview, offset: int) -> Array | None:  # type: ignore[type-arg]
+        """Read ``view`` at ``offset`` and check it against the stored checksums: the checksums
+        read, or ``None`` on an I/O error or a mismatch (the caller repairs from redundancy)."""
+        assert self.csum is not None
+        try:
+            self.pread(view, offset)
+        except OSError:
+            return None
+        first = offset // BLOCK
+        sums = Array("Q", rd.checksums(view))
+        return sums if self.csum[first : first + len(sums)] == sums else None
+
     def pwrite(self, data: memoryview, offset: int) -> None:
         self._fault(offset, len(data), "write")
         while data:
@@ -362,17 +374,7 @@ class VDev:
     def _read_fast_sums(self, start: int, buf: memoryview) -> Array | None:  # type: ignore[type-arg]
         """One copy read and verified: its checksums, or ``None`` when anything was wrong."""
         ms = self.readers(start, len(buf))
-        if not ms:
-            return None
-        m = ms[0]
-        assert m.csum is not None
-        try:
-            m.pread(buf, start)
-        except OSError:
-            return None
-        first = start // BLOCK
-        sums = Array("Q", rd.checksums(buf))
-        return sums if m.csum[first : first + len(sums)] == sums else None
+        return ms[0].read_verified(buf, start) if ms else None
 
     def _read_repair(self, start: int, buf: memoryview, *, trust_unverified: bool = False,
                      exclude: Member | None = None) -> tuple[int, int]:
