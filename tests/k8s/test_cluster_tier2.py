@@ -106,11 +106,23 @@ def test_deployment_of_local_image_runs_and_is_reachable_by_dns(
     _web_deployment(e2e_ns, core, apps)
     wait_until("deployment web available", lambda: (
         apps.read_namespaced_deployment("web", e2e_ns).status.available_replicas or 0) == 2)
+    # Ready endpoints reach kube-proxy asynchronously: until it has synced, a Service
+    # without programmed endpoints answers with a REJECT (connection refused). The client
+    # retries that one error for up to 30 s; anything else, or no answer by then, fails.
     script = (
-        "import socket, urllib.request\n"
+        "import socket, time, urllib.error, urllib.request\n"
         f"for host in ('web', 'web.{e2e_ns}', 'web.{e2e_ns}.svc.cluster.local'):\n"
         "    ip = socket.gethostbyname(host)\n"
-        "    body = urllib.request.urlopen(f'http://{host}/hostname', timeout=10).read()\n"
+        "    deadline = time.monotonic() + 30\n"
+        "    while True:\n"
+        "        try:\n"
+        "            body = urllib.request.urlopen(f'http://{host}/hostname', timeout=10).read()\n"
+        "            break\n"
+        "        except urllib.error.URLError as e:\n"
+        "            if not isinstance(e.reason, ConnectionRefusedError) \\\n"
+        "                    or time.monotonic() > deadline:\n"
+        "                raise\n"
+        "            time.sleep(0.5)\n"
         "    print(host, ip, body.decode().strip())\n"
     )
     logs = run_to_completion(core, e2e_ns, "client", pod_spec(
