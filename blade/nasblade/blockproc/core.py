@@ -275,6 +275,26 @@ class BlockProcessor:
 
     # -- file-system takeover / release (blade API) -----------------------------------------
 
+    def define_fs(self, name: str, spec: dict[str, Any]) -> None:
+        """Add or replace file system ``name``'s spec (its LU; address, ports and exports as the
+        file processor takes them) while the blade runs (``nasblade.cluster.member``, when the
+        group's configuration changes). A file system this blade serves keeps its LU, and its
+        new address or exports take effect at its next takeover."""
+        lu = spec.get("lu")
+        if not isinstance(lu, str) or not lu:
+            raise ValueError(f"{name}: the spec names no LU")
+        old = self.settings.fs_specs.get(name)
+        if old is not None and old.get("lu") != lu and name in self.handed:
+            raise ValueError(f"{name} is served from LU {old.get('lu')}: release it before moving it to {lu}")
+        self.settings.fs_specs[name] = {k: v for k, v in spec.items() if k != "name"}
+
+    def forget_fs(self, name: str) -> None:
+        """Drop file system ``name``'s spec; one this blade serves must be released first."""
+        if name in self.handed:
+            raise ValueError(f"{name} is served by this blade: release it first")
+        self.settings.fs_specs.pop(name, None)
+
+
     def fp_spec(self, name: str) -> dict[str, Any]:
         """The file processor's JSON for ``name``: the spec with the device through this blade."""
         spec = dict(self.settings.fs_specs[name])

@@ -19,6 +19,12 @@ Blade management API (bearer token, for the operator and ``nasblade cluster``); 
     GET  /v1/cluster/area                         {"activeArea": "primary"|"backup", "events"}
     POST /v1/cluster/area/reform                  copy the backup area into the portion and
                                                   switch back to it
+    GET  /v1/cluster/config                       the cluster configuration in use (JSON of
+                                                  ``nasblade.cluster.config``)
+    PUT  /v1/cluster/config                       a new one: only its fileSystems may differ
+                                                  (added ones are served, removed ones released;
+                                                  ``ClusterMember.reconfigure``) → {"fileSystems",
+                                                  "added", "removed", "changed"}; 409 otherwise
 
 The member's records (``nasblade.cluster.records``) become JSON here and nowhere else on the
 way out (``records.to_json``; ``_status`` builds ``GET /v1/cluster`` from the member's parts).
@@ -38,6 +44,8 @@ from aiohttp import web
 
 from nasblade import httpjson
 from nasblade.blockproc.api import METRICS_EXTRA
+from nasblade.cluster.config import ClusterConfigError
+from nasblade.cluster.config import parse as parse_config
 from nasblade.cluster.member import ClusterMember
 from nasblade.cluster.metrics import MemberCollector
 from nasblade.cluster.records import ClusterError, to_json
@@ -171,6 +179,19 @@ async def _reform(request: web.Request) -> Any:
     return to_json(await _m(request).areas.reform())
 
 
+async def _config(request: web.Request) -> Any:
+    return _m(request).cfg.to_json()
+
+
+async def _reconfigure(request: web.Request) -> Any:
+    body = await httpjson.read(request)
+    try:
+        new = parse_config(body)
+    except ClusterConfigError as exc:
+        raise ClusterError(str(exc), status=400) from exc
+    return await _m(request).reconfigure(new)
+
+
 BLADE_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/cluster", _guarded(_cluster)),
     ("GET", "/v1/cluster/check-takeover", _guarded(_check)),
@@ -181,6 +202,8 @@ BLADE_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/cluster/backups", _guarded(_history)),
     ("GET", "/v1/cluster/area", _guarded(_area)),
     ("POST", "/v1/cluster/area/reform", _guarded(_reform)),
+    ("GET", "/v1/cluster/config", _guarded(_config)),
+    ("PUT", "/v1/cluster/config", _guarded(_reconfigure)),
 ]
 
 

@@ -35,8 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import time
+from pathlib import Path
+from typing import Any
 
 from nasblade.blockproc.core import BlockProcessor
 from nasblade.cluster.areas import Areas
@@ -46,6 +50,7 @@ from nasblade.cluster.liveness import GroupView
 from nasblade.cluster.records import ClusterError
 from nasblade.cluster.takeover import Takeovers
 from nasblade.controller.asyncclient import AsyncControlClient
+from nasblade.fileproc.agent import fs_spec
 from nasblade.procinfo.portion import PortionError
 
 log = logging.getLogger(__name__)
@@ -56,8 +61,10 @@ REGISTER_EVERY = 5.0
 
 class ClusterMember:
     def __init__(self, bp: BlockProcessor, control: AsyncControlClient, cfg: ClusterConfig, *,
-                 api_token: str | None = None) -> None:
+                 api_token: str | None = None, config_path: str | None = None) -> None:
         self.bp = bp
+        self.config_path = config_path
+        """The ``--cluster-config`` file, rewritten by ``reconfigure`` where it is writable."""
         self.control = control
         self.cfg = cfg
         self.me = bp.settings.blade
@@ -68,6 +75,11 @@ class ClusterMember:
         self.backups = Backups(bp, control, cfg, self.view, active_area=lambda: self.areas.active,
                                update_group=self.areas.update_group)
         self.takeovers = Takeovers(bp, control, cfg, self.view, self.areas, api_token=api_token)
+        try:  # a restarted container: the configuration (the pod's annotation) is newer than its flags
+            for name, spec in _specs(cfg, bp).items():
+                bp.define_fs(name, spec)
+        except ClusterError as exc:
+            raise ValueError(f"cluster config: {exc}") from exc
         self.api_url: str | None = None
         self.ticks = 0
         self._registered_at = 0.0
@@ -107,6 +119,74 @@ class ClusterMember:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await self.takeovers.close()
+
+    # -- the group's file systems, changed while the blade runs ----------------------------------
+
+    async def reconfigure(self, new: ClusterConfig) -> dict[str, Any]:
+        """Take the group's new list of file systems without a restart (``PUT
+        /v1/cluster/config``: the operator sends it to every blade when the DiskArray's file
+        systems of this group change, and puts the same JSON in the pod's annotation, which is
+        what a restarted container reads; ``nasblade up``'s configuration file is rewritten,
+        ``_save``).
+
+        A new file system needs its ``serve`` section (address, ports, exports); its home blade
+        takes it at its next tick, since nobody owns it yet (``core.plan_takeovers``). A file
+        system no longer listed is released first if this blade serves it (commit, unmount,
+        flush, reservation and ownership record dropped: its LU is free), then forgotten. Everything else in the configuration (members, timing, the
+        portion) is fixed for the blade's life: a change there is refused (409), to be applied
+        by a restart. Returns what changed."""
+        now, then = new.to_json(), self.cfg.to_json()
+        differ = sorted(k for k in now.keys() | then.keys() if k != "fileSystems" and now.get(k) != then.get(k))
+        if differ:
+            raise ClusterError(f"only fileSystems change while a blade runs; {', '.join(differ)} differ:"
+                               " restart the blade to apply that", status=409)
+        old = {f.policy.name: f for f in self.cfg.file_systems}
+        wanted = {f.policy.name: f for f in new.file_systems}
+        specs = _specs(new, self.bp)
+        for name, f in wanted.items():
+            if name not in specs:
+                raise ClusterError(f"fileSystems {name}: no serve section (address, ports, exports) and no"
+                                   " --fs-spec: this blade could not serve it", status=400)
+            was = old.get(name)
+            if was is not None and was.policy.lu != f.policy.lu and name in self.takeovers.serving:
+                raise ClusterError(f"{name} is served from LU {was.policy.lu}: release it before moving it to"
+                                   f" {f.policy.lu}", status=409)
+        removed = sorted(n for n in old if n not in wanted)
+        for name in removed:
+            if name in self.takeovers.serving:
+                await self.takeovers.forget(name)
+                log.info("%s: released %s: no longer a file system of group %s", self.me, name, self.cfg.group)
+        try:
+            for name in removed:
+                self.bp.forget_fs(name)
+            for name, spec in specs.items():
+                self.bp.define_fs(name, spec)
+        except ValueError as exc:
+            raise ClusterError(str(exc), status=409) from exc
+        changed = sorted(n for n, f in wanted.items() if n in old and f != old[n])
+        self.cfg = self.view.cfg = self.areas.cfg = self.backups.cfg = self.takeovers.cfg = new
+        self._save(new)
+        added = sorted(set(wanted) - set(old))
+        if added or removed or changed:
+            log.info("%s: group %s file systems now %s (added %s, removed %s, changed %s)", self.me,
+                     new.group, sorted(wanted), added, removed, changed)
+        return {"fileSystems": sorted(wanted), "added": added, "removed": removed, "changed": changed}
+
+    def _save(self, cfg: ClusterConfig) -> None:
+        """Keep the new configuration for a restart: ``nasblade up``'s file is rewritten in place
+        (atomically; the group's blades write the same JSON). On Kubernetes the file is the
+        pod's annotation, read-only here: the operator patches the annotation instead."""
+        if self.config_path is None:
+            return
+        path = Path(self.config_path)
+        if not os.access(path.parent, os.W_OK) or not os.access(path, os.W_OK):
+            return
+        tmp = path.with_name(f".{path.name}.{self.me}.tmp")
+        try:
+            tmp.write_text(json.dumps(cfg.to_json(), indent=1, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("%s: the new cluster configuration is in use but not saved to %s: %s", self.me, path, exc)
 
     # -- the tick ------------------------------------------------------------------------------
 
@@ -160,3 +240,22 @@ class ClusterMember:
             return
         for m in suspects:  # point-in-time copies there are older: only a newer slot counts
             self.view.liveness.observe_slot(slots.get(m), now=now, only_if_newer=True)
+
+
+def _specs(cfg: ClusterConfig, bp: BlockProcessor) -> dict[str, dict[str, Any]]:
+    """Each file system's block-processor spec: the configuration's ``serve`` section when it
+    has one (the operator's), else the spec the blade was started with (``--fs-spec``, which
+    is what ``nasblade up`` gives). A ``serve`` section the file processor would refuse raises
+    ``ClusterError`` (400), before anything changed."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in cfg.file_systems:
+        name = f.policy.name
+        if f.serve:
+            try:
+                fs_spec({"name": name, "device": f"nbd+unix:///{f.policy.lu}?socket=/dev/null", **f.serve})
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ClusterError(f"fileSystems {name}.serve: {exc}", status=400) from exc
+            out[name] = {**f.serve, "lu": f.policy.lu}
+        elif name in bp.settings.fs_specs:
+            out[name] = {**bp.settings.fs_specs[name], "lu": f.policy.lu}
+    return out

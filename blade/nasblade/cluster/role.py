@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
                api_token: str | None) -> ClusterMember:
         if control is None:
             raise ValueError("cluster groups need the processor-information LU and the controller API")
-        m = ClusterMember(bp, control, load_config(path), api_token=api_token)
+        m = ClusterMember(bp, control, load_config(path), api_token=api_token, config_path=path)
         cluster_api.install(app, m)
         return m
 

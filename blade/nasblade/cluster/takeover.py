@@ -326,6 +326,16 @@ class Takeovers:
         self.events.append(rec)
         return rec
 
+    async def forget(self, fs: str) -> None:
+        """``fs`` left the group (``ClusterMember.reconfigure``): stop serving it and drop its
+        reservation and its ownership record (``BlockProcessor.release_fs``), so that its LU
+        is free for whoever deletes or reuses it."""
+        async with self._lock:
+            self.serving.pop(fs, None)
+            self.released.pop(fs, None)
+            await self.bp.release_fs(fs)
+            self.view.group.ownership.pop(fs, None)
+
     async def _ask_release(self, owner: str, fs: str) -> None:
         """Ask the live ``owner`` to release ``fs`` for this blade (its management API, found in
         the controller's client registry)."""
