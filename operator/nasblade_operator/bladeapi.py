@@ -7,6 +7,7 @@ the array's control token). The calls the operator makes, and nothing else:
   POST /v1/filesystems/{fs}/takeover       -> 200 once the blade serves fs (idempotent)
   POST /v1/filesystems/{fs}/release        -> 200 once the blade no longer serves fs (idempotent)
   POST /v1/backups {"portions": [..], "trigger": ..} -> 200 {"result": "Succeeded"|"Failed", "message"}
+  GET, PUT /v1/cluster/config              -> the group's file systems, changed while the blade runs
 
 Callers (``clustergroup/daemon.py`` probes ``status``; ``clustergroup/actor.py`` calls
 ``takeover``/``release``; ``clustergroup/backups.py`` calls ``backup``) hand in the operator's
@@ -48,18 +49,24 @@ def _tls(base: str, blade: str) -> dict[str, Any]:
     return {"server_hostname": blade} if base.startswith("https://") else {}
 
 
-async def _post(http: sessions.Sessions, base: str, path: str, *, blade: str, token: str, body: Any = None) -> Any:
+async def _call(http: sessions.Sessions, method: str, base: str, path: str, *, blade: str, token: str,
+                body: Any = None) -> Any:
     url = base.rstrip("/") + "/v1" + path
     try:
-        async with http.session().post(url, json=body or {}, headers={"Authorization": f"Bearer {token}"},
-                                       timeout=TIMEOUT, **_tls(base, blade)) as r:
+        async with http.session().request(method, url, headers={"Authorization": f"Bearer {token}"},
+                                          json=(body or {}) if method != "GET" else None,
+                                          timeout=TIMEOUT, **_tls(base, blade)) as r:
             data: Any = await r.json(content_type=None) if r.content_length != 0 else None
             if r.status >= 400:
                 message = data.get("error", "") if isinstance(data, dict) else ""
-                raise BladeUnavailable(f"POST {url}: HTTP {r.status} {message}".strip())
+                raise BladeUnavailable(f"{method} {url}: HTTP {r.status} {message}".strip())
             return data
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise BladeUnavailable(f"POST {url}: {exc or type(exc).__name__}") from exc
+        raise BladeUnavailable(f"{method} {url}: {exc or type(exc).__name__}") from exc
+
+
+async def _post(http: sessions.Sessions, base: str, path: str, *, blade: str, token: str, body: Any = None) -> Any:
+    return await _call(http, "POST", base, path, blade=blade, token=token, body=body)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +75,7 @@ class BladeStatus:
     active_area: str  # "portion" or "backup"
     failed: str | None = None  # why the blade declared itself failed (its file processor lost what it served)
     file_systems: frozenset[str] | None = None  # what its file processor serves (None: not reported)
+    known: frozenset[str] | None = None  # the file systems it may serve, as configured (None: not reported)
 
 
 async def status(http: sessions.Sessions, base: str, *, blade: str, token: str) -> BladeStatus:
@@ -87,6 +95,7 @@ async def status(http: sessions.Sessions, base: str, *, blade: str, token: str) 
         active_area="backup" if data.get("activeArea") == "backup" else "portion",
         failed=data["failed"] if isinstance(data.get("failed"), str) else None,
         file_systems=frozenset(map(str, data["fileSystems"])) if isinstance(data.get("fileSystems"), list) else None,
+        known=frozenset(map(str, data["knownFileSystems"])) if isinstance(data.get("knownFileSystems"), list) else None,
     )
 
 
@@ -98,6 +107,19 @@ async def takeover(http: sessions.Sessions, base: str, fs: str, *, blade: str, t
 async def release(http: sessions.Sessions, base: str, fs: str, *, blade: str, token: str) -> None:
     """Ask the blade at ``base`` to stop serving ``fs`` (flush, unexport, drop reservation)."""
     await _post(http, base, f"/filesystems/{fs}/release", blade=blade, token=token)
+
+
+async def configure_file_systems(http: sessions.Sessions, base: str, file_systems: list[dict[str, Any]], *,
+                                 blade: str, token: str) -> dict[str, Any]:
+    """Give the blade its group's file systems while it runs: its configuration as it runs
+    (``GET /v1/cluster/config``) with ``fileSystems`` replaced (``PUT``; everything else in it
+    changes only with a restart). Answers ``{"added", "removed", "changed", "fileSystems"}``."""
+    current = await _call(http, "GET", base, "/cluster/config", blade=blade, token=token)
+    if not isinstance(current, dict):
+        raise BladeUnavailable(f"{blade}: GET /v1/cluster/config: not a JSON object")
+    answer = await _call(http, "PUT", base, "/cluster/config", blade=blade, token=token,
+                         body={**current, "fileSystems": file_systems})
+    return answer if isinstance(answer, dict) else {}
 
 
 async def backup(http: sessions.Sessions, base: str, *, blade: str, token: str, portions: list[int],

@@ -21,7 +21,7 @@ REASONS = frozenset(
         "Upgrading", "Upgraded", "HandedOver", "BackupSucceeded", "BackupFailed", "BackupDeferred",
         "BladeUnavailable", "DeletionBlocked", "Deleting", "DataRetained", "DataDeleted", "ScaledDown",
         "Moved", "MoveRefused", "DeviceFailed", "DeviceRebuilding", "DeviceRebuilt", "DataLost", "ChecksumErrors",
-        "DeviceReplaced", "DeviceReplaceRefused", "DeviceReplaceDeferred", "Certificates",
+        "DeviceReplaced", "DeviceReplaceRefused", "DeviceReplaceDeferred", "Certificates", "FileSystemsChanged",
     }
 )
 

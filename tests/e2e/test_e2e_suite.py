@@ -346,6 +346,64 @@ def test_step3c_metrics_scraped_over_https_show_the_io(kube: Kube, release: str,
 # ---------------------------------------------------------------- 4-7: failures, backups, upgrade
 
 
+def test_step3d_file_system_added_and_removed_while_the_blades_run(kube: Kube, release: str,
+                                                                    workload_ns: str) -> None:
+    """3d. A file system added to the running DiskArray is formatted and served by its home
+    blade through its own new Service without any blade pod being replaced; the client pod
+    writes and reads it. Removed again, its Service goes, no blade serves it any more, and its
+    LU (the data) is kept."""
+    extra = {"name": "extra", "size": "64Mi", "clusterGroup": GROUP,
+             "exports": [{"clients": ["10.0.0.0/8"], "access": "rw", "squash": "root"}]}
+    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in kube.json(
+        "-n", workload_ns, "get", "pods", "-l", f"nasblade.io/cluster-group={GROUP}")["items"]}
+    kube.kubectl("-n", workload_ns, "patch", "diskarray", ARRAY, "--type=json", "-p", json.dumps(
+        [{"op": "add", "path": "/spec/fileSystems/-", "value": extra}]))
+    url = f"nfs://{ARRAY}-extra-nfs.{workload_ns}.svc/extra"
+
+    def served() -> bool:
+        g = kube.get("clustergroup", GROUP, namespace=workload_ns) or {}
+        owners = {b["name"]: b.get("fileSystems", []) for b in g.get("status", {}).get("blades", [])}
+        return any("extra" in fs for fs in owners.values()) and kube.kubectl(
+            "-n", workload_ns, "exec", CLIENT_POD, "--", "nfs-ls", f"{url}?version=3", check=False,
+            timeout=60).returncode == 0
+
+    # the blade may open the new LU once the kubelet has brought the controller the new access
+    # file (the Secret <array>-nbd-access), up to a minute or so after the operator wrote it
+    kube.wait("the new file system served through its own Service", served, timeout=300, interval=3,
+              describe=lambda: (kube.get("clustergroup", GROUP, namespace=workload_ns) or {}).get("status"))
+    _exec(kube, workload_ns, "sh", "-c", "head -c 1048576 /dev/urandom > /tmp/extra.bin")
+    _exec(kube, workload_ns, "nfs-cp", "/tmp/extra.bin", f"{url}/extra.bin?version=3")
+    _exec(kube, workload_ns, "nfs-cp", f"{url}/extra.bin?version=3", "/tmp/extra-back.bin")
+    sums = _exec(kube, workload_ns, "sh", "-c", "cd /tmp && sha256sum extra.bin extra-back.bin").split()
+    assert sums[0] == sums[2], sums
+    assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in kube.json(
+        "-n", workload_ns, "get", "pods", "-l", f"nasblade.io/cluster-group={GROUP}")["items"]} == uids
+    reasons = {e["reason"] for e in kube.json("-n", workload_ns, "get", "events", "--field-selector",
+                                              f"involvedObject.name={GROUP}")["items"]}
+    assert "FileSystemsChanged" in reasons
+
+    array = kube.get("diskarray", ARRAY, namespace=workload_ns) or {}
+    kept = [f for f in array["spec"]["fileSystems"] if f["name"] != "extra"]
+    kube.kubectl("-n", workload_ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
+        {"spec": {"fileSystems": kept}}))
+
+    def gone() -> bool:
+        g = kube.get("clustergroup", GROUP, namespace=workload_ns) or {}
+        blades = g.get("status", {}).get("blades", [])
+        return kube.get("service", f"{ARRAY}-extra-nfs", namespace=workload_ns) is None and bool(blades) \
+            and not any("extra" in b.get("fileSystems", []) for b in blades)
+
+    kube.wait("the removed file system released and its Service deleted", gone, timeout=120, interval=2)
+    # its owner released it: no reservation on its LU, which is kept with the data
+    kube.wait("fs-extra's reservation dropped", lambda: _controller(
+        kube, workload_ns, "print(api.get_reservation('fs-extra').get('holder'))").strip() == "None",
+        timeout=60, interval=2)
+    assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in kube.json(
+        "-n", workload_ns, "get", "pods", "-l", f"nasblade.io/cluster-group={GROUP}")["items"]} == uids
+    # the shared file system was served throughout
+    assert "big.bin" in _exec(kube, workload_ns, "nfs-ls", _nfs_url(workload_ns))
+
+
 def _run_writer_through(kube: Kube, ns: str, *, path: str, duration: float,
                         disrupt: Callable[[], None]) -> dict[str, Any]:
     """Run the long-running writer (tests/e2e/nfsclient.py) in the client pod, call

@@ -4,7 +4,7 @@ One aiohttp server on loopback answers for every blade under ``/b/<pod>/v1/...``
 operator is pointed at it with NASBLADE_ENDPOINT_OVERRIDES ``{"*": {"blade":
 "http://127.0.0.1:PORT/b/{name}"}}``) and records each call as ``(blade, action, argument)``.
 It implements the calls ``nasblade_operator.bladeapi`` makes: status, take over / release a
-file system and run a backup; ``backup_result`` sets what backups answer,
+file system, run a backup, and get / put the cluster configuration (``configs``); ``backup_result`` sets what backups answer,
 ``heartbeat_age[blade]`` the heartbeat age a blade reports and ``active_area[blade]`` the
 processor-info area it says it runs from (``portion`` unless set; ``backup`` after an area
 failover). With ``copy_through`` set (the controller's API URL and the portion size) a backup
@@ -34,6 +34,7 @@ class FakeBlades:
         self.refuse_takeover: set[str] = set()  # blades whose file-system takeover answers 409
         self.serving: dict[str, list[str]] = {}  # blade -> fileSystems GET /v1/status reports (absent: not reported)
         self.active_area: dict[str, str] = {}  # blade -> what GET /v1/status reports (default portion)
+        self.configs: dict[str, dict[str, Any]] = {}  # blade -> cluster configuration PUT to it
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -66,6 +67,8 @@ class FakeBlades:
         app.router.add_post("/b/{blade}/v1/filesystems/{fs}/{action}", self._fs)
         app.router.add_post("/b/{blade}/v1/backups", self._backup)
         app.router.add_get("/b/{blade}/v1/status", self._status)
+        app.router.add_get("/b/{blade}/v1/cluster/config", self._config)
+        app.router.add_put("/b/{blade}/v1/cluster/config", self._config)
         self._runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -94,7 +97,26 @@ class FakeBlades:
                                 "activeArea": self.active_area.get(blade, "portion"), "version": "0.1.0"}
         if blade in self.serving:
             body["fileSystems"] = self.serving[blade]
+        if blade in self.configs:
+            body["knownFileSystems"] = sorted(f["name"] for f in self.configs[blade]["fileSystems"])
         return web.json_response(body)
+
+    async def _config(self, request: web.Request) -> web.Response:
+        """GET: the configuration last PUT (a stand-in with no file systems before that); PUT:
+        kept, recorded as ``(blade, "configure", [names])``, answered as a blade does."""
+        if not self._authorised(request):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        blade = request.match_info["blade"]
+        old = self.configs.get(blade, {"group": "?", "fileSystems": []})
+        if request.method == "GET":
+            return web.json_response(old)
+        new = await request.json()
+        self.configs[blade] = new
+        names = sorted(f["name"] for f in new["fileSystems"])
+        before = sorted(f["name"] for f in old["fileSystems"])
+        self.calls.append((blade, "configure", names))
+        return web.json_response({"fileSystems": names, "added": sorted(set(names) - set(before)),
+                                  "removed": sorted(set(before) - set(names)), "changed": []})
 
     async def _backup(self, request: web.Request) -> web.Response:
         if not self._authorised(request):

@@ -180,6 +180,56 @@ def test_blades_wait_until_their_file_systems_are_formatted(
     assert len(kubectl.list("pods", "nasblade.io/cluster-group=g1")) == 2
 
 
+def test_file_systems_change_while_the_blades_run(
+    kubectl: Kubectl, operator: Callable[[], Any], blades: FakeBlades, token_secret: Callable[[str], None],
+) -> None:
+    """A file system added to a running DiskArray is formatted, written into every blade pod's
+    cluster configuration (the annotation a restarted container reads) and sent to every blade
+    (PUT /v1/cluster/config), and gets its NFS Service on its home blade; once removed, the
+    blades are told again and its Service goes. No blade pod is replaced for either."""
+    token_secret("a1")
+    extra = {"name": "data", "size": "48Mi", "clusterGroup": "g1", "exports": [{"clients": ["10.1.0.0/16"]}]}
+
+    def annotated(pod: str) -> list[str]:
+        p = kubectl.get("pod", pod) or {}
+        config = json.loads(p.get("metadata", {}).get("annotations", {}).get("nasblade.io/cluster-config", "{}"))
+        return sorted(f["name"] for f in config.get("fileSystems", []))
+
+    def told(names: list[str]) -> set[str]:
+        return {b for b, _, fs in blades.of("configure") if fs == names}
+
+    blade_pods = {"g1-blade-0", "g1-blade-1"}
+    with operator() as runner:
+        kubectl.apply(array())
+        kubectl.apply(group())
+        kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
+        uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in kubectl.list("pods", "nasblade.io/cluster-group=g1")}
+        assert blades.of("configure") == []  # the pods were made with the group's file systems
+        kubectl("patch", "diskarray", "a1", "--type=merge", "-p", json.dumps({"spec": {"fileSystems": [*FS, extra]}}))
+        wait_until("both blades told of data", lambda: told(["data", "home", "scratch"]) == blade_pods, timeout=90)
+        assert all(annotated(p) == ["data", "home", "scratch"] for p in blade_pods)
+        wait_until("data's NFS Service on its home blade", lambda: service_blade(kubectl, "data") == "g1-blade-0")
+        config = blades.configs["g1-blade-1"]
+        data = next(f for f in config["fileSystems"] if f["name"] == "data")
+        assert data["lu"] == "fs-data" and data["home"] == "g1-blade-0"
+        assert data["serve"]["exports"][0]["clients"] == ["10.1.0.0/16"]
+        a = kubectl.get("diskarray", "a1") or {}
+        assert {f["name"]: f["formatted"] for f in a["status"]["fileSystems"]}["data"] is True
+
+        kubectl("patch", "diskarray", "a1", "--type=merge", "-p", json.dumps({"spec": {"fileSystems": FS}}))
+        wait_until("both blades told data is gone", lambda: told(["home", "scratch"]) == blade_pods, timeout=60)
+        assert all(annotated(p) == ["home", "scratch"] for p in blade_pods)
+        wait_until("data's NFS Service deleted", lambda: kubectl.get("service", "a1-data-nfs") is None)
+        time.sleep(2)  # later passes see the blades agree: nothing more is sent
+        n = len(blades.of("configure"))
+        time.sleep(3)
+        assert len(blades.of("configure")) == n
+        assert {p["metadata"]["name"]: p["metadata"]["uid"]
+                for p in kubectl.list("pods", "nasblade.io/cluster-group=g1")} == uids
+    assert_clean(runner)
+    assert ("Normal", "FileSystemsChanged") in events(kubectl, "g1")
+
+
 def test_invalid_spec_gives_condition_and_warning(kubectl: Kubectl, operator: Callable[[], Any]) -> None:
     too_big = array(fileSystems=[{"name": "huge", "size": "5Gi", "clusterGroup": "g1"}])
     with operator() as runner:

@@ -30,7 +30,7 @@ array's Secret, the group's file systems and exports as JSON).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from nasblade_operator import naming, nbdtls, podspec
@@ -116,10 +116,12 @@ def fs_spec(fs: FileSystem) -> dict[str, Any]:
 
 
 def cluster_config(
-    *, group: str, spec: ClusterGroupSpec, portion: int, portion_size: int, file_systems: Sequence[FileSystem]
+    *, group: str, spec: ClusterGroupSpec, portion: int, portion_size: int, file_systems: Sequence[FileSystem],
+    unformatted: Collection[str] = (),
 ) -> dict[str, Any]:
     """The group's ``--cluster-config`` JSON (nasblade.cluster.config.parse); home blades as
-    ``plan.home_of`` places them, so the blades and the operator agree on them."""
+    ``plan.home_of`` places them among all ``file_systems``, so the blades and the operator
+    agree on them; the ``unformatted`` ones are left out (no blade may mount them yet)."""
     names = [fs.name for fs in file_systems]
     count = spec.blades.count
     return {
@@ -136,7 +138,7 @@ def cluster_config(
         "fileSystems": [
             {"name": fs.name, "lu": naming.filesystem_lu(fs.name), "home": plan.home_of(group, names, fs.name, count),
              "serve": {k: v for k, v in fs_spec(fs).items() if k not in ("name", "lu")}}
-            for fs in file_systems
+            for fs in file_systems if fs.name not in unformatted
         ],
     }
 

@@ -43,7 +43,7 @@ from nasblade_operator import (
     settings,
     state,
 )
-from nasblade_operator.clustergroup import actor, backups, indexes
+from nasblade_operator.clustergroup import actor, backups, indexes, reconfig
 from nasblade_operator.clustergroup import plan as planner
 from nasblade_operator.clustergroup import spec as cg_spec
 from nasblade_operator.clustergroup import status as cg_status
@@ -150,7 +150,7 @@ async def _probe_changed(
 def _probe_view(rt: Runtime, *, failure_timeout: float) -> tuple[Any, ...]:
     """What of a probe's findings the plan and the status depend on."""
     beats = {b: (planner.heartbeat_bucket(age), age >= failure_timeout) for b, age in rt.heartbeats.items()}
-    return frozenset(rt.failed), dict(rt.serving), rt.active_area, beats
+    return frozenset(rt.failed), dict(rt.serving), rt.active_area, beats, dict(rt.known)
 
 
 def _group_spec(body: kopf.Body, name: str, rt: Runtime) -> cg_spec.ClusterGroupSpec:
@@ -202,6 +202,8 @@ async def _probe(
                 rt.serving[blade] = result.file_systems
             else:
                 rt.serving.pop(blade, None)
+            if result.known is not None:
+                rt.known[blade] = result.known
             rt.active_area = result.active_area
         elif ready:
             rt.heartbeats.pop(blade, None)  # unknown: the pod's readiness decides
@@ -292,6 +294,8 @@ async def _pass(st: state.OperatorState, body: kopf.Body, *, name: str, namespac
     await _probe(st, namespace, array=spec.disk_array, summaries=summaries, rt=rt,
                  failure_timeout=spec.heartbeat.failure_timeout)
     await _certificates(st, body, name=name, namespace=namespace, array=spec.disk_array, summaries=summaries, rt=rt)
+    await reconfig.sync(st, body, name=name, namespace=namespace, spec=spec, da=da, file_systems=file_systems,
+                        unformatted=unformatted, summaries=summaries, rt=rt)
     request = await _move_request(st, body, name=name, namespace=namespace, status=status, rt=rt)
     observed = planner.Observed(
         group=name,

@@ -10,6 +10,7 @@ its pass once the event is indexed. ``one`` and ``service_summary`` read and bui
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,8 +39,19 @@ async def blade_pods(namespace: str | None, name: str, body: kopf.Body, labels: 
             "phase": st.get("phase", "Pending"),
             "deleting": bool(body.metadata.get("deletionTimestamp")),
             "ip": st.get("podIP"),
+            "clusterConfig": _cluster_config(body),
         }
     }
+
+
+def _cluster_config(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The blade pod's cluster configuration (its annotation, ``builders.cluster_config``), or None."""
+    text = (pod.get("metadata", {}).get("annotations") or {}).get(f"{naming.GROUP}/cluster-config")
+    try:
+        parsed = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 @kopf.index("services", labels={naming.L_COMPONENT: "nfs", naming.L_GROUP: kopf.PRESENT})

@@ -27,6 +27,7 @@ class Runtime:
     replacing: set[str] = dataclasses.field(default_factory=set)  # blades whose failed pod was deleted
     failed: set[str] = dataclasses.field(default_factory=set)  # blades that declared themselves failed
     serving: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)  # blade -> what it said it serves
+    known: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)  # blade -> file systems it says it may serve
     status: dict[str, Any] | None = None  # the status this daemon last wrote (the body may lag behind)
     heartbeats: dict[str, float] = dataclasses.field(default_factory=dict)  # blade -> heartbeat age at the last probe
     active_area: str = "portion"  # what the blades reported at the last probe
