@@ -11,6 +11,7 @@ control-API client; the gRPC servicers call it from their worker threads.
 from __future__ import annotations
 
 import errno
+import time
 from typing import Any
 
 from nasblade.controller.apiclient import ControlAPIError, ControlClient
@@ -65,6 +66,15 @@ class Array:
         except ControlAPIError as exc:
             if exc.status != 404:
                 raise ArrayError(_kind(exc), f"deleting LU {name}: {exc.message}") from exc
+
+    def wait_unreserved(self, name: str, *, timeout: float = 60.0) -> None:
+        """Wait until no blade holds ``name``'s reservation (it released the file system);
+        ``in-use`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while (lu := self.lu(name)) is not None and (lu.get("reservation") or {}).get("holder"):
+            if time.monotonic() > deadline:
+                raise ArrayError("in-use", f"LU {name} is still reserved by {lu['reservation']['holder']}")
+            time.sleep(0.5)
 
     def set_read_only(self, name: str) -> None:
         self.control.update_lu(name, read_only=True)

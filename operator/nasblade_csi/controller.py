@@ -1,9 +1,10 @@
 """The CSI Controller service: volumes and snapshots as LUs of the array, idempotent by name.
 
 Every call first checks its arguments (``INVALID_ARGUMENT``), then works from the catalog on
-the array (``nasblade_csi.catalog``): a volume is recorded ``creating`` before its LU is made
-and ``ready`` once it is formatted or filled, so a call repeated after a crash or a time-out
-finishes the same volume instead of making a second. Volume ids and snapshot ids are the LU
+the array (``nasblade_csi.catalog``): a volume is recorded ``creating`` before its LU is made,
+``formatted`` once it is formatted or filled, and ``ready`` once it is served (``exports``:
+on Kubernetes, a file system of the DiskArray that a cluster group serves), so a call repeated
+after a crash or a time-out finishes the same volume instead of making a second. Volume ids and snapshot ids are the LU
 names, derived from the CSI name (``pv-``/``sn-`` + 24 hex digits of its SHA-256). Calls on
 one name are serialised in this process; two replicas are kept apart by the catalog's
 compare-and-write.
@@ -24,6 +25,7 @@ from nasblade_csi import proto
 from nasblade_csi.array import ALIGN, MIN_SIZE, Array
 from nasblade_csi.catalog import Catalog
 from nasblade_csi.errors import CsiError, capability_error, guard, require
+from nasblade_csi.exports import Exports, Static
 
 pb, pb_grpc = proto.load()
 ControllerServicer: Any = pb_grpc.ControllerServicer
@@ -72,11 +74,12 @@ def _page(items: list[Any], token: str, max_entries: int) -> tuple[list[Any], st
 
 class Controller(ControllerServicer):  # type: ignore[misc]
     def __init__(self, array: Array, catalog: Catalog, *, context: dict[str, str] | None = None,
-                 snapshot_wait: float = 10.0) -> None:
+                 snapshot_wait: float = 10.0, exports: Exports | None = None) -> None:
         self.array = array
         self.snapshot_wait = snapshot_wait  # CreateSnapshot answers ready_to_use=false after this
         self.catalog = catalog
-        self.context = dict(context or {})  # merged into every volume's volume_context
+        self.context = dict(context or {})  # the volume context of volumes recorded without one
+        self.exports: Exports = exports if exports is not None else Static(self.context)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
@@ -111,7 +114,7 @@ class Controller(ControllerServicer):  # type: ignore[misc]
 
     def _volume_msg(self, rec: dict[str, Any]) -> Any:
         vol = pb.Volume(volume_id=rec["id"], capacity_bytes=rec["size"],
-                        volume_context={**self.context, "lu": rec["lu"]})
+                        volume_context={**rec.get("context", self.context), "lu": rec["lu"]})
         src = rec.get("source") or {}
         if "snapshot" in src:
             vol.content_source.snapshot.snapshot_id = src["snapshot"]
@@ -168,10 +171,10 @@ class Controller(ControllerServicer):  # type: ignore[misc]
                 size = rec["size"]
             else:
                 vid = volume_id(name)
-                rec = {"id": vid, "lu": vid, "size": size, "source": source, "state": "creating",
+                rec = {"id": vid, "lu": self.exports.lu(vid), "size": size, "source": source, "state": "creating",
                        "created": time.time_ns(), "parameters": dict(request.parameters)}
                 self._put("volumes", name, rec)
-            if rec["state"] != "ready":
+            if rec["state"] == "creating":
                 self.array.create_lu(rec["lu"], size)
                 if src_lu:
                     self.array.copy(src_lu, rec["lu"], src_size)
@@ -179,7 +182,11 @@ class Controller(ControllerServicer):  # type: ignore[misc]
                         self.array.grow(rec["lu"], size)
                 else:
                     self.array.mkfs(rec["lu"])
-                rec = {**rec, "state": "ready"}
+                rec = {**rec, "state": "formatted"}
+                self._put("volumes", name, rec)
+            if rec["state"] == "formatted":  # made and filled: now have it served
+                context = self.exports.publish(rec["id"], rec["size"], rec.get("parameters") or {})
+                rec = {**rec, "state": "ready", "context": context}
                 self._put("volumes", name, rec)
         return pb.CreateVolumeResponse(volume=self._volume_msg(rec))
 
@@ -189,6 +196,8 @@ class Controller(ControllerServicer):  # type: ignore[misc]
         rec = self._volume_by_id(request.volume_id)
         if rec is not None:
             with self._lock("v/" + rec["name"]):
+                self.exports.unpublish(rec["id"])
+                self.array.wait_unreserved(rec["lu"])
                 self.array.delete_lu(rec["lu"])
                 self._put("volumes", rec["name"], None)
         return pb.DeleteVolumeResponse()
@@ -239,8 +248,18 @@ class Controller(ControllerServicer):  # type: ignore[misc]
         name = rec.pop("name")
         with self._lock("v/" + name):
             if size > rec["size"]:
+                if self.exports.served and rec["state"] == "ready":
+                    # offline expansion: the serving blade lets go of the LU first
+                    self.exports.unpublish(rec["id"])
+                    self.array.wait_unreserved(rec["lu"])
+                    rec = {**rec, "state": "formatted"}
+                    self._put("volumes", name, rec)
                 self.array.grow(rec["lu"], size)
                 rec["size"] = size
+                self._put("volumes", name, rec)
+            if rec["state"] == "formatted":
+                rec = {**rec, "state": "ready", "context": self.exports.publish(rec["id"], rec["size"],
+                                                                               rec.get("parameters") or {})}
                 self._put("volumes", name, rec)
         return pb.ControllerExpandVolumeResponse(capacity_bytes=rec["size"], node_expansion_required=False)
 

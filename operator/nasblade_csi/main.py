@@ -4,6 +4,10 @@
         --array-api http://CTRL:8080 --array-nbd nbd://CTRL:10809 --token-file /secrets/token
     nasblade-csi --endpoint unix:///csi/csi.sock --role node --node-id "$NODE_NAME"
 
+On Kubernetes the controller role takes ``--diskarray NAMESPACE/NAME`` (and
+``--cluster-group``, ``--export-clients`` as defaults for StorageClasses that name none): each
+volume is then a file system of that DiskArray with its own NFS Service
+(``nasblade_csi.exports``).
 ``--role controller`` serves Identity + Controller, ``node`` Identity + Node, ``all`` the three
 (csi-sanity, a single-host run). The token is the controller's user token (``--token-file`` or
 ``NASBLADE_TOKEN``). Prints a ready line ``{"event": "ready", "role": "csi", "endpoint": …}``;
@@ -21,6 +25,7 @@ import socket
 import sys
 import threading
 from concurrent import futures
+from typing import Any
 
 import grpc
 from nasblade.controller.apiclient import ControlClient
@@ -43,12 +48,42 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "(the snapshotter calls again)")
     p.add_argument("--copy-rate-limit", type=int, default=0, metavar="BYTES_PER_S",
                    help="bandwidth of each snapshot or clone copy on the array (0: unlimited)")
+    p.add_argument("--diskarray", metavar="NAMESPACE/NAME",
+                   help="Kubernetes: each volume becomes a file system of this DiskArray, served by a "
+                        "ClusterGroup through its own NFS Service (nasblade_csi.exports); else every "
+                        "volume's context is --volume-context")
+    p.add_argument("--cluster-group", default="",
+                   help="the ClusterGroup that serves volumes whose StorageClass names none (parameter clusterGroup)")
+    p.add_argument("--export-clients", default="",
+                   help="comma-separated CIDRs a volume is exported to when its StorageClass names none "
+                        "(parameter clients)")
+    p.add_argument("--publish-timeout", type=float, default=120.0,
+                   help="seconds CreateVolume waits for the group to serve a new volume before answering "
+                        "DEADLINE_EXCEEDED (the provisioner calls again)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if args.role != "node" and not (args.array_api and args.array_nbd):
         p.error("--array-api and --array-nbd are required for the controller role")
+    if args.diskarray and args.diskarray.count("/") != 1:
+        p.error("--diskarray is NAMESPACE/NAME")
     return args
+
+
+def exports(args: argparse.Namespace, context: dict[str, str]) -> Any:
+    """Where volumes are served (``nasblade_csi.exports``): the DiskArray's file systems, or
+    the fixed ``--volume-context``."""
+    from nasblade_csi.exports import DiskArrayExports, Static
+
+    if not args.diskarray:
+        return Static(context)
+    import pykube
+
+    namespace, name = args.diskarray.split("/")
+    return DiskArrayExports(pykube.HTTPClient(pykube.KubeConfig.from_env()), namespace=namespace, array=name,
+                            group=args.cluster_group,
+                            clients=tuple(c.strip() for c in args.export_clients.split(",") if c.strip()),
+                            timeout=args.publish_timeout)
 
 
 def _token(args: argparse.Namespace) -> str:
@@ -75,7 +110,8 @@ def serve(args: argparse.Namespace) -> grpc.Server:
         ctx = dict(kv.split("=", 1) for kv in args.volume_context)
         pb_grpc.add_ControllerServicer_to_server(
             Controller(Array(control, args.array_nbd, rate_limit=args.copy_rate_limit),
-                       Catalog(control, args.array_nbd), context=ctx, snapshot_wait=args.snapshot_wait),
+                       Catalog(control, args.array_nbd), context=ctx, snapshot_wait=args.snapshot_wait,
+                       exports=exports(args, ctx)),
             server)
 
         def ready() -> bool:
