@@ -60,6 +60,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--publish-timeout", type=float, default=120.0,
                    help="seconds CreateVolume waits for the group to serve a new volume before answering "
                         "DEADLINE_EXCEEDED (the provisioner calls again)")
+    p.add_argument("--provision", action="store_true",
+                   help="Kubernetes: also do the provisioner's and resizer's jobs (claims of this driver's "
+                        "StorageClasses become volumes; nasblade_csi.provisioner); one replica only")
+    p.add_argument("--provision-interval", type=float, default=2.0, help="seconds between provisioner passes")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
@@ -93,6 +97,10 @@ def _token(args: argparse.Namespace) -> str:
     return os.environ.get("NASBLADE_TOKEN", "")
 
 
+STOP = threading.Event()
+"""Set on SIGTERM/SIGINT: the provisioner's loop ends with the server."""
+
+
 def serve(args: argparse.Namespace) -> grpc.Server:
     from nasblade_csi import proto
 
@@ -108,11 +116,18 @@ def serve(args: argparse.Namespace) -> grpc.Server:
 
         control = ControlClient(args.array_api, _token(args))
         ctx = dict(kv.split("=", 1) for kv in args.volume_context)
-        pb_grpc.add_ControllerServicer_to_server(
-            Controller(Array(control, args.array_nbd, rate_limit=args.copy_rate_limit),
-                       Catalog(control, args.array_nbd), context=ctx, snapshot_wait=args.snapshot_wait,
-                       exports=exports(args, ctx)),
-            server)
+        controller = Controller(Array(control, args.array_nbd, rate_limit=args.copy_rate_limit),
+                                Catalog(control, args.array_nbd), context=ctx, snapshot_wait=args.snapshot_wait,
+                                exports=exports(args, ctx))
+        pb_grpc.add_ControllerServicer_to_server(controller, server)
+        if args.provision:
+            import pykube
+
+            from nasblade_csi.provisioner import Provisioner
+
+            provisioner = Provisioner(pykube.HTTPClient(pykube.KubeConfig.from_env()), controller,
+                                      interval=args.provision_interval)
+            threading.Thread(target=provisioner.run, args=(STOP,), name="provisioner", daemon=True).start()
 
         def ready() -> bool:
             control.array()
@@ -140,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = serve(args)
-    stop = threading.Event()
+    stop = STOP
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     print(json.dumps({"event": "ready", "role": "csi", "csiRole": args.role, "endpoint": args.endpoint,

@@ -111,3 +111,106 @@ def test_a_volume_is_a_file_system_of_the_diskarray_served_by_its_group(
             b for b, _, fs in blades.of("configure") if fs == ["home", "scratch"]} == {"g1-blade-0", "g1-blade-1"})
         csi.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid), Ctx())  # idempotent
     assert_clean(runner)
+
+
+def test_claims_of_the_storage_class_become_volumes_bound_grown_and_deleted(
+    kubectl: Kubectl, operator: Callable[[], Any], controller: Controller, blades: FakeBlades,
+    token_secret: Callable[[str], None], use_tier1: str, namespace: str,
+) -> None:
+    """The provisioner and resizer jobs (``nasblade_csi.provisioner``, what ``--provision``
+    runs): a claim of the driver's StorageClass becomes a volume and a PersistentVolume that
+    the real kube-controller-manager binds; a clone of it too; a larger request grows it; a
+    claim the driver refuses gets a Warning Event; deleted claims take their volumes with
+    them (reclaim policy Delete)."""
+    import threading
+
+    from nasblade_csi.array import Array
+    from nasblade_csi.catalog import Catalog
+    from nasblade_csi.controller import Controller as Csi
+    from nasblade_csi.exports import DiskArrayExports
+    from nasblade_csi.provisioner import Provisioner
+
+    control = ControlClient(controller.api, controller.token)
+    nbd = f"nbd://{controller.nbd}"
+    api = pykube.HTTPClient(pykube.KubeConfig.from_file(use_tier1))
+    sc_name, bad_sc = f"nasblade-{namespace}", f"nasblade-bad-{namespace}"
+
+    def storage_class(name: str, **parameters: str) -> dict[str, Any]:
+        return {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
+                "provisioner": "nas.nasblade.io", "reclaimPolicy": "Delete", "allowVolumeExpansion": True,
+                "volumeBindingMode": "Immediate", "mountOptions": ["noatime"], "parameters": parameters}
+
+    def claim(name: str, size: str, sc: str = sc_name, source: str = "") -> dict[str, Any]:
+        spec: dict[str, Any] = {"accessModes": ["ReadWriteMany"], "storageClassName": sc,
+                                "resources": {"requests": {"storage": size}}}
+        if source:
+            spec["dataSource"] = {"kind": "PersistentVolumeClaim", "name": source}
+        return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name}, "spec": spec}
+
+    def bound(name: str) -> dict[str, Any] | None:
+        c = kubectl.get("pvc", name)
+        return c if c and c.get("status", {}).get("phase") == "Bound" else None
+
+    def fs_names() -> list[str]:
+        return [f["name"] for f in (kubectl.get("diskarray", "a1") or {})["spec"]["fileSystems"]]
+
+    token_secret("a1")
+    stop = threading.Event()
+    with operator() as runner:
+        kubectl.apply(array())
+        kubectl.apply(group())
+        kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
+        exports = DiskArrayExports(api, namespace=namespace, array="a1", group="g1", timeout=90, poll=0.5)
+        provisioner = Provisioner(api, Csi(Array(control, nbd), Catalog(control, nbd), exports=exports), interval=0.5)
+        thread = threading.Thread(target=provisioner.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            kubectl.apply(storage_class(sc_name, clusterGroup="g1", clients="10.1.0.0/16"))
+            kubectl.apply(storage_class(bad_sc, clusterGroup="g1"))  # no clients, no default: refused
+            kubectl.apply(claim("data", "64Mi"))
+            kubectl.apply(claim("nowhere", "64Mi", sc=bad_sc))
+            data = wait_until("claim data Bound", lambda: bound("data"), timeout=120)
+            pv = kubectl.get("pv", data["spec"]["volumeName"]) or {}
+            assert pv["metadata"]["name"] == f"pvc-{data['metadata']['uid']}"
+            assert pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"] == "nas.nasblade.io"
+            vid = pv["spec"]["csi"]["volumeHandle"]
+            assert pv["spec"]["csi"]["driver"] == "nas.nasblade.io"
+            assert pv["spec"]["csi"]["volumeAttributes"]["server"] == f"a1-{vid}-nfs.{namespace}.svc"
+            assert pv["spec"]["capacity"]["storage"] == str(64 << 20) and pv["spec"]["mountOptions"] == ["noatime"]
+            assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+            assert vid in fs_names() and service_blade(kubectl, vid)
+            assert ("Normal", "ProvisioningSucceeded") in _claim_events(kubectl, "data")
+            wait_until("the refused claim's Warning", lambda: ("Warning", "ProvisioningFailed")
+                       in _claim_events(kubectl, "nowhere"))
+            assert (kubectl.get("pvc", "nowhere") or {})["status"]["phase"] == "Pending"
+
+            kubectl.apply(claim("copy", "64Mi", source="data"))
+            copy = wait_until("the clone Bound", lambda: bound("copy"), timeout=120)
+            copy_vid = (kubectl.get("pv", copy["spec"]["volumeName"]) or {})["spec"]["csi"]["volumeHandle"]
+            assert copy_vid in fs_names() and copy_vid != vid
+
+            kubectl("patch", "pvc", "data", "--type=merge", "-p",
+                    '{"spec": {"resources": {"requests": {"storage": "128Mi"}}}}')
+            wait_until("the claim grown", lambda: (kubectl.get("pvc", "data") or {}).get("status", {})
+                       .get("capacity", {}).get("storage") in (str(128 << 20), "128Mi"), timeout=120)
+            assert (kubectl.get("pv", pv["metadata"]["name"]) or {})["spec"]["capacity"]["storage"] == str(128 << 20)
+            assert int(control.get_lu(f"fs-{vid}")["size"]) == 128 << 20
+            assert ("Normal", "VolumeResizeSuccessful") in _claim_events(kubectl, "data")
+
+            kubectl("delete", "pvc", "copy", "data", "nowhere", "--wait=false")
+            wait_until("both volumes deleted", lambda: kubectl.get("pv", pv["metadata"]["name"]) is None
+                       and kubectl.get("pv", copy["spec"]["volumeName"]) is None, timeout=120)
+            assert vid not in fs_names() and copy_vid not in fs_names()
+            for lu in (f"fs-{vid}", f"fs-{copy_vid}"):
+                with pytest.raises(ControlAPIError):
+                    control.get_lu(lu)
+        finally:
+            stop.set()
+            thread.join(30)
+            kubectl("delete", "storageclass", sc_name, bad_sc, "--ignore-not-found", check=False)
+    assert_clean(runner)
+
+
+def _claim_events(kubectl: Kubectl, name: str) -> list[tuple[str, str]]:
+    return [(e["type"], e["reason"]) for e in kubectl.list("events")
+            if e["involvedObject"].get("kind") == "PersistentVolumeClaim" and e["involvedObject"]["name"] == name]

@@ -1,0 +1,280 @@
+"""The jobs of the CSI provisioner and resizer sidecars, done inside the driver's controller
+plugin (``nasblade-csi --provision``).
+
+The upstream sidecars (kubernetes-csi external-provisioner, external-resizer) cannot be built
+here: the Go module proxy refuses their modules (docs/csi.md). Their contract with Kubernetes
+is small and documented, so the driver keeps it itself, calling its own controller service in
+the same process:
+
+- **provision**: a PersistentVolumeClaim of a StorageClass whose ``provisioner`` is this
+  driver, Pending and unbound (with ``WaitForFirstConsumer``, once the scheduler has picked a
+  node) → ``CreateVolume`` named ``pvc-<claim uid>`` with the claim's size, access modes and
+  data source (another claim of this driver: a clone; a VolumeSnapshot: a restore) and the
+  class's parameters → a PersistentVolume of that name with the CSI source, the class's
+  reclaim policy and mount options, and a ``claimRef`` to the claim, which the
+  kube-controller-manager's binder then binds;
+- **delete**: a PersistentVolume this driver provisioned (annotation
+  ``pv.kubernetes.io/provisioned-by``), Released or Failed, with reclaim policy ``Delete`` →
+  ``DeleteVolume``, then the PersistentVolume is deleted; ``Retain`` keeps both;
+- **resize**: a Bound claim that asks for more than its volume has, in a class that allows
+  expansion → ``ControllerExpandVolume`` (offline: the serving blade lets the file system go
+  while it grows), then the PersistentVolume's capacity and the claim's ``status.capacity``.
+
+Level-triggered: every ``interval`` seconds one pass lists StorageClasses, claims and volumes
+and does what is due, so a restarted driver finishes whatever a crash interrupted (each CSI
+call is idempotent by name). Each outcome is an Event on the claim (``Provisioning``,
+``ProvisioningSucceeded``, ``ProvisioningFailed``, ``VolumeResizeSuccessful``,
+``VolumeResizeFailed``), as the sidecars post them. One replica should run it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+import pykube
+from nasblade.units import parse_size
+
+from nasblade_csi import proto
+from nasblade_csi.identity import DRIVER_NAME
+
+log = logging.getLogger(__name__)
+pb, _ = proto.load()
+
+ANN_PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
+ANN_SELECTED_NODE = "volume.kubernetes.io/selected-node"
+ACCESS_MODES = {"ReadWriteOnce": 1, "ReadOnlyMany": 3, "ReadWriteMany": 5, "ReadWriteOncePod": 6}
+"""Kubernetes access mode → CSI ``VolumeCapability.AccessMode.Mode`` (SINGLE_NODE_WRITER,
+MULTI_NODE_READER_ONLY, MULTI_NODE_MULTI_WRITER, SINGLE_NODE_SINGLE_WRITER)."""
+
+
+class CallFailed(Exception):
+    """A CSI call answered with an error status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+
+
+class _Context:
+    """What the servicers need of ``grpc.ServicerContext`` when called in process."""
+
+    def abort(self, code: grpc.StatusCode, message: str) -> None:
+        raise CallFailed(code, message)
+
+
+def volume_name(claim: Mapping[str, Any]) -> str:
+    """The PersistentVolume (and CSI volume) name of a claim, as the external provisioner names it."""
+    return f"pvc-{claim['metadata']['uid']}"
+
+
+def requested(claim: Mapping[str, Any]) -> int:
+    return parse_size(str(claim["spec"]["resources"]["requests"]["storage"]), kubernetes=True)
+
+
+def capabilities(access_modes: list[str]) -> list[Any]:
+    modes = [ACCESS_MODES[m] for m in access_modes if m in ACCESS_MODES] or [ACCESS_MODES["ReadWriteOnce"]]
+    return [pb.VolumeCapability(mount=pb.VolumeCapability.MountVolume(fs_type="nfs"),
+                                access_mode=pb.VolumeCapability.AccessMode(mode=m)) for m in modes]
+
+
+def persistent_volume(claim: Mapping[str, Any], sc: Mapping[str, Any], volume: Any) -> dict[str, Any]:
+    """The PersistentVolume of a provisioned ``volume`` (a CSI ``Volume``) for ``claim``."""
+    meta = claim["metadata"]
+    spec: dict[str, Any] = {
+        "capacity": {"storage": str(volume.capacity_bytes)},
+        "accessModes": list(claim["spec"].get("accessModes") or ["ReadWriteOnce"]),
+        "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy", "Delete"),
+        "storageClassName": sc["metadata"]["name"],
+        "volumeMode": "Filesystem",
+        "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": meta["namespace"],
+                     "name": meta["name"], "uid": meta["uid"]},
+        "csi": {"driver": DRIVER_NAME, "volumeHandle": volume.volume_id, "fsType": "nfs",
+                "volumeAttributes": dict(volume.volume_context)},
+    }
+    if sc.get("mountOptions"):
+        spec["mountOptions"] = list(sc["mountOptions"])
+    return {"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": volume_name(claim), "annotations": {ANN_PROVISIONED_BY: DRIVER_NAME}},
+            "spec": spec}
+
+
+class Provisioner:
+    def __init__(self, api: pykube.HTTPClient, controller: Any, *, interval: float = 2.0) -> None:
+        self.api = api
+        self.controller = controller
+        self.interval = interval
+
+    # -- the API server ------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json") -> Any:
+        r = self.api.session.request(method, url=self.api.url + path,
+                                     data=None if body is None else json.dumps(body),
+                                     headers={"Content-Type": content_type})
+        if r.status_code == 404:
+            return None
+        if r.status_code >= 400:
+            raise RuntimeError(f"{method} {path}: HTTP {r.status_code} {r.text[:300]}")
+        return r.json()
+
+    def _items(self, path: str) -> list[dict[str, Any]]:
+        data = self._request("GET", path)
+        return list((data or {}).get("items") or [])
+
+    def _event(self, claim: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        meta = claim["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {"apiVersion": "v1", "kind": "Event",
+                 "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+                 "involvedObject": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": meta["name"],
+                                    "namespace": meta["namespace"], "uid": meta["uid"]},
+                 "reason": reason, "message": message[:1000], "type": kind, "firstTimestamp": now,
+                 "lastTimestamp": now, "count": 1, "source": {"component": f"{DRIVER_NAME}-provisioner"}}
+        try:
+            self._request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", event)
+        except RuntimeError as exc:
+            log.warning("event %s on %s/%s not posted: %s", reason, meta["namespace"], meta["name"], exc)
+
+    # -- one pass -------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.pass_once()
+            except Exception:  # the API server away, a bug: log it and try again next pass
+                log.exception("provisioner pass failed")
+            stop.wait(self.interval)
+
+    def pass_once(self) -> None:
+        classes = {sc["metadata"]["name"]: sc for sc in self._items("/apis/storage.k8s.io/v1/storageclasses")
+                   if sc.get("provisioner") == DRIVER_NAME}
+        volumes = {pv["metadata"]["name"]: pv for pv in self._items("/api/v1/persistentvolumes")}
+        claims = self._items("/api/v1/persistentvolumeclaims")
+        for claim in claims:
+            sc = classes.get(claim["spec"].get("storageClassName") or "")
+            if sc is None or claim["metadata"].get("deletionTimestamp"):
+                continue
+            phase = claim.get("status", {}).get("phase")
+            if phase == "Pending" and not claim["spec"].get("volumeName"):
+                self._provision(claim, sc, volumes)
+            elif phase == "Bound":
+                pv = volumes.get(claim["spec"].get("volumeName") or "")
+                if pv is not None and (pv["spec"].get("csi") or {}).get("driver") == DRIVER_NAME:
+                    self._resize(claim, sc, pv)
+        for pv in volumes.values():
+            self._delete(pv)
+
+    # -- provision ------------------------------------------------------------------------------
+
+    def _source(self, claim: Mapping[str, Any]) -> Any | None:
+        """The CSI content source of the claim's ``dataSource`` (None: a blank volume)."""
+        ds = claim["spec"].get("dataSourceRef") or claim["spec"].get("dataSource")
+        if not ds:
+            return None
+        ns = claim["metadata"]["namespace"]
+        if ds.get("kind") == "PersistentVolumeClaim":
+            src = self._request("GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{ds['name']}")
+            pv_name = (src or {}).get("spec", {}).get("volumeName")
+            pv = self._request("GET", f"/api/v1/persistentvolumes/{pv_name}") if pv_name else None
+            handle = ((pv or {}).get("spec", {}).get("csi") or {}).get("volumeHandle")
+            if not handle:
+                raise CallFailed(grpc.StatusCode.NOT_FOUND, f"claim {ds['name']} is not a bound volume of {DRIVER_NAME}")
+            return pb.VolumeContentSource(volume=pb.VolumeContentSource.VolumeSource(volume_id=handle))
+        if ds.get("kind") == "VolumeSnapshot":
+            snap = self._request("GET", f"/apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots/{ds['name']}")
+            content = (snap or {}).get("status", {}).get("boundVolumeSnapshotContentName")
+            vsc = self._request("GET", f"/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents/{content}") \
+                if content else None
+            handle = (vsc or {}).get("status", {}).get("snapshotHandle")
+            if not handle:
+                raise CallFailed(grpc.StatusCode.NOT_FOUND, f"snapshot {ds['name']} is not ready")
+            return pb.VolumeContentSource(snapshot=pb.VolumeContentSource.SnapshotSource(snapshot_id=handle))
+        raise CallFailed(grpc.StatusCode.INVALID_ARGUMENT, f"dataSource kind {ds.get('kind')!r} is not supported")
+
+    def _provision(self, claim: Mapping[str, Any], sc: Mapping[str, Any], volumes: Mapping[str, Any]) -> None:
+        annotations = claim["metadata"].get("annotations") or {}
+        if sc.get("volumeBindingMode") == "WaitForFirstConsumer" and ANN_SELECTED_NODE not in annotations:
+            return
+        name = volume_name(claim)
+        if name in volumes:
+            return  # made; the binder binds it
+        ns, claim_name = claim["metadata"]["namespace"], claim["metadata"]["name"]
+        try:
+            request = pb.CreateVolumeRequest(
+                name=name, capacity_range=pb.CapacityRange(required_bytes=requested(claim)),
+                volume_capabilities=capabilities(list(claim["spec"].get("accessModes") or [])),
+                parameters={str(k): str(v) for k, v in (sc.get("parameters") or {}).items()})
+            source = self._source(claim)
+            if source is not None:
+                request.volume_content_source.CopyFrom(source)
+            volume = self.controller.CreateVolume(request, _Context()).volume
+        except CallFailed as exc:
+            if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                log.info("claim %s/%s: %s", ns, claim_name, exc)  # still being served: next pass
+                return
+            self._event(claim, "Warning", "ProvisioningFailed", f"{DRIVER_NAME}: {exc}")
+            return
+        except ValueError as exc:  # an unparsable size
+            self._event(claim, "Warning", "ProvisioningFailed", f"{DRIVER_NAME}: {exc}")
+            return
+        self._request("POST", "/api/v1/persistentvolumes", persistent_volume(claim, sc, volume))
+        log.info("claim %s/%s: volume %s provisioned", ns, claim_name, name)
+        self._event(claim, "Normal", "ProvisioningSucceeded", f"Successfully provisioned volume {name}")
+
+    # -- delete ---------------------------------------------------------------------------------
+
+    def _delete(self, pv: Mapping[str, Any]) -> None:
+        meta, spec = pv["metadata"], pv["spec"]
+        if (meta.get("annotations") or {}).get(ANN_PROVISIONED_BY) != DRIVER_NAME or meta.get("deletionTimestamp"):
+            return
+        if pv.get("status", {}).get("phase") not in ("Released", "Failed") \
+                or spec.get("persistentVolumeReclaimPolicy") != "Delete":
+            return
+        handle = (spec.get("csi") or {}).get("volumeHandle")
+        if handle:
+            try:
+                self.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=handle), _Context())
+            except CallFailed as exc:
+                log.warning("volume %s not deleted yet: %s", meta["name"], exc)
+                return
+        self._request("DELETE", f"/api/v1/persistentvolumes/{meta['name']}")
+        log.info("volume %s deleted (its claim was released)", meta["name"])
+
+    # -- resize ---------------------------------------------------------------------------------
+
+    def _resize(self, claim: Mapping[str, Any], sc: Mapping[str, Any], pv: Mapping[str, Any]) -> None:
+        want = requested(claim)
+        have = parse_size(str(pv["spec"]["capacity"]["storage"]), kubernetes=True)
+        if want <= have:
+            self._report_capacity(claim, have)
+            return
+        if not sc.get("allowVolumeExpansion"):
+            return  # the API server refuses such a change already
+        try:
+            done = self.controller.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
+                volume_id=pv["spec"]["csi"]["volumeHandle"], capacity_range=pb.CapacityRange(required_bytes=want)),
+                _Context())
+        except CallFailed as exc:
+            if exc.code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._event(claim, "Warning", "VolumeResizeFailed", f"{DRIVER_NAME}: {exc}")
+            return
+        size = str(done.capacity_bytes)
+        self._request("PATCH", f"/api/v1/persistentvolumes/{pv['metadata']['name']}",
+                      {"spec": {"capacity": {"storage": size}}}, content_type="application/merge-patch+json")
+        self._report_capacity(claim, done.capacity_bytes)
+        self._event(claim, "Normal", "VolumeResizeSuccessful", f"volume {pv['metadata']['name']} is now {size} bytes")
+
+    def _report_capacity(self, claim: Mapping[str, Any], size: int) -> None:
+        """The claim's ``status.capacity`` says what its volume holds (what the resizer writes)."""
+        have = claim.get("status", {}).get("capacity", {}).get("storage")
+        if have is not None and parse_size(str(have), kubernetes=True) == size:
+            return
+        meta = claim["metadata"]
+        self._request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/persistentvolumeclaims/{meta['name']}/status",
+                      {"status": {"capacity": {"storage": str(size)}}}, content_type="application/merge-patch+json")
