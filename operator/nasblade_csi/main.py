@@ -64,6 +64,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="Kubernetes: also do the provisioner's and resizer's jobs (claims of this driver's "
                         "StorageClasses become volumes; nasblade_csi.provisioner); one replica only")
     p.add_argument("--provision-interval", type=float, default=2.0, help="seconds between provisioner passes")
+    p.add_argument("--registration-dir", metavar="DIR",
+                   help="node role, Kubernetes: register the node plugin with the kubelet through a socket in "
+                        "DIR (the kubelet's plugins_registry; nasblade_csi.registration)")
+    p.add_argument("--kubelet-endpoint", metavar="PATH",
+                   help="where the kubelet finds this driver's socket (default: the --endpoint path)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
@@ -158,9 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     stop = STOP
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    registration = None
+    if args.registration_dir and args.role in ("node", "all"):
+        from nasblade_csi import registration as reg
+
+        registration = reg.serve(args.registration_dir, args.kubelet_endpoint or args.endpoint)[0]
     print(json.dumps({"event": "ready", "role": "csi", "csiRole": args.role, "endpoint": args.endpoint,
                       "pid": os.getpid()}), flush=True)
     stop.wait()
+    if registration is not None:
+        reg.stop(registration, args.registration_dir)
     server.stop(10).wait()
     return 0
 

@@ -2,6 +2,8 @@
 # The CSI driver's build-time inputs, pinned and fetched through the Go module proxy
 # (idempotent; nothing here is committed):
 #   csi.sh spec     -> prints the path of csi.proto of CSI_SPEC_VERSION (module cache)
+#   csi.sh registration -> prints the path of the kubelet's plugin-registration api.proto
+#                      (k8s.io/kubelet $KUBELET_API_VERSION)
 #   csi.sh sanity   -> builds csi-sanity (kubernetes-csi/csi-test) into
 #                      $NASBLADE_CACHE/bin/csi-sanity-$CSI_TEST_VERSION/ and prints its path
 # The Python driver (operator/nasblade_csi/proto.py) generates its gRPC code from that
@@ -21,6 +23,17 @@ spec() {
   echo "$dir/csi.proto"
 }
 
+# the kubelet's plugin-registration API (v1, unchanged on the wire since Kubernetes 1.13); the
+# first k8s.io/kubelet release whose api.proto no longer imports gogoproto
+KUBELET_API_VERSION=v0.34.0
+
+registration() {
+  local dir version="$KUBELET_API_VERSION"
+  dir=$("$GO" mod download -json "k8s.io/kubelet@$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -f "$dir/pkg/apis/pluginregistration/v1/api.proto" ] || die "no pluginregistration api.proto in k8s.io/kubelet@$version"
+  echo "$dir/pkg/apis/pluginregistration/v1/api.proto"
+}
+
 sanity() {
   local out="$BIN_ROOT/csi-sanity-$CSI_TEST_VERSION"
   if [ ! -x "$out/csi-sanity" ]; then
@@ -34,6 +47,7 @@ sanity() {
 
 case "${1:-}" in
   spec) spec ;;
+  registration) registration ;;
   sanity) sanity ;;
-  *) die "usage: csi.sh spec|sanity" ;;
+  *) die "usage: csi.sh spec|registration|sanity" ;;
 esac
