@@ -89,6 +89,11 @@ class DiskArrayExports:
     def served(self) -> bool:
         return True
 
+    @property
+    def ref(self) -> str:
+        """``NAMESPACE/NAME`` of the DiskArray: what a StorageClass's ``diskArray`` parameter names."""
+        return f"{self.namespace}/{self.array}"
+
     def lu(self, volume: str) -> str:
         return lunames.fs_lu(volume)
 
@@ -182,7 +187,7 @@ class DiskArrayExports:
             return formatted and owned and self._service_exists(service)
 
         self._wait(f"cluster group {group} to serve {volume} (Service {service})", served)
-        return {"server": f"{service}.{self.namespace}.svc", "export": f"/{volume}"}
+        return {"server": f"{service}.{self.namespace}.svc", "export": f"/{volume}", "diskArray": self.ref}
 
     def unpublish(self, volume: str) -> None:
         groups: list[str] = []

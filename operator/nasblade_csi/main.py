@@ -131,7 +131,7 @@ def serve(args: argparse.Namespace) -> grpc.Server:
             from nasblade_csi.provisioner import Provisioner
 
             provisioner = Provisioner(pykube.HTTPClient(pykube.KubeConfig.from_env()), controller,
-                                      interval=args.provision_interval)
+                                      array=args.diskarray or "", interval=args.provision_interval)
             threading.Thread(target=provisioner.run, args=(STOP,), name="provisioner", daemon=True).start()
 
         def ready() -> bool:

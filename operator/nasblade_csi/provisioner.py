@@ -7,7 +7,8 @@ is small and documented, so the driver keeps it itself, calling its own controll
 the same process:
 
 - **provision**: a PersistentVolumeClaim of a StorageClass whose ``provisioner`` is this
-  driver, Pending and unbound (with ``WaitForFirstConsumer``, once the scheduler has picked a
+  driver and whose ``diskArray`` parameter names this driver's DiskArray (``--diskarray``:
+  one controller plugin per array; the node plugin is shared), Pending and unbound (with ``WaitForFirstConsumer``, once the scheduler has picked a
   node) → ``CreateVolume`` named ``pvc-<claim uid>`` with the claim's size, access modes and
   data source (another claim of this driver: a clone; a VolumeSnapshot: a restore) and the
   class's parameters → a PersistentVolume of that name with the CSI source, the class's
@@ -106,10 +107,21 @@ def persistent_volume(claim: Mapping[str, Any], sc: Mapping[str, Any], volume: A
 
 
 class Provisioner:
-    def __init__(self, api: pykube.HTTPClient, controller: Any, *, interval: float = 2.0) -> None:
+    def __init__(self, api: pykube.HTTPClient, controller: Any, *, array: str = "", interval: float = 2.0) -> None:
         self.api = api
         self.controller = controller
+        self.array = array
+        """``NAMESPACE/NAME`` of the DiskArray this driver serves (``--diskarray``): it takes only
+        the StorageClasses whose ``diskArray`` parameter names it, and only the volumes whose
+        context does, so one driver per array shares the driver name with the others."""
         self.interval = interval
+
+    def mine(self, sc: Mapping[str, Any]) -> bool:
+        return sc.get("provisioner") == DRIVER_NAME and (sc.get("parameters") or {}).get("diskArray", "") == self.array
+
+    def _mine_pv(self, pv: Mapping[str, Any]) -> bool:
+        csi = pv["spec"].get("csi") or {}
+        return csi.get("driver") == DRIVER_NAME and (csi.get("volumeAttributes") or {}).get("diskArray", "") == self.array
 
     # -- the API server ------------------------------------------------------------------------
 
@@ -153,7 +165,7 @@ class Provisioner:
 
     def pass_once(self) -> None:
         classes = {sc["metadata"]["name"]: sc for sc in self._items("/apis/storage.k8s.io/v1/storageclasses")
-                   if sc.get("provisioner") == DRIVER_NAME}
+                   if self.mine(sc)}
         volumes = {pv["metadata"]["name"]: pv for pv in self._items("/api/v1/persistentvolumes")}
         claims = self._items("/api/v1/persistentvolumeclaims")
         for claim in claims:
@@ -165,7 +177,7 @@ class Provisioner:
                 self._provision(claim, sc, volumes)
             elif phase == "Bound":
                 pv = volumes.get(claim["spec"].get("volumeName") or "")
-                if pv is not None and (pv["spec"].get("csi") or {}).get("driver") == DRIVER_NAME:
+                if pv is not None and self._mine_pv(pv):
                     self._resize(claim, sc, pv)
         for pv in volumes.values():
             self._delete(pv)
@@ -231,7 +243,8 @@ class Provisioner:
 
     def _delete(self, pv: Mapping[str, Any]) -> None:
         meta, spec = pv["metadata"], pv["spec"]
-        if (meta.get("annotations") or {}).get(ANN_PROVISIONED_BY) != DRIVER_NAME or meta.get("deletionTimestamp"):
+        if (meta.get("annotations") or {}).get(ANN_PROVISIONED_BY) != DRIVER_NAME or meta.get("deletionTimestamp") \
+                or not self._mine_pv(pv):
             return
         if pv.get("status", {}).get("phase") not in ("Released", "Failed") \
                 or spec.get("persistentVolumeReclaimPolicy") != "Delete":

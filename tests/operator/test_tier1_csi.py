@@ -75,7 +75,7 @@ def test_a_volume_is_a_file_system_of_the_diskarray_served_by_its_group(
         vol = create(clients="10.1.2.0/24")
         vid = vol.volume_id
         assert dict(vol.volume_context) == {"server": f"a1-{vid}-nfs.{namespace}.svc", "export": f"/{vid}",
-                                            "lu": f"fs-{vid}"}
+                                            "diskArray": f"{namespace}/a1", "lu": f"fs-{vid}"}
         da = kubectl.get("diskarray", "a1") or {}
         entry = next(f for f in da["spec"]["fileSystems"] if f["name"] == vid)
         assert entry == {"name": vid, "size": str(64 << 20), "clusterGroup": "g1",
@@ -133,7 +133,7 @@ def test_claims_of_the_storage_class_become_volumes_bound_grown_and_deleted(
     control = ControlClient(controller.api, controller.token)
     nbd = f"nbd://{controller.nbd}"
     api = pykube.HTTPClient(pykube.KubeConfig.from_file(use_tier1))
-    sc_name, bad_sc = f"nasblade-{namespace}", f"nasblade-bad-{namespace}"
+    sc_name, bad_sc, other_sc = f"nasblade-{namespace}", f"nasblade-bad-{namespace}", f"nasblade-other-{namespace}"
 
     def storage_class(name: str, **parameters: str) -> dict[str, Any]:
         return {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
@@ -161,14 +161,19 @@ def test_claims_of_the_storage_class_become_volumes_bound_grown_and_deleted(
         kubectl.apply(group())
         kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
         exports = DiskArrayExports(api, namespace=namespace, array="a1", group="g1", timeout=90, poll=0.5)
-        provisioner = Provisioner(api, Csi(Array(control, nbd), Catalog(control, nbd), exports=exports), interval=0.5)
+        provisioner = Provisioner(api, Csi(Array(control, nbd), Catalog(control, nbd), exports=exports),
+                                  array=f"{namespace}/a1", interval=0.5)
         thread = threading.Thread(target=provisioner.run, args=(stop,), daemon=True)
         thread.start()
         try:
-            kubectl.apply(storage_class(sc_name, clusterGroup="g1", clients="10.1.0.0/16"))
-            kubectl.apply(storage_class(bad_sc, clusterGroup="g1"))  # no clients, no default: refused
+            mine = f"{namespace}/a1"
+            kubectl.apply(storage_class(sc_name, clusterGroup="g1", clients="10.1.0.0/16", diskArray=mine))
+            kubectl.apply(storage_class(bad_sc, clusterGroup="g1", diskArray=mine))  # no clients: refused
+            kubectl.apply(storage_class(other_sc, clusterGroup="g1", clients="10.1.0.0/16",
+                                        diskArray=f"{namespace}/another"))  # another array's driver
             kubectl.apply(claim("data", "64Mi"))
             kubectl.apply(claim("nowhere", "64Mi", sc=bad_sc))
+            kubectl.apply(claim("elsewhere", "64Mi", sc=other_sc))
             data = wait_until("claim data Bound", lambda: bound("data"), timeout=120)
             pv = kubectl.get("pv", data["spec"]["volumeName"]) or {}
             assert pv["metadata"]["name"] == f"pvc-{data['metadata']['uid']}"
@@ -183,6 +188,11 @@ def test_claims_of_the_storage_class_become_volumes_bound_grown_and_deleted(
             wait_until("the refused claim's Warning", lambda: ("Warning", "ProvisioningFailed")
                        in _claim_events(kubectl, "nowhere"))
             assert (kubectl.get("pvc", "nowhere") or {})["status"]["phase"] == "Pending"
+            # a class of another array is that array's driver's: left alone
+            assert (kubectl.get("pvc", "elsewhere") or {})["status"]["phase"] == "Pending"
+            assert not {r for _, r in _claim_events(kubectl, "elsewhere")} & {"ProvisioningSucceeded",
+                                                                                "ProvisioningFailed"}
+            assert pv["spec"]["csi"]["volumeAttributes"]["diskArray"] == mine
 
             kubectl.apply(claim("copy", "64Mi", source="data"))
             copy = wait_until("the clone Bound", lambda: bound("copy"), timeout=120)
@@ -197,7 +207,7 @@ def test_claims_of_the_storage_class_become_volumes_bound_grown_and_deleted(
             assert int(control.get_lu(f"fs-{vid}")["size"]) == 128 << 20
             assert ("Normal", "VolumeResizeSuccessful") in _claim_events(kubectl, "data")
 
-            kubectl("delete", "pvc", "copy", "data", "nowhere", "--wait=false")
+            kubectl("delete", "pvc", "copy", "data", "nowhere", "elsewhere", "--wait=false")
             wait_until("both volumes deleted", lambda: kubectl.get("pv", pv["metadata"]["name"]) is None
                        and kubectl.get("pv", copy["spec"]["volumeName"]) is None, timeout=120)
             assert vid not in fs_names() and copy_vid not in fs_names()
@@ -207,7 +217,7 @@ def test_claims_of_the_storage_class_become_volumes_bound_grown_and_deleted(
         finally:
             stop.set()
             thread.join(30)
-            kubectl("delete", "storageclass", sc_name, bad_sc, "--ignore-not-found", check=False)
+            kubectl("delete", "storageclass", sc_name, bad_sc, other_sc, "--ignore-not-found", check=False)
     assert_clean(runner)
 
 
