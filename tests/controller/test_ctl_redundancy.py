@@ -295,3 +295,17 @@ def test_version1_array_still_opens(tmp_path: Path) -> None:
     assert rec is not None and rec[1]["version"] == 1
     with pytest.raises(layout.LayoutError, match="formatted with protection none"):
         Array.open([(str(p), None) for p in paths], "mirror")
+
+
+def test_a_gone_last_copy_is_kept_and_said_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With no redundancy a device whose file is deleted holds the only copy: it is kept in use
+    (its open descriptor still reads), and the error is logged once, not at every look (the
+    controller looks for gone device files every second)."""
+    arr = Array.open([(str(tmp_path / "only"), SIZE)], "none")
+    os.unlink(tmp_path / "only")
+    with caplog.at_level("ERROR", logger="nasblade.controller.vdev"):
+        for _ in range(5):
+            assert arr.check_devices() == []
+    kept = [r for r in caplog.records if "last copy: kept" in r.getMessage()]
+    assert len(kept) == 1, [r.getMessage() for r in caplog.records]
+    assert arr.vdevs[0].members[0].state == "ok"

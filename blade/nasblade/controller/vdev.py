@@ -110,6 +110,7 @@ class Member:
     #: the part of ``rebuilt`` whose checksums are on the device (what the superblock records)
     rebuilt_durable: int = 0
     reason: str = ""
+    kept: str = ""  # why it should have failed but holds the last copy (logged once per reason)
     read_errors: int = 0
     write_errors: int = 0
     csum_errors: int = 0
@@ -286,7 +287,9 @@ class VDev:
             return
         others = [o for o in self.members if o is not m and o.state == "ok" and o.fd >= 0]
         if not others:
-            log.error("device %d (%s): %s, but it is the last copy: kept", m.index, m.path, reason)
+            if m.kept != reason:  # once, not at every look (a gone file is looked for every second)
+                log.error("device %d (%s): %s, but it is the last copy: kept", m.index, m.path, reason)
+                m.kept = reason
             return
         m.state, m.reason = "failed", reason
         log.error("device %d (%s) failed: %s", m.index, m.path, reason)
