@@ -25,7 +25,7 @@ from typing import Any
 import libnfs
 import pytest
 from conftest import ArrayUp, expect, wait_for
-from nasblade.bladeapi.client import BladeAPIError
+from nasblade.bladeapi.client import BladeAPIError, FPControlClient
 from nasblade.fs import fs as fsmod
 from nasblade.nbd.client import NBDBlockDevice
 
@@ -86,6 +86,29 @@ def test_file_system_added_served_taken_over_and_removed_while_blades_run(make_a
     f.close()
     assert bytes(libnfs.NFS(_url(serve)).open("/new.bin", "rb").read()) == content
     assert _pids(arr) == pids  # no process restarted to serve it
+
+    # narrowed exports apply at once to the blade serving it, in place (no remount)
+    def with_clients(clients: list[str]) -> dict[str, Any]:
+        fs2 = {"name": "fs2", "lu": "fs-fs2", "home": "g1-1",
+               "serve": {**serve, "exports": [{**serve["exports"][0], "clients": clients}]}}
+        return {**before, "fileSystems": [*before["fileSystems"], fs2]}
+
+    def listing() -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["nfs-ls", _url(serve)], capture_output=True, timeout=60)
+
+    assert b"new.bin" in listing().stdout
+    fp = FPControlClient(str(arr.data_dir / "run" / "g1-1" / "fp.sock"))
+    verifier = fp.file_systems()["fs2"]["writeVerifier"]
+    answers = _put_all(arr, with_clients(["10.9.9.0/24"]))
+    assert [a["exportsApplied"] for a in answers] == [[], ["fs2"]], answers
+    refused = listing()
+    assert refused.returncode != 0 and b"new.bin" not in refused.stdout, refused
+    answers = _put_all(arr, with_clients(["127.0.0.0/8"]))
+    assert [a["exportsApplied"] for a in answers] == [[], ["fs2"]], answers
+    assert b"new.bin" in listing().stdout
+    assert bytes(libnfs.NFS(_url(serve)).open("/new.bin", "rb").read()) == content
+    assert _pids(arr) == pids
+    assert fp.file_systems()["fs2"]["writeVerifier"] == verifier  # not remounted
 
     # the peer learnt fs2 from the same request: it takes it over from a dead file processor
     epoch = int(holder["epoch"])

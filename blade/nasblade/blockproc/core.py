@@ -278,8 +278,8 @@ class BlockProcessor:
     def define_fs(self, name: str, spec: dict[str, Any]) -> None:
         """Add or replace file system ``name``'s spec (its LU; address, ports and exports as the
         file processor takes them) while the blade runs (``nasblade.cluster.member``, when the
-        group's configuration changes). A file system this blade serves keeps its LU, and its
-        new address or exports take effect at its next takeover."""
+        group's configuration changes). A file system this blade serves keeps its LU; its new
+        exports are applied by ``apply_exports``, a new address or ports at its next takeover."""
         lu = spec.get("lu")
         if not isinstance(lu, str) or not lu:
             raise ValueError(f"{name}: the spec names no LU")
@@ -287,6 +287,15 @@ class BlockProcessor:
         if old is not None and old.get("lu") != lu and name in self.handed:
             raise ValueError(f"{name} is served from LU {old.get('lu')}: release it before moving it to {lu}")
         self.settings.fs_specs[name] = {k: v for k, v in spec.items() if k != "name"}
+
+    async def apply_exports(self, name: str) -> bool:
+        """Give the file processor serving ``name`` its spec's exports now (after ``define_fs``
+        changed them); False when this blade does not serve it (they apply at its takeover)."""
+        if name not in self.handed or self.settings.fp_unix is None:
+            return False
+        exports = list(self.settings.fs_specs[name]["exports"])
+        await asyncio.to_thread(FPControlClient(self.settings.fp_unix).set_exports, name, exports)
+        return True
 
     def forget_fs(self, name: str) -> None:
         """Drop file system ``name``'s spec; one this blade serves must be released first."""

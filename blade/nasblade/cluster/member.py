@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nasblade.bladeapi.client import BladeAPIError
 from nasblade.blockproc.core import BlockProcessor
 from nasblade.cluster.areas import Areas
 from nasblade.cluster.backups import Backups
@@ -130,7 +131,10 @@ class ClusterMember:
         ``_save``).
 
         A new file system needs its ``serve`` section (address, ports, exports); its home blade
-        takes it at its next tick, since nobody owns it yet (``core.plan_takeovers``). A file
+        takes it at its next tick, since nobody owns it yet (``core.plan_takeovers``). New
+        exports of a file system this blade serves apply at once (the file processor swaps
+        them in place, ``BlockProcessor.apply_exports``); a new address or new ports at its next
+        takeover. A file
         system no longer listed is released first if this blade serves it (commit, unmount,
         flush, reservation and ownership record dropped: its LU is free), then forgotten. Everything else in the configuration (members, timing, the
         portion) is fixed for the blade's life: a change there is refused (409), to be applied
@@ -164,13 +168,24 @@ class ClusterMember:
         except ValueError as exc:
             raise ClusterError(str(exc), status=409) from exc
         changed = sorted(n for n, f in wanted.items() if n in old and f != old[n])
+        exports = []
+        for name in changed:  # new exports of what this blade serves: at once, in place
+            if old[name].serve.get("exports") == wanted[name].serve.get("exports") \
+                    or name not in self.takeovers.serving:
+                continue
+            try:
+                if await self.bp.apply_exports(name):
+                    exports.append(name)
+            except BladeAPIError as exc:
+                raise ClusterError(f"the file processor kept the old exports of {name}: {exc}") from exc
         self.cfg = self.view.cfg = self.areas.cfg = self.backups.cfg = self.takeovers.cfg = new
         self._save(new)
         added = sorted(set(wanted) - set(old))
         if added or removed or changed:
             log.info("%s: group %s file systems now %s (added %s, removed %s, changed %s)", self.me,
                      new.group, sorted(wanted), added, removed, changed)
-        return {"fileSystems": sorted(wanted), "added": added, "removed": removed, "changed": changed}
+        return {"fileSystems": sorted(wanted), "added": added, "removed": removed, "changed": changed,
+                "exportsApplied": exports}
 
     def _save(self, cfg: ClusterConfig) -> None:
         """Keep the new configuration for a restart: ``nasblade up``'s file is rewritten in place

@@ -20,6 +20,7 @@ With ``--control-unix PATH`` it also serves its block processor (takeover / rele
     GET    /v1/filesystems          what is served (FileProcessor.status())
     POST   /v1/filesystems          body: the --fs JSON; mount (recover) and listen; idempotent
     DELETE /v1/filesystems/{name}   stop listening, commit, unmount
+    PUT    /v1/filesystems/{name}/exports  body {"exports": [...]}: change them in place
     GET    /v1/calls                RPC calls per file system, program and procedure, with
                                     their latency buckets (FileProcessor.call_stats()), for
                                     the blade's metrics (nasblade.blockproc.metrics)
@@ -163,6 +164,26 @@ async def _remove_fs(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "removed": True})
 
 
+async def _set_exports(request: web.Request) -> web.Response:
+    """``PUT /v1/filesystems/{name}/exports`` ``{"exports": [...]}`` (the --fs JSON's exports):
+    the served file system's exports changed in place."""
+    from nasblade.fileproc import config as fpconfig
+
+    fp = request.app[FP_KEY]
+    name = request.match_info["name"]
+    if name not in fp.endpoints:
+        return web.json_response({"error": f"{name} is not served here"}, status=404)
+    try:
+        raw = (await request.json())["exports"]
+        if not isinstance(raw, list) or not raw:
+            raise ValueError("exports: expected a non-empty list")
+        exports = tuple(fpconfig.parse_export(e, f"exports[{i}]") for i, e in enumerate(raw))
+        await fp.set_exports(name, exports)
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        return web.json_response({"error": f"bad exports for {name}: {exc}"}, status=400)
+    return web.json_response({"name": name, "exports": [e.path for e in exports]})
+
+
 async def _calls(request: web.Request) -> web.Response:
     return web.json_response(request.app[FP_KEY].call_stats())
 
@@ -174,6 +195,7 @@ def control_app(fp: Any) -> web.Application:
     app.router.add_get("/v1/filesystems", _list_fs)
     app.router.add_post("/v1/filesystems", _add_fs)
     app.router.add_delete("/v1/filesystems/{name}", _remove_fs)
+    app.router.add_put("/v1/filesystems/{name}/exports", _set_exports)
     app.router.add_get("/v1/calls", _calls)
     return app
 

@@ -61,6 +61,7 @@ from nasblade.fileproc import callbacks
 from nasblade.fileproc.config import FsSpec
 from nasblade.fs import fs as fsmod
 from nasblade.nfs import mount, nfs3, nlm, nsm, portmap
+from nasblade.nfs.exports import Export
 from nasblade.nfs.locks import Grace, Waiter
 from nasblade.nfs.volume import Volume
 from nasblade.rpc import message, record, xdr
@@ -522,6 +523,15 @@ class FileProcessor:
         task = asyncio.get_running_loop().create_task(self.remove_filesystem(name))
         self._dropping.add(task)
         task.add_done_callback(self._dropping.discard)
+
+    async def set_exports(self, name: str, exports: tuple[Export, ...]) -> None:
+        """Change the exports of the served file system ``name`` in place (no remount, the
+        write verifier stays): ``Volume.set_exports``."""
+        ep = self.endpoints[name]
+        await asyncio.to_thread(ep.volume.set_exports, list(exports))
+        ep.spec = dataclasses.replace(ep.spec, exports=exports)
+        log.info("%s: exports now %s", name, ", ".join(
+            f"{e.path} to {','.join(map(str, e.clients))} ({'ro' if e.readonly else 'rw'})" for e in exports))
 
     async def remove_filesystem(self, name: str) -> None:
         """Stop exporting ``name``: close listeners and connections, commit, unmount."""

@@ -40,6 +40,16 @@ class Volume:
         self.exports[exp.export_id] = exp
         self.roots[exp.export_id] = ino
 
+    def set_exports(self, exports: list[Export]) -> None:
+        """Serve ``exports`` instead of the current ones, at once for every later call (each
+        MOUNT and NFS call looks its export up here): a client no longer allowed is refused at
+        its next call, and handles of an export that is gone are stale. Every new export is
+        resolved before anything changes, so a bad one leaves the table as it was."""
+        staged = Volume(self.name, self.fs)
+        for exp in exports:
+            staged.add_export(exp)
+        self.exports, self.roots = staged.exports, staged.roots
+
     def export_by_path(self, path: str) -> Export | None:
         path = path.rstrip("/") or "/"
         for exp in self.exports.values():
