@@ -262,6 +262,7 @@ def test_rbac_is_least_privilege(render: Render) -> None:
     cluster = _rules(one(render(), "ClusterRole"))
     assert all("*" not in t for t in cluster), "no wildcards"
     assert ("", "pods", "delete") in cluster  # replaces failed blades
+    assert ("", "pods", "patch") in cluster  # a group's file systems changed: the blades' annotation
     assert ("nasblade.io", "diskarrays/status", "patch") in cluster
     assert ("apiextensions.k8s.io", "customresourcedefinitions", "create") not in cluster
     # Secrets by name only (no listing or watching every Secret); patch renews certificates in place

@@ -17,6 +17,9 @@ restart. Each pass of the group's daemon (``daemon.py``), after the heartbeat pr
    reservation, so its LU is free. A blade that cannot be reached is sent it again after the
    next probe.
 
+Nothing here stops the pass it runs in (failover, moves and status come after it): a patch
+or a blade that fails is logged and tried again at the next pass or probe.
+
 Only formatted file systems are handed out (``diskarray/formatting.py``): until the DiskArray
 records a new file system's mkfs, no blade knows it. Each change is a ``FileSystemsChanged``
 Event on the ClusterGroup.
@@ -36,6 +39,7 @@ from nasblade_operator.clustergroup import builders
 from nasblade_operator.clustergroup import spec as cg_spec
 from nasblade_operator.clustergroup.runtime import Runtime
 from nasblade_operator.diskarray import spec as da_spec
+from nasblade_operator.kube import KubeError
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +52,8 @@ def annotation_patch(current: Mapping[str, Any], file_systems: list[dict[str, An
 
 def to_tell(summaries: Mapping[int, Mapping[str, Any]], *, annotated: Collection[str], known: Mapping[str, frozenset[str]],
             names: frozenset[str]) -> list[Mapping[str, Any]]:
-    """The Ready blades to send the file-system list: their annotation just changed, or what
-    they report knowing is not the group's list."""
+    """The Ready blades to send the file-system list: their annotation lists other file
+    systems (it is being changed), or what they report knowing is not the group's list."""
     return [s for s in summaries.values()
             if s["ready"] and not s.get("deleting")
             and (s["name"] in annotated or (s["name"] in known and known[s["name"]] != names))]
@@ -68,13 +72,18 @@ async def sync(
                                      file_systems=file_systems, unformatted=unformatted)
     wanted: list[dict[str, Any]] = config["fileSystems"]
     names = frozenset(f["name"] for f in wanted)
-    annotated: list[str] = []
+    annotated: list[str] = []  # pods whose annotation listed other file systems
+    patched = 0
     for s in summaries.values():
         current = s.get("clusterConfig")
         if s.get("deleting") or not isinstance(current, Mapping) or current.get("fileSystems") == wanted:
             continue
-        await st.kube.patch("Pod", str(s["name"]), annotation_patch(current, wanted), namespace=namespace)
         annotated.append(str(s["name"]))
+        try:
+            await st.kube.patch("Pod", str(s["name"]), annotation_patch(current, wanted), namespace=namespace)
+            patched += 1
+        except KubeError as exc:  # e.g. RBAC without pods/patch: the running blades are still told
+            log.warning("group %s: the cluster-config annotation of %s was not updated: %s", name, s["name"], exc)
     targets = to_tell(summaries, annotated=annotated, known=rt.known, names=names)
     told: list[str] = []
     if targets:
@@ -93,6 +102,6 @@ async def sync(
         rt.known[blade] = names
         if answer.get("added") or answer.get("removed") or answer.get("changed"):
             told.append(f"{blade} (added {answer.get('added') or []}, removed {answer.get('removed') or []})")
-    if annotated or told:
+    if patched or told:
         events.normal(body, "FileSystemsChanged",
                       f"file systems {sorted(names)}: " + ("; ".join(told) if told else "pod configuration updated"))
