@@ -63,8 +63,9 @@ class CallFailed(Exception):
         self.code = code
 
 
-class _Context:
-    """What the servicers need of ``grpc.ServicerContext`` when called in process."""
+class InProcessContext:
+    """What the servicers need of ``grpc.ServicerContext`` when called in process: an abort
+    raises ``CallFailed``."""
 
     def abort(self, code: grpc.StatusCode, message: str) -> None:
         raise CallFailed(code, message)
@@ -225,7 +226,7 @@ class Provisioner:
             source = self._source(claim)
             if source is not None:
                 request.volume_content_source.CopyFrom(source)
-            volume = self.controller.CreateVolume(request, _Context()).volume
+            volume = self.controller.CreateVolume(request, InProcessContext()).volume
         except CallFailed as exc:
             if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 log.info("claim %s/%s: %s", ns, claim_name, exc)  # still being served: next pass
@@ -252,7 +253,7 @@ class Provisioner:
         handle = (spec.get("csi") or {}).get("volumeHandle")
         if handle:
             try:
-                self.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=handle), _Context())
+                self.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=handle), InProcessContext())
             except CallFailed as exc:
                 log.warning("volume %s not deleted yet: %s", meta["name"], exc)
                 return
@@ -272,7 +273,7 @@ class Provisioner:
         try:
             done = self.controller.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
                 volume_id=pv["spec"]["csi"]["volumeHandle"], capacity_range=pb.CapacityRange(required_bytes=want)),
-                _Context())
+                InProcessContext())
         except CallFailed as exc:
             if exc.code != grpc.StatusCode.DEADLINE_EXCEEDED:
                 self._event(claim, "Warning", "VolumeResizeFailed", f"{DRIVER_NAME}: {exc}")

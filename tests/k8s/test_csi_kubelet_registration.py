@@ -16,30 +16,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
 from nasblade import ready
+from test_cluster_tier2 import wait_until
 
 pytestmark = pytest.mark.tier2
 
 REGISTRY = Path("/var/lib/kubelet/plugins_registry")
 PLUGIN_DIR = Path("/var/lib/kubelet/plugins/nas.nasblade.io")
-
-
-def wait_until(what: str, pred: Callable[[], Any], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def test_node_plugin_registers_with_the_kubelet_and_leaves(e2e_api: client.ApiClient, tmp_path: Path) -> None:

@@ -19,22 +19,10 @@ import pytest
 from conftest import Controller, Kubectl, assert_clean
 from fakeblade import FakeBlades
 from nasblade.controller.apiclient import ControlAPIError, ControlClient
+from nasblade_csi.provisioner import CallFailed, InProcessContext
 from test_tier1_operator import array, group, service_blade, wait_until
 
 pytestmark = pytest.mark.tier1
-
-
-class Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-
-
-class Ctx:
-    """The part of ``grpc.ServicerContext`` the servicers use."""
-
-    def abort(self, code: grpc.StatusCode, message: str) -> None:
-        raise Aborted(code, message)
 
 
 def test_a_volume_is_a_file_system_of_the_diskarray_served_by_its_group(
@@ -64,12 +52,12 @@ def test_a_volume_is_a_file_system_of_the_diskarray_served_by_its_group(
         def create(**parameters: str) -> Any:
             return csi.CreateVolume(pb.CreateVolumeRequest(
                 name="pvc-1", capacity_range=pb.CapacityRange(required_bytes=64 << 20),
-                volume_capabilities=[cap], parameters=parameters), Ctx()).volume
+                volume_capabilities=[cap], parameters=parameters), InProcessContext()).volume
 
-        with pytest.raises(Aborted) as bad:
+        with pytest.raises(CallFailed) as bad:
             csi.CreateVolume(pb.CreateVolumeRequest(
                 name="pvc-bad", capacity_range=pb.CapacityRange(required_bytes=64 << 20),
-                volume_capabilities=[cap], parameters={"squash": "sometimes"}), Ctx())
+                volume_capabilities=[cap], parameters={"squash": "sometimes"}), InProcessContext())
         assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT and "squash" in str(bad.value)
 
         vol = create(clients="10.1.2.0/24")
@@ -92,7 +80,7 @@ def test_a_volume_is_a_file_system_of_the_diskarray_served_by_its_group(
 
         # offline expansion: the group lets go of it, the LU and file system grow, it is served again
         grown = csi.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
-            volume_id=vid, capacity_range=pb.CapacityRange(required_bytes=128 << 20)), Ctx())
+            volume_id=vid, capacity_range=pb.CapacityRange(required_bytes=128 << 20)), InProcessContext())
         assert grown.capacity_bytes == 128 << 20 and not grown.node_expansion_required
         assert int(control.get_lu(f"fs-{vid}")["size"]) == 128 << 20
         assert Array(control, nbd).fs_size(f"fs-{vid}") - before >= (64 << 20) - (4 << 20)
@@ -100,7 +88,7 @@ def test_a_volume_is_a_file_system_of_the_diskarray_served_by_its_group(
         assert next(f for f in da["spec"]["fileSystems"] if f["name"] == vid)["size"] == str(128 << 20)
         assert service_blade(kubectl, vid) == "g1-blade-0"
 
-        csi.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid), Ctx())
+        csi.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid), InProcessContext())
         da = kubectl.get("diskarray", "a1") or {}
         assert vid not in [f["name"] for f in da["spec"]["fileSystems"]]
         assert kubectl.get("service", f"a1-{vid}-nfs") is None
@@ -109,7 +97,7 @@ def test_a_volume_is_a_file_system_of_the_diskarray_served_by_its_group(
         assert gone.value.status == 404
         wait_until("both blades told it is gone", lambda: {
             b for b, _, fs in blades.of("configure") if fs == ["home", "scratch"]} == {"g1-blade-0", "g1-blade-1"})
-        csi.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid), Ctx())  # idempotent
+        csi.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid), InProcessContext())  # idempotent
     assert_clean(runner)
 
 
