@@ -39,3 +39,29 @@ def test_sizes_and_durations() -> None:
         parse_size("12 parsecs", "a.b")
     with pytest.raises(ConfigError, match="-1 is negative"):
         parse_size(-1, "x")
+
+
+def test_a_reservation_whose_export_is_refused_is_no_hold_on_the_lu() -> None:
+    """The controller reserved the LU, then refused to open it (an NBD access file that does
+    not list the group's new LU yet): the block processor must not count the LU as held, or
+    its cluster member would take the file system for served and never try again (the e2e
+    run of 5 Dec 2026 left a new file system unserved that way)."""
+    import asyncio
+
+    from nasblade.blockproc.core import BlockProcessor, Settings
+    from nasblade.controller.asyncclient import Reservation
+
+    class Control:
+        async def reserve(self, lu: str, holder: str) -> Reservation:
+            return Reservation(holder=holder, epoch=7)
+
+    bp = BlockProcessor(Settings(blade="g1-0", group="g1"), control=Control())  # type: ignore[arg-type]
+
+    async def refused(lu: str, *, epoch: int | None = None) -> None:
+        raise PermissionError(13, f"controller refused export '{lu};holder=g1-0;epoch={epoch}'")
+
+    bp.add_lu = refused  # type: ignore[method-assign]
+    bp.epochs["fs-x"] = 3  # an older hold, fenced by the new reservation
+    with pytest.raises(PermissionError):
+        asyncio.run(bp.take_over("fs-x"))
+    assert "fs-x" not in bp.epochs

@@ -260,8 +260,11 @@ class BlockProcessor:
         res = await self.control.reserve(lu, self.settings.blade)
         assert res.epoch is not None
         epoch = res.epoch
-        self.epochs[lu] = epoch
+        # a reservation whose export the controller then refuses (say, an NBD access file that
+        # does not list this group's new LU yet) is no hold on the LU: only an opened one counts
+        self.epochs.pop(lu, None)
         await self.add_lu(lu, epoch=epoch)
+        self.epochs[lu] = epoch
         return epoch
 
     async def release(self, lu: str) -> None:

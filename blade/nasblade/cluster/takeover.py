@@ -121,10 +121,14 @@ class Takeovers:
                          and (taker is None or self.view.liveness.alive(taker, now=now))}
 
     def adopt_startup_ownership(self) -> None:
-        """LUs the block processor reserved at start (``--own``) count as served."""
+        """File systems the block processor serves without this member having taken them --
+        reserved at start (``--own``), or taken over through its own API (the operator's
+        moves) -- count as served: their LU held and handed to the file processor. A
+        reservation alone (a takeover that failed after reserving) is not serving."""
         for f in self.cfg.file_systems:
             lu = f.policy.lu
-            if f.policy.name not in self.serving and lu in self.bp.epochs and f.policy.name not in self.pending:
+            if f.policy.name not in self.serving and lu in self.bp.epochs and f.policy.name in self.bp.handed \
+                    and f.policy.name not in self.pending:
                 rec = self.view.group.ownership.get(f.policy.name)
                 if rec is None or rec.epoch <= self.bp.epochs[lu]:
                     self.serving[f.policy.name] = self.bp.epochs[lu]
@@ -265,7 +269,9 @@ class Takeovers:
                             rec is not None and rec.blade != self.me and previous is not None
                             and rec.epoch > previous.epoch and rec.blade in self.view.alive()):
                         raise ClusterError(f"takeover of {fs} failed after {attempts} attempts: {last_error}") from exc
-                    await asyncio.sleep(0.05)
+                    # every 50 ms for the first second (the old owner letting go of the address),
+                    # then slower, to once a second: each attempt is a new reservation epoch
+                    await asyncio.sleep(0.05 if attempts < 20 else min(1.0, 0.05 * 1.2 ** (attempts - 20)))
             epoch = int(result["epoch"])
             self.serving[fs] = epoch
             self.released.pop(fs, None)
