@@ -23,6 +23,7 @@ import argparse
 import os
 import shutil
 import subprocess
+import time
 import sys
 import tempfile
 from pathlib import Path
@@ -145,8 +146,18 @@ def load(tags: list[str]) -> None:
             log(f"containerd: {tag} already imported")
             continue
         log(f"containerd: importing {tag}")
-        subprocess.run([*ctr, "images", "import", str(tar)], check=True,
-                       stdout=subprocess.DEVNULL)
+        for attempt in range(3):
+            # containerd can lose a race with its own snapshot garbage collection ("parent
+            # snapshot ... does not exist"), e.g. right after a namespace's pods were removed;
+            # the same import run again succeeds
+            done = subprocess.run([*ctr, "images", "import", str(tar)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+            if done.returncode == 0:
+                break
+            log(f"containerd: importing {tag} failed (attempt {attempt + 1}): {done.stderr.strip()}")
+            time.sleep(2)
+        else:
+            raise subprocess.CalledProcessError(done.returncode, done.args, stderr=done.stderr)
         stamp.write_text(tar.with_suffix(".id").read_text())
 
 
