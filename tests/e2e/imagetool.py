@@ -23,9 +23,9 @@ import argparse
 import os
 import shutil
 import subprocess
-import time
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
