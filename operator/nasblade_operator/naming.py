@@ -28,6 +28,7 @@ L_FILESYSTEM = "nasblade.io/file-system"
 A_BACKUP_NOW = "nasblade.io/backup-now"
 #: ``{"fileSystem": FS, "to": BLADE, "id": ID}``: a planned move (``nasblade takeover``/``giveback``).
 A_MOVE_REQUEST = "nasblade.io/move-request"
+A_CLUSTER_CONFIG = "nasblade.io/cluster-config"  # a blade pod's cluster configuration (JSON)
 #: On a DiskArray: replace failed device N by a new, empty one that the controller rebuilds
 #: online (``POST /v1/array/devices/N/replace`` with the admin token); removed once handled.
 A_REPLACE_DEVICE = "nasblade.io/replace-device"

@@ -26,6 +26,7 @@ serves a file system serves it on the same address with the same exports.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,9 +180,16 @@ def from_standalone(config: Any, group: str, *, chassis: str | None = None) -> C
     )
 
 
+def save(cfg: ClusterConfig, path: Path, *, writer: str = "") -> None:
+    """Write ``cfg`` as JSON at ``path``, atomically (a temporary file named for ``writer``,
+    then a rename): several blades of a group may write the same file."""
+    tmp = path.with_name(f".{path.name}.{writer or os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cfg.to_json(), indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
 def write_standalone(config: Any, group: str, path: Path, *, chassis: str | None = None) -> Path:
     """Write ``group``'s cluster configuration as JSON at ``path`` (for ``--cluster-config``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    cfg = from_standalone(config, group, chassis=chassis)
-    path.write_text(json.dumps(cfg.to_json(), indent=1, sort_keys=True))
+    save(from_standalone(config, group, chassis=chassis), path)
     return path

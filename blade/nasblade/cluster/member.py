@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -44,6 +43,7 @@ from typing import Any
 
 from nasblade.bladeapi.client import BladeAPIError
 from nasblade.blockproc.core import BlockProcessor
+from nasblade.cluster import config as config_file
 from nasblade.cluster.areas import Areas
 from nasblade.cluster.backups import Backups
 from nasblade.cluster.config import ClusterConfig
@@ -134,11 +134,11 @@ class ClusterMember:
         takes it at its next tick, since nobody owns it yet (``core.plan_takeovers``). New
         exports of a file system this blade serves apply at once (the file processor swaps
         them in place, ``BlockProcessor.apply_exports``); a new address or new ports at its next
-        takeover. A file
-        system no longer listed is released first if this blade serves it (commit, unmount,
-        flush, reservation and ownership record dropped: its LU is free), then forgotten. Everything else in the configuration (members, timing, the
-        portion) is fixed for the blade's life: a change there is refused (409), to be applied
-        by a restart. Returns what changed."""
+        takeover. A file system no longer listed is released first if this blade serves it
+        (commit, unmount, flush, reservation and ownership record dropped: its LU is free), then
+        forgotten. Everything else in the configuration (members, timing, the portion) is fixed
+        for the blade's life: a change there is refused (409), to be applied by a restart.
+        Returns what changed."""
         now, then = new.to_json(), self.cfg.to_json()
         differ = sorted(k for k in now.keys() | then.keys() if k != "fileSystems" and now.get(k) != then.get(k))
         if differ:
@@ -196,10 +196,8 @@ class ClusterMember:
         path = Path(self.config_path)
         if not os.access(path.parent, os.W_OK) or not os.access(path, os.W_OK):
             return
-        tmp = path.with_name(f".{path.name}.{self.me}.tmp")
         try:
-            tmp.write_text(json.dumps(cfg.to_json(), indent=1, sort_keys=True))
-            os.replace(tmp, path)
+            config_file.save(cfg, path, writer=self.me)
         except OSError as exc:
             log.warning("%s: the new cluster configuration is in use but not saved to %s: %s", self.me, path, exc)
 

@@ -41,7 +41,7 @@ from nasblade_operator.diskarray.spec import Export, FileSystem
 SOCKET_DIR = "/run/nasblade"
 CONFIG_DIR = "/etc/nasblade"
 TOKEN_DIR = "/etc/nasblade-token"  # not under CONFIG_DIR: a read-only volume
-CLUSTER_CONFIG_ANNOTATION = f"{naming.GROUP}/cluster-config"
+CLUSTER_CONFIG_ANNOTATION = naming.A_CLUSTER_CONFIG
 #: The group's own backups are the operator's (``backups.run_if_due``, load-aware, recorded in
 #: the ClusterGroup status); the block processor's timer is set beyond any pod's life.
 _NO_MEMBER_BACKUPS = 10 * 365 * 86400.0

@@ -46,7 +46,7 @@ async def blade_pods(namespace: str | None, name: str, body: kopf.Body, labels: 
 
 def _cluster_config(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     """The blade pod's cluster configuration (its annotation, ``builders.cluster_config``), or None."""
-    text = (pod.get("metadata", {}).get("annotations") or {}).get(f"{naming.GROUP}/cluster-config")
+    text = (pod.get("metadata", {}).get("annotations") or {}).get(naming.A_CLUSTER_CONFIG)
     try:
         parsed = json.loads(text) if isinstance(text, str) else None
     except ValueError:
