@@ -7,7 +7,9 @@
 #              installed from the wheels in build/wheels (made on the host by `make wheels`,
 #              so this build needs no network);
 #   app     -- nasblade itself in that venv, plus the blade software bundle the operator
-#              seeds into the program LU (/opt/nasblade/software/blade-<version>.pyz);
+#              seeds into the program LU (/opt/nasblade/software/blade-<version>.pyz) and the
+#              CSI driver's gRPC code, compiled from the protos `make image` puts in
+#              build/proto (/opt/nasblade/csi, NASBLADE_CSI_CODE);
 #   runtime -- the base image, the deps venv (a layer that stays cached while only our code
 #              changes), nasblade on top, a non-root user (uid 10001).
 #
@@ -27,10 +29,11 @@ ENV PIP_NO_INDEX=${PIP_NO_INDEX} \
     PIP_NO_CACHE_DIR=1
 COPY build/wheels/ /wheels/
 COPY pyproject.toml /src/
-# the dependencies listed in pyproject.toml (runtime + operator extra) and the build backend
+# the dependencies listed in pyproject.toml (runtime + operator and csi extras) and the build backend
 RUN python3 -m venv /opt/nasblade \
  && python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; \
-print("\n".join(p["dependencies"] + p["optional-dependencies"]["operator"] + ["setuptools>=68", "wheel"]))' \
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["operator"] + p["optional-dependencies"]["csi"] \
++ ["setuptools>=68", "wheel"]))' \
         > /tmp/requirements.txt
 # kubernetes/aio: the official client's asyncio twin (68 MB) that nothing here imports (kopf
 # logs in through kubernetes.config, the operator talks through pykube-ng).
@@ -44,15 +47,20 @@ ARG NASBLADE_SOFTWARE_VERSION=0.1.0
 COPY README.md /src/
 COPY blade/ /src/blade/
 COPY operator/ /src/operator/
+COPY build/proto/ /src/proto/
 RUN /opt/nasblade/bin/pip install -q --no-deps --no-build-isolation /src \
+ && /opt/nasblade/bin/python -c 'from pathlib import Path; from nasblade_csi import proto; \
+d = Path("/opt/nasblade/csi") / proto.SPEC_VERSION; \
+proto.generate(d, Path("/src/proto/csi.proto")); \
+proto.generate(d.parent / "pluginregistration-v1", Path("/src/proto/pluginregistration.proto"), module="pluginregistration")' \
  && mkdir -p /opt/nasblade/software \
  && /opt/nasblade/bin/nasblade software build --version "${NASBLADE_SOFTWARE_VERSION}" \
         --output "/opt/nasblade/software/blade-${NASBLADE_SOFTWARE_VERSION}.pyz" \
  && sp=$(/opt/nasblade/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
  && mkdir -p "/stage$sp" /stage/opt/nasblade/bin \
- && cp -a "$sp"/nasblade "$sp"/nasblade_operator "$sp"/nasblade-*.dist-info "/stage$sp/" \
- && cp -a /opt/nasblade/bin/nasblade /stage/opt/nasblade/bin/ \
- && cp -a /opt/nasblade/software /stage/opt/nasblade/
+ && cp -a "$sp"/nasblade "$sp"/nasblade_operator "$sp"/nasblade_csi "$sp"/nasblade-*.dist-info "/stage$sp/" \
+ && cp -a /opt/nasblade/bin/nasblade /opt/nasblade/bin/nasblade-csi /stage/opt/nasblade/bin/ \
+ && cp -a /opt/nasblade/software /opt/nasblade/csi /stage/opt/nasblade/
 
 # -- runtime: base + deps venv (a cached layer) + nasblade (a small layer) + user 10001
 FROM ${BASE_IMAGE} AS runtime
@@ -71,7 +79,8 @@ COPY --from=app /stage/ /
 ENV PATH=/opt/nasblade/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    NASBLADE_SOFTWARE_BUNDLE=/opt/nasblade/software/blade-${NASBLADE_SOFTWARE_VERSION}.pyz
+    NASBLADE_SOFTWARE_BUNDLE=/opt/nasblade/software/blade-${NASBLADE_SOFTWARE_VERSION}.pyz \
+    NASBLADE_CSI_CODE=/opt/nasblade/csi
 USER 10001:10001
 WORKDIR /var/lib/nasblade
 ENTRYPOINT ["nasblade"]

@@ -147,17 +147,25 @@ IMAGE_TOOL := $(PY) tests/e2e/imagetool.py
 
 build/wheels/.stamp: pyproject.toml
 	mkdir -p build/wheels
-	PIP_CACHE_DIR=$(NASBLADE_CACHE)/pip $(VENV)/bin/pip wheel -q -w build/wheels '.[operator]' 'setuptools>=68' wheel
+	PIP_CACHE_DIR=$(NASBLADE_CACHE)/pip $(VENV)/bin/pip wheel -q -w build/wheels '.[operator,csi]' 'setuptools>=68' wheel
 	rm -f build/wheels/nasblade-*.whl
 	touch $@
 
 wheels: venv build/wheels/.stamp
 
+# the CSI driver's protos (CSI spec, kubelet plugin registration), pinned in tools/kube/csi.sh:
+# the image compiles them into its Python code (nothing generated is committed)
+build/proto/.stamp: tools/kube/csi.sh
+	mkdir -p build/proto
+	cp "$$(tools/kube/csi.sh spec)" build/proto/csi.proto
+	cp "$$(tools/kube/csi.sh registration)" build/proto/pluginregistration.proto
+	touch $@
+
 # build the image and, when a cluster runs (kind or the local one), load it into it
 image: image-build
 	$(IMAGE_TOOL) load --if-running $(IMAGE)
 
-image-build: wheels
+image-build: wheels build/proto/.stamp
 	tools/kube/images.sh build base
 	$(IMAGE_TOOL) build --image $(IMAGE) --base $(LOCAL_BASE_IMAGE) --version $(NASBLADE_VERSION)
 

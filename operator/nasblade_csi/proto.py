@@ -4,8 +4,9 @@
 No maintained PyPI package ships CSI's generated Python code, so ``csi.proto`` of the release
 pinned in ``tools/kube/csi.sh`` (fetched through the Go module proxy into the module cache) is
 compiled with grpcio-tools into ``$NASBLADE_CACHE/csi/<version>/`` the first time the driver
-starts, and loaded from there. ``NASBLADE_CSI_PROTO`` names another ``csi.proto`` (an image
-copies it in at build time). Nothing generated is committed.
+starts, and loaded from there. ``NASBLADE_CSI_PROTO`` names another ``csi.proto``; the image
+compiles both protos at build time into ``$NASBLADE_CSI_CODE`` (Dockerfile). Nothing generated
+is committed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ _REPO = Path(__file__).resolve().parents[2]
 
 
 def cache_dir() -> Path:
+    """Where the generated code is: ``$NASBLADE_CSI_CODE/<version>`` (the image's, compiled at
+    build time), else ``$NASBLADE_CACHE/csi/<version>``."""
+    built = os.environ.get("NASBLADE_CSI_CODE")
+    if built:
+        return Path(built) / SPEC_VERSION
     root = Path(os.environ.get("NASBLADE_CACHE", Path.home() / ".cache" / "nasblade"))
     return root / "csi" / SPEC_VERSION
 

@@ -22,6 +22,7 @@ REASONS = frozenset(
         "BladeUnavailable", "DeletionBlocked", "Deleting", "DataRetained", "DataDeleted", "ScaledDown",
         "Moved", "MoveRefused", "DeviceFailed", "DeviceRebuilding", "DeviceRebuilt", "DataLost", "ChecksumErrors",
         "DeviceReplaced", "DeviceReplaceRefused", "DeviceReplaceDeferred", "Certificates", "FileSystemsChanged",
+        "CsiRefused",
     }
 )
 

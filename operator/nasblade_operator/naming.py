@@ -113,6 +113,10 @@ def nfs_service_name(array: str, fs: str) -> str:
     return f"{array}-{fs}-nfs"
 
 
+#: the ``app.kubernetes.io/component`` of a DiskArray's CSI controller plugin (``diskarray.csi``)
+CSI_COMPONENT = "csi-controller"
+
+
 def common_labels(*, component: str, instance: str) -> dict[str, str]:
     """The ``app.kubernetes.io/*`` labels every child object carries."""
     return {

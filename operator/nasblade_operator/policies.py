@@ -72,6 +72,8 @@ def array_policies(
     labels = {**naming.common_labels(component="controller", instance=array), naming.L_ARRAY: array}
     blades = {"podSelector": {"matchLabels": {naming.L_ARRAY: array, naming.L_COMPONENT: "blade"}}}
     operator = operator_peer(operator_namespace, operator_labels)
+    # the array's CSI controller plugin (spec.csi), when it runs: snapshots, clones, growing
+    csi = {"podSelector": {"matchLabels": {naming.L_ARRAY: array, naming.L_COMPONENT: naming.CSI_COMPONENT}}}
     tcp = [{"protocol": "TCP", "port": p} for p in (naming.CONTROL_PORT, naming.NBD_PORT)]
     return [
         {
@@ -88,7 +90,7 @@ def array_policies(
                 "podSelector": {"matchLabels": {naming.L_ARRAY: array, naming.L_COMPONENT: "controller"}},
                 "policyTypes": ["Ingress"],
                 "ingress": [
-                    {"from": [blades, operator], "ports": tcp},
+                    {"from": [blades, csi, operator], "ports": tcp},
                     *scrape_rule(scraper, naming.CONTROL_PORT),
                 ],
             },

@@ -29,6 +29,8 @@ Variables:
                                  left, the old one trusted beside it until it expires
   NASBLADE_CERT_PROPAGATION      how long a new CA is only trusted before leaves are issued from it
                                  (the kubelet's time to bring every pod the new bundle; default 10m)
+  NASBLADE_CSI_CLUSTER_ROLE      the ClusterRole the operator binds each DiskArray's CSI controller
+                                 plugin to (spec.csi; the chart's csi.enabled makes it)
   NASBLADE_METRICS_SCRAPER       JSON {"namespaceSelector": <label selector>, "podSelector": <label
                                  selector>}: the pods (Prometheus) the NetworkPolicies let in to
                                  GET /v1/metrics on the controller's control API and the blades'
@@ -78,6 +80,9 @@ class OperatorConfig:
     cert_lifetime: float = 90 * 86400.0
     ca_lifetime: float = 3650 * 86400.0
     cert_propagation: float = 600.0
+    #: the ClusterRole a DiskArray's CSI controller plugin is bound to (the chart's); empty: the
+    #: installation has none and ``spec.csi.enabled`` is refused
+    csi_cluster_role: str = ""
 
     @property
     def pod_defaults(self) -> podspec.PodDefaults:
@@ -116,6 +121,7 @@ class OperatorConfig:
             cert_lifetime=_duration(e, "NASBLADE_CERT_LIFETIME", "2160h"),
             ca_lifetime=_duration(e, "NASBLADE_CA_LIFETIME", "87600h"),
             cert_propagation=_duration(e, "NASBLADE_CERT_PROPAGATION", "10m"),
+            csi_cluster_role=e.get("NASBLADE_CSI_CLUSTER_ROLE", "").strip(),
         )
 
 

@@ -41,6 +41,13 @@ def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def operator_role(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The operator's ClusterRole (the chart's others are the CSI plugin's, ``-csi-controller*``)."""
+    found = [o for o in by_kind(objs, "ClusterRole") if "-csi-controller" not in o["metadata"]["name"]]
+    assert len(found) == 1, f"expected one operator ClusterRole, got {len(found)}"
+    return found[0]
+
+
 def operator_container(objs: list[dict[str, Any]]) -> dict[str, Any]:
     containers = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["operator"]
@@ -158,7 +165,8 @@ def test_default_render(render: Render) -> None:
     objs = render()
     assert sorted(o["kind"] for o in objs) == sorted(
         ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
-         "NetworkPolicy", "CustomResourceDefinition", "CustomResourceDefinition"])
+         "NetworkPolicy", "CustomResourceDefinition", "CustomResourceDefinition",
+         "CSIDriver", "ClusterRole", "ClusterRole"])
     for o in objs:
         labels = o["metadata"]["labels"]
         for label in STANDARD_LABELS:
@@ -180,7 +188,7 @@ def test_default_render(render: Render) -> None:
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     svc = one(objs, "Service")
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
-    assert not any(r == "clusterkopfpeerings" for _, r, _ in _rules(one(objs, "ClusterRole")))
+    assert not any(r == "clusterkopfpeerings" for _, r, _ in _rules(operator_role(objs)))
 
 
 def test_leader_election_is_optional_and_needs_the_peering_api(helm: Helm, render: Render) -> None:
@@ -189,7 +197,7 @@ def test_leader_election_is_optional_and_needs_the_peering_api(helm: Helm, rende
     objs = render("leaderElection.enabled=true", "replicaCount=2", api_versions=PEERING_API)
     assert one(objs, "ClusterKopfPeering")["metadata"]["name"] == "nb-nasblade"
     assert operator_container(objs)["args"][:2] == ["operator", "--peering=nb-nasblade"]
-    assert ("kopf.dev", "clusterkopfpeerings", "patch") in _rules(one(objs, "ClusterRole"))
+    assert ("kopf.dev", "clusterkopfpeerings", "patch") in _rules(operator_role(objs))
     r = helm("template", "nb", str(CHART), "--kube-version", KUBE_VERSION, "--set", "leaderElection.enabled=true",
              check=False)
     assert r.returncode != 0 and "needs kopf's peering CRDs (no kopf.dev/v1/ClusterKopfPeering API)" in r.stderr
@@ -220,6 +228,7 @@ def test_values_reach_the_operator(render: Render) -> None:
                    "NASBLADE_IMAGE_PULL_POLICY": "IfNotPresent", "NASBLADE_IMAGE_PULL_SECRETS": "",
                    "NASBLADE_NETWORK_POLICIES": "true", "NASBLADE_OPERATOR_NAMESPACE": None,
                    "NASBLADE_LOG_FORMAT": "json", "NASBLADE_METRICS_SCRAPER": json.dumps(DEFAULT_SCRAPER, separators=(",", ":")),
+                   "NASBLADE_CSI_CLUSTER_ROLE": "nb-nasblade-csi-controller",
                    "NASBLADE_OPERATOR_LABELS": json.dumps({"app.kubernetes.io/component": "operator",
                                                            "app.kubernetes.io/instance": "nb",
                                                            "app.kubernetes.io/name": "nasblade"},
@@ -244,12 +253,12 @@ def test_pull_settings_and_policies_reach_the_pods_the_operator_makes(render: Re
     assert labels.items() <= pod.get("labels", one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]).items()
     np = one(objs, "NetworkPolicy")
     assert np["spec"]["podSelector"]["matchLabels"] == labels  # its ports: test_operator_policy_*
-    rules = _rules(one(objs, "ClusterRole"))
+    rules = _rules(operator_role(objs))
     assert ("networking.k8s.io", "networkpolicies", "create") in rules
     assert ("policy", "poddisruptionbudgets", "patch") in rules
     off = render("networkPolicy.enabled=false")
     assert not by_kind(off, "NetworkPolicy")
-    assert not any(r == "networkpolicies" for _, r, _ in _rules(one(off, "ClusterRole")))
+    assert not any(r == "networkpolicies" for _, r, _ in _rules(operator_role(off)))
     assert {e["name"]: e.get("value") for e in operator_container(off)["env"]}["NASBLADE_NETWORK_POLICIES"] == "false"
 
 
@@ -259,7 +268,7 @@ def _rules(obj: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def test_rbac_is_least_privilege(render: Render) -> None:
-    cluster = _rules(one(render(), "ClusterRole"))
+    cluster = _rules(operator_role(render()))
     assert all("*" not in t for t in cluster), "no wildcards"
     assert ("", "pods", "delete") in cluster  # replaces failed blades
     assert ("", "pods", "patch") in cluster  # a group's file systems changed: the blades' annotation
@@ -267,12 +276,23 @@ def test_rbac_is_least_privilege(render: Render) -> None:
     assert ("apiextensions.k8s.io", "customresourcedefinitions", "create") not in cluster
     # Secrets by name only (no listing or watching every Secret); patch renews certificates in place
     assert {v for g, r, v in cluster if r == "secrets"} == {"get", "create", "patch", "delete"}
-    assert not any(r == "nodes" or r.startswith("clusterrole") for _, r, _ in cluster)
+    assert not any(r == "nodes" for _, r, _ in cluster)
+    # RBAC objects: only the bindings of each DiskArray's CSI plugin, to the chart's two CSI roles
+    assert {(r, v) for _, r, v in cluster if r.startswith(("clusterrole", "rolebinding", "role"))} == {
+        ("clusterrolebindings", "get"), ("clusterrolebindings", "create"), ("clusterrolebindings", "delete"),
+        ("clusterroles", "bind"), ("rolebindings", "get"), ("rolebindings", "create"), ("rolebindings", "delete")}
+    (bind,) = [rule for rule in operator_role(render())["rules"] if "bind" in rule["verbs"]]
+    assert bind["resourceNames"] == ["nb-nasblade-csi-controller", "nb-nasblade-csi-controller-array"]
+    assert {o["metadata"]["name"] for o in by_kind(render(), "ClusterRole")} >= set(bind["resourceNames"])
+    off = _rules(operator_role(render("csi.enabled=false")))
+    assert not any(r in ("clusterrolebindings", "clusterroles", "rolebindings", "deployments", "serviceaccounts")
+                   for _, r, _ in off)
     # watched namespaces: the namespaced rights move to Roles in exactly those namespaces
     objs = render("watchNamespaces={team-a,team-b}", "leaderElection.enabled=true", api_versions=PEERING_API)
-    narrow = _rules(one(objs, "ClusterRole"))
-    assert {r for _, r, _ in narrow} == {"customresourcedefinitions", "namespaces"}
-    assert {v for _, _, v in narrow} == {"get", "list", "watch"}
+    narrow = _rules(operator_role(objs))
+    assert {r for _, r, _ in narrow} == {"customresourcedefinitions", "namespaces", "clusterrolebindings",
+                                         "clusterroles"}
+    assert {v for _, r, v in narrow if not r.startswith("clusterrole")} == {"get", "list", "watch"}
     roles = by_kind(objs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in by_kind(objs, "RoleBinding")) == ["team-a", "team-b"]
@@ -671,9 +691,10 @@ def test_a_second_release_must_leave_the_crds_to_the_first(helm: Helm, tier1_kub
         assert owners() == {(owner, owner_ns)}
         refused(run("install", second, second_ns), second, second_ns)
         refused(run("install", owner, second_ns), owner, second_ns)  # same name, other namespace
-        r = run("install", second, second_ns, "crds.install=false")
+        # (the CSIDriver object, like the CRDs, has one owner: the second release leaves it too)
+        r = run("install", second, second_ns, "crds.install=false", "csi.enabled=false")
         assert r.returncode == 0, r.stdout + r.stderr
-        refused(run("upgrade", second, second_ns, "crds.install=true"), second, second_ns)
+        refused(run("upgrade", second, second_ns, "crds.install=true", "csi.enabled=false"), second, second_ns)
         r = run("upgrade", owner, owner_ns)
         assert r.returncode == 0, r.stdout + r.stderr
         assert owners() == {(owner, owner_ns)}
@@ -707,10 +728,10 @@ def test_rbac_grants_what_the_operator_documents(render: Render) -> None:
     both modes (all namespaces: ClusterRole; watchNamespaces: ClusterRole + Roles)."""
     documented = _documented_rbac()
     assert len(documented) > 20, "the RBAC table in docs/operator.md was not found"
-    cluster_wide = set(_rules(one(render("leaderElection.enabled=true", api_versions=PEERING_API), "ClusterRole")))
+    cluster_wide = set(_rules(operator_role(render("leaderElection.enabled=true", api_versions=PEERING_API))))
     assert documented - cluster_wide == set()
     objs = render("watchNamespaces={team-a}", "leaderElection.enabled=true", api_versions=PEERING_API)
-    narrow = set(_rules(one(objs, "ClusterRole"))) | set(_rules(one(objs, "Role")))
+    narrow = set(_rules(operator_role(objs))) | set(_rules(one(objs, "Role")))
     missing = {(g, r, v) for g, r, v in documented - narrow if r != "clusterkopfpeerings"}
     assert missing == set()
 

@@ -404,6 +404,70 @@ def test_step3d_file_system_added_and_removed_while_the_blades_run(kube: Kube, r
     assert "big.bin" in _exec(kube, workload_ns, "nfs-ls", _nfs_url(workload_ns))
 
 
+def test_step3e_a_claim_becomes_a_volume_through_the_csi_plugin(kube: Kube, release: str,
+                                                                workload_ns: str) -> None:
+    """3e. CSI: with ``spec.csi`` on the DiskArray the operator runs the driver's controller
+    plugin (a real pod, under the chart's RBAC). A claim of a StorageClass naming the array is
+    Bound to a PersistentVolume of ``nas.nasblade.io`` whose volume is a file system of the
+    array, served by the group through its own Service: the client pod writes and reads it at
+    the PV's server and export. The claim deleted, its PV and file system go; CSI turned off,
+    the plugin's objects go."""
+    ns = workload_ns
+    sc, claim, plugin = f"nasblade-{ns}", "csi-data", f"{ARRAY}-csi-controller"
+    kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
+        {"spec": {"csi": {"enabled": True, "clusterGroup": GROUP, "clients": ["10.0.0.0/8"]}}}))
+
+    def plugin_ready() -> bool:
+        d = kube.get("deployment", plugin, namespace=ns) or {}
+        return int(d.get("status", {}).get("availableReplicas") or 0) == 1
+
+    kube.wait("the CSI controller plugin running", plugin_ready, timeout=180, interval=2,
+              describe=lambda: kube.kubectl("-n", ns, "get", "pods", "-l", "app.kubernetes.io/component=csi-controller",
+                                            "-o", "wide", check=False).stdout)
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": sc},
+        "provisioner": "nas.nasblade.io", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
+        "parameters": {"diskArray": f"{ns}/{ARRAY}"}}))
+    try:
+        kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": sc,
+                     "resources": {"requests": {"storage": "64Mi"}}}}))
+        t0 = time.monotonic()
+
+        def bound() -> dict[str, Any] | None:
+            c = kube.get("pvc", claim, namespace=ns) or {}
+            return c if c.get("status", {}).get("phase") == "Bound" else None
+
+        pvc = kube.wait("the claim Bound", bound, timeout=300, interval=2, describe=lambda: kube.kubectl(
+            "-n", ns, "logs", f"deployment/{plugin}", "--tail=30", check=False).stdout)
+        print(f"\n[e2e] 3e: claim Bound in {time.monotonic() - t0:.1f} s")
+        pv = kube.get("pv", pvc["spec"]["volumeName"], namespace="") or {}
+        attrs = pv["spec"]["csi"]["volumeAttributes"]
+        vid = pv["spec"]["csi"]["volumeHandle"]
+        assert pv["spec"]["csi"]["driver"] == "nas.nasblade.io" and attrs["diskArray"] == f"{ns}/{ARRAY}"
+        assert vid in [f["name"] for f in _array(kube, ns)["spec"]["fileSystems"]]
+        url = f"nfs://{attrs['server']}{attrs['export']}"
+        _exec(kube, ns, "sh", "-c", "head -c 1048576 /dev/urandom > /tmp/csi.bin")
+        _exec(kube, ns, "nfs-cp", "/tmp/csi.bin", f"{url}/csi.bin?version=3")
+        _exec(kube, ns, "nfs-cp", f"{url}/csi.bin?version=3", "/tmp/csi-back.bin")
+        sums = _exec(kube, ns, "sh", "-c", "cd /tmp && sha256sum csi.bin csi-back.bin").split()
+        assert sums[0] == sums[2], sums
+
+        kube.kubectl("-n", ns, "delete", "pvc", claim, "--wait=false")
+        kube.wait("the PV and the file system gone", lambda: kube.get("pv", pv["metadata"]["name"], namespace="") is None
+                  and vid not in [f["name"] for f in _array(kube, ns)["spec"]["fileSystems"]], timeout=180, interval=2)
+    finally:
+        kube.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)
+        kube.kubectl("-n", ns, "delete", "pvc", claim, "--ignore-not-found", "--wait=false", check=False)
+    kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
+        {"spec": {"csi": {"enabled": False}}}))
+    kube.wait("the plugin's objects gone", lambda: kube.get("deployment", plugin, namespace=ns) is None
+              and kube.get("serviceaccount", plugin, namespace=ns) is None
+              and kube.get("clusterrolebinding", f"nasblade-csi-{ns}-{ARRAY}", namespace="") is None,
+              timeout=120, interval=2)
+
+
 def _run_writer_through(kube: Kube, ns: str, *, path: str, duration: float,
                         disrupt: Callable[[], None]) -> dict[str, Any]:
     """Run the long-running writer (tests/e2e/nfsclient.py) in the client pod, call

@@ -16,6 +16,7 @@ from nasblade_operator import naming, podspec, policies, settings
 from nasblade_operator.clustergroup import builders as cg_builders
 from nasblade_operator.clustergroup import spec as cg_spec
 from nasblade_operator.diskarray import builders as da_builders
+from nasblade_operator.diskarray import csi as da_csi
 from nasblade_operator.diskarray import spec as da_spec
 from nasblade_operator.validation import InvalidSpec
 
@@ -51,8 +52,15 @@ def controller_pod_spec(defaults: podspec.PodDefaults = PULL) -> dict[str, Any]:
 # ---------------------------------------------------------------- offline
 
 
+def csi_pod_spec(defaults: podspec.PodDefaults = PULL) -> dict[str, Any]:
+    on = dataclasses.replace(ARRAY, csi=da_spec.Csi(enabled=True, cluster_group="g1", clients=("10.1.0.0/16",)))
+    spec: dict[str, Any] = da_csi.deployment("ns", "a1", on, image="reg.example/nb:1", defaults=defaults)[
+        "spec"]["template"]["spec"]
+    return spec
+
+
 def test_pull_policy_and_secrets_reach_every_container() -> None:
-    for pod in (controller_pod_spec(), blade(group_spec())["spec"]):
+    for pod in (controller_pod_spec(), blade(group_spec())["spec"], csi_pod_spec()):
         assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
         assert {c["imagePullPolicy"] for c in pod["containers"]} == {"Always"}
         assert not any(e["name"] == "NASBLADE_LOG_FORMAT" for c in pod["containers"] for e in c.get("env", []))
@@ -79,8 +87,9 @@ def test_settings_read_the_pull_and_policy_variables() -> None:
 
 
 def test_every_container_is_hardened() -> None:
-    for pod in (controller_pod_spec(), blade(group_spec())["spec"]):
-        assert pod["automountServiceAccountToken"] is False
+    for pod in (controller_pod_spec(), blade(group_spec())["spec"], csi_pod_spec()):
+        # only the CSI plugin talks to the API server (claims, volumes)
+        assert pod["automountServiceAccountToken"] is (pod.get("serviceAccountName") == "a1-csi-controller")
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["fsGroup"] == 10001  # Secret volumes readable by the nasblade user
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -101,6 +110,25 @@ def test_default_and_given_resources() -> None:
     assert all(c["resources"] == {"requests": podspec.DEFAULT_REQUESTS} for c in pod["containers"])
     given = blade(group_spec(resources={"limits": {"memory": "1Gi"}}))["spec"]
     assert all(c["resources"] == {"limits": {"memory": "1Gi"}} for c in given["containers"])
+
+
+def test_csi_section_is_parsed_and_checked() -> None:
+    assert ARRAY.csi == da_spec.Csi()  # off unless asked
+    base = {"devices": {"count": 1, "size": "1Gi"}}
+    on = da_spec.parse({**base, "csi": {"enabled": True, "clusterGroup": "g1", "clients": ["10.1.0.7/16"]}})
+    assert on.csi == da_spec.Csi(enabled=True, cluster_group="g1", clients=("10.1.0.0/16",))
+    with pytest.raises(InvalidSpec) as bad:
+        da_spec.parse({**base, "csi": {"enabled": True, "clients": ["ten"]}})
+    assert {e.path for e in bad.value.errors} == {"spec.csi.clusterGroup", "spec.csi.clients[0]"}
+
+
+def test_csi_plugin_runs_on_the_controllers_placement_with_files_not_variables() -> None:
+    pod = csi_pod_spec()
+    assert pod["nodeSelector"] == {"disk": "ssd"} and pod["priorityClassName"] == "storage-critical"
+    (c,) = pod["containers"]
+    assert c["env"] == [{"name": "NASBLADE_NBD_TLS_DIR", "value": da_csi.TLS_DIR}]  # a path, no secret value
+    token = next(v for v in pod["volumes"] if v["name"] == "token")
+    assert token["secret"]["items"] == [{"key": "token", "path": "token"}]  # not the admin or operator token
 
 
 def test_controller_placement() -> None:
@@ -154,7 +182,9 @@ def test_network_policies() -> None:
     data = ctrl["spec"]["ingress"][0]
     assert {p["port"] for p in data["ports"]} == {naming.CONTROL_PORT, naming.NBD_PORT}
     assert data["from"][0] == {"podSelector": {"matchLabels": {naming.L_ARRAY: "a1", naming.L_COMPONENT: "blade"}}}
-    assert data["from"][1] == {"podSelector": {"matchLabels": op},
+    assert data["from"][1] == {"podSelector": {"matchLabels": {naming.L_ARRAY: "a1",
+                                                               naming.L_COMPONENT: naming.CSI_COMPONENT}}}
+    assert data["from"][2] == {"podSelector": {"matchLabels": op},
                                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nb-system"}}}
     exports = [e.clients for f in ARRAY.file_systems_of("g1") for e in f.exports]
     bp = policies.blade_policy(array="a1", group="g1", clients=policies.nfs_clients(exports),

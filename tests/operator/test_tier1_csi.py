@@ -212,3 +212,61 @@ def test_claims_of_the_storage_class_become_volumes_bound_grown_and_deleted(
 def _claim_events(kubectl: Kubectl, name: str) -> list[tuple[str, str]]:
     return [(e["type"], e["reason"]) for e in kubectl.list("events")
             if e["involvedObject"].get("kind") == "PersistentVolumeClaim" and e["involvedObject"]["name"] == name]
+
+
+def test_the_operator_runs_a_diskarrays_csi_controller_plugin(
+    kubectl: Kubectl, operator: Callable[[], Any], token_secret: Callable[[str], None], namespace: str,
+) -> None:
+    """``spec.csi.enabled``: the operator makes the plugin's ServiceAccount, its bindings to the
+    installation's two CSI ClusterRoles and its Deployment; turning it off removes them all, and so
+    does deleting the DiskArray (the binding is cluster-wide, no owner can take it). An operator
+    installed without the ClusterRole refuses with a Warning and keeps the array running."""
+    from test_tier1_operator import condition, events
+
+    token_secret("a1")
+    binding = f"nasblade-csi-{namespace}-a1"
+    csi_on = {"enabled": True, "clusterGroup": "g1", "clients": ["10.1.0.0/16", "192.168.7.0/24"]}
+    with operator() as runner:  # no NASBLADE_CSI_CLUSTER_ROLE
+        kubectl.apply(array(csi=csi_on))
+        kubectl.wait("diskarray/a1", "condition=Ready", timeout=90)
+        wait_until("CsiRefused", lambda: ("Warning", "CsiRefused") in events(kubectl, "a1"))
+        assert kubectl.get("deployment", "a1-csi-controller") is None
+    assert_clean(runner)
+
+    with operator(csi_cluster_role="nasblade-csi-test") as runner:
+        dep = wait_until("plugin Deployment", lambda: kubectl.get("deployment", "a1-csi-controller"))
+        crb = wait_until("binding", lambda: kubectl.get("clusterrolebinding", binding))
+        sa = kubectl.get("serviceaccount", "a1-csi-controller")
+        assert sa is not None and sa["metadata"]["ownerReferences"][0]["name"] == "a1"
+        assert dep["metadata"]["ownerReferences"][0]["name"] == "a1"
+        assert crb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "nasblade-csi-test"}
+        assert crb["subjects"] == [{"kind": "ServiceAccount", "name": "a1-csi-controller", "namespace": namespace}]
+        rb = kubectl.get("rolebinding", "a1-csi-controller")
+        assert rb is not None and rb["roleRef"]["name"] == "nasblade-csi-test-array"
+        assert rb["subjects"] == crb["subjects"] and rb["metadata"]["ownerReferences"][0]["name"] == "a1"
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "a1-csi-controller" and pod["automountServiceAccountToken"] is True
+        (c,) = pod["containers"]
+        args = c["args"]
+        assert c["command"] == ["nasblade-csi"]
+        assert args[args.index("--diskarray") + 1] == f"{namespace}/a1"
+        assert args[args.index("--cluster-group") + 1] == "g1"
+        assert args[args.index("--export-clients") + 1] == "10.1.0.0/16,192.168.7.0/24"
+        assert "--provision" in args and args[args.index("--array-nbd") + 1].startswith("nbds://")
+        assert {v["name"]: v.get("secret", {}).get("secretName") for v in pod["volumes"]}["nbd-tls"] == "a1-nbd-admin"
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True and dep["spec"]["strategy"]["type"] == "Recreate"
+        # off: all three go
+        kubectl("patch", "diskarray", "a1", "--type=merge", "-p", '{"spec": {"csi": {"enabled": false}}}')
+        wait_until("plugin gone", lambda: kubectl.get("deployment", "a1-csi-controller") is None
+                   and kubectl.get("clusterrolebinding", binding) is None
+                   and kubectl.get("rolebinding", "a1-csi-controller") is None
+                   and kubectl.get("serviceaccount", "a1-csi-controller") is None)
+        # on again, then the DiskArray deleted: the binding goes with it
+        kubectl("patch", "diskarray", "a1", "--type=merge", "-p", '{"spec": {"csi": {"enabled": true}}}')
+        wait_until("binding again", lambda: kubectl.get("clusterrolebinding", binding))
+        assert condition(kubectl.get("diskarray", "a1"), "Ready")["status"] == "True"
+        kubectl("delete", "diskarray", "a1", "--wait=false")
+        wait_until("DiskArray gone", lambda: kubectl.get("diskarray", "a1") is None, timeout=90)
+        assert kubectl.get("clusterrolebinding", binding) is None
+    assert_clean(runner)

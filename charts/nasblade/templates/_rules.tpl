@@ -6,6 +6,8 @@ The operator's namespaced permissions, least privilege (the table in docs/operat
 - the children it builds: the controller StatefulSet, Services, the token Secret (no list
   or watch of Secrets), blade Pods (watched; deleted to replace failed blades), device PVCs
   (deleted when the DiskArray's deletionPolicy is Delete);
+- with csi.enabled, each DiskArray's CSI controller plugin: its Deployment, ServiceAccount
+  and RoleBinding (docs/csi.md);
 - a PodDisruptionBudget per ClusterGroup and, with networkPolicy.enabled, the NetworkPolicies
   of each array and group (created, patched when exports change, never listed);
 - Events for the resources' history, and kopf peering in the namespace.
@@ -44,6 +46,17 @@ The operator's namespaced permissions, least privilege (the table in docs/operat
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, create, patch]
+{{- if .Values.csi.enabled }}
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, create, patch, delete]
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, create, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [rolebindings]
+  verbs: [get, create, delete]
+{{- end }}
 {{- if .Values.networkPolicy.enabled }}
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]

@@ -53,7 +53,7 @@ from nasblade_operator import (
     settings,
     state,
 )
-from nasblade_operator.diskarray import areas, builders, devices, formatting
+from nasblade_operator.diskarray import areas, builders, csi, devices, formatting
 from nasblade_operator.diskarray import spec as da_spec
 from nasblade_operator.validation import InvalidSpec
 
@@ -251,6 +251,11 @@ async def _ensure_children(
                            "spec": {"template": sts["spec"]["template"]}}, namespace=namespace)
             events.normal(body, "Updated", f"StatefulSet {naming.controller_name(name)}: new pod template")
     created += await policies.sync_array(k, body, array=name, namespace=namespace)
+    try:
+        created += await csi.sync(k, body, parsed, array=name, namespace=namespace, image=image,
+                                  role=settings.current().csi_cluster_role, defaults=settings.current().pod_defaults)
+    except csi.NoClusterRole as exc:  # the rest of the array is unaffected
+        events.warning(body, "CsiRefused", str(exc))
     if created:
         events.normal(body, "Created", ", ".join(created))
     st.ensured[str(body.metadata.get("uid"))] = generation
@@ -550,6 +555,8 @@ async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | N
                 await k.delete("ClusterGroup", g["metadata"]["name"], namespace=namespace)
         events.normal(body, "Deleting", f"waiting for ClusterGroups {', '.join(g['metadata']['name'] for g in groups)} to go")
         raise kopf.TemporaryError("waiting for the ClusterGroups to be deleted", delay=2)
+    await k.delete("Deployment", csi.name(name), namespace=namespace)  # the CSI plugin, if any, first
+    await csi.forget(k, array=name, namespace=namespace)
     await k.delete("StatefulSet", naming.controller_name(name), namespace=namespace)
     await k.delete("Service", naming.controller_name(name), namespace=namespace)
     await k.delete("Secret", naming.token_secret_name(name), namespace=namespace)

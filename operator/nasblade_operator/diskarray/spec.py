@@ -87,6 +87,17 @@ class FileSystem:
 
 
 @dataclasses.dataclass(frozen=True)
+class Csi:
+    """``spec.csi``: the CSI driver's controller plugin the operator runs for the array."""
+
+    enabled: bool = False
+    #: the ClusterGroup serving volumes whose StorageClass names none
+    cluster_group: str = ""
+    #: the client CIDRs a volume is exported to when its StorageClass names none
+    clients: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class DiskArraySpec:
     devices: Devices
     controller: Controller
@@ -94,6 +105,7 @@ class DiskArraySpec:
     file_systems: tuple[FileSystem, ...]
     software_version: str
     deletion_policy: DeletionPolicy
+    csi: Csi = Csi()
 
     @property
     def capacity(self) -> int:
@@ -123,6 +135,7 @@ def parse(spec: Mapping[str, Any]) -> DiskArraySpec:
     file_systems = _file_systems(c, spec.get("fileSystems") or [])
     version = str(validation.section(spec, "software").get("version") or "0.1.0")
     policy = c.choice("spec.deletionPolicy", spec.get("deletionPolicy", "Retain"), ("Retain", "Delete"))
+    csi = _csi(c, validation.section(spec, "csi"))
     c.check()
     parsed = DiskArraySpec(
         devices=devices,
@@ -131,6 +144,7 @@ def parse(spec: Mapping[str, Any]) -> DiskArraySpec:
         file_systems=file_systems,
         software_version=version,
         deletion_policy="Delete" if policy == "Delete" else "Retain",
+        csi=csi,
     )
     if parsed.requested > parsed.capacity:
         c.add(
@@ -141,6 +155,18 @@ def parse(spec: Mapping[str, Any]) -> DiskArraySpec:
         )
     c.check()
     return parsed
+
+
+def _csi(c: validation.Collector, d: Mapping[str, Any]) -> Csi:
+    enabled = d.get("enabled", False)
+    if not isinstance(enabled, bool):
+        c.add("spec.csi.enabled", "must be true or false")
+        enabled = False
+    group = str(d.get("clusterGroup") or "")
+    if enabled and not group:
+        c.add("spec.csi.clusterGroup", "is required when csi.enabled is true")
+    clients = tuple(c.cidr(f"spec.csi.clients[{i}]", v) for i, v in enumerate(d.get("clients") or []))
+    return Csi(enabled=enabled, cluster_group=group, clients=clients)
 
 
 def _devices(c: validation.Collector, d: Mapping[str, Any]) -> Devices:
