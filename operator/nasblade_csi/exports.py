@@ -182,7 +182,9 @@ class DiskArrayExports:
             formatted = any(f.get("name") == volume and f.get("formatted")
                             for f in da.get("status", {}).get("fileSystems", []) or [])
             cg = self._get("clustergroups", group) or {}
-            owned = any(f.get("name") == volume and f.get("blade")
+            # a blade owns it and, once it has reported, serves it (the new LU's access may
+            # reach the controller a while after the blade was told)
+            owned = any(f.get("name") == volume and f.get("blade") and f.get("served") is not False
                         for f in cg.get("status", {}).get("fileSystems", []) or [])
             return formatted and owned and self._service_exists(service)
 

@@ -448,6 +448,13 @@ def test_step3e_a_claim_becomes_a_volume_through_the_csi_plugin(kube: Kube, rele
         assert pv["spec"]["csi"]["driver"] == "nas.nasblade.io" and attrs["diskArray"] == f"{ns}/{ARRAY}"
         assert vid in [f["name"] for f in _array(kube, ns)["spec"]["fileSystems"]]
         url = f"nfs://{attrs['server']}{attrs['export']}"
+        # Bound means its blade said it serves it; the new Service's rules reach kube-proxy a
+        # moment later (a kernel client's mount retries; libnfs here does not)
+        t1 = time.monotonic()
+        kube.wait("the volume reachable at its Service", lambda: kube.kubectl(
+            "-n", ns, "exec", CLIENT_POD, "--", "nfs-ls", f"{url}?version=3", check=False,
+            timeout=60).returncode == 0, timeout=60, interval=1)
+        print(f"[e2e] 3e: reachable {time.monotonic() - t1:.1f} s after Bound")
         _exec(kube, ns, "sh", "-c", "head -c 1048576 /dev/urandom > /tmp/csi.bin")
         _exec(kube, ns, "nfs-cp", "/tmp/csi.bin", f"{url}/csi.bin?version=3")
         _exec(kube, ns, "nfs-cp", f"{url}/csi.bin?version=3", "/tmp/csi-back.bin")

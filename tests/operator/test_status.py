@@ -63,6 +63,10 @@ def test_ready_waits_for_the_array_and_for_what_the_owners_report_serving() -> N
     starting = s.build(inputs(serving={"g-blade-1": frozenset()}))
     assert cond(starting, "Ready") == ("False", "FileSystemsStarting")
     assert "scratch (on g-blade-1)" in str(conditions.get_condition(starting["conditions"], "Ready"))
+    # each file system says whether its owner reported serving it (absent: not reported yet)
+    assert [f.get("served") for f in starting["fileSystems"]] == [None, False]
+    serving = s.build(inputs(serving={"g-blade-1": frozenset({"scratch"})}))
+    assert [f.get("served") for f in serving["fileSystems"]] == [None, True]
 
 
 def test_a_failed_blade_degrades_and_a_stranded_file_system_says_no_survivor() -> None:

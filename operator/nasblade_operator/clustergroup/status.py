@@ -62,7 +62,9 @@ def build(i: StatusInputs) -> dict[str, Any]:
         "blades": blades,
         "fileSystems": [
             {"name": fs, "blade": i.owners[fs], "homeBlade": planner.home_of(i.group, i.file_systems, fs, count),
-             "service": naming.nfs_service_name(i.spec.disk_array, fs), **({"pinnedTo": i.pins[fs]} if fs in i.pins else {})}
+             "service": naming.nfs_service_name(i.spec.disk_array, fs), **({"pinnedTo": i.pins[fs]} if fs in i.pins else {}),
+             # what the owner said at its last probe (a file system just handed to it: not yet)
+             **({"served": fs in i.serving[i.owners[fs]]} if i.owners[fs] in i.serving else {})}
             for fs in i.file_systems
         ],
         "activeArea": i.active_area,
