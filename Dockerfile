@@ -69,6 +69,12 @@ LABEL org.opencontainers.image.title="nasblade" \
       org.opencontainers.image.description="NAS blades on Kubernetes: operator, controller, block and file processors" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/nasblade/nasblade"
+# mount.nfs for the CSI node plugin (NodeStage mounts a volume's NFS export on the node), from
+# the Debian mirror: the only step that needs the network (`make image` builds with --network
+# host); a layer that stays cached while only our code changes.
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nfs-common \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/*.log
 # uid/gid 10001: what the operator's pod templates run as (runAsNonRoot needs a numeric USER).
 RUN (getent group nasblade || groupadd --system --gid 10001 nasblade) \
  && (getent passwd nasblade || useradd --system --uid 10001 --gid 10001 \

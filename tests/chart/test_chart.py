@@ -301,6 +301,27 @@ def test_rbac_is_least_privilege(render: Render) -> None:
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
 
 
+def test_csi_node_plugin_is_asked_for_and_mounts_under_the_kubelet_dir(render: Render) -> None:
+    """The node DaemonSet only when asked (it is privileged); then on every node by default,
+    privileged, with the kubelet's directory at the same path and Bidirectional propagation,
+    the driver's and the registration sockets under it, and no ServiceAccount token."""
+    assert by_kind(render(), "DaemonSet") == []
+    assert by_kind(render("csi.enabled=false", "csi.node.enabled=true"), "DaemonSet") == []
+    ds = one(render("csi.node.enabled=true", "csi.node.kubeletDir=/data/kubelet",
+                    "imagePullSecrets[0].name=regcred"), "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["nasblade-csi"]
+    assert c["args"] == ["--role=node", "--endpoint=unix:///data/kubelet/plugins/nas.nasblade.io/csi.sock",
+                         "--registration-dir=/data/kubelet/plugins_registry", "--node-id=$(NODE_NAME)"]
+    assert c["securityContext"]["privileged"] is True and c["securityContext"]["readOnlyRootFilesystem"] is True
+    (kubelet,) = [m for m in c["volumeMounts"] if m["name"] == "kubelet-dir"]
+    assert kubelet == {"name": "kubelet-dir", "mountPath": "/data/kubelet", "mountPropagation": "Bidirectional"}
+    assert {v["name"]: v.get("hostPath", {}).get("path") for v in pod["volumes"]}["kubelet-dir"] == "/data/kubelet"
+    assert pod["automountServiceAccountToken"] is False and pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+
+
 def test_service_monitor(helm: Helm) -> None:
     base = ["template", "nb", str(CHART), "--kube-version", KUBE_VERSION,
             "--set", "metrics.serviceMonitor.enabled=true"]
@@ -846,10 +867,12 @@ def test_checkov(helm: Helm, checkov: Path, tmp_path: Path) -> None:
     from nasblade_operator.clustergroup import builders as cg_builders
     from nasblade_operator.clustergroup import spec as cg_spec
     from nasblade_operator.diskarray import builders as da_builders
+    from nasblade_operator.diskarray import csi as da_csi
     from nasblade_operator.diskarray import spec as da_spec
 
     array = da_spec.parse({"devices": {"count": 1, "size": "1Gi"}, "fileSystems": [
-        {"name": "home", "size": "64Mi", "clusterGroup": "g1", "exports": [{"clients": ["10.0.0.0/8"]}]}]})
+        {"name": "home", "size": "64Mi", "clusterGroup": "g1", "exports": [{"clients": ["10.0.0.0/8"]}]}],
+        "csi": {"enabled": True, "clusterGroup": "g1"}})
     group = cg_spec.parse({"diskArrayRef": {"name": "a1"}})
     blade = cg_builders.blade_pod(group="g1", namespace="storage", index=0, spec=group, portion=0,
                                   portion_size=2**20, version="0.1.0", image="nasblade/nasblade:0.1.0",
@@ -857,14 +880,17 @@ def test_checkov(helm: Helm, checkov: Path, tmp_path: Path) -> None:
 
     argv = ["template", "nb", str(CHART), "--namespace", "nasblade-system", "--kube-version", KUBE_VERSION,
             "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.dashboard.enabled=true",
-            "--set", "metrics.serviceMonitor.enabled=true", "--api-versions", PROM_RULE_API,
+            "--set", "metrics.serviceMonitor.enabled=true", "--set", "csi.node.enabled=true", "--api-versions", PROM_RULE_API,
             "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"]
     (tmp_path / "chart.yaml").write_text(helm(*argv).stdout)
     made = [blade, da_builders.controller_statefulset("a1", array, image="nasblade/nasblade:0.1.0"),
             *policies.array_policies("a1", operator_namespace="nasblade-system", operator_labels={"a": "b"}),
             policies.blade_policy(array="a1", group="g1", clients=["10.0.0.0/8"], operator_namespace="nasblade-system",
                                   operator_labels={"a": "b"}),
-            policies.disruption_budget(array="a1", group="g1", blades=2)]
+            policies.disruption_budget(array="a1", group="g1", blades=2),
+            # the CSI controller plugin of a DiskArray with spec.csi
+            da_csi.deployment("storage", "a1", array, image="nasblade/nasblade:0.1.0"),
+            da_csi.service_account("a1"), da_csi.role_binding("storage", "a1", role="nb-nasblade-csi-controller")]
     for obj in made:
         obj["metadata"]["namespace"] = "storage"
     (tmp_path / "operator-made.yaml").write_text(yaml.safe_dump_all(made))
@@ -878,5 +904,5 @@ def test_checkov(helm: Helm, checkov: Path, tmp_path: Path) -> None:
     skips = yaml.safe_load((CHART / "checkov-skips.yaml").read_text())
     assert all(isinstance(v, str) and len(v) > 40 for v in skips.values()), "every skip needs its reason"
     unexplained = sorted({f for f in failed if f[0] not in skips})
-    assert unexplained == []
+    assert unexplained == [], unexplained
     assert sorted(set(skips) - {c for c, _ in failed}) == [], "stale entries in checkov-skips.yaml"

@@ -89,9 +89,10 @@ def build(*, tag: str, base: str, version: str) -> None:
     if not (REPO / "build" / "wheels" / ".stamp").exists():
         raise SystemExit("build/wheels missing: run `make wheels` first")
     ensure_dockerd()
+    # host network for apt (nfs-common); pip installs only from build/wheels (PIP_NO_INDEX)
     docker_build(tag=tag, context=REPO, dockerfile=REPO / "Dockerfile",
                  build_args={"BASE_IMAGE": base, "PIP_NO_INDEX": "1",
-                             "NASBLADE_SOFTWARE_VERSION": version})
+                             "NASBLADE_SOFTWARE_VERSION": version}, network="host")
     log(f"image {tag}: {image_id(tag)[:19]}")
 
 

@@ -16,12 +16,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import nbcluster
 import pytest
 import yaml
-from e2elib import CHART, IMAGE, RELEASE_NS, REPO, Kube, condition, kill_container, on_kind
+from e2elib import (
+    CHART,
+    CLIENT_IMAGE,
+    IMAGE,
+    RELEASE_NS,
+    REPO,
+    Kube,
+    condition,
+    kill_container,
+    on_kind,
+)
 
 if str(REPO / "tests" / "kernel") not in sys.path:
     sys.path.append(str(REPO / "tests" / "kernel"))
@@ -56,6 +67,7 @@ def test_step1_helm_install_operator_ready(kube: Kube, release: str) -> None:
     t0 = time.monotonic()
     kube.helm("install", release, str(CHART), "--namespace", RELEASE_NS, "--create-namespace",
               "--set", f"image.tag={IMAGE.split(':')[1]}", "--set", "statusInterval=3",
+              "--set", "csi.node.enabled=true",  # the CSI node plugin (step 3e)
               "--wait", "--timeout", "5m")
     status = kube.helm("status", release, "-n", RELEASE_NS).stdout
     assert "STATUS: deployed" in status
@@ -404,6 +416,52 @@ def test_step3d_file_system_added_and_removed_while_the_blades_run(kube: Kube, r
     assert "big.bin" in _exec(kube, workload_ns, "nfs-ls", _nfs_url(workload_ns))
 
 
+def _mount_in_a_pod(kube: Kube, ns: str, *, claim: str, server: str, sha: str) -> None:
+    """The chart's node plugin is registered with the kubelet (the node's CSINode lists the
+    driver), and a pod that uses the claim makes the kubelet call it: the pod runs and reads
+    the file back, or -- on a node whose kernel has no NFS client, as this machine's -- the
+    kubelet reports the driver's own ``mount -t nfs`` of the volume's Service failing."""
+    node = kube.json("get", "nodes")["items"][0]["metadata"]["name"]
+    kube.wait("the driver in the node's CSINode", lambda: "nas.nasblade.io" in [
+        d["name"] for d in ((kube.get("csinode", node, namespace="") or {}).get("spec", {}).get("drivers") or [])],
+        timeout=60, interval=2)
+    restricted = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "csi-user"},
+        "spec": {"securityContext": {"runAsNonRoot": True, "runAsUser": 10002,
+                                     "seccompProfile": {"type": "RuntimeDefault"}},
+                 "containers": [{"name": "c", "image": CLIENT_IMAGE,
+                                 "command": ["sh", "-c", "sha256sum /data/csi.bin; sleep 3600"],
+                                 "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                                 "securityContext": restricted}],
+                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}))
+    try:
+        def outcome() -> tuple[str, str] | None:
+            pod = kube.get("pod", "csi-user", namespace=ns) or {}
+            if pod.get("status", {}).get("phase") == "Running":
+                return "running", ""
+            events = kube.json("-n", ns, "get", "events", "--field-selector",
+                               "involvedObject.name=csi-user,reason=FailedMount")["items"]
+            return ("failed", events[-1]["message"]) if events else None
+
+        kind, message = kube.wait("the pod's volume mounted, or its mount refused by the kernel", outcome,
+                                  timeout=180, interval=2)
+        if kind == "running":
+            kube.wait("the pod read the file", lambda: sha in kube.kubectl(
+                "-n", ns, "logs", "csi-user", check=False).stdout, timeout=60, interval=2)
+            print("[e2e] 3e: a pod mounted the claim through the node plugin and read the file")
+            return
+        # the kubelet called the driver, which ran the NFS mount of the volume's Service; only
+        # a kernel without an NFS client stops it there
+        assert "mount -t nfs -o vers=3" in message and server in message, message
+        assert "nfs" not in Path("/proc/filesystems").read_text(), message
+        print(f"[e2e] 3e: the kubelet staged the volume through the node plugin; the node's kernel "
+              f"has no NFS client: {message[-160:]}")
+    finally:
+        kube.kubectl("-n", ns, "delete", "pod", "csi-user", "--ignore-not-found", "--wait=true",
+                     "--timeout=120s", check=False, timeout=150)
+
+
 def test_step3e_a_claim_becomes_a_volume_through_the_csi_plugin(kube: Kube, release: str,
                                                                 workload_ns: str) -> None:
     """3e. CSI: with ``spec.csi`` on the DiskArray the operator runs the driver's controller
@@ -460,6 +518,8 @@ def test_step3e_a_claim_becomes_a_volume_through_the_csi_plugin(kube: Kube, rele
         _exec(kube, ns, "nfs-cp", f"{url}/csi.bin?version=3", "/tmp/csi-back.bin")
         sums = _exec(kube, ns, "sh", "-c", "cd /tmp && sha256sum csi.bin csi-back.bin").split()
         assert sums[0] == sums[2], sums
+
+        _mount_in_a_pod(kube, ns, claim=claim, server=attrs["server"], sha=sums[0])
 
         kube.kubectl("-n", ns, "delete", "pvc", claim, "--wait=false")
         kube.wait("the PV and the file system gone", lambda: kube.get("pv", pv["metadata"]["name"], namespace="") is None

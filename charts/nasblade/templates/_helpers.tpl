@@ -33,6 +33,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
+{{/* Labels of the CSI node plugin's objects (its own component, so no operator selector
+matches its pods). */}}
+{{- define "nasblade.csiNodeSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "nasblade.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: csi-node
+{{- end -}}
+
+{{- define "nasblade.csiNodeLabels" -}}
+helm.sh/chart: {{ include "nasblade.chart" . }}
+{{ include "nasblade.csiNodeSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: nasblade
+{{- end -}}
+
 {{/* Standard labels of every object of the chart. */}}
 {{- define "nasblade.labels" -}}
 helm.sh/chart: {{ include "nasblade.chart" . }}
