@@ -29,6 +29,9 @@ A_BACKUP_NOW = "nasblade.io/backup-now"
 #: ``{"fileSystem": FS, "to": BLADE, "id": ID}``: a planned move (``nasblade takeover``/``giveback``).
 A_MOVE_REQUEST = "nasblade.io/move-request"
 A_CLUSTER_CONFIG = "nasblade.io/cluster-config"  # a blade pod's cluster configuration (JSON)
+#: on the controller pod: digest of the NBD access file the operator last wrote (an update of
+#: the pod makes the kubelet bring the changed Secret into its volume now, not at its next sync)
+A_NBD_ACCESS = "nasblade.io/nbd-access"
 #: On a DiskArray: replace failed device N by a new, empty one that the controller rebuilds
 #: online (``POST /v1/array/devices/N/replace`` with the admin token); removed once handled.
 A_REPLACE_DEVICE = "nasblade.io/replace-device"
