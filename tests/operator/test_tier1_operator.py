@@ -185,7 +185,8 @@ def test_file_systems_change_while_the_blades_run(
 ) -> None:
     """A file system added to a running DiskArray is formatted, written into every blade pod's
     cluster configuration (the annotation a restarted container reads) and sent to every blade
-    (PUT /v1/cluster/config), and gets its NFS Service on its home blade; once removed, the
+    (PUT /v1/cluster/config), its LU into the NBD access file (the controller pod annotated with
+    the file's digest), and gets its NFS Service on its home blade; once removed, the
     blades are told again and its Service goes. No blade pod is replaced for either."""
     token_secret("a1")
     extra = {"name": "data", "size": "48Mi", "clusterGroup": "g1", "exports": [{"clients": ["10.1.0.0/16"]}]}
@@ -205,8 +206,16 @@ def test_file_systems_change_while_the_blades_run(
         kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
         uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in kubectl.list("pods", "nasblade.io/cluster-group=g1")}
         assert blades.of("configure") == []  # the pods were made with the group's file systems
+
+        def access_digest() -> str | None:
+            pod = kubectl.get("pod", "a1-controller-0") or {}
+            return pod.get("metadata", {}).get("annotations", {}).get("nasblade.io/nbd-access")
+
+        before = access_digest()
         kubectl("patch", "diskarray", "a1", "--type=merge", "-p", json.dumps({"spec": {"fileSystems": [*FS, extra]}}))
         wait_until("both blades told of data", lambda: told(["data", "home", "scratch"]) == blade_pods, timeout=90)
+        # the new access file: the controller pod annotated with its digest (the kubelet syncs it now)
+        assert access_digest() not in (None, before)
         assert all(annotated(p) == ["data", "home", "scratch"] for p in blade_pods)
         wait_until("data's NFS Service on its home blade", lambda: service_blade(kubectl, "data") == "g1-blade-0")
         config = blades.configs["g1-blade-1"]
