@@ -22,8 +22,9 @@ the same process:
   while it grows), then the PersistentVolume's capacity and the claim's ``status.capacity``.
 
 Level-triggered: every ``interval`` seconds one pass lists StorageClasses, claims and volumes
-and does what is due, so a restarted driver finishes whatever a crash interrupted (each CSI
-call is idempotent by name). Each outcome is an Event on the claim (``Provisioning``,
+and queues what is due for a pool of workers (claims side by side, each object by one worker
+at a time), so a restarted driver finishes whatever a crash interrupted (each CSI call is
+idempotent by name). Each outcome is an Event on the claim (``Provisioning``,
 ``ProvisioningSucceeded``, ``ProvisioningFailed``, ``VolumeResizeSuccessful``,
 ``VolumeResizeFailed``), as the sidecars post them. One replica should run it.
 """
@@ -33,9 +34,10 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import queue
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -108,7 +110,8 @@ def persistent_volume(claim: Mapping[str, Any], sc: Mapping[str, Any], volume: A
 
 
 class Provisioner:
-    def __init__(self, api: pykube.HTTPClient, controller: Any, *, array: str = "", interval: float = 2.0) -> None:
+    def __init__(self, api: pykube.HTTPClient, controller: Any, *, array: str = "", interval: float = 2.0,
+                 workers: int = 8) -> None:
         self.api = api
         self.controller = controller
         self.array = array
@@ -116,6 +119,34 @@ class Provisioner:
         the StorageClasses whose ``diskArray`` parameter names it, and only the volumes whose
         context does, so one driver per array shares the driver name with the others."""
         self.interval = interval
+        # A CreateVolume waits until the group serves the volume (tens of seconds): claims are
+        # worked on side by side, each by one worker at a time (``_busy``), so ten claims cost
+        # about what one does. Daemon threads: a stopping driver does not wait for them (every
+        # call is idempotent; the next run finishes what was cut short).
+        self._queue: queue.Queue[tuple[str, Callable[..., None], tuple[Any, ...]]] = queue.Queue()
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+        for i in range(workers):
+            threading.Thread(target=self._work, name=f"provisioner-{i}", daemon=True).start()
+
+    def _submit(self, key: str, fn: Callable[..., None], *args: Any) -> None:
+        """Queue ``fn(*args)`` unless the object ``key`` is already queued or being worked on."""
+        with self._lock:
+            if key in self._busy:
+                return
+            self._busy.add(key)
+        self._queue.put((key, fn, args))
+
+    def _work(self) -> None:
+        while True:
+            key, fn, args = self._queue.get()
+            try:
+                fn(*args)
+            except Exception:  # the API server away, a bug: logged; the next pass tries again
+                log.exception("provisioner: %s failed", key)
+            finally:
+                with self._lock:
+                    self._busy.discard(key)
 
     def mine(self, sc: Mapping[str, Any]) -> bool:
         return sc.get("provisioner") == DRIVER_NAME and (sc.get("parameters") or {}).get("diskArray", "") == self.array
@@ -174,14 +205,15 @@ class Provisioner:
             if sc is None or claim["metadata"].get("deletionTimestamp"):
                 continue
             phase = claim.get("status", {}).get("phase")
+            key = f"claim/{claim['metadata'].get('uid')}"
             if phase == "Pending" and not claim["spec"].get("volumeName"):
-                self._provision(claim, sc, volumes)
+                self._submit(key, self._provision, claim, sc, volumes)
             elif phase == "Bound":
                 pv = volumes.get(claim["spec"].get("volumeName") or "")
                 if pv is not None and self._mine_pv(pv):
-                    self._resize(claim, sc, pv)
+                    self._submit(key, self._resize, claim, sc, pv)
         for pv in volumes.values():
-            self._delete(pv)
+            self._submit(f"pv/{pv['metadata']['name']}", self._delete, pv)
 
     # -- provision ------------------------------------------------------------------------------
 

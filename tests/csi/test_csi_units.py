@@ -90,3 +90,45 @@ def test_capabilities() -> None:
                                access_mode=mode(mode=mode.SINGLE_NODE_WRITER))
     assert "ext4" in capability_error(ext4)
     assert "access_mode" in capability_error(pb.VolumeCapability(mount=pb.VolumeCapability.MountVolume()))
+
+
+def test_the_provisioner_works_on_claims_side_by_side_and_on_each_once() -> None:
+    """A CreateVolume waits until the group serves the volume: two claims are in CreateVolume at
+    the same time, and a claim whose call is still running is not queued again by later
+    passes. (The API server is faked: what is tested is the provisioner's queue.)"""
+    import threading
+    import time
+
+    from nasblade_csi.provisioner import Provisioner
+
+    release, calls = threading.Event(), []
+
+    class SlowController:
+        def CreateVolume(self, request: object, context: object) -> object:
+            calls.append(request.name)  # type: ignore[attr-defined]
+            assert release.wait(10)
+            return pb.CreateVolumeResponse(volume=pb.Volume(volume_id=request.name, capacity_bytes=64 * MiB))  # type: ignore[attr-defined]
+
+    sc = {"metadata": {"name": "nas"}, "provisioner": "nas.nasblade.io", "parameters": {"diskArray": "ns/a1"}}
+    claims = [{"metadata": {"name": n, "namespace": "ns", "uid": n}, "status": {"phase": "Pending"},
+               "spec": {"storageClassName": "nas", "accessModes": ["ReadWriteMany"],
+                        "resources": {"requests": {"storage": "64Mi"}}}} for n in ("u1", "u2")]
+    listed = {"/apis/storage.k8s.io/v1/storageclasses": [sc], "/api/v1/persistentvolumes": [],
+              "/api/v1/persistentvolumeclaims": claims}
+    posted: list[str] = []
+    p = Provisioner(None, SlowController(), array="ns/a1", workers=4)  # type: ignore[arg-type]
+    p._items = lambda path: listed[path]  # type: ignore[method-assign]
+    p._request = lambda method, path, body=None, **_: posted.append(f"{method} {path}")  # type: ignore[method-assign,misc]
+
+    p.pass_once()
+    deadline = time.monotonic() + 10
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(calls) == ["pvc-u1", "pvc-u2"]  # both waiting at once
+    p.pass_once()  # the claims are still Pending: nothing queued twice
+    time.sleep(0.2)
+    assert len(calls) == 2
+    release.set()
+    while posted.count("POST /api/v1/persistentvolumes") < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert posted.count("POST /api/v1/persistentvolumes") == 2
