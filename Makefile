@@ -42,7 +42,7 @@ venv: $(VENV)/.stamp
 deps: apt venv
 
 lint: venv
-	$(VENV)/bin/ruff check blade operator tests tools bench/operator bench/copy bench/nbd bench/csi bench/*/run
+	$(VENV)/bin/ruff check blade operator tests tools bench/operator bench/copy bench/nbd bench/csi bench/csi-bound bench/*/run
 	$(VENV)/bin/mypy
 	PYTHONPATH=blade:operator $(VENV)/bin/lint-imports
 
