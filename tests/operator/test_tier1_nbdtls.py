@@ -112,11 +112,13 @@ def _serial(kubectl: Kubectl, name: str, key: str) -> int:
 def test_certificates_are_renewed_in_place_and_the_ca_replaced_in_two_steps(
     kubectl: Kubectl, operator: Callable[..., Any], controller: Controller, token_secret: Callable[[str], None],
 ) -> None:
-    """Leaves of 60 s are renewed with a third of their life left (the Secrets keep their names,
-    so running pods get the files); a CA of 90 s is replaced at 60 s: first every leaf Secret
-    holds both CAs with its old certificate, then, 15 s later, a certificate of the new CA."""
+    """Leaves of 90 s are renewed with a third of their life left (the Secrets keep their names,
+    so running pods get the files); a CA of 150 s is replaced at 100 s: first every leaf Secret
+    holds both CAs with its old certificate, then, 20 s later, a certificate of the new CA.
+    (40 s between the renewal and the CA's replacement: a loaded machine's slow polling must
+    not see the renewal only after the replacement.)"""
     token_secret("a1")
-    with operator(cert_lifetime=60.0, ca_lifetime=90.0, cert_propagation=15.0) as runner:
+    with operator(cert_lifetime=90.0, ca_lifetime=150.0, cert_propagation=20.0) as runner:
         kubectl.apply(array())
         kubectl.apply(group())
         kubectl.wait("diskarray/a1", "condition=Ready", timeout=90)
@@ -124,17 +126,17 @@ def test_certificates_are_renewed_in_place_and_the_ca_replaced_in_two_steps(
         ctl0 = _serial(kubectl, "a1-nbd-controller", "server-cert.pem")
         blade0 = _serial(kubectl, "a1-nbd-g1-blade-0", "client-cert.pem")
         ca = files(kubectl.get("secret", "a1-nbd-ca"))  # type: ignore[arg-type]
-        # renewed in place well before they expire (at 40 s of 60)
+        # renewed in place well before they expire (at 60 s of 90)
         wait_until("the controller's certificate renewed",
-                   lambda: _serial(kubectl, "a1-nbd-controller", "server-cert.pem") != ctl0, timeout=60)
+                   lambda: _serial(kubectl, "a1-nbd-controller", "server-cert.pem") != ctl0, timeout=90)
         wait_until("a blade's certificate renewed",
-                   lambda: _serial(kubectl, "a1-nbd-g1-blade-0", "client-cert.pem") != blade0, timeout=60)
+                   lambda: _serial(kubectl, "a1-nbd-g1-blade-0", "client-cert.pem") != blade0, timeout=90)
         renewed = files(kubectl.get("secret", "a1-nbd-g1-blade-0"))  # type: ignore[arg-type]
         info = pki.leaf_info(renewed["client-cert.pem"])
         assert info.common_name == "group:g1" and info.server and info.client
         assert info.issuer_key_id == pki.key_id(ca["ca-cert.pem"])
 
-        # the CA is replaced with a third of its 90 s left; step 1: bundles hold both CAs
+        # the CA is replaced with a third of its 150 s left; step 1: bundles hold both CAs
         def rotated() -> dict[str, bytes] | None:
             now = files(kubectl.get("secret", "a1-nbd-ca"))  # type: ignore[arg-type]
             return now if now["ca-cert.pem"] != ca["ca-cert.pem"] else None
