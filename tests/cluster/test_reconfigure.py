@@ -5,7 +5,7 @@ administrator's edit), done here by hand on a ``nasblade up`` array: the new fil
 is made and formatted, the group is allowed to open it (the controller re-reads the access
 file), and every blade is sent the group's configuration with the file system added. Its home
 blade must serve it without any process restarting, a real NFS client (libnfs) must write and
-read it, a survivor must take it over when that blade's file processor is killed (and the
+read it, new exports and new ports must apply to it in place, a survivor must take it over when that blade's file processor is killed (and the
 restarted blade take it back, knowing it from the rewritten configuration file), and once
 the file system is removed from the configuration it must be released (no NFS, no
 reservation) while the first file system is served throughout. Changes a running blade cannot
@@ -58,6 +58,12 @@ def _open_fs2(arr: ArrayUp) -> None:
 def _url(serve: dict[str, Any], path: str = "") -> str:
     return (f"nfs://{serve['address']}/fs2{path}?version=3&nfsport={serve['nfsPort']}"
             f"&mountport={serve['mountPort']}")
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
 
 
 def _put_all(arr: ArrayUp, config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -121,6 +127,19 @@ def test_file_system_added_served_taken_over_and_removed_while_blades_run(make_a
     assert bytes(libnfs.NFS(_url(serve)).open("/new.bin", "rb").read()) == content
     assert _pids(arr) == pids
     assert fp.file_systems()["fs2"]["writeVerifier"] == verifier  # not remounted
+
+    # new ports apply at once too (an operator giving each file system its own): new
+    # listeners in place, the old ones closed, not remounted, no process restarted
+    old_serve, serve = serve, {**serve, "nfsPort": _free_port(serve["address"]),
+                               "mountPort": _free_port(serve["address"])}
+    answers = _put_all(arr, with_clients(["127.0.0.0/8"]))
+    assert [a["listenApplied"] for a in answers] == [[], ["fs2"]], answers
+    assert fp.file_systems()["fs2"]["endpoints"]["nfs"].endswith(f":{serve['nfsPort']}")
+    assert bytes(libnfs.NFS(_url(serve)).open("/new.bin", "rb").read()) == content
+    with pytest.raises(OSError), socket.create_connection((old_serve["address"], old_serve["nfsPort"]), timeout=5):
+        pass
+    assert fp.file_systems()["fs2"]["writeVerifier"] == verifier
+    assert _pids(arr) == pids
 
     # the peer learnt fs2 from the same request: it takes it over from a dead file processor
     epoch = int(holder["epoch"])

@@ -14,6 +14,7 @@ from nasblade.fileproc.server import FileProcessor
 from nasblade.fs import fs as fsmod
 from nasblade.nfs import types as t
 from nasblade.nfs.exports import Export
+from nasblade.rpc import xdr
 from nfs_rpcclient import RawClient
 
 pytestmark = pytest.mark.component
@@ -99,12 +100,54 @@ def test_add_remove_and_verifier(tmp_path: Path) -> None:
         ({"fileSystems": [{"fsName": "a", "device": "d", "exports": [{"path": "/a", "clients": ["1.2.3.4"], "access": "rx"}]}]}, "fileSystems[0].exports[0]"),
         ({"fileSystems": [{"fsName": "a", "device": "d", "exports": [{"path": "/a", "clients": ["1.2.3.4"], "rootSquash": "yes"}]}]}, "fileSystems[0].exports[0].rootSquash"),
         ({"fileSystems": [{"fsName": "a", "device": "d", "exports": [{"path": "/a", "clients": ["1.2.3.4"]}], "listen": {"nfsPort": 70000}}]}, "fileSystems[0].listen.nfsPort"),
+        ({"fileSystems": [{"fsName": "a", "device": "d", "exports": [{"path": "/a", "clients": ["1.2.3.4"]}], "listen": {"advertise": {"nfsPort": 2049, "mountPort": 20048}}}]}, "fileSystems[0].listen.advertise.portmapPort"),
+        ({"fileSystems": [{"fsName": "a", "device": "d", "exports": [{"path": "/a", "clients": ["1.2.3.4"]}], "listen": {"advertise": {"nfsPort": 2049, "mountPort": 20048, "portmapPort": 111, "x": 1}}}]}, "fileSystems[0].listen.advertise"),
     ],
 )
 def test_config_errors_name_the_field(raw: object, field: str) -> None:
     with pytest.raises(config.ConfigError) as e:
         config.parse(raw)
     assert str(e.value).startswith(field), str(e.value)
+
+
+def test_file_systems_behind_a_port_mapping_advertise_the_mapped_ports(tmp_path: Path) -> None:
+    """Two file systems of one blade pod on their own ports of one address (a Kubernetes
+    Service maps 2049/20048/111 onto each): each portmapper answers the mapped ports."""
+    a, b = make_fs(tmp_path / "a.img"), make_fs(tmp_path / "b.img")
+    seen = (2049, 20048, 111)
+    NLM_PROGRAM = 100021
+
+    def behind_service(name: str, device: str) -> config.FsSpec:
+        exp = Export.build(f"/{name}", ["127.0.0.0/8"], root_squash=False)
+        return config.FsSpec(name, device, (exp,), config.Listen("127.0.0.1", 0, 0, 0, advertise=seen))
+
+    def getport(port: int, prog: int, prot: int) -> int:
+        c = RawClient("127.0.0.1", port)
+        try:
+            vers = {t.NFS_PROGRAM: 3, t.MOUNT_PROGRAM: 3, t.PMAP_PROGRAM: 2, NLM_PROGRAM: 4}[prog]
+            r = c.call(t.PMAP_PROGRAM, 2, 3, t.MAPPING.encode(t.Mapping(prog, vers, prot, 0)))
+            return int(xdr.UInt.unpack(r.body))
+        finally:
+            c.close()
+
+    async def scenario() -> None:
+        fp = FileProcessor(commit_interval=0.2)
+        try:
+            ea = await fp.add_filesystem(behind_service("a", a))
+            eb = await fp.add_filesystem(behind_service("b", b))
+            assert len({ea["nfs"], eb["nfs"], ea["portmap"], eb["portmap"]}) == 4  # one address, own ports
+            for e in (ea, eb):
+                pm = int(e["portmap"].rsplit(":", 1)[1])
+                assert await asyncio.to_thread(getport, pm, t.NFS_PROGRAM, t.IPPROTO_TCP) == 2049
+                assert await asyncio.to_thread(getport, pm, t.MOUNT_PROGRAM, t.IPPROTO_TCP) == 20048
+                assert await asyncio.to_thread(getport, pm, t.PMAP_PROGRAM, t.IPPROTO_UDP) == 111
+                assert await asyncio.to_thread(getport, pm, NLM_PROGRAM, t.IPPROTO_TCP) == 2049  # on the NFS port
+            # and each is served on its own bound port
+            await asyncio.to_thread(write_unstable, int(eb["nfs"].rsplit(":", 1)[1]), b"/b", b"f")
+        finally:
+            await fp.close()
+
+    asyncio.run(scenario())
 
 
 def test_config_defaults_are_secure() -> None:

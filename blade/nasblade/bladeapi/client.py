@@ -116,6 +116,9 @@ class FPControlClient(_BladeJSONClient):
     def set_exports(self, name: str, exports: list[dict[str, Any]]) -> dict[str, Any]:
         return self._dict("PUT", f"/v1/filesystems/{name}/exports", {"exports": exports})
 
+    def set_listen(self, name: str, listen: dict[str, Any]) -> dict[str, Any]:
+        return self._dict("PUT", f"/v1/filesystems/{name}/listen", listen)
+
     def calls(self) -> dict[str, Any]:
         """RPC call counts and latency buckets per served file system (``FileProcessor.call_stats``)."""
         return self._dict("GET", "/v1/calls")

@@ -70,6 +70,9 @@ restart is a pause, not a failover; after it, the file processor's commit fails 
 the file system up (``nasblade.fileproc.server``), and the blade fails so that a peer takes it
 over once the controller is back (docs/cluster-groups.md)."""
 
+LISTEN_KEYS = ("address", "nfsPort", "mountPort", "portmapPort", "advertise")
+"""The keys of a file system's spec that say where it is served (``apply_listen``)."""
+
 log = logging.getLogger(__name__)
 
 
@@ -282,7 +285,7 @@ class BlockProcessor:
         """Add or replace file system ``name``'s spec (its LU; address, ports and exports as the
         file processor takes them) while the blade runs (``nasblade.cluster.member``, when the
         group's configuration changes). A file system this blade serves keeps its LU; its new
-        exports are applied by ``apply_exports``, a new address or ports at its next takeover."""
+        exports are applied by ``apply_exports``, a new address or ports by ``apply_listen``."""
         lu = spec.get("lu")
         if not isinstance(lu, str) or not lu:
             raise ValueError(f"{name}: the spec names no LU")
@@ -298,6 +301,17 @@ class BlockProcessor:
             return False
         exports = list(self.settings.fs_specs[name]["exports"])
         await asyncio.to_thread(FPControlClient(self.settings.fp_unix).set_exports, name, exports)
+        return True
+
+    async def apply_listen(self, name: str) -> bool:
+        """Move the file processor serving ``name`` to its spec's address and ports now (after
+        ``define_fs`` changed them: e.g. an operator that gives each file system its own
+        ports); False when this blade does not serve it (they apply at its takeover)."""
+        if name not in self.handed or self.settings.fp_unix is None:
+            return False
+        spec = self.settings.fs_specs[name]
+        listen = {k: spec[k] for k in LISTEN_KEYS if k in spec}
+        await asyncio.to_thread(FPControlClient(self.settings.fp_unix).set_listen, name, listen)
         return True
 
     def forget_fs(self, name: str) -> None:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from nasblade.bladeapi.client import BladeAPIError
-from nasblade.blockproc.core import BlockProcessor
+from nasblade.blockproc.core import LISTEN_KEYS, BlockProcessor
 from nasblade.cluster import config as config_file
 from nasblade.cluster.areas import Areas
 from nasblade.cluster.backups import Backups
@@ -133,8 +133,9 @@ class ClusterMember:
         A new file system needs its ``serve`` section (address, ports, exports); its home blade
         takes it at its next tick, since nobody owns it yet (``core.plan_takeovers``). New
         exports of a file system this blade serves apply at once (the file processor swaps
-        them in place, ``BlockProcessor.apply_exports``); a new address or new ports at its next
-        takeover. A file system no longer listed is released first if this blade serves it
+        them in place, ``BlockProcessor.apply_exports``), and so do a new address or new ports
+        (new listeners, the accepted connections kept: ``BlockProcessor.apply_listen``). A file
+        system no longer listed is released first if this blade serves it
         (commit, unmount, flush, reservation and ownership record dropped: its LU is free), then
         forgotten. Everything else in the configuration (members, timing, the portion) is fixed
         for the blade's life: a change there is refused (409), to be applied by a restart.
@@ -168,16 +169,24 @@ class ClusterMember:
         except ValueError as exc:
             raise ClusterError(str(exc), status=409) from exc
         changed = sorted(n for n, f in wanted.items() if n in old and f != old[n])
-        exports = []
-        for name in changed:  # new exports of what this blade serves: at once, in place
-            if old[name].serve.get("exports") == wanted[name].serve.get("exports") \
-                    or name not in self.takeovers.serving:
+        exports: list[str] = []
+        moved: list[str] = []
+        for name in changed:  # what this blade serves: new exports and listeners at once, in place
+            if name not in self.takeovers.serving:
                 continue
-            try:
-                if await self.bp.apply_exports(name):
-                    exports.append(name)
-            except BladeAPIError as exc:
-                raise ClusterError(f"the file processor kept the old exports of {name}: {exc}") from exc
+            before, after = old[name].serve, wanted[name].serve
+            if before.get("exports") != after.get("exports"):
+                try:
+                    if await self.bp.apply_exports(name):
+                        exports.append(name)
+                except BladeAPIError as exc:
+                    raise ClusterError(f"the file processor kept the old exports of {name}: {exc}") from exc
+            if any(before.get(k) != after.get(k) for k in LISTEN_KEYS):
+                try:
+                    if await self.bp.apply_listen(name):
+                        moved.append(name)
+                except BladeAPIError as exc:
+                    raise ClusterError(f"the file processor kept the old listeners of {name}: {exc}") from exc
         self.cfg = self.view.cfg = self.areas.cfg = self.backups.cfg = self.takeovers.cfg = new
         self._save(new)
         added = sorted(set(wanted) - set(old))
@@ -185,7 +194,7 @@ class ClusterMember:
             log.info("%s: group %s file systems now %s (added %s, removed %s, changed %s)", self.me,
                      new.group, sorted(wanted), added, removed, changed)
         return {"fileSystems": sorted(wanted), "added": added, "removed": removed, "changed": changed,
-                "exportsApplied": exports}
+                "exportsApplied": exports, "listenApplied": moved}
 
     def _save(self, cfg: ClusterConfig) -> None:
         """Keep the new configuration for a restart: ``nasblade up``'s file is rewritten in place

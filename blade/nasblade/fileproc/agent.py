@@ -21,6 +21,8 @@ With ``--control-unix PATH`` it also serves its block processor (takeover / rele
     POST   /v1/filesystems          body: the --fs JSON; mount (recover) and listen; idempotent
     DELETE /v1/filesystems/{name}   stop listening, commit, unmount
     PUT    /v1/filesystems/{name}/exports  body {"exports": [...]}: change them in place
+    PUT    /v1/filesystems/{name}/listen   body {"address", "nfsPort", "mountPort", "portmapPort",
+                                    "advertise"}: new listeners in place (connections stay)
     GET    /v1/calls                RPC calls per file system, program and procedure, with
                                     their latency buckets (FileProcessor.call_stats()), for
                                     the blade's metrics (nasblade.blockproc.metrics)
@@ -78,7 +80,8 @@ def fs_spec(raw: dict[str, Any]) -> Any:
             "device": raw["device"],
             "exports": raw["exports"],
             "listen": {"host": raw["address"], "nfsPort": raw.get("nfsPort", 2049),
-                       "mountPort": raw.get("mountPort", 20048), "portmapPort": pm},
+                       "mountPort": raw.get("mountPort", 20048), "portmapPort": pm,
+                       **({"advertise": raw["advertise"]} if raw.get("advertise") is not None else {})},
         },
         f"--fs {raw.get('name')}",
     )
@@ -184,6 +187,28 @@ async def _set_exports(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "exports": [e.path for e in exports]})
 
 
+async def _set_listen(request: web.Request) -> web.Response:
+    """``PUT /v1/filesystems/{name}/listen`` (the --fs JSON's address, ports and ``advertise``):
+    the served file system moved to new listeners in place (``FileProcessor.set_listen``)."""
+    fp = request.app[FP_KEY]
+    name = request.match_info["name"]
+    if name not in fp.endpoints:
+        return web.json_response({"error": f"{name} is not served here"}, status=404)
+    try:
+        raw = await request.json()
+        if not isinstance(raw, dict):
+            raise TypeError("expected a JSON object")
+        listen = fs_spec({"name": name, "device": "-", "exports": [{"path": f"/{name}", "clients": ["127.0.0.1/32"]}],
+                          **raw}).listen
+    except (ValueError, KeyError, TypeError) as exc:
+        return web.json_response({"error": f"bad listen for {name}: {exc}"}, status=400)
+    try:
+        endpoints = await fp.set_listen(name, listen)
+    except OSError as exc:
+        return web.json_response({"error": f"{name} kept its listeners: {exc}"}, status=409)
+    return web.json_response({"name": name, "endpoints": endpoints})
+
+
 async def _calls(request: web.Request) -> web.Response:
     return web.json_response(request.app[FP_KEY].call_stats())
 
@@ -196,6 +221,7 @@ def control_app(fp: Any) -> web.Application:
     app.router.add_post("/v1/filesystems", _add_fs)
     app.router.add_delete("/v1/filesystems/{name}", _remove_fs)
     app.router.add_put("/v1/filesystems/{name}/exports", _set_exports)
+    app.router.add_put("/v1/filesystems/{name}/listen", _set_listen)
     app.router.add_get("/v1/calls", _calls)
     return app
 

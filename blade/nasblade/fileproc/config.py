@@ -13,9 +13,13 @@ Format (YAML or JSON; a list of these, or ``{"fileSystems": [...]}``)::
         allSquash: false
         anonuid: 65534
         anongid: 65534
-    listen: {host: 127.0.0.1, nfsPort: 2049, mountPort: 20048, portmapPort: 111}
+    listen: {host: 127.0.0.1, nfsPort: 2049, mountPort: 20048, portmapPort: 111,
+             advertise: {nfsPort: 2049, mountPort: 20048, portmapPort: 111}}   # optional
 
-A port of 0 picks a free port; ``portmapPort: null`` runs no portmapper. Errors name the
+A port of 0 picks a free port; ``portmapPort: null`` runs no portmapper. ``advertise`` is what
+the portmapper answers when the clients reach the listeners through a port mapping (a
+Kubernetes Service maps the standard ports onto each file system's own container ports, so
+that one blade pod can serve several file systems); each port defaults to the bound one. Errors name the
 field (``fileSystems[0].exports[1].clients``). ``nasblade.fileproc.server`` consumes
 ``FsSpec``; the blade (``nasblade.blockproc``/standalone) builds these from its own config.
 """
@@ -42,6 +46,8 @@ class Listen:
     nfs_port: int = 2049
     mount_port: int = 20048
     portmap_port: int | None = 111
+    #: (nfs, mount, portmap) as the clients see them, when not the bound ports
+    advertise: tuple[int, int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +93,15 @@ def parse_export(raw: Any, where: str) -> Export:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def _advertise(raw: Any, where: str) -> tuple[int, int, int] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"nfsPort", "mountPort", "portmapPort"}:
+        raise ConfigError(f"{where}: expected a mapping of nfsPort, mountPort and portmapPort")
+    nfs, mnt, pm = (_int(raw.get(k), f"{where}.{k}", lo=1) for k in ("nfsPort", "mountPort", "portmapPort"))
+    return nfs, mnt, pm
+
+
 def parse_fs(raw: Any, where: str) -> FsSpec:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping")
@@ -109,6 +124,7 @@ def parse_fs(raw: Any, where: str) -> FsSpec:
         nfs_port=_int(lraw.get("nfsPort", 2049), f"{where}.listen.nfsPort"),
         mount_port=_int(lraw.get("mountPort", 20048), f"{where}.listen.mountPort"),
         portmap_port=None if pm is None else _int(pm, f"{where}.listen.portmapPort"),
+        advertise=_advertise(lraw.get("advertise"), f"{where}.listen.advertise"),
     )
     return FsSpec(name=name, device=device, exports=exports, listen=listen)
 

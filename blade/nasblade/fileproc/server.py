@@ -18,7 +18,8 @@ call statistics apply as over TCP. A reply longer than ``MAX_DATAGRAM_REPLY`` is
 short: the client gets SYSTEM_ERR instead (only MOUNT EXPORT and DUMP lists can grow so; the
 client can ask over TCP). The embedding code (the
 ``file-processor`` role in ``nasblade.fileproc.main``, the blade, the standalone array) calls
-``add_filesystem`` / ``remove_filesystem`` at run time and ``regenerate_verifier`` on takeover.
+``add_filesystem`` / ``remove_filesystem`` at run time, ``set_exports`` / ``set_listen`` to
+change a served file system in place, and ``regenerate_verifier`` on takeover.
 
 Per connection, ``RecordReader`` reassembles records and the dispatcher answers them
 synchronously (file-system calls run on the event-loop thread; the block device is a
@@ -58,7 +59,7 @@ from typing import Any, Protocol, cast
 
 from nasblade import blockdev, devices
 from nasblade.fileproc import callbacks
-from nasblade.fileproc.config import FsSpec
+from nasblade.fileproc.config import FsSpec, Listen
 from nasblade.fs import fs as fsmod
 from nasblade.nfs import mount, nfs3, nlm, nsm, portmap
 from nasblade.nfs.exports import Export
@@ -497,7 +498,9 @@ class FileProcessor:
         pm_port = 0
         if lst.portmap_port is not None:
             pm_port = await serve(lst.portmap_port)
-        ep.portmap.set_ports(nfs=nfs_port, mount=mount_port, portmap=pm_port,
+        # the portmapper answers the ports the clients reach (a Service's, when it maps them)
+        seen = lst.advertise or (nfs_port, mount_port, pm_port)
+        ep.portmap.set_ports(nfs=seen[0], mount=seen[1], portmap=seen[2],
                              also=((nlm.NLM_PROG, nlm.NLM_V4), (nsm.SM_PROG, nsm.SM_VERS)))
         ep.addresses = {"nfs": f"{lst.host}:{nfs_port}", "mount": f"{lst.host}:{mount_port}"}
         if lst.portmap_port is not None:
@@ -532,6 +535,37 @@ class FileProcessor:
         ep.spec = dataclasses.replace(ep.spec, exports=exports)
         log.info("%s: exports now %s", name, ", ".join(
             f"{e.path} to {','.join(map(str, e.clients))} ({'ro' if e.readonly else 'rw'})" for e in exports))
+
+    async def set_listen(self, name: str, listen: Listen) -> dict[str, str]:
+        """Move the served file system ``name`` to new listeners (address, ports, advertised
+        ports) in place: no remount, the write verifier and the lock state stay, and the
+        connections already accepted keep being served. The old listeners close first (a new
+        one may reuse a port of theirs); if the new ones cannot be opened, the old ones are
+        opened again and the error raised. Returns the new endpoint addresses."""
+        ep = self.endpoints[name]
+        if listen == ep.spec.listen:
+            return dict(ep.addresses)
+        old = ep.spec
+        self._close_listeners(ep)
+        ep.spec = dataclasses.replace(old, listen=listen)
+        try:
+            await self._listen(ep)
+        except BaseException:
+            self._close_listeners(ep)
+            ep.spec = old
+            await self._listen(ep)
+            raise
+        log.info("%s: now listening at %s", name, ep.addresses)
+        return dict(ep.addresses)
+
+    @staticmethod
+    def _close_listeners(ep: Endpoint) -> None:
+        for srv in ep.servers:
+            srv.close()
+        for dgram in ep.datagrams:
+            dgram.close()
+        ep.servers.clear()
+        ep.datagrams.clear()
 
     async def remove_filesystem(self, name: str) -> None:
         """Stop exporting ``name``: close listeners and connections, commit, unmount."""
