@@ -47,6 +47,26 @@ NFS_PORTS = (("nfs", 2049, 2049), ("mountd", 20048, 20048), ("portmapper", 111, 
 #: UDP where the status monitor is and sends SM_NOTIFY over UDP, so the blade drops the locks
 #: the rebooted client held. NLM and NSM answer on the NFS port.
 NFS_UDP_PORTS = (("nlm-udp", 2049, 2049), ("mountd-udp", 20048, 20048), ("portmapper-udp", 111, 10111))
+#: NFS slots of a DiskArray: each of its file systems has one (``status.fileSystems[].nfsSlot``,
+#: given by ``diskarray.formatting.assign_slots``), so as many as ``spec.fileSystems`` may hold.
+NFS_SLOTS = 64
+_NFS_SLOT_BASE = 21000
+
+
+def nfs_container_ports(slot: int) -> tuple[int, int, int]:
+    """The container ports (NFS, MOUNT, portmapper; the same numbers over UDP) on which the file
+    system in NFS slot ``slot`` is served, on whichever blade serves it. Each file system has
+    its own, so one blade pod can serve several (its own and those it took over); its Service
+    maps the standard ports (``NFS_PORTS``) onto them. Slot 0 has the standard ones; the others
+    lie below the kernel's ephemeral range (32768 on), where no outgoing connection of the pod
+    can hold them."""
+    if not 0 <= slot < NFS_SLOTS:
+        raise ValueError(f"NFS slot {slot} is not in [0, {NFS_SLOTS})")
+    if slot == 0:
+        nfs, mnt, pm = (container for _, _, container in NFS_PORTS)
+        return nfs, mnt, pm
+    base = _NFS_SLOT_BASE + 3 * slot
+    return base, base + 1, base + 2
 
 # LU names of the array-wide areas (claims: program storage, processor information, backup),
 # defined once for the blade and the operator in nasblade.lunames.

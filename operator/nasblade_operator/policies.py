@@ -110,10 +110,11 @@ def nfs_clients(exports: Sequence[Sequence[str]]) -> list[str]:
 
 def blade_policy(
     *, array: str, group: str, clients: Sequence[str], operator_namespace: str, operator_labels: Mapping[str, str],
-    scraper: Mapping[str, Any] | None = None,
+    nfs_slots: Sequence[int], scraper: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The blades' policy: blade API from the operator, the group and the scraper, NFS from the
-    exports' CIDRs."""
+    exports' CIDRs to the container ports of the group's file systems' ``nfs_slots``
+    (``naming.nfs_container_ports``)."""
     selector = {naming.L_GROUP: group, naming.L_COMPONENT: "blade"}
     labels = {**naming.common_labels(component="blade", instance=group), naming.L_ARRAY: array,
               naming.L_GROUP: group}
@@ -122,11 +123,11 @@ def blade_policy(
          "ports": [{"protocol": "TCP", "port": naming.BLADE_API_PORT}]},
         *scrape_rule(scraper, naming.BLADE_API_PORT),
     ]
-    if clients:
+    if clients and nfs_slots:  # (an empty port list would open every port)
         ingress.append({
             "from": [{"ipBlock": {"cidr": c}} for c in clients],
-            "ports": [*({"protocol": "TCP", "port": container} for _, _, container in naming.NFS_PORTS),
-                      *({"protocol": "UDP", "port": container} for _, _, container in naming.NFS_UDP_PORTS)],
+            "ports": [{"protocol": proto, "port": port} for slot in nfs_slots
+                      for proto in ("TCP", "UDP") for port in naming.nfs_container_ports(slot)],
         })
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -194,15 +195,16 @@ async def sync_array(k: kube.Kube, body: kopf.Body, *, array: str, namespace: st
 
 async def sync_group(
     k: kube.Kube, body: kopf.Body, *, array: str, group: str, namespace: str, disruption_budget_on: bool,
-    blades: int, exports: Sequence[Sequence[str]],
+    blades: int, exports: Sequence[Sequence[str]], nfs_slots: Sequence[int],
 ) -> list[str]:
-    """The group's PodDisruptionBudget and, when configured, its blades' NetworkPolicy."""
+    """The group's PodDisruptionBudget and, when configured, its blades' NetworkPolicy (NFS open
+    on the ports of ``nfs_slots``, those of its file systems)."""
     cfg = settings.current()
     objs: list[dict[str, Any]] = []
     if disruption_budget_on:
         objs.append(disruption_budget(array=array, group=group, blades=blades))
     if cfg.network_policies:
-        objs.append(blade_policy(array=array, group=group, clients=nfs_clients(exports),
+        objs.append(blade_policy(array=array, group=group, clients=nfs_clients(exports), nfs_slots=nfs_slots,
                                  operator_namespace=cfg.operator_namespace, operator_labels=cfg.operator_labels,
                                  scraper=cfg.metrics_scraper))
     return await _sync(k, body, objs, namespace=namespace)

@@ -376,7 +376,7 @@ def test_array_monitors(helm: Helm, render: Render) -> None:
     group = cg_spec.parse({"diskArrayRef": {"name": "a1"}})
     pod = cg_builders.blade_pod(group="g1", namespace="storage", index=0, spec=group, portion=0,
                                 portion_size=2**20, version="0.1.0", image="nasblade/nasblade:0.1.0",
-                                file_systems=[])
+                                file_systems=[], slots={})
     assert pm["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     ports = [p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])]
     assert "blade-api" in ports
@@ -876,7 +876,8 @@ def test_checkov(helm: Helm, checkov: Path, tmp_path: Path) -> None:
     group = cg_spec.parse({"diskArrayRef": {"name": "a1"}})
     blade = cg_builders.blade_pod(group="g1", namespace="storage", index=0, spec=group, portion=0,
                                   portion_size=2**20, version="0.1.0", image="nasblade/nasblade:0.1.0",
-                                  file_systems=array.file_systems_of("g1"))
+                                  file_systems=array.file_systems_of("g1"),
+                                  slots={f.name: i for i, f in enumerate(array.file_systems_of("g1"))})
 
     argv = ["template", "nb", str(CHART), "--namespace", "nasblade-system", "--kube-version", KUBE_VERSION,
             "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.dashboard.enabled=true",
@@ -886,7 +887,7 @@ def test_checkov(helm: Helm, checkov: Path, tmp_path: Path) -> None:
     made = [blade, da_builders.controller_statefulset("a1", array, image="nasblade/nasblade:0.1.0"),
             *policies.array_policies("a1", operator_namespace="nasblade-system", operator_labels={"a": "b"}),
             policies.blade_policy(array="a1", group="g1", clients=["10.0.0.0/8"], operator_namespace="nasblade-system",
-                                  operator_labels={"a": "b"}),
+                                  operator_labels={"a": "b"}, nfs_slots=[0]),
             policies.disruption_budget(array="a1", group="g1", blades=2),
             # the CSI controller plugin of a DiskArray with spec.csi
             da_csi.deployment("storage", "a1", array, image="nasblade/nasblade:0.1.0"),

@@ -26,6 +26,8 @@ RAW_ARRAY: dict[str, Any] = {
     ],
 }
 ARRAY = da_spec.parse(RAW_ARRAY)
+#: scratch in a slot other than 0: the two are served on different ports, by any one blade
+SLOTS = {"home": 0, "scratch": 5}
 GROUP = cg_spec.parse({"diskArrayRef": {"name": "a1"}, "blades": {"count": 2, "resources": {"requests": {"cpu": "100m"}}}})
 
 
@@ -74,7 +76,7 @@ def test_service_secret_and_lus() -> None:
 
 def test_blade_pod_and_nfs_service() -> None:
     pod = cg_builders.blade_pod(group="g1", namespace="ns", index=1, spec=GROUP, portion=3, portion_size=2**20,
-                                version="1.2.3", image="img:1", file_systems=ARRAY.file_systems_of("g1"))
+                                version="1.2.3", image="img:1", file_systems=ARRAY.file_systems_of("g1"), slots=SLOTS)
     assert pod["metadata"]["name"] == "g1-blade-1"
     labels = pod["metadata"]["labels"]
     assert labels[naming.L_VERSION] == "1.2.3" and labels[naming.L_BLADE] == "g1-blade-1"
@@ -87,6 +89,9 @@ def test_blade_pod_and_nfs_service() -> None:
     specs = [json.loads(args[i + 1]) for i, a in enumerate(args) if a == "--fs-spec"]
     assert [(s["name"], s["lu"]) for s in specs] == [("home", "fs-home"), ("scratch", "fs-scratch")]
     assert (specs[0]["nfsPort"], specs[0]["mountPort"], specs[0]["portmapPort"]) == (2049, 20048, 10111)
+    assert (specs[1]["nfsPort"], specs[1]["mountPort"], specs[1]["portmapPort"]) == (21015, 21016, 21017)
+    # what the portmapper answers: the ports the clients reach through the Service
+    assert specs[0]["advertise"] == specs[1]["advertise"] == {"nfsPort": 2049, "mountPort": 20048, "portmapPort": 111}
     assert specs[0]["exports"] == [{"path": "/home", "subdir": "/", "clients": ["10.1.0.0/16"], "access": "ro",
                                     "rootSquash": True, "allSquash": True}]
     assert specs[1]["exports"] == [{"path": "/scratch", "subdir": "/", "clients": ["127.0.0.1/32"], "access": "ro",
@@ -129,18 +134,22 @@ def test_blade_pod_and_nfs_service() -> None:
     assert {"name": "token", "mountPath": "/etc/nasblade-token", "readOnly": True} in bp["volumeMounts"]
     assert all(m["name"] != "token" for m in fp["volumeMounts"])
     assert '"squash": "all"' in env["NASBLADE_FILESYSTEMS"]["value"]
-    svc = cg_builders.nfs_service(array="a1", group="g1", fs="home", blade="g1-blade-1")
+    svc = cg_builders.nfs_service(array="a1", group="g1", fs="home", blade="g1-blade-1", slot=0)
     assert svc["metadata"]["name"] == "a1-home-nfs"
     assert svc["spec"]["selector"] == {naming.L_GROUP: "g1", naming.L_BLADE: "g1-blade-1"}
     assert svc["spec"]["selector"].items() <= labels.items()
     # NFS over TCP only; the portmapper, MOUNT, NLM and NSM over UDP too (a rebooted client's
-    # sm-notify), each UDP port to the container port of the same name
-    assert {(p["protocol"], p["port"]) for p in svc["spec"]["ports"]} == {
-        ("TCP", 2049), ("TCP", 20048), ("TCP", 111), ("UDP", 2049), ("UDP", 20048), ("UDP", 111)}
+    # sm-notify), each UDP port to the same container port number as over TCP
+    assert {(p["protocol"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
+        ("TCP", 2049, 2049), ("TCP", 20048, 20048), ("TCP", 111, 10111),
+        ("UDP", 2049, 2049), ("UDP", 20048, 20048), ("UDP", 111, 10111)}
+    other = cg_builders.nfs_service(array="a1", group="g1", fs="scratch", blade="g1-blade-1", slot=5)
+    assert {(p["protocol"], p["port"], p["targetPort"]) for p in other["spec"]["ports"]} == {
+        ("TCP", 2049, 21015), ("TCP", 20048, 21016), ("TCP", 111, 21017),
+        ("UDP", 2049, 21015), ("UDP", 20048, 21016), ("UDP", 111, 21017)}
     (fp_ports,) = [c["ports"] for c in pod["spec"]["containers"] if c["name"] == "file-processor"]
-    named = {c["name"]: (c.get("protocol", "TCP"), c["containerPort"]) for c in fp_ports}
-    assert {p["protocol"]: named[p["targetPort"]][0] for p in svc["spec"]["ports"]} == {"TCP": "TCP", "UDP": "UDP"}
-    assert named["portmapper-udp"] == ("UDP", 10111) and named["nlm-udp"] == ("UDP", 2049)
+    declared = {(c["protocol"], c["containerPort"]) for c in fp_ports}
+    assert {(p["protocol"], p["targetPort"]) for s in (svc, other) for p in s["spec"]["ports"]} == declared
 
 
 def _restricted(pod_spec: dict[str, object]) -> list[str]:
@@ -167,5 +176,5 @@ def test_controller_and_blade_pods_meet_the_restricted_profile() -> None:
     sts = da_builders.controller_statefulset("a1", ARRAY, image="nasblade/nasblade:t")
     assert _restricted(sts["spec"]["template"]["spec"]) == []
     pod = cg_builders.blade_pod(group="g1", namespace="ns", index=0, spec=GROUP, portion=0, portion_size=2**20,
-                                version="1", image="img:1", file_systems=ARRAY.file_systems_of("g1"))
+                                version="1", image="img:1", file_systems=ARRAY.file_systems_of("g1"), slots=SLOTS)
     assert _restricted(pod["spec"]) == []

@@ -57,7 +57,8 @@ def test_controller_serves_nbd_over_tls_only() -> None:
 
 def test_blade_block_processor_gets_its_own_certificate_only() -> None:
     pods = [cg_builders.blade_pod(group="g1", namespace="ns", index=i, spec=GROUP, portion=0, portion_size=2**20,
-                                  version="1", image="img", file_systems=ARRAY.file_systems_of("g1"))
+                                  version="1", image="img", file_systems=ARRAY.file_systems_of("g1"),
+                                  slots={f.name: i for i, f in enumerate(ARRAY.file_systems_of("g1"))})
             for i in (0, 1)]
     assert [_mounted(p["spec"], p["spec"]["containers"][0], nbdtls.TLS_DIR) for p in pods] == [
         "a1-nbd-g1-blade-0", "a1-nbd-g1-blade-1"]

@@ -40,6 +40,7 @@ def group_spec(**blades: Any) -> cg_spec.ClusterGroupSpec:
 def blade(spec: cg_spec.ClusterGroupSpec, defaults: podspec.PodDefaults = PULL) -> dict[str, Any]:
     return cg_builders.blade_pod(group="g1", namespace="ns", index=0, spec=spec, portion=0, portion_size=2**20,
                                  version="1", image="reg.example/nb:1", file_systems=ARRAY.file_systems_of("g1"),
+                                 slots={f.name: i for i, f in enumerate(ARRAY.file_systems_of("g1"))},
                                  defaults=defaults)
 
 
@@ -187,14 +188,22 @@ def test_network_policies() -> None:
     assert data["from"][2] == {"podSelector": {"matchLabels": op},
                                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nb-system"}}}
     exports = [e.clients for f in ARRAY.file_systems_of("g1") for e in f.exports]
-    bp = policies.blade_policy(array="a1", group="g1", clients=policies.nfs_clients(exports),
+    bp = policies.blade_policy(array="a1", group="g1", clients=policies.nfs_clients(exports), nfs_slots=[0],
                                operator_namespace="nb-system", operator_labels=op)
     api, nfs = bp["spec"]["ingress"]
     assert api["ports"] == [{"protocol": "TCP", "port": naming.BLADE_API_PORT}]
     assert nfs["from"] == [{"ipBlock": {"cidr": "10.1.0.0/16"}}, {"ipBlock": {"cidr": "192.168.7.0/24"}}]
     assert {(p["protocol"], p["port"]) for p in nfs["ports"]} == {("TCP", c) for _, _, c in naming.NFS_PORTS} | {
         ("UDP", c) for _, _, c in naming.NFS_UDP_PORTS}
-    closed = policies.blade_policy(array="a1", group="g1", clients=[], operator_namespace="", operator_labels=op)
+    two = policies.blade_policy(array="a1", group="g1", clients=["10.1.0.0/16"], nfs_slots=[0, 2],
+                                operator_namespace="nb-system", operator_labels=op)
+    assert {(p["protocol"], p["port"]) for p in two["spec"]["ingress"][1]["ports"]} == {
+        (proto, port) for s in (0, 2) for proto in ("TCP", "UDP") for port in naming.nfs_container_ports(s)}
+    closed = policies.blade_policy(array="a1", group="g1", clients=[], nfs_slots=[0], operator_namespace="",
+                                   operator_labels=op)
+    # no file system: no NFS rule (an empty port list would admit every port)
+    assert len(policies.blade_policy(array="a1", group="g1", clients=["10.1.0.0/16"], nfs_slots=[],
+                                     operator_namespace="", operator_labels=op)["spec"]["ingress"]) == 1
     assert len(closed["spec"]["ingress"]) == 1  # no exports: no NFS client admitted
     # every rule names who it admits: no port is open to anyone (nothing listens on a "metrics port")
     for policy in (ctrl, bp, closed):
@@ -223,8 +232,8 @@ def test_scraper_reaches_the_api_ports_only() -> None:
     kw: dict[str, Any] = {"operator_namespace": "nb-system", "operator_labels": op}
     _, ctrl = policies.array_policies("a1", scraper=SCRAPER, **kw)
     _, ctrl_closed = policies.array_policies("a1", scraper=None, **kw)
-    bp = policies.blade_policy(array="a1", group="g1", clients=exports, scraper=SCRAPER, **kw)
-    bp_closed = policies.blade_policy(array="a1", group="g1", clients=exports, scraper=None, **kw)
+    bp = policies.blade_policy(array="a1", group="g1", clients=exports, scraper=SCRAPER, nfs_slots=[0], **kw)
+    bp_closed = policies.blade_policy(array="a1", group="g1", clients=exports, scraper=None, nfs_slots=[0], **kw)
 
     assert _admitted(ctrl)[peer] == {naming.CONTROL_PORT}
     assert _admitted(bp)[peer] == {naming.BLADE_API_PORT}
@@ -283,7 +292,7 @@ def test_built_objects_pass_the_api_server(kubectl: Kubectl) -> None:
     objs = [pod, sts, policies.disruption_budget(array="a1", group="g1", blades=2),
             *policies.array_policies("a1", operator_namespace="nb-system", operator_labels={"a": "b"}, scraper=SCRAPER),
             policies.blade_policy(array="a1", group="g1", clients=["10.0.0.0/8"], operator_namespace="nb-system",
-                                  operator_labels={"a": "b"}, scraper=SCRAPER)]
+                                  operator_labels={"a": "b"}, nfs_slots=[0, 1], scraper=SCRAPER)]
     for obj in objs:
         obj["metadata"]["namespace"] = ns
         r = kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(obj), check=False)

@@ -79,7 +79,7 @@ def test_blades_spread_and_a_drain_keeps_one(plane: nbcluster.ControlPlane, tmp_
     group = cg_spec.parse({"diskArrayRef": {"name": "a1"}, "blades": {"count": 2, "tolerations": [KWOK_TAINT]}})
     objs = [cg_builders.blade_pod(group="g1", namespace=NS, index=i, spec=group, portion=0, portion_size=2**20,
                                   version="0.1.0", image="nasblade/nasblade:0.1.0",
-                                  file_systems=array.file_systems_of("g1")) for i in range(2)]
+                                  file_systems=array.file_systems_of("g1"), slots={"home": 0}) for i in range(2)]
     objs.append(policies.disruption_budget(array="a1", group="g1", blades=2))
     for obj in objs:
         kubectl(plane, "-n", NS, "create", "-f", "-", input=json.dumps(obj))

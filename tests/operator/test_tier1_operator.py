@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from conftest import Controller, Kubectl, assert_clean
 from fakeblade import FakeBlades
+from nasblade_operator import naming
 from podlife import FakeKubelet
 
 pytestmark = pytest.mark.tier1
@@ -99,6 +100,8 @@ def test_array_and_group_come_up(
     assert a["status"]["fileSystemsReady"] == "2/2"
     assert {f["name"]: (f["formatted"], bool(f["luCreated"])) for f in a["status"]["fileSystems"]} == \
         {"home": (True, True), "scratch": (True, True)}
+    # each file system its own NFS slot, kept in the status (diskarray.nfsslots)
+    assert {f["name"]: f["nfsSlot"] for f in a["status"]["fileSystems"]} == {"home": 0, "scratch": 1}
     assert a["status"]["software"] == {"version": "0.1.0", "seeded": ["0.1.0"]}
     assert condition(a, "Ready")["observedGeneration"] == a["metadata"]["generation"]
     assert [{k: p[k] for k in ("index", "group")} for p in a["status"]["portions"]] == [{"index": 0, "group": "g1"}]
@@ -121,6 +124,12 @@ def test_array_and_group_come_up(
     assert sorted(p["metadata"]["name"] for p in pods) == ["g1-blade-0", "g1-blade-1"]
     assert {p["metadata"]["labels"]["nasblade.io/software-version"] for p in pods} == {"0.1.0"}
     assert service_blade(kubectl, "home") == "g1-blade-0" and service_blade(kubectl, "scratch") == "g1-blade-1"
+    # each Service maps the standard NFS ports onto its file system's own container ports
+    svc = kubectl.get("service", "a1-scratch-nfs")
+    assert svc is not None
+    assert {(p["protocol"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
+        (proto, port, target) for proto in ("TCP", "UDP")
+        for port, target in zip((2049, 20048, 111), naming.nfs_container_ports(1), strict=True)}
     assert g["status"]["portion"] == 0 and g["status"]["bladesReady"] == "2/2"
     assert {b["name"]: b["fileSystems"] for b in g["status"]["blades"]} == {"g1-blade-0": ["home"], "g1-blade-1": ["scratch"]}
     assert condition(g, "Degraded")["status"] == "False"

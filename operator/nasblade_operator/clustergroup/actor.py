@@ -46,10 +46,11 @@ class Actor:
         self.rt = rt
         self.created: dict[str, list[str]] = {}  # Event reason -> blade pods created in this pass
 
-    async def do(self, action: planner.Action, *, file_systems: tuple[da_spec.FileSystem, ...]) -> dict[str, Any] | None:
+    async def do(self, action: planner.Action, *, file_systems: tuple[da_spec.FileSystem, ...],
+                 slots: Mapping[str, int]) -> dict[str, Any] | None:
         """Carry out one action; a move returns its ``status.failovers`` record."""
         if isinstance(action, planner.CreatePod):
-            await self._create_pod(action.index, file_systems=file_systems)
+            await self._create_pod(action.index, file_systems=file_systems, slots=slots)
             return None
         if isinstance(action, planner.DeletePod):
             await self._delete_pod(action)
@@ -63,12 +64,13 @@ class Actor:
             events.normal(self.body, reason, f"blade pod{'s' if len(pods) > 1 else ''} {names} (software {self.da.software_version})")
         self.created.clear()
 
-    async def _create_pod(self, index: int, *, file_systems: tuple[da_spec.FileSystem, ...]) -> None:
+    async def _create_pod(self, index: int, *, file_systems: tuple[da_spec.FileSystem, ...],
+                          slots: Mapping[str, int]) -> None:
         pod = builders.blade_pod(
             group=self.name, namespace=self.namespace, index=index, spec=self.spec,
             portion=int(self.body["status"]["portion"]), portion_size=self.da.areas.portion_size,
             version=self.da.software_version, image=settings.current().image, file_systems=file_systems,
-            defaults=settings.current().pod_defaults,
+            slots=slots, defaults=settings.current().pod_defaults,
         )
         kopf.adopt(pod, owner=self.body)
         # its own certificate (NBD client of its group's LUs, server of its HTTPS API); a pod
@@ -142,31 +144,36 @@ class Actor:
 
 async def sync_services(
     st: state.OperatorState, body: kopf.Body, *, name: str, namespace: str, array: str, owners: Mapping[str, str],
-    services: kopf.Index[Any, Any], group_services: kopf.Index[Any, Any],
+    slots: Mapping[str, int], services: kopf.Index[Any, Any], group_services: kopf.Index[Any, Any],
 ) -> None:
-    """One NFS Service per file system, selecting its owner; none for this group's file systems gone.
+    """One NFS Service per file system, selecting its owner and mapping the standard ports onto
+    its NFS slot's (``slots``); none for this group's file systems gone.
 
     ``services`` (the ``nfs_services`` index) is what exists, ``group_services``
     (``nfs_services_of_group``) the same by group. A Service another group left behind (its
-    file system moved here) is taken over: relabelled, re-owned, re-selected.
+    file system moved here) is taken over: relabelled, re-owned, re-selected; one made before
+    file systems had slots gets its slot's target ports.
     """
     k = st.kube
     for fs, blade in owners.items():
+        if fs not in slots:
+            continue  # not given to blades yet (diskarray.nfsslots)
         svc_name = naming.nfs_service_name(array, fs)
+        svc = builders.nfs_service(array=array, group=name, fs=fs, blade=blade, slot=slots[fs])
         have = indexes.one(services, (namespace, svc_name))
         if have is None:
-            svc = builders.nfs_service(array=array, group=name, fs=fs, blade=blade)
             kopf.adopt(svc, owner=body)
             existing, created = await k.create(svc)
             if created:
                 continue
             have = indexes.service_summary(existing)
-        if have["group"] != name or have["blade"] != blade or have["owner"] != body.metadata.get("uid"):
-            svc = builders.nfs_service(array=array, group=name, fs=fs, blade=blade)
+        if (have["group"] != name or have["blade"] != blade or have["owner"] != body.metadata.get("uid")
+                or have["targets"] != indexes.port_targets(svc["spec"]["ports"])):
             kopf.adopt(svc, owner=body)
             await k.patch("Service", svc_name, {"metadata": {"labels": svc["metadata"]["labels"],
                                                              "ownerReferences": svc["metadata"]["ownerReferences"]},
-                                                "spec": {"selector": svc["spec"]["selector"]}}, namespace=namespace)
+                                                "spec": {"selector": svc["spec"]["selector"],
+                                                         "ports": svc["spec"]["ports"]}}, namespace=namespace)
     for have in list(group_services.get((namespace, name), [])):
         if have["array"] == array and have["fs"] not in owners:
             await k.delete("Service", have["name"], namespace=namespace)

@@ -14,7 +14,8 @@ containers sharing an in-memory ``emptyDir`` for the Unix socket between them:
 
 The pod runs like a blade of the standalone array (nasblade/standalone/array.py): the block
 processor gets one ``--fs-spec`` per file system of the group (so any blade of the group can
-take any of them over, on the same ports with the same exports), ``--fp-unix`` and
+take any of them over, on the same ports with the same exports: each file system has its own
+container ports, its NFS slot's, so one pod serves several), ``--fp-unix`` and
 ``--cluster-config``. The cluster configuration (``nasblade.cluster.config``: members, home
 blade of each file system, heartbeat timing) is the pod annotation ``CLUSTER_CONFIG_ANNOTATION``,
 projected into ``/etc/nasblade/cluster.json`` by a downward-API volume. No blade starts with
@@ -30,7 +31,7 @@ array's Secret, the group's file systems and exports as JSON).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from nasblade_operator import naming, nbdtls, podspec
@@ -84,9 +85,9 @@ def file_systems_env(file_systems: Sequence[FileSystem]) -> str:
     )
 
 
-def _nfs_port(name: str) -> int:
-    """The container port of NFS port ``name`` (the Service maps its own port onto it)."""
-    return next(container for n, _, container in naming.NFS_PORTS if n == name)
+def _service_port(name: str) -> int:
+    """The Service port of NFS port ``name``: what clients reach."""
+    return next(port for n, port, _ in naming.NFS_PORTS if n == name)
 
 
 def _export(fs: FileSystem, e: Export) -> dict[str, Any]:
@@ -95,18 +96,23 @@ def _export(fs: FileSystem, e: Export) -> dict[str, Any]:
             "rootSquash": e.squash != "none", "allSquash": e.squash == "all"}
 
 
-def fs_spec(fs: FileSystem) -> dict[str, Any]:
+def fs_spec(fs: FileSystem, slot: int) -> dict[str, Any]:
     """``--fs-spec`` of ``fs`` (nasblade/blockproc/main.py): the LU, and where and to whom the
     file processor serves it. Every blade of the group gets the same, so a takeover serves the
-    file system on the same ports with the same exports; in a pod it listens on all addresses
-    and the NFS Service selects the owning blade."""
+    file system on the same ports with the same exports; in a pod it listens on all addresses,
+    on its NFS ``slot``'s own ports (``naming.nfs_container_ports``: a blade serving several
+    file systems serves each on its own), and the NFS Service selects the owning blade and maps
+    the standard ports onto them, which the portmapper answers (``advertise``)."""
+    nfs, mnt, pm = naming.nfs_container_ports(slot)
     return {
         "name": fs.name,
         "lu": naming.filesystem_lu(fs.name),
         "address": "0.0.0.0",
-        "nfsPort": _nfs_port("nfs"),
-        "mountPort": _nfs_port("mountd"),
-        "portmapPort": _nfs_port("portmapper"),
+        "nfsPort": nfs,
+        "mountPort": mnt,
+        "portmapPort": pm,
+        "advertise": {"nfsPort": _service_port("nfs"), "mountPort": _service_port("mountd"),
+                      "portmapPort": _service_port("portmapper")},
         # the file processor needs at least one export: a file system without exports is still
         # mounted (recovered) by its owner, but only the pod itself may mount it
         "exports": [_export(fs, e) for e in fs.exports] or [
@@ -117,11 +123,12 @@ def fs_spec(fs: FileSystem) -> dict[str, Any]:
 
 def cluster_config(
     *, group: str, spec: ClusterGroupSpec, portion: int, portion_size: int, file_systems: Sequence[FileSystem],
-    unformatted: Collection[str] = (),
+    slots: Mapping[str, int], unformatted: Collection[str] = (),
 ) -> dict[str, Any]:
     """The group's ``--cluster-config`` JSON (nasblade.cluster.config.parse); home blades as
     ``plan.home_of`` places them among all ``file_systems``, so the blades and the operator
-    agree on them; the ``unformatted`` ones are left out (no blade may mount them yet)."""
+    agree on them; the ``unformatted`` ones, and those without an NFS slot in ``slots``
+    (``diskarray.nfsslots``), are left out (no blade may mount them yet)."""
     names = [fs.name for fs in file_systems]
     count = spec.blades.count
     return {
@@ -137,8 +144,8 @@ def cluster_config(
                    "loadThreshold": spec.backup.load_threshold / 100, "crossGroup": []},
         "fileSystems": [
             {"name": fs.name, "lu": naming.filesystem_lu(fs.name), "home": plan.home_of(group, names, fs.name, count),
-             "serve": {k: v for k, v in fs_spec(fs).items() if k not in ("name", "lu")}}
-            for fs in file_systems if fs.name not in unformatted
+             "serve": {k: v for k, v in fs_spec(fs, slots[fs.name]).items() if k not in ("name", "lu")}}
+            for fs in file_systems if fs.name not in unformatted and fs.name in slots
         ],
     }
 
@@ -154,10 +161,12 @@ def blade_pod(
     version: str,
     image: str,
     file_systems: Sequence[FileSystem],
+    slots: Mapping[str, int],
     defaults: podspec.PodDefaults = podspec.DEFAULTS,
 ) -> dict[str, Any]:
     """Pod of blade ``index``: block processor + file processor. Placement (the group's blades
-    spread over nodes), pulling and hardening: ``podspec.finish``."""
+    spread over nodes), pulling and hardening: ``podspec.finish``. Every one of
+    ``file_systems`` has its NFS slot in ``slots``."""
     array = spec.disk_array
     ctrl = naming.controller_name(array)
     name = naming.blade_pod_name(group, index)
@@ -223,9 +232,9 @@ def blade_pod(
         "--metrics-token-file", f"{TOKEN_DIR}/metrics-token",
     ]
     for fs in file_systems:
-        bp_args += ["--fs-spec", json.dumps(fs_spec(fs), sort_keys=True)]
+        bp_args += ["--fs-spec", json.dumps(fs_spec(fs, slots[fs.name]), sort_keys=True)]
     config = cluster_config(group=group, spec=spec, portion=portion, portion_size=portion_size,
-                            file_systems=file_systems)
+                            file_systems=file_systems, slots=slots)
     block_processor: dict[str, Any] = {
         "name": "block-processor",
         "image": image,
@@ -252,8 +261,11 @@ def blade_pod(
             "--fence-after", str(spec.heartbeat.failure_timeout / 2),
         ],
         "env": env,
-        "ports": [*({"name": n, "containerPort": c} for n, _, c in naming.NFS_PORTS),
-                  *({"name": n, "containerPort": c, "protocol": "UDP"} for n, _, c in naming.NFS_UDP_PORTS)],
+        # the NFS ports of the group's file systems when the pod is made (informational: the
+        # Services name the numbers; a file system added later listens on its slot's all the same)
+        "ports": [{"containerPort": port, "protocol": proto}
+                  for slot in sorted({slots[fs.name] for fs in file_systems})
+                  for proto in ("TCP", "UDP") for port in naming.nfs_container_ports(slot)],
         # no NFS readiness probe: only the owning blade listens on the NFS ports, and a standby
         # blade is Ready too. The file processor's liveness is its heartbeat in the portion,
         # which the operator reads through the blade API (daemon._probe).
@@ -293,8 +305,18 @@ def blade_pod(
     return pod
 
 
-def nfs_service(*, array: str, group: str, fs: str, blade: str) -> dict[str, Any]:
-    """The NFS Service of file system ``fs``; it selects only the owning ``blade``."""
+def nfs_service_ports(slot: int) -> list[dict[str, Any]]:
+    """The ports of the NFS Service of the file system in NFS ``slot``: the standard ones, over
+    TCP and UDP, onto the slot's container ports."""
+    targets = dict(zip((n for n, _, _ in naming.NFS_PORTS), naming.nfs_container_ports(slot), strict=True))
+    by_udp = {udp: tcp for (udp, _, _), (tcp, _, _) in zip(naming.NFS_UDP_PORTS, naming.NFS_PORTS, strict=True)}
+    return [*({"name": n, "port": p, "targetPort": targets[n], "protocol": "TCP"} for n, p, _ in naming.NFS_PORTS),
+            *({"name": n, "port": p, "targetPort": targets[by_udp[n]], "protocol": "UDP"}
+              for n, p, _ in naming.NFS_UDP_PORTS)]
+
+
+def nfs_service(*, array: str, group: str, fs: str, blade: str, slot: int) -> dict[str, Any]:
+    """The NFS Service of file system ``fs`` (in NFS ``slot``); it selects only the owning ``blade``."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -309,9 +331,7 @@ def nfs_service(*, array: str, group: str, fs: str, blade: str) -> dict[str, Any
         },
         "spec": {
             "selector": nfs_selector(group=group, blade=blade),
-            "ports": [*({"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p, _ in naming.NFS_PORTS),
-                      *({"name": n, "port": p, "targetPort": n, "protocol": "UDP"}
-                        for n, p, _ in naming.NFS_UDP_PORTS)],
+            "ports": nfs_service_ports(slot),
         },
     }
 

@@ -48,7 +48,7 @@ from nasblade_operator.clustergroup import plan as planner
 from nasblade_operator.clustergroup import spec as cg_spec
 from nasblade_operator.clustergroup import status as cg_status
 from nasblade_operator.clustergroup.runtime import Runtime
-from nasblade_operator.diskarray import formatting
+from nasblade_operator.diskarray import formatting, nfsslots
 from nasblade_operator.diskarray import spec as da_spec
 from nasblade_operator.validation import InvalidSpec
 
@@ -287,15 +287,17 @@ async def _pass(st: state.OperatorState, body: kopf.Body, *, name: str, namespac
         return settings.current().status_interval  # the DiskArray's own handler reported it
     file_systems = da.file_systems_of(name)
     fs_names = [f.name for f in file_systems]
-    # Blades are handed a file system only once the DiskArray records it as formatted.
-    unformatted = {f.name for f in file_systems} - formatting.formatted_names(array["status"])
+    # Blades are handed a file system only once the DiskArray records it as formatted, with
+    # its NFS slot (the container ports it is served on, whichever blade serves it).
+    slots = nfsslots.recorded(array["status"])
+    unformatted = {f.name for f in file_systems} - (formatting.formatted_names(array["status"]) & slots.keys())
     now = datetime.datetime.now(datetime.UTC)
     summaries = {int(s["index"]): s for s in ix.pods.get((namespace, name), [])}
     await _probe(st, namespace, array=spec.disk_array, summaries=summaries, rt=rt,
                  failure_timeout=spec.heartbeat.failure_timeout)
     await _certificates(st, body, name=name, namespace=namespace, array=spec.disk_array, summaries=summaries, rt=rt)
     await reconfig.sync(st, body, name=name, namespace=namespace, spec=spec, da=da, file_systems=file_systems,
-                        unformatted=unformatted, summaries=summaries, rt=rt)
+                        slots=slots, unformatted=unformatted, summaries=summaries, rt=rt)
     request = await _move_request(st, body, name=name, namespace=namespace, status=status, rt=rt)
     observed = planner.Observed(
         group=name,
@@ -332,7 +334,7 @@ async def _pass(st: state.OperatorState, body: kopf.Body, *, name: str, namespac
                                 or (isinstance(action, planner.MoveFileSystem) and action.fs in unformatted)):
                 continue  # diskarray/formatting.py: not before mkfs has run and been recorded
             try:
-                record = await act.do(action, file_systems=file_systems)
+                record = await act.do(action, file_systems=file_systems, slots=slots)
             except bladeapi.BladeUnavailable as exc:
                 if not (isinstance(action, planner.MoveFileSystem) and action.reason == "Planned" and outcome):
                     raise
@@ -349,10 +351,11 @@ async def _pass(st: state.OperatorState, body: kopf.Body, *, name: str, namespac
     finally:
         act.post_created()
         await actor.sync_services(st, body, name=name, namespace=namespace, array=spec.disk_array, owners=owners,
-                                  services=ix.services, group_services=ix.group_services)
+                                  slots=slots, services=ix.services, group_services=ix.group_services)
         await policies.sync_group(st.kube, body, array=spec.disk_array, group=name, namespace=namespace,
                                   disruption_budget_on=spec.blades.disruption_budget, blades=spec.blades.count,
-                                  exports=[e.clients for f in file_systems for e in f.exports])
+                                  exports=[e.clients for f in file_systems for e in f.exports],
+                                  nfs_slots=sorted({slots[f.name] for f in file_systems if f.name in slots}))
         new_backups = await backups.run_if_due(st, body, name=name, namespace=namespace, spec=spec, array=array,
                                                states=p.states, summaries=summaries, rt=rt)
         answered = outcome is not None and outcome.result != "Moving"

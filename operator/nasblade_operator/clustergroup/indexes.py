@@ -100,8 +100,15 @@ def one(index: kopf.Index[Any, Any], key: tuple[str, str]) -> dict[str, Any] | N
     return next(iter(store), None) if store is not None else None
 
 
+def port_targets(ports: Any) -> list[tuple[str, int, Any]]:
+    """A Service's ports as sorted (protocol, port, target port) triples, to compare."""
+    return sorted((str(p.get("protocol", "TCP")), int(p.get("port", 0)), p.get("targetPort"))
+                  for p in ports or [] if isinstance(p, Mapping))
+
+
 def service_summary(svc: Mapping[str, Any]) -> dict[str, Any]:
-    """What the NFS Service indexes keep of a Service: group, array, file system, selected blade, owner uid."""
+    """What the NFS Service indexes keep of a Service: group, array, file system, selected
+    blade, owner uid and its ports (``port_targets``)."""
     labels = svc.get("metadata", {}).get("labels", {}) or {}
     owners = svc.get("metadata", {}).get("ownerReferences", []) or []
     return {
@@ -110,4 +117,5 @@ def service_summary(svc: Mapping[str, Any]) -> dict[str, Any]:
         "fs": labels.get(naming.L_FILESYSTEM, ""),
         "blade": (svc.get("spec", {}).get("selector") or {}).get(naming.L_BLADE, ""),
         "owner": owners[0].get("uid") if owners else None,
+        "targets": port_targets(svc.get("spec", {}).get("ports")),
     }

@@ -61,15 +61,15 @@ def to_tell(summaries: Mapping[int, Mapping[str, Any]], *, annotated: Collection
 
 async def sync(
     st: state.OperatorState, body: kopf.Body, *, name: str, namespace: str, spec: cg_spec.ClusterGroupSpec,
-    da: da_spec.DiskArraySpec, file_systems: tuple[da_spec.FileSystem, ...], unformatted: Collection[str],
-    summaries: Mapping[int, Mapping[str, Any]], rt: Runtime,
+    da: da_spec.DiskArraySpec, file_systems: tuple[da_spec.FileSystem, ...], slots: Mapping[str, int],
+    unformatted: Collection[str], summaries: Mapping[int, Mapping[str, Any]], rt: Runtime,
 ) -> None:
     """Bring every blade of the group to the group's formatted file systems (module docstring)."""
     portion = body.get("status", {}).get("portion")
     if portion is None or not summaries:
         return
     config = builders.cluster_config(group=name, spec=spec, portion=int(portion), portion_size=da.areas.portion_size,
-                                     file_systems=file_systems, unformatted=unformatted)
+                                     file_systems=file_systems, slots=slots, unformatted=unformatted)
     wanted: list[dict[str, Any]] = config["fileSystems"]
     names = frozenset(f["name"] for f in wanted)
     annotated: list[str] = []  # pods whose annotation listed other file systems

@@ -53,7 +53,7 @@ from nasblade_operator import (
     settings,
     state,
 )
-from nasblade_operator.diskarray import areas, builders, csi, devices, formatting
+from nasblade_operator.diskarray import areas, builders, csi, devices, formatting, nfsslots
 from nasblade_operator.diskarray import spec as da_spec
 from nasblade_operator.validation import InvalidSpec
 
@@ -397,6 +397,7 @@ async def ensure_formatted(
     pass still records what was done (kopf applies the patch when the handler raises too).
     """
     records = formatting.records_by_name(status)
+    slots = nfsslots.assign(nfsslots.recorded(status), [f.name for f in parsed.file_systems])
     out: dict[str, dict[str, Any]] = {}
     result = FormatResult()
 
@@ -406,7 +407,7 @@ async def ensure_formatted(
 
     def entry(f: da_spec.FileSystem, *, formatted: bool, lu_created: str) -> dict[str, Any]:
         return {"name": f.name, "lu": naming.filesystem_lu(f.name), "size": f.size, "clusterGroup": f.cluster_group,
-                "ready": formatted, "formatted": formatted, "luCreated": lu_created}
+                "ready": formatted, "formatted": formatted, "luCreated": lu_created, "nfsSlot": slots[f.name]}
 
     todo: list[tuple[da_spec.FileSystem, arrayapi.LU]] = []
     for f in parsed.file_systems:
