@@ -469,9 +469,9 @@ def test_step3e_a_claim_becomes_a_volume_through_the_csi_plugin(kube: Kube, rele
     Bound to a PersistentVolume of ``nas.nasblade.io`` whose volume is a file system of the
     array, served by the group through its own Service: the client pod writes and reads it at
     the PV's server and export; a pod using it makes the kubelet stage it through the chart's node
-    plugin. The claim deleted, its PV, file system and LU go; CSI turned off, the plugin's
-    objects go. (No clone here: with the shared file system, a third one would share a blade
-    with another, which a blade pod cannot serve yet -- docs/csi.md, "Not done".)"""
+    plugin; a clone of it holds the same file, and with three file systems on two blades one
+    blade pod serves two at once, each behind its own Service. The claims deleted, their PVs,
+    file systems and LUs go; CSI turned off, the plugin's objects go."""
     ns = workload_ns
     sc, claim, plugin = f"nasblade-{ns}", "csi-data", f"{ARRAY}-csi-controller"
     kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
@@ -523,16 +523,48 @@ def test_step3e_a_claim_becomes_a_volume_through_the_csi_plugin(kube: Kube, rele
 
         _mount_in_a_pod(kube, ns, claim=claim, server=attrs["server"], sha=sums[0])
 
-        kube.kubectl("-n", ns, "delete", "pvc", claim, "--wait=false")
-        kube.wait("the PV and the file system gone", lambda: kube.get("pv", pv["metadata"]["name"], namespace="") is None
-                  and vid not in [f["name"] for f in _array(kube, ns)["spec"]["fileSystems"]], timeout=180, interval=2)
-        # nothing left on the array: its LU deleted (reclaim policy Delete)
+        # a clone: a claim whose dataSource is the first one holds the same file
+        kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": f"{claim}-clone"},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": sc,
+                     "resources": {"requests": {"storage": "64Mi"}},
+                     "dataSource": {"kind": "PersistentVolumeClaim", "name": claim}}}))
+        t2 = time.monotonic()
+        clone = kube.wait("the clone Bound", lambda: (lambda c: c if c.get("status", {}).get("phase") == "Bound"
+                                                      else None)(kube.get("pvc", f"{claim}-clone", namespace=ns) or {}),
+                          timeout=300, interval=2)
+        print(f"[e2e] 3e: clone Bound in {time.monotonic() - t2:.1f} s")
+        clone_pv = kube.get("pv", clone["spec"]["volumeName"], namespace="") or {}
+        cattrs, clone_vid = clone_pv["spec"]["csi"]["volumeAttributes"], clone_pv["spec"]["csi"]["volumeHandle"]
+        curl = f"nfs://{cattrs['server']}{cattrs['export']}"
+        kube.wait("the clone reachable at its Service", lambda: kube.kubectl(
+            "-n", ns, "exec", CLIENT_POD, "--", "nfs-ls", f"{curl}?version=3", check=False,
+            timeout=60).returncode == 0, timeout=60, interval=1)
+        _exec(kube, ns, "nfs-cp", f"{curl}/csi.bin?version=3", "/tmp/csi-clone.bin")
+        assert _exec(kube, ns, "sha256sum", "/tmp/csi-clone.bin").split()[0] == sums[0]
+        # three file systems on two blades: one blade pod serves two, each on its own ports
+        # behind its own Service (diskarray.nfsslots), and both answer
+        owned = {b["name"]: b.get("fileSystems") or [] for b in _group(kube, ns)["status"]["blades"]}
+        assert max(len(f) for f in owned.values()) >= 2, owned
+        kube.wait("every file system served by its blade", lambda: all(
+            f.get("served") for f in _group(kube, ns)["status"]["fileSystems"]), timeout=60, interval=2,
+            describe=lambda: _group(kube, ns)["status"]["fileSystems"])
+        _exec(kube, ns, "nfs-ls", f"{url}?version=3")
+        _exec(kube, ns, "nfs-ls", _nfs_url(ns))
+
+        kube.kubectl("-n", ns, "delete", "pvc", claim, f"{claim}-clone", "--wait=false")
+        kube.wait("the PVs and the file systems gone", lambda: kube.get("pv", pv["metadata"]["name"], namespace="") is None
+                  and kube.get("pv", clone_pv["metadata"]["name"], namespace="") is None
+                  and not {vid, clone_vid} & {f["name"] for f in _array(kube, ns)["spec"]["fileSystems"]},
+                  timeout=180, interval=2)
+        # nothing left on the array: both LUs deleted (reclaim policy Delete)
         lus = _controller(kube, ns, "lus = api.list_lus(); "
                                     "print(' '.join(l['name'] for l in (lus['lus'] if isinstance(lus, dict) else lus)))")
-        assert f"fs-{vid}" not in lus.split(), lus
+        assert f"fs-{vid}" not in lus.split() and f"fs-{clone_vid}" not in lus.split(), lus
     finally:
         kube.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)
-        kube.kubectl("-n", ns, "delete", "pvc", claim, "--ignore-not-found", "--wait=false", check=False)
+        kube.kubectl("-n", ns, "delete", "pvc", claim, f"{claim}-clone", "--ignore-not-found", "--wait=false",
+                     check=False)
     kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
         {"spec": {"csi": {"enabled": False}}}))
     kube.wait("the plugin's objects gone", lambda: kube.get("deployment", plugin, namespace=ns) is None
