@@ -112,7 +112,8 @@ def test_config_errors_name_the_field(raw: object, field: str) -> None:
 
 def test_file_systems_behind_a_port_mapping_advertise_the_mapped_ports(tmp_path: Path) -> None:
     """Two file systems of one blade pod on their own ports of one address (a Kubernetes
-    Service maps 2049/20048/111 onto each): each portmapper answers the mapped ports."""
+    Service maps 2049/20048/111 onto each): each portmapper answers the mapped ports; a served
+    one moves to new ports in place (``set_listen``)."""
     a, b = make_fs(tmp_path / "a.img"), make_fs(tmp_path / "b.img")
     seen = (2049, 20048, 111)
     NLM_PROGRAM = 100021
@@ -143,7 +144,27 @@ def test_file_systems_behind_a_port_mapping_advertise_the_mapped_ports(tmp_path:
                 assert await asyncio.to_thread(getport, pm, t.PMAP_PROGRAM, t.IPPROTO_UDP) == 111
                 assert await asyncio.to_thread(getport, pm, NLM_PROGRAM, t.IPPROTO_TCP) == 2049  # on the NFS port
             # and each is served on its own bound port
-            await asyncio.to_thread(write_unstable, int(eb["nfs"].rsplit(":", 1)[1]), b"/b", b"f")
+            nb = int(eb["nfs"].rsplit(":", 1)[1])
+            await asyncio.to_thread(write_unstable, nb, b"/b", b"f")
+            verifier = fp.status()["b"]["writeVerifier"]
+            # a new advertisement alone: the same listeners, the portmapper answers the new ports
+            pm_b = int(eb["portmap"].rsplit(":", 1)[1])
+            again = await fp.set_listen("b", config.Listen("127.0.0.1", nb, int(eb["mount"].rsplit(":", 1)[1]), pm_b,
+                                                           advertise=(3049, 30048, 1111)))
+            assert again == eb
+            assert await asyncio.to_thread(getport, pm_b, t.NFS_PROGRAM, t.IPPROTO_TCP) == 3049
+            # new ports: new listeners in place; a connection accepted before stays served, the
+            # old port is closed, nothing is remounted
+            kept = await asyncio.to_thread(RawClient, "127.0.0.1", nb)
+            assert (await asyncio.to_thread(kept.call, t.NFS_PROGRAM, 3, 0)).stat == 0  # accepted
+            moved = await fp.set_listen("b", config.Listen("127.0.0.1", 0, 0, 0, advertise=seen))
+            new_nfs = int(moved["nfs"].rsplit(":", 1)[1])
+            assert new_nfs != nb
+            assert (await asyncio.to_thread(kept.call, t.NFS_PROGRAM, 3, 0)).stat == 0
+            kept.close()
+            with pytest.raises(OSError):
+                await asyncio.to_thread(RawClient, "127.0.0.1", nb)
+            assert await asyncio.to_thread(write_unstable, new_nfs, b"/b", b"g") == bytes.fromhex(verifier)
         finally:
             await fp.close()
 

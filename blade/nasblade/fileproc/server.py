@@ -208,6 +208,8 @@ class Endpoint:
     after_commit: list[Callable[[], None]] = dataclasses.field(default_factory=list)
     """What waits for the next group commit besides replies (``*_RES`` calls to clients)."""
     addresses: dict[str, str] = dataclasses.field(default_factory=dict)
+    bound: tuple[int, int, int] = (0, 0, 0)
+    """The NFS, MOUNT and portmapper ports listened on (0: no portmapper)."""
     failed: bool = False
     nlm: nlm.Nlm | None = None
     callback_portmap_port: int = 111
@@ -498,13 +500,19 @@ class FileProcessor:
         pm_port = 0
         if lst.portmap_port is not None:
             pm_port = await serve(lst.portmap_port)
-        # the portmapper answers the ports the clients reach (a Service's, when it maps them)
-        seen = lst.advertise or (nfs_port, mount_port, pm_port)
-        ep.portmap.set_ports(nfs=seen[0], mount=seen[1], portmap=seen[2],
-                             also=((nlm.NLM_PROG, nlm.NLM_V4), (nsm.SM_PROG, nsm.SM_VERS)))
+        ep.bound = (nfs_port, mount_port, pm_port)
+        self._advertise(ep)
         ep.addresses = {"nfs": f"{lst.host}:{nfs_port}", "mount": f"{lst.host}:{mount_port}"}
         if lst.portmap_port is not None:
             ep.addresses["portmap"] = f"{lst.host}:{pm_port}"
+
+    @staticmethod
+    def _advertise(ep: Endpoint) -> None:
+        """The portmapper answers the ports the clients reach: a Service's, when it maps them
+        (``listen.advertise``), else the bound ones."""
+        nfs_port, mount_port, pm_port = ep.spec.listen.advertise or ep.bound
+        ep.portmap.set_ports(nfs=nfs_port, mount=mount_port, portmap=pm_port,
+                             also=((nlm.NLM_PROG, nlm.NLM_V4), (nsm.SM_PROG, nsm.SM_VERS)))
 
     @staticmethod
     def _unmount(ep: Endpoint) -> None:
@@ -546,6 +554,10 @@ class FileProcessor:
         if listen == ep.spec.listen:
             return dict(ep.addresses)
         old = ep.spec
+        if dataclasses.replace(listen, advertise=None) == dataclasses.replace(old.listen, advertise=None):
+            ep.spec = dataclasses.replace(old, listen=listen)  # only what the portmapper answers
+            self._advertise(ep)
+            return dict(ep.addresses)
         self._close_listeners(ep)
         ep.spec = dataclasses.replace(old, listen=listen)
         try:
