@@ -36,7 +36,7 @@ import zfec
 
 from nasblade.controller import redundancy as rd
 from nasblade.controller.redundancy import BLOCK
-from nasblade.controller.vdev import Member, VDev, device_holes
+from nasblade.controller.vdev import Member, VDev
 
 log = logging.getLogger(__name__)
 
@@ -383,82 +383,24 @@ class ParityVDev(VDev):
         return repaired, lost
 
     def rebuild_step(self, m: Member, n: int) -> int:
-        """Rebuild the next ``n`` device bytes of ``m`` from the other units of each stripe:
-        the whole span at once when it allows (``_rebuild_span``), else row by row."""
+        """Rebuild the next ``n`` device bytes of ``m`` from the other units of each stripe."""
         start = m.rebuilt
         end = min(start + n, self.device_end)
         if end <= start:
             return 0
         with super().locked(start, end - start):
-            if not self._rebuild_span(m, start, end):
-                self._rebuild_rows(m, start, end)
+            share_of = self.members.index(m)
+            for s, d0 in self._rows_in(start, end):
+                share = (share_of - s) % self.n
+                src = [o for o in self.members if o is not m and o.readable(d0, UNIT)]
+                if len(src) < self.k:
+                    raise OSError(errno.EIO, f"virtual device {self.index}: too few devices to rebuild from")
+                if self._all_holes(d0, UNIT, src):
+                    self._zero_member(m, d0, UNIT, False)
+                    m.zero_sums(d0 // BLOCK, UNIT // BLOCK)
+                else:
+                    unit = self._row(s, d0, UNIT)[share]
+                    m.pwrite(memoryview(unit), d0)
+                    m.set_sums(d0 // BLOCK, rd.checksums(unit))
             m.rebuilt = end
         return end - start
-
-    def _rebuild_span(self, m: Member, start: int, end: int) -> bool:
-        """The fast rebuild of ``m``'s ``[start, end)`` (whole rows): one read of the span from
-        each of ``k`` other devices, checked against their checksums as a whole, and one zfec
-        call per stripe layout (the rows whose stripe numbers are equal modulo ``n`` put the
-        same shares on the same devices) instead of one per 64 KiB row; then one write and
-        its checksums. False, having changed nothing, when the span needs the row-by-row path:
-        a span partly holes (holes stay holes, row by row), a read error or a checksum
-        mismatch (repaired there), too few devices (the error is raised there)."""
-        length = end - start
-        if start < self.meta or (start - self.meta) % UNIT or length % UNIT:
-            return False
-        src = [o for o in self.members if o is not m and o.readable(start, length)]
-        if len(src) < self.k:
-            return False
-        if self._all_holes(start, length, src):
-            self._zero_member(m, start, length, False)
-            m.zero_sums(start // BLOCK, length // BLOCK)
-            return True
-        if any(device_holes(o.fd, start, end) for o in src):
-            return False
-        first, nb = start // BLOCK, length // BLOCK
-        spans: dict[int, memoryview] = {}  # member index -> its span, verified
-        for o in src[: self.k]:
-            raw = bytearray(length)
-            try:
-                o.pread(memoryview(raw), start)
-            except OSError:
-                return False
-            assert o.csum is not None
-            if o.csum[first : first + nb] != Array("Q", rd.checksums(raw)):
-                return False
-            spans[self.members.index(o)] = memoryview(raw)
-        out = bytearray(length)
-        me = self.members.index(m)
-        rows = list(self._rows_in(start, end))
-        for layout in range(self.n):
-            group = [(s, d0 - start) for s, d0 in rows if s % self.n == layout]
-            if not group:
-                continue
-            shares = sorted(((i - layout) % self.n, i) for i in spans)  # (share, member index)
-            ins = tuple(b"".join(spans[i][off : off + UNIT] for _, off in group) for _, i in shares)
-            nums = tuple(share for share, _ in shares)
-            mine = (me - layout) % self.n
-            data = list(ins) if nums == tuple(range(self.k)) else self._dec.decode(ins, nums)
-            unit = data[mine] if mine < self.k else self._enc.encode(tuple(data), (mine,))[0]
-            view = memoryview(unit)
-            for j, (_, off) in enumerate(group):
-                out[off : off + UNIT] = view[j * UNIT : (j + 1) * UNIT]
-        m.pwrite(memoryview(out), start)
-        m.set_sums(first, rd.checksums(out))
-        return True
-
-    def _rebuild_rows(self, m: Member, start: int, end: int) -> None:
-        """Rebuild ``m``'s ``[start, end)`` row by row (``_row`` verifies and repairs)."""
-        share_of = self.members.index(m)
-        for s, d0 in self._rows_in(start, end):
-            share = (share_of - s) % self.n
-            src = [o for o in self.members if o is not m and o.readable(d0, UNIT)]
-            if len(src) < self.k:
-                raise OSError(errno.EIO, f"virtual device {self.index}: too few devices to rebuild from")
-            if self._all_holes(d0, UNIT, src):
-                self._zero_member(m, d0, UNIT, False)
-                m.zero_sums(d0 // BLOCK, UNIT // BLOCK)
-            else:
-                unit = self._row(s, d0, UNIT)[share]
-                m.pwrite(memoryview(unit), d0)
-                m.set_sums(d0 // BLOCK, rd.checksums(unit))
