@@ -390,6 +390,14 @@ class ParityVDev(VDev):
             return 0
         with super().locked(start, end - start):
             share_of = self.members.index(m)
+            src = [o for o in self.members if o is not m and o.readable(start, end - start)]
+            if start >= self.meta and len(src) >= self.k and self._all_holes(start, end - start, src):
+                # a span that is holes on every other device stays one (a device is mostly
+                # holes until filled): one punch instead of a check and a punch per row
+                self._zero_member(m, start, end - start, False)
+                m.zero_sums(start // BLOCK, (end - start) // BLOCK)
+                m.rebuilt = end
+                return end - start
             for s, d0 in self._rows_in(start, end):
                 share = (share_of - s) % self.n
                 src = [o for o in self.members if o is not m and o.readable(d0, UNIT)]
