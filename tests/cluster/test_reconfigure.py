@@ -91,6 +91,25 @@ def test_file_system_added_served_taken_over_and_removed_while_blades_run(make_a
     time.sleep(3)
     assert not arr.served_by("g1-1", "fs2")
     assert "fs2" not in arr.cluster("g1-1")["serving"]
+    # a takeover being retried holds up no other on its blade: g1-1 takes fs1 over while its
+    # takeover of fs2 is still being refused, and g1-0 takes fs1 back
+    assert "fs2" in arr.cluster("g1-1")["pendingTakeovers"]
+    arr.api("g1-1", "POST", "/v1/cluster/filesystems/fs1/takeover", {"force": False})
+    assert "fs1" in arr.cluster("g1-1")["serving"]
+    assert "fs2" in arr.cluster("g1-1")["pendingTakeovers"]  # still retrying: it did not wait for it
+    arr.api("g1-0", "POST", "/v1/cluster/filesystems/fs1/takeover", {"force": False})
+    expect(arr, lambda: arr.served_by("g1-0", "fs1"), timeout=30, what="fs1 back on g1-0")
+    # removed while its takeover is refused: the retries stop and no reservation is left (a
+    # CSI volume deleted right after it was made must not keep its LU reserved), then it is
+    # added again
+    answers = _put_all(arr, before)
+    assert [a["removed"] for a in answers] == [["fs2"], ["fs2"]], answers
+    assert "fs2" not in arr.cluster("g1-1")["pendingTakeovers"]
+    assert arr.control.get_reservation("fs-fs2").get("holder") is None
+    time.sleep(2)
+    assert arr.control.get_reservation("fs-fs2").get("holder") is None  # no attempt after the removal
+    answers = _put_all(arr, added)
+    assert all(a["added"] == ["fs2"] for a in answers), answers
     _open_fs2(arr)
     expect(arr, lambda: arr.served_by("g1-1", "fs2"), timeout=90, what="the home blade serves fs2")
     holder = arr.control.get_reservation("fs-fs2")

@@ -50,6 +50,7 @@ from nasblade.bladeapi.lifeline import Lifeline
 from nasblade.blockproc.proxy import Exports, ProxyServer
 from nasblade.blockproc.syncdev import PoolDevice
 from nasblade.blockproc.upstream import UpstreamPool
+from nasblade.controller.apiclient import ControlAPIError
 from nasblade.controller.asyncclient import AsyncControlClient
 from nasblade.nbd import proto
 from nasblade.procinfo.portion import (
@@ -378,11 +379,24 @@ class BlockProcessor:
             if pool is not None:
                 await asyncio.wait_for(pool.request(proto.Cmd.FLUSH, 0, 0), 30.0)
                 await pool.close()
-            if held and self.control is not None:
+            if self.control is not None and (held or await self._reserved_to_me(lu)):
                 await self.control.release(lu)
             self.epochs.pop(lu, None)
             await self._set_owner(name, None)
         return {"fileSystem": name, "lu": lu, "released": True}
+
+    async def _reserved_to_me(self, lu: str) -> bool:
+        """Whether the controller's reservation of ``lu`` names this blade although it holds no
+        open export of it: a takeover attempt whose export the controller refused reserved it
+        (``take_over``). Releasing a file system must drop that too, or the LU stays reserved
+        for nobody (a CSI volume deleted while its takeover was refused could not be deleted)."""
+        assert self.control is not None
+        try:
+            res = await self.control.get_reservation(lu)
+        except (OSError, ControlAPIError) as exc:  # cannot tell: the release goes on without it
+            log.warning("the reservation of %s could not be read: %s", lu, exc)
+            return False
+        return res.holder == self.settings.blade
 
     async def _set_owner(self, name: str, epoch: int | None) -> None:
         if self.portion is None:

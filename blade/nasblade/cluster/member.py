@@ -157,9 +157,10 @@ class ClusterMember:
                 raise ClusterError(f"{name} is served from LU {was.policy.lu}: release it before moving it to"
                                    f" {f.policy.lu}", status=409)
         removed = sorted(n for n in old if n not in wanted)
-        for name in removed:
-            if name in self.takeovers.serving:
-                await self.takeovers.forget(name)
+        for name in removed:  # served here, being taken over, or neither: nothing of it is kept
+            serving = name in self.takeovers.serving or name in self.takeovers.pending
+            await self.takeovers.forget(name)
+            if serving:
                 log.info("%s: released %s: no longer a file system of group %s", self.me, name, self.cfg.group)
         try:
             for name in removed:

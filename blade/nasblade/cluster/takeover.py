@@ -243,25 +243,38 @@ class Takeovers:
     async def take_over(self, fs: str, *, reason: str, graceful: bool = False, timeout: float = 60.0) -> TakenOver:
         """Take ``fs`` over: new reservation epoch (fences the old owner), the file processor
         mounts (recovers) and binds the address, ownership recorded. Uses the block processor's
-        ``take_over_fs``; retries while the address is still held by the previous owner."""
-        fsc = self.cfg.fs(fs)
-        if fsc is None or fs not in self.bp.settings.fs_specs:
+        ``take_over_fs``; retries (for up to ``timeout`` seconds) while the controller refuses
+        (e.g. a new file system's LU not yet open to the group) or the address is still held
+        by the previous owner.
+
+        Each attempt holds the blade's takeover lock, the waits between attempts do not: one
+        file system being retried does not hold up the others' takeovers, nor a release or a
+        ``forget``; and a file system that left the group meanwhile (``forget``) is not tried
+        again."""
+        if self.cfg.fs(fs) is None or fs not in self.bp.settings.fs_specs:
             raise ClusterError(f"{fs} is not a file system of cluster group {self.cfg.group}", status=404)
-        async with self._lock:
-            t0 = time.monotonic()
-            previous = self.view.group.ownership.get(fs)
-            released_by_owner = False
-            if graceful and previous is not None and previous.blade != self.me and previous.blade in self.view.alive():
-                await self._ask_release(previous.blade, fs)
-                released_by_owner = True
-            elif previous is not None and previous.blade != self.me and previous.blade not in self.view.alive():
-                await self._power_off(previous.blade, fs)
-            attempts, last_error = 0, ""
-            while True:
+        t0 = time.monotonic()
+        attempts, last_error = 0, ""
+        previous: Ownership | None = None
+        released_by_owner = prepared = False
+        while True:
+            async with self._lock:
+                if self.cfg.fs(fs) is None or fs not in self.bp.settings.fs_specs:
+                    raise ClusterError(f"takeover of {fs} stopped after {attempts} attempts: it left cluster group "
+                                       f"{self.cfg.group}", status=404)
+                if not prepared:
+                    prepared = True
+                    previous = self.view.group.ownership.get(fs)
+                    if graceful and previous is not None and previous.blade != self.me \
+                            and previous.blade in self.view.alive():
+                        await self._ask_release(previous.blade, fs)
+                        released_by_owner = True
+                    elif previous is not None and previous.blade != self.me \
+                            and previous.blade not in self.view.alive():
+                        await self._power_off(previous.blade, fs)
                 attempts += 1
                 try:
                     result = await self.bp.take_over_fs(fs)
-                    break
                 except Exception as exc:  # controller / file processor refusals: retry, then report
                     last_error = str(exc)
                     rec = self.view.group.ownership.get(fs)
@@ -269,19 +282,25 @@ class Takeovers:
                             rec is not None and rec.blade != self.me and previous is not None
                             and rec.epoch > previous.epoch and rec.blade in self.view.alive()):
                         raise ClusterError(f"takeover of {fs} failed after {attempts} attempts: {last_error}") from exc
-                    # every 50 ms for the first second (the old owner letting go of the address),
-                    # then slower, to once a second: each attempt is a new reservation epoch
-                    await asyncio.sleep(0.05 if attempts < 20 else min(1.0, 0.05 * 1.2 ** (attempts - 20)))
-            epoch = int(result["epoch"])
-            self.serving[fs] = epoch
-            self.released.pop(fs, None)
-            # the block processor recorded (me, epoch) in the active area; keep our view current
-            self.view.group.ownership[fs] = Ownership(blade=self.me, epoch=epoch)
-            record = TakenOver(file_system=fs, blade=self.me, epoch=epoch, reason=reason, previous=previous,
-                               owner_released=released_by_owner, time=time.time(), attempts=attempts,
-                               seconds=time.monotonic() - t0, endpoints=dict(result.get("endpoints", {})))
-            self.events.append(record)
-            log.info("%s took over %s (epoch %d, %d attempts): %s", self.me, fs, epoch, attempts, reason)
+                else:
+                    return self._took_over(fs, result, reason=reason, previous=previous,
+                                           released_by_owner=released_by_owner, attempts=attempts, t0=t0)
+            # every 50 ms for the first second (the old owner letting go of the address), then
+            # slower, to once a second: each attempt is a new reservation epoch
+            await asyncio.sleep(0.05 if attempts < 20 else min(1.0, 0.05 * 1.2 ** (attempts - 20)))
+
+    def _took_over(self, fs: str, result: dict[str, Any], *, reason: str, previous: Ownership | None,
+                   released_by_owner: bool, attempts: int, t0: float) -> TakenOver:
+        epoch = int(result["epoch"])
+        self.serving[fs] = epoch
+        self.released.pop(fs, None)
+        # the block processor recorded (me, epoch) in the active area; keep our view current
+        self.view.group.ownership[fs] = Ownership(blade=self.me, epoch=epoch)
+        record = TakenOver(file_system=fs, blade=self.me, epoch=epoch, reason=reason, previous=previous,
+                           owner_released=released_by_owner, time=time.time(), attempts=attempts,
+                           seconds=time.monotonic() - t0, endpoints=dict(result.get("endpoints", {})))
+        self.events.append(record)
+        log.info("%s took over %s (epoch %d, %d attempts): %s", self.me, fs, epoch, attempts, reason)
         return record
 
     async def _power_off(self, blade: str, fs: str) -> None:
@@ -335,11 +354,18 @@ class Takeovers:
     async def forget(self, fs: str) -> None:
         """``fs`` left the group (``ClusterMember.reconfigure``): stop serving it and drop its
         reservation and its ownership record (``BlockProcessor.release_fs``), so that its LU
-        is free for whoever deletes or reuses it."""
+        is free for whoever deletes or reuses it. A takeover of it still being retried is
+        stopped (it waits between attempts: none is running while the lock is held), and a
+        reservation an attempt left is dropped too, so a file system removed while its
+        takeover was refused does not keep its LU reserved."""
         async with self._lock:
+            task = self.pending.pop(fs, None)
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
             self.serving.pop(fs, None)
             self.released.pop(fs, None)
-            await self.bp.release_fs(fs)
+            if fs in self.bp.settings.fs_specs:
+                await self.bp.release_fs(fs)
             self.view.group.ownership.pop(fs, None)
 
     async def _ask_release(self, owner: str, fs: str) -> None:
