@@ -167,6 +167,7 @@ class ClusterMember:
                 self.bp.forget_fs(name)
             for name, spec in specs.items():
                 self.bp.define_fs(name, spec)
+                self.takeovers.restore(name)
         except ValueError as exc:
             raise ClusterError(str(exc), status=409) from exc
         changed = sorted(n for n, f in wanted.items() if n in old and f != old[n])

@@ -81,6 +81,9 @@ class Takeovers:
         """File systems this blade gave up and must not take back by itself, each with the blade
         it was released for (a graceful move), or ``None`` (released on request, for nobody)."""
         self.pending: dict[str, asyncio.Task[None]] = {}
+        self.gone: set[str] = set()
+        """File systems ``forget`` dropped: no takeover of them may start or go on, whoever
+        asked (a tick, the operator's move), until the group lists them again (``restore``)."""
         self.events: deque[OwnershipEvent] = deque(maxlen=64)
         self.started = time.monotonic()
         self._lock = asyncio.Lock()
@@ -259,7 +262,7 @@ class Takeovers:
         released_by_owner = prepared = False
         while True:
             async with self._lock:
-                if self.cfg.fs(fs) is None or fs not in self.bp.settings.fs_specs:
+                if fs in self.gone or self.cfg.fs(fs) is None or fs not in self.bp.settings.fs_specs:
                     raise ClusterError(f"takeover of {fs} stopped after {attempts} attempts: it left cluster group "
                                        f"{self.cfg.group}", status=404)
                 if not prepared:
@@ -359,6 +362,7 @@ class Takeovers:
         reservation an attempt left is dropped too, so a file system removed while its
         takeover was refused does not keep its LU reserved."""
         async with self._lock:
+            self.gone.add(fs)
             task = self.pending.pop(fs, None)
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
@@ -367,6 +371,10 @@ class Takeovers:
             if fs in self.bp.settings.fs_specs:
                 await self.bp.release_fs(fs)
             self.view.group.ownership.pop(fs, None)
+
+    def restore(self, fs: str) -> None:
+        """``fs`` is a file system of the group again (``ClusterMember.reconfigure``)."""
+        self.gone.discard(fs)
 
     async def _ask_release(self, owner: str, fs: str) -> None:
         """Ask the live ``owner`` to release ``fs`` for this blade (its management API, found in
