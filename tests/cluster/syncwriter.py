@@ -8,12 +8,15 @@ acknowledged only when the call returns the full length (the binding's file-obje
 libnfs's return codes, so the raw calls are used); a failed call is retried on the same handle,
 and libnfs reconnects to the file system's address by itself, wherever it is served from.
 
-``verify(url, path, count)`` reads the file back and returns the indexes of the records that
-are not there intact.
+``ChildWriter`` runs one in a child process: libnfs's binding keeps the GIL inside its calls,
+and its reconnect loop can spin for ever once the server is gone (a test that failed and tore
+its array down), which in a thread would freeze the whole test run. ``verify(url, path,
+count)`` reads the file back and returns the indexes of the records that are not there intact.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
@@ -111,3 +114,72 @@ def write_in_child(url: str, path: str, figures: Any, halt: Any, out: Any) -> No
     stopped = w.finished.wait(60)
     figures[:] = [w.acked, w.failed, w.max_gap]
     out.send(w.errors + ([] if stopped else ["the writer did not stop within 60s"]))
+
+
+class _Done:
+    """``ChildWriter.finished``: set once the child has exited."""
+
+    def __init__(self, proc: Any) -> None:
+        self.proc = proc
+
+    def is_set(self) -> bool:
+        return self.proc.pid is not None and not self.proc.is_alive()
+
+
+class ChildWriter:
+    """A ``SyncWriter`` in a child process (``write_in_child``), with the same figures and the
+    same ``start`` / ``stop`` / ``finished`` / ``errors``, and ``kill`` for a test's teardown.
+
+    The child imports only this module (a spawned child imports its target's module by name;
+    a test module imports ``conftest``, a name every test folder has)."""
+
+    def __init__(self, url: str, path: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.figures = ctx.Array("d", 3)
+        self.halt = ctx.Event()
+        self._errors: list[str] | None = None  # None: not reported yet
+        self._recv, send = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=write_in_child, args=(url, path, self.figures, self.halt, send), daemon=True)
+        self.finished = _Done(self.proc)
+
+    def start(self) -> None:
+        self.proc.start()
+
+    @property
+    def acked(self) -> int:
+        return int(self.figures[0])
+
+    @property
+    def failed(self) -> int:
+        return int(self.figures[1])
+
+    @property
+    def max_gap(self) -> float:
+        return float(self.figures[2])
+
+    @property
+    def errors(self) -> list[str]:
+        """What the child reported when it stopped (empty while it runs)."""
+        if self._errors is None and self._recv.poll(0):
+            try:
+                self._errors = self._recv.recv()
+            except EOFError:  # it died without a report (killed)
+                self._errors = ["the writer was killed before it reported"]
+        return self._errors or []
+
+    def running(self) -> bool:
+        return self.proc.is_alive()
+
+    def stop(self) -> None:
+        """Ask the child to stop (it reports its errors and exits: ``finished``)."""
+        self.halt.set()
+
+    def kill(self) -> None:
+        """Stop it for good: a child stuck in a libnfs call is killed."""
+        self.halt.set()
+        if self.proc.pid is None:
+            return
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()

@@ -17,12 +17,13 @@ from __future__ import annotations
 import errno
 import os
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import ArrayUp, expect
 from nasblade.nbd.client import NBDBlockDevice
-from syncwriter import SyncWriter, verify
+from syncwriter import ChildWriter, verify
 
 pytestmark = pytest.mark.component
 
@@ -36,15 +37,28 @@ def other(blade: str) -> str:
     return "g1-1" if blade == "g1-0" else "g1-0"
 
 
-def start_writer(arr: ArrayUp, name: str) -> SyncWriter:
-    w = SyncWriter(url_of(arr), f"/{name}")
+_WRITERS: list[ChildWriter] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_writer_left() -> Iterator[None]:
+    """A test that fails with its writer running leaves no libnfs client behind: one spinning
+    against an array that is gone would take a core for the rest of the run."""
+    yield
+    while _WRITERS:
+        _WRITERS.pop().kill()
+
+
+def start_writer(arr: ArrayUp, name: str) -> ChildWriter:
+    w = ChildWriter(url_of(arr), f"/{name}")
+    _WRITERS.append(w)
     w.start()
     expect(arr, lambda: w.acked >= 20 or w.finished.is_set(), timeout=60, what="the writer gets going")
     assert not w.finished.is_set(), w.errors
     return w
 
 
-def finish(arr: ArrayUp, w: SyncWriter, name: str) -> None:
+def finish(arr: ArrayUp, w: ChildWriter, name: str) -> None:
     """Stop the writer; every acknowledged record must be there."""
     w.stop()
     expect(arr, lambda: w.finished.is_set(), timeout=120, what="the writer stops")

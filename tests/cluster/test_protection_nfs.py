@@ -30,7 +30,6 @@ The figures (records acknowledged, longest wait for an acknowledgement) are prin
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import subprocess
 import time
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from typing import Any
 import pytest
 from conftest import NASBLADE, ArrayUp, expect
 from nasblade.nbd.client import NBDBlockDevice
-from syncwriter import RECORD, record, verify, write_in_child
+from syncwriter import RECORD, ChildWriter, record, verify
 
 pytestmark = pytest.mark.component
 
@@ -77,50 +76,20 @@ CASES = [
 ]
 
 
-class Writer:
-    """A ``SyncWriter`` in a child process (``syncwriter.write_in_child``), with the same figures.
-
-    The child's target lives in ``syncwriter``, which imports nothing of the tests: a spawned
-    child imports its target's module by name, and this module imports ``conftest``, a name
-    every test folder has (with the whole suite collected, the child would find another's)."""
+class Writer(ChildWriter):
+    """``syncwriter.ChildWriter``, started at once; ``stop`` waits for the child's report."""
 
     def __init__(self, url: str, path: str) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.figures = ctx.Array("d", 3)
-        self.halt = ctx.Event()
-        self.errors: list[str] = []
-        self._recv, send = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=write_in_child, args=(url, path, self.figures, self.halt, send), daemon=True)
-        self.proc.start()
+        super().__init__(url, path)
+        self.start()
 
-    @property
-    def acked(self) -> int:
-        return int(self.figures[0])
-
-    @property
-    def failed(self) -> int:
-        return int(self.figures[1])
-
-    @property
-    def max_gap(self) -> float:
-        return float(self.figures[2])
-
-    def running(self) -> bool:
-        return self.proc.is_alive()
-
-    def stop(self, timeout: float = 90.0) -> None:
+    def stop(self, timeout: float = 90.0) -> None:  # type: ignore[override]
         self.halt.set()
         if self._recv.poll(timeout):
-            self.errors = self._recv.recv()
+            self._errors = self._recv.recv()
         else:
-            self.errors = [f"the writer did not report within {timeout}s (stuck in a call)"]
+            self._errors = [f"the writer did not report within {timeout}s (stuck in a call)"]
         self.kill()
-
-    def kill(self) -> None:
-        self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join()
 
 
 def url_of(arr: ArrayUp) -> str:
