@@ -73,18 +73,17 @@ def fs_spec(raw: dict[str, Any]) -> Any:
     """Translate the blade's file-system JSON into the file processor's ``FsSpec``."""
     from nasblade.fileproc import config as fpconfig
 
-    pm = raw.get("portmapPort", 111)
     return fpconfig.parse_fs(
-        {
-            "fsName": raw["name"],
-            "device": raw["device"],
-            "exports": raw["exports"],
-            "listen": {"host": raw["address"], "nfsPort": raw.get("nfsPort", 2049),
-                       "mountPort": raw.get("mountPort", 20048), "portmapPort": pm,
-                       **({"advertise": raw["advertise"]} if raw.get("advertise") is not None else {})},
-        },
+        {"fsName": raw["name"], "device": raw["device"], "exports": raw["exports"], "listen": _listen(raw)},
         f"--fs {raw.get('name')}",
     )
+
+
+def _listen(raw: dict[str, Any]) -> dict[str, Any]:
+    """The file processor's ``listen`` mapping from the blade's file-system JSON."""
+    return {"host": raw["address"], "nfsPort": raw.get("nfsPort", 2049), "mountPort": raw.get("mountPort", 20048),
+            "portmapPort": raw.get("portmapPort", 111),
+            **({"advertise": raw["advertise"]} if raw.get("advertise") is not None else {})}
 
 
 class Agent:
@@ -190,6 +189,8 @@ async def _set_exports(request: web.Request) -> web.Response:
 async def _set_listen(request: web.Request) -> web.Response:
     """``PUT /v1/filesystems/{name}/listen`` (the --fs JSON's address, ports and ``advertise``):
     the served file system moved to new listeners in place (``FileProcessor.set_listen``)."""
+    from nasblade.fileproc import config as fpconfig
+
     fp = request.app[FP_KEY]
     name = request.match_info["name"]
     if name not in fp.endpoints:
@@ -198,8 +199,7 @@ async def _set_listen(request: web.Request) -> web.Response:
         raw = await request.json()
         if not isinstance(raw, dict):
             raise TypeError("expected a JSON object")
-        listen = fs_spec({"name": name, "device": "-", "exports": [{"path": f"/{name}", "clients": ["127.0.0.1/32"]}],
-                          **raw}).listen
+        listen = fpconfig.parse_listen(_listen(raw), "listen")
     except (ValueError, KeyError, TypeError) as exc:
         return web.json_response({"error": f"bad listen for {name}: {exc}"}, status=400)
     try:

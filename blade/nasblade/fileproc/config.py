@@ -115,18 +115,22 @@ def parse_fs(raw: Any, where: str) -> FsSpec:
     if not isinstance(exports_raw, list) or not exports_raw:
         raise ConfigError(f"{where}.exports: expected a non-empty list")
     exports = tuple(parse_export(e, f"{where}.exports[{i}]") for i, e in enumerate(exports_raw))
-    lraw = raw.get("listen", {}) or {}
+    return FsSpec(name=name, device=device, exports=exports,
+                  listen=parse_listen(raw.get("listen", {}) or {}, f"{where}.listen"))
+
+
+def parse_listen(lraw: Any, where: str) -> Listen:
+    """A file system's ``listen`` mapping (also what ``PUT /v1/filesystems/{name}/listen`` takes)."""
     if not isinstance(lraw, dict):
-        raise ConfigError(f"{where}.listen: expected a mapping")
+        raise ConfigError(f"{where}: expected a mapping")
     pm = lraw.get("portmapPort", 111)
-    listen = Listen(
+    return Listen(
         host=str(lraw.get("host", "127.0.0.1")),
-        nfs_port=_int(lraw.get("nfsPort", 2049), f"{where}.listen.nfsPort"),
-        mount_port=_int(lraw.get("mountPort", 20048), f"{where}.listen.mountPort"),
-        portmap_port=None if pm is None else _int(pm, f"{where}.listen.portmapPort"),
-        advertise=_advertise(lraw.get("advertise"), f"{where}.listen.advertise"),
+        nfs_port=_int(lraw.get("nfsPort", 2049), f"{where}.nfsPort"),
+        mount_port=_int(lraw.get("mountPort", 20048), f"{where}.mountPort"),
+        portmap_port=None if pm is None else _int(pm, f"{where}.portmapPort"),
+        advertise=_advertise(lraw.get("advertise"), f"{where}.advertise"),
     )
-    return FsSpec(name=name, device=device, exports=exports, listen=listen)
 
 
 def parse(raw: Any) -> list[FsSpec]:
