@@ -70,3 +70,55 @@ def test_a_failed_device_shows_in_the_diskarray_until_it_is_rebuilt(
     assert_clean(runner)
     assert seen.count(("Warning", "DeviceFailed")) == 1  # once, not every poll
     assert status()["devices"][1]["state"] == "ok" and status()["redundancy"]["rebuild"] == []
+
+
+def test_a_degraded_computed_from_an_old_status_does_not_put_back_an_old_ready(kubectl: Kubectl, use_tier1: str) -> None:
+    """The ``refresh_figures`` timer runs beside the reconcile handler. It read the DiskArray,
+    then the handler of a new generation wrote ``Ready`` (observedGeneration 2); the timer's
+    ``Degraded`` carries the whole conditions list it computed from what it read: written as
+    is, it put back ``Ready`` of generation 1, which nothing rewrote, and ``kubectl wait
+    --for=condition=Ready`` never returned (the clean-clone run of 3a3fdf3). It is written
+    only against the version it was computed from."""
+    import asyncio
+    import logging
+
+    import kopf
+    import pykube
+    from nasblade_operator import kube, state
+    from nasblade_operator.diskarray import handlers
+    from test_devices import answer, device
+
+    def ready(generation: int) -> list[dict[str, Any]]:
+        return [{"type": "Ready", "status": "True", "reason": "Ready", "message": "", "observedGeneration": generation,
+                 "lastTransitionTime": "2026-12-05T10:00:00Z"}]
+
+    def write_status(conds: list[dict[str, Any]]) -> None:
+        kubectl("patch", "diskarray", "a1", "--subresource=status", "--type=merge",
+                "-p", json.dumps({"status": {"conditions": conds}}))
+
+    kubectl.apply(array())
+    write_status(ready(1))
+    read = kubectl.get("diskarray", "a1")  # what the timer read
+    assert read is not None
+    kubectl("patch", "diskarray", "a1", "--type=merge", "-p", json.dumps({"spec": {"controller": {"cacheSize": "64Mi"}}}))
+    write_status(ready(2))  # the handler of generation 2
+    st = state.OperatorState(kube=kube.Kube(pykube.HTTPClient(pykube.KubeConfig.from_file(use_tier1), timeout=30)))
+    mirror = answer(device(0), device(1))
+
+    def timer_pass(body: dict[str, Any]) -> kopf.Patch:
+        patch = kopf.Patch()
+        asyncio.run(handlers._show_device_health(
+            st, kopf.Body(body), mirror, name="a1", namespace=kubectl.namespace, status=body.get("status", {}),
+            patch=patch, logger=logging.getLogger("test")))
+        return patch
+
+    patch = timer_pass(read)
+    now = kubectl.get("diskarray", "a1")
+    assert condition(now, "Ready")["observedGeneration"] == 2, "the handler's Ready was overwritten"
+    assert condition(now, "Degraded") == {}, "written against a version that is gone"
+    assert "devices" in patch.get("status", {}), "the timer's own fields still go through kopf's patch"
+    # the next interval reads the new status, and Degraded is written beside the handler's Ready
+    timer_pass(now)
+    after = kubectl.get("diskarray", "a1")
+    assert condition(after, "Ready")["observedGeneration"] == 2
+    assert condition(after, "Degraded")["reason"] == "AllDevicesOk"

@@ -483,7 +483,8 @@ async def refresh_figures(body: kopf.Body, name: str, namespace: str | None, sta
     asked = (body.metadata.get("annotations") or {}).get(naming.A_REPLACE_DEVICE)
     if asked is not None:
         await _replace_device(st, body, asked, answer, name=name, namespace=namespace)
-    _show_device_health(body, answer, name=name, namespace=namespace, status=status, patch=patch)
+    await _show_device_health(st, body, answer, name=name, namespace=namespace, status=status, patch=patch,
+                              logger=logger)
     if status.get("lus") != layout:  # the map's LU extents, patched only when they moved
         patch.status["lus"] = layout
     figures = {
@@ -529,14 +530,30 @@ async def _replace_device(st: state.OperatorState, body: kopf.Body, asked: str, 
                       "(status.devices shows the progress)")
 
 
-def _show_device_health(body: kopf.Body, answer: Mapping[str, Any], *, name: str, namespace: str,
-                        status: Mapping[str, Any], patch: kopf.Patch) -> None:
+async def _show_device_health(st: state.OperatorState, body: kopf.Body, answer: Mapping[str, Any], *, name: str,
+                              namespace: str, status: Mapping[str, Any], patch: kopf.Patch, logger: kopf.Logger) -> None:
     """``status.redundancy``, ``status.devices`` and the ``Degraded`` condition, patched only when
-    they changed; Events for the transitions (``diskarray/devices.py`` decides both)."""
+    they changed; Events for the transitions (``diskarray/devices.py`` decides both).
+
+    The conditions are one list, and this timer runs beside the reconcile handler: a list
+    computed from the status this timer read would put back a ``Ready`` the handler has since
+    rewritten (a spec change's new ``observedGeneration`` lost for good). So the list is
+    written only against the resourceVersion it was computed from; on a conflict the next
+    interval computes it again from the newer status."""
     found = devices.assess(answer, name=name, namespace=namespace, status=status,
                            generation=int(body.metadata.get("generation", 0)))
     for key, value in found.patch.items():
-        patch.status[key] = value
+        if key != "conditions":
+            patch.status[key] = value
+    if "conditions" in found.patch:
+        try:
+            await st.kube.patch("DiskArray", name, {"metadata": {"resourceVersion": body.metadata.get("resourceVersion")},
+                                                    "status": {"conditions": found.patch["conditions"]}},
+                                namespace=namespace, subresource="status")
+        except kube.KubeError as exc:
+            if exc.status != 409:
+                raise
+            logger.debug("Degraded of %s/%s not written: the DiskArray changed meanwhile", namespace, name)
     for e in found.events:
         (events.warning if e.type == "Warning" else events.normal)(body, e.reason, e.message)
 
