@@ -58,6 +58,10 @@ def test_geometry_and_checksums() -> None:
     assert g.vsize % MiB == 0 and g.csum_offset == g.vsize
     assert g.bitmap_offset >= g.csum_offset + g.blocks * rd.CSUM_SIZE
     assert g.bitmap_offset + g.regions <= SIZE
+    assert (g.journal_offset, g.journal_size) == (0, 0)  # none and mirror arrays: no journal, geometry unchanged
+    j = rd.Geometry.for_size(SIZE + 12345, journal=4 * MiB)  # a parity array's stripe journal ends the tail
+    assert j.vsize <= g.vsize - 4 * MiB and j.journal_offset >= j.bitmap_offset + j.regions
+    assert j.journal_offset + j.journal_size <= SIZE
     assert g.overhead < SIZE // 32
     assert rd.checksum(bytes(rd.BLOCK)) == 0
     assert rd.checksum(b"x" * rd.BLOCK) != 0

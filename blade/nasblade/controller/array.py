@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from nasblade.controller import layout, luname
+from nasblade.controller import journal, layout, luname
 from nasblade.controller import redundancy as rd
 from nasblade.controller.parity import ParityVDev
 from nasblade.controller.vdev import (
@@ -171,7 +171,8 @@ class Array:
                                                         layout.META_SIZE)
                 dev.reason = str(drec.get("reason", ""))
             if state.version >= 2:
-                dev.geometry = rd.Geometry.for_size(dev.size, unit=state.unit, meta=layout.META_SIZE)
+                dev.geometry = rd.Geometry.for_size(dev.size, unit=state.unit, meta=layout.META_SIZE,
+                                                    journal=state.journal)
             devices.append(dev)
         for dev in devices:
             if dev.fd >= 0 and dev.state != "failed":
@@ -205,15 +206,19 @@ class Array:
             raise layout.LayoutError(str(exc)) from exc
         state = layout.ArrayState(uuid=str(uuid.uuid4()), device_sizes=[d.size for d in opened],
                                   protection=protection.to_json(),
-                                  device_states=[{"state": "ok"} for _ in opened])
+                                  device_states=[{"state": "ok"} for _ in opened],
+                                  journal=journal.SIZE if protection.level == "parity" else 0)
         for dev in opened:
             try:
-                dev.geometry = rd.Geometry.for_size(dev.size, unit=state.unit, meta=layout.META_SIZE)
+                dev.geometry = rd.Geometry.for_size(dev.size, unit=state.unit, meta=layout.META_SIZE,
+                                                    journal=state.journal)
             except rd.ProtectionError as exc:
                 raise layout.LayoutError(f"device {dev.path}: {exc}") from exc
             _reset_tail(dev)
         array = cls(opened, state)
         array.persist()
+        for v in array.vdevs:
+            v.resync()  # nothing to resync; a parity set's journal gets its first header
         log.info("formatted a new array %s on %d device(s), protection %s", state.uuid,
                  len(opened), protection.name)
         return array
@@ -448,9 +453,7 @@ class Array:
         v, m = work[0]
         done = v.rebuild_step(m, nbytes)
         if m.rebuilt >= v.device_end and m.state == "rebuilding":
-            v.sync()
-            m.state, m.reason = "ok", ""
-            self.persist()
+            v.finish_rebuild(m, self.persist)
             log.warning("device %d (%s) rebuilt", m.index, m.path)
         return done
 
@@ -506,7 +509,8 @@ class Array:
                 "virtualDevices": [{"index": v.index, "devices": [m.index for m in v.members],
                                     "size": v.size, "repairedBlocks": v.stats.repaired_blocks,
                                     "lostBlocks": v.stats.lost_blocks,
-                                    "resyncedRegions": v.stats.resynced_regions}
+                                    "resyncedRegions": v.stats.resynced_regions,
+                                    "journalReplayed": v.stats.journal_replayed}
                                    for v in self.vdevs],
                 "repairedBlocks": sum(v.stats.repaired_blocks for v in self.vdevs),
                 "lostBlocks": sum(v.stats.lost_blocks for v in self.vdevs),

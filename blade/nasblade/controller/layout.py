@@ -122,6 +122,9 @@ class ArrayState:
     device_states: list[dict[str, Any]] = field(default_factory=list)
     #: when the last scrub finished, and what it found
     scrub: dict[str, Any] = field(default_factory=dict)
+    #: bytes of stripe journal at the end of every device's tail (parity arrays formatted
+    #: since it exists; 0 for the others, whose geometry it must not change)
+    journal: int = 0
 
     def payload(self, device_index: int) -> dict[str, Any]:
         out = {"version": self.version, "uuid": self.uuid, "device": device_index,
@@ -129,6 +132,8 @@ class ArrayState:
                "lus": [lu.to_json() for lu in self.lus.values()], "copyJobs": self.copy_jobs}
         if self.version >= 2:
             out.update(protection=self.protection, deviceStates=self.device_states, scrub=self.scrub)
+            if self.journal:
+                out["journal"] = self.journal
         return out
 
     @classmethod
@@ -143,7 +148,7 @@ class ArrayState:
                    lus={lu.name: lu for lu in lus}, copy_jobs=list(d.get("copyJobs", [])),
                    seq=seq, unit=int(d["unit"]), version=int(version),
                    protection=dict(d.get("protection") or {}), device_states=states,
-                   scrub=dict(d.get("scrub") or {}))
+                   scrub=dict(d.get("scrub") or {}), journal=int(d.get("journal") or 0))
 
 
 # --- superblock records ----------------------------------------------------------------------

@@ -22,6 +22,10 @@ needed), the parity computed from the new data and every unit of the row written
 write-intent bit of its region is on the devices. After a crash, ``resync`` recomputes the
 parity of every stripe of a dirty region from its data (the data is authoritative, its
 checksums are brought up to date): no stripe is left whose parity disagrees with its data.
+While a device is failed or being rebuilt, the data units it holds are defined by the parity
+alone; every stripe write then records them in the stripe journal (``journal``) before
+writing in place, and ``resync`` replays the journal first (the write hole of a degraded
+RAID 5, closed).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from collections.abc import Callable, Iterator
 
 import zfec
 
+from nasblade.controller import journal as jn
 from nasblade.controller import redundancy as rd
 from nasblade.controller.redundancy import BLOCK
 from nasblade.controller.vdev import Member, VDev
@@ -75,6 +80,9 @@ class ParityVDev(VDev):
         self.size = meta + usable - usable % unit
         self._enc = zfec.Encoder(self.k, self.n)
         self._dec = zfec.Decoder(self.k, self.n)
+        #: the stripe journal, on arrays formatted with one (``layout.ArrayState.journal``)
+        self.journal = jn.StripeJournal(members, on_error=lambda m, exc: self._error(m, "write", exc)) \
+            if all(m.geometry is not None and m.geometry.journal_size for m in members) and self.n <= 64 else None
 
     # --- the stripe map -------------------------------------------------------------------------
 
@@ -268,6 +276,7 @@ class ParityVDev(VDev):
         for stripe, share, d0, k in self.pieces(start, len(data)):
             by_stripe.setdefault(stripe, []).append((share, d0, data[pos : pos + k]))
             pos += k
+        rows: list[tuple[int, int, list[bytearray | memoryview], list[tuple[int, memoryview]]]] = []
         for stripe, parts in by_stripe.items():
             lo = min(d0 for _, d0, _ in parts)
             hi = max(d0 + len(v) for _, d0, v in parts)
@@ -275,14 +284,50 @@ class ParityVDev(VDev):
             if whole:
                 chunks: list[bytearray | memoryview] = [v for _, _, v in sorted(parts, key=lambda t: t[0])]
             else:
-                rows = self._row(stripe, lo, hi - lo)
+                row = self._row(stripe, lo, hi - lo)
                 for share, d0, v in parts:
-                    rows[share][d0 - lo : d0 - lo + len(v)] = v
-                chunks = list(rows[: self.k])
+                    row[share][d0 - lo : d0 - lo + len(v)] = v
+                chunks = list(row[: self.k])
             parity = self._enc.encode(tuple(bytes(c) for c in chunks), tuple(range(self.k, self.n)))
             units: list[tuple[int, memoryview]] = [(s, memoryview(chunks[s])) for s, _, _ in parts]
             units += [(self.k + j, memoryview(p)) for j, p in enumerate(parity)]
-            self._put(stripe, lo, units)
+            rows.append((stripe, lo, chunks, units))
+        with self._journaled() as missing:
+            if missing:
+                self._record(jn.DATA, missing, rows)
+            for stripe, lo, _, units in rows:
+                self._put(stripe, lo, units)
+
+    @contextlib.contextmanager
+    def _journaled(self) -> Iterator[int]:
+        """Around the in-place writes of stripes: the journal's lock, and the mask of members
+        whose units exist only as parity (not ``ok``: failed, missing or rebuilding) -- 0 when
+        the set is whole or has no journal (nothing to record)."""
+        if self.journal is None or not self._missing():
+            yield 0  # a member that fails during this write is the one case left (md's too)
+            return
+        with self.journal.lock:  # ``finish_rebuild`` makes a member ok under it
+            yield self._missing()
+
+    def _missing(self) -> int:
+        return sum(1 << i for i, m in enumerate(self.members) if m.state != "ok" or m.fd < 0)
+
+    def _record(self, kind: int, missing: int,
+                rows: list[tuple[int, int, list[bytearray | memoryview], list[tuple[int, memoryview]]]]) -> None:
+        """Journal, per stripe, the content of its data units on the ``missing`` members."""
+        assert self.journal is not None
+        entries = []
+        for stripe, lo, chunks, _ in rows:
+            mask, units = 0, []
+            for pos in range(self.n):
+                share = (pos - stripe) % self.n
+                if missing >> pos & 1 and share < self.k:
+                    mask |= 1 << pos
+                    units.append(chunks[share])
+            if mask:
+                entries.append((kind, stripe, 1, lo, len(chunks[0]), mask, units))
+        if entries:
+            self.journal.append(entries, self.sync)
 
     def _put(self, stripe: int, d0: int, units: list[tuple[int, memoryview]]) -> None:
         """Write units of one row to their devices; ``EIO`` when more shares of the row than
@@ -316,9 +361,12 @@ class ParityVDev(VDev):
         if offset + length > a1:
             self._write_zeroes(a1, offset + length - a1)
         d0, dn = self.meta + s0 * UNIT, (s1 - s0) * UNIT
-        with super().locked(d0, dn):
+        with super().locked(d0, dn), self._journaled() as missing:
             regions = self._mark(d0, dn)
             try:
+                if missing:
+                    assert self.journal is not None
+                    self.journal.append([(jn.ZERO, s0, s1 - s0, d0, UNIT, missing, [])], self.sync)
                 for m in self.writers:
                     try:
                         self._zero_member(m, d0, dn, provision)
@@ -352,13 +400,68 @@ class ParityVDev(VDev):
             yield s, self.meta + s * UNIT
 
     def resync(self) -> int:
-        """After a restart: recompute the parity of every stripe of a dirty region."""
+        """After a restart: replay the stripe journal, then recompute the parity of every
+        stripe of a dirty region; the journal starts a new epoch."""
         regions = self.dirty_regions()
+        replayed = self._replay(set(regions)) if self.journal is not None else 0
         for r in regions:
             with super().locked(r * rd.REGION, rd.REGION):
                 for s, d0 in self._rows_in(r * rd.REGION, (r + 1) * rd.REGION):
                     self._row(s, d0, UNIT, resync=True)
-        return self._resynced(regions, "recomputed the parity of")
+        if replayed:
+            self.stats.journal_replayed += replayed
+            log.warning("virtual device %d: replayed the journal of %d stripe(s) written while degraded",
+                        self.index, replayed)
+        done = self._resynced(regions, "recomputed the parity of")
+        if self.journal is not None and any(m.writable for m in self.members):
+            with self.journal.lock:
+                self.journal.reset(self.sync)
+        return done
+
+    def _replay(self, dirty: set[int]) -> int:
+        """For every stripe of a ``dirty`` region with journal entries, its last entry: the
+        recorded units of members that are still not ``ok`` taken from the journal, the other
+        units as they are on the devices, the parity recomputed and written. Returns the
+        stripes replayed."""
+        assert self.journal is not None
+        last: dict[int, jn.Entry] = {}
+        for e in self.journal.load():
+            for s in range(e.stripe, e.stripe + e.count):
+                last[s] = e
+        missing = {i for i, m in enumerate(self.members) if m.state != "ok" or m.fd < 0}
+        done = 0
+        for s, e in sorted(last.items()):
+            d0 = self.meta + s * UNIT if e.kind == jn.ZERO else e.d0
+            length = UNIT if e.kind == jn.ZERO else e.length
+            if s >= self.stripes or not set(rd.regions_of(d0, length)) & dirty:
+                continue
+            override: dict[int, bytes] = {}
+            for n, pos in enumerate(e.positions()):
+                share = (pos - s) % self.n
+                if pos in missing and share < self.k:
+                    override[share] = e.units[n] if e.kind == jn.DATA else bytes(length)
+            if not override:
+                continue
+            with super().locked(d0, length):
+                chunks = self._row(s, d0, length, resync=True)
+                for share, unit in override.items():
+                    chunks[share][:] = unit
+                parity = self._enc.encode(tuple(bytes(c) for c in chunks[: self.k]), tuple(range(self.k, self.n)))
+                for j, p in enumerate(parity):
+                    chunks[self.k + j][:] = p
+                self._put(s, d0, [(i, memoryview(chunks[i])) for i in (*override, *range(self.k, self.n))])
+            done += 1
+        return done
+
+    def finish_rebuild(self, m: Member, persist: Callable[[], None]) -> None:
+        """A rebuilt device is back: with no write in between, it becomes ``ok`` and the journal
+        (whose entries all speak of units that are now on it) starts a new epoch."""
+        if self.journal is None:
+            super().finish_rebuild(m, persist)
+            return
+        with self.journal.lock:
+            super().finish_rebuild(m, persist)
+            self.journal.reset(self.sync)
 
     def scrub_step(self, start: int, n: int) -> tuple[int, int]:
         """Verify checksums and parity of the stripes that begin in virtual ``[start,

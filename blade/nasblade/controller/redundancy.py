@@ -20,6 +20,7 @@ are the same on every copy and equal to the offsets in the LU extents)::
     META_SIZE .. vsize          data (the virtual device's offsets, identical on each copy)
     csum_offset ..              one 8-byte checksum per 4 KiB block of the device
     bitmap_offset ..            the write-intent bitmap: one byte per ``REGION`` of data
+    journal_offset ..           a parity array's stripe journal (``journal``), if it has one
 
 A stored checksum is ``xxh3_64(block) ^ ZERO_SUM`` so an all-zero block (a punched hole, a
 never-written extent) has the stored value 0 and zeroing a range costs no hashing.
@@ -158,18 +159,23 @@ class Geometry:
     csum_offset: int
     bitmap_offset: int
     regions: int
+    journal_offset: int = 0
+    #: bytes of stripe journal (0: none; arrays formatted before it have none)
+    journal_size: int = 0
 
     @classmethod
-    def for_size(cls, size: int, *, unit: int = MiB, meta: int = 8 * MiB) -> Geometry:
+    def for_size(cls, size: int, *, unit: int = MiB, meta: int = 8 * MiB, journal: int = 0) -> Geometry:
         usable = size - size % unit
         blocks = usable // BLOCK
         csum_bytes = _round_up(blocks * CSUM_SIZE, BLOCK)
         regions = -(-usable // REGION)
-        tail = _round_up(csum_bytes + _round_up(regions, BLOCK), unit)
+        bitmap_bytes = _round_up(regions, BLOCK)
+        tail = _round_up(csum_bytes + bitmap_bytes + journal, unit)
         vsize = usable - tail
         if vsize < meta + unit:
             raise ProtectionError(f"a device of {size} bytes is too small for checksums")
-        return cls(size, vsize, vsize, vsize + csum_bytes, -(-vsize // REGION))
+        return cls(size, vsize, vsize, vsize + csum_bytes, -(-vsize // REGION),
+                   vsize + csum_bytes + bitmap_bytes if journal else 0, journal)
 
     @property
     def blocks(self) -> int:

@@ -224,6 +224,8 @@ class Stats:
     scrub_errors: int = 0
     #: parity units found disagreeing with verified data by scrub (parity sets only)
     parity_mismatches: int = 0
+    #: stripes whose journalled units a crash resync put back (parity sets only)
+    journal_replayed: int = 0
 
 
 class VDev:
@@ -633,6 +635,12 @@ class VDev:
             except OSError:
                 return 0, self.stats.lost_blocks - lost_before
             return repaired, 0
+
+    def finish_rebuild(self, m: Member, persist: Callable[[], None]) -> None:
+        """``m`` is rebuilt to the end: synced, ``ok``, and the superblock says so."""
+        self.sync()
+        m.state, m.reason = "ok", ""
+        persist()
 
     def rebuild_step(self, m: Member, n: int) -> int:
         """Copy the next ``n`` bytes of ``m`` from the other copies; returns bytes done."""
