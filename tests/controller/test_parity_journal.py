@@ -136,3 +136,34 @@ def test_a_crash_at_any_device_write_of_a_degraded_stripe_write_loses_nothing(
     else:
         # the hole the journal closes: without it some crash point loses the untouched unit
         assert wrong, "no crash point showed the write hole: this test cannot tell the journal's work"
+
+
+def test_the_journal_format_takes_only_whole_entries_of_its_epoch() -> None:
+    """``decode_entries`` reads entries of the header's epoch in order and stops at the first
+    block that is not one: a torn entry (its payload checksum wrong), an entry of an older
+    epoch (what a reset leaves behind), garbage."""
+    unit = os.urandom(8 << 10)
+
+    def entries(epoch: int, seq: int) -> bytes:
+        blocks = jn.encode_entry(epoch, seq, kind=jn.DATA, stripe=7, count=1, d0=layout.META_SIZE, length=len(unit),
+                                 mask=0b10, units=[unit])
+        blocks += jn.encode_entry(epoch, seq + 1, kind=jn.ZERO, stripe=9, count=3, d0=layout.META_SIZE, length=UNIT,
+                                  mask=0b101)
+        return b"".join(bytes(b) for b in blocks)
+
+    assert jn.decode_header(jn.encode_header(5)) == 5
+    assert jn.decode_header(b"\0" * 4096) is None
+    corrupt = bytearray(jn.encode_header(5))
+    corrupt[9] ^= 1
+    assert jn.decode_header(corrupt) is None
+    log = entries(5, 1) + entries(4, 3)  # after a reset: the new epoch's entries, then old ones
+    got = jn.decode_entries(log, 5)
+    assert [(e.seq, e.kind, e.stripe, e.count, e.positions()) for e in got] == [(1, jn.DATA, 7, 1, [1]), (2, jn.ZERO, 9, 3, [0, 2])]
+    assert got[0].units == (unit,)
+    torn = bytearray(entries(5, 1))
+    torn[4096 + 100] ^= 0xFF  # the first entry's payload
+    assert jn.decode_entries(torn, 5) == []
+    assert jn.decode_entries(entries(5, 1)[: 4096 + 4096], 5) == []  # cut short
+    assert jn.decode_entries(os.urandom(1 << 16), 5) == []
+    with pytest.raises(ValueError, match="whole blocks"):
+        jn.encode_entry(1, 1, kind=jn.DATA, stripe=0, count=1, d0=0, length=4096, mask=1, units=[b"x" * 100])
