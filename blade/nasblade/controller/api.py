@@ -483,6 +483,7 @@ async def post_device_replace(request: web.Request) -> web.Response:
         await asyncio.get_running_loop().run_in_executor(e.io_pool, e.array.replace, n, path)
     except (ValueError, OSError) as exc:
         return _error(409, f"cannot replace device {n}: {exc}")
+    request.app[MAINT].request_rebuild()
     return web.json_response(e.array.devices[n].to_json())
 
 

@@ -43,6 +43,7 @@ class Maintenance:
         self.busy_rate = busy_rate
         self.scrub_interval = scrub_interval
         self._scrub_wanted = asyncio.Event()
+        self._rebuild_wanted = asyncio.Event()
         self.scrub_running = False
         self.scrub_progress = (0, 0)  # (bytes done, bytes in the pass)
         self.scrub_found = (0, 0)  # (repaired, lost) in the running pass
@@ -56,6 +57,10 @@ class Maintenance:
 
     def request_scrub(self) -> None:
         self._scrub_wanted.set()
+
+    def request_rebuild(self) -> None:
+        """A device was replaced: start rebuilding now, not at the next look."""
+        self._rebuild_wanted.set()
 
     def scrub_status(self) -> dict[str, Any]:
         done, total = self.scrub_progress
@@ -104,7 +109,9 @@ class Maintenance:
     async def _rebuild(self) -> None:
         while True:
             if not self.array.rebuilding():
-                await asyncio.sleep(WATCH / 2)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._rebuild_wanted.wait(), WATCH / 2)
+                self._rebuild_wanted.clear()
                 continue
             since_checkpoint = 0
             while self.array.rebuilding():
