@@ -342,21 +342,33 @@ async def _provision(
             raise kopf.TemporaryError("waiting for the NBD admin certificate Secret",
                                       delay=settings.current().retry_delay)
     arrayapi.use_nbd_tls(nbd, str(tls_dir) if tls_dir is not None else None)
-    try:
-        ensured = await api.ensure_lus(builders.desired_lus(parsed))
-        fs = await ensure_formatted(parsed, nbd=nbd, lus=ensured.lus, status=status, patch=patch, locks=st.lu_locks)
-        async with st.lu_locks.hold((nbd, naming.LU_PROGRAM)):
-            seeded = await arrayapi.seed_program(nbd, version=parsed.software_version)
-    except arrayapi.ArrayRefused as exc:
-        reason = "NoSpace" if exc.status == 507 else "ControllerRefused"
-        _not_ready(status, patch, generation=generation, reason=reason, message=str(exc))
-        events.warning(body, "NoSpace" if exc.status == 507 else "ControllerUnavailable", f"the controller refused: {exc}")
-        metrics.RECONCILE_ERRORS.labels("DiskArray", reason).inc()
-        raise kopf.TemporaryError(str(exc), delay=max(30.0, settings.current().retry_delay)) from None
-    except arrayapi.ArrayUnavailable as exc:
-        _not_ready(status, patch, generation=generation, reason="ControllerUnavailable", message=str(exc))
-        metrics.RECONCILE_ERRORS.labels("DiskArray", "ControllerUnavailable").inc()
-        raise kopf.TemporaryError(str(exc), delay=settings.current().retry_delay) from None
+    deadline = time.monotonic() + CONTROLLER_WAIT
+    while True:
+        try:
+            ensured = await api.ensure_lus(builders.desired_lus(parsed))
+            fs = await ensure_formatted(parsed, nbd=nbd, lus=ensured.lus, status=status, patch=patch, locks=st.lu_locks)
+            async with st.lu_locks.hold((nbd, naming.LU_PROGRAM)):
+                seeded = await arrayapi.seed_program(nbd, version=parsed.software_version)
+            break
+        except arrayapi.ArrayRefused as exc:
+            reason = "NoSpace" if exc.status == 507 else "ControllerRefused"
+            _not_ready(status, patch, generation=generation, reason=reason, message=str(exc))
+            events.warning(body, "NoSpace" if exc.status == 507 else "ControllerUnavailable", f"the controller refused: {exc}")
+            metrics.RECONCILE_ERRORS.labels("DiskArray", reason).inc()
+            raise kopf.TemporaryError(str(exc), delay=max(30.0, settings.current().retry_delay)) from None
+        except arrayapi.ArrayUnavailable as exc:
+            _not_ready(status, patch, generation=generation, reason="ControllerUnavailable", message=str(exc))
+            metrics.RECONCILE_ERRORS.labels("DiskArray", "ControllerUnavailable").inc()
+            if time.monotonic() >= deadline:
+                raise kopf.TemporaryError(str(exc), delay=settings.current().retry_delay) from None
+            # A transient failure (the controller restarting, an NBD connection reset) is retried
+            # here, bounded like the wait for the controller pod, with the status showing it
+            # now: kopf's own retry needs a later event to wake it, and events that arrive
+            # while it sleeps (the groups', the timer's) could leave it waiting for the next
+            # spec change.
+            await st.kube.patch("DiskArray", name, {"status": dict(patch.status)}, namespace=namespace,
+                                subresource="status")
+            await asyncio.sleep(settings.current().retry_delay)
     if ensured.changed or fs.formatted:
         done = [f"created or grew LUs: {', '.join(ensured.changed)}"] if ensured.changed else []
         done += [f"formatted: {', '.join(fs.formatted)}"] if fs.formatted else []
