@@ -167,3 +167,24 @@ def test_the_journal_format_takes_only_whole_entries_of_its_epoch() -> None:
     assert jn.decode_entries(os.urandom(1 << 16), 5) == []
     with pytest.raises(ValueError, match="whole blocks"):
         jn.encode_entry(1, 1, kind=jn.DATA, stripe=0, count=1, d0=0, length=4096, mask=1, units=[b"x" * 100])
+
+
+def test_a_journalled_array_is_refused_by_a_controller_that_knows_no_journal(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal moves the end of the data area: a parity array with one says superblock
+    version 3, which a controller knowing versions 1 and 2 only refuses (a rollback must not
+    read checksums from the wrong place); mirror and none arrays stay version 2."""
+    specs = [(str(tmp_path / f"p{i}"), SIZE) for i in range(3)]
+    Array.open(specs, "parity-1").close()
+    mirror = [(str(tmp_path / f"m{i}"), SIZE) for i in range(2)]
+    Array.open(mirror, "mirror-2").close()
+    a = Array.open([(p, None) for p, _ in specs])
+    assert (a.state.version, a.state.journal) == (layout.JOURNAL_VERSION, jn.SIZE)
+    a.close()
+    m = Array.open([(p, None) for p, _ in mirror])
+    assert (m.state.version, m.state.journal) == (layout.FORMAT_VERSION, 0)
+    m.close()
+    monkeypatch.setattr(layout, "VERSIONS", (1, 2))  # the controller before the journal
+    with pytest.raises(layout.LayoutError, match="unsupported superblock version 3"):
+        Array.open([(p, None) for p, _ in specs])
+    Array.open([(p, None) for p, _ in mirror]).close()

@@ -207,7 +207,8 @@ class Array:
         state = layout.ArrayState(uuid=str(uuid.uuid4()), device_sizes=[d.size for d in opened],
                                   protection=protection.to_json(),
                                   device_states=[{"state": "ok"} for _ in opened],
-                                  journal=journal.SIZE if protection.level == "parity" else 0)
+                                  journal=journal.SIZE if protection.level == "parity" else 0,
+                                  version=layout.JOURNAL_VERSION if protection.level == "parity" else layout.FORMAT_VERSION)
         for dev in opened:
             try:
                 dev.geometry = rd.Geometry.for_size(dev.size, unit=state.unit, meta=layout.META_SIZE,

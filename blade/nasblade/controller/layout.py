@@ -44,7 +44,12 @@ FORMAT_VERSION = 2
 """Version 2: a protection level, per-device states, and the checksum/bitmap tail on every
 device (``redundancy``). Version-1 arrays (no tail) still open, as protection ``none``
 without checksums, and keep version 1."""
-VERSIONS = (1, 2)
+JOURNAL_VERSION = 3
+"""Version 3: version 2 with a stripe journal at the end of every device's tail (parity arrays
+formatted since it exists, ``ArrayState.journal``). The journal moves the data area's end,
+so a controller that knows only version 2 must refuse such an array (it would look for the
+checksums in the wrong place), and it does: the version is not one it knows."""
+VERSIONS = (1, 2, 3)
 
 
 class NoSpace(Exception):
