@@ -296,19 +296,22 @@ async def _wait_for_controller(
     key = (namespace, name)
     if _controller_ready(pods, key):
         return
+    # registered before the status patch below: a pod event indexed while that request is out
+    # wakes the wait instead of being missed for the whole CONTROLLER_WAIT
+    wake = st.controller_waits.setdefault(key, asyncio.Event())
+    wake.clear()
     cond = conditions.set_condition(status.get("conditions", []), type=conditions.READY, status="False",
                                     reason="WaitingForController", message="the controller pod is not Ready yet",
                                     generation=generation)
     cond = conditions.set_condition(cond, type=conditions.PROGRESSING, status="True",
                                     reason="WaitingForController", message="waiting for the controller pod",
                                     generation=generation)
-    if cond != status.get("conditions") or status.get("observedGeneration") != generation:
-        await st.kube.patch("DiskArray", name, {"status": {"conditions": cond, "observedGeneration": generation}},
-                            namespace=namespace, subresource="status")
-    wake = st.controller_waits.setdefault(key, asyncio.Event())
-    wake.clear()
     try:
-        await asyncio.wait_for(wake.wait(), timeout=CONTROLLER_WAIT)
+        if cond != status.get("conditions") or status.get("observedGeneration") != generation:
+            await st.kube.patch("DiskArray", name, {"status": {"conditions": cond, "observedGeneration": generation}},
+                                namespace=namespace, subresource="status")
+        if not _controller_ready(pods, key):
+            await asyncio.wait_for(wake.wait(), timeout=CONTROLLER_WAIT)
     except TimeoutError:
         pass
     finally:
