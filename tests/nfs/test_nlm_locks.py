@@ -142,6 +142,30 @@ def test_grace_period() -> None:
     assert not g.active(101.0)
 
 
+def test_grace_period_ends_once_every_client_told_to_reclaim_has() -> None:
+    """Named hosts: the period ends ``settle`` seconds after the last reclaim once every one
+    of them reclaimed; until then (and with one missing) it runs its full length."""
+    g = Grace(settle=5.0)
+    g.start(100.0, 90.0, hosts=["a", "b"])
+    g.reclaimed("a", 101.0)
+    assert g.active(110.0) and g.awaiting == {"b"}  # b is not back: the full length
+    g.reclaimed("b", 111.0)
+    g.reclaimed("b", 112.0)  # its second lock
+    assert g.active(116.9) and g.remaining(116.9) > 70
+    assert not g.active(117.0) and g.remaining(117.0) == 0.0
+    g.reclaimed("a", 118.0)  # too late to open it again
+    assert not g.active(118.5)
+
+    g.start(200.0, 90.0, hosts=["a", "b"])
+    g.reclaimed("a", 201.0)
+    assert g.active(289.9) and not g.active(290.0)  # b never came back
+    assert g.awaiting == {"b"} and g.expected == 2
+
+    g.start(300.0, 20.0)  # no names: the whole period even after reclaims
+    g.reclaimed("a", 301.0)
+    assert g.active(319.0)
+
+
 OWNERS = [A, A2, B]
 ops = st.lists(st.tuples(st.sampled_from(["lock", "unlock"]), st.integers(0, 2), st.booleans(),
                          st.integers(0, 12), st.integers(1, 6)), max_size=40)

@@ -239,6 +239,58 @@ def test_locks_conflicts_callbacks_and_reclaim_after_restart(tmp_path: Path) -> 
     asyncio.run(scenario())
 
 
+def test_grace_period_ends_when_every_monitored_client_has_reclaimed(tmp_path: Path) -> None:
+    """A restart with a 60 s grace period: once both monitored clients reclaimed and the settle
+    time passed, new locks are served again (the conflicting one refused: it was reclaimed);
+    with one client missing the grace period goes on."""
+    device, fh = make_fs(tmp_path / "g.img")
+
+    async def scenario() -> None:
+        async with fake_client() as fc:
+            fp = FileProcessor(commit_interval=0.2, grace_period=60.0, grace_settle=0.5,
+                               callback_portmap_port=fc.port)
+            eps = await fp.add_filesystem(spec(device))
+            port = int(eps["nfs"].rsplit(":", 1)[1])
+            a, b, c = (Host(n, s, port) for n, s in ((b"alpha", "127.0.0.2"), (b"beta", "127.0.0.3"),
+                                                      (b"gamma", "127.0.0.4")))
+
+            def run(fn: Any, *args: Any, **kw: Any) -> Any:
+                return asyncio.to_thread(fn, *args, **kw)
+
+            assert await run(b.lock, fh, off=0, length=10) == nlm.Stat.GRANTED
+            assert await run(b.lock, fh, off=50, length=10) == nlm.Stat.GRANTED
+            assert await run(c.lock, fh, off=100, length=10) == nlm.Stat.GRANTED
+
+            async def restart() -> list[Host]:
+                await fp.remove_filesystem("l")
+                eps = await fp.add_filesystem(spec(device))
+                p = int(eps["nfs"].rsplit(":", 1)[1])
+                return [dataclasses.replace(h, port=p) for h in (a, b, c)]
+
+            # beta comes back, gamma does not: still in grace after the settle time
+            a, b, c = await restart()
+            for off in (0, 50):
+                assert await run(b.lock, fh, reclaim=True, off=off, length=10) == nlm.Stat.GRANTED
+            await asyncio.sleep(1.0)
+            assert await run(a.lock, fh, off=200, length=5) == nlm.Stat.DENIED_GRACE_PERIOD
+
+            # both come back (beta's monitored entry stays: it holds its locks)
+            a, b, c = await restart()
+            t0 = time.monotonic()
+            for off in (0, 50):
+                assert await run(b.lock, fh, reclaim=True, off=off, length=10) == nlm.Stat.GRANTED
+            assert await run(c.lock, fh, reclaim=True, off=100, length=10) == nlm.Stat.GRANTED
+            assert await run(a.lock, fh, off=200, length=5) == nlm.Stat.DENIED_GRACE_PERIOD
+            await wait_until(lambda: fp.endpoints["l"].nlm is not None and not fp.endpoints["l"].nlm.in_grace())
+            assert time.monotonic() - t0 < 10.0  # over long before the 60 s
+            assert await run(a.lock, fh, off=200, length=5) == nlm.Stat.GRANTED
+            assert await run(a.lock, fh, off=55, length=1) == nlm.Stat.DENIED  # beta's, reclaimed
+            assert await run(a.lock, fh, off=105, length=1) == nlm.Stat.DENIED  # gamma's, reclaimed
+            await fp.close()
+
+    asyncio.run(scenario())
+
+
 def test_sm_notify_from_a_rebooted_client_frees_its_locks(tmp_path: Path) -> None:
     device, fh = make_fs(tmp_path / "l.img")
 

@@ -34,8 +34,9 @@ over and that is no longer served, and gives the blade up for a peer to take ove
 
 Locking: mounting a file system reads the NSM record kept in it (``nasblade.nfs.nsm``), moves
 the state number on and stores it; if clients held locks under the previous owner (a restart
-or a takeover), the grace period (``grace_period`` seconds) starts and each client's statd gets
-SM_NOTIFY (retried until the grace period ends) so its lock manager reclaims. When the lock
+or a takeover), the grace period (at most ``grace_period`` seconds, over once every listed client
+has reclaimed) starts and each client's statd gets SM_NOTIFY (retried until the grace period
+ends) so its lock manager reclaims. When the lock
 table grants a queued request, the client's lock manager gets the GRANTED callback
 (``nasblade.fileproc.callbacks``); a callback the client does not accept releases the lock. A
 request made with the asynchronous ``LOCK_MSG`` is told with the one-way ``GRANTED_MSG`` over
@@ -71,8 +72,12 @@ from nasblade.rpc.dispatch import LATENCY_BUCKETS, Buffers, Call, Dispatcher
 log = logging.getLogger(__name__)
 _HDR = struct.Struct(">I")
 MAX_TXN_OPS = 4096
-GRACE_PERIOD = 20.0
-"""Seconds after a start or takeover in which only lock reclaims are granted (docs/file-system.md)."""
+GRACE_PERIOD = 90.0
+"""Longest grace period after a start or takeover, in which only lock reclaims are granted: it
+ends as soon as every client told to reclaim has (``locks.Grace``), and lasts this long only
+for a client that does not come back (knfsd's grace period; docs/file-system.md)."""
+GRACE_SETTLE = 5.0
+"""Seconds without a reclaim, once every listed client has reclaimed, that end the grace period."""
 MAX_DATAGRAM_REPLY = 8800
 """Longest reply sent over UDP: ``UDPMSGSIZE``, what a libtirpc or glibc client reads of a
 datagram reply (rpcbind and mountd do not send longer ones either). A longer reply gets
@@ -333,6 +338,18 @@ class Endpoint:
                 log.info("%s: SM_NOTIFY sent to %s at %s", self.spec.name, name, addr)
                 return
 
+    async def watch_grace(self, grace: Grace) -> None:
+        """Wait for the grace period to end (early, when every client is back), then
+        ``grace_over``."""
+        t0 = time.monotonic()
+        while grace.active(time.monotonic()):
+            await asyncio.sleep(min(0.5, grace.remaining(time.monotonic())))
+        missing = sorted(grace.awaiting)
+        log.info("%s: grace period over after %.1f s; %d of %d clients reclaimed%s", self.spec.name,
+                 time.monotonic() - t0, grace.expected - len(missing), grace.expected,
+                 f" (not {', '.join(missing)})" if missing else "")
+        self.grace_over()
+
     def grace_over(self) -> None:
         """After the grace period: hosts that reclaimed nothing leave the monitored list."""
         if self.nlm is not None and not self.failed and self.nlm.forget_idle_hosts():
@@ -395,12 +412,14 @@ class FileProcessor:
         readahead: bool = True,
         writebehind: bool = True,
         grace_period: float = GRACE_PERIOD,
+        grace_settle: float = GRACE_SETTLE,
         callback_portmap_port: int = 111,
         read_cache: int = DEFAULT_READ_CACHE,
     ) -> None:
         self.commit_interval = commit_interval
         self.read_cache = read_cache
         self.grace_period = grace_period
+        self.grace_settle = grace_settle
         self.callback_portmap_port = callback_portmap_port
         self.readahead = readahead
         self.writebehind = writebehind
@@ -444,9 +463,9 @@ class FileProcessor:
         pmap = portmap.Portmap()
         ep = Endpoint(spec, vol, dev, disp, pmap, self.commit_interval,
                       callback_portmap_port=self.callback_portmap_port)
-        grace = Grace()
+        grace = Grace(settle=self.grace_settle)
         if reclaimers:
-            grace.start(time.monotonic(), self.grace_period)
+            grace.start(time.monotonic(), self.grace_period, hosts=reclaimers)
         ep.nlm = nlm.Nlm(volumes, monitor=monitor, grace=grace, changed=ep.monitor_changed, granted=ep.lock_granted,
                          send_result=ep.send_result)
         disp.register(nfs3.Nfs3(volumes).program())
@@ -463,10 +482,10 @@ class FileProcessor:
         ep.on_failed = lambda: self._drop_failed(spec.name, ep)
         self.endpoints[spec.name] = ep
         if reclaimers:
-            log.info("%s: grace period of %.0f s for %d clients' lock reclaims (NSM state %d)",
+            log.info("%s: grace period of up to %.0f s for %d clients' lock reclaims (NSM state %d)",
                      spec.name, self.grace_period, len(reclaimers), monitor.state)
             ep.spawn(ep.notify_clients(reclaimers, monitor.state, self.grace_period))
-            asyncio.get_running_loop().call_later(self.grace_period, ep.grace_over)
+            ep.spawn(ep.watch_grace(grace))
         log.info("serving %s from %s at %s", spec.name, spec.device, ep.addresses)
         return dict(ep.addresses)
 

@@ -28,13 +28,14 @@ what another owner's share has. One owner's new share replaces its previous one 
 
 ``Grace`` is the grace period after a start or takeover: new locks are refused
 (NLM4_DENIED_GRACE_PERIOD) and only reclaims are granted, so the clients that held locks before
-get them back before anyone else can take them.
+get them back before anyone else can take them; it ends early once every client told to
+reclaim has done so.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 
 EOF = 1 << 64
 """The end of a lock that runs to the end of the file (NLM length 0)."""
@@ -283,18 +284,48 @@ class ShareTable:
 
 
 class Grace:
-    """The grace period: until ``until`` (a monotonic time) only reclaims get locks."""
+    """The grace period: until ``until`` (a monotonic time) only reclaims get locks.
 
-    until: float = 0.0
+    ``start`` may name the hosts told to reclaim (the monitored list, a superset of the hosts
+    that held locks: ``nasblade.nfs.nsm``). The period then ends early, once every one of them
+    has reclaimed something (``reclaimed``) and no reclaim came for ``settle`` seconds: a
+    client's lock manager reclaims all its locks in one pass, one after the other, so by then
+    every lock the previous owner granted is back with its holder. Without names it lasts its
+    full length. The full length is for the client that comes back late: its reconnects back
+    off (3, 6, 12 s...) after the owner it knew went away, and a reclaim after the period is
+    an ordinary request that another client's lock may already beat.
+    """
 
-    def start(self, now: float, seconds: float) -> None:
+    def __init__(self, *, settle: float = 5.0) -> None:
+        self.until = 0.0
+        self.settle = settle
+        self.awaiting: set[str] = set()
+        self.expected = 0
+        self.last_reclaim: float | None = None
+
+    def start(self, now: float, seconds: float, *, hosts: Iterable[str] = ()) -> None:
         self.until = now + seconds
+        self.awaiting = set(hosts)
+        self.expected = len(self.awaiting)
+        self.last_reclaim = None
+
+    def reclaimed(self, host: str, now: float) -> None:
+        """A reclaim from ``host`` (granted or not: the host is back)."""
+        if self.active(now):
+            self.awaiting.discard(host)
+            self.last_reclaim = now
 
     def end(self) -> None:
         self.until = 0.0
 
     def active(self, now: float) -> bool:
-        return now < self.until
+        if now >= self.until:
+            return False
+        if (self.expected and not self.awaiting and self.last_reclaim is not None
+                and now - self.last_reclaim >= self.settle):
+            self.until = now  # everyone is back
+            return False
+        return True
 
     def remaining(self, now: float) -> float:
-        return max(0.0, self.until - now)
+        return max(0.0, self.until - now) if self.active(now) else 0.0

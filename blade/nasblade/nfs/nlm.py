@@ -15,7 +15,8 @@ Procedures served:
   ``GRANTED`` callback when the lock was taken for it; the Linux client also polls again every
   30 s); ``CANCEL`` (drops a queued request); ``UNLOCK``; ``FREE_ALL`` (a client's locks).
 - During the grace period ``TEST`` and ``LOCK`` answer ``NLM4_DENIED_GRACE_PERIOD`` unless the
-  request is a reclaim; a reclaim after the grace period is an ordinary request.
+  request is a reclaim; a reclaim after the grace period is an ordinary request. The period
+  ends early once every monitored host has reclaimed (``locks.Grace``).
 - A handle that is not a live file of this file system: ``NLM4_STALE_FH``; a client outside the
   export's allow-list: ``NLM4_DENIED``; a LOCK on a read-only export: ``NLM4_ROFS``.
 - ``SHARE``/``UNSHARE`` (DOS share reservations, ``locks.ShareTable``) and ``NM_LOCK`` (a
@@ -365,6 +366,8 @@ class Nlm:
         """What ``LOCK`` and ``NM_LOCK`` check first: the handle, the grace period, the range;
         ``(file, start, end)`` or the refusal."""
         a = args.alock
+        if args.reclaim:
+            self.grace.reclaimed(a.caller_name.decode("latin-1"), self.clock())  # the monitor's key
         try:
             key = self._file(call, a.fh, write=args.exclusive)
         except _Refused as r:
