@@ -87,6 +87,13 @@ def test_blade_metrics_after_nfs_operations(
         return calls(after, program, procedure) - calls(before, program, procedure)
 
     assert grew("mount", "MNT") >= 3  # one mount per client run
+    # capacity, as FSSTAT answers it: the 3 MiB file took space, and one more file is counted
+    size = value(after, "nasblade_blade_filesystem_size_bytes", fs="fs1")
+    assert size > 0 and value(before, "nasblade_blade_filesystem_size_bytes", fs="fs1") == size
+    used = size - value(after, "nasblade_blade_filesystem_free_bytes", fs="fs1")
+    assert used - (size - value(before, "nasblade_blade_filesystem_free_bytes", fs="fs1")) >= len(content)
+    assert value(after, "nasblade_blade_filesystem_files", fs="fs1") == \
+        value(before, "nasblade_blade_filesystem_files", fs="fs1") + 1
     assert grew("nfs", "WRITE") >= 3 and grew("nfs", "READ") >= 3
     assert grew("nfs", "CREATE") + grew("nfs", "SETATTR") >= 1
     assert grew("nfs", "READDIRPLUS") + grew("nfs", "READDIR") >= 1

@@ -285,4 +285,19 @@ def test_metrics_count_each_lus_io_and_show_the_devices(controller: Controller) 
     assert samples['nasblade_controller_device_state{device="0",state="ok"}'] == 1.0
     assert samples['nasblade_controller_device_errors_total{device="1",kind="read"}'] == 0.0
     assert "nasblade_controller_cache_dirty_bytes" in samples
+    # how long each request took, per LU and command: every request counted once
+    hist = 'nasblade_controller_request_seconds_{}{{lu="met",op="{}"}}'
+    assert samples[hist.format("count", "write")] == 3 and samples[hist.format("count", "flush")] == 1
+    assert samples[hist.format("count", "read")] >= 1 and samples[hist.format("sum", "write")] > 0
+    assert samples['nasblade_controller_request_seconds_bucket{le="+Inf",lu="met",op="write"}'] == 3
+    # capacity: devices, and what LUs can still get (this LU's 8 MiB are taken)
+    assert samples['nasblade_controller_device_size_bytes{device="0"}'] > 0
+    capacity, free = samples["nasblade_controller_array_capacity_bytes"], samples["nasblade_controller_array_free_bytes"]
+    assert capacity - free >= 8 << 20 and free > 0
+    # a copy job, counted by state once it ended
+    cl.create_lu("met-copy", 8 << 20)
+    job = cl.create_copy_job("met", "met-copy", 1 << 20)
+    assert cl.wait_copy_job(job["id"])["state"] == "succeeded"
+    status, body = raw(controller, "GET", "/v1/metrics")
+    assert status == 200 and isinstance(body, str) and 'nasblade_controller_copy_jobs{state="succeeded"} 1.0' in body, body
     assert raw(controller, "GET", "/v1/metrics", token=None)[0] == 401

@@ -10,10 +10,12 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nasblade.latency import BUCKETS as LATENCY_BUCKETS
+from nasblade.latency import Figures as CallFigures
 from nasblade.nfs import handles
 from nasblade.nfs import types as t
 from nasblade.rpc import message, record, xdr
-from nasblade.rpc.dispatch import LATENCY_BUCKETS, Call, CallFigures, Dispatcher, Procedure, Program
+from nasblade.rpc.dispatch import Call, Dispatcher, Procedure, Program
 
 fattrs = st.builds(
     t.Fattr,
@@ -307,6 +309,7 @@ def test_call_stats_count_executed_calls_with_their_latency() -> None:
     for seconds in (0.0001, 0.00011, 3.0):  # a bound is its own bucket's (Prometheus "le")
         f.add(seconds)
     assert (f.buckets[0], f.buckets[1], f.buckets[-1], f.count) == (1, 1, 1, 3)
+    assert f.cumulative()[:2] == [1, 2] and f.cumulative()[-1] == 3
 
 
 @settings(max_examples=300)

@@ -10,7 +10,8 @@ controller's (``nasblade.controller.metrics``) are:
 - from the file processor, asked over its control socket at each scrape
   (``BlockProcessor.file_processor_calls`` → ``FileProcessor.call_stats``): the RPC calls per
   file system, program and procedure, counted with their latency buckets by the dispatcher
-  (``nasblade.rpc.dispatch.CallStats``), and the client connections;
+  (``nasblade.latency``), the client connections, and each file system's size, free space and
+  files (what NFS FSSTAT answers);
 - from what runs beside the block processor (the cluster member): its own collectors, handed in
   as ``extra`` (``nasblade.cluster.metrics``: backup state of the group's portion).
 
@@ -95,13 +96,26 @@ def _call_families(calls: dict[str, Any], me: list[str]) -> Iterator[Metric]:
     latency = HistogramMetricFamily(f"{PREFIX}_nfs_call_seconds", "Time the file processor took to"
                                     " execute a call and encode its reply (a reply held for the group"
                                     " commit waits longer)", labels=labels)
+    size = GaugeMetricFamily(f"{PREFIX}_filesystem_size_bytes", "Data capacity of the file system",
+                             labels=[*BLADE_LABELS, "fs"])
+    free = GaugeMetricFamily(f"{PREFIX}_filesystem_free_bytes", "Free data capacity of the file system",
+                             labels=[*BLADE_LABELS, "fs"])
+    files = GaugeMetricFamily(f"{PREFIX}_filesystem_files", "Files, directories and links in the file system",
+                              labels=[*BLADE_LABELS, "fs"])
     for fs, figures in sorted(calls["fileSystems"].items()):
         clients.add_metric([*me, fs], figures["clients"])
+        if "sizeBytes" in figures:
+            size.add_metric([*me, fs], figures["sizeBytes"])
+            free.add_metric([*me, fs], figures["freeBytes"])
+            files.add_metric([*me, fs], figures["files"])
         for c in figures["calls"]:
             key = [*me, fs, c["program"], c["procedure"]]
             count.add_metric(key, c["count"])
             latency.add_metric(key, buckets=list(zip(bounds, c["buckets"], strict=True)), sum_value=c["seconds"])
     yield clients
+    yield size
+    yield free
+    yield files
     yield count
     yield latency
 

@@ -394,7 +394,8 @@ async def post_cache_hold(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    return web.Response(body=metrics.render(_engine(request)), headers={"Content-Type": metrics.CONTENT_TYPE})
+    jobs = [j.to_json() for j in request.app[COPIES].jobs.values()]
+    return web.Response(body=metrics.render(_engine(request), jobs), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 async def get_load(request: web.Request) -> web.Response:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from nasblade import latency
 from nasblade.controller import layout
 from nasblade.controller.array import Array, now
 from nasblade.controller.cache import BYPASS, Cache
@@ -85,6 +86,9 @@ class Load:
         #: LU name -> cumulative [reads, writes, read bytes, written bytes] since the start
         #: (``nasblade.controller.metrics`` exports them as counters)
         self.totals: dict[str, list[int]] = {}
+        #: (LU name, NBD command) -> how long requests took from arrival to reply
+        #: (``nasblade.controller.nbdserver`` times them)
+        self.latency = latency.Latencies()
 
     def _bucket(self) -> list[float]:
         sec = int(time.monotonic())

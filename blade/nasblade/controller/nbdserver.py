@@ -33,6 +33,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 _PAUSE_INPUT = 80 * 1024 * 1024
 _WRITE_HIGH = 16 * 1024 * 1024
 _TASK_BYTES = 64 * 1024 * 1024
+_OPS = {int(c): c.name.lower() for c in proto.Cmd}
+"""The ``op`` label of the latency histogram (``nasblade.controller.metrics``)."""
 _EXTENSIONS = proto.Extensions(structured_replies=True, base_allocation=True, cache=True, fast_zero=True)
 _HOLE_STATE = proto.STATE_HOLE | proto.STATE_ZERO
 
@@ -117,6 +120,8 @@ class NBDConnection(asyncio.BufferedProtocol):
         self._out: list[bytes | bytearray] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._task_bytes = 0
+        self._started = 0.0  # when the request being handled arrived (perf_counter)
+        self._spawned = 0  # requests handed to tasks so far
         self._task_done = asyncio.Event()
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
@@ -265,12 +270,16 @@ class NBDConnection(asyncio.BufferedProtocol):
             self._send(self.core.error_reply(req.cookie, proto.EINVAL, "command not served"))
             return
         self.engine.load.inflight += 1
+        started = self._started = time.perf_counter()
+        spawned = self._spawned
         try:
             await handler(self, lu, req)
         except OSError as exc:
             self._error(req, exc)
         finally:
             self.engine.load.inflight -= 1
+            if self._spawned == spawned:  # answered here (a spawned one is timed when its task ends)
+                self.engine.load.latency.add((lu.name, _OPS.get(req.cmd, "other")), time.perf_counter() - started)
 
     def _error(self, req: proto.Request, exc: OSError) -> None:
         self._send(self.core.error_reply(req.cookie, _nbd_errno(exc.errno), exc.strerror or ""))
@@ -285,11 +294,12 @@ class NBDConnection(asyncio.BufferedProtocol):
             self._task_done.clear()
             await self._task_done.wait()
         self._task_bytes += req.length
+        self._spawned += 1
         self.engine.load.inflight += 1
-        task = asyncio.get_running_loop().create_task(self._offloaded(req, work))
+        task = asyncio.get_running_loop().create_task(self._offloaded(req, work, self._started))
         self._tasks.add(task)
 
-    async def _offloaded(self, req: proto.Request, work: Awaitable[Reply]) -> None:
+    async def _offloaded(self, req: proto.Request, work: Awaitable[Reply], started: float) -> None:
         try:
             for buf in await work:
                 self._send(buf)
@@ -297,6 +307,7 @@ class NBDConnection(asyncio.BufferedProtocol):
             self._error(req, exc)
         finally:
             self.engine.load.inflight -= 1
+            self.engine.load.latency.add((self.lu, _OPS.get(req.cmd, "other")), time.perf_counter() - started)
             self._task_bytes -= req.length
             self._tasks.discard(asyncio.current_task())
             self._task_done.set()

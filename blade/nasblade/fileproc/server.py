@@ -50,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import logging
 import socket
 import struct
@@ -58,7 +57,7 @@ import time
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, Protocol, cast
 
-from nasblade import blockdev, devices
+from nasblade import blockdev, devices, latency
 from nasblade.fileproc import callbacks
 from nasblade.fileproc.config import FsSpec, Listen
 from nasblade.fs import fs as fsmod
@@ -67,7 +66,7 @@ from nasblade.nfs.exports import Export
 from nasblade.nfs.locks import Grace, Waiter
 from nasblade.nfs.volume import Volume
 from nasblade.rpc import message, record, xdr
-from nasblade.rpc.dispatch import LATENCY_BUCKETS, Buffers, Call, Dispatcher
+from nasblade.rpc.dispatch import Buffers, Call, Dispatcher
 
 log = logging.getLogger(__name__)
 _HDR = struct.Struct(">I")
@@ -642,8 +641,8 @@ class FileProcessor:
         }
 
     def call_stats(self) -> dict[str, Any]:
-        """The RPC calls each served file system's dispatcher executed (``Dispatcher.stats``) and
-        its client connections, as JSON for the block processor's metrics (``GET /v1/calls`` of
+        """The RPC calls each served file system's dispatcher executed (``Dispatcher.stats``), its
+        client connections and its capacity (``sizeBytes``, ``freeBytes``, ``files``), as JSON for the block processor's metrics (``GET /v1/calls`` of
         the control socket, ``nasblade.fileproc.agent``). ``buckets`` per call: cumulative counts
         at each bound of ``latencyBuckets`` (seconds), +Inf last."""
         out: dict[str, Any] = {}
@@ -651,9 +650,17 @@ class FileProcessor:
             calls = []
             for (program, procedure), f in sorted(ep.dispatcher.stats.calls.items()):
                 calls.append({"program": program, "procedure": procedure, "count": f.count,
-                              "seconds": f.seconds, "buckets": list(itertools.accumulate(f.buckets))})
+                              "seconds": f.seconds, "buckets": f.cumulative()})
             out[name] = {"clients": len(ep.conns), "calls": calls}
-        return {"latencyBuckets": list(LATENCY_BUCKETS), "fileSystems": out}
+            if not ep.failed:
+                try:
+                    st = ep.volume.fs.fsstat()  # what NFS FSSTAT answers, read on this loop as it is
+                except Exception as exc:  # a figure left out, never a failed scrape
+                    log.info("%s: no capacity figures for the metrics: %s", name, exc)
+                else:
+                    out[name].update(sizeBytes=st.total_bytes, freeBytes=st.free_bytes,
+                                     files=st.total_files - st.free_files)
+        return {"latencyBuckets": list(latency.BUCKETS), "fileSystems": out}
 
     async def close(self) -> None:
         for name in list(self.endpoints):

@@ -24,7 +24,7 @@ normal way to recover from a lost datagram) gets the original reply instead of b
 twice.
 
 Every executed call (one that passed the checks; a replayed reply from the cache is not one)
-is counted in ``Dispatcher.stats`` (``CallStats``) by program and procedure, with the time the
+is counted in ``Dispatcher.stats`` (``nasblade.latency.Latencies``) by program and procedure, with the time the
 handler and the encoding of its reply took, in the buckets of a latency histogram. That time is
 the server's work on the call: a reply held back for the group commit waits on top of it. The
 file processor reports these figures (``FileProcessor.call_stats``) to its block processor, which
@@ -33,7 +33,6 @@ serves them as Prometheus metrics (``nasblade.blockproc.metrics``).
 
 from __future__ import annotations
 
-import bisect
 import collections
 import dataclasses
 import logging
@@ -42,6 +41,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+from nasblade import latency
 from nasblade.rpc import message, xdr
 
 log = logging.getLogger(__name__)
@@ -120,47 +120,13 @@ class DuplicateRequestCache:
         self._entries.clear()
 
 
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-"""Upper bounds (seconds) of the call-latency histogram's buckets; a last one, +Inf, is implied."""
-
-
-@dataclasses.dataclass
-class CallFigures:
-    """Calls of one procedure: how many, their total time, and how many fell in each bucket
-    of ``LATENCY_BUCKETS`` (``buckets[i]``: at most ``LATENCY_BUCKETS[i]`` and more than the
-    bound before; the last entry: above every bound)."""
-
-    count: int = 0
-    seconds: float = 0.0
-    buckets: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-
-    def add(self, seconds: float) -> None:
-        self.count += 1
-        self.seconds += seconds
-        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-
-
-class CallStats:
-    """The executed calls of a dispatcher, per ``(program name, procedure name)``."""
-
-    def __init__(self) -> None:
-        self.calls: dict[tuple[str, str], CallFigures] = {}
-
-    def add(self, program: str, procedure: str, seconds: float) -> None:
-        key = (program, procedure)
-        figures = self.calls.get(key)
-        if figures is None:
-            figures = self.calls[key] = CallFigures()
-        figures.add(seconds)
-
-
 class Dispatcher:
     """Routes calls to registered programs; see the module docstring for the check order."""
 
     def __init__(self, *, drc: DuplicateRequestCache | None = None) -> None:
         self.programs: dict[int, Program] = {}
         self.drc = drc if drc is not None else DuplicateRequestCache()
-        self.stats = CallStats()
+        self.stats = latency.Latencies()  # by (program name, procedure name)
 
     def register(self, program: Program) -> None:
         self.programs[program.number] = program
@@ -223,7 +189,7 @@ class Dispatcher:
             log.exception("%s failed for %s", proc.name, client)
             return self._plain(xid, message.accepted_error(xid, message.AcceptStat.SYSTEM_ERR))
         finally:
-            self.stats.add(program.name or str(program.number), proc.name, time.perf_counter() - started)
+            self.stats.add((program.name or str(program.number), proc.name), time.perf_counter() - started)
         buffers = message.success(xid, body)
         if key is not None:
             self.drc.put(key, _Entry(buffers, call.needs_commit))
