@@ -361,12 +361,15 @@ def test_array_monitors(helm: Helm, render: Render) -> None:
         assert all(label in o["metadata"]["labels"] for label in STANDARD_LABELS)
     trust = {"secret": {"name": naming.tls_trust_secret_name("a1"), "key": "ca-cert.pem"}}
     [endpoint] = sm["spec"]["endpoints"]
+    relabel = [{"targetLabel": "array", "replacement": "a1"}]  # what the alerts group by
     assert endpoint == {"port": "api", "path": "/v1/metrics", "interval": "30s", "authorization": token,
-                        "scheme": "https", "tlsConfig": {"ca": trust, "serverName": "a1-controller.storage.svc"}}
+                        "scheme": "https", "tlsConfig": {"ca": trust, "serverName": "a1-controller.storage.svc"},
+                        "relabelings": relabel}
     assert "a1-controller.storage.svc" in nbdtls.server_names("a1", "storage", "svc.cluster.local")
     [pod_endpoint] = pm["spec"]["podMetricsEndpoints"]
     assert pod_endpoint == {"port": "blade-api", "path": "/v1/metrics", "interval": "30s", "authorization": token,
-                            "scheme": "https", "tlsConfig": {"ca": trust, "serverName": "a1-blades"}}
+                            "scheme": "https", "tlsConfig": {"ca": trust, "serverName": "a1-blades"},
+                            "relabelings": relabel}
     assert "a1-blades" in nbdtls.blade_names("a1", "g1-blade-0")
     # the selectors find what the operator makes: the controller Service (its port "api") and
     # the blade pods (their container port "blade-api")
@@ -833,7 +836,7 @@ def test_alert_rules_fire_in_promtool(render: Render, promtool: Path, tmp_path: 
     (tmp_path / "alerts_test.yaml").write_text((Path(__file__).parent / "alerts_test.yaml").read_text())
     r = subprocess.run([str(promtool), "check", "rules", "alerts.yaml"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
-    assert r.returncode == 0 and "SUCCESS: 8 rules found" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCESS: 10 rules found" in r.stdout, r.stdout + r.stderr
     r = subprocess.run([str(promtool), "test", "rules", "alerts_test.yaml"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
