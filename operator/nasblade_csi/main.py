@@ -28,6 +28,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+from nasblade import logformat
 from nasblade.controller.apiclient import ControlClient
 
 
@@ -71,6 +72,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="where the kubelet finds this driver's socket (default: the --endpoint path)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-format", choices=logformat.FORMATS, default=logformat.default(),
+                   help="text, or json: one JSON object per line (default: NASBLADE_LOG_FORMAT, else text)")
     args = p.parse_args(argv)
     if args.role != "node" and not (args.array_api and args.array_nbd):
         p.error("--array-api and --array-nbd are required for the controller role")
@@ -156,9 +159,16 @@ def serve(args: argparse.Namespace) -> grpc.Server:
     return server
 
 
+def setup_logging(args: argparse.Namespace) -> None:
+    """``--log-format`` (``nasblade.logformat``, as every nasblade role) at ``--log-level``."""
+    os.environ.setdefault("NASBLADE_LOG_LEVEL", args.log_level)
+    logformat.configure(args.log_format, role=f"csi-{args.role}")  # json: basicConfig is then a no-op
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args)
     server = serve(args)
     stop = STOP
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -62,3 +62,14 @@ def logging_record(*, exc: object) -> object:
     import logging
 
     return logging.LogRecord("nb", logging.ERROR, __file__, 1, "failed", None, exc)  # type: ignore[arg-type]
+
+
+def test_the_csi_plugin_logs_json_too() -> None:
+    """``nasblade-csi`` (the CSI controller and node plugins) takes ``--log-format`` and
+    ``NASBLADE_LOG_FORMAT`` like every other role."""
+    code = ("import logging, sys; from nasblade_csi import main; "
+            "main.setup_logging(main.parse(sys.argv[1:])); logging.getLogger('nasblade_csi.node').info('mounted')")
+    line = json.loads(_run(code, "--role", "node", "--node-id", "n1", env={logformat.ENV: "json"}).stderr.strip())
+    assert line["message"] == "mounted" and line["role"] == "csi-node" and line["level"] == "info"
+    r = _run(code, "--role", "node", "--node-id", "n1", "--log-format", "text", env={logformat.ENV: "json"})
+    assert "mounted" in r.stderr and not r.stderr.lstrip().startswith("{")
