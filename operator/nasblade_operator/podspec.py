@@ -26,6 +26,9 @@ from typing import Any, Literal
 from nasblade_operator import validation
 
 Spread = Literal["Preferred", "Required", "None"]
+Role = Literal["controller", "csi", "blades"]
+"""Which installation defaults a pod takes: the CSI controller plugin is placed like its array's
+controller but keeps its own small requests (the controller's are sized for its cache)."""
 SPREADS: tuple[Spread, ...] = ("Preferred", "Required", "None")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 HOSTNAME = "kubernetes.io/hostname"
@@ -45,6 +48,19 @@ class Placement:
     spread: Spread = "Preferred"
 
 
+DEFAULT_PLACEMENT = Placement()
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleDefaults:
+    """The installation's defaults for one kind of pod (the chart's ``podDefaults.controller``
+    or ``.blades``): each field is used where the resource's spec leaves it empty."""
+
+    placement: Placement = DEFAULT_PLACEMENT
+    #: a container's ``resources`` (requests / limits) when its spec sets none
+    resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass(frozen=True)
 class PodDefaults:
     """What every pod gets from the operator's installation (settings.OperatorConfig)."""
@@ -53,10 +69,42 @@ class PodDefaults:
     pull_secrets: tuple[str, ...] = ()
     #: ``nasblade.logformat``: ``json`` reaches the containers as NASBLADE_LOG_FORMAT
     log_format: str = "text"
+    controller: RoleDefaults = RoleDefaults()  # controller pods and the CSI controller plugin
+    blades: RoleDefaults = RoleDefaults()
 
 
-DEFAULT_PLACEMENT = Placement()
 DEFAULTS = PodDefaults()
+RESOURCE_KEYS = ("requests", "limits")
+
+
+def parse_role_defaults(c: validation.Collector, path: str, section: Any) -> RoleDefaults:
+    """``podDefaults.controller`` / ``.blades`` of the chart (``NASBLADE_POD_DEFAULTS``)."""
+    if not isinstance(section, Mapping):
+        c.add(path, "must be a map (nodeSelector, tolerations, priorityClassName, resources)")
+        return RoleDefaults()
+    unknown = set(section) - {"nodeSelector", "tolerations", "priorityClassName", "resources"}
+    if unknown:
+        c.add(path, f"unknown field(s) {', '.join(sorted(unknown))}")
+    resources = section.get("resources") or {}
+    if not isinstance(resources, Mapping) or not set(resources) <= set(RESOURCE_KEYS):
+        c.add(f"{path}.resources", "must be a map with requests and/or limits")
+        resources = {}
+    for key, amounts in resources.items():
+        if not isinstance(amounts, Mapping):
+            c.add(f"{path}.resources.{key}", "must be a map of resource name to quantity")
+            continue
+        for name, amount in amounts.items():
+            c.quantity(f"{path}.resources.{key}.{name}", str(amount))
+    return RoleDefaults(placement=parse_placement(c, path, section, spread=False),
+                        resources={k: dict(v) for k, v in resources.items() if isinstance(v, Mapping)})
+
+
+def with_defaults(placement: Placement, d: RoleDefaults) -> Placement:
+    """``placement`` (from a resource's spec) with its empty fields taken from ``d``."""
+    return dataclasses.replace(
+        placement, node_selector=placement.node_selector or d.placement.node_selector,
+        tolerations=placement.tolerations or d.placement.tolerations,
+        priority_class_name=placement.priority_class_name or d.placement.priority_class_name)
 
 
 def parse_placement(c: validation.Collector, path: str, section: Mapping[str, Any], *, spread: bool) -> Placement:
@@ -116,10 +164,14 @@ def spread_rules(placement: Placement, selector: Mapping[str, str]) -> dict[str,
 
 
 def finish(
-    pod_spec: dict[str, Any], *, placement: Placement, defaults: PodDefaults,
+    pod_spec: dict[str, Any], *, placement: Placement, defaults: PodDefaults, role: Role,
     spread_selector: Mapping[str, str] | None = None, tmp_size: str = "64Mi",
 ) -> dict[str, Any]:
-    """Add placement, pulling, log format and hardening to ``pod_spec`` (changed in place and returned)."""
+    """Add placement, pulling, log format and hardening to ``pod_spec`` (changed in place and
+    returned); what the spec leaves empty comes from the installation's defaults for ``role``."""
+    role_defaults = defaults.blades if role == "blades" else defaults.controller
+    placement = with_defaults(placement, role_defaults)
+    default_resources = role_defaults.resources if role != "csi" else {}
     if placement.node_selector:
         pod_spec["nodeSelector"] = dict(placement.node_selector)
     if placement.tolerations:
@@ -151,7 +203,10 @@ def finish(
         c.setdefault("volumeMounts", []).append({"name": tmp, "mountPath": TMP_DIR})
         resources = c.setdefault("resources", {})
         if not resources.get("requests") and not resources.get("limits"):
-            resources["requests"] = dict(DEFAULT_REQUESTS)
+            if default_resources:
+                resources.update({k: dict(v) for k, v in default_resources.items()})
+            else:
+                resources["requests"] = dict(DEFAULT_REQUESTS)
     return pod_spec
 
 

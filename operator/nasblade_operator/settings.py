@@ -37,6 +37,10 @@ Variables:
                                  API; empty, or both selectors absent or empty: no scrape access
                                  (default). An empty selector is not "everything" here, so a typo
                                  cannot open the APIs to every pod of the cluster.
+  NASBLADE_POD_DEFAULTS          JSON {"controller": {...}, "blades": {...}}, each with nodeSelector,
+                                 tolerations, priorityClassName and resources: what controller
+                                 pods (and CSI controller plugins) and blade pods get where their
+                                 DiskArray / ClusterGroup spec sets nothing (the chart's podDefaults)
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from typing import Any
 
 from nasblade import units
 
-from nasblade_operator import podspec
+from nasblade_operator import podspec, validation
 
 
 def _package_version() -> str:
@@ -83,12 +87,17 @@ class OperatorConfig:
     #: the ClusterRole a DiskArray's CSI controller plugin is bound to (the chart's); empty: the
     #: installation has none and ``spec.csi.enabled`` is refused
     csi_cluster_role: str = ""
+    #: placement and resources of controller and blade pods where their resources say nothing
+    controller_defaults: podspec.RoleDefaults = dataclasses.field(default_factory=podspec.RoleDefaults)
+    blade_defaults: podspec.RoleDefaults = dataclasses.field(default_factory=podspec.RoleDefaults)
 
     @property
     def pod_defaults(self) -> podspec.PodDefaults:
-        """What every pod the operator makes gets from its installation (pulling, log format)."""
+        """What every pod the operator makes gets from its installation (pulling, log format,
+        placement and resources by role)."""
         return podspec.PodDefaults(pull_policy=self.image_pull_policy, pull_secrets=self.image_pull_secrets,
-                                   log_format=self.log_format)
+                                   log_format=self.log_format, controller=self.controller_defaults,
+                                   blades=self.blade_defaults)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -104,7 +113,10 @@ class OperatorConfig:
         op_labels: Any = json.loads(raw_labels) if raw_labels else {}
         if not isinstance(op_labels, dict) or not all(isinstance(v, str) for v in op_labels.values()):
             raise ValueError("NASBLADE_OPERATOR_LABELS must be a JSON object of strings")
+        controller_defaults, blade_defaults = _pod_defaults(e.get("NASBLADE_POD_DEFAULTS", ""))
         return cls(
+            controller_defaults=controller_defaults,
+            blade_defaults=blade_defaults,
             image=e.get("NASBLADE_IMAGE") or f"nasblade/nasblade:{_package_version()}",
             endpoint_overrides=overrides,
             metrics_port=int(e.get("NASBLADE_METRICS_PORT", "8081")),
@@ -123,6 +135,25 @@ class OperatorConfig:
             cert_propagation=_duration(e, "NASBLADE_CERT_PROPAGATION", "10m"),
             csi_cluster_role=e.get("NASBLADE_CSI_CLUSTER_ROLE", "").strip(),
         )
+
+
+def _pod_defaults(raw: str) -> tuple[podspec.RoleDefaults, podspec.RoleDefaults]:
+    """``NASBLADE_POD_DEFAULTS``: the chart's ``podDefaults`` as JSON, ``{"controller": {...},
+    "blades": {...}}`` (each: nodeSelector, tolerations, priorityClassName, resources)."""
+    if not raw.strip():
+        return podspec.RoleDefaults(), podspec.RoleDefaults()
+    try:
+        doc: Any = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"NASBLADE_POD_DEFAULTS is not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not set(doc) <= {"controller", "blades"}:
+        raise ValueError("NASBLADE_POD_DEFAULTS must be a JSON object with controller and/or blades")
+    c = validation.Collector()
+    controller = podspec.parse_role_defaults(c, "podDefaults.controller", doc.get("controller") or {})
+    blades = podspec.parse_role_defaults(c, "podDefaults.blades", doc.get("blades") or {})
+    if c.errors:
+        raise ValueError("NASBLADE_POD_DEFAULTS: " + "; ".join(f"{e.path}: {e.problem}" for e in c.errors))
+    return controller, blades
 
 
 def _duration(e: Mapping[str, str], name: str, default: str) -> float:

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import pytest
 from conftest import BLADE_TOKEN, BladeProc
 from nasblade.bladeapi.client import BladeClient
+from nasblade.blockproc import metrics as bmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.component
@@ -87,6 +88,11 @@ def test_blade_metrics_after_nfs_operations(
         return calls(after, program, procedure) - calls(before, program, procedure)
 
     assert grew("mount", "MNT") >= 3  # one mount per client run
+    # the families are the ones the module declares, with their types (the chart's alerts are
+    # checked against them), plus the cluster member's
+    types = dict(line.split()[2:4] for line in scrape(bp.api)[2].splitlines() if line.startswith("# TYPE "))
+    types = {n.removesuffix("_total") if k == "counter" else n: k for n, k in types.items()}
+    assert {k: v for k, v in types.items() if k in bmetrics.FAMILIES} == bmetrics.FAMILIES
     # capacity, as FSSTAT answers it: the 3 MiB file took space, and one more file is counted
     size = value(after, "nasblade_blade_filesystem_size_bytes", fs="fs1")
     assert size > 0 and value(before, "nasblade_blade_filesystem_size_bytes", fs="fs1") == size

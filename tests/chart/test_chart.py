@@ -229,11 +229,30 @@ def test_values_reach_the_operator(render: Render) -> None:
                    "NASBLADE_NETWORK_POLICIES": "true", "NASBLADE_OPERATOR_NAMESPACE": None,
                    "NASBLADE_LOG_FORMAT": "json", "NASBLADE_METRICS_SCRAPER": json.dumps(DEFAULT_SCRAPER, separators=(",", ":")),
                    "NASBLADE_CSI_CLUSTER_ROLE": "nb-nasblade-csi-controller",
+                   "NASBLADE_POD_DEFAULTS": json.dumps({r: {"nodeSelector": {}, "priorityClassName": "", "resources": {},
+                                                            "tolerations": []} for r in ("blades", "controller")},
+                                                       separators=(",", ":")),
                    "NASBLADE_OPERATOR_LABELS": json.dumps({"app.kubernetes.io/component": "operator",
                                                            "app.kubernetes.io/instance": "nb",
                                                            "app.kubernetes.io/name": "nasblade"},
                                                           separators=(",", ":"))}
     assert not by_kind(objs, "Service") and not by_kind(objs, "ClusterKopfPeering")
+
+
+def test_pod_defaults_reach_the_operator(render: Render) -> None:
+    """``podDefaults``: the placement and resources of controller and blade pods, as the
+    operator reads them (``settings.OperatorConfig``)."""
+    from nasblade_operator import settings
+
+    objs = render("podDefaults.blades.nodeSelector.pool=nas", "podDefaults.blades.priorityClassName=nas-critical",
+                  "podDefaults.controller.resources.requests.memory=2Gi",
+                  "podDefaults.blades.tolerations[0].key=nas", "podDefaults.blades.tolerations[0].operator=Exists")
+    env = {e["name"]: e.get("value") for e in operator_container(objs)["env"]}
+    cfg = settings.OperatorConfig.from_env({"NASBLADE_POD_DEFAULTS": env["NASBLADE_POD_DEFAULTS"]})
+    blades = cfg.pod_defaults.blades
+    assert blades.placement.node_selector == {"pool": "nas"} and blades.placement.priority_class_name == "nas-critical"
+    assert blades.placement.tolerations == ({"key": "nas", "operator": "Exists"},) and not blades.resources
+    assert cfg.pod_defaults.controller.resources == {"requests": {"memory": "2Gi"}}
 
 
 def test_pull_settings_and_policies_reach_the_pods_the_operator_makes(render: Render) -> None:
@@ -468,6 +487,8 @@ def test_operator_policy_metrics_port_defaults_and_off(render: Render) -> None:
     (["replicaCount=two"], "at '/replicaCount': got string, want integer"),
     (["metrics.arrays[0].name=a1"], "missing property 'namespace'"),
     (["logFormat=xml"], "at '/logFormat'"),
+    (["podDefaults.blades.affinity.x=y"], "additional properties 'affinity' not allowed"),
+    (["podDefaults.controller.resources.wants.cpu=1"], "additional properties 'wants' not allowed"),
     (["metrics.scraper.podSelector.app=prometheus"], "additional properties 'app' not allowed"),
     (["metrics.scraper.ipBlock.cidr=0.0.0.0/0"], "additional properties 'ipBlock' not allowed"),
     (["metrics.scraper.namespaceSelector.matchExpressions[0].key=team",
@@ -768,12 +789,18 @@ _SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count
 
 
 def _exported_metric_names() -> set[str]:
-    """Every sample name the operator's /metrics can carry (its registry, data-plane gauges included)."""
+    """Every sample name the operator's /metrics can carry (its registry, data-plane gauges
+    included), and those of the controllers' and blades' own /v1/metrics (``metrics.arrays``;
+    their modules declare their families, and their tests hold each scrape to that)."""
+    from nasblade.blockproc import metrics as blade_metrics
+    from nasblade.controller import metrics as controller_metrics
     from nasblade_operator import datametrics, metrics  # noqa: F401 - datametrics registers its gauges
 
     names: set[str] = set()
     for family in metrics.REGISTRY.collect():
         names |= {family.name + s for s in _SUFFIXES.get(family.type, ("",))}
+    for name, kind in (*controller_metrics.FAMILIES.items(), *blade_metrics.FAMILIES.items()):
+        names |= {name + s for s in _SUFFIXES.get(kind, ("",))}
     return names
 
 

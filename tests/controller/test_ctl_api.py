@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 import pytest
 from ctlharness import ADMIN, TOKEN, Controller
+from nasblade.controller import metrics
 from nasblade.controller.apiclient import ControlAPIError, ControlClient
 from nasblade.nbd.client import NBDBlockDevice
 
@@ -300,4 +301,7 @@ def test_metrics_count_each_lus_io_and_show_the_devices(controller: Controller) 
     assert cl.wait_copy_job(job["id"])["state"] == "succeeded"
     status, body = raw(controller, "GET", "/v1/metrics")
     assert status == 200 and isinstance(body, str) and 'nasblade_controller_copy_jobs{state="succeeded"} 1.0' in body, body
+    # the families are the ones the module declares (the chart's alerts are checked against them)
+    types = dict(line.split()[2:4] for line in body.splitlines() if line.startswith("# TYPE "))
+    assert {n.removesuffix("_total") if k == "counter" else n: k for n, k in types.items()} == metrics.FAMILIES
     assert raw(controller, "GET", "/v1/metrics", token=None)[0] == 401

@@ -156,6 +156,57 @@ def test_blades_of_a_group_spread_over_nodes() -> None:
     assert "affinity" not in none and none["nodeSelector"] == {"pool": "nas"}
 
 
+def test_installation_defaults_fill_what_the_specs_leave_empty() -> None:
+    """The chart's ``podDefaults`` (``NASBLADE_POD_DEFAULTS``): controller pods and the CSI
+    controller plugin take ``controller``, blade pods ``blades``, field by field where the
+    resource's spec sets nothing; a container without resources gets the role's."""
+    cfg = settings.OperatorConfig.from_env({"NASBLADE_POD_DEFAULTS": json.dumps({
+        "controller": {"nodeSelector": {"pool": "infra"}, "priorityClassName": "infra-critical",
+                       "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}},
+        "blades": {"nodeSelector": {"pool": "nas"}, "priorityClassName": "nas-critical",
+                   "tolerations": [{"key": "nas", "operator": "Exists", "effect": "NoSchedule"}],
+                   "resources": {"requests": {"cpu": "250m"}}}})})
+    d = cfg.pod_defaults
+    # the DiskArray sets its controller's selector, priority and tolerations: they win
+    ctl = controller_pod_spec(d)
+    assert ctl["nodeSelector"] == {"disk": "ssd"} and ctl["priorityClassName"] == "storage-critical"
+    assert {json.dumps(c["resources"], sort_keys=True) for c in ctl["containers"]} == {
+        json.dumps({"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}, sort_keys=True)}
+    bare = da_spec.parse({"devices": {"count": 1, "size": "1Gi"}})
+    bare_ctl = da_builders.controller_statefulset("a2", bare, image="reg.example/nb:1", defaults=d)[
+        "spec"]["template"]["spec"]
+    assert bare_ctl["nodeSelector"] == {"pool": "infra"} and bare_ctl["priorityClassName"] == "infra-critical"
+    assert "tolerations" not in bare_ctl
+    csi = csi_pod_spec(d)  # placed like the controller, with its own small requests
+    assert csi["nodeSelector"] == {"disk": "ssd"}
+    assert all(c["resources"] == {"requests": podspec.DEFAULT_REQUESTS} for c in csi["containers"])
+    # blades: the group sets nothing but its spread
+    pod = blade(group_spec(), defaults=d)["spec"]
+    assert pod["nodeSelector"] == {"pool": "nas"} and pod["priorityClassName"] == "nas-critical"
+    assert pod["tolerations"] == [{"key": "nas", "operator": "Exists", "effect": "NoSchedule"}]
+    assert all(c["resources"] == {"requests": {"cpu": "250m"}} for c in pod["containers"])
+    assert "podAntiAffinity" in pod["affinity"]
+    own = blade(group_spec(nodeSelector={"disk": "nvme"}), defaults=d)["spec"]
+    assert own["nodeSelector"] == {"disk": "nvme"} and own["priorityClassName"] == "nas-critical"
+    # without defaults: no placement, the small requests
+    plain = blade(group_spec())["spec"]
+    assert "nodeSelector" not in plain and "priorityClassName" not in plain
+    assert all(c["resources"] == {"requests": podspec.DEFAULT_REQUESTS} for c in plain["containers"])
+
+
+@pytest.mark.parametrize(("raw", "match"), [
+    ("{", "not JSON"),
+    ('{"controllers": {}}', "controller and/or blades"),
+    ('{"blades": {"nodeSelector": {"pool": 1}}}', "podDefaults.blades.nodeSelector.pool"),
+    ('{"blades": {"resources": {"requests": {"cpu": "lots"}}}}', "podDefaults.blades.resources.requests.cpu"),
+    ('{"controller": {"resources": {"wants": {}}}}', "podDefaults.controller.resources"),
+    ('{"controller": {"affinity": {}}}', "unknown field"),
+])
+def test_bad_installation_defaults_stop_the_operator(raw: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        settings.OperatorConfig.from_env({"NASBLADE_POD_DEFAULTS": raw})
+
+
 @pytest.mark.parametrize(("blades", "path"), [
     ({"spread": "Sometimes"}, "spec.blades.spread"),
     ({"nodeSelector": {"disk": 1}}, "spec.blades.nodeSelector.disk"),

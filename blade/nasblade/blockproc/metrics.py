@@ -39,6 +39,13 @@ from nasblade.blockproc.core import BlockProcessor
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "nasblade_blade"
 BLADE_LABELS = ["group", "blade"]
+FAMILIES = {f"{PREFIX}_{name}": kind for name, kind in (
+    ("filesystem_served", "gauge"), ("takeovers", "counter"), ("heartbeat_stored_age_seconds", "gauge"),
+    ("failed", "gauge"), ("procinfo_area_active", "gauge"), ("file_processor_up", "gauge"),
+    ("nfs_clients", "gauge"), ("filesystem_size_bytes", "gauge"), ("filesystem_free_bytes", "gauge"),
+    ("filesystem_files", "gauge"), ("nfs_calls", "counter"), ("nfs_call_seconds", "histogram"))}
+"""The block processor's own families and their types (``extra`` collectors add theirs; the
+chart's alerts may use these; the tests hold ``render`` to it)."""
 
 
 def gauge(name: str, help_: str, blade: list[str], value: float) -> GaugeMetricFamily:

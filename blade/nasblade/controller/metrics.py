@@ -34,6 +34,16 @@ from nasblade.controller.engine import Engine
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PREFIX = "nasblade_controller"
+FAMILIES = {f"{_PREFIX}_{name}": kind for name, kind in (
+    ("lu_size_bytes", "gauge"), ("lu_reads", "counter"), ("lu_writes", "counter"), ("lu_read_bytes", "counter"),
+    ("lu_written_bytes", "counter"), ("request_seconds", "histogram"), ("array_capacity_bytes", "gauge"),
+    ("array_free_bytes", "gauge"), ("copy_jobs", "gauge"), ("copy_job_done_bytes", "gauge"),
+    ("copy_job_total_bytes", "gauge"), ("cache_size_bytes", "gauge"), ("cache_used_bytes", "gauge"),
+    ("cache_dirty_bytes", "gauge"), ("requests_in_flight", "gauge"), ("cache_hits", "counter"),
+    ("cache_misses", "counter"), ("device_size_bytes", "gauge"), ("device_state", "gauge"),
+    ("device_errors", "counter"))}
+"""Every family a scrape carries and its type (what the chart's alerts may use; the tests hold
+``render`` to it)."""
 
 
 class _EngineCollector(Collector):

@@ -301,7 +301,8 @@ def blade_pod(
             ],
         },
     }
-    podspec.finish(pod["spec"], placement=spec.blades.placement, defaults=defaults, spread_selector=group_selector(group))
+    podspec.finish(pod["spec"], placement=spec.blades.placement, defaults=defaults, role="blades",
+                   spread_selector=group_selector(group))
     return pod
 
 

@@ -141,6 +141,8 @@ def controller_statefulset(
     }
     if spec.controller.resources:
         container["resources"] = dict(spec.controller.resources)
+    elif defaults.controller.resources:  # the installation's (the chart's podDefaults.controller)
+        container["resources"] = {k: dict(v) for k, v in defaults.controller.resources.items()}
     else:  # the cache lives in the controller's memory: request it
         container["resources"] = {"requests": {
             "cpu": "50m", "memory": f"{(spec.controller.cache_size + 64 * 2**20) // 2**20}Mi"}}
@@ -155,7 +157,7 @@ def controller_statefulset(
                         *tls_volumes],
         },
     }
-    podspec.finish(template["spec"], placement=spec.controller.placement, defaults=defaults)
+    podspec.finish(template["spec"], placement=spec.controller.placement, defaults=defaults, role="controller")
     digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "apiVersion": "apps/v1",

@@ -115,7 +115,7 @@ def deployment(namespace: str, array: str, spec: DiskArraySpec, *, image: str,
             ],
         },
     }
-    podspec.finish(template["spec"], placement=spec.controller.placement, defaults=defaults)
+    podspec.finish(template["spec"], placement=spec.controller.placement, defaults=defaults, role="csi")
     template["spec"]["automountServiceAccountToken"] = True  # it talks to the API server
     digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
     return {
