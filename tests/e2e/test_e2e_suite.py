@@ -272,12 +272,24 @@ def nbd(host):
         return "tls-required" if rtype == 0x80000005 else "reply:%x" % rtype
     except OSError:
         return "unreachable"
+def nbd_list(host):
+    # NBD_OPT_LIST before STARTTLS: no export names for a client without a certificate
+    try:
+        s = socket.create_connection((host, 10809), timeout=5)
+        s.recv(18, socket.MSG_WAITALL)
+        s.sendall(struct.pack(">I", 3))
+        s.sendall(struct.pack(">QII", 0x49484156454F5054, 3, 0))
+        magic, opt, rtype, length = struct.unpack(">QIII", s.recv(20, socket.MSG_WAITALL))
+        return "tls-required" if rtype == 0x80000005 else "reply:%x" % rtype
+    except OSError:
+        return "unreachable"
 print(json.dumps({
     "controllerApi": http("https://%s:8080/v1/array" % ctl),
     "controllerApiWrongToken": http("https://%s:8080/v1/lus" % ctl, "not-the-token"),
     "controllerApiPlaintext": http("http://%s:8080/v1/array" % ctl),
     "controllerApiVerified": http("https://%s:8080/v1/array" % ctl, context=ssl.create_default_context()),
     "controllerNbd": nbd(ctl),
+    "controllerNbdList": nbd_list(ctl),
     "bladeApi": http("https://%s:8090/v1/status" % blade),
     "bladeApiPlaintext": http("http://%s:8090/v1/status" % blade),
 }))
@@ -300,8 +312,15 @@ def test_step3b_a_pod_without_credentials_is_refused(kube: Kube, release: str, w
     assert out["controllerApiPlaintext"] == "unreachable", out
     assert out["controllerApiVerified"] in ("untrusted", "unreachable"), out
     assert out["controllerNbd"] in ("tls-required", "unreachable"), out
+    assert out["controllerNbdList"] in ("tls-required", "unreachable"), out
     assert out["bladeApi"] in ("401", "unreachable"), out
     assert out["bladeApiPlaintext"] == "unreachable", out
+    # the chart's networkPolicy.enabled (on by default): the objects are on the cluster whether
+    # or not its network plugin enforces them, and the group's disruption budget beside them
+    policies = {p["metadata"]["name"]: p for p in kube.json("-n", workload_ns, "get", "networkpolicy")["items"]}
+    assert {f"{ARRAY}-default-deny", f"{ARRAY}-controller", f"{GROUP}-blades"} <= set(policies), sorted(policies)
+    pdb = kube.json("-n", workload_ns, "get", "poddisruptionbudget", f"{GROUP}-blades")
+    assert pdb["spec"]["minAvailable"] == 1, pdb["spec"]
 
 
 # A scrape as the chart's ServiceMonitor and PodMonitor configure Prometheus (argv: host, port,
@@ -350,6 +369,12 @@ def test_step3c_metrics_scraped_over_https_show_the_io(kube: Kube, release: str,
     print(f"step3c-metrics: controller fs-shared written {written:.0f} B; blade {owner} NFS WRITE calls {writes:.0f}")
     assert written >= 1 << 20, controller[-2000:]  # step 3 wrote a multi-MiB file
     assert writes > 0, blade[-2000:]
+    # the same writes timed by the controller, and the capacity figures the alerts use
+    assert _samples(controller, "nasblade_controller_request_seconds_count", lu="fs-shared", op="write") > 0
+    assert 0 < _samples(controller, "nasblade_controller_array_free_bytes") < \
+        _samples(controller, "nasblade_controller_array_capacity_bytes"), controller[-2000:]
+    size = _samples(blade, "nasblade_blade_filesystem_size_bytes", fs="shared")
+    assert 0 < _samples(blade, "nasblade_blade_filesystem_free_bytes", fs="shared") < size, blade[-2000:]
     lus = kube.kubectl("-n", workload_ns, "exec", CLIENT_POD, "--", "python3", "-c",
                        SCRAPE.replace("/v1/metrics", "/v1/lus"), ctl_name, "8080", ctl_name, ca, token, check=False)
     assert lus.returncode != 0 and "403" in lus.stderr, (lus.stdout, lus.stderr)
