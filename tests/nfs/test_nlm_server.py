@@ -140,6 +140,18 @@ class Host:
         return res.stat
 
 
+def three_hosts(eps: dict[str, str]) -> tuple[Host, Host, Host]:
+    """Clients alpha, beta and gamma (each its own source address) of the endpoint ``eps``."""
+    port = int(eps["nfs"].rsplit(":", 1)[1])
+    a, b, c = (Host(n, s, port) for n, s in ((b"alpha", "127.0.0.2"), (b"beta", "127.0.0.3"), (b"gamma", "127.0.0.4")))
+    return a, b, c
+
+
+def run(fn: Any, *args: Any, **kw: Any) -> Any:
+    """``fn`` (a blocking client call) in a thread, so the server's loop keeps serving."""
+    return asyncio.to_thread(fn, *args, **kw)
+
+
 async def wait_until(cond: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -154,14 +166,10 @@ def test_locks_conflicts_callbacks_and_reclaim_after_restart(tmp_path: Path) -> 
         async with fake_client() as fc:
             fp = FileProcessor(commit_interval=0.2, grace_period=2.0, callback_portmap_port=fc.port)
             eps = await fp.add_filesystem(spec(device))
-            port = int(eps["nfs"].rsplit(":", 1)[1])
-            a, b, c = (Host(n, s, port) for n, s in ((b"alpha", "127.0.0.2"), (b"beta", "127.0.0.3"),
-                                                      (b"gamma", "127.0.0.4")))
-
-            def run(fn: Any, *args: Any, **kw: Any) -> Any:
-                return asyncio.to_thread(fn, *args, **kw)
+            a, b, c = three_hosts(eps)
 
             # the portmapper sends NLM and NSM clients to the NFS port
+            port = a.port
             pm = RawClient("127.0.0.1", port)
             for prog, vers in ((nlm.NLM_PROG, nlm.NLM_V4), (nsm.SM_PROG, nsm.SM_VERS)):
                 rep = await run(pm.call, t.PMAP_PROGRAM, t.PMAP_V2, 3,
@@ -250,12 +258,7 @@ def test_grace_period_ends_when_every_monitored_client_has_reclaimed(tmp_path: P
             fp = FileProcessor(commit_interval=0.2, grace_period=60.0, grace_settle=0.5,
                                callback_portmap_port=fc.port)
             eps = await fp.add_filesystem(spec(device))
-            port = int(eps["nfs"].rsplit(":", 1)[1])
-            a, b, c = (Host(n, s, port) for n, s in ((b"alpha", "127.0.0.2"), (b"beta", "127.0.0.3"),
-                                                      (b"gamma", "127.0.0.4")))
-
-            def run(fn: Any, *args: Any, **kw: Any) -> Any:
-                return asyncio.to_thread(fn, *args, **kw)
+            a, b, c = three_hosts(eps)
 
             assert await run(b.lock, fh, off=0, length=10) == nlm.Stat.GRANTED
             assert await run(b.lock, fh, off=50, length=10) == nlm.Stat.GRANTED
