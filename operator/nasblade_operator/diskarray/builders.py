@@ -141,9 +141,8 @@ def controller_statefulset(
     }
     if spec.controller.resources:
         container["resources"] = dict(spec.controller.resources)
-    elif defaults.controller.resources:  # the installation's (the chart's podDefaults.controller)
-        container["resources"] = {k: dict(v) for k, v in defaults.controller.resources.items()}
-    else:  # the cache lives in the controller's memory: request it
+    elif not defaults.controller.resources:  # (else podspec.finish gives the installation's)
+        # the cache lives in the controller's memory: request it
         container["resources"] = {"requests": {
             "cpu": "50m", "memory": f"{(spec.controller.cache_size + 64 * 2**20) // 2**20}Mi"}}
     template: dict[str, Any] = {
