@@ -153,6 +153,48 @@ def test_released_for_a_blade_that_dies_is_taken_back(make_array: Any) -> None:
     c.close()
 
 
+def test_a_move_through_the_block_processor_api_is_not_undone_by_the_releaser(make_array: Any) -> None:
+    """The operator moves a file system with two calls on the blades' management APIs: release
+    on the owner, then takeover on the target. Between them the group record still names the
+    owner, and its reservation is gone; the owner's member must not take the file system back
+    by itself as its recorded owner. It did (CI, e2e step 4f): its takeover came a moment after
+    the target's, with a newer epoch, and fenced the blade the Service pointed at (EIO to the
+    clients). Nor may it take it back once the target has it. A release nobody follows up is
+    served again after two failure timeouts (an operator that died half-way)."""
+    arr: ArrayUp = make_array(clusterGroups=group(failureTimeout="2s", powerFencing=False))
+    owner, epoch = wait_for(arr.owner)
+    taker = other(owner)
+    c = Client(arr.nfs["host"], nfs_port=arr.nfs["nfsPort"], mount_port=arr.nfs["mountPort"])
+    fh = c.create(c.mount(arr.nfs["export"]), "moved")
+    arr.api(owner, "POST", "/v1/filesystems/fs1/release", {})
+    # 20 ticks of the owner's member (100 ms heartbeats): each used to take it back at once
+    time.sleep(2.0)
+    assert arr.owner() is None, f"{owner} took the file system back after releasing it\n{arr.cluster(owner)}"
+    assert "fs1" in arr.cluster(owner)["released"], arr.cluster(owner)
+    arr.api(taker, "POST", "/v1/filesystems/fs1/takeover", {})
+    moved = wait_for(arr.owner)
+    assert moved[0] == taker and moved[1] > epoch, moved
+    time.sleep(3.0)  # past the releaser's two failure timeouts: the taker's record stops it
+    assert arr.owner() == moved, f"the releaser fenced the taker: {arr.owner()} after {moved}\n{dump_logs(arr)}"
+    c.deadline = 10.0
+    committed, _verf = c.write(fh, 0, b"moved!!!" * 512, stable=t.StableHow.FILE_SYNC)
+    assert committed == t.StableHow.FILE_SYNC and arr.served_by(taker)
+    # given back the same way; then released by the home blade and never followed up: it is
+    # served again after two failure timeouts (an operator that died half-way)
+    arr.api(taker, "POST", "/v1/filesystems/fs1/release", {})
+    arr.api(owner, "POST", "/v1/filesystems/fs1/takeover", {})
+    home = wait_for(lambda: (o := arr.owner()) is not None and o[0] == owner and o)
+    arr.api(owner, "POST", "/v1/filesystems/fs1/release", {})
+    time.sleep(2.0)
+    assert arr.owner() is None, f"{owner} took the file system back at once\n{arr.cluster(owner)}"
+    back = expect(arr, lambda: (o := arr.owner()) is not None and o[1] > home[1] and o,
+                  timeout=20, what="a release on request that nobody followed up is served again")
+    assert back[0] == owner, back
+    c.deadline = 10.0
+    assert c.read(fh, 0, 4096) == b"moved!!!" * 512
+    c.close()
+
+
 def test_restarted_block_processor_remounts_what_its_file_processor_still_serves(make_array: Any) -> None:
     """The owner's block processor is SIGKILLed and restarted (by the chassis here, by the
     kubelet in a pod) well before the failure timeout, while its file processor lives on and

@@ -151,6 +151,11 @@ class BlockProcessor:
         systems this blade owns from the start (``settings.owned``), then by ``take_over_fs``.
         Everything the file processor serves is here, however it came to serve it, and is
         watched the same way (``_check_file_processor``, ``_file_processor_lost``)."""
+        self.released_on_request: set[str] = set()
+        """File systems ``release_fs`` gave up (the operator's move, through the management API)
+        and no ``take_over_fs`` took again since. The group record still names this blade until
+        the taker records itself; the cluster member (``nasblade.cluster.takeover``) takes these
+        as released, so it does not take them back by itself as their recorded owner."""
         self.lifeline = Lifeline(self._file_processor_lost)
         self.failed: str | None = None
         """Why this blade is failed (its file processor lost a file system it served), or None."""
@@ -358,6 +363,7 @@ class BlockProcessor:
                 await asyncio.to_thread(fp.remove, name)
             served = await asyncio.to_thread(fp.add, self.fp_spec(name))
             self.handed[name] = time.time()
+            self.released_on_request.discard(name)
             if not held:
                 self.takeovers[name] += 1
             await self._set_owner(name, epoch)
@@ -367,6 +373,7 @@ class BlockProcessor:
         """Stop serving ``name``: unmount in the file processor, flush, drop the reservation."""
         lu = str(self.settings.fs_specs[name]["lu"])
         async with self._fs_lock:
+            self.released_on_request.add(name)
             self.handed.pop(name, None)
             if self.settings.fp_unix is not None:
                 try:

@@ -5,7 +5,9 @@ Every tick (``nasblade.cluster.member``) this part
 
 1. drops every file system another blade has fenced this one off (``enforce_fencing``: a higher
    epoch in the group record, or the controller's reservation no longer ours);
-2. re-takes the file systems the group record says are ours (restart), and carries out the
+2. re-takes the file systems the group record says are ours (restart) -- not one released on
+   request (``absorb_releases``: the operator is moving it through the block processor's
+   API) until nobody took it for two failure timeouts --, and carries out the
    takeovers ``core.plan_takeovers`` assigns to this blade (``act``), then records again what
    it serves where the record says otherwise with an epoch that is not newer (``reassert``).
 
@@ -88,6 +90,8 @@ class Takeovers:
         self.started = time.monotonic()
         self._lock = asyncio.Lock()
         self._powered_off: dict[str, float] = {}
+        self._on_request: dict[str, float] = {}
+        """Released file systems that were released on request (``absorb_releases``), and when."""
 
     async def close(self) -> None:
         tasks = list(self.pending.values())
@@ -117,17 +121,48 @@ class Takeovers:
     def forget_released(self, now: float) -> None:
         """A released file system that another blade has taken since is no longer held back;
         nor is one whose taker died before it recorded the file system as its own: the record
-        still names this blade, so it takes it back (``act``)."""
+        still names this blade, so it takes it back (``act``); nor one released on request
+        (``absorb_releases``) that nobody took in two failure timeouts."""
         group = self.view.group
+        for fs, at in list(self._on_request.items()):
+            if fs in self.released and now - at > 2 * self.cfg.failure_timeout \
+                    and ((rec := group.ownership.get(fs)) is None or rec.blade == self.me):
+                # the operator's move stopped half-way (it died between the release and the
+                # takeover): nobody took it for two failure timeouts, so it is served again
+                log.warning("%s: %s was released on request %.0fs ago and nobody took it; taking it back",
+                            self.me, fs, now - at)
+                self.released.pop(fs)
         self.released = {fs: taker for fs, taker in self.released.items()
-                         if (rec := group.ownership.get(fs)) is not None and rec.blade == self.me
+                         if (((rec := group.ownership.get(fs)) is not None and rec.blade == self.me)
+                             or (rec is None and fs in self._on_request))
                          and (taker is None or self.view.liveness.alive(taker, now=now))}
+        self._on_request = {fs: at for fs, at in self._on_request.items() if fs in self.released}
+
+    def absorb_releases(self) -> None:
+        """File systems the block processor released on request count as released for nobody:
+        the operator moves a file system through the block processor's management API
+        (``BlockProcessor.release_fs``, then ``take_over_fs`` on the taker), not through this
+        member. Until the taker records itself, the group record names this blade or nobody
+        (``release_fs`` clears it), and this blade must not take the file system back by itself,
+        as its recorded owner or as its home: that takeover's newer epoch would fence the taker
+        the operator just pointed the clients at."""
+        while self.bp.released_on_request:
+            fs = self.bp.released_on_request.pop()
+            epoch = self.serving.pop(fs, None)
+            if fs in self.gone:
+                continue
+            self.released.setdefault(fs, None)
+            self._on_request[fs] = time.monotonic()
+            if epoch is not None:
+                log.info("%s: released %s on request (epoch %d)", self.me, fs, epoch)
+                self.events.append(Released(file_system=fs, blade=self.me, epoch=epoch, time=time.time()))
 
     def adopt_startup_ownership(self) -> None:
         """File systems the block processor serves without this member having taken them --
         reserved at start (``--own``), or taken over through its own API (the operator's
         moves) -- count as served: their LU held and handed to the file processor. A
         reservation alone (a takeover that failed after reserving) is not serving."""
+        self.absorb_releases()
         for f in self.cfg.file_systems:
             lu = f.policy.lu
             if f.policy.name not in self.serving and lu in self.bp.epochs and f.policy.name in self.bp.handed \
@@ -135,8 +170,10 @@ class Takeovers:
                 rec = self.view.group.ownership.get(f.policy.name)
                 if rec is None or rec.epoch <= self.bp.epochs[lu]:
                     self.serving[f.policy.name] = self.bp.epochs[lu]
+                    self.released.pop(f.policy.name, None)
 
     async def enforce_fencing(self) -> None:
+        self.absorb_releases()  # a release on request is not a fencing
         for fs in list(self.serving):
             if fs in self.pending:
                 continue
@@ -168,6 +205,7 @@ class Takeovers:
         alive = self.view.alive(now)
         if self.me not in alive:
             return
+        self.absorb_releases()
         # what the group record says is ours: serve it again (restart), unless released, or
         # unless another blade holds the reservation now (it fenced us and is still taking over)
         for fs, own_rec in sorted(self.view.group.ownership.items()):
@@ -211,7 +249,7 @@ class Takeovers:
 
         async def run() -> None:
             try:
-                await self.take_over(fs, reason=reason)
+                await self.take_over(fs, reason=reason, automatic=True)
             except Exception as exc:  # controller refusals included: logged, retried next tick
                 log.warning("%s: takeover of %s failed: %s", self.me, fs, exc)
             finally:
@@ -243,7 +281,8 @@ class Takeovers:
 
     # -- ownership changes -----------------------------------------------------------------------
 
-    async def take_over(self, fs: str, *, reason: str, graceful: bool = False, timeout: float = 60.0) -> TakenOver:
+    async def take_over(self, fs: str, *, reason: str, graceful: bool = False, automatic: bool = False,
+                        timeout: float = 60.0) -> TakenOver:
         """Take ``fs`` over: new reservation epoch (fences the old owner), the file processor
         mounts (recovers) and binds the address, ownership recorded. Uses the block processor's
         ``take_over_fs``; retries (for up to ``timeout`` seconds) while the controller refuses
@@ -253,7 +292,8 @@ class Takeovers:
         Each attempt holds the blade's takeover lock, the waits between attempts do not: one
         file system being retried does not hold up the others' takeovers, nor a release or a
         ``forget``; and a file system that left the group meanwhile (``forget``) is not tried
-        again."""
+        again, nor, by a takeover this blade started by itself (``automatic``), one released
+        meanwhile (``absorb_releases``: the operator is moving it)."""
         if self.cfg.fs(fs) is None or fs not in self.bp.settings.fs_specs:
             raise ClusterError(f"{fs} is not a file system of cluster group {self.cfg.group}", status=404)
         t0 = time.monotonic()
@@ -265,6 +305,10 @@ class Takeovers:
                 if fs in self.gone or self.cfg.fs(fs) is None or fs not in self.bp.settings.fs_specs:
                     raise ClusterError(f"takeover of {fs} stopped after {attempts} attempts: it left cluster group "
                                        f"{self.cfg.group}", status=404)
+                self.absorb_releases()
+                if automatic and fs in self.released:
+                    raise ClusterError(f"takeover of {fs} stopped after {attempts} attempts: it was released on "
+                                       "request meanwhile", status=409)
                 if not prepared:
                     prepared = True
                     previous = self.view.group.ownership.get(fs)
@@ -349,6 +393,7 @@ class Takeovers:
         async with self._lock:
             epoch = self.serving[fs]
             self.released[fs] = taker
+            self._on_request.pop(fs, None)
             await self._drop(fs, graceful=True)
         rec = Released(file_system=fs, blade=self.me, epoch=epoch, time=time.time())
         self.events.append(rec)
