@@ -65,7 +65,7 @@ def _page(items: list[Any], token: str, max_entries: int) -> tuple[list[Any], st
         raise CsiError(grpc.StatusCode.INVALID_ARGUMENT, "max_entries is negative")
     start = 0
     if token:
-        if not token.isdigit() or int(token) > len(items):
+        if not (token.isascii() and token.isdigit()) or int(token) > len(items):
             raise CsiError(grpc.StatusCode.ABORTED, f"starting_token {token!r} is not one this driver gave")
         start = int(token)
     end = len(items) if not max_entries else min(len(items), start + max_entries)

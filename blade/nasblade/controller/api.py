@@ -468,7 +468,7 @@ async def post_device_fault(request: web.Request) -> web.Response:
 
 def _device(request: web.Request) -> int:
     text = request.match_info["id"]
-    n = int(text) if text.isdigit() else -1
+    n = int(text) if text.isascii() and text.isdigit() else -1
     if not 0 <= n < len(_engine(request).array.devices):
         raise NotFound(f"device {text}")
     return n

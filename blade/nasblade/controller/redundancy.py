@@ -119,7 +119,7 @@ def parse(value: Any) -> Protection:
         shares = value.get("parity")
     elif isinstance(value, str):
         level, _, n = value.strip().lower().partition("-")
-        copies = int(n) if n.isdigit() else (n or None)
+        copies = int(n) if n.isascii() and n.isdigit() else (n or None)
         shares = copies
     else:
         raise ProtectionError(f"protection must be a string or a mapping, got {value!r}")

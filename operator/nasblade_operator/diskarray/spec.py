@@ -229,7 +229,7 @@ def _file_systems(c: validation.Collector, items: Any) -> tuple[FileSystem, ...]
             c.add(path, "must be an object")
             continue
         name = str(item.get("name", ""))
-        if not name or not all(ch.isdigit() or ("a" <= ch <= "z") or ch == "-" for ch in name) or name[0] == "-" or name[-1] == "-":
+        if not name or not all(("0" <= ch <= "9") or ("a" <= ch <= "z") or ch == "-" for ch in name) or name[0] == "-" or name[-1] == "-":
             c.add(f"{path}.name", f"{name!r} must be lower-case letters, digits and '-' (a DNS label)")
         elif len(name) > 40:
             c.add(f"{path}.name", "must be at most 40 characters")
