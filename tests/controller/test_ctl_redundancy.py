@@ -22,7 +22,7 @@ def test_parse_levels_and_device_rules() -> None:
     assert rd.parse("mirror") == rd.Protection("mirror", 2)
     assert rd.parse("mirror-3") == rd.Protection("mirror", 3)
     assert rd.parse({"level": "mirror", "copies": 3}).name == "mirror-3"
-    for bad, msg in (("raid5", "unknown protection level"), ("mirror-4", "2 or 3 copies"),
+    for bad, msg in (("raid5", "unknown protection level"), ("mirror-4", "2 or 3 copies"), ("mirror-\u00b2", "2 or 3 copies"),
                      ({"level": "none", "copies": 2}, "exactly one copy"), (5, "string or a mapping")):
         with pytest.raises(rd.ProtectionError, match=msg):
             rd.parse(bad)
@@ -358,3 +358,55 @@ def test_parity_rebuild_gives_each_device_back_byte_for_byte(tmp_path: Path, lev
     assert all(b.devices[i].state == "ok" for i in lost)
     assert _read(b, "lu", 0, 24 * MiB) == bytes(data)
     b.close()
+
+
+def _count_io(monkeypatch: pytest.MonkeyPatch, *, refuse_dsync: bool) -> tuple[list[int], list[int]]:
+    """Record the flags of every ``pwritev`` and the fds of every ``fdatasync`` from here on."""
+    flags_seen: list[int] = []
+    synced: list[int] = []
+    real_pwritev, real_fdatasync = os.pwritev, os.fdatasync
+
+    def pwritev(fd: int, bufs: list[memoryview], offset: int, flags: int = 0) -> int:
+        flags_seen.append(flags)
+        if flags and refuse_dsync:
+            raise OSError(95, "Operation not supported")
+        return real_pwritev(fd, bufs, offset, flags)
+
+    def fdatasync(fd: int) -> None:
+        synced.append(fd)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(vdev.os, "pwritev", pwritev)
+    monkeypatch.setattr(vdev.os, "fdatasync", fdatasync)
+    return flags_seen, synced
+
+
+def test_a_write_intent_bit_is_made_durable_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first write into a region sets its bit and makes the bitmap page durable before the
+    data goes out: that page alone (``RWF_DSYNC``), once per copy, not an ``fdatasync`` of the
+    device, which wrote back every dirty page of data written before (a sequential writer paid
+    a full flush every 4 MiB). A second write into the region writes no bitmap at all."""
+    a = _open(tmp_path)
+    lu = a.create_lu("lu", 8 * MiB)
+    a.sync()
+    a.clean_bitmaps()
+    flags_seen, synced = _count_io(monkeypatch, refuse_dsync=False)
+    a.write_from(lu, 0, memoryview(b"x" * MiB))
+    assert synced == []
+    assert flags_seen.count(os.RWF_DSYNC) == 2 and len(flags_seen) == 4  # bitmap page + data, per copy
+    a.write_from(lu, MiB, memoryview(b"y" * MiB))
+    assert flags_seen.count(os.RWF_DSYNC) == 2 and len(flags_seen) == 6
+    assert _read(a, "lu", 0, 2 * MiB) == b"x" * MiB + b"y" * MiB
+
+
+def test_a_device_that_refuses_rwf_dsync_gets_fdatasync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = _open(tmp_path)
+    lu = a.create_lu("lu", 8 * MiB)
+    a.sync()
+    a.clean_bitmaps()
+    flags_seen, synced = _count_io(monkeypatch, refuse_dsync=True)
+    a.write_from(lu, 0, memoryview(b"z" * MiB))
+    assert sorted(synced) == sorted(m.fd for m in a.devices)  # the bit made durable the old way
+    a.write_from(lu, 4 * MiB, memoryview(b"w" * MiB))  # a new region: no RWF_DSYNC tried again
+    assert flags_seen.count(os.RWF_DSYNC) == 2 and len(synced) == 4
+    assert _read(a, "lu", 0, MiB) == b"z" * MiB and _read(a, "lu", 4 * MiB, MiB) == b"w" * MiB

@@ -52,13 +52,13 @@ def crash_after(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int | None]]:
     state: list[int | None] = [None, 0]
     real = vdev.Member.pwrite
 
-    def pwrite(self: vdev.Member, data: memoryview, offset: int) -> None:
+    def pwrite(self: vdev.Member, data: memoryview, offset: int, *, dsync: bool = False) -> None:
         n = state[1]
         assert n is not None
         if state[0] is not None and n >= state[0]:
             raise Crash(f"stopped before device write {n}")
         state[1] = n + 1
-        real(self, data, offset)
+        real(self, data, offset, dsync=dsync)
 
     monkeypatch.setattr(vdev.Member, "pwrite", pwrite)
     yield state

@@ -27,9 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from nasblade import latency
+from nasblade.buffers import Spares
 from nasblade.controller import layout
 from nasblade.controller.array import Array, now
 from nasblade.controller.cache import BYPASS, Cache
+
+#: bytes of large-read buffers kept for reuse: 16 reads of 1 MiB in flight, and as many more
+READ_SPARE_BYTES = 32 * 1024 * 1024
 
 
 class Fenceable(Protocol):
@@ -161,6 +165,8 @@ class Engine:
         self.destage_held = False
         #: large reads/writes and fsyncs run here so device I/O overlaps protocol work
         self.io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="devio")
+        #: buffers of large reads, used again once their replies are sent (``nasblade.buffers``)
+        self.read_buffers = Spares(READ_SPARE_BYTES)
 
     # --- LU table ----------------------------------------------------------------------------
 
@@ -261,7 +267,7 @@ class Engine:
         return out
 
     async def _read_devices(self, lu: layout.LURecord, offset: int, length: int) -> bytearray:
-        out = bytearray(length)
+        out = bytearray(length) if length < BYPASS else self.read_buffers.get(length)
         view = memoryview(out)
         if length < BYPASS:  # not worth a trip to the thread pool
             self.array.read_into(lu, offset, view)

@@ -10,7 +10,8 @@ format) and its write-intent bitmap, and does the I/O:
   lock, the bad copy is rewritten with the good data (self-healing read) and both are
   counted. A block no copy holds correctly is ``EIO`` (counted as lost).
 - **writes** go to every writable copy (healthy or being rebuilt) after the write-intent bit
-  of their region is on the devices (written and fsynced); unaligned edges are read,
+  of their region is on the devices (its bitmap page written with ``RWF_DSYNC``, which flushes
+  that page, not the data written before it); unaligned edges are read,
   verified and merged so every block's checksum covers the whole block.
 - **sync** writes the changed checksum pages and fsyncs: an acknowledged FLUSH/FUA has data
   and checksums of every copy on the devices. ``clean_bitmap`` clears bits of regions with
@@ -121,6 +122,7 @@ class Member:
     dirty_pages: set[int] = field(default_factory=set)
     faults: list[tuple[int, int, frozenset[str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    dsync_flag: bool = True  # pwritev takes RWF_DSYNC here (cleared the first time it is refused)
 
     def readable(self, offset: int, length: int) -> bool:
         return self.fd >= 0 and (self.state == "ok" or (
@@ -153,12 +155,24 @@ class Member:
         sums = Array("Q", rd.checksums(view))
         return sums if self.csum[first : first + len(sums)] == sums else None
 
-    def pwrite(self, data: memoryview, offset: int) -> None:
+    def pwrite(self, data: memoryview, offset: int, *, dsync: bool = False) -> None:
+        """Write ``data`` at ``offset``; with ``dsync`` the range is on the device when this
+        returns (``RWF_DSYNC``: that range's pages and the device cache, not the whole file's
+        dirty pages as ``fdatasync`` would; ``fdatasync`` where the flag is refused)."""
         self._fault(offset, len(data), "write")
+        flags = os.RWF_DSYNC if dsync and self.dsync_flag else 0
         while data:
-            n = os.pwritev(self.fd, [data], offset)
+            try:
+                n = os.pwritev(self.fd, [data], offset, flags)
+            except OSError as exc:
+                if not flags or exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self.dsync_flag, flags = False, 0
+                continue
             data = data[n:]
             offset += n
+        if dsync and not flags:
+            os.fdatasync(self.fd)
 
     def set_sums(self, first: int, sums: Sequence[int]) -> None:
         assert self.csum is not None
@@ -200,13 +214,15 @@ class Member:
                 self.dirty_pages |= pages
             raise
 
-    def write_bitmap(self, regions: Sequence[int]) -> None:
+    def write_bitmap(self, regions: Sequence[int], *, durable: bool = False) -> None:
+        """Write the bitmap pages holding ``regions``' bits; with ``durable`` they are on the
+        device when this returns (only those pages: the data written since is not flushed)."""
         g = self.geometry
         if g is None:
             return
         for page in sorted({r // BLOCK for r in regions}):
             start = page * BLOCK
-            self.pwrite(memoryview(self.bitmap)[start : start + BLOCK], g.bitmap_offset + start)
+            self.pwrite(memoryview(self.bitmap)[start : start + BLOCK], g.bitmap_offset + start, dsync=durable)
 
     def to_json(self) -> dict[str, object]:
         return {"index": self.index, "path": self.path, "size": self.size, "state": self.state,
@@ -314,8 +330,7 @@ class VDev:
                         m.bitmap[r] = 1
                 for m in self.writers:
                     try:
-                        m.write_bitmap(new)
-                        os.fdatasync(m.fd)
+                        m.write_bitmap(new, durable=True)
                     except OSError as exc:
                         self._error(m, "write", exc)
         return regions

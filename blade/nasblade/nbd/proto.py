@@ -56,10 +56,13 @@ receive large WRITE payloads directly into the buffer handed to the device write
 
 from __future__ import annotations
 
+import collections
 import enum
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+
+from nasblade.buffers import Spares
 
 # --- constants -------------------------------------------------------------------------------
 
@@ -194,6 +197,9 @@ MAX_STRING = 4096
 MAX_NAME = 4096
 #: WRITE payloads at least this large are received straight into their own buffer
 DIRECT_PAYLOAD = 64 * 1024
+#: bytes of payload buffers a connection keeps for reuse (``nasblade.buffers.Spares``):
+#: a queue of 16 requests of 1 MiB, twice over
+SPARE_BYTES = 32 * 1024 * 1024
 
 _HANDSHAKE = struct.Struct(">QQH")
 _OPT_HDR = struct.Struct(">QII")
@@ -253,7 +259,7 @@ def parse_export_name(name: str) -> ExportName:
         attrs[key] = value
     if set(attrs) != {"holder", "epoch"}:
         raise ValueError("export name needs both holder= and epoch=")
-    if not attrs["epoch"].isdigit() or int(attrs["epoch"]) < 1:
+    if not (attrs["epoch"].isascii() and attrs["epoch"].isdigit()) or int(attrs["epoch"]) < 1:
         raise ValueError("epoch must be a positive integer")
     return ExportName(lu, attrs["holder"], int(attrs["epoch"]))
 
@@ -405,6 +411,12 @@ class ServerConnection:
     _payload: bytearray | None = None
     _payload_got: int = 0
     _payload_hdr: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+    _header_next: bool = False  # the last request had a large payload: receive one header alone
+    # requests whose large payload was received in full, not yet returned by next_event (they
+    # precede everything still in the receive buffer)
+    _ready: collections.deque[tuple[Event, int]] = field(default_factory=collections.deque)
+    _ready_bytes: int = 0
+    _spares: Spares = field(default_factory=lambda: Spares(SPARE_BYTES))
 
     def initial_bytes(self) -> bytes:
         return _HANDSHAKE.pack(NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)
@@ -416,19 +428,40 @@ class ServerConnection:
         """Where the shell should receive the next bytes (``asyncio.BufferedProtocol.get_buffer``).
 
         While a large WRITE payload is outstanding this is the rest of that payload's own
-        buffer, so payload bytes go from the socket to the device write with no copy.
+        buffer, so payload bytes go from the socket to the device write with no copy. After
+        such a request, and with nothing buffered, it is one request header's worth: a stream
+        of large writes (a sequential writer) then has every payload received in place, where
+        a full scratch buffer would take the next header and up to 256 KiB of its payload, to
+        be copied twice (into the buffer, then into the payload's own).
         """
+        if self._payload is None and self._phase is _Phase.TRANSMISSION and not self._skip:
+            # the shell may receive again before the next request is parsed: a large WRITE
+            # whose header is here gets its own buffer now
+            self._direct_payload()
         if self._payload_pending():
             assert self._payload is not None
             return memoryview(self._payload)[self._payload_got :]
+        if self._header_next and self._pos == len(self._buf):
+            return memoryview(self._scratch)[:REQUEST_SIZE]
         return memoryview(self._scratch)
 
     def recv_done(self, n: int) -> None:
         """``n`` bytes were received into the last ``recv_buffer()``."""
         if self._payload_pending():
             self._payload_got += n
+            if not self._payload_pending():
+                self._payload_complete()
         else:
             self.receive_data(memoryview(self._scratch)[:n])
+
+    def _payload_complete(self) -> None:
+        """The large payload is all here: its request is ready (before anything buffered)."""
+        assert self._payload is not None
+        done = memoryview(self._payload)
+        self._payload = None
+        self._header_next = True
+        self._ready.append((self._request(*self._payload_hdr, done), len(done)))
+        self._ready_bytes += len(done)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         pending = self._payload_pending()
@@ -438,6 +471,8 @@ class ServerConnection:
             self._payload[self._payload_got : self._payload_got + n] = data[:n]
             self._payload_got += n
             data = data[n:]
+            if not self._payload_pending():
+                self._payload_complete()
             if not data:
                 return
         if self._pos and self._pos == len(self._buf):
@@ -452,7 +487,8 @@ class ServerConnection:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        """Bytes received and not yet returned as events (payloads of ready requests included)."""
+        return len(self._buf) - self._pos + self._ready_bytes
 
     def _compact(self) -> None:
         if self._pos > 1 << 20 or self._pos == len(self._buf):
@@ -714,12 +750,12 @@ class ServerConnection:
     # transmission -------------------------------------------------------------------------
 
     def _next_request(self) -> Event | object | None:
-        if self._payload is not None:
-            if self._payload_pending():
-                return None
-            done = memoryview(self._payload)
-            self._payload = None
-            return self._request(*self._payload_hdr, done)
+        if self._ready:
+            ev, nbytes = self._ready.popleft()
+            self._ready_bytes -= nbytes
+            return ev
+        if self._payload is not None:  # a large payload still arriving
+            return None
         if len(self._buf) - self._pos < REQUEST_SIZE:
             self._compact()
             return None
@@ -738,20 +774,11 @@ class ServerConnection:
                 cookie, EINVAL, f"WRITE of {length} bytes over the maximum payload {self.max_payload}")
             return _AGAIN
         if has_payload and len(self._buf) - self._pos < REQUEST_SIZE + length:
-            if length < DIRECT_PAYLOAD:
-                self._compact()
-                return None
-            # Large payload: give it its own buffer and let the shell receive into it.
-            self._pos += REQUEST_SIZE
-            have = len(self._buf) - self._pos
-            self._payload = bytearray(length)
-            self._payload[:have] = memoryview(self._buf)[self._pos :]
-            self._payload_got = have
-            self._payload_hdr = (flags, cmd, cookie, offset, length)
-            self._pos += have
+            self._direct_payload()
             self._compact()
             return None
         self._pos += REQUEST_SIZE
+        self._header_next = False
         payload = None
         if has_payload:
             # Copy the payload out so the receive buffer can grow/compact while the shell
@@ -761,6 +788,26 @@ class ServerConnection:
             payload = memoryview(bytes(view))
             view.release()
         return self._request(flags, cmd, cookie, offset, length, payload)
+
+    def _direct_payload(self) -> None:
+        """If the request at the read position is a WRITE with a large payload (at least
+        ``DIRECT_PAYLOAD``, at most ``max_payload``) not all here yet, consume its header and
+        give the payload its own buffer, which the shell receives the rest into
+        (``recv_buffer``); ``_next_request`` returns the request once it is full."""
+        if len(self._buf) - self._pos < REQUEST_SIZE:
+            return
+        magic, flags, cmd, cookie, offset, length = _REQUEST.unpack_from(self._buf, self._pos)
+        if magic != REQUEST_MAGIC or cmd != Cmd.WRITE or not DIRECT_PAYLOAD <= length <= self.max_payload:
+            return
+        if len(self._buf) - self._pos >= REQUEST_SIZE + length:
+            return
+        self._pos += REQUEST_SIZE
+        have = len(self._buf) - self._pos
+        self._payload = self._spares.get(length)  # a buffer no request holds any more
+        self._payload[:have] = memoryview(self._buf)[self._pos :]
+        self._payload_got = have
+        self._payload_hdr = (flags, cmd, cookie, offset, length)
+        self._pos += have
 
     def _allowed_flags(self, cmd: int) -> int | None:
         """The command flags ``cmd`` accepts here, ``None`` if the command is not valid."""
