@@ -5,9 +5,10 @@ every request is carried to the controller by the ``UpstreamPool`` of that LU
 (``nasblade.blockproc.upstream``). The handshake and request parsing are the sans-I/O
 ``nasblade.nbd.proto.ServerConnection``; this module is the thin asyncio shell around it.
 Requests run concurrently and replies go back as they complete (NBD allows any order); the
-shell is an ``asyncio.Protocol`` and hands each request to ``UpstreamPool.submit``, so a request
+shell hands each request to ``UpstreamPool.submit``, so a request
 costs a future and a callback, not a task. Past 64 MiB of data in flight it stops reading from
-the file processor until half of it is answered.
+the file processor until half of it is answered. It receives as a buffered protocol: large
+WRITE payloads are read from the socket into their own buffers.
 Transmission flags are the controller's, so FLUSH/FUA/TRIM/WRITE_ZEROES mean exactly what
 they mean at the controller: a FLUSH is acknowledged only after the controller's FLUSH was.
 """
@@ -45,8 +46,12 @@ _PAUSE_BYTES = 64 << 20  # stop reading from the file processor past this much d
 _RESUME_BYTES = 32 << 20
 
 
-class _Downstream(asyncio.Protocol):
-    """One file-processor connection: sans-I/O ``ServerConnection`` in, pool futures out."""
+class _Downstream(asyncio.BufferedProtocol):
+    """One file-processor connection: sans-I/O ``ServerConnection`` in, pool futures out.
+
+    A buffered protocol: the socket is read straight into the buffer the core names
+    (``ServerConnection.recv_buffer``), so a large WRITE's payload lands in its own buffer and
+    goes upstream from there without a copy."""
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -68,10 +73,16 @@ class _Downstream(asyncio.Protocol):
         self.server.connections -= 1
         self.transport = None
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.conn.recv_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn.recv_done(nbytes)
+        self._events()
+
+    def _events(self) -> None:
         conn, transport = self.conn, self.transport
         assert transport is not None
-        conn.receive_data(data)
         while (ev := conn.next_event()) is not None:
             out = conn.data_to_send()
             if out:
