@@ -381,15 +381,21 @@ def _count_io(monkeypatch: pytest.MonkeyPatch, *, refuse_dsync: bool) -> tuple[l
     return flags_seen, synced
 
 
+def _clean_mirror(tmp: Path) -> tuple[Array, layout.LURecord]:
+    """A mirror array with an 8 MiB LU and no write-intent bit set."""
+    a = _open(tmp)
+    lu = a.create_lu("lu", 8 * MiB)
+    a.sync()
+    a.clean_bitmaps()
+    return a, lu
+
+
 def test_a_write_intent_bit_is_made_durable_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first write into a region sets its bit and makes the bitmap page durable before the
     data goes out: that page alone (``RWF_DSYNC``), once per copy, not an ``fdatasync`` of the
     device, which wrote back every dirty page of data written before (a sequential writer paid
     a full flush every 4 MiB). A second write into the region writes no bitmap at all."""
-    a = _open(tmp_path)
-    lu = a.create_lu("lu", 8 * MiB)
-    a.sync()
-    a.clean_bitmaps()
+    a, lu = _clean_mirror(tmp_path)
     flags_seen, synced = _count_io(monkeypatch, refuse_dsync=False)
     a.write_from(lu, 0, memoryview(b"x" * MiB))
     assert synced == []
@@ -400,10 +406,7 @@ def test_a_write_intent_bit_is_made_durable_alone(tmp_path: Path, monkeypatch: p
 
 
 def test_a_device_that_refuses_rwf_dsync_gets_fdatasync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = _open(tmp_path)
-    lu = a.create_lu("lu", 8 * MiB)
-    a.sync()
-    a.clean_bitmaps()
+    a, lu = _clean_mirror(tmp_path)
     flags_seen, synced = _count_io(monkeypatch, refuse_dsync=True)
     a.write_from(lu, 0, memoryview(b"z" * MiB))
     assert sorted(synced) == sorted(m.fd for m in a.devices)  # the bit made durable the old way
