@@ -123,20 +123,21 @@ class Takeovers:
         nor is one whose taker died before it recorded the file system as its own: the record
         still names this blade, so it takes it back (``act``); nor one released on request
         (``absorb_releases``) that nobody took in two failure timeouts."""
-        group = self.view.group
-        for fs, at in list(self._on_request.items()):
-            if fs in self.released and now - at > 2 * self.cfg.failure_timeout \
-                    and ((rec := group.ownership.get(fs)) is None or rec.blade == self.me):
-                # the operator's move stopped half-way (it died between the release and the
-                # takeover): nobody took it for two failure timeouts, so it is served again
-                log.warning("%s: %s was released on request %.0fs ago and nobody took it; taking it back",
-                            self.me, fs, now - at)
-                self.released.pop(fs)
-        self.released = {fs: taker for fs, taker in self.released.items()
-                         if (((rec := group.ownership.get(fs)) is not None and rec.blade == self.me)
-                             or (rec is None and fs in self._on_request))
-                         and (taker is None or self.view.liveness.alive(taker, now=now))}
+        self.released = {fs: taker for fs, taker in self.released.items() if self._held_back(fs, taker, now)}
         self._on_request = {fs: at for fs, at in self._on_request.items() if fs in self.released}
+
+    def _held_back(self, fs: str, taker: str | None, now: float) -> bool:
+        """Whether released ``fs`` stays released (``forget_released``)."""
+        rec = self.view.group.ownership.get(fs)
+        at = self._on_request.get(fs)
+        if at is not None and now - at > 2 * self.cfg.failure_timeout and (rec is None or rec.blade == self.me):
+            # the operator's move stopped half-way (it died between the release and the
+            # takeover): nobody took it for two failure timeouts, so it is served again
+            log.warning("%s: %s was released on request %.0fs ago and nobody took it; taking it back",
+                        self.me, fs, now - at)
+            return False
+        ours = rec.blade == self.me if rec is not None else at is not None
+        return ours and (taker is None or self.view.liveness.alive(taker, now=now))
 
     def absorb_releases(self) -> None:
         """File systems the block processor released on request count as released for nobody:
