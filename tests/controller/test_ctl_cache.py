@@ -121,3 +121,45 @@ def test_dirty_ranges_and_zero_leave_holes_that_destage_does_not_refill(array: A
     assert array.holes(lu, 0, 1 << 20) == [(0, 8192 + 2 * SECTOR), (8192 + 3 * SECTOR, 36864),
                                            (40960, 1 << 20)]
     assert c.read(lu, 8192, 3 * SECTOR) == bytes(2 * SECTOR + 100) + b"a" * (SECTOR - 100)
+
+
+def test_a_write_through_drops_covered_lines_and_updates_partly_covered_ones(array: Array) -> None:
+    lu = array.state.lus["lu"]
+    c = Cache(array, 4 << 20)
+    for i in range(8):  # lines 0..7 cached, 2 and 6 dirty
+        c.read(lu, i * LINE, SECTOR)
+    c.write(lu, 2 * LINE, memoryview(b"a" * SECTOR), through=False)
+    c.write(lu, 6 * LINE, memoryview(b"b" * SECTOR), through=False)
+    data = os.urandom(4 * LINE)
+    start = LINE + 100  # line 1 partly, 2..4 wholly, line 5 partly
+    c.write(lu, start, memoryview(data[: 4 * LINE]), through=True)
+    assert ("lu", 2) not in c.lines and ("lu", 3) not in c.lines and ("lu", 4) not in c.lines
+    assert ("lu", 1) in c.lines and ("lu", 5) in c.lines  # partly covered: kept, up to date
+    assert c.dirty_bytes == SECTOR and ("lu", 6) in c.dirty  # the dirty line it covered is gone
+    assert len(c._spare) == 3
+    assert c.read(lu, 0, 8 * LINE) == (bytes(start) + data + bytes(LINE - 100)
+                                         + b"b" * SECTOR + bytes(LINE))
+    assert not c._spare  # the dropped lines' buffers were reused for the lines read back
+
+
+def test_a_read_during_an_off_loop_write_through_leaves_no_stale_line(array: Array) -> None:
+    """The engine writes large ranges from a thread: a read on the loop thread meanwhile may
+    fill a line from the half-written device. The end of the write-through drops such lines;
+    a small write that landed meanwhile (dirty, a later write of the client's) is kept."""
+    lu = array.state.lus["lu"]
+    c = Cache(array, 4 << 20)
+    old = os.urandom(4 * LINE)
+    array.write_from(lu, 0, memoryview(old))
+    new = os.urandom(4 * LINE)
+    token = c.begin_write_through(lu, 0, memoryview(new))
+    assert c.read(lu, 0, SECTOR) == old[:SECTOR]  # fills line 0 from the device: old data
+    c.write(lu, 3 * LINE, memoryview(b"w" * SECTOR), through=False)  # arrives meanwhile
+    array.write_from(lu, 0, memoryview(new))  # the device write "in the thread"
+    c.end_write_through(lu, 0, len(new), token)
+    assert ("lu", 0) not in c.lines and ("lu", 3) in c.dirty
+    assert c.read(lu, 0, 4 * LINE) == new[: 3 * LINE] + b"w" * SECTOR
+    # nothing filled meanwhile: the end costs nothing and drops nothing
+    c.read(lu, 2 * LINE, SECTOR)
+    token = c.begin_write_through(lu, 0, memoryview(new[:LINE]))
+    c.end_write_through(lu, 0, LINE, token)
+    assert ("lu", 2) in c.lines

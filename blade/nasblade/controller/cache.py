@@ -9,8 +9,9 @@ memory to allocate and zero per miss, no wasted capacity); the code handles any 
 of the sector size. Policy:
 
 - small writes (< ``BYPASS``) land in the cache, dirty, and are acknowledged from memory;
-- large writes and FUA writes go through to the devices (the caller fsyncs for FUA) and
-  refresh cached copies of the range, which then are clean;
+- large writes and FUA writes go through to the devices (the caller fsyncs for FUA); the
+  cache drops the lines such a write covers completely (copying 1 MiB into 256 cached lines
+  cost as much as the device write itself) and brings partly covered ones up to date;
 - large reads go straight to the devices and overlay the dirty sectors the cache holds;
 - ``destage`` writes dirty sectors back (background task, FLUSH, eviction, shutdown);
 - lines are evicted in LRU order when ``capacity`` is reached (a dirty victim is destaged
@@ -35,6 +36,7 @@ SECTOR = 4096
 SECTORS = LINE // SECTOR
 ALL = (1 << SECTORS) - 1
 BYPASS = 256 * 1024
+SPARE_LINES = 1024
 
 Key = tuple[str, int]
 
@@ -99,6 +101,12 @@ class Cache:
         #: bumped whenever cached data is written back to a device; an off-loop device read
         #: that saw a bump may have missed data that moved from the cache to the device
         self.destage_generation = 0
+        #: bumped whenever sectors are read from a device into a line; an off-loop write-through
+        #: that saw a bump may have had its range read half-written into the cache
+        self.fill_generation = 0
+        #: buffers of dropped lines, reused before allocating (a fresh bytearray costs a page
+        #: fault and zeroing)
+        self._spare: list[bytearray] = []
 
     # --- figures ------------------------------------------------------------------------------
 
@@ -179,13 +187,27 @@ class Cache:
                 self._destage_line(victim)
                 self.dirty.pop(vkey, None)
             reuse = victim.buf  # a fresh 64 KiB bytearray costs page faults; recycle
+        if reuse is None and self._spare:
+            reuse = self._spare.pop()
         line = Line(lu, index, reuse)
         self.lines[key] = line
         return line
 
+    def _drop(self, key: Key) -> None:
+        line = self.lines.pop(key, None)
+        if line is None:
+            return
+        if line.dirty:
+            self.dirty_sectors -= line.dirty.bit_count()
+            del self.dirty[key]
+        if len(self._spare) < SPARE_LINES:
+            self._spare.append(line.buf)
+
     def _fill(self, line: Line, mask: int) -> None:
         """Read the sectors in ``mask`` that are not yet valid from the device."""
         need = mask & ~line.valid
+        if need:
+            self.fill_generation += 1
         for first, n in runs(need):
             start = first * SECTOR
             self.array.read_into(line.lu, line.index * LINE + start,
@@ -310,7 +332,7 @@ class Cache:
         end = offset + length
         if through or length >= BYPASS:
             touched = self.array.write_from(lu, offset, data)
-            self._refresh(lu, offset, data)
+            self.begin_write_through(lu, offset, data)  # on the loop thread: nothing ran meanwhile
             return touched
         pos = offset
         while pos < end:
@@ -329,39 +351,59 @@ class Cache:
             pos = stop
         return set()
 
-    def refresh(self, lu: layout.LURecord, offset: int, data: memoryview) -> None:
-        """Bring cached copies up to date *before* an off-loop write-through of ``data``.
+    def begin_write_through(self, lu: layout.LURecord, offset: int, data: memoryview) -> int:
+        """Prepare the cache for a write of ``data`` straight to the devices; call it *before*
+        the device write. Returns a token for ``end_write_through``.
 
-        Fully covered sectors become clean, so neither the destager nor eviction writes older
-        cached data over the range while the device write is in flight.
+        Lines the range covers completely are dropped (dirty ones too: the write supersedes
+        them, so neither the destager nor eviction writes older data over the range while the
+        device write is in flight). A line covered in part is brought up to date in place,
+        so its other bytes, possibly dirty, are kept.
         """
-        self._refresh(lu, offset, data)
-
-    def _refresh(self, lu: layout.LURecord, offset: int, data: memoryview) -> None:
-        """After a write-through: bring cached copies of the range up to date."""
         end = offset + len(data)
-        for index in range(offset // LINE, (end - 1) // LINE + 1):
-            key = (lu.name, index)
-            line = self.lines.get(key)
-            if line is None:
-                continue
-            base = index * LINE
-            s, e = max(offset, base) - base, min(end, base + LINE) - base
-            full = full_mask(s, e)
-            partial = sector_mask(s, e) & ~full
-            if partial & ~line.valid:
-                # keep only what is consistent: drop the partially written invalid sectors
-                line.buf[s:e] = data[base + s - offset : base + e - offset]
-                line.valid |= full
-            else:
-                line.buf[s:e] = data[base + s - offset : base + e - offset]
-                line.valid |= full
-            cleaned = line.dirty & full
-            if cleaned:
-                line.dirty &= ~cleaned
-                self.dirty_sectors -= cleaned.bit_count()
-                if not line.dirty:
-                    self.dirty.pop(key, None)
+        if self.lines:
+            name = lu.name
+            lines = self.lines
+            covered = range(-(-offset // LINE), end // LINE)
+            for index in covered:
+                if (name, index) in lines:
+                    self._drop((name, index))
+            for index in {offset // LINE, (end - 1) // LINE}:
+                if index not in covered:
+                    self._update(lu, index, offset, data)
+        return self.fill_generation
+
+    def end_write_through(self, lu: layout.LURecord, offset: int, length: int, token: int) -> None:
+        """After an off-loop device write begun with ``begin_write_through``: a read that ran
+        meanwhile may have filled lines of the range from half-written sectors; drop the clean
+        ones (dirty ones hold a later write of the client's)."""
+        if self.fill_generation == token:
+            return
+        name = lu.name
+        for index in range(offset // LINE, (offset + length - 1) // LINE + 1):
+            line = self.lines.get((name, index))
+            if line is not None and not line.dirty:
+                self._drop((name, index))
+
+    def _update(self, lu: layout.LURecord, index: int, offset: int, data: memoryview) -> None:
+        """Copy the part of ``data`` (at ``offset``) that falls in line ``index``, if cached;
+        the sectors it covers completely become valid and clean."""
+        key = (lu.name, index)
+        line = self.lines.get(key)
+        if line is None:
+            return
+        end = offset + len(data)
+        base = index * LINE
+        s, e = max(offset, base) - base, min(end, base + LINE) - base
+        full = full_mask(s, e)
+        line.buf[s:e] = data[base + s - offset : base + e - offset]
+        line.valid |= full
+        cleaned = line.dirty & full
+        if cleaned:
+            line.dirty &= ~cleaned
+            self.dirty_sectors -= cleaned.bit_count()
+            if not line.dirty:
+                self.dirty.pop(key, None)
 
     def zero(self, lu: layout.LURecord, offset: int, length: int, *, provision: bool = False) -> set[int]:
         """Zero a range on the devices (``provision``: see ``Array.zero``) and zero its cached

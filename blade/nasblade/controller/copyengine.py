@@ -192,7 +192,6 @@ class CopyEngine:
         on the loop thread and the copy-on-write hook has not copied it meanwhile; from then
         on the old data is held in memory, so client writes to the chunk may proceed.
         """
-        loop = asyncio.get_running_loop()
         engine = self.engine
         t0 = time.monotonic()
         copied = 0
@@ -226,10 +225,8 @@ class CopyEngine:
                 engine._check_fault(job.target, job.target_offset + off, n, "write")
                 if pending is not None:
                     await pending
-                view = memoryview(data)
-                engine.cache.refresh(dst, job.target_offset + off, view)
-                pending = loop.run_in_executor(engine.io_pool, engine.array.write_from, dst,
-                                               job.target_offset + off, view)
+                pending = asyncio.ensure_future(
+                    engine.write_through(dst, job.target_offset + off, memoryview(data)))
             if pending is not None:
                 await pending
                 pending = None

@@ -298,12 +298,20 @@ class Engine:
     async def write_large(self, lu: layout.LURecord, offset: int, data: memoryview, *, fua: bool) -> None:
         """A write-through of at least ``cache.BYPASS`` bytes with the device I/O off the loop."""
         self._before_write(lu, offset, len(data))
-        self.cache.refresh(lu, offset, data)
-        touched = await asyncio.get_running_loop().run_in_executor(
-            self.io_pool, self.array.write_from, lu, offset, data)
+        touched = await self.write_through(lu, offset, data)
         self.load.add(lu=lu.name, written=len(data))
         if fua:
             await self.sync(touched)
+
+    async def write_through(self, lu: layout.LURecord, offset: int, data: memoryview) -> set[int]:
+        """Write ``data`` to the devices off the loop, keeping the cache coherent with it (no
+        checks: the caller made them). Returns the devices written."""
+        token = self.cache.begin_write_through(lu, offset, data)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.io_pool, self.array.write_from, lu, offset, data)
+        finally:
+            self.cache.end_write_through(lu, offset, len(data), token)
 
     def _before_write(self, lu: layout.LURecord, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > lu.size:
