@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,50 @@ def test_file_processor_crash_fails_the_blade(
     assert moved["epoch"] == 2
     nfs_cp(url(fs_spec, "f.bin"), str(tmp_path / "back"))
     assert (tmp_path / "back").read_bytes() == content
+
+
+def _health(api: str) -> tuple[int, dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{api}/healthz", timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _await_health(api: str, code: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while (got := _health(api))[0] != code and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert got[0] == code, got
+    return got[1]
+
+
+def test_a_blade_is_ready_only_while_its_file_processor_is_there(
+    tmp_path: Path, controller: Controller, fs_spec: dict[str, Any],
+    start_bp: Callable[..., BladeProc], start_fp: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """Readiness says whether the blade could take a file system over: not before its file
+    processor has started (a restarted pod was Ready that early, and the operator's give-back
+    to it failed), not while a standby's killed file processor restarts; a takeover works as
+    soon as it is Ready again."""
+    bp = start_bp(blade="b0", slot=0, own=(),
+                  extra=("--fs-spec", json.dumps(fs_spec), "--fp-unix", str(tmp_path / "b0" / "fp.sock")))
+    assert _health(bp.api) == (503, {"ok": False, "waiting": "no file processor is connected"})
+    fp = start_fp(bp, "b0")
+    _await_health(bp.api, 200)
+    fp.send_signal(signal.SIGKILL)  # it served nothing: the blade is not failed, only not ready
+    fp.wait()
+    assert _await_health(bp.api, 503) == {"ok": False, "waiting": "no file processor is connected"}
+    start_fp(bp, "b0")
+    _await_health(bp.api, 200)
+    api = BladeClient(bp.api, BLADE_TOKEN, timeout=180)
+    assert api.request("POST", "/v1/filesystems/fs1/takeover")["epoch"] == 1
+    content = os.urandom(1 << 20)
+    (tmp_path / "f.bin").write_bytes(content)
+    nfs_cp(str(tmp_path / "f.bin"), url(fs_spec, "f.bin"))
+    nfs_cp(url(fs_spec, "f.bin"), str(tmp_path / "back"))
+    assert (tmp_path / "back").read_bytes() == content
+

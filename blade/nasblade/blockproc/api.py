@@ -9,7 +9,7 @@ an unexpected exception is a JSON 500 with its traceback in the log.
 
 Blade management API (base ``/v1``, bearer token on every route except ``/healthz``):
 
-    GET  /healthz                       {"ok": true}
+    GET  /healthz                       {"ok": true}; 503 while failed or without a file processor
     GET  /v1/status                     software version, owned file systems, heartbeat age,
                                         client counts, active processor-info area, load …
     GET  /v1/slots                      every slot of the group's portion (decoded)
@@ -70,9 +70,18 @@ def _bp(request: web.Request) -> BlockProcessor:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    failed = _bp(request).failed
-    if failed is not None:  # readiness: a failed blade is taken out of service (BlockProcessor.fail)
-        return web.json_response({"ok": False, "failed": failed}, status=503)
+    """Readiness: the blade can serve and take file systems over.
+
+    Not while it is failed (``BlockProcessor.fail``), and not while its file processor is not
+    there (no lifeline: not started yet, or its process ended and its container restarts):
+    a blade without one cannot take a file system over, so the operator must not pick it as a
+    failover or give-back target (a just-restarted pod was Ready before its file processor had
+    its control socket, and the give-back to it failed with ENOENT)."""
+    bp = _bp(request)
+    if bp.failed is not None:
+        return web.json_response({"ok": False, "failed": bp.failed}, status=503)
+    if bp.settings.fp_unix is not None and not bp.lifeline.alive:
+        return web.json_response({"ok": False, "waiting": "no file processor is connected"}, status=503)
     return web.json_response({"ok": True})
 
 
