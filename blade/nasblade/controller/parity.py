@@ -52,6 +52,9 @@ that a stripe is a few cheap zfec calls. It divides ``redundancy.REGION`` and th
 allocation unit, so a stripe never straddles a bitmap region."""
 
 
+_ZERO_UNIT = bytes(UNIT)
+
+
 def _runs(blocks: list[int]) -> Iterator[tuple[int, int]]:
     """Consecutive runs ``[b0, b1)`` of sorted block numbers."""
     i = 0
@@ -463,6 +466,59 @@ class ParityVDev(VDev):
             super().finish_rebuild(m, persist)
             self.journal.reset(self.sync)
 
+    def _rebuild_rows(self, m: Member, start: int, end: int) -> bool:
+        """Rebuild ``m``'s units of the rows in device range ``[start, end)`` in one pass: one
+        read per other device, their checksums checked at once, each row's missing unit
+        decoded (or its parity encoded) from the others, one write. ``False`` (nothing written)
+        when that cannot be done plainly -- another device not readable there, a read error,
+        a checksum that does not match -- and the caller goes row by row, repairing what it
+        finds. Rows that come out all zeroes stay holes on ``m``."""
+        rows = list(self._rows_in(start, end))
+        if not rows:
+            return False
+        d0, d1 = rows[0][1], rows[-1][1] + UNIT
+        length, first = d1 - d0, d0 // BLOCK
+        share_of = self.members.index(m)
+        bufs: list[bytearray | None] = [None] * self.n
+        for j, o in enumerate(self.members):
+            if o is m:
+                continue
+            if not o.readable(d0, length) or o.csum is None:
+                return False
+            raw = bytearray(length)
+            try:
+                o.pread(memoryview(raw), d0)
+            except OSError:
+                return False
+            if o.csum[first : first + length // BLOCK] != Array("Q", rd.checksums(raw)):
+                return False
+            bufs[j] = raw
+        out = bytearray(length)
+        zero_rows: list[int] = []
+        for s, row in rows:
+            rel = row - d0
+            missing = (share_of - s) % self.n
+            good = tuple(i for i in range(self.n) if i != missing)[: self.k]
+            ins = tuple(bytes(bufs[(s + i) % self.n][rel : rel + UNIT]) for i in good)  # type: ignore[index]
+            if missing < self.k:
+                unit = self._dec.decode(ins, good)[missing]
+            else:
+                unit = self._enc.encode(ins, (missing,))[0]
+            if unit == _ZERO_UNIT:
+                zero_rows.append(row)
+            else:
+                out[rel : rel + UNIT] = unit
+        view = memoryview(out)
+        pos = d0
+        for row in [*zero_rows, d1]:  # the runs between rows of zeroes are written
+            if row > pos:
+                m.pwrite(view[pos - d0 : row - d0], pos)
+            if row < d1:
+                self._zero_member(m, row, UNIT, False)
+            pos = row + UNIT
+        m.set_sums(first, Array("Q", rd.checksums(out)))  # a row of zeroes sums to 0, as a hole
+        return True
+
     def scrub_step(self, start: int, n: int) -> tuple[int, int]:
         """Verify checksums and parity of the stripes that begin in virtual ``[start,
         start + n)``, repairing both; returns (repaired, lost)."""
@@ -499,6 +555,9 @@ class ParityVDev(VDev):
                 # holes until filled): one punch instead of a check and a punch per row
                 self._zero_member(m, start, end - start, False)
                 m.zero_sums(start // BLOCK, (end - start) // BLOCK)
+                m.rebuilt = end
+                return end - start
+            if self._rebuild_rows(m, start, end):
                 m.rebuilt = end
                 return end - start
             for s, d0 in self._rows_in(start, end):
