@@ -163,3 +163,32 @@ def test_a_read_during_an_off_loop_write_through_leaves_no_stale_line(array: Arr
     token = c.begin_write_through(lu, 0, memoryview(new[:LINE]))
     c.end_write_through(lu, 0, LINE, token)
     assert ("lu", 2) in c.lines
+
+
+def test_large_reads_of_cached_data_run_on_the_loop_and_see_dirty_data(array: Array) -> None:
+    """``Engine.read_large``: data not in the page cache is read in the I/O pool; once cached,
+    on the loop thread (``pageCacheReads``); both overlay what the write-back cache holds."""
+    import asyncio
+
+    from nasblade.controller.engine import Engine
+
+    lu = array.state.lus["lu"]
+    data = os.urandom(2 * BYPASS)
+    array.write_from(lu, 0, memoryview(data))
+    array.sync()
+    for m in array.devices:
+        os.posix_fadvise(m.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    engine = Engine(array, cache_size=1 << 20)
+
+    async def reads() -> None:
+        assert await engine.read_large(lu, 0, len(data)) == data
+        assert engine.inline_reads == 0  # from the devices, in the pool
+        await engine.write(lu, SECTOR, memoryview(b"d" * SECTOR), fua=False)  # dirty in the cache
+        got = await engine.read_large(lu, 0, len(data))
+        assert engine.inline_reads == 1
+        assert got == data[:SECTOR] + b"d" * SECTOR + data[2 * SECTOR :]
+
+    try:
+        asyncio.run(reads())
+    finally:
+        engine.io_pool.shutdown()

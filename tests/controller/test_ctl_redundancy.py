@@ -413,3 +413,36 @@ def test_a_device_that_refuses_rwf_dsync_gets_fdatasync(tmp_path: Path, monkeypa
     a.write_from(lu, 4 * MiB, memoryview(b"w" * MiB))  # a new region: no RWF_DSYNC tried again
     assert flags_seen.count(os.RWF_DSYNC) == 2 and len(synced) == 4
     assert _read(a, "lu", 0, MiB) == b"z" * MiB and _read(a, "lu", 4 * MiB, MiB) == b"w" * MiB
+
+
+def _evict(a: Array) -> None:
+    """Drop the device files' pages from the page cache (written back first)."""
+    a.sync()
+    for m in a.devices:
+        os.posix_fadvise(m.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def test_nowait_reads_come_from_the_page_cache_or_not_at_all(tmp_path: Path) -> None:
+    """``vdev.nowait``: the event loop's attempt at a large read. Data not in the page cache,
+    or a block that fails its checksum (a repair takes the region lock), raise ``NotCached``
+    without touching anything; the same read outside ``nowait`` then reads (and repairs)."""
+    a = _open(tmp_path)
+    lu = a.create_lu("lu", 8 * MiB)
+    data = _payload(random.Random(2), 2 * MiB)
+    a.write_from(lu, 0, memoryview(data))
+    _evict(a)
+    buf = bytearray(2 * MiB)
+    with pytest.raises(vdev.NotCached), vdev.nowait():
+        a.read_into(lu, 0, memoryview(buf))
+    assert _read(a, "lu", 0, 2 * MiB) == data  # outside nowait: from the devices
+    with vdev.nowait():  # now cached
+        a.read_into(lu, 0, memoryview(buf))
+    assert buf == data
+    off = lu.segments[0].members[0][1]
+    _flip(tmp_path / "d0", off + 5 * 4096 + 9)  # the copy reads come from
+    repaired = a.status()["repairedBlocks"]
+    with pytest.raises(vdev.NotCached), vdev.nowait():
+        a.read_into(lu, 0, memoryview(buf))
+    assert a.status()["repairedBlocks"] == repaired  # nothing repaired in nowait mode
+    assert _read(a, "lu", 0, 2 * MiB) == data
+    assert a.status()["repairedBlocks"] == repaired + 1  # type: ignore[operator]

@@ -336,6 +336,7 @@ async def get_cache(request: web.Request) -> web.Response:
                               "hits": c.stats.hits, "misses": c.stats.misses,
                               "dirtyRatio": c.dirty_ratio, "lineSize": cache_mod.LINE,
                               "destageHeld": _engine(request).destage_held,
+                              "pageCacheReads": _engine(request).inline_reads,
                               "hitRatio": c.stats.hits / total if total else 0.0})
 
 
@@ -537,7 +538,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("POST", "/v1/clients", post_client, "Register or refresh a client {name, group?, role?, address?, attrs?}"),
     ("GET", "/v1/clients/{name}", get_client, "Describe a client"),
     ("DELETE", "/v1/clients/{name}", delete_client, "Unregister a client"),
-    ("GET", "/v1/cache", get_cache, "Cache size, used, dirty bytes, hits, misses, dirty ratio"),
+    ("GET", "/v1/cache", get_cache, "Cache size, used, dirty bytes, hits, misses, dirty ratio, large reads served from the page cache"),
     ("GET", "/v1/cache/directory", get_cache_directory, "Cached ranges of an LU (?lu=NAME) and registered records"),
     ("POST", "/v1/cache/records", post_cache_records, "Register cache records {client, lu, ranges, state}"),
     ("DELETE", "/v1/cache/records", delete_cache_records, "Clear a client's records (?client=NAME[&lu=LU])"),

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from nasblade import latency
 from nasblade.buffers import Spares
-from nasblade.controller import layout
+from nasblade.controller import layout, vdev
 from nasblade.controller.array import Array, now
 from nasblade.controller.cache import BYPASS, Cache
 
@@ -167,6 +167,8 @@ class Engine:
         self.io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="devio")
         #: buffers of large reads, used again once their replies are sent (``nasblade.buffers``)
         self.read_buffers = Spares(READ_SPARE_BYTES)
+        #: large reads served from the page cache on the loop thread (``_read_cached``)
+        self.inline_reads = 0
 
     # --- LU table ----------------------------------------------------------------------------
 
@@ -271,6 +273,8 @@ class Engine:
         view = memoryview(out)
         if length < BYPASS:  # not worth a trip to the thread pool
             self.array.read_into(lu, offset, view)
+        elif self._read_cached(lu, offset, view):
+            self.inline_reads += 1
         else:
             generation = self.cache.destage_generation
             await asyncio.get_running_loop().run_in_executor(self.io_pool, self.array.read_into, lu, offset, view)
@@ -278,6 +282,19 @@ class Engine:
                 self.array.read_into(lu, offset, view)
         self.cache.overlay_dirty(lu, offset, view)
         return out
+
+    def _read_cached(self, lu: layout.LURecord, offset: int, view: memoryview) -> bool:
+        """Read on the loop thread if every byte is in the page cache and needs no repair
+        (``vdev.nowait``); ``False`` when the read has to go to the I/O pool. Nothing else
+        runs meanwhile, so no destage can slip between device read and dirty overlay."""
+        if not all(v.nowait_reads for v in self.array.vdevs):
+            return False
+        try:
+            with vdev.nowait():
+                self.array.read_into(lu, offset, view)
+        except vdev.NotCached:
+            return False
+        return True
 
     async def read_extents(self, lu: layout.LURecord, offset: int,
                            length: int) -> list[tuple[int, int, bytearray | None]]:

@@ -69,6 +69,8 @@ def _runs(blocks: list[int]) -> Iterator[tuple[int, int]]:
 class ParityVDev(VDev):
     """``n`` devices, ``parity`` of each stripe's units holding Reed-Solomon parity."""
 
+    nowait_reads = False  # reads take stripe locks and may decode: always in the I/O pool
+
     def __init__(self, index: int, members: list[Member], *, unit: int, parity: int, meta: int,
                  on_failure: Callable[[Member], None]) -> None:
         super().__init__(index, members, unit=unit, on_failure=on_failure)

@@ -56,6 +56,29 @@ _ZEROES = bytes(1 << 20)
 READ_ERROR_LIMIT = 16
 """Read errors after which a member is failed (a write error fails it at once)."""
 _LOCKS = 64
+_mode = threading.local()
+
+
+class NotCached(Exception):
+    """A read in ``nowait`` mode cannot be done without waiting: its data is not in the page
+    cache, or it needs a repair (which takes a region lock). Not an ``OSError``: nothing here
+    takes it for a device error. The caller does the read again in its I/O thread pool."""
+
+
+@contextlib.contextmanager
+def nowait() -> Iterator[None]:
+    """Reads in this thread come only from the page cache (``RWF_NOWAIT``), or raise
+    ``NotCached``: the controller's event loop reads cached data itself instead of handing
+    every large read to a worker thread and back (two thread wake-ups per request)."""
+    _mode.nowait = True
+    try:
+        yield
+    finally:
+        _mode.nowait = False
+
+
+def _nowait_on() -> bool:
+    return getattr(_mode, "nowait", False)
 _PAGE_BLOCKS = BLOCK // CSUM_SIZE  # checksums per checksum page
 
 
@@ -139,6 +162,18 @@ class Member:
 
     def pread(self, view: memoryview, offset: int) -> None:
         self._fault(offset, len(view), "read")
+        if _nowait_on():
+            try:
+                got = os.preadv(self.fd, [view], offset, os.RWF_NOWAIT)
+            except BlockingIOError:
+                raise NotCached from None
+            except OSError as exc:
+                if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it
+                    raise NotCached from None
+                raise
+            if got != len(view):  # the rest is not cached (or past the end: the pool zero-fills)
+                raise NotCached
+            return
         got = os.preadv(self.fd, [view], offset)
         if got != len(view):
             view[got:] = bytes(len(view) - got)
@@ -246,6 +281,9 @@ class Stats:
 
 class VDev:
     """A mirror set (or a single device): ``size`` bytes of verified, redundant storage."""
+
+    #: reads may run in ``nowait`` mode (``read`` raises ``NotCached`` instead of waiting)
+    nowait_reads = True
 
     def __init__(self, index: int, members: list[Member], *, unit: int,
                  on_failure: Callable[[Member], None]) -> None:
@@ -383,6 +421,8 @@ class VDev:
         start, n = rd.align(offset, length)
         buf = view if (start, n) == (offset, length) else memoryview(bytearray(n))
         if not self._read_fast(start, buf):
+            if _nowait_on():
+                raise NotCached  # a repair takes the region lock: not on the event loop
             with self.locked(start, n):
                 self._read_repair(start, buf)
         if buf is not view:
