@@ -185,3 +185,30 @@ def test_the_block_processor_pool_speaks_tls_and_is_refused_other_groups(array: 
             await plain.start()
 
     asyncio.run(main())
+
+
+def test_blades_open_the_program_lu_read_only(array: Array) -> None:
+    """The software catalog is shared but read-only for groups: a group's export carries
+    NBD_FLAG_READ_ONLY and a WRITE sent anyway (past our client's own check) gets EPERM and
+    changes nothing; admin writes it."""
+    array.ctl.client.create_lu("program", 16 * MiB)
+    data = os.urandom(64 * 1024)
+    with NBDBlockDevice.connect(f"nbd://localhost:{array.port}/program",
+                                tls_dir=str(array.creds / "admin")) as dev:
+        assert not dev.read_only
+        dev.pwrite(0, data, fua=True)
+    info = json.loads(run("nbdinfo", "--json", array.url("program", "g1")).stdout)
+    assert info["exports"][0]["is_read_only"] is True
+    with NBDBlockDevice.connect(f"nbd://localhost:{array.port}/program",
+                                tls_dir=str(array.creds / "g1")) as dev:
+        assert dev.read_only and dev.pread(0, len(data)) == data
+        with pytest.raises(PermissionError):  # the server's EPERM reply
+            dev._request(proto.Cmd.WRITE, 0, 4096, payload=memoryview(bytes(4096)))
+        with pytest.raises(PermissionError):
+            dev._request(proto.Cmd.WRITE_ZEROES, 0, 4096)
+        assert dev.pread(0, len(data)) == data  # the connection serves on
+    # a group's own LU stays writable
+    with NBDBlockDevice.connect(f"nbd://localhost:{array.port}/fs-a",
+                                tls_dir=str(array.creds / "g1")) as dev:
+        assert not dev.read_only
+        dev.pwrite(0, data, fua=True)

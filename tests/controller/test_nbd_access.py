@@ -23,13 +23,26 @@ def test_the_rule(who: str, lu: str, allowed: bool) -> None:
     assert POLICY.permits(tls.Identity(who), lu) is allowed
 
 
+def test_groups_read_the_program_lu_only() -> None:
+    g1, admin = tls.Identity("group:g1"), tls.Identity("admin")
+    assert POLICY.read_only_for(g1, "program") and POLICY.permits(g1, "program")
+    assert not POLICY.read_only_for(admin, "program")
+    assert not POLICY.read_only_for(g1, "procinfo") and not POLICY.read_only_for(g1, "fs-a")
+    # an access file written before the rule had the key: the default applies
+    old = POLICY.to_json()
+    del old["readOnly"]
+    assert access.AccessPolicy.from_json(old).read_only_for(g1, "program")
+    assert not access.AccessPolicy.from_json({**old, "readOnly": []}).read_only_for(g1, "program")
+
+
 def test_no_identity_opens_nothing() -> None:
     assert not POLICY.permits(None, "procinfo")
 
 
 def test_round_trip_and_bad_files(tmp_path: Path) -> None:
     assert access.AccessPolicy.from_json(POLICY.to_json()) == POLICY
-    for bad in ([], {"groups": {"g1": "fs-a"}}, {"groups": [], "shared": []}, {"shared": [1]}):
+    for bad in ([], {"groups": {"g1": "fs-a"}}, {"groups": [], "shared": []}, {"shared": [1]},
+                {"readOnly": "program"}):
         with pytest.raises(ValueError):
             access.AccessPolicy.from_json(bad)
 

@@ -80,11 +80,15 @@ class Catalog(proto.ExportLookup):
         lu = name.split(";", 1)[0]
         return self.tls.access.policy().permits(self.identity, lu)
 
+    def read_only_for_client(self, lu: str) -> bool:
+        """``lu`` is read-only for this client (``access.AccessPolicy.read_only``)."""
+        return self.tls is not None and self.tls.access.policy().read_only_for(self.identity, lu)
+
     def _info(self, name: str, lu: layout.LURecord) -> proto.ExportInfo:
         flags = (proto.TF_HAS_FLAGS | proto.TF_SEND_FLUSH | proto.TF_SEND_FUA | proto.TF_SEND_TRIM
                  | proto.TF_SEND_WRITE_ZEROES | proto.TF_CAN_MULTI_CONN | proto.TF_SEND_CACHE
                  | proto.TF_SEND_FAST_ZERO)
-        if lu.read_only:
+        if lu.read_only or self.read_only_for_client(lu.name):
             flags |= proto.TF_READ_ONLY
         return proto.ExportInfo(name, lu.size, flags, f"nasblade LU {lu.name}")
 
@@ -108,6 +112,8 @@ class NBDConnection(asyncio.BufferedProtocol):
         self.core = proto.ServerConnection(self.catalog, extensions=_EXTENSIONS,
                                            tls=tls_config is not None)
         self.lu = ""
+        #: the LU is read-only for this client (its access rule; an LU's own flag is the engine's)
+        self.read_only = False
         self.holder: str | None = None
         self.epoch: int | None = None
         self.transport: asyncio.Transport | None = None
@@ -231,6 +237,7 @@ class NBDConnection(asyncio.BufferedProtocol):
             if isinstance(event, proto.Negotiated):
                 parsed = proto.parse_export_name(event.export.name)
                 self.lu, self.holder, self.epoch = parsed.lu, parsed.holder, parsed.epoch
+                self.read_only = self.catalog.read_only_for_client(parsed.lu)
                 self.engine.connections.add(self)
                 continue
             if isinstance(event, proto.BadRequest):
@@ -359,6 +366,8 @@ class NBDConnection(asyncio.BufferedProtocol):
         return [proto.simple_reply(req.cookie)]
 
     def _writable_check(self, lu: layout.LURecord) -> None:
+        if self.read_only:
+            raise OSError(errno.EPERM, f"{lu.name} is read-only for this client")
         err = self.engine.may_write(self, lu)
         if err:
             raise OSError(err, "write refused (read-only LU or fenced reservation)")

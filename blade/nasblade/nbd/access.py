@@ -9,6 +9,11 @@ to the identity in the client certificate (``nasblade.tls.Identity``):
   (``shared``: ``program``, ``procinfo``, ``backup`` unless the file says otherwise);
 - any other certificate opens nothing.
 
+A group opens the ``readOnly`` shared LUs (default: ``program``, the blade software, which only
+the operator and the terminal install) read-only: the export carries ``NBD_FLAG_READ_ONLY``
+and the controller answers ``EPERM`` to a write, so a blade cannot plant software for every
+blade of the array.
+
 Refused names get ``NBD_REP_ERR_POLICY`` and do not appear in ``NBD_OPT_LIST``. Without TLS
 (the documented switch for benchmarks) there is no identity and no rule: every client opens
 every LU.
@@ -16,7 +21,7 @@ every LU.
 The access file is JSON written by whoever knows the groups (the operator, ``nasblade up``)::
 
     {"groups": {"g1": ["fs-home", "fs-scratch"], "g2": ["fs-data"]},
-     "shared": ["program", "procinfo", "backup"]}
+     "shared": ["program", "procinfo", "backup"], "readOnly": ["program"]}
 
 ``AccessFile`` re-reads it when its modification time or size changes, so a moved file
 system takes effect on the next connection without a restart.
@@ -36,12 +41,20 @@ from nasblade.tls import Identity
 
 #: LUs every blade reaches: software, processor information, backups
 DEFAULT_SHARED = frozenset(lunames.SHARED)
+#: shared LUs blades only read: the software catalog
+DEFAULT_READ_ONLY = frozenset({lunames.PROGRAM})
 
 
 @dataclass(frozen=True)
 class AccessPolicy:
     groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
     shared: frozenset[str] = DEFAULT_SHARED
+    read_only: frozenset[str] = DEFAULT_READ_ONLY
+
+    def read_only_for(self, identity: Identity | None, lu: str) -> bool:
+        """Whether ``identity`` may open ``lu`` for reading only (a group and a read-only
+        shared LU)."""
+        return identity is not None and not identity.admin and lu in self.read_only
 
     def permits(self, identity: Identity | None, lu: str) -> bool:
         if identity is None:
@@ -55,7 +68,7 @@ class AccessPolicy:
 
     def to_json(self) -> dict[str, Any]:
         return {"groups": {g: sorted(lus) for g, lus in sorted(self.groups.items())},
-                "shared": sorted(self.shared)}
+                "shared": sorted(self.shared), "readOnly": sorted(self.read_only)}
 
     @classmethod
     def from_json(cls, data: object) -> AccessPolicy:
@@ -68,7 +81,10 @@ class AccessPolicy:
         shared = data.get("shared", sorted(DEFAULT_SHARED))
         if not _names(shared):
             raise ValueError("access file: 'shared' is a list of LU names")
-        return cls({g: frozenset(v) for g, v in groups.items()}, frozenset(shared))
+        read_only = data.get("readOnly", sorted(DEFAULT_READ_ONLY))
+        if not _names(read_only):
+            raise ValueError("access file: 'readOnly' is a list of LU names")
+        return cls({g: frozenset(v) for g, v in groups.items()}, frozenset(shared), frozenset(read_only))
 
     @classmethod
     def of_groups(cls, groups: Mapping[str, Iterable[str]], *,
