@@ -84,6 +84,7 @@ def test_access_file_gives_each_group_its_file_systems() -> None:
     assert back.permits(g1, "fs-home") and back.permits(g1, "fs-scratch") and not back.permits(g1, "fs-data")
     assert back.permits(g2, "fs-data") and not back.permits(g2, "fs-home")
     assert all(back.permits(g2, lu) for lu in ("program", "procinfo", "backup"))
+    assert back.read_only_for(g2, "program") and body["readOnly"] == ["program"]  # blades only read software
     assert nbdtls.access_secret("a1", policy) == secret  # same input, same object
 
 
