@@ -192,3 +192,51 @@ def test_large_reads_of_cached_data_run_on_the_loop_and_see_dirty_data(array: Ar
         asyncio.run(reads())
     finally:
         engine.io_pool.shutdown()
+
+
+def test_a_flush_waits_for_a_write_through_that_superseded_acknowledged_data(
+        array: Array, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An acknowledged small write sits dirty in the cache; a large write over it is in flight
+    (its device write held in the pool); a FLUSH then must not return until the range holds one
+    of the two on the devices -- the write-through dropped the dirty line, so without waiting
+    the FLUSH would return with the range holding neither."""
+    import asyncio
+    import threading
+
+    from nasblade.controller.engine import Engine
+
+    lu = array.state.lus["lu"]
+    engine = Engine(array, cache_size=1 << 20)
+    gate = threading.Event()
+    real = array.write_from
+
+    def held(lu_: object, offset: int, data: memoryview) -> set[int]:
+        if len(data) >= BYPASS:
+            assert gate.wait(10)
+        return real(lu_, offset, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(array, "write_from", held)
+    w0 = b"a" * SECTOR
+    w1 = os.urandom(BYPASS)
+
+    def on_device() -> bytes:
+        raw = bytearray(SECTOR)
+        array.read_into(lu, 0, memoryview(raw))
+        return bytes(raw)
+
+    async def run() -> None:
+        await engine.write(lu, 0, memoryview(w0), fua=False)  # acknowledged, only in the cache
+        big = asyncio.ensure_future(engine.write_large(lu, 0, memoryview(w1), fua=False))
+        await asyncio.sleep(0.05)  # the device write of ``big`` is held in the pool
+        flush = asyncio.ensure_future(engine.flush())
+        await asyncio.sleep(0.2)
+        assert not flush.done()  # waits for the write-through
+        gate.set()
+        await asyncio.gather(big, flush)
+        assert on_device() in (w0, w1[:SECTOR])
+
+    try:
+        asyncio.run(run())
+    finally:
+        gate.set()
+        engine.io_pool.shutdown()

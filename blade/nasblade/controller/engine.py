@@ -169,6 +169,8 @@ class Engine:
         self.read_buffers = Spares(READ_SPARE_BYTES)
         #: large reads served from the page cache on the loop thread (``_read_cached``)
         self.inline_reads = 0
+        #: device writes of write-throughs in flight (``write_through``; ``flush`` waits for them)
+        self._through: set[asyncio.Future[set[int]]] = set()
 
     # --- LU table ----------------------------------------------------------------------------
 
@@ -324,10 +326,12 @@ class Engine:
         """Write ``data`` to the devices off the loop, keeping the cache coherent with it (no
         checks: the caller made them). Returns the devices written."""
         token = self.cache.begin_write_through(lu, offset, data)
+        io = asyncio.get_running_loop().run_in_executor(self.io_pool, self.array.write_from, lu, offset, data)
+        self._through.add(io)
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self.io_pool, self.array.write_from, lu, offset, data)
+            return await io
         finally:
+            self._through.discard(io)
             self.cache.end_write_through(lu, offset, len(data), token)
 
     def _before_write(self, lu: layout.LURecord, offset: int, length: int) -> None:
@@ -415,7 +419,14 @@ class Engine:
             raise OSError(errno.EINVAL, "trim past the end")
 
     async def flush(self) -> None:
-        """Destage the whole cache and fsync every device (NBD FLUSH, CAN_MULTI_CONN)."""
+        """Destage the whole cache and fsync every device (NBD FLUSH, CAN_MULTI_CONN).
+
+        Write-throughs in flight are waited for first: one may have superseded dirty cache
+        data of an acknowledged write (``Cache.begin_write_through`` drops it), and until its
+        own device write is done that acknowledged data is nowhere but in it. Without the wait
+        a FLUSH could return with the range holding neither write on the devices."""
+        if self._through:
+            await asyncio.gather(*list(self._through), return_exceptions=True)
         self.cache.destage()
         self.clear_destaged_records()
         await self.sync(None)
