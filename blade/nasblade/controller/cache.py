@@ -332,7 +332,7 @@ class Cache:
         end = offset + length
         if through or length >= BYPASS:
             touched = self.array.write_from(lu, offset, data)
-            self.begin_write_through(lu, offset, data)  # on the loop thread: nothing ran meanwhile
+            self._supersede(lu, offset, data)  # on the loop thread: no read ran meanwhile
             return touched
         pos = offset
         while pos < end:
@@ -360,6 +360,11 @@ class Cache:
         device write is in flight). A line covered in part is brought up to date in place,
         so its other bytes, possibly dirty, are kept.
         """
+        self._supersede(lu, offset, data)
+        return self.fill_generation
+
+    def _supersede(self, lu: layout.LURecord, offset: int, data: memoryview) -> None:
+        """Drop the lines ``data`` at ``offset`` covers completely; update partly covered ones."""
         end = offset + len(data)
         if self.lines:
             name = lu.name
@@ -371,7 +376,6 @@ class Cache:
             for index in {offset // LINE, (end - 1) // LINE}:
                 if index not in covered:
                     self._update(lu, index, offset, data)
-        return self.fill_generation
 
     def end_write_through(self, lu: layout.LURecord, offset: int, length: int, token: int) -> None:
         """After an off-loop device write begun with ``begin_write_through``: a read that ran

@@ -56,6 +56,7 @@ _ZEROES = bytes(1 << 20)
 READ_ERROR_LIMIT = 16
 """Read errors after which a member is failed (a write error fails it at once)."""
 _LOCKS = 64
+_PAGE_BLOCKS = BLOCK // CSUM_SIZE  # checksums per checksum page
 _mode = threading.local()
 
 
@@ -79,7 +80,6 @@ def nowait() -> Iterator[None]:
 
 def _nowait_on() -> bool:
     return getattr(_mode, "nowait", False)
-_PAGE_BLOCKS = BLOCK // CSUM_SIZE  # checksums per checksum page
 
 
 def fallocate_or_write(fd: int, mode: int, offset: int, length: int) -> None:
