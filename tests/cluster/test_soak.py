@@ -25,7 +25,11 @@ def test_short_kill_soak(make_array: Any) -> None:
     arr: ArrayUp = make_array(clusterGroups=[group], array={"devices": {"count": 2, "size": "512M"}, "cacheSize": "32M"},
                               fileSystems=[{**cfg["fileSystems"][0], "size": "256M"}])
     seed = random.randrange(1 << 30)
-    result = soak.run(arr, cycles=20, seed=seed, failure_timeout=1.0, log=print)
+    print(f"seed {seed}")
+    try:
+        result = soak.run(arr, cycles=20, seed=seed, failure_timeout=1.0, log=print)
+    except (AssertionError, TimeoutError) as exc:  # a cycle that never recovered: say what the blades saw
+        pytest.fail(f"seed {seed}: {exc!r}\n{dump_logs(arr)}")
     print(json.dumps(result, indent=1))
     report = f"seed {seed}: {json.dumps(result, indent=1)}\n{dump_logs(arr)}"
     assert not result["writerErrors"], report

@@ -310,6 +310,9 @@ class Takeovers:
                 if automatic and fs in self.released:
                     raise ClusterError(f"takeover of {fs} stopped after {attempts} attempts: it was released on "
                                        "request meanwhile", status=409)
+                if automatic and prepared and await self._taken_meanwhile(fs, previous):
+                    raise ClusterError(f"takeover of {fs} stopped after {attempts} attempts: "
+                                       f"{self.view.group.ownership[fs].blade} took it over meanwhile", status=409)
                 if not prepared:
                     prepared = True
                     previous = self.view.group.ownership.get(fs)
@@ -336,6 +339,19 @@ class Takeovers:
             # every 50 ms for the first second (the old owner letting go of the address), then
             # slower, to once a second: each attempt is a new reservation epoch
             await asyncio.sleep(0.05 if attempts < 20 else min(1.0, 0.05 * 1.2 ** (attempts - 20)))
+
+    async def _taken_meanwhile(self, fs: str, previous: Ownership | None) -> bool:
+        """Whether another blade recorded ``fs`` as its own, with a newer epoch than this
+        takeover started from, since then (the group record read afresh). A takeover this blade
+        started by itself stops then, rather than fence the blade that just took over: e.g. a
+        restarted owner reclaiming, while its attempts are refused, a file system that was given
+        to its peer meanwhile. The next tick judges again from the new record."""
+        try:
+            self.view.group = await asyncio.to_thread(self.areas.store.read_group)
+        except (OSError, PortionError):
+            return False  # cannot tell: the attempt goes on (epochs still fence)
+        rec = self.view.group.ownership.get(fs)
+        return rec is not None and rec.blade != self.me and (previous is None or rec.epoch > previous.epoch)
 
     def _took_over(self, fs: str, result: dict[str, Any], *, reason: str, previous: Ownership | None,
                    released_by_owner: bool, attempts: int, t0: float) -> TakenOver:
