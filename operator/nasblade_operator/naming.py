@@ -100,6 +100,13 @@ def nbd_admin_secret_name(array: str) -> str:
     return f"{array}-nbd-admin"
 
 
+def group_token_secret_name(group: str) -> str:
+    """Secret with a cluster group's control-API credential (key ``token``: a group token,
+    ``nasblade.grants``), owned by the ClusterGroup; its blade pods mount it instead of the
+    array's control token."""
+    return f"{group}-group-token"
+
+
 def nbd_blade_secret_name(array: str, blade: str) -> str:
     """Secret with one blade's certificate (NBD client as its group, server of its HTTPS API)."""
     return f"{array}-nbd-{blade}"

@@ -17,6 +17,11 @@ Per DiskArray (all in its namespace):
   seeding the program LU and formatting file systems;
 - ``<array>-tls-trust``: the CA bundle alone, for scrapers of the HTTPS metrics endpoints.
 
+Per ClusterGroup (owned by it): ``<group>-group-token``, the group's control-API credential
+(``nasblade.grants``: the controller holds it to the LUs this access file gives the group),
+projected into its blade pods as their ``token`` instead of the array's control token
+(``ensure_group_token``).
+
 Per blade pod (owned by its ClusterGroup): ``<array>-nbd-<pod>``, one certificate that is the
 blade's NBD client identity (``group:<group>``: the LUs of its group) and the server
 certificate of its HTTPS blade API (names: the pod name and ``<array>-blades``), mounted into
@@ -50,7 +55,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import kopf
-from nasblade import pki, tls
+from nasblade import grants, pki, tls
 from nasblade.nbd import access
 
 from nasblade_operator import kube, naming, settings
@@ -380,6 +385,15 @@ async def ensure_blade(k: kube.Kube, owner: kopf.Body, *, array: str, group: str
     if authority is None:
         return None
     return await _leaf(k, owner, authority, blade_leaf(array, group, blade), array=array, namespace=namespace)
+
+
+async def ensure_group_token(k: kube.Kube, owner: kopf.Body, *, control_token: str, group: str,
+                             namespace: str) -> list[str]:
+    """The Secret with ``group``'s control-API credential, made (before its blade pods) or
+    replaced when the array's control token changed; what was done."""
+    want = secret(naming.group_token_secret_name(group), str(owner["spec"]["diskArray"]),
+                  {"token": grants.group_token(control_token, group).encode()})
+    return await _put(k, owner, want, namespace=namespace, what="new group token")
 
 
 async def forget_blade(k: kube.Kube, *, array: str, blade: str, namespace: str) -> None:

@@ -124,12 +124,15 @@ def test_blade_pod_and_nfs_service() -> None:
     assert "--api-token-file" not in args
     assert args[args.index("--api-token-sha256-file") + 1] == "/etc/nasblade-token/operator-token-sha256"
     (tok,) = [v for v in pod["spec"]["volumes"] if v["name"] == "token"]
-    assert tok["secret"]["secretName"] == "a1-control-token"
-    # the blade gets the data-path token, the scrapers' read-only one and the operator token's
-    # digest: never the admin token, never the operator's token itself
-    assert tok["secret"]["items"] == [{"key": "token", "path": "token"},
-                                      {"key": "metrics-token", "path": "metrics-token"},
-                                      {"key": "operator-token-sha256", "path": "operator-token-sha256"}]
+    # the blade gets its group's control-API token (never the array's), the scrapers'
+    # read-only one and the operator token's digest: never the admin token, never the
+    # operator's token itself
+    assert tok["projected"]["sources"] == [
+        {"secret": {"name": "g1-group-token", "items": [{"key": "token", "path": "token"}]}},
+        {"secret": {"name": "a1-control-token",
+                    "items": [{"key": "metrics-token", "path": "metrics-token"},
+                              {"key": "operator-token-sha256", "path": "operator-token-sha256"}]}}]
+    assert tok["projected"]["defaultMode"] == 0o400
     assert args[args.index("--metrics-token-file") + 1] == "/etc/nasblade-token/metrics-token"
     assert {"name": "token", "mountPath": "/etc/nasblade-token", "readOnly": True} in bp["volumeMounts"]
     assert all(m["name"] != "token" for m in fp["volumeMounts"])

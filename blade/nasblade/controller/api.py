@@ -5,7 +5,10 @@ the machine-readable form served at ``GET /v1/openapi.json``. The routes table `
 maps (method, path) to a handler; two middlewares apply to every route: bearer-token
 authentication (``401``; fault injection and ``POST /v1/cache/hold`` additionally need the
 admin token, ``403``; fault injection is off unless the controller runs with ``--faults``;
-a third, read-only token reads ``GET /v1/metrics`` and nothing else) and
+a third, read-only token reads ``GET /v1/metrics`` and nothing else; a *group token*
+(``nasblade.grants``, what a blade holds) calls only ``GROUP_ROUTES`` and, on them, only the
+LUs the access file lets its group open over NBD (``nasblade.nbd.access``): shared read-only
+LUs for reading, its clients and copy jobs only, ``403`` otherwise) and
 error mapping (``engine.NotFound`` → ``404``, ``BadRequest`` and ``httpjson.BodyError`` →
 ``400``/``413`` ...), so every error is a JSON object with an ``"error"`` key; anything else a
 handler raises (a ``KeyError`` from a bug, say) is a ``500`` with its traceback in the log.
@@ -26,12 +29,14 @@ from typing import Any
 
 from aiohttp import web
 
-from nasblade import httpjson
+from nasblade import grants, httpjson
 from nasblade.controller import cache as cache_mod
 from nasblade.controller import layout, luname, metrics
 from nasblade.controller.copyengine import CopyEngine, CopyError
 from nasblade.controller.engine import Engine, NotFound, StaleEpoch
 from nasblade.controller.maintenance import Maintenance
+from nasblade.nbd import access
+from nasblade.tls import Identity
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +47,20 @@ TOKENS: web.AppKey[tuple[str | None, str | None, str | None]] = web.AppKey("toke
 #: whether ``/v1/faults`` is on (``--faults``); off, it answers 403 to every token
 FAULTS: web.AppKey[bool] = web.AppKey("faults", bool)
 MAINT: web.AppKey[Maintenance] = web.AppKey("maintenance", Maintenance)
+#: which LUs each cluster group may reach (the NBD access file; group tokens are held to it)
+ACCESS: web.AppKey[access.AccessFile] = web.AppKey("access", access.AccessFile)
+#: the cluster group a request was made for (a group token), in ``request``
+GROUP = "nasblade.group"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 CAS_MAX = 256 << 10
 """Largest compare range and write of ``compare-and-write`` (bytes)."""
+
+
+class Forbidden(Exception):
+    """A group token reaching past its group (``403``)."""
 
 
 class BadRequest(Exception):
@@ -102,6 +115,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     token, admin, metrics = request.app[TOKENS]
     header = request.headers.get("Authorization", "")
     given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    group = _caller_group(given, token)
+    if group is not None:
+        if not _group_route(request):
+            return _error(403, f"a group token (cluster group {group}) cannot {request.method} {request.path}")
+        request[GROUP] = group
+        return await handler(request)
     is_admin = _matches(given, admin)
     is_user = is_admin or _matches(given, token)
     if not given or not (is_user or _matches(given, metrics)):
@@ -120,6 +139,50 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+def _caller_group(given: str, token: str | None) -> str | None:
+    """The group of a group token, if ``given`` is one (``nasblade.grants``)."""
+    return grants.group_of(given, token)
+
+
+def _group_route(request: web.Request) -> bool:
+    route = request.match_info.route
+    return getattr(route, "handler", None) in GROUP_ROUTES
+
+
+def _group(request: web.Request) -> str | None:
+    """The cluster group of a group-token request (``None``: the control or admin token)."""
+    group: str | None = request.get(GROUP)
+    return group
+
+
+def _may(request: web.Request, lu: str) -> bool:
+    """Whether the caller may reach ``lu`` at all (every LU for the control token)."""
+    group = _group(request)
+    return group is None or request.app[ACCESS].policy().permits(Identity(f"group:{group}"), lu)
+
+
+def _permit(request: web.Request, lu: str, *, write: bool = False) -> None:
+    """``Forbidden`` unless the caller may reach ``lu`` (and change it, with ``write``)."""
+    group = _group(request)
+    if group is None:
+        return
+    policy = request.app[ACCESS].policy()
+    identity = Identity(f"group:{group}")
+    if not policy.permits(identity, lu):
+        raise Forbidden(f"cluster group {group} has no access to LU {lu}")
+    if write and policy.read_only_for(identity, lu):
+        raise Forbidden(f"cluster group {group} may only read LU {lu}")
+
+
+def _own_client(request: web.Request, record: dict[str, Any]) -> bool:
+    group = _group(request)
+    return group is None or record.get("group") == group
+
+
+def _own_job(request: web.Request, job: Any) -> bool:
+    return _may(request, job.source) and _may(request, job.target)
+
+
 def _matches(given: str, secret: str | None) -> bool:
     """``given`` is ``secret`` (compared in constant time; no secret matches nothing)."""
     return bool(given) and bool(secret) and hmac.compare_digest(given.encode(), secret.encode())  # type: ignore[union-attr]
@@ -129,6 +192,8 @@ def _matches(given: str, secret: str | None) -> bool:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except Forbidden as exc:
+        return _error(403, str(exc))
     except BadRequest as exc:
         extra = {"field": exc.field} if exc.field else {}
         return _error(400, str(exc), **extra)
@@ -182,7 +247,7 @@ async def get_array(request: web.Request) -> web.Response:
 
 async def list_lus(request: web.Request) -> web.Response:
     e = _engine(request)
-    return web.json_response({"lus": [e.lu_json(lu) for lu in e.array.state.lus.values()]})
+    return web.json_response({"lus": [e.lu_json(lu) for lu in e.array.state.lus.values() if _may(request, lu.name)]})
 
 
 async def create_lu(request: web.Request) -> web.Response:
@@ -204,7 +269,9 @@ async def create_lu(request: web.Request) -> web.Response:
 
 async def get_lu(request: web.Request) -> web.Response:
     e = _engine(request)
-    return web.json_response(e.lu_json(e.lu(_path_lu(request))))
+    name = _path_lu(request)
+    _permit(request, name)
+    return web.json_response(e.lu_json(e.lu(name)))
 
 
 async def patch_lu(request: web.Request) -> web.Response:
@@ -235,6 +302,7 @@ async def delete_lu(request: web.Request) -> web.Response:
 
 async def post_reservation(request: web.Request) -> web.Response:
     e = _engine(request)
+    _permit(request, _path_lu(request), write=True)
     name = e.lu(_path_lu(request)).name
     body = await httpjson.read(request)
     holder = _field(body, "holder", str)
@@ -248,11 +316,13 @@ async def post_reservation(request: web.Request) -> web.Response:
 
 
 async def get_reservation(request: web.Request) -> web.Response:
+    _permit(request, _path_lu(request))
     lu = _engine(request).lu(_path_lu(request))
     return web.json_response({"holder": lu.holder, "epoch": lu.epoch, "lastEpoch": lu.last_epoch})
 
 
 async def delete_reservation(request: web.Request) -> web.Response:
+    _permit(request, _path_lu(request), write=True)
     _engine(request).release(_path_lu(request))
     return web.Response(status=204)
 
@@ -267,6 +337,7 @@ async def compare_and_write(request: web.Request) -> web.Response:
     of a processor-information portion (``nasblade.procinfo.portion.PortionStore.update_group``).
     """
     e = _engine(request)
+    _permit(request, _path_lu(request), write=True)
     lu = e.lu(_path_lu(request))
     body = await httpjson.read(request)
     cmp_off = _field(body, "compareOffset", int)
@@ -296,11 +367,14 @@ async def compare_and_write(request: web.Request) -> web.Response:
 
 
 async def list_clients(request: web.Request) -> web.Response:
-    return web.json_response({"clients": list(_engine(request).clients.values())})
+    return web.json_response({"clients": [c for c in _engine(request).clients.values() if _own_client(request, c)]})
 
 
 async def get_client(request: web.Request) -> web.Response:
-    return web.json_response(_found(_engine(request).clients, request.match_info["name"], "client"))
+    record = _found(_engine(request).clients, request.match_info["name"], "client")
+    if not _own_client(request, record):  # another group's blade: as if it did not exist
+        raise NotFound(f"client {request.match_info['name']}")
+    return web.json_response(record)
 
 
 async def post_client(request: web.Request) -> web.Response:
@@ -315,6 +389,9 @@ async def post_client(request: web.Request) -> web.Response:
               "address": _field(body, "address", str, default=None),
               "attrs": _field(body, "attrs", dict, default={})}
     clients = _engine(request).clients
+    group = _group(request)
+    if group is not None and (record["group"] != group or not _own_client(request, clients.get(name, record))):
+        raise Forbidden(f"cluster group {group} registers only its own blades (group {group!r})")
     stamp = now()
     record["registered"] = clients.get(name, {}).get("registered", stamp)
     record["lastSeen"] = stamp
@@ -324,7 +401,8 @@ async def post_client(request: web.Request) -> web.Response:
 
 async def delete_client(request: web.Request) -> web.Response:
     clients, name = _engine(request).clients, request.match_info["name"]
-    _found(clients, name, "client")
+    if not _own_client(request, _found(clients, name, "client")):
+        raise NotFound(f"client {name}")
     del clients[name]
     return web.Response(status=204)
 
@@ -345,6 +423,7 @@ async def get_cache_directory(request: web.Request) -> web.Response:
     name = request.query.get("lu")
     if not name:
         raise BadRequest("query parameter 'lu' is required", field="lu")
+    _permit(request, name)
     e.lu(name)
     records = [r.to_json() for r in e.records.values() if r.lu == name]
     return web.json_response({"lu": name, "ranges": e.cache.directory(name), "records": records})
@@ -354,6 +433,7 @@ async def post_cache_records(request: web.Request) -> web.Response:
     e = _engine(request)
     body = await httpjson.read(request)
     client = _field(body, "client", str)
+    _permit(request, _field(body, "lu", str))
     lu = e.lu(_field(body, "lu", str))
     raw = _field(body, "ranges", list)
     state = _field(body, "state", str, default="dirty")
@@ -375,7 +455,10 @@ async def delete_cache_records(request: web.Request) -> web.Response:
     if not client:
         raise BadRequest("query parameter 'client' is required", field="client")
     lu = request.query.get("lu")
-    for rid in [r.id for r in e.records.values() if r.client == client and (lu is None or r.lu == lu)]:
+    if lu is not None:
+        _permit(request, lu)
+    for rid in [r.id for r in e.records.values()
+                if r.client == client and (lu is None or r.lu == lu) and _may(request, r.lu)]:
         del e.records[rid]
     return web.Response(status=204)
 
@@ -406,6 +489,8 @@ async def get_load(request: web.Request) -> web.Response:
 
 async def post_copy_job(request: web.Request) -> web.Response:
     body = await httpjson.read(request)
+    _permit(request, _field(body, "source", str))
+    _permit(request, _field(body, "target", str), write=True)
     job = request.app[COPIES].create(
         source=_field(body, "source", str), source_offset=_field(body, "sourceOffset", int, default=0),
         target=_field(body, "target", str), target_offset=_field(body, "targetOffset", int, default=0),
@@ -414,15 +499,22 @@ async def post_copy_job(request: web.Request) -> web.Response:
 
 
 async def list_copy_jobs(request: web.Request) -> web.Response:
-    return web.json_response({"jobs": [j.to_json() for j in request.app[COPIES].jobs.values()]})
+    return web.json_response({"jobs": [j.to_json() for j in request.app[COPIES].jobs.values() if _own_job(request, j)]})
+
+
+def _job(request: web.Request) -> Any:
+    job = _found(request.app[COPIES].jobs, request.match_info["id"], "copy job")
+    if not _own_job(request, job):  # another group's job: as if it did not exist
+        raise NotFound(f"copy job {request.match_info['id']}")
+    return job
 
 
 async def get_copy_job(request: web.Request) -> web.Response:
-    return web.json_response(_found(request.app[COPIES].jobs, request.match_info["id"], "copy job").to_json())
+    return web.json_response(_job(request).to_json())
 
 
 async def delete_copy_job(request: web.Request) -> web.Response:
-    return web.json_response(request.app[COPIES].cancel(request.match_info["id"]).to_json())
+    return web.json_response(request.app[COPIES].cancel(_job(request).id).to_json())
 
 
 async def post_fault(request: web.Request) -> web.Response:
@@ -565,6 +657,18 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
 ]
 
 
+#: What a group token (a blade) may call; each handler holds the LU, client or copy job it
+#: names to the group's access (``_permit``, ``_own_client``, ``_own_job``). Creating,
+#: growing and deleting LUs, scrub, cache hold, faults and devices stay with the control and
+#: admin tokens (the operator, the terminal, ``nasblade up``).
+GROUP_ROUTES: frozenset[Handler] = frozenset({
+    get_array, list_lus, get_lu, post_reservation, get_reservation, delete_reservation, compare_and_write,
+    list_clients, get_client, post_client, delete_client, get_cache, get_cache_directory, post_cache_records,
+    delete_cache_records, get_cache_hold, get_load, get_metrics, post_copy_job, list_copy_jobs, get_copy_job,
+    delete_copy_job, get_scrub, openapi,
+})
+
+
 _EXTENT_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["device", "offset", "length", "segment"],
     "description": "One contiguous run of an LU on one device (the LU's data is striped over "
@@ -688,13 +792,16 @@ OPENAPI = _openapi()
 
 def build_app(engine: Engine, copies: CopyEngine, *, token: str | None, admin_token: str | None,
               maintenance: Maintenance | None = None, metrics_token: str | None = None,
-              faults: bool = False) -> web.Application:
+              faults: bool = False, access_file: access.AccessFile | None = None) -> web.Application:
+    """The control API; ``access_file`` says which LUs group tokens reach (none: only the
+    shared LUs)."""
     app = web.Application(middlewares=[auth_middleware, error_middleware], client_max_size=1 << 20)
     app[ENGINE] = engine
     app[MAINT] = maintenance or Maintenance(engine)
     app[COPIES] = copies
     app[TOKENS] = (token, admin_token, metrics_token)
     app[FAULTS] = faults
+    app[ACCESS] = access_file or access.AccessFile(None)
     app.router.add_get("/healthz", healthz)
     for method, path, handler, _ in ROUTES:
         app.router.add_route(method, path, handler)

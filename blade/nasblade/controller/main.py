@@ -181,7 +181,8 @@ async def _serve(engine: Engine, conf: dict[str, Any], *, token: str | None, adm
     if conf.get("faults"):
         log.warning("fault injection is ON (--faults): the admin token can make LUs fail")
     app = api.build_app(engine, copies, token=token, admin_token=admin, maintenance=upkeep,
-                        metrics_token=metrics, faults=bool(conf.get("faults")))
+                        metrics_token=metrics, faults=bool(conf.get("faults")),
+                        access_file=access.AccessFile(conf.get("nbd-access")))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     api_tls = tls.server_context(str(conf["tls-dir"]), client_auth=False) if conf.get("api-tls") else None

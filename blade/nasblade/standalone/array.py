@@ -3,7 +3,9 @@
 ``Array.start()`` does, in order (each step idempotent, so a restart on the same data directory
 brings the same data back):
 
-1. tokens under ``DATA/secrets`` (random on first start, mode 0600) and, with
+1. tokens under ``DATA/secrets`` (random on first start, mode 0600; each cluster group's
+   block processors get only their group's token, ``nasblade.grants``, never the controller's)
+   and, with
    ``network.nbdTLS`` (the default), the NBD TLS credentials and access file under ``DATA/tls``
    (``nasblade.standalone.credentials``);
 2. the controller (``nasblade controller``) with ``DATA/devices/dev<i>`` as its devices; with
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasblade import lunames, ready, tls
+from nasblade import grants, lunames, ready, tls
 from nasblade.cluster import config as cluster_config
 from nasblade.standalone import credentials, lifetime
 from nasblade.standalone.config import Config, FileSystem
@@ -114,6 +116,17 @@ class Array:
     def blade_token(self) -> str:
         return self._secret("blade-token").read_text().strip()
 
+    def group_token_file(self, group: str) -> Path:
+        """The control-API credential of ``group``'s block processors (``nasblade.grants``:
+        derived from the controller's token, written on every start, mode 0600)."""
+        path = self.secrets_dir / f"group-{group}-token"
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(grants.group_token(self._secret("controller-token").read_text().strip(), group))
+        os.replace(tmp, path)
+        return path
+
     def _spawn(self, name: str, argv: list[str], *, blade: str | None = None, part: str | None = None) -> Child:
         proc, line = self.launch(name, argv)
         child = Child(name=name, proc=proc, ready=line, argv=list(argv), blade=blade, part=part)
@@ -171,6 +184,8 @@ class Array:
         if net.nbd_tls:
             self.tls = credentials.ensure(self.data_dir, c)
             argv += ["--tls-dir", str(self.tls.controller), "--nbd-access", str(self.tls.access_file)]
+        else:  # the control API still holds group tokens to it
+            argv += ["--nbd-access", str(credentials.write_access(self.data_dir / "tls" / "access.json", c))]
         self.controller = self._spawn("controller", argv)
 
     def nbd_url(self, lu: str) -> str:
@@ -256,7 +271,7 @@ class Array:
                 argv = [*NASBLADE, "block-processor", "--blade", blade, "--group", group.name,
                         "--group-index", str(gi), "--slot", str(slot),
                         "--controller-nbd", self.nbd, "--controller-api", self.api,
-                        "--token-file", str(self._secret("controller-token")),
+                        "--token-file", str(self.group_token_file(group.name)),
                         "--portion-size", str(c.portion_size),
                         "--procinfo-lu", PROCINFO_LU, "--program-lu", PROGRAM_LU,
                         "--software-dir", str(rundir / "software"),

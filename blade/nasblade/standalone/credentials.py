@@ -11,7 +11,8 @@ Made on first start and kept across restarts (a restart never changes who trusts
 - ``group-NAME/``: the client certificate of cluster group NAME's blades (identity
   ``group:NAME``), given to its block processors as ``NASBLADE_NBD_TLS_DIR``;
 - ``access.json``: which file-system LUs each group opens (``nasblade.nbd.access``),
-  rewritten from the configuration on every start.
+  rewritten from the configuration on every start (also without NBD TLS: the control API
+  holds the blades' group tokens to it).
 
 Every file is mode 0600 in 0700 folders.
 """
@@ -69,8 +70,17 @@ def ensure(data_dir: Path, config: Config) -> Credentials:
     for directory, identity in clients.items():
         if not (directory / tls.CLIENT_CERT).is_file():
             pki.write_dir(directory, pki.client_files(ca, pki.issue(ca, identity)))
+    write_access(creds.access_file, config)
+    return creds
+
+
+def write_access(path: Path, config: Config) -> Path:
+    """Write the access file: which LUs each group's blades reach, over NBD (with TLS) and
+    through the control API (their group tokens, ``nasblade.grants``) -- the second with or
+    without NBD TLS."""
     groups: dict[str, list[str]] = {g.name: [] for g in config.groups}
     for fs in config.file_systems:
         groups.setdefault(fs.cluster_group, []).append(lunames.fs_lu(fs.name))
-    access.write(creds.access_file, access.AccessPolicy.of_groups(groups))
-    return creds
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    access.write(path, access.AccessPolicy.of_groups(groups))
+    return path

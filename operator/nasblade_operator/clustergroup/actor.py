@@ -77,6 +77,9 @@ class Actor:
         # created before the Secret waits in ContainerCreating until it exists
         await nbdtls.ensure_blade(self.st.kube, self.body, array=self.spec.disk_array, group=self.name,
                                   blade=pod["metadata"]["name"], namespace=self.namespace)
+        # its group's control-API credential (the array's control token stays with the operator)
+        await nbdtls.ensure_group_token(self.st.kube, self.body, group=self.name, namespace=self.namespace,
+                                        control_token=await self.st.token(self.namespace, self.spec.disk_array))
         _, created = await self.st.kube.create(pod)
         if created:
             # a new pod has never been Ready, whatever its predecessor of the same name did: a

@@ -189,17 +189,18 @@ def blade_pod(
         {"name": "NASBLADE_FILESYSTEMS", "value": file_systems_env(file_systems)},
         {"name": "NASBLADE_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
-    # tokens as files of the mounted Secret, for the block processor only (never environment
-    # variables: they show in `kubectl describe`, crash dumps and every child process); the
-    # data-path token, the read-only metrics token (a scraper's, for its own /v1/metrics) and
-    # the SHA-256 of the operator's token (what its management API checks callers against);
-    # never the array's admin token (fault injection, device replace) nor the operator's token
-    token_volume = {"name": "token", "secret": {"secretName": naming.token_secret_name(array),
-                                                "items": [{"key": "token", "path": "token"},
-                                                          {"key": "metrics-token", "path": "metrics-token"},
-                                                          {"key": "operator-token-sha256",
-                                                           "path": "operator-token-sha256"}],
-                                                "defaultMode": 0o400}}
+    # tokens as files of the mounted Secrets, for the block processor only (never environment
+    # variables: they show in `kubectl describe`, crash dumps and every child process): its
+    # group's control-API token (``nasblade.grants``: only its group's LUs; the group's Secret),
+    # the read-only metrics token (a scraper's, for its own /v1/metrics) and the SHA-256 of the
+    # operator's token (what its management API checks callers against); never the array's
+    # control token, its admin token (fault injection, device replace) nor the operator's token
+    token_volume = {"name": "token", "projected": {"defaultMode": 0o400, "sources": [
+        {"secret": {"name": naming.group_token_secret_name(group), "items": [{"key": "token", "path": "token"}]}},
+        {"secret": {"name": naming.token_secret_name(array),
+                    "items": [{"key": "metrics-token", "path": "metrics-token"},
+                              {"key": "operator-token-sha256", "path": "operator-token-sha256"}]}},
+    ]}}
     token_mount = {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}
     security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     # the blade's own certificate, for the block processor only: its NBD client identity (its
