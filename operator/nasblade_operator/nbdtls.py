@@ -10,7 +10,8 @@ Per DiskArray (all in its namespace):
   Service's DNS names, ``localhost``), mounted at ``/etc/nasblade-nbd/tls`` (``--tls-dir``):
   NBD over TLS and the HTTPS control API (``--api-tls``);
 - ``<array>-nbd-access``: ``access.json`` (``nasblade.nbd.access``: each cluster group's
-  file-system LUs, from ``spec.fileSystems[].clusterGroup``), mounted at
+  file-system LUs, from ``spec.fileSystems[].clusterGroup``, and its portion of ``procinfo``
+  and ``backup``, from ``status.portions``), mounted at
   ``/etc/nasblade-nbd/access`` (``--nbd-access``); replaced when a file system changes group,
   and the kubelet brings the new file to the running controller (which re-reads it);
 - ``<array>-nbd-admin``: the operator's client certificate (identity ``admin``), used for
@@ -52,13 +53,14 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import kopf
 from nasblade import grants, pki, tls
 from nasblade.nbd import access
 
 from nasblade_operator import kube, naming, settings
+from nasblade_operator.diskarray import spec as da_spec
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +107,27 @@ def blade_names(array: str, blade: str) -> list[str]:
     return [blade, naming.blades_server_name(array)]
 
 
-def access_policy(file_systems: Iterable[tuple[str, str]]) -> access.AccessPolicy:
-    """The access file of (file system, cluster group) pairs."""
+def access_policy(file_systems: Iterable[tuple[str, str]], *, portions: Iterable[tuple[str, int]] = (),
+                  portion_size: int = 0) -> access.AccessPolicy:
+    """The access file of (file system, cluster group) pairs; with the groups' (group, portion
+    index) pairs, each group reaches only its portion of the processor-information LU and its
+    backup area in the backup LU."""
     groups: dict[str, list[str]] = {}
     for fs, group in file_systems:
         groups.setdefault(group, []).append(naming.filesystem_lu(fs))
     return access.AccessPolicy.of_groups(
-        groups, shared=(naming.LU_PROGRAM, naming.LU_PROCESSOR_INFO, naming.LU_BACKUP))
+        groups, shared=(naming.LU_PROGRAM, naming.LU_PROCESSOR_INFO, naming.LU_BACKUP),
+        portions={g: (i * portion_size, portion_size) for g, i in portions} if portion_size else None)
+
+
+def array_access(da: Mapping[str, Any]) -> access.AccessPolicy:
+    """The access file of a DiskArray object: its file systems' groups (``spec.fileSystems``)
+    and the groups' portions (``status.portions``, which ClusterGroups claim)."""
+    parsed = da_spec.parse(da.get("spec") or {})
+    claimed = [(str(p["group"]), int(p["index"])) for p in (da.get("status") or {}).get("portions", [])
+               if p.get("group") is not None and p.get("index") is not None]
+    return access_policy([(f.name, f.cluster_group) for f in parsed.file_systems], portions=claimed,
+                         portion_size=parsed.areas.portion_size)
 
 
 def access_secret(array: str, policy: access.AccessPolicy) -> dict[str, Any]:
@@ -321,16 +337,27 @@ async def _leaf(k: kube.Kube, owner: kopf.Body, authority: Authority, spec: Leaf
     return f"Secret {spec.name} ({'renewed' if action == 'reissue' else 'new CA bundle'})"
 
 
-async def ensure_array(k: kube.Kube, owner: kopf.Body, *, array: str, namespace: str, domain: str,
-                       file_systems: Iterable[tuple[str, str]]) -> list[str]:
+async def ensure_array(k: kube.Kube, owner: kopf.Body, *, array: str, namespace: str, domain: str) -> list[str]:
     """CA, controller and admin certificates, the trust bundle and the access file, each made,
     renewed or rotated as due; what was done."""
     made = await renew_array(k, owner, array=array, namespace=namespace, domain=domain)
-    want = access_secret(array, access_policy(file_systems))
-    changed = await _put(k, owner, want, namespace=namespace, what="new access file")
+    return made + await ensure_access(k, array=array, namespace=namespace)
+
+
+async def ensure_access(k: kube.Kube, *, array: str, namespace: str) -> list[str]:
+    """The access file of the DiskArray as the API server holds it now (``array_access``: read
+    afresh, so a portion claimed a moment ago is in it), written if it changed and brought to
+    the controller at once (``_nudge_controller``): on each generation, when a ClusterGroup
+    claims or releases a portion, and on the status timer. Callers hold the array's claim lock
+    (``OperatorState.claim_locks``), so an older view never overwrites a newer one."""
+    da = await k.get("DiskArray", array, namespace=namespace)
+    if da is None:
+        return []
+    want = access_secret(array, array_access(da))
+    changed = await _put(k, da, want, namespace=namespace, what="new access file")
     if changed:
         await _nudge_controller(k, array=array, namespace=namespace, data=want["data"])
-    return made + changed
+    return changed
 
 
 async def _nudge_controller(k: kube.Kube, *, array: str, namespace: str, data: Mapping[str, str]) -> None:
@@ -361,12 +388,12 @@ async def renew_array(k: kube.Kube, owner: kopf.Body, *, array: str, namespace: 
     return made + await _put(k, owner, trust, namespace=namespace, what="new CA bundle")
 
 
-async def _put(k: kube.Kube, owner: kopf.Body, want: dict[str, Any], *, namespace: str,
+async def _put(k: kube.Kube, owner: Mapping[str, Any], want: dict[str, Any], *, namespace: str,
                what: str = "new content") -> list[str]:
     name = want["metadata"]["name"]
     have = await k.get("Secret", name, namespace=namespace)
     if have is None:
-        kopf.adopt(want, owner=owner)
+        kopf.adopt(want, owner=cast(kopf.Body, owner))  # a DiskArray or ClusterGroup object
         await k.create(want)
         return [f"Secret {name}"]
     if have.get("data") != want["data"]:
@@ -387,11 +414,11 @@ async def ensure_blade(k: kube.Kube, owner: kopf.Body, *, array: str, group: str
     return await _leaf(k, owner, authority, blade_leaf(array, group, blade), array=array, namespace=namespace)
 
 
-async def ensure_group_token(k: kube.Kube, owner: kopf.Body, *, control_token: str, group: str,
+async def ensure_group_token(k: kube.Kube, owner: kopf.Body, *, array: str, control_token: str, group: str,
                              namespace: str) -> list[str]:
-    """The Secret with ``group``'s control-API credential, made (before its blade pods) or
-    replaced when the array's control token changed; what was done."""
-    want = secret(naming.group_token_secret_name(group), str(owner["spec"]["diskArray"]),
+    """The Secret with ``group``'s control-API credential for ``array``, made (before its
+    blade pods) or replaced when the array's control token changed; what was done."""
+    want = secret(naming.group_token_secret_name(group), array,
                   {"token": grants.group_token(control_token, group).encode()})
     return await _put(k, owner, want, namespace=namespace, what="new group token")
 

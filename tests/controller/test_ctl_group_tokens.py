@@ -2,8 +2,8 @@
 
 A blade holds its cluster group's token, never the array's control token. Against a real
 ``nasblade controller`` with an access file (``--nbd-access``; plaintext NBD: the API rule
-does not depend on TLS): a group token reaches its own file-system LUs and the shared ones,
-reads the program LU only, and gets ``403`` for any other LU, for LU creation, growth and
+does not depend on TLS): a group token reaches its own file-system LUs and the shared ones
+(of ``procinfo`` and ``backup`` only its portion), reads the program LU only, and gets ``403`` for any other LU, for LU creation, growth and
 deletion, for scrub and cache hold; listings show it only what it may reach; another group's
 clients and copy jobs are invisible to it; a forged or foreign-array group token is ``401``.
 """
@@ -26,7 +26,8 @@ pytestmark = pytest.mark.component
 @pytest.fixture
 def ctl(controller_factory: Callable[..., Controller], tmp_path_factory: pytest.TempPathFactory) -> Controller:
     path = tmp_path_factory.mktemp("access") / "access.json"
-    access.write(path, access.AccessPolicy.of_groups({"g1": ["fs-a"], "g2": ["fs-b"]}))
+    access.write(path, access.AccessPolicy.of_groups({"g1": ["fs-a"], "g2": ["fs-b"]},
+                                                     portions={"g1": (0, 1 << 20), "g2": (1 << 20, 1 << 20)}))
     c = controller_factory(extra=["--nbd-access", str(path)])
     for name, size in (("fs-a", 8 << 20), ("fs-b", 8 << 20), ("program", 8 << 20), ("procinfo", 8 << 20),
                        ("backup", 8 << 20)):
@@ -63,6 +64,15 @@ def test_a_group_token_reaches_its_own_lus_and_the_shared_ones_only(ctl: Control
     assert ctl.client.get_reservation("fs-b")["holder"] is None
     # the shared LUs: processor information read and written, the program LU read only
     assert _status(_cas(g1, "procinfo")) == 200
+    # ... its own portion of it (the first MiB), not g2's
+    empty = hashlib.sha256(bytes(16)).hexdigest()
+    assert _status(lambda: g1.compare_and_write("procinfo", compare_offset=1 << 20, compare_length=16,
+                                                expect_sha256=empty, write_offset=1 << 20, data=b"x" * 16)) == 403
+    assert _status(lambda: g1.compare_and_write("procinfo", compare_offset=0, compare_length=16,
+                                                expect_sha256=hashlib.sha256(b"x" * 16).hexdigest(),
+                                                write_offset=(1 << 20) - 8, data=b"x" * 16)) == 403
+    assert ctl.client.compare_and_write("procinfo", compare_offset=1 << 20, compare_length=16, expect_sha256=empty,
+                                        write_offset=1 << 20, data=b"y" * 16)
     assert _status(lambda: g1.get_lu("program")) == 200
     assert _status(_cas(g1, "program")) == 403
     assert _status(lambda: g1.reserve("program", "g1-0")) == 403
@@ -96,6 +106,9 @@ def test_clients_and_copy_jobs_of_another_group_are_invisible(ctl: Controller) -
     # copy jobs: its own and shared LUs (a backup), never out of another group's LU
     job = g1.create_copy_job("procinfo", "backup", 1 << 20)
     g1.wait_copy_job(job["id"])
+    # ... of its own portion: not another group's, not into another group's backup area
+    assert _status(lambda: g1.create_copy_job("procinfo", "backup", 1 << 20, source_offset=1 << 20)) == 403
+    assert _status(lambda: g1.create_copy_job("procinfo", "backup", 1 << 20, target_offset=1 << 20)) == 403
     assert _status(lambda: g1.create_copy_job("fs-b", "backup", 1 << 20)) == 403
     assert _status(lambda: g1.create_copy_job("fs-a", "fs-b", 1 << 20)) == 403
     assert _status(lambda: g1.create_copy_job("fs-a", "program", 1 << 20)) == 403

@@ -212,3 +212,37 @@ def test_blades_open_the_program_lu_read_only(array: Array) -> None:
                                 tls_dir=str(array.creds / "g1")) as dev:
         assert not dev.read_only
         dev.pwrite(0, data, fua=True)
+
+
+def test_a_group_reaches_only_its_portion_of_the_shared_procinfo_and_backup_lus(array: Array) -> None:
+    """The access file's windows: g1 owns the first MiB of procinfo (and of backup), g2 the
+    second. A group's READ, WRITE, WRITE_ZEROES or TRIM outside its portion gets EPERM (libnbd's
+    nbdcopy as well as our client) and changes nothing; the connection serves on; admin reaches
+    all of it."""
+    array.ctl.client.create_lu("backup", 16 * MiB)
+    access.write(array.access_file, access.AccessPolicy.of_groups(
+        {"g1": ["fs-a"], "g2": ["fs-b"]}, portions={"g1": (0, MiB), "g2": (MiB, MiB)}))
+    theirs = os.urandom(4096)
+    with NBDBlockDevice.connect(f"nbd://localhost:{array.port}/procinfo", tls_dir=str(array.creds / "g2")) as dev:
+        dev.pwrite(MiB, theirs, fua=True)  # g2's own portion
+    with NBDBlockDevice.connect(f"nbd://localhost:{array.port}/procinfo", tls_dir=str(array.creds / "g1")) as dev:
+        dev.pwrite(MiB - 4096, b"m" * 4096, fua=True)  # the last block of g1's own portion
+        assert dev.pread(0, 4096) == bytes(4096)
+        for cmd, offset, payload in ((proto.Cmd.WRITE, MiB, memoryview(bytes(4096))),
+                                     (proto.Cmd.WRITE, MiB - 2048, memoryview(bytes(4096))),  # straddles
+                                     (proto.Cmd.WRITE_ZEROES, MiB, None), (proto.Cmd.TRIM, 2 * MiB, None),
+                                     (proto.Cmd.READ, MiB, None)):
+            with pytest.raises(PermissionError):
+                dev._request(cmd, offset, 4096, payload=payload)
+        assert dev.pread(MiB - 4096, 4096) == b"m" * 4096  # the connection serves on
+    res = run("nbdcopy", array.url("procinfo", "g1"), "null:", check=False)  # reads all 16 MiB
+    assert res.returncode != 0 and "Operation not permitted" in res.stderr
+    with NBDBlockDevice.connect(f"nbd://localhost:{array.port}/procinfo", tls_dir=str(array.creds / "admin")) as dev:
+        assert dev.pread(MiB, 4096) == theirs  # g1 changed nothing of g2's
+    with NBDBlockDevice.connect(f"nbd://localhost:{array.port}/backup", tls_dir=str(array.creds / "g2")) as dev:
+        dev.pwrite(MiB, theirs, fua=True)
+        with pytest.raises(PermissionError):
+            dev.pwrite(0, theirs, fua=True)
+    # a group's own LU has no window
+    with NBDBlockDevice.connect(f"nbd://localhost:{array.port}/fs-a", tls_dir=str(array.creds / "g1")) as dev:
+        dev.pwrite(8 * MiB, theirs, fua=True)

@@ -35,6 +35,23 @@ def test_groups_read_the_program_lu_only() -> None:
     assert not access.AccessPolicy.from_json({**old, "readOnly": []}).read_only_for(g1, "program")
 
 
+def test_windows_narrow_the_shared_lus_to_a_groups_portion() -> None:
+    policy = access.AccessPolicy.of_groups({"g1": ["fs-a"]}, portions={"g1": (0, 4096), "g2": (4096, 4096)})
+    g1, g2, admin = tls.Identity("group:g1"), tls.Identity("group:g2"), tls.Identity("admin")
+    assert policy.window(g1, "procinfo") == ((0, 4096),) and policy.window(g2, "backup") == ((4096, 4096),)
+    assert policy.window(g1, "fs-a") is None and policy.window(admin, "procinfo") is None
+    assert policy.window(tls.Identity("group:g3"), "procinfo") is None  # no portion recorded: all of it
+    assert access.inside(policy.window(g1, "procinfo"), 0, 4096)
+    assert not access.inside(policy.window(g1, "procinfo"), 4096, 1)
+    assert not access.inside(policy.window(g1, "procinfo"), 4000, 200)
+    assert access.inside(None, 1 << 40, 1)
+    assert access.AccessPolicy.from_json(policy.to_json()) == policy
+    for bad in ({"windows": {"g1": {"procinfo": [[0]]}}}, {"windows": {"g1": {"procinfo": [[-1, 2]]}}},
+                {"windows": {"g1": ["procinfo"]}}, {"windows": []}):
+        with pytest.raises(ValueError):
+            access.AccessPolicy.from_json(bad)
+
+
 def test_no_identity_opens_nothing() -> None:
     assert not POLICY.permits(None, "procinfo")
 

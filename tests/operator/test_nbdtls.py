@@ -88,6 +88,30 @@ def test_access_file_gives_each_group_its_file_systems() -> None:
     assert nbdtls.access_secret("a1", policy) == secret  # same input, same object
 
 
+def test_access_file_gives_each_group_only_its_claimed_portion() -> None:
+    """``array_access``: the DiskArray as the API server holds it, with the portions
+    ClusterGroups claimed in its status; each group's window of procinfo and backup is its
+    portion (spec.areas: 64 MiB of processor information in 8 portions: 8 MiB each)."""
+    da = {"spec": {"devices": {"count": 2, "size": "1Gi"},
+                   "areas": {"processorInfoSize": "64Mi", "portions": 8},
+                   "fileSystems": [{"name": "home", "size": "512Mi", "clusterGroup": "g1"},
+                                   {"name": "data", "size": "256Mi", "clusterGroup": "g2"}]},
+          "status": {"portions": [{"index": 0, "group": "g1", "activeArea": "portion"},
+                                  {"index": 3, "group": "g2", "activeArea": "backup"}]}}
+    policy = nbdtls.array_access(da)
+    g1, g2 = tls.Identity("group:g1"), tls.Identity("group:g2")
+    mib = 1 << 20
+    assert policy.window(g1, "procinfo") == ((0, 8 * mib),) == policy.window(g1, "backup")
+    assert policy.window(g2, "procinfo") == ((24 * mib, 8 * mib),)
+    assert policy.window(g2, "fs-data") is None and policy.permits(g2, "fs-data")
+    assert not access.inside(policy.window(g1, "procinfo"), 24 * mib, 4096)
+    # the Secret carries the windows; a DiskArray without claims yet has none
+    back = access.AccessPolicy.from_json(json.loads(base64.b64decode(
+        nbdtls.access_secret("a1", policy)["data"]["access.json"])))
+    assert back == policy
+    assert nbdtls.array_access({**da, "status": {}}).windows == {}
+
+
 def test_certificates_from_the_secrets_load_and_name_the_service(tmp_path: Path) -> None:
     ca = pki.make_ca("a1")
     names = nbdtls.server_names("a1", "ns", "cluster.local")

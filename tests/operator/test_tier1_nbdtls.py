@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import Controller, Kubectl, assert_clean
 from cryptography import x509
-from nasblade import pki, tls
+from nasblade import grants, pki, tls
 from nasblade.nbd import access
 from nasblade_operator import nbdtls
 from test_tier1_operator import array, group, wait_until
@@ -87,6 +87,19 @@ def test_nbd_tls_secrets_are_made_owned_and_mounted(
     g1 = tls.Identity("group:g1")
     assert policy.permits(g1, "fs-home") and policy.permits(g1, "fs-scratch") and policy.permits(g1, "procinfo")
     assert not policy.permits(tls.Identity("group:g2"), "fs-home")
+    # ... and of procinfo and backup only the portion it claimed (status.portions)
+    da = kubectl.get("diskarray", "a1")
+    assert da is not None
+    (claim,) = [p for p in da["status"]["portions"] if p["group"] == "g1"]
+    window = policy.window(g1, "procinfo")
+    assert window is not None and len(window) == 1 and window == policy.window(g1, "backup")
+    assert window[0][0] == claim["index"] * window[0][1] and window[0][1] >= 1 << 20
+
+    # the blades' control-API credential: their group's token (owned by the group), projected
+    # into every blade pod as `token` in place of the array's control token
+    gt = kubectl.get("secret", "g1-group-token")
+    assert gt is not None and gt["metadata"]["ownerReferences"][0]["name"] == "g1"
+    assert files(gt) == {"token": grants.group_token(controller.token, "g1").encode()}
 
     # mounted: the controller's server certificate and access file, each blade's group certificate
     sts = kubectl.get("statefulset", "a1-controller")
@@ -101,6 +114,9 @@ def test_nbd_tls_secrets_are_made_owned_and_mounted(
         assert mounted(pod["spec"], "block-processor", nbdtls.TLS_DIR) == f"a1-nbd-{pod['metadata']['name']}"
         (bp,) = [c for c in pod["spec"]["containers"] if c["name"] == "block-processor"]
         assert {"name": tls.ENV_DIR, "value": nbdtls.TLS_DIR} in bp["env"]
+        (tok,) = [v for v in pod["spec"]["volumes"] if v["name"] == "token"]
+        assert [src["secret"]["name"] for src in tok["projected"]["sources"]] == ["g1-group-token", "a1-control-token"]
+        assert all(i["key"] != "token" for i in tok["projected"]["sources"][1]["secret"]["items"])
 
 
 def _serial(kubectl: Kubectl, name: str, key: str) -> int:

@@ -8,7 +8,8 @@ admin token, ``403``; fault injection is off unless the controller runs with ``-
 a third, read-only token reads ``GET /v1/metrics`` and nothing else; a *group token*
 (``nasblade.grants``, what a blade holds) calls only ``GROUP_ROUTES`` and, on them, only the
 LUs the access file lets its group open over NBD (``nasblade.nbd.access``): shared read-only
-LUs for reading, its clients and copy jobs only, ``403`` otherwise) and
+LUs for reading, and of ``procinfo`` and ``backup`` only its portion; its clients and copy
+jobs only, ``403`` otherwise) and
 error mapping (``engine.NotFound`` → ``404``, ``BadRequest`` and ``httpjson.BodyError`` →
 ``400``/``413`` ...), so every error is a JSON object with an ``"error"`` key; anything else a
 handler raises (a ``KeyError`` from a bug, say) is a ``500`` with its traceback in the log.
@@ -172,6 +173,17 @@ def _permit(request: web.Request, lu: str, *, write: bool = False) -> None:
         raise Forbidden(f"cluster group {group} has no access to LU {lu}")
     if write and policy.read_only_for(identity, lu):
         raise Forbidden(f"cluster group {group} may only read LU {lu}")
+
+
+def _permit_range(request: web.Request, lu: str, offset: int, length: int) -> None:
+    """``Forbidden`` unless ``[offset, offset + length)`` of ``lu`` lies in the caller's window
+    (a group's portion of ``procinfo`` and ``backup``; ``access.AccessPolicy.windows``)."""
+    group = _group(request)
+    if group is None:
+        return
+    window = request.app[ACCESS].policy().window(Identity(f"group:{group}"), lu)
+    if not access.inside(window, offset, length):
+        raise Forbidden(f"cluster group {group} reaches only its part of LU {lu}: {offset}+{length} is outside it")
 
 
 def _own_client(request: web.Request, record: dict[str, Any]) -> bool:
@@ -354,6 +366,8 @@ async def compare_and_write(request: web.Request) -> web.Response:
         raise BadRequest(f"data must be 1..{CAS_MAX} bytes", field="data")
     if cmp_off + cmp_len > lu.size or write_off + len(data) > lu.size:
         raise BadRequest(f"the ranges must lie inside the LU ({lu.size} bytes)")
+    _permit_range(request, lu.name, cmp_off, cmp_len)
+    _permit_range(request, lu.name, write_off, len(data))
     try:
         current = bytes(e.read(lu, cmp_off, cmp_len))
         digest = hashlib.sha256(current).hexdigest()
@@ -491,6 +505,9 @@ async def post_copy_job(request: web.Request) -> web.Response:
     body = await httpjson.read(request)
     _permit(request, _field(body, "source", str))
     _permit(request, _field(body, "target", str), write=True)
+    length = _field(body, "length", int)
+    _permit_range(request, _field(body, "source", str), _field(body, "sourceOffset", int, default=0), length)
+    _permit_range(request, _field(body, "target", str), _field(body, "targetOffset", int, default=0), length)
     job = request.app[COPIES].create(
         source=_field(body, "source", str), source_offset=_field(body, "sourceOffset", int, default=0),
         target=_field(body, "target", str), target_offset=_field(body, "targetOffset", int, default=0),

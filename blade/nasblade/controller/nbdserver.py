@@ -8,6 +8,9 @@ requests are coalesced into one ``transport.write``. Backpressure both ways: rea
 while a lot of unparsed input is buffered, request processing waits while the transport's
 write buffer is full.
 
+A group's request outside its window of a shared LU (``access.AccessPolicy.windows``: its
+portion of ``procinfo`` and ``backup``) gets ``EPERM``, and the connection serves on.
+
 A connection whose LU is deleted is closed; a connection whose reservation epoch was
 superseded stays open and gets ``EPERM`` for every write (reads keep working).
 
@@ -84,6 +87,11 @@ class Catalog(proto.ExportLookup):
         """``lu`` is read-only for this client (``access.AccessPolicy.read_only``)."""
         return self.tls is not None and self.tls.access.policy().read_only_for(self.identity, lu)
 
+    def window_for_client(self, lu: str) -> access.Ranges | None:
+        """The byte ranges of ``lu`` this client may reach (``access.AccessPolicy.windows``:
+        a group's portion of ``procinfo`` and ``backup``); ``None`` for all of it."""
+        return None if self.tls is None else self.tls.access.policy().window(self.identity, lu)
+
     def _info(self, name: str, lu: layout.LURecord) -> proto.ExportInfo:
         flags = (proto.TF_HAS_FLAGS | proto.TF_SEND_FLUSH | proto.TF_SEND_FUA | proto.TF_SEND_TRIM
                  | proto.TF_SEND_WRITE_ZEROES | proto.TF_CAN_MULTI_CONN | proto.TF_SEND_CACHE
@@ -114,6 +122,8 @@ class NBDConnection(asyncio.BufferedProtocol):
         self.lu = ""
         #: the LU is read-only for this client (its access rule; an LU's own flag is the engine's)
         self.read_only = False
+        #: the byte ranges of the LU this client may reach (its access rule), None for all
+        self.window: access.Ranges | None = None
         self.holder: str | None = None
         self.epoch: int | None = None
         self.transport: asyncio.Transport | None = None
@@ -238,6 +248,7 @@ class NBDConnection(asyncio.BufferedProtocol):
                 parsed = proto.parse_export_name(event.export.name)
                 self.lu, self.holder, self.epoch = parsed.lu, parsed.holder, parsed.epoch
                 self.read_only = self.catalog.read_only_for_client(parsed.lu)
+                self.window = self.catalog.window_for_client(parsed.lu)
                 self.engine.connections.add(self)
                 continue
             if isinstance(event, proto.BadRequest):
@@ -275,6 +286,11 @@ class NBDConnection(asyncio.BufferedProtocol):
         handler = _HANDLERS.get(req.cmd)
         if handler is None:
             self._send(self.core.error_reply(req.cookie, proto.EINVAL, "command not served"))
+            return
+        if self.window is not None and req.cmd != proto.Cmd.FLUSH \
+                and not access.inside(self.window, req.offset, req.length):
+            self._send(self.core.error_reply(req.cookie, proto.EPERM,
+                                             f"outside this client's part of {lu.name}"))
             return
         self.engine.load.inflight += 1
         started = self._started = time.perf_counter()

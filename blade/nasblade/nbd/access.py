@@ -14,6 +14,11 @@ the operator and the terminal install) read-only: the export carries ``NBD_FLAG_
 and the controller answers ``EPERM`` to a write, so a blade cannot plant software for every
 blade of the array.
 
+A group's ``windows`` narrow a shared LU to byte ranges: the array-wide ``procinfo`` and
+``backup`` LUs hold one portion per group, and a group reads and writes only its own (a
+request outside gets ``EPERM``, through the control API ``403``). A shared LU without a window
+is the whole LU (access files written before windows).
+
 Refused names get ``NBD_REP_ERR_POLICY`` and do not appear in ``NBD_OPT_LIST``. Without TLS
 (the documented switch for benchmarks) there is no identity and no rule: every client opens
 every LU.
@@ -21,7 +26,9 @@ every LU.
 The access file is JSON written by whoever knows the groups (the operator, ``nasblade up``)::
 
     {"groups": {"g1": ["fs-home", "fs-scratch"], "g2": ["fs-data"]},
-     "shared": ["program", "procinfo", "backup"], "readOnly": ["program"]}
+     "shared": ["program", "procinfo", "backup"], "readOnly": ["program"],
+     "windows": {"g1": {"procinfo": [[0, 1048576]], "backup": [[0, 1048576]]},
+                 "g2": {"procinfo": [[1048576, 1048576]], "backup": [[1048576, 1048576]]}}}
 
 ``AccessFile`` re-reads it when its modification time or size changes, so a moved file
 system takes effect on the next connection without a restart.
@@ -44,12 +51,23 @@ DEFAULT_SHARED = frozenset(lunames.SHARED)
 #: shared LUs blades only read: the software catalog
 DEFAULT_READ_ONLY = frozenset({lunames.PROGRAM})
 
+#: byte ranges (offset, length) of an LU
+Ranges = tuple[tuple[int, int], ...]
+
 
 @dataclass(frozen=True)
 class AccessPolicy:
     groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
     shared: frozenset[str] = DEFAULT_SHARED
     read_only: frozenset[str] = DEFAULT_READ_ONLY
+    windows: Mapping[str, Mapping[str, Ranges]] = field(default_factory=dict)
+    """group → LU → the byte ranges of the LU the group may reach (absent: all of it)"""
+
+    def window(self, identity: Identity | None, lu: str) -> Ranges | None:
+        """The byte ranges of ``lu`` that ``identity`` may reach, ``None`` for all of it."""
+        if identity is None or identity.admin or identity.group is None:
+            return None
+        return self.windows.get(identity.group, {}).get(lu)
 
     def read_only_for(self, identity: Identity | None, lu: str) -> bool:
         """Whether ``identity`` may open ``lu`` for reading only (a group and a read-only
@@ -67,8 +85,12 @@ class AccessPolicy:
         return lu in self.shared or lu in self.groups.get(group, frozenset())
 
     def to_json(self) -> dict[str, Any]:
-        return {"groups": {g: sorted(lus) for g, lus in sorted(self.groups.items())},
-                "shared": sorted(self.shared), "readOnly": sorted(self.read_only)}
+        out: dict[str, Any] = {"groups": {g: sorted(lus) for g, lus in sorted(self.groups.items())},
+                               "shared": sorted(self.shared), "readOnly": sorted(self.read_only)}
+        if self.windows:
+            out["windows"] = {g: {lu: [list(r) for r in ranges] for lu, ranges in sorted(w.items())}
+                              for g, w in sorted(self.windows.items())}
+        return out
 
     @classmethod
     def from_json(cls, data: object) -> AccessPolicy:
@@ -84,12 +106,35 @@ class AccessPolicy:
         read_only = data.get("readOnly", sorted(DEFAULT_READ_ONLY))
         if not _names(read_only):
             raise ValueError("access file: 'readOnly' is a list of LU names")
-        return cls({g: frozenset(v) for g, v in groups.items()}, frozenset(shared), frozenset(read_only))
+        windows = data.get("windows", {})
+        if not isinstance(windows, dict) or not all(
+                isinstance(g, str) and isinstance(w, dict) and all(isinstance(lu, str) and _ranges(r) for lu, r in w.items())
+                for g, w in windows.items()):
+            raise ValueError("access file: 'windows' maps group names to {LU: [[offset, length], ...]}")
+        return cls({g: frozenset(v) for g, v in groups.items()}, frozenset(shared), frozenset(read_only),
+                   {g: {lu: tuple((int(o), int(n)) for o, n in r) for lu, r in w.items()} for g, w in windows.items()})
 
     @classmethod
-    def of_groups(cls, groups: Mapping[str, Iterable[str]], *,
-                  shared: Iterable[str] = DEFAULT_SHARED) -> AccessPolicy:
-        return cls({g: frozenset(lus) for g, lus in groups.items()}, frozenset(shared))
+    def of_groups(cls, groups: Mapping[str, Iterable[str]], *, shared: Iterable[str] = DEFAULT_SHARED,
+                  portions: Mapping[str, tuple[int, int]] | None = None) -> AccessPolicy:
+        """The policy of each group's file-system LUs; with ``portions`` (group → (offset,
+        length) of its portion), each group reaches only its portion of the
+        processor-information LU and the same range of the backup LU."""
+        windows = {g: {lu: ((off, n),) for lu in (lunames.PROCINFO, lunames.BACKUP)}
+                   for g, (off, n) in (portions or {}).items()}
+        return cls({g: frozenset(lus) for g, lus in groups.items()}, frozenset(shared), windows=windows)
+
+
+def inside(ranges: Ranges | None, offset: int, length: int) -> bool:
+    """Whether ``[offset, offset + length)`` lies inside one of ``ranges`` (``None``: anywhere)."""
+    if ranges is None:
+        return True
+    return any(o <= offset and offset + length <= o + n for o, n in ranges)
+
+
+def _ranges(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(r, list) and len(r) == 2 and all(type(x) is int and x >= 0 for x in r) for r in value)
 
 
 def _names(value: object) -> bool:

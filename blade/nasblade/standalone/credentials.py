@@ -24,6 +24,7 @@ from pathlib import Path
 
 from nasblade import lunames, pki, tls
 from nasblade.nbd import access
+from nasblade.procinfo.portion import portion_offset
 from nasblade.standalone.config import Config
 
 
@@ -75,12 +76,16 @@ def ensure(data_dir: Path, config: Config) -> Credentials:
 
 
 def write_access(path: Path, config: Config) -> Path:
-    """Write the access file: which LUs each group's blades reach, over NBD (with TLS) and
+    """Write the access file: which LUs (and which portion of ``procinfo`` and ``backup``)
+    each group's blades reach, over NBD (with TLS) and
     through the control API (their group tokens, ``nasblade.grants``) -- the second with or
     without NBD TLS."""
     groups: dict[str, list[str]] = {g.name: [] for g in config.groups}
     for fs in config.file_systems:
         groups.setdefault(fs.cluster_group, []).append(lunames.fs_lu(fs.name))
+    # each group's portion of procinfo (and its backup area in backup): the blades' --group-index
+    portions = {g.name: (portion_offset(i, config.portion_size), config.portion_size)
+                for i, g in enumerate(config.groups)}
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    access.write(path, access.AccessPolicy.of_groups(groups))
+    access.write(path, access.AccessPolicy.of_groups(groups, portions=portions))
     return path

@@ -78,7 +78,8 @@ class Actor:
         await nbdtls.ensure_blade(self.st.kube, self.body, array=self.spec.disk_array, group=self.name,
                                   blade=pod["metadata"]["name"], namespace=self.namespace)
         # its group's control-API credential (the array's control token stays with the operator)
-        await nbdtls.ensure_group_token(self.st.kube, self.body, group=self.name, namespace=self.namespace,
+        await nbdtls.ensure_group_token(self.st.kube, self.body, array=self.spec.disk_array, group=self.name,
+                                        namespace=self.namespace,
                                         control_token=await self.st.token(self.namespace, self.spec.disk_array))
         _, created = await self.st.kube.create(pod)
         if created:

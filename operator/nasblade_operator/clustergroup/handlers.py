@@ -88,7 +88,7 @@ async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | N
     for kind, selector in (("Pod", builders.group_selector(name)), ("Service", {naming.L_GROUP: name, naming.L_COMPONENT: "nfs"})):
         for obj in await st.kube.list(kind, namespace=namespace, selector=selector):
             await st.kube.delete(kind, obj["metadata"]["name"], namespace=namespace)
-    await portions.release(st.kube, name=name, namespace=namespace, array=array_name)
+    await portions.release(st, name=name, namespace=namespace, array=array_name)
     st.forget_group(namespace, name)
     datametrics.forget("ClusterGroup", namespace, name)
 

@@ -5,14 +5,15 @@ written with the DiskArray's ``resourceVersion`` (optimistic lock: a conflict ra
 ``kopf.TemporaryError`` and kopf retries). ``handlers.reconcile`` claims (one claim per array
 at a time in this process, ``OperatorState.claim_locks``) and records the index in the group's
 ``status.portion``; ``handlers.delete`` releases. ``diskarray/areas.py`` mirrors the
-``activeArea`` of each record afterwards.
+``activeArea`` of each record afterwards. Each claim and release rewrites the array's access
+file (``nbdtls.ensure_access``): a group's blades reach only their own portion.
 """
 
 from __future__ import annotations
 
 import kopf
 
-from nasblade_operator import events, kube, settings, state
+from nasblade_operator import events, kube, nbdtls, settings, state
 
 
 async def claim(st: state.OperatorState, body: kopf.Body, *, name: str, namespace: str, array: str) -> int:
@@ -48,11 +49,18 @@ async def _claim(k: kube.Kube, body: kopf.Body, *, name: str, namespace: str, ar
         if exc.status == 409:
             raise kopf.TemporaryError("portion claim raced with another group; retrying", delay=0.2) from None
         raise
+    # the group's blades reach only this portion of procinfo and backup (the access file)
+    await nbdtls.ensure_access(k, array=array, namespace=namespace)
     return free[0]
 
 
-async def release(k: kube.Kube, *, name: str, namespace: str, array: str) -> None:
+async def release(st: state.OperatorState, *, name: str, namespace: str, array: str) -> None:
     """Remove the group's record from the DiskArray status (nothing to do if the array is going)."""
+    async with st.claim_locks.hold((namespace, array)):
+        await _release(st.kube, name=name, namespace=namespace, array=array)
+
+
+async def _release(k: kube.Kube, *, name: str, namespace: str, array: str) -> None:
     for _attempt in range(5):
         da = await k.get("DiskArray", array, namespace=namespace)
         if da is None or da["metadata"].get("deletionTimestamp"):
@@ -64,6 +72,7 @@ async def release(k: kube.Kube, *, name: str, namespace: str, array: str) -> Non
                                      "status": {"portions": portions}},
                 namespace=namespace, subresource="status",
             )
+            await nbdtls.ensure_access(k, array=array, namespace=namespace)
             return
         except kube.KubeError as exc:
             if exc.status != 409:

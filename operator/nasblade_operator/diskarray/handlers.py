@@ -233,9 +233,9 @@ async def _ensure_children(
     if st.ensured.get(str(body.metadata.get("uid"))) == generation:
         return token  # a retry of the same generation: the children were made already
     # NBD TLS first: the controller pod mounts its certificate and access file
-    created: list[str] = await nbdtls.ensure_array(
-        k, body, array=name, namespace=namespace, domain=settings.current().cluster_domain,
-        file_systems=[(f.name, f.cluster_group) for f in parsed.file_systems])
+    async with st.claim_locks.hold((namespace, name)):  # the access file: one writer at a time
+        created: list[str] = await nbdtls.ensure_array(
+            k, body, array=name, namespace=namespace, domain=settings.current().cluster_domain)
     await st.trust(namespace, name, force=True)  # the HTTPS control API is checked against its CA
     sts = builders.controller_statefulset(name, parsed, image=image, defaults=settings.current().pod_defaults)
     for obj in (builders.controller_service(name), sts):
@@ -456,7 +456,8 @@ def _not_ready(status: Mapping[str, Any], patch: kopf.Patch, *, generation: int,
 
 async def _renew_certificates(st: state.OperatorState, body: kopf.Body, *, name: str, namespace: str) -> None:
     """Every ``nbdtls.check_interval``: the array's CA and certificates renewed or rotated when
-    due (an Event says what changed); the operator's own trust follows a new CA at once."""
+    due, and the access file checked (an Event says what changed); the operator's own trust
+    follows a new CA at once."""
     key = (namespace, name)
     if time.monotonic() < st.cert_checks.get(key, 0.0):
         await st.trust(namespace, name)
@@ -464,6 +465,10 @@ async def _renew_certificates(st: state.OperatorState, body: kopf.Body, *, name:
     st.cert_checks[key] = time.monotonic() + nbdtls.check_interval()
     done = await nbdtls.renew_array(st.kube, body, array=name, namespace=namespace,
                                     domain=settings.current().cluster_domain)
+    # the access file again, from the array as it is now (a portion claimed or released
+    # while an older access file was being written is not missed for long)
+    async with st.claim_locks.hold((namespace, name)):
+        done += await nbdtls.ensure_access(st.kube, array=name, namespace=namespace)
     await st.trust(namespace, name, force=bool(done))
     if done:
         events.normal(body, "Certificates", "; ".join(done))
