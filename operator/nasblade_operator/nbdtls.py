@@ -108,26 +108,36 @@ def blade_names(array: str, blade: str) -> list[str]:
 
 
 def access_policy(file_systems: Iterable[tuple[str, str]], *, portions: Iterable[tuple[str, int]] = (),
-                  portion_size: int = 0) -> access.AccessPolicy:
+                  portion_size: int = 0, backup_targets: Mapping[str, Iterable[str]] | None = None,
+                  ) -> access.AccessPolicy:
     """The access file of (file system, cluster group) pairs; with the groups' (group, portion
     index) pairs, each group reaches only its portion of the processor-information LU and its
-    backup area in the backup LU."""
+    backup area in the backup LU, and those of the groups it backs up (``backup_targets``:
+    group → ``spec.backup.targets``)."""
     groups: dict[str, list[str]] = {}
     for fs, group in file_systems:
         groups.setdefault(group, []).append(naming.filesystem_lu(fs))
     return access.AccessPolicy.of_groups(
         groups, shared=(naming.LU_PROGRAM, naming.LU_PROCESSOR_INFO, naming.LU_BACKUP),
-        portions={g: (i * portion_size, portion_size) for g, i in portions} if portion_size else None)
+        portions={g: (i * portion_size, portion_size) for g, i in portions} if portion_size else None,
+        cross_group=backup_targets)
 
 
-def array_access(da: Mapping[str, Any]) -> access.AccessPolicy:
-    """The access file of a DiskArray object: its file systems' groups (``spec.fileSystems``)
-    and the groups' portions (``status.portions``, which ClusterGroups claim)."""
+def array_access(da: Mapping[str, Any], groups: Iterable[Mapping[str, Any]] = ()) -> access.AccessPolicy:
+    """The access file of a DiskArray object: its file systems' groups (``spec.fileSystems``),
+    the groups' portions (``status.portions``, which ClusterGroups claim) and, from the
+    ClusterGroup objects ``groups`` of the array, whose portions each backs up
+    (``spec.backup.targets``)."""
     parsed = da_spec.parse(da.get("spec") or {})
     claimed = [(str(p["group"]), int(p["index"])) for p in (da.get("status") or {}).get("portions", [])
                if p.get("group") is not None and p.get("index") is not None]
+    targets: dict[str, list[str]] = {}
+    for g in groups:
+        wanted = ((g.get("spec") or {}).get("backup") or {}).get("targets") or []
+        if isinstance(wanted, list):
+            targets[str(g["metadata"]["name"])] = [str(t) for t in wanted]
     return access_policy([(f.name, f.cluster_group) for f in parsed.file_systems], portions=claimed,
-                         portion_size=parsed.areas.portion_size)
+                         portion_size=parsed.areas.portion_size, backup_targets=targets)
 
 
 def access_secret(array: str, policy: access.AccessPolicy) -> dict[str, Any]:
@@ -353,7 +363,9 @@ async def ensure_access(k: kube.Kube, *, array: str, namespace: str) -> list[str
     da = await k.get("DiskArray", array, namespace=namespace)
     if da is None:
         return []
-    want = access_secret(array, array_access(da))
+    groups = [g for g in await k.list("ClusterGroup", namespace=namespace)
+              if ((g.get("spec") or {}).get("diskArrayRef") or {}).get("name") == array]
+    want = access_secret(array, array_access(da, groups))
     changed = await _put(k, da, want, namespace=namespace, what="new access file")
     if changed:
         await _nudge_controller(k, array=array, namespace=namespace, data=want["data"])

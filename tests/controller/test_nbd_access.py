@@ -52,6 +52,19 @@ def test_windows_narrow_the_shared_lus_to_a_groups_portion() -> None:
             access.AccessPolicy.from_json(bad)
 
 
+def test_a_group_that_backs_up_another_reaches_that_groups_portion_too() -> None:
+    """Cross-group backup (the invention's claims 8, 9): g1's blades copy g2's portion into
+    g2's backup area, so g1's window holds both portions; g2 still reaches only its own."""
+    policy = access.AccessPolicy.of_groups({}, portions={"g1": (0, 4096), "g2": (4096, 4096), "g3": (8192, 4096)},
+                                           cross_group={"g1": ["g2", "nope", "g1"]})
+    g1, g2 = tls.Identity("group:g1"), tls.Identity("group:g2")
+    assert policy.window(g1, "procinfo") == ((0, 4096), (4096, 4096)) == policy.window(g1, "backup")
+    assert policy.window(g2, "backup") == ((4096, 4096),)
+    assert access.inside(policy.window(g1, "backup"), 4096, 4096)
+    assert not access.inside(policy.window(g1, "backup"), 8192, 1)
+    assert not access.inside(policy.window(g1, "procinfo"), 2048, 4096)  # one request, one window
+
+
 def test_no_identity_opens_nothing() -> None:
     assert not POLICY.permits(None, "procinfo")
 

@@ -110,6 +110,12 @@ def test_access_file_gives_each_group_only_its_claimed_portion() -> None:
         nbdtls.access_secret("a1", policy)["data"]["access.json"])))
     assert back == policy
     assert nbdtls.array_access({**da, "status": {}}).windows == {}
+    # a group whose spec.backup.targets names another also reaches that group's portion
+    groups = [{"metadata": {"name": "g1"}, "spec": {"diskArrayRef": {"name": "a1"}, "backup": {"targets": ["g2"]}}},
+              {"metadata": {"name": "g2"}, "spec": {"diskArrayRef": {"name": "a1"}}}]
+    cross = nbdtls.array_access(da, groups)
+    assert cross.window(g1, "backup") == ((0, 8 * mib), (24 * mib, 8 * mib))
+    assert cross.window(g2, "procinfo") == ((24 * mib, 8 * mib),)
 
 
 def test_certificates_from_the_secrets_load_and_name_the_service(tmp_path: Path) -> None:

@@ -15,8 +15,9 @@ and the controller answers ``EPERM`` to a write, so a blade cannot plant softwar
 blade of the array.
 
 A group's ``windows`` narrow a shared LU to byte ranges: the array-wide ``procinfo`` and
-``backup`` LUs hold one portion per group, and a group reads and writes only its own (a
-request outside gets ``EPERM``, through the control API ``403``). A shared LU without a window
+``backup`` LUs hold one portion per group, and a group reads and writes only its own and
+those of the groups it backs up (cross-group backup; a request outside gets ``EPERM``,
+through the control API ``403``). A shared LU without a window
 is the whole LU (access files written before windows).
 
 Refused names get ``NBD_REP_ERR_POLICY`` and do not appear in ``NBD_OPT_LIST``. Without TLS
@@ -116,12 +117,19 @@ class AccessPolicy:
 
     @classmethod
     def of_groups(cls, groups: Mapping[str, Iterable[str]], *, shared: Iterable[str] = DEFAULT_SHARED,
-                  portions: Mapping[str, tuple[int, int]] | None = None) -> AccessPolicy:
+                  portions: Mapping[str, tuple[int, int]] | None = None,
+                  cross_group: Mapping[str, Iterable[str]] | None = None) -> AccessPolicy:
         """The policy of each group's file-system LUs; with ``portions`` (group → (offset,
         length) of its portion), each group reaches only its portion of the
-        processor-information LU and the same range of the backup LU."""
-        windows = {g: {lu: ((off, n),) for lu in (lunames.PROCINFO, lunames.BACKUP)}
-                   for g, (off, n) in (portions or {}).items()}
+        processor-information LU and the same range of the backup LU -- and the portions of
+        the groups it backs up (``cross_group``: group → the groups whose portions its blades
+        copy to the backup LU, the invention's cross-group backup)."""
+        portions = portions or {}
+        cross = cross_group or {}
+        windows: dict[str, dict[str, Ranges]] = {}
+        for g, own in portions.items():
+            ranges = (own, *(portions[t] for t in cross.get(g, ()) if t in portions and t != g))
+            windows[g] = {lu: ranges for lu in (lunames.PROCINFO, lunames.BACKUP)}
         return cls({g: frozenset(lus) for g, lus in groups.items()}, frozenset(shared), windows=windows)
 
 

@@ -87,5 +87,6 @@ def write_access(path: Path, config: Config) -> Path:
     portions = {g.name: (portion_offset(i, config.portion_size), config.portion_size)
                 for i, g in enumerate(config.groups)}
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    access.write(path, access.AccessPolicy.of_groups(groups, portions=portions))
+    cross = {g.name: g.backup.cross_group for g in config.groups}  # the portions its blades back up too
+    access.write(path, access.AccessPolicy.of_groups(groups, portions=portions, cross_group=cross))
     return path

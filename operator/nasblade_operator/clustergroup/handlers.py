@@ -21,7 +21,16 @@ from typing import Any
 
 import kopf
 
-from nasblade_operator import conditions, datametrics, events, metrics, naming, settings, state
+from nasblade_operator import (
+    conditions,
+    datametrics,
+    events,
+    metrics,
+    naming,
+    nbdtls,
+    settings,
+    state,
+)
 from nasblade_operator.clustergroup import builders, daemon, indexes, portions
 from nasblade_operator.clustergroup import spec as cg_spec
 from nasblade_operator.validation import InvalidSpec
@@ -57,6 +66,9 @@ async def reconcile(
         raise kopf.TemporaryError(message, delay=min(60.0, settings.current().retry_delay * 2 ** min(retry, 2)))
     if status.get("portion") is None:
         patch.status["portion"] = await portions.claim(st, body, name=name, namespace=namespace, array=parsed.disk_array)
+    else:  # spec.backup.targets may have changed: the array's access file follows (nbdtls.array_access)
+        async with st.claim_locks.hold((namespace, parsed.disk_array)):
+            await nbdtls.ensure_access(st.kube, array=parsed.disk_array, namespace=namespace)
     patch.status["activeArea"] = status.get("activeArea", "portion")
     st.wakeups.wake_group(namespace, name)
 
