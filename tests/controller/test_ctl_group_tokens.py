@@ -118,6 +118,34 @@ def test_clients_and_copy_jobs_of_another_group_are_invisible(ctl: Controller) -
     assert {j["id"] for j in ctl.client.list_copy_jobs()} == {job["id"], other["id"]}
 
 
+def test_a_blade_releases_the_lu_of_a_file_system_that_left_its_group(ctl: Controller, tmp_path_factory:
+                                                                       pytest.TempPathFactory) -> None:
+    """A file system leaves g1 (a CSI volume deleted): the access file no longer gives g1 its
+    LU, and only then does the blade release it. It may still read and drop the reservation one
+    of g1's blades holds -- nothing else of that LU -- or the LU would stay reserved and the
+    volume could never be deleted (seen on the real cluster: DeleteVolume FAILED_PRECONDITION
+    "still reserved by nas-blade-1" until the test gave up)."""
+    g1 = ControlClient(ctl.api, grants.group_token(TOKEN, "g1"))
+    g2 = ControlClient(ctl.api, grants.group_token(TOKEN, "g2"))
+    g1.register_client("g1-0", group="g1", role="blade")
+    g2.register_client("g2-0", group="g2", role="blade")
+    g1.reserve("fs-a", "g1-0")
+    ctl.client.create_lu("fs-c", 8 << 20)
+    ctl.client.reserve("fs-c", "g2-0")
+    path = next(p for p in ctl.extra if p.endswith("access.json"))
+    access.write(path, access.AccessPolicy.of_groups({"g2": ["fs-b"]}))  # fs-a left g1
+    assert _status(lambda: g1.get_lu("fs-a")) == 403
+    assert _status(_cas(g1, "fs-a")) == 403
+    assert _status(lambda: g1.reserve("fs-a", "g1-0")) == 403
+    assert _status(lambda: g2.release("fs-a")) == 403  # not g2's blade's reservation
+    assert g1.get_reservation("fs-a")["holder"] == "g1-0"
+    g1.release("fs-a")
+    assert ctl.client.get_reservation("fs-a")["holder"] is None
+    assert _status(lambda: g1.get_reservation("fs-a")) == 403  # nobody of g1 holds it now
+    assert _status(lambda: g1.release("fs-c")) == 403  # held by another group's blade
+    assert ctl.client.get_reservation("fs-c")["holder"] == "g2-0"
+
+
 def test_a_forged_group_token_is_refused(ctl: Controller) -> None:
     good = grants.group_token(TOKEN, "g1")
     mac = good.rsplit(".", 1)[1]

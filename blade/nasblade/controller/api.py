@@ -186,6 +186,19 @@ def _permit_range(request: web.Request, lu: str, offset: int, length: int) -> No
         raise Forbidden(f"cluster group {group} reaches only its part of LU {lu}: {offset}+{length} is outside it")
 
 
+def _permit_reservation(request: web.Request, name: str, *, write: bool = False) -> None:
+    """Reading or dropping ``name``'s reservation: the caller's LUs, and also any LU whose
+    reservation a blade of the caller's group holds -- a file system that just left the group
+    (a CSI volume deleted, a file system moved) is released by its blade after the access file
+    stopped giving the group its LU, and must not stay reserved for nobody."""
+    group = _group(request)
+    lu = _engine(request).array.state.lus.get(name)
+    if group is not None and lu is not None and lu.holder is not None \
+            and (_engine(request).clients.get(lu.holder) or {}).get("group") == group:
+        return
+    _permit(request, name, write=write)
+
+
 def _own_client(request: web.Request, record: dict[str, Any]) -> bool:
     group = _group(request)
     return group is None or record.get("group") == group
@@ -328,13 +341,13 @@ async def post_reservation(request: web.Request) -> web.Response:
 
 
 async def get_reservation(request: web.Request) -> web.Response:
-    _permit(request, _path_lu(request))
+    _permit_reservation(request, _path_lu(request))
     lu = _engine(request).lu(_path_lu(request))
     return web.json_response({"holder": lu.holder, "epoch": lu.epoch, "lastEpoch": lu.last_epoch})
 
 
 async def delete_reservation(request: web.Request) -> web.Response:
-    _permit(request, _path_lu(request), write=True)
+    _permit_reservation(request, _path_lu(request), write=True)
     _engine(request).release(_path_lu(request))
     return web.Response(status=204)
 
