@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from nasblade import grants, httpjson
+from nasblade import grants, httpjson, tls
 from nasblade.controller import cache as cache_mod
 from nasblade.controller import layout, luname, metrics
 from nasblade.controller.copyengine import CopyEngine, CopyError
@@ -50,8 +50,8 @@ FAULTS: web.AppKey[bool] = web.AppKey("faults", bool)
 MAINT: web.AppKey[Maintenance] = web.AppKey("maintenance", Maintenance)
 #: which LUs each cluster group may reach (the NBD access file; group tokens are held to it)
 ACCESS: web.AppKey[access.AccessFile] = web.AppKey("access", access.AccessFile)
-#: the cluster group a request was made for (a group token), in ``request``
-GROUP = "nasblade.group"
+#: the identity of a group-token request (``group:<name>``, as its blades' certificates say), in ``request``
+CALLER = "nasblade.caller"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -116,11 +116,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     token, admin, metrics = request.app[TOKENS]
     header = request.headers.get("Authorization", "")
     given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    group = _caller_group(given, token)
+    group = grants.group_of(given, token)
     if group is not None:
-        if not _group_route(request):
+        if getattr(request.match_info.route, "handler", None) not in GROUP_ROUTES:
             return _error(403, f"a group token (cluster group {group}) cannot {request.method} {request.path}")
-        request[GROUP] = group
+        request[CALLER] = Identity(tls.group_identity(group))
         return await handler(request)
     is_admin = _matches(given, admin)
     is_user = is_admin or _matches(given, token)
@@ -140,50 +140,39 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def _caller_group(given: str, token: str | None) -> str | None:
-    """The group of a group token, if ``given`` is one (``nasblade.grants``)."""
-    return grants.group_of(given, token)
-
-
-def _group_route(request: web.Request) -> bool:
-    route = request.match_info.route
-    return getattr(route, "handler", None) in GROUP_ROUTES
-
-
 def _group(request: web.Request) -> str | None:
     """The cluster group of a group-token request (``None``: the control or admin token)."""
-    group: str | None = request.get(GROUP)
-    return group
+    caller: Identity | None = request.get(CALLER)
+    return None if caller is None else caller.group
 
 
 def _may(request: web.Request, lu: str) -> bool:
     """Whether the caller may reach ``lu`` at all (every LU for the control token)."""
-    group = _group(request)
-    return group is None or request.app[ACCESS].policy().permits(Identity(f"group:{group}"), lu)
+    caller = request.get(CALLER)
+    return caller is None or request.app[ACCESS].policy().permits(caller, lu)
 
 
 def _permit(request: web.Request, lu: str, *, write: bool = False) -> None:
     """``Forbidden`` unless the caller may reach ``lu`` (and change it, with ``write``)."""
-    group = _group(request)
-    if group is None:
+    caller = request.get(CALLER)
+    if caller is None:
         return
     policy = request.app[ACCESS].policy()
-    identity = Identity(f"group:{group}")
-    if not policy.permits(identity, lu):
-        raise Forbidden(f"cluster group {group} has no access to LU {lu}")
-    if write and policy.read_only_for(identity, lu):
-        raise Forbidden(f"cluster group {group} may only read LU {lu}")
+    if not policy.permits(caller, lu):
+        raise Forbidden(f"cluster group {caller.group} has no access to LU {lu}")
+    if write and policy.read_only_for(caller, lu):
+        raise Forbidden(f"cluster group {caller.group} may only read LU {lu}")
 
 
 def _permit_range(request: web.Request, lu: str, offset: int, length: int) -> None:
     """``Forbidden`` unless ``[offset, offset + length)`` of ``lu`` lies in the caller's window
     (a group's portion of ``procinfo`` and ``backup``; ``access.AccessPolicy.windows``)."""
-    group = _group(request)
-    if group is None:
+    caller = request.get(CALLER)
+    if caller is None:
         return
-    window = request.app[ACCESS].policy().window(Identity(f"group:{group}"), lu)
-    if not access.inside(window, offset, length):
-        raise Forbidden(f"cluster group {group} reaches only its part of LU {lu}: {offset}+{length} is outside it")
+    if not access.inside(request.app[ACCESS].policy().window(caller, lu), offset, length):
+        raise Forbidden(f"cluster group {caller.group} reaches only its part of LU {lu}: "
+                        f"{offset}+{length} is outside it")
 
 
 def _permit_reservation(request: web.Request, name: str, *, write: bool = False) -> None:
