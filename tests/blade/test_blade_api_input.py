@@ -39,6 +39,9 @@ BAD = [
     ("POST", "/v1/backups", b"\xff\xfe", 400),
     ("POST", "/v1/backups", b'{"portions": "all"}', 400),
     ("POST", "/v1/filesystems/..%2Ffs1/takeover", None, 404),
+    ("GET", "/v1/filesystems/nope/directories", None, 404),
+    ("PUT", "/v1/filesystems/nope/directories/pv-a", b'{"quotaBytes": 1}', 404),
+    ("DELETE", "/v1/filesystems/..%2Ffs1/directories/pv-a", None, 404),
 ]
 
 

@@ -139,6 +139,10 @@ class Client:
         ok = self._nfs(6, "READ", t.READ_ARGS, t.ReadArgs(fh, offset, count), t.READ_RES)
         return bytes(ok.data)
 
+    def fsstat(self, fh: bytes) -> Any:
+        """FSSTAT of the file system (or directory volume) ``fh`` lies in: ``tbytes``, ``fbytes`` …"""
+        return self._nfs(18, "FSSTAT", t.FH, fh, t.FSSTAT_RES)
+
     def read_all(self, fh: bytes, size: int, *, chunk: int = 256 << 10) -> bytes:
         parts = []
         for off in range(0, size, chunk):

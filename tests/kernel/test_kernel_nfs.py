@@ -13,6 +13,7 @@ because its portmapper, where a client finds NLM, is out of the guest's reach he
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import re
@@ -24,11 +25,13 @@ from typing import Any
 import libnfs
 import pytest
 import uml
-from conftest import NFSTarget
+from conftest import KernelArray, NFSTarget
+from nasblade.bladeapi.client import BladeClient
 
 pytestmark = [pytest.mark.kernel, pytest.mark.component]
 REPO = Path(__file__).resolve().parents[2]
 MNT = "/mnt/nfs"
+MIB = 1 << 20
 
 
 def mount_opts(target: NFSTarget, *, ports: bool, extra: str = "") -> str:
@@ -491,3 +494,40 @@ sqlite3 {MNT}/k.db "SELECT count(*) FROM t WHERE k = 7; SELECT count(*) FROM t W
     with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert conn.execute("SELECT count(*), sum(k), sum(length(v)) FROM t").fetchone() == (count, ksum, vlen)
+
+
+def test_directory_volume_seen_and_enforced_by_the_kernel_client(guest: uml.Guest, array: KernelArray,
+                                                                  nasblade_nfs: NFSTarget) -> None:
+    """A directory volume (``/pv-q`` of ``kfs`` with an 8 MiB quota, made through the blade API
+    as the CSI driver's directory layout makes it) mounted by itself: ``df`` shows the quota as
+    its size, a write past it fails with "Disk quota exceeded" at the client, what fit is intact,
+    and a raised quota is seen at once. Against nasblade only: ganesha has no such volumes."""
+    [blade] = array.endpoints["blades"]
+    api = BladeClient(blade["api"], (array.data_dir / "secrets" / "blade-token").read_text().strip())
+    api.set_directory("kfs", "pv-q", 8 * MIB)
+    target = dataclasses.replace(nasblade_nfs, export=nasblade_nfs.export.rstrip("/") + "/pv-q")
+    try:
+        result = run(guest, target, body=f"""
+df -B1 --output=size {MNT} | tail -1 > /share/size-before.txt
+dd if=/dev/urandom of={MNT}/fits bs=1M count=6 conv=fsync status=none
+sha256sum < {MNT}/fits | cut -d' ' -f1 > /share/fits.sha
+if dd if=/dev/zero of={MNT}/over bs=1M count=4 conv=fsync status=none 2> /share/over.err; then
+    echo written > /share/over.ok
+fi
+""")
+        assert int((result.share / "size-before.txt").read_text()) == 8 * MIB
+        assert not (result.share / "over.ok").exists(), "a write past the quota was acknowledged"
+        assert "quota" in (result.share / "over.err").read_text().lower(), (result.share / "over.err").read_text()
+        fits = host_read(nasblade_nfs, "/pv-q/fits")
+        assert len(fits) == 6 * MIB
+        assert hashlib.sha256(fits).hexdigest() == (result.share / "fits.sha").read_text().strip()
+        api.set_directory("kfs", "pv-q", 32 * MIB)
+        result = run(guest, target, body=f"""
+df -B1 --output=size {MNT} | tail -1 > /share/size-after.txt
+rm -f {MNT}/over
+dd if=/dev/zero of={MNT}/more bs=1M count=12 conv=fsync status=none
+""")
+        assert int((result.share / "size-after.txt").read_text()) == 32 * MIB
+        assert api.directories("kfs")["directories"][0]["usedBytes"] >= 18 * MIB
+    finally:
+        api.remove_directory("kfs", "pv-q")

@@ -4,6 +4,7 @@ A bad table changes nothing; a good one is what the next MOUNT and NFS calls see
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,16 @@ def test_a_bad_table_changes_nothing(tmp_path: Path) -> None:
         vol.set_exports([exports.Export.build("/y", ["10.0.0.0/8"]),
                          exports.Export.build("/z", ["10.0.0.0/8"], subdir="/missing")])
     assert (vol.exports, vol.roots) == before
+
+
+def test_mounting_leaves_out_an_export_whose_directory_is_gone(tmp_path: Path) -> None:
+    """At mount (a takeover), an export of a deleted directory volume is left out and the rest
+    served; only when no export resolves does the mount fail."""
+    vol, wide = _volume(tmp_path)
+    gone = exports.Export.build("/x/pv-gone", ["10.0.0.0/8"], subdir="/pv-gone")
+    sub = exports.Export.build("/s", ["10.0.0.0/8"], subdir="/sub")
+    again = volume.Volume.open("fs", vol.fs, [wide, gone, sub])
+    assert sorted(e.path for e in again.exports.values()) == ["/s", "/x"]
+    with pytest.raises(fsmod.FsError) as err:
+        volume.Volume.open("fs", vol.fs, [gone])
+    assert err.value.errno == errno.ENOENT

@@ -44,6 +44,19 @@ class BladeClient(_BladeJSONClient):
     def slots(self) -> dict[str, Any]:
         return self._dict("GET", "/v1/slots")
 
+    def directories(self, fs: str) -> dict[str, Any]:
+        """The directory volumes (quota roots) of ``fs``, which this blade must serve."""
+        return self._dict("GET", f"/v1/filesystems/{quote(fs, safe='')}/directories")
+
+    def set_directory(self, fs: str, dirname: str, quota_bytes: int, *, mode: int = 0o777) -> dict[str, Any]:
+        """Make or resize directory volume ``/dirname`` of ``fs`` (at most ``quota_bytes``)."""
+        return self._dict("PUT", f"/v1/filesystems/{quote(fs, safe='')}/directories/{quote(dirname, safe='')}",
+                          {"quotaBytes": quota_bytes, "mode": mode})
+
+    def remove_directory(self, fs: str, dirname: str) -> dict[str, Any]:
+        """Delete directory volume ``/dirname`` of ``fs`` with its data."""
+        return self._dict("DELETE", f"/v1/filesystems/{quote(fs, safe='')}/directories/{quote(dirname, safe='')}")
+
     # -- the cluster-group routes (``nasblade.cluster.api``) -----------------------------------
 
     def cluster(self) -> dict[str, Any]:
@@ -118,6 +131,16 @@ class FPControlClient(_BladeJSONClient):
 
     def set_listen(self, name: str, listen: dict[str, Any]) -> dict[str, Any]:
         return self._dict("PUT", f"/v1/filesystems/{name}/listen", listen)
+
+    def directories(self, name: str) -> dict[str, Any]:
+        return self._dict("GET", f"/v1/filesystems/{name}/directories")
+
+    def set_directory(self, name: str, dirname: str, quota_bytes: int, *, mode: int = 0o777) -> dict[str, Any]:
+        return self._dict("PUT", f"/v1/filesystems/{name}/directories/{dirname}",
+                          {"quotaBytes": quota_bytes, "mode": mode})
+
+    def remove_directory(self, name: str, dirname: str) -> dict[str, Any]:
+        return self._dict("DELETE", f"/v1/filesystems/{name}/directories/{dirname}")
 
     def calls(self) -> dict[str, Any]:
         """RPC call counts and latency buckets per served file system (``FileProcessor.call_stats``)."""

@@ -21,6 +21,9 @@ Blade management API (base ``/v1``, bearer token on every route except ``/health
     POST /v1/filesystems/{fs}/takeover  reserve the LU (new epoch), file processor mounts and
                                         listens on the file system's address, ownership recorded
     POST /v1/filesystems/{fs}/release   file processor unmounts, flush, reservation dropped
+    GET  /v1/filesystems/{fs}/directories         directory volumes of a file system served here
+    PUT  /v1/filesystems/{fs}/directories/{dir}   {"quotaBytes": N, "mode": 511}: made or resized
+    DELETE /v1/filesystems/{fs}/directories/{dir} the directory volume and its data deleted
     POST /v1/backups                    {"portions": [i, …], "trigger": t} → copy each portion into
                                         its backup area (controller copy engine), record it in
                                         the group record; {"result": Succeeded|Failed, "message", "jobs"}
@@ -50,6 +53,7 @@ from nasblade.bladeapi.client import BladeAPIError
 from nasblade.blockproc import metrics
 from nasblade.blockproc.core import BlockProcessor
 from nasblade.controller import luname
+from nasblade.fs import dirvolumes
 from nasblade.procinfo.portion import PortionError
 
 log = logging.getLogger(__name__)
@@ -162,6 +166,40 @@ async def _fs_action(request: web.Request) -> web.Response:
         return _error(409, f"{name}: {exc}")
 
 
+async def _directories(request: web.Request) -> web.Response:
+    """The directory volumes of a file system this blade serves, forwarded to its file
+    processor (``nasblade.fileproc.agent``): list, make or resize (PUT), delete (DELETE).
+    404 when this blade does not serve the file system (ask its owner); the file processor's
+    400/409 come back as they are."""
+    from nasblade.bladeapi.client import FPControlClient
+
+    bp = _bp(request)
+    name = request.match_info["fs"]
+    if name not in bp.handed or bp.settings.fp_unix is None:
+        return _error(404, f"this blade does not serve file system {name}")
+    fp = FPControlClient(bp.settings.fp_unix)
+    dirname = request.match_info.get("dir")
+    if dirname is not None:
+        try:
+            dirvolumes.check_name(dirname)
+        except ValueError as exc:
+            return _error(400, str(exc), field="dir")
+    else:
+        dirname = ""
+    try:
+        if request.method == "GET":
+            return web.json_response(await asyncio.to_thread(fp.directories, name))
+        if request.method == "DELETE":
+            return web.json_response(await asyncio.to_thread(fp.remove_directory, name, dirname))
+        body = await httpjson.read(request)
+        quota, mode = body.get("quotaBytes"), body.get("mode", 0o777)
+        if not isinstance(quota, int) or isinstance(quota, bool) or not isinstance(mode, int) or isinstance(mode, bool):
+            return _error(400, "quotaBytes and mode: expected integers", field="quotaBytes")
+        return web.json_response(await asyncio.to_thread(fp.set_directory, name, dirname, quota, mode=mode))
+    except BladeAPIError as exc:
+        return _error(exc.status if exc.status in (400, 404, 409) else 409, exc.message)
+
+
 async def _backups(request: web.Request) -> web.Response:
     from nasblade.controller.apiclient import ControlAPIError
 
@@ -214,6 +252,9 @@ BLADE_ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/filesystems/{fs}/takeover", _fs_action),
     ("POST", "/v1/filesystems/{fs}/release", _fs_action),
     ("POST", "/v1/backups", _backups),
+    ("GET", "/v1/filesystems/{fs}/directories", _directories),
+    ("PUT", "/v1/filesystems/{fs}/directories/{dir}", _directories),
+    ("DELETE", "/v1/filesystems/{fs}/directories/{dir}", _directories),
 ]
 
 LOCAL_ROUTES: list[tuple[str, str, Handler]] = [
@@ -224,14 +265,23 @@ LOCAL_ROUTES: list[tuple[str, str, Handler]] = [
 ]
 
 
+def _is_directory_route(request: web.Request) -> bool:
+    parts = request.path.split("/")
+    return len(parts) in (5, 6) and parts[:3] == ["", "v1", "filesystems"] and parts[4] == "directories"
+
+
 def _auth_middleware(token: str | None, metrics_token: str | None = None,
-                     token_sha256: str | None = None) -> Any:
+                     token_sha256: str | None = None, volume_token: str | None = None) -> Any:
     """The blade token opens every route: the token itself (``nasblade up``), or a token whose
     SHA-256 is ``token_sha256`` (Kubernetes: the operator's token, which the blade never holds);
-    the read-only metrics token (a scraper's) opens ``GET /v1/metrics`` alone."""
+    the read-only metrics token (a scraper's) opens ``GET /v1/metrics`` alone; the group's token
+    (``volume_token``: what the blade itself holds for the controller, ``nasblade.grants``) opens
+    the directory-volume routes alone, for the CSI driver, which derives it from the array's
+    token (a group's blades can write its file systems' LUs anyway: it grants nothing new)."""
     expected = f"Bearer {token}".encode() if token else None
     digest = bytes.fromhex(token_sha256) if token_sha256 else None
     scraper = f"Bearer {metrics_token}".encode() if metrics_token else None
+    volumes = f"Bearer {volume_token}".encode() if volume_token else None
 
     def _bearer(header: bytes) -> bytes:
         return header[7:].strip() if header[:7].lower() == b"bearer " else b""
@@ -249,6 +299,10 @@ def _auth_middleware(token: str | None, metrics_token: str | None = None,
             if request.path == "/v1/metrics" and request.method == "GET":
                 return await handler(request)
             return _error(403, "the metrics token reads GET /v1/metrics only")
+        if volumes is not None and hmac.compare_digest(given, volumes):
+            if _is_directory_route(request):
+                return await handler(request)
+            return _error(403, "the group token reaches /v1/filesystems/{fs}/directories only")
         return _error(401, "unauthorized")
 
     return auth
@@ -270,10 +324,11 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 def blade_app(bp: BlockProcessor, *, token: str | None, metrics_token: str | None = None,
-              token_sha256: str | None = None) -> web.Application:
+              token_sha256: str | None = None, volume_token: str | None = None) -> web.Application:
     if not token and not token_sha256:
         raise ValueError("the blade API needs a non-empty token or the SHA-256 of one")
-    app = web.Application(middlewares=[_json_errors, _auth_middleware(token, metrics_token, token_sha256)])
+    app = web.Application(middlewares=[_json_errors, _auth_middleware(token, metrics_token, token_sha256,
+                                                                      volume_token)])
     app[BP_KEY] = bp
     app[METRICS_EXTRA] = []
     app.router.add_get("/healthz", _healthz)

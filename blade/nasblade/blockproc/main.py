@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from nasblade import eventloop, lunames, ready, tls, units
+from nasblade import eventloop, grants, lunames, ready, tls, units
 from nasblade.bladeapi import lifeline
 from nasblade.blockproc import api as http_api
 from nasblade.blockproc.core import DEFAULT_CONTROLLER_WAIT, BlockProcessor, Settings
@@ -189,7 +189,11 @@ async def _serve(args: argparse.Namespace, extend: Extend | None) -> int:
             except FileNotFoundError as exc:
                 log.warning("no metrics token (%s): scrapers need the blade token", exc)
                 metrics_token = None
-            app = http_api.blade_app(bp, token=api_token, metrics_token=metrics_token, token_sha256=api_token_sha256)
+            # the group's token, when this blade holds one for the controller, also opens the
+            # directory-volume routes (the CSI driver's directory layout)
+            group_token = token if args.controller_api and token and token.startswith(grants.PREFIX) else None
+            app = http_api.blade_app(bp, token=api_token, metrics_token=metrics_token, token_sha256=api_token_sha256,
+                                     volume_token=group_token)
             if extend is not None:
                 extension = extend(bp, control, app, api_token)
             api = web.AppRunner(app, access_log=None)

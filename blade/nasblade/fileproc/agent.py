@@ -21,6 +21,9 @@ With ``--control-unix PATH`` it also serves its block processor (takeover / rele
     POST   /v1/filesystems          body: the --fs JSON; mount (recover) and listen; idempotent
     DELETE /v1/filesystems/{name}   stop listening, commit, unmount
     PUT    /v1/filesystems/{name}/exports  body {"exports": [...]}: change them in place
+    GET    /v1/filesystems/{name}/directories        directory volumes: quota, usage, files
+    PUT    /v1/filesystems/{name}/directories/{dir}  body {"quotaBytes": N, "mode": 511}: made or resized
+    DELETE /v1/filesystems/{name}/directories/{dir}  the directory volume and its data deleted
     PUT    /v1/filesystems/{name}/listen   body {"address", "nfsPort", "mountPort", "portmapPort",
                                     "advertise"}: new listeners in place (connections stay)
     GET    /v1/calls                RPC calls per file system, program and procedure, with
@@ -209,6 +212,54 @@ async def _set_listen(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "endpoints": endpoints})
 
 
+async def _directories(request: web.Request) -> web.Response:
+    """``GET /v1/filesystems/{name}/directories``: the directory volumes with quota and usage."""
+    fp = request.app[FP_KEY]
+    name = request.match_info["name"]
+    try:
+        return web.json_response({"name": name, "directories": fp.directories(name)})
+    except KeyError:
+        return web.json_response({"error": f"{name} is not served here"}, status=404)
+
+
+async def _set_directory(request: web.Request) -> web.Response:
+    """``PUT /v1/filesystems/{name}/directories/{dir}`` ``{"quotaBytes": N, "mode": 511}``:
+    the directory volume made or resized (``FileProcessor.set_directory``)."""
+    fp = request.app[FP_KEY]
+    name, dirname = request.match_info["name"], request.match_info["dir"]
+    try:
+        raw = await request.json()
+        if not isinstance(raw, dict):
+            raise TypeError("expected a JSON object")
+        quota, mode = raw.get("quotaBytes"), raw.get("mode", 0o777)
+        if not isinstance(quota, int) or isinstance(quota, bool) or quota < 0:
+            raise ValueError(f"quotaBytes: expected a byte count >= 0, got {quota!r}")
+        if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
+            raise ValueError(f"mode: expected a permission value 0..0o7777, got {mode!r}")
+        return web.json_response(await fp.set_directory(name, dirname, quota_bytes=quota, mode=mode))
+    except KeyError:
+        return web.json_response({"error": f"{name} is not served here"}, status=404)
+    except (ValueError, TypeError) as exc:
+        return web.json_response({"error": f"directory {dirname} of {name}: {exc}"}, status=400)
+    except OSError as exc:  # FsError included: EINVAL (nested quota), ENOTDIR, ENOSPC …
+        return web.json_response({"error": f"directory {dirname} of {name}: {exc}"}, status=409)
+
+
+async def _remove_directory(request: web.Request) -> web.Response:
+    """``DELETE /v1/filesystems/{name}/directories/{dir}``: the directory volume and its data gone."""
+    fp = request.app[FP_KEY]
+    name, dirname = request.match_info["name"], request.match_info["dir"]
+    try:
+        removed = await fp.remove_directory(name, dirname)
+    except KeyError:
+        return web.json_response({"error": f"{name} is not served here"}, status=404)
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    except OSError as exc:
+        return web.json_response({"error": f"directory {dirname} of {name}: {exc}"}, status=409)
+    return web.json_response({"name": dirname, "removed": removed})
+
+
 async def _calls(request: web.Request) -> web.Response:
     return web.json_response(request.app[FP_KEY].call_stats())
 
@@ -222,6 +273,9 @@ def control_app(fp: Any) -> web.Application:
     app.router.add_delete("/v1/filesystems/{name}", _remove_fs)
     app.router.add_put("/v1/filesystems/{name}/exports", _set_exports)
     app.router.add_put("/v1/filesystems/{name}/listen", _set_listen)
+    app.router.add_get("/v1/filesystems/{name}/directories", _directories)
+    app.router.add_put("/v1/filesystems/{name}/directories/{dir}", _set_directory)
+    app.router.add_delete("/v1/filesystems/{name}/directories/{dir}", _remove_directory)
     app.router.add_get("/v1/calls", _calls)
     return app
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import socket
 import struct
@@ -60,6 +61,7 @@ from typing import Any, Protocol, cast
 from nasblade import blockdev, devices, latency
 from nasblade.fileproc import callbacks
 from nasblade.fileproc.config import FsSpec, Listen
+from nasblade.fs import dirvolumes
 from nasblade.fs import fs as fsmod
 from nasblade.nfs import mount, nfs3, nlm, nsm, portmap
 from nasblade.nfs.exports import Export
@@ -618,6 +620,71 @@ class FileProcessor:
                 ep.commit_now()
         finally:  # a lost device raises on the commit: the file system is unmounted all the same
             await asyncio.to_thread(self._unmount, ep)
+
+    # -- directory volumes: top-level directories with a quota (the CSI driver's "directory" layout)
+
+    def _served(self, name: str) -> Endpoint:
+        ep = self.endpoints.get(name)
+        if ep is None:
+            raise KeyError(f"{name} is not served here")
+        if ep.failed:
+            raise OSError(errno.EIO, f"{name} stopped serving after a failed commit")
+        return ep
+
+    @staticmethod
+    def _directory_json(fs: fsmod.FileSystem, dirname: str, ino: int) -> dict[str, Any]:
+        q = fs.quota_of(ino)
+        return {"name": dirname, "quotaBytes": q.limit_bytes if q and q.root == ino else None,
+                "usedBytes": q.used_bytes if q and q.root == ino else None,
+                "files": q.files if q and q.root == ino else None}
+
+    def directories(self, name: str) -> list[dict[str, Any]]:
+        """The directory volumes of ``name``: its top-level directories that are quota roots."""
+        fs = self._served(name).fs
+        roots = {q.root for q in fs.quotas()}
+        return [self._directory_json(fs, e.name.decode(errors="replace"), e.ino)
+                for e in fs.iter_dir(fsmod.ROOT_INO) if e.ino in roots]
+
+    async def set_directory(self, name: str, dirname: str, *, quota_bytes: int, mode: int = 0o777) -> dict[str, Any]:
+        """Make ``/dirname`` of ``name`` a directory volume holding at most ``quota_bytes``
+        (made if missing, with ``mode``, owned by root; the quota set or changed), durable before
+        it returns. Idempotent: a second call with another size resizes the volume."""
+        dirvolumes.check_name(dirname)
+        if quota_bytes < 0:
+            raise ValueError(f"quota {quota_bytes}: expected a byte count >= 0")
+        ep = self._served(name)
+        fs = ep.fs
+        try:
+            ino = fs.lookup(fsmod.ROOT_INO, dirname.encode(), fsmod.ROOT)
+        except fsmod.FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            ino = fs.mkdir(fsmod.ROOT_INO, dirname.encode(), fsmod.ROOT, mode=mode)
+        fs.set_quota(ino, quota_bytes)
+        ep.commit_now()
+        if ep.failed:
+            raise OSError(errno.EIO, f"{name}: the commit failed")
+        log.info("%s: directory volume /%s holds at most %d bytes", name, dirname, quota_bytes)
+        return self._directory_json(fs, dirname, ino)
+
+    async def remove_directory(self, name: str, dirname: str) -> bool:
+        """Delete ``/dirname`` of ``name`` and everything in it (its quota with it), durable before
+        it returns; False when there was no such directory. Exports of it are not touched: their
+        handles go stale, and the embedding code drops them from the spec first."""
+        dirvolumes.check_name(dirname)
+        ep = self._served(name)
+        try:
+            ep.fs.lookup(fsmod.ROOT_INO, dirname.encode(), fsmod.ROOT)
+        except fsmod.FsError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        ep.fs.remove_tree(fsmod.ROOT_INO, dirname.encode())
+        ep.commit_now()
+        if ep.failed:
+            raise OSError(errno.EIO, f"{name}: the commit failed")
+        log.info("%s: directory volume /%s deleted", name, dirname)
+        return True
 
     def regenerate_verifier(self, name: str) -> bytes:
         """Give ``name`` a new write verifier (clients resend uncommitted writes)."""

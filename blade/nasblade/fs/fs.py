@@ -23,6 +23,13 @@ Directories are indexed by ``(dir, name)`` and by ``(dir, cookie)``: lookups are
 searches and READDIR resumes at a cookie, a per-directory counter assigned at link time that
 never changes while the entry exists, so cookies stay valid across directory changes.
 Permission checks use ``Cred`` (the AUTH_SYS identity after squashing).
+
+Directory quotas (tree quotas, like XFS project quotas): a directory can be made a *quota root*
+with a byte limit (``set_quota``); every inode records the quota root it lies under
+(``inode.qroot``: 0 outside any quota tree, the root itself for a quota root) and the ``quota``
+table keeps each root's limit and exact usage (``quota_bytes_sql``), updated in the same SAVEPOINT
+as the change that causes it. Growth past the limit fails with EDQUOT; hard links and renames
+across a quota boundary fail with EXDEV; quota trees do not nest.
 """
 
 from __future__ import annotations
@@ -76,7 +83,8 @@ CREATE TABLE inode(
     next_cookie INTEGER NOT NULL DEFAULT 3,
     target BLOB,
     verf BLOB,
-    inline BLOB
+    inline BLOB,
+    qroot INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE dirent(
     dir INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL, cookie INTEGER NOT NULL,
@@ -89,6 +97,18 @@ CREATE TABLE extent(
 ) WITHOUT ROWID;
 CREATE TABLE free(start INTEGER PRIMARY KEY, len INTEGER NOT NULL);
 CREATE INDEX free_len ON free(len, start);
+CREATE TABLE quota(
+    root INTEGER PRIMARY KEY, limit_bytes INTEGER NOT NULL, used_bytes INTEGER NOT NULL, files INTEGER NOT NULL
+);
+CREATE INDEX inode_qroot ON inode(qroot) WHERE qroot != 0;
+"""
+# Added to file systems made before directory quotas, on their first read-write mount.
+_QUOTA_UPGRADE = """
+ALTER TABLE inode ADD COLUMN qroot INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS quota(
+    root INTEGER PRIMARY KEY, limit_bytes INTEGER NOT NULL, used_bytes INTEGER NOT NULL, files INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inode_qroot ON inode(qroot) WHERE qroot != 0;
 """
 
 
@@ -206,12 +226,39 @@ class FsStat:
     free_files: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Quota:
+    """A directory quota: the tree under directory ``root`` may hold ``limit_bytes``.
+
+    ``used_bytes`` is what ``quota_bytes_sql`` charges (allocated blocks, inline bytes, symlink
+    targets) summed over the tree; ``files`` counts its inodes, the root directory included.
+    """
+
+    root: int
+    limit_bytes: int
+    used_bytes: int
+    files: int
+
+
 R_OK, W_OK, X_OK = 4, 2, 1
 _ATTR_COLS = "ino, gen, type, mode, nlink, uid, gid, size, atime, mtime, ctime, rdev, parent"
 
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+def quota_bytes_sql(table: str = "inode") -> str:
+    """What an inode costs its quota, as SQL over a row of ``table`` (``inode`` or an alias).
+
+    Allocated data blocks x ``BLOCK`` + inline bytes + symlink target bytes: the space the file
+    takes, counted exactly, so every change to extents, ``inline`` or ``target`` changes it by a
+    known amount. Directories and special files cost 0 bytes (each still counts as a file).
+    """
+    return (
+        f"COALESCE(length({table}.inline), 0) + COALESCE(length({table}.target), 0)"
+        f" + {BLOCK} * (SELECT COALESCE(SUM(nblk), 0) FROM extent WHERE extent.ino = {table}.ino)"
+    )
 
 
 def mkfs(dev: BlockDevice, *, fs_uuid: bytes | None = None, root_mode: int = 0o755) -> layout.Superblock:
@@ -302,6 +349,10 @@ class FileSystem:
         self.commits = 0
         self.ops_since_commit = 0
         self.db.execute("PRAGMA quick_check(1)")
+        self.has_quota_schema = self._upgrade_quota_schema()
+        # Only ever set while mounted (never cleared): with no quota root at all, no inode has
+        # a ``qroot`` and accounting can skip the look-ups.
+        self._quotas_on = self.has_quota_schema and self.db.execute("SELECT 1 FROM quota LIMIT 1").fetchone() is not None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -327,6 +378,21 @@ class FileSystem:
                 "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                 ("note:" + key, value),
             )
+
+    def _upgrade_quota_schema(self) -> bool:
+        """Add the quota column, table and index to an older file system (one transaction).
+
+        Returns whether the schema has them (a read-only mount of an old file system does not).
+        """
+        cols = {str(r[1]) for r in self.db.execute("PRAGMA table_info(inode)").fetchall()}
+        if "qroot" in cols:
+            return True
+        if self.readonly:
+            return False
+        with self.db:
+            self.db.execute(_QUOTA_UPGRADE)
+        log.info("file system upgraded with directory quotas (inode.qroot, quota table)")
+        return True
 
     def _meta_add(self, key: str, delta: int) -> None:
         self.db.execute("UPDATE meta SET value = value + ? WHERE key=?", (delta, key))
@@ -523,16 +589,19 @@ class FileSystem:
         self, *, ftype: FType, mode: int, cred: Cred, parent: int, gid: int, t: int, target: bytes | None = None,
         rdev: int = 0, verf: bytes | None = None,
     ) -> int:
+        # A new inode joins its directory's quota tree (a quota root's qroot is itself).
+        qroot = self._qroot(parent)
+        size = len(target) if target is not None else 0
+        self._charge(qroot, size, 1)
         gen = self.db.execute(
             "UPDATE meta SET value = value + 1 WHERE key='next_gen' RETURNING value - 1"
         ).fetchone()[0]
         nlink = 2 if ftype == FType.DIR else 1
-        size = len(target) if target is not None else 0
         row = self.db.execute(
             "INSERT INTO inode(gen, type, mode, nlink, uid, gid, size, atime, mtime, ctime, rdev, parent, target, verf,"
-            " inline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING ino",
+            " inline, qroot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING ino",
             (gen, ftype, mode & 0o7777, nlink, cred.uid, gid, size, t, t, t, _rdev_to_sql(rdev), parent, target, verf,
-             b"" if ftype == FType.REG else None),
+             b"" if ftype == FType.REG else None, qroot),
         ).fetchone()
         self._meta_add("inodes", 1)
         return int(row[0])
@@ -653,6 +722,14 @@ class FileSystem:
             self._destroy(ino)
 
     def _destroy(self, ino: int) -> None:
+        if self._quotas_on:
+            qroot, nbytes = self.db.execute(
+                f"SELECT qroot, {quota_bytes_sql()} FROM inode WHERE ino=?", (ino,)
+            ).fetchone()
+            if qroot == ino:  # the quota root itself goes (rmdir, rename over it, remove_tree)
+                self.db.execute("DELETE FROM quota WHERE root=?", (ino,))
+            else:
+                self._charge(qroot, -int(nbytes), -1)
         for start, n in self.db.execute("SELECT pblk, nblk FROM extent WHERE ino=?", (ino,)).fetchall():
             self._pending_free.append((start, n))
         self.db.execute("DELETE FROM extent WHERE ino=?", (ino,))
@@ -704,6 +781,8 @@ class FileSystem:
                 raise FsError(errno.EEXIST)
             if a.type == FType.DIR:
                 raise FsError(errno.EPERM)  # like link(2); NFS3ERR_ISDIR is not a LINK error
+            if self._qroot(ino) != self._qroot(dir_ino):
+                raise FsError(errno.EXDEV, "hard link across a quota tree boundary")
             del d
             t = now_ns()
             self._link_entry(dir_ino, name, ino, t)
@@ -744,6 +823,11 @@ class FileSystem:
                 return
             if sa.type == FType.DIR and from_dir != to_dir and self._is_ancestor(src, to_dir):
                 raise FsError(errno.EINVAL)
+            if self._quotas_on:
+                # A quota root lies outside every quota tree (no nesting): it may move only there.
+                area = self._qroot(src)
+                if (0 if area == src else area) != self._qroot(to_dir):
+                    raise FsError(errno.EXDEV, "rename across a quota tree boundary")
             if dst is not None and self._is_ancestor(dst, from_dir):
                 raise FsError(errno.ENOTEMPTY)  # the target contains the source (as Linux)
             t = now_ns()
@@ -901,6 +985,7 @@ class FileSystem:
     def _uninline(self, a: Attr, data: bytes) -> None:
         """Move an inline file's data to extents (before it grows past ``INLINE_MAX``)."""
         self.db.execute("UPDATE inode SET inline=NULL WHERE ino=?", (a.ino,))
+        self._charge_ino(a.ino, -len(data))
         if data:
             self._write_data(a, 0, memoryview(data))
 
@@ -908,6 +993,7 @@ class FileSystem:
         inl = self._inline(a.ino)
         if inl is not None:
             if size <= INLINE_MAX:
+                self._charge_ino(a.ino, size - len(inl))
                 self.db.execute("UPDATE inode SET inline=? WHERE ino=?", (inl[:size].ljust(size, b"\0"), a.ino))
             else:
                 self._uninline(a, inl)
@@ -915,16 +1001,20 @@ class FileSystem:
         if size >= a.size:
             return
         keep = (size + BLOCK - 1) // BLOCK
+        freed = 0
         for lblk, nblk, pblk in self.db.execute(
             "SELECT lblk, nblk, pblk FROM extent WHERE ino=? AND lblk + nblk > ?", (a.ino, keep)
         ).fetchall():
             if lblk >= keep:
                 self.db.execute("DELETE FROM extent WHERE ino=? AND lblk=?", (a.ino, lblk))
                 self._pending_free.append((pblk, nblk))
+                freed += nblk
             else:
                 cut = keep - lblk
                 self.db.execute("UPDATE extent SET nblk=? WHERE ino=? AND lblk=?", (cut, a.ino, lblk))
                 self._pending_free.append((pblk + cut, nblk - cut))
+                freed += nblk - cut
+        self._charge_ino(a.ino, -freed * BLOCK)
         tail = size % BLOCK
         if tail:
             lb = size // BLOCK
@@ -1029,6 +1119,7 @@ class FileSystem:
             newsize = max(a.size, end)
             inl = self._inline(ino) if n else None
             if inl is not None and newsize <= INLINE_MAX:
+                self._charge_ino(ino, newsize - len(inl))
                 buf = bytearray(inl.ljust(newsize, b"\0"))
                 buf[offset:end] = data
                 self.db.execute(
@@ -1069,6 +1160,7 @@ class FileSystem:
             segs.append((cur, b1 - cur, -1, True))
         need = sum(h[1] for h in holes)
         if need:
+            self._charge_ino(a.ino, need * BLOCK)
             free = int(self._meta("free_blocks"))
             if need > free:
                 raise FsError(errno.ENOSPC)
@@ -1180,15 +1272,169 @@ class FileSystem:
         else:
             self.db.execute("INSERT INTO free(start, len) VALUES (?, ?)", (start, n))
 
+    # -- directory quotas -------------------------------------------------------------------
+
+    def _qroot(self, ino: int) -> int:
+        """The quota root ``ino`` lies under (itself for a quota root), 0 for none."""
+        if not self._quotas_on:
+            return 0
+        row = self.db.execute("SELECT qroot FROM inode WHERE ino=?", (ino,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _charge(self, qroot: int, nbytes: int, files: int = 0) -> None:
+        """Add ``nbytes`` and ``files`` to the usage of quota ``qroot`` (nothing for 0).
+
+        Growth (more bytes, or a new inode) that would leave the usage above the limit fails
+        with EDQUOT before it changes anything; the operation's SAVEPOINT undoes the rest.
+        """
+        if qroot == 0 or (nbytes == 0 and files == 0):
+            return
+        if nbytes > 0 or files > 0:
+            row = self.db.execute("SELECT limit_bytes, used_bytes FROM quota WHERE root=?", (qroot,)).fetchone()
+            if row is not None and row[1] + nbytes > row[0]:
+                raise FsError(errno.EDQUOT)
+        self.db.execute(
+            "UPDATE quota SET used_bytes = used_bytes + ?, files = files + ? WHERE root=?", (nbytes, files, qroot)
+        )
+
+    def _charge_ino(self, ino: int, nbytes: int) -> None:
+        if nbytes and self._quotas_on:
+            self._charge(self._qroot(ino), nbytes)
+
+    def _walk(self, top: int) -> tuple[list[tuple[int, int]], dict[int, int]]:
+        """Every inode under directory ``top`` as ``(ino, type)``, ``top`` first and each
+        directory before its children, and how many entries of the tree name each inode."""
+        found: list[tuple[int, int]] = [(top, FType.DIR)]
+        entries: dict[int, int] = {}
+        dirs = [top]
+        while dirs:
+            d = dirs.pop()
+            for child, ftype in self.db.execute(
+                "SELECT e.ino, i.type FROM dirent e JOIN inode i ON i.ino = e.ino WHERE e.dir=?", (d,)
+            ).fetchall():
+                seen = entries.get(child, 0)
+                entries[child] = seen + 1
+                if not seen:
+                    found.append((child, ftype))
+                    if ftype == FType.DIR:
+                        dirs.append(child)
+        return found, entries
+
+    def set_quota(self, ino: int, limit_bytes: int) -> None:
+        """Make directory ``ino`` a quota root limited to ``limit_bytes``, or change its limit.
+
+        On a populated directory the usage is counted once by walking the tree. Quota trees do
+        not nest (EINVAL for the root directory, inside a quota tree or around one), and a tree
+        may not hold a hard link to a file outside it (EXDEV). A limit below the usage is
+        accepted; growth then fails with EDQUOT.
+        """
+        if limit_bytes < 0:
+            raise FsError(errno.EINVAL, "negative quota limit")
+        with self._op():
+            if ino == ROOT_INO:
+                raise FsError(errno.EINVAL, "no quota on the root directory")
+            self._dir(ino)
+            row = self.db.execute("SELECT qroot FROM inode WHERE ino=?", (ino,)).fetchone()
+            if row[0] == ino:
+                self.db.execute("UPDATE quota SET limit_bytes=? WHERE root=?", (limit_bytes, ino))
+                return
+            if row[0] != 0:
+                raise FsError(errno.EINVAL, f"inside the quota tree of {row[0]}")
+            found, entries = self._walk(ino)
+            used = 0
+            for child, _ in found:
+                qroot, nlink, ftype, nbytes = self.db.execute(
+                    f"SELECT qroot, nlink, type, {quota_bytes_sql()} FROM inode WHERE ino=?", (child,)
+                ).fetchone()
+                if qroot != 0:
+                    raise FsError(errno.EINVAL, f"contains the quota tree of {qroot}")
+                if ftype != FType.DIR and nlink > entries[child]:
+                    raise FsError(errno.EXDEV, f"inode {child} has hard links outside the tree")
+                used += int(nbytes)
+            self._quotas_on = True
+            self.db.executemany("UPDATE inode SET qroot=? WHERE ino=?", ((ino, child) for child, _ in found))
+            self.db.execute(
+                "INSERT INTO quota(root, limit_bytes, used_bytes, files) VALUES (?, ?, ?, ?)",
+                (ino, limit_bytes, used, len(found)),
+            )
+
+    def clear_quota(self, ino: int) -> None:
+        """Drop the quota of directory ``ino`` (nothing to do when it has none)."""
+        if not self.has_quota_schema or self.db.execute("SELECT 1 FROM quota WHERE root=?", (ino,)).fetchone() is None:
+            return
+        with self._op():
+            self.db.execute("UPDATE inode SET qroot=0 WHERE qroot=? AND qroot != 0", (ino,))
+            self.db.execute("DELETE FROM quota WHERE root=?", (ino,))
+
+    def quota_of(self, ino: int) -> Quota | None:
+        """The quota governing inode ``ino``: of the quota root it lies under or is, if any."""
+        if not self.has_quota_schema:
+            self.getattr(ino)  # ESTALE for a missing inode, as below
+            return None
+        row = self.db.execute("SELECT qroot FROM inode WHERE ino=?", (ino,)).fetchone()
+        if row is None:
+            raise FsError(errno.ESTALE)
+        if row[0] == 0:
+            return None
+        q = self.db.execute(
+            "SELECT root, limit_bytes, used_bytes, files FROM quota WHERE root=?", (row[0],)
+        ).fetchone()
+        return None if q is None else Quota(*q)
+
+    def quotas(self) -> list[Quota]:
+        """Every quota root, by inode number."""
+        if not self.has_quota_schema:
+            return []
+        return [
+            Quota(*r)
+            for r in self.db.execute("SELECT root, limit_bytes, used_bytes, files FROM quota ORDER BY root").fetchall()
+        ]
+
+    def remove_tree(self, dir_ino: int, name: bytes) -> None:
+        """Remove entry ``name`` of ``dir_ino`` and everything under it, as root (one operation).
+
+        Frees the blocks of every file whose last link goes (at the next ``commit``, like any
+        removal) and drops the quota of every quota root removed.
+        """
+        with self._op():
+            self._dir(dir_ino)
+            ino = self._entry(dir_ino, name)
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            t = now_ns()
+            is_dir = self.getattr(ino).type == FType.DIR
+            self._unlink_entry(dir_ino, name, t)
+            if not is_dir:
+                self._drop_link(ino, t)
+                return
+            self.db.execute("UPDATE inode SET nlink = nlink - 1 WHERE ino=?", (dir_ino,))
+            found, _ = self._walk(ino)
+            for d in reversed([i for i, ftype in found if ftype == FType.DIR]):  # children first
+                for child, ftype in self.db.execute(
+                    "SELECT e.ino, i.type FROM dirent e JOIN inode i ON i.ino = e.ino WHERE e.dir=?", (d,)
+                ).fetchall():
+                    if ftype != FType.DIR:
+                        self._drop_link(child, t)
+                self.db.execute("DELETE FROM dirent WHERE dir=?", (d,))
+                self._destroy(d)
+
     # -- whole file system ------------------------------------------------------------------
 
-    def fsstat(self) -> FsStat:
+    def fsstat(self, ino: int | None = None) -> FsStat:
+        """Space and inode figures: of the file system, or of the quota tree ``ino`` lies in
+        (total = the limit, free = what the limit leaves, capped by the real free space)."""
         free_blocks = int(self._meta("free_blocks"))
         inodes = int(self._meta("inodes"))
         max_files = 1 << 32
-        return FsStat(
+        st = FsStat(
             total_bytes=self.sb.data_blocks * BLOCK,
             free_bytes=free_blocks * BLOCK,
             total_files=max_files,
             free_files=max_files - inodes,
+        )
+        q = None if ino is None else self.quota_of(ino)
+        if q is None:
+            return st
+        return dataclasses.replace(
+            st, total_bytes=q.limit_bytes, free_bytes=max(0, min(q.limit_bytes - q.used_bytes, st.free_bytes))
         )

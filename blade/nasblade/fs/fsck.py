@@ -7,13 +7,15 @@ and exactly one parent entry); that ``..`` links agree with the tree; that cooki
 directory's next cookie; that file extents and free extents lie inside the data region, never
 overlap and cover it exactly; that no extent lies past its file's end; and that every inode has
 a known type, with special files (FIFOs, sockets, device nodes) holding no data, no target
-and an ``rdev`` only when they are device nodes. Used by
-``nasblade fsck`` and by the crash tests.
+and an ``rdev`` only when they are device nodes; and, for directory quotas, that every inode's
+``qroot`` matches the tree it lies in (no nesting) and each quota's ``used_bytes`` and ``files``
+equal a recount. Used by ``nasblade fsck`` and by the crash tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from nasblade.blockdev import BlockDevice
@@ -27,6 +29,7 @@ class Report:
     directories: int = 0
     files: int = 0
     special: int = 0
+    quotas: int = 0
     used_blocks: int = 0
     free_blocks: int = 0
 
@@ -56,10 +59,11 @@ def check_mounted(fs: fsmod.FileSystem, *, max_problems: int = 100) -> Report:
         for (r,) in rows:
             bad(f"sqlite: {r}")
         return rep
+    qcol = "qroot" if fs.has_quota_schema else "0"
     inodes = {
         r[0]: r
         for r in db.execute(
-            "SELECT ino, type, nlink, size, parent, next_cookie, target, length(inline), rdev FROM inode"
+            f"SELECT ino, type, nlink, size, parent, next_cookie, target, length(inline), rdev, {qcol} FROM inode"
         ).fetchall()
     }
     rep.inodes = len(inodes)
@@ -81,11 +85,14 @@ def check_mounted(fs: fsmod.FileSystem, *, max_problems: int = 100) -> Report:
             bad(f"entry {bytes(name)!r} in {d} points at missing inode {ino}")
             continue
         refs[ino] = refs.get(ino, 0) + 1
+        qroot, dir_qroot = inodes[ino][9], inodes[d][9]
+        if (0 if qroot == ino else qroot) != dir_qroot:
+            bad(f"entry {bytes(name)!r} in {d} (quota root {dir_qroot}) names inode {ino} with quota root {qroot}")
         if inodes[ino][1] == fsmod.FType.DIR:
             subdirs[d] = subdirs.get(d, 0) + 1
             dir_entries[ino] = d
     types = {int(k) for k in fsmod.FType}
-    for ino, (_, ftype, nlink, size, parent, _nc, target, inline_len, rdev) in inodes.items():
+    for ino, (_, ftype, nlink, size, parent, _nc, target, inline_len, rdev, _q) in inodes.items():
         if ftype not in types:
             bad(f"inode {ino} has unknown type {ftype}")
         if rdev and ftype not in fsmod.DEVICES:
@@ -122,10 +129,12 @@ def check_mounted(fs: fsmod.FileSystem, *, max_problems: int = 100) -> Report:
     # Space map: extents and free ranges must tile [0, data_blocks) exactly.
     total = fs.sb.data_blocks
     ranges: list[tuple[int, int, str]] = []
+    blocks: dict[int, int] = {}
     for ino, lblk, nblk, pblk in db.execute("SELECT ino, lblk, nblk, pblk FROM extent"):
         if ino not in inodes:
             bad(f"extent of missing inode {ino}")
             continue
+        blocks[ino] = blocks.get(ino, 0) + nblk
         if nblk <= 0:
             bad(f"empty extent in inode {ino}")
         if lblk * fsmod.BLOCK >= inodes[ino][3] and nblk > 0:
@@ -147,9 +156,45 @@ def check_mounted(fs: fsmod.FileSystem, *, max_problems: int = 100) -> Report:
         pos = max(pos, start + length)
     if pos != total:
         bad(f"space map ends at {pos}, data region has {total} blocks")
+    _check_quotas(fs, inodes, blocks, rep, bad)
     meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     if meta.get("free_blocks") != rep.free_blocks:
         bad(f"free_blocks counter {meta.get('free_blocks')} != free map {rep.free_blocks}")
     if meta.get("inodes") != rep.inodes:
         bad(f"inode counter {meta.get('inodes')} != {rep.inodes}")
     return rep
+
+
+def _check_quotas(
+    fs: fsmod.FileSystem, inodes: dict[int, Any], blocks: dict[int, int], rep: Report, bad: Callable[[str], None]
+) -> None:
+    """Quota roots are directories labelled with themselves; usage equals a recount."""
+    if not fs.has_quota_schema:
+        return
+    if inodes[fsmod.ROOT_INO][9] != 0:
+        bad(f"root directory has quota root {inodes[fsmod.ROOT_INO][9]}")
+    used: dict[int, int] = {}
+    files: dict[int, int] = {}
+    for ino, row in inodes.items():
+        qroot = row[9]
+        if qroot:
+            target, inline_len = row[6], row[7]
+            nbytes = (inline_len or 0) + (len(target) if target is not None else 0) + blocks.get(ino, 0) * fsmod.BLOCK
+            used[qroot] = used.get(qroot, 0) + nbytes
+            files[qroot] = files.get(qroot, 0) + 1
+    quotas = fs.quotas()
+    rep.quotas = len(quotas)
+    roots = set()
+    for q in quotas:
+        roots.add(q.root)
+        if q.root not in inodes or inodes[q.root][1] != fsmod.FType.DIR or inodes[q.root][9] != q.root:
+            bad(f"quota root {q.root} is not a directory labelled with its own quota")
+        if q.limit_bytes < 0:
+            bad(f"quota {q.root} has a negative limit {q.limit_bytes}")
+        if (q.used_bytes, q.files) != (used.get(q.root, 0), files.get(q.root, 0)):
+            bad(
+                f"quota {q.root} records {q.used_bytes} bytes in {q.files} files,"
+                f" recount gives {used.get(q.root, 0)} bytes in {files.get(q.root, 0)} files"
+            )
+    for qroot in sorted(set(used) - roots):
+        bad(f"{files[qroot]} inodes have quota root {qroot}, which has no quota")

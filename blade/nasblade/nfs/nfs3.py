@@ -474,7 +474,7 @@ class Nfs3:
         return t.ReaddirplusOk(ctx.attr(), self._cookieverf(ctx), out, eof)
 
     def fsstat(self, call: Call, fh: bytes, ctx: Ctx) -> t.FsstatOk:
-        s = ctx.fs.fsstat()
+        s = ctx.fs.fsstat(ctx.ino)  # inside a directory quota: the quota tree's own figures
         return t.FsstatOk(
             ctx.attr(), s.total_bytes, s.free_bytes, s.free_bytes, s.total_files, s.free_files, s.free_files, 0
         )

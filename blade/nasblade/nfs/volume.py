@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import os
 
 from nasblade.fs import fs as fsmod
 from nasblade.nfs import handles
 from nasblade.nfs.exports import Export
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -26,9 +29,22 @@ class Volume:
 
     @classmethod
     def open(cls, name: str, fs: fsmod.FileSystem, exports: list[Export]) -> Volume:
+        """Mount-time: the file system with ``exports``. An export whose directory is missing
+        (a directory volume deleted while its export was still being dropped from the spec) is
+        left out with an error in the log: one stale export never keeps the file system, and its
+        other exports, from being served. At least one export must resolve."""
         vol = cls(name, fs)
+        problems = []
         for exp in exports:
-            vol.add_export(exp)
+            try:
+                vol.add_export(exp)
+            except fsmod.FsError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    raise
+                problems.append(exc)
+                log.error("%s: export %s is not served: %s is missing or not a directory", name, exp.path, exp.subdir)
+        if exports and not vol.exports:
+            raise problems[0]
         return vol
 
     def add_export(self, exp: Export) -> None:

@@ -1,0 +1,134 @@
+"""Directory volumes: a directory with a quota inside a shared file system (the CSI driver's
+"directory" layout, like Trident's nas-economy qtrees), made, resized and deleted through the
+blade API of the blade that serves the file system (``PUT/DELETE
+/v1/filesystems/{fs}/directories/{dir}``), on a ``nasblade up`` array.
+
+A real NFS client (libnfs) mounts the directory itself (MOUNT of ``/fs1/<dir>``) and must be
+stopped at the quota with NFS3ERR_DQUOT, write on once the quota is raised, and find the quota and its usage unchanged on
+the survivor after the serving blade's file processor is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Any
+
+import libnfs
+import pytest
+import rawnfs
+from conftest import ArrayUp, expect
+from nasblade import grants
+from nasblade.bladeapi.client import BladeAPIError, BladeClient
+from nasblade.nfs import types as t
+
+pytestmark = pytest.mark.component
+MIB = 1 << 20
+
+
+def _url(arr: ArrayUp, path: str) -> str:
+    s = arr.nfs
+    return f"nfs://{s['host']}{path}?version=3&nfsport={s['nfsPort']}&mountport={s['mountPort']}"
+
+
+def _owner(arr: ArrayUp) -> str:
+    owner = arr.owner("fs1")
+    assert owner is not None
+    return owner[0]
+
+
+def _dirs(arr: ArrayUp, blade: str) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for d in arr.api(blade, "GET", "/v1/filesystems/fs1/directories")["directories"]}
+
+
+def _raw(arr: ArrayUp) -> rawnfs.Client:
+    s = arr.nfs
+    return rawnfs.Client(s["host"], nfs_port=s["nfsPort"], mount_port=s["mountPort"])
+
+
+def _write(nfs: Any, path: str, data: bytes) -> None:
+    f = nfs.open(path, "wb")
+    try:
+        f.write(bytearray(data))
+        f.flush()  # COMMIT: the error of a write past the quota comes back by here at the latest
+    finally:
+        f.close()
+
+
+def test_directory_volume_quota_enforced_resized_taken_over_and_deleted(make_array: Any) -> None:
+    arr: ArrayUp = make_array()
+    owner = _owner(arr)
+    peer = next(b for b in sorted(arr.blades) if b != owner)
+
+    made = arr.api(owner, "PUT", "/v1/filesystems/fs1/directories/pv-a", {"quotaBytes": MIB})
+    assert made["quotaBytes"] == MIB and made["usedBytes"] == 0, made
+    # idempotent: the same call again changes nothing
+    assert arr.api(owner, "PUT", "/v1/filesystems/fs1/directories/pv-a", {"quotaBytes": MIB})["quotaBytes"] == MIB
+    # the group's token (what the CSI driver derives from the array's) reaches these routes
+    # and nothing else of the blade API; another group's token reaches nothing
+    group = BladeClient(arr.blades[owner].api, (arr.data_dir / "secrets" / "group-g1-token").read_text().strip())
+    assert "pv-a" in [d["name"] for d in group.directories("fs1")["directories"]]
+    with pytest.raises(BladeAPIError) as err:
+        group.status()
+    assert err.value.status == 403
+    with pytest.raises(BladeAPIError) as err:
+        BladeClient(arr.blades[owner].api, grants.group_token("not-the-array-token", "g1")).directories("fs1")
+    assert err.value.status == 401
+    # only the blade that serves the file system can do it
+    with pytest.raises(BladeAPIError) as err:
+        arr.api(peer, "GET", "/v1/filesystems/fs1/directories")
+    assert err.value.status == 404
+
+    raw = _raw(arr)
+    root = raw.mount("/fs1/pv-a")
+    st = raw.fsstat(root)
+    assert (st.tbytes, st.fbytes) == (MIB, MIB), st  # df shows the volume's size
+
+    first = os.urandom(768 << 10)
+    _write(libnfs.NFS(_url(arr, "/fs1/pv-a")), "/one.bin", first)
+    assert raw.fsstat(root).fbytes == MIB - (768 << 10)
+    fh = raw.create(root, "two.bin")
+    raw.write(fh, 0, os.urandom(128 << 10), stable=2)
+    with pytest.raises(rawnfs.NfsError) as over:
+        raw.write(fh, 128 << 10, os.urandom(256 << 10), stable=2)  # FILE_SYNC past the quota
+    assert over.value.status == t.Stat.DQUOT
+    # libnfs's nfs-cp is refused too (its Python binding drops write errors, so not that)
+    src = arr.data_dir / "three.bin"
+    src.write_bytes(os.urandom(512 << 10))
+    cp = subprocess.run(["nfs-cp", str(src), _url(arr, "/fs1/pv-a/three.bin")], capture_output=True, timeout=60)
+    assert cp.returncode != 0, cp
+    used = _dirs(arr, owner)["pv-a"]["usedBytes"]
+    assert used <= MIB, used
+    assert bytes(libnfs.NFS(_url(arr, "/fs1/pv-a")).open("/one.bin", "rb").read()) == first
+
+    # raised: the same writer goes on
+    arr.api(owner, "PUT", "/v1/filesystems/fs1/directories/pv-a", {"quotaBytes": 4 * MIB})
+    second = os.urandom(MIB)
+    _write(libnfs.NFS(_url(arr, "/fs1/pv-a")), "/four.bin", second)
+    assert raw.fsstat(root).tbytes == 4 * MIB
+    before = _dirs(arr, owner)["pv-a"]
+    assert before["files"] >= 2 and before["usedBytes"] >= len(first) + len(second), before
+
+    # the quota lives in the file system: the survivor that takes it over enforces the same
+    arr.kill(owner, "fp")
+    expect(arr, lambda: arr.served_by(peer, "fs1"), timeout=60, what="the survivor serves fs1")
+    after = _dirs(arr, peer)["pv-a"]
+    assert (after["quotaBytes"], after["usedBytes"], after["files"]) == \
+        (before["quotaBytes"], before["usedBytes"], before["files"]), (before, after)
+    assert bytes(libnfs.NFS(_url(arr, "/fs1/pv-a")).open("/four.bin", "rb").read()) == second
+
+    # bad names are refused and change nothing
+    for bad in ("..", "a%2Fb", "x%20y", "%C3%A9"):
+        with pytest.raises(BladeAPIError) as err:
+            arr.api(peer, "PUT", f"/v1/filesystems/fs1/directories/{bad}", {"quotaBytes": MIB})
+        assert err.value.status in (400, 404), (bad, err.value)
+    with pytest.raises(BladeAPIError) as err:
+        arr.api(peer, "PUT", "/v1/filesystems/fs1/directories/pv-b", {"quotaBytes": -1})
+    assert err.value.status == 400
+    assert set(_dirs(arr, peer)) == {"pv-a"}
+
+    # deleted with its data; deleting again is no error
+    assert arr.api(peer, "DELETE", "/v1/filesystems/fs1/directories/pv-a")["removed"] is True
+    assert arr.api(peer, "DELETE", "/v1/filesystems/fs1/directories/pv-a")["removed"] is False
+    assert _dirs(arr, peer) == {}
+    assert "pv-a" not in libnfs.NFS(_url(arr, "/fs1")).listdir("/")
