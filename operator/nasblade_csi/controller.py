@@ -31,6 +31,9 @@ pb, pb_grpc = proto.load()
 ControllerServicer: Any = pb_grpc.ControllerServicer
 
 DEFAULT_SIZE = 1 << 30
+LAYOUTS = ("filesystem", "directory")
+"""StorageClass parameter ``layout``: a file system (an LU) per volume, or a directory with a
+quota inside a shared file system (``fileSystem``), like Trident's nas vs nas-economy."""
 CAPABILITIES = ("CREATE_DELETE_VOLUME", "CREATE_DELETE_SNAPSHOT", "LIST_SNAPSHOTS", "CLONE_VOLUME",
                 "EXPAND_VOLUME", "LIST_VOLUMES", "GET_CAPACITY")
 
@@ -43,16 +46,17 @@ def snapshot_id(name: str) -> str:
     return "sn-" + hashlib.sha256(name.encode()).hexdigest()[:24]
 
 
-def choose_size(required: int, limit: int) -> int:
-    """The LU size for a capacity range: the request rounded up to whole MiB, at least the
-    smallest file system; ``OUT_OF_RANGE`` when the limit leaves no such size."""
+def choose_size(required: int, limit: int, *, minimum: int = MIN_SIZE) -> int:
+    """The size for a capacity range: the request rounded up to whole MiB, at least ``minimum``
+    (the smallest file system; a directory volume's quota: 1 MiB); ``OUT_OF_RANGE`` when the
+    limit leaves no such size."""
     if limit and required > limit:
         raise CsiError(grpc.StatusCode.INVALID_ARGUMENT, f"required_bytes {required} > limit_bytes {limit}")
     want = required or (min(DEFAULT_SIZE, limit) if limit else DEFAULT_SIZE)
-    size = max(MIN_SIZE, -(-want // ALIGN) * ALIGN)
+    size = max(minimum, -(-want // ALIGN) * ALIGN)
     if limit and size > limit:
         raise CsiError(grpc.StatusCode.OUT_OF_RANGE,
-                       f"a volume is at least {MIN_SIZE} bytes in whole MiB; limit_bytes is {limit}")
+                       f"a volume is at least {minimum} bytes in whole MiB; limit_bytes is {limit}")
     return size
 
 
@@ -138,6 +142,16 @@ class Controller(ControllerServicer):  # type: ignore[misc]
             if problem:
                 raise CsiError(grpc.StatusCode.INVALID_ARGUMENT, problem)
         required, limit = request.capacity_range.required_bytes, request.capacity_range.limit_bytes
+        layout = request.parameters.get("layout", "filesystem")
+        if layout not in LAYOUTS:
+            raise CsiError(grpc.StatusCode.INVALID_ARGUMENT, f"layout {layout!r}: one of {', '.join(LAYOUTS)}")
+        if layout == "directory":
+            if request.HasField("volume_content_source"):
+                raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "a directory volume is made empty: snapshots and clones are of file-system volumes "
+                               "(layout filesystem)")
+            return self._create_directory(request.name, choose_size(required, limit, minimum=ALIGN), required, limit,
+                                          dict(request.parameters))
         size = choose_size(required, limit)
         source: dict[str, str] = {}
         src_lu, src_size = "", 0
@@ -155,6 +169,9 @@ class Controller(ControllerServicer):  # type: ignore[misc]
                 vol = self._volume_by_id(cs.volume.volume_id)
                 if vol is None or vol["state"] != "ready":
                     raise CsiError(grpc.StatusCode.NOT_FOUND, f"volume {cs.volume.volume_id} not found")
+                if vol.get("layout") == "directory":
+                    raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"volume {vol['id']} is a directory volume: only file-system volumes are cloned")
                 source, src_lu, src_size = {"volume": vol["id"]}, vol["lu"], vol["size"]
             if src_size > size:
                 if limit and src_size > limit:
@@ -165,7 +182,8 @@ class Controller(ControllerServicer):  # type: ignore[misc]
         with self._lock("v/" + name):
             rec = self.catalog.read()["volumes"].get(name)
             if rec is not None:
-                if not fits(rec["size"], required, limit) or (rec.get("source") or {}) != source:
+                if (not fits(rec["size"], required, limit) or (rec.get("source") or {}) != source
+                        or rec.get("layout", "filesystem") != "filesystem"):
                     raise CsiError(grpc.StatusCode.ALREADY_EXISTS,
                                    f"volume {name} exists with another size or source")
                 size = rec["size"]
@@ -190,11 +208,39 @@ class Controller(ControllerServicer):  # type: ignore[misc]
                 self._put("volumes", name, rec)
         return pb.CreateVolumeResponse(volume=self._volume_msg(rec))
 
+    def _create_directory(self, name: str, size: int, required: int, limit: int,
+                          parameters: dict[str, str]) -> Any:
+        """CreateVolume of layout ``directory``: a directory with a quota of ``size`` bytes in
+        the shared file system the class names (``exports.publish_directory``); recorded
+        ``creating`` first, so a repeated call finishes the same volume."""
+        with self._lock("v/" + name):
+            rec = self.catalog.read()["volumes"].get(name)
+            if rec is not None:
+                if (not fits(rec["size"], required, limit) or rec.get("layout") != "directory"
+                        or (rec.get("parameters") or {}).get("fileSystem") != parameters.get("fileSystem")):
+                    raise CsiError(grpc.StatusCode.ALREADY_EXISTS,
+                                   f"volume {name} exists with another size, layout or file system")
+            else:
+                rec = {"id": volume_id(name), "layout": "directory", "lu": "", "size": size, "source": {},
+                       "state": "creating", "created": time.time_ns(), "parameters": parameters}
+                self._put("volumes", name, rec)
+            if rec["state"] == "creating":
+                file_system, context = self.exports.publish_directory(rec["id"], rec["size"], parameters)
+                rec = {**rec, "fileSystem": file_system, "state": "ready", "context": context}
+                self._put("volumes", name, rec)
+        return pb.CreateVolumeResponse(volume=self._volume_msg(rec))
+
     @guard
     def DeleteVolume(self, request: Any, context: grpc.ServicerContext) -> Any:
         require(request, "volume_id")
         rec = self._volume_by_id(request.volume_id)
-        if rec is not None:
+        if rec is not None and rec.get("layout") == "directory":
+            with self._lock("v/" + rec["name"]):
+                file_system = rec.get("fileSystem") or (rec.get("parameters") or {}).get("fileSystem", "")
+                if file_system:
+                    self.exports.unpublish_directory(rec["id"], file_system)
+                self._put("volumes", rec["name"], None)
+        elif rec is not None:
             with self._lock("v/" + rec["name"]):
                 self.exports.unpublish(rec["id"])
                 self.array.wait_unreserved(rec["lu"])
@@ -244,8 +290,16 @@ class Controller(ControllerServicer):  # type: ignore[misc]
         if rec is None:
             raise CsiError(grpc.StatusCode.NOT_FOUND, f"volume {request.volume_id} not found")
         required, limit = request.capacity_range.required_bytes, request.capacity_range.limit_bytes
-        size = choose_size(required, limit)
+        directory = rec.get("layout") == "directory"
+        size = choose_size(required, limit, minimum=ALIGN if directory else MIN_SIZE)
         name = rec.pop("name")
+        if directory:  # online: the quota is raised where it is served
+            with self._lock("v/" + name):
+                if size > rec["size"]:
+                    self.exports.resize_directory(rec["id"], rec["fileSystem"], size)
+                    rec["size"] = size
+                    self._put("volumes", name, rec)
+            return pb.ControllerExpandVolumeResponse(capacity_bytes=rec["size"], node_expansion_required=False)
         with self._lock("v/" + name):
             if size > rec["size"]:
                 if self.exports.served and rec["state"] == "ready":
@@ -278,6 +332,10 @@ class Controller(ControllerServicer):  # type: ignore[misc]
                 vol = self._volume_by_id(request.source_volume_id)
                 if vol is None or vol["state"] != "ready":
                     raise CsiError(grpc.StatusCode.NOT_FOUND, f"volume {request.source_volume_id} not found")
+                if vol.get("layout") == "directory":
+                    raise CsiError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"volume {vol['id']} is a directory volume: snapshots are of file-system volumes "
+                                   "(the copy engine copies whole LUs)")
                 sid = snapshot_id(name)
                 rec = {"id": sid, "lu": sid, "source": vol["id"], "sourceLu": vol["lu"], "size": vol["size"],
                        "state": "creating", "created": time.time_ns()}

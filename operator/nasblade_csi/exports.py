@@ -17,6 +17,17 @@ Two ways, chosen by ``nasblade-csi`` flags (``main.py``):
   the entry, the blade serving it releases it (its reservation dropped), and the LU can be
   deleted.
 
+A StorageClass with ``layout: directory`` makes *directory volumes* instead (like Trident's
+nas-economy): each is a top-level directory, with a tree quota of the volume's size, of the
+shared file system the class names (``fileSystem``: a DiskArray file system a group serves).
+The driver asks the blade that serves it (its pod's IP, ClusterGroup status) through the blade
+API, ``PUT``/``DELETE /v1/filesystems/{fs}/directories/{volume}``, with the group's token,
+which it derives from the array's token it holds (``nasblade.grants``) and which opens those
+routes alone. The volume's context names the shared file system's Service and the export
+path ``/<fs>/<volume>`` (a MOUNT below an export mounts that directory, under the export's
+clients and squash). Expansion raises the quota online; deletion deletes the directory with
+its data. The quota lives in the file system, so a takeover keeps it.
+
 Edits of the DiskArray are read-modify-write with its ``resourceVersion`` (a JSON merge patch
 that fails on a conflict and is retried), so two controller replicas, the operator's status
 writes and a user's ``kubectl apply`` never lose each other's change.
@@ -28,17 +39,22 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import pykube
-from nasblade import lunames
+from nasblade import grants, lunames
+from nasblade.bladeapi.client import BladeAPIError, BladeClient
+from nasblade.fs import dirvolumes
 
 from nasblade_csi.errors import CsiError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 GROUP_VERSION = "nasblade.io/v1alpha1"
+BLADE_API_PORT = 8090
+"""The blade management API's port in a blade pod (the operator's ``naming.BLADE_API_PORT``)."""
 
 
 class Exports(Protocol):
@@ -54,6 +70,22 @@ class Exports(Protocol):
     @property
     def served(self) -> bool:
         """Whether published volumes are held by a blade (expansion must unpublish first)."""
+
+    def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+        """Have the volume made as a directory volume of the shared file system the parameters
+        name, holding at most ``size`` bytes: ``(file system, volume context)`` (idempotent)."""
+
+    def resize_directory(self, volume: str, file_system: str, size: int) -> None:
+        """Change a directory volume's quota to ``size`` (online)."""
+
+    def unpublish_directory(self, volume: str, file_system: str) -> None:
+        """Delete a directory volume with its data (idempotent)."""
+
+
+def _no_directories() -> CsiError:
+    return CsiError(grpc.StatusCode.INVALID_ARGUMENT,
+                    "layout directory needs the driver on Kubernetes (--diskarray): a shared file system of a "
+                    "DiskArray, served by a blade, holds the volume")
 
 
 class Static:
@@ -73,11 +105,24 @@ class Static:
     def served(self) -> bool:
         return False
 
+    def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+        raise _no_directories()
+
+    def resize_directory(self, volume: str, file_system: str, size: int) -> None:
+        raise _no_directories()
+
+    def unpublish_directory(self, volume: str, file_system: str) -> None:
+        raise _no_directories()
+
 
 class DiskArrayExports:
     def __init__(self, api: pykube.HTTPClient, *, namespace: str, array: str, group: str = "",
-                 clients: tuple[str, ...] = (), timeout: float = 120.0, poll: float = 1.0) -> None:
+                 clients: tuple[str, ...] = (), timeout: float = 120.0, poll: float = 1.0,
+                 control_token: str = "", blade_url: Callable[[str, str], str] | None = None) -> None:
         self.api = api
+        self.control_token = control_token  # the array's: a group's token is derived from it
+        # where a blade's API is, from its pod name and IP (tests point it elsewhere)
+        self.blade_url = blade_url or (lambda pod, ip: f"https://{ip}:{BLADE_API_PORT}")
         self.namespace = namespace
         self.array = array
         self.group = group
@@ -208,3 +253,67 @@ class DiskArrayExports:
             return not self._service_exists(f"{self.array}-{volume}-nfs")
 
         self._wait(f"the cluster group to release {volume}", released)
+
+    # -- directory volumes (StorageClass parameter layout: directory) -----------------------
+
+    def _serving_blade(self, file_system: str) -> tuple[str, BladeClient]:
+        """The group of shared file system ``file_system`` and a client of the blade API of the
+        blade serving it, with the group's token (``nasblade.grants``: it opens the
+        directory-volume routes alone). ``UNAVAILABLE`` while no blade serves it."""
+        da = self._get("diskarrays", self.array)
+        if da is None:
+            raise CsiError(grpc.StatusCode.FAILED_PRECONDITION, f"DiskArray {self.ref} does not exist")
+        entry = next((f for f in da.get("spec", {}).get("fileSystems") or [] if f.get("name") == file_system), None)
+        if entry is None or not entry.get("clusterGroup"):
+            raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"DiskArray {self.ref} has no file system {file_system!r} served by a cluster group "
+                           "(StorageClass parameter fileSystem)")
+        group = str(entry["clusterGroup"])
+        cg = self._get("clustergroups", group) or {}
+        owner = next((f.get("blade") for f in cg.get("status", {}).get("fileSystems", []) or []
+                      if f.get("name") == file_system and f.get("served") is not False), None)
+        if not owner:
+            raise CsiError(grpc.StatusCode.UNAVAILABLE, f"no blade of {group} serves {file_system} now; call again")
+        r = self.api.session.get(url=f"{self.api.url}/api/v1/namespaces/{self.namespace}/pods/{owner}")
+        ip = r.json().get("status", {}).get("podIP") if r.status_code == 200 else None
+        if not ip:
+            raise CsiError(grpc.StatusCode.UNAVAILABLE, f"blade {owner} has no address (HTTP {r.status_code}); call again")
+        if not self.control_token:
+            raise CsiError(grpc.StatusCode.FAILED_PRECONDITION, "the driver holds no array token to reach the blades with")
+        token = grants.group_token(self.control_token, group)
+        return group, BladeClient(self.blade_url(owner, ip), token, timeout=self.timeout, server_hostname=owner)
+
+    def _blade_call(self, file_system: str, call: Callable[[BladeClient], T]) -> T:
+        """``call`` on the blade serving ``file_system``; its refusals as CSI errors (a blade
+        that lost the file system meanwhile: ``UNAVAILABLE``, the sidecar calls again)."""
+        _, blade = self._serving_blade(file_system)
+        try:
+            return call(blade)
+        except BladeAPIError as exc:
+            code = {400: grpc.StatusCode.INVALID_ARGUMENT, 409: grpc.StatusCode.FAILED_PRECONDITION}.get(
+                exc.status, grpc.StatusCode.UNAVAILABLE)
+            raise CsiError(code, f"blade serving {file_system}: {exc.message}") from exc
+        except OSError as exc:
+            raise CsiError(grpc.StatusCode.UNAVAILABLE, f"blade serving {file_system}: {exc}") from exc
+
+    def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+        file_system = parameters.get("fileSystem", "")
+        if not file_system:
+            raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "layout directory needs the StorageClass parameter fileSystem (a shared file system of the DiskArray)")
+        dirvolumes.check_name(volume)
+        self._blade_call(file_system, lambda b: b.set_directory(file_system, volume, size))
+        context = {"server": f"{self.array}-{file_system}-nfs.{self.namespace}.svc",
+                   "export": f"/{file_system}/{volume}", "diskArray": self.ref, "fileSystem": file_system}
+        return file_system, context
+
+    def resize_directory(self, volume: str, file_system: str, size: int) -> None:
+        self._blade_call(file_system, lambda b: b.set_directory(file_system, volume, size))
+
+    def unpublish_directory(self, volume: str, file_system: str) -> None:
+        da = self._get("diskarrays", self.array) or {}
+        if not any(f.get("name") == file_system for f in da.get("spec", {}).get("fileSystems") or []):
+            log.warning("directory volume %s: its file system %s is gone from %s; nothing to delete",
+                        volume, file_system, self.ref)
+            return
+        self._blade_call(file_system, lambda b: b.remove_directory(file_system, volume))

@@ -95,7 +95,7 @@ def exports(args: argparse.Namespace, context: dict[str, str]) -> Any:
     return DiskArrayExports(pykube.HTTPClient(pykube.KubeConfig.from_env()), namespace=namespace, array=name,
                             group=args.cluster_group,
                             clients=tuple(c.strip() for c in args.export_clients.split(",") if c.strip()),
-                            timeout=args.publish_timeout)
+                            timeout=args.publish_timeout, control_token=_token(args))
 
 
 def _token(args: argparse.Namespace) -> str:

@@ -112,14 +112,18 @@ def blade_policy(
     *, array: str, group: str, clients: Sequence[str], operator_namespace: str, operator_labels: Mapping[str, str],
     nfs_slots: Sequence[int], scraper: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The blades' policy: blade API from the operator, the group and the scraper, NFS from the
+    """The blades' policy: blade API from the operator, the group, the array's CSI controller
+    plugin and the scraper, NFS from the
     exports' CIDRs to the container ports of the group's file systems' ``nfs_slots``
     (``naming.nfs_container_ports``)."""
     selector = {naming.L_GROUP: group, naming.L_COMPONENT: "blade"}
     labels = {**naming.common_labels(component="blade", instance=group), naming.L_ARRAY: array,
               naming.L_GROUP: group}
+    # the array's CSI controller plugin makes directory volumes through the blade API (with the
+    # group's token, which opens those routes alone)
+    csi = {"podSelector": {"matchLabels": {naming.L_ARRAY: array, naming.L_COMPONENT: naming.CSI_COMPONENT}}}
     ingress: list[dict[str, Any]] = [
-        {"from": [operator_peer(operator_namespace, operator_labels), {"podSelector": {"matchLabels": selector}}],
+        {"from": [operator_peer(operator_namespace, operator_labels), {"podSelector": {"matchLabels": selector}}, csi],
          "ports": [{"protocol": "TCP", "port": naming.BLADE_API_PORT}]},
         *scrape_rule(scraper, naming.BLADE_API_PORT),
     ]

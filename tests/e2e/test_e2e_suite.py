@@ -33,6 +33,7 @@ from e2elib import (
     kill_container,
     on_kind,
 )
+from nasblade.units import parse_size
 
 if str(REPO / "tests" / "kernel") not in sys.path:
     sys.path.append(str(REPO / "tests" / "kernel"))
@@ -595,6 +596,74 @@ def test_step3e_a_claim_becomes_a_volume_through_the_csi_plugin(kube: Kube, rele
     kube.wait("the plugin's objects gone", lambda: kube.get("deployment", plugin, namespace=ns) is None
               and kube.get("serviceaccount", plugin, namespace=ns) is None
               and kube.get("clusterrolebinding", f"nasblade-csi-{ns}-{ARRAY}", namespace="") is None,
+              timeout=120, interval=2)
+
+
+def test_step3f_directory_volumes_through_the_csi_plugin(kube: Kube, release: str, workload_ns: str) -> None:
+    """3f. CSI ``layout: directory`` (directory volumes, Trident's nas-economy): a claim of a
+    class naming the shared file system is Bound to a directory with a 16 MiB quota inside it,
+    made by the plugin through the serving blade's API with the group's token. The client pod
+    writes 12 MiB at the PV's export and reads it back; 8 MiB more is refused (quota); the claim
+    grown to 48 MiB takes them; the claim deleted, the directory is gone from the file system."""
+    ns = workload_ns
+    sc, claim, plugin = f"nasblade-dir-{ns}", "csi-dir", f"{ARRAY}-csi-controller"
+    kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
+        {"spec": {"csi": {"enabled": True, "clusterGroup": GROUP, "clients": ["10.0.0.0/8"]}}}))
+    kube.wait("the CSI controller plugin running", lambda: int((kube.get("deployment", plugin, namespace=ns) or {})
+                                                                .get("status", {}).get("availableReplicas") or 0) == 1,
+              timeout=180, interval=2)
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": sc},
+        "provisioner": "nas.nasblade.io", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
+        "allowVolumeExpansion": True,
+        "parameters": {"diskArray": f"{ns}/{ARRAY}", "layout": "directory", "fileSystem": "shared"}}))
+    try:
+        kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": sc,
+                     "resources": {"requests": {"storage": "16Mi"}}}}))
+        t0 = time.monotonic()
+        pvc = kube.wait("the directory claim Bound", lambda: (lambda c: c if c.get("status", {}).get("phase") == "Bound"
+                                                              else None)(kube.get("pvc", claim, namespace=ns) or {}),
+                        timeout=300, interval=2, describe=lambda: kube.kubectl(
+                            "-n", ns, "logs", f"deployment/{plugin}", "--tail=30", check=False).stdout)
+        print(f"\n[e2e] 3f: directory claim Bound in {time.monotonic() - t0:.1f} s")
+        pv = kube.get("pv", pvc["spec"]["volumeName"], namespace="") or {}
+        attrs, vid = pv["spec"]["csi"]["volumeAttributes"], pv["spec"]["csi"]["volumeHandle"]
+        assert attrs["export"] == f"/shared/{vid}" and attrs["server"] == f"{ARRAY}-shared-nfs.{ns}.svc", attrs
+        assert vid not in [f["name"] for f in _array(kube, ns)["spec"]["fileSystems"]]  # no file system of its own
+        url = f"nfs://{attrs['server']}{attrs['export']}"
+        _exec(kube, ns, "sh", "-c", "head -c 12582912 /dev/urandom > /tmp/d1.bin; "
+                                    "head -c 8388608 /dev/urandom > /tmp/d2.bin")
+        _exec(kube, ns, "nfs-cp", "/tmp/d1.bin", f"{url}/d1.bin?version=3")
+        over = kube.kubectl("-n", ns, "exec", CLIENT_POD, "--", "nfs-cp", "/tmp/d2.bin", f"{url}/d2.bin?version=3",
+                            check=False, timeout=120)
+        assert over.returncode != 0, f"8 MiB more than a 16 MiB quota holds was written: {over.stdout} {over.stderr}"
+        _exec(kube, ns, "nfs-cp", f"{url}/d1.bin?version=3", "/tmp/d1-back.bin")
+        sums = _exec(kube, ns, "sh", "-c", "cd /tmp && sha256sum d1.bin d1-back.bin").split()
+        assert sums[0] == sums[2], sums
+
+        kube.kubectl("-n", ns, "patch", "pvc", claim, "--type=merge", "-p",
+                     json.dumps({"spec": {"resources": {"requests": {"storage": "48Mi"}}}}))
+        kube.wait("the claim grown to 48Mi", lambda: parse_size(str(
+            (kube.get("pvc", claim, namespace=ns) or {}).get("status", {}).get("capacity", {}).get("storage", "0")),
+            kubernetes=True) == 48 << 20, timeout=180, interval=2)
+        _exec(kube, ns, "nfs-cp", "/tmp/d2.bin", f"{url}/d3.bin?version=3")  # (d2.bin: what fit of it)
+        _exec(kube, ns, "nfs-cp", f"{url}/d3.bin?version=3", "/tmp/d3-back.bin")
+        assert _exec(kube, ns, "sha256sum", "/tmp/d3-back.bin").split()[0] == \
+            _exec(kube, ns, "sha256sum", "/tmp/d2.bin").split()[0]
+        print("[e2e] 3f: 16 MiB quota refused 8 MiB over 12; grown to 48 MiB, it took them")
+
+        kube.kubectl("-n", ns, "delete", "pvc", claim, "--wait=false")
+        kube.wait("the PV gone", lambda: kube.get("pv", pv["metadata"]["name"], namespace="") is None,
+                  timeout=180, interval=2)
+        assert vid not in _exec(kube, ns, "nfs-ls", _nfs_url(ns))
+    finally:
+        kube.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)
+        kube.kubectl("-n", ns, "delete", "pvc", claim, "--ignore-not-found", "--wait=false", check=False)
+    kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
+        {"spec": {"csi": {"enabled": False}}}))
+    kube.wait("the plugin's objects gone", lambda: kube.get("deployment", plugin, namespace=ns) is None,
               timeout=120, interval=2)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import Any
 
 from nasblade.nfs import types as t
 from nasblade.rpc import message, record, xdr
@@ -17,6 +18,20 @@ from nasblade.rpc import message, record, xdr
 def auth_sys(uid: int = 0, gid: int = 0, gids: list[int] | None = None) -> message.OpaqueAuth:
     body = message.AUTH_SYS_PARMS.encode(message.AuthSys(0, b"test", uid, gid, gids or []))
     return message.OpaqueAuth(message.AuthFlavor.AUTH_SYS, body)
+
+
+def call_dispatcher(d: Any, xid: int, proc: int, args_type: xdr.Type[Any], args: Any,
+             res: xdr.Type[Any]) -> tuple[int, Any, bool]:
+    """One NFSv3 call handed straight to a dispatcher (no sockets): ``(status, body,
+    needs_commit)`` of its reply, which must be an accepted one."""
+    rec = message.encode_call(xid=xid, prog=t.NFS_PROGRAM, vers=3, proc=proc, cred=auth_sys(), args=args_type.encode(args))
+    out = d.handle(rec, "127.0.0.1")
+    assert out is not None
+    rep = message.decode_reply(b"".join(bytes(b) for b in out.buffers))
+    assert rep.stat == message.AcceptStat.SUCCESS
+    stat, body = res.unpack(rep.body)
+    rep.body.done()
+    return stat, body, out.needs_commit
 
 
 class RawClient:

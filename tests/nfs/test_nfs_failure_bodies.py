@@ -13,8 +13,8 @@ from nasblade.blockdev import FileBlockDevice
 from nasblade.fs import fs as fsmod
 from nasblade.nfs import exports, nfs3, volume
 from nasblade.nfs import types as t
-from nasblade.rpc import dispatch, message, xdr
-from nfs_rpcclient import auth_sys
+from nasblade.rpc import dispatch, xdr
+from nfs_rpcclient import call_dispatcher
 
 
 class Server:
@@ -39,14 +39,7 @@ class Server:
 
     def call(self, proc: int, args_type: xdr.Type[Any], args: Any, res: xdr.Type[Any]) -> tuple[int, Any, bool]:
         self.xid += 1
-        rec = message.encode_call(xid=self.xid, prog=t.NFS_PROGRAM, vers=3, proc=proc, cred=auth_sys(), args=args_type.encode(args))
-        out = self.d.handle(rec, "127.0.0.1")
-        assert out is not None
-        rep = message.decode_reply(b"".join(bytes(b) for b in out.buffers))
-        assert rep.stat == message.AcceptStat.SUCCESS
-        stat, body = res.unpack(rep.body)
-        rep.body.done()
-        return stat, body, out.needs_commit
+        return call_dispatcher(self.d, self.xid, proc, args_type, args, res)
 
     def close(self) -> None:
         self.fs.close()

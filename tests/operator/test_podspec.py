@@ -243,6 +243,11 @@ def test_network_policies() -> None:
                                operator_namespace="nb-system", operator_labels=op)
     api, nfs = bp["spec"]["ingress"]
     assert api["ports"] == [{"protocol": "TCP", "port": naming.BLADE_API_PORT}]
+    # the blade API: the operator, the group's own blades and the array's CSI controller plugin
+    # (directory volumes), nobody else
+    assert api["from"][1:] == [
+        {"podSelector": {"matchLabels": {naming.L_GROUP: "g1", naming.L_COMPONENT: "blade"}}},
+        {"podSelector": {"matchLabels": {naming.L_ARRAY: "a1", naming.L_COMPONENT: naming.CSI_COMPONENT}}}]
     assert nfs["from"] == [{"ipBlock": {"cidr": "10.1.0.0/16"}}, {"ipBlock": {"cidr": "192.168.7.0/24"}}]
     assert {(p["protocol"], p["port"]) for p in nfs["ports"]} == {("TCP", c) for _, _, c in naming.NFS_PORTS} | {
         ("UDP", c) for _, _, c in naming.NFS_UDP_PORTS}

@@ -35,8 +35,9 @@ class BladeClient(_BladeJSONClient):
     """Client of the blade management API, e.g. ``BladeClient("http://127.0.0.1:9100", token)``."""
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        super().__init__(url=url, token=token, timeout=timeout, ssl_context=ssl_context)
+                 ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None) -> None:
+        super().__init__(url=url, token=token, timeout=timeout, ssl_context=ssl_context,
+                         server_hostname=server_hostname)
 
     def status(self) -> dict[str, Any]:
         return self._dict("GET", "/v1/status")

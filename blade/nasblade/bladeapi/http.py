@@ -46,11 +46,26 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class _NamedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to an address whose certificate is checked against another name."""
+
+    def __init__(self, host: str, port: int, *, timeout: float, context: ssl.SSLContext,
+                 server_hostname: str) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._ctx = context
+        self._name = server_hostname
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._ctx.wrap_socket(sock, server_hostname=self._name)
+
+
 class JSONClient:
     """Base of the API clients: ``JSONClient(url="http://h:p", token=...)`` or ``JSONClient(unix=PATH)``."""
 
     def __init__(self, *, url: str | None = None, unix: str | None = None, token: str | None = None,
-                 timeout: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
+                 timeout: float = 30.0, ssl_context: ssl.SSLContext | None = None,
+                 server_hostname: str | None = None) -> None:
         if (url is None) == (unix is None):
             raise ValueError("give the API's url or its unix socket path")
         self.unix = unix
@@ -65,6 +80,9 @@ class JSONClient:
         self.token = token
         self.timeout = timeout
         self.ssl_context = ssl_context
+        #: the name the server's certificate must carry when it is not the host dialled (a blade
+        #: pod reached by its IP presents a certificate for its pod name)
+        self.server_hostname = server_hostname
 
     def error(self, status: int, body: dict[str, Any]) -> Exception:
         """The exception a non-2xx reply raises (subclasses return their own kind)."""
@@ -77,6 +95,9 @@ class JSONClient:
             # the credentials as they are now (renewed files are read at the next call);
             # without any, the system's CAs -- which never sign an array's certificates
             context = self.ssl_context or tls.default_client_context() or ssl.create_default_context()
+            if self.server_hostname is not None:
+                return _NamedHTTPSConnection(self.host, self.port, timeout=self.timeout, context=context,
+                                             server_hostname=self.server_hostname)
             return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=context)
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
