@@ -61,6 +61,18 @@ def test_unaligned_overwrite_and_truncate_zero_the_tail(fsys: fsmod.FileSystem) 
     assert fsys.fsstat().free_bytes == fsys.sb.data_blocks * fsmod.BLOCK
 
 
+def test_a_zero_length_write_changes_nothing(fsys: fsmod.FileSystem) -> None:
+    """POSIX write(2) of zero bytes has no other results: past the end of a small (inline) or a
+    large file, the size and mtime stay (fsck, at teardown, agrees with the inline data)."""
+    for name, size in ((b"small", 100), (b"large", 3 * fsmod.INLINE_MAX)):
+        ino, _ = fsys.create(ROOT_INO, name, ROOT)
+        before = fsys.write(ino, 0, b"x" * size)
+        after = fsys.write(ino, size + 5000, b"")
+        assert (after.size, after.mtime) == (size, before.mtime)
+        assert fsys.read(ino, 0, 2 * size + 5000)[0] == b"x" * size
+    fsys.commit()
+
+
 def test_hard_links_symlinks_and_nlink(fsys: fsmod.FileSystem) -> None:
     ino, _ = fsys.create(ROOT_INO, b"a", ROOT)
     d = fsys.mkdir(ROOT_INO, b"d", ROOT)

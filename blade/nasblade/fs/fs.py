@@ -1115,9 +1115,11 @@ class FileSystem:
             end = offset + n
             if end > MAX_SIZE:
                 raise FsError(errno.EFBIG)
+            if not n:  # POSIX write(2): zero bytes "shall have no other results" (no size, no mtime)
+                return a
             t = now_ns()
             newsize = max(a.size, end)
-            inl = self._inline(ino) if n else None
+            inl = self._inline(ino)
             if inl is not None and newsize <= INLINE_MAX:
                 self._charge_ino(ino, newsize - len(inl))
                 buf = bytearray(inl.ljust(newsize, b"\0"))
@@ -1130,8 +1132,7 @@ class FileSystem:
                 return a
             if inl is not None:
                 self._uninline(a, inl)
-            if n:
-                self._write_data(a, offset, memoryview(data), fua=stable)
+            self._write_data(a, offset, memoryview(data), fua=stable)
             self.db.execute("UPDATE inode SET size=?, mtime=?, ctime=? WHERE ino=?", (newsize, t, t, ino))
             a.size = newsize
             a.mtime = a.ctime = t
