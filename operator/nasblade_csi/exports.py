@@ -28,6 +28,12 @@ path ``/<fs>/<volume>`` (a MOUNT below an export mounts that directory, under th
 clients and squash). Expansion raises the quota online; deletion deletes the directory with
 its data. The quota lives in the file system, so a takeover keeps it.
 
+A class with ``exportPolicy: nodes`` exports each file-system volume to the nodes that mount
+it and nobody else, like Trident's automatic export policy: the provisioner
+(``nasblade_csi.provisioner``) works out on every pass which nodes run pods that use the
+volume and calls ``set_clients`` with their InternalIP addresses (``/32``), or with
+``NOBODY`` while no pod uses it.
+
 Edits of the DiskArray are read-modify-write with its ``resourceVersion`` (a JSON merge patch
 that fails on a conflict and is retried), so two controller replicas, the operator's status
 writes and a user's ``kubectl apply`` never lose each other's change.
@@ -53,6 +59,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 GROUP_VERSION = "nasblade.io/v1alpha1"
+EXPORT_POLICIES = ("cidrs", "nodes")
+"""StorageClass ``exportPolicy``: the class's ``clients`` CIDRs, or the nodes that mount the volume."""
+NOBODY = "0.0.0.0/32"
+"""The clients of an export no node mounts (``exportPolicy: nodes``): no client has that address."""
 BLADE_API_PORT = 8090
 """The blade management API's port in a blade pod (the operator's ``naming.BLADE_API_PORT``)."""
 
@@ -80,6 +90,9 @@ class Exports(Protocol):
 
     def unpublish_directory(self, volume: str, file_system: str) -> None:
         """Delete a directory volume with its data (idempotent)."""
+
+    def set_clients(self, clients: Mapping[str, list[str]]) -> list[str]:
+        """Export each volume of ``clients`` to those CIDRs alone; the volumes changed."""
 
 
 def _no_directories() -> CsiError:
@@ -113,6 +126,9 @@ class Static:
 
     def unpublish_directory(self, volume: str, file_system: str) -> None:
         raise _no_directories()
+
+    def set_clients(self, clients: Mapping[str, list[str]]) -> list[str]:
+        return []  # one fixed export: nothing to narrow
 
 
 class DiskArrayExports:
@@ -198,8 +214,13 @@ class DiskArrayExports:
         if not group:
             raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
                            "the StorageClass names no clusterGroup (parameter clusterGroup) and the driver has no default")
+        policy = parameters.get("exportPolicy", "cidrs")
+        if policy not in EXPORT_POLICIES:
+            raise CsiError(grpc.StatusCode.INVALID_ARGUMENT, f"exportPolicy {policy!r}: one of {', '.join(EXPORT_POLICIES)}")
         clients = [c.strip() for c in parameters["clients"].split(",") if c.strip()] if parameters.get("clients") \
             else list(self.clients)
+        if policy == "nodes":
+            clients = [NOBODY]  # until a pod that uses it runs on a node (the provisioner's pass)
         if not clients:
             raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
                            "no NFS clients: set the StorageClass parameter clients (CIDRs) or --export-clients")
@@ -254,6 +275,28 @@ class DiskArrayExports:
 
         self._wait(f"the cluster group to release {volume}", released)
 
+    # -- exports narrowed to the nodes that mount (StorageClass parameter exportPolicy: nodes) --
+
+    def set_clients(self, clients: Mapping[str, list[str]]) -> list[str]:
+        """Export each file-system volume of ``clients`` to its CIDRs alone (one edit of the
+        DiskArray for all of them; the blades apply new exports in place). The volumes changed."""
+        changed: list[str] = []
+
+        def narrow(fss: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            changed.clear()
+            for i, f in enumerate(fss):
+                want = clients.get(str(f.get("name")))
+                if want is None:
+                    continue
+                exports = [{**e, "clients": list(want)} for e in f.get("exports") or []]
+                if exports != f.get("exports"):
+                    fss[i] = {**f, "exports": exports}
+                    changed.append(str(f["name"]))
+            return fss
+
+        self._edit(narrow)
+        return changed
+
     # -- directory volumes (StorageClass parameter layout: directory) -----------------------
 
     def _serving_blade(self, file_system: str) -> tuple[str, BladeClient]:
@@ -298,6 +341,9 @@ class DiskArrayExports:
 
     def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
         file_system = parameters.get("fileSystem", "")
+        if parameters.get("exportPolicy", "cidrs") != "cidrs":
+            raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "a directory volume is exported with its shared file system: exportPolicy cidrs only")
         if not file_system:
             raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
                            "layout directory needs the StorageClass parameter fileSystem (a shared file system of the DiskArray)")

@@ -14,6 +14,9 @@ the same process:
   class's parameters → a PersistentVolume of that name with the CSI source, the class's
   reclaim policy and mount options, and a ``claimRef`` to the claim, which the
   kube-controller-manager's binder then binds;
+- **export to the nodes that mount** (a class with ``exportPolicy: nodes``, the job Trident's
+  automatic export policy does): each of its volumes is exported to the InternalIP of every
+  node that runs a pod using it, and to nobody while none does (``_narrow_exports``);
 - **delete**: a PersistentVolume this driver provisioned (annotation
   ``pv.kubernetes.io/provisioned-by``), Released or Failed, with reclaim policy ``Delete`` →
   ``DeleteVolume``, then the PersistentVolume is deleted; ``Retain`` keeps both;
@@ -86,6 +89,33 @@ def capabilities(access_modes: list[str]) -> list[Any]:
     modes = [ACCESS_MODES[m] for m in access_modes if m in ACCESS_MODES] or [ACCESS_MODES["ReadWriteOnce"]]
     return [pb.VolumeCapability(mount=pb.VolumeCapability.MountVolume(fs_type="nfs"),
                                 access_mode=pb.VolumeCapability.AccessMode(mode=m)) for m in modes]
+
+
+def internal_ip(node: Mapping[str, Any]) -> str | None:
+    """A node's InternalIP (what its kubelet's NFS mounts come from), else None."""
+    for a in node.get("status", {}).get("addresses") or []:
+        if a.get("type") == "InternalIP" and a.get("address"):
+            return str(a["address"])
+    return None
+
+
+def node_clients(pods: list[dict[str, Any]], claim_volumes: Mapping[str, str],
+                 node_ips: Mapping[str, str | None]) -> dict[str, list[str]]:
+    """Volume id → the CIDRs (``/32``, ``/128``) of the nodes running pods (not finished) that
+    use it through a claim (``claim_volumes``: ``namespace/claim`` → volume id). Pure."""
+    out: dict[str, set[str]] = {}
+    for pod in pods:
+        node = pod.get("spec", {}).get("nodeName")
+        ip = node_ips.get(node) if node else None
+        if not ip or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        ns = pod["metadata"]["namespace"]
+        for v in pod["spec"].get("volumes") or []:
+            claim = (v.get("persistentVolumeClaim") or {}).get("claimName")
+            vid = claim_volumes.get(f"{ns}/{claim}") if claim else None
+            if vid:
+                out.setdefault(vid, set()).add(f"{ip}/128" if ":" in ip else f"{ip}/32")
+    return {v: sorted(c) for v, c in out.items()}
 
 
 def persistent_volume(claim: Mapping[str, Any], sc: Mapping[str, Any], volume: Any) -> dict[str, Any]:
@@ -214,6 +244,34 @@ class Provisioner:
                     self._submit(key, self._resize, claim, sc, pv)
         for pv in volumes.values():
             self._submit(f"pv/{pv['metadata']['name']}", self._delete, pv)
+        narrowed = {name for name, sc in classes.items() if (sc.get("parameters") or {}).get("exportPolicy") == "nodes"}
+        if narrowed:
+            self._submit("exports", self._narrow_exports, narrowed, volumes, claims)
+
+    # -- exports narrowed to the nodes that mount (exportPolicy: nodes) ------------------------
+
+    def _narrow_exports(self, narrowed: set[str], volumes: Mapping[str, Any], claims: list[dict[str, Any]]) -> None:
+        """Each volume of a class with ``exportPolicy: nodes`` exported to the nodes whose pods
+        use it (their InternalIP), or to nobody (``exports.NOBODY``) while none does. Level-
+        triggered like the rest: a pod scheduled to a node opens the export to that node by
+        the next pass (its kubelet's mount is retried until then); a pod gone closes it."""
+        handles = {}
+        for pv in volumes.values():
+            csi = pv["spec"].get("csi") or {}
+            if pv["spec"].get("storageClassName") in narrowed and self._mine_pv(pv) and csi.get("volumeHandle") \
+                    and (csi.get("volumeAttributes") or {}).get("fileSystem") is None:  # not a directory volume
+                handles[pv["metadata"]["name"]] = str(csi["volumeHandle"])
+        if not handles:
+            return
+        claim_volumes = {f"{c['metadata']['namespace']}/{c['metadata']['name']}": handles[c["spec"]["volumeName"]]
+                         for c in claims if c["spec"].get("volumeName") in handles}
+        nodes = {n["metadata"]["name"]: internal_ip(n) for n in self._items("/api/v1/nodes")}
+        using = node_clients(self._items("/api/v1/pods"), claim_volumes, nodes)
+        from nasblade_csi.exports import NOBODY
+
+        changed = self.controller.exports.set_clients({v: using.get(v) or [NOBODY] for v in handles.values()})
+        for v in changed:
+            log.info("volume %s now exported to %s", v, ", ".join(using.get(v) or ["nobody"]))
 
     # -- provision ------------------------------------------------------------------------------
 

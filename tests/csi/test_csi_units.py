@@ -4,6 +4,7 @@ record format, the NFS mount command line, the mount table parser, volume capabi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -132,3 +133,25 @@ def test_the_provisioner_works_on_claims_side_by_side_and_on_each_once() -> None
     while posted.count("POST /api/v1/persistentvolumes") < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert posted.count("POST /api/v1/persistentvolumes") == 2
+
+
+def test_a_volume_is_exported_to_the_nodes_whose_pods_use_it() -> None:
+    """exportPolicy nodes: node addresses of running pods through their claims; finished pods,
+    unscheduled pods, other namespaces' same-named claims and nodes without an address count
+    for nothing."""
+    from nasblade_csi.provisioner import internal_ip, node_clients
+
+    def pod(ns: str, node: str | None, *claims: str, phase: str = "Running") -> dict[str, Any]:
+        return {"metadata": {"namespace": ns}, "spec": {"nodeName": node, "volumes": [
+            {"name": c, "persistentVolumeClaim": {"claimName": c}} for c in claims] + [{"name": "tmp", "emptyDir": {}}]},
+            "status": {"phase": phase}}
+
+    nodes = {"n1": internal_ip({"status": {"addresses": [{"type": "Hostname", "address": "n1"},
+                                                          {"type": "InternalIP", "address": "10.0.0.1"}]}}),
+             "n2": "10.0.0.2", "n3": "fd00::3", "n4": internal_ip({"status": {}})}
+    claims = {"a/data": "pv-1", "a/logs": "pv-2", "b/data": "pv-3"}
+    pods = [pod("a", "n1", "data"), pod("a", "n2", "data", "logs"), pod("a", "n1", "data"),
+            pod("a", "n3", "logs"), pod("a", None, "data"), pod("a", "n2", "other"),
+            pod("b", "n4", "data"), pod("b", "n1", "data", phase="Succeeded")]
+    assert node_clients(pods, claims, nodes) == {"pv-1": ["10.0.0.1/32", "10.0.0.2/32"],
+                                                 "pv-2": ["10.0.0.2/32", "fd00::3/128"]}

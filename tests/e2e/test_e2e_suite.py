@@ -667,6 +667,79 @@ def test_step3f_directory_volumes_through_the_csi_plugin(kube: Kube, release: st
               timeout=120, interval=2)
 
 
+def test_step3g_exports_narrowed_to_the_nodes_that_mount(kube: Kube, release: str, workload_ns: str) -> None:
+    """3g. CSI ``exportPolicy: nodes`` (Trident's automatic export policy): a volume of such a
+    class is exported to nobody while no pod uses it -- the client pod's NFS calls are refused
+    by the blade -- then, once a pod that uses it is scheduled, to that node's InternalIP
+    alone (the DiskArray entry, applied by the blade in place; the client pod, not on the
+    node's address, still refused), and to nobody again once the pod is gone."""
+    ns = workload_ns
+    sc, claim, plugin = f"nasblade-nodes-{ns}", "csi-nodes", f"{ARRAY}-csi-controller"
+    kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
+        {"spec": {"csi": {"enabled": True, "clusterGroup": GROUP, "clients": ["10.0.0.0/8"]}}}))
+    kube.wait("the CSI controller plugin running", lambda: int((kube.get("deployment", plugin, namespace=ns) or {})
+                                                                .get("status", {}).get("availableReplicas") or 0) == 1,
+              timeout=180, interval=2)
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": sc},
+        "provisioner": "nas.nasblade.io", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
+        "parameters": {"diskArray": f"{ns}/{ARRAY}", "exportPolicy": "nodes"}}))
+    node = kube.json("get", "nodes")["items"][0]
+    node_ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+
+    def clients(vid: str) -> list[str] | None:
+        return next(([c for e in f.get("exports") or [] for c in e["clients"]]
+                     for f in _array(kube, ns)["spec"]["fileSystems"] if f["name"] == vid), None)
+
+    try:
+        kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": sc,
+                     "resources": {"requests": {"storage": "64Mi"}}}}))
+        pvc = kube.wait("the claim Bound", lambda: (lambda c: c if c.get("status", {}).get("phase") == "Bound"
+                                                    else None)(kube.get("pvc", claim, namespace=ns) or {}),
+                        timeout=300, interval=2)
+        pv = kube.get("pv", pvc["spec"]["volumeName"], namespace="") or {}
+        attrs, vid = pv["spec"]["csi"]["volumeAttributes"], pv["spec"]["csi"]["volumeHandle"]
+        url = f"nfs://{attrs['server']}{attrs['export']}?version=3"
+        assert clients(vid) == ["0.0.0.0/32"]
+        # refused by the blade's export rule (MNT3ERR_ACCES), not unreachable: kube-proxy may
+        # take a moment to route the new Service, so wait for an answer of any kind
+        refused = kube.wait("an answer from the volume's blade", lambda: (lambda r: r if "ACCES" in r.stdout + r.stderr
+                                                                          else None)(kube.kubectl(
+            "-n", ns, "exec", CLIENT_POD, "--", "nfs-ls", url, check=False, timeout=60)), timeout=60, interval=2)
+        assert refused.returncode != 0, refused.stdout
+
+        kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "csi-nodes-user"},
+            "spec": {"securityContext": {"runAsNonRoot": True, "runAsUser": 10002,
+                                         "seccompProfile": {"type": "RuntimeDefault"}},
+                     "containers": [{"name": "c", "image": CLIENT_IMAGE, "command": ["sleep", "3600"],
+                                     "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                                     "securityContext": {"allowPrivilegeEscalation": False,
+                                                         "capabilities": {"drop": ["ALL"]}}}],
+                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}))
+        t0 = time.monotonic()
+        kube.wait("the volume exported to the pod's node", lambda: clients(vid) == [f"{node_ip}/32"],
+                  timeout=60, interval=1, describe=lambda: clients(vid))
+        print(f"\n[e2e] 3g: exported to node {node_ip} {time.monotonic() - t0:.1f} s after the pod was made")
+        again = kube.kubectl("-n", ns, "exec", CLIENT_POD, "--", "nfs-ls", url, check=False, timeout=60)
+        assert again.returncode != 0 and "ACCES" in again.stdout + again.stderr, (again.stdout, again.stderr)
+        kube.kubectl("-n", ns, "delete", "pod", "csi-nodes-user", "--wait=true", "--timeout=120s", timeout=150)
+        kube.wait("the export closed again", lambda: clients(vid) == ["0.0.0.0/32"], timeout=60, interval=1)
+        kube.kubectl("-n", ns, "delete", "pvc", claim, "--wait=false")
+        kube.wait("the PV and its file system gone", lambda: kube.get("pv", pv["metadata"]["name"], namespace="") is None
+                  and clients(vid) is None, timeout=180, interval=2)
+    finally:
+        kube.kubectl("-n", ns, "delete", "pod", "csi-nodes-user", "--ignore-not-found", "--wait=false", check=False)
+        kube.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)
+        kube.kubectl("-n", ns, "delete", "pvc", claim, "--ignore-not-found", "--wait=false", check=False)
+    kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
+        {"spec": {"csi": {"enabled": False}}}))
+    kube.wait("the plugin's objects gone", lambda: kube.get("deployment", plugin, namespace=ns) is None,
+              timeout=120, interval=2)
+
+
 def _run_writer_through(kube: Kube, ns: str, *, path: str, duration: float,
                         disrupt: Callable[[], None]) -> dict[str, Any]:
     """Run the long-running writer (tests/e2e/nfsclient.py) in the client pod, call
