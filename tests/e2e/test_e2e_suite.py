@@ -599,14 +599,10 @@ def test_step3e_a_claim_becomes_a_volume_through_the_csi_plugin(kube: Kube, rele
               timeout=120, interval=2)
 
 
-def test_step3f_directory_volumes_through_the_csi_plugin(kube: Kube, release: str, workload_ns: str) -> None:
-    """3f. CSI ``layout: directory`` (directory volumes, Trident's nas-economy): a claim of a
-    class naming the shared file system is Bound to a directory with a 16 MiB quota inside it,
-    made by the plugin through the serving blade's API with the group's token. The client pod
-    writes 12 MiB at the PV's export and reads it back; 8 MiB more is refused (quota); the claim
-    grown to 48 MiB takes them; the claim deleted, the directory is gone from the file system."""
-    ns = workload_ns
-    sc, claim, plugin = f"nasblade-dir-{ns}", "csi-dir", f"{ARRAY}-csi-controller"
+def _csi_on(kube: Kube, ns: str, sc: str, parameters: dict[str, str], *, expansion: bool = False) -> None:
+    """The array's CSI controller plugin running (``spec.csi``) and StorageClass ``sc`` of it
+    with ``parameters`` besides ``diskArray``."""
+    plugin = f"{ARRAY}-csi-controller"
     kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
         {"spec": {"csi": {"enabled": True, "clusterGroup": GROUP, "clients": ["10.0.0.0/8"]}}}))
     kube.wait("the CSI controller plugin running", lambda: int((kube.get("deployment", plugin, namespace=ns) or {})
@@ -615,8 +611,25 @@ def test_step3f_directory_volumes_through_the_csi_plugin(kube: Kube, release: st
     kube.kubectl("apply", "-f", "-", stdin=json.dumps({
         "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": sc},
         "provisioner": "nas.nasblade.io", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
-        "allowVolumeExpansion": True,
-        "parameters": {"diskArray": f"{ns}/{ARRAY}", "layout": "directory", "fileSystem": "shared"}}))
+        "allowVolumeExpansion": expansion, "parameters": {"diskArray": f"{ns}/{ARRAY}", **parameters}}))
+
+
+def _csi_off(kube: Kube, ns: str) -> None:
+    kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
+        {"spec": {"csi": {"enabled": False}}}))
+    kube.wait("the plugin's objects gone", lambda: kube.get("deployment", f"{ARRAY}-csi-controller", namespace=ns)
+              is None, timeout=120, interval=2)
+
+
+def test_step3f_directory_volumes_through_the_csi_plugin(kube: Kube, release: str, workload_ns: str) -> None:
+    """3f. CSI ``layout: directory`` (directory volumes, Trident's nas-economy): a claim of a
+    class naming the shared file system is Bound to a directory with a 16 MiB quota inside it,
+    made by the plugin through the serving blade's API with the group's token. The client pod
+    writes 12 MiB at the PV's export and reads it back; 8 MiB more is refused (quota); the claim
+    grown to 48 MiB takes them; the claim deleted, the directory is gone from the file system."""
+    ns = workload_ns
+    sc, claim, plugin = f"nasblade-dir-{ns}", "csi-dir", f"{ARRAY}-csi-controller"
+    _csi_on(kube, ns, sc, {"layout": "directory", "fileSystem": "shared"}, expansion=True)
     try:
         kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
@@ -661,10 +674,7 @@ def test_step3f_directory_volumes_through_the_csi_plugin(kube: Kube, release: st
     finally:
         kube.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)
         kube.kubectl("-n", ns, "delete", "pvc", claim, "--ignore-not-found", "--wait=false", check=False)
-    kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
-        {"spec": {"csi": {"enabled": False}}}))
-    kube.wait("the plugin's objects gone", lambda: kube.get("deployment", plugin, namespace=ns) is None,
-              timeout=120, interval=2)
+    _csi_off(kube, ns)
 
 
 def test_step3g_exports_narrowed_to_the_nodes_that_mount(kube: Kube, release: str, workload_ns: str) -> None:
@@ -674,16 +684,8 @@ def test_step3g_exports_narrowed_to_the_nodes_that_mount(kube: Kube, release: st
     alone (the DiskArray entry, applied by the blade in place; the client pod, not on the
     node's address, still refused), and to nobody again once the pod is gone."""
     ns = workload_ns
-    sc, claim, plugin = f"nasblade-nodes-{ns}", "csi-nodes", f"{ARRAY}-csi-controller"
-    kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
-        {"spec": {"csi": {"enabled": True, "clusterGroup": GROUP, "clients": ["10.0.0.0/8"]}}}))
-    kube.wait("the CSI controller plugin running", lambda: int((kube.get("deployment", plugin, namespace=ns) or {})
-                                                                .get("status", {}).get("availableReplicas") or 0) == 1,
-              timeout=180, interval=2)
-    kube.kubectl("apply", "-f", "-", stdin=json.dumps({
-        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": sc},
-        "provisioner": "nas.nasblade.io", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
-        "parameters": {"diskArray": f"{ns}/{ARRAY}", "exportPolicy": "nodes"}}))
+    sc, claim = f"nasblade-nodes-{ns}", "csi-nodes"
+    _csi_on(kube, ns, sc, {"exportPolicy": "nodes"})
     node = kube.json("get", "nodes")["items"][0]
     node_ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
 
@@ -734,10 +736,7 @@ def test_step3g_exports_narrowed_to_the_nodes_that_mount(kube: Kube, release: st
         kube.kubectl("-n", ns, "delete", "pod", "csi-nodes-user", "--ignore-not-found", "--wait=false", check=False)
         kube.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)
         kube.kubectl("-n", ns, "delete", "pvc", claim, "--ignore-not-found", "--wait=false", check=False)
-    kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
-        {"spec": {"csi": {"enabled": False}}}))
-    kube.wait("the plugin's objects gone", lambda: kube.get("deployment", plugin, namespace=ns) is None,
-              timeout=120, interval=2)
+    _csi_off(kube, ns)
 
 
 def _run_writer_through(kube: Kube, ns: str, *, path: str, duration: float,
