@@ -632,18 +632,23 @@ class FileProcessor:
         return ep
 
     @staticmethod
-    def _directory_json(fs: fsmod.FileSystem, dirname: str, ino: int) -> dict[str, Any]:
-        q = fs.quota_of(ino)
-        return {"name": dirname, "quotaBytes": q.limit_bytes if q and q.root == ino else None,
-                "usedBytes": q.used_bytes if q and q.root == ino else None,
-                "files": q.files if q and q.root == ino else None}
+    def _directory_json(dirname: str, quota: fsmod.Quota | None) -> dict[str, Any]:
+        return {"name": dirname, "quotaBytes": quota.limit_bytes if quota else None,
+                "usedBytes": quota.used_bytes if quota else None, "files": quota.files if quota else None}
+
+    @staticmethod
+    def _commit(ep: Endpoint, name: str) -> None:
+        """The group commit now; ``OSError`` when it failed (the endpoint then stops serving)."""
+        ep.commit_now()
+        if ep.failed:
+            raise OSError(errno.EIO, f"{name}: the commit failed")
 
     def directories(self, name: str) -> list[dict[str, Any]]:
         """The directory volumes of ``name``: its top-level directories that are quota roots."""
         fs = self._served(name).fs
-        roots = {q.root for q in fs.quotas()}
-        return [self._directory_json(fs, e.name.decode(errors="replace"), e.ino)
-                for e in fs.iter_dir(fsmod.ROOT_INO) if e.ino in roots]
+        quotas = {q.root: q for q in fs.quotas()}
+        return [self._directory_json(e.name.decode(errors="replace"), quotas[e.ino])
+                for e in fs.iter_dir(fsmod.ROOT_INO) if e.ino in quotas]
 
     async def set_directory(self, name: str, dirname: str, *, quota_bytes: int, mode: int = 0o777) -> dict[str, Any]:
         """Make ``/dirname`` of ``name`` a directory volume holding at most ``quota_bytes``
@@ -661,11 +666,9 @@ class FileProcessor:
                 raise
             ino = fs.mkdir(fsmod.ROOT_INO, dirname.encode(), fsmod.ROOT, mode=mode)
         fs.set_quota(ino, quota_bytes)
-        ep.commit_now()
-        if ep.failed:
-            raise OSError(errno.EIO, f"{name}: the commit failed")
+        self._commit(ep, name)
         log.info("%s: directory volume /%s holds at most %d bytes", name, dirname, quota_bytes)
-        return self._directory_json(fs, dirname, ino)
+        return self._directory_json(dirname, fs.quota_of(ino))
 
     async def remove_directory(self, name: str, dirname: str) -> bool:
         """Delete ``/dirname`` of ``name`` and everything in it (its quota with it), durable before
@@ -680,9 +683,7 @@ class FileProcessor:
                 return False
             raise
         ep.fs.remove_tree(fsmod.ROOT_INO, dirname.encode())
-        ep.commit_now()
-        if ep.failed:
-            raise OSError(errno.EIO, f"{name}: the commit failed")
+        self._commit(ep, name)
         log.info("%s: directory volume /%s deleted", name, dirname)
         return True
 
