@@ -5,9 +5,12 @@ regenerated on demand; plus the configuration parser's error messages."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from pathlib import Path
 
 import pytest
+from nasblade import eventloop
 from nasblade.blockdev import FileBlockDevice
 from nasblade.fileproc import config
 from nasblade.fileproc.server import FileProcessor
@@ -219,3 +222,41 @@ def test_a_failed_commit_stops_serving_and_leaves_the_status(tmp_path: Path) -> 
         await fp.close()
 
     asyncio.run(scenario())
+
+
+def test_a_connection_accepted_as_the_file_system_leaves_is_closed_not_served(tmp_path: Path) -> None:
+    """On the daemons' loop (uvloop) a connection's ``connection_made`` runs a loop iteration
+    after it was accepted; a release (``remove_filesystem``) in between must not leave that
+    connection attached to the file system it just unmounted: the client must see it closed
+    (and reconnect to whoever serves the file system now), never a silent connection (a hard
+    mount waits on it forever) or a reply from here. The release starts 0, 1 and 2 loop
+    iterations after the connection is in the listener's backlog (1 is the window)."""
+    a = make_fs(tmp_path / "a.img")
+    # xid, CALL, RPC v2, NFS v3 NULL, AUTH_NONE credential and verifier
+    body = struct.pack(">10I", 0x1234, 0, 2, 100003, 3, 0, 0, 0, 0, 0)
+
+    async def scenario(yields: int) -> bytes | str:
+        fp = FileProcessor(commit_interval=0.2)
+        ea = await fp.add_filesystem(spec("a", a))
+        port = int(ea["nfs"].rsplit(":", 1)[1])
+        sock = socket.create_connection(("127.0.0.1", port))  # in the listener's backlog now
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        await fp.remove_filesystem("a")
+        await asyncio.sleep(0.2)
+        sock.settimeout(5)
+        try:
+            sock.sendall(struct.pack(">I", 0x80000000 | len(body)) + body)
+            got: bytes | str = sock.recv(4096)
+        except ConnectionError as exc:
+            got = type(exc).__name__
+        except TimeoutError:
+            got = "no answer within 5 s"
+        finally:
+            sock.close()
+            await fp.close()
+        return got
+
+    for yields in range(3):
+        got = eventloop.run(scenario(yields))
+        assert got in (b"", "ConnectionResetError"), f"{yields} yields: still open after the release: {got!r}"

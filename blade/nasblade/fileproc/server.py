@@ -112,6 +112,12 @@ class _Conn(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
+        if self.ep.closed or self.ep.failed:
+            # accepted just before the listener closed (asyncio makes the protocol a loop
+            # iteration after the accept): nothing may be served from here any more, so the
+            # client reconnects and reaches whoever serves the file system now
+            transport.abort()
+            return
         self.ep.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -217,6 +223,8 @@ class Endpoint:
     bound: tuple[int, int, int] = (0, 0, 0)
     """The NFS, MOUNT and portmapper ports listened on (0: no portmapper)."""
     failed: bool = False
+    closed: bool = False
+    """Set first thing by ``remove_filesystem``: a connection that arrives after it is aborted."""
     nlm: nlm.Nlm | None = None
     callback_portmap_port: int = 111
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
@@ -230,7 +238,7 @@ class Endpoint:
         return self.volume.fs
 
     def handle(self, conn: _Replies, rec: bytes | memoryview) -> None:
-        if self.failed:
+        if self.failed or self.closed:
             conn.abort()
             return
         outcome = self.dispatcher.handle(rec, conn.peer, transport=conn.kind)
@@ -602,6 +610,7 @@ class FileProcessor:
     async def remove_filesystem(self, name: str) -> None:
         """Stop exporting ``name``: close listeners and connections, commit, unmount."""
         ep = self.endpoints.pop(name)
+        ep.closed = True
         ep.stop_timer()
         for task in list(ep.tasks):
             task.cancel()
