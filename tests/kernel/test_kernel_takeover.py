@@ -22,6 +22,7 @@ been lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -104,6 +105,25 @@ def settled(arr: KernelArray) -> bool:
     return all(m["alive"] for m in view["members"]) and "kfs" in view["serving"] and (owner(arr) or ("",))[0] == "g1-0"
 
 
+def array_story(arr: KernelArray, share: Path, victim: str) -> str:
+    """What a failed run needs beside the guest's side: how far the writer got, who serves
+    ``kfs`` now, and the tail of every blade process's log."""
+    lines = [f"--- writer progress: {_read(share / 'progress') or 'none'}; "
+             f"result: {_read(share / 'result.json') or 'none'}; victim {victim}"]
+    with contextlib.suppress(OSError, RuntimeError, KeyError, ValueError):
+        lines.append(f"--- owner now: {owner(arr)}")
+    for log in sorted((arr.data_dir / "logs").glob("g1-*.log")):
+        lines.append(f"--- {log.name} (tail)\n" + "\n".join(_read(log).splitlines()[-40:]))
+    return "\n".join(lines)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 SCRIPT = """
 set -e
 mkdir -p /mnt/n
@@ -113,10 +133,14 @@ touch /share/mounted
 rc=0
 python3 /share/guest_writer.py --path /mnt/n/{name} --mode {mode} --duration {duration} \\
     --progress /share/progress --out /share/result.json || rc=$?
+echo "phase: writer ended rc=$rc at $(cut -d' ' -f1 /proc/uptime) s"
 umount /mnt/n
+echo "phase: unmounted at $(cut -d' ' -f1 /proc/uptime) s"
 mount -t nfs -o vers=3,proto=tcp,hard,port={nfs},mountport={mnt},mountproto=tcp 10.0.2.2:{export} /mnt/n
+echo "phase: mounted again at $(cut -d' ' -f1 /proc/uptime) s"
 count=$(python3 -c 'import json; print(json.load(open("/share/result.json"))["acked"])')
 python3 /share/guest_writer.py --path /mnt/n/{name} --verify "$count" --out /share/verify.json
+echo "phase: verified at $(cut -d' ' -f1 /proc/uptime) s"
 rm -f /mnt/n/{name}
 umount /mnt/n
 exit $rc
@@ -151,7 +175,7 @@ def test_owner_killed_under_a_hard_mount(guest: uml.Guest, pair: KernelArray, ki
         os.kill(int(st["fileProcessor" if part == "fp" else "blockProcessor"]["pid"]), signal.SIGKILL)
     runner.join(600)
     result: uml.GuestResult = box["result"]
-    assert result.rc == 0, result.explain()
+    assert result.rc == 0, f"{result.explain()}\n{array_story(pair, share, victim)}"
     written = json.loads((result.share / "result.json").read_text())
     check = json.loads((result.share / "verify.json").read_text())
     RESULTS[f"{kind}/{mode}"] = {"longestCallSeconds": written["longestCallSeconds"], "acked": written["acked"],

@@ -80,6 +80,7 @@ class GuestResult:
     stderr: str
     console: str
     init_log: str
+    dmesg: str
     share: Path
     seconds: float
     timed_out: bool
@@ -88,7 +89,8 @@ class GuestResult:
         """Everything a failing assertion should show."""
         return (f"rc={self.rc} timed_out={self.timed_out} seconds={self.seconds:.1f}\n"
                 f"--- stdout\n{self.stdout[-6000:]}\n--- stderr\n{self.stderr[-6000:]}\n"
-                f"--- init log\n{self.init_log[-3000:]}\n--- console (tail)\n{self.console[-4000:]}")
+                f"--- init log\n{self.init_log[-3000:]}\n--- kernel log (tail, copied every 2 s)\n{self.dmesg[-4000:]}\n"
+                f"--- console (tail)\n{self.console[-2000:]}")
 
 
 class Guest(Protocol):
@@ -148,6 +150,8 @@ mount -t tmpfs -o mode=0755 tmpfs /var/lib/nfs
 mkdir -p /var/lib/nfs/sm /var/lib/nfs/sm.bak
 chown statd /var/lib/nfs/sm /var/lib/nfs/sm.bak || echo "init: no statd user"
 rpcbind || echo "init: rpcbind failed"
+# the kernel's log, copied out every 2 s: what a run that never ends (a hung mount) said
+(while :; do dmesg >/share/dmesg.part 2>&1 && mv /share/dmesg.part /share/dmesg; sleep 2; done) &
 rpc.statd --no-notify --port @STATDPORT@ || echo "init: rpc.statd failed"
 echo "init: script starts at $(cut -d' ' -f1 /proc/uptime) s"
 cd /share
@@ -309,7 +313,7 @@ class UMLGuest:
         result = GuestResult(
             rc=int(rc_file.read_text()) if rc_file.exists() else None,
             stdout=_read(share / "stdout"), stderr=_read(share / "stderr"),
-            console=_read(d / "console.log") + _read(d / "boot.log"), init_log=_read(share / "init.log"),
+            console=_read(d / "console.log") + _read(d / "boot.log"), init_log=_read(share / "init.log"), dmesg=_read(share / "dmesg"),
             share=share, seconds=seconds, timed_out=timed_out)
         # the overlay's upper layer is the guest's scratch: drop it now, keep share for the test
         for sub in ("upper", "work", "root"):
