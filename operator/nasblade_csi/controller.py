@@ -274,6 +274,9 @@ class Controller(ControllerServicer):  # type: ignore[misc]
         for cap in request.volume_capabilities:
             if capability_error(cap):
                 return pb.GetCapacityResponse(available_capacity=0)
+        if request.parameters.get("layout") == "directory":  # the shared file system's free space
+            free = self.exports.directory_space(request.parameters)
+            return pb.GetCapacityResponse(available_capacity=free, minimum_volume_size={"value": ALIGN})
         free = self.array.free()
         return pb.GetCapacityResponse(available_capacity=free, minimum_volume_size={"value": MIN_SIZE})
 

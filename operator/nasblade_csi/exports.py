@@ -91,6 +91,10 @@ class Exports(Protocol):
     def unpublish_directory(self, volume: str, file_system: str) -> None:
         """Delete a directory volume with its data (idempotent)."""
 
+    def directory_space(self, parameters: Mapping[str, str]) -> int:
+        """The bytes a new directory volume of the class ``parameters`` could hold: the free
+        space of the shared file system they name (GetCapacity)."""
+
     def set_clients(self, clients: Mapping[str, list[str]]) -> list[str]:
         """Export each volume of ``clients`` to those CIDRs alone; the volumes changed."""
 
@@ -126,6 +130,9 @@ class Static:
 
     def unpublish_directory(self, volume: str, file_system: str) -> None:
         raise _no_directories()
+
+    def directory_space(self, parameters: Mapping[str, str]) -> int:
+        return 0  # no shared file system to make a directory volume in
 
     def set_clients(self, clients: Mapping[str, list[str]]) -> list[str]:
         return []  # one fixed export: nothing to narrow
@@ -299,11 +306,12 @@ class DiskArrayExports:
 
     # -- directory volumes (StorageClass parameter layout: directory) -----------------------
 
-    def _serving_blade(self, file_system: str) -> tuple[str, BladeClient]:
+    def _serving_blade(self, file_system: str, da: dict[str, Any] | None = None) -> tuple[str, BladeClient]:
         """The group of shared file system ``file_system`` and a client of the blade API of the
         blade serving it, with the group's token (``nasblade.grants``: it opens the
-        directory-volume routes alone). ``UNAVAILABLE`` while no blade serves it."""
-        da = self._get("diskarrays", self.array)
+        directory-volume routes alone). ``UNAVAILABLE`` while no blade serves it. ``da``: the
+        DiskArray when the caller has just read it."""
+        da = da or self._get("diskarrays", self.array)
         if da is None:
             raise CsiError(grpc.StatusCode.FAILED_PRECONDITION, f"DiskArray {self.ref} does not exist")
         entry = next((f for f in da.get("spec", {}).get("fileSystems") or [] if f.get("name") == file_system), None)
@@ -326,10 +334,10 @@ class DiskArrayExports:
         token = grants.group_token(self.control_token, group)
         return group, BladeClient(self.blade_url(owner, ip), token, timeout=self.timeout, server_hostname=owner)
 
-    def _blade_call(self, file_system: str, call: Callable[[BladeClient], T]) -> T:
+    def _blade_call(self, file_system: str, call: Callable[[BladeClient], T], da: dict[str, Any] | None = None) -> T:
         """``call`` on the blade serving ``file_system``; its refusals as CSI errors (a blade
         that lost the file system meanwhile: ``UNAVAILABLE``, the sidecar calls again)."""
-        _, blade = self._serving_blade(file_system)
+        _, blade = self._serving_blade(file_system, da)
         try:
             return call(blade)
         except BladeAPIError as exc:
@@ -339,14 +347,19 @@ class DiskArrayExports:
         except OSError as exc:
             raise CsiError(grpc.StatusCode.UNAVAILABLE, f"blade serving {file_system}: {exc}") from exc
 
-    def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    @staticmethod
+    def _shared_file_system(parameters: Mapping[str, str]) -> str:
         file_system = parameters.get("fileSystem", "")
-        if parameters.get("exportPolicy", "cidrs") != "cidrs":
-            raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
-                           "a directory volume is exported with its shared file system: exportPolicy cidrs only")
         if not file_system:
             raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
                            "layout directory needs the StorageClass parameter fileSystem (a shared file system of the DiskArray)")
+        return file_system
+
+    def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+        if parameters.get("exportPolicy", "cidrs") != "cidrs":
+            raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "a directory volume is exported with its shared file system: exportPolicy cidrs only")
+        file_system = self._shared_file_system(parameters)
         dirvolumes.check_name(volume)
         self._blade_call(file_system, lambda b: b.set_directory(file_system, volume, size))
         context = {"server": f"{self.array}-{file_system}-nfs.{self.namespace}.svc",
@@ -362,4 +375,9 @@ class DiskArrayExports:
             log.warning("directory volume %s: its file system %s is gone from %s; nothing to delete",
                         volume, file_system, self.ref)
             return
-        self._blade_call(file_system, lambda b: b.remove_directory(file_system, volume))
+        self._blade_call(file_system, lambda b: b.remove_directory(file_system, volume), da)
+
+    def directory_space(self, parameters: Mapping[str, str]) -> int:
+        file_system = self._shared_file_system(parameters)
+        listing = self._blade_call(file_system, lambda b: b.directories(file_system))
+        return int(listing.get("space", {}).get("freeBytes", 0))

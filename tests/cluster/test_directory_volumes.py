@@ -108,6 +108,11 @@ def test_directory_volume_quota_enforced_resized_taken_over_and_deleted(make_arr
     assert raw.fsstat(root).tbytes == 4 * MIB
     before = _dirs(arr, owner)["pv-a"]
     assert before["files"] >= 2 and before["usedBytes"] >= len(first) + len(second), before
+    # the shared file system's space behind its volumes (the CSI driver's GetCapacity): what
+    # FSSTAT of the whole file system says, and the quotas promised
+    space = arr.api(owner, "GET", "/v1/filesystems/fs1/directories")["space"]
+    whole = raw.fsstat(raw.mount("/fs1"))
+    assert space == {"totalBytes": whole.tbytes, "freeBytes": whole.fbytes, "quotaBytes": 4 * MIB}, (space, whole)
 
     # the quota lives in the file system: the survivor that takes it over enforces the same
     arr.kill(owner, "fp")

@@ -57,6 +57,10 @@ class Blades:
         self.calls.append(("delete", volume, 0))
         self.quotas.pop(volume, None)
 
+    def directory_space(self, parameters: Mapping[str, str]) -> int:
+        assert parameters["fileSystem"] == "shared"
+        return 100 * MiB - sum(self.quotas.values())  # as if every quota were full
+
 
 class Ctx:
     def abort(self, code: grpc.StatusCode, details: str) -> None:
@@ -92,6 +96,11 @@ def test_directory_volumes_are_quotas_in_a_shared_file_system(array: Array) -> N
     assert code_of(ctl.CreateVolume, other) == grpc.StatusCode.ALREADY_EXISTS
     listed = call(ctl.ListVolumes, pb.ListVolumesRequest()).entries
     assert [e.volume.volume_id for e in listed] == [vol.volume_id]
+    # capacity: the shared file system's free space, not the array's; a directory from 1 MiB
+    cap = call(ctl.GetCapacity, pb.GetCapacityRequest(volume_capabilities=[RWX], parameters=PARAMS))
+    assert (cap.available_capacity, cap.minimum_volume_size.value) == (96 * MiB, MiB)
+    whole = call(ctl.GetCapacity, pb.GetCapacityRequest(volume_capabilities=[RWX], parameters={"layout": "filesystem"}))
+    assert whole.available_capacity == CsiArray(control, array.nbd).free() != 96 * MiB
 
     grown = call(ctl.ControllerExpandVolume, pb.ControllerExpandVolumeRequest(
         volume_id=vol.volume_id, capacity_range=pb.CapacityRange(required_bytes=10 * MiB)))

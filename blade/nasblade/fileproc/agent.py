@@ -21,7 +21,7 @@ With ``--control-unix PATH`` it also serves its block processor (takeover / rele
     POST   /v1/filesystems          body: the --fs JSON; mount (recover) and listen; idempotent
     DELETE /v1/filesystems/{name}   stop listening, commit, unmount
     PUT    /v1/filesystems/{name}/exports  body {"exports": [...]}: change them in place
-    GET    /v1/filesystems/{name}/directories        directory volumes: quota, usage, files
+    GET    /v1/filesystems/{name}/directories        directory volumes: quota, usage, files; the space
     PUT    /v1/filesystems/{name}/directories/{dir}  body {"quotaBytes": N, "mode": 511}: made or resized
     DELETE /v1/filesystems/{name}/directories/{dir}  the directory volume and its data deleted
     PUT    /v1/filesystems/{name}/listen   body {"address", "nfsPort", "mountPort", "portmapPort",
@@ -213,11 +213,12 @@ async def _set_listen(request: web.Request) -> web.Response:
 
 
 async def _directories(request: web.Request) -> web.Response:
-    """``GET /v1/filesystems/{name}/directories``: the directory volumes with quota and usage."""
+    """``GET /v1/filesystems/{name}/directories``: the directory volumes with quota and usage,
+    and the file system's space behind them (``FileProcessor.space``)."""
     fp = request.app[FP_KEY]
     name = request.match_info["name"]
     try:
-        return web.json_response({"name": name, "directories": fp.directories(name)})
+        return web.json_response({"name": name, "directories": fp.directories(name), "space": fp.space(name)})
     except KeyError:
         return web.json_response({"error": f"{name} is not served here"}, status=404)
 

@@ -659,6 +659,15 @@ class FileProcessor:
         return [self._directory_json(e.name.decode(errors="replace"), quotas[e.ino])
                 for e in fs.iter_dir(fsmod.ROOT_INO) if e.ino in quotas]
 
+    def space(self, name: str) -> dict[str, int]:
+        """The space of the shared file system ``name`` behind its directory volumes: its size
+        and free bytes (FSSTAT of the root) and the sum of the quotas it has promised (quotas
+        may promise more than the file system holds; what can be written is ``freeBytes``)."""
+        fs = self._served(name).fs
+        st = fs.fsstat()
+        return {"totalBytes": st.total_bytes, "freeBytes": st.free_bytes,
+                "quotaBytes": sum(q.limit_bytes for q in fs.quotas())}
+
     async def set_directory(self, name: str, dirname: str, *, quota_bytes: int, mode: int = 0o777) -> dict[str, Any]:
         """Make ``/dirname`` of ``name`` a directory volume holding at most ``quota_bytes``
         (made if missing, with ``mode``, owned by root; the quota set or changed), durable before
