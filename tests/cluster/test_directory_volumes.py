@@ -11,6 +11,7 @@ the survivor after the serving blade's file processor is SIGKILLed.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from typing import Any
 
@@ -137,3 +138,94 @@ def test_directory_volume_quota_enforced_resized_taken_over_and_deleted(make_arr
     assert arr.api(peer, "DELETE", "/v1/filesystems/fs1/directories/pv-a")["removed"] is False
     assert _dirs(arr, peer) == {}
     assert "pv-a" not in libnfs.NFS(_url(arr, "/fs1")).listdir("/")
+
+
+def _tree(nfs: Any, top: str) -> dict[str, bytes]:
+    """Every regular file under ``top`` (relative path -> content), read over NFS."""
+    out: dict[str, bytes] = {}
+    for name in nfs.listdir(top):
+        if name in (".", ".."):
+            continue
+        path = f"{top.rstrip('/')}/{name}"
+        if stat.S_ISDIR(nfs.stat(path)["mode"]):
+            out.update({f"{name}/{k}": v for k, v in _tree(nfs, path).items()})
+        else:
+            out[name] = bytes(nfs.open(path, "rb").read())
+    return out
+
+
+def test_directory_volume_snapshot_restore_and_clone(make_array: Any) -> None:
+    """A snapshot is the volume as it was when it was taken (later writes and deletions do not
+    reach it), it lives in the file system (the survivor of a takeover has it), a volume made
+    from it or cloned from a volume holds that data under its own quota, and squashed clients
+    mounting the whole file system cannot enter the snapshot area."""
+    arr: ArrayUp = make_array()
+    owner = _owner(arr)
+    peer = next(b for b in sorted(arr.blades) if b != owner)
+    arr.api(owner, "PUT", "/v1/filesystems/fs1/directories/pv-a", {"quotaBytes": 8 * MIB})
+    vol = libnfs.NFS(_url(arr, "/fs1/pv-a"))
+    vol.mkdir("/sub")
+    before = {"one.bin": os.urandom(300 << 10), "sub/two.bin": os.urandom(2 * MIB + 5)}
+    for rel, data in before.items():
+        _write(vol, "/" + rel, data)
+
+    group = BladeClient(arr.blades[owner].api, (arr.data_dir / "secrets" / "group-g1-token").read_text().strip())
+    made = group.snapshot_directory("fs1", "pv-a", "sn-1")  # the CSI driver's token reaches it
+    assert made == {"name": "sn-1", "directory": "pv-a", "created": True}
+    assert group.snapshot_directory("fs1", "pv-a", "sn-1")["created"] is False  # idempotent
+    assert group.snapshots("fs1")["snapshots"] == ["sn-1"]
+
+    # the volume changes after the snapshot
+    _write(vol, "/one.bin", b"changed")
+    vol.unlink("/sub/two.bin")
+    _write(vol, "/three.bin", b"new")
+
+    # the snapshot is in the file system: the survivor serves it after a takeover
+    arr.kill(owner, "fp")
+    expect(arr, lambda: arr.served_by(peer, "fs1"), timeout=60, what="the survivor serves fs1")
+    restored = arr.api(peer, "PUT", "/v1/filesystems/fs1/directories/pv-r",
+                       {"quotaBytes": 4 * MIB, "source": {"snapshot": "sn-1"}})
+    assert restored["quotaBytes"] == 4 * MIB and restored["usedBytes"] >= sum(map(len, before.values())), restored
+    assert _tree(libnfs.NFS(_url(arr, "/fs1/pv-r")), "/") == before
+    clone = arr.api(peer, "PUT", "/v1/filesystems/fs1/directories/pv-c",
+                    {"quotaBytes": 4 * MIB, "source": {"directory": "pv-a"}})
+    assert clone["files"] == 4, clone  # its root, sub, one.bin, three.bin
+    assert _tree(libnfs.NFS(_url(arr, "/fs1/pv-c")), "/") == {"one.bin": b"changed", "three.bin": b"new"}
+    # each under its own quota: the restored volume is full at 4 MiB
+    src = arr.data_dir / "big.bin"
+    src.write_bytes(os.urandom(2 * MIB))
+    cp = subprocess.run(["nfs-cp", str(src), _url(arr, "/fs1/pv-r/big.bin")], capture_output=True, timeout=60)
+    assert cp.returncode != 0, cp
+    assert set(_dirs(arr, peer)) == {"pv-a", "pv-r", "pv-c"}  # the snapshot area is no volume
+
+    # a squashed client mounting the whole file system sees the area but cannot enter it
+    assert ".snapshots" in libnfs.NFS(_url(arr, "/fs1")).listdir("/")
+    raw = _raw(arr)
+    area = raw.lookup(raw.mount("/fs1"), ".snapshots")
+    with pytest.raises(rawnfs.NfsError) as denied:
+        raw.lookup(area, "sn-1")
+    assert denied.value.status == t.Stat.ACCES
+
+    # refusals: an unknown source, a bad name, the area's own name; nothing made by them
+    for body, status in (({"quotaBytes": MIB, "source": {"snapshot": "sn-none"}}, 409),
+                         ({"quotaBytes": MIB, "source": {"volume": "pv-a"}}, 400)):
+        with pytest.raises(BladeAPIError) as err:
+            arr.api(peer, "PUT", "/v1/filesystems/fs1/directories/pv-x", body)
+        assert err.value.status == status, (body, err.value)
+    for path in ("/v1/filesystems/fs1/directories/.snapshots", "/v1/filesystems/fs1/snapshots/.snapshots"):
+        with pytest.raises(BladeAPIError) as err:
+            arr.api(peer, "PUT", path, {"quotaBytes": MIB, "directory": "pv-a"})
+        assert err.value.status == 400, path
+    with pytest.raises(BladeAPIError) as err:
+        arr.api(peer, "PUT", "/v1/filesystems/fs1/snapshots/sn-2", {"directory": "pv-none"})
+    assert err.value.status == 409
+    assert set(_dirs(arr, peer)) == {"pv-a", "pv-r", "pv-c"}
+    assert arr.api(peer, "GET", "/v1/filesystems/fs1/snapshots")["snapshots"] == ["sn-1"]
+
+    # deleted; deleting again is no error; the restored volume keeps its data
+    assert arr.api(peer, "DELETE", "/v1/filesystems/fs1/snapshots/sn-1")["removed"] is True
+    assert arr.api(peer, "DELETE", "/v1/filesystems/fs1/snapshots/sn-1")["removed"] is False
+    assert arr.api(peer, "GET", "/v1/filesystems/fs1/snapshots")["snapshots"] == []
+    left = _tree(libnfs.NFS(_url(arr, "/fs1/pv-r")), "/")
+    left.pop("big.bin", None)  # what the refused copy had written before the quota stopped it
+    assert left == before

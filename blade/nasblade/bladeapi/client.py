@@ -49,14 +49,31 @@ class BladeClient(_BladeJSONClient):
         """The directory volumes (quota roots) of ``fs``, which this blade must serve."""
         return self._dict("GET", f"/v1/filesystems/{quote(fs, safe='')}/directories")
 
-    def set_directory(self, fs: str, dirname: str, quota_bytes: int, *, mode: int = 0o777) -> dict[str, Any]:
-        """Make or resize directory volume ``/dirname`` of ``fs`` (at most ``quota_bytes``)."""
-        return self._dict("PUT", f"/v1/filesystems/{quote(fs, safe='')}/directories/{quote(dirname, safe='')}",
-                          {"quotaBytes": quota_bytes, "mode": mode})
+    def set_directory(self, fs: str, dirname: str, quota_bytes: int, *, mode: int = 0o777,
+                      source: dict[str, str] | None = None) -> dict[str, Any]:
+        """Make or resize directory volume ``/dirname`` of ``fs`` (at most ``quota_bytes``); a
+        new one filled from ``source`` (``{"snapshot": S}`` or ``{"directory": D}``) if given."""
+        body: dict[str, Any] = {"quotaBytes": quota_bytes, "mode": mode}
+        if source is not None:
+            body["source"] = source
+        return self._dict("PUT", f"/v1/filesystems/{quote(fs, safe='')}/directories/{quote(dirname, safe='')}", body)
 
     def remove_directory(self, fs: str, dirname: str) -> dict[str, Any]:
         """Delete directory volume ``/dirname`` of ``fs`` with its data."""
         return self._dict("DELETE", f"/v1/filesystems/{quote(fs, safe='')}/directories/{quote(dirname, safe='')}")
+
+    def snapshots(self, fs: str) -> dict[str, Any]:
+        """The snapshots of ``fs``'s directory volumes."""
+        return self._dict("GET", f"/v1/filesystems/{quote(fs, safe='')}/snapshots")
+
+    def snapshot_directory(self, fs: str, dirname: str, snapname: str) -> dict[str, Any]:
+        """Snapshot directory volume ``/dirname`` of ``fs`` as ``snapname`` (idempotent)."""
+        return self._dict("PUT", f"/v1/filesystems/{quote(fs, safe='')}/snapshots/{quote(snapname, safe='')}",
+                          {"directory": dirname})
+
+    def remove_snapshot(self, fs: str, snapname: str) -> dict[str, Any]:
+        """Delete snapshot ``snapname`` of ``fs`` (no error when there is none)."""
+        return self._dict("DELETE", f"/v1/filesystems/{quote(fs, safe='')}/snapshots/{quote(snapname, safe='')}")
 
     # -- the cluster-group routes (``nasblade.cluster.api``) -----------------------------------
 
@@ -136,12 +153,24 @@ class FPControlClient(_BladeJSONClient):
     def directories(self, name: str) -> dict[str, Any]:
         return self._dict("GET", f"/v1/filesystems/{name}/directories")
 
-    def set_directory(self, name: str, dirname: str, quota_bytes: int, *, mode: int = 0o777) -> dict[str, Any]:
-        return self._dict("PUT", f"/v1/filesystems/{name}/directories/{dirname}",
-                          {"quotaBytes": quota_bytes, "mode": mode})
+    def set_directory(self, name: str, dirname: str, quota_bytes: int, *, mode: int = 0o777,
+                      source: dict[str, str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"quotaBytes": quota_bytes, "mode": mode}
+        if source is not None:
+            body["source"] = source
+        return self._dict("PUT", f"/v1/filesystems/{name}/directories/{dirname}", body)
 
     def remove_directory(self, name: str, dirname: str) -> dict[str, Any]:
         return self._dict("DELETE", f"/v1/filesystems/{name}/directories/{dirname}")
+
+    def snapshots(self, name: str) -> dict[str, Any]:
+        return self._dict("GET", f"/v1/filesystems/{name}/snapshots")
+
+    def snapshot_directory(self, name: str, dirname: str, snapname: str) -> dict[str, Any]:
+        return self._dict("PUT", f"/v1/filesystems/{name}/snapshots/{snapname}", {"directory": dirname})
+
+    def remove_snapshot(self, name: str, snapname: str) -> dict[str, Any]:
+        return self._dict("DELETE", f"/v1/filesystems/{name}/snapshots/{snapname}")
 
     def calls(self) -> dict[str, Any]:
         """RPC call counts and latency buckets per served file system (``FileProcessor.call_stats``)."""

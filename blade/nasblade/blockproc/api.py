@@ -24,6 +24,11 @@ Blade management API (base ``/v1``, bearer token on every route except ``/health
     GET  /v1/filesystems/{fs}/directories         directory volumes of a file system served here
     PUT  /v1/filesystems/{fs}/directories/{dir}   {"quotaBytes": N, "mode": 511}: made or resized
     DELETE /v1/filesystems/{fs}/directories/{dir} the directory volume and its data deleted
+                                        (PUT with "source": {"snapshot": S} | {"directory": D}
+                                        fills a new one with a copy of it)
+    GET  /v1/filesystems/{fs}/snapshots           snapshots of its directory volumes
+    PUT  /v1/filesystems/{fs}/snapshots/{snap}    {"directory": D}: a snapshot of D (a copy)
+    DELETE /v1/filesystems/{fs}/snapshots/{snap}  the snapshot deleted
     POST /v1/backups                    {"portions": [i, …], "trigger": t} → copy each portion into
                                         its backup area (controller copy engine), record it in
                                         the group record; {"result": Succeeded|Failed, "message", "jobs"}
@@ -195,7 +200,41 @@ async def _directories(request: web.Request) -> web.Response:
         quota, mode = body.get("quotaBytes"), body.get("mode", 0o777)
         if not isinstance(quota, int) or isinstance(quota, bool) or not isinstance(mode, int) or isinstance(mode, bool):
             return _error(400, "quotaBytes and mode: expected integers", field="quotaBytes")
-        return web.json_response(await asyncio.to_thread(fp.set_directory, name, dirname, quota, mode=mode))
+        source = body.get("source")
+        if source is not None and not (isinstance(source, dict) and len(source) == 1
+                                       and all(isinstance(v, str) for v in source.values())):
+            return _error(400, 'source: expected {"snapshot": NAME} or {"directory": NAME}', field="source")
+        return web.json_response(await asyncio.to_thread(fp.set_directory, name, dirname, quota, mode=mode,
+                                                         source=source))
+    except BladeAPIError as exc:
+        return _error(exc.status if exc.status in (400, 404, 409) else 409, exc.message)
+
+
+async def _snapshots(request: web.Request) -> web.Response:
+    """The snapshots of the directory volumes of a file system this blade serves, forwarded to
+    its file processor like ``_directories``: list, make (PUT ``{"directory": D}``), delete."""
+    from nasblade.bladeapi.client import FPControlClient
+
+    bp = _bp(request)
+    name = request.match_info["fs"]
+    if name not in bp.handed or bp.settings.fp_unix is None:
+        return _error(404, f"this blade does not serve file system {name}")
+    fp = FPControlClient(bp.settings.fp_unix)
+    snap = request.match_info.get("snap", "")
+    try:
+        if request.method == "GET":
+            return web.json_response(await asyncio.to_thread(fp.snapshots, name))
+        dirvolumes.check_name(snap)
+        if request.method == "DELETE":
+            return web.json_response(await asyncio.to_thread(fp.remove_snapshot, name, snap))
+        body = await httpjson.read(request)
+        dirname = body.get("directory")
+        if not isinstance(dirname, str):
+            return _error(400, "directory: the directory volume to snapshot is required", field="directory")
+        dirvolumes.check_name(dirname)
+        return web.json_response(await asyncio.to_thread(fp.snapshot_directory, name, dirname, snap))
+    except ValueError as exc:
+        return _error(400, str(exc))
     except BladeAPIError as exc:
         return _error(exc.status if exc.status in (400, 404, 409) else 409, exc.message)
 
@@ -255,6 +294,9 @@ BLADE_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/filesystems/{fs}/directories", _directories),
     ("PUT", "/v1/filesystems/{fs}/directories/{dir}", _directories),
     ("DELETE", "/v1/filesystems/{fs}/directories/{dir}", _directories),
+    ("GET", "/v1/filesystems/{fs}/snapshots", _snapshots),
+    ("PUT", "/v1/filesystems/{fs}/snapshots/{snap}", _snapshots),
+    ("DELETE", "/v1/filesystems/{fs}/snapshots/{snap}", _snapshots),
 ]
 
 LOCAL_ROUTES: list[tuple[str, str, Handler]] = [
@@ -267,7 +309,7 @@ LOCAL_ROUTES: list[tuple[str, str, Handler]] = [
 
 def _is_directory_route(request: web.Request) -> bool:
     parts = request.path.split("/")
-    return len(parts) in (5, 6) and parts[:3] == ["", "v1", "filesystems"] and parts[4] == "directories"
+    return len(parts) in (5, 6) and parts[:3] == ["", "v1", "filesystems"] and parts[4] in ("directories", "snapshots")
 
 
 def _auth_middleware(token: str | None, metrics_token: str | None = None,

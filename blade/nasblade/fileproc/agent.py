@@ -23,7 +23,12 @@ With ``--control-unix PATH`` it also serves its block processor (takeover / rele
     PUT    /v1/filesystems/{name}/exports  body {"exports": [...]}: change them in place
     GET    /v1/filesystems/{name}/directories        directory volumes: quota, usage, files; the space
     PUT    /v1/filesystems/{name}/directories/{dir}  body {"quotaBytes": N, "mode": 511}: made or resized
+                                                     ("source": {"snapshot": S} or {"directory": D}
+                                                     fills a new one with a copy of it)
     DELETE /v1/filesystems/{name}/directories/{dir}  the directory volume and its data deleted
+    GET    /v1/filesystems/{name}/snapshots          snapshots of its directory volumes
+    PUT    /v1/filesystems/{name}/snapshots/{snap}   body {"directory": D}: snapshot of D made
+    DELETE /v1/filesystems/{name}/snapshots/{snap}   the snapshot deleted
     PUT    /v1/filesystems/{name}/listen   body {"address", "nfsPort", "mountPort", "portmapPort",
                                     "advertise"}: new listeners in place (connections stay)
     GET    /v1/calls                RPC calls per file system, program and procedure, with
@@ -237,13 +242,72 @@ async def _set_directory(request: web.Request) -> web.Response:
             raise ValueError(f"quotaBytes: expected a byte count >= 0, got {quota!r}")
         if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
             raise ValueError(f"mode: expected a permission value 0..0o7777, got {mode!r}")
-        return web.json_response(await fp.set_directory(name, dirname, quota_bytes=quota, mode=mode))
+        source = _source(raw.get("source"))
+        return web.json_response(await fp.set_directory(name, dirname, quota_bytes=quota, mode=mode, source=source))
     except KeyError:
         return web.json_response({"error": f"{name} is not served here"}, status=404)
+    except FileNotFoundError as exc:
+        return web.json_response({"error": f"directory {dirname} of {name}: {exc.strerror}"}, status=409)
     except (ValueError, TypeError) as exc:
         return web.json_response({"error": f"directory {dirname} of {name}: {exc}"}, status=400)
     except OSError as exc:  # FsError included: EINVAL (nested quota), ENOTDIR, ENOSPC …
         return web.json_response({"error": f"directory {dirname} of {name}: {exc}"}, status=409)
+
+
+def _source(raw: Any) -> tuple[str, str] | None:
+    """A PUT's ``source``: ``{"snapshot": S}`` or ``{"directory": D}``, or none."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("snapshot", "directory") \
+            or not isinstance(next(iter(raw.values())), str):
+        raise ValueError(f'source: expected {{"snapshot": NAME}} or {{"directory": NAME}}, got {raw!r}')
+    kind, name = next(iter(raw.items()))
+    return str(kind), name
+
+
+async def _snapshots(request: web.Request) -> web.Response:
+    """``GET /v1/filesystems/{name}/snapshots``: the snapshots of its directory volumes."""
+    fp = request.app[FP_KEY]
+    name = request.match_info["name"]
+    try:
+        return web.json_response({"name": name, "snapshots": fp.snapshots(name)})
+    except KeyError:
+        return web.json_response({"error": f"{name} is not served here"}, status=404)
+
+
+async def _make_snapshot(request: web.Request) -> web.Response:
+    """``PUT /v1/filesystems/{name}/snapshots/{snap}`` ``{"directory": D}``: snapshot of
+    directory volume ``D`` made (``FileProcessor.snapshot_directory``; idempotent)."""
+    fp = request.app[FP_KEY]
+    name, snap = request.match_info["name"], request.match_info["snap"]
+    try:
+        raw = await request.json()
+        if not isinstance(raw, dict) or not isinstance(raw.get("directory"), str):
+            raise ValueError('expected {"directory": NAME}')
+        return web.json_response(await fp.snapshot_directory(name, raw["directory"], snap))
+    except KeyError:
+        return web.json_response({"error": f"{name} is not served here"}, status=404)
+    except FileNotFoundError as exc:
+        return web.json_response({"error": f"snapshot {snap} of {name}: {exc.strerror}"}, status=409)
+    except (ValueError, TypeError) as exc:
+        return web.json_response({"error": f"snapshot {snap} of {name}: {exc}"}, status=400)
+    except OSError as exc:  # ENOSPC …
+        return web.json_response({"error": f"snapshot {snap} of {name}: {exc}"}, status=409)
+
+
+async def _remove_snapshot(request: web.Request) -> web.Response:
+    """``DELETE /v1/filesystems/{name}/snapshots/{snap}``: the snapshot gone."""
+    fp = request.app[FP_KEY]
+    name, snap = request.match_info["name"], request.match_info["snap"]
+    try:
+        removed = await fp.remove_snapshot(name, snap)
+    except KeyError:
+        return web.json_response({"error": f"{name} is not served here"}, status=404)
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    except OSError as exc:
+        return web.json_response({"error": f"snapshot {snap} of {name}: {exc}"}, status=409)
+    return web.json_response({"name": snap, "removed": removed})
 
 
 async def _remove_directory(request: web.Request) -> web.Response:
@@ -277,6 +341,9 @@ def control_app(fp: Any) -> web.Application:
     app.router.add_get("/v1/filesystems/{name}/directories", _directories)
     app.router.add_put("/v1/filesystems/{name}/directories/{dir}", _set_directory)
     app.router.add_delete("/v1/filesystems/{name}/directories/{dir}", _remove_directory)
+    app.router.add_get("/v1/filesystems/{name}/snapshots", _snapshots)
+    app.router.add_put("/v1/filesystems/{name}/snapshots/{snap}", _make_snapshot)
+    app.router.add_delete("/v1/filesystems/{name}/snapshots/{snap}", _remove_snapshot)
     app.router.add_get("/v1/calls", _calls)
     return app
 

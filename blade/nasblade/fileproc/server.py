@@ -61,7 +61,7 @@ from typing import Any, Protocol, cast
 from nasblade import blockdev, devices, latency
 from nasblade.fileproc import callbacks
 from nasblade.fileproc.config import FsSpec, Listen
-from nasblade.fs import dirvolumes
+from nasblade.fs import dirvolumes, treecopy
 from nasblade.fs import fs as fsmod
 from nasblade.nfs import mount, nfs3, nlm, nsm, portmap
 from nasblade.nfs.exports import Export
@@ -668,10 +668,17 @@ class FileProcessor:
         return {"totalBytes": st.total_bytes, "freeBytes": st.free_bytes,
                 "quotaBytes": sum(q.limit_bytes for q in fs.quotas())}
 
-    async def set_directory(self, name: str, dirname: str, *, quota_bytes: int, mode: int = 0o777) -> dict[str, Any]:
+    async def set_directory(self, name: str, dirname: str, *, quota_bytes: int, mode: int = 0o777,
+                            source: tuple[str, str] | None = None) -> dict[str, Any]:
         """Make ``/dirname`` of ``name`` a directory volume holding at most ``quota_bytes``
         (made if missing, with ``mode``, owned by root; the quota set or changed), durable before
-        it returns. Idempotent: a second call with another size resizes the volume."""
+        it returns. Idempotent: a second call with another size resizes the volume.
+
+        ``source`` fills a volume that does not exist yet: ``("snapshot", S)`` from snapshot
+        ``S``, ``("directory", D)`` from volume ``D`` (a clone): a copy of it as it is at this
+        moment (``nasblade.fs.treecopy``), then the quota is set over what was copied (a
+        limit below it is kept; growth then fails with EDQUOT). ``FileNotFoundError`` when the
+        source does not exist."""
         dirvolumes.check_name(dirname)
         if quota_bytes < 0:
             raise ValueError(f"quota {quota_bytes}: expected a byte count >= 0")
@@ -682,11 +689,84 @@ class FileProcessor:
         except fsmod.FsError as exc:
             if exc.errno != errno.ENOENT:
                 raise
-            ino = fs.mkdir(fsmod.ROOT_INO, dirname.encode(), fsmod.ROOT, mode=mode)
+            if source is None:
+                ino = fs.mkdir(fsmod.ROOT_INO, dirname.encode(), fsmod.ROOT, mode=mode)
+            else:
+                ino = treecopy.copy_tree(fs, self._source(fs, *source), fsmod.ROOT_INO, dirname.encode())
         fs.set_quota(ino, quota_bytes)
         self._commit(ep, name)
-        log.info("%s: directory volume /%s holds at most %d bytes", name, dirname, quota_bytes)
+        log.info("%s: directory volume /%s holds at most %d bytes%s", name, dirname, quota_bytes,
+                 f" (filled from {source[0]} {source[1]})" if source else "")
         return self._directory_json(dirname, fs.quota_of(ino))
+
+    @staticmethod
+    def _source(fs: fsmod.FileSystem, kind: str, source: str) -> int:
+        dirvolumes.check_name(source)
+        if kind not in ("snapshot", "directory"):
+            raise ValueError(f"source {kind!r}: expected snapshot or directory")
+        try:
+            parent = fs.lookup(fsmod.ROOT_INO, dirvolumes.SNAPSHOTS.encode(), fsmod.ROOT) if kind == "snapshot" \
+                else fsmod.ROOT_INO
+            return fs.lookup(parent, source.encode(), fsmod.ROOT)
+        except fsmod.FsError as exc:
+            if exc.errno == errno.ENOENT:
+                raise FileNotFoundError(errno.ENOENT, f"no {kind} {source}") from None
+            raise
+
+    def snapshots(self, name: str) -> list[str]:
+        """The snapshots of ``name``'s directory volumes, by name."""
+        fs = self._served(name).fs
+        try:
+            area = fs.lookup(fsmod.ROOT_INO, dirvolumes.SNAPSHOTS.encode(), fsmod.ROOT)
+        except fsmod.FsError as exc:
+            if exc.errno == errno.ENOENT:
+                return []
+            raise
+        return sorted(e.name.decode(errors="replace") for e in fs.iter_dir(area))
+
+    async def snapshot_directory(self, name: str, dirname: str, snapname: str) -> dict[str, Any]:
+        """Snapshot directory volume ``/dirname`` of ``name`` as ``snapname``: a copy of the tree
+        at this moment (no NFS request runs while it is made) in ``SNAPSHOTS``, durable before
+        it returns. Idempotent: a snapshot that exists is left as it is (``created`` False).
+        ``FileNotFoundError`` when the volume does not exist."""
+        dirvolumes.check_name(snapname)
+        ep = self._served(name)
+        fs = ep.fs
+        src = self._source(fs, "directory", dirname)
+        try:
+            area = fs.lookup(fsmod.ROOT_INO, dirvolumes.SNAPSHOTS.encode(), fsmod.ROOT)
+        except fsmod.FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            area = fs.mkdir(fsmod.ROOT_INO, dirvolumes.SNAPSHOTS.encode(), fsmod.ROOT, mode=0o700)
+        try:
+            fs.lookup(area, snapname.encode(), fsmod.ROOT)
+            return {"name": snapname, "directory": dirname, "created": False}
+        except fsmod.FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        started = time.monotonic()
+        treecopy.copy_tree(fs, src, area, snapname.encode())
+        self._commit(ep, name)
+        log.info("%s: snapshot %s of directory volume /%s made in %.2f s", name, snapname, dirname,
+                 time.monotonic() - started)
+        return {"name": snapname, "directory": dirname, "created": True}
+
+    async def remove_snapshot(self, name: str, snapname: str) -> bool:
+        """Delete snapshot ``snapname`` of ``name``, durable before it returns; False when there
+        was none."""
+        dirvolumes.check_name(snapname)
+        ep = self._served(name)
+        try:
+            area = ep.fs.lookup(fsmod.ROOT_INO, dirvolumes.SNAPSHOTS.encode(), fsmod.ROOT)
+            ep.fs.remove_tree(area, snapname.encode())
+        except fsmod.FsError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        self._commit(ep, name)
+        log.info("%s: snapshot %s deleted", name, snapname)
+        return True
 
     async def remove_directory(self, name: str, dirname: str) -> bool:
         """Delete ``/dirname`` of ``name`` and everything in it (its quota with it), durable before
