@@ -1,4 +1,6 @@
-"""The CSI Controller service: volumes and snapshots as LUs of the array, idempotent by name.
+"""The CSI Controller service: volumes and snapshots as LUs of the array (layout
+``filesystem``) or as directories of a shared file system (layout ``directory``), idempotent by
+name.
 
 Every call first checks its arguments (``INVALID_ARGUMENT``), then works from the catalog on
 the array (``nasblade_csi.catalog``): a volume is recorded ``creating`` before its LU is made,
@@ -146,12 +148,9 @@ class Controller(ControllerServicer):  # type: ignore[misc]
         if layout not in LAYOUTS:
             raise CsiError(grpc.StatusCode.INVALID_ARGUMENT, f"layout {layout!r}: one of {', '.join(LAYOUTS)}")
         if layout == "directory":
-            if request.HasField("volume_content_source"):
-                raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "a directory volume is made empty: snapshots and clones are of file-system volumes "
-                               "(layout filesystem)")
-            return self._create_directory(request.name, choose_size(required, limit, minimum=ALIGN), required, limit,
-                                          dict(request.parameters))
+            size = choose_size(required, limit, minimum=ALIGN)
+            copy_of = self._directory_source(request) if request.HasField("volume_content_source") else {}
+            return self._create_directory(request.name, size, required, limit, dict(request.parameters), copy_of)
         size = choose_size(required, limit)
         source: dict[str, str] = {}
         src_lu, src_size = "", 0
@@ -164,6 +163,10 @@ class Controller(ControllerServicer):  # type: ignore[misc]
                 if snap["state"] != "ready":
                     raise CsiError(grpc.StatusCode.FAILED_PRECONDITION,
                                    f"snapshot {cs.snapshot.snapshot_id} is not ready to use yet (its copy runs)")
+                if snap.get("layout") == "directory":
+                    raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"snapshot {snap['id']} is of a directory volume: it is restored into a directory "
+                                   "volume of its file system (layout directory), not into a file system")
                 source, src_lu, src_size = {"snapshot": snap["id"]}, snap["lu"], snap["size"]
             elif cs.HasField("volume"):
                 vol = self._volume_by_id(cs.volume.volume_id)
@@ -171,7 +174,8 @@ class Controller(ControllerServicer):  # type: ignore[misc]
                     raise CsiError(grpc.StatusCode.NOT_FOUND, f"volume {cs.volume.volume_id} not found")
                 if vol.get("layout") == "directory":
                     raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"volume {vol['id']} is a directory volume: only file-system volumes are cloned")
+                                   f"volume {vol['id']} is a directory volume: it is cloned into a directory volume "
+                                   "of its file system (layout directory), not into a file system")
                 source, src_lu, src_size = {"volume": vol["id"]}, vol["lu"], vol["size"]
             if src_size > size:
                 if limit and src_size > limit:
@@ -208,24 +212,55 @@ class Controller(ControllerServicer):  # type: ignore[misc]
                 self._put("volumes", name, rec)
         return pb.CreateVolumeResponse(volume=self._volume_msg(rec))
 
+    def _directory_source(self, request: Any) -> dict[str, str]:
+        """The content source of a new directory volume: a ready snapshot of a directory volume,
+        or a directory volume, of the file system the class names (a copy never crosses file
+        systems: it is made inside one)."""
+        cs = request.volume_content_source
+        file_system = request.parameters.get("fileSystem", "")
+        if cs.HasField("snapshot"):
+            snap = self._snapshot_by_id(cs.snapshot.snapshot_id)
+            if snap is None or snap["state"] == "creating":
+                raise CsiError(grpc.StatusCode.NOT_FOUND, f"snapshot {cs.snapshot.snapshot_id} not found")
+            if snap.get("layout") != "directory" or snap.get("fileSystem") != file_system:
+                raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"snapshot {snap['id']} is not of a directory volume of file system {file_system!r}: "
+                               "a directory volume is restored from a snapshot of a directory volume of its file system")
+            return {"snapshot": snap["id"]}
+        if cs.HasField("volume"):
+            vol = self._volume_by_id(cs.volume.volume_id)
+            if vol is None or vol["state"] != "ready":
+                raise CsiError(grpc.StatusCode.NOT_FOUND, f"volume {cs.volume.volume_id} not found")
+            if vol.get("layout") != "directory" or vol.get("fileSystem") != file_system:
+                raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"volume {vol['id']} is not a directory volume of file system {file_system!r}: "
+                               "a directory volume is cloned from a directory volume of its file system")
+            return {"volume": vol["id"]}
+        raise CsiError(grpc.StatusCode.INVALID_ARGUMENT, "volume_content_source: a snapshot or a volume")
+
     def _create_directory(self, name: str, size: int, required: int, limit: int,
-                          parameters: dict[str, str]) -> Any:
+                          parameters: dict[str, str], source: dict[str, str]) -> Any:
         """CreateVolume of layout ``directory``: a directory with a quota of ``size`` bytes in
-        the shared file system the class names (``exports.publish_directory``); recorded
-        ``creating`` first, so a repeated call finishes the same volume."""
+        the shared file system the class names (``exports.publish_directory``), filled with a
+        copy of ``source`` if any; recorded ``creating`` first, so a repeated call finishes the
+        same volume."""
         with self._lock("v/" + name):
             rec = self.catalog.read()["volumes"].get(name)
             if rec is not None:
                 if (not fits(rec["size"], required, limit) or rec.get("layout") != "directory"
-                        or (rec.get("parameters") or {}).get("fileSystem") != parameters.get("fileSystem")):
+                        or (rec.get("parameters") or {}).get("fileSystem") != parameters.get("fileSystem")
+                        or (rec.get("source") or {}) != source):
                     raise CsiError(grpc.StatusCode.ALREADY_EXISTS,
-                                   f"volume {name} exists with another size, layout or file system")
+                                   f"volume {name} exists with another size, layout, file system or source")
             else:
-                rec = {"id": volume_id(name), "layout": "directory", "lu": "", "size": size, "source": {},
+                rec = {"id": volume_id(name), "layout": "directory", "lu": "", "size": size, "source": source,
                        "state": "creating", "created": time.time_ns(), "parameters": parameters}
                 self._put("volumes", name, rec)
             if rec["state"] == "creating":
-                file_system, context = self.exports.publish_directory(rec["id"], rec["size"], parameters)
+                copy_of = {"snapshot": source["snapshot"]} if "snapshot" in source else \
+                    {"directory": source["volume"]} if "volume" in source else None
+                file_system, context = self.exports.publish_directory(rec["id"], rec["size"], parameters,
+                                                                      source=copy_of)
                 rec = {**rec, "fileSystem": file_system, "state": "ready", "context": context}
                 self._put("volumes", name, rec)
         return pb.CreateVolumeResponse(volume=self._volume_msg(rec))
@@ -336,13 +371,14 @@ class Controller(ControllerServicer):  # type: ignore[misc]
                 if vol is None or vol["state"] != "ready":
                     raise CsiError(grpc.StatusCode.NOT_FOUND, f"volume {request.source_volume_id} not found")
                 if vol.get("layout") == "directory":
-                    raise CsiError(grpc.StatusCode.FAILED_PRECONDITION,
-                                   f"volume {vol['id']} is a directory volume: snapshots are of file-system volumes "
-                                   "(the copy engine copies whole LUs)")
+                    return pb.CreateSnapshotResponse(snapshot=self._snapshot_msg(
+                        self._snapshot_directory(name, vol)))
                 sid = snapshot_id(name)
                 rec = {"id": sid, "lu": sid, "source": vol["id"], "sourceLu": vol["lu"], "size": vol["size"],
                        "state": "creating", "created": time.time_ns()}
                 self._put("snapshots", name, rec)
+            if rec["state"] == "creating" and rec.get("layout") == "directory":  # a repeated call
+                rec = self._finish_directory_snapshot(name, rec)
             if rec["state"] == "creating":
                 self.array.create_lu(rec["lu"], rec["size"])
                 job = self.array.start_copy(rec["sourceLu"], rec["lu"], rec["size"])
@@ -351,6 +387,22 @@ class Controller(ControllerServicer):  # type: ignore[misc]
             if rec["state"] == "copying":
                 rec = self._settle(name, rec, wait=self.snapshot_wait)
         return pb.CreateSnapshotResponse(snapshot=self._snapshot_msg(rec))
+
+    def _snapshot_directory(self, name: str, vol: dict[str, Any]) -> dict[str, Any]:
+        """CreateSnapshot of a directory volume: a copy of its tree at one instant, made by the
+        blade that serves its file system inside that file system (``exports.snapshot_directory``),
+        ready when the call returns. Recorded ``creating`` first (its creation time is the
+        moment the copy was asked for), so a repeated call finishes the same snapshot."""
+        rec = {"id": snapshot_id(name), "lu": "", "layout": "directory", "fileSystem": vol["fileSystem"],
+               "source": vol["id"], "size": vol["size"], "state": "creating", "created": time.time_ns()}
+        self._put("snapshots", name, rec)
+        return self._finish_directory_snapshot(name, rec)
+
+    def _finish_directory_snapshot(self, name: str, rec: dict[str, Any]) -> dict[str, Any]:
+        self.exports.snapshot_directory(rec["source"], rec["fileSystem"], rec["id"])
+        rec = {**rec, "state": "ready"}
+        self._put("snapshots", name, rec)
+        return rec
 
     def _settle(self, name: str, rec: dict[str, Any], *, wait: float) -> dict[str, Any]:
         """A copying snapshot after its job: ``ready`` (made read-only) once the copy succeeded;
@@ -372,7 +424,11 @@ class Controller(ControllerServicer):  # type: ignore[misc]
     def DeleteSnapshot(self, request: Any, context: grpc.ServicerContext) -> Any:
         require(request, "snapshot_id")
         rec = self._snapshot_by_id(request.snapshot_id)
-        if rec is not None:
+        if rec is not None and rec.get("layout") == "directory":
+            with self._lock("s/" + rec["name"]):
+                self.exports.unsnapshot_directory(rec["fileSystem"], rec["id"])
+                self._put("snapshots", rec["name"], None)
+        elif rec is not None:
             with self._lock("s/" + rec["name"]):
                 if rec.get("job") and rec["state"] == "copying":
                     self.array.cancel_copy(rec["job"])

@@ -81,9 +81,17 @@ class Exports(Protocol):
     def served(self) -> bool:
         """Whether published volumes are held by a blade (expansion must unpublish first)."""
 
-    def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str], *,
+                          source: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
         """Have the volume made as a directory volume of the shared file system the parameters
-        name, holding at most ``size`` bytes: ``(file system, volume context)`` (idempotent)."""
+        name, holding at most ``size`` bytes: ``(file system, volume context)`` (idempotent).
+        ``source`` (``{"snapshot": S}`` or ``{"directory": D}``) fills a new one with a copy."""
+
+    def snapshot_directory(self, volume: str, file_system: str, snapshot: str) -> None:
+        """Snapshot directory volume ``volume`` of ``file_system`` as ``snapshot`` (idempotent)."""
+
+    def unsnapshot_directory(self, file_system: str, snapshot: str) -> None:
+        """Delete snapshot ``snapshot`` of ``file_system`` (idempotent)."""
 
     def resize_directory(self, volume: str, file_system: str, size: int) -> None:
         """Change a directory volume's quota to ``size`` (online)."""
@@ -122,7 +130,14 @@ class Static:
     def served(self) -> bool:
         return False
 
-    def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str], *,
+                          source: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
+        raise _no_directories()
+
+    def snapshot_directory(self, volume: str, file_system: str, snapshot: str) -> None:
+        raise _no_directories()
+
+    def unsnapshot_directory(self, file_system: str, snapshot: str) -> None:
         raise _no_directories()
 
     def resize_directory(self, volume: str, file_system: str, size: int) -> None:
@@ -355,13 +370,15 @@ class DiskArrayExports:
                            "layout directory needs the StorageClass parameter fileSystem (a shared file system of the DiskArray)")
         return file_system
 
-    def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str], *,
+                          source: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
         if parameters.get("exportPolicy", "cidrs") != "cidrs":
             raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
                            "a directory volume is exported with its shared file system: exportPolicy cidrs only")
         file_system = self._shared_file_system(parameters)
         dirvolumes.check_name(volume)
-        self._blade_call(file_system, lambda b: b.set_directory(file_system, volume, size))
+        copy_of = dict(source) if source else None
+        self._blade_call(file_system, lambda b: b.set_directory(file_system, volume, size, source=copy_of))
         context = {"server": f"{self.array}-{file_system}-nfs.{self.namespace}.svc",
                    "export": f"/{file_system}/{volume}", "diskArray": self.ref, "fileSystem": file_system}
         return file_system, context
@@ -376,6 +393,17 @@ class DiskArrayExports:
                         volume, file_system, self.ref)
             return
         self._blade_call(file_system, lambda b: b.remove_directory(file_system, volume), da)
+
+    def snapshot_directory(self, volume: str, file_system: str, snapshot: str) -> None:
+        self._blade_call(file_system, lambda b: b.snapshot_directory(file_system, volume, snapshot))
+
+    def unsnapshot_directory(self, file_system: str, snapshot: str) -> None:
+        da = self._get("diskarrays", self.array) or {}
+        if not any(f.get("name") == file_system for f in da.get("spec", {}).get("fileSystems") or []):
+            log.warning("snapshot %s: its file system %s is gone from %s; nothing to delete", snapshot, file_system,
+                        self.ref)
+            return
+        self._blade_call(file_system, lambda b: b.remove_snapshot(file_system, snapshot), da)
 
     def directory_space(self, parameters: Mapping[str, str]) -> int:
         file_system = self._shared_file_system(parameters)

@@ -10,15 +10,19 @@ the survivor after the serving blade's file processor is SIGKILLed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+import struct
 import subprocess
+import threading
+import time
 from typing import Any
 
 import libnfs
 import pytest
 import rawnfs
-from conftest import ArrayUp, expect
+from conftest import ArrayUp, base_config, expect
 from nasblade import grants
 from nasblade.bladeapi.client import BladeAPIError, BladeClient
 from nasblade.nfs import types as t
@@ -229,3 +233,84 @@ def test_directory_volume_snapshot_restore_and_clone(make_array: Any) -> None:
     left = _tree(libnfs.NFS(_url(arr, "/fs1/pv-r")), "/")
     left.pop("big.bin", None)  # what the refused copy had written before the quota stopped it
     assert left == before
+
+
+RECORD = 16 << 10
+
+
+def _read(arr: ArrayUp, volume: str, path: str) -> bytes:
+    """A whole file over libnfs, its context kept alive until the read is done (the binding
+    aborts the process when the context goes first)."""
+    nfs = libnfs.NFS(_url(arr, volume))
+    f = nfs.open(path, "rb")
+    try:
+        return bytes(f.read())
+    finally:
+        f.close()
+
+
+def test_a_snapshot_under_a_writer_is_one_instant_and_stalls_without_failing_over(make_array: Any) -> None:
+    """A writer appends numbered, checksummed 16 KiB FILE_SYNC records while a snapshot of a
+    volume with 160 MiB in it is made (a copy of seconds on this machine, longer than the
+    group's 1 s failure timeout). The snapshot holds a prefix of the records, every one intact:
+    the tree at one instant, not a mix. The writer's requests wait for the copy and are then
+    answered (no error); the blade keeps its heartbeat meanwhile, so nothing is taken over."""
+    cfg = base_config()
+    cfg["array"]["devices"]["size"] = "512M"
+    cfg["fileSystems"][0]["size"] = "800M"
+    arr: ArrayUp = make_array(array=cfg["array"], fileSystems=cfg["fileSystems"])
+    owner = arr.owner("fs1")
+    assert owner is not None
+    arr.api(owner[0], "PUT", "/v1/filesystems/fs1/directories/pv-a", {"quotaBytes": 300 * MIB})
+    bulk = arr.data_dir / "bulk.bin"
+    bulk.write_bytes(os.urandom(80 * MIB))
+    for i in range(2):
+        subprocess.run(["nfs-cp", str(bulk), _url(arr, f"/fs1/pv-a/bulk{i}.bin")], check=True, capture_output=True)
+
+    raw = _raw(arr)
+    fh = raw.create(raw.mount("/fs1/pv-a"), "log.bin")
+    acked: list[int] = []
+    stalls: list[float] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        seq = 0
+        try:
+            while not stop.is_set():
+                payload = os.urandom(RECORD - 40)
+                rec = struct.pack(">Q", seq) + hashlib.sha256(payload).digest() + payload
+                t0 = time.monotonic()
+                raw.write(fh, seq * RECORD, rec, stable=2)
+                stalls.append(time.monotonic() - t0)
+                acked.append(seq)
+                seq += 1
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    expect(arr, lambda: len(acked) >= 20, timeout=30, what="the writer under way")
+    t0 = time.monotonic()
+    arr.api(owner[0], "PUT", "/v1/filesystems/fs1/snapshots/sn-1", {"directory": "pv-a"})
+    took = time.monotonic() - t0
+    expect(arr, lambda: len(acked) >= 20 + 20, timeout=30, what="the writer going on after the snapshot")
+    stop.set()
+    thread.join(30)
+    assert not errors, errors
+    assert arr.owner("fs1") == owner, "the blade was taken over during the copy"
+
+    restored = arr.api(owner[0], "PUT", "/v1/filesystems/fs1/directories/pv-r",
+                       {"quotaBytes": 300 * MIB, "source": {"snapshot": "sn-1"}})
+    assert restored["files"] == 4, restored  # root, bulk0, bulk1, log.bin
+    data = _read(arr, "/fs1/pv-r", "/log.bin")
+    assert len(data) % RECORD == 0, len(data)
+    count = len(data) // RECORD
+    for seq in range(count):
+        rec = data[seq * RECORD:(seq + 1) * RECORD]
+        assert struct.unpack(">Q", rec[:8])[0] == seq and hashlib.sha256(rec[40:]).digest() == rec[8:40], seq
+    assert 20 <= count < len(acked), (count, len(acked))
+    for i in range(2):
+        assert _read(arr, "/fs1/pv-r", f"/bulk{i}.bin") == bulk.read_bytes()
+    print(f"snapshot of {160 + count * RECORD / MIB:.0f} MiB under a writer: {took:.2f} s; the writer's longest "
+          f"FILE_SYNC write {max(stalls):.2f} s; {count} of {len(acked)} records in the snapshot")

@@ -32,6 +32,8 @@ class Blades:
 
     def __init__(self) -> None:
         self.quotas: dict[str, int] = {}
+        self.sources: dict[str, dict[str, str]] = {}
+        self.snapshots: set[str] = set()
         self.calls: list[tuple[str, str, int]] = []
 
     def lu(self, volume: str) -> str:
@@ -43,11 +45,23 @@ class Blades:
     def unpublish(self, volume: str) -> None:
         raise AssertionError("a directory volume is not a file system of the array")
 
-    def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str], *,
+                          source: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
         self.calls.append(("publish", volume, size))
+        if source:
+            self.sources[volume] = dict(source)
         self.quotas[volume] = size
         fs = parameters["fileSystem"]
         return fs, {"server": f"a1-{fs}-nfs.ns.svc", "export": f"/{fs}/{volume}"}
+
+    def snapshot_directory(self, volume: str, file_system: str, snapshot: str) -> None:
+        assert volume in self.quotas and file_system == "shared"
+        self.calls.append(("snapshot", snapshot, 0))
+        self.snapshots.add(snapshot)
+
+    def unsnapshot_directory(self, file_system: str, snapshot: str) -> None:
+        self.calls.append(("unsnapshot", snapshot, 0))
+        self.snapshots.discard(snapshot)
 
     def resize_directory(self, volume: str, file_system: str, size: int) -> None:
         self.calls.append(("resize", volume, size))
@@ -107,24 +121,59 @@ def test_directory_volumes_are_quotas_in_a_shared_file_system(array: Array) -> N
     assert (grown.capacity_bytes, grown.node_expansion_required) == (10 * MiB, False)
     assert blades.quotas[vol.volume_id] == 10 * MiB
 
-    # no snapshots or clones of a directory, none into one
-    assert code_of(ctl.CreateSnapshot, pb.CreateSnapshotRequest(
-        name="snap-d1", source_volume_id=vol.volume_id)) == grpc.StatusCode.FAILED_PRECONDITION
-    clone = pb.CreateVolumeRequest(name="pvc-d2", capacity_range=pb.CapacityRange(required_bytes=64 * MiB),
-                                   volume_capabilities=[RWX], parameters={"layout": "filesystem"})
+    # a snapshot: made by the blade that serves the file system, ready at once, idempotent
+    snap_req = pb.CreateSnapshotRequest(name="snap-d1", source_volume_id=vol.volume_id)
+    snap = call(ctl.CreateSnapshot, snap_req).snapshot
+    assert snap.ready_to_use and snap.source_volume_id == vol.volume_id and snap.size_bytes == 10 * MiB
+    assert call(ctl.CreateSnapshot, snap_req).snapshot.snapshot_id == snap.snapshot_id
+    assert blades.snapshots == {snap.snapshot_id}
+    listed_snaps = call(ctl.ListSnapshots, pb.ListSnapshotsRequest(source_volume_id=vol.volume_id)).entries
+    assert [e.snapshot.snapshot_id for e in listed_snaps] == [snap.snapshot_id]
+    # restored and cloned into directory volumes of the same file system
+    restore = pb.CreateVolumeRequest(name="pvc-r1", capacity_range=pb.CapacityRange(required_bytes=MiB),
+                                     volume_capabilities=[RWX], parameters=PARAMS)
+    restore.volume_content_source.snapshot.snapshot_id = snap.snapshot_id
+    restored = call(ctl.CreateVolume, restore).volume
+    assert restored.content_source.snapshot.snapshot_id == snap.snapshot_id
+    assert blades.sources[restored.volume_id] == {"snapshot": snap.snapshot_id}
+    assert call(ctl.CreateVolume, restore).volume.volume_id == restored.volume_id  # idempotent
+    clone = pb.CreateVolumeRequest(name="pvc-c1", capacity_range=pb.CapacityRange(required_bytes=MiB),
+                                   volume_capabilities=[RWX], parameters=PARAMS)
     clone.volume_content_source.volume.volume_id = vol.volume_id
-    assert code_of(ctl.CreateVolume, clone) == grpc.StatusCode.INVALID_ARGUMENT
-    into = pb.CreateVolumeRequest(name="pvc-d3", capacity_range=pb.CapacityRange(required_bytes=MiB),
-                                  volume_capabilities=[RWX], parameters=PARAMS)
-    into.volume_content_source.volume.volume_id = vol.volume_id
-    assert code_of(ctl.CreateVolume, into) == grpc.StatusCode.INVALID_ARGUMENT
+    cloned = call(ctl.CreateVolume, clone).volume
+    assert blades.sources[cloned.volume_id] == {"directory": vol.volume_id}
+    # the same name with another source is another volume
+    other_src = pb.CreateVolumeRequest(name="pvc-c1", capacity_range=pb.CapacityRange(required_bytes=MiB),
+                                       volume_capabilities=[RWX], parameters=PARAMS)
+    other_src.volume_content_source.snapshot.snapshot_id = snap.snapshot_id
+    assert code_of(ctl.CreateVolume, other_src) == grpc.StatusCode.ALREADY_EXISTS
+    # copies never cross layouts or file systems
+    into_fs = pb.CreateVolumeRequest(name="pvc-d2", capacity_range=pb.CapacityRange(required_bytes=64 * MiB),
+                                     volume_capabilities=[RWX], parameters={"layout": "filesystem"})
+    into_fs.volume_content_source.volume.volume_id = vol.volume_id
+    assert code_of(ctl.CreateVolume, into_fs) == grpc.StatusCode.INVALID_ARGUMENT
+    into_fs.volume_content_source.snapshot.snapshot_id = snap.snapshot_id
+    assert code_of(ctl.CreateVolume, into_fs) == grpc.StatusCode.INVALID_ARGUMENT
+    elsewhere = pb.CreateVolumeRequest(name="pvc-d3", capacity_range=pb.CapacityRange(required_bytes=MiB),
+                                       volume_capabilities=[RWX], parameters={**PARAMS, "fileSystem": "other"})
+    elsewhere.volume_content_source.volume.volume_id = vol.volume_id
+    assert code_of(ctl.CreateVolume, elsewhere) == grpc.StatusCode.INVALID_ARGUMENT
+    missing = pb.CreateVolumeRequest(name="pvc-d5", volume_capabilities=[RWX], parameters=PARAMS)
+    missing.volume_content_source.snapshot.snapshot_id = "sn-nope"
+    assert code_of(ctl.CreateVolume, missing) == grpc.StatusCode.NOT_FOUND
     bad = pb.CreateVolumeRequest(name="pvc-d4", volume_capabilities=[RWX], parameters={"layout": "qtree"})
     assert code_of(ctl.CreateVolume, bad) == grpc.StatusCode.INVALID_ARGUMENT
+    call(ctl.DeleteSnapshot, pb.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id))
+    call(ctl.DeleteSnapshot, pb.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id))  # idempotent
+    assert blades.snapshots == set()
+    for extra in (restored, cloned):
+        call(ctl.DeleteVolume, pb.DeleteVolumeRequest(volume_id=extra.volume_id))
 
     call(ctl.DeleteVolume, pb.DeleteVolumeRequest(volume_id=vol.volume_id))
     call(ctl.DeleteVolume, pb.DeleteVolumeRequest(volume_id=vol.volume_id))  # idempotent
     assert blades.quotas == {}
-    assert [c[0] for c in blades.calls] == ["publish", "resize", "delete"]
+    assert [c[0] for c in blades.calls] == ["publish", "resize", "snapshot", "publish", "publish", "unsnapshot",
+                                            "delete", "delete", "delete"]
     assert not call(ctl.ListVolumes, pb.ListVolumesRequest()).entries
     assert [lu["name"] for lu in control.list_lus()] == ["csi-catalog"]
 

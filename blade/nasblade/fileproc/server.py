@@ -56,7 +56,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Coroutine, Hashable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from nasblade import blockdev, devices, latency
 from nasblade.fileproc import callbacks
@@ -71,6 +71,7 @@ from nasblade.rpc import message, record, xdr
 from nasblade.rpc.dispatch import Buffers, Call, Dispatcher
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _HDR = struct.Struct(">I")
 MAX_TXN_OPS = 4096
 GRACE_PERIOD = 90.0
@@ -230,6 +231,12 @@ class Endpoint:
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     on_failed: Callable[[], None] | None = None
     """Called once when a commit fails: the file processor stops serving this file system."""
+    paused: bool = False
+    """A point-in-time copy (``FileProcessor._paused``) runs on a worker thread: requests are
+    held in ``held`` and nothing on the loop touches the file system."""
+    held: list[tuple[_Replies, bytes]] = dataclasses.field(default_factory=list)
+    exclusive: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    """Held by a copy, and by what must not run beside one (control changes, the unmount)."""
     _scheduled: bool = False
     _timer: asyncio.TimerHandle | None = None
 
@@ -240,6 +247,9 @@ class Endpoint:
     def handle(self, conn: _Replies, rec: bytes | memoryview) -> None:
         if self.failed or self.closed:
             conn.abort()
+            return
+        if self.paused:
+            self.held.append((conn, bytes(rec)))
             return
         outcome = self.dispatcher.handle(rec, conn.peer, transport=conn.kind)
         if outcome is None:
@@ -361,6 +371,9 @@ class Endpoint:
 
     def grace_over(self) -> None:
         """After the grace period: hosts that reclaimed nothing leave the monitored list."""
+        if self.paused:  # a copy's thread has the file system: store the list after it
+            asyncio.get_running_loop().call_later(0.5, self.grace_over)
+            return
         if self.nlm is not None and not self.failed and self.nlm.forget_idle_hosts():
             self.monitor_changed(None)
 
@@ -370,8 +383,11 @@ class Endpoint:
             asyncio.get_running_loop().call_soon(self.commit_now)
 
     def commit_now(self) -> None:
-        """Run the group commit and release the replies that waited for it."""
+        """Run the group commit and release the replies that waited for it (not while a copy
+        runs on its worker thread: then the resume commits)."""
         self._scheduled = False
+        if self.paused:
+            return
         pending, self.pending = self.pending, []
         waiting, self.after_commit = self.after_commit, []
         try:
@@ -394,7 +410,7 @@ class Endpoint:
         loop = asyncio.get_running_loop()
 
         def tick() -> None:
-            if not self.failed and self.fs.dirty and not self._scheduled:
+            if not self.failed and not self.paused and self.fs.dirty and not self._scheduled:
                 self.commit_now()
             self._timer = loop.call_later(self.commit_interval, tick)
 
@@ -567,7 +583,8 @@ class FileProcessor:
         """Change the exports of the served file system ``name`` in place (no remount, the
         write verifier stays): ``Volume.set_exports``."""
         ep = self.endpoints[name]
-        await asyncio.to_thread(ep.volume.set_exports, list(exports))
+        async with ep.exclusive:  # not beside a copy: the exports' paths are looked up
+            await asyncio.to_thread(ep.volume.set_exports, list(exports))
         ep.spec = dataclasses.replace(ep.spec, exports=exports)
         log.info("%s: exports now %s", name, ", ".join(
             f"{e.path} to {','.join(map(str, e.clients))} ({'ro' if e.readonly else 'rw'})" for e in exports))
@@ -624,11 +641,12 @@ class FileProcessor:
             with contextlib.suppress(Exception):
                 await srv.wait_closed()
         ep.after_commit.clear()  # no more calls to clients from a file system no longer served
-        try:
-            if ep.pending and not ep.failed:
-                ep.commit_now()
-        finally:  # a lost device raises on the commit: the file system is unmounted all the same
-            await asyncio.to_thread(self._unmount, ep)
+        async with ep.exclusive:  # a copy under way finishes first (its thread uses the file system)
+            try:
+                if ep.pending and not ep.failed:
+                    ep.commit_now()
+            finally:  # a lost device raises on the commit: the file system is unmounted all the same
+                await asyncio.to_thread(self._unmount, ep)
 
     # -- directory volumes: top-level directories with a quota (the CSI driver's "directory" layout)
 
@@ -638,7 +656,30 @@ class FileProcessor:
             raise KeyError(f"{name} is not served here")
         if ep.failed:
             raise OSError(errno.EIO, f"{name} stopped serving after a failed commit")
+        if ep.paused:
+            raise OSError(errno.EBUSY, f"{name}: a snapshot or clone copy runs; call again")
         return ep
+
+    async def _paused(self, ep: Endpoint, name: str, work: Callable[[], T]) -> T:
+        """Run ``work`` (a point-in-time copy inside ``ep``'s file system) on a worker thread
+        while the endpoint holds every request it receives, then commit and answer them in
+        order. No client changes the file system while the copy is made, so it is the tree at
+        one instant, and the loop stays free meanwhile: heartbeats, other file systems and the
+        control API go on (a copy on the loop thread would stop the heartbeat, and the peer
+        would take the blade over). The caller holds ``ep.exclusive``."""
+        if ep.pending or ep.fs.dirty:
+            self._commit(ep, name)  # what was answered before the copy is durable before it
+        ep.paused = True
+        try:
+            result = await asyncio.to_thread(work)
+        finally:
+            ep.paused = False
+            if not ep.closed and not ep.failed:
+                self._commit(ep, name)
+            held, ep.held = ep.held, []
+            for conn, rec in held:
+                ep.handle(conn, rec)
+        return result
 
     @staticmethod
     def _directory_json(dirname: str, quota: fsmod.Quota | None) -> dict[str, Any]:
@@ -676,28 +717,34 @@ class FileProcessor:
 
         ``source`` fills a volume that does not exist yet: ``("snapshot", S)`` from snapshot
         ``S``, ``("directory", D)`` from volume ``D`` (a clone): a copy of it as it is at this
-        moment (``nasblade.fs.treecopy``), then the quota is set over what was copied (a
-        limit below it is kept; growth then fails with EDQUOT). ``FileNotFoundError`` when the
-        source does not exist."""
+        moment (``nasblade.fs.treecopy``, made while requests wait: ``_paused``), then the quota
+        is set over what was copied (a limit below it is kept; growth then fails with EDQUOT).
+        ``FileNotFoundError`` when the source does not exist."""
         dirvolumes.check_name(dirname)
         if quota_bytes < 0:
             raise ValueError(f"quota {quota_bytes}: expected a byte count >= 0")
         ep = self._served(name)
-        fs = ep.fs
-        try:
-            ino = fs.lookup(fsmod.ROOT_INO, dirname.encode(), fsmod.ROOT)
-        except fsmod.FsError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-            if source is None:
-                ino = fs.mkdir(fsmod.ROOT_INO, dirname.encode(), fsmod.ROOT, mode=mode)
-            else:
-                ino = treecopy.copy_tree(fs, self._source(fs, *source), fsmod.ROOT_INO, dirname.encode())
-        fs.set_quota(ino, quota_bytes)
-        self._commit(ep, name)
-        log.info("%s: directory volume /%s holds at most %d bytes%s", name, dirname, quota_bytes,
-                 f" (filled from {source[0]} {source[1]})" if source else "")
-        return self._directory_json(dirname, fs.quota_of(ino))
+        async with ep.exclusive:
+            ep = self._served(name)
+            fs = ep.fs
+            try:
+                ino = fs.lookup(fsmod.ROOT_INO, dirname.encode(), fsmod.ROOT)
+            except fsmod.FsError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                if source is None:
+                    ino = fs.mkdir(fsmod.ROOT_INO, dirname.encode(), fsmod.ROOT, mode=mode)
+                else:
+                    src = self._source(fs, *source)
+                    started = time.monotonic()
+                    ino = await self._paused(ep, name, lambda: treecopy.copy_tree(
+                        fs, src, fsmod.ROOT_INO, dirname.encode()))
+                    log.info("%s: /%s filled from %s %s in %.2f s", name, dirname, source[0], source[1],
+                             time.monotonic() - started)
+            fs.set_quota(ino, quota_bytes)
+            self._commit(ep, name)
+            log.info("%s: directory volume /%s holds at most %d bytes", name, dirname, quota_bytes)
+            return self._directory_json(dirname, fs.quota_of(ino))
 
     @staticmethod
     def _source(fs: fsmod.FileSystem, kind: str, source: str) -> int:
@@ -726,45 +773,48 @@ class FileProcessor:
 
     async def snapshot_directory(self, name: str, dirname: str, snapname: str) -> dict[str, Any]:
         """Snapshot directory volume ``/dirname`` of ``name`` as ``snapname``: a copy of the tree
-        at this moment (no NFS request runs while it is made) in ``SNAPSHOTS``, durable before
+        at this moment (made while requests wait: ``_paused``) in ``SNAPSHOTS``, durable before
         it returns. Idempotent: a snapshot that exists is left as it is (``created`` False).
         ``FileNotFoundError`` when the volume does not exist."""
         dirvolumes.check_name(snapname)
         ep = self._served(name)
-        fs = ep.fs
-        src = self._source(fs, "directory", dirname)
-        try:
-            area = fs.lookup(fsmod.ROOT_INO, dirvolumes.SNAPSHOTS.encode(), fsmod.ROOT)
-        except fsmod.FsError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-            area = fs.mkdir(fsmod.ROOT_INO, dirvolumes.SNAPSHOTS.encode(), fsmod.ROOT, mode=0o700)
-        try:
-            fs.lookup(area, snapname.encode(), fsmod.ROOT)
-            return {"name": snapname, "directory": dirname, "created": False}
-        except fsmod.FsError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-        started = time.monotonic()
-        treecopy.copy_tree(fs, src, area, snapname.encode())
-        self._commit(ep, name)
-        log.info("%s: snapshot %s of directory volume /%s made in %.2f s", name, snapname, dirname,
-                 time.monotonic() - started)
-        return {"name": snapname, "directory": dirname, "created": True}
+        async with ep.exclusive:
+            ep = self._served(name)
+            fs = ep.fs
+            src = self._source(fs, "directory", dirname)
+            try:
+                area = fs.lookup(fsmod.ROOT_INO, dirvolumes.SNAPSHOTS.encode(), fsmod.ROOT)
+            except fsmod.FsError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                area = fs.mkdir(fsmod.ROOT_INO, dirvolumes.SNAPSHOTS.encode(), fsmod.ROOT, mode=0o700)
+            try:
+                fs.lookup(area, snapname.encode(), fsmod.ROOT)
+                return {"name": snapname, "directory": dirname, "created": False}
+            except fsmod.FsError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+            started = time.monotonic()
+            await self._paused(ep, name, lambda: treecopy.copy_tree(fs, src, area, snapname.encode()))
+            log.info("%s: snapshot %s of directory volume /%s made in %.2f s", name, snapname, dirname,
+                     time.monotonic() - started)
+            return {"name": snapname, "directory": dirname, "created": True}
 
     async def remove_snapshot(self, name: str, snapname: str) -> bool:
         """Delete snapshot ``snapname`` of ``name``, durable before it returns; False when there
         was none."""
         dirvolumes.check_name(snapname)
         ep = self._served(name)
-        try:
-            area = ep.fs.lookup(fsmod.ROOT_INO, dirvolumes.SNAPSHOTS.encode(), fsmod.ROOT)
-            ep.fs.remove_tree(area, snapname.encode())
-        except fsmod.FsError as exc:
-            if exc.errno == errno.ENOENT:
-                return False
-            raise
-        self._commit(ep, name)
+        async with ep.exclusive:
+            ep = self._served(name)
+            try:
+                area = ep.fs.lookup(fsmod.ROOT_INO, dirvolumes.SNAPSHOTS.encode(), fsmod.ROOT)
+                ep.fs.remove_tree(area, snapname.encode())
+            except fsmod.FsError as exc:
+                if exc.errno == errno.ENOENT:
+                    return False
+                raise
+            self._commit(ep, name)
         log.info("%s: snapshot %s deleted", name, snapname)
         return True
 
@@ -774,14 +824,16 @@ class FileProcessor:
         handles go stale, and the embedding code drops them from the spec first."""
         dirvolumes.check_name(dirname)
         ep = self._served(name)
-        try:
-            ep.fs.lookup(fsmod.ROOT_INO, dirname.encode(), fsmod.ROOT)
-        except fsmod.FsError as exc:
-            if exc.errno == errno.ENOENT:
-                return False
-            raise
-        ep.fs.remove_tree(fsmod.ROOT_INO, dirname.encode())
-        self._commit(ep, name)
+        async with ep.exclusive:
+            ep = self._served(name)
+            try:
+                ep.fs.lookup(fsmod.ROOT_INO, dirname.encode(), fsmod.ROOT)
+            except fsmod.FsError as exc:
+                if exc.errno == errno.ENOENT:
+                    return False
+                raise
+            ep.fs.remove_tree(fsmod.ROOT_INO, dirname.encode())
+            self._commit(ep, name)
         log.info("%s: directory volume /%s deleted", name, dirname)
         return True
 
@@ -818,7 +870,7 @@ class FileProcessor:
                 calls.append({"program": program, "procedure": procedure, "count": f.count,
                               "seconds": f.seconds, "buckets": f.cumulative()})
             out[name] = {"clients": len(ep.conns), "calls": calls}
-            if not ep.failed:
+            if not ep.failed and not ep.paused:  # a copy's thread has the file system
                 try:
                     st = ep.volume.fs.fsstat()  # what NFS FSSTAT answers, read on this loop as it is
                 except Exception as exc:  # a figure left out, never a failed scrape
