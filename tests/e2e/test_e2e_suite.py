@@ -626,9 +626,10 @@ def test_step3f_directory_volumes_through_the_csi_plugin(kube: Kube, release: st
     class naming the shared file system is Bound to a directory with a 16 MiB quota inside it,
     made by the plugin through the serving blade's API with the group's token. The client pod
     writes 12 MiB at the PV's export and reads it back; 8 MiB more is refused (quota); the claim
-    grown to 48 MiB takes them; the claim deleted, the directory is gone from the file system."""
+    grown to 48 MiB takes them; a clone of the claim (its dataSource) holds the same data; the
+    claims deleted, the directories are gone from the file system."""
     ns = workload_ns
-    sc, claim, plugin = f"nasblade-dir-{ns}", "csi-dir", f"{ARRAY}-csi-controller"
+    sc, claim, clone, plugin = f"nasblade-dir-{ns}", "csi-dir", "csi-dir-clone", f"{ARRAY}-csi-controller"
     _csi_on(kube, ns, sc, {"layout": "directory", "fileSystem": "shared"}, expansion=True)
     try:
         kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
@@ -667,13 +668,35 @@ def test_step3f_directory_volumes_through_the_csi_plugin(kube: Kube, release: st
             _exec(kube, ns, "sha256sum", "/tmp/d2.bin").split()[0]
         print("[e2e] 3f: 16 MiB quota refused 8 MiB over 12; grown to 48 MiB, it took them")
 
+        # a clone (a claim whose dataSource is the claim): a copy inside the shared file system
+        kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": clone},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": sc,
+                     "dataSource": {"kind": "PersistentVolumeClaim", "name": claim},
+                     "resources": {"requests": {"storage": "48Mi"}}}}))
+        t0 = time.monotonic()
+        cpvc = kube.wait("the clone Bound", lambda: (lambda c: c if c.get("status", {}).get("phase") == "Bound"
+                                                     else None)(kube.get("pvc", clone, namespace=ns) or {}),
+                         timeout=300, interval=2, describe=lambda: kube.kubectl(
+                             "-n", ns, "logs", f"deployment/{plugin}", "--tail=30", check=False).stdout)
+        cpv = kube.get("pv", cpvc["spec"]["volumeName"], namespace="") or {}
+        cattrs = cpv["spec"]["csi"]["volumeAttributes"]
+        assert cattrs["export"] == f"/shared/{cpv['spec']['csi']['volumeHandle']}" != attrs["export"], cattrs
+        curl = f"nfs://{cattrs['server']}{cattrs['export']}"
+        _exec(kube, ns, "nfs-cp", f"{curl}/d1.bin?version=3", "/tmp/d1-clone.bin")
+        assert _exec(kube, ns, "sha256sum", "/tmp/d1-clone.bin").split()[0] == sums[0]
+        print(f"[e2e] 3f: a clone of the directory claim Bound in {time.monotonic() - t0:.1f} s, with its data")
+        kube.kubectl("-n", ns, "delete", "pvc", clone, "--wait=false")
+        kube.wait("the clone's PV gone", lambda: kube.get("pv", cpv["metadata"]["name"], namespace="") is None,
+                  timeout=180, interval=2)
+
         kube.kubectl("-n", ns, "delete", "pvc", claim, "--wait=false")
         kube.wait("the PV gone", lambda: kube.get("pv", pv["metadata"]["name"], namespace="") is None,
                   timeout=180, interval=2)
         assert vid not in _exec(kube, ns, "nfs-ls", _nfs_url(ns))
     finally:
         kube.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)
-        kube.kubectl("-n", ns, "delete", "pvc", claim, "--ignore-not-found", "--wait=false", check=False)
+        kube.kubectl("-n", ns, "delete", "pvc", claim, clone, "--ignore-not-found", "--wait=false", check=False)
     _csi_off(kube, ns)
 
 
