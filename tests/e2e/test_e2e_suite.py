@@ -621,6 +621,16 @@ def _csi_off(kube: Kube, ns: str) -> None:
               is None, timeout=120, interval=2)
 
 
+def _bound(kube: Kube, ns: str, claim: str, plugin: str) -> dict[str, Any]:
+    """The claim once Bound (the plugin's log tail if it is not within 300 s)."""
+    pvc: dict[str, Any] = kube.wait(
+        f"claim {claim} Bound", lambda: (lambda c: c if c.get("status", {}).get("phase") == "Bound" else None)(
+            kube.get("pvc", claim, namespace=ns) or {}),
+        timeout=300, interval=2,
+        describe=lambda: kube.kubectl("-n", ns, "logs", f"deployment/{plugin}", "--tail=30", check=False).stdout)
+    return pvc
+
+
 def test_step3f_directory_volumes_through_the_csi_plugin(kube: Kube, release: str, workload_ns: str) -> None:
     """3f. CSI ``layout: directory`` (directory volumes, Trident's nas-economy): a claim of a
     class naming the shared file system is Bound to a directory with a 16 MiB quota inside it,
@@ -637,10 +647,7 @@ def test_step3f_directory_volumes_through_the_csi_plugin(kube: Kube, release: st
             "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": sc,
                      "resources": {"requests": {"storage": "16Mi"}}}}))
         t0 = time.monotonic()
-        pvc = kube.wait("the directory claim Bound", lambda: (lambda c: c if c.get("status", {}).get("phase") == "Bound"
-                                                              else None)(kube.get("pvc", claim, namespace=ns) or {}),
-                        timeout=300, interval=2, describe=lambda: kube.kubectl(
-                            "-n", ns, "logs", f"deployment/{plugin}", "--tail=30", check=False).stdout)
+        pvc = _bound(kube, ns, claim, plugin)
         print(f"\n[e2e] 3f: directory claim Bound in {time.monotonic() - t0:.1f} s")
         pv = kube.get("pv", pvc["spec"]["volumeName"], namespace="") or {}
         attrs, vid = pv["spec"]["csi"]["volumeAttributes"], pv["spec"]["csi"]["volumeHandle"]
@@ -675,10 +682,7 @@ def test_step3f_directory_volumes_through_the_csi_plugin(kube: Kube, release: st
                      "dataSource": {"kind": "PersistentVolumeClaim", "name": claim},
                      "resources": {"requests": {"storage": "48Mi"}}}}))
         t0 = time.monotonic()
-        cpvc = kube.wait("the clone Bound", lambda: (lambda c: c if c.get("status", {}).get("phase") == "Bound"
-                                                     else None)(kube.get("pvc", clone, namespace=ns) or {}),
-                         timeout=300, interval=2, describe=lambda: kube.kubectl(
-                             "-n", ns, "logs", f"deployment/{plugin}", "--tail=30", check=False).stdout)
+        cpvc = _bound(kube, ns, clone, plugin)
         cpv = kube.get("pv", cpvc["spec"]["volumeName"], namespace="") or {}
         cattrs = cpv["spec"]["csi"]["volumeAttributes"]
         assert cattrs["export"] == f"/shared/{cpv['spec']['csi']['volumeHandle']}" != attrs["export"], cattrs

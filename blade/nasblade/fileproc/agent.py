@@ -50,6 +50,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -295,34 +296,29 @@ async def _make_snapshot(request: web.Request) -> web.Response:
         return web.json_response({"error": f"snapshot {snap} of {name}: {exc}"}, status=409)
 
 
-async def _remove_snapshot(request: web.Request) -> web.Response:
-    """``DELETE /v1/filesystems/{name}/snapshots/{snap}``: the snapshot gone."""
-    fp = request.app[FP_KEY]
-    name, snap = request.match_info["name"], request.match_info["snap"]
+async def _remove(request: web.Request, kind: str, key: str,
+                  remove: Callable[[str, str], Awaitable[bool]]) -> web.Response:
+    """A DELETE of a directory volume or a snapshot: ``{"name", "removed"}``."""
+    name, item = request.match_info["name"], request.match_info[key]
     try:
-        removed = await fp.remove_snapshot(name, snap)
+        removed = await remove(name, item)
     except KeyError:
         return web.json_response({"error": f"{name} is not served here"}, status=404)
     except ValueError as exc:
         return web.json_response({"error": str(exc)}, status=400)
     except OSError as exc:
-        return web.json_response({"error": f"snapshot {snap} of {name}: {exc}"}, status=409)
-    return web.json_response({"name": snap, "removed": removed})
+        return web.json_response({"error": f"{kind} {item} of {name}: {exc}"}, status=409)
+    return web.json_response({"name": item, "removed": removed})
+
+
+async def _remove_snapshot(request: web.Request) -> web.Response:
+    """``DELETE /v1/filesystems/{name}/snapshots/{snap}``: the snapshot gone."""
+    return await _remove(request, "snapshot", "snap", request.app[FP_KEY].remove_snapshot)
 
 
 async def _remove_directory(request: web.Request) -> web.Response:
     """``DELETE /v1/filesystems/{name}/directories/{dir}``: the directory volume and its data gone."""
-    fp = request.app[FP_KEY]
-    name, dirname = request.match_info["name"], request.match_info["dir"]
-    try:
-        removed = await fp.remove_directory(name, dirname)
-    except KeyError:
-        return web.json_response({"error": f"{name} is not served here"}, status=404)
-    except ValueError as exc:
-        return web.json_response({"error": str(exc)}, status=400)
-    except OSError as exc:
-        return web.json_response({"error": f"directory {dirname} of {name}: {exc}"}, status=409)
-    return web.json_response({"name": dirname, "removed": removed})
+    return await _remove(request, "directory", "dir", request.app[FP_KEY].remove_directory)
 
 
 async def _calls(request: web.Request) -> web.Response:
