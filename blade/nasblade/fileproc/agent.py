@@ -229,12 +229,27 @@ async def _directories(request: web.Request) -> web.Response:
         return web.json_response({"error": f"{name} is not served here"}, status=404)
 
 
+async def _answer(name: str, what: str, work: Callable[[], Awaitable[Any]]) -> web.Response:
+    """``work``'s result as JSON, or the refusal: 404 when ``name`` is not served here, 400 for
+    bad input, 409 for what the file system refuses (a missing source, ENOSPC, a nested quota)."""
+    try:
+        return web.json_response(await work())
+    except KeyError:
+        return web.json_response({"error": f"{name} is not served here"}, status=404)
+    except (ValueError, TypeError) as exc:
+        return web.json_response({"error": f"{what} of {name}: {exc}"}, status=400)
+    except OSError as exc:  # FsError included
+        reason = exc.strerror if isinstance(exc, FileNotFoundError) else exc
+        return web.json_response({"error": f"{what} of {name}: {reason}"}, status=409)
+
+
 async def _set_directory(request: web.Request) -> web.Response:
     """``PUT /v1/filesystems/{name}/directories/{dir}`` ``{"quotaBytes": N, "mode": 511}``:
     the directory volume made or resized (``FileProcessor.set_directory``)."""
     fp = request.app[FP_KEY]
     name, dirname = request.match_info["name"], request.match_info["dir"]
-    try:
+
+    async def work() -> Any:
         raw = await request.json()
         if not isinstance(raw, dict):
             raise TypeError("expected a JSON object")
@@ -243,16 +258,9 @@ async def _set_directory(request: web.Request) -> web.Response:
             raise ValueError(f"quotaBytes: expected a byte count >= 0, got {quota!r}")
         if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
             raise ValueError(f"mode: expected a permission value 0..0o7777, got {mode!r}")
-        source = _source(raw.get("source"))
-        return web.json_response(await fp.set_directory(name, dirname, quota_bytes=quota, mode=mode, source=source))
-    except KeyError:
-        return web.json_response({"error": f"{name} is not served here"}, status=404)
-    except FileNotFoundError as exc:
-        return web.json_response({"error": f"directory {dirname} of {name}: {exc.strerror}"}, status=409)
-    except (ValueError, TypeError) as exc:
-        return web.json_response({"error": f"directory {dirname} of {name}: {exc}"}, status=400)
-    except OSError as exc:  # FsError included: EINVAL (nested quota), ENOTDIR, ENOSPC …
-        return web.json_response({"error": f"directory {dirname} of {name}: {exc}"}, status=409)
+        return await fp.set_directory(name, dirname, quota_bytes=quota, mode=mode, source=_source(raw.get("source")))
+
+    return await _answer(name, f"directory {dirname}", work)
 
 
 def _source(raw: Any) -> tuple[str, str] | None:
@@ -281,34 +289,25 @@ async def _make_snapshot(request: web.Request) -> web.Response:
     directory volume ``D`` made (``FileProcessor.snapshot_directory``; idempotent)."""
     fp = request.app[FP_KEY]
     name, snap = request.match_info["name"], request.match_info["snap"]
-    try:
+
+    async def work() -> Any:
         raw = await request.json()
         if not isinstance(raw, dict) or not isinstance(raw.get("directory"), str):
             raise ValueError('expected {"directory": NAME}')
-        return web.json_response(await fp.snapshot_directory(name, raw["directory"], snap))
-    except KeyError:
-        return web.json_response({"error": f"{name} is not served here"}, status=404)
-    except FileNotFoundError as exc:
-        return web.json_response({"error": f"snapshot {snap} of {name}: {exc.strerror}"}, status=409)
-    except (ValueError, TypeError) as exc:
-        return web.json_response({"error": f"snapshot {snap} of {name}: {exc}"}, status=400)
-    except OSError as exc:  # ENOSPC …
-        return web.json_response({"error": f"snapshot {snap} of {name}: {exc}"}, status=409)
+        return await fp.snapshot_directory(name, raw["directory"], snap)
+
+    return await _answer(name, f"snapshot {snap}", work)
 
 
 async def _remove(request: web.Request, kind: str, key: str,
                   remove: Callable[[str, str], Awaitable[bool]]) -> web.Response:
     """A DELETE of a directory volume or a snapshot: ``{"name", "removed"}``."""
     name, item = request.match_info["name"], request.match_info[key]
-    try:
-        removed = await remove(name, item)
-    except KeyError:
-        return web.json_response({"error": f"{name} is not served here"}, status=404)
-    except ValueError as exc:
-        return web.json_response({"error": str(exc)}, status=400)
-    except OSError as exc:
-        return web.json_response({"error": f"{kind} {item} of {name}: {exc}"}, status=409)
-    return web.json_response({"name": item, "removed": removed})
+
+    async def work() -> Any:
+        return {"name": item, "removed": await remove(name, item)}
+
+    return await _answer(name, f"{kind} {item}", work)
 
 
 async def _remove_snapshot(request: web.Request) -> web.Response:
