@@ -129,6 +129,27 @@ build_lpp() {
   gobuild_install "$out" "github.com/rancher/local-path-provisioner@$LPP_VERSION" "-X main.VERSION=$LPP_VERSION"
 }
 
+# csi-snapshotter and snapshot-controller (kubernetes-csi/external-snapshotter). Its go.mod
+# replaces its client module with ./client, a directory the module's zip leaves out (the client
+# is a module of its own), so `go install pkg@v` refuses it: the module is copied out of the
+# module cache, the client module of the same release put at ./client, and built there.
+build_snapshotter() {
+  local out; out=$(snapshotter_bindir)
+  have "$out" csi-snapshotter && have "$out" snapshot-controller \
+    && { log "external-snapshotter $SNAPSHOTTER_VERSION already built"; return 0; }
+  log "external-snapshotter $SNAPSHOTTER_VERSION: building csi-snapshotter and snapshot-controller"
+  local mod="github.com/kubernetes-csi/external-snapshotter"
+  local src client wd="$NASBLADE_CACHE/src/external-snapshotter-$SNAPSHOTTER_VERSION"
+  src=$("$GO" mod download -json "$mod/v8@$SNAPSHOTTER_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  client=$("$GO" mod download -json "$mod/client/v8@$SNAPSHOTTER_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -f "$src/go.mod" ] && [ -f "$client/go.mod" ] || die "external-snapshotter $SNAPSHOTTER_VERSION: module download failed"
+  rm -rf "$wd"; mkdir -p "$wd" "$out"
+  cp -r "$src/." "$wd/"; cp -r "$client" "$wd/client"; chmod -R u+w "$wd"
+  ( cd "$wd" && $NICE "$GO" build -trimpath -ldflags "-s -w -X main.version=$SNAPSHOTTER_VERSION" \
+      -o "$out/" ./cmd/csi-snapshotter ./cmd/snapshot-controller )
+  rm -rf "$wd"
+}
+
 # promtool (tests/chart: `promtool test rules` on the chart's PrometheusRule). Prometheus's
 # go.mod has exclude directives, so `go install pkg@v` refuses it: a wrapper module instead.
 build_promtool() {
@@ -182,10 +203,11 @@ run() {
     coredns) build_coredns ;;
     local-path-provisioner|lpp) build_lpp ;;
     pause) build_pause ;;
+    snapshotter) build_snapshotter ;;
     promtool) build_promtool ;;
     checkov) build_checkov ;;
     tier1) run etcd; run k8s-tier1; run kwok ;;
-    tier2|all) run tier1; run pause; run k8s-tier2; run helm; run coredns; run lpp ;;
+    tier2|all) run tier1; run pause; run k8s-tier2; run helm; run coredns; run lpp; run snapshotter ;;
     *) die "unknown component $1" ;;
   esac
 }

@@ -4,6 +4,9 @@
 #   csi.sh spec     -> prints the path of csi.proto of CSI_SPEC_VERSION (module cache)
 #   csi.sh registration -> prints the path of the kubelet's plugin-registration api.proto
 #                      (k8s.io/kubelet $KUBELET_API_VERSION)
+#   csi.sh snapshot-crds -> prints the paths of the VolumeSnapshot (and VolumeGroupSnapshot)
+#                      CRDs of kubernetes-csi/external-snapshotter's client module
+#                      $SNAPSHOTTER_VERSION (versions.env), one per line
 #   csi.sh sanity   -> builds csi-sanity (kubernetes-csi/csi-test) into
 #                      $NASBLADE_CACHE/bin/csi-sanity-$CSI_TEST_VERSION/ and prints its path
 # The Python driver (operator/nasblade_csi/proto.py) generates its gRPC code from that
@@ -34,6 +37,14 @@ registration() {
   echo "$dir/pkg/apis/pluginregistration/v1/api.proto"
 }
 
+snapshot_crds() {
+  local dir
+  dir=$("$GO" mod download -json "github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOTTER_VERSION" \
+        | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  ls "$dir"/config/crd/*.storage.k8s.io_*.yaml 2>/dev/null | grep . \
+    || die "no CRDs in external-snapshotter/client/v8@$SNAPSHOTTER_VERSION"
+}
+
 sanity() {
   local out="$BIN_ROOT/csi-sanity-$CSI_TEST_VERSION"
   if [ ! -x "$out/csi-sanity" ]; then
@@ -48,6 +59,7 @@ sanity() {
 case "${1:-}" in
   spec) spec ;;
   registration) registration ;;
+  snapshot-crds) snapshot_crds ;;
   sanity) sanity ;;
-  *) die "usage: csi.sh spec|registration|sanity" ;;
+  *) die "usage: csi.sh spec|registration|snapshot-crds|sanity" ;;
 esac

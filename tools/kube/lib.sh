@@ -24,4 +24,5 @@ kwok_bindir()    { echo "$BIN_ROOT/kwok-$KWOK_VERSION"; }
 helm_bindir()    { echo "$BIN_ROOT/helm-$HELM_VERSION"; }
 coredns_bindir() { echo "$BIN_ROOT/coredns-$COREDNS_VERSION"; }
 lpp_bindir()     { echo "$BIN_ROOT/local-path-provisioner-$LPP_VERSION"; }
+snapshotter_bindir() { echo "$BIN_ROOT/external-snapshotter-$SNAPSHOTTER_VERSION"; }
 promtool_bindir() { echo "$BIN_ROOT/promtool-$PROMETHEUS_VERSION"; }

@@ -109,7 +109,9 @@ def ensure_built(components: str = "tier1") -> None:
         k8s_bin("kube-scheduler"), k8s_bin("kubelet"), k8s_bin("kube-proxy"), helm_bin(),
         BIN_ROOT / "pause-1" / "pause",
         BIN_ROOT / f"coredns-{VERSIONS['COREDNS_VERSION']}" / "coredns",
-        BIN_ROOT / f"local-path-provisioner-{VERSIONS['LPP_VERSION']}" / "local-path-provisioner"]
+        BIN_ROOT / f"local-path-provisioner-{VERSIONS['LPP_VERSION']}" / "local-path-provisioner",
+        *(BIN_ROOT / f"external-snapshotter-{VERSIONS['SNAPSHOTTER_VERSION']}" / b
+          for b in ("csi-snapshotter", "snapshot-controller"))]
     if all(p.exists() for p in needed.get(components, [])):
         return
     log(f"building missing {components} binaries (see {CACHE}/logs); this can take a while")
