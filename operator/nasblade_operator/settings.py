@@ -31,6 +31,9 @@ Variables:
                                  (the kubelet's time to bring every pod the new bundle; default 10m)
   NASBLADE_CSI_CLUSTER_ROLE      the ClusterRole the operator binds each DiskArray's CSI controller
                                  plugin to (spec.csi; the chart's csi.enabled makes it)
+  NASBLADE_CSI_SNAPSHOTTER_IMAGE the image of the csi-snapshotter sidecar (kubernetes-csi/external-
+                                 snapshotter) added to each CSI controller plugin: VolumeSnapshots
+                                 of its volumes; empty: no sidecar (the chart's csi.snapshotter)
   NASBLADE_METRICS_SCRAPER       JSON {"namespaceSelector": <label selector>, "podSelector": <label
                                  selector>}: the pods (Prometheus) the NetworkPolicies let in to
                                  GET /v1/metrics on the controller's control API and the blades'
@@ -87,6 +90,8 @@ class OperatorConfig:
     #: the ClusterRole a DiskArray's CSI controller plugin is bound to (the chart's); empty: the
     #: installation has none and ``spec.csi.enabled`` is refused
     csi_cluster_role: str = ""
+    #: the csi-snapshotter sidecar's image in each CSI controller plugin; empty: none
+    csi_snapshotter_image: str = ""
     #: placement and resources of controller and blade pods where their resources say nothing
     controller_defaults: podspec.RoleDefaults = dataclasses.field(default_factory=podspec.RoleDefaults)
     blade_defaults: podspec.RoleDefaults = dataclasses.field(default_factory=podspec.RoleDefaults)
@@ -134,6 +139,7 @@ class OperatorConfig:
             ca_lifetime=_duration(e, "NASBLADE_CA_LIFETIME", "87600h"),
             cert_propagation=_duration(e, "NASBLADE_CERT_PROPAGATION", "10m"),
             csi_cluster_role=e.get("NASBLADE_CSI_CLUSTER_ROLE", "").strip(),
+            csi_snapshotter_image=e.get("NASBLADE_CSI_SNAPSHOTTER_IMAGE", "").strip(),
         )
 
 

@@ -53,15 +53,18 @@ def controller_pod_spec(defaults: podspec.PodDefaults = PULL) -> dict[str, Any]:
 # ---------------------------------------------------------------- offline
 
 
-def csi_pod_spec(defaults: podspec.PodDefaults = PULL) -> dict[str, Any]:
+SNAPSHOTTER = "reg.example/csi-snapshotter:v8.7.0"
+
+
+def csi_pod_spec(defaults: podspec.PodDefaults = PULL, snapshotter: str = "") -> dict[str, Any]:
     on = dataclasses.replace(ARRAY, csi=da_spec.Csi(enabled=True, cluster_group="g1", clients=("10.1.0.0/16",)))
-    spec: dict[str, Any] = da_csi.deployment("ns", "a1", on, image="reg.example/nb:1", defaults=defaults)[
-        "spec"]["template"]["spec"]
+    spec: dict[str, Any] = da_csi.deployment("ns", "a1", on, image="reg.example/nb:1", defaults=defaults,
+                                             snapshotter=snapshotter)["spec"]["template"]["spec"]
     return spec
 
 
 def test_pull_policy_and_secrets_reach_every_container() -> None:
-    for pod in (controller_pod_spec(), blade(group_spec())["spec"], csi_pod_spec()):
+    for pod in (controller_pod_spec(), blade(group_spec())["spec"], csi_pod_spec(snapshotter=SNAPSHOTTER)):
         assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
         assert {c["imagePullPolicy"] for c in pod["containers"]} == {"Always"}
         assert not any(e["name"] == "NASBLADE_LOG_FORMAT" for c in pod["containers"] for e in c.get("env", []))
@@ -88,7 +91,8 @@ def test_settings_read_the_pull_and_policy_variables() -> None:
 
 
 def test_every_container_is_hardened() -> None:
-    for pod in (controller_pod_spec(), blade(group_spec())["spec"], csi_pod_spec()):
+    for pod in (controller_pod_spec(), blade(group_spec())["spec"], csi_pod_spec(),
+                csi_pod_spec(snapshotter=SNAPSHOTTER)):
         # only the CSI plugin talks to the API server (claims, volumes)
         assert pod["automountServiceAccountToken"] is (pod.get("serviceAccountName") == "a1-csi-controller")
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -130,6 +134,23 @@ def test_csi_plugin_runs_on_the_controllers_placement_with_files_not_variables()
     assert c["env"] == [{"name": "NASBLADE_NBD_TLS_DIR", "value": da_csi.TLS_DIR}]  # a path, no secret value
     token = next(v for v in pod["volumes"] if v["name"] == "token")
     assert token["secret"]["items"] == [{"key": "token", "path": "token"}]  # not the admin or operator token
+
+
+def test_csi_plugin_gets_the_snapshotter_sidecar_when_the_installation_names_its_image() -> None:
+    assert [c["name"] for c in csi_pod_spec()["containers"]] == ["csi-controller"]
+    pod = csi_pod_spec(snapshotter=SNAPSHOTTER)
+    plugin, sidecar = pod["containers"]
+    assert sidecar["name"] == "csi-snapshotter" and sidecar["image"] == SNAPSHOTTER
+    assert f"--csi-address={da_csi.SOCKET_DIR}/csi.sock" in sidecar["args"]
+    assert "--leader-election=false" in sidecar["args"]  # one replica (Recreate)
+    assert "--endpoint" in plugin["args"] and f"unix://{da_csi.SOCKET_DIR}/csi.sock" in plugin["args"]
+    # the socket's volume and nothing of the plugin's credentials
+    mounts = {m["name"] for m in sidecar["volumeMounts"]}
+    assert "socket" in mounts and not mounts & {"token", "nbd-tls"}
+    assert "env" not in sidecar
+    assert settings.OperatorConfig.from_env(
+        {"NASBLADE_CSI_SNAPSHOTTER_IMAGE": f" {SNAPSHOTTER} "}).csi_snapshotter_image == SNAPSHOTTER
+    assert settings.OperatorConfig.from_env({}).csi_snapshotter_image == ""
 
 
 def test_controller_placement() -> None:

@@ -10,6 +10,11 @@ to ``<that role>-array`` (the DiskArray, ClusterGroups and Services). A ClusterR
 cannot be owned by a namespaced object, so ``sync`` deletes it when CSI is turned off and
 ``forget`` when the DiskArray goes; the rest is owned by the DiskArray.
 
+With the installation's csi-snapshotter image (``settings.csi_snapshotter_image``, the chart's
+``csi.snapshotter``) the pod has a second container, the upstream external-snapshotter sidecar,
+on the same socket: it turns VolumeSnapshotContents of this driver into CreateSnapshot and
+DeleteSnapshot calls (one replica, so no leader election).
+
 The plugin holds the array's user token (control API: LUs, copies) and the operator's NBD client
 certificate of the array (it reads and grows the file systems of its volumes), both mounted as
 files. Builders are pure; ``sync`` is the one place that talks to the API server.
@@ -73,9 +78,23 @@ def role_binding(namespace: str, array: str, *, role: str) -> dict[str, Any]:
     }
 
 
+def snapshotter_container(image: str) -> dict[str, Any]:
+    """The csi-snapshotter sidecar on the plugin's socket. ``--timeout`` bounds one
+    CreateSnapshot call; the driver answers within ``--snapshot-wait`` (not ready yet: the
+    sidecar calls again)."""
+    return {
+        "name": "csi-snapshotter",
+        "image": image,
+        "args": [f"--csi-address={SOCKET_DIR}/csi.sock", "--leader-election=false", "--timeout=60s",
+                 "--v=2"],
+        "volumeMounts": [{"name": "socket", "mountPath": SOCKET_DIR}],
+    }
+
+
 def deployment(namespace: str, array: str, spec: DiskArraySpec, *, image: str,
-               defaults: podspec.PodDefaults = podspec.DEFAULTS) -> dict[str, Any]:
-    """One replica (the provisioner must be alone: ``Recreate``), on the controller's placement."""
+               defaults: podspec.PodDefaults = podspec.DEFAULTS, snapshotter: str = "") -> dict[str, Any]:
+    """One replica (the provisioner must be alone: ``Recreate``), on the controller's placement;
+    with ``snapshotter`` (an image) the csi-snapshotter sidecar beside the plugin."""
     api = endpoints.controller_api(namespace, array)
     nbd = endpoints.controller_nbd(namespace, array)
     args = [
@@ -106,7 +125,7 @@ def deployment(namespace: str, array: str, spec: DiskArraySpec, *, image: str,
         "metadata": {"labels": labels(array)},
         "spec": {
             "serviceAccountName": name(array),
-            "containers": [container],
+            "containers": [container, *([snapshotter_container(snapshotter)] if snapshotter else [])],
             "volumes": [
                 {"name": "token", "secret": {"secretName": naming.token_secret_name(array),
                                              "items": [{"key": "token", "path": "token"}]}},
@@ -137,7 +156,7 @@ class NoClusterRole(Exception):
 
 
 async def sync(k: kube.Kube, body: kopf.Body, spec: DiskArraySpec, *, array: str, namespace: str,
-               image: str, role: str, defaults: podspec.PodDefaults) -> list[str]:
+               image: str, role: str, defaults: podspec.PodDefaults, snapshotter: str = "") -> list[str]:
     """Make (or, with CSI off, remove) the plugin's objects; returns what changed, for an Event."""
     changed: list[str] = []
     if not spec.csi.enabled:
@@ -153,7 +172,7 @@ async def sync(k: kube.Kube, body: kopf.Body, spec: DiskArraySpec, *, array: str
                             "csi.enabled=true (NASBLADE_CSI_CLUSTER_ROLE), or set csi.enabled false")
     sa = service_account(array)
     rb = role_binding(namespace, array, role=role)
-    dep = deployment(namespace, array, spec, image=image, defaults=defaults)
+    dep = deployment(namespace, array, spec, image=image, defaults=defaults, snapshotter=snapshotter)
     for obj in (sa, rb, dep):
         kopf.adopt(obj, owner=body)
     crb = cluster_role_binding(namespace, array, role=role)

@@ -253,7 +253,8 @@ async def _ensure_children(
     created += await policies.sync_array(k, body, array=name, namespace=namespace)
     try:
         created += await csi.sync(k, body, parsed, array=name, namespace=namespace, image=image,
-                                  role=settings.current().csi_cluster_role, defaults=settings.current().pod_defaults)
+                                  role=settings.current().csi_cluster_role, defaults=settings.current().pod_defaults,
+                                  snapshotter=settings.current().csi_snapshotter_image)
     except csi.NoClusterRole as exc:  # the rest of the array is unaffected
         events.warning(body, "CsiRefused", str(exc))
     if created:
