@@ -42,8 +42,10 @@ def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 def operator_role(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The operator's ClusterRole (the chart's others are the CSI plugin's, ``-csi-controller*``)."""
-    found = [o for o in by_kind(objs, "ClusterRole") if "-csi-controller" not in o["metadata"]["name"]]
+    """The operator's ClusterRole (the chart's others are the CSI plugin's, ``-csi-controller*``,
+    and the snapshot-controller's, ``-snapshot-controller``)."""
+    found = [o for o in by_kind(objs, "ClusterRole")
+             if not any(s in o["metadata"]["name"] for s in ("-csi-controller", "-snapshot-controller"))]
     assert len(found) == 1, f"expected one operator ClusterRole, got {len(found)}"
     return found[0]
 
@@ -229,6 +231,7 @@ def test_values_reach_the_operator(render: Render) -> None:
                    "NASBLADE_NETWORK_POLICIES": "true", "NASBLADE_OPERATOR_NAMESPACE": None,
                    "NASBLADE_LOG_FORMAT": "json", "NASBLADE_METRICS_SCRAPER": json.dumps(DEFAULT_SCRAPER, separators=(",", ":")),
                    "NASBLADE_CSI_CLUSTER_ROLE": "nb-nasblade-csi-controller",
+                   "NASBLADE_CSI_SNAPSHOTTER_IMAGE": SNAPSHOTTER_IMAGE,
                    "NASBLADE_POD_DEFAULTS": json.dumps({r: {"nodeSelector": {}, "priorityClassName": "", "resources": {},
                                                             "tolerations": []} for r in ("blades", "controller")},
                                                        separators=(",", ":")),
@@ -339,6 +342,159 @@ def test_csi_node_plugin_is_asked_for_and_mounts_under_the_kubelet_dir(render: R
     assert {v["name"]: v.get("hostPath", {}).get("path") for v in pod["volumes"]}["kubelet-dir"] == "/data/kubelet"
     assert pod["automountServiceAccountToken"] is False and pod["tolerations"] == [{"operator": "Exists"}]
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+SNAPSHOTTER_IMAGE = "registry.k8s.io/sig-storage/csi-snapshotter:v8.7.0"
+SNAPSHOT_CONTROLLER_IMAGE = "registry.k8s.io/sig-storage/snapshot-controller:v8.7.0"
+SNAPSHOT_CLASS_API = "snapshot.storage.k8s.io/v1/VolumeSnapshotClass"
+# what the upstream csi-snapshotter sidecar needs (external-snapshotter's rbac-csi-snapshotter.yaml,
+# without its lease Role: the operator runs it with --leader-election=false)
+SIDECAR_RULES = {("", "events", v) for v in ("list", "watch", "create", "update", "patch")} | {
+    (g, r, v) for g, r, verbs in (
+        ("snapshot.storage.k8s.io", "volumesnapshotclasses", "get list watch"),
+        ("snapshot.storage.k8s.io", "volumesnapshotcontents", "get list watch update patch"),
+        ("snapshot.storage.k8s.io", "volumesnapshotcontents/status", "update patch"),
+        ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses", "get list watch"),
+        ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", "get list watch update patch"),
+        ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents/status", "update patch"))
+    for v in verbs.split()}
+
+
+def csi_role(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    (role,) = [o for o in by_kind(objs, "ClusterRole") if o["metadata"]["name"] == "nb-nasblade-csi-controller"]
+    return role
+
+
+def snapshot_controller_objects(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objs if o["metadata"]["name"] == "nb-nasblade-snapshot-controller"]
+
+
+def test_csi_snapshotter_reaches_the_operator_and_the_plugin_role(render: Render) -> None:
+    """csi.snapshotter (on by default): the operator gets the sidecar's image
+    (NASBLADE_CSI_SNAPSHOTTER_IMAGE), and the ClusterRole every CSI controller plugin is bound to
+    grants what the sidecar does -- each resource in one rule, the provisioner's rights kept.
+    Off: no variable (no sidecar) and the plugin's role as before."""
+    from nasblade_operator import settings
+    from nasblade_operator.diskarray import csi as da_csi
+
+    objs = render()
+    env = {e["name"]: e.get("value") for e in operator_container(objs)["env"]}
+    assert env["NASBLADE_CSI_SNAPSHOTTER_IMAGE"] == SNAPSHOTTER_IMAGE
+    assert settings.OperatorConfig.from_env(env).csi_snapshotter_image == SNAPSHOTTER_IMAGE
+    role = csi_role(objs)
+    rules = set(_rules(role))
+    assert ("snapshot.storage.k8s.io", "volumesnapshotcontents/status", "patch") in rules
+    assert rules >= SIDECAR_RULES
+    assert {("", "persistentvolumes", "create"), ("snapshot.storage.k8s.io", "volumesnapshots", "get"),
+            ("", "persistentvolumeclaims/status", "patch")} <= rules  # the provisioner's and resizer's
+    assert not any(r == "leases" or "*" in (g, r, v) for g, r, v in rules)
+    # the sidecar runs without leader election (so the role needs no Leases)
+    assert "--leader-election=false" in da_csi.snapshotter_container(SNAPSHOTTER_IMAGE)["args"]
+    pairs = [(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]]
+    assert len(pairs) == len(set(pairs)), "a resource in two rules"
+    assert {v for g, r, v in rules if r == "events"} == {"list", "watch", "create", "update", "patch"}
+
+    other = operator_container(render("csi.snapshotter.image=reg.example/snap:1"))
+    assert {"name": "NASBLADE_CSI_SNAPSHOTTER_IMAGE", "value": "reg.example/snap:1"} in other["env"]
+
+    off = render("csi.snapshotter.enabled=false")
+    assert "NASBLADE_CSI_SNAPSHOTTER_IMAGE" not in {e["name"] for e in operator_container(off)["env"]}
+    off_rules = set(_rules(csi_role(off)))
+    assert ("snapshot.storage.k8s.io", "volumesnapshotcontents/status", "patch") not in off_rules
+    assert not any(g == "groupsnapshot.storage.k8s.io" or r == "volumesnapshotclasses" for g, r, _ in off_rules)
+    assert {v for _, r, v in off_rules if r in ("volumesnapshots", "volumesnapshotcontents")} == {"get"}
+    assert {v for _, r, v in off_rules if r == "events"} == {"create"}
+    nocsi = render("csi.enabled=false")
+    assert "NASBLADE_CSI_SNAPSHOTTER_IMAGE" not in {e["name"] for e in operator_container(nocsi)["env"]}
+
+
+def test_snapshot_controller_is_asked_for_and_hardened(render: Render) -> None:
+    """csi.snapshotController: off by default (most clusters run one); when asked, its
+    ServiceAccount, the upstream ClusterRole bound to it, a one-replica Deployment without leader
+    election, hardened as the operator's pod (Pod Security "restricted"), with labels of its own
+    (no overlap with the operator's selector), and a NetworkPolicy that lets nothing in."""
+    assert snapshot_controller_objects(render()) == []
+    assert snapshot_controller_objects(render("csi.enabled=false", "csi.snapshotController.enabled=true")) == []
+    objs = render("csi.snapshotController.enabled=true", "imagePullSecrets[0].name=regcred",
+                  "image.pullPolicy=Always")
+    mine = snapshot_controller_objects(objs)
+    assert sorted(o["kind"] for o in mine) == ["ClusterRole", "ClusterRoleBinding", "Deployment",
+                                               "NetworkPolicy", "ServiceAccount"]
+    for o in mine:
+        assert all(label in o["metadata"]["labels"] for label in STANDARD_LABELS), o["kind"]
+        assert o["metadata"]["labels"]["app.kubernetes.io/component"] == "snapshot-controller"
+        if o["kind"] in NAMESPACED_KINDS:
+            assert o["metadata"]["namespace"] == "nasblade-system"
+    kinds = {o["kind"]: o for o in mine}
+
+    rules = set(_rules(kinds["ClusterRole"]))
+    assert ("snapshot.storage.k8s.io", "volumesnapshotcontents", "create") in rules
+    assert ("snapshot.storage.k8s.io", "volumesnapshots/status", "patch") in rules
+    assert ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents/status", "patch") in rules
+    assert ("", "persistentvolumeclaims", "update") in rules
+    assert {v for _, r, v in rules if r == "persistentvolumes"} == {"get", "list", "watch"}
+    assert not any(r in ("secrets", "leases", "pods") or "*" in (g, r, v) for g, r, v in rules)
+    binding = kinds["ClusterRoleBinding"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "nb-nasblade-snapshot-controller"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "nb-nasblade-snapshot-controller",
+                                    "namespace": "nasblade-system"}]
+
+    dep = kinds["Deployment"]
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert selector["app.kubernetes.io/component"] == "snapshot-controller"
+    assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    operator = [d for d in by_kind(objs, "Deployment") if d is not dep]
+    assert len(operator) == 1
+    assert not operator[0]["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert not selector.items() <= operator[0]["spec"]["template"]["metadata"]["labels"].items()
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "nb-nasblade-snapshot-controller"
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    assert c["image"] == SNAPSHOT_CONTROLLER_IMAGE and c["imagePullPolicy"] == "Always"
+    assert c["args"] == ["--leader-election=false", "--v=2"]
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+    assert c["resources"]["limits"]["memory"]
+
+    np = kinds["NetworkPolicy"]
+    assert np["spec"]["podSelector"]["matchLabels"] == selector
+    assert np["spec"]["policyTypes"] == ["Ingress"] and not np["spec"].get("ingress")
+    off = render("csi.snapshotController.enabled=true", "networkPolicy.enabled=false")
+    assert sorted(o["kind"] for o in snapshot_controller_objects(off)) == [
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    other = one(snapshot_controller_objects(render(
+        "csi.snapshotController.enabled=true", "csi.snapshotController.image=reg.example/sc:1",
+        "csi.snapshotController.resources.requests.cpu=1")), "Deployment")
+    (c,) = other["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "reg.example/sc:1" and c["resources"]["requests"]["cpu"] == 1
+
+
+def test_volume_snapshot_class_needs_the_snapshot_api(render: Render) -> None:
+    """The VolumeSnapshotClass of nas.nasblade.io: only where the cluster serves its API (the
+    chart installs no VolumeSnapshot CRDs), with the values' name, deletion policy and default
+    annotation; csi.snapshotClass.create=false or csi.enabled=false: none."""
+    assert by_kind(render(), "VolumeSnapshotClass") == []
+    api = (SNAPSHOT_CLASS_API,)
+    vsc = one(render(api_versions=api), "VolumeSnapshotClass")
+    assert vsc["apiVersion"] == "snapshot.storage.k8s.io/v1"
+    assert vsc["metadata"]["name"] == "nasblade"
+    assert vsc["driver"] == "nas.nasblade.io" == one(render(), "CSIDriver")["metadata"]["name"]
+    assert vsc["deletionPolicy"] == "Delete"
+    assert "annotations" not in vsc["metadata"]
+    assert all(label in vsc["metadata"]["labels"] for label in STANDARD_LABELS)
+    vsc = one(render("csi.snapshotClass.name=nas-retain", "csi.snapshotClass.deletionPolicy=Retain",
+                     "csi.snapshotClass.default=true", api_versions=api), "VolumeSnapshotClass")
+    assert (vsc["metadata"]["name"], vsc["deletionPolicy"]) == ("nas-retain", "Retain")
+    assert vsc["metadata"]["annotations"] == {"snapshot.storage.k8s.io/is-default-class": "true"}
+    assert by_kind(render("csi.snapshotClass.create=false", api_versions=api), "VolumeSnapshotClass") == []
+    assert by_kind(render("csi.enabled=false", api_versions=api), "VolumeSnapshotClass") == []
 
 
 def test_service_monitor(helm: Helm) -> None:
@@ -493,6 +649,9 @@ def test_operator_policy_metrics_port_defaults_and_off(render: Render) -> None:
     (["metrics.scraper.ipBlock.cidr=0.0.0.0/0"], "additional properties 'ipBlock' not allowed"),
     (["metrics.scraper.namespaceSelector.matchExpressions[0].key=team",
       "metrics.scraper.namespaceSelector.matchExpressions[0].operator=Is"], "/metrics/scraper/namespaceSelector"),
+    (["csi.snapshotter.tag=v8"], "additional properties 'tag' not allowed"),
+    (["csi.snapshotClass.deletionPolicy=Keep"], "at '/csi/snapshotClass/deletionPolicy'"),
+    (["csi.snapshotController.image="], "at '/csi/snapshotController/image'"),
 ])
 def test_invalid_values_fail(helm: Helm, values: list[str], message: str) -> None:
     argv = ["template", "nb", str(CHART), "--kube-version", KUBE_VERSION]
@@ -524,7 +683,8 @@ def _restricted_namespace(kc: str, name: str | None = None) -> str:
 
 @pytest.mark.tier1
 @pytest.mark.parametrize("values", [[], ["watchNamespaces={chart-team-a,chart-team-b}", "replicaCount=2",
-                                         "leaderElection.enabled=true", "logLevel=debug"]],
+                                         "leaderElection.enabled=true", "logLevel=debug",
+                                         "csi.snapshotController.enabled=true"]],
                          ids=["defaults", "namespaced"])
 def test_server_side_dry_run(helm: Helm, crds_applied: str, values: list[str]) -> None:
     """helm template | kubectl apply --server-side --dry-run=server: the API server validates
@@ -562,6 +722,30 @@ def test_operator_pod_meets_restricted(render: Render, crds_applied: str) -> Non
     pod["spec"]["serviceAccountName"] = "default"
     r = _kubectl(kc, "create", "--dry-run=server", "-f", "-", stdin=json.dumps(pod))
     assert r.returncode == 0, r.stderr
+    loose = copy.deepcopy(pod)
+    del loose["spec"]["securityContext"]
+    del loose["spec"]["containers"][0]["securityContext"]
+    r = _kubectl(kc, "create", "--dry-run=server", "-f", "-", stdin=json.dumps(loose))
+    assert r.returncode != 0 and "violates PodSecurity" in r.stderr, r.stderr
+
+
+@pytest.mark.tier1
+def test_snapshot_controller_pod_meets_restricted(render: Render, crds_applied: str) -> None:
+    """The snapshot-controller's pod template is admitted by Pod Security 'restricted' as a Pod
+    (enforced), and refused without its security context (the check is real)."""
+    kc = crds_applied
+    ns = _restricted_namespace(kc)
+    (dep,) = [d for d in by_kind(render("csi.snapshotController.enabled=true", namespace=ns), "Deployment")
+              if d["metadata"]["name"] == "nb-nasblade-snapshot-controller"]
+    template = dep["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "snapshot-controller-probe", "namespace": ns,
+                        "labels": template["metadata"]["labels"]},
+           "spec": copy.deepcopy(template["spec"])}
+    pod["spec"]["serviceAccountName"] = "default"
+    r = _kubectl(kc, "create", "--dry-run=server", "-f", "-", stdin=json.dumps(pod))
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr, r.stderr
     loose = copy.deepcopy(pod)
     del loose["spec"]["securityContext"]
     del loose["spec"]["containers"][0]["securityContext"]
@@ -911,16 +1095,17 @@ def test_checkov(helm: Helm, checkov: Path, tmp_path: Path) -> None:
 
     argv = ["template", "nb", str(CHART), "--namespace", "nasblade-system", "--kube-version", KUBE_VERSION,
             "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.dashboard.enabled=true",
-            "--set", "metrics.serviceMonitor.enabled=true", "--set", "csi.node.enabled=true", "--api-versions", PROM_RULE_API,
-            "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"]
+            "--set", "metrics.serviceMonitor.enabled=true", "--set", "csi.node.enabled=true",
+            "--set", "csi.snapshotController.enabled=true", "--api-versions", PROM_RULE_API,
+            "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor", "--api-versions", SNAPSHOT_CLASS_API]
     (tmp_path / "chart.yaml").write_text(helm(*argv).stdout)
     made = [blade, da_builders.controller_statefulset("a1", array, image="nasblade/nasblade:0.1.0"),
             *policies.array_policies("a1", operator_namespace="nasblade-system", operator_labels={"a": "b"}),
             policies.blade_policy(array="a1", group="g1", clients=["10.0.0.0/8"], operator_namespace="nasblade-system",
                                   operator_labels={"a": "b"}, nfs_slots=[0]),
             policies.disruption_budget(array="a1", group="g1", blades=2),
-            # the CSI controller plugin of a DiskArray with spec.csi
-            da_csi.deployment("storage", "a1", array, image="nasblade/nasblade:0.1.0"),
+            # the CSI controller plugin of a DiskArray with spec.csi, and its csi-snapshotter sidecar
+            da_csi.deployment("storage", "a1", array, image="nasblade/nasblade:0.1.0", snapshotter=SNAPSHOTTER_IMAGE),
             da_csi.service_account("a1"), da_csi.role_binding("storage", "a1", role="nb-nasblade-csi-controller")]
     for obj in made:
         obj["metadata"]["namespace"] = "storage"
