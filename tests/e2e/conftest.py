@@ -36,7 +36,16 @@ sys.path.insert(0, str(HERE.parents[1] / "tools" / "kube"))
 sys.path.insert(0, str(HERE))
 import imagetool  # noqa: E402
 import nbcluster  # noqa: E402
-from e2elib import CLIENT_IMAGE, IMAGE, RELEASE, RELEASE_NS, Kube, adopt_crds, collect_diagnostics  # noqa: E402
+from e2elib import (  # noqa: E402
+    CLIENT_IMAGE,
+    IMAGE,
+    RELEASE,
+    RELEASE_NS,
+    Kube,
+    adopt_crds,
+    collect_diagnostics,
+    install_snapshot_crds,
+)
 from pytest_cluster import *  # noqa: E402, F403 - fixtures: e2e_cluster, e2e_kubeconfig
 
 
@@ -69,6 +78,8 @@ def release(kube: Kube, images: list[str]) -> Iterator[str]:
     # The chart installs and upgrades the CRDs (templates, kept on uninstall); ones this cluster
     # kept from an earlier run belong to no release or another one: give them to this release
     adopt_crds(kube, release=RELEASE, namespace=RELEASE_NS)
+    # the cluster's VolumeSnapshot API, which the chart's VolumeSnapshotClass needs (step 3h)
+    install_snapshot_crds(kube)
     yield RELEASE
     kube.helm("uninstall", RELEASE, "-n", RELEASE_NS, "--wait", check=False)
     kube.kubectl("delete", "namespace", RELEASE_NS, "--ignore-not-found", "--wait=false",

@@ -23,7 +23,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "kube"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nbcluster
-from e2elib import CHART, CLIENT_IMAGE, REPO, Kube, adopt_crds, condition
+from e2elib import (
+    CHART,
+    CLIENT_IMAGE,
+    REPO,
+    SNAPSHOT_VALUES,
+    Kube,
+    adopt_crds,
+    condition,
+    install_snapshot_crds,
+)
 
 NAMESPACE = "nasblade-demo"
 OPERATOR_NS = "nasblade-system"
@@ -59,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     repo, tag = a.image.rsplit(":", 1)
     nbcluster.log("installing the chart (release nasblade, namespace nasblade-system)")
     adopt_crds(kube, release="nasblade", namespace=OPERATOR_NS)  # CRDs kept by another release
+    install_snapshot_crds(kube)  # the VolumeSnapshot API, as a distribution would ship it
     kube.helm("upgrade", "--install", "nasblade", str(CHART), "-n", OPERATOR_NS,
               "--create-namespace", "--set", f"image.repository={repo}", "--set",
-              f"image.tag={tag}", "--wait", "--timeout", "5m")
+              f"image.tag={tag}", *SNAPSHOT_VALUES, "--wait", "--timeout", "5m")
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}))
     nbcluster.log(f"applying examples/ in namespace {NAMESPACE}")

@@ -95,6 +95,30 @@ def adopt_crds(kube: Kube, *, release: str, namespace: str) -> None:
                      f"meta.helm.sh/release-namespace={namespace}")
 
 
+# the upstream snapshot machinery the chart runs with the CSI driver (csi.snapshotter in each
+# CSI controller plugin, csi.snapshotController), built here (tools/kube/build.sh snapshotter)
+SNAPSHOTTER_IMAGE = nbcluster.VERSIONS["SNAPSHOTTER_IMAGE"]
+SNAPSHOT_CONTROLLER_IMAGE = nbcluster.VERSIONS["SNAPSHOT_CONTROLLER_IMAGE"]
+#: ``helm install`` values for them on the local clusters, which run no snapshot-controller and
+#: pull no image (install_snapshot_crds first, for the chart's VolumeSnapshotClass)
+SNAPSHOT_VALUES = ("--set", f"csi.snapshotter.image={SNAPSHOTTER_IMAGE}",
+                   "--set", "csi.snapshotController.enabled=true",
+                   "--set", f"csi.snapshotController.image={SNAPSHOT_CONTROLLER_IMAGE}")
+
+
+def install_snapshot_crds(kube: Kube) -> None:
+    """The VolumeSnapshot CRDs, as a cluster gets them from its distribution: the files of
+    kubernetes-csi/external-snapshotter's client module (tools/kube/csi.sh snapshot-crds),
+    applied server-side (their schemas pass the client-side annotation's size limit)."""
+    files = subprocess.run([str(REPO / "tools" / "kube" / "csi.sh"), "snapshot-crds"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", f)
+    for f in files:
+        name = yaml.safe_load(Path(f).read_text())["metadata"]["name"]
+        kube.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s", timeout=90)
+
+
 def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     """The condition ``type_`` of an object's status ({} when absent)."""
     for c in ((obj or {}).get("status") or {}).get("conditions") or []:

@@ -32,6 +32,10 @@ talks NFSv3 to the file system's Service exactly as an application with the file
   the longest time between two acknowledged records (the interruption the client saw), and
   the first errors.
 * ``verify``: reads the file back and checks that records 0..N-1 are all there, intact.
+* ``scan``: reads the whole file as it is now and says how many records it holds, whether
+  each one is intact and whether the file ends inside a record (what a copy of the file
+  system taken while the writer ran -- a snapshot -- must hold: a prefix of the records,
+  whole).
 
 Record format: ``b"%012d" % seq`` followed by ``-`` padding to ``RECORD`` bytes, at offset
 ``seq * RECORD``.
@@ -174,6 +178,17 @@ def verify(*, url: str, path: str, count: int) -> dict[str, object]:
     return {"records": count, "bytes": len(data), "missing": len(bad), "firstMissing": bad[:5]}
 
 
+def scan(*, url: str, path: str) -> dict[str, object]:
+    nfs = _connect(url)
+    fh = nfs.open(path, "rb")
+    data = bytes(fh.read())
+    fh.close()
+    count = len(data) // RECORD
+    bad = [i for i in range(count) if data[i * RECORD:(i + 1) * RECORD] != record(i)]
+    return {"records": count, "bytes": len(data), "partial": len(data) % RECORD, "bad": len(bad),
+            "firstBad": bad[:5]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -189,9 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--url", required=True)
     v.add_argument("--path", required=True)
     v.add_argument("--count", type=int, required=True)
+    s = sub.add_parser("scan")
+    s.add_argument("--url", required=True)
+    s.add_argument("--path", required=True)
     a = ap.parse_args(argv)
     if a.cmd == "writer":
         out = writer(url=a.url, path=a.path, duration=a.duration, interval=a.interval, stall=a.stall)
+    elif a.cmd == "scan":
+        out = scan(url=a.url, path=a.path)
     else:
         out = verify(url=a.url, path=a.path, count=a.count)
     sys.stdout.write(json.dumps(out, sort_keys=True) + "\n")

@@ -28,6 +28,7 @@ from e2elib import (
     IMAGE,
     RELEASE_NS,
     REPO,
+    SNAPSHOT_VALUES,
     Kube,
     condition,
     kill_container,
@@ -69,6 +70,9 @@ def test_step1_helm_install_operator_ready(kube: Kube, release: str) -> None:
     kube.helm("install", release, str(CHART), "--namespace", RELEASE_NS, "--create-namespace",
               "--set", f"image.tag={IMAGE.split(':')[1]}", "--set", "statusInterval=3",
               "--set", "csi.node.enabled=true",  # the CSI node plugin (step 3e)
+              # VolumeSnapshots (step 3h): the sidecar in each CSI controller plugin, and the
+              # cluster's snapshot-controller, which this cluster does not run by itself
+              *SNAPSHOT_VALUES,
               "--wait", "--timeout", "5m")
     status = kube.helm("status", release, "-n", RELEASE_NS).stdout
     assert "STATUS: deployed" in status
@@ -763,6 +767,116 @@ def test_step3g_exports_narrowed_to_the_nodes_that_mount(kube: Kube, release: st
         kube.kubectl("-n", ns, "delete", "pod", "csi-nodes-user", "--ignore-not-found", "--wait=false", check=False)
         kube.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)
         kube.kubectl("-n", ns, "delete", "pvc", claim, "--ignore-not-found", "--wait=false", check=False)
+    _csi_off(kube, ns)
+
+
+def _scan(kube: Kube, ns: str, url: str, path: str) -> dict[str, Any]:
+    """The writer's records in ``path`` as a client reads them now (tests/e2e/nfsclient.py scan)."""
+    found: dict[str, Any] = json.loads(_exec(kube, ns, "python3", "/opt/client/nfsclient.py", "scan", "--url",
+                                             f"{url}?version=3", "--path", path))
+    return found
+
+
+def test_step3h_volume_snapshot_under_a_writer_and_a_claim_restored_from_it(kube: Kube, release: str,
+                                                                            workload_ns: str) -> None:
+    """3h. A VolumeSnapshot of a claim, taken through the upstream machinery (the chart's
+    snapshot-controller, the csi-snapshotter sidecar in the array's CSI controller plugin, the
+    chart's VolumeSnapshotClass) while the writer appends FILE_SYNC records to the volume; a
+    claim restored from it holds exactly the volume at snapshot time: a file written before
+    it (same SHA-256), and of the writer's file every record a client read before the
+    VolumeSnapshot was made, no record the volume did not hold once it was ready, each whole
+    and intact. The writer loses nothing meanwhile. The snapshot deleted, its
+    VolumeSnapshotContent and its LU go (deletionPolicy Delete)."""
+    ns = workload_ns
+    sc, claim, restored, snap = f"nasblade-snap-{ns}", "csi-snap", "csi-snap-restored", "csi-snap-1"
+    plugin = f"{ARRAY}-csi-controller"
+    _csi_on(kube, ns, sc, {})
+    pod = kube.json("-n", ns, "get", "pods", "-l", "app.kubernetes.io/component=csi-controller")["items"]
+    assert [c["name"] for c in pod[0]["spec"]["containers"]] == ["csi-controller", "csi-snapshotter"], pod
+    writer: subprocess.Popen[str] | None = None
+    try:
+        kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": sc,
+                     "resources": {"requests": {"storage": "64Mi"}}}}))
+        pv = kube.get("pv", _bound(kube, ns, claim, plugin)["spec"]["volumeName"], namespace="") or {}
+        attrs = pv["spec"]["csi"]["volumeAttributes"]
+        url = f"nfs://{attrs['server']}{attrs['export']}"
+        kube.wait("the volume reachable at its Service", lambda: kube.kubectl(
+            "-n", ns, "exec", CLIENT_POD, "--", "nfs-ls", f"{url}?version=3", check=False,
+            timeout=60).returncode == 0, timeout=60, interval=1)
+        _exec(kube, ns, "sh", "-c", "head -c 4194304 /dev/urandom > /tmp/snap-base.bin")
+        _exec(kube, ns, "nfs-cp", "/tmp/snap-base.bin", f"{url}/base.bin?version=3")
+        base_sha = _exec(kube, ns, "sha256sum", "/tmp/snap-base.bin").split()[0]
+
+        writer = subprocess.Popen(
+            [str(nbcluster.k8s_bin("kubectl")), "-n", ns, "exec", CLIENT_POD, "--", "python3",
+             "/opt/client/nfsclient.py", "writer", "--url", f"{url}?version=3", "--path", "log.bin",
+             "--duration", "40"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kube.env)
+        kube.wait("the writer's first records", lambda: _scan(kube, ns, url, "log.bin")["records"] >= 20,
+                  timeout=60, interval=1)
+        before = _scan(kube, ns, url, "log.bin")
+        t0 = time.monotonic()
+        kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot", "metadata": {"name": snap},
+            "spec": {"volumeSnapshotClassName": "nasblade", "source": {"persistentVolumeClaimName": claim}}}))
+        vs = kube.wait("the VolumeSnapshot ready to use", lambda: (lambda v: v if (v.get("status") or {}).get(
+            "readyToUse") else None)(kube.get("volumesnapshot", snap, namespace=ns) or {}), timeout=180, interval=1,
+            describe=lambda: (kube.get("volumesnapshot", snap, namespace=ns) or {}).get("status"))
+        ready_s = time.monotonic() - t0
+        after = _scan(kube, ns, url, "log.bin")
+        content = kube.get("volumesnapshotcontent", vs["status"]["boundVolumeSnapshotContentName"], namespace="") or {}
+        handle = content["status"]["snapshotHandle"]
+        assert content["spec"]["driver"] == "nas.nasblade.io" and content["spec"]["deletionPolicy"] == "Delete"
+        print(f"\n[e2e] 3h: VolumeSnapshot ready {ready_s:.1f} s after it was made (handle {handle}); "
+              f"the writer's file held {before['records']} records before, {after['records']} once ready")
+
+        kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": restored},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": sc,
+                     "resources": {"requests": {"storage": "64Mi"}},
+                     "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                                    "name": snap}}}))
+        t1 = time.monotonic()
+        rpv = kube.get("pv", _bound(kube, ns, restored, plugin)["spec"]["volumeName"], namespace="") or {}
+        rattrs = rpv["spec"]["csi"]["volumeAttributes"]
+        rurl = f"nfs://{rattrs['server']}{rattrs['export']}"
+        assert rurl != url
+        kube.wait("the restored volume reachable at its Service", lambda: kube.kubectl(
+            "-n", ns, "exec", CLIENT_POD, "--", "nfs-ls", f"{rurl}?version=3", check=False,
+            timeout=60).returncode == 0, timeout=60, interval=1)
+        print(f"[e2e] 3h: the claim restored from it Bound and served {time.monotonic() - t1:.1f} s after it was made")
+        _exec(kube, ns, "nfs-cp", f"{rurl}/base.bin?version=3", "/tmp/snap-base-restored.bin")
+        assert _exec(kube, ns, "sha256sum", "/tmp/snap-base-restored.bin").split()[0] == base_sha
+        held = _scan(kube, ns, rurl, "log.bin")
+        assert held["bad"] == 0 and held["partial"] == 0, held
+        assert before["records"] <= held["records"] <= after["records"], (before, held, after)
+        print(f"[e2e] 3h: restored: base.bin intact, the writer's file {held['records']} whole records "
+              f"(between {before['records']} and {after['records']})")
+
+        out, err = writer.communicate(timeout=240)
+        assert writer.returncode == 0, err
+        figures = json.loads(out.strip().splitlines()[-1])
+        final = _scan(kube, ns, url, "log.bin")
+        # every acknowledged record is on the source volume, whole
+        assert final["bad"] == 0 and final["partial"] == 0 and final["records"] >= figures["acked"] > 0, (
+            final, figures)
+
+        kube.kubectl("-n", ns, "delete", "pvc", restored, "--wait=false")
+        kube.kubectl("-n", ns, "delete", "volumesnapshot", snap, "--wait=false")
+        kube.wait("the VolumeSnapshotContent and the snapshot's LU gone", lambda: kube.get(
+            "volumesnapshotcontent", content["metadata"]["name"], namespace="") is None and handle not in _controller(
+            kube, ns, "lus = api.list_lus(); print(' '.join(l['name'] for l in "
+                      "(lus['lus'] if isinstance(lus, dict) else lus)))").split(), timeout=120, interval=2)
+        kube.kubectl("-n", ns, "delete", "pvc", claim, "--wait=false")
+        kube.wait("the PVs gone", lambda: kube.get("pv", pv["metadata"]["name"], namespace="") is None
+                  and kube.get("pv", rpv["metadata"]["name"], namespace="") is None, timeout=180, interval=2)
+    finally:
+        if writer is not None and writer.poll() is None:
+            writer.kill()
+        kube.kubectl("-n", ns, "delete", "volumesnapshot", snap, "--ignore-not-found", "--wait=false", check=False)
+        kube.kubectl("-n", ns, "delete", "pvc", claim, restored, "--ignore-not-found", "--wait=false", check=False)
+        kube.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)
     _csi_off(kube, ns)
 
 
