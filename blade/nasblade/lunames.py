@@ -6,6 +6,12 @@ and the ``backup`` LU (one backup area per portion), and one LU per file system,
 ``fs-NAME`` (``fs_lu``). The standalone array, the terminal, the block processor's and the
 cluster configuration's defaults, the NBD access rule and the operator all take them from here.
 They follow the LU name rule (``nasblade.controller.luname``) by construction.
+
+The CSI driver makes LUs too: one per volume (``pv-<24 hex>``; on Kubernetes the volume is a
+file system, so its LU is ``fs-pv-<24 hex>``), one per snapshot (``sn-<24 hex>``) and its
+catalog (``csi-catalog``). ``is_csi_lu`` names these LUs of the CSI driver's volumes,
+snapshots and catalog: the only LUs its credentials (``nasblade.grants.csi_token``, the ``csi``
+certificate) reach.
 """
 
 from __future__ import annotations
@@ -16,8 +22,19 @@ BACKUP = "backup"
 FS_PREFIX = "fs-"
 SHARED = (PROGRAM, PROCINFO, BACKUP)
 """The LUs every blade of the array opens, whatever its group."""
+CSI_CATALOG = "csi-catalog"
+"""The CSI driver's records of its volumes and snapshots."""
+CSI_VOLUME_PREFIX = "pv-"
+CSI_SNAPSHOT_PREFIX = "sn-"
 
 
 def fs_lu(fs: str) -> str:
     """The LU of file system ``fs``."""
     return f"{FS_PREFIX}{fs}"
+
+
+def is_csi_lu(name: str) -> bool:
+    """Whether ``name`` is an LU of the CSI driver's volumes, snapshots and catalog:
+    ``csi-catalog``, ``pv-…``, ``fs-pv-…`` (a volume's file-system LU) or ``sn-…``."""
+    return name == CSI_CATALOG or name.startswith(
+        (CSI_VOLUME_PREFIX, CSI_SNAPSHOT_PREFIX, fs_lu(CSI_VOLUME_PREFIX)))

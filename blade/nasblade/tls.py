@@ -12,8 +12,10 @@ Both ends authenticate: the server requires a client certificate signed by the C
 client checks the server's certificate against the CA and the host name it dialled.
 
 A client's identity is its certificate's subject common name: ``admin`` (the operator and
-the terminal: every LU) or ``group:NAME`` (the blades of cluster group NAME: the LUs
-``nasblade.nbd.access`` gives that group). Anything else is a valid certificate with no rights.
+the terminal: every LU), ``group:NAME`` (the blades of cluster group NAME: the LUs
+``nasblade.nbd.access`` gives that group) or ``csi`` (the CSI driver's controller plugin: the
+LUs of its volumes, snapshots and catalog, ``nasblade.lunames.is_csi_lu``). Anything else is a
+valid certificate with no rights.
 
 ``NASBLADE_NBD_TLS_DIR`` names a client credentials directory for processes that reach the
 controller by URL (``nbd://``, ``https://``): blade pods, the operator, the standalone array's
@@ -52,6 +54,9 @@ ENV_DIR = "NASBLADE_NBD_TLS_DIR"
 log = logging.getLogger(__name__)
 
 ADMIN = "admin"
+#: the CSI driver's controller plugin (its client certificate's common name; also the identity
+#: of a csi-token request on the control API)
+CSI = "csi"
 _GROUP_PREFIX = "group:"
 
 
@@ -69,6 +74,10 @@ class Identity:
     @property
     def admin(self) -> bool:
         return self.name == ADMIN
+
+    @property
+    def csi(self) -> bool:
+        return self.name == CSI
 
     @property
     def group(self) -> str | None:

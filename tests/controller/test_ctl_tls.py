@@ -66,6 +66,7 @@ def make_credentials(root: Path) -> None:
     for g in ("g1", "g2"):
         pki.write_dir(root / g, pki.client_files(ca, pki.issue(ca, f"group:{g}")))
     pki.write_dir(root / "nobody", pki.client_files(ca, pki.issue(ca, "somebody-else")))
+    pki.write_dir(root / "csi", pki.client_files(ca, pki.issue(ca, tls.CSI)))
     # a certificate that claims to be admin, from a CA the array does not trust
     other = pki.make_ca("another CA")
     pki.write_dir(root / "foreign", pki.client_files(ca, pki.issue(other, "admin")))
@@ -155,6 +156,30 @@ def test_listing_shows_a_client_only_what_it_may_open(array: Array) -> None:
     assert listed("admin") == ["fs-a", "fs-b", "procinfo"]
     assert listed("g1") == ["fs-a", "procinfo"]
     assert listed("g2") == ["fs-b", "procinfo"]
+
+
+def test_the_csi_plugin_opens_the_csi_drivers_lus_only(array: Array) -> None:
+    """The CSI driver's controller plugin (certificate ``csi``) formats, grows and reads its
+    volumes, snapshots and catalog over NBD, and nothing else: not a group's file system, not
+    the shared LUs; ``NBD_OPT_LIST`` shows it only its own."""
+    for lu in ("pv-x", "sn-y", "csi-catalog"):
+        array.ctl.client.create_lu(lu, 4 * MiB)
+    data = os.urandom(64 << 10)
+    with NBDBlockDevice.connect(f"nbd://localhost:{array.port}/pv-x", tls_dir=str(array.creds / "csi")) as dev:
+        assert not dev.read_only
+        dev.pwrite(0, data, fua=True)
+        assert bytes(dev.pread(0, len(data))) == data
+    assert run("nbdinfo", "--size", array.url("csi-catalog", "csi")).stdout.strip() == str(4 * MiB)
+    for lu in ("fs-a", "procinfo"):
+        res = run("nbdinfo", "--size", array.url(lu, "csi"), check=False)
+        assert res.returncode != 0 and "policy" in res.stderr, res
+    array.ctl.client.create_lu("fs-home", 4 * MiB)
+    with pytest.raises(NBDError) as err:
+        NBDBlockDevice.connect(f"nbd://localhost:{array.port}/fs-home", tls_dir=str(array.creds / "csi"))
+    assert err.value.errno == errno.EACCES
+    url = f"nbds://localhost:{array.port}/?tls-certificates={array.creds / 'csi'}"
+    listed = sorted(e["export-name"] for e in json.loads(run("nbdinfo", "--list", "--json", url).stdout)["exports"])
+    assert listed == ["csi-catalog", "pv-x", "sn-y"]
 
 
 def test_a_moved_file_system_follows_the_access_file(array: Array) -> None:

@@ -102,3 +102,35 @@ def test_certificates_carry_the_identity(tmp_path: Path) -> None:
     tls.client_context(d)  # loads: the key matches the certificate
     with pytest.raises(FileNotFoundError):
         tls.server_context(d)
+
+
+@pytest.mark.parametrize("lu, allowed", [
+    ("pv-0123456789abcdef01234567", True), ("fs-pv-0123456789abcdef01234567", True),
+    ("sn-0123456789abcdef01234567", True), ("csi-catalog", True),
+    ("fs-home", False), ("fs-a", False), ("procinfo", False), ("program", False), ("backup", False),
+])
+def test_the_csi_plugin_opens_the_csi_drivers_lus_only(lu: str, allowed: bool) -> None:
+    csi = tls.Identity(tls.CSI)
+    assert csi.csi and not csi.admin and csi.group is None
+    # whatever the access file says: not even a group's file system that is a CSI volume's
+    # makes a difference, nor one listed for a group named like the identity
+    policy = access.AccessPolicy.of_groups({"g1": ["fs-home", "fs-pv-0123456789abcdef01234567"], "csi": ["fs-home"]},
+                                           portions={"g1": (0, 4096)})
+    for p in (POLICY, policy, access.AccessPolicy()):
+        assert p.permits(csi, lu) is allowed
+        assert p.read_only_for(csi, lu) is False
+        assert p.window(csi, lu) is None
+
+
+def test_csi_is_neither_admin_nor_a_group() -> None:
+    assert tls.CSI == "csi"
+    assert not tls.Identity("admin").csi and not tls.Identity("group:csi").csi
+    assert tls.Identity("group:csi").group == "csi"
+    assert not tls.Identity("group:csi").csi and not POLICY.permits(tls.Identity("group:csi"), "pv-x")
+    assert not POLICY.permits(tls.Identity("CSI"), "pv-x")
+
+
+def test_the_csi_certificate_carries_its_identity(tmp_path: Path) -> None:
+    ca = pki.make_ca("ca")
+    leaf = pki.issue(ca, tls.CSI)
+    assert tls.Identity(pki.common_name(leaf.cert)).csi

@@ -7,7 +7,9 @@ read by ``nasblade.httpjson.read`` (413 too large, 400 too deep or malformed) an
 paths are checked by ``nasblade.controller.luname.check`` (400), so bad input is never a 500;
 an unexpected exception is a JSON 500 with its traceback in the log.
 
-Blade management API (base ``/v1``, bearer token on every route except ``/healthz``):
+Blade management API (base ``/v1``, bearer token on every route except ``/healthz``; the
+group token and the CSI driver's token reach the directory and snapshot routes alone,
+``_auth_middleware``):
 
     GET  /healthz                       {"ok": true}; 503 while failed or without a file processor
     GET  /v1/status                     software version, owned file systems, heartbeat age,
@@ -46,6 +48,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -313,17 +316,22 @@ def _is_directory_route(request: web.Request) -> bool:
 
 
 def _auth_middleware(token: str | None, metrics_token: str | None = None,
-                     token_sha256: str | None = None, volume_token: str | None = None) -> Any:
+                     token_sha256: str | None = None, volume_token: str | None = None,
+                     csi_token_sha256: str | None = None) -> Any:
     """The blade token opens every route: the token itself (``nasblade up``), or a token whose
     SHA-256 is ``token_sha256`` (Kubernetes: the operator's token, which the blade never holds);
     the read-only metrics token (a scraper's) opens ``GET /v1/metrics`` alone; the group's token
     (``volume_token``: what the blade itself holds for the controller, ``nasblade.grants``) opens
-    the directory-volume routes alone, for the CSI driver, which derives it from the array's
-    token (a group's blades can write its file systems' LUs anyway: it grants nothing new)."""
+    the directory-volume and snapshot routes alone, for the CSI driver of a standalone array,
+    which derives it from the array's token (a group's blades can write its file systems' LUs
+    anyway: it grants nothing new); so does a token whose SHA-256 is ``csi_token_sha256`` (the
+    CSI driver's csi token, ``nasblade.grants.csi_token``, of which the blade holds only the
+    digest)."""
     expected = f"Bearer {token}".encode() if token else None
     digest = bytes.fromhex(token_sha256) if token_sha256 else None
     scraper = f"Bearer {metrics_token}".encode() if metrics_token else None
     volumes = f"Bearer {volume_token}".encode() if volume_token else None
+    csi_digest = bytes.fromhex(csi_token_sha256) if csi_token_sha256 else None
 
     def _bearer(header: bytes) -> bytes:
         return header[7:].strip() if header[:7].lower() == b"bearer " else b""
@@ -344,7 +352,12 @@ def _auth_middleware(token: str | None, metrics_token: str | None = None,
         if volumes is not None and hmac.compare_digest(given, volumes):
             if _is_directory_route(request):
                 return await handler(request)
-            return _error(403, "the group token reaches /v1/filesystems/{fs}/directories only")
+            return _error(403, "the group token reaches /v1/filesystems/{fs}/directories and /snapshots only")
+        if csi_digest is not None and _bearer(given) and hmac.compare_digest(
+                hashlib.sha256(_bearer(given)).digest(), csi_digest):
+            if _is_directory_route(request):
+                return await handler(request)
+            return _error(403, "the CSI driver's token reaches /v1/filesystems/{fs}/directories and /snapshots only")
         return _error(401, "unauthorized")
 
     return auth
@@ -366,11 +379,16 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 def blade_app(bp: BlockProcessor, *, token: str | None, metrics_token: str | None = None,
-              token_sha256: str | None = None, volume_token: str | None = None) -> web.Application:
+              token_sha256: str | None = None, volume_token: str | None = None,
+              csi_token_sha256: str | None = None) -> web.Application:
+    """The management API (``_auth_middleware`` says which token opens which route;
+    ``csi_token_sha256``: the hex SHA-256 of the CSI driver's token, ``None``: no csi access)."""
     if not token and not token_sha256:
         raise ValueError("the blade API needs a non-empty token or the SHA-256 of one")
+    if csi_token_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", csi_token_sha256):
+        raise ValueError("the CSI token's SHA-256 must be 64 lower-case hex digits")
     app = web.Application(middlewares=[_json_errors, _auth_middleware(token, metrics_token, token_sha256,
-                                                                      volume_token)])
+                                                                      volume_token, csi_token_sha256)])
     app[BP_KEY] = bp
     app[METRICS_EXTRA] = []
     app.router.add_get("/healthz", _healthz)

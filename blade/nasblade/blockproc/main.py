@@ -99,6 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--api-token-file", help="blade management API token file (default $NASBLADE_BLADE_TOKEN)")
     a("--api-token-sha256-file", help="file with the hex SHA-256 of the token the blade API accepts (instead of"
       " --api-token-file: the blade never holds the token itself; Kubernetes, the operator's token)")
+    a("--csi-token-sha256-file", metavar="PATH", help="file with the hex SHA-256 of the CSI driver's token"
+      " (nasblade.grants.csi_token): the blade API takes it on the directory-volume and snapshot routes alone;"
+      " without this option (or while the file is missing) it takes no CSI token")
     a("--metrics-token-file", help="read-only token for GET /v1/metrics of the blade API (a scraper's;"
       " default $NASBLADE_METRICS_TOKEN)")
     a("--api-tls-dir", metavar="DIR", help="serve the blade API over HTTPS with DIR's server-cert.pem and"
@@ -109,6 +112,23 @@ def _read_token(path: str | None, env: str) -> str | None:
     if path:
         return Path(path).read_text().strip()
     return os.environ.get(env)
+
+
+def _csi_token_sha256(args: argparse.Namespace) -> str | None:
+    """The hex SHA-256 of the CSI driver's token (``--csi-token-sha256-file``); ``None``
+    without the option, or while its file is missing (logged: no CSI access, the blade still
+    serves); ``ValueError`` for a file that holds no hex SHA-256."""
+    path: str | None = args.csi_token_sha256_file
+    if not path:
+        return None
+    try:
+        digest = Path(path).read_text().strip()
+    except FileNotFoundError:
+        log.warning("no CSI token digest (%s missing): the blade API takes no CSI token", path)
+        return None
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError(f"{path}: not a hex SHA-256")
+    return digest
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -193,7 +213,7 @@ async def _serve(args: argparse.Namespace, extend: Extend | None) -> int:
             # directory-volume routes (the CSI driver's directory layout)
             group_token = token if args.controller_api and token and token.startswith(grants.PREFIX) else None
             app = http_api.blade_app(bp, token=api_token, metrics_token=metrics_token, token_sha256=api_token_sha256,
-                                     volume_token=group_token)
+                                     volume_token=group_token, csi_token_sha256=_csi_token_sha256(args))
             if extend is not None:
                 extension = extend(bp, control, app, api_token)
             api = web.AppRunner(app, access_log=None)

@@ -9,7 +9,11 @@ a third, read-only token reads ``GET /v1/metrics`` and nothing else; a *group to
 (``nasblade.grants``, what a blade holds) calls only ``GROUP_ROUTES`` and, on them, only the
 LUs the access file lets its group open over NBD (``nasblade.nbd.access``): shared read-only
 LUs for reading, and of ``procinfo`` and ``backup`` only its portion; its clients and copy
-jobs only, ``403`` otherwise) and
+jobs only, ``403`` otherwise; the *csi token* (``nasblade.grants.csi_token``, what the CSI
+driver's controller plugin holds) calls only ``CSI_ROUTES`` and, on them, only the LUs of the
+CSI driver's volumes, snapshots and catalog (``nasblade.lunames.is_csi_lu``, as its ``csi``
+certificate opens over NBD): it creates, grows, sets read-only, deletes and copies those and
+sees only those and the copy jobs between them, ``403`` otherwise) and
 error mapping (``engine.NotFound`` → ``404``, ``BadRequest`` and ``httpjson.BodyError`` →
 ``400``/``413`` ...), so every error is a JSON object with an ``"error"`` key; anything else a
 handler raises (a ``KeyError`` from a bug, say) is a ``500`` with its traceback in the log.
@@ -50,7 +54,8 @@ FAULTS: web.AppKey[bool] = web.AppKey("faults", bool)
 MAINT: web.AppKey[Maintenance] = web.AppKey("maintenance", Maintenance)
 #: which LUs each cluster group may reach (the NBD access file; group tokens are held to it)
 ACCESS: web.AppKey[access.AccessFile] = web.AppKey("access", access.AccessFile)
-#: the identity of a group-token request (``group:<name>``, as its blades' certificates say), in ``request``
+#: the identity of a group-token request (``group:<name>``, as its blades' certificates say) or
+#: of a csi-token request (``csi``, as the CSI plugin's certificate says), in ``request``
 CALLER = "nasblade.caller"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -61,7 +66,7 @@ CAS_MAX = 256 << 10
 
 
 class Forbidden(Exception):
-    """A group token reaching past its group (``403``)."""
+    """A group or csi token reaching past its LUs (``403``)."""
 
 
 class BadRequest(Exception):
@@ -122,6 +127,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             return _error(403, f"a group token (cluster group {group}) cannot {request.method} {request.path}")
         request[CALLER] = Identity(tls.group_identity(group))
         return await handler(request)
+    if grants.is_csi(given, token):
+        if getattr(request.match_info.route, "handler", None) not in CSI_ROUTES:
+            return _error(403, f"the CSI driver's token cannot {request.method} {request.path}: it manages"
+                               " the LUs of CSI volumes, snapshots and the catalog only")
+        request[CALLER] = Identity(tls.CSI)
+        return await handler(request)
     is_admin = _matches(given, admin)
     is_user = is_admin or _matches(given, token)
     if not given or not (is_user or _matches(given, metrics)):
@@ -141,9 +152,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _group(request: web.Request) -> str | None:
-    """The cluster group of a group-token request (``None``: the control or admin token)."""
+    """The cluster group of a group-token request (``None``: the control or admin token, or
+    the csi token)."""
     caller: Identity | None = request.get(CALLER)
     return None if caller is None else caller.group
+
+
+def _who(caller: Identity) -> str:
+    """The caller as a ``403`` names it."""
+    return "the CSI driver" if caller.csi else f"cluster group {caller.group}"
 
 
 def _may(request: web.Request, lu: str) -> bool:
@@ -159,9 +176,9 @@ def _permit(request: web.Request, lu: str, *, write: bool = False) -> None:
         return
     policy = request.app[ACCESS].policy()
     if not policy.permits(caller, lu):
-        raise Forbidden(f"cluster group {caller.group} has no access to LU {lu}")
+        raise Forbidden(f"{_who(caller)} has no access to LU {lu}")
     if write and policy.read_only_for(caller, lu):
-        raise Forbidden(f"cluster group {caller.group} may only read LU {lu}")
+        raise Forbidden(f"{_who(caller)} may only read LU {lu}")
 
 
 def _permit_range(request: web.Request, lu: str, offset: int, length: int) -> None:
@@ -171,7 +188,7 @@ def _permit_range(request: web.Request, lu: str, offset: int, length: int) -> No
     if caller is None:
         return
     if not access.inside(request.app[ACCESS].policy().window(caller, lu), offset, length):
-        raise Forbidden(f"cluster group {caller.group} reaches only its part of LU {lu}: "
+        raise Forbidden(f"{_who(caller)} reaches only its part of LU {lu}: "
                         f"{offset}+{length} is outside it")
 
 
@@ -274,6 +291,7 @@ async def create_lu(request: web.Request) -> web.Response:
         luname.check(name)
     except ValueError as exc:
         raise BadRequest(str(exc), field="name") from exc
+    _permit(request, name, write=True)
     try:
         lu = e.array.create_lu(name, size, read_only=read_only)
     except ValueError as exc:
@@ -290,6 +308,7 @@ async def get_lu(request: web.Request) -> web.Response:
 
 async def patch_lu(request: web.Request) -> web.Response:
     e = _engine(request)
+    _permit(request, _path_lu(request), write=True)
     lu = e.lu(_path_lu(request))
     body = await httpjson.read(request)
     size = _field(body, "size", int, default=None)
@@ -306,6 +325,7 @@ async def patch_lu(request: web.Request) -> web.Response:
 
 async def delete_lu(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    _permit(request, name, write=True)
     if name not in _engine(request).array.state.lus:  # an LU named before the rule can go
         _engine(request).lu(_path_lu(request))
     if request.app[COPIES].busy(name):
@@ -685,6 +705,19 @@ GROUP_ROUTES: frozenset[Handler] = frozenset({
     list_clients, get_client, post_client, delete_client, get_cache, get_cache_directory, post_cache_records,
     delete_cache_records, get_cache_hold, get_load, get_metrics, post_copy_job, list_copy_jobs, get_copy_job,
     delete_copy_job, get_scrub, openapi,
+})
+
+#: What the csi token (the CSI driver's controller plugin) may call: what ``nasblade_csi``'s
+#: ``Array`` and ``Catalog`` do through ``apiclient.ControlClient`` -- ``array()``
+#: (capacity), ``get_lu``/``list_lus``, ``create_lu``, ``update_lu`` (grow, read-only),
+#: ``delete_lu``, ``compare_and_write`` (the catalog), the copy jobs (snapshots, clones) --
+#: and ``load()`` and the OpenAPI document. Each handler holds the LUs it names to the CSI
+#: driver's (``_permit``: ``lunames.is_csi_lu``) and its copy jobs to those between them
+#: (``_own_job``). Reservations, clients, cache records, metrics, scrub, faults and devices
+#: stay with the others.
+CSI_ROUTES: frozenset[Handler] = frozenset({
+    get_array, list_lus, get_lu, create_lu, patch_lu, delete_lu, compare_and_write,
+    post_copy_job, list_copy_jobs, get_copy_job, delete_copy_job, get_load, openapi,
 })
 
 

@@ -7,6 +7,10 @@ to the identity in the client certificate (``nasblade.tls.Identity``):
 - ``group:G`` (the blades of cluster group G) opens the LUs the access file lists for G
   (its file systems' LUs, ``fs-NAME``) and the array-wide LUs every blade needs
   (``shared``: ``program``, ``procinfo``, ``backup`` unless the file says otherwise);
+- ``csi`` (the CSI driver's controller plugin) opens the LUs of the CSI driver's volumes,
+  snapshots and catalog (``nasblade.lunames.is_csi_lu``: ``pv-…``, ``fs-pv-…``, ``sn-…``,
+  ``csi-catalog``), read-write and whole, and nothing else (no file system of a group, no
+  shared LU); the access file does not change that;
 - any other certificate opens nothing.
 
 A group opens the ``readOnly`` shared LUs (default: ``program``, the blade software, which only
@@ -66,20 +70,22 @@ class AccessPolicy:
 
     def window(self, identity: Identity | None, lu: str) -> Ranges | None:
         """The byte ranges of ``lu`` that ``identity`` may reach, ``None`` for all of it."""
-        if identity is None or identity.admin or identity.group is None:
+        if identity is None or identity.admin or identity.csi or identity.group is None:
             return None
         return self.windows.get(identity.group, {}).get(lu)
 
     def read_only_for(self, identity: Identity | None, lu: str) -> bool:
         """Whether ``identity`` may open ``lu`` for reading only (a group and a read-only
         shared LU)."""
-        return identity is not None and not identity.admin and lu in self.read_only
+        return identity is not None and not identity.admin and not identity.csi and lu in self.read_only
 
     def permits(self, identity: Identity | None, lu: str) -> bool:
         if identity is None:
             return False
         if identity.admin:
             return True
+        if identity.csi:
+            return lunames.is_csi_lu(lu)
         group = identity.group
         if group is None:
             return False
