@@ -18,12 +18,13 @@ import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from nasblade import lunames
 from nasblade.controller.apiclient import ControlAPIError, ControlClient
 from nasblade.nbd.client import NBDBlockDevice
 
 from nasblade_csi.errors import CatalogFull
 
-LU = "csi-catalog"
+LU = lunames.CSI_CATALOG
 RECORD = 256 << 10  # the controller's compare-and-write limit
 LU_SIZE = 1 << 20
 _LEN = struct.Struct(">Q")

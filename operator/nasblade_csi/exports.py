@@ -21,9 +21,10 @@ A StorageClass with ``layout: directory`` makes *directory volumes* instead (lik
 nas-economy): each is a top-level directory, with a tree quota of the volume's size, of the
 shared file system the class names (``fileSystem``: a DiskArray file system a group serves).
 The driver asks the blade that serves it (its pod's IP, ClusterGroup status) through the blade
-API, ``PUT``/``DELETE /v1/filesystems/{fs}/directories/{volume}``, with the group's token,
-which it derives from the array's token it holds (``nasblade.grants``) and which opens those
-routes alone. The volume's context names the shared file system's Service and the export
+API, ``PUT``/``DELETE /v1/filesystems/{fs}/directories/{volume}``, with the CSI token it holds
+on Kubernetes (``nasblade.grants.csi_token``; the blades check its SHA-256), or with the
+group's token derived from the array's token (a standalone array); either opens those routes
+alone. The volume's context names the shared file system's Service and the export
 path ``/<fs>/<volume>`` (a MOUNT below an export mounts that directory, under the export's
 clients and squash). Expansion raises the quota online; deletion deletes the directory with
 its data. The quota lives in the file system, so a takeover keeps it.
@@ -158,7 +159,7 @@ class DiskArrayExports:
                  clients: tuple[str, ...] = (), timeout: float = 120.0, poll: float = 1.0,
                  control_token: str = "", blade_url: Callable[[str, str], str] | None = None) -> None:
         self.api = api
-        self.control_token = control_token  # the array's: a group's token is derived from it
+        self.control_token = control_token  # the CSI token, or the array's (a group's is derived from it)
         # where a blade's API is, from its pod name and IP (tests point it elsewhere)
         self.blade_url = blade_url or (lambda pod, ip: f"https://{ip}:{BLADE_API_PORT}")
         self.namespace = namespace
@@ -323,8 +324,8 @@ class DiskArrayExports:
 
     def _serving_blade(self, file_system: str, da: dict[str, Any] | None = None) -> tuple[str, BladeClient]:
         """The group of shared file system ``file_system`` and a client of the blade API of the
-        blade serving it, with the group's token (``nasblade.grants``: it opens the
-        directory-volume routes alone). ``UNAVAILABLE`` while no blade serves it. ``da``: the
+        blade serving it, with the CSI token the driver holds, or the group's token derived from
+        the array's token (``nasblade.grants``); either opens the directory-volume routes alone. ``UNAVAILABLE`` while no blade serves it. ``da``: the
         DiskArray when the caller has just read it."""
         da = da or self._get("diskarrays", self.array)
         if da is None:
@@ -346,7 +347,10 @@ class DiskArrayExports:
             raise CsiError(grpc.StatusCode.UNAVAILABLE, f"blade {owner} has no address (HTTP {r.status_code}); call again")
         if not self.control_token:
             raise CsiError(grpc.StatusCode.FAILED_PRECONDITION, "the driver holds no array token to reach the blades with")
-        token = grants.group_token(self.control_token, group)
+        # the CSI token (on Kubernetes) is what the blades take on these routes; with the array's
+        # own token (a standalone array) the group's is derived from it
+        token = self.control_token if grants.is_csi_token(self.control_token) else \
+            grants.group_token(self.control_token, group)
         return group, BladeClient(self.blade_url(owner, ip), token, timeout=self.timeout, server_hostname=owner)
 
     def _blade_call(self, file_system: str, call: Callable[[BladeClient], T], da: dict[str, Any] | None = None) -> T:

@@ -100,6 +100,12 @@ def nbd_admin_secret_name(array: str) -> str:
     return f"{array}-nbd-admin"
 
 
+def nbd_csi_secret_name(array: str) -> str:
+    """Secret with the CSI controller plugin's NBD client certificate (identity ``csi``: the
+    LUs of the driver's volumes, snapshots and catalog, ``nasblade.lunames.is_csi_lu``)."""
+    return f"{array}-nbd-csi"
+
+
 def group_token_secret_name(group: str) -> str:
     """Secret with a cluster group's control-API credential (key ``token``: a group token,
     ``nasblade.grants``), owned by the ClusterGroup; its blade pods mount it instead of the

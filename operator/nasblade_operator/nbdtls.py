@@ -16,6 +16,8 @@ Per DiskArray (all in its namespace):
   and the kubelet brings the new file to the running controller (which re-reads it);
 - ``<array>-nbd-admin``: the operator's client certificate (identity ``admin``), used for
   seeding the program LU and formatting file systems;
+- ``<array>-nbd-csi``: the CSI controller plugin's client certificate (identity ``csi``: the
+  LUs of the driver's volumes, snapshots and catalog only, ``nasblade.nbd.access``);
 - ``<array>-tls-trust``: the CA bundle alone, for scrapers of the HTTPS metrics endpoints.
 
 Per ClusterGroup (owned by it): ``<group>-group-token``, the group's control-API credential
@@ -269,7 +271,8 @@ def leaf_files(spec: LeafSpec, authority: Authority, *, now: datetime.datetime, 
 def array_leaves(array: str, namespace: str, domain: str) -> list[LeafSpec]:
     return [LeafSpec(naming.nbd_server_secret_name(array), "controller",
                      tuple(server_names(array, namespace, domain)), server=True, client=False),
-            LeafSpec(naming.nbd_admin_secret_name(array), tls.ADMIN)]
+            LeafSpec(naming.nbd_admin_secret_name(array), tls.ADMIN),
+            LeafSpec(naming.nbd_csi_secret_name(array), tls.CSI)]
 
 
 def blade_leaf(array: str, group: str, blade: str) -> LeafSpec:
@@ -387,7 +390,7 @@ async def _nudge_controller(k: kube.Kube, *, array: str, namespace: str, data: M
 
 
 async def renew_array(k: kube.Kube, owner: kopf.Body, *, array: str, namespace: str, domain: str) -> list[str]:
-    """CA, controller and admin certificates and the trust bundle, each made, renewed or
+    """CA, controller, admin and CSI certificates and the trust bundle, each made, renewed or
     rotated as due (the DiskArray's status timer, every ``check_interval``); what was done."""
     made: list[str] = []
     authority = await _authority(k, owner, array, namespace, made)

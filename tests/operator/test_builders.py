@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from nasblade import grants
 from nasblade.cluster import config as cluster_config
 from nasblade_operator import naming
 from nasblade_operator.clustergroup import builders as cg_builders
@@ -67,6 +68,10 @@ def test_service_secret_and_lus() -> None:
     assert base64.b64decode(sec["data"]["metrics-token"]) == b"scr4pe"
     assert base64.b64decode(sec["data"]["operator-token"]) == b"0per"
     assert base64.b64decode(sec["data"]["operator-token-sha256"]).decode() == hashlib.sha256(b"0per").hexdigest()
+    # the CSI plugin's token is derived from the control token; the blades get its digest
+    csi = base64.b64decode(sec["data"]["csi-token"]).decode()
+    assert grants.is_csi(csi, "s3cret") and not grants.is_csi(csi, "other")
+    assert base64.b64decode(sec["data"]["csi-token-sha256"]).decode() == hashlib.sha256(csi.encode()).hexdigest()
     made = da_builders.token_secret("a1", token="t", admin_token="a", metrics_token="m")  # a fresh operator token
     assert len(base64.b64decode(made["data"]["operator-token"])) >= 32
     lus = da_builders.desired_lus(ARRAY)
@@ -131,7 +136,9 @@ def test_blade_pod_and_nfs_service() -> None:
         {"secret": {"name": "g1-group-token", "items": [{"key": "token", "path": "token"}]}},
         {"secret": {"name": "a1-control-token",
                     "items": [{"key": "metrics-token", "path": "metrics-token"},
-                              {"key": "operator-token-sha256", "path": "operator-token-sha256"}]}}]
+                              {"key": "operator-token-sha256", "path": "operator-token-sha256"},
+                              {"key": "csi-token-sha256", "path": "csi-token-sha256"}]}}]
+    assert args[args.index("--csi-token-sha256-file") + 1] == "/etc/nasblade-token/csi-token-sha256"
     assert tok["projected"]["defaultMode"] == 0o400
     assert args[args.index("--metrics-token-file") + 1] == "/etc/nasblade-token/metrics-token"
     assert {"name": "token", "mountPath": "/etc/nasblade-token", "readOnly": True} in bp["volumeMounts"]

@@ -133,7 +133,10 @@ def test_csi_plugin_runs_on_the_controllers_placement_with_files_not_variables()
     (c,) = pod["containers"]
     assert c["env"] == [{"name": "NASBLADE_NBD_TLS_DIR", "value": da_csi.TLS_DIR}]  # a path, no secret value
     token = next(v for v in pod["volumes"] if v["name"] == "token")
-    assert token["secret"]["items"] == [{"key": "token", "path": "token"}]  # not the admin or operator token
+    # the CSI token (its own LUs), not the array's control token, the admin or the operator token
+    assert token["secret"]["items"] == [{"key": "csi-token", "path": "token"}]
+    tls_secret = next(v for v in pod["volumes"] if v["name"] == "nbd-tls")
+    assert tls_secret["secret"]["secretName"] == "a1-nbd-csi"  # identity csi, not admin
 
 
 def test_csi_plugin_gets_the_snapshotter_sidecar_when_the_installation_names_its_image() -> None:

@@ -254,7 +254,10 @@ def test_the_operator_runs_a_diskarrays_csi_controller_plugin(
         assert args[args.index("--cluster-group") + 1] == "g1"
         assert args[args.index("--export-clients") + 1] == "10.1.0.0/16,192.168.7.0/24"
         assert "--provision" in args and args[args.index("--array-nbd") + 1].startswith("nbds://")
-        assert {v["name"]: v.get("secret", {}).get("secretName") for v in pod["volumes"]}["nbd-tls"] == "a1-nbd-admin"
+        volumes = {v["name"]: v.get("secret", {}) for v in pod["volumes"]}
+        # credentials of its own role: the CSI token and certificate, not the array's or the admin's
+        assert volumes["nbd-tls"]["secretName"] == "a1-nbd-csi"
+        assert volumes["token"]["items"] == [{"key": "csi-token", "path": "token"}]
         assert c["securityContext"]["readOnlyRootFilesystem"] is True and dep["spec"]["strategy"]["type"] == "Recreate"
         # off: all three go
         kubectl("patch", "diskarray", "a1", "--type=merge", "-p", '{"spec": {"csi": {"enabled": false}}}')

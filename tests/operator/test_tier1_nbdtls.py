@@ -51,7 +51,7 @@ def test_nbd_tls_secrets_are_made_owned_and_mounted(
     assert_clean(runner)
 
     secrets = {n: kubectl.get("secret", n) for n in (
-        "a1-nbd-ca", "a1-nbd-controller", "a1-nbd-admin", "a1-nbd-g1-blade-0", "a1-nbd-g1-blade-1",
+        "a1-nbd-ca", "a1-nbd-controller", "a1-nbd-admin", "a1-nbd-csi", "a1-nbd-g1-blade-0", "a1-nbd-g1-blade-1",
         "a1-nbd-access", "a1-tls-trust")}
     assert all(s is not None for s in secrets.values()), [n for n, s in secrets.items() if s is None]
     for n, s in secrets.items():
@@ -60,7 +60,9 @@ def test_nbd_tls_secrets_are_made_owned_and_mounted(
     # the token Secret made beforehand with the data-path token alone got the other roles' tokens
     tokens = kubectl.get("secret", "a1-control-token")
     assert tokens is not None and set(tokens["data"]) == {"token", "admin-token", "metrics-token", "operator-token",
-                                                          "operator-token-sha256"}
+                                                          "operator-token-sha256", "csi-token", "csi-token-sha256"}
+    # the CSI plugin's token is derived from the data-path token that was kept
+    assert grants.is_csi(files(tokens)["csi-token"].decode(), files(tokens)["token"].decode())
     # the operator token given beforehand was kept, and its digest is the one the blades get
     assert files(tokens)["operator-token-sha256"].decode() == hashlib.sha256(files(tokens)["operator-token"]).hexdigest()
     ca_files = files(secrets["a1-nbd-ca"])  # type: ignore[arg-type]
@@ -70,6 +72,7 @@ def test_nbd_tls_secrets_are_made_owned_and_mounted(
     assert files(secrets["a1-tls-trust"]) == {"ca-cert.pem": ca_files["ca-cert.pem"]}  # type: ignore[arg-type]
     for name, identity, kind in (("a1-nbd-controller", "controller", "server"),
                                  ("a1-nbd-admin", tls.ADMIN, "client"),
+                                 ("a1-nbd-csi", tls.CSI, "client"),
                                  ("a1-nbd-g1-blade-0", "group:g1", "client"),
                                  ("a1-nbd-g1-blade-1", "group:g1", "server")):
         d = pki.write_dir(tmp_path / name, files(secrets[name]))  # type: ignore[arg-type]

@@ -192,14 +192,16 @@ def blade_pod(
     # tokens as files of the mounted Secrets, for the block processor only (never environment
     # variables: they show in `kubectl describe`, crash dumps and every child process): its
     # group's control-API token (``nasblade.grants``: only its group's LUs; the group's Secret),
-    # the read-only metrics token (a scraper's, for its own /v1/metrics) and the SHA-256 of the
-    # operator's token (what its management API checks callers against); never the array's
+    # the read-only metrics token (a scraper's, for its own /v1/metrics) and the SHA-256s of the
+    # operator's token (what its management API checks callers against) and of the CSI
+    # plugin's (its directory-volume routes); never the array's
     # control token, its admin token (fault injection, device replace) nor the operator's token
     token_volume = {"name": "token", "projected": {"defaultMode": 0o400, "sources": [
         {"secret": {"name": naming.group_token_secret_name(group), "items": [{"key": "token", "path": "token"}]}},
         {"secret": {"name": naming.token_secret_name(array),
                     "items": [{"key": "metrics-token", "path": "metrics-token"},
-                              {"key": "operator-token-sha256", "path": "operator-token-sha256"}]}},
+                              {"key": "operator-token-sha256", "path": "operator-token-sha256"},
+                              {"key": "csi-token-sha256", "path": "csi-token-sha256"}]}},
     ]}}
     token_mount = {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}
     security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
@@ -230,6 +232,8 @@ def blade_pod(
         "--token-file", f"{TOKEN_DIR}/token",
         # its management API takes the operator's token, of which the blade holds only the SHA-256
         "--api-token-sha256-file", f"{TOKEN_DIR}/operator-token-sha256",
+        # and the CSI plugin's token, on the directory-volume routes alone (SHA-256 only too)
+        "--csi-token-sha256-file", f"{TOKEN_DIR}/csi-token-sha256",
         "--metrics-token-file", f"{TOKEN_DIR}/metrics-token",
     ]
     for fs in file_systems:

@@ -18,6 +18,8 @@ import json
 import secrets
 from typing import Any
 
+from nasblade import grants
+
 from nasblade_operator import naming, nbdtls, podspec
 from nasblade_operator.diskarray.spec import DiskArraySpec
 
@@ -29,6 +31,11 @@ METRICS_TOKEN_KEY = "metrics-token"
 #: blades hold only its SHA-256 (``OPERATOR_TOKEN_SHA256_KEY``), so no blade can drive another
 OPERATOR_TOKEN_KEY = "operator-token"
 OPERATOR_TOKEN_SHA256_KEY = "operator-token-sha256"
+#: the CSI controller plugin's credential (``nasblade.grants.csi_token`` of ``token``): the
+#: control API for its own LUs alone, and the directory-volume routes of the blades, which hold
+#: only its SHA-256 (``CSI_TOKEN_SHA256_KEY``)
+CSI_TOKEN_KEY = "csi-token"
+CSI_TOKEN_SHA256_KEY = "csi-token-sha256"
 #: Annotation on the StatefulSet: digest of the pod template the operator built, so a changed
 #: spec (cache size, resources, image) is noticed without comparing server-defaulted fields.
 TEMPLATE_HASH = "nasblade.io/template-hash"
@@ -61,13 +68,19 @@ def token_secret(array: str, *, token: str, admin_token: str, metrics_token: str
       else: the chart's monitors use it);
     - ``operator-token``: the operator's calls to the blades' management APIs; a blade pod gets
       only ``operator-token-sha256`` (the hex SHA-256 it checks a caller's token against), so a
-      blade cannot take over, release or back up through another blade.
+      blade cannot take over, release or back up through another blade;
+    - ``csi-token``: the CSI controller plugin's (derived from ``token``, ``nasblade.grants``):
+      at the controller its own LUs alone, at the blades the directory-volume routes, which
+      check it against ``csi-token-sha256``.
 
-    A blade pod's volume projects ``token``, ``metrics-token`` and ``operator-token-sha256``.
-    ``operator_token`` defaults to a value made here (the operator reads it back)."""
+    A blade pod's volume projects ``metrics-token``, ``operator-token-sha256`` and
+    ``csi-token-sha256`` (and its group's token). ``operator_token`` defaults to a value made
+    here (the operator reads it back)."""
     op = operator_token if operator_token is not None else secrets.token_urlsafe(32)
+    csi = grants.csi_token(token)
     values = {"token": token, ADMIN_TOKEN_KEY: admin_token, METRICS_TOKEN_KEY: metrics_token,
-              OPERATOR_TOKEN_KEY: op, OPERATOR_TOKEN_SHA256_KEY: hashlib.sha256(op.encode()).hexdigest()}
+              OPERATOR_TOKEN_KEY: op, OPERATOR_TOKEN_SHA256_KEY: hashlib.sha256(op.encode()).hexdigest(),
+              CSI_TOKEN_KEY: csi, CSI_TOKEN_SHA256_KEY: hashlib.sha256(csi.encode()).hexdigest()}
     return {
         "apiVersion": "v1",
         "kind": "Secret",

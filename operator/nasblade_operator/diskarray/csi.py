@@ -15,9 +15,12 @@ With the installation's csi-snapshotter image (``settings.csi_snapshotter_image`
 on the same socket: it turns VolumeSnapshotContents of this driver into CreateSnapshot and
 DeleteSnapshot calls (one replica, so no leader election).
 
-The plugin holds the array's user token (control API: LUs, copies) and the operator's NBD client
-certificate of the array (it reads and grows the file systems of its volumes), both mounted as
-files. Builders are pure; ``sync`` is the one place that talks to the API server.
+The plugin holds credentials of its own role, both mounted as files: the CSI token (key
+``csi-token`` of the array's token Secret, ``nasblade.grants.csi_token``: at the controller's
+control API only the LUs of the driver's volumes, snapshots and catalog; at the blades the
+directory-volume routes) and the NBD client certificate ``<array>-nbd-csi`` (identity ``csi``:
+the same LUs, over NBD), never the array's control token, the admin token or the operator's
+admin certificate. Builders are pure; ``sync`` is the one place that talks to the API server.
 """
 
 from __future__ import annotations
@@ -128,8 +131,8 @@ def deployment(namespace: str, array: str, spec: DiskArraySpec, *, image: str,
             "containers": [container, *([snapshotter_container(snapshotter)] if snapshotter else [])],
             "volumes": [
                 {"name": "token", "secret": {"secretName": naming.token_secret_name(array),
-                                             "items": [{"key": "token", "path": "token"}]}},
-                {"name": "nbd-tls", "secret": {"secretName": naming.nbd_admin_secret_name(array)}},
+                                             "items": [{"key": builders.CSI_TOKEN_KEY, "path": "token"}]}},
+                {"name": "nbd-tls", "secret": {"secretName": naming.nbd_csi_secret_name(array)}},
                 {"name": "socket", "emptyDir": {}},
             ],
         },

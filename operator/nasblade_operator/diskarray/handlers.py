@@ -216,7 +216,9 @@ async def _ensure_children(
     if token is None:
         have = (secret or {}).get("data") or {}
         kept = base64.b64decode(have[builders.OPERATOR_TOKEN_KEY]).decode() if builders.OPERATOR_TOKEN_KEY in have else None
-        fresh = builders.token_secret(name, token=secrets.token_urlsafe(32), admin_token=secrets.token_urlsafe(32),
+        # keys derived from the control token (the CSI plugin's) are derived from the one kept
+        control = base64.b64decode(have["token"]).decode() if "token" in have else secrets.token_urlsafe(32)
+        fresh = builders.token_secret(name, token=control, admin_token=secrets.token_urlsafe(32),
                                       metrics_token=secrets.token_urlsafe(32), operator_token=kept)
         if secret is None:
             kopf.adopt(fresh, owner=body)
