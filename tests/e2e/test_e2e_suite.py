@@ -771,9 +771,14 @@ def test_step3g_exports_narrowed_to_the_nodes_that_mount(kube: Kube, release: st
 
 
 def _scan(kube: Kube, ns: str, url: str, path: str) -> dict[str, Any]:
-    """The writer's records in ``path`` as a client reads them now (tests/e2e/nfsclient.py scan)."""
-    found: dict[str, Any] = json.loads(_exec(kube, ns, "python3", "/opt/client/nfsclient.py", "scan", "--url",
-                                             f"{url}?version=3", "--path", path))
+    """The writer's records in ``path`` as a client reads them now (tests/e2e/nfsclient.py scan);
+    none while the file does not exist yet."""
+    r = kube.kubectl("-n", ns, "exec", CLIENT_POD, "--", "python3", "/opt/client/nfsclient.py", "scan", "--url",
+                     f"{url}?version=3", "--path", path, check=False, timeout=120)
+    if r.returncode != 0 and "No such file or directory" in r.stderr:
+        return {"records": 0, "bytes": 0, "partial": 0, "bad": 0, "firstBad": []}
+    assert r.returncode == 0, r.stderr
+    found: dict[str, Any] = json.loads(r.stdout)
     return found
 
 
@@ -1200,6 +1205,58 @@ def test_step4e_kernel_client_lock_reclaimed_through_the_service(kube: Kube, rel
               interval=3, describe=lambda: _pods_and_status(kube, workload_ns))
     kube.wait("the file system back on its home blade", lambda: _owner(kube, workload_ns) == owner, timeout=120,
               interval=2)
+
+
+def test_step4g_kubectl_drain_takes_one_blade_at_a_time(kube: Kube, release: str, workload_ns: str) -> None:
+    """4g. ``kubectl drain`` under the writer. Drain evicts through the Eviction API, so the
+    group's PodDisruptionBudget (minAvailable = blades - 1) decides. First the owning blade is
+    drained off its node (``--pod-selector`` naming it): the budget lets it go, its partner
+    takes the file system over, no acknowledged record is lost. Then the whole group is
+    drained off that node: where the evicted blade could not start again elsewhere (this
+    one-node cluster: the node is cordoned) the budget refuses to evict the partner, and drain
+    ends with that refusal while the partner serves the file system; with another node the
+    replacement runs there and drain finishes. Uncordoned, the group is whole again and the file
+    system goes home."""
+    ns = workload_ns
+    kube.wait("the group Ready with both blades", lambda: _blades_ready(kube, ns), timeout=240, interval=3)
+    owner = _owner(kube, ns)
+    node = (kube.get("pod", owner, namespace=ns) or {})["spec"]["nodeName"]
+    pdb = kube.get("pdb", f"{GROUP}-blades", namespace=ns) or {}
+    assert pdb.get("spec", {}).get("minAvailable") == 1, pdb
+    runs: list[dict[str, Any]] = []
+
+    def drain(selector: str, timeout: str) -> None:
+        t0 = time.monotonic()
+        r = kube.kubectl("drain", node, "--pod-selector", selector, "--ignore-daemonsets", "--delete-emptydir-data",
+                         f"--timeout={timeout}", check=False, timeout=120)
+        runs.append({"rc": r.returncode, "out": r.stdout + r.stderr, "seconds": round(time.monotonic() - t0, 1)})
+
+    def disrupt() -> None:
+        drain(f"nasblade.io/cluster-group={GROUP},nasblade.io/blade={owner}", "60s")
+        drain(f"nasblade.io/cluster-group={GROUP}", "20s")
+
+    try:
+        figures = _run_writer_through(kube, ns, path="/drain.dat", duration=75, disrupt=disrupt)
+        RESULTS["drain"] = figures
+        (first, second) = runs
+        print(f"\n[e2e] 4g: drain of {owner} off {node}: rc {first['rc']} in {first['seconds']} s; of the group: "
+              f"rc {second['rc']} in {second['seconds']} s; writer {json.dumps(figures)}")
+        assert first["rc"] == 0 and f"pod/{owner} evicted" in first["out"], first["out"]
+        replacement = kube.get("pod", owner, namespace=ns) or {}
+        if not replacement.get("spec", {}).get("nodeName"):
+            # nowhere to start again: the budget keeps the partner, which serves the file system
+            assert second["rc"] != 0 and "disruption budget" in second["out"], second["out"]
+            assert "evicted" not in second["out"], second["out"]
+            kube.wait("the file system's Service on the partner", lambda: _owner(kube, ns) != owner, timeout=30,
+                      interval=1)
+        else:
+            assert second["rc"] == 0, second["out"]
+        assert "drain.dat" in _exec(kube, ns, "nfs-ls", _nfs_url(ns))
+    finally:
+        kube.kubectl("uncordon", node, check=False)
+    kube.wait("the group whole again (2/2 Ready)", lambda: _blades_ready(kube, ns), timeout=240, interval=3,
+              describe=lambda: _pods_and_status(kube, ns))
+    kube.wait("the file system back on its home blade", lambda: _owner(kube, ns) == owner, timeout=120, interval=2)
 
 
 def _backups(kube: Kube, ns: str, *, trigger: tuple[str, ...], since: str) -> list[dict[str, Any]]:
