@@ -20,6 +20,7 @@ Processes are started with ``subprocess.Popen`` and awaited with ``ready.wait_re
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from nasblade import ready
@@ -138,6 +140,18 @@ class BladeProc:
     @property
     def local(self) -> str:
         return str(self.ready["endpoints"]["local"])
+
+    def call(self, method: str, path: str, body: bytes | None = None, *,
+             token: str = BLADE_TOKEN) -> tuple[int, Any]:
+        """One request to the blade API with ``token``: its status and JSON body."""
+        u = urlparse(self.api if "://" in self.api else f"http://{self.api}")
+        conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=30)
+        conn.request(method, path, body=body, headers={"Authorization": f"Bearer {token}",
+                                                       "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        return resp.status, json.loads(data) if data else None
 
 
 @pytest.fixture

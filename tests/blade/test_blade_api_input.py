@@ -4,28 +4,13 @@ bounded, every reply a JSON 4xx -- never a 500 -- and no traceback in the block 
 
 from __future__ import annotations
 
-import http.client
-import json
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import urlparse
 
 import pytest
-from conftest import BLADE_TOKEN, BladeProc
+from conftest import BladeProc
 from nasblade.controller import luname
 
 pytestmark = pytest.mark.component
-
-
-def request(bp: BladeProc, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-    u = urlparse(bp.api if "://" in bp.api else f"http://{bp.api}")
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-    conn.request(method, path, body=body, headers={"Authorization": f"Bearer {BLADE_TOKEN}",
-                                                   "Content-Type": "application/json"})
-    resp = conn.getresponse()
-    data = resp.read()
-    conn.close()
-    return resp.status, json.loads(data) if data else None
 
 
 BAD = [
@@ -48,9 +33,9 @@ BAD = [
 def test_bad_input_is_a_json_4xx(start_bp: Callable[..., BladeProc]) -> None:
     bp = start_bp(blade="b0", own=())
     for method, path, body, status in BAD:
-        got, reply = request(bp, method, path, body)
+        got, reply = bp.call(method, path, body)
         assert (got, isinstance(reply, dict) and isinstance(reply.get("error"), str)) == (status, True), (path, reply)
         if status == 400 and "/lus/" in path:
             assert luname.RULE in reply["error"]
-    got, reply = request(bp, "GET", "/v1/status")
+    got, reply = bp.call("GET", "/v1/status")
     assert got == 200

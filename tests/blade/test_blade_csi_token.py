@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.client
-import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 from conftest import BLADE_TOKEN, BladeProc
@@ -39,17 +35,6 @@ OTHER_ROUTES = [("POST", "/v1/lus/fs1/takeover", None), ("POST", "/v1/lus/fs1/re
                 ("GET", "/v1/slots", None), ("GET", "/v1/metrics", None)]
 
 
-def call(bp: BladeProc, method: str, path: str, body: bytes | None, token: str) -> tuple[int, Any]:
-    u = urlparse(bp.api)
-    conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=30)
-    conn.request(method, path, body=body, headers={"Authorization": f"Bearer {token}",
-                                                   "Content-Type": "application/json"})
-    resp = conn.getresponse()
-    data = resp.read()
-    conn.close()
-    return resp.status, json.loads(data) if data else None
-
-
 def _digest_file(tmp_path: Path, token: str = CSI_TOKEN) -> Path:
     path = tmp_path / "csi-token-sha256"
     path.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n")
@@ -60,26 +45,26 @@ def test_the_csi_token_opens_the_directory_routes_alone(tmp_path: Path, start_bp
     bp = start_bp(blade="b0", own=(), extra=("--csi-token-sha256-file", str(_digest_file(tmp_path))))
     for method, path, body in DIRECTORY_ROUTES:
         # past the credential check: the blade does not serve fs1, so the route answers 404
-        status, reply = call(bp, method, path, body, CSI_TOKEN)
+        status, reply = bp.call(method, path, body, token=CSI_TOKEN)
         assert status == 404 and "csi" not in reply["error"].lower(), (path, status, reply)
     for method, path, body in OTHER_ROUTES:
-        status, reply = call(bp, method, path, body, CSI_TOKEN)
+        status, reply = bp.call(method, path, body, token=CSI_TOKEN)
         assert status == 403 and reply["error"].startswith("the CSI driver's token reaches"), (path, status, reply)
     # not the digest itself, not another array's csi token; the blade token still opens everything
-    assert call(bp, "GET", "/v1/filesystems/fs1/directories", None,
-                hashlib.sha256(CSI_TOKEN.encode()).hexdigest())[0] == 401
-    assert call(bp, "GET", "/v1/filesystems/fs1/directories", None, grants.csi_token("another array"))[0] == 401
-    assert call(bp, "GET", "/v1/status", None, BLADE_TOKEN)[0] == 200
+    assert bp.call("GET", "/v1/filesystems/fs1/directories", None,
+                   token=hashlib.sha256(CSI_TOKEN.encode()).hexdigest())[0] == 401
+    assert bp.call("GET", "/v1/filesystems/fs1/directories", None, token=grants.csi_token("another array"))[0] == 401
+    assert bp.call("GET", "/v1/status", None, token=BLADE_TOKEN)[0] == 200
 
 
 def test_without_the_digest_the_csi_token_is_unknown(tmp_path: Path, start_bp: Callable[..., BladeProc]) -> None:
     bp = start_bp(blade="b0", own=())
     for method, path, body in DIRECTORY_ROUTES[:1] + OTHER_ROUTES[:1]:
-        assert call(bp, method, path, body, CSI_TOKEN)[0] == 401
+        assert bp.call(method, path, body, token=CSI_TOKEN)[0] == 401
     # a missing digest file (a Secret without the key yet): the blade serves, takes no csi token
     bp = start_bp(blade="b1", slot=1, own=(), extra=("--csi-token-sha256-file", str(tmp_path / "missing")))
-    assert call(bp, "GET", "/v1/filesystems/fs1/directories", None, CSI_TOKEN)[0] == 401
-    assert call(bp, "GET", "/v1/status", None, BLADE_TOKEN)[0] == 200
+    assert bp.call("GET", "/v1/filesystems/fs1/directories", None, token=CSI_TOKEN)[0] == 401
+    assert bp.call("GET", "/v1/status", None, token=BLADE_TOKEN)[0] == 200
 
 
 def test_the_digest_file_is_checked(tmp_path: Path) -> None:
