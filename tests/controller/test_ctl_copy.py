@@ -75,10 +75,19 @@ def test_copy_is_point_in_time_while_source_is_written(controller: Controller) -
     assert hashlib.sha256(copied).hexdigest() == hashlib.sha256(image).hexdigest()
 
 
+def _fill(controller: Controller, lu: str, size: int) -> None:
+    """Data in every chunk of ``lu``: a copy reads and writes each (never-written chunks are
+    zeroed on the target instead, test_never_written_chunks_are_zeroed_not_copied)."""
+    with NBDBlockDevice.connect(controller.url(lu)) as dev:
+        dev.pwrite(0, os.urandom(size))
+        dev.flush()
+
+
 def test_rate_limited_copy_reports_progress(controller: Controller) -> None:
     cl = controller.client
     cl.create_lu("p-src", 8 * MiB)
     cl.create_lu("p-dst", 8 * MiB)
+    _fill(controller, "p-src", 8 * MiB)
     job = cl.create_copy_job("p-src", "p-dst", 8 * MiB, rate_limit=4 * MiB)  # about 2 s
     seen = []
     deadline = time.monotonic() + 60
@@ -97,6 +106,7 @@ def test_cancel_and_validation(controller: Controller) -> None:
     cl = controller.client
     cl.create_lu("a", 16 * MiB)
     cl.create_lu("b", 16 * MiB)
+    _fill(controller, "a", 16 * MiB)
     job = cl.create_copy_job("a", "b", 16 * MiB, rate_limit=MiB)
     done = cl.cancel_copy_job(job["id"])
     assert done["id"] == job["id"]
@@ -119,6 +129,7 @@ def test_running_job_is_failed_cleanly_by_a_restart(controller: Controller) -> N
     cl = controller.client
     cl.create_lu("a", 16 * MiB)
     cl.create_lu("b", 16 * MiB)
+    _fill(controller, "a", 16 * MiB)
     job = cl.create_copy_job("a", "b", 16 * MiB, rate_limit=MiB)
     time.sleep(0.3)
     controller.kill()
@@ -138,3 +149,30 @@ def test_copy_fails_on_injected_fault(controller: Controller) -> None:
     controller.admin.clear_faults()
     job = cl.wait_copy_job(cl.create_copy_job("a", "b", 4 * MiB)["id"], timeout=20)
     assert job["state"] == "succeeded"
+
+
+def test_never_written_chunks_are_zeroed_not_copied(controller: Controller) -> None:
+    """A sparse source: its holes become holes of the target (zeroed, not read and written),
+    its data is copied, and what the target held in those ranges before is gone."""
+    cl = controller.client
+    cl.create_lu("sparse", 32 * MiB)
+    cl.create_lu("copy", 32 * MiB)
+    first, last = os.urandom(MiB + 4096), os.urandom(4096)
+    with NBDBlockDevice.connect(controller.url("sparse")) as dev:
+        dev.pwrite(3 * MiB, first)  # chunks 3 and 4 hold data
+        dev.pwrite(30 * MiB, last)  # chunk 30
+        dev.flush()
+    with NBDBlockDevice.connect(controller.url("copy")) as dev:
+        dev.pwrite(10 * MiB, os.urandom(MiB))  # old data where the source has a hole
+        dev.flush()
+    job = cl.create_copy_job("sparse", "copy", 32 * MiB)
+    while (cur := cl.get_copy_job(job["id"]))["state"] == "running":
+        time.sleep(0.05)
+    assert cur["state"] == "succeeded", cur
+    assert cur["bytesDone"] == 32 * MiB and cur["bytesHoles"] == 29 * MiB, cur
+    with NBDBlockDevice.connect(controller.url("copy")) as dev:
+        image = dev.pread(0, 32 * MiB)
+    want = bytearray(32 * MiB)
+    want[3 * MiB:3 * MiB + len(first)] = first
+    want[30 * MiB:30 * MiB + len(last)] = last
+    assert hashlib.sha256(image).hexdigest() == hashlib.sha256(want).hexdigest()

@@ -46,6 +46,8 @@ class Job:
     rate_limit: int
     state: str = "running"
     bytes_done: int = 0
+    #: of ``bytes_done``, the never-written chunks zeroed on the target instead of copied
+    holes: int = 0
     error: str | None = None
     created: str = field(default_factory=now)
     started: str | None = None
@@ -58,7 +60,7 @@ class Job:
         return {"id": self.id, "source": self.source, "sourceOffset": self.source_offset,
                 "target": self.target, "targetOffset": self.target_offset,
                 "length": self.length, "rateLimit": self.rate_limit, "state": self.state,
-                "bytesDone": self.bytes_done, "bytesTotal": self.length,
+                "bytesDone": self.bytes_done, "bytesTotal": self.length, "bytesHoles": self.holes,
                 "result": None if self.state == "running" else self.state,
                 "error": self.error, "created": self.created, "started": self.started,
                 "finished": self.finished}
@@ -68,6 +70,7 @@ class Job:
         return cls(id=d["id"], source=d["source"], source_offset=d["sourceOffset"],
                    target=d["target"], target_offset=d["targetOffset"], length=d["length"],
                    rate_limit=d["rateLimit"], state=d["state"], bytes_done=d["bytesDone"],
+                   holes=int(d.get("bytesHoles") or 0),
                    error=d.get("error"), created=d["created"], started=d.get("started"),
                    finished=d.get("finished"))
 
@@ -188,7 +191,9 @@ class CopyEngine:
         """Copy every chunk not yet copied on write.
 
         Device I/O runs in the engine's thread pool, pipelined: the read of one chunk overlaps
-        the write of the previous one. A chunk counts as copied only when its read comes back
+        the write of the previous one. A chunk that was never written (``Engine.allocation``:
+        holes on the devices, nothing dirty in the cache) is not read: the target's range is
+        zeroed instead, which punches holes, so a sparse LU copies at the speed of its data. A chunk counts as copied only when its read comes back
         on the loop thread and the copy-on-write hook has not copied it meanwhile; from then
         on the old data is held in memory, so client writes to the chunk may proceed.
         """
@@ -215,6 +220,17 @@ class CopyEngine:
                 off = index * CHUNK
                 n = min(CHUNK, job.length - off)
                 src = engine.lu(job.source)
+                if engine.allocation(src, job.source_offset + off, n) == [(n, False)]:
+                    # never written (a hole on the devices, nothing dirty in the cache): it reads
+                    # as zeroes, so the target's range is zeroed -- holes punched, no data moved --
+                    # at once, on the loop thread like the copy-on-write hook
+                    engine._check_fault(job.source, job.source_offset + off, n, "read")
+                    engine._check_fault(job.target, job.target_offset + off, n, "write")
+                    job.done[index] = 1
+                    job.bytes_done += n
+                    job.holes += n
+                    await engine.zero(engine.lu(job.target), job.target_offset + off, n, fua=False)
+                    continue
                 data = await engine.read_large(src, job.source_offset + off, n)
                 if job.done[index]:  # the hook copied it while our read was in flight
                     continue
