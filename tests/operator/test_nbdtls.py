@@ -124,7 +124,10 @@ def test_certificates_from_the_secrets_load_and_name_the_service(tmp_path: Path)
     assert "a1-controller.ns.svc" in names  # what blades dial
     authority = nbdtls.Authority(ca)
     now = datetime.datetime.now(datetime.UTC)
-    server_spec, _ = nbdtls.array_leaves("a1", "ns", "cluster.local")
+    server_spec, admin_spec, csi_spec = nbdtls.array_leaves("a1", "ns", "cluster.local")
+    # the CSI plugin's is a client certificate of its own role, beside the operator's admin one
+    assert (admin_spec.identity, csi_spec.identity) == (tls.ADMIN, tls.CSI)
+    assert csi_spec.name == "a1-nbd-csi" and csi_spec.client and not csi_spec.server
     server = nbdtls.secret(server_spec.name, "a1", nbdtls.leaf_files(server_spec, authority, now=now, lifetime=86400))
     blade_spec = nbdtls.blade_leaf("a1", "g1", "g1-blade-0")
     blade = nbdtls.secret(blade_spec.name, "a1", nbdtls.leaf_files(blade_spec, authority, now=now, lifetime=86400))
