@@ -143,9 +143,23 @@ def kill(arr: ArrayUp, owner: str, kind: str) -> dict[str, int]:
         os.kill(pid, signal.SIGKILL)
         return {"controller": pid}
     parts = ("fp", "bp") if kind == "blade" else (kind,)
-    pids = {part: int(arr.part_status(owner, part)["pid"]) for part in parts}
-    for pid in pids.values():
-        os.kill(pid, signal.SIGKILL)
+    pids: dict[str, int] = {}
+    for part in parts:
+        # the supervisor may be restarting the part right now (the fencing after the previous
+        # cycle powers a blade off and on): the pid it reported is gone; kill the next one
+        deadline = time.monotonic() + 30
+        while True:
+            pid = arr.part_status(owner, part).get("pid")
+            try:
+                if pid:
+                    os.kill(int(pid), signal.SIGKILL)
+                    pids[part] = int(pid)
+                    break
+            except ProcessLookupError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{owner}-{part}: no live process to kill for 30 s (last pid {pid})")
+            time.sleep(0.1)
     return pids
 
 
