@@ -343,7 +343,10 @@ def _auth_middleware(token: str | None, metrics_token: str | None = None,
         given = request.headers.get("Authorization", "").encode()
         if expected is not None and hmac.compare_digest(given, expected):
             return await handler(request)
-        if digest is not None and _bearer(given) and hmac.compare_digest(hashlib.sha256(_bearer(given)).digest(), digest):
+        bearer = _bearer(given)
+        # the digest checks (operator and CSI tokens) share one hash of the bearer token
+        hashed = hashlib.sha256(bearer).digest() if bearer and (digest or csi_digest) else b""
+        if digest is not None and hashed and hmac.compare_digest(hashed, digest):
             return await handler(request)
         if scraper is not None and hmac.compare_digest(given, scraper):
             if request.path == "/v1/metrics" and request.method == "GET":
@@ -353,8 +356,7 @@ def _auth_middleware(token: str | None, metrics_token: str | None = None,
             if _is_directory_route(request):
                 return await handler(request)
             return _error(403, "the group token reaches /v1/filesystems/{fs}/directories and /snapshots only")
-        if csi_digest is not None and _bearer(given) and hmac.compare_digest(
-                hashlib.sha256(_bearer(given)).digest(), csi_digest):
+        if csi_digest is not None and hashed and hmac.compare_digest(hashed, csi_digest):
             if _is_directory_route(request):
                 return await handler(request)
             return _error(403, "the CSI driver's token reaches /v1/filesystems/{fs}/directories and /snapshots only")
