@@ -41,6 +41,7 @@ COMMANDS: dict[str, Command] = {
     "watch": Command("nasblade.terminal.commands.watch", "live status view: owners and blades' health first"),
     "devices": Command("nasblade.terminal.commands.devices", "the array's devices: protection, states, errors, rebuild; replace or fail one"),
     "scrub": Command("nasblade.terminal.commands.scrub", "verify and repair every copy of the array's data now (--wait to follow)"),
+    "volumes": Command("nasblade.terminal.commands.volumes", "the CSI volumes: file-system and directory volumes, sizes, usage, snapshots"),
     "events": Command("nasblade.terminal.commands.events", "what the array did and does (-f to follow)"),
     "takeover": Command("nasblade.terminal.commands.takeover", "move a file system to a blade (or --dry-run)"),
     "giveback": Command("nasblade.terminal.commands.giveback", "give a file system back to its home blade"),

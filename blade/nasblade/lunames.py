@@ -11,7 +11,9 @@ The CSI driver makes LUs too: one per volume (``pv-<24 hex>``; on Kubernetes the
 file system, so its LU is ``fs-pv-<24 hex>``), one per snapshot (``sn-<24 hex>``) and its
 catalog (``csi-catalog``). ``is_csi_lu`` names these LUs of the CSI driver's volumes,
 snapshots and catalog: the only LUs its credentials (``nasblade.grants.csi_token``, the ``csi``
-certificate) reach.
+certificate) reach. ``csi_volume_id`` and ``csi_snapshot_id`` recognise the driver's ids
+themselves (a prefix and 24 lowercase hex digits), so the terminal lists a directory or a file
+system as a volume only when the driver named it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ CSI_CATALOG = "csi-catalog"
 """The CSI driver's records of its volumes and snapshots."""
 CSI_VOLUME_PREFIX = "pv-"
 CSI_SNAPSHOT_PREFIX = "sn-"
+CSI_ID_DIGITS = 24
+"""Hex digits of the SHA-256 of the CSI name after the prefix (``nasblade_csi.controller``)."""
 
 
 def fs_lu(fs: str) -> str:
@@ -38,3 +42,22 @@ def is_csi_lu(name: str) -> bool:
     ``csi-catalog``, ``pv-…``, ``fs-pv-…`` (a volume's file-system LU) or ``sn-…``."""
     return name == CSI_CATALOG or name.startswith(
         (CSI_VOLUME_PREFIX, CSI_SNAPSHOT_PREFIX, fs_lu(CSI_VOLUME_PREFIX)))
+
+
+def _csi_id(name: str, prefix: str) -> bool:
+    digits = name[len(prefix):]
+    return (name.startswith(prefix) and len(digits) == CSI_ID_DIGITS
+            and all(c in "0123456789abcdef" for c in digits))
+
+
+def csi_volume_id(name: str) -> bool:
+    """Whether ``name`` is a volume id of the CSI driver (``pv-`` and 24 hex digits): the LU of
+    a file-system volume on a standalone array, the file system of one on Kubernetes (its LU
+    ``fs-<id>``), the directory of a directory volume."""
+    return _csi_id(name, CSI_VOLUME_PREFIX)
+
+
+def csi_snapshot_id(name: str) -> bool:
+    """Whether ``name`` is a snapshot id of the CSI driver (``sn-`` and 24 hex digits): the LU
+    of a file-system volume's snapshot, the directory of a directory volume's one."""
+    return _csi_id(name, CSI_SNAPSHOT_PREFIX)

@@ -7,6 +7,7 @@ catalog, and a restarted one finds every volume again. The LU ``csi-catalog`` ho
 in memory and a compare-and-write of the whole 256 KiB record through the controller's
 control API (docs/control-api.md), retried when another writer got there first, so two
 replicas never lose each other's change. Reads go over NBD, through the same controller.
+The record's layout is ``nasblade.csicatalog``'s, which the management terminal reads too.
 """
 
 from __future__ import annotations
@@ -14,25 +15,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from nasblade import lunames
+from nasblade import csicatalog, lunames
 from nasblade.controller.apiclient import ControlAPIError, ControlClient
 from nasblade.nbd.client import NBDBlockDevice
 
 from nasblade_csi.errors import CatalogFull
 
 LU = lunames.CSI_CATALOG
-RECORD = 256 << 10  # the controller's compare-and-write limit
+RECORD = csicatalog.RECORD  # the controller's compare-and-write limit
 LU_SIZE = 1 << 20
-_LEN = struct.Struct(">Q")
+_LEN = csicatalog.HEADER
+empty = csicatalog.empty
+decode = csicatalog.decode
 T = TypeVar("T")
-
-
-def empty() -> dict[str, Any]:
-    return {"volumes": {}, "snapshots": {}}
 
 
 def encode(doc: dict[str, Any]) -> bytes:
@@ -40,14 +38,6 @@ def encode(doc: dict[str, Any]) -> bytes:
     if len(body) + _LEN.size > RECORD:
         raise CatalogFull(f"the catalog needs {len(body)} bytes; its record holds {RECORD - _LEN.size}")
     return (_LEN.pack(len(body)) + body).ljust(RECORD, b"\0")
-
-
-def decode(raw: bytes) -> dict[str, Any]:
-    (n,) = _LEN.unpack_from(raw, 0)
-    if n == 0:
-        return empty()
-    doc: dict[str, Any] = json.loads(raw[_LEN.size:_LEN.size + n])
-    return doc
 
 
 class Catalog:

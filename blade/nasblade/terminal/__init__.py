@@ -1,6 +1,6 @@
 """The management terminal (claims 10 and 17): the administrator's view of an array.
 
-``nasblade status|backup|takeover|giveback|map|events|watch|completion|version`` and
+``nasblade status|volumes|backup|takeover|giveback|map|events|watch|completion|version`` and
 ``nasblade software rollout|list``, and the same commands as the kubectl plugin ``kubectl nas``
 (plus the hidden ``__complete`` the completion scripts call for names from the array).
 

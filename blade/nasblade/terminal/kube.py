@@ -20,6 +20,10 @@ planned move (``takeover``/``giveback``) is the
 ``nasblade.io/move-request`` annotation ``{"fileSystem", "to", "id"}`` on the ClusterGroup,
 answered in ``status.lastMoveRequest`` (same id: ``Succeeded`` or ``Refused`` with the reason)
 and followed in ``status.fileSystems[].blade``.
+
+The CSI driver's volumes (``volumes``) are its PersistentVolumes (driver ``nas.nasblade.io``, the
+volume context naming a DiskArray of the namespace) and VolumeSnapshotContents, both
+cluster-wide, with the serving group and blade from the ClusterGroup status.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from nasblade import units
+from nasblade import lunames, units
+from nasblade.terminal import volumes as csivolumes
 from nasblade.terminal.errors import TerminalError, Unreachable, UsageError
 from nasblade.terminal.model import (
     LU,
@@ -46,6 +51,8 @@ from nasblade.terminal.model import (
     FileSystem,
     Group,
     Snapshot,
+    Volume,
+    VolumeList,
     area_word,
     fill_health,
 )
@@ -54,6 +61,8 @@ from nasblade.terminal.source import BackupProgress, BackupRequest
 API = "nasblade.io/v1alpha1"
 BACKUP_NOW = "nasblade.io/backup-now"
 MOVE_REQUEST = "nasblade.io/move-request"
+CSI_DRIVER = "nas.nasblade.io"
+SNAPSHOT_API = "snapshot.storage.k8s.io/v1"
 STATES: dict[str, tuple[BladeState, str]] = {
     "Running": ("ok", ""),
     "Suspect": ("suspect", "pod not Ready"),
@@ -103,6 +112,10 @@ def device_health(devices: list[Device], status: dict[str, Any]) -> dict[str, An
     if not red:
         return None
     return {k: red.get(k) for k in ("protection", "state", "repairedBlocks", "lostBlocks")}
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def now_iso() -> str:
@@ -408,6 +421,64 @@ class KubeSource:
         before = (obj.get("spec", {}).get("software") or {}).get("version")
         self._patch("diskarrays", array, patch={"spec": {"software": {"version": version}}}, what="DiskArray")
         return {"array": array, "from": before, "to": version}
+
+    def volumes(self, snapshot: Snapshot) -> VolumeList:
+        """The CSI driver's volumes of this namespace's DiskArrays: the PersistentVolumes of
+        driver ``nas.nasblade.io`` whose volume context names one of them (``diskArray``), with
+        the group and blade serving a file-system volume from the ClusterGroup status, and
+        their snapshots from the VolumeSnapshotContents of the driver. Usage is not in any
+        resource's status, so it is not shown here (``nasblade volumes --data-dir`` shows it)."""
+        refs = {f"{self.namespace}/{a['name']}" for a in snapshot["arrays"]}
+        owners = {f["name"]: f for f in snapshot["fileSystems"]}
+        problems: list[str] = []
+        found: dict[str, Volume] = {}
+        for pv in self._cluster_list("persistentvolumes", version="v1", problems=problems):
+            csi = (pv.get("spec") or {}).get("csi") or {}
+            attrs = csi.get("volumeAttributes") or {}
+            vid = str(csi.get("volumeHandle") or "")
+            if csi.get("driver") != CSI_DRIVER or not lunames.csi_volume_id(vid) or \
+                    (attrs.get("diskArray") not in refs and vid not in owners):
+                continue
+            directory = not attrs.get("lu")
+            fs = (attrs.get("fileSystem") or str(attrs.get("export", "")).strip("/").split("/")[0] or None) \
+                if directory else vid
+            own = owners.get(fs or "")
+            claim = (pv.get("spec") or {}).get("claimRef") or {}
+            found[vid] = {"id": vid, "name": pv["metadata"]["name"],
+                          "claim": f"{claim['namespace']}/{claim['name']}" if claim.get("name") else None,
+                          "mode": "directory" if directory else "filesystem", "fileSystem": fs,
+                          "lu": None if directory else str(attrs["lu"]), "group": own["group"] if own else None,
+                          "blade": own["blade"] if own else None,
+                          "size": quantity(((pv.get("spec") or {}).get("capacity") or {}).get("storage")),
+                          "usedBytes": None, "files": None, "state": str((pv.get("status") or {}).get("phase") or "") or None,
+                          "snapshots": []}
+        for c in self._cluster_list("volumesnapshotcontents", version=SNAPSHOT_API, problems=problems):
+            spec, st = c.get("spec") or {}, c.get("status") or {}
+            vid = str((spec.get("source") or {}).get("volumeHandle") or "")
+            if spec.get("driver") != CSI_DRIVER or vid not in found:
+                continue
+            uid = (spec.get("volumeSnapshotRef") or {}).get("uid")
+            found[vid]["snapshots"].append({
+                "id": str(st.get("snapshotHandle") or c["metadata"]["name"]),
+                "name": f"snapshot-{uid}" if uid else None, "size": _int(st.get("restoreSize")),
+                "ready": st.get("readyToUse") if isinstance(st.get("readyToUse"), bool) else None,
+                "created": csivolumes.nanoseconds_iso(st.get("creationTime"))})
+        return {"target": {"kind": "kubernetes", "server": self.server, "context": self.context,
+                           "namespace": self.namespace},
+                "time": snapshot["time"], "problems": problems,
+                "volumes": sorted(found.values(), key=lambda v: (v["mode"], v["fileSystem"] or "", v["id"]))}
+
+    def _cluster_list(self, plural: str, *, version: str, problems: list[str]) -> list[dict[str, Any]]:
+        """A cluster-wide list; an API the cluster does not serve (no snapshot CRDs) is empty,
+        one the credentials may not read is a problem to report, not a failure."""
+        r = self._request("get", plural, version=version, namespaced=False)
+        if r.status_code == 404:
+            return []
+        if r.status_code in (401, 403):
+            problems.append(f"the credentials of context {self.context} may not list {plural} ({r.status_code})")
+            return []
+        items: list[dict[str, Any]] = self._json(r, f"list {plural}").get("items", [])
+        return items
 
     def events(self, snapshot: Snapshot) -> list[Event]:
         names = {a["name"] for a in snapshot["arrays"]} | {g["name"] for g in snapshot["groups"]}

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("nasblade.terminal.commands.status", "arrays, devices, LUs, cache/load, groups, blades, backups"),
+    "volumes": ("nasblade.terminal.commands.volumes", "the CSI volumes: file-system and directory volumes, sizes, usage, snapshots"),
     "backup": ("nasblade.terminal.commands.backup", "request a backup of a cluster group and follow it"),
     "takeover": ("nasblade.terminal.commands.takeover", "move a file system to a blade (or --dry-run)"),
     "giveback": ("nasblade.terminal.commands.giveback", "give a file system back to its home blade"),

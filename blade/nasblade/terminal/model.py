@@ -164,3 +164,46 @@ class Event(TypedDict):
     kind: str
     object: str
     message: str
+
+
+VolumeMode = Literal["filesystem", "directory"]
+
+
+class VolumeSnapshot(TypedDict):
+    """A snapshot of a CSI volume: an LU ``sn-…`` (file-system volumes) or a copy of the
+    directory in the shared file system's ``/.snapshots`` (directory volumes)."""
+
+    id: str
+    name: str | None  # the CSI name (``snapshot-<uid>``) when the driver's catalog records it
+    size: int | None  # bytes: the LU, or the volume's size when it was taken (restore size)
+    ready: bool | None
+    created: str | None
+
+
+class Volume(TypedDict):
+    """A volume of the CSI driver (``nasblade volumes``): a file system of its own
+    (``filesystem``) or a directory with a tree quota in a shared file system (``directory``)."""
+
+    id: str  # ``pv-`` and 24 hex digits
+    name: str | None  # the CSI name (``pvc-<uid>``, the PersistentVolume's) when known
+    claim: str | None  # the PersistentVolumeClaim bound to it, ``namespace/name`` (Kubernetes)
+    mode: VolumeMode
+    fileSystem: str | None  # the volume's own file system, or the shared one holding the directory
+    lu: str | None  # the LU of a file-system volume; None for a directory volume
+    group: str | None  # the cluster group serving that file system
+    blade: str | None  # the blade serving it now
+    size: int | None  # bytes: the file system's size, or the directory's quota
+    usedBytes: int | None  # what the serving blade reports (None when not asked or not served)
+    files: int | None  # files, directories and links (directory volumes)
+    state: str | None  # the driver's record: creating | formatted | ready (None: not recorded)
+    snapshots: list[VolumeSnapshot]
+
+
+class VolumeList(TypedDict):
+    """What ``nasblade volumes -o json`` prints."""
+
+    target: dict[str, Any]
+    time: str
+    volumes: list[Volume]
+    #: what could not be read (a blade that did not answer, no catalog): the list may be short
+    problems: list[str]

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nasblade.terminal.health import RICH_STYLES
-from nasblade.terminal.model import Event, Snapshot
+from nasblade.terminal.model import Event, Snapshot, VolumeList
 
 
 def size(n: int | None) -> str:
@@ -147,6 +147,27 @@ def status_tables(snap: Snapshot) -> Group:
                        f"{size(bk['bytesDone'])} / {size(bk['bytesTotal'])}", bk["started"] or "-",
                        bk["finished"] or "-", bk["trigger"] or "-")
         parts.append(kt)
+    return Group(*parts)
+
+
+def volumes_view(listing: VolumeList) -> Group:
+    """The ``volumes`` view: one row per CSI volume (file-system volumes with the group and
+    blade serving them, directory volumes with their quota and usage), each snapshot on a row
+    of its own under its volume, then what could not be read."""
+    t = Table(title="CSI volumes", title_justify="left")
+    for col in ("volume", "mode", "file system", "group", "blade", "size", "used", "files", "state", "name"):
+        t.add_column(col, justify="right" if col in ("size", "used", "files") else "left")
+    for v in listing["volumes"]:
+        t.add_row(v["id"], v["mode"], v["fileSystem"] or "-", v["group"] or "-", v["blade"] or "-",
+                  size(v["size"]) if v["mode"] == "filesystem" else f"quota {size(v['size'])}",
+                  size(v["usedBytes"]), "-" if v["files"] is None else str(v["files"]), v["state"] or "-",
+                  v["claim"] or v["name"] or "-")
+        for sn in v["snapshots"]:
+            ready = "-" if sn["ready"] is None else "ready" if sn["ready"] else "not ready"
+            t.add_row(Text(f"  snapshot {sn['id']}", style="dim"), "", "", "", "", size(sn["size"]), "", "",
+                      Text(ready, style="green" if sn["ready"] else "yellow"), sn["name"] or "-")
+    parts: list[Any] = [t if listing["volumes"] else Text("no CSI volumes")]
+    parts.extend(Text(f"note: {p}", style="yellow") for p in listing["problems"])
     return Group(*parts)
 
 

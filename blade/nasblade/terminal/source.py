@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nasblade.terminal.model import Backup, Event, Snapshot
+from nasblade.terminal.model import Backup, Event, Snapshot, VolumeList
 
 
 @dataclass
@@ -52,3 +52,5 @@ class Source(Protocol):
     def rollout(self, version: str, *, array: str | None, force: bool = False) -> dict[str, Any]: ...
 
     def events(self, snapshot: Snapshot) -> list[Event]: ...
+
+    def volumes(self, snapshot: Snapshot) -> VolumeList: ...

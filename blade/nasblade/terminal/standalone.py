@@ -21,6 +21,11 @@ takeover`` on the target blade (graceful: a live owner releases first), and
 ``GET /v1/cluster/check-takeover`` for the target blade's own verdict in dry runs. The backup
 history is the group record's (read from the portion), so it survives every blade. What the
 blades do not offer raises ``NotAvailable`` (exit 2) with the reason.
+
+The CSI driver's volumes (``volumes``) come from its catalog LU (``csi-catalog``, read over NBD),
+the controller's LU listing and the serving blades' directory routes
+(``GET /v1/filesystems/{fs}/directories``, ``…/snapshots``); ``nasblade.terminal.volumes`` puts
+them together.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from nasblade import lunames, tls
+from nasblade import csicatalog, lunames, tls
 from nasblade.terminal import health
+from nasblade.terminal import volumes as csivolumes
 from nasblade.terminal.errors import NotAvailable, TerminalError, Timeout, Unreachable, UsageError
 from nasblade.terminal.model import (
     LU,
@@ -51,6 +57,7 @@ from nasblade.terminal.model import (
     Group,
     LUKind,
     Snapshot,
+    VolumeList,
     area_word,
     fill_health,
 )
@@ -577,6 +584,51 @@ class StandaloneSource:
                 "blades": {r.blade: r.after for r in results},
                 "steps": [{"blade": r.blade, "from": r.before, "to": r.after, "moved": r.moved,
                            "skipped": r.skipped, "seconds": r.seconds} for r in results]}
+
+    def volumes(self, snapshot: Snapshot) -> VolumeList:
+        """The CSI driver's volumes on this array (``nasblade.terminal.volumes``): its catalog
+        read over NBD, the controller's LUs, and each served file system's directory volumes
+        and snapshots from the blade serving it (``GET /v1/filesystems/{fs}/directories``,
+        ``…/snapshots``). A blade that does not answer leaves its file system's directory
+        volumes out, and says so in ``problems``."""
+        from nasblade.bladeapi.client import BladeAPIError, BladeClient
+
+        lus = self._call("LUs", self.control().list_lus)
+        problems: list[str] = []
+        catalog = self._csi_catalog(lus, problems)
+        apis = {b["name"]: b["api"] for g in snapshot["groups"] for b in g["blades"]}
+        served: dict[str, dict[str, Any]] = {}
+        snapshots: dict[str, list[str]] = {}
+        for f in snapshot["fileSystems"]:
+            api = apis.get(f["blade"] or "")
+            if api is None:
+                problems.append(f"file system {f['name']}: no blade serves it now, its directory volumes are not listed")
+                continue
+            client = BladeClient(api, self.blade_token, timeout=self.timeout)
+            try:
+                served[f["name"]] = client.directories(f["name"])
+                snapshots[f["name"]] = list(client.snapshots(f["name"]).get("snapshots") or [])
+            except (BladeAPIError, OSError) as exc:
+                problems.append(f"file system {f['name']}: blade {f['blade']} did not list its directories: {exc}")
+        found, unknown = csivolumes.volumes(catalog=catalog, lus=lus, file_systems=snapshot["fileSystems"],
+                                            served=served, snapshots=snapshots)
+        return {"target": snapshot["target"], "time": snapshot["time"], "volumes": found,
+                "problems": problems + unknown}
+
+    def _csi_catalog(self, lus: list[dict[str, Any]], problems: list[str]) -> dict[str, Any]:
+        """The CSI driver's records (``nasblade.csicatalog``), read over NBD; empty when the
+        driver never ran here."""
+        from nasblade.nbd.client import NBDBlockDevice
+
+        if not any(lu.get("name") == lunames.CSI_CATALOG for lu in lus):
+            return csicatalog.empty()
+        try:
+            with NBDBlockDevice.connect(f"nbd://{self.endpoints.nbd}/{lunames.CSI_CATALOG}") as dev:
+                return csicatalog.decode(dev.pread(0, csicatalog.RECORD))
+        except (OSError, ValueError) as exc:
+            problems.append(f"the CSI driver's catalog ({lunames.CSI_CATALOG}) could not be read: {exc}; "
+                            "volumes are listed without their CSI names and snapshots without their volumes")
+            return csicatalog.empty()
 
     def events(self, snapshot: Snapshot) -> list[Event]:
         """What the array has recorded: processor-information copies (group records), the
