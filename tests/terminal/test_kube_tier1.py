@@ -5,6 +5,8 @@ kubelet, the blades' management API the fake blade server, the controller a real
 (all from tests/operator/conftest.py). The plugin is run as an administrator runs it: the
 ``kubectl-nas`` entry point, and through ``kubectl nas`` itself (kubectl finds plugins on PATH).
 Its ``-o json`` is compared with the resources as ``kubectl get`` returns them.
+``volumes`` is checked against PersistentVolumes and VolumeSnapshotContents made as the CSI
+driver's provisioning makes them (the VolumeSnapshot CRDs from ``tools/kube/csi.sh snapshot-crds``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import pytest
 from nasblade.controller.apiclient import ControlClient
 from nasblade.terminal.kube import KubeSource
 from nasblade.terminal.source import BackupRequest
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.tier1
 SVG = "{http://www.w3.org/2000/svg}"
@@ -237,6 +241,183 @@ def test_kubectl_nas_against_the_operator(
     down = plugin(str(broken), "status", "-n", namespace)
     assert down.returncode == 3 and "does not answer" in down.stderr
 
+
+def install_snapshot_crds(kubectl: Any) -> None:
+    """The VolumeSnapshot CRDs of kubernetes-csi/external-snapshotter's client module, as
+    tests/e2e/e2elib.py installs them: ``tools/kube/csi.sh snapshot-crds`` (Go module cache)."""
+    listed = subprocess.run([str(REPO / "tools" / "kube" / "csi.sh"), "snapshot-crds"], capture_output=True,
+                            text=True, timeout=300, check=False)
+    if listed.returncode != 0:
+        pytest.fail(f"tools/kube/csi.sh snapshot-crds: {listed.stderr}")
+    files = listed.stdout.split()
+    for f in files:
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", f)
+    import yaml
+
+    names = [f"crd/{yaml.safe_load(Path(f).read_text())['metadata']['name']}" for f in files]
+    assert "crd/volumesnapshotcontents.snapshot.storage.k8s.io" in names
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+
+
+def test_kubectl_nas_volumes_lists_the_csi_drivers_persistent_volumes(
+    kubectl: Any, operator: Callable[[], Any], blades: Any, token_secret: Callable[[str], None], namespace: str,
+    tier1_kubeconfig: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``kubectl nas volumes`` lists the PersistentVolumes and VolumeSnapshotContents the CSI driver's
+    provisioning leaves (external-provisioner and csi-snapshotter write them from the driver's
+    answers): a file-system volume published by the driver's own ``DiskArrayExports`` (so the
+    operator serves it), a directory volume of the shared file system ``home``, each bound to a
+    claim; a PV of another driver, and one of this driver naming another DiskArray, are left out."""
+    import pykube
+    from nasblade import lunames
+    from nasblade_csi.controller import ALIGN, choose_size, snapshot_id, volume_id
+    from nasblade_csi.exports import DiskArrayExports
+
+    token_secret("a1")
+    install_snapshot_crds(kubectl)
+    suffix = namespace.removeprefix("op-")
+    ref = f"{namespace}/a1"
+    classes = {"fs": {"diskArray": ref, "clusterGroup": "g1"},
+               "dir": {"diskArray": ref, "layout": "directory", "fileSystem": "home"}}
+    requests = {"fs": 40 << 20, "dir": 5_000_000}  # what the claims ask for (the driver rounds up)
+    cluster_scoped: list[tuple[str, str]] = []
+    try:
+        with operator() as runner:
+            kubectl.apply(ARRAY)
+            kubectl.apply(GROUP)
+            kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
+            kubectl.wait("diskarray/a1", "condition=Ready", timeout=90)
+
+            # the StorageClasses and the claims; the PV names are the provisioner's, pvc-<claim uid>
+            claims: dict[str, dict[str, Any]] = {}
+            for kind, params in classes.items():
+                sc = f"nasblade-{kind}-{suffix}"
+                kubectl.apply({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": sc},
+                               "provisioner": "nas.nasblade.io", "reclaimPolicy": "Delete", "parameters": params})
+                cluster_scoped.append(("storageclass", sc))
+                kubectl.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": f"data-{kind}"},
+                               "spec": {"storageClassName": sc, "accessModes": ["ReadWriteMany"],
+                                        "resources": {"requests": {"storage": str(requests[kind])}}}})
+                claims[kind] = kubectl.get("pvc", f"data-{kind}") or {}
+            names = {kind: f"pvc-{c['metadata']['uid']}" for kind, c in claims.items()}
+            vids = {kind: volume_id(n) for kind, n in names.items()}  # CreateVolume's volume ids
+            sizes = {"fs": choose_size(requests["fs"], 0), "dir": choose_size(requests["dir"], 0, minimum=ALIGN)}
+            assert sizes["fs"] == 48 << 20 and sizes["dir"] == 5 << 20
+
+            # CreateVolume's volume contexts, from the driver's own exports: the file-system volume
+            # becomes a DiskArray file system the operator serves (publish waits for it); the
+            # directory volume's blade call is not made here (the fake blades have no directories)
+            exports = DiskArrayExports(pykube.HTTPClient(pykube.KubeConfig.from_file(tier1_kubeconfig)),
+                                       namespace=namespace, array="a1", group="g1", clients=("10.0.0.0/8",),
+                                       timeout=90, poll=0.5)
+            asked: list[tuple[str, Any]] = []
+
+            class Blade:
+                def set_directory(self, *args: Any, **kwargs: Any) -> None:
+                    asked.append(args)
+
+            monkeypatch.setattr(exports, "_blade_call", lambda fs, call, da=None: call(Blade()))
+            contexts = {"fs": {**exports.publish(vids["fs"], sizes["fs"], classes["fs"]), "lu": exports.lu(vids["fs"])}}
+            shared, context = exports.publish_directory(vids["dir"], sizes["dir"], classes["dir"])
+            contexts["dir"] = {**context, "lu": ""}  # Controller._volume_msg: a directory volume's lu is ""
+            assert shared == "home" and asked == [("home", vids["dir"], sizes["dir"])]
+
+            def pv(name: str, driver: str, handle: str, attrs: dict[str, str], size: int,
+                   claim: dict[str, Any] | None = None, sc: str = "") -> dict[str, Any]:
+                """A PersistentVolume as external-provisioner writes it from CreateVolume's answer."""
+                spec: dict[str, Any] = {
+                    "accessModes": ["ReadWriteMany"], "capacity": {"storage": f"{size >> 20}Mi"},
+                    "persistentVolumeReclaimPolicy": "Delete", "storageClassName": sc, "volumeMode": "Filesystem",
+                    "csi": {"driver": driver, "volumeHandle": handle, "volumeAttributes": {
+                        **attrs, "storage.kubernetes.io/csiProvisionerIdentity": f"1700000000000-1234-{driver}"}}}
+                if claim:
+                    spec["claimRef"] = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                        "namespace": claim["metadata"]["namespace"], "name": claim["metadata"]["name"],
+                                        "uid": claim["metadata"]["uid"]}
+                cluster_scoped.append(("pv", name))
+                return {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {
+                    "name": name, "annotations": {"pv.kubernetes.io/provisioned-by": driver}}, "spec": spec}
+
+            for kind in classes:
+                kubectl.apply(pv(names[kind], "nas.nasblade.io", vids[kind], contexts[kind], sizes[kind],
+                                 claims[kind], claims[kind]["spec"]["storageClassName"]))
+            # left out: another driver's PV (its handle and context would pass otherwise), and one of
+            # this driver for a DiskArray of another namespace
+            other_driver, other_array = f"pvc-other-driver-{suffix}", f"pvc-other-array-{suffix}"
+            kubectl.apply(pv(other_driver, "nfs.csi.k8s.io", volume_id(other_driver), contexts["dir"], 8 << 20))
+            kubectl.apply(pv(other_array, "nas.nasblade.io", volume_id(other_array),
+                             {**contexts["dir"], "diskArray": f"elsewhere-{suffix}/a1"}, 8 << 20))
+            wait_until("the claims bound to their volumes", lambda: all(
+                (kubectl.get("pv", names[k]) or {}).get("status", {}).get("phase") == "Bound" and
+                (kubectl.get("pvc", f"data-{k}") or {}).get("status", {}).get("phase") == "Bound" for k in classes))
+
+            # a snapshot of the file-system volume: the VolumeSnapshot, its content as the
+            # snapshot-controller makes it, the status csi-snapshotter writes from CreateSnapshot
+            vsc_class = f"nasblade-snap-{suffix}"
+            kubectl.apply({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+                           "metadata": {"name": vsc_class}, "driver": "nas.nasblade.io", "deletionPolicy": "Delete"})
+            cluster_scoped.append(("volumesnapshotclass", vsc_class))
+            kubectl.apply({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot", "metadata": {"name": "snap1"},
+                           "spec": {"volumeSnapshotClassName": vsc_class,
+                                    "source": {"persistentVolumeClaimName": "data-fs"}}})
+            vs = kubectl.get("volumesnapshot", "snap1") or {}
+            uid = vs["metadata"]["uid"]
+            sid, created = snapshot_id(f"snapshot-{uid}"), time.time_ns()
+
+            def content(name: str, driver: str, handle: str) -> dict[str, Any]:
+                cluster_scoped.append(("volumesnapshotcontent", name))
+                return {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+                        "metadata": {"name": name},
+                        "spec": {"deletionPolicy": "Delete", "driver": driver, "source": {"volumeHandle": handle},
+                                 "sourceVolumeMode": "Filesystem", "volumeSnapshotClassName": vsc_class,
+                                 "volumeSnapshotRef": {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                                                       "namespace": namespace, "name": "snap1", "uid": uid}}}
+
+            kubectl.apply(content(f"snapcontent-{uid}", "nas.nasblade.io", vids["fs"]))
+            kubectl("patch", "volumesnapshotcontent", f"snapcontent-{uid}", "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": {"snapshotHandle": sid, "creationTime": created,
+                                                 "restoreSize": sizes["fs"], "readyToUse": True}}))
+            # another driver's content on the same handle is not this volume's snapshot
+            kubectl.apply(content(f"snapcontent-other-{suffix}", "nfs.csi.k8s.io", vids["fs"]))
+
+            out = plugin(tier1_kubeconfig, "volumes", "-n", namespace, "-o", "json")
+            assert out.returncode == 0, out.stderr
+            listing = json.loads(out.stdout)
+            cg = kubectl.get("clustergroup", "g1") or {}
+            owners = {f["name"]: f["blade"] for f in cg["status"]["fileSystems"]}
+            assert owners.get(vids["fs"]) and owners.get("home"), owners
+            assert listing["target"]["namespace"] == namespace and listing["problems"] == []
+            got = {v["id"]: v for v in listing["volumes"]}
+            assert set(got) == {vids["fs"], vids["dir"]}, sorted(got)  # not the other driver's nor array's
+            assert [v["id"] for v in listing["volumes"]] == [vids["dir"], vids["fs"]]  # directory first
+            fs_vol, dir_vol = got[vids["fs"]], got[vids["dir"]]
+            assert {k: fs_vol[k] for k in ("name", "claim", "mode", "fileSystem", "lu", "group", "blade", "size", "state")} == {
+                "name": names["fs"], "claim": f"{namespace}/data-fs", "mode": "filesystem", "fileSystem": vids["fs"],
+                "lu": lunames.fs_lu(vids["fs"]), "group": "g1", "blade": owners[vids["fs"]], "size": sizes["fs"],
+                "state": "Bound"}
+            assert {k: dir_vol[k] for k in ("name", "claim", "mode", "fileSystem", "lu", "group", "blade", "size", "state")} == {
+                "name": names["dir"], "claim": f"{namespace}/data-dir", "mode": "directory", "fileSystem": "home",
+                "lu": None, "group": "g1", "blade": owners["home"], "size": sizes["dir"], "state": "Bound"}
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created // 10**9))
+            assert fs_vol["snapshots"] == [{"id": sid, "name": f"snapshot-{uid}", "size": sizes["fs"], "ready": True,
+                                            "created": stamp}]
+            assert dir_vol["snapshots"] == []
+
+            # the table names both volumes, the snapshot and the claims, not the volumes left out
+            monkeypatch.setenv("COLUMNS", "250")
+            table = plugin(tier1_kubeconfig, "volumes", "-n", namespace)
+            assert table.returncode == 0, table.stderr
+            rows = {line.split()[1]: line for line in table.stdout.splitlines() if line.split()[1:2]}
+            assert vids["fs"] in rows and vids["dir"] in rows, table.stdout
+            assert f"{namespace}/data-fs" in rows[vids["fs"]] and "filesystem" in rows[vids["fs"]]
+            assert f"{namespace}/data-dir" in rows[vids["dir"]] and "quota 5" in rows[vids["dir"]]
+            assert f"snapshot {sid}" in table.stdout
+            assert volume_id(other_driver) not in table.stdout and volume_id(other_array) not in table.stdout
+        operator_fixtures_clean(runner)
+    finally:
+        kubectl("delete", "pvc", "--all", "--wait=false", check=False)
+        for kind, name in reversed(cluster_scoped):
+            kubectl("delete", kind, name, "--ignore-not-found", "--wait=false", check=False)
 
 def operator_fixtures_clean(runner: Any) -> None:
     """The operator exited cleanly and logged no traceback (tests/operator's assert_clean)."""
