@@ -1,6 +1,7 @@
 """The read cache (``nasblade.fs.datacache``): served reads equal what the device holds, through
 random writes, overwrites, truncates, removes and block reuse, with evictions, with and without
-write-behind; and a remount starts empty."""
+write-behind; a remount starts empty; the caches of a file processor's file systems share one
+budget (least recently used first across them, pages returned at unmount)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from nasblade.blockdev import FileBlockDevice
 from nasblade.fs import fs as fsmod
 from nasblade.fs import fsck
-from nasblade.fs.datacache import PAGE, DataCache
+from nasblade.fs.datacache import PAGE, Budget, DataCache
 from nasblade.fs.fs import ROOT, ROOT_INO, FsError
 
 
@@ -40,6 +41,56 @@ def test_pages_keep_one_known_range() -> None:
     d.write(11, b"y" * 9)  # one unknown byte between: never filled in
     assert d.read(0, 20) is None
     assert d.read(11, 9) == b"y" * 9
+
+
+def test_caches_of_one_budget_evict_the_least_recently_used_page_of_any() -> None:
+    budget = Budget(4 * PAGE)
+    a, b = DataCache(budget=budget), DataCache(budget=budget)
+    assert a.capacity_bytes == b.capacity_bytes == 4 * PAGE
+    a.fill(0, b"a" * (3 * PAGE))  # a: pages 0, 1, 2
+    assert a.read(0, 10) == b"a" * 10  # a's page 0 is now the most recently used
+    b.fill(0, b"b" * (2 * PAGE))  # b: pages 0, 1 -> the least recently used of all goes: a's 1
+    assert budget.pages == 4
+    assert sorted(a._pages) == [0, 2] and sorted(b._pages) == [0, 1]
+    assert a.read(PAGE, 10) is None and a.read(0, 10) == b"a" * 10  # a's 0 last again
+    assert a.used_bytes + b.used_bytes == 4 * PAGE
+    b.fill(10 * PAGE, b"c" * (2 * PAGE))  # b's 10, 11: the two oldest of all go (a's 2, b's 0)
+    assert sorted(b._pages) == [1, 10, 11] and sorted(a._pages) == [0]
+    b.close()  # b's file system is unmounted: its pages leave the budget
+    assert budget.pages == 1 and not b._pages
+    a.fill(PAGE, b"d" * (3 * PAGE))  # a alone may now fill the whole budget
+    assert sorted(a._pages) == [0, 1, 2, 3] and a.read(0, 4 * PAGE) == b"a" * PAGE + b"d" * (3 * PAGE)
+    off = DataCache(budget=Budget(0))
+    off.fill(0, b"x")
+    assert off.read(0, 1) is None and not off._pages
+
+
+def test_file_systems_of_one_budget_hold_its_bytes_together(tmp_path: Path) -> None:
+    """Two mounted file systems (as one file processor serves them) read files larger than the
+    budget: together they never keep more than it, and both read correct data."""
+    budget = Budget(1 << 20)
+    mounts = []
+    for i in range(2):
+        dev = FileBlockDevice(tmp_path / f"lu{i}.img", size=64 << 20)
+        fsmod.mkfs(dev)
+        mounts.append(fsmod.FileSystem(dev, cache_budget=budget))
+    data = [os.urandom(3 << 19), os.urandom(3 << 19)]
+    inos = []
+    for f, d in zip(mounts, data, strict=True):
+        ino, _ = f.create(ROOT_INO, b"big", ROOT)
+        f.write(ino, 0, d, stable=True)
+        inos.append(ino)
+    for _ in range(3):
+        for f, ino, d in zip(mounts, inos, data, strict=True):
+            for off in range(0, len(d), 1 << 16):
+                assert f.read(ino, off, 1 << 16)[0] == d[off : off + (1 << 16)]
+            assert budget.pages * PAGE <= budget.capacity_bytes
+            assert sum(m.cache.used_bytes for m in mounts) <= budget.capacity_bytes
+    assert all(m.cache.used_bytes > 0 for m in mounts[1:])
+    mounts[1].close()
+    assert budget.pages * PAGE == mounts[0].cache.used_bytes
+    mounts[0].close()
+    assert budget.pages == 0
 
 
 @pytest.mark.parametrize("writebehind", [False, True])

@@ -71,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat-interval", type=float, default=0.2)
     parser.add_argument("--commit-interval", type=float, default=1.0)
     parser.add_argument("--read-cache", default="128M",
-                        help="file data kept in memory per file system (0: none; nasblade.fs.datacache)")
+                        help="file data kept in memory by this file processor, all its file systems together "
+                             "(0: none; nasblade.fs.datacache)")
     parser.add_argument("--fs", action="append", default=[], help="file system to serve (JSON, repeatable)")
     parser.add_argument("--control-unix", help="Unix socket for the block processor to add/remove file systems")
     parser.add_argument("--fence-after", type=float, default=None,

@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--portmap-port", type=int, default=111, help="-1 disables the portmapper")
     parser.add_argument("--commit-interval", type=float, default=1.0, help="seconds between background commits")
     parser.add_argument("--read-cache", default="128M",
-                        help="file data kept in memory per file system (0: none; nasblade.fs.datacache)")
+                        help="file data kept in memory by this file processor, all its file systems together "
+                             "(0: none; nasblade.fs.datacache)")
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--profile", help="write a cProfile of the serving phase (after ready) to this file")
 

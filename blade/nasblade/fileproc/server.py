@@ -61,7 +61,7 @@ from typing import Any, Protocol, TypeVar, cast
 from nasblade import blockdev, devices, latency
 from nasblade.fileproc import callbacks
 from nasblade.fileproc.config import FsSpec, Listen
-from nasblade.fs import dirvolumes, treecopy
+from nasblade.fs import datacache, dirvolumes, treecopy
 from nasblade.fs import fs as fsmod
 from nasblade.nfs import mount, nfs3, nlm, nsm, portmap
 from nasblade.nfs.exports import Export
@@ -443,6 +443,8 @@ class FileProcessor:
     ) -> None:
         self.commit_interval = commit_interval
         self.read_cache = read_cache
+        #: one read-cache budget for every file system served here (``nasblade.fs.datacache``)
+        self.read_budget = datacache.Budget(read_cache)
         self.grace_period = grace_period
         self.grace_settle = grace_settle
         self.callback_portmap_port = callback_portmap_port
@@ -467,7 +469,7 @@ class FileProcessor:
                 # Extra connections: read-ahead and write-behind run in their own threads.
                 ra = self.open_device(spec.device) if self.readahead else None
                 wb = self.open_device(spec.device) if self.writebehind else None
-                fsys = fsmod.FileSystem(dev, readahead=ra, writebehind=wb, cache_bytes=self.read_cache)
+                fsys = fsmod.FileSystem(dev, readahead=ra, writebehind=wb, cache_budget=self.read_budget)
                 vol = Volume.open(spec.name, fsys, list(spec.exports))
                 # a new incarnation for the clients' status monitors (nasblade.nfs.nsm)
                 monitor = nsm.Monitor.loads(fsys.note(nsm.NOTE_KEY))

@@ -49,7 +49,7 @@ import apsw
 
 from nasblade.blockdev import BlockDevice
 from nasblade.fs import layout, vfs
-from nasblade.fs.datacache import DataCache
+from nasblade.fs.datacache import Budget, DataCache
 from nasblade.fs.readahead import ReadAhead
 from nasblade.fs.writebehind import WriteBehind
 
@@ -327,9 +327,12 @@ class FileSystem:
         readahead: BlockDevice | None = None,
         writebehind: BlockDevice | None = None,
         cache_bytes: int = 0,
+        cache_budget: Budget | None = None,
     ) -> None:
         self.dev = dev
-        self.cache = DataCache(cache_bytes)
+        # the read cache: within ``cache_budget`` (shared with the file processor's other file
+        # systems) if given, else ``cache_bytes`` of its own
+        self.cache = DataCache(cache_bytes, budget=cache_budget)
         self.readahead = ReadAhead(readahead) if readahead is not None else None
         self.writebehind = WriteBehind(writebehind) if writebehind is not None else None
         self.sb = layout.read_superblock(dev)
@@ -485,6 +488,7 @@ class FileSystem:
                     log.error("closing a device helper: %s", exc)
         self.readahead = None
         self.writebehind = None
+        self.cache.close()  # its pages leave the shared budget with the mount
 
     def abort(self) -> None:
         """Close without committing (after a device failure): uncommitted changes are dropped."""

@@ -19,8 +19,8 @@ one exported file system)::
         powerFencing: true              # a blade taking over powers the silent one off first
         controllerWait: 2m              # how long blade I/O waits for a restarting controller;
                                         # beyond it the file system is given up (taken over)
-        readCache: 128M                 # file data each file processor keeps in memory per file
-                                        # system (0: none)
+        readCache: 128M                 # file data each file processor keeps in memory, for all
+                                        # the file systems it serves together (0: none)
         backup: {interval: 10m, loadThreshold: 0.8, maxAge: 1h, crossGroup: []}
     fileSystems:
       - name: fs1
