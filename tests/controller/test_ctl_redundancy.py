@@ -360,6 +360,93 @@ def test_parity_rebuild_gives_each_device_back_byte_for_byte(tmp_path: Path, lev
     b.close()
 
 
+@pytest.mark.parametrize(("level", "n"), [("parity-1", 3), ("parity-2", 4)])
+def test_parity_rebuild_pass_gives_every_share_back_from_stale_buffers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, level: str, n: int) -> None:
+    """Each device in turn rebuilt by the one-pass path alone (``_rebuild_rows``: every
+    rotation, so every data and parity share is decoded or encoded, half of each pass in the
+    helper thread) from buffers a previous pass left full of other bytes: every byte and every
+    checksum as before, rows of zeroes holes with zero checksums."""
+    from nasblade.controller import parity
+
+    a = _open(tmp_path, n, level)
+    lu = a.create_lu("lu", 8 * MiB)
+    rng = random.Random(11)
+    data = bytearray(_payload(rng, 8 * MiB))
+    for u in range(0, 8 * MiB, parity.UNIT):
+        if (u // parity.UNIT // 4) % 3 == 0:  # whole stripes of zeroes, their parity too
+            data[u : u + parity.UNIT] = bytes(parity.UNIT)
+    a.write_from(lu, 0, memoryview(data))
+    a.sync()
+    v = a.vdevs[0]
+    assert isinstance(v, parity.ParityVDev)
+    meta, end = layout.META_SIZE, v.device_end
+
+    def no_slow_path(m: vdev.Member, start: int, stop: int) -> None:
+        raise AssertionError(f"row by row at {start}")
+
+    monkeypatch.setattr(v, "_rebuild_row_by_row", no_slow_path)
+    for i in range(n):
+        m = a.devices[i]
+        assert m.csum is not None
+        before = (tmp_path / f"d{i}").read_bytes()[meta:end]
+        sums = m.csum[meta // rd.BLOCK : end // rd.BLOCK]
+        v.fail(m, "test")
+        m = a.replace(i)
+        v._batch_bufs = [bytearray(b"\xa5" * parity.BATCH) for _ in range(n + 1)]
+        while a.rebuild_step(MiB):
+            pass
+        assert m.state == "ok" and m.csum is not None
+        assert (tmp_path / f"d{i}").read_bytes()[meta:end] == before, f"device {i} differs"
+        assert m.csum[meta // rd.BLOCK : end // rd.BLOCK] == sums, f"device {i}: checksums differ"
+        zero_rows = [r for r in range(meta, end, parity.UNIT)
+                     if before[r - meta : r - meta + parity.UNIT] == bytes(parity.UNIT)]
+        holes = vdev.device_holes(m.fd, meta, end)
+        assert any(r < 8 * MiB + meta for r in zero_rows)
+        assert all(any(h0 <= r and r + parity.UNIT <= h1 for h0, h1 in holes) for r in zero_rows)
+    assert _read(a, "lu", 0, 8 * MiB) == bytes(data)
+    a.close()
+
+
+@pytest.mark.parametrize(("level", "n"), [("mirror", 2), ("parity-1", 3)])
+def test_rebuild_skips_long_holes_in_few_steps_and_stops_at_data(tmp_path: Path, level: str, n: int) -> None:
+    """A span that is holes on the devices read is rebuilt in steps of up to ``HOLE_STEP``,
+    never past the data after it (checked under the lock: a block in it whose checksum is not
+    zero keeps the steps at their size), and the device comes back byte for byte."""
+    a = _open(tmp_path, n, level)
+    lu = a.create_lu("lu", 40 * MiB)
+    rng = random.Random(13)
+    first, last = _payload(rng, MiB), _payload(rng, MiB)
+    a.write_from(lu, 0, memoryview(first))
+    a.write_from(lu, 36 * MiB, memoryview(last))
+    a.sync()
+    v = a.vdevs[0]
+    before = (tmp_path / "d1").read_bytes()
+    survivor = a.devices[0]
+    assert survivor.csum is not None
+    gap = next((h0, h1) for h0, h1 in vdev.device_holes(survivor.fd, layout.META_SIZE, v.device_end)
+               if h1 - h0 >= 8 * MiB and h1 < v.device_end)
+    x = (gap[0] + 4 * MiB) // rd.BLOCK  # a block in the gap that says it holds data
+    survivor.csum[x] = 12345
+    v.fail(a.devices[1], "test")
+    m = a.replace(1)
+    steps: list[tuple[int, int]] = []
+    while m.rebuilt + MiB <= x * rd.BLOCK:
+        start = m.rebuilt
+        steps.append((start, a.rebuild_step(MiB)))
+    assert all(start + got <= x * rd.BLOCK for start, got in steps)
+    survivor.csum[x] = 0
+    while got := a.rebuild_step(MiB):
+        steps.append((0, got))
+    assert m.state == "ok"
+    assert max(got for _, got in steps) > MiB
+    assert len(steps) < (v.device_end // MiB) // 2
+    after = (tmp_path / "d1").read_bytes()
+    assert after[layout.META_SIZE : v.device_end] == before[layout.META_SIZE : v.device_end]
+    assert _read(a, "lu", 0, MiB) == first and _read(a, "lu", 36 * MiB, MiB) == last
+    a.close()
+
+
 def _count_io(monkeypatch: pytest.MonkeyPatch, *, refuse_dsync: bool) -> tuple[list[int], list[int]]:
     """Record the flags of every ``pwritev`` and the fds of every ``fdatasync`` from here on."""
     flags_seen: list[int] = []

@@ -30,9 +30,11 @@ RAID 5, closed).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import logging
+import threading
 from array import array as Array
 from collections.abc import Callable, Iterator
 
@@ -52,7 +54,25 @@ that a stripe is a few cheap zfec calls. It divides ``redundancy.REGION`` and th
 allocation unit, so a stripe never straddles a bitmap region."""
 
 
+BATCH = 1 << 20
+"""Device bytes of the rebuilt device one pass of the rebuild reads, decodes and writes (16
+rows; ``_rebuild_rows``). Not more: its buffers (one per device) stay in the CPU cache, as
+``maintenance.STEP`` explains."""
+
 _ZERO_UNIT = bytes(UNIT)
+_helper_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_helper_lock = threading.Lock()
+
+
+def _helper() -> concurrent.futures.ThreadPoolExecutor:
+    """One thread, shared by every parity set, that decodes half of each rebuild pass while
+    the caller's thread does the other half: the decode is the rebuild's largest cost and
+    ``zfec`` releases the GIL, so a second core halves it."""
+    global _helper_pool
+    with _helper_lock:
+        if _helper_pool is None:
+            _helper_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="parity-rebuild")
+        return _helper_pool
 
 
 def _runs(blocks: list[int]) -> Iterator[tuple[int, int]]:
@@ -85,6 +105,10 @@ class ParityVDev(VDev):
         self.size = meta + usable - usable % unit
         self._enc = zfec.Encoder(self.k, self.n)
         self._dec = zfec.Decoder(self.k, self.n)
+        #: the rebuild's two threads' codecs (``_rebuild_rows``), its buffers and their lock
+        self._codecs = [(self._enc, self._dec), (zfec.Encoder(self.k, self.n), zfec.Decoder(self.k, self.n))]
+        self._batch_bufs: list[bytearray] = []
+        self._batch_lock = threading.Lock()
         #: the stripe journal, on arrays formatted with one (``layout.ArrayState.journal``)
         self.journal = jn.StripeJournal(members, on_error=lambda m, exc: self._error(m, "write", exc)) \
             if all(m.geometry is not None and m.geometry.journal_size for m in members) and self.n <= 64 else None
@@ -469,56 +493,79 @@ class ParityVDev(VDev):
             self.journal.reset(self.sync)
 
     def _rebuild_rows(self, m: Member, start: int, end: int) -> bool:
-        """Rebuild ``m``'s units of the rows in device range ``[start, end)`` in one pass: one
-        read per other device, their checksums checked at once, each row's missing unit
-        decoded (or its parity encoded) from the others, one write. ``False`` (nothing written)
-        when that cannot be done plainly -- another device not readable there, a read error,
-        a checksum that does not match -- and the caller goes row by row, repairing what it
-        finds. Rows that come out all zeroes stay holes on ``m``."""
+        """Rebuild ``m``'s units of the rows in device range ``[start, end)`` (at most
+        ``BATCH`` bytes) in one pass, the rows split in two halves done at once
+        (``_rebuild_part``), one in the helper thread and one in this one (``zfec``, the reads
+        and the writes let go of the GIL). ``False`` when that cannot be done plainly --
+        another device not readable there, a read error, a checksum that does not match --
+        and the caller goes row by row, repairing what it finds (a half done already is
+        written again: ``m`` is not read above its ``rebuilt`` mark)."""
         rows = list(self._rows_in(start, end))
         if not rows:
             return False
         d0, d1 = rows[0][1], rows[-1][1] + UNIT
-        length, first = d1 - d0, d0 // BLOCK
-        share_of = self.members.index(m)
-        bufs: list[bytearray | None] = [None] * self.n
+        assert d1 - d0 <= BATCH
+        if any(o is not m and (not o.readable(d0, d1 - d0) or o.csum is None) for o in self.members):
+            return False
+        with self._batch_lock:
+            if not self._batch_bufs:
+                self._batch_bufs = [bytearray(BATCH) for _ in range(self.n + 1)]
+            views = [memoryview(b)[: d1 - d0] for b in self._batch_bufs]
+            half, other = len(rows) // 2, None
+            if half:
+                try:
+                    other = _helper().submit(self._rebuild_part, m, rows[:half], d0, views, self._codecs[1])
+                except RuntimeError:  # the interpreter is shutting down: this thread does it all
+                    half = 0
+            try:
+                done = self._rebuild_part(m, rows[half:], d0, views, self._codecs[0])
+            finally:
+                if other is not None:  # the buffers are not left to the helper
+                    concurrent.futures.wait([other])
+            return done and (other is None or other.result())
+
+    def _rebuild_part(self, m: Member, rows: list[tuple[int, int]], d0: int, views: list[memoryview],
+                      codec: tuple[zfec.Encoder, zfec.Decoder]) -> bool:
+        """For ``_rebuild_rows``: ``rows`` (consecutive) read from every device but ``m`` into
+        ``views[device]`` (offsets from ``d0``) and checked against the stored checksums in one
+        comparison, ``m``'s unit of each decoded (a data unit) or encoded (a parity unit) into
+        ``views[n]``, written in one write per run of rows that are not all zeroes (those are
+        punched: holes stay holes) and its checksums set. ``False`` (nothing written) on a read
+        error or a checksum mismatch."""
+        enc, dec = codec
+        lo, hi = rows[0][1] - d0, rows[-1][1] + UNIT - d0
+        first = (d0 + lo) // BLOCK
         for j, o in enumerate(self.members):
             if o is m:
                 continue
-            if not o.readable(d0, length) or o.csum is None:
-                return False
-            raw = bytearray(length)
+            part = views[j][lo:hi]
             try:
-                o.pread(memoryview(raw), d0)
+                o.pread(part, d0 + lo)
             except OSError:
                 return False
-            if o.csum[first : first + length // BLOCK] != Array("Q", rd.checksums(raw)):
+            assert o.csum is not None
+            if o.csum[first : first + (hi - lo) // BLOCK] != Array("Q", rd.checksums(part)):
                 return False
-            bufs[j] = raw
-        out = bytearray(length)
-        zero_rows: list[int] = []
+        out = views[self.n]
+        share_of = self.members.index(m)
+        zeros: list[int] = []
         for s, row in rows:
             rel = row - d0
             missing = (share_of - s) % self.n
             good = tuple(i for i in range(self.n) if i != missing)[: self.k]
-            ins = tuple(bytes(bufs[(s + i) % self.n][rel : rel + UNIT]) for i in good)  # type: ignore[index]
-            if missing < self.k:
-                unit = self._dec.decode(ins, good)[missing]
-            else:
-                unit = self._enc.encode(ins, (missing,))[0]
+            ins = tuple(views[(s + i) % self.n][rel : rel + UNIT] for i in good)
+            unit = dec.decode(ins, good)[missing] if missing < self.k else enc.encode(ins, (missing,))[0]
+            out[rel : rel + UNIT] = unit  # zeroes too: the buffer holds the last pass's rows
             if unit == _ZERO_UNIT:
-                zero_rows.append(row)
-            else:
-                out[rel : rel + UNIT] = unit
-        view = memoryview(out)
-        pos = d0
-        for row in [*zero_rows, d1]:  # the runs between rows of zeroes are written
+                zeros.append(row)
+        pos = d0 + lo
+        for row in [*zeros, d0 + hi]:  # the runs between rows of zeroes are written
             if row > pos:
-                m.pwrite(view[pos - d0 : row - d0], pos)
-            if row < d1:
+                m.pwrite(out[pos - d0 : row - d0], pos)
+            if row < d0 + hi:
                 self._zero_member(m, row, UNIT, False)
             pos = row + UNIT
-        m.set_sums(first, Array("Q", rd.checksums(out)))  # a row of zeroes sums to 0, as a hole
+        m.set_sums(first, Array("Q", rd.checksums(out[lo:hi])))  # a row of zeroes sums to 0, as a hole
         return True
 
     def scrub_step(self, start: int, n: int) -> tuple[int, int]:
@@ -544,35 +591,54 @@ class ParityVDev(VDev):
         return repaired, lost
 
     def rebuild_step(self, m: Member, n: int) -> int:
-        """Rebuild the next ``n`` device bytes of ``m`` from the other units of each stripe."""
+        """Rebuild the next ``n`` device bytes of ``m`` from the other units of each stripe,
+        ``BATCH`` bytes at a time (``_rebuild_rows``, or row by row where that cannot be done
+        plainly); a span that is holes on every other device is punched, and from there on
+        up to ``vdev.HOLE_STEP`` bytes while the holes last."""
         start = m.rebuilt
         end = min(start + n, self.device_end)
         if end <= start:
             return 0
+        src = [o for o in self.members if o is not m and o.readable(start, end - start)]
+        far = self._holes_end(start, end, src, UNIT) if start >= self.meta and len(src) >= self.k else start
+        if far > end:  # peeked without the lock: checked again under it
+            with super().locked(start, far - start):
+                if self._punch_holes(m, start, far):
+                    return far - start
         with super().locked(start, end - start):
-            share_of = self.members.index(m)
-            src = [o for o in self.members if o is not m and o.readable(start, end - start)]
-            if start >= self.meta and len(src) >= self.k and self._all_holes(start, end - start, src):
-                # a span that is holes on every other device stays one (a device is mostly
-                # holes until filled): one punch instead of a check and a punch per row
-                self._zero_member(m, start, end - start, False)
-                m.zero_sums(start // BLOCK, (end - start) // BLOCK)
-                m.rebuilt = end
+            if self._punch_holes(m, start, end):
                 return end - start
-            if self._rebuild_rows(m, start, end):
-                m.rebuilt = end
-                return end - start
-            for s, d0 in self._rows_in(start, end):
-                share = (share_of - s) % self.n
-                src = [o for o in self.members if o is not m and o.readable(d0, UNIT)]
-                if len(src) < self.k:
-                    raise OSError(errno.EIO, f"virtual device {self.index}: too few devices to rebuild from")
-                if self._all_holes(d0, UNIT, src):
-                    self._zero_member(m, d0, UNIT, False)
-                    m.zero_sums(d0 // BLOCK, UNIT // BLOCK)
-                else:
-                    unit = self._row(s, d0, UNIT)[share]
-                    m.pwrite(memoryview(unit), d0)
-                    m.set_sums(d0 // BLOCK, rd.checksums(unit))
+            for pos in range(start, end, BATCH):
+                if not self._rebuild_rows(m, pos, min(pos + BATCH, end)):
+                    self._rebuild_row_by_row(m, pos, min(pos + BATCH, end))
             m.rebuilt = end
         return end - start
+
+    def _punch_holes(self, m: Member, start: int, end: int) -> bool:
+        """A span that is holes on every other device (and whose checksums say so) stays one
+        on ``m`` -- a device is mostly holes until filled: one punch instead of a check and a
+        punch per row. The caller holds the span's lock; ``False`` when it is not holes."""
+        src = [o for o in self.members if o is not m and o.readable(start, end - start)]
+        if start < self.meta or len(src) < self.k or not self._all_holes(start, end - start, src):
+            return False
+        self._zero_member(m, start, end - start, False)
+        m.zero_sums(start // BLOCK, (end - start) // BLOCK)
+        m.rebuilt = end
+        return True
+
+    def _rebuild_row_by_row(self, m: Member, start: int, end: int) -> None:
+        """``m``'s units of the rows in ``[start, end)`` one row at a time through ``_row``,
+        which verifies every unit read and repairs what fails (lock held by the caller)."""
+        share_of = self.members.index(m)
+        for s, d0 in self._rows_in(start, end):
+            share = (share_of - s) % self.n
+            src = [o for o in self.members if o is not m and o.readable(d0, UNIT)]
+            if len(src) < self.k:
+                raise OSError(errno.EIO, f"virtual device {self.index}: too few devices to rebuild from")
+            if self._all_holes(d0, UNIT, src):
+                self._zero_member(m, d0, UNIT, False)
+                m.zero_sums(d0 // BLOCK, UNIT // BLOCK)
+            else:
+                unit = self._row(s, d0, UNIT)[share]
+                m.pwrite(memoryview(unit), d0)
+                m.set_sums(d0 // BLOCK, rd.checksums(unit))
