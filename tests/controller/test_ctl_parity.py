@@ -4,7 +4,8 @@ over NBD.
 For each level: devices lost under a writer (files deleted, I/O errors injected through the
 fault API) with reads correct while degraded, replace and rebuild under load and the rebuilt
 devices serving with the others failed, bit flips repaired on read and by scrub, and kill -9
-during writes (``PARITY_CYCLES`` cycles, 20 by default) with every acknowledged write intact
+during writes (``PARITY_CYCLES`` cycles, 20 by default; 100 kills during writes and rebuilds in
+the slow-marked run, which ``make test`` includes) with every acknowledged write intact
 and every stripe's parity consistent with its data, both by the controller's scrub and by an
 independent recomputation over the device files (``_parity_consistent``).
 """
@@ -293,3 +294,13 @@ def test_kill_9_while_degraded_and_rebuilding_loses_nothing(
     """The degraded write hole (docs/controller.md, "Write-hole argument"), closed by the stripe
     journal: kills while a device is gone and while it is rebuilt."""
     _crash_cycles(controller_factory, level, devices, PARITY_CYCLES, degrade=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("level", "devices"), [("parity-1", 3), ("parity-2", 4)])
+def test_kill_9_during_writes_and_rebuilds_100_cycles(
+        controller_factory: Callable[..., Controller], level: str, devices: int) -> None:
+    """Issue 19's count: 100 kills at random points of writes, half of them while a device is
+    gone and half during its rebuild, and the array consistent after each (every acknowledged
+    write intact, nothing lost) and at the end (scrub clean, parity consistent on the files)."""
+    _crash_cycles(controller_factory, level, devices, 100, degrade=True)
