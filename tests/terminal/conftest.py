@@ -79,6 +79,25 @@ class Array:
 
 
 
+def run_array(tmp: Path, cfg: dict[str, Any]) -> Iterator[Array]:
+    """``nasblade up`` of ``cfg`` in ``tmp`` for a fixture to yield; stopped (SIGTERM, then
+    SIGKILL after 60 s) when the fixture's user is done -- the process in ``Array.proc`` then,
+    which a test may have started again."""
+    config = tmp / "array.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    data_dir = tmp / "data"
+    proc, line = start_up(config, data_dir)
+    arr = Array(data_dir=data_dir, config=config, proc=proc, endpoints=line["endpoints"])
+    yield arr
+    proc = arr.proc
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
     """A running two-group standalone array (see the module docstring)."""
@@ -94,17 +113,7 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
         "network": {"nbdPort": free_port(), "apiPort": free_port(), "bladeApiPort": 0,
                     "nfsPort": free_port(), "mountPort": free_port(), "portmapPort": None},
     }
-    config = tmp / "array.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    data_dir = tmp / "data"
-    proc, line = start_up(config, data_dir)
-    yield Array(data_dir=data_dir, config=config, proc=proc, endpoints=line["endpoints"])
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    yield from run_array(tmp, cfg)
 
 
 @pytest.fixture

@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from conftest import Array, Cli, free_port, start_up
+from conftest import Array, Cli, free_port, run_array, start_up
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
 from syncwriter import ChildWriter, verify
@@ -54,19 +53,7 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
         "network": {"nbdPort": free_port(), "apiPort": free_port(), "bladeApiPort": 0,
                     "nfsPort": free_port(), "mountPort": free_port(), "portmapPort": None},
     }
-    config = tmp / "array.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    data_dir = tmp / "data"
-    proc, line = start_up(config, data_dir)
-    arr = Array(data_dir=data_dir, config=config, proc=proc, endpoints=line["endpoints"])
-    yield arr
-    proc = arr.proc  # a test may have started the array again
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    yield from run_array(tmp, cfg)  # stops the array a test may have started again
 
 
 def chassis(array: Array) -> dict[str, Any]:

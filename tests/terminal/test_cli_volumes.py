@@ -19,7 +19,6 @@ import io
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -29,8 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-import yaml
-from conftest import NASBLADE, Array, free_port, start_up
+from conftest import NASBLADE, Array, free_port, run_array
 from nasblade import cli as nasblade_cli
 from nasblade.terminal import kubectl, render
 from nasblade.terminal import volumes as csivolumes
@@ -64,17 +62,7 @@ def array(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Array]:
         "network": {"nbdPort": free_port(), "apiPort": free_port(), "bladeApiPort": 0,
                     "nfsPort": free_port(), "mountPort": free_port(), "portmapPort": None},
     }
-    config = tmp / "array.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    data_dir = tmp / "data"
-    proc, line = start_up(config, data_dir)
-    yield Array(data_dir=data_dir, config=config, proc=proc, endpoints=line["endpoints"])
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    yield from run_array(tmp, cfg)
 
 
 def run(array: Array, *args: str) -> subprocess.CompletedProcess[str]:
