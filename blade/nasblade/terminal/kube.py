@@ -114,10 +114,6 @@ def device_health(devices: list[Device], status: dict[str, Any]) -> dict[str, An
     return {k: red.get(k) for k in ("protection", "state", "repairedBlocks", "lostBlocks")}
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -460,13 +456,13 @@ class KubeSource:
             uid = (spec.get("volumeSnapshotRef") or {}).get("uid")
             found[vid]["snapshots"].append({
                 "id": str(st.get("snapshotHandle") or c["metadata"]["name"]),
-                "name": f"snapshot-{uid}" if uid else None, "size": _int(st.get("restoreSize")),
+                "name": f"snapshot-{uid}" if uid else None, "size": csivolumes.int_or_none(st.get("restoreSize")),
                 "ready": st.get("readyToUse") if isinstance(st.get("readyToUse"), bool) else None,
                 "created": csivolumes.nanoseconds_iso(st.get("creationTime"))})
         return {"target": {"kind": "kubernetes", "server": self.server, "context": self.context,
                            "namespace": self.namespace},
                 "time": snapshot["time"], "problems": problems,
-                "volumes": sorted(found.values(), key=lambda v: (v["mode"], v["fileSystem"] or "", v["id"]))}
+                "volumes": csivolumes.ordered(list(found.values()))}
 
     def _cluster_list(self, plural: str, *, version: str, problems: list[str]) -> list[dict[str, Any]]:
         """A cluster-wide list; an API the cluster does not serve (no snapshot CRDs) is empty,

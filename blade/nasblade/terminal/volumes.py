@@ -28,8 +28,14 @@ def nanoseconds_iso(ns: Any) -> str | None:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _int(value: Any) -> int | None:
+def int_or_none(value: Any) -> int | None:
+    """``value`` if it is an int (not a bool) in a JSON answer, else None."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def ordered(found: list[Volume]) -> list[Volume]:
+    """Volumes in the order ``nasblade volumes`` lists them: by mode, file system, id."""
+    return sorted(found, key=lambda v: (v["mode"], v["fileSystem"] or "", v["id"]))
 
 
 def volume_of_lu(name: str) -> str | None:
@@ -63,31 +69,31 @@ def volumes(*, catalog: dict[str, Any], lus: list[dict[str, Any]], file_systems:
         if vid is None:
             continue
         own = fs_by_lu.get(str(lu["name"]))
-        v = volume(vid, "filesystem", fs=own["name"] if own else None, lu=str(lu["name"]), size=_int(lu.get("size")))
+        v = volume(vid, "filesystem", fs=own["name"] if own else None, lu=str(lu["name"]), size=int_or_none(lu.get("size")))
         space = (served.get(v["fileSystem"] or "") or {}).get("space") or {}
-        if _int(space.get("totalBytes")) is not None and _int(space.get("freeBytes")) is not None:
+        if int_or_none(space.get("totalBytes")) is not None and int_or_none(space.get("freeBytes")) is not None:
             v["usedBytes"] = space["totalBytes"] - space["freeBytes"]
         out[vid] = v
     for fs, answer in sorted(served.items()):
         for d in answer.get("directories") or []:
             if not lunames.csi_volume_id(str(d.get("name"))):
                 continue
-            v = volume(str(d["name"]), "directory", fs=fs, lu=None, size=_int(d.get("quotaBytes")))
-            v["usedBytes"], v["files"] = _int(d.get("usedBytes")), _int(d.get("files"))
+            v = volume(str(d["name"]), "directory", fs=fs, lu=None, size=int_or_none(d.get("quotaBytes")))
+            v["usedBytes"], v["files"] = int_or_none(d.get("usedBytes")), int_or_none(d.get("files"))
             out[v["id"]] = v
     for vid, (_, rec) in vol_recs.items():  # recorded, not found: being made, or not served now
         if vid not in out:
             directory = rec.get("layout") == "directory"
             shared = rec.get("fileSystem") or (rec.get("parameters") or {}).get("fileSystem") if directory else None
             out[vid] = volume(vid, "directory" if directory else "filesystem", fs=shared,
-                              lu=None if directory else rec.get("lu") or None, size=_int(rec.get("size")))
+                              lu=None if directory else rec.get("lu") or None, size=int_or_none(rec.get("size")))
 
     def snapshot(sid: str, *, size: int | None, ready: bool | None) -> None:
         name, rec = snap_recs.get(sid, (None, {}))
         source = rec.get("source")
         if rec:
             ready = rec.get("state") == "ready" if ready is None else ready and rec.get("state") == "ready"
-            size = size if size is not None else _int(rec.get("size"))
+            size = size if size is not None else int_or_none(rec.get("size"))
         s: VolumeSnapshot = {"id": sid, "name": name, "size": size, "ready": ready,
                              "created": nanoseconds_iso(rec.get("created"))}
         if source in out:
@@ -100,7 +106,7 @@ def volumes(*, catalog: dict[str, Any], lus: list[dict[str, Any]], file_systems:
         sid = str(lu.get("name"))
         if lunames.csi_snapshot_id(sid):
             seen.add(sid)
-            snapshot(sid, size=_int(lu.get("size")), ready=bool(lu.get("readOnly")))
+            snapshot(sid, size=int_or_none(lu.get("size")), ready=bool(lu.get("readOnly")))
     for names in snapshots.values():
         for sid in names:
             if lunames.csi_snapshot_id(sid) and sid not in seen:
@@ -111,4 +117,4 @@ def volumes(*, catalog: dict[str, Any], lus: list[dict[str, Any]], file_systems:
             snapshot(sid, size=None, ready=False if rec.get("state") != "ready" else None)
     for v in out.values():
         v["snapshots"].sort(key=lambda s: (s["created"] or "", s["id"]))
-    return sorted(out.values(), key=lambda v: (v["mode"], v["fileSystem"] or "", v["id"])), problems
+    return ordered(list(out.values())), problems
