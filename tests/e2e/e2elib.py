@@ -107,16 +107,9 @@ SNAPSHOT_VALUES = ("--set", f"csi.snapshotter.image={SNAPSHOTTER_IMAGE}",
 
 
 def install_snapshot_crds(kube: Kube) -> None:
-    """The VolumeSnapshot CRDs, as a cluster gets them from its distribution: the files of
-    kubernetes-csi/external-snapshotter's client module (tools/kube/csi.sh snapshot-crds),
-    applied server-side (their schemas pass the client-side annotation's size limit)."""
-    files = subprocess.run([str(REPO / "tools" / "kube" / "csi.sh"), "snapshot-crds"], capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
-        kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", f)
-    for f in files:
-        name = yaml.safe_load(Path(f).read_text())["metadata"]["name"]
-        kube.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s", timeout=90)
+    """The VolumeSnapshot CRDs, as a cluster gets them from its distribution
+    (``nbcluster.install_snapshot_crds``)."""
+    nbcluster.install_snapshot_crds(lambda *args: kube.kubectl(*args, timeout=90))
 
 
 def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:

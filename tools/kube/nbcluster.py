@@ -907,6 +907,25 @@ def kind_down() -> None:
         (STATE_ROOT / "kind.kubeconfig").unlink()
 
 
+# --------------------------------------------------------------------------- the VolumeSnapshot API
+
+def install_snapshot_crds(kubectl) -> None:  # type: ignore[no-untyped-def]
+    """The VolumeSnapshot CRDs, as a cluster gets them from its distribution: the files of
+    kubernetes-csi/external-snapshotter's client module (``csi.sh snapshot-crds``, from the Go
+    module cache), applied server-side (their schemas pass the client-side annotation's size
+    limit) with ``kubectl(*args)``, then waited for until Established."""
+    files = subprocess.run([str(CLUSTER_DIR / "csi.sh"), "snapshot-crds"], capture_output=True, text=True,
+                           timeout=300, check=True).stdout.split()
+    names = []
+    for f in files:
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", f)
+        group, plural = Path(f).name.removesuffix(".yaml").split("_", 1)  # GROUP_PLURAL.yaml
+        names.append(f"crd/{plural}.{group}")
+    if "crd/volumesnapshotclasses.snapshot.storage.k8s.io" not in names:
+        raise RuntimeError(f"csi.sh snapshot-crds gave no VolumeSnapshotClass CRD: {files}")
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+
+
 # --------------------------------------------------------------------------- entry points
 
 def tier1_persistent() -> ControlPlane:
