@@ -16,17 +16,20 @@ from nasblade_csi.errors import guard
 pb, pb_grpc = proto.load()
 IdentityServicer: Any = pb_grpc.IdentityServicer
 
+#: the default driver name (``--driver-name``): a standalone array, csi-sanity. On Kubernetes each
+#: DiskArray's plugin runs under a name of the array's own (``nasblade_operator.naming.csi_driver_name``)
 DRIVER_NAME = "nas.nasblade.io"
 VERSION = "0.1.0"
 
 
 class Identity(IdentityServicer):  # type: ignore[misc]
-    def __init__(self, *, ready: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, *, ready: Callable[[], bool] = lambda: True, driver_name: str = DRIVER_NAME) -> None:
         self.ready = ready
+        self.driver_name = driver_name
 
     @guard
     def GetPluginInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return pb.GetPluginInfoResponse(name=DRIVER_NAME, vendor_version=VERSION)
+        return pb.GetPluginInfoResponse(name=self.driver_name, vendor_version=VERSION)
 
     @guard
     def GetPluginCapabilities(self, request: Any, context: grpc.ServicerContext) -> Any:

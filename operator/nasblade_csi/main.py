@@ -12,6 +12,14 @@ volume is then a file system of that DiskArray with its own NFS Service
 (csi-sanity, a single-host run). The token is the controller's user token (``--token-file`` or
 ``NASBLADE_TOKEN``). Prints a ready line ``{"event": "ready", "role": "csi", "endpoint": …}``;
 SIGTERM/SIGINT stop it (calls in flight get 10 s).
+
+``--driver-name`` is the CSI driver name the plugin reports (``GetPluginInfo``; the
+provisioner's StorageClasses and volumes): one per DiskArray, e.g.
+``a1.storage.nas.nasblade.io``. The node plugin serves the volumes of every array, so with
+``--registration-dir`` it registers with the kubelet each name of ``--register-driver``
+(repeatable) and of the CSIDriver objects ``--register-drivers-labelled SELECTOR`` selects
+(listed every ``--register-poll`` seconds; a name that goes is unregistered), or
+``--driver-name`` alone when neither is given (``nasblade_csi.registration``).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
@@ -38,6 +47,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="unix:///PATH the sidecars and kubelet connect to (env CSI_ENDPOINT); "
                         "tcp://HOST:PORT for tests")
     p.add_argument("--role", choices=("controller", "node", "all"), default="all")
+    p.add_argument("--driver-name", metavar="NAME",
+                   help="the CSI driver name this plugin reports in GetPluginInfo and provisions for "
+                        "(one per DiskArray, e.g. a1.storage.nas.nasblade.io; default nas.nasblade.io, "
+                        "nasblade_csi.identity.DRIVER_NAME)")
     p.add_argument("--array-api", help="the controller's control API, http://HOST:PORT")
     p.add_argument("--array-nbd", help="the controller's NBD endpoint, nbd://HOST:PORT")
     p.add_argument("--token-file", help="the controller's user token (else NASBLADE_TOKEN)")
@@ -70,6 +83,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "DIR (the kubelet's plugins_registry; nasblade_csi.registration)")
     p.add_argument("--kubelet-endpoint", metavar="PATH",
                    help="where the kubelet finds this driver's socket (default: the --endpoint path)")
+    p.add_argument("--register-driver", action="append", default=[], metavar="NAME",
+                   help="node role, with --registration-dir: register this driver name with the kubelet "
+                        "(repeatable; with neither this nor --register-drivers-labelled: --driver-name)")
+    p.add_argument("--register-drivers-labelled", metavar="SELECTOR",
+                   help="node role, with --registration-dir: also register the name of every CSIDriver "
+                        "object this label selector selects (e.g. nasblade.io/csi-driver=true), listed "
+                        "through the API server every --register-poll seconds")
+    p.add_argument("--register-poll", type=float, default=5.0, metavar="SECONDS",
+                   help="seconds between listings of --register-drivers-labelled")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-format", choices=logformat.FORMATS, default=logformat.default(),
@@ -79,6 +101,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--array-api and --array-nbd are required for the controller role")
     if args.diskarray and args.diskarray.count("/") != 1:
         p.error("--diskarray is NAMESPACE/NAME")
+    if (args.register_driver or args.register_drivers_labelled) and not args.registration_dir:
+        p.error("--register-driver and --register-drivers-labelled need --registration-dir")
+    if args.register_poll <= 0:
+        p.error("--register-poll must be positive")
+    if not args.driver_name:
+        from nasblade_csi.identity import DRIVER_NAME
+
+        args.driver_name = DRIVER_NAME
     return args
 
 
@@ -134,7 +164,8 @@ def serve(args: argparse.Namespace) -> grpc.Server:
             from nasblade_csi.provisioner import Provisioner
 
             provisioner = Provisioner(pykube.HTTPClient(pykube.KubeConfig.from_env()), controller,
-                                      array=args.diskarray or "", interval=args.provision_interval)
+                                      array=args.diskarray or "", interval=args.provision_interval,
+                                      driver_name=args.driver_name)
             threading.Thread(target=provisioner.run, args=(STOP,), name="provisioner", daemon=True).start()
 
         def ready() -> bool:
@@ -144,7 +175,7 @@ def serve(args: argparse.Namespace) -> grpc.Server:
         from nasblade_csi.node import Node
 
         pb_grpc.add_NodeServicer_to_server(Node(args.node_id), server)
-    pb_grpc.add_IdentityServicer_to_server(Identity(ready=ready), server)
+    pb_grpc.add_IdentityServicer_to_server(Identity(ready=ready, driver_name=args.driver_name), server)
     if args.endpoint.startswith("tcp://"):  # a test's guest reaches the controller plugin so
         server.add_insecure_port(args.endpoint[len("tcp://"):])
     elif args.endpoint.startswith("unix://"):
@@ -173,18 +204,39 @@ def main(argv: list[str] | None = None) -> int:
     stop = STOP
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    registration = None
-    if args.registration_dir and args.role in ("node", "all"):
-        from nasblade_csi import registration as reg
+    registrations = None
+    try:
+        if args.registration_dir and args.role in ("node", "all"):
+            from nasblade_csi.registration import Registrations
 
-        registration = reg.serve(args.registration_dir, args.kubelet_endpoint or args.endpoint)[0]
-    print(json.dumps({"event": "ready", "role": "csi", "csiRole": args.role, "endpoint": args.endpoint,
-                      "pid": os.getpid()}), flush=True)
-    stop.wait()
-    if registration is not None:
-        reg.stop(registration, args.registration_dir)
+            registrations = Registrations(args.registration_dir, args.kubelet_endpoint or args.endpoint)
+            wanted = registration_names(args)
+            registrations.sync(wanted())
+        print(json.dumps({"event": "ready", "role": "csi", "csiRole": args.role, "endpoint": args.endpoint,
+                          "pid": os.getpid()}), flush=True)
+        if registrations is not None and args.register_drivers_labelled:
+            while not stop.wait(args.register_poll):  # the labelled CSIDriver objects, listed again
+                registrations.sync(wanted())
+        stop.wait()
+    finally:
+        if registrations is not None:
+            registrations.close()  # the kubelet unregisters every driver
     server.stop(10).wait()
     return 0
+
+
+def registration_names(args: argparse.Namespace) -> Callable[[], list[str]]:
+    """The driver names the node plugin registers with the kubelet, listed again at each call:
+    ``--register-driver`` and the CSIDriver objects ``--register-drivers-labelled`` selects, or
+    ``--driver-name`` alone when neither is given."""
+    static = list(args.register_driver)
+    if not args.register_drivers_labelled:
+        names = static or [args.driver_name]
+        return lambda: names
+    from nasblade_csi.registration import LabelledDrivers
+
+    labelled = LabelledDrivers(args.register_drivers_labelled)
+    return lambda: static + sorted(labelled() - set(static))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ is small and documented, so the driver keeps it itself, calling its own controll
 the same process:
 
 - **provision**: a PersistentVolumeClaim of a StorageClass whose ``provisioner`` is this
-  driver and whose ``diskArray`` parameter names this driver's DiskArray (``--diskarray``:
-  one controller plugin per array; the node plugin is shared), Pending and unbound (with ``WaitForFirstConsumer``, once the scheduler has picked a
-  node) → ``CreateVolume`` named ``pvc-<claim uid>`` with the claim's size, access modes and
+  driver's name (``--driver-name``: one name and one controller plugin per array; the node
+  plugin is shared) and whose ``diskArray`` parameter, if any, names this driver's DiskArray
+  (``--diskarray``; a class that names another array gets ``ProvisioningFailed``), Pending
+  and unbound (with ``WaitForFirstConsumer``, once the scheduler has picked a node) → ``CreateVolume`` named ``pvc-<claim uid>`` with the claim's size, access modes and
   data source (another claim of this driver: a clone; a VolumeSnapshot: a restore) and the
   class's parameters → a PersistentVolume of that name with the CSI source, the class's
   reclaim policy and mount options, and a ``claimRef`` to the claim, which the
@@ -118,7 +119,8 @@ def node_clients(pods: list[dict[str, Any]], claim_volumes: Mapping[str, str],
     return {v: sorted(c) for v, c in out.items()}
 
 
-def persistent_volume(claim: Mapping[str, Any], sc: Mapping[str, Any], volume: Any) -> dict[str, Any]:
+def persistent_volume(claim: Mapping[str, Any], sc: Mapping[str, Any], volume: Any, *,
+                      driver: str = DRIVER_NAME) -> dict[str, Any]:
     """The PersistentVolume of a provisioned ``volume`` (a CSI ``Volume``) for ``claim``."""
     meta = claim["metadata"]
     spec: dict[str, Any] = {
@@ -129,25 +131,25 @@ def persistent_volume(claim: Mapping[str, Any], sc: Mapping[str, Any], volume: A
         "volumeMode": "Filesystem",
         "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": meta["namespace"],
                      "name": meta["name"], "uid": meta["uid"]},
-        "csi": {"driver": DRIVER_NAME, "volumeHandle": volume.volume_id, "fsType": "nfs",
+        "csi": {"driver": driver, "volumeHandle": volume.volume_id, "fsType": "nfs",
                 "volumeAttributes": dict(volume.volume_context)},
     }
     if sc.get("mountOptions"):
         spec["mountOptions"] = list(sc["mountOptions"])
     return {"apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": volume_name(claim), "annotations": {ANN_PROVISIONED_BY: DRIVER_NAME}},
+            "metadata": {"name": volume_name(claim), "annotations": {ANN_PROVISIONED_BY: driver}},
             "spec": spec}
 
 
 class Provisioner:
     def __init__(self, api: pykube.HTTPClient, controller: Any, *, array: str = "", interval: float = 2.0,
-                 workers: int = 8) -> None:
+                 workers: int = 8, driver_name: str = DRIVER_NAME) -> None:
         self.api = api
         self.controller = controller
         self.array = array
-        """``NAMESPACE/NAME`` of the DiskArray this driver serves (``--diskarray``): it takes only
-        the StorageClasses whose ``diskArray`` parameter names it, and only the volumes whose
-        context does, so one driver per array shares the driver name with the others."""
+        """``NAMESPACE/NAME`` of the DiskArray this driver serves (``--diskarray``): the volumes it
+        deletes and grows are those of its driver name whose context names this array."""
+        self.driver_name = driver_name
         self.interval = interval
         # A CreateVolume waits until the group serves the volume (tens of seconds): claims are
         # worked on side by side, each by one worker at a time (``_busy``), so ten claims cost
@@ -179,11 +181,11 @@ class Provisioner:
                     self._busy.discard(key)
 
     def mine(self, sc: Mapping[str, Any]) -> bool:
-        return sc.get("provisioner") == DRIVER_NAME and (sc.get("parameters") or {}).get("diskArray", "") == self.array
+        return bool(sc.get("provisioner") == self.driver_name)
 
     def _mine_pv(self, pv: Mapping[str, Any]) -> bool:
         csi = pv["spec"].get("csi") or {}
-        return csi.get("driver") == DRIVER_NAME and (csi.get("volumeAttributes") or {}).get("diskArray", "") == self.array
+        return csi.get("driver") == self.driver_name and (csi.get("volumeAttributes") or {}).get("diskArray", "") == self.array
 
     # -- the API server ------------------------------------------------------------------------
 
@@ -209,7 +211,7 @@ class Provisioner:
                  "involvedObject": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": meta["name"],
                                     "namespace": meta["namespace"], "uid": meta["uid"]},
                  "reason": reason, "message": message[:1000], "type": kind, "firstTimestamp": now,
-                 "lastTimestamp": now, "count": 1, "source": {"component": f"{DRIVER_NAME}-provisioner"}}
+                 "lastTimestamp": now, "count": 1, "source": {"component": f"{self.driver_name}-provisioner"}}
         try:
             self._request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", event)
         except RuntimeError as exc:
@@ -287,7 +289,7 @@ class Provisioner:
             pv = self._request("GET", f"/api/v1/persistentvolumes/{pv_name}") if pv_name else None
             handle = ((pv or {}).get("spec", {}).get("csi") or {}).get("volumeHandle")
             if not handle:
-                raise CallFailed(grpc.StatusCode.NOT_FOUND, f"claim {ds['name']} is not a bound volume of {DRIVER_NAME}")
+                raise CallFailed(grpc.StatusCode.NOT_FOUND, f"claim {ds['name']} is not a bound volume of {self.driver_name}")
             return pb.VolumeContentSource(volume=pb.VolumeContentSource.VolumeSource(volume_id=handle))
         if ds.get("kind") == "VolumeSnapshot":
             snap = self._request("GET", f"/apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots/{ds['name']}")
@@ -308,6 +310,13 @@ class Provisioner:
         if name in volumes:
             return  # made; the binder binds it
         ns, claim_name = claim["metadata"]["namespace"], claim["metadata"]["name"]
+        named = str((sc.get("parameters") or {}).get("diskArray", ""))
+        if named and named != self.array:
+            self._event(claim, "Warning", "ProvisioningFailed",
+                        f"{self.driver_name}: StorageClass {sc['metadata']['name']} names DiskArray {named}, "
+                        f"but {self.driver_name} is the driver of DiskArray {self.array}: use the "
+                        f"provisioner in DiskArray {named}'s status.csi.driver, or drop the parameter")
+            return
         try:
             request = pb.CreateVolumeRequest(
                 name=name, capacity_range=pb.CapacityRange(required_bytes=requested(claim)),
@@ -321,12 +330,12 @@ class Provisioner:
             if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 log.info("claim %s/%s: %s", ns, claim_name, exc)  # still being served: next pass
                 return
-            self._event(claim, "Warning", "ProvisioningFailed", f"{DRIVER_NAME}: {exc}")
+            self._event(claim, "Warning", "ProvisioningFailed", f"{self.driver_name}: {exc}")
             return
         except ValueError as exc:  # an unparsable size
-            self._event(claim, "Warning", "ProvisioningFailed", f"{DRIVER_NAME}: {exc}")
+            self._event(claim, "Warning", "ProvisioningFailed", f"{self.driver_name}: {exc}")
             return
-        self._request("POST", "/api/v1/persistentvolumes", persistent_volume(claim, sc, volume))
+        self._request("POST", "/api/v1/persistentvolumes", persistent_volume(claim, sc, volume, driver=self.driver_name))
         log.info("claim %s/%s: volume %s provisioned", ns, claim_name, name)
         self._event(claim, "Normal", "ProvisioningSucceeded", f"Successfully provisioned volume {name}")
 
@@ -334,7 +343,7 @@ class Provisioner:
 
     def _delete(self, pv: Mapping[str, Any]) -> None:
         meta, spec = pv["metadata"], pv["spec"]
-        if (meta.get("annotations") or {}).get(ANN_PROVISIONED_BY) != DRIVER_NAME or meta.get("deletionTimestamp") \
+        if (meta.get("annotations") or {}).get(ANN_PROVISIONED_BY) != self.driver_name or meta.get("deletionTimestamp") \
                 or not self._mine_pv(pv):
             return
         if pv.get("status", {}).get("phase") not in ("Released", "Failed") \
@@ -366,7 +375,7 @@ class Provisioner:
                 InProcessContext())
         except CallFailed as exc:
             if exc.code != grpc.StatusCode.DEADLINE_EXCEEDED:
-                self._event(claim, "Warning", "VolumeResizeFailed", f"{DRIVER_NAME}: {exc}")
+                self._event(claim, "Warning", "VolumeResizeFailed", f"{self.driver_name}: {exc}")
             return
         size = str(done.capacity_bytes)
         self._request("PATCH", f"/api/v1/persistentvolumes/{pv['metadata']['name']}",

@@ -42,6 +42,8 @@ RESOURCES: dict[str, Resource] = {
     "ServiceAccount": Resource("v1", "serviceaccounts"),
     "RoleBinding": Resource("rbac.authorization.k8s.io/v1", "rolebindings"),
     "ClusterRoleBinding": Resource("rbac.authorization.k8s.io/v1", "clusterrolebindings", namespaced=False),
+    "CSIDriver": Resource("storage.k8s.io/v1", "csidrivers", namespaced=False),
+    "VolumeSnapshotClass": Resource("snapshot.storage.k8s.io/v1", "volumesnapshotclasses", namespaced=False),
     "NetworkPolicy": Resource("networking.k8s.io/v1", "networkpolicies"),
     "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
     "DiskArray": Resource("nasblade.io/v1alpha1", "diskarrays"),

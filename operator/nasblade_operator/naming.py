@@ -7,6 +7,8 @@ look objects up. Nothing here does I/O.
 
 from __future__ import annotations
 
+import hashlib
+
 from nasblade import lunames
 
 GROUP = "nasblade.io"
@@ -151,6 +153,25 @@ def nfs_service_name(array: str, fs: str) -> str:
 
 #: the ``app.kubernetes.io/component`` of a DiskArray's CSI controller plugin (``diskarray.csi``)
 CSI_COMPONENT = "csi-controller"
+#: the domain every array's CSI driver name ends in
+CSI_DRIVER_DOMAIN = "nas.nasblade.io"
+#: the label of the CSIDriver objects the operator makes; the node plugin registers each
+L_CSI_DRIVER = "nasblade.io/csi-driver"
+CSI_DRIVER_MAX = 63
+
+
+def csi_driver_name(namespace: str, array: str) -> str:
+    """An array's CSI driver name, ``<array>.<namespace>.nas.nasblade.io``: one per array, because
+    the upstream sidecars (csi-snapshotter, external-provisioner and -resizer) pick their work
+    by driver name alone. A CSI driver name has at most 63 characters; a longer one keeps as
+    much of the array's name as fits and a hash of ``namespace/array`` that keeps it unique."""
+    full = f"{array}.{namespace}.{CSI_DRIVER_DOMAIN}"
+    if len(full) <= CSI_DRIVER_MAX:
+        return full
+    digest = hashlib.sha256(f"{namespace}/{array}".encode()).hexdigest()[:10]
+    room = CSI_DRIVER_MAX - len(CSI_DRIVER_DOMAIN) - len(digest) - 2
+    head = array[:room].rstrip("-.")
+    return f"{head}-{digest}.{CSI_DRIVER_DOMAIN}" if head else f"{digest}.{CSI_DRIVER_DOMAIN}"
 
 
 def common_labels(*, component: str, instance: str) -> dict[str, str]:

@@ -42,10 +42,10 @@ def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 def operator_role(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The operator's ClusterRole (the chart's others are the CSI plugin's, ``-csi-controller*``,
-    and the snapshot-controller's, ``-snapshot-controller``)."""
+    """The operator's ClusterRole (the chart's others are the CSI plugins', ``-csi-controller*``
+    and ``-csi-node``, and the snapshot-controller's, ``-snapshot-controller``)."""
     found = [o for o in by_kind(objs, "ClusterRole")
-             if not any(s in o["metadata"]["name"] for s in ("-csi-controller", "-snapshot-controller"))]
+             if not any(s in o["metadata"]["name"] for s in ("-csi-controller", "-csi-node", "-snapshot-controller"))]
     assert len(found) == 1, f"expected one operator ClusterRole, got {len(found)}"
     return found[0]
 
@@ -168,7 +168,7 @@ def test_default_render(render: Render) -> None:
     assert sorted(o["kind"] for o in objs) == sorted(
         ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
          "NetworkPolicy", "CustomResourceDefinition", "CustomResourceDefinition",
-         "CSIDriver", "ClusterRole", "ClusterRole"])
+         "ClusterRole", "ClusterRole"])
     for o in objs:
         labels = o["metadata"]["labels"]
         for label in STANDARD_LABELS:
@@ -306,15 +306,22 @@ def test_rbac_is_least_privilege(render: Render) -> None:
     (bind,) = [rule for rule in operator_role(render())["rules"] if "bind" in rule["verbs"]]
     assert bind["resourceNames"] == ["nb-nasblade-csi-controller", "nb-nasblade-csi-controller-array"]
     assert {o["metadata"]["name"] for o in by_kind(render(), "ClusterRole")} >= set(bind["resourceNames"])
+    # each array's CSIDriver and VolumeSnapshotClass (cluster-wide, one name per array): found
+    # by label, never updated but for the class's deletion policy
+    assert {(r, v) for _, r, v in cluster if r in ("csidrivers", "volumesnapshotclasses")} == {
+        ("csidrivers", v) for v in ("get", "list", "create", "delete")} | {
+        ("volumesnapshotclasses", v) for v in ("get", "list", "create", "patch", "delete")}
+    nosnap = _rules(operator_role(render("csi.snapshotter.enabled=false")))
+    assert not any(r == "volumesnapshotclasses" for _, r, _ in nosnap) and any(r == "csidrivers" for _, r, _ in nosnap)
     off = _rules(operator_role(render("csi.enabled=false")))
-    assert not any(r in ("clusterrolebindings", "clusterroles", "rolebindings", "deployments", "serviceaccounts")
-                   for _, r, _ in off)
+    assert not any(r in ("clusterrolebindings", "clusterroles", "rolebindings", "deployments", "serviceaccounts",
+                         "csidrivers", "volumesnapshotclasses") for _, r, _ in off)
     # watched namespaces: the namespaced rights move to Roles in exactly those namespaces
     objs = render("watchNamespaces={team-a,team-b}", "leaderElection.enabled=true", api_versions=PEERING_API)
     narrow = _rules(operator_role(objs))
     assert {r for _, r, _ in narrow} == {"customresourcedefinitions", "namespaces", "clusterrolebindings",
-                                         "clusterroles"}
-    assert {v for _, r, v in narrow if not r.startswith("clusterrole")} == {"get", "list", "watch"}
+                                         "clusterroles", "csidrivers", "volumesnapshotclasses"}
+    assert {v for _, r, v in narrow if r in ("customresourcedefinitions", "namespaces")} == {"get", "list", "watch"}
     roles = by_kind(objs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in by_kind(objs, "RoleBinding")) == ["team-a", "team-b"]
@@ -326,7 +333,8 @@ def test_rbac_is_least_privilege(render: Render) -> None:
 def test_csi_node_plugin_is_asked_for_and_mounts_under_the_kubelet_dir(render: Render) -> None:
     """The node DaemonSet only when asked (it is privileged); then on every node by default,
     privileged, with the kubelet's directory at the same path and Bidirectional propagation,
-    the driver's and the registration sockets under it, and no ServiceAccount token."""
+    the driver's and the registration sockets under it, and a ServiceAccount whose only right is
+    to read CSIDriver objects (it registers every array's driver name with the kubelet)."""
     assert by_kind(render(), "DaemonSet") == []
     assert by_kind(render("csi.enabled=false", "csi.node.enabled=true"), "DaemonSet") == []
     ds = one(render("csi.node.enabled=true", "csi.node.kubeletDir=/data/kubelet",
@@ -335,13 +343,23 @@ def test_csi_node_plugin_is_asked_for_and_mounts_under_the_kubelet_dir(render: R
     (c,) = pod["containers"]
     assert c["command"] == ["nasblade-csi"]
     assert c["args"] == ["--role=node", "--endpoint=unix:///data/kubelet/plugins/nas.nasblade.io/csi.sock",
-                         "--registration-dir=/data/kubelet/plugins_registry", "--node-id=$(NODE_NAME)"]
+                         "--registration-dir=/data/kubelet/plugins_registry",
+                         "--register-drivers-labelled=nasblade.io/csi-driver=true", "--node-id=$(NODE_NAME)"]
     assert c["securityContext"]["privileged"] is True and c["securityContext"]["readOnlyRootFilesystem"] is True
     (kubelet,) = [m for m in c["volumeMounts"] if m["name"] == "kubelet-dir"]
     assert kubelet == {"name": "kubelet-dir", "mountPath": "/data/kubelet", "mountPropagation": "Bidirectional"}
     assert {v["name"]: v.get("hostPath", {}).get("path") for v in pod["volumes"]}["kubelet-dir"] == "/data/kubelet"
-    assert pod["automountServiceAccountToken"] is False and pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["automountServiceAccountToken"] is True and pod["tolerations"] == [{"operator": "Exists"}]
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    objs = render("csi.node.enabled=true")
+    assert pod["serviceAccountName"] == "nb-nasblade-csi-node"
+    (role,) = [o for o in by_kind(objs, "ClusterRole") if o["metadata"]["name"] == "nb-nasblade-csi-node"]
+    assert set(_rules(role)) == {("storage.k8s.io", "csidrivers", v) for v in ("get", "list", "watch")}
+    (binding,) = [o for o in by_kind(objs, "ClusterRoleBinding") if o["metadata"]["name"] == "nb-nasblade-csi-node"]
+    assert binding["roleRef"]["name"] == "nb-nasblade-csi-node"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "nb-nasblade-csi-node",
+                                    "namespace": "nasblade-system"}]
+    assert "nb-nasblade-csi-node" in {o["metadata"]["name"] for o in by_kind(objs, "ServiceAccount")}
 
 
 SNAPSHOTTER_IMAGE = "registry.k8s.io/sig-storage/csi-snapshotter:v8.7.0"
@@ -476,25 +494,12 @@ def test_snapshot_controller_is_asked_for_and_hardened(render: Render) -> None:
     assert c["image"] == "reg.example/sc:1" and c["resources"]["requests"]["cpu"] == 1
 
 
-def test_volume_snapshot_class_needs_the_snapshot_api(render: Render) -> None:
-    """The VolumeSnapshotClass of nas.nasblade.io: only where the cluster serves its API (the
-    chart installs no VolumeSnapshot CRDs), with the values' name, deletion policy and default
-    annotation; csi.snapshotClass.create=false or csi.enabled=false: none."""
-    assert by_kind(render(), "VolumeSnapshotClass") == []
-    api = (SNAPSHOT_CLASS_API,)
-    vsc = one(render(api_versions=api), "VolumeSnapshotClass")
-    assert vsc["apiVersion"] == "snapshot.storage.k8s.io/v1"
-    assert vsc["metadata"]["name"] == "nasblade"
-    assert vsc["driver"] == "nas.nasblade.io" == one(render(), "CSIDriver")["metadata"]["name"]
-    assert vsc["deletionPolicy"] == "Delete"
-    assert "annotations" not in vsc["metadata"]
-    assert all(label in vsc["metadata"]["labels"] for label in STANDARD_LABELS)
-    vsc = one(render("csi.snapshotClass.name=nas-retain", "csi.snapshotClass.deletionPolicy=Retain",
-                     "csi.snapshotClass.default=true", api_versions=api), "VolumeSnapshotClass")
-    assert (vsc["metadata"]["name"], vsc["deletionPolicy"]) == ("nas-retain", "Retain")
-    assert vsc["metadata"]["annotations"] == {"snapshot.storage.k8s.io/is-default-class": "true"}
-    assert by_kind(render("csi.snapshotClass.create=false", api_versions=api), "VolumeSnapshotClass") == []
-    assert by_kind(render("csi.enabled=false", api_versions=api), "VolumeSnapshotClass") == []
+def test_no_driver_name_objects_in_the_chart(render: Render) -> None:
+    """The CSIDriver and VolumeSnapshotClass objects are the operator's, one of each per
+    CSI-enabled DiskArray under the array's own driver name (nasblade_operator.diskarray.csi):
+    the chart renders neither, whatever the cluster serves."""
+    for objs in (render(), render(api_versions=(SNAPSHOT_CLASS_API,)), render("csi.node.enabled=true")):
+        assert by_kind(objs, "CSIDriver") == [] and by_kind(objs, "VolumeSnapshotClass") == []
 
 
 def test_service_monitor(helm: Helm) -> None:
@@ -650,7 +655,7 @@ def test_operator_policy_metrics_port_defaults_and_off(render: Render) -> None:
     (["metrics.scraper.namespaceSelector.matchExpressions[0].key=team",
       "metrics.scraper.namespaceSelector.matchExpressions[0].operator=Is"], "/metrics/scraper/namespaceSelector"),
     (["csi.snapshotter.tag=v8"], "additional properties 'tag' not allowed"),
-    (["csi.snapshotClass.deletionPolicy=Keep"], "at '/csi/snapshotClass/deletionPolicy'"),
+    (["csi.snapshotClass.deletionPolicy=Retain"], "additional properties 'snapshotClass' not allowed"),
     (["csi.snapshotController.image="], "at '/csi/snapshotController/image'"),
 ])
 def test_invalid_values_fail(helm: Helm, values: list[str], message: str) -> None:
@@ -920,7 +925,7 @@ def test_a_second_release_must_leave_the_crds_to_the_first(helm: Helm, tier1_kub
         assert owners() == {(owner, owner_ns)}
         refused(run("install", second, second_ns), second, second_ns)
         refused(run("install", owner, second_ns), owner, second_ns)  # same name, other namespace
-        # (the CSIDriver object, like the CRDs, has one owner: the second release leaves it too)
+        # (CSI, like the CRDs, has one release per cluster: the second runs none)
         r = run("install", second, second_ns, "crds.install=false", "csi.enabled=false")
         assert r.returncode == 0, r.stdout + r.stderr
         refused(run("upgrade", second, second_ns, "crds.install=true", "csi.enabled=false"), second, second_ns)

@@ -3,6 +3,7 @@ record format, the NFS mount command line, the mount table parser, volume capabi
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,51 @@ def test_the_provisioner_works_on_claims_side_by_side_and_on_each_once() -> None
     while posted.count("POST /api/v1/persistentvolumes") < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert posted.count("POST /api/v1/persistentvolumes") == 2
+
+
+def test_the_provisioner_takes_the_classes_of_its_own_driver_name() -> None:
+    """One driver name per array: a class of another array's driver is not this provisioner's
+    (left alone, no Event); a class of this driver that names another DiskArray is refused with
+    a Warning that says what to use; a class of this driver without ``diskArray``, or naming this
+    array, is provisioned, and its PersistentVolume carries this driver's name."""
+    from nasblade_csi.provisioner import Provisioner
+
+    made: list[str] = []
+
+    class Controller:
+        def CreateVolume(self, request: object, context: object) -> object:
+            made.append(request.name)  # type: ignore[attr-defined]
+            return pb.CreateVolumeResponse(volume=pb.Volume(volume_id=f"v-{request.name}", capacity_bytes=64 * MiB))  # type: ignore[attr-defined]
+
+    me, other = "a1.ns.nas.nasblade.io", "a2.ns.nas.nasblade.io"
+    classes = [{"metadata": {"name": "mine"}, "provisioner": me, "parameters": {}},
+               {"metadata": {"name": "named"}, "provisioner": me, "parameters": {"diskArray": "ns/a1"}},
+               {"metadata": {"name": "wrong"}, "provisioner": me, "parameters": {"diskArray": "ns/a2"}},
+               {"metadata": {"name": "theirs"}, "provisioner": other, "parameters": {"diskArray": "ns/a2"}}]
+    claims = [{"metadata": {"name": sc["metadata"]["name"], "namespace": "ns", "uid": sc["metadata"]["name"]},
+               "status": {"phase": "Pending"},
+               "spec": {"storageClassName": sc["metadata"]["name"], "accessModes": ["ReadWriteMany"],
+                        "resources": {"requests": {"storage": "64Mi"}}}} for sc in classes]
+    listed = {"/apis/storage.k8s.io/v1/storageclasses": classes, "/api/v1/persistentvolumes": [],
+              "/api/v1/persistentvolumeclaims": claims}
+    posted: list[tuple[str, Any]] = []
+    p = Provisioner(None, Controller(), array="ns/a1", workers=1, driver_name=me)  # type: ignore[arg-type]
+    p._items = lambda path: listed[path]  # type: ignore[method-assign]
+    p._request = lambda method, path, body=None, **_: posted.append((path, body))  # type: ignore[method-assign,misc]
+    assert [sc["metadata"]["name"] for sc in classes if p.mine(sc)] == ["mine", "named", "wrong"]
+    p.pass_once()
+    deadline = time.monotonic() + 10
+    while len([b for _, b in posted if b["kind"] != "Event" or b["reason"] == "ProvisioningFailed"]) < 3 \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(made) == ["pvc-mine", "pvc-named"]
+    pvs = [b for path, b in posted if path == "/api/v1/persistentvolumes"]
+    assert {pv["spec"]["csi"]["driver"] for pv in pvs} == {me}
+    assert {pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"] for pv in pvs} == {me}
+    failed = [b for _, b in posted if b["kind"] == "Event" and b["reason"] == "ProvisioningFailed"]
+    assert [e["involvedObject"]["name"] for e in failed] == ["wrong"]
+    assert "names DiskArray ns/a2" in failed[0]["message"] and "status.csi.driver" in failed[0]["message"]
+    assert not [b for _, b in posted if b["kind"] == "Event" and b["involvedObject"]["name"] == "theirs"]
 
 
 def test_a_volume_is_exported_to_the_nodes_whose_pods_use_it() -> None:

@@ -446,13 +446,13 @@ def test_step3d_file_system_added_and_removed_while_the_blades_run(kube: Kube, r
     assert "big.bin" in _exec(kube, workload_ns, "nfs-ls", _nfs_url(workload_ns))
 
 
-def _mount_in_a_pod(kube: Kube, ns: str, *, claim: str, server: str, sha: str) -> None:
-    """The chart's node plugin is registered with the kubelet (the node's CSINode lists the
-    driver), and a pod that uses the claim makes the kubelet call it: the pod runs and reads
+def _mount_in_a_pod(kube: Kube, ns: str, *, claim: str, server: str, sha: str, driver: str) -> None:
+    """The chart's node plugin is registered with the kubelet under the array's driver name (the
+    node's CSINode lists it: the plugin registers each CSIDriver the operator makes), and a pod that uses the claim makes the kubelet call it: the pod runs and reads
     the file back, or -- on a node whose kernel has no NFS client, as this machine's -- the
     kubelet reports the driver's own ``mount -t nfs`` of the volume's Service failing."""
     node = kube.json("get", "nodes")["items"][0]["metadata"]["name"]
-    kube.wait("the driver in the node's CSINode", lambda: "nas.nasblade.io" in [
+    kube.wait("the driver in the node's CSINode", lambda: driver in [
         d["name"] for d in ((kube.get("csinode", node, namespace="") or {}).get("spec", {}).get("drivers") or [])],
         timeout=60, interval=2)
     restricted = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
@@ -495,13 +495,14 @@ def _mount_in_a_pod(kube: Kube, ns: str, *, claim: str, server: str, sha: str) -
 def test_step3e_a_claim_becomes_a_volume_through_the_csi_plugin(kube: Kube, release: str,
                                                                 workload_ns: str) -> None:
     """3e. CSI: with ``spec.csi`` on the DiskArray the operator runs the driver's controller
-    plugin (a real pod, under the chart's RBAC). A claim of a StorageClass naming the array is
-    Bound to a PersistentVolume of ``nas.nasblade.io`` whose volume is a file system of the
+    plugin (a real pod, under the chart's RBAC) under the array's own driver name
+    (``status.csi.driver``, with its CSIDriver object). A claim of a StorageClass of that
+    provisioner is Bound to a PersistentVolume of the driver whose volume is a file system of the
     array, served by the group through its own Service: the client pod writes and reads it at
     the PV's server and export; a pod using it makes the kubelet stage it through the chart's node
     plugin; a clone of it holds the same file, and with three file systems on two blades one
     blade pod serves two at once, each behind its own Service. The claims deleted, their PVs,
-    file systems and LUs go; CSI turned off, the plugin's objects go."""
+    file systems and LUs go; CSI turned off, the plugin's objects and the CSIDriver go."""
     ns = workload_ns
     sc, claim, plugin = f"nasblade-{ns}", "csi-data", f"{ARRAY}-csi-controller"
     kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
@@ -514,10 +515,10 @@ def test_step3e_a_claim_becomes_a_volume_through_the_csi_plugin(kube: Kube, rele
     kube.wait("the CSI controller plugin running", plugin_ready, timeout=180, interval=2,
               describe=lambda: kube.kubectl("-n", ns, "get", "pods", "-l", "app.kubernetes.io/component=csi-controller",
                                             "-o", "wide", check=False).stdout)
-    kube.kubectl("apply", "-f", "-", stdin=json.dumps({
+    driver = _csi_driver(kube, ns)
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps({  # the provisioner names the array
         "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": sc},
-        "provisioner": "nas.nasblade.io", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
-        "parameters": {"diskArray": f"{ns}/{ARRAY}"}}))
+        "provisioner": driver, "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"}))
     try:
         kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
@@ -535,7 +536,7 @@ def test_step3e_a_claim_becomes_a_volume_through_the_csi_plugin(kube: Kube, rele
         pv = kube.get("pv", pvc["spec"]["volumeName"], namespace="") or {}
         attrs = pv["spec"]["csi"]["volumeAttributes"]
         vid = pv["spec"]["csi"]["volumeHandle"]
-        assert pv["spec"]["csi"]["driver"] == "nas.nasblade.io" and attrs["diskArray"] == f"{ns}/{ARRAY}"
+        assert pv["spec"]["csi"]["driver"] == driver and attrs["diskArray"] == f"{ns}/{ARRAY}"
         assert vid in [f["name"] for f in _array(kube, ns)["spec"]["fileSystems"]]
         url = f"nfs://{attrs['server']}{attrs['export']}"
         # Bound means its blade said it serves it; the new Service's rules reach kube-proxy a
@@ -551,7 +552,7 @@ def test_step3e_a_claim_becomes_a_volume_through_the_csi_plugin(kube: Kube, rele
         sums = _exec(kube, ns, "sh", "-c", "cd /tmp && sha256sum csi.bin csi-back.bin").split()
         assert sums[0] == sums[2], sums
 
-        _mount_in_a_pod(kube, ns, claim=claim, server=attrs["server"], sha=sums[0])
+        _mount_in_a_pod(kube, ns, claim=claim, server=attrs["server"], sha=sums[0], driver=driver)
 
         # a clone: a claim whose dataSource is the first one holds the same file
         kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
@@ -599,23 +600,36 @@ def test_step3e_a_claim_becomes_a_volume_through_the_csi_plugin(kube: Kube, rele
         {"spec": {"csi": {"enabled": False}}}))
     kube.wait("the plugin's objects gone", lambda: kube.get("deployment", plugin, namespace=ns) is None
               and kube.get("serviceaccount", plugin, namespace=ns) is None
-              and kube.get("clusterrolebinding", f"nasblade-csi-{ns}-{ARRAY}", namespace="") is None,
+              and kube.get("clusterrolebinding", f"nasblade-csi-{ns}-{ARRAY}", namespace="") is None
+              and kube.get("csidriver", driver, namespace="") is None,
               timeout=120, interval=2)
 
 
-def _csi_on(kube: Kube, ns: str, sc: str, parameters: dict[str, str], *, expansion: bool = False) -> None:
-    """The array's CSI controller plugin running (``spec.csi``) and StorageClass ``sc`` of it
-    with ``parameters`` besides ``diskArray``."""
+def _csi_driver(kube: Kube, ns: str) -> str:
+    """The array's CSI driver name (``status.csi.driver``), once its CSIDriver object exists."""
+    driver: str = kube.wait("the array's CSI driver name", lambda: ((_array(kube, ns).get("status") or {})
+                                                                     .get("csi") or {}).get("driver"),
+                            timeout=60, interval=1)
+    assert driver == f"{ARRAY}.{ns}.nas.nasblade.io", driver
+    kube.wait(f"the CSIDriver {driver}", lambda: kube.get("csidriver", driver, namespace=""), timeout=60, interval=1)
+    return driver
+
+
+def _csi_on(kube: Kube, ns: str, sc: str, parameters: dict[str, str], *, expansion: bool = False) -> str:
+    """The array's CSI controller plugin running (``spec.csi``) and StorageClass ``sc`` of its
+    driver with ``parameters`` besides ``diskArray``; the driver name."""
     plugin = f"{ARRAY}-csi-controller"
     kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
         {"spec": {"csi": {"enabled": True, "clusterGroup": GROUP, "clients": ["10.0.0.0/8"]}}}))
     kube.wait("the CSI controller plugin running", lambda: int((kube.get("deployment", plugin, namespace=ns) or {})
                                                                 .get("status", {}).get("availableReplicas") or 0) == 1,
               timeout=180, interval=2)
+    driver = _csi_driver(kube, ns)
     kube.kubectl("apply", "-f", "-", stdin=json.dumps({
         "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": sc},
-        "provisioner": "nas.nasblade.io", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
+        "provisioner": driver, "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
         "allowVolumeExpansion": expansion, "parameters": {"diskArray": f"{ns}/{ARRAY}", **parameters}}))
+    return driver
 
 
 def _csi_off(kube: Kube, ns: str) -> None:
@@ -795,7 +809,7 @@ def test_step3h_volume_snapshot_under_a_writer_and_a_claim_restored_from_it(kube
     ns = workload_ns
     sc, claim, restored, snap = f"nasblade-snap-{ns}", "csi-snap", "csi-snap-restored", "csi-snap-1"
     plugin = f"{ARRAY}-csi-controller"
-    _csi_on(kube, ns, sc, {})
+    driver = _csi_on(kube, ns, sc, {})
     pod = kube.json("-n", ns, "get", "pods", "-l", "app.kubernetes.io/component=csi-controller")["items"]
     assert [c["name"] for c in pod[0]["spec"]["containers"]] == ["csi-controller", "csi-snapshotter"], pod
     writer: subprocess.Popen[str] | None = None
@@ -824,7 +838,7 @@ def test_step3h_volume_snapshot_under_a_writer_and_a_claim_restored_from_it(kube
         t0 = time.monotonic()
         kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
             "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot", "metadata": {"name": snap},
-            "spec": {"volumeSnapshotClassName": "nasblade", "source": {"persistentVolumeClaimName": claim}}}))
+            "spec": {"volumeSnapshotClassName": driver, "source": {"persistentVolumeClaimName": claim}}}))
         vs = kube.wait("the VolumeSnapshot ready to use", lambda: (lambda v: v if (v.get("status") or {}).get(
             "readyToUse") else None)(kube.get("volumesnapshot", snap, namespace=ns) or {}), timeout=180, interval=1,
             describe=lambda: (kube.get("volumesnapshot", snap, namespace=ns) or {}).get("status"))
@@ -832,7 +846,7 @@ def test_step3h_volume_snapshot_under_a_writer_and_a_claim_restored_from_it(kube
         after = _scan(kube, ns, url, "log.bin")
         content = kube.get("volumesnapshotcontent", vs["status"]["boundVolumeSnapshotContentName"], namespace="") or {}
         handle = content["status"]["snapshotHandle"]
-        assert content["spec"]["driver"] == "nas.nasblade.io" and content["spec"]["deletionPolicy"] == "Delete"
+        assert content["spec"]["driver"] == driver and content["spec"]["deletionPolicy"] == "Delete"
         print(f"\n[e2e] 3h: VolumeSnapshot ready {ready_s:.1f} s after it was made (handle {handle}); "
               f"the writer's file held {before['records']} records before, {after['records']} once ready")
 

@@ -10,6 +10,7 @@ provisioner and resizer would call it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from conftest import Controller, Kubectl, assert_clean
 from fakeblade import FakeBlades
 from nasblade.controller.apiclient import ControlAPIError, ControlClient
 from nasblade_csi.provisioner import CallFailed, InProcessContext
+from nasblade_operator import naming
 from test_tier1_operator import array, group, service_blade, wait_until
 
 pytestmark = pytest.mark.tier1
@@ -122,10 +124,13 @@ def test_claims_of_the_storage_class_become_volumes_bound_grown_and_deleted(
     nbd = f"nbd://{controller.nbd}"
     api = pykube.HTTPClient(pykube.KubeConfig.from_file(use_tier1))
     sc_name, bad_sc, other_sc = f"nasblade-{namespace}", f"nasblade-bad-{namespace}", f"nasblade-other-{namespace}"
+    wrong_sc = f"nasblade-wrong-{namespace}"
 
-    def storage_class(name: str, **parameters: str) -> dict[str, Any]:
+    driver = naming.csi_driver_name(namespace, "a1")
+
+    def storage_class(name: str, provisioner: str = driver, **parameters: str) -> dict[str, Any]:
         return {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
-                "provisioner": "nas.nasblade.io", "reclaimPolicy": "Delete", "allowVolumeExpansion": True,
+                "provisioner": provisioner, "reclaimPolicy": "Delete", "allowVolumeExpansion": True,
                 "volumeBindingMode": "Immediate", "mountOptions": ["noatime"], "parameters": parameters}
 
     def claim(name: str, size: str, sc: str = sc_name, source: str = "") -> dict[str, Any]:
@@ -150,24 +155,29 @@ def test_claims_of_the_storage_class_become_volumes_bound_grown_and_deleted(
         kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
         exports = DiskArrayExports(api, namespace=namespace, array="a1", group="g1", timeout=90, poll=0.5)
         provisioner = Provisioner(api, Csi(Array(control, nbd), Catalog(control, nbd), exports=exports),
-                                  array=f"{namespace}/a1", interval=0.5)
+                                  array=f"{namespace}/a1", interval=0.5, driver_name=driver)
         thread = threading.Thread(target=provisioner.run, args=(stop,), daemon=True)
         thread.start()
         try:
             mine = f"{namespace}/a1"
-            kubectl.apply(storage_class(sc_name, clusterGroup="g1", clients="10.1.0.0/16", diskArray=mine))
+            kubectl.apply(storage_class(sc_name, clusterGroup="g1", clients="10.1.0.0/16"))
             kubectl.apply(storage_class(bad_sc, clusterGroup="g1", diskArray=mine))  # no clients: refused
-            kubectl.apply(storage_class(other_sc, clusterGroup="g1", clients="10.1.0.0/16",
+            another = naming.csi_driver_name(namespace, "another")
+            kubectl.apply(storage_class(other_sc, another, clusterGroup="g1", clients="10.1.0.0/16",
                                         diskArray=f"{namespace}/another"))  # another array's driver
+            # this array's driver, another array's name: refused, saying which driver to use
+            kubectl.apply(storage_class(wrong_sc, clusterGroup="g1", clients="10.1.0.0/16",
+                                        diskArray=f"{namespace}/another"))
             kubectl.apply(claim("data", "64Mi"))
             kubectl.apply(claim("nowhere", "64Mi", sc=bad_sc))
             kubectl.apply(claim("elsewhere", "64Mi", sc=other_sc))
+            kubectl.apply(claim("mixed", "64Mi", sc=wrong_sc))
             data = wait_until("claim data Bound", lambda: bound("data"), timeout=120)
             pv = kubectl.get("pv", data["spec"]["volumeName"]) or {}
             assert pv["metadata"]["name"] == f"pvc-{data['metadata']['uid']}"
-            assert pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"] == "nas.nasblade.io"
+            assert pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"] == driver
             vid = pv["spec"]["csi"]["volumeHandle"]
-            assert pv["spec"]["csi"]["driver"] == "nas.nasblade.io"
+            assert pv["spec"]["csi"]["driver"] == driver
             assert pv["spec"]["csi"]["volumeAttributes"]["server"] == f"a1-{vid}-nfs.{namespace}.svc"
             assert pv["spec"]["capacity"]["storage"] == str(64 << 20) and pv["spec"]["mountOptions"] == ["noatime"]
             assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
@@ -176,6 +186,9 @@ def test_claims_of_the_storage_class_become_volumes_bound_grown_and_deleted(
             wait_until("the refused claim's Warning", lambda: ("Warning", "ProvisioningFailed")
                        in _claim_events(kubectl, "nowhere"))
             assert (kubectl.get("pvc", "nowhere") or {})["status"]["phase"] == "Pending"
+            wait_until("the mixed claim's Warning", lambda: ("Warning", "ProvisioningFailed")
+                       in _claim_events(kubectl, "mixed"))
+            assert (kubectl.get("pvc", "mixed") or {})["status"]["phase"] == "Pending"
             # a class of another array is that array's driver's: left alone
             assert (kubectl.get("pvc", "elsewhere") or {})["status"]["phase"] == "Pending"
             assert not {r for _, r in _claim_events(kubectl, "elsewhere")} & {"ProvisioningSucceeded",
@@ -195,7 +208,7 @@ def test_claims_of_the_storage_class_become_volumes_bound_grown_and_deleted(
             assert int(control.get_lu(f"fs-{vid}")["size"]) == 128 << 20
             assert ("Normal", "VolumeResizeSuccessful") in _claim_events(kubectl, "data")
 
-            kubectl("delete", "pvc", "copy", "data", "nowhere", "elsewhere", "--wait=false")
+            kubectl("delete", "pvc", "copy", "data", "nowhere", "elsewhere", "mixed", "--wait=false")
             wait_until("both volumes deleted", lambda: kubectl.get("pv", pv["metadata"]["name"]) is None
                        and kubectl.get("pv", copy["spec"]["volumeName"]) is None, timeout=120)
             assert vid not in fs_names() and copy_vid not in fs_names()
@@ -205,7 +218,7 @@ def test_claims_of_the_storage_class_become_volumes_bound_grown_and_deleted(
         finally:
             stop.set()
             thread.join(30)
-            kubectl("delete", "storageclass", sc_name, bad_sc, other_sc, "--ignore-not-found", check=False)
+            kubectl("delete", "storageclass", sc_name, bad_sc, other_sc, wrong_sc, "--ignore-not-found", check=False)
     assert_clean(runner)
 
 
@@ -218,13 +231,19 @@ def test_the_operator_runs_a_diskarrays_csi_controller_plugin(
     kubectl: Kubectl, operator: Callable[[], Any], token_secret: Callable[[str], None], namespace: str,
 ) -> None:
     """``spec.csi.enabled``: the operator makes the plugin's ServiceAccount, its bindings to the
-    installation's two CSI ClusterRoles and its Deployment; turning it off removes them all, and so
-    does deleting the DiskArray (the binding is cluster-wide, no owner can take it). An operator
-    installed without the ClusterRole refuses with a Warning and keeps the array running."""
+    installation's two CSI ClusterRoles, its Deployment, and under the array's own driver name a
+    CSIDriver and a VolumeSnapshotClass; turning it off removes them all, and so does deleting the
+    DiskArray (the cluster-wide ones have no owner to take them). A driver name another
+    installation holds is refused with a Warning, and so is CSI on an operator installed without
+    the ClusterRole; the array keeps running."""
+    import nbcluster
     from test_tier1_operator import condition, events
 
     token_secret("a1")
+    nbcluster.install_snapshot_crds(kubectl)  # the VolumeSnapshotClass API, as a distribution has it
     binding = f"nasblade-csi-{namespace}-a1"
+    driver = naming.csi_driver_name(namespace, "a1")
+    taken = f"taken.{namespace}.example.com"
     csi_on = {"enabled": True, "clusterGroup": "g1", "clients": ["10.1.0.0/16", "192.168.7.0/24"]}
     with operator() as runner:  # no NASBLADE_CSI_CLUSTER_ROLE
         kubectl.apply(array(csi=csi_on))
@@ -233,8 +252,16 @@ def test_the_operator_runs_a_diskarrays_csi_controller_plugin(
         assert kubectl.get("deployment", "a1-csi-controller") is None
     assert_clean(runner)
 
-    with operator(csi_cluster_role="nasblade-csi-test") as runner:
+    assert (kubectl.get("diskarray", "a1") or {})["status"]["csi"] == {"driver": driver, "controller": "a1-csi-controller"}
+    assert kubectl.get("csidriver", driver) is None
+
+    with operator(csi_cluster_role="nasblade-csi-test", csi_snapshotter_image="csi-snapshotter:test") as runner:
         dep = wait_until("plugin Deployment", lambda: kubectl.get("deployment", "a1-csi-controller"))
+        cd = wait_until("CSIDriver", lambda: kubectl.get("csidriver", driver))
+        assert cd["metadata"]["labels"]["nasblade.io/csi-driver"] == "true"
+        assert cd["spec"]["attachRequired"] is False and cd["spec"]["fsGroupPolicy"] == "None"
+        vsc = wait_until("VolumeSnapshotClass", lambda: kubectl.get("volumesnapshotclass", driver))
+        assert vsc["driver"] == driver and vsc["deletionPolicy"] == "Delete"
         crb = wait_until("binding", lambda: kubectl.get("clusterrolebinding", binding))
         sa = kubectl.get("serviceaccount", "a1-csi-controller")
         assert sa is not None and sa["metadata"]["ownerReferences"][0]["name"] == "a1"
@@ -247,9 +274,11 @@ def test_the_operator_runs_a_diskarrays_csi_controller_plugin(
         assert rb["subjects"] == crb["subjects"] and rb["metadata"]["ownerReferences"][0]["name"] == "a1"
         pod = dep["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] == "a1-csi-controller" and pod["automountServiceAccountToken"] is True
-        (c,) = pod["containers"]
+        c, sidecar = pod["containers"]
+        assert sidecar["image"] == "csi-snapshotter:test"
         args = c["args"]
         assert c["command"] == ["nasblade-csi"]
+        assert args[args.index("--driver-name") + 1] == driver
         assert args[args.index("--diskarray") + 1] == f"{namespace}/a1"
         assert args[args.index("--cluster-group") + 1] == "g1"
         assert args[args.index("--export-clients") + 1] == "10.1.0.0/16,192.168.7.0/24"
@@ -259,17 +288,42 @@ def test_the_operator_runs_a_diskarrays_csi_controller_plugin(
         assert volumes["nbd-tls"]["secretName"] == "a1-nbd-csi"
         assert volumes["token"]["items"] == [{"key": "csi-token", "path": "token"}]
         assert c["securityContext"]["readOnlyRootFilesystem"] is True and dep["spec"]["strategy"]["type"] == "Recreate"
-        # off: all three go
+        # the snapshot deletion policy follows the spec
+        kubectl("patch", "diskarray", "a1", "--type=merge", "-p",
+                '{"spec": {"csi": {"snapshotDeletionPolicy": "Retain"}}}')
+        wait_until("Retain", lambda: (kubectl.get("volumesnapshotclass", driver) or {}).get("deletionPolicy") == "Retain")
+        # a name another installation holds: refused, and the array's own objects stay
+        kubectl.apply({"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver", "metadata": {"name": taken},
+                       "spec": {"attachRequired": False}})
+        try:
+            kubectl("patch", "diskarray", "a1", "--type=merge", "-p",
+                    json.dumps({"spec": {"csi": {"driverName": taken}}}))
+            wait_until("CsiRefused for the taken name", lambda: any(
+                e["reason"] == "CsiRefused" and taken in e["message"] and "another installation" in e["message"]
+                for e in kubectl.list("events") if e["involvedObject"]["name"] == "a1"))
+            assert kubectl.get("volumesnapshotclass", taken) is None
+            assert (kubectl.get("csidriver", taken) or {}).get("metadata", {}).get("labels") is None
+            kubectl("patch", "diskarray", "a1", "--type=json", "-p",
+                    '[{"op": "remove", "path": "/spec/csi/driverName"}]')
+        finally:
+            kubectl("delete", "csidriver", taken, "--ignore-not-found", check=False)
+        assert kubectl.get("csidriver", driver) is not None
+        # off: all of them go
         kubectl("patch", "diskarray", "a1", "--type=merge", "-p", '{"spec": {"csi": {"enabled": false}}}')
         wait_until("plugin gone", lambda: kubectl.get("deployment", "a1-csi-controller") is None
                    and kubectl.get("clusterrolebinding", binding) is None
                    and kubectl.get("rolebinding", "a1-csi-controller") is None
-                   and kubectl.get("serviceaccount", "a1-csi-controller") is None)
-        # on again, then the DiskArray deleted: the binding goes with it
+                   and kubectl.get("serviceaccount", "a1-csi-controller") is None
+                   and kubectl.get("csidriver", driver) is None
+                   and kubectl.get("volumesnapshotclass", driver) is None)
+        assert "csi" not in (kubectl.get("diskarray", "a1") or {})["status"]
+        # on again, then the DiskArray deleted: the cluster-wide objects go with it
         kubectl("patch", "diskarray", "a1", "--type=merge", "-p", '{"spec": {"csi": {"enabled": true}}}')
-        wait_until("binding again", lambda: kubectl.get("clusterrolebinding", binding))
+        wait_until("binding again", lambda: kubectl.get("clusterrolebinding", binding)
+                   and kubectl.get("csidriver", driver))
         assert condition(kubectl.get("diskarray", "a1"), "Ready")["status"] == "True"
         kubectl("delete", "diskarray", "a1", "--wait=false")
         wait_until("DiskArray gone", lambda: kubectl.get("diskarray", "a1") is None, timeout=90)
         assert kubectl.get("clusterrolebinding", binding) is None
+        assert kubectl.get("csidriver", driver) is None and kubectl.get("volumesnapshotclass", driver) is None
     assert_clean(runner)

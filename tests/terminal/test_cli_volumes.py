@@ -234,7 +234,10 @@ def test_kubernetes_volumes_from_persistent_volumes(snapshot: Snapshot) -> None:
     snapshot["fileSystems"].append({"name": FS_VOL, "group": "g1", "lu": f"fs-{FS_VOL}", "size": 64 * MiB,
                                     "blade": "b1", "homeBlade": "b1", "pinnedTo": None, "epoch": 1, "endpoint": None})
 
-    def pv(name: str, handle: str, attrs: dict[str, str], driver: str = "nas.nasblade.io") -> dict[str, Any]:
+    driver = "a.storage.nas.nasblade.io"
+    snapshot["arrays"][0]["csiDriver"] = driver  # status.csi.driver: one driver name per array
+
+    def pv(name: str, handle: str, attrs: dict[str, str], driver: str = driver) -> dict[str, Any]:
         return {"metadata": {"name": name}, "status": {"phase": "Bound"},
                 "spec": {"capacity": {"storage": "64Mi"}, "claimRef": {"namespace": "apps", "name": name + "-claim"},
                          "csi": {"driver": driver, "volumeHandle": handle, "volumeAttributes": attrs}}}
@@ -244,9 +247,12 @@ def test_kubernetes_volumes_from_persistent_volumes(snapshot: Snapshot) -> None:
             pv("pvc-1", FS_VOL, {"lu": f"fs-{FS_VOL}", "diskArray": "storage/a", "export": f"/{FS_VOL}"}),
             pv("pvc-2", DIR_VOL, {"lu": "", "diskArray": "storage/a", "fileSystem": "fs1", "export": f"/fs1/{DIR_VOL}"}),
             pv("pvc-3", vid("elsewhere"), {"lu": "", "diskArray": "other/a", "export": "/fs1/x"}),
-            pv("pvc-4", vid("nfs"), {}, driver="nfs.csi.k8s.io")],
+            pv("pvc-4", vid("nfs"), {}, driver="nfs.csi.k8s.io"),
+            # the one name of every array before names were per array: not this array's driver
+            pv("pvc-5", vid("old"), {"lu": "", "diskArray": "storage/a", "fileSystem": "fs1", "export": "/fs1/y"},
+               driver="nas.nasblade.io")],
         "volumesnapshotcontents": [{"metadata": {"name": "snapcontent-1"},
-                                    "spec": {"driver": "nas.nasblade.io", "source": {"volumeHandle": DIR_VOL},
+                                    "spec": {"driver": driver, "source": {"volumeHandle": DIR_VOL},
                                              "volumeSnapshotRef": {"uid": "u1"}},
                                     "status": {"snapshotHandle": DIR_SNAP, "restoreSize": 64 * MiB,
                                                "readyToUse": True, "creationTime": 0}}],

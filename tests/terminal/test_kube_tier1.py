@@ -23,10 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nbcluster
 import pytest
 from nasblade.controller.apiclient import ControlClient
 from nasblade.terminal.kube import KubeSource
 from nasblade.terminal.source import BackupRequest
+from nasblade_operator import naming
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -242,23 +244,6 @@ def test_kubectl_nas_against_the_operator(
     assert down.returncode == 3 and "does not answer" in down.stderr
 
 
-def install_snapshot_crds(kubectl: Any) -> None:
-    """The VolumeSnapshot CRDs of kubernetes-csi/external-snapshotter's client module, as
-    tests/e2e/e2elib.py installs them: ``tools/kube/csi.sh snapshot-crds`` (Go module cache)."""
-    listed = subprocess.run([str(REPO / "tools" / "kube" / "csi.sh"), "snapshot-crds"], capture_output=True,
-                            text=True, timeout=300, check=False)
-    if listed.returncode != 0:
-        pytest.fail(f"tools/kube/csi.sh snapshot-crds: {listed.stderr}")
-    files = listed.stdout.split()
-    for f in files:
-        kubectl("apply", "--server-side", "--force-conflicts", "-f", f)
-    import yaml
-
-    names = [f"crd/{yaml.safe_load(Path(f).read_text())['metadata']['name']}" for f in files]
-    assert "crd/volumesnapshotcontents.snapshot.storage.k8s.io" in names
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
-
-
 def test_kubectl_nas_volumes_lists_the_csi_drivers_persistent_volumes(
     kubectl: Any, operator: Callable[[], Any], blades: Any, token_secret: Callable[[str], None], namespace: str,
     tier1_kubeconfig: str, monkeypatch: pytest.MonkeyPatch,
@@ -274,7 +259,7 @@ def test_kubectl_nas_volumes_lists_the_csi_drivers_persistent_volumes(
     from nasblade_csi.exports import DiskArrayExports
 
     token_secret("a1")
-    install_snapshot_crds(kubectl)
+    nbcluster.install_snapshot_crds(kubectl)
     suffix = namespace.removeprefix("op-")
     ref = f"{namespace}/a1"
     classes = {"fs": {"diskArray": ref, "clusterGroup": "g1"},
@@ -283,17 +268,21 @@ def test_kubectl_nas_volumes_lists_the_csi_drivers_persistent_volumes(
     cluster_scoped: list[tuple[str, str]] = []
     try:
         with operator() as runner:
-            kubectl.apply(ARRAY)
+            # CSI on: the array's driver name is in its status (the plugin itself is refused
+            # here, the operator has no CSI ClusterRole: only the names matter to the listing)
+            kubectl.apply({**ARRAY, "spec": {**ARRAY["spec"], "csi": {"enabled": True, "clusterGroup": "g1"}}})
             kubectl.apply(GROUP)
             kubectl.wait("clustergroup/g1", "condition=Ready", timeout=90)
             kubectl.wait("diskarray/a1", "condition=Ready", timeout=90)
+            driver = naming.csi_driver_name(namespace, "a1")
+            assert (kubectl.get("diskarray", "a1") or {})["status"]["csi"]["driver"] == driver
 
             # the StorageClasses and the claims; the PV names are the provisioner's, pvc-<claim uid>
             claims: dict[str, dict[str, Any]] = {}
             for kind, params in classes.items():
                 sc = f"nasblade-{kind}-{suffix}"
                 kubectl.apply({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": sc},
-                               "provisioner": "nas.nasblade.io", "reclaimPolicy": "Delete", "parameters": params})
+                               "provisioner": driver, "reclaimPolicy": "Delete", "parameters": params})
                 cluster_scoped.append(("storageclass", sc))
                 kubectl.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": f"data-{kind}"},
                                "spec": {"storageClassName": sc, "accessModes": ["ReadWriteMany"],
@@ -339,13 +328,16 @@ def test_kubectl_nas_volumes_lists_the_csi_drivers_persistent_volumes(
                     "name": name, "annotations": {"pv.kubernetes.io/provisioned-by": driver}}, "spec": spec}
 
             for kind in classes:
-                kubectl.apply(pv(names[kind], "nas.nasblade.io", vids[kind], contexts[kind], sizes[kind],
+                kubectl.apply(pv(names[kind], driver, vids[kind], contexts[kind], sizes[kind],
                                  claims[kind], claims[kind]["spec"]["storageClassName"]))
-            # left out: another driver's PV (its handle and context would pass otherwise), and one of
-            # this driver for a DiskArray of another namespace
+            # left out: another driver's PV (its handle and context would pass otherwise), one of the
+            # name every array had before names were per array, and one of this driver for a
+            # DiskArray of another namespace
             other_driver, other_array = f"pvc-other-driver-{suffix}", f"pvc-other-array-{suffix}"
             kubectl.apply(pv(other_driver, "nfs.csi.k8s.io", volume_id(other_driver), contexts["dir"], 8 << 20))
-            kubectl.apply(pv(other_array, "nas.nasblade.io", volume_id(other_array),
+            old_name = f"pvc-old-name-{suffix}"
+            kubectl.apply(pv(old_name, "nas.nasblade.io", volume_id(old_name), contexts["dir"], 8 << 20))
+            kubectl.apply(pv(other_array, driver, volume_id(other_array),
                              {**contexts["dir"], "diskArray": f"elsewhere-{suffix}/a1"}, 8 << 20))
             wait_until("the claims bound to their volumes", lambda: all(
                 (kubectl.get("pv", names[k]) or {}).get("status", {}).get("phase") == "Bound" and
@@ -355,7 +347,7 @@ def test_kubectl_nas_volumes_lists_the_csi_drivers_persistent_volumes(
             # snapshot-controller makes it, the status csi-snapshotter writes from CreateSnapshot
             vsc_class = f"nasblade-snap-{suffix}"
             kubectl.apply({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
-                           "metadata": {"name": vsc_class}, "driver": "nas.nasblade.io", "deletionPolicy": "Delete"})
+                           "metadata": {"name": vsc_class}, "driver": driver, "deletionPolicy": "Delete"})
             cluster_scoped.append(("volumesnapshotclass", vsc_class))
             kubectl.apply({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot", "metadata": {"name": "snap1"},
                            "spec": {"volumeSnapshotClassName": vsc_class,
@@ -373,7 +365,7 @@ def test_kubectl_nas_volumes_lists_the_csi_drivers_persistent_volumes(
                                  "volumeSnapshotRef": {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
                                                        "namespace": namespace, "name": "snap1", "uid": uid}}}
 
-            kubectl.apply(content(f"snapcontent-{uid}", "nas.nasblade.io", vids["fs"]))
+            kubectl.apply(content(f"snapcontent-{uid}", driver, vids["fs"]))
             kubectl("patch", "volumesnapshotcontent", f"snapcontent-{uid}", "--subresource=status", "--type=merge",
                     "-p", json.dumps({"status": {"snapshotHandle": sid, "creationTime": created,
                                                  "restoreSize": sizes["fs"], "readyToUse": True}}))
@@ -413,6 +405,7 @@ def test_kubectl_nas_volumes_lists_the_csi_drivers_persistent_volumes(
             assert f"{namespace}/data-dir" in rows[vids["dir"]] and "quota 5" in rows[vids["dir"]]
             assert f"snapshot {sid}" in table.stdout
             assert volume_id(other_driver) not in table.stdout and volume_id(other_array) not in table.stdout
+            assert volume_id(old_name) not in table.stdout
         operator_fixtures_clean(runner)
     finally:
         kubectl("delete", "pvc", "--all", "--wait=false", check=False)

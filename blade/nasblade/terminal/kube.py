@@ -21,8 +21,8 @@ planned move (``takeover``/``giveback``) is the
 answered in ``status.lastMoveRequest`` (same id: ``Succeeded`` or ``Refused`` with the reason)
 and followed in ``status.fileSystems[].blade``.
 
-The CSI driver's volumes (``volumes``) are its PersistentVolumes (driver ``nas.nasblade.io``, the
-volume context naming a DiskArray of the namespace) and VolumeSnapshotContents, both
+The CSI driver's volumes (``volumes``) are its PersistentVolumes (the driver name of a DiskArray
+of the namespace, ``status.csi.driver``, and the volume context naming one of them) and VolumeSnapshotContents, both
 cluster-wide, with the serving group and blade from the ClusterGroup status.
 """
 
@@ -61,7 +61,6 @@ from nasblade.terminal.source import BackupProgress, BackupRequest
 API = "nasblade.io/v1alpha1"
 BACKUP_NOW = "nasblade.io/backup-now"
 MOVE_REQUEST = "nasblade.io/move-request"
-CSI_DRIVER = "nas.nasblade.io"
 SNAPSHOT_API = "snapshot.storage.k8s.io/v1"
 STATES: dict[str, tuple[BladeState, str]] = {
     "Running": ("ok", ""),
@@ -301,6 +300,8 @@ class KubeSource:
         }
         if redundancy:
             view["redundancy"] = redundancy
+        if (st.get("csi") or {}).get("driver"):
+            view["csiDriver"] = str(st["csi"]["driver"])
         return view
 
     def _group(self, cg: dict[str, Any]) -> tuple[Group, list[Backup]]:
@@ -419,12 +420,14 @@ class KubeSource:
         return {"array": array, "from": before, "to": version}
 
     def volumes(self, snapshot: Snapshot) -> VolumeList:
-        """The CSI driver's volumes of this namespace's DiskArrays: the PersistentVolumes of
-        driver ``nas.nasblade.io`` whose volume context names one of them (``diskArray``), with
+        """The CSI driver's volumes of this namespace's DiskArrays: the PersistentVolumes of an
+        array's driver (``status.csi.driver``, one name per array) whose volume context names
+        one of them (``diskArray``), with
         the group and blade serving a file-system volume from the ClusterGroup status, and
         their snapshots from the VolumeSnapshotContents of the driver. Usage is not in any
         resource's status, so it is not shown here (``nasblade volumes --data-dir`` shows it)."""
         refs = {f"{self.namespace}/{a['name']}" for a in snapshot["arrays"]}
+        drivers = {a["csiDriver"] for a in snapshot["arrays"] if a.get("csiDriver")}
         owners = {f["name"]: f for f in snapshot["fileSystems"]}
         problems: list[str] = []
         found: dict[str, Volume] = {}
@@ -432,7 +435,7 @@ class KubeSource:
             csi = (pv.get("spec") or {}).get("csi") or {}
             attrs = csi.get("volumeAttributes") or {}
             vid = str(csi.get("volumeHandle") or "")
-            if csi.get("driver") != CSI_DRIVER or not lunames.csi_volume_id(vid) or \
+            if csi.get("driver") not in drivers or not lunames.csi_volume_id(vid) or \
                     (attrs.get("diskArray") not in refs and vid not in owners):
                 continue
             directory = not attrs.get("lu")
@@ -451,7 +454,7 @@ class KubeSource:
         for c in self._cluster_list("volumesnapshotcontents", version=SNAPSHOT_API, problems=problems):
             spec, st = c.get("spec") or {}, c.get("status") or {}
             vid = str((spec.get("source") or {}).get("volumeHandle") or "")
-            if spec.get("driver") != CSI_DRIVER or vid not in found:
+            if spec.get("driver") not in drivers or vid not in found:
                 continue
             uid = (spec.get("volumeSnapshotRef") or {}).get("uid")
             found[vid]["snapshots"].append({

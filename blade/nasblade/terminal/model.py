@@ -148,6 +148,8 @@ class ArrayView(TypedDict):
     load: dict[str, Any]
     software: dict[str, Any]
     controller: str | None
+    #: the array's CSI driver name (Kubernetes, ``spec.csi.enabled``: ``status.csi.driver``)
+    csiDriver: NotRequired[str]
 
 
 class Snapshot(TypedDict):

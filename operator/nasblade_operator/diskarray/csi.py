@@ -10,6 +10,15 @@ to ``<that role>-array`` (the DiskArray, ClusterGroups and Services). A ClusterR
 cannot be owned by a namespaced object, so ``sync`` deletes it when CSI is turned off and
 ``forget`` when the DiskArray goes; the rest is owned by the DiskArray.
 
+Each array has a driver name of its own (``driver_name``: ``<array>.<namespace>.nas.nasblade.io``,
+or ``spec.csi.driverName``): the upstream sidecars pick their work by driver name alone, so
+with one name for every array each array's csi-snapshotter would act on the other arrays'
+snapshot contents. The operator makes the array's ``CSIDriver`` object (labelled
+``nasblade.io/csi-driver``: the chart's node plugin registers every such name with the
+kubelet) and, with the snapshotter, a ``VolumeSnapshotClass`` of the same name. Both are
+cluster-wide, so, like the ClusterRoleBinding, ``sync`` and ``forget`` delete them; a name
+another array already holds is refused (``DriverNameTaken``).
+
 With the installation's csi-snapshotter image (``settings.csi_snapshotter_image``, the chart's
 ``csi.snapshotter``) the pod has a second container, the upstream external-snapshotter sidecar,
 on the same socket: it turns VolumeSnapshotContents of this driver into CreateSnapshot and
@@ -50,6 +59,44 @@ def binding_name(namespace: str, array: str) -> str:
     return f"nasblade-csi-{namespace}-{array}"[:253]
 
 
+def driver_name(namespace: str, array: str, spec: DiskArraySpec) -> str:
+    """The array's CSI driver name: ``spec.csi.driverName`` (e.g. ``nas.nasblade.io`` for volumes
+    made before names were per array), else ``naming.csi_driver_name``."""
+    return spec.csi.driver_name or naming.csi_driver_name(namespace, array)
+
+
+def owner_labels(namespace: str, array: str) -> dict[str, str]:
+    """Labels of the cluster-wide objects: which array they belong to."""
+    return {**labels(array), "nasblade.io/namespace": namespace}
+
+
+def csi_driver(namespace: str, array: str, driver: str) -> dict[str, Any]:
+    """The CSIDriver object: NFS needs no attach step (the node plugin mounts on NodeStage), an
+    NFS mount is shared (the kubelet does not chown it to a pod's fsGroup)."""
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "CSIDriver",
+        "metadata": {"name": driver, "labels": {**owner_labels(namespace, array), naming.L_CSI_DRIVER: "true"}},
+        "spec": {"attachRequired": False, "podInfoOnMount": False, "fsGroupPolicy": "None",
+                 "volumeLifecycleModes": ["Persistent"]},
+    }
+
+
+def snapshot_class(namespace: str, array: str, driver: str, *, deletion_policy: str = "Delete") -> dict[str, Any]:
+    """The VolumeSnapshotClass of the array's driver, named like it: VolumeSnapshots that name
+    it become CreateSnapshot calls of this array's plugin. It is the default class of its
+    driver (the snapshot-controller picks a driver's default for a VolumeSnapshot that names no
+    class, from the driver of the claim's volume), so ``kubectl`` users need not name it."""
+    return {
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshotClass",
+        "metadata": {"name": driver, "labels": owner_labels(namespace, array),
+                     "annotations": {"snapshot.storage.k8s.io/is-default-class": "true"}},
+        "driver": driver,
+        "deletionPolicy": deletion_policy,
+    }
+
+
 def labels(array: str) -> dict[str, str]:
     return {**naming.common_labels(component=COMPONENT, instance=array), naming.L_ARRAY: array}
 
@@ -63,8 +110,7 @@ def cluster_role_binding(namespace: str, array: str, *, role: str) -> dict[str, 
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
-        "metadata": {"name": binding_name(namespace, array),
-                     "labels": {**labels(array), "nasblade.io/namespace": namespace}},
+        "metadata": {"name": binding_name(namespace, array), "labels": owner_labels(namespace, array)},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": name(array), "namespace": namespace}],
     }
@@ -102,6 +148,7 @@ def deployment(namespace: str, array: str, spec: DiskArraySpec, *, image: str,
     nbd = endpoints.controller_nbd(namespace, array)
     args = [
         "--role", "controller", "--provision",
+        "--driver-name", driver_name(namespace, array, spec),
         "--endpoint", f"unix://{SOCKET_DIR}/csi.sock",
         "--diskarray", f"{namespace}/{array}",
         "--cluster-group", spec.csi.cluster_group,
@@ -158,6 +205,34 @@ class NoClusterRole(Exception):
     """``spec.csi.enabled`` on an installation without the CSI ClusterRole."""
 
 
+class DriverNameTaken(Exception):
+    """The array's CSI driver name is another array's (or not the operator's)."""
+
+
+def _ours(obj: dict[str, Any], namespace: str, array: str) -> bool:
+    have = obj.get("metadata", {}).get("labels") or {}
+    return have.get(naming.L_ARRAY) == array and have.get("nasblade.io/namespace") == namespace
+
+
+async def _delete_cluster_objects(k: kube.Kube, *, array: str, namespace: str, keep: str = "") -> list[str]:
+    """Delete the array's CSIDriver and VolumeSnapshotClass objects (all but ``keep``): found by
+    label, so a renamed driver's old objects go too; another array's never."""
+    gone: list[str] = []
+    for kind in ("CSIDriver", "VolumeSnapshotClass"):
+        try:
+            objs = await k.list(kind, namespace="", selector={naming.L_ARRAY: array, "nasblade.io/namespace": namespace})
+        except kube.KubeError as exc:
+            if exc.status == 404 and kind == "VolumeSnapshotClass":
+                continue  # the cluster does not serve the VolumeSnapshot API
+            raise
+        for obj in objs:
+            obj_name = obj["metadata"]["name"]
+            if obj_name != keep and _ours(obj, namespace, array) \
+                    and await k.delete(kind, obj_name, namespace=""):
+                gone.append(f"deleted {kind} {obj_name}")
+    return gone
+
+
 async def sync(k: kube.Kube, body: kopf.Body, spec: DiskArraySpec, *, array: str, namespace: str,
                image: str, role: str, defaults: podspec.PodDefaults, snapshotter: str = "") -> list[str]:
     """Make (or, with CSI off, remove) the plugin's objects; returns what changed, for an Event."""
@@ -169,10 +244,30 @@ async def sync(k: kube.Kube, body: kopf.Body, spec: DiskArraySpec, *, array: str
                                    ("ServiceAccount", name(array), namespace)):
             if await k.delete(kind, obj_name, namespace=ns):
                 changed.append(f"deleted {kind} {obj_name}")
-        return changed
+        return changed + await _delete_cluster_objects(k, array=array, namespace=namespace)
     if not role:
         raise NoClusterRole("spec.csi.enabled needs the CSI ClusterRole: install the chart with "
                             "csi.enabled=true (NASBLADE_CSI_CLUSTER_ROLE), or set csi.enabled false")
+    driver = driver_name(namespace, array, spec)
+    for obj in (csi_driver(namespace, array, driver),
+                *([snapshot_class(namespace, array, driver, deletion_policy=spec.csi.snapshot_deletion_policy)]
+                  if snapshotter else [])):
+        try:
+            existing, created = await k.create(obj)
+        except kube.KubeError as exc:
+            if exc.status == 404 and obj["kind"] == "VolumeSnapshotClass":
+                continue  # no VolumeSnapshot API in this cluster: nothing to name
+            raise
+        if created:
+            changed.append(f"{obj['kind']} {driver}")
+        elif _ours(existing, namespace, array):
+            if obj["kind"] == "VolumeSnapshotClass" and existing.get("deletionPolicy") != obj["deletionPolicy"]:
+                await k.patch("VolumeSnapshotClass", driver, {"deletionPolicy": obj["deletionPolicy"]}, namespace="")
+                changed.append(f"VolumeSnapshotClass {driver}: deletionPolicy {obj['deletionPolicy']}")
+        else:
+            raise DriverNameTaken(f"the CSI driver name {driver} is taken by {obj['kind']} {driver} of "
+                                  f"{_owner(existing)}: set spec.csi.driverName to a name of this array's own")
+    changed += await _delete_cluster_objects(k, array=array, namespace=namespace, keep=driver)
     sa = service_account(array)
     rb = role_binding(namespace, array, role=role)
     dep = deployment(namespace, array, spec, image=image, defaults=defaults, snapshotter=snapshotter)
@@ -192,7 +287,16 @@ async def sync(k: kube.Kube, body: kopf.Body, spec: DiskArraySpec, *, array: str
     return changed
 
 
+def _owner(obj: dict[str, Any]) -> str:
+    have = obj.get("metadata", {}).get("labels") or {}
+    if naming.L_ARRAY in have:
+        return f"DiskArray {have.get('nasblade.io/namespace', '?')}/{have[naming.L_ARRAY]}"
+    return "another installation (no nasblade.io/disk-array label)"
+
+
 async def forget(k: kube.Kube, *, array: str, namespace: str) -> None:
-    """The DiskArray is going: its ClusterRoleBinding too (the rest goes with the owner)."""
+    """The DiskArray is going: its ClusterRoleBinding, CSIDriver and VolumeSnapshotClass too (the
+    rest goes with the owner)."""
     await k.delete("ClusterRoleBinding", binding_name(namespace, array), namespace="")
+    await _delete_cluster_objects(k, array=array, namespace=namespace)
 

@@ -166,6 +166,11 @@ async def reconcile(
         "service": naming.controller_name(name),
         "tokenSecret": naming.token_secret_name(name),
     }
+    if parsed.csi.enabled:
+        patch.status["csi"] = {"driver": csi.driver_name(namespace, name, parsed),
+                               "controller": csi.name(name)}
+    elif status.get("csi"):
+        patch.status["csi"] = None
     patch.status["areas"] = {
         "program": naming.LU_PROGRAM,
         "processorInfo": naming.LU_PROCESSOR_INFO,
@@ -257,7 +262,7 @@ async def _ensure_children(
         created += await csi.sync(k, body, parsed, array=name, namespace=namespace, image=image,
                                   role=settings.current().csi_cluster_role, defaults=settings.current().pod_defaults,
                                   snapshotter=settings.current().csi_snapshotter_image)
-    except csi.NoClusterRole as exc:  # the rest of the array is unaffected
+    except (csi.NoClusterRole, csi.DriverNameTaken) as exc:  # the rest of the array is unaffected
         events.warning(body, "CsiRefused", str(exc))
     if created:
         events.normal(body, "Created", ", ".join(created))

@@ -10,19 +10,21 @@ the ones CEL cannot express, such as whether everything fits on the devices.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from nasblade.controller import redundancy
 from nasblade.fs import layout as fs_layout
 
-from nasblade_operator import podspec, validation
+from nasblade_operator import naming, podspec, validation
 
 MIB = 2**20
 #: Space the controller keeps per device for its own metadata (superblock, LU table, journal).
 #: Conservative; the controller's own answer (507 no space) is the final word.
 DEVICE_OVERHEAD = 16 * MIB
 MIN_PORTION = 1 * MIB
+_DRIVER_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 
 DeletionPolicy = Literal["Retain", "Delete"]
 Access = Literal["rw", "ro"]
@@ -95,6 +97,10 @@ class Csi:
     cluster_group: str = ""
     #: the client CIDRs a volume is exported to when its StorageClass names none
     clients: tuple[str, ...] = ()
+    #: the CSI driver name, when not the array's own (``naming.csi_driver_name``)
+    driver_name: str = ""
+    #: the deletion policy of the array's VolumeSnapshotClass
+    snapshot_deletion_policy: str = "Delete"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +172,15 @@ def _csi(c: validation.Collector, d: Mapping[str, Any]) -> Csi:
     if enabled and not group:
         c.add("spec.csi.clusterGroup", "is required when csi.enabled is true")
     clients = tuple(c.cidr(f"spec.csi.clients[{i}]", v) for i, v in enumerate(d.get("clients") or []))
-    return Csi(enabled=enabled, cluster_group=group, clients=clients)
+    driver = str(d.get("driverName") or "")
+    if driver and not (len(driver) <= naming.CSI_DRIVER_MAX and _DRIVER_NAME.fullmatch(driver)):
+        c.add("spec.csi.driverName", "must be at most 63 lowercase letters, digits, '-' and '.', "
+                                     "beginning and ending with a letter or digit")
+    policy = str(d.get("snapshotDeletionPolicy") or "Delete")
+    if policy not in ("Delete", "Retain"):
+        c.add("spec.csi.snapshotDeletionPolicy", "must be Delete or Retain")
+    return Csi(enabled=enabled, cluster_group=group, clients=clients, driver_name=driver,
+               snapshot_deletion_policy=policy)
 
 
 def _devices(c: validation.Collector, d: Mapping[str, Any]) -> Devices:

@@ -1,6 +1,6 @@
 """List the CSI driver's volumes: file systems of their own and directory volumes, with snapshots.
 
-``nasblade volumes`` shows each volume of the CSI driver (``nas.nasblade.io``, docs/csi.md):
+``nasblade volumes`` shows each volume of the CSI driver (one driver name per array, docs/csi.md):
 its id, mode (``filesystem``: a file system of its own on an LU, served by a cluster group;
 ``directory``: a directory with a tree quota in a shared file system), the file system, the
 cluster group and blade serving it, its size or quota, the bytes and files used where the
