@@ -231,8 +231,19 @@ class DiskArrayExports:
 
     # -- publish / unpublish -------------------------------------------------------------------
 
+    def _this_array(self, parameters: Mapping[str, str]) -> None:
+        """A StorageClass may name its DiskArray (``diskArray``); it must be this driver's: each
+        array has a driver name of its own, so a class of this driver that names another array
+        is a mistake to report, not a volume to make here."""
+        named = parameters.get("diskArray", "")
+        if named and named != self.ref:
+            raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"the StorageClass names DiskArray {named}, but this driver serves DiskArray {self.ref}: "
+                           f"use the provisioner in DiskArray {named}'s status.csi.driver, or drop the parameter")
+
     def entry(self, volume: str, size: int, parameters: Mapping[str, str]) -> dict[str, Any]:
         """The DiskArray ``spec.fileSystems[]`` entry of ``volume``."""
+        self._this_array(parameters)
         group = parameters.get("clusterGroup") or self.group
         if not group:
             raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -376,6 +387,7 @@ class DiskArrayExports:
 
     def publish_directory(self, volume: str, size: int, parameters: Mapping[str, str], *,
                           source: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
+        self._this_array(parameters)
         if parameters.get("exportPolicy", "cidrs") != "cidrs":
             raise CsiError(grpc.StatusCode.INVALID_ARGUMENT,
                            "a directory volume is exported with its shared file system: exportPolicy cidrs only")

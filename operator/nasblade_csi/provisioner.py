@@ -1,10 +1,11 @@
 """The jobs of the CSI provisioner and resizer sidecars, done inside the driver's controller
-plugin (``nasblade-csi --provision``).
+plugin (``nasblade-csi --provision``), and the one job no sidecar does: exports narrowed to the
+nodes that mount.
 
-The upstream sidecars (kubernetes-csi external-provisioner, external-resizer) cannot be built
-here: the Go module proxy refuses their modules (docs/csi.md). Their contract with Kubernetes
-is small and documented, so the driver keeps it itself, calling its own controller service in
-the same process:
+The upstream sidecars (kubernetes-csi external-provisioner, external-resizer) run beside the
+plugin where the installation has their images (the chart's default, docs/csi.md); without
+them the driver keeps their small, documented contract with Kubernetes itself, calling its own
+controller service in the same process:
 
 - **provision**: a PersistentVolumeClaim of a StorageClass whose ``provisioner`` is this
   driver's name (``--driver-name``: one name and one controller plugin per array; the node
@@ -25,6 +26,10 @@ the same process:
   expansion → ``ControllerExpandVolume`` (offline: the serving blade lets the file system go
   while it grows), then the PersistentVolume's capacity and the claim's ``status.capacity``.
 
+Where the upstream sidecars run beside the driver (the operator's plugin pod with the chart's
+``csi.provisioner`` and ``csi.resizer``), they do the provision, delete and resize jobs, and the
+driver keeps the one they have no counterpart for: ``--provision-jobs exports``.
+
 Level-triggered: every ``interval`` seconds one pass lists StorageClasses, claims and volumes
 and queues what is due for a pool of workers (claims side by side, each object by one worker
 at a time), so a restarted driver finishes whatever a crash interrupted (each CSI call is
@@ -41,7 +46,7 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import grpc
@@ -55,6 +60,9 @@ log = logging.getLogger(__name__)
 pb, _ = proto.load()
 
 ANN_PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
+#: the jobs (``--provision-jobs``): claims into volumes, released volumes deleted, claims grown,
+#: exports narrowed to the nodes that mount
+JOBS = ("provision", "delete", "resize", "exports")
 ANN_SELECTED_NODE = "volume.kubernetes.io/selected-node"
 ACCESS_MODES = {"ReadWriteOnce": 1, "ReadOnlyMany": 3, "ReadWriteMany": 5, "ReadWriteOncePod": 6}
 """Kubernetes access mode → CSI ``VolumeCapability.AccessMode.Mode`` (SINGLE_NODE_WRITER,
@@ -143,13 +151,20 @@ def persistent_volume(claim: Mapping[str, Any], sc: Mapping[str, Any], volume: A
 
 class Provisioner:
     def __init__(self, api: pykube.HTTPClient, controller: Any, *, array: str = "", interval: float = 2.0,
-                 workers: int = 8, driver_name: str = DRIVER_NAME) -> None:
+                 workers: int = 8, driver_name: str = DRIVER_NAME, jobs: Collection[str] = JOBS) -> None:
         self.api = api
         self.controller = controller
         self.array = array
         """``NAMESPACE/NAME`` of the DiskArray this driver serves (``--diskarray``): the volumes it
         deletes and grows are those of its driver name whose context names this array."""
         self.driver_name = driver_name
+        unknown = set(jobs) - set(JOBS)
+        if unknown:
+            raise ValueError(f"unknown provisioner jobs {sorted(unknown)}: of {', '.join(JOBS)}")
+        self.jobs = frozenset(jobs)
+        """What this provisioner does (``--provision-jobs``): all of ``JOBS`` alone; with the
+        upstream external-provisioner beside it, not ``provision`` and ``delete``; with the
+        external-resizer, not ``resize``."""
         self.interval = interval
         # A CreateVolume waits until the group serves the volume (tens of seconds): claims are
         # worked on side by side, each by one worker at a time (``_busy``), so ten claims cost
@@ -239,15 +254,17 @@ class Provisioner:
             phase = claim.get("status", {}).get("phase")
             key = f"claim/{claim['metadata'].get('uid')}"
             if phase == "Pending" and not claim["spec"].get("volumeName"):
-                self._submit(key, self._provision, claim, sc, volumes)
-            elif phase == "Bound":
+                if "provision" in self.jobs:
+                    self._submit(key, self._provision, claim, sc, volumes)
+            elif phase == "Bound" and "resize" in self.jobs:
                 pv = volumes.get(claim["spec"].get("volumeName") or "")
                 if pv is not None and self._mine_pv(pv):
                     self._submit(key, self._resize, claim, sc, pv)
-        for pv in volumes.values():
-            self._submit(f"pv/{pv['metadata']['name']}", self._delete, pv)
+        if "delete" in self.jobs:
+            for pv in volumes.values():
+                self._submit(f"pv/{pv['metadata']['name']}", self._delete, pv)
         narrowed = {name for name, sc in classes.items() if (sc.get("parameters") or {}).get("exportPolicy") == "nodes"}
-        if narrowed:
+        if narrowed and "exports" in self.jobs:
             self._submit("exports", self._narrow_exports, narrowed, volumes, claims)
 
     # -- exports narrowed to the nodes that mount (exportPolicy: nodes) ------------------------
@@ -310,13 +327,6 @@ class Provisioner:
         if name in volumes:
             return  # made; the binder binds it
         ns, claim_name = claim["metadata"]["namespace"], claim["metadata"]["name"]
-        named = str((sc.get("parameters") or {}).get("diskArray", ""))
-        if named and named != self.array:
-            self._event(claim, "Warning", "ProvisioningFailed",
-                        f"{self.driver_name}: StorageClass {sc['metadata']['name']} names DiskArray {named}, "
-                        f"but {self.driver_name} is the driver of DiskArray {self.array}: use the "
-                        f"provisioner in DiskArray {named}'s status.csi.driver, or drop the parameter")
-            return
         try:
             request = pb.CreateVolumeRequest(
                 name=name, capacity_range=pb.CapacityRange(required_bytes=requested(claim)),

@@ -92,6 +92,10 @@ class OperatorConfig:
     csi_cluster_role: str = ""
     #: the csi-snapshotter sidecar's image in each CSI controller plugin; empty: none
     csi_snapshotter_image: str = ""
+    #: the external-provisioner and external-resizer sidecars' images; empty: the driver does
+    #: that job itself (``nasblade_csi.provisioner``)
+    csi_provisioner_image: str = ""
+    csi_resizer_image: str = ""
     #: placement and resources of controller and blade pods where their resources say nothing
     controller_defaults: podspec.RoleDefaults = dataclasses.field(default_factory=podspec.RoleDefaults)
     blade_defaults: podspec.RoleDefaults = dataclasses.field(default_factory=podspec.RoleDefaults)
@@ -140,6 +144,8 @@ class OperatorConfig:
             cert_propagation=_duration(e, "NASBLADE_CERT_PROPAGATION", "10m"),
             csi_cluster_role=e.get("NASBLADE_CSI_CLUSTER_ROLE", "").strip(),
             csi_snapshotter_image=e.get("NASBLADE_CSI_SNAPSHOTTER_IMAGE", "").strip(),
+            csi_provisioner_image=e.get("NASBLADE_CSI_PROVISIONER_IMAGE", "").strip(),
+            csi_resizer_image=e.get("NASBLADE_CSI_RESIZER_IMAGE", "").strip(),
         )
 
 

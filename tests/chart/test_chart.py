@@ -232,6 +232,8 @@ def test_values_reach_the_operator(render: Render) -> None:
                    "NASBLADE_LOG_FORMAT": "json", "NASBLADE_METRICS_SCRAPER": json.dumps(DEFAULT_SCRAPER, separators=(",", ":")),
                    "NASBLADE_CSI_CLUSTER_ROLE": "nb-nasblade-csi-controller",
                    "NASBLADE_CSI_SNAPSHOTTER_IMAGE": SNAPSHOTTER_IMAGE,
+                   "NASBLADE_CSI_PROVISIONER_IMAGE": "registry.k8s.io/sig-storage/csi-provisioner:v5.3.0",
+                   "NASBLADE_CSI_RESIZER_IMAGE": "registry.k8s.io/sig-storage/csi-resizer:v1.14.0",
                    "NASBLADE_POD_DEFAULTS": json.dumps({r: {"nodeSelector": {}, "priorityClassName": "", "resources": {},
                                                             "tolerations": []} for r in ("blades", "controller")},
                                                        separators=(",", ":")),
@@ -415,15 +417,65 @@ def test_csi_snapshotter_reaches_the_operator_and_the_plugin_role(render: Render
     other = operator_container(render("csi.snapshotter.image=reg.example/snap:1"))
     assert {"name": "NASBLADE_CSI_SNAPSHOTTER_IMAGE", "value": "reg.example/snap:1"} in other["env"]
 
-    off = render("csi.snapshotter.enabled=false")
+    off = render("csi.snapshotter.enabled=false", "csi.provisioner.enabled=false", "csi.resizer.enabled=false")
     assert "NASBLADE_CSI_SNAPSHOTTER_IMAGE" not in {e["name"] for e in operator_container(off)["env"]}
     off_rules = set(_rules(csi_role(off)))
     assert ("snapshot.storage.k8s.io", "volumesnapshotcontents/status", "patch") not in off_rules
     assert not any(g == "groupsnapshot.storage.k8s.io" or r == "volumesnapshotclasses" for g, r, _ in off_rules)
-    assert {v for _, r, v in off_rules if r in ("volumesnapshots", "volumesnapshotcontents")} == {"get"}
+    assert {v for _, r, v in off_rules if r in ("volumesnapshots", "volumesnapshotcontents")} == {"get", "list"}
     assert {v for _, r, v in off_rules if r == "events"} == {"create"}
     nocsi = render("csi.enabled=false")
     assert "NASBLADE_CSI_SNAPSHOTTER_IMAGE" not in {e["name"] for e in operator_container(nocsi)["env"]}
+
+
+# what the upstream external-provisioner and external-resizer need (their deploy/kubernetes/rbac.yaml
+# of v5.3.0 and v1.14.0, without leader election's Leases)
+PROVISIONER_RULES = {(g, r, v) for g, r, verbs in (
+    ("", "persistentvolumes", "get list watch create patch delete"),
+    ("", "persistentvolumeclaims", "get list watch update"),
+    ("storage.k8s.io", "storageclasses", "get list watch"),
+    ("", "events", "list watch create update patch"),
+    ("snapshot.storage.k8s.io", "volumesnapshots", "get list"),
+    ("snapshot.storage.k8s.io", "volumesnapshotcontents", "get list"),
+    ("storage.k8s.io", "csinodes", "get list watch"),
+    ("", "nodes", "get list watch"),
+    ("storage.k8s.io", "volumeattachments", "get list watch")) for v in verbs.split()}
+RESIZER_RULES = {(g, r, v) for g, r, verbs in (
+    ("", "persistentvolumes", "get list watch patch"),
+    ("", "persistentvolumeclaims", "get list watch"),
+    ("", "pods", "get list watch"),
+    ("", "persistentvolumeclaims/status", "patch"),
+    ("", "events", "list watch create update patch"),
+    ("storage.k8s.io", "volumeattributesclasses", "get list watch")) for v in verbs.split()}
+
+
+def test_csi_provisioner_and_resizer_reach_the_operator_and_the_plugin_role(render: Render) -> None:
+    """csi.provisioner and csi.resizer (on by default): the operator gets the upstream sidecars'
+    images, and the plugin's ClusterRole grants what they need, with or without the
+    snapshotter; off: no variable, and the role loses what only they need."""
+    from nasblade_operator import settings
+
+    objs = render()
+    env = {e["name"]: e.get("value") for e in operator_container(objs)["env"]}
+    assert env["NASBLADE_CSI_PROVISIONER_IMAGE"] == "registry.k8s.io/sig-storage/csi-provisioner:v5.3.0"
+    assert env["NASBLADE_CSI_RESIZER_IMAGE"] == "registry.k8s.io/sig-storage/csi-resizer:v1.14.0"
+    config = settings.OperatorConfig.from_env(env)
+    assert (config.csi_provisioner_image, config.csi_resizer_image) == (
+        env["NASBLADE_CSI_PROVISIONER_IMAGE"], env["NASBLADE_CSI_RESIZER_IMAGE"])
+    for values in ((), ("csi.snapshotter.enabled=false",)):
+        rules = set(_rules(csi_role(render(*values))))
+        assert rules >= PROVISIONER_RULES | RESIZER_RULES, sorted(PROVISIONER_RULES | RESIZER_RULES - rules)
+        assert not any(r == "leases" or "*" in (g, r, v) for g, r, v in rules)
+    other = operator_container(render("csi.provisioner.image=reg.example/prov:1", "csi.resizer.image=reg.example/res:1"))
+    assert {"name": "NASBLADE_CSI_PROVISIONER_IMAGE", "value": "reg.example/prov:1"} in other["env"]
+    assert {"name": "NASBLADE_CSI_RESIZER_IMAGE", "value": "reg.example/res:1"} in other["env"]
+    off = render("csi.provisioner.enabled=false", "csi.resizer.enabled=false")
+    names = {e["name"] for e in operator_container(off)["env"]}
+    assert not names & {"NASBLADE_CSI_PROVISIONER_IMAGE", "NASBLADE_CSI_RESIZER_IMAGE"}
+    off_rules = set(_rules(csi_role(off)))
+    assert not {r for _, r, _ in off_rules} & {"csinodes", "volumeattachments", "volumeattributesclasses"}
+    assert {v for _, r, v in off_rules if r == "persistentvolumeclaims"} == {"get", "list", "watch"}
+    assert {v for _, r, v in off_rules if r in ("pods", "nodes")} == {"list"}
 
 
 def test_snapshot_controller_is_asked_for_and_hardened(render: Render) -> None:
@@ -771,6 +823,34 @@ def test_examples_pass_the_crd_schemas(crds_applied: str) -> None:
     assert kinds["ClusterGroup"]["metadata"]["name"] in fs_groups
     ns = _restricted_namespace(crds_applied)
     r = _kubectl(crds_applied, "-n", ns, "create", "--dry-run=server", "-f", str(REPO / "examples"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("(server dry run)") == len(docs)
+
+
+@pytest.mark.tier1
+def test_csi_examples_pass_the_api_server(crds_applied: str) -> None:
+    """examples/csi: StorageClasses of the example DiskArray's driver (its name in namespace
+    default), naming the example's group and shared file system, and claims, a VolumeSnapshot,
+    a restore and a clone of them that the API server accepts (with the VolumeSnapshot CRDs)."""
+    from nasblade_operator import naming
+
+    def kubectl(*args: str) -> None:
+        r = _kubectl(crds_applied, *args)
+        assert r.returncode == 0, r.stderr
+
+    array = next(d for d in yaml.safe_load_all((REPO / "examples" / "diskarray.yaml").read_text())
+                 if d and d["kind"] == "DiskArray")
+    docs = [d for p in sorted((REPO / "examples" / "csi").glob("*.yaml"))
+            for d in yaml.safe_load_all(Path(p).read_text()) if d]
+    classes = {d["metadata"]["name"]: d for d in docs if d["kind"] == "StorageClass"}
+    assert {c["provisioner"] for c in classes.values()} == {naming.csi_driver_name("default", array["metadata"]["name"])}
+    assert classes["nasblade"]["parameters"]["clusterGroup"] in {f["clusterGroup"] for f in array["spec"]["fileSystems"]}
+    assert classes["nasblade-dirs"]["parameters"]["fileSystem"] in {f["name"] for f in array["spec"]["fileSystems"]}
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    assert {c["spec"]["storageClassName"] for c in claims.values()} == set(classes)
+    nbcluster.install_snapshot_crds(kubectl)
+    ns = _restricted_namespace(crds_applied)
+    r = _kubectl(crds_applied, "-n", ns, "create", "--dry-run=server", "-f", str(REPO / "examples" / "csi"))
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("(server dry run)") == len(docs)
 

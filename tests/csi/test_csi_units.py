@@ -138,9 +138,8 @@ def test_the_provisioner_works_on_claims_side_by_side_and_on_each_once() -> None
 
 def test_the_provisioner_takes_the_classes_of_its_own_driver_name() -> None:
     """One driver name per array: a class of another array's driver is not this provisioner's
-    (left alone, no Event); a class of this driver that names another DiskArray is refused with
-    a Warning that says what to use; a class of this driver without ``diskArray``, or naming this
-    array, is provisioned, and its PersistentVolume carries this driver's name."""
+    (left alone, no Event); the classes of this driver are provisioned, and their
+    PersistentVolumes carry this driver's name."""
     from nasblade_csi.provisioner import Provisioner
 
     made: list[str] = []
@@ -153,7 +152,6 @@ def test_the_provisioner_takes_the_classes_of_its_own_driver_name() -> None:
     me, other = "a1.ns.nas.nasblade.io", "a2.ns.nas.nasblade.io"
     classes = [{"metadata": {"name": "mine"}, "provisioner": me, "parameters": {}},
                {"metadata": {"name": "named"}, "provisioner": me, "parameters": {"diskArray": "ns/a1"}},
-               {"metadata": {"name": "wrong"}, "provisioner": me, "parameters": {"diskArray": "ns/a2"}},
                {"metadata": {"name": "theirs"}, "provisioner": other, "parameters": {"diskArray": "ns/a2"}}]
     claims = [{"metadata": {"name": sc["metadata"]["name"], "namespace": "ns", "uid": sc["metadata"]["name"]},
                "status": {"phase": "Pending"},
@@ -165,20 +163,33 @@ def test_the_provisioner_takes_the_classes_of_its_own_driver_name() -> None:
     p = Provisioner(None, Controller(), array="ns/a1", workers=1, driver_name=me)  # type: ignore[arg-type]
     p._items = lambda path: listed[path]  # type: ignore[method-assign]
     p._request = lambda method, path, body=None, **_: posted.append((path, body))  # type: ignore[method-assign,misc]
-    assert [sc["metadata"]["name"] for sc in classes if p.mine(sc)] == ["mine", "named", "wrong"]
+    assert [sc["metadata"]["name"] for sc in classes if p.mine(sc)] == ["mine", "named"]
     p.pass_once()
     deadline = time.monotonic() + 10
-    while len([b for _, b in posted if b["kind"] != "Event" or b["reason"] == "ProvisioningFailed"]) < 3 \
-            and time.monotonic() < deadline:
+    while len([b for path, b in posted if path == "/api/v1/persistentvolumes"]) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert sorted(made) == ["pvc-mine", "pvc-named"]
     pvs = [b for path, b in posted if path == "/api/v1/persistentvolumes"]
     assert {pv["spec"]["csi"]["driver"] for pv in pvs} == {me}
     assert {pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"] for pv in pvs} == {me}
-    failed = [b for _, b in posted if b["kind"] == "Event" and b["reason"] == "ProvisioningFailed"]
-    assert [e["involvedObject"]["name"] for e in failed] == ["wrong"]
-    assert "names DiskArray ns/a2" in failed[0]["message"] and "status.csi.driver" in failed[0]["message"]
     assert not [b for _, b in posted if b["kind"] == "Event" and b["involvedObject"]["name"] == "theirs"]
+
+
+def test_a_class_of_this_driver_naming_another_array_is_refused() -> None:
+    """Whoever calls CreateVolume (the upstream provisioner or the driver's own), a class whose
+    ``diskArray`` names another array is INVALID_ARGUMENT with what to use instead, before
+    anything is made; naming this array, or none, passes."""
+    from nasblade_csi.exports import DiskArrayExports
+
+    exports = DiskArrayExports(None, namespace="ns", array="a1", group="g1", clients=("10.0.0.0/8",))  # type: ignore[arg-type]
+    with pytest.raises(CsiError) as exc:
+        exports.entry("pv-x", 64 * MiB, {"diskArray": "ns/a2"})
+    assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "names DiskArray ns/a2" in str(exc.value) and "status.csi.driver" in str(exc.value)
+    with pytest.raises(CsiError):
+        exports.publish_directory("pv-x", MiB, {"diskArray": "other/a1", "layout": "directory", "fileSystem": "home"})
+    assert exports.entry("pv-x", 64 * MiB, {"diskArray": "ns/a1"})["clusterGroup"] == "g1"
+    assert exports.entry("pv-x", 64 * MiB, {})["exports"][0]["clients"] == ["10.0.0.0/8"]
 
 
 def test_a_volume_is_exported_to_the_nodes_whose_pods_use_it() -> None:

@@ -26,8 +26,8 @@ import nbcluster
 from e2elib import (
     CHART,
     CLIENT_IMAGE,
+    CSI_SIDECAR_VALUES,
     REPO,
-    SNAPSHOT_VALUES,
     Kube,
     adopt_crds,
     condition,
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     install_snapshot_crds(kube)  # the VolumeSnapshot API, as a distribution would ship it
     kube.helm("upgrade", "--install", "nasblade", str(CHART), "-n", OPERATOR_NS,
               "--create-namespace", "--set", f"image.repository={repo}", "--set",
-              f"image.tag={tag}", *SNAPSHOT_VALUES, "--wait", "--timeout", "5m")
+              f"image.tag={tag}", *CSI_SIDECAR_VALUES, "--wait", "--timeout", "5m")
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}))
     nbcluster.log(f"applying examples/ in namespace {NAMESPACE}")

@@ -95,15 +95,20 @@ def adopt_crds(kube: Kube, *, release: str, namespace: str) -> None:
                      f"meta.helm.sh/release-namespace={namespace}")
 
 
-# the upstream snapshot machinery the chart runs with the CSI driver (csi.snapshotter in each
-# CSI controller plugin, csi.snapshotController), built here (tools/kube/build.sh snapshotter)
+# the upstream kubernetes-csi machinery the chart runs with the CSI driver (csi.provisioner,
+# csi.resizer and csi.snapshotter in each CSI controller plugin, csi.snapshotController), built
+# here (tools/kube/build.sh snapshotter provisioner resizer)
 SNAPSHOTTER_IMAGE = nbcluster.VERSIONS["SNAPSHOTTER_IMAGE"]
 SNAPSHOT_CONTROLLER_IMAGE = nbcluster.VERSIONS["SNAPSHOT_CONTROLLER_IMAGE"]
+PROVISIONER_IMAGE = nbcluster.VERSIONS["PROVISIONER_IMAGE"]
+RESIZER_IMAGE = nbcluster.VERSIONS["RESIZER_IMAGE"]
 #: ``helm install`` values for them on the local clusters, which run no snapshot-controller and
-#: pull no image (install_snapshot_crds first, for the chart's VolumeSnapshotClass)
-SNAPSHOT_VALUES = ("--set", f"csi.snapshotter.image={SNAPSHOTTER_IMAGE}",
-                   "--set", "csi.snapshotController.enabled=true",
-                   "--set", f"csi.snapshotController.image={SNAPSHOT_CONTROLLER_IMAGE}")
+#: pull no image (install_snapshot_crds first, for the VolumeSnapshotClasses)
+CSI_SIDECAR_VALUES = ("--set", f"csi.provisioner.image={PROVISIONER_IMAGE}",
+                      "--set", f"csi.resizer.image={RESIZER_IMAGE}",
+                      "--set", f"csi.snapshotter.image={SNAPSHOTTER_IMAGE}",
+                      "--set", "csi.snapshotController.enabled=true",
+                      "--set", f"csi.snapshotController.image={SNAPSHOT_CONTROLLER_IMAGE}")
 
 
 def install_snapshot_crds(kube: Kube) -> None:

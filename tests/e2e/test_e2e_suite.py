@@ -25,10 +25,10 @@ import yaml
 from e2elib import (
     CHART,
     CLIENT_IMAGE,
+    CSI_SIDECAR_VALUES,
     IMAGE,
     RELEASE_NS,
     REPO,
-    SNAPSHOT_VALUES,
     Kube,
     condition,
     kill_container,
@@ -72,7 +72,7 @@ def test_step1_helm_install_operator_ready(kube: Kube, release: str) -> None:
               "--set", "csi.node.enabled=true",  # the CSI node plugin (step 3e)
               # VolumeSnapshots (step 3h): the sidecar in each CSI controller plugin, and the
               # cluster's snapshot-controller, which this cluster does not run by itself
-              *SNAPSHOT_VALUES,
+              *CSI_SIDECAR_VALUES,
               "--wait", "--timeout", "5m")
     status = kube.helm("status", release, "-n", RELEASE_NS).stdout
     assert "STATUS: deployed" in status
@@ -537,7 +537,16 @@ def test_step3e_a_claim_becomes_a_volume_through_the_csi_plugin(kube: Kube, rele
         attrs = pv["spec"]["csi"]["volumeAttributes"]
         vid = pv["spec"]["csi"]["volumeHandle"]
         assert pv["spec"]["csi"]["driver"] == driver and attrs["diskArray"] == f"{ns}/{ARRAY}"
+        # made by the upstream external-provisioner sidecar (its identity in the context), not
+        # by the plugin, which keeps only the export narrowing
+        assert attrs["storage.kubernetes.io/csiProvisionerIdentity"].endswith(driver), attrs
+        pod = kube.json("-n", ns, "get", "pods", "-l", "app.kubernetes.io/component=csi-controller")["items"][0]
+        args = pod["spec"]["containers"][0]["args"]
+        assert args[args.index("--provision-jobs") + 1] == "exports", args
         assert vid in [f["name"] for f in _array(kube, ns)["spec"]["fileSystems"]]
+        # the operator's view: the array's status lists it as a volume of its driver
+        kube.wait("the volume in the DiskArray's status.csi", lambda: vid in (
+            (_array(kube, ns).get("status") or {}).get("csi") or {}).get("volumes", []), timeout=60, interval=1)
         url = f"nfs://{attrs['server']}{attrs['export']}"
         # Bound means its blade said it serves it; the new Service's rules reach kube-proxy a
         # moment later (a kernel client's mount retries; libnfs here does not)
@@ -687,6 +696,10 @@ def test_step3f_directory_volumes_through_the_csi_plugin(kube: Kube, release: st
         kube.wait("the claim grown to 48Mi", lambda: parse_size(str(
             (kube.get("pvc", claim, namespace=ns) or {}).get("status", {}).get("capacity", {}).get("storage", "0")),
             kubernetes=True) == 48 << 20, timeout=180, interval=2)
+        # grown by the upstream external-resizer sidecar (its Event on the claim)
+        resized = kube.json("-n", ns, "get", "events", "--field-selector",
+                            f"involvedObject.name={claim},reason=VolumeResizeSuccessful")["items"]
+        assert [e["source"].get("component") for e in resized] == ["external-resizer " + _csi_driver(kube, ns)], resized
         _exec(kube, ns, "nfs-cp", "/tmp/d2.bin", f"{url}/d3.bin?version=3")  # (d2.bin: what fit of it)
         _exec(kube, ns, "nfs-cp", f"{url}/d3.bin?version=3", "/tmp/d3-back.bin")
         assert _exec(kube, ns, "sha256sum", "/tmp/d3-back.bin").split()[0] == \
@@ -811,7 +824,8 @@ def test_step3h_volume_snapshot_under_a_writer_and_a_claim_restored_from_it(kube
     plugin = f"{ARRAY}-csi-controller"
     driver = _csi_on(kube, ns, sc, {})
     pod = kube.json("-n", ns, "get", "pods", "-l", "app.kubernetes.io/component=csi-controller")["items"]
-    assert [c["name"] for c in pod[0]["spec"]["containers"]] == ["csi-controller", "csi-snapshotter"], pod
+    assert [c["name"] for c in pod[0]["spec"]["containers"]] == [
+        "csi-controller", "csi-provisioner", "csi-resizer", "csi-snapshotter"], pod
     writer: subprocess.Popen[str] | None = None
     try:
         kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({

@@ -65,5 +65,20 @@ def test_the_plugin_csidriver_and_snapshot_class_carry_the_arrays_name() -> None
                            "volumeLifecycleModes": ["Persistent"]}
     vsc = csi.snapshot_class("storage", "a1", driver, deletion_policy=parsed.csi.snapshot_deletion_policy)
     assert (vsc["metadata"]["name"], vsc["driver"], vsc["deletionPolicy"]) == (driver, driver, "Retain")
-    assert vsc["metadata"]["annotations"] == {"snapshot.storage.k8s.io/is-default-class": "true"}
+    assert vsc["metadata"]["annotations"] == {"snapshot.storage.kubernetes.io/is-default-class": "true"}
     assert naming.L_CSI_DRIVER not in vsc["metadata"]["labels"]
+
+
+def test_the_plugin_keeps_the_jobs_no_upstream_sidecar_does() -> None:
+    assert csi.jobs() == ["provision", "delete", "resize", "exports"]
+    assert csi.jobs(provisioner="p") == ["resize", "exports"]
+    assert csi.jobs(resizer="r") == ["provision", "delete", "exports"]
+    assert csi.jobs(provisioner="p", resizer="r") == ["exports"]
+    parsed = da_spec.parse(raw())
+    dep = csi.deployment("storage", "a1", parsed, image="nasblade:test", provisioner="prov:1", resizer="res:1")
+    containers = dep["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["csi-controller", "csi-provisioner", "csi-resizer"]
+    args = containers[0]["args"]
+    assert args[args.index("--provision-jobs") + 1] == "exports"
+    # the sidecars wait at least as long as the driver waits for a volume to be served
+    assert "--timeout=150s" in containers[1]["args"] and "--timeout=150s" in containers[2]["args"]

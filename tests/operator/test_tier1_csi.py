@@ -252,10 +252,12 @@ def test_the_operator_runs_a_diskarrays_csi_controller_plugin(
         assert kubectl.get("deployment", "a1-csi-controller") is None
     assert_clean(runner)
 
-    assert (kubectl.get("diskarray", "a1") or {})["status"]["csi"] == {"driver": driver, "controller": "a1-csi-controller"}
+    assert (kubectl.get("diskarray", "a1") or {})["status"]["csi"] == {"driver": driver, "controller": "a1-csi-controller",
+                                                                        "volumes": []}
     assert kubectl.get("csidriver", driver) is None
 
-    with operator(csi_cluster_role="nasblade-csi-test", csi_snapshotter_image="csi-snapshotter:test") as runner:
+    with operator(csi_cluster_role="nasblade-csi-test", csi_snapshotter_image="csi-snapshotter:test",
+                  csi_provisioner_image="csi-provisioner:test", csi_resizer_image="csi-resizer:test") as runner:
         dep = wait_until("plugin Deployment", lambda: kubectl.get("deployment", "a1-csi-controller"))
         cd = wait_until("CSIDriver", lambda: kubectl.get("csidriver", driver))
         assert cd["metadata"]["labels"]["nasblade.io/csi-driver"] == "true"
@@ -274,9 +276,16 @@ def test_the_operator_runs_a_diskarrays_csi_controller_plugin(
         assert rb["subjects"] == crb["subjects"] and rb["metadata"]["ownerReferences"][0]["name"] == "a1"
         pod = dep["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] == "a1-csi-controller" and pod["automountServiceAccountToken"] is True
-        c, sidecar = pod["containers"]
-        assert sidecar["image"] == "csi-snapshotter:test"
+        c, *sidecars = pod["containers"]
+        assert [(s["name"], s["image"]) for s in sidecars] == [
+            ("csi-provisioner", "csi-provisioner:test"), ("csi-resizer", "csi-resizer:test"),
+            ("csi-snapshotter", "csi-snapshotter:test")]
+        for sidecar in sidecars:  # on the plugin's socket, none of its credentials
+            assert "--csi-address=/csi/csi.sock" in sidecar["args"] and "--leader-election=false" in sidecar["args"]
+            assert {m["name"] for m in sidecar["volumeMounts"]} == {"socket", f"tmp-{sidecar['name']}"}
         args = c["args"]
+        # the upstream sidecars provision, delete and grow; the plugin narrows exports
+        assert args[args.index("--provision-jobs") + 1] == "exports"
         assert c["command"] == ["nasblade-csi"]
         assert args[args.index("--driver-name") + 1] == driver
         assert args[args.index("--diskarray") + 1] == f"{namespace}/a1"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the pinned Go binaries into $NASBLADE_CACHE/bin/<name>-<version>/ (idempotent).
 # Usage: build.sh [tier1|tier2|all|<component>...]
-#   components: etcd k8s-tier1 k8s-tier2 kwok helm coredns local-path-provisioner pause promtool checkov
+#   components: etcd k8s-tier1 k8s-tier2 kwok helm coredns local-path-provisioner pause snapshotter
+#               provisioner resizer promtool checkov
 . "$(dirname "$0")/lib.sh"
 
 have() { local d=$1; shift; for b in "$@"; do [ -x "$d/$b" ] || return 1; done; }
@@ -150,6 +151,25 @@ build_snapshotter() {
   rm -rf "$wd"
 }
 
+# A kubernetes-csi sidecar whose module the Go module proxy serves by exact version only: it
+# refuses the version list, which `go install pkg@v` reads (for deprecations), so the module is
+# downloaded at its version, copied out of the module cache and built there, its dependencies
+# from the proxy (-mod=mod: module zips leave vendor/ out).
+# Usage: build_sidecar MODULE VERSION OUTDIR CMD
+build_sidecar() {
+  local mod=$1 version=$2 out=$3 cmd=$4
+  have "$out" "$cmd" && { log "$cmd $version already built"; return 0; }
+  log "$cmd $version: building ($mod)"
+  local src wd="$NASBLADE_CACHE/src/$cmd-$version"
+  src=$("$GO" mod download -json "$mod@$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -f "$src/go.mod" ] || die "$mod@$version: module download failed"
+  rm -rf "$wd"; mkdir -p "$wd" "$out"
+  cp -r "$src/." "$wd/"; chmod -R u+w "$wd"
+  ( cd "$wd" && $NICE "$GO" build -mod=mod -trimpath -ldflags "-s -w -X main.version=$version" \
+      -o "$out/" "./cmd/$cmd" )
+  rm -rf "$wd"
+}
+
 # promtool (tests/chart: `promtool test rules` on the chart's PrometheusRule). Prometheus's
 # go.mod has exclude directives, so `go install pkg@v` refuses it: a wrapper module instead.
 build_promtool() {
@@ -204,10 +224,14 @@ run() {
     local-path-provisioner|lpp) build_lpp ;;
     pause) build_pause ;;
     snapshotter) build_snapshotter ;;
+    provisioner) build_sidecar github.com/kubernetes-csi/external-provisioner/v5 "$PROVISIONER_VERSION" \
+        "$(provisioner_bindir)" csi-provisioner ;;
+    resizer) build_sidecar github.com/kubernetes-csi/external-resizer "$RESIZER_VERSION" "$(resizer_bindir)" csi-resizer ;;
     promtool) build_promtool ;;
     checkov) build_checkov ;;
     tier1) run etcd; run k8s-tier1; run kwok ;;
-    tier2|all) run tier1; run pause; run k8s-tier2; run helm; run coredns; run lpp; run snapshotter ;;
+    tier2|all) run tier1; run pause; run k8s-tier2; run helm; run coredns; run lpp; run snapshotter
+               run provisioner; run resizer ;;
     *) die "unknown component $1" ;;
   esac
 }

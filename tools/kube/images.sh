@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the local images (never pulled) and load them into containerd (namespace k8s.io).
-# Usage: images.sh build [base|pause|coredns|lpp|snapshotter|snapshot-controller|all] -> docker images + tar cache
+# Usage: images.sh build [base|pause|coredns|lpp|snapshotter|snapshot-controller|provisioner|resizer|all] -> docker images + tar cache
 #        images.sh load  [all]                           -> import cached tars into containerd
 #        images.sh dockerd                               -> make sure a docker daemon runs
 #        images.sh import-tar <file.tar>                  -> import any docker-save tar into containerd
@@ -102,13 +102,18 @@ build_one() {
     snapshotter) build_scratch "$SNAPSHOTTER_IMAGE" "$(snapshotter_bindir)/csi-snapshotter" '["/csi-snapshotter"]' ;;
     snapshot-controller) build_scratch "$SNAPSHOT_CONTROLLER_IMAGE" "$(snapshotter_bindir)/snapshot-controller" \
         '["/snapshot-controller"]' ;;
+    provisioner) build_scratch "$PROVISIONER_IMAGE" "$(provisioner_bindir)/csi-provisioner" '["/csi-provisioner"]' ;;
+    resizer) build_scratch "$RESIZER_IMAGE" "$(resizer_bindir)/csi-resizer" '["/csi-resizer"]' ;;
     all) build_one base; build_one pause; build_one coredns; build_one lpp; build_one snapshotter
-         build_one snapshot-controller ;;
+         build_one snapshot-controller; build_one provisioner; build_one resizer ;;
     *) die "unknown image $1" ;;
   esac
 }
 
-all_tags() { echo "$BASE_IMAGE $PAUSE_IMAGE $COREDNS_IMAGE $LPP_IMAGE $SNAPSHOTTER_IMAGE $SNAPSHOT_CONTROLLER_IMAGE"; }
+all_tags() {
+  echo "$BASE_IMAGE $PAUSE_IMAGE $COREDNS_IMAGE $LPP_IMAGE $SNAPSHOTTER_IMAGE $SNAPSHOT_CONTROLLER_IMAGE" \
+       "$PROVISIONER_IMAGE $RESIZER_IMAGE"
+}
 
 ctr_has() { ctr -a "$CONTAINERD_SOCK" -n k8s.io images ls -q 2>/dev/null | grep -qx "docker.io/$1"; }
 

@@ -25,4 +25,6 @@ helm_bindir()    { echo "$BIN_ROOT/helm-$HELM_VERSION"; }
 coredns_bindir() { echo "$BIN_ROOT/coredns-$COREDNS_VERSION"; }
 lpp_bindir()     { echo "$BIN_ROOT/local-path-provisioner-$LPP_VERSION"; }
 snapshotter_bindir() { echo "$BIN_ROOT/external-snapshotter-$SNAPSHOTTER_VERSION"; }
+provisioner_bindir() { echo "$BIN_ROOT/external-provisioner-$PROVISIONER_VERSION"; }
+resizer_bindir() { echo "$BIN_ROOT/external-resizer-$RESIZER_VERSION"; }
 promtool_bindir() { echo "$BIN_ROOT/promtool-$PROMETHEUS_VERSION"; }

@@ -19,10 +19,15 @@ kubelet) and, with the snapshotter, a ``VolumeSnapshotClass`` of the same name. 
 cluster-wide, so, like the ClusterRoleBinding, ``sync`` and ``forget`` delete them; a name
 another array already holds is refused (``DriverNameTaken``).
 
-With the installation's csi-snapshotter image (``settings.csi_snapshotter_image``, the chart's
-``csi.snapshotter``) the pod has a second container, the upstream external-snapshotter sidecar,
-on the same socket: it turns VolumeSnapshotContents of this driver into CreateSnapshot and
-DeleteSnapshot calls (one replica, so no leader election).
+With the installation's sidecar images (``settings.csi_provisioner_image``,
+``csi_resizer_image``, ``csi_snapshotter_image``: the chart's ``csi.provisioner``,
+``csi.resizer``, ``csi.snapshotter``) the pod has the upstream kubernetes-csi sidecars beside the
+plugin, on the same socket (one replica, so no leader election): external-provisioner turns
+claims of this driver into CreateVolume and PersistentVolumes and released volumes into
+DeleteVolume, external-resizer grown claims into ControllerExpandVolume, csi-snapshotter
+VolumeSnapshotContents into CreateSnapshot and DeleteSnapshot. The plugin's own provisioner
+(``nasblade_csi.provisioner``) keeps what no sidecar image does (``jobs``), and always the
+narrowing of exports to the nodes that mount.
 
 The plugin holds credentials of its own role, both mounted as files: the CSI token (key
 ``csi-token`` of the array's token Secret, ``nasblade.grants.csi_token``: at the controller's
@@ -91,7 +96,7 @@ def snapshot_class(namespace: str, array: str, driver: str, *, deletion_policy: 
         "apiVersion": "snapshot.storage.k8s.io/v1",
         "kind": "VolumeSnapshotClass",
         "metadata": {"name": driver, "labels": owner_labels(namespace, array),
-                     "annotations": {"snapshot.storage.k8s.io/is-default-class": "true"}},
+                     "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}},
         "driver": driver,
         "deletionPolicy": deletion_policy,
     }
@@ -127,27 +132,58 @@ def role_binding(namespace: str, array: str, *, role: str) -> dict[str, Any]:
     }
 
 
-def snapshotter_container(image: str) -> dict[str, Any]:
-    """The csi-snapshotter sidecar on the plugin's socket. ``--timeout`` bounds one
-    CreateSnapshot call; the driver answers within ``--snapshot-wait`` (not ready yet: the
-    sidecar calls again)."""
+def sidecar_container(name: str, image: str, *, timeout: str) -> dict[str, Any]:
+    """An upstream kubernetes-csi sidecar on the plugin's socket, one replica (no leader
+    election), mounting the socket only (none of the plugin's credentials)."""
     return {
-        "name": "csi-snapshotter",
+        "name": name,
         "image": image,
-        "args": [f"--csi-address={SOCKET_DIR}/csi.sock", "--leader-election=false", "--timeout=60s",
+        "args": [f"--csi-address={SOCKET_DIR}/csi.sock", "--leader-election=false", f"--timeout={timeout}",
                  "--v=2"],
         "volumeMounts": [{"name": "socket", "mountPath": SOCKET_DIR}],
     }
 
 
+def snapshotter_container(image: str) -> dict[str, Any]:
+    """The csi-snapshotter sidecar. ``--timeout`` bounds one CreateSnapshot call; the driver
+    answers within ``--snapshot-wait`` (not ready yet: the sidecar calls again)."""
+    return sidecar_container("csi-snapshotter", image, timeout="60s")
+
+
+def provisioner_container(image: str) -> dict[str, Any]:
+    """The external-provisioner sidecar: claims of the array's driver become CreateVolume and
+    PersistentVolumes ``pvc-<claim uid>``, released volumes DeleteVolume. A CreateVolume waits
+    until the group serves the new file system (the driver gives up after its
+    ``--publish-timeout``, DEADLINE_EXCEEDED, and the sidecar calls again), so ``--timeout``
+    is the driver's wait and some."""
+    return sidecar_container("csi-provisioner", image, timeout="150s")
+
+
+def resizer_container(image: str) -> dict[str, Any]:
+    """The external-resizer sidecar: a claim that asks for more becomes ControllerExpandVolume
+    (the serving blade lets the file system go while it grows, so the call waits for the group
+    to serve it again: ``--timeout`` as the provisioner's)."""
+    return sidecar_container("csi-resizer", image, timeout="150s")
+
+
+def jobs(*, provisioner: str = "", resizer: str = "") -> list[str]:
+    """The jobs the plugin's own provisioner keeps (``--provision-jobs``): those no upstream
+    sidecar image does."""
+    return [j for j, by in (("provision", provisioner), ("delete", provisioner), ("resize", resizer),
+                            ("exports", "")) if not by]
+
+
 def deployment(namespace: str, array: str, spec: DiskArraySpec, *, image: str,
-               defaults: podspec.PodDefaults = podspec.DEFAULTS, snapshotter: str = "") -> dict[str, Any]:
+               defaults: podspec.PodDefaults = podspec.DEFAULTS, snapshotter: str = "",
+               provisioner: str = "", resizer: str = "") -> dict[str, Any]:
     """One replica (the provisioner must be alone: ``Recreate``), on the controller's placement;
-    with ``snapshotter`` (an image) the csi-snapshotter sidecar beside the plugin."""
+    with ``snapshotter``, ``provisioner`` and ``resizer`` (images) those upstream sidecars beside
+    the plugin, which keeps the jobs they do not do."""
     api = endpoints.controller_api(namespace, array)
     nbd = endpoints.controller_nbd(namespace, array)
     args = [
         "--role", "controller", "--provision",
+        "--provision-jobs", ",".join(jobs(provisioner=provisioner, resizer=resizer)),
         "--driver-name", driver_name(namespace, array, spec),
         "--endpoint", f"unix://{SOCKET_DIR}/csi.sock",
         "--diskarray", f"{namespace}/{array}",
@@ -175,7 +211,10 @@ def deployment(namespace: str, array: str, spec: DiskArraySpec, *, image: str,
         "metadata": {"labels": labels(array)},
         "spec": {
             "serviceAccountName": name(array),
-            "containers": [container, *([snapshotter_container(snapshotter)] if snapshotter else [])],
+            "containers": [container,
+                           *([provisioner_container(provisioner)] if provisioner else []),
+                           *([resizer_container(resizer)] if resizer else []),
+                           *([snapshotter_container(snapshotter)] if snapshotter else [])],
             "volumes": [
                 {"name": "token", "secret": {"secretName": naming.token_secret_name(array),
                                              "items": [{"key": builders.CSI_TOKEN_KEY, "path": "token"}]}},
@@ -234,7 +273,8 @@ async def _delete_cluster_objects(k: kube.Kube, *, array: str, namespace: str, k
 
 
 async def sync(k: kube.Kube, body: kopf.Body, spec: DiskArraySpec, *, array: str, namespace: str,
-               image: str, role: str, defaults: podspec.PodDefaults, snapshotter: str = "") -> list[str]:
+               image: str, role: str, defaults: podspec.PodDefaults, snapshotter: str = "",
+               provisioner: str = "", resizer: str = "") -> list[str]:
     """Make (or, with CSI off, remove) the plugin's objects; returns what changed, for an Event."""
     changed: list[str] = []
     if not spec.csi.enabled:
@@ -261,16 +301,22 @@ async def sync(k: kube.Kube, body: kopf.Body, spec: DiskArraySpec, *, array: str
         if created:
             changed.append(f"{obj['kind']} {driver}")
         elif _ours(existing, namespace, array):
-            if obj["kind"] == "VolumeSnapshotClass" and existing.get("deletionPolicy") != obj["deletionPolicy"]:
-                await k.patch("VolumeSnapshotClass", driver, {"deletionPolicy": obj["deletionPolicy"]}, namespace="")
-                changed.append(f"VolumeSnapshotClass {driver}: deletionPolicy {obj['deletionPolicy']}")
+            want = {"deletionPolicy": obj.get("deletionPolicy"),
+                    "metadata": {"annotations": obj["metadata"].get("annotations")}}
+            have = {"deletionPolicy": existing.get("deletionPolicy"),
+                    "metadata": {"annotations": {a: (existing["metadata"].get("annotations") or {}).get(a)
+                                                 for a in (obj["metadata"].get("annotations") or {})} or None}}
+            if obj["kind"] == "VolumeSnapshotClass" and have != want:
+                await k.patch("VolumeSnapshotClass", driver, want, namespace="")
+                changed.append(f"VolumeSnapshotClass {driver}: deletionPolicy {obj['deletionPolicy']}, default class")
         else:
             raise DriverNameTaken(f"the CSI driver name {driver} is taken by {obj['kind']} {driver} of "
                                   f"{_owner(existing)}: set spec.csi.driverName to a name of this array's own")
     changed += await _delete_cluster_objects(k, array=array, namespace=namespace, keep=driver)
     sa = service_account(array)
     rb = role_binding(namespace, array, role=role)
-    dep = deployment(namespace, array, spec, image=image, defaults=defaults, snapshotter=snapshotter)
+    dep = deployment(namespace, array, spec, image=image, defaults=defaults, snapshotter=snapshotter,
+                     provisioner=provisioner, resizer=resizer)
     for obj in (sa, rb, dep):
         kopf.adopt(obj, owner=body)
     crb = cluster_role_binding(namespace, array, role=role)

@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from nasblade import lunames
 
 from nasblade_operator import (
     arrayapi,
@@ -168,7 +169,9 @@ async def reconcile(
     }
     if parsed.csi.enabled:
         patch.status["csi"] = {"driver": csi.driver_name(namespace, name, parsed),
-                               "controller": csi.name(name)}
+                               "controller": csi.name(name),
+                               "volumes": sorted(f.name for f in parsed.file_systems
+                                                 if lunames.csi_volume_id(f.name))}
     elif status.get("csi"):
         patch.status["csi"] = None
     patch.status["areas"] = {
@@ -261,7 +264,9 @@ async def _ensure_children(
     try:
         created += await csi.sync(k, body, parsed, array=name, namespace=namespace, image=image,
                                   role=settings.current().csi_cluster_role, defaults=settings.current().pod_defaults,
-                                  snapshotter=settings.current().csi_snapshotter_image)
+                                  snapshotter=settings.current().csi_snapshotter_image,
+                                  provisioner=settings.current().csi_provisioner_image,
+                                  resizer=settings.current().csi_resizer_image)
     except (csi.NoClusterRole, csi.DriverNameTaken) as exc:  # the rest of the array is unaffected
         events.warning(body, "CsiRefused", str(exc))
     if created:
