@@ -40,8 +40,6 @@ import grpc
 from nasblade import logformat
 from nasblade.controller.apiclient import ControlClient
 
-from nasblade_csi.provisioner import JOBS
-
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="nasblade-csi", description=__doc__.split("\n")[0])
@@ -79,9 +77,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--provision", action="store_true",
                    help="Kubernetes: also do the provisioner's and resizer's jobs (claims of this driver's "
                         "StorageClasses become volumes; nasblade_csi.provisioner); one replica only")
-    p.add_argument("--provision-jobs", default=",".join(JOBS), metavar="JOB,...",
-                   help="with --provision, the jobs it does, of " + ", ".join(JOBS) + " (default all); the "
-                        "upstream external-provisioner does provision and delete, external-resizer resize")
+    p.add_argument("--provision-jobs", default="", metavar="JOB,...",
+                   help="with --provision, the jobs it does, of provision, delete, resize and exports "
+                        "(nasblade_csi.provisioner.JOBS; default all); the upstream external-provisioner "
+                        "does provision and delete, external-resizer resize")
     p.add_argument("--provision-interval", type=float, default=2.0, help="seconds between provisioner passes")
     p.add_argument("--registration-dir", metavar="DIR",
                    help="node role, Kubernetes: register the node plugin with the kubelet through a socket in "
@@ -108,9 +107,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--diskarray is NAMESPACE/NAME")
     if (args.register_driver or args.register_drivers_labelled) and not args.registration_dir:
         p.error("--register-driver and --register-drivers-labelled need --registration-dir")
-    args.provision_jobs = tuple(j.strip() for j in args.provision_jobs.split(",") if j.strip())
-    if set(args.provision_jobs) - set(JOBS):
-        p.error(f"--provision-jobs: each of {', '.join(JOBS)}")
+    if args.provision:  # (the node plugin, which imports no Kubernetes client, never gets here)
+        from nasblade_csi.provisioner import JOBS
+
+        args.provision_jobs = tuple(j.strip() for j in args.provision_jobs.split(",") if j.strip()) or JOBS
+        if set(args.provision_jobs) - set(JOBS):
+            p.error(f"--provision-jobs: each of {', '.join(JOBS)}")
     if args.register_poll <= 0:
         p.error("--register-poll must be positive")
     if not args.driver_name:
