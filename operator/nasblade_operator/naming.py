@@ -25,6 +25,7 @@ L_BLADE = "nasblade.io/blade"
 L_BLADE_INDEX = "nasblade.io/blade-index"
 L_VERSION = "nasblade.io/software-version"
 L_FILESYSTEM = "nasblade.io/file-system"
+L_NAMESPACE = "nasblade.io/namespace"  # the owner's namespace, on cluster-wide objects
 
 # Annotations users set on a ClusterGroup.
 A_BACKUP_NOW = "nasblade.io/backup-now"

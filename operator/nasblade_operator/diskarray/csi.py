@@ -72,7 +72,12 @@ def driver_name(namespace: str, array: str, spec: DiskArraySpec) -> str:
 
 def owner_labels(namespace: str, array: str) -> dict[str, str]:
     """Labels of the cluster-wide objects: which array they belong to."""
-    return {**labels(array), "nasblade.io/namespace": namespace}
+    return {**labels(array), naming.L_NAMESPACE: namespace}
+
+
+def owner_selector(namespace: str, array: str) -> dict[str, str]:
+    """What tells the array's cluster-wide objects from another array's."""
+    return {naming.L_ARRAY: array, naming.L_NAMESPACE: namespace}
 
 
 def csi_driver(namespace: str, array: str, driver: str) -> dict[str, Any]:
@@ -87,6 +92,10 @@ def csi_driver(namespace: str, array: str, driver: str) -> dict[str, Any]:
     }
 
 
+#: the annotation the snapshot-controller reads for a driver's default VolumeSnapshotClass
+DEFAULT_CLASS = "snapshot.storage.kubernetes.io/is-default-class"
+
+
 def snapshot_class(namespace: str, array: str, driver: str, *, deletion_policy: str = "Delete") -> dict[str, Any]:
     """The VolumeSnapshotClass of the array's driver, named like it: VolumeSnapshots that name
     it become CreateSnapshot calls of this array's plugin. It is the default class of its
@@ -96,7 +105,7 @@ def snapshot_class(namespace: str, array: str, driver: str, *, deletion_policy: 
         "apiVersion": "snapshot.storage.k8s.io/v1",
         "kind": "VolumeSnapshotClass",
         "metadata": {"name": driver, "labels": owner_labels(namespace, array),
-                     "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}},
+                     "annotations": {DEFAULT_CLASS: "true"}},
         "driver": driver,
         "deletionPolicy": deletion_policy,
     }
@@ -250,7 +259,12 @@ class DriverNameTaken(Exception):
 
 def _ours(obj: dict[str, Any], namespace: str, array: str) -> bool:
     have = obj.get("metadata", {}).get("labels") or {}
-    return have.get(naming.L_ARRAY) == array and have.get("nasblade.io/namespace") == namespace
+    return owner_selector(namespace, array).items() <= have.items()
+
+
+def _class_fields(vsc: dict[str, Any]) -> tuple[Any, Any]:
+    """What the operator keeps of its VolumeSnapshotClass: the deletion policy, the default mark."""
+    return vsc.get("deletionPolicy"), (vsc.get("metadata", {}).get("annotations") or {}).get(DEFAULT_CLASS)
 
 
 async def _delete_cluster_objects(k: kube.Kube, *, array: str, namespace: str, keep: str = "") -> list[str]:
@@ -259,15 +273,14 @@ async def _delete_cluster_objects(k: kube.Kube, *, array: str, namespace: str, k
     gone: list[str] = []
     for kind in ("CSIDriver", "VolumeSnapshotClass"):
         try:
-            objs = await k.list(kind, namespace="", selector={naming.L_ARRAY: array, "nasblade.io/namespace": namespace})
+            objs = await k.list(kind, namespace="", selector=owner_selector(namespace, array))
         except kube.KubeError as exc:
             if exc.status == 404 and kind == "VolumeSnapshotClass":
                 continue  # the cluster does not serve the VolumeSnapshot API
             raise
         for obj in objs:
             obj_name = obj["metadata"]["name"]
-            if obj_name != keep and _ours(obj, namespace, array) \
-                    and await k.delete(kind, obj_name, namespace=""):
+            if obj_name != keep and await k.delete(kind, obj_name, namespace=""):
                 gone.append(f"deleted {kind} {obj_name}")
     return gone
 
@@ -301,13 +314,9 @@ async def sync(k: kube.Kube, body: kopf.Body, spec: DiskArraySpec, *, array: str
         if created:
             changed.append(f"{obj['kind']} {driver}")
         elif _ours(existing, namespace, array):
-            want = {"deletionPolicy": obj.get("deletionPolicy"),
-                    "metadata": {"annotations": obj["metadata"].get("annotations")}}
-            have = {"deletionPolicy": existing.get("deletionPolicy"),
-                    "metadata": {"annotations": {a: (existing["metadata"].get("annotations") or {}).get(a)
-                                                 for a in (obj["metadata"].get("annotations") or {})} or None}}
-            if obj["kind"] == "VolumeSnapshotClass" and have != want:
-                await k.patch("VolumeSnapshotClass", driver, want, namespace="")
+            if obj["kind"] == "VolumeSnapshotClass" and _class_fields(existing) != _class_fields(obj):
+                await k.patch("VolumeSnapshotClass", driver, {"deletionPolicy": obj["deletionPolicy"], "metadata": {
+                    "annotations": obj["metadata"]["annotations"]}}, namespace="")
                 changed.append(f"VolumeSnapshotClass {driver}: deletionPolicy {obj['deletionPolicy']}, default class")
         else:
             raise DriverNameTaken(f"the CSI driver name {driver} is taken by {obj['kind']} {driver} of "
@@ -336,7 +345,7 @@ async def sync(k: kube.Kube, body: kopf.Body, spec: DiskArraySpec, *, array: str
 def _owner(obj: dict[str, Any]) -> str:
     have = obj.get("metadata", {}).get("labels") or {}
     if naming.L_ARRAY in have:
-        return f"DiskArray {have.get('nasblade.io/namespace', '?')}/{have[naming.L_ARRAY]}"
+        return f"DiskArray {have.get(naming.L_NAMESPACE, '?')}/{have[naming.L_ARRAY]}"
     return "another installation (no nasblade.io/disk-array label)"
 
 
