@@ -27,7 +27,11 @@ ALIGN = 1 << 20  # LU sizes are whole MiB: the file-system layout aligns its reg
 
 
 def _kind(exc: ControlAPIError) -> str:
-    return {507: "nospace", 409: "busy", 404: "missing"}.get(exc.status, "failed")
+    """The ``ArrayError`` kind of a refusal: no space by the error's reason (``409``
+    ``NoSpace``, or an older controller's ``507``), before any other ``409`` (busy)."""
+    if exc.no_space:
+        return "nospace"
+    return {409: "busy", 404: "missing"}.get(exc.status, "failed")
 
 
 class Array:
@@ -54,7 +58,7 @@ class Array:
         try:
             return self.control.create_lu(name, size)
         except ControlAPIError as exc:
-            if exc.status == 409:
+            if exc.status == 409 and not exc.no_space:  # it exists (a retried call): with that size?
                 have = self.lu(name)
                 if have is not None and int(have["size"]) == size:
                     return have

@@ -55,7 +55,7 @@ class Catalog:
         try:
             self.control.create_lu(LU, LU_SIZE)
         except ControlAPIError as exc:
-            if exc.status != 409:  # it exists: made by us earlier or by another replica
+            if exc.status != 409 or exc.no_space:  # 409: it exists, made by us earlier or by another replica
                 raise
         self._ready = True
 

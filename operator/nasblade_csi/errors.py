@@ -56,7 +56,14 @@ def guard(method: F) -> F:
             context.abort(_ARRAY_CODES[exc.kind], str(exc))
         except CatalogFull as exc:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except (ControlAPIError, OSError) as exc:
+        except ControlAPIError as exc:
+            if exc.no_space:  # the catalog's own LU, say: the array has no room for it
+                log.warning("%s: %s", method.__name__, exc)
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the array: {exc}")
+            else:
+                log.warning("%s: the array did not answer: %s", method.__name__, exc)
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"the array: {exc}")
+        except OSError as exc:
             log.warning("%s: the array did not answer: %s", method.__name__, exc)
             context.abort(grpc.StatusCode.UNAVAILABLE, f"the array: {exc}")
     return wrapper  # type: ignore[return-value]

@@ -19,17 +19,38 @@ import aiohttp
 
 from nasblade_operator import naming, sessions
 
+#: The ``"reason"`` of the controller's ``409`` for an LU the devices have no room for
+#: (docs/control-api.md); a controller from before it answered ``507``.
+NO_SPACE = "NoSpace"
+
 
 class ArrayUnavailable(RuntimeError):
-    """The controller cannot be reached or answered 5xx (other than 507)."""
+    """The controller cannot be reached or answered 5xx (other than an older controller's 507)."""
 
 
 class ArrayRefused(RuntimeError):
-    """The controller refused a request (4xx, 507); ``status`` and the message say why."""
+    """The controller refused a request (4xx; 507 from an older controller): ``status``, the
+    message and ``reason``, the error body's machine-readable ``"reason"`` ("" when it has
+    none; ``NoSpace`` for a 507 too, so a rolling upgrade reads either as no space). A 409 is
+    "exists" or "busy" only when it is not ``no_space``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, reason: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.reason = NO_SPACE if status == 507 else reason
+
+    @property
+    def no_space(self) -> bool:
+        """The devices have no room for the LU (created or grown): the user must act."""
+        return self.reason == NO_SPACE
+
+    @classmethod
+    def from_reply(cls, status: int, data: Any, what: str) -> ArrayRefused:
+        """The refusal of ``what`` (``METHOD /path``) as the controller answered it."""
+        body = data if isinstance(data, dict) else {}
+        message, reason = body.get("error", ""), body.get("reason", "")
+        return cls(status, f"{what}: HTTP {status} {message}".strip(),
+                   reason=reason if isinstance(reason, str) else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,11 +144,10 @@ class ArrayAPI:
             async with self._http.session().request(method, self.base + path, json=body, headers=self._headers,
                                                     timeout=TIMEOUT) as r:
                 data: Any = await r.json(content_type=None) if r.content_length != 0 else None
-                if r.status >= 500 and r.status != 507:
+                if r.status >= 500 and r.status != 507:  # 507: an older controller's no space
                     raise ArrayUnavailable(f"{method} {path}: HTTP {r.status}")
                 if r.status >= 400:
-                    message = data.get("error", "") if isinstance(data, dict) else ""
-                    raise ArrayRefused(r.status, f"{method} {path}: HTTP {r.status} {message}".strip())
+                    raise ArrayRefused.from_reply(r.status, data, f"{method} {path}")
                 return data
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise ArrayUnavailable(f"{method} {path}: {exc or type(exc).__name__}") from exc
@@ -157,7 +177,7 @@ class ArrayAPI:
                 try:
                     have[name] = LU.from_json(await self._request("POST", "/lus", {"name": name, "size": size}))
                 except ArrayRefused as exc:
-                    if exc.status != 409:  # 409: created meanwhile
+                    if exc.status != 409 or exc.no_space:  # 409 (not no space): created meanwhile
                         raise
                     have[name] = await self.get_lu(name)
                 changed.append(name)

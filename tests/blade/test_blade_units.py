@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from typing import Any
+
 import pytest
 from nasblade.blockproc.core import coalesce
+from nasblade.cluster.api import _guarded
+from nasblade.controller.apiclient import ControlAPIError
 from nasblade.procinfo.portion import BladeStatus
 from nasblade.standalone.config import ConfigError, parse_duration, parse_size
 from nasblade.units import format_size
@@ -15,6 +21,24 @@ def test_coalesce_merges_overlapping_and_touching_ranges() -> None:
         [20000, 105],
     ]
     assert coalesce([]) == []
+
+
+def test_the_cluster_api_passes_the_controllers_no_space_on_as_a_409_with_its_reason() -> None:
+    """A controller's no space (``409`` ``NoSpace``, or an older controller's ``507``) is the
+    caller's to act on: ``409`` with the reason, not the ``503`` of a controller failure."""
+
+    def answer(exc: Exception) -> tuple[int, dict[str, Any]]:
+        async def fn(request: Any) -> Any:
+            raise exc
+
+        resp: Any = asyncio.run(_guarded(fn)(None))  # type: ignore[arg-type]
+        return resp.status, json.loads(resp.body)
+
+    for no_space in (ControlAPIError(409, {"error": "no space: x", "reason": "NoSpace"}),
+                     ControlAPIError(507, {"error": "no space: x"})):
+        assert answer(no_space) == (409, {"error": "the controller refused: no space: x", "reason": "NoSpace"})
+    assert answer(ControlAPIError(409, {"error": "stale epoch"})) == (409, {"error": "the controller refused: stale epoch"})
+    assert answer(ControlAPIError(500, {"error": "internal error"}))[0] == 503
 
 
 def test_blade_status_decoding_is_strict() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import http.client
 import itertools
@@ -9,13 +10,18 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from aiohttp import web
 from ctlharness import ADMIN, TOKEN, Controller
-from nasblade.controller import metrics
+from nasblade.controller import api, apiclient, metrics
 from nasblade.controller.apiclient import ControlAPIError, ControlClient
 from nasblade.nbd.client import NBDBlockDevice
+from nasblade_csi.array import Array
+from nasblade_csi.errors import ArrayError
+from nasblade_operator import arrayapi, sessions
 
 pytestmark = pytest.mark.component
 
@@ -52,7 +58,7 @@ def test_no_or_wrong_token_is_401(shared_controller: Controller, method: str, pa
     ("POST", "/v1/lus", b'{"name": "x", "size": "big"}', 400),
     ("POST", "/v1/lus", b'{"name": "x", "size": -5}', 400),
     ("POST", "/v1/lus", b'{"name": "bad/name", "size": 4096}', 400),
-    ("POST", "/v1/lus", b'{"name": "huge", "size": 1099511627776}', 507),
+    ("POST", "/v1/lus", b'{"name": "huge", "size": 1099511627776}', 409),  # no space: a refusal, not a 5xx
     ("GET", "/v1/lus/nope", None, 404),
     ("PATCH", "/v1/lus/nope", b'{"size": 1}', 404),
     ("DELETE", "/v1/lus/nope", None, 404),
@@ -71,6 +77,93 @@ def test_errors_are_json_4xx(shared_controller: Controller, method: str, path: s
     got, reply = raw(controller, method, path, body)
     assert got == status
     assert isinstance(reply, dict) and isinstance(reply["error"], str)
+
+
+def test_no_space_is_a_409_with_a_reason_the_clients_read(shared_controller: Controller) -> None:
+    """An LU created or grown beyond the devices is a refusal the caller can act on, not a
+    server failure: ``409 {"error": "no space: …", "reason": "NoSpace"}``. Every client of the
+    control API reads it by the reason, and none takes it for the other 409s (an LU that
+    exists, a busy one): the Python client (``no_space``), the operator (``ensure_lus`` must
+    not fetch the LU as if it had been "created meanwhile"), the CSI driver (``nospace``:
+    RESOURCE_EXHAUSTED, not ``busy`` nor "it exists")."""
+    c = shared_controller
+    for method, path, body in (("POST", "/v1/lus", {"name": "huge", "size": 1 << 40}),
+                               ("PATCH", "/v1/lus/shared", {"size": 1 << 40})):
+        status, reply = raw(c, method, path, json.dumps(body).encode())
+        assert status == 409 and isinstance(reply, dict), (status, reply)
+        assert reply["reason"] == "NoSpace" and reply["error"].startswith("no space: "), reply
+    status, reply = raw(c, "POST", "/v1/lus", json.dumps({"name": "shared", "size": 4096}).encode())
+    assert status == 409 and isinstance(reply, dict) and "reason" not in reply, reply  # exists: no reason
+    assert "huge" not in {lu["name"] for lu in c.client.list_lus()}
+    assert c.client.get_lu("shared")["size"] == 64 << 20
+
+    with pytest.raises(ControlAPIError) as refused:
+        c.client.create_lu("huge", 1 << 40)
+    assert refused.value.no_space and refused.value.reason == "NoSpace"
+    with pytest.raises(ControlAPIError) as refused:
+        c.client.create_lu("shared", 4096)
+    assert refused.value.status == 409 and not refused.value.no_space and refused.value.reason == ""
+
+    array = Array(c.client, c.nbd)
+    for call in (lambda: array.create_lu("huge", 1 << 40), lambda: array.grow("shared", 1 << 40)):
+        with pytest.raises(ArrayError) as failed:
+            call()
+        assert failed.value.kind == "nospace", failed.value
+
+    async def operator() -> None:
+        http = sessions.Sessions()
+        try:
+            for wanted in ({"huge": 1 << 40}, {"shared": 1 << 40}):
+                with pytest.raises(arrayapi.ArrayRefused) as refused:
+                    await arrayapi.ArrayAPI(http, c.api, token=TOKEN).ensure_lus(wanted)
+                assert refused.value.status == 409 and refused.value.no_space, refused.value
+                assert refused.value.reason == "NoSpace" and "no space" in str(refused.value)
+            ensured = await arrayapi.ArrayAPI(http, c.api, token=TOKEN).ensure_lus({"shared": 4096})
+            assert ensured.changed == [] and ensured.lus["shared"].size == 64 << 20
+        finally:
+            await http.close()
+
+    asyncio.run(operator())
+
+
+def test_an_older_controllers_507_still_reads_as_no_space() -> None:
+    """During a rolling upgrade a controller from before the reason answers no space with
+    ``507``: the clients take it for no space too (and the server's, the Python client's and
+    the operator's names for the reason agree)."""
+    assert api.NO_SPACE == apiclient.NO_SPACE == arrayapi.NO_SPACE == "NoSpace"
+    assert ControlAPIError(507, {"error": "no space: 1 more bytes needed"}).no_space
+    assert ControlAPIError(409, {"error": "no space: x", "reason": "NoSpace"}).no_space
+    for other in (ControlAPIError(409, {"error": "already exists: x"}), ControlAPIError(409, {"reason": 7}),
+                  ControlAPIError(503, {"error": "I/O error"})):
+        assert not other.no_space and other.reason == ""
+
+    async def old_controller(request: web.Request) -> web.Response:
+        if request.method == "GET":
+            return web.json_response({"lus": []})
+        return web.json_response({"error": "no space: 1 more bytes needed, no free extent left"}, status=507)
+
+    async def operator() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/v1/lus", old_controller)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        http = sessions.Sessions()
+        try:
+            with pytest.raises(arrayapi.ArrayRefused) as refused:
+                await arrayapi.ArrayAPI(http, f"http://127.0.0.1:{port}", token=TOKEN).ensure_lus({"huge": 1 << 40})
+            assert refused.value.status == 507 and refused.value.no_space, refused.value
+        finally:
+            await http.close()
+            await runner.cleanup()
+
+    asyncio.run(operator())
+    new: Any = arrayapi.ArrayRefused.from_reply(409, {"error": "no space: x", "reason": "NoSpace"}, "POST /lus")
+    assert new.no_space and str(new) == "POST /lus: HTTP 409 no space: x"
+    for data in ({"error": "already exists: x"}, ["not", "an", "object"], None, {"reason": 7}):
+        assert not arrayapi.ArrayRefused.from_reply(409, data, "POST /lus").no_space
 
 
 def test_faults_need_the_admin_token(controller: Controller, lu: str) -> None:
@@ -257,6 +350,14 @@ def test_openapi_document(controller: Controller) -> None:
     assert doc["openapi"].startswith("3.")
     for path in ("/v1/lus", "/v1/lus/{name}/reservation", "/v1/cache/directory", "/v1/copy-jobs/{id}", "/v1/faults"):
         assert path in doc["paths"]
+    # no space is a declared 409 of create and grow (the Error schema's optional reason), no 5xx
+    assert "409" in doc["paths"]["/v1/lus"]["post"]["responses"]
+    assert "409" in doc["paths"]["/v1/lus/{name}"]["patch"]["responses"]
+    assert doc["components"]["schemas"]["Error"]["properties"]["reason"]["type"] == "string"
+    assert doc["components"]["schemas"]["Error"]["required"] == ["error"]
+    server_errors = {(p, m, s) for p, ops in doc["paths"].items() for m, op in ops.items()
+                     for s in op["responses"] if s.startswith("5")}
+    assert server_errors == {("/v1/lus/{name}/compare-and-write", "post", "503")}
     assert ControlClient(controller.api, "bad").request  # constructible without contact
 
 

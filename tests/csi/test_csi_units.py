@@ -9,9 +9,11 @@ from typing import Any
 
 import grpc
 import pytest
+from nasblade.controller.apiclient import ControlAPIError
 from nasblade_csi import catalog, proto
+from nasblade_csi.array import _kind
 from nasblade_csi.controller import _page, choose_size, fits, snapshot_id, volume_id
-from nasblade_csi.errors import CsiError, capability_error
+from nasblade_csi.errors import CsiError, capability_error, guard
 from nasblade_csi.node import mounted, nfs_mount_args
 
 pb, _ = proto.load()
@@ -30,6 +32,33 @@ def test_sizes_are_whole_mib_at_least_the_smallest_file_system() -> None:
         choose_size(2 * MiB, MiB)
     assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert fits(64 * MiB, 64 * MiB, 0) and not fits(64 * MiB, 65 * MiB, 0) and not fits(64 * MiB, 0, 63 * MiB)
+
+
+def test_the_controllers_refusals_become_error_kinds_by_their_reason() -> None:
+    """No space is the controller's ``409`` with ``"reason": "NoSpace"`` (or an older
+    controller's ``507``): RESOURCE_EXHAUSTED, never a busy ``409`` (ABORTED)."""
+    assert _kind(ControlAPIError(409, {"error": "no space: x", "reason": "NoSpace"})) == "nospace"
+    assert _kind(ControlAPIError(507, {"error": "no space: x"})) == "nospace"
+    assert _kind(ControlAPIError(409, {"error": "a running copy job uses this LU"})) == "busy"
+    assert _kind(ControlAPIError(404, {"error": "not found: LU x"})) == "missing"
+    assert _kind(ControlAPIError(503, {"error": "I/O error"})) == "failed"
+
+    class Context:
+        def abort(self, code: grpc.StatusCode, message: str) -> None:
+            raise CsiError(code, message)
+
+    def refused(status: int, body: dict[str, Any]) -> grpc.StatusCode:
+        @guard
+        def method(self: Any, request: Any, context: Any) -> None:
+            raise ControlAPIError(status, body)
+        with pytest.raises(CsiError) as exc:
+            method(None, None, Context())
+        return exc.value.code
+
+    # a raw refusal (the catalog's own LU): no space is RESOURCE_EXHAUSTED, the rest UNAVAILABLE
+    assert refused(409, {"error": "no space: x", "reason": "NoSpace"}) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused(507, {"error": "no space: x"}) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused(409, {"error": "already exists: x"}) == grpc.StatusCode.UNAVAILABLE
 
 
 def test_ids_are_lu_names_derived_from_the_csi_name() -> None:

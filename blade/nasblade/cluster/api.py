@@ -29,9 +29,11 @@ Blade management API (bearer token, for the operator and ``nasblade cluster``); 
 The member's records (``nasblade.cluster.records``) become JSON here and nowhere else on the
 way out (``records.to_json``; ``_status`` builds ``GET /v1/cluster`` from the member's parts).
 ``install`` also adds the member's metrics (``nasblade.cluster.metrics``: backup state of the
-group's portion) to the blade's ``GET /v1/metrics``. Errors are ``{"error": message}`` with 400/404/409/503 like the rest of the blade API. Bodies
-are read by ``nasblade.httpjson.read`` (optional here: no body means ``{}``); its ``BodyError``
-becomes 400/413 in the blade app's error middleware (``nasblade.blockproc.api``).
+group's portion) to the blade's ``GET /v1/metrics``. Errors are ``{"error": message}`` with
+400/404/409/503 like the rest of the blade API (a controller's refusal: 409, its 5xx: 503; no
+space on the array: 409 with the controller's ``"reason": "NoSpace"``). Bodies are read by
+``nasblade.httpjson.read`` (optional here: no body means ``{}``); its ``BodyError`` becomes
+400/413 in the blade app's error middleware (``nasblade.blockproc.api``).
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ def _m(request: web.Request) -> ClusterMember:
     return request.app[MEMBER_KEY]
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
 
 
 def _guarded(fn: Callable[[web.Request], Awaitable[Any]]) -> Handler:
@@ -71,6 +73,8 @@ def _guarded(fn: Callable[[web.Request], Awaitable[Any]]) -> Handler:
         except ClusterError as exc:
             return _error(exc.status, str(exc))
         except ControlAPIError as exc:
+            if exc.no_space:  # 409 with reason NoSpace (an older controller: 507): the caller acts
+                return _error(409, f"the controller refused: {exc.message}", reason=exc.reason)
             return _error(409 if exc.status < 500 else 503, f"the controller refused: {exc.message}")
         except OSError as exc:
             return _error(503, f"{type(exc).__name__}: {exc}")

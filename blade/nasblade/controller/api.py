@@ -15,8 +15,9 @@ CSI driver's volumes, snapshots and catalog (``nasblade.lunames.is_csi_lu``, as 
 certificate opens over NBD): it creates, grows, sets read-only, deletes and copies those and
 sees only those and the copy jobs between them, ``403`` otherwise) and
 error mapping (``engine.NotFound`` → ``404``, ``BadRequest`` and ``httpjson.BodyError`` →
-``400``/``413`` ...), so every error is a JSON object with an ``"error"`` key; anything else a
-handler raises (a ``KeyError`` from a bug, say) is a ``500`` with its traceback in the log.
+``400``/``413``, ``layout.NoSpace`` → ``409`` with ``"reason": "NoSpace"`` ...), so every
+error is a JSON object with an ``"error"`` key; anything else a handler raises (a ``KeyError``
+from a bug, say) is a ``500`` with its traceback in the log.
 Request bodies are read by ``nasblade.httpjson.read`` (bounded size and depth); LU names on
 paths and in new LUs follow ``luname.check``. ``apiclient.ControlClient`` is the Python client.
 """
@@ -63,6 +64,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CAS_MAX = 256 << 10
 """Largest compare range and write of ``compare-and-write`` (bytes)."""
+
+
+NO_SPACE = "NoSpace"
+"""The ``"reason"`` of the ``409`` that refuses an LU (created or grown) the devices have no
+room for; a controller before it answered ``507`` (clients take either for no space)."""
 
 
 class Forbidden(Exception):
@@ -236,8 +242,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error(409, "stale epoch", lastEpoch=exc.last_epoch)
     except FileExistsError as exc:
         return _error(409, f"already exists: {exc}")
-    except layout.NoSpace as exc:
-        return _error(507, f"no space: {exc}")
+    except layout.NoSpace as exc:  # the caller can act (a smaller size, free space): not a 5xx
+        return _error(409, f"no space: {exc}", reason=NO_SPACE)
     except CopyError as exc:
         return _error(400, str(exc))
     except web.HTTPException as exc:
@@ -791,9 +797,11 @@ _QUERIES: dict[str, dict[str, bool]] = {
 }
 _CREATED = {"create_lu", "post_client", "post_cache_records", "post_copy_job", "post_fault",
             "post_device_fault"}
-#: Server-side statuses a route documents: the array has no room (507), a device failed (503).
-_SERVER_ERRORS: dict[str, dict[str, str]] = {
-    "create_lu": {"507": "no space on the devices"}, "patch_lu": {"507": "no space on the devices"},
+#: Statuses a route documents beyond the generic ``4XX``: the array has no room (``409`` with
+#: ``"reason": "NoSpace"``, beside the route's other conflicts), a device failed (``503``).
+_DECLARED_ERRORS: dict[str, dict[str, str]] = {
+    "create_lu": {"409": f"the LU exists, or no space on the devices (reason {NO_SPACE})"},
+    "patch_lu": {"409": f"a shrink, or no space on the devices (reason {NO_SPACE})"},
     "compare_and_write": {"503": "I/O error on the LU"},
 }
 
@@ -817,7 +825,7 @@ def _openapi() -> dict[str, Any]:
         else:
             responses = {"201" if op_id in _CREATED else "200": ok}
         responses["4XX"] = {"description": "Error", **error}
-        for status, what in _SERVER_ERRORS.get(op_id, {}).items():
+        for status, what in _DECLARED_ERRORS.get(op_id, {}).items():
             responses[status] = {"description": what, **error}
         op: dict[str, Any] = {"operationId": op_id, "summary": summary, "parameters": params, "responses": responses}
         if method in ("POST", "PATCH"):
@@ -832,7 +840,9 @@ def _openapi() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Error": {"type": "object", "required": ["error"],
-                                  "properties": {"error": {"type": "string"}}},
+                                  "properties": {"error": {"type": "string"},
+                                                 "reason": {"type": "string", "description":
+                                                            f"machine-readable cause ({NO_SPACE})"}}},
                         "LU": _LU_SCHEMA, "Extent": _EXTENT_SCHEMA},
         },
         "paths": paths,

@@ -18,13 +18,30 @@ from urllib.parse import quote
 
 from nasblade.bladeapi.http import JSONClient
 
+#: The ``"reason"`` of the controller's ``409`` for an LU the devices have no room for
+#: (``api.NO_SPACE``; the API's server side is not imported by its clients).
+NO_SPACE = "NoSpace"
+
 
 class ControlAPIError(Exception):
+    """A non-2xx reply: ``status``, the JSON error ``body``, its ``message`` and its
+    machine-readable ``reason`` (``""`` when it has none). A controller from before the reason
+    answered no space with ``507``: that reads as ``reason`` ``NoSpace`` too (a rolling
+    upgrade), so ``no_space`` is the one test for it -- never ``status`` alone, since ``409``
+    also means "exists", "busy" and the like."""
+
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         self.status = status
         self.body = body
         self.message = str(body.get("error", ""))
+        reason = body.get("reason")
+        self.reason = NO_SPACE if status == 507 else reason if isinstance(reason, str) else ""
         super().__init__(f"HTTP {status}: {self.message}")
+
+    @property
+    def no_space(self) -> bool:
+        """The controller refused an LU (created or grown) for want of room on the devices."""
+        return self.reason == NO_SPACE
 
 
 class ControlClient(JSONClient):

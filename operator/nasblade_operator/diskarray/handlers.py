@@ -367,9 +367,9 @@ async def _provision(
                 seeded = await arrayapi.seed_program(nbd, version=parsed.software_version)
             break
         except arrayapi.ArrayRefused as exc:
-            reason = "NoSpace" if exc.status == 507 else "ControllerRefused"
+            reason = "NoSpace" if exc.no_space else "ControllerRefused"  # 409 NoSpace, or an older 507
             _not_ready(status, patch, generation=generation, reason=reason, message=str(exc))
-            events.warning(body, "NoSpace" if exc.status == 507 else "ControllerUnavailable", f"the controller refused: {exc}")
+            events.warning(body, "NoSpace" if exc.no_space else "ControllerUnavailable", f"the controller refused: {exc}")
             metrics.RECONCILE_ERRORS.labels("DiskArray", reason).inc()
             raise kopf.TemporaryError(str(exc), delay=max(30.0, settings.current().retry_delay)) from None
         except arrayapi.ArrayUnavailable as exc:

@@ -21,7 +21,7 @@ from nasblade_operator import naming, podspec, validation
 
 MIB = 2**20
 #: Space the controller keeps per device for its own metadata (superblock, LU table, journal).
-#: Conservative; the controller's own answer (507 no space) is the final word.
+#: Conservative; the controller's own answer (409 with reason NoSpace) is the final word.
 DEVICE_OVERHEAD = 16 * MIB
 MIN_PORTION = 1 * MIB
 _DRIVER_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
