@@ -8,10 +8,11 @@ The controller StatefulSet (``diskarray/builders.py``) and the blade pods
 * the image pull policy, pull secrets and log format the operator was installed with
   (``PodDefaults`` from ``settings.OperatorConfig``: chart values ``image.pullPolicy``,
   ``imagePullSecrets``, ``logFormat``);
-* hardening: no ServiceAccount token (no nasblade daemon talks to the Kubernetes API),
+* hardening: no ServiceAccount token (no controller or blade daemon talks to the Kubernetes API),
   read-only root file systems with a small writable ``/tmp`` per container, non-root, every
   capability dropped, no privilege escalation, seccomp ``RuntimeDefault``;
-* default resource requests for containers whose spec gives none.
+* default resource requests and limits for containers whose spec gives none (``api_access``
+  gives the credentials to the containers of a pod that do talk to the API server).
 
 Pure functions: the same input gives the same pod (the StatefulSet's template digest depends
 on it). docs/operator.md ("Placement", "Pod hardening") describes the fields.
@@ -36,8 +37,21 @@ TMP_DIR = "/tmp"
 #: uid/gid of the image's nasblade user (Dockerfile).
 NASBLADE_UID = 10001
 #: Requests of a container whose spec sets no resources: enough to be Burstable (not the first
-#: evicted), small enough for a one-node test cluster. Limits stay the user's choice.
+#: evicted), small enough for a one-node test cluster.
 DEFAULT_REQUESTS = {"cpu": "25m", "memory": "64Mi"}
+#: Limits of a container whose spec and installation set no resources, by role: caps that stop
+#: a runaway process from taking a node, set well above what the bench runs measure (a blade's
+#: file processor 140-240 MiB with its 128 MiB read cache, its block processor 70-140 MiB; a CSI
+#: plugin's containers under 100 MiB; docs/performance.md), so they are not a tuning knob. CPU
+#: caps are whole cores: CFS throttling below what a role uses in a burst adds NFS and NBD
+#: latency. The controller's memory cap is its cache and 1 GiB more (its builder sets it).
+DEFAULT_LIMITS: Mapping[str, Mapping[str, str]] = {
+    "blades": {"cpu": "2", "memory": "1Gi"},
+    "controller": {"cpu": "4", "memory": "1Gi"},
+    "csi": {"cpu": "1", "memory": "512Mi"},
+}
+#: Where client-go and pykube read a pod's ServiceAccount credentials.
+API_ACCESS_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +221,28 @@ def finish(
                 resources.update({k: dict(v) for k, v in default_resources.items()})
             else:
                 resources["requests"] = dict(DEFAULT_REQUESTS)
+                resources["limits"] = dict(DEFAULT_LIMITS[role])
+    return pod_spec
+
+
+def api_access(pod_spec: dict[str, Any], containers: Sequence[str]) -> dict[str, Any]:
+    """Give the named containers of ``pod_spec`` the pod's ServiceAccount credentials, and no
+    other container: the volume the kubelet would mount into every container with
+    ``automountServiceAccountToken`` (a token of 3607 s, which the API server extends for
+    clients that do not reload it and the kubelet renews; the cluster's CA; the namespace),
+    mounted where client libraries look. ``finish`` turned the automatic mount off."""
+    pod_spec.setdefault("volumes", []).append({"name": "api-access", "projected": {
+        "defaultMode": 0o444,
+        "sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {
+                "apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+        ]}})
+    for c in _containers(pod_spec):
+        if c["name"] in containers:
+            c.setdefault("volumeMounts", []).append(
+                {"name": "api-access", "mountPath": API_ACCESS_DIR, "readOnly": True})
     return pod_spec
 
 

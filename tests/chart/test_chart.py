@@ -56,6 +56,21 @@ def operator_container(objs: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(containers[0])
 
 
+def assert_api_access(pod: dict[str, Any], container: str) -> None:
+    """The pod has no automatic ServiceAccount token; ``container`` alone mounts the projected
+    credentials (token, CA, namespace) where client libraries read them."""
+    assert pod["automountServiceAccountToken"] is False
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "api-access"]
+    sources = volume["projected"]["sources"]
+    assert sources[0] == {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}
+    assert {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}} in sources
+    assert any("downwardAPI" in src for src in sources)
+    for c in [*pod.get("initContainers", []), *pod["containers"]]:
+        mounts = [m for m in c.get("volumeMounts", []) if m["name"] == "api-access"]
+        assert mounts == ([{"name": "api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+                            "readOnly": True}] if c["name"] == container else []), c["name"]
+
+
 # ---------------------------------------------------------------- offline
 
 
@@ -185,12 +200,28 @@ def test_default_render(render: Render) -> None:
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert c["resources"]["requests"]["memory"]
+    assert {"cpu", "memory"} <= set(c["resources"]["limits"])
     pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert_api_access(pod, "operator")
+    sa = one(objs, "ServiceAccount")
+    assert sa["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     svc = one(objs, "Service")
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     assert not any(r == "clusterkopfpeerings" for _, r, _ in _rules(operator_role(objs)))
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def test_image_digest_pins_every_nasblade_pod(render: Render) -> None:
+    """image.digest: the operator runs repository:tag@digest and passes the same reference on
+    (NASBLADE_IMAGE), so the controller, blade and CSI pods it makes are pinned too."""
+    c = operator_container(render(f"image.digest={DIGEST}"))
+    assert c["image"] == f"nasblade/nasblade:0.1.0@{DIGEST}"
+    assert {e["name"]: e.get("value") for e in c["env"]}["NASBLADE_IMAGE"] == c["image"]
+    assert operator_container(render())["image"] == "nasblade/nasblade:0.1.0"
 
 
 def test_leader_election_is_optional_and_needs_the_peering_api(helm: Helm, render: Render) -> None:
@@ -351,7 +382,8 @@ def test_csi_node_plugin_is_asked_for_and_mounts_under_the_kubelet_dir(render: R
     (kubelet,) = [m for m in c["volumeMounts"] if m["name"] == "kubelet-dir"]
     assert kubelet == {"name": "kubelet-dir", "mountPath": "/data/kubelet", "mountPropagation": "Bidirectional"}
     assert {v["name"]: v.get("hostPath", {}).get("path") for v in pod["volumes"]}["kubelet-dir"] == "/data/kubelet"
-    assert pod["automountServiceAccountToken"] is True and pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert_api_access(pod, "csi-node")
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     objs = render("csi.node.enabled=true")
     assert pod["serviceAccountName"] == "nb-nasblade-csi-node"
@@ -521,7 +553,7 @@ def test_snapshot_controller_is_asked_for_and_hardened(render: Render) -> None:
     assert not selector.items() <= operator[0]["spec"]["template"]["metadata"]["labels"].items()
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "nb-nasblade-snapshot-controller"
-    assert pod["automountServiceAccountToken"] is True
+    assert_api_access(pod, "snapshot-controller")
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -709,6 +741,8 @@ def test_operator_policy_metrics_port_defaults_and_off(render: Render) -> None:
     (["csi.snapshotter.tag=v8"], "additional properties 'tag' not allowed"),
     (["csi.snapshotClass.deletionPolicy=Retain"], "additional properties 'snapshotClass' not allowed"),
     (["csi.snapshotController.image="], "at '/csi/snapshotController/image'"),
+    (["image.digest=sha256:abc"], "at '/image/digest'"),
+    (["image.digest=latest"], "at '/image/digest'"),
 ])
 def test_invalid_values_fail(helm: Helm, values: list[str], message: str) -> None:
     argv = ["template", "nb", str(CHART), "--kube-version", KUBE_VERSION]
@@ -1159,9 +1193,11 @@ def checkov() -> Path:
 @pytest.mark.slow  # checkov takes minutes on this machine (and is installed on first use)
 @pytest.mark.timeout(3600)
 def test_checkov(helm: Helm, checkov: Path, tmp_path: Path) -> None:
-    """checkov (PyPI) on everything the chart renders (all options on) and on the pods, policies
-    and budget the operator makes: every finding is fixed or listed with its reason in
-    charts/nasblade/checkov-skips.yaml, and every listed one still occurs (no stale excuses)."""
+    """checkov (PyPI) on everything the chart renders (all options on, every image pinned by
+    digest as a production install is) and on the pods, policies and budget the operator makes
+    from it: every finding is fixed or listed with its reason in charts/nasblade/checkov-skips.yaml,
+    and every listed one still occurs (no stale excuses). None of the listed ones is about
+    resources, pulling or ServiceAccount tokens."""
     from nasblade_operator import policies
     from nasblade_operator.clustergroup import builders as cg_builders
     from nasblade_operator.clustergroup import spec as cg_spec
@@ -1173,8 +1209,13 @@ def test_checkov(helm: Helm, checkov: Path, tmp_path: Path) -> None:
         {"name": "home", "size": "64Mi", "clusterGroup": "g1", "exports": [{"clients": ["10.0.0.0/8"]}]}],
         "csi": {"enabled": True, "clusterGroup": "g1"}})
     group = cg_spec.parse({"diskArrayRef": {"name": "a1"}})
+    image = f"nasblade/nasblade:0.1.0@{DIGEST}"  # what image.digest makes NASBLADE_IMAGE
+    pinned = {name: f"{ref}@{DIGEST}" for name, ref in (
+        ("snapshotter", SNAPSHOTTER_IMAGE), ("snapshotController", SNAPSHOT_CONTROLLER_IMAGE),
+        ("provisioner", "registry.k8s.io/sig-storage/csi-provisioner:v5.3.0"),
+        ("resizer", "registry.k8s.io/sig-storage/csi-resizer:v1.14.0"))}
     blade = cg_builders.blade_pod(group="g1", namespace="storage", index=0, spec=group, portion=0,
-                                  portion_size=2**20, version="0.1.0", image="nasblade/nasblade:0.1.0",
+                                  portion_size=2**20, version="0.1.0", image=image,
                                   file_systems=array.file_systems_of("g1"),
                                   slots={f.name: i for i, f in enumerate(array.file_systems_of("g1"))})
 
@@ -1182,15 +1223,21 @@ def test_checkov(helm: Helm, checkov: Path, tmp_path: Path) -> None:
             "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.dashboard.enabled=true",
             "--set", "metrics.serviceMonitor.enabled=true", "--set", "csi.node.enabled=true",
             "--set", "csi.snapshotController.enabled=true", "--api-versions", PROM_RULE_API,
-            "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor", "--api-versions", SNAPSHOT_CLASS_API]
-    (tmp_path / "chart.yaml").write_text(helm(*argv).stdout)
-    made = [blade, da_builders.controller_statefulset("a1", array, image="nasblade/nasblade:0.1.0"),
+            "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor", "--api-versions", SNAPSHOT_CLASS_API,
+            "--set", f"image.digest={DIGEST}"]
+    for name, ref in pinned.items():
+        argv += ["--set", f"csi.{name}.image={ref}"]
+    rendered = helm(*argv).stdout
+    assert f"nasblade/nasblade:0.1.0@{DIGEST}" in rendered
+    (tmp_path / "chart.yaml").write_text(rendered)
+    made = [blade, da_builders.controller_statefulset("a1", array, image=image),
             *policies.array_policies("a1", operator_namespace="nasblade-system", operator_labels={"a": "b"}),
             policies.blade_policy(array="a1", group="g1", clients=["10.0.0.0/8"], operator_namespace="nasblade-system",
                                   operator_labels={"a": "b"}, nfs_slots=[0]),
             policies.disruption_budget(array="a1", group="g1", blades=2),
             # the CSI controller plugin of a DiskArray with spec.csi, and its csi-snapshotter sidecar
-            da_csi.deployment("storage", "a1", array, image="nasblade/nasblade:0.1.0", snapshotter=SNAPSHOTTER_IMAGE),
+            da_csi.deployment("storage", "a1", array, image=image, snapshotter=pinned["snapshotter"],
+                              provisioner=pinned["provisioner"], resizer=pinned["resizer"]),
             da_csi.service_account("a1"), da_csi.role_binding("storage", "a1", role="nb-nasblade-csi-controller")]
     for obj in made:
         obj["metadata"]["namespace"] = "storage"
@@ -1204,6 +1251,9 @@ def test_checkov(helm: Helm, checkov: Path, tmp_path: Path) -> None:
     assert passed > 100, r.stderr  # it really scanned the objects
     skips = yaml.safe_load((CHART / "checkov-skips.yaml").read_text())
     assert all(isinstance(v, str) and len(v) > 40 for v in skips.values()), "every skip needs its reason"
+    # requests and limits, image tag and digest, pull policy, ServiceAccount tokens: no excuse taken
+    assert not set(skips) & {"CKV_K8S_10", "CKV_K8S_11", "CKV_K8S_12", "CKV_K8S_13", "CKV_K8S_14",
+                             "CKV_K8S_15", "CKV_K8S_38", "CKV_K8S_43"}
     unexplained = sorted({f for f in failed if f[0] not in skips})
     assert unexplained == [], unexplained
     assert sorted(set(skips) - {c for c, _ in failed}) == [], "stale entries in checkov-skips.yaml"

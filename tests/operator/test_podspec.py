@@ -93,8 +93,16 @@ def test_settings_read_the_pull_and_policy_variables() -> None:
 def test_every_container_is_hardened() -> None:
     for pod in (controller_pod_spec(), blade(group_spec())["spec"], csi_pod_spec(),
                 csi_pod_spec(snapshotter=SNAPSHOTTER)):
-        # only the CSI plugin talks to the API server (claims, volumes)
-        assert pod["automountServiceAccountToken"] is (pod.get("serviceAccountName") == "a1-csi-controller")
+        # no pod has the kubelet's automatic token; only the CSI plugin, which talks to the API
+        # server (claims, volumes, snapshots), mounts its credentials, into each of its containers
+        assert pod["automountServiceAccountToken"] is False
+        csi = pod.get("serviceAccountName") == "a1-csi-controller"
+        access = [v for v in pod["volumes"] if v["name"] == "api-access"]
+        assert len(access) == (1 if csi else 0)
+        for c in pod["containers"]:
+            mounts = [m for m in c["volumeMounts"] if m["mountPath"] == podspec.API_ACCESS_DIR]
+            assert mounts == ([{"name": "api-access", "mountPath": podspec.API_ACCESS_DIR, "readOnly": True}]
+                              if csi else []), c["name"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["fsGroup"] == 10001  # Secret volumes readable by the nasblade user
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -106,13 +114,19 @@ def test_every_container_is_hardened() -> None:
             tmp = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
             assert len(tmp) == 1 and "emptyDir" in volumes[tmp[0]["name"]]
             assert c["resources"]["requests"], f"{c['name']} has no requests"
+            assert {"cpu", "memory"} <= set(c["resources"]["limits"]), f"{c['name']} is not capped"
 
 
 def test_default_and_given_resources() -> None:
     ctrl = controller_pod_spec()["containers"][0]
-    assert ctrl["resources"] == {"requests": {"cpu": "50m", "memory": f"{256 + 64}Mi"}}  # cache + 64Mi
+    assert ctrl["resources"] == {"requests": {"cpu": "50m", "memory": f"{256 + 64}Mi"},  # cache + 64Mi
+                                 "limits": {"cpu": "4", "memory": f"{256 + 1024}Mi"}}  # cache + 1Gi
+    big = da_spec.parse({"devices": {"count": 1, "size": "8Gi"}, "controller": {"cacheSize": "4Gi"}})
+    big_ctl = da_builders.controller_statefulset("a2", big, image="reg.example/nb:1")["spec"]["template"]["spec"]
+    assert big_ctl["containers"][0]["resources"]["limits"]["memory"] == f"{4096 + 1024}Mi"
     pod = blade(group_spec())["spec"]
-    assert all(c["resources"] == {"requests": podspec.DEFAULT_REQUESTS} for c in pod["containers"])
+    assert all(c["resources"] == {"requests": podspec.DEFAULT_REQUESTS, "limits": {"cpu": "2", "memory": "1Gi"}}
+               for c in pod["containers"])
     given = blade(group_spec(resources={"limits": {"memory": "1Gi"}}))["spec"]
     assert all(c["resources"] == {"limits": {"memory": "1Gi"}} for c in given["containers"])
 
@@ -203,7 +217,8 @@ def test_installation_defaults_fill_what_the_specs_leave_empty() -> None:
     assert "tolerations" not in bare_ctl
     csi = csi_pod_spec(d)  # placed like the controller, with its own small requests
     assert csi["nodeSelector"] == {"disk": "ssd"}
-    assert all(c["resources"] == {"requests": podspec.DEFAULT_REQUESTS} for c in csi["containers"])
+    assert all(c["resources"] == {"requests": podspec.DEFAULT_REQUESTS, "limits": podspec.DEFAULT_LIMITS["csi"]}
+               for c in csi["containers"])
     # blades: the group sets nothing but its spread
     pod = blade(group_spec(), defaults=d)["spec"]
     assert pod["nodeSelector"] == {"pool": "nas"} and pod["priorityClassName"] == "nas-critical"
@@ -215,7 +230,8 @@ def test_installation_defaults_fill_what_the_specs_leave_empty() -> None:
     # without defaults: no placement, the small requests
     plain = blade(group_spec())["spec"]
     assert "nodeSelector" not in plain and "priorityClassName" not in plain
-    assert all(c["resources"] == {"requests": podspec.DEFAULT_REQUESTS} for c in plain["containers"])
+    assert all(c["resources"] == {"requests": podspec.DEFAULT_REQUESTS, "limits": podspec.DEFAULT_LIMITS["blades"]}
+               for c in plain["containers"])
 
 
 @pytest.mark.parametrize(("raw", "match"), [

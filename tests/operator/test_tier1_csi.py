@@ -275,14 +275,16 @@ def test_the_operator_runs_a_diskarrays_csi_controller_plugin(
         assert rb is not None and rb["roleRef"]["name"] == "nasblade-csi-test-array"
         assert rb["subjects"] == crb["subjects"] and rb["metadata"]["ownerReferences"][0]["name"] == "a1"
         pod = dep["spec"]["template"]["spec"]
-        assert pod["serviceAccountName"] == "a1-csi-controller" and pod["automountServiceAccountToken"] is True
+        # the credentials in every container (all four call the API server), not the kubelet's mount
+        assert pod["serviceAccountName"] == "a1-csi-controller" and pod["automountServiceAccountToken"] is False
+        assert [v["name"] for v in pod["volumes"] if "projected" in v] == ["api-access"]
         c, *sidecars = pod["containers"]
         assert [(s["name"], s["image"]) for s in sidecars] == [
             ("csi-provisioner", "csi-provisioner:test"), ("csi-resizer", "csi-resizer:test"),
             ("csi-snapshotter", "csi-snapshotter:test")]
-        for sidecar in sidecars:  # on the plugin's socket, none of its credentials
+        for sidecar in sidecars:  # on the plugin's socket, none of its array credentials
             assert "--csi-address=/csi/csi.sock" in sidecar["args"] and "--leader-election=false" in sidecar["args"]
-            assert {m["name"] for m in sidecar["volumeMounts"]} == {"socket", f"tmp-{sidecar['name']}"}
+            assert {m["name"] for m in sidecar["volumeMounts"]} == {"socket", f"tmp-{sidecar['name']}", "api-access"}
         args = c["args"]
         # the upstream sidecars provision, delete and grow; the plugin narrows exports
         assert args[args.index("--provision-jobs") + 1] == "exports"

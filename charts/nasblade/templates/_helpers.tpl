@@ -67,9 +67,45 @@ app.kubernetes.io/part-of: nasblade
 {{- end -}}
 {{- end -}}
 
-{{/* repository:tag of the image (tag defaults to appVersion). */}}
+{{/* repository:tag of the image (tag defaults to appVersion), pinned with @digest when
+image.digest is set. */}}
 {{- define "nasblade.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- with .Values.image.digest }}@{{ . }}{{ end -}}
+{{- end -}}
+
+{{/*
+The ServiceAccount credentials of a pod that talks to the API server, mounted only into the
+containers that do (nasblade.apiAccessMount) instead of the kubelet's automatic mount into every
+container: the token the kubelet would project (3607 s: the API server extends exactly that
+lifetime for clients that do not reload it, and the kubelet renews the file), the cluster's CA
+and the namespace, at the path client-go and pykube read.
+*/}}
+{{- define "nasblade.apiAccessVolume" -}}
+- name: api-access
+  projected:
+    defaultMode: 0444
+    sources:
+      - serviceAccountToken:
+          path: token
+          expirationSeconds: 3607
+      - configMap:
+          name: kube-root-ca.crt
+          items:
+            - key: ca.crt
+              path: ca.crt
+      - downwardAPI:
+          items:
+            - path: namespace
+              fieldRef:
+                apiVersion: v1
+                fieldPath: metadata.namespace
+{{- end -}}
+
+{{- define "nasblade.apiAccessMount" -}}
+- name: api-access
+  mountPath: /var/run/secrets/kubernetes.io/serviceaccount
+  readOnly: true
 {{- end -}}
 
 {{/* imagePullSecrets as comma-separated names (entries may be {name: x} or plain strings). */}}
@@ -118,6 +154,9 @@ so every install, upgrade and template run checks them.
 {{- end -}}
 {{- if not .Values.image.repository -}}
 {{- fail "image.repository must not be empty" -}}
+{{- end -}}
+{{- if and .Values.image.digest (not (regexMatch "^sha256:[0-9a-f]{64}$" (toString .Values.image.digest))) -}}
+{{- fail (printf "image.digest must be sha256:<64 hex digits>, not %q" (toString .Values.image.digest)) -}}
 {{- end -}}
 {{- if or (not (kindIs "float64" (.Values.replicaCount | float64))) (lt (int .Values.replicaCount) 1) -}}
 {{- fail (printf "replicaCount must be at least 1, not %v" .Values.replicaCount) -}}

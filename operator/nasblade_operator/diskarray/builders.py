@@ -155,9 +155,13 @@ def controller_statefulset(
     if spec.controller.resources:
         container["resources"] = dict(spec.controller.resources)
     elif not defaults.controller.resources:  # (else podspec.finish gives the installation's)
-        # the cache lives in the controller's memory: request it
-        container["resources"] = {"requests": {
-            "cpu": "50m", "memory": f"{(spec.controller.cache_size + 64 * 2**20) // 2**20}Mi"}}
+        # the cache lives in the controller's memory: request it, and cap the process at the
+        # cache and 1 GiB more (it runs at 80-120 MiB besides the cache: docs/performance.md)
+        cache_mib = spec.controller.cache_size // 2**20
+        container["resources"] = {
+            "requests": {"cpu": "50m", "memory": f"{cache_mib + 64}Mi"},
+            "limits": {"cpu": podspec.DEFAULT_LIMITS["controller"]["cpu"], "memory": f"{cache_mib + 1024}Mi"},
+        }
     template: dict[str, Any] = {
         "metadata": {"labels": labels(array)},
         "spec": {

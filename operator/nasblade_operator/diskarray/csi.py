@@ -233,7 +233,8 @@ def deployment(namespace: str, array: str, spec: DiskArraySpec, *, image: str,
         },
     }
     podspec.finish(template["spec"], placement=spec.controller.placement, defaults=defaults, role="csi")
-    template["spec"]["automountServiceAccountToken"] = True  # it talks to the API server
+    # every container talks to the API server (claims, volumes, snapshots, exports)
+    podspec.api_access(template["spec"], [c["name"] for c in template["spec"]["containers"]])
     digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "apiVersion": "apps/v1",
