@@ -9,7 +9,8 @@ on Kubernetes, a file system of the DiskArray that a cluster group serves), so a
 after a crash or a time-out finishes the same volume instead of making a second. Volume ids and snapshot ids are the LU
 names, derived from the CSI name (``pv-``/``sn-`` + 24 hex digits of its SHA-256). Calls on
 one name are serialised in this process; two replicas are kept apart by the catalog's
-compare-and-write.
+compare-and-write. An array reachable only from some nodes (``topology``) answers with where
+each volume is usable and refuses requirements it cannot meet (``nasblade.csitopology``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import grpc
+from nasblade import csitopology
 
 from nasblade_csi import proto
 from nasblade_csi.array import ALIGN, MIN_SIZE, Array
@@ -80,8 +82,11 @@ def _page(items: list[Any], token: str, max_entries: int) -> tuple[list[Any], st
 
 class Controller(ControllerServicer):  # type: ignore[misc]
     def __init__(self, array: Array, catalog: Catalog, *, context: dict[str, str] | None = None,
-                 snapshot_wait: float = 10.0, exports: Exports | None = None) -> None:
+                 snapshot_wait: float = 10.0, exports: Exports | None = None,
+                 topology: Sequence[csitopology.Segment] = ()) -> None:
         self.array = array
+        #: the segments the array is reachable from (``--topology``); empty: every node
+        self.topology = tuple(dict(s) for s in topology)
         self.snapshot_wait = snapshot_wait  # CreateSnapshot answers ready_to_use=false after this
         self.catalog = catalog
         self.context = dict(context or {})  # the volume context of volumes recorded without one
@@ -120,7 +125,8 @@ class Controller(ControllerServicer):  # type: ignore[misc]
 
     def _volume_msg(self, rec: dict[str, Any]) -> Any:
         vol = pb.Volume(volume_id=rec["id"], capacity_bytes=rec["size"],
-                        volume_context={**rec.get("context", self.context), "lu": rec["lu"]})
+                        volume_context={**rec.get("context", self.context), "lu": rec["lu"]},
+                        accessible_topology=[pb.Topology(segments=s) for s in self.topology])
         src = rec.get("source") or {}
         if "snapshot" in src:
             vol.content_source.snapshot.snapshot_id = src["snapshot"]
@@ -136,6 +142,21 @@ class Controller(ControllerServicer):  # type: ignore[misc]
 
     # -- volumes ------------------------------------------------------------------------------
 
+    def _segments(self, requirements: Any) -> list[dict[str, str]]:
+        """Where a volume with these accessibility requirements is usable: the array's segments
+        that meet one requisite topology (all of them without a requirement), or
+        ``RESOURCE_EXHAUSTED`` before anything is made when none does."""
+        if not self.topology:
+            return []  # reachable from every node: no constraint to report
+        # (preferred topologies only order a choice; every segment of the array is served alike)
+        requisite = [dict(t.segments) for t in requirements.requisite]
+        usable = csitopology.accessible(self.topology, requisite)
+        if not usable:
+            raise CsiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"the array is reachable only from {list(self.topology)}; the volume must be usable "
+                           f"from one of {requisite} (the claim's node, or the class's allowedTopologies)")
+        return usable
+
     @guard
     def CreateVolume(self, request: Any, context: grpc.ServicerContext) -> Any:
         require(request, "name", "volume_capabilities")
@@ -143,6 +164,13 @@ class Controller(ControllerServicer):  # type: ignore[misc]
             problem = capability_error(cap)
             if problem:
                 raise CsiError(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        segments = self._segments(request.accessibility_requirements)
+        response = self._create_volume(request)
+        del response.volume.accessible_topology[:]
+        response.volume.accessible_topology.extend(pb.Topology(segments=s) for s in segments)
+        return response
+
+    def _create_volume(self, request: Any) -> Any:
         required, limit = request.capacity_range.required_bytes, request.capacity_range.limit_bytes
         layout = request.parameters.get("layout", "filesystem")
         if layout not in LAYOUTS:
@@ -309,6 +337,9 @@ class Controller(ControllerServicer):  # type: ignore[misc]
         for cap in request.volume_capabilities:
             if capability_error(cap):
                 return pb.GetCapacityResponse(available_capacity=0)
+        if self.topology and request.HasField("accessible_topology") and not csitopology.accessible(
+                self.topology, [dict(request.accessible_topology.segments)]):
+            return pb.GetCapacityResponse(available_capacity=0)  # not reachable from there
         if request.parameters.get("layout") == "directory":  # the shared file system's free space
             free = self.exports.directory_space(request.parameters)
             return pb.GetCapacityResponse(available_capacity=free, minimum_volume_size={"value": ALIGN})

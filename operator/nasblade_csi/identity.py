@@ -1,6 +1,6 @@
-"""The CSI Identity service: the driver's name and version, its plugin capabilities (the same
-from every deployment of the driver: it has a controller service, as the CO must know even
-when it asks a node plugin), and a probe that is ready only while the array's controller
+"""The CSI Identity service: the driver's name and version, its plugin capabilities (it has a
+controller service, as the CO must know even when it asks a node plugin; the controller plugin
+of an array reachable only from some nodes also has accessibility constraints), and a probe that is ready only while the array's controller
 answers (the controller plugin) or always (a node plugin, which needs nothing but its mounts)."""
 
 from __future__ import annotations
@@ -23,9 +23,13 @@ VERSION = "0.1.0"
 
 
 class Identity(IdentityServicer):  # type: ignore[misc]
-    def __init__(self, *, ready: Callable[[], bool] = lambda: True, driver_name: str = DRIVER_NAME) -> None:
+    def __init__(self, *, ready: Callable[[], bool] = lambda: True, driver_name: str = DRIVER_NAME,
+                 topology: bool = False) -> None:
         self.ready = ready
         self.driver_name = driver_name
+        #: the array is reachable only from some nodes (``--topology``): the CO must pass, and
+        #: honour, accessibility constraints
+        self.topology = topology
 
     @guard
     def GetPluginInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -36,6 +40,8 @@ class Identity(IdentityServicer):  # type: ignore[misc]
         cap = pb.PluginCapability
         caps = [cap(service=cap.Service(type=cap.Service.CONTROLLER_SERVICE)),
                 cap(volume_expansion=cap.VolumeExpansion(type=cap.VolumeExpansion.OFFLINE))]
+        if self.topology:
+            caps.append(cap(service=cap.Service(type=cap.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS)))
         return pb.GetPluginCapabilitiesResponse(capabilities=caps)
 
     @guard

@@ -19,7 +19,10 @@ provisioner's StorageClasses and volumes): one per DiskArray, e.g.
 ``--registration-dir`` it registers with the kubelet each name of ``--register-driver``
 (repeatable) and of the CSIDriver objects ``--register-drivers-labelled SELECTOR`` selects
 (listed every ``--register-poll`` seconds; a name that goes is unregistered), or
-``--driver-name`` alone when neither is given (``nasblade_csi.registration``).
+``--driver-name`` alone when neither is given (``nasblade_csi.registration``). With
+``--topology-keys KEY,...`` its NodeGetInfo reports the node's values of those keys, read from
+the labels of its Node object (``--node-id``; ``nasblade_csi.node``); without, no topology and
+no Kubernetes client.
 """
 
 from __future__ import annotations
@@ -71,6 +74,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--export-clients", default="",
                    help="comma-separated CIDRs a volume is exported to when its StorageClass names none "
                         "(parameter clients)")
+    p.add_argument("--topology", default="", metavar="JSON",
+                   help="the topology segments the array is reachable from, a JSON list of "
+                        "{key: value} maps (e.g. [{\"topology.kubernetes.io/zone\": \"a\"}]): volumes are "
+                        "accessible from nodes in any of them (PersistentVolume node affinity); empty: from every node")
     p.add_argument("--publish-timeout", type=float, default=120.0,
                    help="seconds CreateVolume waits for the group to serve a new volume before answering "
                         "DEADLINE_EXCEEDED (the provisioner calls again)")
@@ -96,6 +103,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "through the API server every --register-poll seconds")
     p.add_argument("--register-poll", type=float, default=5.0, metavar="SECONDS",
                    help="seconds between listings of --register-drivers-labelled")
+    p.add_argument("--topology-keys", default="", metavar="KEY,...",
+                   help="node role: the topology keys NodeGetInfo reports, with the values of the node's "
+                        "labels of those keys (read from its Node object, --node-id, through the API server; "
+                        "e.g. topology.kubernetes.io/region,topology.kubernetes.io/zone); default none: "
+                        "no topology, the API server is not asked")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-format", choices=logformat.FORMATS, default=logformat.default(),
@@ -113,13 +125,35 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.provision_jobs = tuple(j.strip() for j in args.provision_jobs.split(",") if j.strip()) or JOBS
         if set(args.provision_jobs) - set(JOBS):
             p.error(f"--provision-jobs: each of {', '.join(JOBS)}")
+    try:
+        from nasblade.csitopology import parse_segments
+
+        args.topology = parse_segments(args.topology)
+    except ValueError as exc:
+        p.error(f"--topology: {exc}")
     if args.register_poll <= 0:
         p.error("--register-poll must be positive")
+    args.topology_keys = topology_keys(args.topology_keys, p)
+    if args.topology_keys and args.role == "controller":
+        p.error("--topology-keys is the node role's (the controller's segments are --topology)")
     if not args.driver_name:
         from nasblade_csi.identity import DRIVER_NAME
 
         args.driver_name = DRIVER_NAME
     return args
+
+
+def topology_keys(value: str, p: argparse.ArgumentParser) -> tuple[str, ...]:
+    """``--topology-keys``: the comma-separated label keys, each once, in order."""
+    keys = tuple(dict.fromkeys(k.strip() for k in value.split(",") if k.strip()))
+    if keys:
+        from nasblade.csitopology import check_segment
+
+        try:
+            check_segment(dict.fromkeys(keys, "x"), "--topology-keys")
+        except ValueError as exc:
+            p.error(str(exc))
+    return keys
 
 
 def exports(args: argparse.Namespace, context: dict[str, str]) -> Any:
@@ -166,7 +200,7 @@ def serve(args: argparse.Namespace) -> grpc.Server:
         ctx = dict(kv.split("=", 1) for kv in args.volume_context)
         controller = Controller(Array(control, args.array_nbd, rate_limit=args.copy_rate_limit),
                                 Catalog(control, args.array_nbd), context=ctx, snapshot_wait=args.snapshot_wait,
-                                exports=exports(args, ctx))
+                                exports=exports(args, ctx), topology=args.topology)
         pb_grpc.add_ControllerServicer_to_server(controller, server)
         if args.provision:
             import pykube
@@ -184,8 +218,16 @@ def serve(args: argparse.Namespace) -> grpc.Server:
     if args.role in ("node", "all"):
         from nasblade_csi.node import Node
 
-        pb_grpc.add_NodeServicer_to_server(Node(args.node_id), server)
-    pb_grpc.add_IdentityServicer_to_server(Identity(ready=ready, driver_name=args.driver_name), server)
+        node_labels = None
+        if args.topology_keys:  # (else no Kubernetes client: the UML guest's node plugin has none)
+            from nasblade_csi.registration import NodeLabels
+
+            node_labels = NodeLabels(args.node_id)
+        pb_grpc.add_NodeServicer_to_server(
+            Node(args.node_id, topology_keys=args.topology_keys, node_labels=node_labels), server)
+    pb_grpc.add_IdentityServicer_to_server(
+        Identity(ready=ready, driver_name=args.driver_name, topology=bool(args.topology or args.topology_keys)),
+        server)
     if args.endpoint.startswith("tcp://"):  # a test's guest reaches the controller plugin so
         server.add_insecure_port(args.endpoint[len("tcp://"):])
     elif args.endpoint.startswith("unix://"):

@@ -8,12 +8,28 @@ fixed where correctness depends on them -- ``vers=3``, ``proto=tcp``, ``hard`` (
 waits through a blade takeover instead of failing), ``nolock`` (the blades serve no NLM yet)
 -- and the StorageClass's ``mountOptions`` are added after them. Every call is idempotent: a
 path already mounted is left as it is, a path not mounted is not an error to unmount.
+
+``NodeGetInfo`` answers the node id, the volume limit (``max_volumes``; 0: none) and, when the
+plugin is given ``topology_keys`` (``--topology-keys``, e.g. ``topology.kubernetes.io/zone``),
+the node's topology: its values of those keys among the Node object's labels, read through
+``node_labels`` (``nasblade_csi.registration.NodeLabels``) at each call. The kubelet calls it
+when it registers the driver and records the keys in the node's ``CSINode`` (the values are
+the node's labels already); the external-provisioner builds a volume's topology requirement
+from them, and the controller answers the segments a volume is reachable from
+(``nasblade.csitopology``). Keys the node has no label for are left out; with none of them,
+or no keys at all, no topology is reported (and without keys the API server is never asked:
+the node plugin then needs no Kubernetes client, as in the UML guest). A Node that cannot be
+read (the API server, RBAC) answers ``UNAVAILABLE``, and the kubelet tries the registration
+again. A label changed later is seen at the next registration only (the plugin's pod
+restarted).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -21,6 +37,7 @@ import grpc
 from nasblade_csi import proto
 from nasblade_csi.errors import CsiError, capability_error, guard, require
 
+log = logging.getLogger(__name__)
 pb, pb_grpc = proto.load()
 NodeServicer: Any = pb_grpc.NodeServicer
 
@@ -72,9 +89,32 @@ def _umount(path: str) -> None:
 
 
 class Node(NodeServicer):  # type: ignore[misc]
-    def __init__(self, node_id: str, *, max_volumes: int = 0) -> None:
+    """The node service of the node ``node_id``. ``topology_keys``: the topology keys it reports
+    in ``NodeGetInfo``, with the values ``node_labels()`` (the Node object's labels) gives them;
+    none: no topology, and ``node_labels`` is not called."""
+
+    def __init__(self, node_id: str, *, max_volumes: int = 0, topology_keys: Sequence[str] = (),
+                 node_labels: Callable[[], Mapping[str, str]] | None = None) -> None:
+        if topology_keys and node_labels is None:
+            raise ValueError("topology_keys need node_labels, the reader of the node's labels")
         self.node_id = node_id
         self.max_volumes = max_volumes
+        self.topology_keys = tuple(topology_keys)
+        self.node_labels = node_labels
+
+    def topology(self) -> dict[str, str]:
+        """The node's values of ``topology_keys`` (those it has a label for), read now;
+        ``UNAVAILABLE`` when its labels cannot be read."""
+        if not self.topology_keys or self.node_labels is None:
+            return {}
+        try:
+            labels = self.node_labels()
+        except Exception as exc:  # the API server, the client's configuration, RBAC: the kubelet retries
+            message = (f"cannot read the labels of node {self.node_id} (its topology, "
+                       f"{', '.join(self.topology_keys)}): {type(exc).__name__}: {exc}")
+            log.warning("NodeGetInfo: %s", message)
+            raise CsiError(grpc.StatusCode.UNAVAILABLE, message) from exc
+        return {k: labels[k] for k in self.topology_keys if k in labels}
 
     @staticmethod
     def _check(request: Any, *, path_field: str, capability: bool) -> None:
@@ -145,4 +185,7 @@ class Node(NodeServicer):  # type: ignore[misc]
 
     @guard
     def NodeGetInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return pb.NodeGetInfoResponse(node_id=self.node_id, max_volumes_per_node=self.max_volumes)
+        segments = self.topology()
+        topology = pb.Topology(segments=segments) if segments else None
+        return pb.NodeGetInfoResponse(node_id=self.node_id, max_volumes_per_node=self.max_volumes,
+                                      accessible_topology=topology)

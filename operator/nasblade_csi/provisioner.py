@@ -13,9 +13,11 @@ controller service in the same process:
   (``--diskarray``; a class that names another array gets ``ProvisioningFailed``), Pending
   and unbound (with ``WaitForFirstConsumer``, once the scheduler has picked a node) → ``CreateVolume`` named ``pvc-<claim uid>`` with the claim's size, access modes and
   data source (another claim of this driver: a clone; a VolumeSnapshot: a restore) and the
-  class's parameters → a PersistentVolume of that name with the CSI source, the class's
-  reclaim policy and mount options, and a ``claimRef`` to the claim, which the
-  kube-controller-manager's binder then binds;
+  class's parameters (its ``allowedTopologies`` as the requisite topology) → a
+  PersistentVolume of that name with the CSI source, the class's reclaim policy and mount
+  options, node affinity to the segments the volume is usable from (an array with a
+  topology), and a ``claimRef`` to the claim, which the kube-controller-manager's binder
+  then binds;
 - **export to the nodes that mount** (a class with ``exportPolicy: nodes``, the job Trident's
   automatic export policy does): each of its volumes is exported to the InternalIP of every
   node that runs a pod using it, and to nobody while none does (``_narrow_exports``);
@@ -127,6 +129,18 @@ def node_clients(pods: list[dict[str, Any]], claim_volumes: Mapping[str, str],
     return {v: sorted(c) for v, c in out.items()}
 
 
+def allowed_segments(sc: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A StorageClass's ``allowedTopologies`` as CSI topology segments: each term's keys with
+    every combination of their values (the sidecar's flattening). Pure."""
+    out: list[dict[str, str]] = []
+    for term in sc.get("allowedTopologies") or []:
+        combos: list[dict[str, str]] = [{}]
+        for expr in term.get("matchLabelExpressions") or []:
+            combos = [{**c, str(expr["key"]): str(v)} for c in combos for v in expr.get("values") or []]
+        out += [c for c in combos if c]
+    return out
+
+
 def persistent_volume(claim: Mapping[str, Any], sc: Mapping[str, Any], volume: Any, *,
                       driver: str = DRIVER_NAME) -> dict[str, Any]:
     """The PersistentVolume of a provisioned ``volume`` (a CSI ``Volume``) for ``claim``."""
@@ -144,6 +158,10 @@ def persistent_volume(claim: Mapping[str, Any], sc: Mapping[str, Any], volume: A
     }
     if sc.get("mountOptions"):
         spec["mountOptions"] = list(sc["mountOptions"])
+    if volume.accessible_topology:  # usable from those segments only: pods go to their nodes
+        spec["nodeAffinity"] = {"required": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": k, "operator": "In", "values": [v]} for k, v in sorted(t.segments.items())]}
+            for t in volume.accessible_topology]}}
     return {"apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": volume_name(claim), "annotations": {ANN_PROVISIONED_BY: driver}},
             "spec": spec}
@@ -335,6 +353,8 @@ class Provisioner:
             source = self._source(claim)
             if source is not None:
                 request.volume_content_source.CopyFrom(source)
+            for segment in allowed_segments(sc):
+                request.accessibility_requirements.requisite.add(segments=segment)
             volume = self.controller.CreateVolume(request, InProcessContext()).volume
         except CallFailed as exc:
             if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:

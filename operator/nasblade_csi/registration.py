@@ -19,7 +19,9 @@ answers that this is a ``CSIPlugin`` named ``<name>`` whose CSI endpoint is
 registered <name>``, or ``refused``). The kubelet then calls ``NodeGetInfo`` on the endpoint and
 lists the driver in the node's ``CSINode``, after which it stages and publishes that driver's
 volumes on this node. Removing a name's socket (the name is no longer wanted, or the plugin
-exits: ``close``) unregisters that driver: the kubelet drops it from the ``CSINode``.
+exits: ``close``) unregisters that driver: the kubelet drops it from the ``CSINode``. With
+``--topology-keys`` that ``NodeGetInfo`` reports the node's values of those keys, read from the
+Node object's labels (``NodeLabels``): the kubelet lists the keys in the ``CSINode`` too.
 
 A plugin killed with SIGKILL leaves its sockets behind, and the kubelet keeps those drivers
 until the sockets go. So the first ``sync`` of a new plugin also removes every socket of a name
@@ -218,6 +220,27 @@ class LabelledDrivers:
             log.info("listing the CSIDriver objects labelled %s again", self.selector)
         self.names = names
         return names
+
+
+class NodeLabels:
+    """The labels of the Node object ``name`` (``GET /api/v1/nodes/<name>``), read through the
+    API server at each call: the values of the node plugin's topology keys, which ``NodeGetInfo``
+    reports when the kubelet registers a driver (``nasblade_csi.node``, ``--topology-keys``).
+    A read that fails (the API server, the client's configuration, RBAC: the plugin's role
+    needs ``get`` on ``nodes``) raises; the kubelet then tries the registration again."""
+
+    def __init__(self, name: str, client: Callable[[], Any] | None = None) -> None:
+        self.name = name
+        self._client = client or _in_cluster_client
+        self._api: Any = None
+
+    def __call__(self) -> dict[str, str]:
+        if self._api is None:
+            self._api = self._client()
+        r = self._api.get(version="v1", url=f"nodes/{self.name}")
+        self._api.raise_for_status(r)
+        labels = r.json().get("metadata", {}).get("labels") or {}
+        return {str(k): str(v) for k, v in labels.items()}
 
 
 def _in_cluster_client() -> Any:

@@ -363,11 +363,13 @@ def test_rbac_is_least_privilege(render: Render) -> None:
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
 
 
-def test_csi_node_plugin_is_asked_for_and_mounts_under_the_kubelet_dir(render: Render) -> None:
+def test_csi_node_plugin_is_asked_for_and_mounts_under_the_kubelet_dir(render: Render, helm: Helm) -> None:
     """The node DaemonSet only when asked (it is privileged); then on every node by default,
     privileged, with the kubelet's directory at the same path and Bidirectional propagation,
-    the driver's and the registration sockets under it, and a ServiceAccount whose only right is
-    to read CSIDriver objects (it registers every array's driver name with the kubelet)."""
+    the driver's and the registration sockets under it, and a ServiceAccount whose only rights
+    are to read CSIDriver objects (it registers every array's driver name with the kubelet) and,
+    with topology keys (the default region and zone), to get Node objects (NodeGetInfo reports
+    its node's labels of those keys); without keys, neither the argument nor that right."""
     assert by_kind(render(), "DaemonSet") == []
     assert by_kind(render("csi.enabled=false", "csi.node.enabled=true"), "DaemonSet") == []
     ds = one(render("csi.node.enabled=true", "csi.node.kubeletDir=/data/kubelet",
@@ -377,7 +379,8 @@ def test_csi_node_plugin_is_asked_for_and_mounts_under_the_kubelet_dir(render: R
     assert c["command"] == ["nasblade-csi"]
     assert c["args"] == ["--role=node", "--endpoint=unix:///data/kubelet/plugins/nas.nasblade.io/csi.sock",
                          "--registration-dir=/data/kubelet/plugins_registry",
-                         "--register-drivers-labelled=nasblade.io/csi-driver=true", "--node-id=$(NODE_NAME)"]
+                         "--register-drivers-labelled=nasblade.io/csi-driver=true", "--node-id=$(NODE_NAME)",
+                         "--topology-keys=topology.kubernetes.io/region,topology.kubernetes.io/zone"]
     assert c["securityContext"]["privileged"] is True and c["securityContext"]["readOnlyRootFilesystem"] is True
     (kubelet,) = [m for m in c["volumeMounts"] if m["name"] == "kubelet-dir"]
     assert kubelet == {"name": "kubelet-dir", "mountPath": "/data/kubelet", "mountPropagation": "Bidirectional"}
@@ -388,7 +391,19 @@ def test_csi_node_plugin_is_asked_for_and_mounts_under_the_kubelet_dir(render: R
     objs = render("csi.node.enabled=true")
     assert pod["serviceAccountName"] == "nb-nasblade-csi-node"
     (role,) = [o for o in by_kind(objs, "ClusterRole") if o["metadata"]["name"] == "nb-nasblade-csi-node"]
-    assert set(_rules(role)) == {("storage.k8s.io", "csidrivers", v) for v in ("get", "list", "watch")}
+    csidrivers = {("storage.k8s.io", "csidrivers", v) for v in ("get", "list", "watch")}
+    assert sorted(_rules(role)) == sorted(csidrivers | {("", "nodes", "get")})
+    empty = helm("template", "nb", str(CHART), "--namespace", "nasblade-system", "--kube-version", KUBE_VERSION,
+                 "--set", "csi.node.enabled=true", "--set-json", "csi.node.topologyKeys=[]").stdout
+    for none, bare in (("null", render("csi.node.enabled=true", "csi.node.topologyKeys=null")),
+                       ("[]", [d for d in yaml.safe_load_all(empty) if d])):
+        (c,) = one(bare, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+        assert not any(a.startswith("--topology-keys") for a in c["args"]), none
+        (role,) = [o for o in by_kind(bare, "ClusterRole") if o["metadata"]["name"] == "nb-nasblade-csi-node"]
+        assert set(_rules(role)) == csidrivers, none
+    (c,) = one(render("csi.node.enabled=true", "csi.node.topologyKeys={example.com/rack}"),
+               "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    assert c["args"][-1] == "--topology-keys=example.com/rack"
     (binding,) = [o for o in by_kind(objs, "ClusterRoleBinding") if o["metadata"]["name"] == "nb-nasblade-csi-node"]
     assert binding["roleRef"]["name"] == "nb-nasblade-csi-node"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "nb-nasblade-csi-node",
@@ -743,6 +758,8 @@ def test_operator_policy_metrics_port_defaults_and_off(render: Render) -> None:
     (["csi.snapshotController.image="], "at '/csi/snapshotController/image'"),
     (["image.digest=sha256:abc"], "at '/image/digest'"),
     (["image.digest=latest"], "at '/image/digest'"),
+    (["csi.node.topologyKeys={not a key}"], "at '/csi/node/topologyKeys/0'"),
+    (["csi.node.topologyKeys=topology.kubernetes.io/zone"], "at '/csi/node/topologyKeys'"),
 ])
 def test_invalid_values_fail(helm: Helm, values: list[str], message: str) -> None:
     argv = ["template", "nb", str(CHART), "--kube-version", KUBE_VERSION]

@@ -135,3 +135,59 @@ def test_a_snapshot_is_usable_once_its_copy_finishes(array: Array, tmp_path: Pat
         assert read(array, b.volume_id)[0] == b"before"
     finally:
         driver.stop()
+
+
+ZONE = "topology.kubernetes.io/zone"
+
+
+def test_an_array_reachable_from_some_nodes_gives_its_volumes_that_topology(array: Array, tmp_path: Path) -> None:
+    """``--topology``: the plugin advertises accessibility constraints; a volume is usable from
+    the array's segments that meet the requisite (all without one), ListVolumes says the same,
+    a requisite the array cannot meet is RESOURCE_EXHAUSTED before any LU is made, and
+    GetCapacity is 0 from elsewhere."""
+    work = tmp_path / "csi-topology"
+    work.mkdir()
+    driver = Driver(work, array, extra=["--topology", f'[{{"{ZONE}": "a"}}, {{"{ZONE}": "b"}}]'])
+    driver.start()
+    try:
+        caps = driver.identity().GetPluginCapabilities(pb.GetPluginCapabilitiesRequest()).capabilities
+        assert pb.PluginCapability.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS in [c.service.type for c in caps]
+        ctl = driver.controller()
+
+        def request(name: str, *requisite: dict[str, str]) -> Any:
+            req = pb.CreateVolumeRequest(name=name, capacity_range=pb.CapacityRange(required_bytes=64 * MiB),
+                                         volume_capabilities=[RWX])
+            for segment in requisite:
+                req.accessibility_requirements.requisite.add(segments=segment)
+            return req
+
+        anywhere = ctl.CreateVolume(request("pvc-any")).volume
+        assert [dict(t.segments) for t in anywhere.accessible_topology] == [{ZONE: "a"}, {ZONE: "b"}]
+        # the node a WaitForFirstConsumer claim was scheduled to: zone b (and its region)
+        on_b = ctl.CreateVolume(request("pvc-b", {ZONE: "b", "topology.kubernetes.io/region": "r"})).volume
+        assert [dict(t.segments) for t in on_b.accessible_topology] == [{ZONE: "b"}]
+        again = ctl.CreateVolume(request("pvc-b", {ZONE: "b", "topology.kubernetes.io/region": "r"})).volume
+        assert again.volume_id == on_b.volume_id and list(again.accessible_topology) == list(on_b.accessible_topology)
+        lus = {lu["name"] for lu in array.client.list_lus()}
+        with pytest.raises(grpc.RpcError) as exc:
+            ctl.CreateVolume(request("pvc-c", {ZONE: "c"}))
+        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "reachable only from" in exc.value.details()
+        assert {lu["name"] for lu in array.client.list_lus()} == lus  # nothing was made
+        listed = ctl.ListVolumes(pb.ListVolumesRequest()).entries
+        assert {len(e.volume.accessible_topology) for e in listed} == {2}
+        here = ctl.GetCapacity(pb.GetCapacityRequest(accessible_topology=pb.Topology(segments={ZONE: "a"})))
+        there = ctl.GetCapacity(pb.GetCapacityRequest(accessible_topology=pb.Topology(segments={ZONE: "c"})))
+        assert here.available_capacity > 0 and there.available_capacity == 0
+    finally:
+        driver.stop()
+
+
+def test_without_topology_requirements_are_ignored(driver: Driver) -> None:
+    """An array reachable from every node: no accessibility capability, and a requisite (which
+    a CO may still send) changes nothing: the volume has no topology, usable everywhere."""
+    caps = driver.identity().GetPluginCapabilities(pb.GetPluginCapabilitiesRequest()).capabilities
+    assert pb.PluginCapability.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS not in [c.service.type for c in caps]
+    req = pb.CreateVolumeRequest(name="pvc-z", capacity_range=pb.CapacityRange(required_bytes=64 * MiB),
+                                 volume_capabilities=[RWX])
+    req.accessibility_requirements.requisite.add(segments={ZONE: "z"})
+    assert not driver.controller().CreateVolume(req).volume.accessible_topology

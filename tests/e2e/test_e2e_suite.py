@@ -624,12 +624,14 @@ def _csi_driver(kube: Kube, ns: str) -> str:
     return driver
 
 
-def _csi_on(kube: Kube, ns: str, sc: str, parameters: dict[str, str], *, expansion: bool = False) -> str:
-    """The array's CSI controller plugin running (``spec.csi``) and StorageClass ``sc`` of its
-    driver with ``parameters`` besides ``diskArray``; the driver name."""
+def _csi_on(kube: Kube, ns: str, sc: str, parameters: dict[str, str], *, expansion: bool = False,
+            topology: list[dict[str, str]] | None = None) -> str:
+    """The array's CSI controller plugin running (``spec.csi``, with ``topology`` if given) and
+    StorageClass ``sc`` of its driver with ``parameters`` besides ``diskArray``; the driver name."""
     plugin = f"{ARRAY}-csi-controller"
     kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
-        {"spec": {"csi": {"enabled": True, "clusterGroup": GROUP, "clients": ["10.0.0.0/8"]}}}))
+        {"spec": {"csi": {"enabled": True, "clusterGroup": GROUP, "clients": ["10.0.0.0/8"],
+                          **({"topology": topology} if topology else {})}}}))
     kube.wait("the CSI controller plugin running", lambda: int((kube.get("deployment", plugin, namespace=ns) or {})
                                                                 .get("status", {}).get("availableReplicas") or 0) == 1,
               timeout=180, interval=2)
@@ -911,6 +913,73 @@ def test_step3h_volume_snapshot_under_a_writer_and_a_claim_restored_from_it(kube
         kube.kubectl("-n", ns, "delete", "pvc", claim, restored, "--ignore-not-found", "--wait=false", check=False)
         kube.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)
     _csi_off(kube, ns)
+
+
+def test_step3i_volumes_usable_only_where_the_array_is_reachable(kube: Kube, release: str,
+                                                                 workload_ns: str) -> None:
+    """3i. CSI topology: an array reachable only from zone ``e2e-a`` (``spec.csi.topology``).
+    The chart's node plugin reports the node's zone when it registers (the node labelled, the
+    plugin pod restarted: the CSINode lists the key), the plugin advertises accessibility
+    constraints, the upstream external-provisioner passes the cluster's topologies, and the
+    claim's PersistentVolume carries node affinity to zone ``e2e-a``; a class whose
+    allowedTopologies name only zone ``e2e-b`` gets ``ProvisioningFailed`` saying where the
+    array is reachable, and makes nothing."""
+    ns, zone = workload_ns, "topology.kubernetes.io/zone"
+    here, there, claim = f"nasblade-{ns}-zone-a", f"nasblade-{ns}-zone-b", "csi-zoned"
+    plugin = f"{ARRAY}-csi-controller"
+    node = kube.json("get", "nodes")["items"][0]["metadata"]["name"]
+    kube.kubectl("label", "node", node, f"{zone}=e2e-a", "--overwrite")
+    try:
+        # the kubelet asks for the node's topology when the plugin registers: restart it
+        kube.kubectl("-n", RELEASE_NS, "delete", "pod", "-l", "app.kubernetes.io/component=csi-node", "--wait=true",
+                     "--timeout=120s", timeout=150)
+        driver = _csi_on(kube, ns, here, {}, topology=[{zone: "e2e-a"}])
+        kube.wait("the node's CSINode with the zone key for the driver", lambda: [
+            d.get("topologyKeys") for d in ((kube.get("csinode", node, namespace="") or {}).get("spec", {})
+                                            .get("drivers") or []) if d["name"] == driver] == [[zone]],
+                  timeout=120, interval=2, describe=lambda: kube.get("csinode", node, namespace=""))
+        pod = kube.json("-n", ns, "get", "pods", "-l", "app.kubernetes.io/component=csi-controller")["items"][0]
+        args = pod["spec"]["containers"][0]["args"]
+        assert json.loads(args[args.index("--topology") + 1]) == [{zone: "e2e-a"}], args
+        kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": here,
+                     "resources": {"requests": {"storage": "64Mi"}}}}))
+        t0 = time.monotonic()
+        pvc = _bound(kube, ns, claim, plugin)
+        print(f"\n[e2e] 3i: zoned claim Bound in {time.monotonic() - t0:.1f} s")
+        pv = kube.get("pv", pvc["spec"]["volumeName"], namespace="") or {}
+        assert pv["spec"]["nodeAffinity"] == {"required": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": zone, "operator": "In", "values": ["e2e-a"]}]}]}}, pv["spec"]
+        # a class that allows zone e2e-b only: the array cannot serve there
+        kube.kubectl("apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": there},
+            "provisioner": driver, "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
+            "parameters": {"diskArray": f"{ns}/{ARRAY}"},
+            "allowedTopologies": [{"matchLabelExpressions": [{"key": zone, "values": ["e2e-b"]}]}]}))
+        kube.kubectl("-n", ns, "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": f"{claim}-b"},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": there,
+                     "resources": {"requests": {"storage": "64Mi"}}}}))
+
+        def refused() -> list[str]:
+            return [e["message"] for e in kube.json("-n", ns, "get", "events", "--field-selector",
+                                                    f"involvedObject.name={claim}-b")["items"]
+                    if e["reason"] == "ProvisioningFailed" and "reachable only from" in e["message"]]
+
+        message = kube.wait("ProvisioningFailed on the claim of zone e2e-b", refused, timeout=120, interval=2)[0]
+        print(f"[e2e] 3i: zone e2e-b refused: {message[:200]}")
+        assert (kube.get("pvc", f"{claim}-b", namespace=ns) or {})["status"]["phase"] == "Pending"
+        kube.kubectl("-n", ns, "delete", "pvc", claim, f"{claim}-b", "--wait=false")
+        kube.wait("the zoned volume gone", lambda: kube.get("pv", pv["metadata"]["name"], namespace="") is None,
+                  timeout=180, interval=2)
+    finally:
+        kube.kubectl("-n", ns, "delete", "pvc", claim, f"{claim}-b", "--ignore-not-found", "--wait=false", check=False)
+        kube.kubectl("delete", "storageclass", here, there, "--ignore-not-found", check=False)
+        kube.kubectl("label", "node", node, f"{zone}-", check=False)
+        kube.kubectl("-n", ns, "patch", "diskarray", ARRAY, "--type=merge", "-p", json.dumps(
+            {"spec": {"csi": {"topology": None}}}))
+        _csi_off(kube, ns)
 
 
 def _run_writer_through(kube: Kube, ns: str, *, path: str, duration: float,

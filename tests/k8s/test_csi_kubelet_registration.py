@@ -12,6 +12,9 @@ Each DiskArray has a driver name of its own, and the one node plugin registers t
 name given with ``--register-driver`` and the names of the CSIDriver objects
 ``--register-drivers-labelled`` selects (listed through this cluster's API server), each
 through its own socket; deleting a CSIDriver object unregisters its name, the others stay.
+
+With ``--topology-keys`` the plugin's ``NodeGetInfo`` reports the node's labels of those keys
+(read from its Node object): the kubelet lists the keys in the CSINode's driver entry.
 """
 
 from __future__ import annotations
@@ -133,3 +136,49 @@ def test_node_plugin_registers_every_driver_name(e2e_api: client.ApiClient, e2e_
     wait_until("the other driver gone from the CSINode", lambda: static not in drivers())
     assert f"the kubelet registered {static}" in text and f"the kubelet registered {labelled}" in text
     assert "cannot list the CSIDriver objects" not in text, text[-2000:]
+
+
+def test_node_plugin_reports_the_nodes_topology(e2e_api: client.ApiClient, e2e_kubeconfig: str,
+                                                tmp_path: Path) -> None:
+    """The node labelled with a zone (kept if it has one), the plugin run with that key and one
+    the node has no label for: the CSINode's driver entry has the zone's key alone."""
+    node, drivers = local_kubelet(e2e_api)
+    core, storage = client.CoreV1Api(e2e_api), client.StorageV1Api(e2e_api)
+    zone_key = "topology.kubernetes.io/zone"
+    run = uuid.uuid4().hex[:8]
+    name = f"z{run}.test.nasblade.io"
+    labels = core.read_node(node).metadata.labels or {}
+    labelled = zone_key not in labels  # a zone the node has already is kept as it is
+    if labelled:
+        core.patch_node(node, {"metadata": {"labels": {zone_key: f"zone-{run}"}}})
+
+    def entry() -> dict[str, Any]:
+        raw = json.loads(storage.read_csi_node(node, _preload_content=False).data)
+        return next((d for d in raw.get("spec", {}).get("drivers") or [] if d["name"] == name), {})
+
+    plugin_dir = REGISTRY.parent / "plugins" / f"test-{run}"
+    log_path = tmp_path / "csi-node.log"
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "nasblade_csi.main", "--role", "node",
+                 "--endpoint", f"unix://{plugin_dir / 'csi.sock'}", "--node-id", node,
+                 "--registration-dir", str(REGISTRY), "--register-driver", name,
+                 "--topology-keys", f"{zone_key},example.nasblade.io/rack-{run}"],
+                stdout=subprocess.PIPE, stderr=log, env={**os.environ, "KUBECONFIG": e2e_kubeconfig})
+            try:
+                ready.wait_ready(proc, timeout=60)
+                wait_until("the driver in the node's CSINode", entry)
+                assert entry().get("nodeID") == node
+                assert entry().get("topologyKeys") == [zone_key]
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+        wait_until("the driver gone from the CSINode", lambda: name not in drivers())
+    finally:
+        shutil.rmtree(plugin_dir, ignore_errors=True)
+        if labelled:
+            core.patch_node(node, {"metadata": {"labels": {zone_key: None}}})
+    text = log_path.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert f"the kubelet registered {name}" in text and "cannot read the labels" not in text, text[-2000:]

@@ -4,6 +4,7 @@ tests/operator/test_tier1_csi.py makes them on a real one)."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -82,3 +83,21 @@ def test_the_plugin_keeps_the_jobs_no_upstream_sidecar_does() -> None:
     assert args[args.index("--provision-jobs") + 1] == "exports"
     # the sidecars wait at least as long as the driver waits for a volume to be served
     assert "--timeout=150s" in containers[1]["args"] and "--timeout=150s" in containers[2]["args"]
+
+
+def test_the_array_topology_is_checked_and_reaches_the_plugin() -> None:
+    """``spec.csi.topology``: the segments the array is reachable from, checked by the driver's
+    own rule (``nasblade.csitopology``) and passed to the plugin as ``--topology``."""
+    zone = "topology.kubernetes.io/zone"
+    parsed = da_spec.parse(raw(topology=[{zone: "a"}, {zone: "b", "example.com/rack": "r1"}]))
+    assert parsed.csi.topology == ({zone: "a"}, {zone: "b", "example.com/rack": "r1"})
+    args = csi.deployment("storage", "a1", parsed, image="nasblade:test")["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert json.loads(args[args.index("--topology") + 1]) == [{zone: "a"}, {"example.com/rack": "r1", zone: "b"}]
+    plain = csi.deployment("storage", "a1", da_spec.parse(raw()), image="nasblade:test")
+    assert "--topology" not in plain["spec"]["template"]["spec"]["containers"][0]["args"]
+    for bad, where in [("zone-a", "spec.csi.topology"), ([{}], "spec.csi.topology[0]"),
+                       ([{zone: "not a value!"}], "spec.csi.topology[0]"), ([{"Bad Key": "a"}], "spec.csi.topology[0]")]:
+        with pytest.raises(InvalidSpec) as exc:
+            da_spec.parse(raw(topology=bad))
+        assert where in str(exc.value), (bad, str(exc.value))

@@ -465,3 +465,20 @@ def test_operator_makes_policies_and_budget(
         obj = kubectl.get(kind.lower(), name)
         assert obj is not None
         assert obj["metadata"]["ownerReferences"][0]["kind"] == ("DiskArray" if name.startswith("a1") else "ClusterGroup")
+
+
+@pytest.mark.tier1
+def test_crd_takes_an_arrays_topology_and_refuses_a_malformed_one(kubectl: Kubectl) -> None:
+    """``spec.csi.topology`` on the API server: segments of label values kept as given (and
+    parsed by the operator the same), an empty segment or a value no label can have refused."""
+    zone = "topology.kubernetes.io/zone"
+    csi = {"enabled": True, "clusterGroup": "g1", "topology": [{zone: "zone-a"}]}
+    kubectl.apply({"apiVersion": "nasblade.io/v1alpha1", "kind": "DiskArray", "metadata": {"name": "t1"},
+                   "spec": {"devices": {"size": "1Gi"}, "csi": csi}})
+    a = kubectl.get("diskarray", "t1")
+    assert a is not None and a["spec"]["csi"]["topology"] == [{zone: "zone-a"}]
+    assert da_spec.parse(a["spec"]).csi.topology == ({zone: "zone-a"},)
+    for bad in ([{}], [{zone: "not a value!"}]):
+        r = kubectl.apply({"apiVersion": "nasblade.io/v1alpha1", "kind": "DiskArray", "metadata": {"name": "t2"},
+                           "spec": {"devices": {"size": "1Gi"}, "csi": {**csi, "topology": bad}}}, check=False)
+        assert r.returncode != 0 and "spec.csi.topology" in r.stderr, r.stderr

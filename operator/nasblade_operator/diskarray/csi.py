@@ -203,6 +203,8 @@ def deployment(namespace: str, array: str, spec: DiskArraySpec, *, image: str,
     ]
     if spec.csi.clients:
         args += ["--export-clients", ",".join(spec.csi.clients)]
+    if spec.csi.topology:  # reachable from those nodes only: volumes get node affinity to them
+        args += ["--topology", json.dumps([dict(s) for s in spec.csi.topology], sort_keys=True)]
     container: dict[str, Any] = {
         "name": "csi-controller",
         "image": image,

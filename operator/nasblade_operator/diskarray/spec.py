@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from nasblade import csitopology
 from nasblade.controller import redundancy
 from nasblade.fs import layout as fs_layout
 
@@ -101,6 +102,8 @@ class Csi:
     driver_name: str = ""
     #: the deletion policy of the array's VolumeSnapshotClass
     snapshot_deletion_policy: str = "Delete"
+    #: the topology segments the array is reachable from (empty: every node)
+    topology: tuple[Mapping[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,8 +182,18 @@ def _csi(c: validation.Collector, d: Mapping[str, Any]) -> Csi:
     policy = str(d.get("snapshotDeletionPolicy") or "Delete")
     if policy not in ("Delete", "Retain"):
         c.add("spec.csi.snapshotDeletionPolicy", "must be Delete or Retain")
+    raw_topology = d.get("topology") or []
+    segments: list[Mapping[str, str]] = []
+    if not isinstance(raw_topology, list):
+        c.add("spec.csi.topology", "must be a list of {label key: value} maps")
+        raw_topology = []
+    for i, segment in enumerate(raw_topology):
+        try:
+            segments.append(csitopology.check_segment(segment, f"spec.csi.topology[{i}]"))
+        except ValueError as exc:
+            c.add(f"spec.csi.topology[{i}]", str(exc).removeprefix(f"spec.csi.topology[{i}]: "))
     return Csi(enabled=enabled, cluster_group=group, clients=clients, driver_name=driver,
-               snapshot_deletion_policy=policy)
+               snapshot_deletion_policy=policy, topology=tuple(segments))
 
 
 def _devices(c: validation.Collector, d: Mapping[str, Any]) -> Devices:
