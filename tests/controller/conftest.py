@@ -57,15 +57,22 @@ def lu(controller: Controller) -> str:
     return name
 
 
-@pytest.fixture(scope="module")
-def shared_controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]:
-    """One controller for a whole module of table-driven tests that do not change its state
-    in ways other rows could see (malformed input, error replies). Saves start-ups."""
-    work = tmp_path_factory.mktemp("shared")
-    c = Controller(work, [f"{work / f'dev{i}'}:256M" for i in range(2)], "64M")
+def module_controller(tmp_path_factory: pytest.TempPathFactory, name: str, *, faults: bool = True
+                      ) -> Iterator[Controller]:
+    """The body of a module-scoped controller fixture: two 256M devices, a 64M cache, an LU
+    ``shared``; on teardown its log must hold no traceback."""
+    work = tmp_path_factory.mktemp(name)
+    c = Controller(work, [f"{work / f'dev{i}'}:256M" for i in range(2)], "64M", faults=faults)
     c.start()
     c.client.create_lu("shared", 64 << 20)
     yield c
     c.stop()
     log = c.log()
     assert "Traceback" not in log, log
+
+
+@pytest.fixture(scope="module")
+def shared_controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]:
+    """One controller for a whole module of table-driven tests that do not change its state
+    in ways other rows could see (malformed input, error replies). Saves start-ups."""
+    yield from module_controller(tmp_path_factory, "shared")

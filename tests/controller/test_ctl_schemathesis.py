@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from conftest import module_controller
 from ctlharness import ADMIN, Controller
 from hypothesis import HealthCheck, given, settings
 from nasblade.controller import api
@@ -50,14 +51,7 @@ SHAPE_ERRORS = ("has the wrong type", "missing field", "must be an integer", "mu
 @pytest.fixture(scope="module")
 def fuzzed_controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]:
     """One controller for the module, with fault injection off (the production default)."""
-    work = tmp_path_factory.mktemp("fuzzed")
-    c = Controller(work, [f"{work / f'dev{i}'}:256M" for i in range(2)], "64M", faults=False)
-    c.start()
-    c.client.create_lu("shared", 64 << 20)
-    yield c
-    c.stop()
-    log = c.log()
-    assert "Traceback" not in log, log
+    yield from module_controller(tmp_path_factory, "fuzzed", faults=False)
 
 
 @pytest.fixture(scope="module")
