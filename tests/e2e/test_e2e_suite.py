@@ -1236,7 +1236,11 @@ def test_step4e_kernel_client_lock_reclaimed_through_the_service(kube: Kube, rel
     to the address it saw A's calls come from through the Service (this node's pod-network
     address, where A's status monitor answers); A's kernel reclaims the lock in the grace
     period. Guest B, started after the takeover, is refused the lock (it waits out the grace
-    period, then EAGAIN), which it would get if the lock had been lost.
+    period, then EAGAIN), which it would get if the lock had been lost. The group's give-back is
+    Manual for the length of the step, so the file system stays on the blade that took it over
+    while the guests run (the killed blade's replacement is back within about 30 s, and an
+    automatic give-back would move it a second time in the middle of guest B's probe); set back
+    to Automatic, the file system goes home.
 
     The kernel client must run on a node: on the local tier-2 cluster this host is the node.
     On kind the nodes are containers and a guest on this host is no node (the Service network
@@ -1258,6 +1262,7 @@ def test_step4e_kernel_client_lock_reclaimed_through_the_service(kube: Kube, rel
     guest = uml.UMLGuest(uml.guest_tree(build=True))
     box: dict[str, Any] = {}
     shares: list[Any] = []
+    _give_back(kube, workload_ns, "Manual")
     try:
         holder = threading.Thread(target=lambda: box.update(a=guest.run(
             KERNEL_LOCK_HOLDER.format(name=name), forwards=forwards, files={"guest_locker.py": locker},
@@ -1295,13 +1300,21 @@ def test_step4e_kernel_client_lock_reclaimed_through_the_service(kube: Kube, rel
         notified = [p for p in (taker, owner) if f"SM_NOTIFY sent to e2e-guest-a at {address}" in kube.kubectl(
             "-n", workload_ns, "logs", p, "-c", "file-processor", check=False).stdout]
         assert notified, f"no SM_NOTIFY to e2e-guest-a at {address} in the file processors' logs"
+        assert _owner(kube, workload_ns) == taker  # not moved while the guests ran
     finally:
         guest.close()
+        _give_back(kube, workload_ns, "Automatic")
         assert guest.leftovers() == []
     kube.wait("the failed blade replaced (2/2 Ready)", lambda: _blades_ready(kube, workload_ns), timeout=240,
               interval=3, describe=lambda: _pods_and_status(kube, workload_ns))
     kube.wait("the file system back on its home blade", lambda: _owner(kube, workload_ns) == owner, timeout=120,
               interval=2)
+
+
+def _give_back(kube: Kube, ns: str, policy: str) -> None:
+    """Set the group's ``spec.failover.giveBack`` (Automatic or Manual)."""
+    kube.kubectl("-n", ns, "patch", "clustergroup", GROUP, "--type=merge", "-p",
+                 json.dumps({"spec": {"failover": {"giveBack": policy}}}))
 
 
 def test_step4g_kubectl_drain_takes_one_blade_at_a_time(kube: Kube, release: str, workload_ns: str) -> None:
