@@ -55,6 +55,8 @@ HERE = Path(__file__).resolve().parent
 BUILD = HERE / "build-guest.sh"
 GUEST_ADDR = "10.0.2.15"
 SERVER_ADDR = "10.0.2.2"
+#: the relays' TCP_USER_TIMEOUT towards the cluster (see ``UMLGuest.run``)
+UPSTREAM_USER_TIMEOUT_MS = 20_000
 MODULES = ("sunrpc", "lockd", "nfs", "nfsv3", "nbd")
 MARKER = "NASBLADE_GUEST_RUN"
 GUEST_NLM_PORT = 4045
@@ -266,8 +268,15 @@ class UMLGuest:
                 sock = d / f"f{i}.sock"
                 logs.append(open(d / f"f{i}.host.log", "wb"))  # noqa: SIM115  closed in finally
                 source = f",bind={address}" if address else ""
+                # TCP_USER_TIMEOUT (IPPROTO_TCP 6, option 18) on the upstream side: data unacknowledged
+                # for 20 s resets it, and the relay closes the guest's side, as the guest kernel's own
+                # TCP_USER_TIMEOUT would on a node. Without it a connection DNATed to a blade pod that
+                # is gone retransmits for 15 minutes while the relay keeps the guest's side alive, and
+                # the guest's NFS client waits ("server not responding, still trying") instead of
+                # reconnecting through the Service to the blade that took over.
                 host_fwd.append(subprocess.Popen(
-                    ["socat", f"UNIX-LISTEN:{sock},fork", f"TCP:{f.host}:{f.port}{source}"],
+                    ["socat", f"UNIX-LISTEN:{sock},fork",
+                     f"TCP:{f.host}:{f.port}{source},setsockopt-int=6:18:{UPSTREAM_USER_TIMEOUT_MS}"],
                     stdout=subprocess.DEVNULL, stderr=logs[-1], preexec_fn=_die_with_parent))
                 ns_fwd.append(f"socat TCP-LISTEN:{f.guest_port},bind={SERVER_ADDR},fork,reuseaddr "
                               f"UNIX-CONNECT:{sock} 2>{d}/f{i}.ns.log &\n"
