@@ -29,6 +29,14 @@ _VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 MAX_SEGMENTS = 64
 
 
+def check_key(key: object, where: str = "key") -> str:
+    """``key`` if it is a label key (an optional DNS-subdomain prefix and a name), else
+    ``ValueError`` saying so."""
+    if not isinstance(key, str) or not _KEY.match(key) or len(key.partition("/")[0]) > 253:
+        raise ValueError(f"{where}: {key!r} is not a label key (e.g. topology.kubernetes.io/zone)")
+    return key
+
+
 def check_segment(segment: object, where: str = "segment") -> dict[str, str]:
     """``segment`` as a map of valid label keys to valid label values, or ``ValueError``
     saying what is wrong."""
@@ -36,8 +44,7 @@ def check_segment(segment: object, where: str = "segment") -> dict[str, str]:
         raise ValueError(f"{where} must be a non-empty map of topology key to value")
     out: dict[str, str] = {}
     for key, value in segment.items():
-        if not isinstance(key, str) or not _KEY.match(key) or len(key.partition("/")[0]) > 253:
-            raise ValueError(f"{where}: {key!r} is not a label key (e.g. topology.kubernetes.io/zone)")
+        key = check_key(key, where)
         if not isinstance(value, str) or not _VALUE.match(value):
             raise ValueError(f"{where}: the value of {key} ({value!r}) is not a label value")
         out[key] = value

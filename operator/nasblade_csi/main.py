@@ -147,10 +147,11 @@ def topology_keys(value: str, p: argparse.ArgumentParser) -> tuple[str, ...]:
     """``--topology-keys``: the comma-separated label keys, each once, in order."""
     keys = tuple(dict.fromkeys(k.strip() for k in value.split(",") if k.strip()))
     if keys:
-        from nasblade.csitopology import check_segment
+        from nasblade.csitopology import check_key
 
         try:
-            check_segment(dict.fromkeys(keys, "x"), "--topology-keys")
+            for key in keys:
+                check_key(key, "--topology-keys")
         except ValueError as exc:
             p.error(str(exc))
     return keys
